@@ -1,0 +1,107 @@
+"""The ``biplanar`` command line: thin commands over the Python API (``shared/CONTRACT.md`` section 5).
+
+Every command exits 0 on success; on bad input it prints one line naming the file or field and
+exits 2 (``--debug`` shows the traceback instead); outputs are written atomically.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator
+from enum import Enum
+from pathlib import Path
+
+import typer
+
+from biplanar.errors import InputError
+
+app = typer.Typer(
+    name="biplanar",
+    help="Patient-specific 3D bone models from two calibrated radiographs.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+_state = {"debug": False}
+EXIT_BAD_INPUT = 2
+
+
+@app.callback()
+def _options(debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors.")) -> None:
+    _state["debug"] = debug
+
+
+@contextlib.contextmanager
+def _reporting_errors() -> Iterator[None]:
+    """Turn bad input into a one-line message and exit code 2 (a traceback with ``--debug``)."""
+    try:
+        yield
+    except (InputError, OSError) as error:
+        if _state["debug"]:
+            raise
+        message = str(error) if isinstance(error, InputError) else f"{error.filename}: {error.strerror}"
+        typer.echo(f"biplanar: error: {message}", err=True)
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+
+
+class VolumeUnits(str, Enum):
+    hu = "hu"
+    mu = "mu"
+
+
+class DrrMode(str, Enum):
+    line_integral = "line_integral"
+    beer_lambert = "beer_lambert"
+    poisson = "poisson"
+
+
+@app.command()
+def drr(
+    volume: Path = typer.Option(..., help="CT or attenuation volume (.nii/.nii.gz)."),
+    geometry: Path = typer.Option(..., help="geometry.json (CONTRACT section 2)."),
+    out: Path = typer.Option(..., help="Output image (.npy or .tif, float32)."),
+    view: str = typer.Option("AP", help="Name of the view in the geometry file."),
+    mode: DrrMode = typer.Option(DrrMode.line_integral, help="DRR values (CONTRACT section 3)."),
+    units: VolumeUnits = typer.Option(VolumeUnits.hu, help="Volume values: HU, or mu in 1/mm."),
+    mu_water: float = typer.Option(0.02, help="Attenuation of water, 1/mm (for HU volumes)."),
+    samples: int = typer.Option(256, min=1, help="Samples per ray."),
+    photons: float = typer.Option(1e5, min=1.0, help="Photons per pixel (mode poisson)."),
+    seed: int = typer.Option(0, help="Noise seed (mode poisson)."),
+    preview: Path | None = typer.Option(None, help="Also write an 8-bit PNG preview here."),
+) -> None:
+    """Render a DRR of a volume for one view of a geometry file."""
+    with _reporting_errors():
+        from biplanar.api import render_drr_file
+
+        image = render_drr_file(volume, geometry, view, out, mode=mode.value, units=units.value,
+                                mu_water_per_mm=mu_water, num_samples=samples, photons=photons,
+                                seed=seed, preview=preview)
+        typer.echo(f"wrote {out} ({image.shape[0]} x {image.shape[1]}, "
+                   f"min {image.min():.4g}, max {image.max():.4g})")
+
+
+@app.command()
+def geometry(
+    out: Path = typer.Option(..., help="geometry.json to write."),
+    ap_angle: float = typer.Option(0.0, help="LAO/RAO angle of the AP view, degrees."),
+    lat_angle: float = typer.Option(90.0, help="LAO/RAO angle of the LAT view, degrees."),
+    rows: int = typer.Option(224, min=1, help="Detector rows."),
+    cols: int = typer.Option(160, min=1, help="Detector columns."),
+    pixel_spacing: float = typer.Option(0.93, min=1e-6, help="Detector pixel spacing, mm."),
+) -> None:
+    """Write a C-arm geometry file at the paper's distances (isocentre: the volume's centre)."""
+    with _reporting_errors():
+        from biplanar.api import write_carm_geometry
+
+        write_carm_geometry(out, ap_angle, lat_angle, (rows, cols), pixel_spacing)
+        typer.echo(f"wrote {out}")
+
+
+def main() -> None:
+    """Console entry point."""
+    app(prog_name="biplanar")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""File formats: volumes (NIfTI), radiographs (.npy, .tif, .png, .dcm), atomic writes."""
