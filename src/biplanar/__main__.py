@@ -1,0 +1,5 @@
+"""``python -m biplanar``: the same as the ``biplanar`` command."""
+
+from biplanar.cli import main
+
+main()
