@@ -13,6 +13,7 @@ from biplanar.geometry.presets import biplanar_pair
 from biplanar.io.images import WRITE_SUFFIXES, write_image, write_preview_png
 from biplanar.io.volumes import read_volume
 from biplanar.physics import hu_to_mu, render_drr
+from biplanar.physics.polychromatic import render_polychromatic_drr, tube_spectrum
 
 
 def _check_output_suffix(path: Path, allowed: tuple[str, ...]) -> None:
@@ -32,6 +33,8 @@ def render_drr_file(
     photons: float = 1e5,
     seed: int = 0,
     preview: Path | None = None,
+    kvp: float = 80.0,
+    aluminium_mm: float = 2.5,
 ) -> np.ndarray:
     """Render a DRR of a NIfTI volume for one view of a geometry file and write it.
 
@@ -40,7 +43,9 @@ def render_drr_file(
         geometry_path: ``geometry.json``; a ``carm`` without isocentre uses the volume's centre.
         view_name: the view to render.
         out_path: ``.npy`` or ``.tif`` float32 output.
-        mode, num_samples, photons: see :func:`biplanar.physics.render_drr`.
+        mode, num_samples, photons: see :func:`biplanar.physics.render_drr`; ``"polychromatic"``
+            renders a two-material DRR (HU volumes only) with a ``kvp`` tube and ``aluminium_mm``
+            filtration (:mod:`biplanar.physics.polychromatic`).
         seed: noise seed for ``mode="poisson"``.
         preview: optional 8-bit PNG for viewing.
 
@@ -54,11 +59,16 @@ def render_drr_file(
     views = read_geometry(geometry_path, default_isocenter_mm=grid.centre_world)
     require_views(views, [view_name], str(geometry_path))
     volume = torch.from_numpy(data)[None, None]
-    if units == "hu":
-        volume = hu_to_mu(volume, mu_water_per_mm)
+    if mode == "polychromatic" and units != "hu":
+        raise InputError(f"{volume_path}: the polychromatic mode needs a volume in HU")
     try:
-        image = render_drr(volume, views[view_name], grid, mode, num_samples, photons,
-                           torch.Generator().manual_seed(seed))
+        if mode == "polychromatic":
+            image = render_polychromatic_drr(volume, views[view_name], grid,
+                                             tube_spectrum(kvp, aluminium_mm), num_samples)
+        else:
+            mu = hu_to_mu(volume, mu_water_per_mm) if units == "hu" else volume
+            image = render_drr(mu, views[view_name], grid, mode, num_samples, photons,
+                               torch.Generator().manual_seed(seed))
     except ValueError as error:
         raise InputError(f"{geometry_path}: views.{view_name}: {error}") from None
     image = image[0, 0].numpy()

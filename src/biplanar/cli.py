@@ -54,6 +54,7 @@ class DrrMode(str, Enum):
     line_integral = "line_integral"
     beer_lambert = "beer_lambert"
     poisson = "poisson"
+    polychromatic = "polychromatic"
 
 
 @app.command()
@@ -68,6 +69,8 @@ def drr(
     samples: int = typer.Option(256, min=1, help="Samples per ray."),
     photons: float = typer.Option(1e5, min=1.0, help="Photons per pixel (mode poisson)."),
     seed: int = typer.Option(0, help="Noise seed (mode poisson)."),
+    kvp: float = typer.Option(80.0, min=20.0, max=150.0, help="Tube voltage (mode polychromatic)."),
+    aluminium_mm: float = typer.Option(2.5, min=0.0, help="Filtration, mm Al (mode polychromatic)."),
     preview: Path | None = typer.Option(None, help="Also write an 8-bit PNG preview here."),
 ) -> None:
     """Render a DRR of a volume for one view of a geometry file."""
@@ -76,7 +79,7 @@ def drr(
 
         image = render_drr_file(volume, geometry, view, out, mode=mode.value, units=units.value,
                                 mu_water_per_mm=mu_water, num_samples=samples, photons=photons,
-                                seed=seed, preview=preview)
+                                seed=seed, preview=preview, kvp=kvp, aluminium_mm=aluminium_mm)
         typer.echo(f"wrote {out} ({image.shape[0]} x {image.shape[1]}, "
                    f"min {image.min():.4g}, max {image.max():.4g})")
 

@@ -37,3 +37,34 @@ def test_render_drr_rejects_unknown_modes():
     grid = VolumeGrid.from_spacing((4, 4, 4), (2.0, 2.0, 2.0))
     with pytest.raises(ValueError, match="mode"):
         render_drr(torch.zeros(1, 1, 4, 4, 4), biplanar_pair()["AP"], grid, mode="polychromatic?")
+
+
+def test_polychromatic_monoenergetic_is_beer_lambert():
+    """With a single energy, the effective line integral is (mu/rho)(E) x mass line integral exactly."""
+    from biplanar.physics.polychromatic import TubeSpectrum, effective_line_integral, mass_attenuation
+
+    mass = torch.tensor([[[[1.0, 3.0]], [[0.5, 0.0]]]], dtype=torch.float64)  # (1, 2, 1, 2) g/cm^2
+    soft, bone = (float(mass_attenuation(name, [60.0])[0]) for name in ("soft_tissue", "cortical_bone"))
+    expected = torch.tensor([[[[soft * 1.0 + bone * 0.5, soft * 3.0]]]], dtype=torch.float64)
+    torch.testing.assert_close(effective_line_integral(mass, TubeSpectrum.monoenergetic(60.0)), expected)
+
+
+def test_polychromatic_beam_hardening_and_reference_values():
+    """Soft tissue at 60 keV is near water (0.2059 cm^2/g); bone attenuates more; an 80 kVp beam hardens."""
+    from biplanar.physics.polychromatic import effective_line_integral, mass_attenuation, tube_spectrum
+
+    assert abs(float(mass_attenuation("soft_tissue", [60.0])[0]) - 0.2059) < 0.01
+    assert float(mass_attenuation("cortical_bone", [60.0])[0]) > 1.3 * 0.2059
+    thickness = torch.tensor([1.0, 5.0, 20.0], dtype=torch.float64)  # g/cm^2 of soft tissue
+    mass = torch.stack([thickness, torch.zeros(3, dtype=torch.float64)]).view(1, 2, 1, 3)
+    effective_mu = effective_line_integral(mass, tube_spectrum(80.0, 2.5))[0, 0, 0] / thickness
+    assert torch.all(effective_mu[1:] < effective_mu[:-1])  # harder beam, lower effective attenuation
+
+
+def test_material_split():
+    from biplanar.physics.polychromatic import material_densities
+
+    hu = torch.tensor([-1000.0, 0.0, 40.0, 1900.0]).view(1, 1, 4, 1, 1)
+    densities = material_densities(hu)[0, :, :, 0, 0]
+    torch.testing.assert_close(densities[1], torch.tensor([0.0, 0.0, 0.0, 1.92]))
+    torch.testing.assert_close(densities[0], torch.tensor([0.0, 1.06 / 1.04, 1.06, 0.0]))
