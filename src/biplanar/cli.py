@@ -101,6 +101,19 @@ def geometry(
         typer.echo(f"wrote {out}")
 
 
+@app.command()
+def atlas(
+    out: Path = typer.Option(..., help="Folder to write atlas.nii.gz, atlas_labels.nii.gz, landmarks.json."),
+    preset: str = typer.Option("lite", help="Grid preset: paper, lite or tiny."),
+) -> None:
+    """Generate the mean-shape femur atlas (image, labels, landmarks) on a grid preset."""
+    with _reporting_errors():
+        from biplanar.data.atlas import write_atlas
+
+        write_atlas(out, preset)
+        typer.echo(f"wrote the {preset} atlas to {out}")
+
+
 def main() -> None:
     """Console entry point."""
     app(prog_name="biplanar")

@@ -1,0 +1,79 @@
+"""The atlas: the mean-shape phantom (image, femur labels, landmarks), shipped for every grid preset.
+
+Layout of an atlas folder (the shipped ones live in ``biplanar/resources/atlas/<preset>/``)::
+
+    atlas.nii.gz          int16 HU (rounded from the generator's float HU), atlas grid and affine
+    atlas_labels.nii.gz   uint8, 1 = femur
+    landmarks.json        head centre and radius, neck/shaft axes, trochanter tips, world mm
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from biplanar.data.grid_presets import GRID_PRESETS
+from biplanar.data.phantom import make_atlas
+from biplanar.errors import InputError
+from biplanar.geometry.volume_grid import VolumeGrid
+from biplanar.io.atomic import atomic_write_text
+from biplanar.io.volumes import read_volume, write_volume
+
+IMAGE_FILE, LABELS_FILE, LANDMARKS_FILE = "atlas.nii.gz", "atlas_labels.nii.gz", "landmarks.json"
+
+
+@dataclass(frozen=True)
+class Atlas:
+    """An atlas image with its label map and landmarks.
+
+    Attributes:
+        ct_hu: ``(I, J, K)`` float32 HU on ``grid``.
+        labels: ``(I, J, K)`` uint8, 1 = femur.
+        grid: the atlas grid (world RAS+ mm).
+        landmarks: name -> value (world mm; see :class:`biplanar.data.phantom.FemurLandmarks`).
+    """
+
+    ct_hu: np.ndarray
+    labels: np.ndarray
+    grid: VolumeGrid
+    landmarks: dict
+
+
+def write_atlas(out_dir: str | Path, preset: str = "lite") -> Path:
+    """Generate the mean-shape atlas on a grid preset and write it to ``out_dir`` (atomically per file)."""
+    if preset not in GRID_PRESETS:
+        raise InputError(f"preset: expected one of {', '.join(GRID_PRESETS)}, got {preset!r}")
+    out_dir = Path(out_dir)
+    subject = make_atlas(preset)
+    write_volume(out_dir / IMAGE_FILE, np.round(subject.ct_hu).astype(np.int16), subject.grid)
+    write_volume(out_dir / LABELS_FILE, subject.labels.astype(np.uint8), subject.grid)
+    atomic_write_text(out_dir / LANDMARKS_FILE,
+                      json.dumps({"preset": preset, **subject.landmarks.to_dict()}, indent=2) + "\n")
+    return out_dir
+
+
+def shipped_atlas_dir(preset: str) -> Path:
+    """The folder of the atlas shipped with the package for ``preset``."""
+    return Path(str(resources.files("biplanar") / "resources" / "atlas" / preset))
+
+
+def load_atlas(preset: str = "lite", directory: str | Path | None = None) -> Atlas:
+    """Read an atlas folder (by default the shipped atlas of ``preset``).
+
+    Raises:
+        InputError: a missing file or labels that do not match the image grid.
+    """
+    directory = Path(directory) if directory is not None else shipped_atlas_dir(preset)
+    ct_hu, grid = read_volume(directory / IMAGE_FILE)
+    labels, label_grid = read_volume(directory / LABELS_FILE)
+    if label_grid.shape != grid.shape or not np.allclose(label_grid.affine, grid.affine, atol=1e-4):
+        raise InputError(f"{directory / LABELS_FILE}: grid differs from {directory / IMAGE_FILE}")
+    landmarks_path = directory / LANDMARKS_FILE
+    if not landmarks_path.is_file():
+        raise InputError(f"{landmarks_path}: file not found")
+    landmarks = json.loads(landmarks_path.read_text())
+    return Atlas(ct_hu, labels.astype(np.uint8), grid, landmarks)
