@@ -1,0 +1,127 @@
+"""The local module (Van Houtte et al. 2022, Fig. 1): beam-space U-nets -> a stationary velocity field.
+
+Per view, the radiograph and the DRR of the affine-warped atlas (2 channels) enter a U-net whose
+encoder is 2D (each level a strided and a non-strided convolution) and whose decoder is 3D, in
+that view's beam space: the last 2D map is copied ``M`` times along the ray axis, and each decoder
+step is a stride-1 3D convolution + LeakyReLU followed (for the first ``L`` steps) by x2
+upsampling. Skip connections copy each 2D encoder map (and, at full size, the input) along the
+ray axis to the decoder's depth, then apply a 3D convolution + batch norm + LeakyReLU. Each
+branch's beam-space output is brought onto the atlas grid by inv-ProST; the two are concatenated
+and convolved into a 3-channel velocity field (mm, world components).
+
+Beam-space tensors are ``(B, C, depth, rows, cols)``; depth runs from the near plane to the far
+plane (see ``biplanar.layers.prost``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from biplanar.config import LocalConfig
+from biplanar.geometry.volume_grid import VolumeGrid
+from biplanar.models.blocks import conv_block_2d, conv_block_3d
+from biplanar.models.projectors import ProjectorCache, ViewPair
+
+
+def copy_along_rays(image: Tensor, depth: int) -> Tensor:
+    """``(B, C, H, W)`` -> ``(B, C, depth, H, W)``: the 2D map repeated along the ray axis (a view)."""
+    return image.unsqueeze(2).expand(-1, -1, depth, -1, -1)
+
+
+class BeamUNet(nn.Module):
+    """2D encoder, 3D beam-space decoder.
+
+    Args:
+        in_channels: 2D input channels.
+        config: the local section of the config.
+    """
+
+    def __init__(self, in_channels: int, config: LocalConfig) -> None:
+        super().__init__()
+        self.ray_copies, self.skip = config.ray_copies, config.skip
+        widths = list(config.encoder_features)
+        inputs = [in_channels] + widths[:-1]
+        self.encoder = nn.ModuleList(
+            nn.Sequential(conv_block_2d(c, w, stride=2), conv_block_2d(w, w)) for c, w in zip(inputs, widths)
+        )
+        # Skip sources from the deepest upsampled level to full size: encoder maps, then the input.
+        skip_channels = (widths[:-1][::-1] + [in_channels]) if self.skip else []
+        self.skips = nn.ModuleList(conv_block_3d(c, c) for c in skip_channels)
+        decoder = []
+        channels = widths[-1]
+        for step, width in enumerate(config.decoder_features):
+            decoder.append(conv_block_3d(channels, width, batch_norm=False))
+            channels = width + (skip_channels[step] if step < len(skip_channels) else 0)
+        self.decoder = nn.ModuleList(decoder)
+        self.out_channels = channels
+
+    def forward(self, image: Tensor) -> Tensor:
+        """``(B, in_channels, H, W)`` -> ``(B, out_channels, M * 2**L, H, W)`` beam-space features."""
+        maps = [image]
+        for block in self.encoder:
+            maps.append(block(maps[-1]))
+        levels = len(self.encoder)
+        x = copy_along_rays(maps[-1], self.ray_copies)
+        for step, block in enumerate(self.decoder):
+            x = block(x)
+            if step < levels:
+                x = F.interpolate(x, scale_factor=2, mode="trilinear", align_corners=False)
+                if self.skip:
+                    source = maps[levels - 1 - step]  # same rows x cols as x now
+                    x = torch.cat([x, self.skips[step](copy_along_rays(source, x.shape[2]))], dim=1)
+        return x
+
+
+class LocalModule(nn.Module):
+    """Radiographs and DRRs of the affine-warped atlas -> velocity field on the atlas grid.
+
+    Args:
+        config: the local section of the config.
+        grid: the atlas grid.
+        projectors: the network's ProST / inv-ProST cache.
+        activation_checkpointing: recompute the beam-space decoders in backward to save memory.
+    """
+
+    def __init__(self, config: LocalConfig, grid: VolumeGrid, projectors: ProjectorCache,
+                 activation_checkpointing: bool = False) -> None:
+        super().__init__()
+        self.config, self.grid, self.projectors = config, grid, projectors
+        self.activation_checkpointing = activation_checkpointing
+        if config.decoder == "dual":
+            self.unets = nn.ModuleList([BeamUNet(2, config), BeamUNet(2, config)])
+            per_view = self.unets[0].out_channels
+        else:  # one joint U-net; its output channels are split between the two views
+            self.unets = nn.ModuleList([BeamUNet(4, config)])
+            per_view = self.unets[0].out_channels // 2
+        self.per_view_channels = per_view
+        self.to_velocity = nn.Conv3d(2 * per_view, 3, 3, padding=1)
+        nn.init.normal_(self.to_velocity.weight, std=config.velocity_init_std)
+        nn.init.zeros_(self.to_velocity.bias)
+
+    def _run(self, unet: BeamUNet, image: Tensor) -> Tensor:
+        if self.activation_checkpointing and torch.is_grad_enabled():
+            return checkpoint(unet, image, use_reentrant=False)
+        return unet(image)
+
+    def forward(self, ap: Tensor, lat: Tensor, views: list[ViewPair]) -> Tensor:
+        """Args:
+            ap, lat: ``(B, 2, rows, cols)``: normalised radiograph and DRR of the affine-warped atlas.
+            views: ``B`` pairs ``(AP, LAT)`` of calibrated views.
+
+        Returns:
+            ``(B, 3, I, J, K)`` stationary velocity field, mm, world components ``(x, y, z)``.
+        """
+        if len(self.unets) == 2:
+            beams = [self._run(self.unets[0], ap), self._run(self.unets[1], lat)]
+        else:
+            joint = self._run(self.unets[0], torch.cat([ap, lat], dim=1))
+            beams = [joint[:, :self.per_view_channels], joint[:, self.per_view_channels:2 * self.per_view_channels]]
+        if self.config.inv_prost:
+            features = self.projectors.back_project(beams, views)
+        else:  # ablation: beam-space maps resampled to the atlas grid, geometry ignored
+            features = torch.cat([F.interpolate(beam, size=self.grid.shape, mode="trilinear", align_corners=False)
+                                  for beam in beams], dim=1)
+        return self.to_velocity(features)

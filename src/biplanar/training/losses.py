@@ -1,0 +1,80 @@
+"""The registration loss (Van Houtte et al. 2022, eq. 4) and its parts.
+
+    L = -NCC(V o T, V_f) - NCC(V o Psi, V_f) + delta * L_smooth(phi)
+
+NCC is MONAI's windowed ``LocalNormalizedCrossCorrelationLoss`` (which returns -NCC) or a global
+NCC; ``L_smooth`` is MONAI's ``DiffusionLoss``, the mean squared spatial gradient (central
+differences, per voxel) of the displacement in mm. With ``masked``, both volumes are compared
+inside their femur labels (the paper's semi-supervised set-up).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from biplanar.config import LossConfig
+from biplanar.models.network import RegistrationOutput
+
+
+def global_ncc(moving: Tensor, fixed: Tensor, eps: float = 1e-8) -> Tensor:
+    """Global normalised cross-correlation per batch element.
+
+    Args:
+        moving, fixed: ``(B, C, ...)`` of the same shape.
+
+    Returns:
+        ``(B,)`` in ``[-1, 1]``.
+    """
+    moving = moving.flatten(1) - moving.flatten(1).mean(dim=1, keepdim=True)
+    fixed = fixed.flatten(1) - fixed.flatten(1).mean(dim=1, keepdim=True)
+    return (moving * fixed).sum(1) / (moving.norm(dim=1) * fixed.norm(dim=1) + eps)
+
+
+class RegistrationLoss(nn.Module):
+    """Eq. 4 on a network output and the fixed (patient) volume.
+
+    Args:
+        config: the loss section of the experiment config.
+    """
+
+    def __init__(self, config: LossConfig) -> None:
+        super().__init__()
+        from monai.losses import DiffusionLoss, LocalNormalizedCrossCorrelationLoss
+
+        self.config = config
+        self.local_ncc = LocalNormalizedCrossCorrelationLoss(spatial_dims=3, kernel_size=config.ncc_window)
+        self.smoothness = DiffusionLoss()
+
+    def negative_ncc(self, moving: Tensor, fixed: Tensor) -> Tensor:
+        """Mean over the batch of -NCC (local or global)."""
+        if self.config.ncc == "local":
+            return self.local_ncc(moving, fixed)
+        return -global_ncc(moving, fixed).mean()
+
+    def forward(self, output: RegistrationOutput, fixed_mu: Tensor, fixed_labels: Tensor) -> dict[str, Tensor]:
+        """Args:
+            output: the network's output.
+            fixed_mu: ``(B, 1, I, J, K)`` patient attenuation (1/mm) on the atlas grid.
+            fixed_labels: ``(B, 1, I, J, K)`` patient femur label (0/1).
+
+        Returns:
+            ``total`` and its parts ``affine_ncc``, ``local_ncc`` (both -NCC), ``smoothness``.
+        """
+        fixed = fixed_mu * fixed_labels if self.config.masked else fixed_mu
+        affine, warped = output.affine_image, output.warped_image
+        if self.config.masked:
+            affine, warped = affine * output.affine_labels, warped * output.warped_labels
+        parts = {
+            "affine_ncc": self.negative_ncc(affine, fixed),
+            "local_ncc": self.negative_ncc(warped, fixed),
+            "smoothness": self.smoothness(output.local_displacement),
+        }
+        parts["total"] = parts["affine_ncc"] + parts["local_ncc"] + self.config.smoothness_weight * parts["smoothness"]
+        return parts
+
+
+def soft_dice(predicted: Tensor, target: Tensor, eps: float = 1e-6) -> Tensor:
+    """``(B,)`` Dice of soft or binary ``(B, 1, ...)`` label maps."""
+    predicted, target = predicted.flatten(1), target.flatten(1)
+    return (2 * (predicted * target).sum(1) + eps) / (predicted.sum(1) + target.sum(1) + eps)
