@@ -1,0 +1,1 @@
+"""Registration networks: the affine and local modules and the full atlas network."""
