@@ -2,6 +2,9 @@
 
     L = -NCC(V o T, V_f) - NCC(V o Psi, V_f) + delta * L_smooth(phi)
 
+reported (same gradients) as ``(1 - NCC_T) + (1 - NCC_Psi) + delta * L_smooth``, which is
+non-negative and zero for a perfect match, so that relative decreases mean something.
+
 NCC is MONAI's windowed ``LocalNormalizedCrossCorrelationLoss`` (which returns -NCC) or a global
 NCC; ``L_smooth`` is MONAI's ``DiffusionLoss``, the mean squared spatial gradient (central
 differences, per voxel) of the displacement in mm. With ``masked``, both volumes are compared
@@ -46,11 +49,11 @@ class RegistrationLoss(nn.Module):
         self.local_ncc = LocalNormalizedCrossCorrelationLoss(spatial_dims=3, kernel_size=config.ncc_window)
         self.smoothness = DiffusionLoss()
 
-    def negative_ncc(self, moving: Tensor, fixed: Tensor) -> Tensor:
-        """Mean over the batch of -NCC (local or global)."""
+    def ncc(self, moving: Tensor, fixed: Tensor) -> Tensor:
+        """Mean over the batch of the NCC (local or global)."""
         if self.config.ncc == "local":
-            return self.local_ncc(moving, fixed)
-        return -global_ncc(moving, fixed).mean()
+            return -self.local_ncc(moving, fixed)
+        return global_ncc(moving, fixed).mean()
 
     def forward(self, output: RegistrationOutput, fixed_mu: Tensor, fixed_labels: Tensor) -> dict[str, Tensor]:
         """Args:
@@ -59,18 +62,19 @@ class RegistrationLoss(nn.Module):
             fixed_labels: ``(B, 1, I, J, K)`` patient femur label (0/1).
 
         Returns:
-            ``total`` and its parts ``affine_ncc``, ``local_ncc`` (both -NCC), ``smoothness``.
+            ``total`` and its parts ``affine_ncc``, ``local_ncc`` (NCC values), ``smoothness``.
         """
         fixed = fixed_mu * fixed_labels if self.config.masked else fixed_mu
         affine, warped = output.affine_image, output.warped_image
         if self.config.masked:
             affine, warped = affine * output.affine_labels, warped * output.warped_labels
         parts = {
-            "affine_ncc": self.negative_ncc(affine, fixed),
-            "local_ncc": self.negative_ncc(warped, fixed),
+            "affine_ncc": self.ncc(affine, fixed),
+            "local_ncc": self.ncc(warped, fixed),
             "smoothness": self.smoothness(output.local_displacement),
         }
-        parts["total"] = parts["affine_ncc"] + parts["local_ncc"] + self.config.smoothness_weight * parts["smoothness"]
+        parts["total"] = ((1.0 - parts["affine_ncc"]) + (1.0 - parts["local_ncc"])
+                          + self.config.smoothness_weight * parts["smoothness"])
         return parts
 
 
