@@ -112,7 +112,8 @@ class ProST(nn.Module):
         splits = self._ray_splits(volume)
         # Batch element (b, s) samples depths[s-th part]: (B * S, K / S, rows_chunk, cols, 3).
         depths = depths.view(1, splits, -1, 1, 1, 1)
-        grid = origin.view(batch, 1, 1, 1, 1, 3) + depths * direction.unsqueeze(1).unsqueeze(1)
+        # One fused multiply-add: no (B, S, K/S, r, c, 3) temporary for depths * direction.
+        grid = torch.addcmul(origin.view(batch, 1, 1, 1, 1, 3), depths, direction.unsqueeze(1).unsqueeze(1))
         grid = grid.flatten(0, 1)
         source = volume.expand(splits, *volume.shape[1:]) if splits > 1 else volume
         sampled = F.grid_sample(source, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
