@@ -114,6 +114,30 @@ def atlas(
         typer.echo(f"wrote the {preset} atlas to {out}")
 
 
+class Side(str, Enum):
+    left = "left"
+    right = "right"
+
+
+@app.command()
+def preprocess(
+    ct: Path = typer.Option(..., help="CT volume in HU (.nii/.nii.gz)."),
+    labels: Path = typer.Option(..., help="Label map on the CT's grid (e.g. TotalSegmentator's)."),
+    label: int = typer.Option(..., help="Label value of the femur to extract."),
+    side: Side = typer.Option(..., help="Which femur it is; left femurs are mirrored to right."),
+    out: Path = typer.Option(..., help="Output folder: ct.nii.gz, labels.nii.gz, frame.json."),
+    preset: str = typer.Option("lite", help="Output grid preset: paper, lite or tiny."),
+) -> None:
+    """Bring one femur of a real CT into the atlas frame and grid (the paper's preprocessing)."""
+    with _reporting_errors():
+        from biplanar.data.preprocess import preprocess_femur
+
+        result = preprocess_femur(ct, labels, label, side.value, out, preset)
+        axes = result.frame.axes
+        typer.echo(f"wrote {out} (head radius {axes.head_radius_mm:.1f} mm, "
+                   f"neck-shaft angle {axes.neck_shaft_angle_deg:.1f} deg)")
+
+
 def main() -> None:
     """Console entry point."""
     app(prog_name="biplanar")
