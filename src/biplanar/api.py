@@ -12,8 +12,7 @@ from biplanar.geometry.geometry_file import read_geometry, require_views, write_
 from biplanar.geometry.presets import biplanar_pair
 from biplanar.io.images import WRITE_SUFFIXES, write_image, write_preview_png
 from biplanar.io.volumes import read_volume
-from biplanar.physics import hu_to_mu, render_drr
-from biplanar.physics.polychromatic import render_polychromatic_drr, tube_spectrum
+from biplanar.physics.drr import render_ct_radiograph, render_drr
 
 
 def _check_output_suffix(path: Path, allowed: tuple[str, ...]) -> None:
@@ -61,14 +60,13 @@ def render_drr_file(
     volume = torch.from_numpy(data)[None, None]
     if mode == "polychromatic" and units != "hu":
         raise InputError(f"{volume_path}: the polychromatic mode needs a volume in HU")
+    generator = torch.Generator().manual_seed(seed)
     try:
-        if mode == "polychromatic":
-            image = render_polychromatic_drr(volume, views[view_name], grid,
-                                             tube_spectrum(kvp, aluminium_mm), num_samples)
+        if units == "hu":
+            image = render_ct_radiograph(volume, views[view_name], grid, mode, num_samples, photons,
+                                         generator, kvp, aluminium_mm, mu_water_per_mm)
         else:
-            mu = hu_to_mu(volume, mu_water_per_mm) if units == "hu" else volume
-            image = render_drr(mu, views[view_name], grid, mode, num_samples, photons,
-                               torch.Generator().manual_seed(seed))
+            image = render_drr(volume, views[view_name], grid, mode, num_samples, photons, generator)
     except ValueError as error:
         raise InputError(f"{geometry_path}: views.{view_name}: {error}") from None
     image = image[0, 0].numpy()

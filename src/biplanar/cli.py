@@ -114,6 +114,35 @@ def atlas(
         typer.echo(f"wrote the {preset} atlas to {out}")
 
 
+class GeometryKind(str, Enum):
+    orthogonal = "orthogonal"
+    generalized = "generalized"
+
+
+@app.command()
+def simulate(
+    out: Path = typer.Option(..., help="Dataset folder (re-running it resumes an interrupted run)."),
+    n: int = typer.Option(..., min=1, help="Number of subjects."),
+    seed: int = typer.Option(..., min=0, help="Dataset seed (subject seeds derive from it)."),
+    geometry: GeometryKind = typer.Option(GeometryKind.orthogonal,
+                                          help="orthogonal (AP 0, LAT 90) or generalized (+/-30 deg)."),
+    preset: str = typer.Option("lite", help="Grid and detector preset: paper, lite or tiny."),
+    mode: str = typer.Option("line_integral", help="line_integral, poisson or polychromatic."),
+    photons: float = typer.Option(1e5, help="Photons per pixel (mode poisson)."),
+    kvp: float = typer.Option(80.0, help="Tube voltage, kV (mode polychromatic)."),
+    aluminium_mm: float = typer.Option(2.5, help="Filtration, mm Al (mode polychromatic)."),
+    workers: int = typer.Option(1, min=1, help="Parallel worker processes."),
+) -> None:
+    """Make a dataset: CT + femur labels, AP and LAT radiographs, masks, geometry files, split."""
+    with _reporting_errors():
+        from biplanar.data.simulate import SimulationConfig, simulate_dataset
+
+        config = SimulationConfig(preset=preset, geometry=geometry.value, mode=mode, photons=photons,
+                                  kvp=kvp, aluminium_mm=aluminium_mm)
+        summary = simulate_dataset(out, n, seed, config, workers=workers)
+        typer.echo(f"wrote {len(summary.written)} subjects to {out}, {len(summary.skipped)} already there")
+
+
 class Side(str, Enum):
     left = "left"
     right = "right"

@@ -8,6 +8,7 @@ from torch import Tensor
 from biplanar.geometry.projection import ProjectionView
 from biplanar.geometry.volume_grid import VolumeGrid
 from biplanar.layers.prost import ProST
+from biplanar.physics.attenuation import MU_WATER_PER_MM, hu_to_mu
 from biplanar.physics.drr_modes import DRR_MODES, beer_lambert_intensity, poisson_line_integral
 
 
@@ -43,3 +44,38 @@ def render_drr(
     if mode == "poisson":
         return poisson_line_integral(line_integral, photons, generator)
     return line_integral
+
+
+RADIOGRAPH_MODES = (*DRR_MODES, "polychromatic")
+
+
+def render_ct_radiograph(
+    hu: Tensor,
+    view: ProjectionView,
+    grid: VolumeGrid,
+    mode: str = "line_integral",
+    num_samples: int = 256,
+    photons: float = 1e5,
+    generator: torch.Generator | None = None,
+    kvp: float = 80.0,
+    aluminium_mm: float = 2.5,
+    mu_water_per_mm: float = MU_WATER_PER_MM,
+) -> Tensor:
+    """A radiograph of a CT in HU in any of :data:`RADIOGRAPH_MODES`.
+
+    Args:
+        hu: ``(B, 1, I, J, K)`` Hounsfield units on ``grid``.
+        view, grid, num_samples, photons, generator: see :func:`render_drr`.
+        mode: ``line_integral``, ``beer_lambert``, ``poisson`` (of ``mu = hu_to_mu(hu)``) or
+            ``polychromatic`` (two materials, a ``kvp`` tube with ``aluminium_mm`` filtration;
+            see :mod:`biplanar.physics.polychromatic`).
+        mu_water_per_mm: attenuation of water for the monochromatic modes, 1/mm.
+
+    Returns:
+        ``(B, 1, rows, cols)``.
+    """
+    if mode == "polychromatic":
+        from biplanar.physics.polychromatic import render_polychromatic_drr, tube_spectrum
+
+        return render_polychromatic_drr(hu, view, grid, tube_spectrum(kvp, aluminium_mm), num_samples)
+    return render_drr(hu_to_mu(hu, mu_water_per_mm), view, grid, mode, num_samples, photons, generator)

@@ -1,0 +1,472 @@
+"""Simulated biplanar cases and datasets: a phantom CT, its AP and LAT radiographs and femur masks.
+
+A *case* is one phantom subject (:func:`biplanar.data.phantom.make_subject`) seen by two C-arm
+views whose isocentre is the volume's centre (the world origin of the grid presets):
+
+- ``orthogonal``: AP at LAO/RAO 0 degrees, LAT at 90 degrees (the paper's set-up);
+- ``generalized``: each view's LAO/RAO uniform within +-30 degrees of 0 and of 90, cranio-caudal
+  0, drawn from the case seed (:func:`biplanar.geometry.random_generalized_pair`).
+
+Radiographs (``(rows, cols)`` float32, dimensionless) project the WHOLE CT, surrounding tissue
+and pelvis included:
+
+- ``line_integral``: ``integral of mu ds`` with ``mu = hu_to_mu(HU)`` (``shared/CONTRACT.md`` 3);
+- ``poisson``: the same with quantum noise at ``photons`` per pixel, log-transformed back;
+- ``polychromatic``: a two-material DRR with a ``kvp`` tube and ``aluminium_mm`` filtration.
+
+Femur mask rule: pixel ``(r, c)`` is femur (1.0) when the ProST line integral of the femur
+indicator (the label map as 0/1 floats, trilinear, the radiographs' ``num_samples``) along its
+ray exceeds :data:`MASK_MIN_PATH_MM` mm; else 0.0. A masked radiograph is radiograph x mask, as
+the paper feeds the network.
+
+Detectors keep the paper's field of view at every preset: ``paper`` 224 x 160 px at 0.93 mm,
+``lite`` 112 x 80 at 1.86 mm, ``tiny`` 56 x 40 at 3.72 mm.
+
+Dataset layout written by :func:`simulate_dataset` (all files written atomically)::
+
+    out_dir/dataset.json        config, n, seed, biplanar version (written first)
+    out_dir/split.json          {"train": [ids], "val": [ids], "test": [ids]} (written last)
+    out_dir/subjects/<id>/      ct.nii.gz (float32 HU), labels.nii.gz (uint8), AP.npy, LAT.npy,
+                                AP_mask.npy, LAT_mask.npy, AP_masked.npy, LAT_masked.npy
+                                (float32 (rows, cols)), geometry.json, subject.json
+
+Subject ``i`` of dataset seed ``s`` is ``case_<i:05d>`` with case seed :func:`subject_seed`
+``(s, i)``. Each subject is written into a temporary sibling folder then renamed, so an
+interrupted run leaves only complete subjects; a re-run skips them (resume).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import multiprocessing
+import os
+import shutil
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from biplanar import __version__
+from biplanar.data.grid_presets import GRID_PRESETS
+from biplanar.data.phantom import Subject, make_subject
+from biplanar.errors import InputError
+from biplanar.geometry.geometry_file import write_geometry
+from biplanar.geometry.presets import (
+    PAPER_IMAGE_SHAPE,
+    PAPER_PIXEL_SPACING_MM,
+    biplanar_pair,
+    random_generalized_pair,
+)
+from biplanar.geometry.projection import ProjectionView
+from biplanar.geometry.volume_grid import VolumeGrid
+from biplanar.io.atomic import atomic_write_text
+from biplanar.io.images import write_image
+from biplanar.io.volumes import write_volume
+from biplanar.layers.prost import ProST
+from biplanar.physics.drr import render_ct_radiograph
+
+VIEW_NAMES = ("AP", "LAT")
+GEOMETRIES = ("orthogonal", "generalized")
+SIMULATION_MODES = ("line_integral", "poisson", "polychromatic")
+# Detector binning relative to the paper's 224 x 160 px at 0.93 mm: same field of view.
+DETECTOR_BINNING = {"paper": 1, "lite": 2, "tiny": 4}
+GENERALIZED_MAX_OFFSET_DEG = 30.0
+KVP_RANGE = (20.0, 150.0)  # tube voltages SpekPy models, kV
+MASK_MIN_PATH_MM = 1.0  # femur path length along a ray above which a pixel is femur, mm
+# The paper's split: 235 training, 40 validation, 40 test subjects of 315.
+PAPER_SPLIT = {"train": 235, "val": 40, "test": 40}
+# Child streams of a case seed (numpy SeedSequence spawn keys), independent of the subject's own.
+GEOMETRY_STREAM, NOISE_STREAM, SPLIT_STREAM = 1, 2, 3
+SUBJECT_FILES = ("ct.nii.gz", "labels.nii.gz", *(f"{view}{suffix}.npy" for view in VIEW_NAMES
+                                                  for suffix in ("", "_mask", "_masked")),
+                 "geometry.json", "subject.json")
+PARTIAL_SUFFIX = ".partial"
+
+
+@dataclass(frozen=True)
+class SimulationConfig:
+    """How cases are simulated.
+
+    Attributes:
+        preset: grid and detector preset, ``paper``, ``lite`` or ``tiny``.
+        geometry: ``orthogonal`` or ``generalized`` (see the module doc).
+        mode: radiograph values, one of :data:`SIMULATION_MODES`.
+        photons: incident photons per pixel (``poisson``).
+        kvp: tube voltage, kV (``polychromatic``).
+        aluminium_mm: tube filtration, mm of aluminium (``polychromatic``).
+        num_samples: ProST samples per ray (radiographs and masks).
+    """
+
+    preset: str = "lite"
+    geometry: str = "orthogonal"
+    mode: str = "line_integral"
+    photons: float = 1e5
+    kvp: float = 80.0
+    aluminium_mm: float = 2.5
+    num_samples: int = 256
+
+    def __post_init__(self) -> None:
+        for name, allowed in (("preset", sorted(set(GRID_PRESETS) & set(DETECTOR_BINNING))),
+                              ("geometry", GEOMETRIES), ("mode", SIMULATION_MODES)):
+            if getattr(self, name) not in allowed:
+                raise InputError(f"{name}: expected one of {', '.join(allowed)}, "
+                                 f"got {getattr(self, name)!r}")
+        if not (self.photons > 0 and KVP_RANGE[0] <= self.kvp <= KVP_RANGE[1]
+                and self.aluminium_mm >= 0 and self.num_samples >= 1):
+            raise InputError(f"photons > 0, kvp in {KVP_RANGE}, aluminium_mm >= 0 and num_samples "
+                             f">= 1 expected, got {self.photons}, {self.kvp}, {self.aluminium_mm}, "
+                             f"{self.num_samples}")
+
+    @property
+    def image_shape(self) -> tuple[int, int]:
+        """``(rows, cols)`` of both detectors."""
+        binning = DETECTOR_BINNING[self.preset]
+        return PAPER_IMAGE_SHAPE[0] // binning, PAPER_IMAGE_SHAPE[1] // binning
+
+    @property
+    def pixel_spacing_mm(self) -> tuple[float, float]:
+        """``(row, col)`` detector spacing, mm."""
+        binning = DETECTOR_BINNING[self.preset]
+        return PAPER_PIXEL_SPACING_MM[0] * binning, PAPER_PIXEL_SPACING_MM[1] * binning
+
+    def to_dict(self) -> dict[str, Any]:
+        """Field name -> value (JSON-ready)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> SimulationConfig:
+        """The inverse of :meth:`to_dict`; ``InputError`` on unknown fields."""
+        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise InputError(f"simulation config: unknown field(s) {sorted(unknown)}")
+        return cls(**values)
+
+
+DEFAULT_CONFIG = SimulationConfig()
+
+
+@dataclass(frozen=True)
+class SimulatedCase:
+    """One simulated case.
+
+    Attributes:
+        seed: the case seed (the subject's, :meth:`SubjectSpec.sample`).
+        subject: CT (HU), labels, grid, parameters, pose and landmarks.
+        views: ``AP`` and ``LAT`` views, isocentre at the grid centre.
+        radiographs: view name -> ``(rows, cols)`` float32, dimensionless (see ``mode``).
+        masks: view name -> ``(rows, cols)`` float32, 1.0 femur, 0.0 elsewhere (the mask rule).
+    """
+
+    seed: int
+    subject: Subject
+    views: dict[str, ProjectionView]
+    radiographs: dict[str, np.ndarray]
+    masks: dict[str, np.ndarray]
+
+    @property
+    def ct_hu(self) -> np.ndarray:
+        """``(I, J, K)`` float32 HU on :attr:`grid`."""
+        return self.subject.ct_hu
+
+    @property
+    def labels(self) -> np.ndarray:
+        """``(I, J, K)`` uint8, 1 = femur."""
+        return self.subject.labels
+
+    @property
+    def grid(self) -> VolumeGrid:
+        """The volumes' grid (world RAS+ mm)."""
+        return self.subject.grid
+
+    @property
+    def masked_radiographs(self) -> dict[str, np.ndarray]:
+        """View name -> radiograph x mask, ``(rows, cols)`` float32."""
+        return {name: self.radiographs[name] * self.masks[name] for name in self.radiographs}
+
+    def record(self) -> dict[str, Any]:
+        """The subject's seed, parameters, pose and landmarks (JSON-ready)."""
+        spec = self.subject.spec
+        return {"seed": self.seed,
+                "parameters": {"femur": spec.femur.to_dict(), "pelvis": spec.pelvis.to_dict(),
+                               "tissue": spec.tissue.to_dict()},
+                "pose": spec.pose.to_dict(), "detail_seed": spec.detail_seed,
+                "landmarks": self.subject.landmarks.to_dict()}
+
+
+def _child_seed(seed: int, key: int) -> np.random.SeedSequence:
+    """The independent child stream ``key`` of ``seed``."""
+    return np.random.SeedSequence(seed, spawn_key=(key,))
+
+
+def _as_int(sequence: np.random.SeedSequence) -> int:
+    """63 bits of a seed sequence's state: a seed for numpy and for ``torch.manual_seed``."""
+    return int(sequence.generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+def subject_seed(dataset_seed: int, index: int) -> int:
+    """Case seed of subject ``index`` of dataset ``dataset_seed`` (both ``>= 0``), from
+    ``SeedSequence([dataset_seed, index])``: distinct datasets never share subjects in practice."""
+    return _as_int(np.random.SeedSequence([dataset_seed, index]))
+
+
+def subject_id(index: int) -> str:
+    """Folder name of subject ``index``: ``case_00007``."""
+    return f"case_{index:05d}"
+
+
+def case_views(seed: int, config: SimulationConfig, grid: VolumeGrid) -> dict[str, ProjectionView]:
+    """The ``AP`` and ``LAT`` views of case ``seed``, isocentre at the centre of ``grid``."""
+    detector = {"image_shape": config.image_shape, "pixel_spacing_mm": config.pixel_spacing_mm,
+                "isocenter_mm": grid.centre_world}
+    if config.geometry == "orthogonal":
+        return biplanar_pair(**detector)
+    rng = np.random.default_rng(_child_seed(seed, GEOMETRY_STREAM))
+    return random_generalized_pair(rng, GENERALIZED_MAX_OFFSET_DEG, **detector)
+
+
+def render_radiographs(ct_hu: np.ndarray, grid: VolumeGrid, views: dict[str, ProjectionView],
+                       config: SimulationConfig, noise_seed: int = 0) -> dict[str, np.ndarray]:
+    """Radiographs of a whole CT in ``config.mode``.
+
+    Args:
+        ct_hu: ``(I, J, K)`` Hounsfield units on ``grid``.
+        grid: the CT's grid (world RAS+ mm).
+        views: name -> view.
+        config: mode, photons, spectrum and samples per ray.
+        noise_seed: seed of the ``poisson`` noise (views drawn in order from one generator).
+
+    Returns:
+        view name -> ``(rows, cols)`` float32, dimensionless.
+    """
+    hu = torch.from_numpy(np.asarray(ct_hu, dtype=np.float32))[None, None]  # (1, 1, I, J, K)
+    grid.check_volume(hu, "ct_hu")
+    generator = torch.Generator().manual_seed(noise_seed)
+    with torch.no_grad():
+        images = {name: render_ct_radiograph(hu, view, grid, config.mode, config.num_samples,
+                                             config.photons, generator, config.kvp, config.aluminium_mm)
+                  for name, view in views.items()}
+    return {name: image[0, 0].numpy() for name, image in images.items()}
+
+
+def femur_masks(labels: np.ndarray, grid: VolumeGrid, views: dict[str, ProjectionView],
+                num_samples: int = 256) -> dict[str, np.ndarray]:
+    """2D femur masks by the mask rule (module doc): path length through the femur > threshold.
+
+    Args:
+        labels: ``(I, J, K)`` label map on ``grid``, 1 = femur.
+        grid: its grid.
+        views: name -> view.
+        num_samples: ProST samples per ray.
+
+    Returns:
+        view name -> ``(rows, cols)`` float32 of 0.0 / 1.0.
+    """
+    indicator = torch.from_numpy(np.asarray(labels) == 1).float()[None, None]  # (1, 1, I, J, K)
+    grid.check_volume(indicator, "labels")
+    with torch.no_grad():
+        return {name: (ProST(view, grid, num_samples)(indicator)[0, 0] > MASK_MIN_PATH_MM)
+                .float().numpy() for name, view in views.items()}
+
+
+def simulate_case(seed: int, config: SimulationConfig = DEFAULT_CONFIG) -> SimulatedCase:
+    """Simulate case ``seed``: subject, views, radiographs and masks (deterministic in ``seed``)."""
+    subject = make_subject(seed, config.preset)
+    views = case_views(seed, config, subject.grid)
+    radiographs = render_radiographs(subject.ct_hu, subject.grid, views, config,
+                                     _as_int(_child_seed(seed, NOISE_STREAM)))
+    masks = femur_masks(subject.labels, subject.grid, views, config.num_samples)
+    return SimulatedCase(seed, subject, views, radiographs, masks)
+
+
+def split_sizes(n: int) -> dict[str, int]:
+    """Train / val / test sizes in the paper's 235 / 40 / 40 proportions.
+
+    ``val`` and ``test`` get ``round(n * 40 / 315)`` each, at least 1 when ``n >= 3``; ``train``
+    the rest.
+    """
+    total = sum(PAPER_SPLIT.values())
+    held_out = round(n * PAPER_SPLIT["val"] / total)
+    held_out = max(held_out, 1) if n >= 3 else held_out
+    return {"train": n - 2 * held_out, "val": held_out, "test": held_out}
+
+
+def make_split(n: int, seed: int) -> dict[str, list[str]]:
+    """Disjoint train / val / test subject ids covering ``0..n-1``, a permutation from ``seed``."""
+    order = np.random.default_rng(_child_seed(seed, SPLIT_STREAM)).permutation(n)
+    split, start = {}, 0
+    for name, size in split_sizes(n).items():
+        split[name] = [subject_id(int(i)) for i in sorted(order[start:start + size])]
+        start += size
+    return split
+
+
+def write_case(folder: Path, case: SimulatedCase, extra: dict[str, Any] | None = None) -> None:
+    """Write a case's :data:`SUBJECT_FILES` into ``folder``, all or nothing.
+
+    The files go into a temporary sibling folder that is renamed to ``folder`` once complete;
+    an existing ``folder`` is replaced. ``extra`` entries are added to ``subject.json``.
+    """
+    folder = Path(folder)
+    partial = folder.parent / f".{folder.name}.{os.getpid()}{PARTIAL_SUFFIX}"
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    try:
+        write_volume(partial / "ct.nii.gz", case.ct_hu, case.grid)
+        write_volume(partial / "labels.nii.gz", case.labels, case.grid)
+        for name in VIEW_NAMES:
+            write_image(partial / f"{name}.npy", case.radiographs[name])
+            write_image(partial / f"{name}_mask.npy", case.masks[name])
+            write_image(partial / f"{name}_masked.npy", case.masked_radiographs[name])
+        write_geometry(partial / "geometry.json", case.views)
+        _write_json(partial / "subject.json", {**(extra or {}), **case.record()})
+        shutil.rmtree(folder, ignore_errors=True)
+        os.rename(partial, folder)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+
+
+def is_complete(folder: Path) -> bool:
+    """Whether ``folder`` holds every file of :data:`SUBJECT_FILES`."""
+    return all((Path(folder) / name).is_file() for name in SUBJECT_FILES)
+
+
+@dataclass(frozen=True)
+class DatasetSummary:
+    """What :func:`simulate_dataset` did.
+
+    Attributes:
+        out_dir: the dataset folder.
+        written: ids simulated by this run.
+        skipped: ids already complete (resume).
+    """
+
+    out_dir: Path
+    written: tuple[str, ...]
+    skipped: tuple[str, ...]
+
+
+def simulate_dataset(out_dir: str | Path, n: int, seed: int,
+                     config: SimulationConfig = DEFAULT_CONFIG, workers: int = 1,
+                     progress: bool = True) -> DatasetSummary:
+    """Simulate ``n`` cases into ``out_dir`` (layout: module doc), resuming a previous run.
+
+    Args:
+        out_dir: dataset folder, created if missing.
+        n: number of subjects (``>= 1``).
+        seed: dataset seed, ``>= 0``; subject ``i`` has case seed ``subject_seed(seed, i)``.
+        config: how cases are simulated.
+        workers: processes simulating subjects in parallel (each torch single-threaded);
+            1 runs in this process.
+        progress: show a progress bar on stderr.
+
+    Raises:
+        InputError: bad ``n`` / ``workers`` / ``seed``, or ``out_dir`` holds a dataset made with
+            another seed or config.
+    """
+    if n < 1 or workers < 1 or seed < 0:
+        raise InputError(f"n, workers >= 1 and seed >= 0 expected, got n={n}, workers={workers}, "
+                         f"seed={seed}")
+    out_dir = Path(out_dir)
+    _write_manifest(out_dir, n, seed, config)
+    subjects_dir = out_dir / "subjects"
+    subjects_dir.mkdir(parents=True, exist_ok=True)
+    for stale in subjects_dir.glob(f".*{PARTIAL_SUFFIX}"):  # left by an interrupted run
+        shutil.rmtree(stale, ignore_errors=True)
+    pending = [i for i in range(n) if not is_complete(subjects_dir / subject_id(i))]
+    skipped = tuple(sorted(set(map(subject_id, range(n))) - set(map(subject_id, pending))))
+    written = []
+    with _progress_bar(progress) as bar:
+        task = bar.add_task("simulating subjects", total=n, completed=n - len(pending))
+        for name in _simulate_subjects(subjects_dir, pending, seed, config, workers):
+            written.append(name)
+            bar.advance(task)
+    _write_json(out_dir / "split.json", make_split(n, seed))
+    return DatasetSummary(out_dir, tuple(sorted(written)), skipped)
+
+
+def read_json(path: Path) -> Any:
+    """Parse a JSON file; ``InputError`` naming it if missing or invalid."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise InputError(f"{path}: file not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise InputError(f"{path}: not valid JSON ({error})") from None
+
+
+def _write_json(path: Path, document: dict[str, Any]) -> None:
+    atomic_write_text(path, json.dumps(document, indent=2) + "\n")
+
+
+def _write_manifest(out_dir: Path, n: int, seed: int, config: SimulationConfig) -> None:
+    """Write ``dataset.json``; ``InputError`` if it exists with another seed or config."""
+    path = out_dir / "dataset.json"
+    if path.is_file():
+        previous = read_json(path)
+        if previous.get("seed") != seed or previous.get("config") != config.to_dict():
+            raise InputError(f"{path}: the dataset there was made with seed {previous.get('seed')} "
+                             f"and config {previous.get('config')}, not seed {seed} and config "
+                             f"{config.to_dict()}; choose another output folder")
+    _write_json(path, {"n": n, "seed": seed, "config": config.to_dict(),
+                       "biplanar_version": __version__, "subject_files": list(SUBJECT_FILES)})
+
+
+def _simulate_subject(subjects_dir: Path, index: int, dataset_seed: int,
+                      config: SimulationConfig) -> str:
+    """Simulate and write subject ``index``; returns its id."""
+    name = subject_id(index)
+    case = simulate_case(subject_seed(dataset_seed, index), config)
+    write_case(subjects_dir / name, case,
+               {"subject_id": name, "index": index, "dataset_seed": dataset_seed})
+    return name
+
+
+def _single_threaded_worker() -> None:
+    """Worker initialiser: one torch thread per process (the processes share the cores)."""
+    torch.set_num_threads(1)
+
+
+def _simulate_subjects(subjects_dir: Path, indices: list[int], dataset_seed: int,
+                       config: SimulationConfig, workers: int) -> Iterator[str]:
+    """Simulate ``indices``, yielding each id as it is written (in completion order)."""
+    if workers == 1 or len(indices) <= 1:
+        for index in indices:
+            yield _simulate_subject(subjects_dir, index, dataset_seed, config)
+        return
+    # Not fork: forking a process whose torch has run its OpenMP thread pool can deadlock. A fork
+    # server only imports this module, then forks each worker from it in milliseconds (spawn
+    # would import torch again in every worker, seconds each).
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])
+    with ProcessPoolExecutor(min(workers, len(indices)), mp_context=context,
+                             initializer=_single_threaded_worker) as pool:
+        futures = [pool.submit(_simulate_subject, subjects_dir, index, dataset_seed, config)
+                   for index in indices]
+        try:
+            for future in as_completed(futures):
+                yield future.result()
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+
+
+def _progress_bar(enabled: bool):
+    """A rich progress bar on stderr (a no-op display when not ``enabled``)."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True),
+                    disable=not enabled)
