@@ -105,3 +105,19 @@ def test_cli_as_a_subprocess(case):
     assert np.load(tmp_path / "ap.npy").shape == (64, 48)
     failed = subprocess.run(command + ["--view", "NONE"], capture_output=True, text=True, timeout=120)
     assert failed.returncode == 2 and "Traceback" not in failed.stderr
+
+
+def test_train_command_runs_and_refuses_bad_input(tmp_path):
+    """`biplanar train` on a 3-subject tiny dataset for one epoch, then one-line refusals."""
+    from biplanar.data.simulate import SimulationConfig, simulate_dataset
+
+    simulate_dataset(tmp_path / "data", 3, 0, SimulationConfig(preset="tiny"), progress=False)
+    arguments = ["train", "--config", "tiny", "--data", str(tmp_path / "data"), "--epochs", "1"]
+    result = runner.invoke(app, arguments + ["--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    assert "trained 1 epochs" in result.output and (tmp_path / "run" / "last.pt").is_file()
+    again = runner.invoke(app, arguments + ["--out", str(tmp_path / "run")])
+    assert again.exit_code == 2 and "--resume" in again.output
+    wrong = runner.invoke(app, ["train", "--config", "lite", "--data", str(tmp_path / "data"),
+                                "--out", str(tmp_path / "run2")])
+    assert wrong.exit_code == 2 and "grid_preset" in wrong.output and not (tmp_path / "run2").exists()

@@ -7,6 +7,7 @@ exits 2 (``--debug`` shows the traceback instead); outputs are written atomicall
 from __future__ import annotations
 
 import contextlib
+import math
 import sys
 from collections.abc import Iterator
 from enum import Enum
@@ -141,6 +142,30 @@ def simulate(
                                   kvp=kvp, aluminium_mm=aluminium_mm)
         summary = simulate_dataset(out, n, seed, config, workers=workers)
         typer.echo(f"wrote {len(summary.written)} subjects to {out}, {len(summary.skipped)} already there")
+
+
+@app.command()
+def train(
+    config: str = typer.Option(..., help="Config YAML, or a preset name: paper, lite, tiny."),
+    out: Path = typer.Option(..., help="Run folder: checkpoints, metrics.csv, TensorBoard logs."),
+    data: Path | None = typer.Option(None, help="A `biplanar simulate` dataset folder."),
+    on_the_fly: int | None = typer.Option(None, min=1, help="Instead of --data: N fresh subjects per epoch."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out exactly."),
+    epochs: int | None = typer.Option(None, min=1, help="Override the config's epochs."),
+) -> None:
+    """Train the registration network (also under torchrun; Ctrl-C checkpoints, --resume continues)."""
+    with _reporting_errors():
+        from biplanar.training.trainer import TrainingInterrupted, train as run_training
+
+        try:
+            result = run_training(config, out, data_dir=data, on_the_fly=on_the_fly, resume=resume,
+                                  epochs=epochs)
+        except TrainingInterrupted as stop:
+            typer.echo(f"biplanar: interrupted: checkpoint {stop.checkpoint}; continue with --resume", err=True)
+            raise typer.Exit(130) from None
+        best = "n/a" if math.isnan(result.best_val_dice) else f"{result.best_val_dice:.3f}"
+        typer.echo(f"trained {result.epochs_completed} epochs ({result.global_step} steps); "
+                   f"best validation Dice {best}; checkpoints in {out}")
 
 
 class Side(str, Enum):

@@ -5,15 +5,19 @@
 reported (same gradients) as ``(1 - NCC_T) + (1 - NCC_Psi) + delta * L_smooth``, which is
 non-negative and zero for a perfect match, so that relative decreases mean something.
 
-NCC is MONAI's windowed ``LocalNormalizedCrossCorrelationLoss`` (which returns -NCC) or a global
-NCC; ``L_smooth`` is MONAI's ``DiffusionLoss``, the mean squared spatial gradient (central
-differences, per voxel) of the displacement in mm. With ``masked``, both volumes are compared
-inside their femur labels (the paper's semi-supervised set-up).
+NCC is MONAI's windowed ``LocalNormalizedCrossCorrelationLoss`` (its map of squared windowed NCC)
+or a global NCC; ``L_smooth`` is MONAI's ``DiffusionLoss``, the mean squared spatial gradient
+(central differences, per voxel) of the displacement in mm. With ``masked``, both volumes are
+compared inside their femur labels (the paper's semi-supervised set-up): voxels outside both labels
+are zeroed, and the windowed NCC map is averaged only over the voxels whose window touches either
+label. (Windows that see background alone are flat in both volumes, where MONAI scores 0; averaging
+them in would put the loss of a perfect match far above zero.)
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from biplanar.config import LossConfig
@@ -46,14 +50,29 @@ class RegistrationLoss(nn.Module):
         from monai.losses import DiffusionLoss, LocalNormalizedCrossCorrelationLoss
 
         self.config = config
-        self.local_ncc = LocalNormalizedCrossCorrelationLoss(spatial_dims=3, kernel_size=config.ncc_window)
+        self.local_ncc = LocalNormalizedCrossCorrelationLoss(spatial_dims=3, kernel_size=config.ncc_window,
+                                                             reduction="none")
         self.smoothness = DiffusionLoss()
 
-    def ncc(self, moving: Tensor, fixed: Tensor) -> Tensor:
-        """Mean over the batch of the NCC (local or global)."""
-        if self.config.ncc == "local":
-            return -self.local_ncc(moving, fixed)
-        return global_ncc(moving, fixed).mean()
+    def ncc(self, moving: Tensor, fixed: Tensor, region: Tensor | None = None) -> Tensor:
+        """Mean over the batch of the NCC (local or global).
+
+        Args:
+            moving, fixed: ``(B, 1, I, J, K)``.
+            region: ``(B, 1, I, J, K)`` 0/1, where the local NCC map is averaged (all voxels if None).
+        """
+        if self.config.ncc == "global":
+            return global_ncc(moving, fixed).mean()
+        ncc_map = -self.local_ncc(moving, fixed)  # (B, 1, I, J, K)
+        if region is None:
+            return ncc_map.mean()
+        return ((ncc_map * region).flatten(1).sum(1) / region.flatten(1).sum(1).clamp(min=1.0)).mean()
+
+    def label_region(self, *labels: Tensor) -> Tensor:
+        """``(B, 1, I, J, K)`` 0/1: voxels whose NCC window touches any of the (soft) label maps."""
+        union = (torch.stack(labels).amax(dim=0) > 0.5).float()
+        window = self.config.ncc_window
+        return F.max_pool3d(union, window, stride=1, padding=window // 2)
 
     def forward(self, output: RegistrationOutput, fixed_mu: Tensor, fixed_labels: Tensor) -> dict[str, Tensor]:
         """Args:
@@ -66,11 +85,15 @@ class RegistrationLoss(nn.Module):
         """
         fixed = fixed_mu * fixed_labels if self.config.masked else fixed_mu
         affine, warped = output.affine_image, output.warped_image
+        affine_region = warped_region = None
         if self.config.masked:
             affine, warped = affine * output.affine_labels, warped * output.warped_labels
+            with torch.no_grad():
+                affine_region = self.label_region(fixed_labels, output.affine_labels)
+                warped_region = self.label_region(fixed_labels, output.warped_labels)
         parts = {
-            "affine_ncc": self.ncc(affine, fixed),
-            "local_ncc": self.ncc(warped, fixed),
+            "affine_ncc": self.ncc(affine, fixed, affine_region),
+            "local_ncc": self.ncc(warped, fixed, warped_region),
             "smoothness": self.smoothness(output.local_displacement),
         }
         parts["total"] = ((1.0 - parts["affine_ncc"]) + (1.0 - parts["local_ncc"])

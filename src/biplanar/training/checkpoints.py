@@ -1,0 +1,120 @@
+"""Checkpoints: everything to continue a run exactly, and everything to rebuild its model.
+
+A checkpoint is a ``torch.save`` dict (loadable with ``weights_only=True``)::
+
+    format, version       "biplanar-checkpoint", 1
+    config                ExperimentConfig.to_dict() (so a checkpoint alone rebuilds its model)
+    model                 the network's state dict (weights and the atlas buffers)
+    optimizer, scheduler  their state dicts
+    rng                   torch, numpy and python random states
+    epoch                 the epoch in progress (0-based)
+    step_in_epoch         optimizer steps done in that epoch
+    global_step           optimizer steps done in the run
+    world_size            processes that shared each step
+    best_metric           best validation Dice so far (-inf before the first validation)
+    elapsed_s             training wall time so far, s
+    epoch_sums            running sums of the epoch's training losses (and their count)
+    history               one row per finished epoch (the rows of metrics.csv)
+
+Files are written atomically (a temporary name, then rename).
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from biplanar.config import ExperimentConfig
+from biplanar.errors import InputError
+from biplanar.io.atomic import atomic_path
+
+FORMAT, VERSION = "biplanar-checkpoint", 1
+REQUIRED_KEYS = ("config", "model", "optimizer", "scheduler", "rng", "epoch", "step_in_epoch",
+                 "global_step", "world_size", "best_metric", "elapsed_s", "epoch_sums", "history")
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """The torch (CPU and CUDA), numpy and python random states, as weights-only-loadable values."""
+    kind, keys, position, has_gauss, cached_gauss = np.random.get_state()
+    version, python_state, gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "position": position,
+                  "has_gauss": has_gauss, "cached_gauss": cached_gauss},
+        "python": {"version": version, "state": list(python_state), "gauss": gauss},
+    }
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    """Undo :func:`capture_rng_state`."""
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    numpy = state["numpy"]
+    np.random.set_state((numpy["kind"], numpy["keys"].numpy().astype(np.uint32), numpy["position"],
+                         numpy["has_gauss"], numpy["cached_gauss"]))
+    python = state["python"]
+    random.setstate((python["version"], tuple(python["state"]), python["gauss"]))
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
+    """Write ``state`` (the keys of :data:`REQUIRED_KEYS`) to ``path`` atomically."""
+    missing = [key for key in REQUIRED_KEYS if key not in state]
+    if missing:
+        raise ValueError(f"checkpoint state: missing keys {missing}")
+    path = Path(path)
+    with atomic_path(path) as temporary:
+        torch.save({"format": FORMAT, "version": VERSION, **state}, temporary)
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint`.
+
+    Raises:
+        InputError: a missing or unreadable file, or not a biplanar checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: file not found")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # torch raises pickle, zip and runtime errors alike on a bad file
+        raise InputError(f"{path}: not a readable checkpoint ({type(error).__name__}: {error})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise InputError(f"{path}: not a biplanar checkpoint")
+    if state.get("version") != VERSION:
+        raise InputError(f"{path}: checkpoint version {state.get('version')}, expected {VERSION}")
+    return state
+
+
+def load_model(checkpoint_path: str | Path, device: str | torch.device = "cpu"):
+    """Rebuild a trained network from a checkpoint alone (its config, the shipped atlas, its weights).
+
+    Args:
+        checkpoint_path: a ``best.pt`` / ``last.pt`` written by :func:`biplanar.training.trainer.train`.
+        device: where to put the network.
+
+    Returns:
+        ``(network, config)``: the :class:`~biplanar.models.network.AtlasRegistrationNet` in eval
+        mode and its :class:`~biplanar.config.ExperimentConfig`.
+
+    Raises:
+        InputError: a bad checkpoint file, or weights that do not fit the config's network.
+    """
+    from biplanar.data.atlas import load_atlas
+    from biplanar.models.network import AtlasRegistrationNet
+
+    state = load_checkpoint(checkpoint_path)
+    config = ExperimentConfig.from_dict(state["config"], f"{checkpoint_path}: config")
+    network = AtlasRegistrationNet(config, load_atlas(config.geometry.grid_preset))
+    try:
+        network.load_state_dict(state["model"])
+    except RuntimeError as error:
+        raise InputError(f"{checkpoint_path}: weights do not fit the config's network ({error})") from None
+    return network.to(device).eval(), config

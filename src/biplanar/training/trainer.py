@@ -1,0 +1,584 @@
+"""Training the atlas registration network: data, optimisation, validation, checkpoints and logs.
+
+One call, :func:`train`, does a whole run (or continues one): single process, or one process per
+device under ``torchrun --nproc_per_node=N`` (DistributedDataParallel, see
+:mod:`biplanar.training.distributed`).
+
+- Data: the ``train`` / ``val`` splits of a ``biplanar simulate`` folder, or ``on_the_fly``
+  subjects simulated in memory (a train stream and a separate validation stream, both from
+  ``training.seed``). Per sample the views come from its projection matrices, the fixed volume is
+  ``hu_to_mu(ct)`` (1/mm) and the fixed labels are ``labels > 0``.
+- Optimisation: Adam at ``training.learning_rate``, cosine-annealed per step to 0 at the end of the
+  planned epochs (:func:`cosine_factor`); the loss is :class:`RegistrationLoss` (eq. 4), computed
+  in float32 (with ``training.bf16`` only the network's forward runs under bfloat16 autocast).
+  Under ``torchrun`` the gradients are averaged over the processes (an effective batch of
+  ``world_size x training.batch_size``); the learning rate is not rescaled.
+- Order: epoch ``e`` visits the training subjects in the permutation drawn from
+  ``numpy.random.default_rng([training.seed, e])``; each process takes every ``world_size``-th
+  one, so a resumed run skips exactly the samples already done.
+- Validation after every epoch: mean Dice of ``warped_labels > 0.5`` vs the truth, the same for
+  the affine stage alone, mean local NCC (and the loss); reduced over all processes.
+- Outputs in ``out_dir`` (rank 0 only, each written atomically): ``config.yaml``, ``last.pt``
+  (every ``training.checkpoint_minutes`` and after every epoch), ``best.pt`` (best validation
+  Dice), ``metrics.csv`` (one row per epoch) and ``tensorboard/`` (scalars per step and epoch).
+- Ctrl-C / SIGTERM: the step in progress finishes, ``last.pt`` is written and
+  :class:`TrainingInterrupted` is raised.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import io
+import math
+import os
+import random
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from biplanar.config import ExperimentConfig, load_config
+from biplanar.data.atlas import load_atlas
+from biplanar.data.datasets import OnTheFlyDataset, SimulatedDataset
+from biplanar.data.simulate import PAPER_SPLIT, SimulationConfig
+from biplanar.errors import InputError
+from biplanar.geometry.projection import ProjectionView
+from biplanar.io.atomic import atomic_write_text
+from biplanar.models.network import AtlasRegistrationNet, RegistrationOutput
+from biplanar.models.projectors import ViewPair
+from biplanar.physics.attenuation import hu_to_mu
+from biplanar.training.checkpoints import (
+    capture_rng_state,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
+from biplanar.training.distributed import (
+    DistributedContext,
+    all_reduce_sum,
+    setup_distributed,
+    teardown_distributed,
+)
+from biplanar.training.losses import RegistrationLoss, soft_dice
+
+LOSS_PARTS = ("total", "affine_ncc", "local_ncc", "smoothness")
+VAL_METRICS = ("dice", "affine_dice", "local_ncc", "total")
+CSV_FIELDS = ("epoch", "step", "lr", *(f"train_{name}" for name in LOSS_PARTS),
+              *(f"val_{name}" for name in VAL_METRICS), "wall_s")
+LABEL_THRESHOLD = 0.5  # a warped (soft) label voxel is femur above this
+# Independent seed streams of training.seed for the on-the-fly train and validation subjects.
+TRAIN_STREAM, VAL_STREAM = 1, 2
+LAST, BEST = "last.pt", "best.pt"
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM stopped training after a checkpoint was written.
+
+    Attributes:
+        checkpoint: the ``last.pt`` to resume from.
+    """
+
+    def __init__(self, checkpoint: Path) -> None:
+        super().__init__(f"training interrupted; checkpoint written to {checkpoint}; continue with resume")
+        self.checkpoint = checkpoint
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` did.
+
+    Attributes:
+        out_dir: the run folder.
+        last_checkpoint: ``out_dir/last.pt``.
+        best_checkpoint: ``out_dir/best.pt``, ``None`` until a validation has run.
+        epochs_completed: finished epochs (including those of earlier calls when resuming).
+        global_step: optimizer steps done in the whole run.
+        best_val_dice: best validation Dice (``nan`` without validation).
+        history: per finished epoch, the row of ``metrics.csv`` (:data:`CSV_FIELDS`).
+        step_losses: per step done by this call, ``{"step": global step, **loss parts}``.
+    """
+
+    out_dir: Path
+    last_checkpoint: Path
+    best_checkpoint: Path | None
+    epochs_completed: int
+    global_step: int
+    best_val_dice: float
+    history: list[dict[str, float]] = field(default_factory=list)
+    step_losses: list[dict[str, float]] = field(default_factory=list)
+
+
+@dataclass
+class Batch:
+    """A training batch on the device.
+
+    Attributes:
+        radiographs: ``(B, 2, rows, cols)`` masked line integrals, AP then LAT.
+        views: ``B`` pairs ``(AP, LAT)``.
+        fixed_mu: ``(B, 1, I, J, K)`` patient attenuation, 1/mm, atlas grid.
+        fixed_labels: ``(B, 1, I, J, K)`` patient femur label, 0/1 float.
+    """
+
+    radiographs: Tensor
+    views: list[ViewPair]
+    fixed_mu: Tensor
+    fixed_labels: Tensor
+
+
+def make_batch(samples: list[dict[str, Any]], image_shape: tuple[int, int], device: torch.device) -> Batch:
+    """Stack dataset samples (:mod:`biplanar.data.datasets`) into a :class:`Batch` on ``device``."""
+    views = [tuple(ProjectionView(matrix.numpy(), image_shape, name) for matrix, name
+                   in zip(sample["projection_matrices"], ("AP", "LAT"))) for sample in samples]
+
+    def stack(key: str) -> Tensor:
+        return torch.stack([sample[key] for sample in samples]).to(device)
+
+    return Batch(stack("radiographs"), views, hu_to_mu(stack("ct")), (stack("labels") > 0).float())
+
+
+def cosine_factor(step: int, total_steps: int) -> float:
+    """Learning-rate factor at optimizer step ``step`` of ``total_steps``: ``(1 + cos(pi step / total)) / 2``."""
+    return 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
+
+
+def epoch_order(seed: int, epoch: int, n: int, context: DistributedContext) -> list[int]:
+    """This process's sample indices for ``epoch``: every ``world_size``-th of the epoch's permutation.
+
+    The permutation of ``range(n)`` is drawn from ``default_rng([seed, epoch])``; its tail beyond a
+    multiple of ``world_size`` is dropped so that every process does the same number of steps.
+    """
+    order = np.random.default_rng([seed, epoch]).permutation(n)
+    usable = n - n % context.world_size
+    return [int(i) for i in order[:usable][context.rank::context.world_size]]
+
+
+def _stream_seed(seed: int, stream: int) -> int:
+    return int(np.random.SeedSequence(seed, spawn_key=(stream,)).generate_state(1)[0])
+
+
+def open_datasets(config: ExperimentConfig, data_dir: str | Path | None,
+                  on_the_fly: int | None) -> tuple[Dataset, Dataset]:
+    """The training and validation datasets, checked against the config.
+
+    Args:
+        config: the experiment config (its grid preset and image shape must match the data).
+        data_dir: a ``biplanar simulate`` folder (its ``train`` and ``val`` splits), or ``None``.
+        on_the_fly: or the number of training subjects per epoch simulated in memory; the
+            validation set then has ``max(1, round(n * 40 / 235))`` subjects (the paper's ratio).
+
+    Raises:
+        InputError: neither or both sources, a mismatching dataset, or no training subjects.
+    """
+    if (data_dir is None) == (on_the_fly is None):
+        raise InputError("data: give exactly one of a dataset folder or a number of on-the-fly subjects")
+    if data_dir is not None:
+        train_set, val_set = SimulatedDataset(data_dir, "train"), SimulatedDataset(data_dir, "val")
+        where = str(Path(data_dir) / "dataset.json")
+    else:
+        if on_the_fly < 1:
+            raise InputError(f"on_the_fly: expected a number of subjects >= 1, got {on_the_fly}")
+        simulation = SimulationConfig(preset=config.geometry.grid_preset)
+        val_count = max(1, round(on_the_fly * PAPER_SPLIT["val"] / PAPER_SPLIT["train"]))
+        seed = config.training.seed
+        train_set = OnTheFlyDataset(_stream_seed(seed, TRAIN_STREAM), on_the_fly, simulation)
+        val_set = OnTheFlyDataset(_stream_seed(seed, VAL_STREAM), val_count, simulation)
+        where = "on-the-fly data"
+    _check_dataset(train_set.config, config, where)
+    if len(train_set) == 0:
+        raise InputError(f"{where}: the train split is empty")
+    return train_set, val_set
+
+
+def _check_dataset(simulation: SimulationConfig, config: ExperimentConfig, where: str) -> None:
+    geometry = config.geometry
+    if simulation.preset != geometry.grid_preset:
+        raise InputError(f"{where}: grid preset {simulation.preset!r} differs from the config's "
+                         f"geometry.grid_preset {geometry.grid_preset!r}")
+    if tuple(simulation.image_shape) != tuple(geometry.image_shape):
+        raise InputError(f"{where}: image shape {list(simulation.image_shape)} differs from the config's "
+                         f"geometry.image_shape {list(geometry.image_shape)}")
+
+
+def _as_float(output: RegistrationOutput) -> RegistrationOutput:
+    """The output with every tensor in float32 (the loss runs outside bf16 autocast)."""
+    return RegistrationOutput(**{f.name: getattr(output, f.name).float() for f in dataclasses.fields(output)})
+
+
+def _plain(value: Any) -> Any:
+    """Tuples to lists, recursively (for YAML)."""
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value
+
+
+def _with_epochs(config: ExperimentConfig, epochs: int | None) -> ExperimentConfig:
+    if epochs is None:
+        return config
+    if epochs < 1:
+        raise InputError(f"epochs: expected >= 1, got {epochs}")
+    return dataclasses.replace(config, training=dataclasses.replace(config.training, epochs=epochs))
+
+
+def _flatten(document: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"training": {"epochs": 5}}`` -> ``{"training.epochs": 5}``."""
+    flat: dict[str, Any] = {}
+    for key, value in document.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _check_resumable(config: ExperimentConfig, state: dict[str, Any], path: Path) -> None:
+    """``InputError`` naming the fields where the run's config differs from the checkpoint's (epochs aside)."""
+    ours = _flatten(config.to_dict())
+    theirs = _flatten(ExperimentConfig.from_dict(state["config"], f"{path}: config").to_dict())
+    differing = [name for name in ours if name != "training.epochs" and ours[name] != theirs[name]]
+    if differing:
+        raise InputError(f"{path}: the config differs from the checkpoint's in {', '.join(differing)}")
+
+
+def _seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+@contextlib.contextmanager
+def _deterministic_algorithms() -> Iterator[None]:
+    """Deterministic kernels (warning where there is none) for the duration of the block."""
+    previous = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # needed by deterministic cuBLAS
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+
+
+class _StopSignals:
+    """While active, SIGINT / SIGTERM only set :attr:`requested` (a second one acts as usual)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested = True
+        signal.signal(signum, self._previous[signum])
+
+    def __enter__(self) -> _StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            previous = {signum: signal.signal(signum, self._handle) for signum in self.SIGNALS}
+            # None: a handler not installed from Python; the default is the closest we can restore.
+            self._previous = {signum: signal.SIG_DFL if handler is None else handler
+                              for signum, handler in previous.items()}
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
+class _Logs:
+    """The progress bar (rich, on stderr; showing the latest loss) and the TensorBoard scalars.
+
+    Args:
+        out_dir: the run folder (scalars go to ``out_dir/tensorboard``).
+        enabled: rank 0; elsewhere nothing is shown or written.
+        progress: show the bar.
+        total_steps, done_steps: the run's planned and completed optimizer steps.
+        purge_step: drop TensorBoard events from this step on (those after the checkpoint resumed from).
+    """
+
+    def __init__(self, out_dir: Path, enabled: bool, progress: bool, total_steps: int, done_steps: int,
+                 purge_step: int | None) -> None:
+        from rich.console import Console
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                   TimeRemainingColumn)
+
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                            console=Console(stderr=True), disable=not (enabled and progress))
+        self.task = self.bar.add_task("training", total=total_steps, completed=done_steps, loss="-")
+        self.writer = None
+        if enabled:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(out_dir / "tensorboard"), purge_step=purge_step)
+
+    def __enter__(self) -> _Logs:
+        self.bar.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.bar.stop()
+        if self.writer is not None:
+            self.writer.close()
+
+    def step(self, step: int, parts: dict[str, float], lr: float, description: str) -> None:
+        self.bar.update(self.task, advance=1, loss=f"{parts['total']:.4f}", description=description)
+        if self.writer is not None:
+            for name, value in parts.items():
+                self.writer.add_scalar(f"train/{name}", value, step)
+            self.writer.add_scalar("train/lr", lr, step)
+
+    def epoch(self, row: dict[str, float]) -> None:
+        if self.writer is not None:
+            for name, value in row.items():
+                if name not in ("epoch", "step"):
+                    self.writer.add_scalar(f"epoch/{name}", value, row["step"])
+
+
+class _Run:
+    """The state of one training run and its steps (see the module doc)."""
+
+    def __init__(self, config: ExperimentConfig, out_dir: Path, train_set: Dataset, val_set: Dataset,
+                 context: DistributedContext) -> None:
+        self.config, self.out_dir, self.context = config, out_dir, context
+        self.train_set, self.val_set = train_set, val_set
+        training = config.training
+        _seed_everything(training.seed)
+        self.network = AtlasRegistrationNet(config, load_atlas(config.geometry.grid_preset)).to(context.device)
+        self.model = self.network
+        if context.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            device_ids = [context.device.index] if context.device.type == "cuda" else None
+            self.model = DistributedDataParallel(self.network, device_ids=device_ids)
+        self.loss = RegistrationLoss(config.loss).to(context.device)
+        self.optimizer = torch.optim.Adam(self.network.parameters(), lr=training.learning_rate)
+        per_process = len(train_set) // context.world_size
+        if per_process == 0:
+            raise InputError(f"data: {len(train_set)} training subject(s) for {context.world_size} processes")
+        self.steps_per_epoch = math.ceil(per_process / training.batch_size)
+        total = self.steps_per_epoch * training.epochs
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: cosine_factor(step, total))
+        self.epoch = self.step_in_epoch = self.global_step = 0
+        self.best_metric, self.elapsed_s = -math.inf, 0.0
+        self.epoch_sums = {name: 0.0 for name in (*LOSS_PARTS, "count")}
+        self.history: list[dict[str, float]] = []
+        self.step_losses: list[dict[str, float]] = []
+        self.started = time.monotonic()
+        self.last_save = self.started
+
+    # --- checkpoints ---------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        return {"config": self.config.to_dict(), "model": self.network.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "rng": capture_rng_state(), "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
+                "global_step": self.global_step, "world_size": self.context.world_size,
+                "best_metric": self.best_metric, "elapsed_s": self.wall_s(),
+                "epoch_sums": dict(self.epoch_sums), "history": list(self.history)}
+
+    def restore(self, state: dict[str, Any], path: Path) -> None:
+        if state["step_in_epoch"] and state["world_size"] != self.context.world_size:
+            raise InputError(f"{path}: stopped mid-epoch with {state['world_size']} process(es); resume "
+                             f"with the same number, not {self.context.world_size}")
+        self.network.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        restore_rng_state(state["rng"])
+        self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]
+        self.global_step, self.best_metric = state["global_step"], state["best_metric"]
+        self.elapsed_s, self.epoch_sums = state["elapsed_s"], dict(state["epoch_sums"])
+        self.history = list(state["history"])
+
+    def wall_s(self) -> float:
+        return self.elapsed_s + time.monotonic() - self.started
+
+    def save(self, name: str = LAST) -> Path:
+        path = self.out_dir / name
+        if self.context.is_main:
+            save_checkpoint(path, self.state())
+        self.last_save = time.monotonic()
+        return path
+
+    # --- training ------------------------------------------------------------------------------
+    def autocast(self):
+        return torch.autocast(self.context.device.type, dtype=torch.bfloat16, enabled=self.config.training.bf16)
+
+    def batch(self, samples: list[dict[str, Any]]) -> Batch:
+        return make_batch(samples, self.config.geometry.image_shape, self.context.device)
+
+    def step(self, batch: Batch) -> dict[str, float]:
+        """One optimizer step; returns the loss parts (this process's batch)."""
+        self.network.train()
+        with self.autocast():
+            output = self.model(batch.radiographs, batch.views)
+        parts = self.loss(_as_float(output), batch.fixed_mu, batch.fixed_labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        parts["total"].backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        return {name: float(parts[name].detach()) for name in LOSS_PARTS}
+
+    def loader(self, indices: list[int], batch_size: int) -> DataLoader:
+        workers = self.config.training.num_workers
+        return DataLoader(Subset(self.train_set, indices), batch_size=batch_size, shuffle=False,
+                          num_workers=workers, collate_fn=list,
+                          multiprocessing_context="forkserver" if workers else None)
+
+    def stop_requested(self, signals: _StopSignals) -> bool:
+        """Whether any process got a stop signal (all processes agree, so they stop at the same step)."""
+        flag = torch.tensor([float(signals.requested)], device=self.context.device)
+        return bool(all_reduce_sum(flag, self.context).item() > 0)
+
+    def train_epoch(self, signals: _StopSignals, max_steps: float, logs: _Logs) -> bool:
+        """Train the rest of :attr:`epoch`; ``False`` if stopped early by ``max_steps`` (checkpoint written)."""
+        batch_size = self.config.training.batch_size
+        order = epoch_order(self.config.training.seed, self.epoch, len(self.train_set), self.context)
+        batches = iter(self.loader(order[self.step_in_epoch * batch_size:], batch_size))
+        while self.step_in_epoch < self.steps_per_epoch:
+            if self.global_step >= max_steps:
+                self.save()
+                return False
+            parts = self.step(self.batch(next(batches)))
+            self.record_step(parts)
+            logs.step(self.global_step, parts, self.optimizer.param_groups[0]["lr"],
+                      f"epoch {self.epoch + 1}/{self.config.training.epochs}")
+            if self.stop_requested(signals):
+                raise TrainingInterrupted(self.save())
+            if time.monotonic() - self.last_save >= 60.0 * self.config.training.checkpoint_minutes:
+                self.save()
+        return True
+
+    def record_step(self, parts: dict[str, float]) -> None:
+        self.step_in_epoch += 1
+        self.global_step += 1
+        for name in LOSS_PARTS:
+            self.epoch_sums[name] += parts[name]
+        self.epoch_sums["count"] += 1
+        self.step_losses.append({"step": self.global_step, **parts})
+
+    # --- validation and the end of an epoch ----------------------------------------------------
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Mean :data:`VAL_METRICS` over the validation set (``nan`` when it is empty)."""
+        self.network.eval()
+        sums = torch.zeros(len(VAL_METRICS) + 1, dtype=torch.float64, device=self.context.device)
+        for index in range(self.context.rank, len(self.val_set), self.context.world_size):
+            batch = self.batch([self.val_set[index]])
+            with self.autocast():
+                output = self.network(batch.radiographs, batch.views)
+            output = _as_float(output)
+            parts = self.loss(output, batch.fixed_mu, batch.fixed_labels)
+            dice = soft_dice((output.warped_labels > LABEL_THRESHOLD).float(), batch.fixed_labels)
+            affine_dice = soft_dice((output.affine_labels > LABEL_THRESHOLD).float(), batch.fixed_labels)
+            sums += torch.stack([dice.mean(), affine_dice.mean(), parts["local_ncc"], parts["total"],
+                                 torch.ones((), device=sums.device)]).double()
+        sums = all_reduce_sum(sums, self.context)
+        count = sums[-1].item()
+        return {name: (sums[i].item() / count if count else math.nan) for i, name in enumerate(VAL_METRICS)}
+
+    def end_epoch(self, logs: _Logs) -> None:
+        """Validate, log, keep ``best.pt``, write ``last.pt`` at the start of the next epoch."""
+        metrics = self.validate()
+        sums = all_reduce_sum(torch.tensor([self.epoch_sums[name] for name in (*LOSS_PARTS, "count")],
+                                           dtype=torch.float64, device=self.context.device), self.context)
+        train_means = {name: (sums[i] / sums[-1]).item() for i, name in enumerate(LOSS_PARTS)}
+        row = {"epoch": self.epoch + 1, "step": self.global_step, "lr": self.optimizer.param_groups[0]["lr"],
+               **{f"train_{name}": value for name, value in train_means.items()},
+               **{f"val_{name}": value for name, value in metrics.items()}, "wall_s": self.wall_s()}
+        self.history.append(row)
+        self.epoch, self.step_in_epoch = self.epoch + 1, 0
+        self.epoch_sums = {name: 0.0 for name in self.epoch_sums}
+        if metrics["dice"] > self.best_metric:
+            self.best_metric = metrics["dice"]
+            self.save(BEST)
+        self.save(LAST)
+        logs.epoch(row)
+        if self.context.is_main:
+            self.write_csv()
+
+    def write_csv(self) -> None:
+        text = io.StringIO()
+        table = csv.DictWriter(text, fieldnames=CSV_FIELDS, lineterminator="\n")
+        table.writeheader()
+        table.writerows(self.history)
+        atomic_write_text(self.out_dir / "metrics.csv", text.getvalue())
+
+    def result(self) -> TrainResult:
+        best = self.out_dir / BEST
+        return TrainResult(self.out_dir, self.out_dir / LAST, best if best.is_file() else None,
+                           self.epoch, self.global_step,
+                           self.best_metric if math.isfinite(self.best_metric) else math.nan,
+                           list(self.history), list(self.step_losses))
+
+
+def _prepare_out_dir(config: ExperimentConfig, out_dir: Path, resume: bool, context: DistributedContext) -> None:
+    """Refuse to overwrite a run (or to resume none); write ``config.yaml`` (rank 0)."""
+    last = out_dir / LAST
+    if resume and not last.is_file():
+        raise InputError(f"{last}: no checkpoint to resume from")
+    if not resume and last.is_file():
+        raise InputError(f"{out_dir}: holds a training run already; continue it with --resume or choose another folder")
+    if context.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out_dir / "config.yaml", yaml.safe_dump(_plain(config.to_dict()), sort_keys=False))
+
+
+def train(config: ExperimentConfig | str | Path, out_dir: str | Path, data_dir: str | Path | None = None,
+          on_the_fly: int | None = None, resume: bool = False, epochs: int | None = None,
+          progress: bool = True, max_steps: int | None = None) -> TrainResult:
+    """Train (or continue training) the registration network; see the module doc for what is written.
+
+    Args:
+        config: an :class:`ExperimentConfig`, a YAML file or a preset name (``paper``, ``lite``, ``tiny``).
+        out_dir: the run folder (created).
+        data_dir: a ``biplanar simulate`` dataset folder (``train`` and ``val`` splits)...
+        on_the_fly: ...or this many training subjects per epoch simulated in memory.
+        resume: continue the run in ``out_dir`` from its ``last.pt`` (same config, ``epochs`` aside).
+        epochs: overrides ``training.epochs`` (the total, counting epochs already done).
+        progress: show a progress bar (rank 0).
+        max_steps: stop (with a checkpoint) once the run has done this many optimizer steps in total.
+
+    Raises:
+        InputError: bad data or config, a mismatching dataset or checkpoint, ``out_dir`` holding a run
+            without ``resume`` (or none with it).
+        TrainingInterrupted: on Ctrl-C / SIGTERM, after writing ``last.pt``.
+    """
+    config = _with_epochs(config if isinstance(config, ExperimentConfig) else load_config(config), epochs)
+    out_dir = Path(out_dir)
+    train_set, val_set = open_datasets(config, data_dir, on_the_fly)
+    context = setup_distributed()
+    try:
+        with _deterministic_algorithms():
+            return _run(config, out_dir, train_set, val_set, context, resume, progress,
+                        math.inf if max_steps is None else max_steps)
+    finally:
+        teardown_distributed(context)
+
+
+def _run(config: ExperimentConfig, out_dir: Path, train_set: Dataset, val_set: Dataset,
+         context: DistributedContext, resume: bool, progress: bool, max_steps: float) -> TrainResult:
+    _prepare_out_dir(config, out_dir, resume, context)
+    run = _Run(config, out_dir, train_set, val_set, context)
+    if resume:
+        state = load_checkpoint(out_dir / LAST, context.device)
+        _check_resumable(config, state, out_dir / LAST)
+        run.restore(state, out_dir / LAST)
+    logs = _Logs(out_dir, context.is_main, progress, run.steps_per_epoch * config.training.epochs,
+                 run.global_step, run.global_step if resume else None)
+    with _StopSignals() as signals, logs:
+        while run.epoch < config.training.epochs:
+            if not run.train_epoch(signals, max_steps, logs):
+                break
+            run.end_epoch(logs)
+    return run.result()
