@@ -25,23 +25,22 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from harness import run_cli, spawn_job
 
 from biplanar.config import load_config
 from biplanar.data.atlas import load_atlas
 from biplanar.data.simulate import SimulationConfig, simulate_case
 from biplanar.geometry import biplanar_pair
-from biplanar.io.atomic import atomic_write_text
 from biplanar.models.network import AtlasRegistrationNet
 from biplanar.training.losses import RegistrationLoss
 
@@ -141,20 +140,6 @@ def run_job(job: Job) -> dict:
     return {**result, "seconds": seconds, "peak_mib": peak, "extra_mib": peak - baseline}
 
 
-def spawn_job(job: Job, timeout_s: float) -> dict:
-    """Run ``job`` in a fresh Python process; its result, or ``{"failed": reason}``."""
-    command = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(asdict(job))]
-    print(f"running {job.size} / {job.kind}", file=sys.stderr)
-    try:
-        completed = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, check=False)
-    except subprocess.TimeoutExpired:
-        return {"failed": f"over the {timeout_s:.0f} s limit"}
-    if completed.returncode != 0:
-        tail = completed.stderr.strip().splitlines()[-1:] or [f"exit code {completed.returncode}"]
-        return {"failed": f"exit code {completed.returncode}: {tail[0]}"}
-    return json.loads(completed.stdout.strip().splitlines()[-1])
-
-
 def cell(result: dict | None, key: str, form: str) -> str:
     if result is None:
         return "-"
@@ -183,10 +168,10 @@ def report(args: argparse.Namespace) -> str:
     load_before = os.getloadavg()
     results: dict[str, dict[str, dict]] = {}
     for size in args.sizes:
-        results[size] = {kind: spawn_job(Job(kind, size, args.repeats, 1, args.threads), args.timeout)
+        results[size] = {kind: spawn_job(__file__, Job(kind, size, args.repeats, 1, args.threads), args.timeout)
                          for kind in DEFAULT_CASES[size]}
     if "paper" in args.sizes and args.paper_train:
-        results["paper"]["train"] = spawn_job(Job("train", "paper", 1, 0, args.threads), args.timeout)
+        results["paper"]["train"] = spawn_job(__file__, Job("train", "paper", 1, 0, args.threads), args.timeout)
     load_after = os.getloadavg()
     command = " ".join(["python benchmarks/bench_network.py", *sys.argv[1:]])
     lines = [
@@ -235,15 +220,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    if args.worker:
-        print(json.dumps(run_job(Job(**json.loads(args.worker)))))
-        return
-    text = report(args)
-    if args.out:
-        atomic_write_text(args.out, text + "\n")
-    else:
-        print(text)
+    run_cli(parse_args, Job, run_job, report, argv)
 
 
 if __name__ == "__main__":

@@ -21,22 +21,22 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from harness import run_cli, spawn_job
 
 from biplanar.geometry import CarmPose, VolumeGrid, biplanar_pair
 from biplanar.io.volumes import read_volume
@@ -245,14 +245,12 @@ def reset_peak_rss_mb() -> float:
     return proc_status_mb("VmRSS")
 
 
-def spawn_job(job: Job) -> dict:
-    """Run ``job`` in a fresh Python process; return its result dictionary."""
-    command = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(asdict(job))]
-    completed = subprocess.run(command, capture_output=True, text=True, check=False)
-    if completed.returncode != 0:
-        raise RuntimeError(f"job {job.kind} {job.size} {job.renderers} {job.measurements} "
-                           f"failed:\n{completed.stderr}")
-    return json.loads(completed.stdout.strip().splitlines()[-1])
+def run_in_fresh_process(job: Job) -> dict:
+    """:func:`harness.spawn_job` of this script, raising on failure."""
+    result = spawn_job(__file__, job)
+    if "failed" in result:
+        raise RuntimeError(f"job {job}: {result['failed']}")
+    return result
 
 
 def agreement(image: np.ndarray, reference: np.ndarray) -> tuple[float, float]:
@@ -286,11 +284,11 @@ def run_size(size: BenchSize, renderers: tuple[str, ...], args: argparse.Namespa
             print(f"memory: {size.name} / {renderer} / {measurement}", file=sys.stderr)
             job = Job("memory", size.name, (renderer,), (measurement,), str(volume_path),
                       str(image_path), threads=args.threads)
-            row[f"{measurement}_mb"] = spawn_job(job)["peak_extra_mb"]
+            row[f"{measurement}_mb"] = run_in_fresh_process(job)["peak_extra_mb"]
         row["image"] = np.load(image_path)
         rows.append(row)
     print(f"timing: {size.name}, {args.repeats} rounds", file=sys.stderr)
-    times = spawn_job(Job("timing", size.name, renderers, MEASUREMENTS, str(volume_path),
+    times = run_in_fresh_process(Job("timing", size.name, renderers, MEASUREMENTS, str(volume_path),
                           repeats=args.repeats, warmup=args.warmup, threads=args.threads))
     for row in rows:
         row.update({m: times[f"{row['renderer']}/{m}"] for m in MEASUREMENTS})
@@ -398,17 +396,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    if args.worker:
-        print(json.dumps(run_job(Job(**json.loads(args.worker)))))
-        return
-    markdown = report(args)
-    if args.out is None:
-        print(markdown)
-    else:
-        from biplanar.io.atomic import atomic_write_text
-
-        atomic_write_text(args.out, markdown + "\n")
+    run_cli(parse_args, Job, run_job, report, argv)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,49 @@
+"""What the benchmark scripts share: one measurement per fresh process, and the command-line entry.
+
+A script defines a ``Job`` dataclass, ``run_job(job) -> dict`` (one measurement, in the worker
+process), ``parse_args`` (with ``--worker`` and ``--out``) and ``report(args) -> str``; the parent
+runs each job in a fresh interpreter with :func:`spawn_job` so that peak-memory readings start clean.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from biplanar.io.atomic import atomic_write_text
+
+
+def spawn_job(script: str, job: Any, timeout_s: float | None = None) -> dict:
+    """Run ``script --worker <job as JSON>`` in a fresh interpreter; its JSON result, or
+    ``{"failed": reason}`` when it fails or runs past ``timeout_s``."""
+    command = [sys.executable, str(Path(script).resolve()), "--worker", json.dumps(asdict(job))]
+    try:
+        completed = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, check=False)
+    except subprocess.TimeoutExpired:
+        return {"failed": f"over the {timeout_s:.0f} s limit"}
+    if completed.returncode != 0:
+        tail = completed.stderr.strip().splitlines()[-1:] or [""]
+        return {"failed": f"exit code {completed.returncode}: {tail[0]}"}
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+def run_cli(parse_args: Callable[[list[str] | None], argparse.Namespace], job_type: type,
+            run_job: Callable[[Any], dict], report: Callable[[argparse.Namespace], str],
+            argv: list[str] | None = None) -> None:
+    """The entry point: a worker runs one job and prints its JSON; otherwise the report is printed
+    or written atomically to ``--out``."""
+    args = parse_args(argv)
+    if args.worker:
+        print(json.dumps(run_job(job_type(**json.loads(args.worker)))))
+        return
+    markdown = report(args)
+    if args.out is None:
+        print(markdown)
+    else:
+        atomic_write_text(args.out, markdown + "\n")
