@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import sys
 from collections.abc import Iterator
 from enum import Enum
@@ -164,6 +165,8 @@ def train(
             typer.echo(f"biplanar: interrupted: checkpoint {stop.checkpoint}; continue with --resume", err=True)
             raise typer.Exit(130) from None
         best = "n/a" if math.isnan(result.best_val_dice) else f"{result.best_val_dice:.3f}"
+        if os.environ.get("RANK", "0") != "0":  # under torchrun, one summary
+            return
         typer.echo(f"trained {result.epochs_completed} epochs ({result.global_step} steps); "
                    f"best validation Dice {best}; checkpoints in {out}")
 
