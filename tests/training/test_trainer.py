@@ -80,7 +80,6 @@ def mean_dice(checkpoint: Path, dataset: SimulatedDataset) -> float:
     return float(np.mean(values))
 
 
-@pytest.mark.slow
 def test_overfitting_two_subjects_halves_the_loss_and_raises_dice(two_subjects, tmp_path):
     """60 steps (1-2 min on one core) on 2 subjects: the training loss (mean over the 2 subjects of an
     epoch, as optimised) is at least halved, and the Dice of the warped atlas labels (eval mode) rises by
