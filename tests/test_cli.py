@@ -121,3 +121,9 @@ def test_train_command_runs_and_refuses_bad_input(tmp_path):
     wrong = runner.invoke(app, ["train", "--config", "lite", "--data", str(tmp_path / "data"),
                                 "--out", str(tmp_path / "run2")])
     assert wrong.exit_code == 2 and "grid_preset" in wrong.output and not (tmp_path / "run2").exists()
+
+
+def test_register_command_needs_a_model(tmp_path):
+    result = runner.invoke(app, ["register", "--geometry", "g.json", "--ap", "a.npy", "--lat", "b.npy",
+                                 "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "--model" in result.output and not (tmp_path / "out").exists()

@@ -171,6 +171,31 @@ def train(
                    f"best validation Dice {best}; checkpoints in {out}")
 
 
+@app.command()
+def register(
+    geometry: Path = typer.Option(..., help="geometry.json with views AP and LAT."),
+    ap: Path = typer.Option(..., help="AP radiograph (.npy, .tif, .png, .dcm)."),
+    lat: Path = typer.Option(..., help="LAT radiograph (.npy, .tif, .png, .dcm)."),
+    out: Path = typer.Option(..., help="Output folder (must be new or empty)."),
+    model: Path | None = typer.Option(None, help="Checkpoint from `biplanar train`."),
+    atlas: Path | None = typer.Option(None, help="Atlas folder (default: the model's own atlas)."),
+    ap_mask: Path | None = typer.Option(None, help="2D femur mask of the AP radiograph."),
+    lat_mask: Path | None = typer.Option(None, help="2D femur mask of the LAT radiograph."),
+    truth_labels: Path | None = typer.Option(None, help="True femur labels on the atlas grid: adds Dice, ASSD..."),
+) -> None:
+    """Register the atlas to two calibrated radiographs; writes the outputs of CONTRACT section 6."""
+    with _reporting_errors():
+        from biplanar.registration import register as run_registration
+
+        if model is None:
+            raise InputError("--model: no trained model is bundled yet; pass a checkpoint from `biplanar train`")
+        result = run_registration(geometry, ap, lat, out, model, atlas_dir=atlas, ap_mask_path=ap_mask,
+                                  lat_mask_path=lat_mask, truth_labels_path=truth_labels)
+        scores = {key: result.report[key] for key in ("dice", "assd_mm") if result.report.get(key) is not None}
+        summary = ", ".join(f"{key} {value:.3f}" for key, value in scores.items())
+        typer.echo(f"wrote {out} in {result.report['timings_s']['total']:.1f} s" + (f" ({summary})" if summary else ""))
+
+
 class Side(str, Enum):
     left = "left"
     right = "right"

@@ -1,0 +1,321 @@
+"""``register``: a trained network registers the atlas to one calibrated AP + LAT pair of radiographs.
+
+Inputs: a geometry file with exactly the views ``AP`` and ``LAT`` (a ``carm`` without isocentre is
+centred on the atlas volume), the two radiographs (each of its view's ``image_shape``, which must
+also be the model's), optional 2D femur masks (the network was trained on radiograph x mask), a
+checkpoint, optionally another atlas folder on the model's atlas grid, optionally the true femur
+labels (on the atlas grid) to score the result.
+
+Outputs (``shared/CONTRACT.md`` section 6), written into a temporary sibling folder that is renamed
+to ``out_dir`` once complete, so a failure leaves nothing behind:
+
+    warped_atlas.nii.gz   atlas HU warped by Psi (float32), atlas grid and affine
+    warped_labels.nii.gz  atlas labels warped by Psi (uint8, nearest neighbour)
+    displacement.nii.gz   Psi's displacement (X, Y, Z, 1, 3) float32, vector intent, world mm:
+                          warped(p) = atlas(p + displacement(p))
+    transform.json        T's 7 parameters (degrees, mm, scale), its 4x4 pull matrix, convention
+    surface.stl           surface of the warped femur label, world mm, binary STL
+    overlay_AP.png, overlay_LAT.png
+                          each radiograph with the outline of the warped labels' projection
+    report.json           timings, projection NCC per view, and with truth labels the metrics
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from biplanar.errors import InputError
+from biplanar.geometry.geometry_file import read_geometry, require_views
+from biplanar.geometry.projection import ProjectionView
+from biplanar.io.images import read_image
+from biplanar.io.volumes import read_volume, write_volume
+
+VIEW_NAMES = ("AP", "LAT")
+OUTPUT_FILES = ("warped_atlas.nii.gz", "warped_labels.nii.gz", "displacement.nii.gz", "transform.json",
+                "surface.stl", "overlay_AP.png", "overlay_LAT.png", "report.json")
+FEMUR_LABEL = 1
+PARTIAL_SUFFIX = ".partial"
+TRANSFORM_CONVENTION = (
+    "pull: the matrix maps a point p of the registered (patient) frame to the atlas point it takes "
+    "its value from, warped(p) = atlas(matrix @ p), world RAS+ mm; x' = c + s * Rx(rx) Ry(ry) Rz(rz) "
+    "(x - c) + t about the centre c = centre_world_mm"
+)
+
+
+@dataclass(frozen=True)
+class RegistrationReport:
+    """What :func:`register` did.
+
+    Attributes:
+        out_dir: the folder holding :data:`OUTPUT_FILES`.
+        report: the contents of ``report.json``.
+    """
+
+    out_dir: Path
+    report: dict[str, Any]
+
+    @property
+    def files(self) -> dict[str, Path]:
+        """Output name -> path."""
+        return {name: self.out_dir / name for name in OUTPUT_FILES}
+
+
+def _stage(progress: bool, message: str) -> None:
+    if progress:
+        print(f"register: {message}", file=sys.stderr, flush=True)
+
+
+def _check_out_dir(out_dir: Path) -> None:
+    """Refuse an ``out_dir`` that is a file or a non-empty folder (results are never overwritten)."""
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise InputError(f"{out_dir}: already exists and is not an empty folder (will not overwrite)")
+
+
+def _read_views(geometry_path: Path, default_isocenter_mm: np.ndarray,
+                model_image_shape: tuple[int, int]) -> dict[str, ProjectionView]:
+    """The AP and LAT views of the geometry file, checked against the model's detector shape."""
+    views = read_geometry(geometry_path, default_isocenter_mm)
+    require_views(views, list(VIEW_NAMES), str(geometry_path))
+    extra = sorted(set(views) - set(VIEW_NAMES))
+    if extra:
+        raise InputError(f"{geometry_path}: views: register takes exactly AP and LAT, got also {', '.join(extra)}")
+    for name in VIEW_NAMES:
+        if views[name].image_shape != tuple(model_image_shape):
+            raise InputError(f"{geometry_path}: views.{name}.image_shape {list(views[name].image_shape)} "
+                             f"differs from the model's {list(model_image_shape)}")
+    return views
+
+
+def _read_shaped(path: Path, shape: tuple[int, int], view: str) -> np.ndarray:
+    image = read_image(path)
+    if image.shape != shape:
+        raise InputError(f"{path}: image shape {list(image.shape)} differs from the geometry's "
+                         f"views.{view}.image_shape {list(shape)}")
+    return image
+
+
+def _read_radiographs(image_paths: dict[str, Path], mask_paths: dict[str, Path | None],
+                      views: dict[str, ProjectionView]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The radiographs and the network's inputs (radiograph x (mask > 0), or the radiograph without
+    masks), each view name -> ``(rows, cols)`` float32."""
+    given = [name for name, path in mask_paths.items() if path is not None]
+    if len(given) == 1:
+        raise InputError(f"{mask_paths[given[0]]}: a mask for {given[0]} only; give both AP and LAT masks or none")
+    images = {name: _read_shaped(path, views[name].image_shape, name) for name, path in image_paths.items()}
+    if not given:
+        print("warning: no AP/LAT femur masks given: the radiographs are used unmasked "
+              "(the network was trained on masked radiographs)", file=sys.stderr, flush=True)
+        return images, images
+    return images, {name: images[name] * (_read_shaped(mask_paths[name], views[name].image_shape, name) > 0)
+                    for name in VIEW_NAMES}
+
+
+def _load_atlas(atlas_dir: Path | None, network):
+    """The atlas to register: the model's own, or ``atlas_dir`` on the same grid (then the network's
+    atlas buffers are replaced by it)."""
+    from biplanar.data.atlas import load_atlas
+    from biplanar.physics.attenuation import hu_to_mu
+
+    atlas = load_atlas(network.config.geometry.grid_preset, atlas_dir)
+    grid = network.grid
+    if atlas.grid.shape != grid.shape or not np.allclose(atlas.grid.affine, grid.affine, atol=1e-4):
+        raise InputError(f"{atlas_dir}: atlas grid {atlas.grid.shape} differs from the model's atlas grid "
+                         f"{grid.shape} (or its affine)")
+    if atlas_dir is not None:
+        device = network.atlas_mu.device
+        network.atlas_mu.copy_(hu_to_mu(torch.from_numpy(atlas.ct_hu).float())[None, None].to(device))
+        network.atlas_labels.copy_(torch.from_numpy(atlas.labels > 0).float()[None, None].to(device))
+    return atlas
+
+
+def transform_document(params: Tensor, matrix: Tensor, centre_world: Tensor) -> dict[str, Any]:
+    """``transform.json``'s contents.
+
+    Args:
+        params: ``(7,)`` ``(rx, ry, rz)`` radians, ``(tx, ty, tz)`` mm, ``log_s``.
+        matrix: ``(4, 4)`` pull matrix, world mm.
+        centre_world: ``(3,)`` mm, the centre the rotation and scale act about.
+    """
+    params = params.double().cpu()
+    return {
+        "rotation_deg": torch.rad2deg(params[:3]).tolist(),
+        "translation_mm": params[3:6].tolist(),
+        "scale": float(torch.exp(params[6])),
+        "centre_world_mm": centre_world.double().cpu().tolist(),
+        "matrix": matrix.double().cpu().tolist(),
+        "convention": TRANSFORM_CONVENTION,
+    }
+
+
+def _read_truth(truth_path: Path | None, atlas) -> np.ndarray | None:
+    """The true femur ``(I, J, K)`` bool on the atlas grid, or ``None`` without ``truth_path``."""
+    if truth_path is None:
+        return None
+    truth, grid = read_volume(truth_path)
+    if grid.shape != atlas.grid.shape or not np.allclose(grid.affine, atlas.grid.affine, atol=1e-4):
+        raise InputError(f"{truth_path}: grid {grid.shape} differs from the atlas grid {atlas.grid.shape} "
+                         f"(or its affine)")
+    return np.round(truth) == FEMUR_LABEL
+
+
+def _truth_metrics(truth: np.ndarray, warped_labels: np.ndarray, atlas) -> dict[str, Any]:
+    """Dice, Jaccard, ASSD (mm), HD95 (mm) of the warped femur against the true femur."""
+    from biplanar.evaluation.metrics import segmentation_metrics
+
+    metrics = segmentation_metrics(warped_labels == FEMUR_LABEL, truth,
+                                   tuple(float(s) for s in atlas.grid.spacing_mm))
+    # JSON has no inf / nan (an empty warped or true femur): those become null.
+    return {key: float(value) if np.isfinite(value) else None for key, value in metrics.items()}
+
+
+def _write_volumes(folder: Path, output, network, atlas) -> np.ndarray:
+    """Write the warped atlas and labels, the displacement, the transform and the surface.
+
+    Returns:
+        the warped labels, ``(I, J, K)`` uint8 on the atlas grid.
+    """
+    from biplanar.io.mesh import label_surface, write_stl
+    from biplanar.layers.warp import SpatialTransformer, warp_labels
+
+    grid = atlas.grid
+    displacement = output.total_displacement.float()  # (1, 3, I, J, K) mm, world components
+    atlas_hu = torch.from_numpy(atlas.ct_hu).float()[None, None].to(displacement.device)
+    # Outside the atlas box the nearest border HU (surrounding tissue), not 0 HU.
+    warped_hu = SpatialTransformer(grid, padding_mode="border").to(displacement.device)(atlas_hu, displacement)
+    atlas_labels = torch.from_numpy(atlas.labels.astype(np.int64))[None, None].to(displacement.device)
+    warped_labels = warp_labels(atlas_labels, displacement, grid, "nearest")[0, 0].cpu().numpy().astype(np.uint8)
+    write_volume(folder / "warped_atlas.nii.gz", warped_hu[0, 0].cpu().numpy(), grid)
+    write_volume(folder / "warped_labels.nii.gz", warped_labels, grid)
+    # (1, 3, I, J, K) -> (I, J, K, 1, 3): NIfTI vector layout, components (x, y, z) last.
+    vectors = displacement[0].permute(1, 2, 3, 0)[:, :, :, None, :].cpu().numpy()
+    write_volume(folder / "displacement.nii.gz", np.ascontiguousarray(vectors), grid, intent="vector")
+    document = transform_document(output.params[0], output.affine_matrix[0], network.atlas_centre)
+    (folder / "transform.json").write_text(json.dumps(document, indent=2) + "\n")
+    write_stl(folder / "surface.stl", label_surface(warped_labels, grid, FEMUR_LABEL))
+    return warped_labels
+
+
+def _write_projections(folder: Path, output, network, warped_labels: np.ndarray,
+                       radiographs: dict[str, np.ndarray], inputs: dict[str, np.ndarray],
+                       views: dict[str, ProjectionView]) -> dict[str, float]:
+    """Write the overlays; return the projection NCC per view.
+
+    The overlays draw, on ``radiographs``, the outline of the pixels whose ray crosses more than
+    the mask rule's path length of warped femur (:data:`biplanar.data.simulate.MASK_MIN_PATH_MM`);
+    the NCC compares the DRR of the warped atlas femur with ``inputs`` (the network's inputs:
+    masked radiographs when masks were given).
+    """
+    from biplanar.data.simulate import MASK_MIN_PATH_MM
+    from biplanar.evaluation.overlays import write_contour_overlay
+    from biplanar.training.losses import global_ncc
+
+    pair = [(views["AP"], views["LAT"])]
+    device = output.warped_image.device
+    femur = torch.from_numpy(warped_labels == FEMUR_LABEL).float()[None, None].to(device)  # (1, 1, I, J, K)
+    path_mm = network.projectors.project(femur, pair)[0].cpu().numpy()  # (2, rows, cols) mm of femur
+    drrs = network.projectors.project(output.warped_image * femur, pair)[0].cpu()  # (2, rows, cols)
+    ncc = {}
+    for index, name in enumerate(VIEW_NAMES):
+        write_contour_overlay(folder / f"overlay_{name}.png", radiographs[name], path_mm[index] > MASK_MIN_PATH_MM)
+        ncc[name] = float(global_ncc(drrs[index][None, None], torch.from_numpy(inputs[name])[None, None])[0])
+    return ncc
+
+
+def _default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def register(geometry_path: str | Path, ap_path: str | Path, lat_path: str | Path, out_dir: str | Path,
+             model_path: str | Path, atlas_dir: str | Path | None = None,
+             ap_mask_path: str | Path | None = None, lat_mask_path: str | Path | None = None,
+             truth_labels_path: str | Path | None = None, refine: int = 0,
+             device: str | torch.device | None = None, progress: bool = True) -> RegistrationReport:
+    """Register the atlas to an AP + LAT pair of radiographs and write the outputs (module doc).
+
+    Args:
+        geometry_path: ``geometry.json`` with exactly the views ``AP`` and ``LAT``.
+        ap_path, lat_path: the radiographs (``.npy``, ``.tif``, ``.png``, ``.dcm``), ``(rows, cols)``
+            of their view's ``image_shape`` (and the model's).
+        out_dir: output folder; must not exist or be empty.
+        model_path: a checkpoint (``best.pt``) of a trained network.
+        atlas_dir: another atlas folder on the model's atlas grid (default: the model's own atlas).
+        ap_mask_path, lat_mask_path: 2D femur masks (both or neither); the network sees
+            radiograph x (mask > 0). Without them the radiographs are used as they are (a warning).
+        truth_labels_path: true label map (1 = femur) on the atlas grid, to score the result.
+        refine: test-time refinement iterations (not available yet: must be 0).
+        device: where to run the network (default: CUDA if available, else CPU).
+        progress: print the stages on stderr.
+
+    Returns:
+        the output folder and the contents of ``report.json``.
+
+    Raises:
+        InputError: a bad input file (named in the message) or a non-empty ``out_dir``; nothing is
+            written then.
+    """
+    from biplanar.training.checkpoints import load_model
+
+    if refine > 0:
+        raise InputError("refine: not available yet (use 0)")
+    started = time.perf_counter()
+    out_dir = Path(out_dir)
+    _check_out_dir(out_dir)
+    _stage(progress, "loading the model, atlas and images")
+    network, config = load_model(model_path, device or _default_device())
+    atlas = _load_atlas(None if atlas_dir is None else Path(atlas_dir), network)
+    views = _read_views(Path(geometry_path), atlas.grid.centre_world, config.geometry.image_shape)
+    raw, inputs = _read_radiographs({"AP": Path(ap_path), "LAT": Path(lat_path)},
+                               {"AP": ap_mask_path and Path(ap_mask_path),
+                                "LAT": lat_mask_path and Path(lat_mask_path)}, views)
+    truth = _read_truth(None if truth_labels_path is None else Path(truth_labels_path), atlas)
+    device = network.atlas_mu.device
+    radiographs = torch.stack([torch.from_numpy(inputs[name]) for name in VIEW_NAMES])[None].to(device)
+    times = {"load": time.perf_counter() - started}
+
+    _stage(progress, "running the network")
+    with torch.no_grad():
+        output = network.eval()(radiographs, [(views["AP"], views["LAT"])])
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times["network"] = time.perf_counter() - started - times["load"]
+        _stage(progress, "writing the outputs")
+        partial = out_dir.parent / f".{out_dir.name}.{os.getpid()}{PARTIAL_SUFFIX}"
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        try:
+            warped_labels = _write_volumes(partial, output, network, atlas)
+            ncc = _write_projections(partial, output, network, warped_labels, raw, inputs, views)
+            report = {"timings_s": times, "projection_ncc": ncc,
+                      **({} if truth is None else _truth_metrics(truth, warped_labels, atlas)),
+                      "inputs": {"geometry": str(geometry_path), "AP": str(ap_path), "LAT": str(lat_path),
+                                 "masked": ap_mask_path is not None, "model": str(model_path),
+                                 "atlas": str(atlas_dir or f"shipped {config.geometry.grid_preset}"),
+                                 "truth_labels": truth_labels_path and str(truth_labels_path)},
+                      "device": str(device)}
+            times["writing"] = time.perf_counter() - started - times["load"] - times["network"]
+            times["total"] = time.perf_counter() - started
+            (partial / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+            _publish(partial, out_dir)
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
+    _stage(progress, f"done in {times['total']:.1f} s: {out_dir}")
+    return RegistrationReport(out_dir, report)
+
+
+def _publish(partial: Path, out_dir: Path) -> None:
+    """Rename the finished ``partial`` folder to ``out_dir`` (which may exist only as an empty folder)."""
+    _check_out_dir(out_dir)
+    if out_dir.exists():
+        out_dir.rmdir()
+    os.rename(partial, out_dir)

@@ -1,0 +1,218 @@
+"""``register``: the outputs of CONTRACT section 6 on a tiny simulated case with an untrained model."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from biplanar.config import load_config
+from biplanar.data.atlas import load_atlas
+from biplanar.data.simulate import SimulationConfig, simulate_case
+from biplanar.errors import InputError
+from biplanar.geometry.geometry_file import write_geometry
+from biplanar.io.images import write_image
+from biplanar.io.volumes import write_volume
+from biplanar.layers.warp import SpatialTransformer
+from biplanar.models.network import AtlasRegistrationNet
+from biplanar.registration import OUTPUT_FILES, register
+from biplanar.training.checkpoints import capture_rng_state, save_checkpoint
+
+NIFTI_INTENT_VECTOR = 1007  # NIfTI-1 intent code of "vector"
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    """An untrained tiny checkpoint and a tiny simulated case written as register's input files."""
+    folder = tmp_path_factory.mktemp("inputs")
+    torch.manual_seed(0)
+    config = load_config("tiny")
+    network = AtlasRegistrationNet(config, load_atlas("tiny"))
+    save_checkpoint(folder / "model.pt", {
+        "config": config.to_dict(), "model": network.state_dict(), "optimizer": {}, "scheduler": {},
+        "rng": capture_rng_state(), "epoch": 0, "step_in_epoch": 0, "global_step": 0, "world_size": 1,
+        "best_metric": -math.inf, "elapsed_s": 0.0, "epoch_sums": {}, "history": []})
+    case = simulate_case(3, SimulationConfig(preset="tiny", num_samples=64))
+    for name in ("AP", "LAT"):
+        write_image(folder / f"{name}.npy", case.radiographs[name])
+        write_image(folder / f"{name}_mask.npy", case.masks[name])
+    write_geometry(folder / "geometry.json", case.views)
+    write_volume(folder / "labels.nii.gz", case.labels, case.grid)
+    return folder
+
+
+def _arguments(folder, out_dir, **changes):
+    arguments = {"geometry_path": folder / "geometry.json", "ap_path": folder / "AP.npy",
+                 "lat_path": folder / "LAT.npy", "out_dir": out_dir, "model_path": folder / "model.pt",
+                 "ap_mask_path": folder / "AP_mask.npy", "lat_mask_path": folder / "LAT_mask.npy",
+                 "truth_labels_path": folder / "labels.nii.gz", "progress": False}
+    return {**arguments, **changes}
+
+
+@pytest.fixture(scope="module")
+def result(inputs, tmp_path_factory):
+    return register(**_arguments(inputs, tmp_path_factory.mktemp("run") / "out"))
+
+
+def test_writes_every_contract_file_and_nothing_else(result):
+    assert sorted(path.name for path in result.out_dir.iterdir()) == sorted(OUTPUT_FILES)
+    assert not list(result.out_dir.parent.glob(".*"))  # no temporary folder left beside it
+
+
+def test_displacement_file_reproduces_the_warped_labels(result):
+    atlas = load_atlas("tiny")
+    image = nib.load(result.out_dir / "displacement.nii.gz")
+    assert image.shape == (*atlas.grid.shape, 1, 3)
+    assert image.get_data_dtype() == np.float32
+    assert int(image.header["intent_code"]) == NIFTI_INTENT_VECTOR
+    np.testing.assert_allclose(image.affine, atlas.grid.affine, atol=1e-5)
+    # (I, J, K, 1, 3) -> (1, 3, I, J, K): world (x, y, z) components become channels.
+    displacement = torch.from_numpy(np.asarray(image.dataobj)[:, :, :, 0, :]).permute(3, 0, 1, 2)[None]
+    labels = torch.from_numpy(atlas.labels).float()[None, None]
+    expected = SpatialTransformer(atlas.grid, mode="nearest")(labels, displacement)[0, 0].numpy()
+    warped = nib.load(result.out_dir / "warped_labels.nii.gz")
+    assert warped.get_data_dtype() == np.uint8
+    np.testing.assert_array_equal(np.asarray(warped.dataobj), expected.astype(np.uint8))
+    warped_atlas = nib.load(result.out_dir / "warped_atlas.nii.gz")
+    assert warped_atlas.get_data_dtype() == np.float32 and warped_atlas.shape == atlas.grid.shape
+
+
+def test_transform_matrix_is_rebuilt_from_its_parameters(result):
+    document = json.loads((result.out_dir / "transform.json").read_text())
+    rx, ry, rz = np.deg2rad(document["rotation_deg"])
+    rot_x = np.array([[1, 0, 0], [0, np.cos(rx), -np.sin(rx)], [0, np.sin(rx), np.cos(rx)]])
+    rot_y = np.array([[np.cos(ry), 0, np.sin(ry)], [0, 1, 0], [-np.sin(ry), 0, np.cos(ry)]])
+    rot_z = np.array([[np.cos(rz), -np.sin(rz), 0], [np.sin(rz), np.cos(rz), 0], [0, 0, 1]])
+    linear = document["scale"] * rot_x @ rot_y @ rot_z
+    centre, translation = np.array(document["centre_world_mm"]), np.array(document["translation_mm"])
+    expected = np.eye(4)
+    expected[:3, :3] = linear
+    expected[:3, 3] = centre + translation - linear @ centre  # x' = c + s R (x - c) + t
+    np.testing.assert_allclose(document["matrix"], expected, atol=1e-5)
+    assert document["scale"] > 0 and "pull" in document["convention"]
+
+
+def test_surface_is_watertight_in_world_mm(result):
+    import trimesh
+
+    atlas = load_atlas("tiny")
+    mesh = trimesh.load(result.out_dir / "surface.stl")
+    assert mesh.is_watertight and mesh.is_winding_consistent and mesh.volume > 0
+    labels = np.asarray(nib.load(result.out_dir / "warped_labels.nii.gz").dataobj) == 1
+    femur_world = np.argwhere(labels) @ atlas.grid.affine[:3, :3].T + atlas.grid.affine[:3, 3]
+    spacing = atlas.grid.spacing_mm
+    # The 0.5 iso-surface lies within one voxel of the outermost femur voxel centres ...
+    np.testing.assert_array_less(np.abs(mesh.bounds[0] - femur_world.min(axis=0)), spacing + 1e-3)
+    np.testing.assert_array_less(np.abs(mesh.bounds[1] - femur_world.max(axis=0)), spacing + 1e-3)
+    # ... inside the atlas box grown by one voxel (the zero padding) ...
+    corners = atlas.grid.corners_world(pad_vox=1.0)
+    assert np.all(mesh.bounds[0] >= corners.min(axis=0) - 1e-3)
+    assert np.all(mesh.bounds[1] <= corners.max(axis=0) + 1e-3)
+    # ... and encloses about the label's volume (voxel count x voxel volume).
+    label_volume = labels.sum() * np.prod(spacing)
+    assert mesh.volume == pytest.approx(label_volume, rel=0.1)
+
+
+def test_overlays_are_8_bit_rgb_with_a_contour(result, inputs):
+    rows, cols = np.load(inputs / "AP.npy").shape
+    for name in ("AP", "LAT"):
+        with Image.open(result.out_dir / f"overlay_{name}.png") as image:
+            assert image.mode == "RGB" and image.size == (4 * cols, 4 * rows)
+            pixels = np.asarray(image).astype(int)
+        red = (pixels[..., 0] > 200) & (pixels[..., 1] < 100) & (pixels[..., 2] < 100)
+        assert red.sum() > 4 * (rows + cols)  # a drawn outline, not a stray pixel
+
+
+def test_report_has_timings_similarity_and_metrics(result):
+    report = json.loads((result.out_dir / "report.json").read_text())
+    assert report == result.report
+    assert set(report["timings_s"]) == {"load", "network", "writing", "total"}
+    assert all(value >= 0 for value in report["timings_s"].values())
+    assert report["timings_s"]["total"] >= report["timings_s"]["network"]
+    assert set(report["projection_ncc"]) == {"AP", "LAT"}
+    assert all(-1 <= value <= 1 for value in report["projection_ncc"].values())
+    assert {"dice", "jaccard", "assd_mm", "hd95_mm"} <= set(report)
+    assert 0 < report["dice"] <= 1
+
+
+def test_without_masks_warns_and_accepts_an_empty_out_dir(inputs, tmp_path, capsys):
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    register(**_arguments(inputs, out_dir, ap_mask_path=None, lat_mask_path=None, truth_labels_path=None))
+    assert capsys.readouterr().err.count("warning: no AP/LAT femur masks") == 1
+    assert sorted(path.name for path in out_dir.iterdir()) == sorted(OUTPUT_FILES)
+
+
+def _write_nan_image(folder):
+    image = np.load(folder / "AP.npy")
+    image[3, 4] = np.nan
+    np.save(folder / "bad.npy", image)
+
+
+def _write_cropped_image(folder):
+    np.save(folder / "bad.npy", np.load(folder / "AP.npy")[:-1])
+
+
+def _write_garbage_image(folder):
+    (folder / "bad.npy").write_bytes(b"not a numpy file")
+
+
+def _write_ap_only_geometry(folder):
+    document = json.loads((folder / "geometry.json").read_text())
+    del document["views"]["LAT"]
+    (folder / "bad.json").write_text(json.dumps(document))
+
+
+@pytest.mark.parametrize("write_bad, argument, bad_name", [
+    (_write_nan_image, "ap_path", "bad.npy"),
+    (_write_cropped_image, "ap_path", "bad.npy"),
+    (_write_garbage_image, "lat_path", "bad.npy"),
+    (_write_cropped_image, "ap_mask_path", "bad.npy"),
+    (_write_ap_only_geometry, "geometry_path", "bad.json"),
+])
+def test_bad_input_names_the_file_and_leaves_nothing(inputs, tmp_path, write_bad, argument, bad_name):
+    bad_folder = tmp_path / "bad"
+    bad_folder.mkdir()
+    for name in ("AP.npy", "geometry.json"):
+        (bad_folder / name).write_bytes((inputs / name).read_bytes())
+    write_bad(bad_folder)
+    out_dir = tmp_path / "out"
+    with pytest.raises(InputError, match=bad_name) as error:
+        register(**_arguments(inputs, out_dir, **{argument: bad_folder / bad_name}))
+    assert "\n" not in str(error.value)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["bad"]
+
+
+def test_refuses_a_non_empty_out_dir_and_one_mask_only(inputs, tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("mine")
+    with pytest.raises(InputError, match="not an empty folder"):
+        register(**_arguments(inputs, tmp_path / "out"))
+    assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
+    with pytest.raises(InputError, match="AP_mask.npy"):
+        register(**_arguments(inputs, tmp_path / "new", lat_mask_path=None))
+    with pytest.raises(InputError, match="refine"):
+        register(**_arguments(inputs, tmp_path / "new", refine=2))
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["out"]
+
+
+def test_label_surface_of_a_ball_on_a_flipped_anisotropic_grid():
+    from biplanar.geometry.volume_grid import VolumeGrid
+    from biplanar.io.mesh import label_surface
+
+    affine = np.diag([-1.5, 2.0, 2.5, 1.0])  # flipped x: det < 0
+    affine[:3, 3] = (40.0, -30.0, -35.0)
+    grid = VolumeGrid((40, 32, 28), affine)
+    centre, radius = np.array([10.0, 0.0, 0.0]), 18.0
+    labels = (np.linalg.norm(grid.voxel_centres_world(torch.float64).numpy() - centre, axis=-1) <= radius)
+    labels = labels.astype(np.uint8)
+    labels[0, 0, 0] = 1  # a stray voxel: a second, smaller piece that must be dropped
+    mesh = label_surface(labels, grid)
+    assert mesh.is_watertight and mesh.volume > 0  # closed, normals outward despite the flip
+    np.testing.assert_allclose(mesh.center_mass, centre, atol=0.3)
+    assert mesh.volume == pytest.approx(4 / 3 * np.pi * radius**3, rel=0.05)
