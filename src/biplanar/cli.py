@@ -182,6 +182,7 @@ def register(
     ap_mask: Path | None = typer.Option(None, help="2D femur mask of the AP radiograph."),
     lat_mask: Path | None = typer.Option(None, help="2D femur mask of the LAT radiograph."),
     truth_labels: Path | None = typer.Option(None, help="True femur labels on the atlas grid: adds Dice, ASSD..."),
+    refine: int = typer.Option(0, min=0, help="Test-time optimisation iterations (not available yet: 0)."),
 ) -> None:
     """Register the atlas to two calibrated radiographs; writes the outputs of CONTRACT section 6."""
     with _reporting_errors():
@@ -190,7 +191,7 @@ def register(
         if model is None:
             raise InputError("--model: no trained model is bundled yet; pass a checkpoint from `biplanar train`")
         result = run_registration(geometry, ap, lat, out, model, atlas_dir=atlas, ap_mask_path=ap_mask,
-                                  lat_mask_path=lat_mask, truth_labels_path=truth_labels)
+                                  lat_mask_path=lat_mask, truth_labels_path=truth_labels, refine=refine)
         scores = {key: result.report[key] for key in ("dice", "assd_mm") if result.report.get(key) is not None}
         summary = ", ".join(f"{key} {value:.3f}" for key, value in scores.items())
         typer.echo(f"wrote {out} in {result.report['timings_s']['total']:.1f} s" + (f" ({summary})" if summary else ""))

@@ -7,17 +7,11 @@ from pathlib import Path
 import numpy as np
 
 from biplanar.io.atomic import atomic_path
+from biplanar.io.images import window
 
-WINDOW_PERCENTILES = (0.5, 99.5)  # grey window of the radiograph, percentiles of its values
 UPSCALE = 4  # output pixels per radiograph pixel (room for a smooth contour line)
 CONTOUR_COLOUR = "#ff3030"
 CONTOUR_WIDTH_PX = 2.0
-
-
-def window(image: np.ndarray) -> np.ndarray:
-    """``image`` mapped to ``[0, 1]`` by its :data:`WINDOW_PERCENTILES` (clipped)."""
-    low, high = np.percentile(image, WINDOW_PERCENTILES)
-    return np.clip((image - low) / max(float(high - low), 1e-12), 0.0, 1.0)
 
 
 def write_contour_overlay(path: str | Path, radiograph: np.ndarray, region: np.ndarray) -> None:

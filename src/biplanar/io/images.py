@@ -80,11 +80,19 @@ def write_image(path: str | Path, image: np.ndarray) -> None:
             tifffile.imwrite(temporary, image)
 
 
+WINDOW_PERCENTILES = (0.5, 99.5)  # display window of a radiograph, percentiles of its values
+
+
+def window(image: np.ndarray) -> np.ndarray:
+    """``image`` mapped to ``[0, 1]`` by its :data:`WINDOW_PERCENTILES` (clipped), for display."""
+    low, high = np.percentile(image, WINDOW_PERCENTILES)
+    return np.clip((image - low) / max(float(high - low), 1e-12), 0.0, 1.0)
+
+
 def write_preview_png(path: str | Path, image: np.ndarray) -> None:
-    """Write an 8-bit PNG of an image for viewing, windowed to its 0.5-99.5 percentiles."""
+    """Write an 8-bit PNG of an image for viewing, windowed by :func:`window`."""
     from PIL import Image
 
-    low, high = np.percentile(image, [0.5, 99.5])
-    scaled = np.clip((image - low) / max(high - low, 1e-12), 0.0, 1.0)
+    scaled = window(image)
     with atomic_path(Path(path)) as temporary:
         Image.fromarray((scaled * 255).round().astype(np.uint8)).save(temporary, format="PNG")
