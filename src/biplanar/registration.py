@@ -22,7 +22,6 @@ to ``out_dir`` once complete, so a failure leaves nothing behind:
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sys
@@ -39,6 +38,7 @@ from biplanar.errors import InputError
 from biplanar.geometry.geometry_file import read_geometry, require_views
 from biplanar.geometry.projection import ProjectionView
 from biplanar.io.images import read_image
+from biplanar.io.json_files import write_json
 from biplanar.io.volumes import read_volume, write_volume
 
 VIEW_NAMES = ("AP", "LAT")
@@ -201,7 +201,7 @@ def _write_volumes(folder: Path, output, network, atlas) -> np.ndarray:
     vectors = displacement[0].permute(1, 2, 3, 0)[:, :, :, None, :].cpu().numpy()
     write_volume(folder / "displacement.nii.gz", np.ascontiguousarray(vectors), grid, intent="vector")
     document = transform_document(output.params[0], output.affine_matrix[0], network.atlas_centre)
-    (folder / "transform.json").write_text(json.dumps(document, indent=2) + "\n")
+    write_json(folder / "transform.json", document)
     write_stl(folder / "surface.stl", label_surface(warped_labels, grid, FEMUR_LABEL))
     return warped_labels
 
@@ -305,7 +305,7 @@ def register(geometry_path: str | Path, ap_path: str | Path, lat_path: str | Pat
                       "device": str(device)}
             times["writing"] = time.perf_counter() - started - times["load"] - times["network"]
             times["total"] = time.perf_counter() - started
-            (partial / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+            write_json(partial / "report.json", report)
             _publish(partial, out_dir)
         finally:
             shutil.rmtree(partial, ignore_errors=True)

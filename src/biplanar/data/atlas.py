@@ -9,7 +9,6 @@ Layout of an atlas folder (the shipped ones live in ``biplanar/resources/atlas/<
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -20,7 +19,7 @@ from biplanar.data.grid_presets import GRID_PRESETS
 from biplanar.data.phantom import make_atlas
 from biplanar.errors import InputError
 from biplanar.geometry.volume_grid import VolumeGrid
-from biplanar.io.atomic import atomic_write_text
+from biplanar.io.json_files import read_json, write_json
 from biplanar.io.volumes import read_volume, write_volume
 
 IMAGE_FILE, LABELS_FILE, LANDMARKS_FILE = "atlas.nii.gz", "atlas_labels.nii.gz", "landmarks.json"
@@ -51,8 +50,7 @@ def write_atlas(out_dir: str | Path, preset: str = "lite") -> Path:
     subject = make_atlas(preset)
     write_volume(out_dir / IMAGE_FILE, np.round(subject.ct_hu).astype(np.int16), subject.grid)
     write_volume(out_dir / LABELS_FILE, subject.labels.astype(np.uint8), subject.grid)
-    atomic_write_text(out_dir / LANDMARKS_FILE,
-                      json.dumps({"preset": preset, **subject.landmarks.to_dict()}, indent=2) + "\n")
+    write_json(out_dir / LANDMARKS_FILE, {"preset": preset, **subject.landmarks.to_dict()})
     return out_dir
 
 
@@ -72,8 +70,5 @@ def load_atlas(preset: str = "lite", directory: str | Path | None = None) -> Atl
     labels, label_grid = read_volume(directory / LABELS_FILE)
     if label_grid.shape != grid.shape or not np.allclose(label_grid.affine, grid.affine, atol=1e-4):
         raise InputError(f"{directory / LABELS_FILE}: grid differs from {directory / IMAGE_FILE}")
-    landmarks_path = directory / LANDMARKS_FILE
-    if not landmarks_path.is_file():
-        raise InputError(f"{landmarks_path}: file not found")
-    landmarks = json.loads(landmarks_path.read_text())
+    landmarks = read_json(directory / LANDMARKS_FILE)
     return Atlas(ct_hu, labels.astype(np.uint8), grid, landmarks)

@@ -29,7 +29,6 @@ from biplanar.data.simulate import (
     VIEW_NAMES,
     SimulationConfig,
     is_complete,
-    read_json,
     simulate_case,
     subject_id,
     subject_seed,
@@ -39,6 +38,7 @@ from biplanar.geometry.geometry_file import read_geometry, require_views
 from biplanar.geometry.projection import ProjectionView
 from biplanar.geometry.volume_grid import VolumeGrid
 from biplanar.io.images import read_image
+from biplanar.io.json_files import read_json
 from biplanar.io.volumes import read_volume
 
 SPLITS = ("train", "val", "test")

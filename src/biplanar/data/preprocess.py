@@ -38,7 +38,6 @@ the output world to the mirrored input world (determinant -1 for a left femur, +
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -55,7 +54,7 @@ from biplanar.data.grid_presets import grid_preset
 from biplanar.data.phantom import SubjectSpec
 from biplanar.errors import InputError
 from biplanar.geometry.volume_grid import VolumeGrid
-from biplanar.io.atomic import atomic_write_text
+from biplanar.io.json_files import write_json
 from biplanar.io.volumes import read_volume, write_volume
 
 SIDES = ("left", "right")
@@ -551,5 +550,5 @@ def preprocess_femur(ct_path: str | Path, labels_path: str | Path, label: int, s
     write_volume(out_dir / "ct.nii.gz", result.ct_hu, result.grid)
     write_volume(out_dir / "labels.nii.gz", result.labels, result.grid)
     record = {"label": int(label), "preset": preset, **result.frame.to_dict()}
-    atomic_write_text(out_dir / "frame.json", json.dumps(record, indent=2) + "\n")
+    write_json(out_dir / "frame.json", record)
     return result

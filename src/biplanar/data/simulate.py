@@ -38,7 +38,6 @@ interrupted run leaves only complete subjects; a re-run skips them (resume).
 from __future__ import annotations
 
 import dataclasses
-import json
 import multiprocessing
 import os
 import shutil
@@ -64,8 +63,8 @@ from biplanar.geometry.presets import (
 )
 from biplanar.geometry.projection import ProjectionView
 from biplanar.geometry.volume_grid import VolumeGrid
-from biplanar.io.atomic import atomic_write_text
 from biplanar.io.images import write_image
+from biplanar.io.json_files import read_json, write_json
 from biplanar.io.volumes import write_volume
 from biplanar.layers.prost import ProST
 from biplanar.physics.drr import render_ct_radiograph
@@ -323,7 +322,7 @@ def write_case(folder: Path, case: SimulatedCase, extra: dict[str, Any] | None =
             write_image(partial / f"{name}_mask.npy", case.masks[name])
             write_image(partial / f"{name}_masked.npy", case.masked_radiographs[name])
         write_geometry(partial / "geometry.json", case.views)
-        _write_json(partial / "subject.json", {**(extra or {}), **case.record()})
+        write_json(partial / "subject.json", {**(extra or {}), **case.record()})
         shutil.rmtree(folder, ignore_errors=True)
         os.rename(partial, folder)
     finally:
@@ -385,22 +384,8 @@ def simulate_dataset(out_dir: str | Path, n: int, seed: int,
         for name in _simulate_subjects(subjects_dir, pending, seed, config, workers):
             written.append(name)
             bar.advance(task)
-    _write_json(out_dir / "split.json", make_split(n, seed))
+    write_json(out_dir / "split.json", make_split(n, seed))
     return DatasetSummary(out_dir, tuple(sorted(written)), skipped)
-
-
-def read_json(path: Path) -> Any:
-    """Parse a JSON file; ``InputError`` naming it if missing or invalid."""
-    try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise InputError(f"{path}: file not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise InputError(f"{path}: not valid JSON ({error})") from None
-
-
-def _write_json(path: Path, document: dict[str, Any]) -> None:
-    atomic_write_text(path, json.dumps(document, indent=2) + "\n")
 
 
 def _write_manifest(out_dir: Path, n: int, seed: int, config: SimulationConfig) -> None:
@@ -412,7 +397,7 @@ def _write_manifest(out_dir: Path, n: int, seed: int, config: SimulationConfig) 
             raise InputError(f"{path}: the dataset there was made with seed {previous.get('seed')} "
                              f"and config {previous.get('config')}, not seed {seed} and config "
                              f"{config.to_dict()}; choose another output folder")
-    _write_json(path, {"n": n, "seed": seed, "config": config.to_dict(),
+    write_json(path, {"n": n, "seed": seed, "config": config.to_dict(),
                        "biplanar_version": __version__, "subject_files": list(SUBJECT_FILES)})
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +9,7 @@ import numpy as np
 
 from biplanar.errors import InputError
 from biplanar.geometry.projection import CarmPose, ProjectionView
-from biplanar.io.atomic import atomic_write_text
+from biplanar.io.json_files import read_json, write_json
 
 AGREEMENT_TOLERANCE = 1e-6  # relative, between a view's matrix and its C-arm (CONTRACT section 2)
 
@@ -108,14 +107,7 @@ def parse_geometry(document: Any, source: str = "geometry",
 def read_geometry(path: str | Path,
                   default_isocenter_mm: np.ndarray | None = None) -> dict[str, ProjectionView]:
     """Read ``geometry.json``; see :func:`parse_geometry`."""
-    path = Path(path)
-    try:
-        document = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise InputError(f"{path}: file not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise InputError(f"{path}: not valid JSON ({error})") from None
-    return parse_geometry(document, str(path), default_isocenter_mm)
+    return parse_geometry(read_json(path), str(path), default_isocenter_mm)
 
 
 def require_views(views: dict[str, ProjectionView], names: list[str], source: str) -> None:
@@ -148,5 +140,5 @@ def view_to_dict(view: ProjectionView) -> dict[str, Any]:
 def write_geometry(path: str | Path, views: dict[str, ProjectionView]) -> None:
     """Write views to ``geometry.json`` atomically."""
     document = {"views": {name: view_to_dict(view) for name, view in views.items()}}
-    atomic_write_text(Path(path), json.dumps(document, indent=2) + "\n")
+    write_json(path, document)
 
