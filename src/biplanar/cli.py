@@ -119,6 +119,7 @@ def atlas(
 class GeometryKind(str, Enum):
     orthogonal = "orthogonal"
     generalized = "generalized"
+    mixed = "mixed"
 
 
 @app.command()
@@ -127,7 +128,7 @@ def simulate(
     n: int = typer.Option(..., min=1, help="Number of subjects."),
     seed: int = typer.Option(..., min=0, help="Dataset seed (subject seeds derive from it)."),
     geometry: GeometryKind = typer.Option(GeometryKind.orthogonal,
-                                          help="orthogonal (AP 0, LAT 90) or generalized (+/-30 deg)."),
+                                          help="orthogonal (AP 0, LAT 90), generalized (+/-30 deg) or mixed (half each)."),
     preset: str = typer.Option("lite", help="Grid and detector preset: paper, lite or tiny."),
     mode: str = typer.Option("line_integral", help="line_integral, poisson or polychromatic."),
     photons: float = typer.Option(1e5, help="Photons per pixel (mode poisson)."),

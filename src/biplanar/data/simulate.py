@@ -5,7 +5,9 @@ views whose isocentre is the volume's centre (the world origin of the grid prese
 
 - ``orthogonal``: AP at LAO/RAO 0 degrees, LAT at 90 degrees (the paper's set-up);
 - ``generalized``: each view's LAO/RAO uniform within +-30 degrees of 0 and of 90, cranio-caudal
-  0, drawn from the case seed (:func:`biplanar.geometry.random_generalized_pair`).
+  0, drawn from the case seed (:func:`biplanar.geometry.random_generalized_pair`);
+- ``mixed``: each case orthogonal or generalized with probability 1/2, drawn from the case seed
+  (the bundled model's training set: calibrated pairs anywhere within +-30 degrees).
 
 Radiographs (``(rows, cols)`` float32, dimensionless) project the WHOLE CT, surrounding tissue
 and pelvis included:
@@ -70,7 +72,7 @@ from biplanar.layers.prost import ProST
 from biplanar.physics.drr import render_ct_radiograph
 
 VIEW_NAMES = ("AP", "LAT")
-GEOMETRIES = ("orthogonal", "generalized")
+GEOMETRIES = ("orthogonal", "generalized", "mixed")
 SIMULATION_MODES = ("line_integral", "poisson", "polychromatic")
 # Detector binning relative to the paper's 224 x 160 px at 0.93 mm: same field of view.
 DETECTOR_BINNING = {"paper": 1, "lite": 2, "tiny": 4}
@@ -93,7 +95,7 @@ class SimulationConfig:
 
     Attributes:
         preset: grid and detector preset, ``paper``, ``lite`` or ``tiny``.
-        geometry: ``orthogonal`` or ``generalized`` (see the module doc).
+        geometry: ``orthogonal``, ``generalized`` or ``mixed`` (see the module doc).
         mode: radiograph values, one of :data:`SIMULATION_MODES`.
         photons: incident photons per pixel (``poisson``).
         kvp: tube voltage, kV (``polychromatic``).
@@ -222,9 +224,10 @@ def case_views(seed: int, config: SimulationConfig, grid: VolumeGrid) -> dict[st
     """The ``AP`` and ``LAT`` views of case ``seed``, isocentre at the centre of ``grid``."""
     detector = {"image_shape": config.image_shape, "pixel_spacing_mm": config.pixel_spacing_mm,
                 "isocenter_mm": grid.centre_world}
-    if config.geometry == "orthogonal":
-        return biplanar_pair(**detector)
     rng = np.random.default_rng(_child_seed(seed, GEOMETRY_STREAM))
+    orthogonal = config.geometry == "orthogonal" or (config.geometry == "mixed" and rng.random() < 0.5)
+    if orthogonal:
+        return biplanar_pair(**detector)
     return random_generalized_pair(rng, GENERALIZED_MAX_OFFSET_DEG, **detector)
 
 
