@@ -21,6 +21,7 @@ from biplanar.data.simulate import (
     MASK_MIN_PATH_MM,
     SUBJECT_FILES,
     SimulationConfig,
+    case_views,
     make_split,
     render_radiographs,
     simulate_case,
@@ -252,6 +253,16 @@ def test_generalized_angles_are_within_30_degrees_of_0_and_90(tmp_path):
         angles.append((ap.lao_rao_deg, lat.lao_rao_deg))
     assert len(set(angles)) == 4
     assert simulate_case(subject_seed(3, 0), config).views["AP"].carm.lao_rao_deg == angles[0][0]
+
+
+def test_mixed_geometry_draws_both_kinds_from_the_case_seed():
+    config = dataclasses.replace(TINY, geometry="mixed")
+    grid = grid_preset("tiny")
+    orthogonal = [case_views(subject_seed(5, index), config, grid)["LAT"].carm.lao_rao_deg == 90.0
+                  for index in range(40)]
+    assert 10 <= sum(orthogonal) <= 30  # about half of each kind
+    assert orthogonal == [case_views(subject_seed(5, index), config, grid)["LAT"].carm.lao_rao_deg == 90.0
+                          for index in range(40)]
 
 
 def test_orthogonal_views_are_ap_0_and_lat_90(dataset):
