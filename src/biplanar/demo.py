@@ -1,0 +1,210 @@
+"""``demo``: the main job end to end on a held-out synthetic patient (``shared/CONTRACT.md`` section 5).
+
+1. Simulate one femur patient with a fixed case seed (:data:`DEMO_SEED`) on the model's grid
+   preset, seen by the paper's orthogonal AP + LAT views. Training datasets use
+   ``biplanar simulate --seed 2026``, whose subjects have the case seeds
+   ``simulate.subject_seed(2026, i)`` (63-bit hashes), so this seed is never a training subject.
+2. Write its inputs into ``out_dir/inputs`` (the layout of one dataset subject:
+   :data:`biplanar.data.simulate.SUBJECT_FILES`: CT, true labels, radiographs, masks, masked
+   radiographs, ``geometry.json``, ``subject.json`` with the true landmarks).
+3. Register the atlas with :func:`biplanar.registration.register` (the bundled model by default)
+   from the radiographs and masks, with the true labels for scoring, into ``out_dir/registration``.
+4. Draw the Fig. 2-style figure ``out_dir/figure.png`` (:mod:`biplanar.evaluation.figures`) and
+   write ``out_dir/demo.json`` (the numbers of the summary table).
+
+The network's time is split at the affine module's output
+(:func:`biplanar.evaluation.evaluate.network_stage_times`).
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from biplanar.errors import InputError
+from biplanar.evaluation.evaluate import StageTimes
+
+DEMO_SEED = 20261121  # the held-out patient's case seed (module doc)
+DEFAULT_OUT_DIR = Path("biplanar_demo")
+INPUTS, REGISTRATION, FIGURE, SUMMARY = "inputs", "registration", "figure.png", "demo.json"
+VIEW_NAMES = ("AP", "LAT")
+METRICS = (("dice", "Dice", ""), ("jaccard", "Jaccard", ""), ("assd_mm", "ASSD", "mm"), ("hd95_mm", "HD95", "mm"))
+
+
+@dataclass(frozen=True)
+class DemoResult:
+    """What :func:`run_demo` did.
+
+    Attributes:
+        out_dir: the demo folder (``inputs/``, ``registration/``, ``figure.png``, ``demo.json``).
+        report: the registration's ``report.json``.
+        network: the network's forward time, split at the affine module.
+        hip: measurement -> ``{"measured", "true", "error"}``, or ``None`` when the report has no
+            hip measurements.
+        total_s: the whole demo's wall time, s.
+    """
+
+    out_dir: Path
+    report: dict[str, Any]
+    network: StageTimes
+    hip: dict[str, dict[str, Any]] | None
+    total_s: float
+
+    def document(self) -> dict[str, Any]:
+        """``demo.json``: the scores, the timings (s) and the hip measurements."""
+        return {"metrics": {key: self.report.get(key) for key, _, _ in METRICS},
+                "timings_s": {"affine_module": self.network.affine_s, "local_module": self.network.local_s,
+                              "network": self.network.total_s, "register": self.report["timings_s"]["total"],
+                              "demo": self.total_s},
+                "hip": self.hip, "model": self.report["inputs"]["model"]}
+
+
+def _stage(progress: bool, message: str) -> None:
+    if progress:
+        print(f"demo: {message}", file=sys.stderr, flush=True)
+
+
+def model_config(model_path: Path):
+    """The :class:`~biplanar.config.ExperimentConfig` stored in a checkpoint."""
+    from biplanar.config import ExperimentConfig
+    from biplanar.training.checkpoints import load_checkpoint
+
+    return ExperimentConfig.from_dict(load_checkpoint(model_path)["config"], f"{model_path}: config")
+
+
+def demo_case(seed: int, config):
+    """The held-out case ``seed`` on the grid preset and detector of the model ``config``,
+    orthogonal AP + LAT views (:func:`biplanar.data.simulate.simulate_case`)."""
+    from biplanar.data.simulate import SimulationConfig, simulate_case
+
+    simulation = SimulationConfig(preset=config.geometry.grid_preset, geometry="orthogonal")
+    if simulation.image_shape != tuple(config.geometry.image_shape):
+        raise InputError(f"model config: image_shape {list(config.geometry.image_shape)} differs from the "
+                         f"{simulation.preset} simulation detector {list(simulation.image_shape)}")
+    return simulate_case(seed, simulation)
+
+
+def hip_comparison(report: dict[str, Any], subject: dict[str, Any]) -> dict[str, dict[str, Any]] | None:
+    """Measurement -> ``{"measured", "true", "error"}`` from ``report["hip"]`` (the registered
+    measurements) and the subject's truth (:func:`biplanar.evaluation.hip.subject_hip_truth` of its
+    ``subject.json`` document), or ``None`` without hip measurements in the report. The head
+    centre's error is the distance (mm); the others are signed, registered - true."""
+    from biplanar.evaluation.hip import MEASUREMENT_KEYS, hip_errors, subject_hip_truth
+
+    measured = report.get("hip")
+    if not measured:
+        return None
+    truth, errors = subject_hip_truth(subject), hip_errors(measured, subject)
+    comparison = {}
+    for key in MEASUREMENT_KEYS:
+        name, unit = key.rsplit("_", 1)  # hip_errors calls the error of "<name>_<unit>" "<name>_error_<unit>"
+        comparison[key] = {"measured": measured[key], "true": truth[key], "error": errors[f"{name}_error_{unit}"]}
+    return comparison
+
+
+def _remove_outputs(out_dir: Path, created: bool) -> None:
+    """Undo a failed demo: the demo's own entries, then ``out_dir`` if the demo created it."""
+    for name in (INPUTS, REGISTRATION):
+        shutil.rmtree(out_dir / name, ignore_errors=True)
+    for name in (FIGURE, SUMMARY):
+        (out_dir / name).unlink(missing_ok=True)
+    if created and out_dir.is_dir() and not any(out_dir.iterdir()):
+        out_dir.rmdir()
+
+
+def run_demo(out_dir: str | Path = DEFAULT_OUT_DIR, model_path: str | Path | None = None, seed: int = DEMO_SEED,
+             progress: bool = True) -> DemoResult:
+    """Run the demo (module doc).
+
+    Args:
+        out_dir: the demo folder; must not exist or be empty.
+        model_path: a checkpoint (default: the bundled ``lite`` model); the grid preset and
+            detector follow its config.
+        seed: the case seed of the patient (default :data:`DEMO_SEED`, never a training subject).
+        progress: print the stages on stderr.
+
+    Raises:
+        InputError: a non-empty ``out_dir``, a bad checkpoint, or no bundled model; a failed demo
+            removes what it wrote.
+    """
+    from biplanar.registration import _check_out_dir
+
+    started = time.perf_counter()
+    out_dir = Path(out_dir)
+    _check_out_dir(out_dir)
+    if model_path is None:
+        from biplanar.training.checkpoints import bundled_model_path
+
+        model_path = bundled_model_path("lite")
+    config = model_config(Path(model_path))
+    created = not out_dir.exists()
+    try:
+        return _run(out_dir, Path(model_path), config, seed, progress, started)
+    except BaseException:
+        _remove_outputs(out_dir, created)
+        raise
+
+
+def _run(out_dir: Path, model_path: Path, config, seed: int, progress: bool, started: float) -> DemoResult:
+    from biplanar.data.simulate import write_case
+    from biplanar.evaluation.evaluate import network_stage_times
+    from biplanar.evaluation.figures import load_figure_data, write_registration_figure
+    from biplanar.io.json_files import write_json
+    from biplanar.registration import register
+
+    _stage(progress, f"simulating the held-out patient (case seed {seed}, {config.geometry.grid_preset} preset)")
+    case = demo_case(seed, config)
+    inputs = out_dir / INPUTS
+    write_case(inputs, case, {"subject_id": "demo"})
+    with network_stage_times() as network_times:
+        result = register(inputs / "geometry.json", inputs / "AP.npy", inputs / "LAT.npy", out_dir / REGISTRATION,
+                          model_path, ap_mask_path=inputs / "AP_mask.npy", lat_mask_path=inputs / "LAT_mask.npy",
+                          truth_labels_path=inputs / "labels.nii.gz", progress=progress)
+    _stage(progress, "drawing the figure")
+    figure_data = load_figure_data(result.out_dir, inputs / "geometry.json",
+                                   {name: inputs / f"{name}.npy" for name in VIEW_NAMES}, inputs / "labels.nii.gz")
+    write_registration_figure(out_dir / FIGURE, figure_data)
+    hip = hip_comparison(result.report, case.record())
+    demo = DemoResult(out_dir, result.report, network_times[0], hip, time.perf_counter() - started)
+    write_json(out_dir / SUMMARY, demo.document())
+    return demo
+
+
+def _number(value: float | None, unit: str, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}" + (f" {unit}" if unit else "")
+
+
+def _value(value: float | list[float]) -> str:
+    """A number to 2 decimals, or a point as ``(x, y, z)``."""
+    if isinstance(value, list):
+        return "(" + ", ".join(f"{v:.1f}" for v in value) + ")"
+    return f"{value:.2f}"
+
+
+def summary_tables(result: DemoResult):
+    """Rich tables: the scores and timings, and (when measured) the hip measurements vs truth."""
+    from rich.table import Table
+
+    table = Table(title=f"biplanar demo: {result.out_dir}")
+    table.add_column("quantity")
+    table.add_column("value", justify="right")
+    for key, label, unit in METRICS:
+        table.add_row(label, _number(result.report.get(key), unit))
+    times = result.document()["timings_s"]
+    for key, label in (("affine_module", "time, affine module"), ("local_module", "time, local module"),
+                       ("network", "time, network (affine + local)"),
+                       ("register", "time, register (load + network + writing)"), ("demo", "time, whole demo")):
+        table.add_row(label, _number(times[key], "s", 2))
+    tables = [table]
+    if result.hip:
+        hip_table = Table(title="hip measurements: registered vs true")
+        for column in ("measurement", "registered", "true", "error"):
+            hip_table.add_column(column, justify="left" if column == "measurement" else "right")
+        for name, values in result.hip.items():
+            hip_table.add_row(name, *(_value(values[key]) for key in ("measured", "true", "error")))
+        tables.append(hip_table)
+    return tables
