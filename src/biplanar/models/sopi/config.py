@@ -1,0 +1,277 @@
+"""SOPI configuration: YAML presets (``sopi_tiny``, ``sopi_lite``) validated into dataclasses.
+
+The same YAML-to-dataclass rules as :mod:`biplanar.config` (unknown fields and wrong types are
+one-line :class:`~biplanar.errors.InputError`); a :class:`SopiConfig` travels inside each SOPI
+checkpoint so that a checkpoint alone rebuilds its network.
+
+Pose parameters (:mod:`biplanar.geometry.se3`): ``(rx, ry, rz)`` radians, ``(tx, ty, tz)`` mm along
+world x (patient's right), y (anterior: the AP view's beam axis) and z (superior), rotations about
+the CT volume's centre. The networks regress *scaled* parameters ``z = params / sigma`` with
+``sigma`` the training distribution's standard deviations (:meth:`SopiConfig.param_sigmas`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+# The shared YAML-to-dataclass builder of the experiment configs (same rules, same messages).
+from biplanar.config import _build, shipped_config_path
+from biplanar.data.grid_presets import GRID_PRESETS
+from biplanar.errors import InputError
+
+PHANTOM = "phantom"
+
+
+@dataclass(frozen=True)
+class PoseGeometryConfig:
+    """The CT grid and the single (AP) view of SOPI.
+
+    Attributes:
+        grid_preset: phantom grid (``paper``, ``lite``, ``tiny``); ignored for a CT ``data.source``.
+        image_shape: ``(rows, cols)`` of the radiograph.
+        pixel_spacing_mm: detector pixel spacing, mm (both directions).
+        prost_samples: ProST samples per ray.
+        depth_margin_mm: depth added before and after the volume's box so that posed volumes
+            (translated along the beam, rotated) stay inside ProST's sampled depth range, mm.
+    """
+
+    grid_preset: str = "lite"
+    image_shape: tuple[int, int] = (112, 80)
+    pixel_spacing_mm: float = 1.86
+    prost_samples: int = 128
+    depth_margin_mm: float = 120.0
+
+
+@dataclass(frozen=True)
+class PoseDataConfig:
+    """On-the-fly training pairs: a CT posed by random parameters and its DRR as the X-ray.
+
+    Attributes:
+        source: ``phantom`` (femur phantoms of ``geometry.grid_preset``) or a CT NIfTI path in HU.
+        subjects: phantom pool size (subjects are rendered once and cached).
+        rotation_sigma_deg: standard deviation of each Euler angle of the true pose, degrees.
+        translation_sigma_mm: standard deviations of the true ``(tx, ty, tz)``, mm.
+        fine_rotation_sigma_deg: fine-registration training: standard deviation of the offset of
+            each starting angle from the truth, degrees (the residual error after RTPI).
+        fine_translation_sigma_mm: the same for ``(tx, ty, tz)``, mm.
+        mask: the volume projected into L_N's mask: ``labels`` (the phantom's femur; a CT source
+            falls back to the threshold) or ``threshold`` (voxels above ``bone_threshold_hu``).
+        bone_threshold_hu: bone threshold of the ``threshold`` mask, HU.
+        mask_min_path_mm: a pixel is in the projected mask where the mask path length exceeds this, mm.
+        validation_samples: poses (and, for phantoms, held-out subjects) of the validation set.
+    """
+
+    source: str = PHANTOM
+    subjects: int = 64
+    rotation_sigma_deg: float = 20.0
+    translation_sigma_mm: tuple[float, float, float] = (5.0, 33.0, 10.0)
+    fine_rotation_sigma_deg: float = 5.0
+    fine_translation_sigma_mm: tuple[float, float, float] = (2.0, 8.0, 3.0)
+    mask: str = "labels"
+    bone_threshold_hu: float = 200.0
+    mask_min_path_mm: float = 1.0
+    validation_samples: int = 16
+
+
+@dataclass(frozen=True)
+class RTPIConfig:
+    """RTPI, the asymmetric dual-branch initialisation network.
+
+    Attributes:
+        volume_shape: ``(I, J, K)`` the CT is resampled to before the 3D branch.
+        volume_features: features of the 3D blocks (each halves the volume).
+        image_features: features of the 2D blocks on the radiograph (each halves the image).
+        localisation_features: features of the four residual blocks of the localisation net.
+        head_features: hidden width of each parameter-specific head.
+    """
+
+    volume_shape: tuple[int, int, int] = (48, 32, 48)
+    volume_features: tuple[int, ...] = (8, 16, 16)
+    image_features: tuple[int, ...] = (16, 32)
+    localisation_features: tuple[int, int, int, int] = (32, 64, 64, 128)
+    head_features: int = 64
+
+
+@dataclass(frozen=True)
+class FineConfig:
+    """The composite-connection encoders of the fine registration.
+
+    Attributes:
+        stem_features: features of the shallow stem (two stride-2 convolutions).
+        level_features: ``(c3, c4, c5)`` features of each cascade-fusion block's three scales.
+        radix: splits of the split-attention convolutions.
+        attention_reduction: channel reduction of the split-attention's squeeze layer.
+    """
+
+    stem_features: int = 16
+    level_features: tuple[int, int, int] = (16, 32, 64)
+    radix: int = 2
+    attention_reduction: int = 4
+
+
+@dataclass(frozen=True)
+class PoseLossConfig:
+    """RTPI's loss ``alpha * L_GD + beta * MSE(z_hat, z) + lam * R``.
+
+    Attributes:
+        alpha: weight of the gradient-difference loss between the X-ray and the DRR at the prediction.
+        beta: weight of the MSE of the scaled parameters.
+        lam: weight of the regulariser ``R``.
+        regulariser: ``weights`` (``R = 1/2 sum w^2`` over the network's weights: the public SOPI
+            code trains RTPI with weight decay 0.01) or ``pose`` (``R = mean z_hat^2``, a Gaussian
+            prior on the scaled prediction).
+    """
+
+    alpha: float = 1.0
+    beta: float = 1.0
+    lam: float = 0.01
+    regulariser: str = "weights"
+
+
+@dataclass(frozen=True)
+class PoseTrainingConfig:
+    """Optimiser, schedule and run settings (Adam, cosine-annealed over ``steps``)."""
+
+    learning_rate: float = 1e-4
+    batch_size: int = 2
+    steps: int = 20000
+    seed: int = 0
+    checkpoint_minutes: float = 10.0
+    validate_every: int = 500
+
+
+@dataclass(frozen=True)
+class FineSearchConfig:
+    """Inference of the fine registration: normalised-gradient descent on the pose.
+
+    The encoders are trained for the *direction* of ``dL_N/dtheta`` only, so each step moves the
+    rotation and the translation by a step length along their unit gradient; a step length is
+    multiplied by ``step_decrease`` whenever its part's gradient turns by more than 90 degrees.
+
+    Attributes:
+        rotation_step_deg: first rotation step, degrees.
+        translation_step_mm: first translation step, mm.
+        step_decrease: factor applied to a step length when its gradient reverses.
+        rotation_iterations: the rotation is frozen after this many iterations.
+        max_iterations: iteration cap.
+        tolerance_deg: the rotation has converged when its step is below this, degrees.
+        tolerance_mm: the translation has converged when its step is below this, mm.
+    """
+
+    rotation_step_deg: float = 2.0
+    translation_step_mm: float = 4.0
+    step_decrease: float = 0.5
+    rotation_iterations: int = 20
+    max_iterations: int = 100
+    tolerance_deg: float = 0.05
+    tolerance_mm: float = 0.1
+
+
+@dataclass(frozen=True)
+class SopiConfig:
+    """Everything that defines the SOPI networks, their training data and their inference."""
+
+    name: str = "sopi_lite"
+    geometry: PoseGeometryConfig = field(default_factory=PoseGeometryConfig)
+    data: PoseDataConfig = field(default_factory=PoseDataConfig)
+    rtpi: RTPIConfig = field(default_factory=RTPIConfig)
+    fine: FineConfig = field(default_factory=FineConfig)
+    loss: PoseLossConfig = field(default_factory=PoseLossConfig)
+    training: PoseTrainingConfig = field(default_factory=PoseTrainingConfig)
+    search: FineSearchConfig = field(default_factory=FineSearchConfig)
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, document: Any, source: str = "config") -> SopiConfig:
+        return _build(cls, document, source)
+
+    def param_sigmas(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """``(6,)`` standard deviations of the true pose: 3 x radians, then ``(tx, ty, tz)`` mm."""
+        rotation = math.radians(self.data.rotation_sigma_deg)
+        return torch.tensor([rotation] * 3 + list(self.data.translation_sigma_mm), dtype=dtype)
+
+    def fine_offset_sigmas(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """``(6,)`` standard deviations of the fine stage's starting offsets (radians, mm)."""
+        rotation = math.radians(self.data.fine_rotation_sigma_deg)
+        return torch.tensor([rotation] * 3 + list(self.data.fine_translation_sigma_mm), dtype=dtype)
+
+
+_CHOICES = {
+    ("data", "mask"): ("labels", "threshold"),
+    ("loss", "regulariser"): ("weights", "pose"),
+}
+_LENGTHS = {
+    ("geometry", "image_shape"): 2,
+    ("data", "translation_sigma_mm"): 3,
+    ("data", "fine_translation_sigma_mm"): 3,
+    ("rtpi", "volume_shape"): 3,
+    ("rtpi", "localisation_features"): 4,
+    ("fine", "level_features"): 3,
+}
+_POSITIVE = (
+    ("geometry", "pixel_spacing_mm"), ("geometry", "prost_samples"), ("data", "subjects"),
+    ("data", "validation_samples"), ("rtpi", "head_features"), ("fine", "stem_features"),
+    ("fine", "radix"), ("fine", "attention_reduction"), ("training", "learning_rate"),
+    ("training", "batch_size"), ("training", "steps"), ("training", "validate_every"),
+    ("search", "rotation_step_deg"), ("search", "translation_step_mm"), ("search", "max_iterations"),
+    ("search", "tolerance_deg"), ("search", "tolerance_mm"),
+)
+
+
+def _validate(config: SopiConfig) -> None:
+    def value(section: str, name: str) -> Any:
+        return getattr(getattr(config, section), name)
+
+    for (section, name), choices in _CHOICES.items():
+        if value(section, name) not in choices:
+            raise InputError(f"config: {section}.{name}: expected one of {', '.join(choices)}, "
+                             f"got {value(section, name)!r}")
+    for (section, name), length in _LENGTHS.items():
+        if len(value(section, name)) != length:
+            raise InputError(f"config: {section}.{name}: expected {length} values, got {list(value(section, name))}")
+    for section, name in _POSITIVE:
+        if not value(section, name) > 0:
+            raise InputError(f"config: {section}.{name}: expected a positive number, got {value(section, name)!r}")
+    if config.data.source == PHANTOM and config.geometry.grid_preset not in GRID_PRESETS:
+        raise InputError(f"config: geometry.grid_preset: expected one of {', '.join(sorted(GRID_PRESETS))}, "
+                         f"got {config.geometry.grid_preset!r}")
+    if not 0.0 < config.search.step_decrease < 1.0:
+        raise InputError(f"config: search.step_decrease: expected a number in (0, 1), "
+                         f"got {config.search.step_decrease}")
+    if any(width % config.fine.radix for width in config.fine.level_features):
+        raise InputError(f"config: fine.level_features: expected multiples of radix {config.fine.radix}, "
+                         f"got {list(config.fine.level_features)}")
+    if min(*config.rtpi.volume_shape) < 2 ** len(config.rtpi.volume_features):
+        raise InputError(f"config: rtpi.volume_shape {list(config.rtpi.volume_shape)} is too small for "
+                         f"{len(config.rtpi.volume_features)} halvings")
+
+
+def load_sopi_config(path_or_preset: str | Path) -> SopiConfig:
+    """Read a SOPI YAML config, or a shipped preset by name (``sopi_tiny``, ``sopi_lite``).
+
+    Raises:
+        InputError: a missing file, invalid YAML, or a field that is unknown, of the wrong type
+            or out of range.
+    """
+    path = Path(path_or_preset)
+    if not path.is_file() and path.suffix == "" and shipped_config_path(str(path_or_preset)).is_file():
+        path = shipped_config_path(str(path_or_preset))
+    if not path.is_file():
+        raise InputError(f"{path}: file not found (nor a preset: sopi_tiny, sopi_lite)")
+    try:
+        document = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise InputError(f"{path}: not valid YAML ({error})") from None
+    return SopiConfig.from_dict(document, str(path))

@@ -1,0 +1,331 @@
+"""Training SOPI's networks (Chen et al. 2023): RTPI and the fine registration's encoders.
+
+One call, :func:`train_pose`, trains one network (``rtpi`` or ``fine``) for ``training.steps``
+optimizer steps on pairs simulated on the fly (:mod:`biplanar.training.pose_data`), or continues
+a stopped run. Single process; CUDA when available.
+
+- ``rtpi``: the X-ray and the CT in, the scaled pose out; loss :class:`RTPILoss` with the DRR of
+  the prediction rendered by ProST (differentiable in the pose).
+- ``fine``: the DRR at a perturbed pose and the X-ray through the two encoders; the
+  double-backward loss :func:`gradient_alignment_loss` of ``dL_N/dtheta`` against the geodesic
+  direction to the true pose.
+- Optimisation: Adam at ``training.learning_rate``, cosine-annealed per step to 0 at
+  ``training.steps``. Deterministic kernels; all randomness of step ``s`` is drawn from
+  ``(training.seed, stream, s)``, so a resumed run repeats an uninterrupted one exactly.
+- Validation every ``training.validate_every`` steps and at the end, on ``data.validation_samples``
+  fixed pairs (held-out phantoms): the loss parts, and for RTPI the rotation (deg) and translation
+  (mm) errors of the predicted pose.
+- Outputs in ``out_dir`` (each written atomically): ``config.yaml``, ``last.pt`` (every
+  ``training.checkpoint_minutes``, after every validation and at the end), ``best.pt`` (lowest
+  validation loss), ``metrics.csv`` (one row per validation) and ``tensorboard/``.
+- Ctrl-C / SIGTERM: the step in progress finishes, ``last.pt`` is written and
+  :class:`~biplanar.training.trainer.TrainingInterrupted` is raised.
+
+Checkpoints use :mod:`biplanar.training.checkpoints`' format (one endless epoch: ``epoch`` 0) with
+two more keys: ``network`` (``rtpi`` / ``fine``) and ``kind`` (``sopi``).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from biplanar.errors import InputError
+from biplanar.geometry.se3 import geodesic_direction, pose_errors
+from biplanar.io.atomic import atomic_write_text
+from biplanar.models.sopi import NETWORKS, SopiConfig, build_network, load_sopi_config
+from biplanar.training.checkpoints import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from biplanar.training.pose_data import TRAIN_STREAM, VALIDATION_STREAM, PoseBatch, PosePairSimulator, project_mask
+from biplanar.training.pose_losses import RTPILoss, gradient_alignment_loss, masked_feature_distance
+from biplanar.training.trainer import (
+    TrainingInterrupted,
+    _deterministic_algorithms,
+    _Logs,
+    _plain,
+    _seed_everything,
+    _StopSignals,
+    cosine_factor,
+)
+
+KIND = "sopi"
+LAST, BEST = "last.pt", "best.pt"
+TRAIN_PARTS = {"rtpi": ("total", "similarity", "mse", "regulariser"),
+               "fine": ("total", "rotation", "translation", "cos_rotation", "cos_translation")}
+VAL_METRICS = {"rtpi": ("total", "similarity", "mse", "rotation_error_deg", "translation_error_mm"),
+               "fine": ("total", "cos_rotation", "cos_translation")}
+
+
+def csv_fields(network: str) -> tuple[str, ...]:
+    """Columns of ``metrics.csv`` for ``network``."""
+    return ("step", "lr", *(f"train_{name}" for name in TRAIN_PARTS[network]),
+            *(f"val_{name}" for name in VAL_METRICS[network]), "wall_s")
+
+
+@dataclass
+class PoseTrainResult:
+    """What :func:`train_pose` did.
+
+    Attributes:
+        out_dir: the run folder.
+        network: ``rtpi`` or ``fine``.
+        last_checkpoint: ``out_dir/last.pt``.
+        best_checkpoint: ``out_dir/best.pt``, ``None`` until a validation has run.
+        global_step: optimizer steps done in the whole run.
+        best_val_loss: lowest validation loss (``nan`` without validation).
+        history: the rows of ``metrics.csv`` (:func:`csv_fields`).
+        step_losses: per step done by this call, ``{"step": global step, **loss parts}``.
+    """
+
+    out_dir: Path
+    network: str
+    last_checkpoint: Path
+    best_checkpoint: Path | None
+    global_step: int
+    best_val_loss: float
+    history: list[dict[str, float]] = field(default_factory=list)
+    step_losses: list[dict[str, float]] = field(default_factory=list)
+
+
+def rtpi_forward(network: torch.nn.Module, simulator: PosePairSimulator, loss: RTPILoss,
+                 batch: PoseBatch) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """RTPI's loss parts on a batch, and its predicted ``(B, 6)`` pose (rad, mm)."""
+    scaled = network(batch.volume_mu, batch.radiograph)
+    params = scaled * simulator.sigmas
+    drr = simulator.prost(batch.volume_mu, simulator.pose_matrix(params))
+    return loss(batch.radiograph, drr, scaled, batch.target_params / simulator.sigmas, network), params
+
+
+def fine_forward(network: torch.nn.Module, simulator: PosePairSimulator, batch: PoseBatch,
+                 create_graph: bool = True) -> dict[str, torch.Tensor]:
+    """The fine registration's gradient-alignment loss parts on a batch (module doc).
+
+    ``create_graph=False`` (validation) skips the graph that the double backward needs.
+    """
+    params = batch.start_params.detach().clone().requires_grad_(True)
+    pose = simulator.pose_matrix(params)
+    drr = simulator.prost(batch.volume_mu, pose)
+    mask = project_mask(simulator.prost, batch.mask_volume, pose.detach(), simulator.config.data.mask_min_path_mm)
+    moving, fixed = network(drr, batch.radiograph)
+    distance = masked_feature_distance(moving, fixed, mask)
+    direction = geodesic_direction(params.detach(), batch.target_params, simulator.centre)
+    return gradient_alignment_loss(distance, params, direction, create_graph)
+
+
+class _PoseRun:
+    """The state of one training run and its steps (see the module doc)."""
+
+    def __init__(self, config: SopiConfig, network: str, out_dir: Path, device: torch.device) -> None:
+        self.config, self.network_name, self.out_dir, self.device = config, network, out_dir, device
+        training = config.training
+        _seed_everything(training.seed)
+        self.network = build_network(config, network).to(device)
+        self.simulator = PosePairSimulator(config, device)
+        self.loss = RTPILoss(config.loss)
+        self.optimizer = torch.optim.Adam(self.network.parameters(), lr=training.learning_rate)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: cosine_factor(step, training.steps))
+        self.global_step, self.best_metric, self.elapsed_s = 0, math.inf, 0.0
+        self.sums = self._zero_sums()
+        self.history: list[dict[str, float]] = []
+        self.step_losses: list[dict[str, float]] = []
+        self.started = self.last_save = time.monotonic()
+
+    def _zero_sums(self) -> dict[str, float]:
+        return {name: 0.0 for name in (*TRAIN_PARTS[self.network_name], "count")}
+
+    # --- checkpoints ---------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        return {"kind": KIND, "network": self.network_name, "config": self.config.to_dict(),
+                "model": self.network.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "rng": capture_rng_state(), "epoch": 0,
+                "step_in_epoch": self.global_step, "global_step": self.global_step, "world_size": 1,
+                "best_metric": self.best_metric, "elapsed_s": self.wall_s(), "epoch_sums": dict(self.sums),
+                "history": list(self.history)}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.network.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        restore_rng_state(state["rng"])
+        self.global_step, self.best_metric = state["global_step"], state["best_metric"]
+        self.elapsed_s, self.sums = state["elapsed_s"], dict(state["epoch_sums"])
+        self.history = list(state["history"])
+
+    def wall_s(self) -> float:
+        return self.elapsed_s + time.monotonic() - self.started
+
+    def save(self, name: str = LAST) -> Path:
+        path = save_checkpoint(self.out_dir / name, self.state())
+        self.last_save = time.monotonic()
+        return path
+
+    # --- training ------------------------------------------------------------------------------
+    def step(self) -> dict[str, float]:
+        """One optimizer step on the batch of :attr:`global_step`; returns the loss parts."""
+        self.network.train()
+        batch = self.simulator.sample(TRAIN_STREAM, self.global_step, self.config.training.batch_size)
+        if self.network_name == "rtpi":
+            parts, _ = rtpi_forward(self.network, self.simulator, self.loss, batch)
+        else:
+            parts = fine_forward(self.network, self.simulator, batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        parts["total"].backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        values = {name: float(parts[name].detach()) for name in TRAIN_PARTS[self.network_name]}
+        self.global_step += 1
+        for name, value in values.items():
+            self.sums[name] += value
+        self.sums["count"] += 1
+        self.step_losses.append({"step": self.global_step, **values})
+        return values
+
+    def validate(self) -> dict[str, float]:
+        """Mean :data:`VAL_METRICS` over the validation pairs (BN in eval mode, no weight update)."""
+        self.network.eval()
+        names = VAL_METRICS[self.network_name]
+        sums = dict.fromkeys(names, 0.0)
+        count = self.config.data.validation_samples
+        for index in range(count):
+            batch = self.simulator.sample(VALIDATION_STREAM, index, 1)
+            for name, value in self._validation_metrics(batch).items():
+                sums[name] += value
+        return {name: sums[name] / count for name in names}
+
+    def _validation_metrics(self, batch: PoseBatch) -> dict[str, float]:
+        if self.network_name == "fine":  # needs dL_N/dtheta, so gradients stay on (weights untouched)
+            parts = fine_forward(self.network, self.simulator, batch, create_graph=False)
+            return {name: float(parts[name].detach()) for name in VAL_METRICS["fine"]}
+        with torch.no_grad():
+            parts, params = rtpi_forward(self.network, self.simulator, self.loss, batch)
+            rotation, translation = pose_errors(self.simulator.pose_matrix(params),
+                                                self.simulator.pose_matrix(batch.target_params),
+                                                self.simulator.centre)
+        values = {name: float(parts[name]) for name in ("total", "similarity", "mse")}
+        return {**values, "rotation_error_deg": float(rotation.mean()),
+                "translation_error_mm": float(translation.mean())}
+
+    def end_period(self, logs: _Logs) -> None:
+        """Validate, log a ``metrics.csv`` row, keep ``best.pt``, write ``last.pt``."""
+        metrics = self.validate()
+        count = max(self.sums["count"], 1.0)
+        row = {"step": self.global_step, "lr": self.optimizer.param_groups[0]["lr"],
+               **{f"train_{name}": self.sums[name] / count for name in TRAIN_PARTS[self.network_name]},
+               **{f"val_{name}": value for name, value in metrics.items()}, "wall_s": self.wall_s()}
+        self.history.append(row)
+        self.sums = self._zero_sums()
+        if metrics["total"] < self.best_metric:
+            self.best_metric = metrics["total"]
+            self.save(BEST)
+        self.save(LAST)
+        logs.epoch(row)
+        self.write_csv()
+
+    def write_csv(self) -> None:
+        text = io.StringIO()
+        table = csv.DictWriter(text, fieldnames=csv_fields(self.network_name), lineterminator="\n")
+        table.writeheader()
+        table.writerows(self.history)
+        atomic_write_text(self.out_dir / "metrics.csv", text.getvalue())
+
+    def result(self) -> PoseTrainResult:
+        best = self.out_dir / BEST
+        return PoseTrainResult(self.out_dir, self.network_name, self.out_dir / LAST, best if best.is_file() else None,
+                               self.global_step, self.best_metric if math.isfinite(self.best_metric) else math.nan,
+                               list(self.history), list(self.step_losses))
+
+
+def _with_steps(config: SopiConfig, steps: int | None) -> SopiConfig:
+    if steps is None:
+        return config
+    if steps < 1:
+        raise InputError(f"steps: expected >= 1, got {steps}")
+    return dataclasses.replace(config, training=dataclasses.replace(config.training, steps=steps))
+
+
+def _check_resumable(config: SopiConfig, network: str, state: dict[str, Any], path: Path) -> None:
+    """``InputError`` unless the checkpoint is a SOPI ``network`` run of the same config (steps aside)."""
+    if state.get("kind") != KIND or state.get("network") != network:
+        raise InputError(f"{path}: not a SOPI {network} checkpoint (found {state.get('kind')} "
+                         f"{state.get('network')})")
+    theirs = SopiConfig.from_dict(state["config"], f"{path}: config")
+    if _with_steps(theirs, config.training.steps) != config:
+        raise InputError(f"{path}: the config differs from the checkpoint's (only training.steps may change)")
+
+
+def _prepare_out_dir(config: SopiConfig, out_dir: Path, resume: bool) -> None:
+    last = out_dir / LAST
+    if resume and not last.is_file():
+        raise InputError(f"{last}: no checkpoint to resume from")
+    if not resume and last.is_file():
+        raise InputError(f"{out_dir}: holds a training run already; continue it with --resume or choose another folder")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_dir / "config.yaml", yaml.safe_dump(_plain(config.to_dict()), sort_keys=False))
+
+
+def train_pose(config: SopiConfig | str | Path, out_dir: str | Path, network: str, resume: bool = False,
+               steps: int | None = None, max_steps: int | None = None, progress: bool = True,
+               device: str | torch.device | None = None) -> PoseTrainResult:
+    """Train (or continue training) one SOPI network; see the module doc for what is written.
+
+    Args:
+        config: a :class:`SopiConfig`, a YAML file or a preset name (``sopi_tiny``, ``sopi_lite``).
+        out_dir: the run folder (created).
+        network: ``rtpi`` or ``fine``.
+        resume: continue the run in ``out_dir`` from its ``last.pt`` (same config and network).
+        steps: overrides ``training.steps`` (the total, counting steps already done).
+        max_steps: stop (with a checkpoint) once the run has done this many steps in total.
+        progress: show a progress bar.
+        device: where to train (default: CUDA when available, else the CPU).
+
+    Raises:
+        InputError: bad config or network name, a mismatching checkpoint, ``out_dir`` holding a run
+            without ``resume`` (or none with it).
+        TrainingInterrupted: on Ctrl-C / SIGTERM, after writing ``last.pt``.
+    """
+    if network not in NETWORKS:
+        raise InputError(f"network: expected one of {', '.join(NETWORKS)}, got {network!r}")
+    config = _with_steps(config if isinstance(config, SopiConfig) else load_sopi_config(config), steps)
+    out_dir = Path(out_dir)
+    device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    state = None
+    if resume:
+        if not (out_dir / LAST).is_file():
+            raise InputError(f"{out_dir / LAST}: no checkpoint to resume from")
+        state = load_checkpoint(out_dir / LAST, device)
+        _check_resumable(config, network, state, out_dir / LAST)
+    _prepare_out_dir(config, out_dir, resume)
+    with _deterministic_algorithms():
+        run = _PoseRun(config, network, out_dir, device)
+        if state is not None:
+            run.restore(state)
+        return _loop(run, progress, math.inf if max_steps is None else max_steps, resume)
+
+
+def _loop(run: _PoseRun, progress: bool, max_steps: float, resume: bool) -> PoseTrainResult:
+    training = run.config.training
+    logs = _Logs(run.out_dir, True, progress, training.steps, run.global_step, run.global_step if resume else None)
+    with _StopSignals() as signals, logs:
+        while run.global_step < training.steps:
+            if run.global_step >= max_steps:
+                run.save()
+                return run.result()
+            parts = run.step()
+            logs.step(run.global_step, parts, run.optimizer.param_groups[0]["lr"], f"{run.network_name}")
+            if run.global_step % training.validate_every == 0 or run.global_step == training.steps:
+                run.end_period(logs)
+            if signals.requested:
+                raise TrainingInterrupted(run.save())
+            if time.monotonic() - run.last_save >= 60.0 * training.checkpoint_minutes:
+                run.save()
+        run.save()
+    return run.result()
