@@ -1,0 +1,417 @@
+"""Optimisation baselines for rigid CT-to-X-ray pose: Opt-NCC, Opt-NGI, Opt-GC (SOPI, Tables 1 and 3).
+
+The pose ``A`` is a ``(4, 4)`` world-to-world rigid map that *moves the CT* (ProST's ``pose``):
+the DRR of the CT moved by ``A`` is compared with each radiograph through that view's known
+projection matrix. Starting from ``A0`` (the identity by default), the search is over
+
+    A(x) = Delta(x) @ A0,   Delta(x) = rigid_params_to_matrix((rad(x_0:3), x_3:6), centre = A0 c)
+
+``x = (rx, ry, rz deg, tx, ty, tz mm)``: a rotation ``Rx Ry Rz`` about the current position of the
+volume centre ``c`` followed by a translation (so rotations and translations decouple).
+
+Algorithm (multi-resolution, coarse to fine):
+
+1. Each level of :attr:`OptimisationConfig.levels_mm` renders DRRs with detector pixels and CT
+   voxels of about that size at the volume centre (detectors and radiographs averaged in blocks,
+   the CT average-pooled), and ray samples about one voxel apart.
+2. At every level CMA-ES (Hansen's ``cma``) maximises the mean similarity over the views, from the
+   previous level's best with step sizes ``sigma_deg``/``sigma_mm`` at the first level, each later
+   level's steps scaled by ``level_sigma_factor``.
+3. Optionally ``refine_steps`` of L-BFGS on the differentiable similarity at the finest level.
+
+The result reports the pose as a matrix and as parameters about the (unmoved) volume centre
+``c`` (:func:`biplanar.geometry.se3.matrix_to_rigid_params`), where the translation is the
+displacement of ``c``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from biplanar.geometry.projection import ProjectionView
+from biplanar.geometry.se3 import matrix_to_rigid_params, rigid_params_to_matrix
+from biplanar.geometry.volume_grid import VolumeGrid
+from biplanar.layers.prost import ProST
+from biplanar.pose.similarity import get_similarity
+
+METHODS = {"opt-ncc": "ncc", "opt-ngi": "ngi", "opt-gc": "gc"}  # method name -> similarity
+
+
+@dataclass(frozen=True)
+class OptimisationConfig:
+    """Settings of the optimisation baselines (module doc).
+
+    Attributes:
+        similarity: ``"ncc"``, ``"ngi"`` or ``"gc"`` (:mod:`biplanar.pose.similarity`).
+        levels_mm: pixel / voxel size of each resolution level at the volume centre, coarse to fine, mm.
+        sigma_deg, sigma_mm: CMA-ES initial step sizes of the rotations (deg) and translations (mm)
+            at the first level: about the expected error of the initial pose.
+        level_sigma_factor: the step sizes of each later level relative to the previous one.
+        max_evaluations: CMA-ES similarity evaluations per level (each renders every view).
+        population: CMA-ES population size (``None``: cma's default, 4 + 3 ln(free parameters)).
+        refine_steps: L-BFGS iterations on the differentiable similarity at the finest level (0: none).
+        margin_mm: depth added before and after the CT's box for the DRR rays (room for the moved CT).
+        seed: CMA-ES random seed (>= 1).
+    """
+
+    similarity: str = "gc"
+    levels_mm: tuple[float, ...] = (12.0, 6.0)
+    sigma_deg: float = 5.0
+    sigma_mm: float = 10.0
+    level_sigma_factor: float = 0.3
+    max_evaluations: int = 150
+    population: int | None = None
+    refine_steps: int = 10
+    margin_mm: float = 40.0
+    seed: int = 1
+
+    def __post_init__(self) -> None:
+        get_similarity(self.similarity)
+        if not self.levels_mm or min(self.levels_mm) <= 0:
+            raise ValueError(f"levels_mm: expected positive sizes, got {self.levels_mm}")
+        if self.sigma_deg <= 0 or self.sigma_mm <= 0 or self.max_evaluations < 0 or self.refine_steps < 0:
+            raise ValueError("sigma_deg, sigma_mm: expected > 0; max_evaluations, refine_steps: >= 0")
+        if self.seed < 1:
+            raise ValueError(f"seed: expected >= 1 (cma treats 0 as 'from the clock'), got {self.seed}")
+
+
+@dataclass
+class PoseEstimate:
+    """The result of a pose estimation.
+
+    Attributes:
+        matrix: ``(4, 4)`` float64 rigid map moving the CT (world mm -> world mm).
+        params: ``(6,)`` float64 ``(rx, ry, rz rad, tx, ty, tz mm)`` of ``matrix`` about ``centre_mm``.
+        centre_mm: ``(3,)`` world mm, the CT volume's centre.
+        similarity: mean similarity over the views at the finest level, at ``matrix``.
+        per_view_similarity: view name -> similarity at the finest level.
+        evaluations: similarity evaluations (each renders every view once).
+        iterations: CMA-ES generations plus L-BFGS iterations.
+        time_s: wall-clock seconds.
+        method: e.g. ``"opt-gc"``.
+        history: per stage (level / refinement) a dict of its evaluations and best similarity.
+    """
+
+    matrix: Tensor
+    params: Tensor
+    centre_mm: np.ndarray
+    similarity: float
+    per_view_similarity: dict[str, float]
+    evaluations: int
+    iterations: int
+    time_s: float
+    method: str
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+# --- the resolution pyramid ---------------------------------------------------------------------
+
+
+def downsample_view(view: ProjectionView, factor: int) -> ProjectionView:
+    """The view of a detector whose pixels are ``factor x factor`` blocks of ``view``'s pixels.
+
+    Block ``(r', c')`` covers pixels ``factor * r' ... factor * r' + factor - 1`` (a trailing
+    partial block is dropped), so its centre is at ``u = factor * c' + (factor - 1) / 2``.
+    """
+    if factor == 1:
+        return view
+    offset = (factor - 1) / (2.0 * factor)
+    to_block = np.array([[1.0 / factor, 0.0, -offset], [0.0, 1.0 / factor, -offset], [0.0, 0.0, 1.0]])
+    rows, cols = view.image_shape
+    return ProjectionView(to_block @ view.matrix, (rows // factor, cols // factor), view.name)
+
+
+def downsample_image(image: Tensor, factor: int) -> Tensor:
+    """``(B, C, H, W)`` -> block means ``(B, C, H // factor, W // factor)`` (matches :func:`downsample_view`)."""
+    return image if factor == 1 else F.avg_pool2d(image, factor)
+
+
+def downsample_volume(volume: Tensor, grid: VolumeGrid, factor: int) -> tuple[Tensor, VolumeGrid]:
+    """Average ``factor^3`` voxel blocks of ``(B, C, I, J, K)`` (zero-padded at the far ends).
+
+    Block ``i'`` covers voxels ``factor * i' ... factor * i' + factor - 1``; its centre is voxel
+    ``factor * i' + (factor - 1) / 2`` of ``grid``.
+    """
+    if factor == 1:
+        return volume, grid
+    pads = [(-n) % factor for n in grid.shape]
+    # F.pad lists the last dim first: (K, J, I) -> pad pairs (k_lo, k_hi, j_lo, j_hi, i_lo, i_hi).
+    padded = F.pad(volume, (0, pads[2], 0, pads[1], 0, pads[0]))
+    pooled = F.avg_pool3d(padded, factor)
+    block_to_vox = np.diag([float(factor)] * 3 + [1.0])
+    block_to_vox[:3, 3] = (factor - 1) / 2.0
+    return pooled, VolumeGrid(tuple(pooled.shape[2:]), grid.affine @ block_to_vox)
+
+
+def _pixel_mm_at(view: ProjectionView, point_world: np.ndarray) -> float:
+    """Size in mm of ``view``'s pixels at ``point_world`` (the larger of the two directions)."""
+    depth = float(view.matrix[2, :3] @ point_world + view.matrix[2, 3])
+    inverse = np.linalg.inv(view.matrix[:, :3])
+    return depth * max(np.linalg.norm(inverse[:, 0]), np.linalg.norm(inverse[:, 1]))
+
+
+@dataclass
+class _Level:
+    """One resolution level: the CT, a ProST and a radiograph (and mask) per view."""
+
+    size_mm: float
+    volume: Tensor  # (1, 1, I, J, K) attenuation, 1/mm
+    projectors: dict[str, ProST]
+    radiographs: dict[str, Tensor]  # (1, 1, h, w)
+    masks: dict[str, Tensor | None]
+
+
+def _build_level(size_mm: float, volume: Tensor, grid: VolumeGrid, radiographs: Mapping[str, Tensor],
+                 views: Mapping[str, ProjectionView], masks: Mapping[str, Tensor | None],
+                 margin_mm: float) -> _Level:
+    voxel_factor = max(1, int(size_mm / float(grid.spacing_mm.min()) + 1e-6))
+    level_volume, level_grid = downsample_volume(volume, grid, voxel_factor)
+    step_mm = float(level_grid.spacing_mm.min())
+    projectors, images, level_masks = {}, {}, {}
+    for name, view in views.items():
+        pixel_factor = max(1, int(size_mm / _pixel_mm_at(view, grid.centre_world) + 1e-6))
+        level_view = downsample_view(view, pixel_factor)
+        probe = ProST(level_view, level_grid, 1, margin_mm)
+        samples = max(8, math.ceil((probe.far_mm - probe.near_mm) / step_mm))
+        projectors[name] = ProST(level_view, level_grid, samples, margin_mm).to(volume.device)
+        images[name] = downsample_image(radiographs[name][None, None].to(volume), pixel_factor)
+        mask = masks.get(name)
+        level_masks[name] = None if mask is None else downsample_image(mask[None, None].to(volume), pixel_factor)
+    return _Level(size_mm, level_volume, projectors, images, level_masks)
+
+
+# --- the objective ------------------------------------------------------------------------------
+
+
+@dataclass
+class PoseProblem:
+    """Similarity of DRRs of a CT to radiographs as a function of the search parameters ``x``.
+
+    Args:
+        volume_mu: ``(I, J, K)`` or ``(1, 1, I, J, K)`` CT attenuation (1/mm) on ``grid``.
+        grid: the CT's voxel grid.
+        radiographs: view name -> ``(rows, cols)`` radiograph (line-integral-like: bone bright).
+        views: view name -> its calibrated view (same names as ``radiographs``).
+        initial_pose: ``(4, 4)`` ``A0`` (identity if ``None``).
+        config: the optimisation settings.
+        masks: view name -> ``(rows, cols)`` weights in [0, 1] where the radiograph is valid.
+        free: ``(6,)`` bools, which of ``x`` are searched (the others stay 0).
+        rotation_centre_mm: ``(3,)`` world mm about which ``Delta`` rotates (default: ``A0 c``, the
+            moved volume centre; e.g. a C-arm isocentre to model an error of the C-arm angles).
+    """
+
+    volume_mu: Tensor
+    grid: VolumeGrid
+    radiographs: Mapping[str, Tensor]
+    views: Mapping[str, ProjectionView]
+    initial_pose: Tensor | None = None
+    config: OptimisationConfig = field(default_factory=OptimisationConfig)
+    masks: Mapping[str, Tensor | None] = field(default_factory=dict)
+    free: tuple[bool, ...] = (True,) * 6
+    rotation_centre_mm: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        volume = self.volume_mu
+        volume = volume[None, None] if volume.dim() == 3 else volume
+        self.grid.check_volume(volume, "volume_mu")
+        if volume.shape[:2] != (1, 1):
+            raise ValueError(f"volume_mu: expected one single-channel volume, got {tuple(volume.shape)}")
+        if set(self.radiographs) != set(self.views) or not self.views:
+            raise ValueError(f"radiographs: expected the views {sorted(self.views)}, got {sorted(self.radiographs)}")
+        for name, view in self.views.items():
+            if tuple(self.radiographs[name].shape) != view.image_shape:
+                raise ValueError(f"radiographs[{name!r}]: expected shape {view.image_shape}, "
+                                 f"got {tuple(self.radiographs[name].shape)}")
+        if len(self.free) != 6 or not any(self.free):
+            raise ValueError(f"free: expected 6 bools with at least one True, got {self.free}")
+        self.volume = volume.float()
+        initial = torch.eye(4, dtype=torch.float64) if self.initial_pose is None else self.initial_pose
+        self.initial = torch.as_tensor(initial, dtype=torch.float64).cpu()
+        if self.initial.shape != (4, 4):
+            raise ValueError(f"initial_pose: expected shape (4, 4), got {tuple(self.initial.shape)}")
+        centre = torch.as_tensor(self.grid.centre_world, dtype=torch.float64)
+        self.centre = centre
+        if self.rotation_centre_mm is None:
+            self.moved_centre = self.initial[:3, :3] @ centre + self.initial[:3, 3]
+        else:
+            self.moved_centre = torch.as_tensor(np.asarray(self.rotation_centre_mm, dtype=np.float64))
+            if self.moved_centre.shape != (3,):
+                raise ValueError(f"rotation_centre_mm: expected shape (3,), got {tuple(self.moved_centre.shape)}")
+        self.similarity_fn = get_similarity(self.config.similarity)
+        self.evaluations = 0
+        self.levels = [_build_level(size, self.volume, self.grid, self.radiographs, self.views, self.masks,
+                                    self.config.margin_mm) for size in self.config.levels_mm]
+
+    def full_x(self, free_x: Tensor) -> Tensor:
+        """``(..., n_free)`` -> ``(..., 6)`` with zeros in the fixed parameters."""
+        mask = torch.tensor(self.free)
+        full = free_x.new_zeros(*free_x.shape[:-1], 6)
+        full[..., mask] = free_x
+        return full
+
+    def pose(self, x: Tensor) -> Tensor:
+        """``(..., 6)`` ``(deg, deg, deg, mm, mm, mm)`` -> ``(..., 4, 4)`` ``Delta(x) @ A0`` (module doc)."""
+        params = torch.cat([torch.deg2rad(x[..., :3]), x[..., 3:]], dim=-1)
+        delta = rigid_params_to_matrix(params, self.moved_centre.to(x))
+        return delta @ self.initial.to(x)
+
+    def similarities(self, level: _Level, poses: Tensor) -> dict[str, Tensor]:
+        """View name -> ``(N,)`` similarity of the DRRs at ``poses`` ``(N, 4, 4)`` to that radiograph."""
+        self.evaluations += poses.shape[0]
+        poses = poses.to(self.volume)
+        result = {}
+        for name, projector in level.projectors.items():
+            values = []
+            for pose in poses:
+                drr = projector(level.volume, pose[None])
+                values.append(self.similarity_fn(level.radiographs[name], drr, level.masks[name]))
+            result[name] = torch.cat(values)
+        return result
+
+    def objective(self, level: _Level, x: Tensor) -> Tensor:
+        """``(N, 6)`` -> ``(N,)`` mean similarity over the views (to maximise)."""
+        return torch.stack(list(self.similarities(level, self.pose(x)).values())).mean(0)
+
+
+# --- the optimisers -----------------------------------------------------------------------------
+
+
+def _cma_level(problem: PoseProblem, level: _Level, start: np.ndarray, sigmas: np.ndarray,
+               config: OptimisationConfig) -> tuple[np.ndarray, float, int]:
+    """CMA-ES at one level from ``start`` (free params, deg/mm); returns best x, its similarity, generations."""
+    import cma
+
+    options = {"CMA_stds": sigmas.tolist(), "maxfevals": config.max_evaluations, "seed": config.seed,
+               "verbose": -9, "tolfun": 1e-6, "tolx": 1e-3}
+    if config.population is not None:
+        options["popsize"] = config.population
+    strategy = cma.CMAEvolutionStrategy(start.tolist(), 1.0, options)
+    best_x = start
+    with torch.no_grad():
+        best_value = float(problem.objective(level, problem.full_x(torch.as_tensor(start))[None])[0])
+        while not strategy.stop():
+            candidates = np.asarray(strategy.ask())
+            values = problem.objective(level, problem.full_x(torch.as_tensor(candidates))).numpy()
+            strategy.tell(candidates, (-values).tolist())
+            index = int(np.argmax(values))
+            if values[index] > best_value:
+                best_x, best_value = candidates[index], float(values[index])
+    return np.asarray(best_x, dtype=np.float64), best_value, strategy.countiter
+
+
+def _lbfgs(problem: PoseProblem, level: _Level, start: np.ndarray, steps: int) -> tuple[np.ndarray, float, int]:
+    """L-BFGS (strong Wolfe line search) on ``-similarity`` in deg/mm from ``start``; best x and similarity."""
+    x = torch.tensor(start, dtype=torch.float32, requires_grad=True)
+    optimiser = torch.optim.LBFGS([x], lr=1.0, max_iter=steps, line_search_fn="strong_wolfe",
+                                  tolerance_grad=1e-7, tolerance_change=1e-9)
+    best = {"x": start, "value": -math.inf}
+
+    def closure() -> Tensor:
+        optimiser.zero_grad()
+        loss = -problem.objective(level, problem.full_x(x)[None].double())[0]
+        loss.backward()
+        if -loss.item() > best["value"]:
+            best.update(x=x.detach().double().numpy().copy(), value=-loss.item())
+        return loss
+
+    optimiser.step(closure)
+    return np.asarray(best["x"]), float(best["value"]), int(optimiser.state[x].get("n_iter", 0))
+
+
+def estimate_pose(problem: PoseProblem, method: str = "opt",
+                  progress: Callable[[str], None] | None = None) -> PoseEstimate:
+    """Run the multi-resolution CMA-ES (+ L-BFGS) search of ``problem`` (module doc)."""
+    started = time.perf_counter()
+    config = problem.config
+    free = np.array(problem.free)
+    sigmas = np.array([config.sigma_deg] * 3 + [config.sigma_mm] * 3)[free]
+    x = np.zeros(int(free.sum()))
+    history, iterations = [], 0
+
+    def record(stage: str, value: float) -> None:
+        history.append({"stage": stage, "similarity": value, "evaluations": problem.evaluations,
+                        "time_s": time.perf_counter() - started})
+        if progress:
+            progress(f"{method}: {stage}: similarity {value:.4f} after {problem.evaluations} evaluations")
+
+    for index, level in enumerate(problem.levels if config.max_evaluations > 0 else []):
+        x, value, generations = _cma_level(problem, level, x, sigmas * config.level_sigma_factor ** index, config)
+        iterations += generations
+        record(f"CMA-ES {level.size_mm:g} mm", value)
+    finest = problem.levels[-1]
+    if config.refine_steps > 0:
+        x, value, steps = _lbfgs(problem, finest, x, config.refine_steps)
+        iterations += steps
+        record(f"L-BFGS {finest.size_mm:g} mm", value)
+    matrix = problem.pose(problem.full_x(torch.as_tensor(x, dtype=torch.float64)))
+    with torch.no_grad():
+        per_view = {name: float(value[0]) for name, value in problem.similarities(finest, matrix[None]).items()}
+    return PoseEstimate(
+        matrix=matrix, params=matrix_to_rigid_params(matrix, problem.centre), centre_mm=problem.centre.numpy(),
+        similarity=float(np.mean(list(per_view.values()))), per_view_similarity=per_view,
+        evaluations=problem.evaluations, iterations=iterations, time_s=time.perf_counter() - started,
+        method=method, history=history)
+
+
+def _as_tensors(images: Mapping[str, Tensor | np.ndarray | None]) -> dict[str, Tensor | None]:
+    """Name -> float32 tensor (``None`` kept)."""
+    return {name: None if image is None else torch.as_tensor(np.asarray(image, dtype=np.float32)
+                                                             if isinstance(image, np.ndarray) else image).float()
+            for name, image in images.items()}
+
+
+def run_baseline(method: str, volume_mu: Tensor, grid: VolumeGrid,
+                 radiographs: Mapping[str, Tensor | np.ndarray], views: Mapping[str, ProjectionView],
+                 initial_pose: Tensor | None = None, config: OptimisationConfig | None = None,
+                 masks: Mapping[str, Tensor | np.ndarray | None] | None = None,
+                 free: tuple[bool, ...] = (True,) * 6, rotation_centre_mm: np.ndarray | None = None,
+                 progress: Callable[[str], None] | None = None) -> PoseEstimate:
+    """Opt-NCC / Opt-NGI / Opt-GC: estimate the pose of a CT from one or more radiographs.
+
+    Args:
+        method: one of :data:`METHODS` (``"opt-ncc"``, ``"opt-ngi"``, ``"opt-gc"``); it sets the
+            similarity of ``config``.
+        volume_mu: ``(I, J, K)`` or ``(1, 1, I, J, K)`` attenuation (1/mm) on ``grid``.
+        grid: the CT's voxel grid (world RAS+ mm).
+        radiographs: view name -> ``(rows, cols)`` radiograph of that view's ``image_shape``.
+        views: view name -> calibrated view.
+        initial_pose: ``(4, 4)`` starting pose ``A0`` moving the CT (identity if ``None``).
+        config: settings (defaults: :class:`OptimisationConfig`).
+        masks: view name -> ``(rows, cols)`` weights of valid radiograph pixels.
+        free: which of the 6 search parameters (3 rotations, 3 translations) are optimised.
+        rotation_centre_mm: ``(3,)`` world mm the search rotates about (default: the moved CT centre).
+        progress: called with a line of text after each stage.
+
+    Returns:
+        the estimate (:class:`PoseEstimate`).
+    """
+    if method not in METHODS:
+        raise ValueError(f"method: expected one of {', '.join(METHODS)}, got {method!r}")
+    config = replace(config or OptimisationConfig(), similarity=METHODS[method])
+    problem = PoseProblem(torch.as_tensor(volume_mu), grid, _as_tensors(radiographs), views, initial_pose, config,
+                          _as_tensors(masks or {}), tuple(free), rotation_centre_mm)
+    return estimate_pose(problem, method, progress)
+
+
+REFINE_CONFIG = OptimisationConfig(similarity="gc", levels_mm=(6.0,), sigma_deg=2.0, sigma_mm=4.0,
+                                   max_evaluations=100, refine_steps=10)
+
+
+def refine_pose(volume_mu: Tensor, grid: VolumeGrid, radiographs: Mapping[str, Tensor | np.ndarray],
+                views: Mapping[str, ProjectionView], initial_pose: Tensor,
+                config: OptimisationConfig = REFINE_CONFIG, **kwargs) -> PoseEstimate:
+    """Refine a given pose (e.g. SOPI's, for "SOPI+opt") by Opt-GC with a local search.
+
+    Same arguments as :func:`run_baseline` (``kwargs``: ``masks``, ``free``, ``rotation_centre_mm``,
+    ``progress``); the default config searches one level near the start (steps 2 deg / 4 mm)
+    before L-BFGS.
+    """
+    return run_baseline("opt-gc", volume_mu, grid, radiographs, views, initial_pose, config, **kwargs)

@@ -1,0 +1,217 @@
+"""Pose from files, the corrected geometry, calibration correction of views, and the `pose` command."""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from biplanar.cli import app
+from biplanar.errors import InputError
+from biplanar.geometry.geometry_file import read_geometry, write_geometry
+from biplanar.geometry.presets import biplanar_pair
+from biplanar.geometry.projection import CarmPose, ProjectionView
+from biplanar.geometry.se3 import pose_errors, rigid_params_to_matrix
+from biplanar.io.volumes import read_volume
+from biplanar.layers.prost import ProST
+from biplanar.physics.attenuation import hu_to_mu
+from biplanar.pose.baselines import OptimisationConfig
+from biplanar.pose.estimate import check_rigid, compose_view, correct_views, read_initial_pose
+from biplanar.pose.similarity import ncc
+
+SMALL_CT = Path(__file__).parents[1] / "data" / "real_ct" / "lumbar_ct_small.nii.gz"
+DETECTOR = (64, 64)
+PIXEL_MM = (6.0, 6.0)
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def small_ct():
+    """The 30-slice real lumbar CT crop (3 mm voxels) as attenuation, and its grid."""
+    data, grid = read_volume(SMALL_CT)
+    return hu_to_mu(torch.from_numpy(data))[None, None], grid
+
+
+def drr(view: ProjectionView, mu: torch.Tensor, grid, pose: torch.Tensor | None = None) -> torch.Tensor:
+    """``(1, 1, rows, cols)`` DRR, 256 samples per ray, of the CT moved by ``pose`` ``(4, 4)``."""
+    with torch.no_grad():
+        return ProST(view, grid, 256, margin_mm=60.0)(mu, None if pose is None else pose[None].float())
+
+
+def test_composed_view_projects_the_unmoved_ct_as_the_moved_one(small_ct):
+    mu, grid = small_ct
+    view = biplanar_pair(image_shape=DETECTOR, pixel_spacing_mm=PIXEL_MM, isocenter_mm=grid.centre_world)["LAT"]
+    pose = rigid_params_to_matrix(torch.tensor([0.1, -0.05, 0.2, 8.0, -5.0, 12.0], dtype=torch.float64),
+                                  torch.as_tensor(grid.centre_world))
+    moved = drr(view, mu, grid, pose)
+    composed = drr(compose_view(view, pose), mu, grid)
+    assert float(ncc(moved, composed)[0]) > 0.9999
+    unmoved = drr(view, mu, grid)
+    assert float(ncc(moved, unmoved)[0]) < 0.99  # the pose does change the image
+
+
+def test_check_rigid_and_read_initial_pose(tmp_path):
+    scaled = np.eye(4) * 1.1
+    scaled[3, 3] = 1.0
+    with pytest.raises(InputError, match="where: not a rigid transform"):
+        check_rigid(scaled, "where")
+    with pytest.raises(InputError, match="where: expected a finite 4x4"):
+        check_rigid(np.eye(3), "where")
+    mirror = np.diag([-1.0, 1.0, 1.0, 1.0])
+    with pytest.raises(InputError, match="not a rigid"):
+        check_rigid(mirror, "where")
+    (tmp_path / "bad.json").write_text(json.dumps({"params": [0, 0, 0]}))
+    with pytest.raises(InputError, match="bad.json: expected an object with a 4x4 'matrix'"):
+        read_initial_pose(tmp_path / "bad.json")
+    pose = rigid_params_to_matrix(torch.tensor([0.1, 0.2, 0.3, 1.0, 2.0, 3.0], dtype=torch.float64))
+    (tmp_path / "good.json").write_text(json.dumps({"matrix": pose.tolist()}))
+    torch.testing.assert_close(read_initial_pose(tmp_path / "good.json"), pose)
+
+
+def test_per_view_correction_recovers_an_erroneous_c_arm_angle(small_ct):
+    """The LAT radiograph was taken at 93 deg; the geometry says 90. Per-view mode rotates about the isocentre."""
+    mu, grid = small_ct
+    iso = tuple(grid.centre_world)
+    stated = ProjectionView.from_carm(CarmPose(90.0, 0.0, pixel_spacing_mm=PIXEL_MM, isocenter_mm=iso), DETECTOR,
+                                      name="LAT")
+    actual = ProjectionView.from_carm(CarmPose(93.0, 0.0, pixel_spacing_mm=PIXEL_MM, isocenter_mm=iso), DETECTOR,
+                                      name="LAT")
+    radiograph = drr(actual, mu, grid)[0, 0]
+    config = OptimisationConfig(levels_mm=(12.0, 6.0), sigma_deg=3.0, max_evaluations=80, refine_steps=5)
+    corrected = correct_views(mu, grid, {"LAT": radiograph}, {"LAT": stated}, mode="per_view", config=config)["LAT"]
+    points = grid.corners_world()[[0, 3, 5, 6]]
+    uv_corrected, _ = corrected.project(torch.from_numpy(points))
+    uv_actual, _ = actual.project(torch.from_numpy(points))
+    uv_stated, _ = stated.project(torch.from_numpy(points))
+    assert (uv_stated - uv_actual).norm(dim=-1).max() > 1.5  # 3 deg moves the box corners by ~1.5-1.9 px of 6 mm
+    assert (uv_corrected - uv_actual).norm(dim=-1).max() < 0.2
+    # the isocentre stays put: a rotation about it, no translation
+    torch.testing.assert_close(corrected.project(torch.tensor([iso]))[0], actual.project(torch.tensor([iso]))[0],
+                               atol=1e-6, rtol=0)
+
+
+def test_correct_views_rejects_an_unknown_mode(small_ct):
+    mu, grid = small_ct
+    views = biplanar_pair(image_shape=DETECTOR, pixel_spacing_mm=PIXEL_MM)
+    with pytest.raises(ValueError, match="mode: expected one of joint, per_view"):
+        correct_views(mu, grid, {name: torch.zeros(DETECTOR) for name in views}, views, mode="each")
+
+
+# --- the command ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pose_case(tmp_path_factory, small_ct):
+    """A geometry file (C-arm, isocentre = CT centre by default), AP + LAT .npy radiographs at a known pose."""
+    folder = tmp_path_factory.mktemp("pose_case")
+    mu, grid = small_ct
+    views = biplanar_pair(image_shape=DETECTOR, pixel_spacing_mm=PIXEL_MM)
+    write_geometry(folder / "geometry.json", views)
+    views = read_geometry(folder / "geometry.json", default_isocenter_mm=grid.centre_world)
+    pose = rigid_params_to_matrix(torch.tensor([math.radians(3.0), math.radians(-2.0), math.radians(2.0),
+                                                5.0, -6.0, 4.0], dtype=torch.float64),
+                                  torch.as_tensor(grid.centre_world))
+    for name, view in views.items():
+        np.save(folder / f"{name}.npy", drr(view, mu, grid, pose)[0, 0].numpy())
+    return folder, pose, grid
+
+
+def pose_command(folder: Path, out: Path, *extra: str) -> list[str]:
+    return ["pose", "--ct", str(SMALL_CT), "--geometry", str(folder / "geometry.json"),
+            "--ap", str(folder / "AP.npy"), "--lat", str(folder / "LAT.npy"), "--out", str(out),
+            "--evaluations", "100", "--refine-steps", "5", *extra]
+
+
+def test_pose_command_end_to_end(pose_case, small_ct):
+    folder, pose, grid = pose_case
+    out = folder / "out"
+    result = runner.invoke(app, pose_command(folder, out))
+    assert result.exit_code == 0, result.output
+    assert "rotation (" in result.output
+    document = json.loads((out / "pose.json").read_text())
+    assert document["method"] == "opt-gc"
+    estimated = torch.tensor(document["matrix"], dtype=torch.float64)
+    rotation_deg, translation_mm = pose_errors(estimated, pose, torch.as_tensor(grid.centre_world))
+    assert float(rotation_deg) < 1.0 and float(translation_mm) < 1.5
+    assert np.allclose(document["params"]["centre_mm"], grid.centre_world)
+    assert document["similarity"]["gc"]["AP"] > 0.9 and set(document["timings_s"]) >= {"load", "estimate", "total"}
+    for name in ("AP", "LAT"):
+        assert (out / f"overlay_{name}.png").stat().st_size > 0
+    # The corrected geometry projects the CT at identity as the radiographs show it.
+    mu, _ = small_ct
+    corrected = read_geometry(out / "geometry_corrected.json")
+    for name in ("AP", "LAT"):
+        radiograph = torch.from_numpy(np.load(folder / f"{name}.npy"))[None, None]
+        assert float(ncc(drr(corrected[name], mu, grid), radiograph)[0]) > 0.995
+    assert not list(out.glob(".*part*"))
+
+
+def test_pose_command_accepts_its_own_pose_as_initial_pose(pose_case):
+    folder, pose, _ = pose_case
+    (folder / "init.json").write_text(json.dumps({"matrix": pose.tolist()}))
+    out = folder / "from_truth"
+    result = runner.invoke(app, pose_command(folder, out, "--init-pose", str(folder / "init.json"),
+                                             "--evaluations", "0", "--refine-steps", "0"))
+    assert result.exit_code == 0, result.output
+    document = json.loads((out / "pose.json").read_text())
+    np.testing.assert_allclose(document["matrix"], pose.numpy(), atol=1e-9)
+    np.testing.assert_allclose(document["initial_matrix"], pose.numpy(), atol=1e-12)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--method", "sopi"], "--method sopi: needs the SOPI checkpoints"),
+    (["--init-pose", "missing.json"], "missing.json: file not found"),
+    (["--levels", "12,x"], "--levels"),
+    (["--ap", "LAT_wrong.npy"], "LAT_wrong.npy: image shape"),
+])
+def test_pose_command_bad_input_is_one_line(pose_case, extra, message):
+    folder, _, _ = pose_case
+    np.save(folder / "LAT_wrong.npy", np.zeros((10, 12), dtype=np.float32))
+    arguments = pose_command(folder, folder / "never", *extra)
+    arguments = [str(folder / a) if a in ("missing.json", "LAT_wrong.npy") else a for a in arguments]
+    result = runner.invoke(app, arguments)
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("biplanar: error: ")]
+    assert len(errors) == 1 and message in errors[0] and "Traceback" not in result.output, result.output
+    assert not (folder / "never" / "pose.json").exists()
+
+
+def test_pose_help_as_a_subprocess():
+    completed = subprocess.run([sys.executable, "-m", "biplanar", "pose", "--help"], capture_output=True,
+                               text=True, timeout=120)
+    assert completed.returncode == 0 and "--init-pose" in completed.stdout
+
+
+@pytest.mark.slow
+def test_sopi_plus_opt_through_the_command(tmp_path):
+    """Integration with biplanar.pose.sopi: two-step tiny networks, then Opt-GC refines their pose."""
+    import nibabel as nib
+
+    from biplanar.data.phantom import make_subject
+
+    for network in ("rtpi", "fine"):
+        trained = runner.invoke(app, ["train-pose", "--config", "sopi_tiny", "--out", str(tmp_path / network),
+                                      "--network", network, "--max-steps", "2"])
+        assert trained.exit_code == 0, trained.output
+    subject = make_subject(3, "tiny")
+    nib.save(nib.Nifti1Image(subject.ct_hu, subject.grid.affine), str(tmp_path / "ct.nii.gz"))
+    views = biplanar_pair(image_shape=(56, 40), pixel_spacing_mm=(3.72, 3.72))
+    write_geometry(tmp_path / "g.json", views)
+    mu = hu_to_mu(torch.from_numpy(subject.ct_hu))[None, None]
+    for name, view in views.items():
+        np.save(tmp_path / f"{name}.npy", drr(view, mu, subject.grid)[0, 0].numpy())
+    result = runner.invoke(app, ["pose", "--ct", str(tmp_path / "ct.nii.gz"), "--geometry", str(tmp_path / "g.json"),
+                                 "--ap", str(tmp_path / "AP.npy"), "--lat", str(tmp_path / "LAT.npy"),
+                                 "--out", str(tmp_path / "out"), "--method", "sopi+opt",
+                                 "--rtpi", str(tmp_path / "rtpi" / "last.pt"), "--fine", str(tmp_path / "fine" / "last.pt")])
+    assert result.exit_code == 0, result.output
+    document = json.loads((tmp_path / "out" / "pose.json").read_text())
+    assert set(document["optimisation"]) == {"sopi", "refinement"}
+    rotation_deg, translation_mm = pose_errors(torch.tensor(document["matrix"], dtype=torch.float64),
+                                               torch.eye(4, dtype=torch.float64), torch.as_tensor(subject.grid.centre_world))
+    assert float(rotation_deg) < 1.0 and float(translation_mm) < 1.0
