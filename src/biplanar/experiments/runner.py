@@ -1,0 +1,378 @@
+"""``biplanar experiments``: every stage of the paper's reproduction, resumable, then the report.
+
+Stages, each in its own folder ``out_dir/<stage>/`` that ends with a ``stage.json`` (its inputs,
+what it produced, its wall time) once complete:
+
+- ``data``: the orthogonal and the generalized datasets (``data/orthogonal``, ``data/generalized``;
+  :func:`biplanar.data.simulate.simulate_dataset`, seeds of :mod:`~biplanar.experiments.budgets`);
+- ``train_<model>``: each model of :data:`~biplanar.experiments.models.MODELS` under the budget (the
+  run folder itself: ``last.pt``, ``best.pt``, ``metrics.csv``...), unless ``--model-full`` /
+  ``--model-generalized`` gives a checkpoint to reuse instead;
+- ``eval_<model>``: Table 1 and 2 scores of each model on the orthogonal test split (``cases.csv``;
+  networks by :func:`biplanar.evaluation.evaluate.evaluate`, the baselines by their labels,
+  :mod:`~biplanar.experiments.scoring`), and ``eval_optimisation``: the no-learning method;
+- ``fig3_angle_error`` and ``fig4_geometry_grid``: the geometry studies
+  (:mod:`~biplanar.experiments.angle_studies`), ``cases.csv`` each;
+
+then the report (:mod:`~biplanar.experiments.report`, always rewritten): ``results.md``,
+``table1.csv``, ``table2.csv``, ``fig3_angle_error.csv``, ``fig4_geometry_grid.csv`` and
+``img/results_*.png``.
+
+Resume: running the same command again skips every complete stage whose inputs (the budget, the
+checkpoints it scores) are unchanged; an interrupted training continues from its ``last.pt``; any
+other interrupted stage starts over. ``out_dir/experiment.json`` pins the budget: another budget in
+the same folder is refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shlex
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from biplanar.errors import InputError
+from biplanar.evaluation.evaluate import rows_to_csv
+from biplanar.experiments.budgets import GENERALIZED_SEED, ORTHOGONAL_SEED, Budget, get_budget
+from biplanar.experiments.models import (
+    ABLATIONS,
+    BASELINES,
+    FULL,
+    GENERALIZED,
+    GENERALIZED_MODEL,
+    MODELS,
+    NETWORK,
+    ORTHOGONAL,
+    ModelSpec,
+    TrainedModel,
+    reused_model,
+    train_model,
+)
+from biplanar.io.atomic import atomic_write_text
+from biplanar.io.json_files import read_json, write_json
+
+STAGE_FILE = "stage.json"
+EXPERIMENT_FILE = "experiment.json"
+CASES_FILE = "cases.csv"
+DATA_STAGE, OPTIMISATION_STAGE = "data", "eval_optimisation"
+FIG3_STAGE, FIG4_STAGE = "fig3_angle_error", "fig4_geometry_grid"
+TEST_SPLIT = "test"
+
+
+@dataclass
+class StageRecord:
+    """One stage of a run: its name, its ``stage.json`` ``info``, its wall time (s), whether this run did it."""
+
+    name: str
+    info: dict[str, Any]
+    seconds: float
+    ran: bool
+
+
+@dataclass
+class ExperimentsResult:
+    """What :func:`run_experiments` did.
+
+    Attributes:
+        out_dir: the experiments folder.
+        results_md: ``out_dir/results.md``.
+        stages: every stage in order, run now or reused.
+        files: the report's files (``results.md``, CSVs, PNGs).
+    """
+
+    out_dir: Path
+    results_md: Path
+    stages: list[StageRecord] = field(default_factory=list)
+    files: list[Path] = field(default_factory=list)
+
+    @property
+    def ran(self) -> list[str]:
+        return [stage.name for stage in self.stages if stage.ran]
+
+    @property
+    def skipped(self) -> list[str]:
+        return [stage.name for stage in self.stages if not stage.ran]
+
+
+def experiment_command(out_dir: Path, budget: str, model_full: Path | None, model_generalized: Path | None,
+                       docs_dir: Path | None) -> str:
+    """The ``biplanar experiments`` command line equivalent to these arguments (quoted for a shell)."""
+    words = ["biplanar", "experiments", "--out", str(out_dir), "--budget", budget]
+    for option, value in (("--model-full", model_full), ("--model-generalized", model_generalized)):
+        if value is not None:
+            words += [option, str(value)]
+    if docs_dir is not None:
+        words += ["--docs"] + ([] if Path(docs_dir) == Path("docs") else ["--docs-dir", str(docs_dir)])
+    return shlex.join(words)
+
+
+def _say(enabled: bool, message: str) -> None:
+    if enabled:
+        print(f"experiments: {message}", file=sys.stderr, flush=True)
+
+
+class _Stages:
+    """Runs stages with resume (module doc) and keeps their records."""
+
+    def __init__(self, out_dir: Path, progress: bool) -> None:
+        self.out_dir, self.progress = out_dir, progress
+        self.records: list[StageRecord] = []
+
+    def run(self, name: str, inputs: dict[str, Any], work: Callable[[Path], dict[str, Any]],
+            resumable: bool = False) -> dict[str, Any]:
+        """The ``info`` of stage ``name``: from its ``stage.json`` when complete with the same ``inputs``,
+        else from ``work(folder)`` (a non-``resumable`` stage's folder is emptied first)."""
+        folder = self.out_dir / name
+        marker = folder / STAGE_FILE
+        if marker.is_file():
+            document = read_json(marker)
+            if document.get("inputs") == inputs:
+                self.records.append(StageRecord(name, document["info"], document["seconds"], ran=False))
+                _say(self.progress, f"{name}: complete, skipped")
+                return document["info"]
+            if resumable:
+                raise InputError(f"{marker}: made with other inputs ({document.get('inputs')}); delete {folder} "
+                                 f"to redo it")
+        if not resumable and folder.exists():
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        _say(self.progress, f"{name}: running")
+        started = time.perf_counter()
+        info = work(folder)
+        seconds = time.perf_counter() - started
+        write_json(marker, {"stage": name, "inputs": inputs, "info": info, "seconds": seconds,
+                            "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
+        self.records.append(StageRecord(name, info, seconds, ran=True))
+        return info
+
+
+def _pin_budget(out_dir: Path, budget: Budget) -> None:
+    """Write ``experiment.json``, or refuse a folder made with another budget (or not by this command)."""
+    path = out_dir / EXPERIMENT_FILE
+    if not path.is_file() and out_dir.is_dir() and any(out_dir.iterdir()):
+        raise InputError(f"{out_dir}: not empty and not an experiments folder (no {EXPERIMENT_FILE}); choose a new "
+                         f"or empty --out")
+    if path.is_file() and read_json(path).get("budget") != budget.name:
+        raise InputError(f"{path}: this folder holds a {read_json(path).get('budget')!r} run, not {budget.name!r}; "
+                         f"choose another --out")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(path, {"budget": budget.name})
+
+
+def _progress(enabled: bool, description: str, total: int):
+    """A rich progress bar on stderr and its ``tick`` (advance by one)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    bar = Progress(TextColumn(description), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   console=Console(stderr=True), disable=not enabled)
+    task = bar.add_task(description, total=total)
+    return bar, lambda: bar.advance(task)
+
+
+def _checkpoint_inputs(out_dir: Path, model: TrainedModel) -> dict[str, Any]:
+    """What identifies a checkpoint for resume: its path (relative to ``out_dir`` when inside it) and
+    modification time."""
+    path = model.checkpoint.resolve()
+    try:
+        name = str(path.relative_to(out_dir.resolve()))
+    except ValueError:
+        name = str(path)
+    return {"checkpoint": name, "modified_ns": path.stat().st_mtime_ns}
+
+
+@dataclass
+class _Context:
+    out_dir: Path
+    budget: Budget
+    stages: _Stages
+    device: Any
+    workers: int
+    progress: bool
+
+    def data_dir(self, geometry: str) -> Path:
+        return self.out_dir / DATA_STAGE / geometry
+
+    def test_set(self, masked: bool):
+        from biplanar.data.datasets import SimulatedDataset
+
+        return SimulatedDataset(self.data_dir(ORTHOGONAL), TEST_SPLIT, masked=masked)
+
+
+def _make_data(context: _Context) -> dict[str, Any]:
+    from biplanar.config import load_config
+    from biplanar.data.simulate import SimulationConfig, simulate_dataset, split_sizes
+
+    budget = context.budget
+    preset = load_config(budget.config).geometry.grid_preset
+
+    def work(folder: Path) -> dict[str, Any]:
+        for geometry, seed in ((ORTHOGONAL, ORTHOGONAL_SEED), (GENERALIZED, GENERALIZED_SEED)):
+            simulate_dataset(folder / geometry, budget.subjects, seed,
+                             SimulationConfig(preset=preset, geometry=geometry), workers=context.workers,
+                             progress=context.progress)
+        return {"preset": preset, "subjects": budget.subjects, "split": split_sizes(budget.subjects),
+                "seeds": {ORTHOGONAL: ORTHOGONAL_SEED, GENERALIZED: GENERALIZED_SEED}}
+
+    inputs = {"budget": budget.name, "subjects": budget.subjects, "seeds": [ORTHOGONAL_SEED, GENERALIZED_SEED]}
+    return context.stages.run(DATA_STAGE, inputs, work, resumable=True)
+
+
+def _train(context: _Context, spec: ModelSpec) -> TrainedModel:
+    def work(folder: Path) -> dict[str, Any]:
+        return train_model(spec, context.budget, context.data_dir(spec.geometry), folder, context.progress).to_dict()
+
+    name = f"train_{spec.name}"
+    inputs = {"budget": context.budget.name, "model": spec.name, "switches": [list(s) for s in spec.switches]}
+    model = TrainedModel.from_dict(context.stages.run(name, inputs, work, resumable=True))
+    # The folder as given now (the recorded path depends on the working directory of the run that trained it).
+    return dataclasses.replace(model, checkpoint=context.out_dir / name / model.checkpoint.name)
+
+
+def _write_rows(folder: Path, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    atomic_write_text(folder / CASES_FILE, rows_to_csv(rows))
+    return {"cases": len({row["case"] for row in rows}), "rows": len(rows), "csv": CASES_FILE}
+
+
+def _evaluate(context: _Context, spec: ModelSpec, model: TrainedModel) -> dict[str, Any]:
+    from biplanar.evaluation.evaluate import evaluate
+    from biplanar.experiments.scoring import BaselinePredictor, score_split
+
+    def work(folder: Path) -> dict[str, Any]:
+        if spec.method == NETWORK:
+            result = evaluate(model.checkpoint, context.data_dir(ORTHOGONAL), folder, TEST_SPLIT,
+                              device=context.device, progress=context.progress)
+            return {"cases": len({row["case"] for row in result.rows}), "rows": len(result.rows), "csv": CASES_FILE}
+        dataset = context.test_set(masked=True)
+        bar, tick = _progress(context.progress, f"score {spec.name}", len(dataset))
+        with bar:
+            return _write_rows(folder, score_split(BaselinePredictor(model.checkpoint, context.device), dataset, tick))
+
+    return context.stages.run(f"eval_{spec.name}", _checkpoint_inputs(context.out_dir, model), work)
+
+
+def _evaluate_optimisation(context: _Context) -> dict[str, Any]:
+    from biplanar.config import load_config
+    from biplanar.experiments.scoring import OptimisationPredictor, score_split
+
+    budget = context.budget
+
+    def work(folder: Path) -> dict[str, Any]:
+        dataset = context.test_set(masked=True)
+        predictor = OptimisationPredictor(load_config(budget.config), budget.optimisation_iterations, context.device)
+        bar, tick = _progress(context.progress, "optimisation baseline", len(dataset))
+        with bar:
+            return {**_write_rows(folder, score_split(predictor, dataset, tick)),
+                    "iterations": budget.optimisation_iterations}
+
+    return context.stages.run(OPTIMISATION_STAGE, {"budget": budget.name,
+                                                   "iterations": budget.optimisation_iterations}, work)
+
+
+def _angle_error(context: _Context, model: TrainedModel) -> dict[str, Any]:
+    from biplanar.experiments.angle_studies import angle_error_rows
+    from biplanar.experiments.scoring import NetworkPredictor
+
+    budget = context.budget
+
+    def work(folder: Path) -> dict[str, Any]:
+        dataset = context.test_set(masked=False)
+        bar, tick = _progress(context.progress, "Fig. 3 angle errors", len(dataset) * len(budget.angle_errors_deg))
+        with bar:
+            rows = angle_error_rows(NetworkPredictor(model.checkpoint, context.device), dataset,
+                                    budget.angle_errors_deg, budget.pose_correction, tick)
+        return _write_rows(folder, rows)
+
+    inputs = {**_checkpoint_inputs(context.out_dir, model), "budget": budget.name,
+              "angles": list(budget.angle_errors_deg)}
+    return context.stages.run(FIG3_STAGE, inputs, work)
+
+
+def _geometry_grid(context: _Context, model: TrainedModel) -> dict[str, Any]:
+    from biplanar.experiments.angle_studies import geometry_grid_rows
+    from biplanar.experiments.scoring import NetworkPredictor
+
+    budget = context.budget
+
+    def work(folder: Path) -> dict[str, Any]:
+        dataset = context.test_set(masked=False)
+        bar, tick = _progress(context.progress, "Fig. 4 geometry grid", len(dataset) * len(budget.grid_offsets_deg))
+        with bar:
+            rows = geometry_grid_rows(NetworkPredictor(model.checkpoint, context.device), dataset,
+                                      budget.grid_offsets_deg, tick)
+        return _write_rows(folder, rows)
+
+    inputs = {**_checkpoint_inputs(context.out_dir, model), "budget": budget.name,
+              "offsets": list(budget.grid_offsets_deg)}
+    return context.stages.run(FIG4_STAGE, inputs, work)
+
+
+def _models(context: _Context, model_full: Path | None, model_generalized: Path | None) -> dict[str, TrainedModel]:
+    """Every model of :data:`MODELS`, trained under the budget or reused."""
+    reused = {FULL.name: (model_full, "--model-full"),
+              GENERALIZED_MODEL.name: (model_generalized, "--model-generalized")}
+    models = {}
+    for spec in MODELS:
+        path, option = reused.get(spec.name, (None, ""))
+        models[spec.name] = _train(context, spec) if path is None else reused_model(path, context.budget, option)
+    return models
+
+
+def run_experiments(out_dir: str | Path, budget: str, model_full: str | Path | None = None,
+                    model_generalized: str | Path | None = None, docs_dir: str | Path | None = None,
+                    workers: int = 1, progress: bool = True, device: str | None = None) -> ExperimentsResult:
+    """Run (or resume) every stage of the reproduction and write the report (module doc).
+
+    Args:
+        out_dir: the experiments folder (created).
+        budget: ``tiny``, ``lite`` or ``paper`` (:data:`~biplanar.experiments.budgets.BUDGETS`).
+        model_full: a trained full-model checkpoint to reuse instead of training one (its preset must
+            be the budget's); used for Tables 1-2 and Fig. 3.
+        model_generalized: the same for the Fig. 4 model (trained on generalized geometries).
+        docs_dir: also copy ``results.md`` to ``docs_dir/results.md`` and the plots to
+            ``docs_dir/img/results_*.png``.
+        workers: processes simulating the datasets.
+        progress: show progress on stderr.
+        device: ``cpu`` or ``cuda`` (default: CUDA when available).
+
+    Raises:
+        InputError: an unknown budget, a bad or mismatching checkpoint, or ``out_dir`` holding
+            another budget's run.
+    """
+    import torch
+
+    from biplanar.experiments.report import ReportInputs, write_report
+    from biplanar.experiments.scoring import default_device
+
+    selected = get_budget(budget)
+    if workers < 1:
+        raise InputError(f"--workers: expected >= 1, got {workers}")
+    out_dir = Path(out_dir)
+    for path, option in ((model_full, "--model-full"), (model_generalized, "--model-generalized")):
+        if path is not None and not Path(path).is_file():
+            raise InputError(f"{option} {path}: file not found")
+    _pin_budget(out_dir, selected)
+    command = experiment_command(out_dir, budget, None if model_full is None else Path(model_full),
+                                 None if model_generalized is None else Path(model_generalized),
+                                 None if docs_dir is None else Path(docs_dir))
+    stages = _Stages(out_dir, progress)
+    context = _Context(out_dir, selected, stages, torch.device(device) if device else default_device(), workers,
+                       progress)
+    data = _make_data(context)
+    models = _models(context, None if model_full is None else Path(model_full),
+                     None if model_generalized is None else Path(model_generalized))
+    for spec in (FULL, *ABLATIONS, *BASELINES):
+        _evaluate(context, spec, models[spec.name])
+    _evaluate_optimisation(context)
+    _angle_error(context, models[FULL.name])
+    _geometry_grid(context, models[GENERALIZED_MODEL.name])
+    _say(progress, "writing the report")
+    inputs = ReportInputs(out_dir=out_dir, budget=selected, command=command, data=data, models=models,
+                          stages=stages.records, device=str(context.device))
+    files = write_report(inputs, None if docs_dir is None else Path(docs_dir))
+    return ExperimentsResult(out_dir, out_dir / "results.md", stages.records, files)

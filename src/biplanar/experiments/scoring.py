@@ -1,0 +1,187 @@
+"""Scoring any method by its predicted femur labels (the labels-only path).
+
+Kasten et al.'s network regresses a label map and no transform, so it cannot go through
+:func:`biplanar.evaluation.evaluate.evaluate` (which scores transforms); here every method is a
+*predictor* of a binary femur label map on the atlas grid, scored with
+:func:`biplanar.evaluation.metrics.segmentation_metrics` against the case's true label:
+
+- :class:`NetworkPredictor`: the atlas labels warped (nearest neighbour) by the registration
+  network's total transform ``Psi``, exactly as ``register`` writes ``warped_labels.nii.gz``;
+- :class:`BaselinePredictor`: a learned baseline's femur probability ``> 0.5`` (Kasten, SDM);
+- :class:`OptimisationPredictor`: no learning: test-time intensity registration
+  (:func:`biplanar.optimisation.refine_registration`) from the identity.
+
+Rows (one per case) hold ``case``, ``stage``, the metrics of :data:`METRICS` and ``time_s``, the
+predictor's wall time, in the columns of ``evaluate``'s ``cases.csv``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from biplanar.geometry.projection import ProjectionView
+from biplanar.models.projectors import ViewPair
+
+METRICS = ("dice", "jaccard", "assd_mm", "hd95_mm")
+FEMUR_LABEL = 1
+LABEL_THRESHOLD = 0.5  # a soft label or probability above this is femur
+LABELS_STAGE = "labels"  # stage name of a method that predicts labels only
+TOTAL_STAGE = "affine+local"  # stage name of a full transform, as in evaluate's cases.csv
+VIEW_NAMES = ("AP", "LAT")
+
+
+def default_device() -> torch.device:
+    """CUDA when available, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _synchronise(device: torch.device) -> None:
+    """Wait for queued CUDA work so that a wall-clock reading covers it (no-op on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def case_inputs(sample: dict[str, Any]) -> tuple[Tensor, ViewPair]:
+    """A dataset sample's ``(1, 2, rows, cols)`` radiographs (AP, LAT) and its ``(AP, LAT)`` views."""
+    shape = tuple(sample["radiographs"].shape[1:])
+    views = tuple(ProjectionView(matrix.numpy(), shape, name)
+                  for matrix, name in zip(sample["projection_matrices"], VIEW_NAMES))
+    return sample["radiographs"][None].float(), views
+
+
+def warped_atlas_labels(atlas, displacement: Tensor) -> np.ndarray:
+    """``(I, J, K)`` bool: the atlas femur pulled by ``displacement`` ``(1, 3, I, J, K)`` mm (nearest)."""
+    from biplanar.layers.warp import warp_labels
+
+    labels = torch.from_numpy(atlas.labels.astype(np.int64))[None, None].to(displacement.device)
+    return warp_labels(labels, displacement, atlas.grid, "nearest")[0, 0].cpu().numpy() == FEMUR_LABEL
+
+
+class NetworkPredictor:
+    """The registration network of a checkpoint; labels = the atlas warped by ``Psi`` (module doc).
+
+    Args:
+        checkpoint: a ``biplanar train`` checkpoint (or a weights-only one).
+        device: where the network runs.
+    """
+
+    stage = TOTAL_STAGE
+
+    def __init__(self, checkpoint: str | Path, device: torch.device) -> None:
+        from biplanar.data.atlas import load_atlas
+        from biplanar.training.checkpoints import load_model
+
+        self.network, self.config = load_model(checkpoint, device)
+        self.atlas = load_atlas(self.config.geometry.grid_preset)
+        self.device = device
+
+    def labels(self, radiographs: Tensor, views: ViewPair) -> np.ndarray:
+        """``(I, J, K)`` bool predicted femur from ``(1, 2, rows, cols)`` masked radiographs (AP, LAT)."""
+        with torch.no_grad():
+            output = self.network(radiographs.to(self.device), [views])
+        return warped_atlas_labels(self.atlas, output.total_displacement)
+
+
+class BaselinePredictor:
+    """A learned baseline of a ``biplanar train-baseline`` checkpoint (module doc)."""
+
+    stage = LABELS_STAGE
+
+    def __init__(self, checkpoint: str | Path, device: torch.device) -> None:
+        from biplanar.training.baselines import load_baseline
+
+        self.model, self.config = load_baseline(checkpoint, device)
+        self.device = device
+
+    def labels(self, radiographs: Tensor, views: ViewPair) -> np.ndarray:
+        """``(I, J, K)`` bool predicted femur from ``(1, 2, rows, cols)`` masked radiographs (AP, LAT)."""
+        from biplanar.training.baselines import predict_labels
+
+        with torch.no_grad():
+            probability = predict_labels(self.model, radiographs.to(self.device), [views])
+        return (probability[0, 0] > LABEL_THRESHOLD).cpu().numpy()
+
+
+class OptimisationPredictor:
+    """Intensity registration of the atlas from the identity, no learning (module doc).
+
+    Args:
+        config: the :class:`~biplanar.config.ExperimentConfig` whose atlas grid, ProST samples,
+            smoothness weight and integration steps it uses (the full model's).
+        iterations: Adam steps.
+        device: where it runs.
+    """
+
+    stage = TOTAL_STAGE
+
+    def __init__(self, config, iterations: int, device: torch.device) -> None:
+        from biplanar.data.atlas import load_atlas
+        from biplanar.optimisation import RefineSettings
+        from biplanar.physics.attenuation import hu_to_mu
+
+        self.config, self.device = config, device
+        self.settings = RefineSettings(iterations=iterations)
+        self.atlas = load_atlas(config.geometry.grid_preset)
+        # (I, J, K) -> (1, 1, I, J, K)
+        self.atlas_mu = hu_to_mu(torch.from_numpy(self.atlas.ct_hu).float())[None, None].to(device)
+        self.atlas_labels = torch.from_numpy(self.atlas.labels == FEMUR_LABEL).float()[None, None].to(device)
+
+    def labels(self, radiographs: Tensor, views: ViewPair) -> np.ndarray:
+        """``(I, J, K)`` bool predicted femur from ``(1, 2, rows, cols)`` masked radiographs (AP, LAT)."""
+        from biplanar.optimisation import ProjectionObjective, refine_registration
+
+        objective = ProjectionObjective(
+            self.atlas_mu, self.atlas_labels, self.atlas.grid, views, radiographs.to(self.device),
+            smoothness_weight=self.config.loss.smoothness_weight,
+            integration_steps=self.config.local.integration_steps,
+            num_samples=self.config.geometry.prost_samples, masked=True)
+        result = refine_registration(objective, settings=self.settings, progress=False)
+        return warped_atlas_labels(self.atlas, result.total_displacement)
+
+
+def timed_labels(predictor, radiographs: Tensor, views: ViewPair) -> tuple[np.ndarray, float]:
+    """``predictor.labels(radiographs, views)`` and its wall time, s."""
+    _synchronise(predictor.device)
+    started = time.perf_counter()
+    labels = predictor.labels(radiographs, views)
+    _synchronise(predictor.device)
+    return labels, time.perf_counter() - started
+
+
+def label_scores(predicted: np.ndarray, truth: np.ndarray, spacing_mm) -> dict[str, float]:
+    """:data:`METRICS` of ``(I, J, K)`` bool ``predicted`` vs ``truth`` on one grid of ``(3,)`` spacing, mm."""
+    from biplanar.evaluation.metrics import segmentation_metrics
+
+    return segmentation_metrics(predicted, truth, spacing_mm)
+
+
+def truth_labels(sample: dict[str, Any]) -> np.ndarray:
+    """``(I, J, K)`` bool true femur of a dataset sample."""
+    return sample["labels"][0].numpy() == FEMUR_LABEL
+
+
+def score_split(predictor, dataset, tick: Callable[[], None] | None = None) -> list[dict[str, Any]]:
+    """One row per case of ``dataset`` (a masked :class:`~biplanar.data.datasets.SimulatedDataset`).
+
+    Args:
+        predictor: a :class:`NetworkPredictor`, :class:`BaselinePredictor` or :class:`OptimisationPredictor`.
+        dataset: the cases; their grid must be the predictor's atlas grid.
+        tick: called after each case (progress).
+    """
+    spacing = tuple(float(s) for s in dataset.grid.spacing_mm)
+    rows = []
+    for index in range(len(dataset)):
+        sample = dataset[index]
+        predicted, seconds = timed_labels(predictor, *case_inputs(sample))
+        rows.append({"case": sample["subject_id"], "stage": predictor.stage,
+                     **label_scores(predicted, truth_labels(sample), spacing), "time_s": seconds})
+        if tick is not None:
+            tick()
+    return rows

@@ -1,0 +1,157 @@
+"""``biplanar experiments`` end to end on the tiny budget: the report, its tests, resume, reuse, the CLI.
+
+The tests share one tiny run (about a minute) and run in order: a first run, a re-run that skips
+every stage, the CLI with ``--docs``, then a reused (shifted) full model that redoes only the stages
+scoring it.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from scipy.stats import ttest_rel
+from typer.testing import CliRunner
+
+from biplanar.cli import app
+from biplanar.errors import InputError
+from biplanar.experiments import run_experiments
+from biplanar.experiments.models import ABLATIONS, MODELS
+from biplanar.experiments.tables import read_cases
+from biplanar.training.checkpoints import export_model
+
+SECTIONS = ("## Table 1: comparison methods", "## Table 2: ablations", "## Fig. 3: a wrong LAO/RAO angle",
+            "## Fig. 4: generalized geometries")
+PLOTS = ("results_dice_per_case.png", "results_fig3_angle_error.png", "results_fig4_geometry_grid.png")
+SHIFT_MM = 8.0
+TRANSLATION_X_UNIT_MM = 10.0  # a unit output of the affine dense layer's tx (biplanar.models.affine)
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("experiments") / "tiny"
+    return run_experiments(out, "tiny", progress=False)
+
+
+def _stage_times(out: Path) -> dict[str, int]:
+    return {path.parent.name: path.stat().st_mtime_ns for path in out.glob("*/stage.json")}
+
+
+def _table2_rows(out: Path) -> dict[str, dict[str, str]]:
+    with open(out / "table2.csv", newline="") as handle:
+        return {row["model"]: row for row in csv.DictReader(handle)}
+
+
+def _expected_p(out: Path, spec, metric: str) -> float:
+    full = read_cases(out / "eval_full" / "cases.csv", "affine+local")
+    ablation = read_cases(out / f"eval_{spec.name}" / "cases.csv", "affine+local")
+    cases = sorted(full)
+    return float(ttest_rel([ablation[c][metric] for c in cases], [full[c][metric] for c in cases]).pvalue)
+
+
+def _check_p_values(out: Path) -> list[float]:
+    """Table 2's p-values equal ttest_rel of the per-case scores; returns the Dice ones."""
+    rows, values = _table2_rows(out), []
+    for spec in ABLATIONS:
+        for metric in ("dice", "assd_mm"):
+            expected, reported = _expected_p(out, spec, metric), float(rows[spec.label][f"{metric}_p"])
+            assert (math.isnan(expected) and math.isnan(reported)) or reported == pytest.approx(expected)
+        values.append(float(rows[spec.label]["dice_p"]))
+    return values
+
+
+def test_first_run_writes_every_section_plot_and_table(run):
+    out = run.out_dir
+    expected_stages = ["data", *(f"train_{spec.name}" for spec in MODELS),
+                       *(f"eval_{spec.name}" for spec in MODELS if spec.name != "generalized"),
+                       "eval_optimisation", "fig3_angle_error", "fig4_geometry_grid"]
+    assert run.ran == expected_stages and run.skipped == []
+    text = run.results_md.read_text()
+    for section in SECTIONS:
+        assert section in text
+    assert "biplanar experiments --out" in text and "--budget tiny" in text and "## Budget `tiny`" in text
+    for name in PLOTS:
+        data = (out / "img" / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+        assert f"](img/{name})" in text
+    for name in ("table1.csv", "table2.csv", "fig3_angle_error.csv", "fig4_geometry_grid.csv"):
+        assert (out / name).is_file()
+    # every model trained with the same budget: 2 steps
+    assert "| 2 |" in text and all(f"stage `train_{spec.name}`" in text for spec in MODELS)
+    # Fig. 3: both corrections at every angle for both test cases; Fig. 4: 3 x 3 pairs per case
+    with open(out / "fig3_angle_error" / "cases.csv", newline="") as handle:
+        assert len(list(csv.DictReader(handle))) == 2 * 3 * 2
+    with open(out / "fig4_geometry_grid" / "cases.csv", newline="") as handle:
+        assert len(list(csv.DictReader(handle))) == 2 * 9
+
+
+def test_table2_p_values_are_the_paired_ttests_of_the_cases(run):
+    _check_p_values(run.out_dir)
+    header = next(line for line in run.results_md.read_text().splitlines() if line.startswith("| model | cases"))
+    assert "p (Dice vs full)" in header and "p (ASSD (mm) vs full)" in header
+
+
+def test_rerun_skips_every_complete_stage(run):
+    before = _stage_times(run.out_dir)
+    again = run_experiments(run.out_dir, "tiny", progress=False)
+    assert again.ran == [] and again.skipped == run.ran
+    assert _stage_times(run.out_dir) == before
+    assert "| `train_full` |" in again.results_md.read_text() and "no (complete before)" in again.results_md.read_text()
+
+
+def test_cli_copies_the_report_into_docs(run, tmp_path):
+    docs = tmp_path / "docs"
+    result = runner.invoke(app, ["experiments", "--out", str(run.out_dir), "--budget", "tiny", "--docs",
+                                 "--docs-dir", str(docs)])
+    assert result.exit_code == 0, result.output
+    assert "0 stages run, 19 reused" in result.output
+    assert (docs / "results.md").read_text() == run.results_md.read_text()
+    assert all((docs / "img" / name).is_file() for name in PLOTS)
+
+
+def test_another_budget_or_a_foreign_folder_is_refused(run, tmp_path):
+    with pytest.raises(InputError, match="holds a 'tiny' run"):
+        run_experiments(run.out_dir, "lite", progress=False)
+    (tmp_path / "eval_full").mkdir()
+    with pytest.raises(InputError, match="not an experiments folder"):
+        run_experiments(tmp_path, "tiny", progress=False)
+    assert (tmp_path / "eval_full").is_dir()
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    result = runner.invoke(app, ["experiments", "--out", str(tmp_path / "x"), "--budget", "tiny", "--model-full",
+                                 str(tmp_path / "missing.pt")])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [f"biplanar: error: --model-full {tmp_path / 'missing.pt'}: "
+                                                  f"file not found"]
+    assert runner.invoke(app, ["experiments", "--out", str(tmp_path / "x"), "--budget", "huge"]).exit_code == 2
+
+
+def test_a_reused_full_model_redoes_only_the_stages_that_score_it(run, tmp_path):
+    """A full model shifted by 8 mm: Tables 1-2 and Fig. 3 are redone with it, and the ablations now
+    differ from it case by case, so the paired tests have p-values."""
+    shifted = export_model(run.out_dir / "train_full" / "last.pt", tmp_path / "shifted.pt")
+    state = torch.load(shifted, weights_only=True)
+    state["model"]["affine.dense.bias"][3] += SHIFT_MM / TRANSLATION_X_UNIT_MM
+    torch.save(state, shifted)
+    result = run_experiments(run.out_dir, "tiny", model_full=shifted, progress=False)
+    assert result.ran == ["eval_full", "fig3_angle_error"]
+    text = result.results_md.read_text()
+    assert f"reused checkpoint `{shifted.resolve()}`" in text and "--model-full" in text
+    dice_p = _check_p_values(run.out_dir)
+    assert all(0.0 <= p <= 1.0 for p in dice_p)
+    full = read_cases(run.out_dir / "eval_full" / "cases.csv", "affine+local")
+    ablation = read_cases(run.out_dir / "eval_no_skip" / "cases.csv", "affine+local")
+    assert all(full[case]["dice"] < ablation[case]["dice"] for case in full)  # the shift costs overlap
