@@ -42,6 +42,7 @@ def check_sample(sample: dict) -> None:
 def test_splits_have_the_documented_shapes_and_dtypes(dataset):
     lengths = {split: len(SimulatedDataset(dataset, split)) for split in ("train", "val", "test")}
     assert lengths == {"train": 2, "val": 1, "test": 1}
+    assert SimulatedDataset(dataset, "all").subject_ids == [f"case_{i:05d}" for i in range(N_SUBJECTS)]
     data = SimulatedDataset(dataset, "train")
     ids = [data[i]["subject_id"] for i in range(len(data))]
     assert ids == data.subject_ids

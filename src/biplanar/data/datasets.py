@@ -41,7 +41,7 @@ from biplanar.io.images import read_image
 from biplanar.io.json_files import read_json
 from biplanar.io.volumes import read_volume
 
-SPLITS = ("train", "val", "test")
+SPLITS = ("train", "val", "test", "all")  # "all": every subject (a held-out test set)
 
 
 def make_sample(subject: str, ct_hu: np.ndarray, labels: np.ndarray,
@@ -82,7 +82,7 @@ class SimulatedDataset(_CaseDataset):
 
     Args:
         root: the dataset folder (``dataset.json``, ``split.json``, ``subjects/``).
-        split: ``train``, ``val`` or ``test``.
+        split: ``train``, ``val``, ``test`` or ``all`` (every subject: a dataset made only for testing).
         masked: return masked radiographs (``<view>_masked.npy``) rather than the full ones.
 
     Attributes:
@@ -99,7 +99,8 @@ class SimulatedDataset(_CaseDataset):
             raise InputError(f"split: expected one of {', '.join(SPLITS)}, got {split!r}")
         self.root, self.masked = Path(root), masked
         self.config = SimulationConfig.from_dict(read_json(self.root / "dataset.json")["config"])
-        self.subject_ids: list[str] = sorted(read_json(self.root / "split.json")[split])
+        splits = read_json(self.root / "split.json")
+        self.subject_ids: list[str] = sorted(sum(splits.values(), []) if split == "all" else splits[split])
         incomplete = [name for name in self.subject_ids if not is_complete(self._folder(name))]
         if incomplete:
             raise InputError(f"{self.root / 'subjects'}: incomplete subject(s) {incomplete[:5]}; "

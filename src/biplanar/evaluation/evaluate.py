@@ -361,7 +361,7 @@ def evaluate(model_path: str | Path, data_dir: str | Path, out_dir: str | Path, 
         model_path: a checkpoint of a trained network.
         data_dir: a ``biplanar simulate`` dataset folder, on the model's grid preset and detector.
         out_dir: output folder; must not exist or be empty.
-        split: ``train``, ``val`` or ``test``.
+        split: ``train``, ``val``, ``test`` or ``all``.
         refine: test-time refinement iterations (adds the ``refined`` stage).
         limit: score only the first ``limit`` cases of the split (sorted ids).
         device: where to run (default: CUDA if available, else CPU).
