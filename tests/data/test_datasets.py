@@ -108,7 +108,7 @@ def test_on_the_fly_options():
 
 
 def test_bad_input_raises(dataset, tmp_path):
-    with pytest.raises(InputError, match="split: expected one of train, val, test, got 'dev'"):
+    with pytest.raises(InputError, match="split: expected one of train, val, test, all, got 'dev'"):
         SimulatedDataset(dataset, "dev")
     (tmp_path / "dataset.json").write_text((dataset / "dataset.json").read_text())
     with pytest.raises(InputError, match="split.json: file not found"):
