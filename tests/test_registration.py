@@ -21,14 +21,17 @@ from biplanar.io.volumes import write_volume
 from biplanar.layers.warp import SpatialTransformer
 from biplanar.models.network import AtlasRegistrationNet
 from biplanar.registration import OUTPUT_FILES, register
-from biplanar.training.checkpoints import capture_rng_state, save_checkpoint
+from biplanar.training import checkpoints
+from biplanar.training.checkpoints import capture_rng_state, export_model, load_checkpoint, save_checkpoint
 
 NIFTI_INTENT_VECTOR = 1007  # NIfTI-1 intent code of "vector"
+HIP_KEYS = {"head_centre_mm", "head_diameter_mm", "neck_shaft_angle_deg", "femoral_offset_mm", "anteversion_deg"}
 
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
-    """An untrained tiny checkpoint and a tiny simulated case written as register's input files."""
+    """An untrained tiny checkpoint (full, and exported weights-only) and a tiny simulated case
+    written as register's input files."""
     folder = tmp_path_factory.mktemp("inputs")
     torch.manual_seed(0)
     config = load_config("tiny")
@@ -37,6 +40,7 @@ def inputs(tmp_path_factory):
         "config": config.to_dict(), "model": network.state_dict(), "optimizer": {}, "scheduler": {},
         "rng": capture_rng_state(), "epoch": 0, "step_in_epoch": 0, "global_step": 0, "world_size": 1,
         "best_metric": -math.inf, "elapsed_s": 0.0, "epoch_sums": {}, "history": []})
+    export_model(folder / "model.pt", folder / "weights.pt")
     case = simulate_case(3, SimulationConfig(preset="tiny", num_samples=64))
     for name in ("AP", "LAT"):
         write_image(folder / f"{name}.npy", case.radiographs[name])
@@ -48,15 +52,34 @@ def inputs(tmp_path_factory):
 
 def _arguments(folder, out_dir, **changes):
     arguments = {"geometry_path": folder / "geometry.json", "ap_path": folder / "AP.npy",
-                 "lat_path": folder / "LAT.npy", "out_dir": out_dir, "model_path": folder / "model.pt",
+                 "lat_path": folder / "LAT.npy", "out_dir": out_dir, "model_path": folder / "weights.pt",
                  "ap_mask_path": folder / "AP_mask.npy", "lat_mask_path": folder / "LAT_mask.npy",
                  "truth_labels_path": folder / "labels.nii.gz", "progress": False}
     return {**arguments, **changes}
 
 
-@pytest.fixture(scope="module")
-def result(inputs, tmp_path_factory):
-    return register(**_arguments(inputs, tmp_path_factory.mktemp("run") / "out"))
+@pytest.fixture(scope="module", params=[0, 2], ids=["network", "refined"])
+def result(inputs, tmp_path_factory, request):
+    """register's outputs: the network's alone, and refined by 2 iterations."""
+    return register(**_arguments(inputs, tmp_path_factory.mktemp("run") / "out", refine=request.param))
+
+
+def test_weights_only_export_drops_the_training_state(inputs):
+    state = load_checkpoint(inputs / "weights.pt")
+    assert set(state) == {"format", "version", "config", "model", "exported_from"}
+    full = load_checkpoint(inputs / "model.pt")
+    assert all(torch.equal(state["model"][key], value) for key, value in full["model"].items())
+    assert state["exported_from"]["epoch"] == 0
+    assert not list(inputs.glob(".*"))  # written atomically: no temporary left
+
+
+def test_without_a_bundled_model_register_names_the_missing_model(inputs, tmp_path, monkeypatch):
+    monkeypatch.setattr(checkpoints, "bundled_models_dir", lambda: tmp_path / "models")
+    with pytest.raises(InputError, match="no bundled model 'lite'"):
+        register(**_arguments(inputs, tmp_path / "out", model_path=None))
+    with pytest.raises(InputError, match="no bundled model 'paper'"):
+        checkpoints.bundled_model_path("paper")
+    assert sorted(path.name for path in tmp_path.iterdir()) == []
 
 
 def test_writes_every_contract_file_and_nothing_else(result):
@@ -131,21 +154,36 @@ def test_overlays_are_8_bit_rgb_with_a_contour(result, inputs):
 def test_report_has_timings_similarity_and_metrics(result):
     report = json.loads((result.out_dir / "report.json").read_text())
     assert report == result.report
-    assert set(report["timings_s"]) == {"load", "network", "writing", "total"}
+    refined = "refine" in report
+    assert set(report["timings_s"]) == {"load", "network", "writing", "total"} | ({"refine"} if refined else set())
     assert all(value >= 0 for value in report["timings_s"].values())
     assert report["timings_s"]["total"] >= report["timings_s"]["network"]
     assert set(report["projection_ncc"]) == {"AP", "LAT"}
     assert all(-1 <= value <= 1 for value in report["projection_ncc"].values())
     assert {"dice", "jaccard", "assd_mm", "hd95_mm"} <= set(report)
     assert 0 < report["dice"] <= 1
+    assert HIP_KEYS | {"landmarks"} <= set(report["hip"])
+    assert report["hip"]["landmarks"]["carry_residual_mm"] < 0.01
+    assert 20.0 < report["hip"]["head_diameter_mm"] < 80.0 and 90.0 < report["hip"]["neck_shaft_angle_deg"] < 170.0
+    if refined:
+        record = report["refine"]
+        assert record["iterations"] == 2 and record["time_s"] > 0
+        assert set(record["projection_ncc_before"]) == set(record["projection_ncc_after"]) == {"AP", "LAT"}
+        assert record["objective_after"] <= record["objective_before"]  # the best iterate is kept
+        assert {"dice", "jaccard", "assd_mm", "hd95_mm"} <= set(record["metrics_before"])
+        assert set(record["hip_before"]) == HIP_KEYS
 
 
 def test_without_masks_warns_and_accepts_an_empty_out_dir(inputs, tmp_path, capsys):
     out_dir = tmp_path / "out"
     out_dir.mkdir()
-    register(**_arguments(inputs, out_dir, ap_mask_path=None, lat_mask_path=None, truth_labels_path=None))
-    assert capsys.readouterr().err.count("warning: no AP/LAT femur masks") == 1
+    result = register(**_arguments(inputs, out_dir, ap_mask_path=None, lat_mask_path=None, truth_labels_path=None,
+                                   refine=1))
+    errors = capsys.readouterr().err
+    assert errors.count("warning: no AP/LAT femur masks") == 1 and len(errors.strip().splitlines()) == 1
     assert sorted(path.name for path in out_dir.iterdir()) == sorted(OUTPUT_FILES)
+    assert result.report["inputs"]["masked"] is False and result.report["refine"]["iterations"] == 1
+    assert "dice" not in result.report and "metrics_before" not in result.report["refine"]
 
 
 def _write_nan_image(folder):
@@ -188,6 +226,56 @@ def test_bad_input_names_the_file_and_leaves_nothing(inputs, tmp_path, write_bad
     assert sorted(path.name for path in tmp_path.iterdir()) == ["bad"]
 
 
+def _cli_arguments(folder, out_dir, **changes):
+    """``biplanar register`` options for the case in ``folder``, with ``changes`` (option -> value)."""
+    options = {"--geometry": folder / "geometry.json", "--ap": folder / "AP.npy", "--lat": folder / "LAT.npy",
+               "--out": out_dir, "--model": folder / "weights.pt", "--ap-mask": folder / "AP_mask.npy",
+               "--lat-mask": folder / "LAT_mask.npy", "--truth-labels": folder / "labels.nii.gz", **changes}
+    return ["register"] + [str(part) for option, value in options.items() for part in (option, value)]
+
+
+def test_cli_register_defaults_to_the_bundled_model_and_prints_the_scores(inputs, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from biplanar.cli import app
+
+    monkeypatch.setattr(checkpoints, "bundled_models_dir", lambda: tmp_path / "models")
+    bundled = export_model(inputs / "model.pt", tmp_path / "models" / "lite" / "model.pt")
+    arguments = [part for part in _cli_arguments(inputs, tmp_path / "out", **{"--refine": 1})]
+    del arguments[arguments.index("--model"):arguments.index("--model") + 2]  # no --model: the bundled one
+    result = CliRunner().invoke(app, arguments)
+    assert result.exit_code == 0, result.output
+    assert "dice" in result.output and "assd_mm" in result.output
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == sorted(OUTPUT_FILES)
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["refine"]["iterations"] == 1 and report["inputs"]["model"] == str(bundled)
+
+
+@pytest.mark.parametrize("write_bad, option, bad_name, message", [
+    (_write_nan_image, "--ap", "bad.npy", "NaN"),
+    (_write_cropped_image, "--lat", "bad.npy", "image shape"),
+    (_write_garbage_image, "--ap", "bad.npy", "bad.npy"),
+    (_write_ap_only_geometry, "--geometry", "bad.json", "LAT"),
+    (lambda folder: None, "--model", "missing.pt", "file not found"),
+])
+def test_cli_bad_input_exits_2_with_one_line_and_no_debris(inputs, tmp_path, write_bad, option, bad_name, message):
+    from typer.testing import CliRunner
+
+    from biplanar.cli import app
+
+    bad_folder = tmp_path / "bad"
+    bad_folder.mkdir()
+    for name in ("AP.npy", "geometry.json"):
+        (bad_folder / name).write_bytes((inputs / name).read_bytes())
+    write_bad(bad_folder)
+    result = CliRunner().invoke(app, _cli_arguments(inputs, tmp_path / "out", **{option: bad_folder / bad_name}))
+    assert result.exit_code == 2
+    # Progress lines ("register: loading ...") may precede the one error line; no traceback.
+    lines = [line for line in result.output.strip().splitlines() if not line.startswith("register: ")]
+    assert len(lines) == 1 and lines[0].startswith("biplanar: error:") and bad_name in lines[0] and message in lines[0]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["bad"]  # no output folder, no .partial
+
+
 def test_refuses_a_non_empty_out_dir_and_one_mask_only(inputs, tmp_path):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "keep.txt").write_text("mine")
@@ -197,7 +285,7 @@ def test_refuses_a_non_empty_out_dir_and_one_mask_only(inputs, tmp_path):
     with pytest.raises(InputError, match="AP_mask.npy"):
         register(**_arguments(inputs, tmp_path / "new", lat_mask_path=None))
     with pytest.raises(InputError, match="refine"):
-        register(**_arguments(inputs, tmp_path / "new", refine=2))
+        register(**_arguments(inputs, tmp_path / "new", refine=-1))
     assert sorted(path.name for path in tmp_path.iterdir()) == ["out"]
 
 

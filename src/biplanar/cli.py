@@ -172,25 +172,81 @@ def train(
                    f"best validation Dice {best}; checkpoints in {out}")
 
 
+class BaselineMethod(str, Enum):
+    kasten = "kasten"
+    sdm = "sdm"
+
+
+@app.command("train-baseline")
+def train_baseline(
+    method: BaselineMethod = typer.Option(..., help="kasten (direct label regression) or sdm (deformation model)."),
+    config: str = typer.Option("lite", help="Config YAML, or a preset name: paper, lite, tiny (sets the sizes)."),
+    data: Path = typer.Option(..., help="A `biplanar simulate` dataset folder."),
+    out: Path = typer.Option(..., help="Run folder: checkpoints, metrics.csv, TensorBoard logs (sdm: its SDM)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out exactly."),
+    epochs: int | None = typer.Option(None, min=1, help="Override the config's epochs."),
+) -> None:
+    """Train a learned baseline of Table 1 (Ctrl-C checkpoints, --resume continues)."""
+    with _reporting_errors():
+        from biplanar.training.baselines import train_baseline as run_training
+        from biplanar.training.trainer import TrainingInterrupted
+
+        try:
+            result = run_training(method.value, config, out, data_dir=data, resume=resume, epochs=epochs)
+        except TrainingInterrupted as stop:
+            typer.echo(f"biplanar: interrupted: checkpoint {stop.checkpoint}; continue with --resume", err=True)
+            raise typer.Exit(130) from None
+        best = "n/a" if math.isnan(result.best_val_dice) else f"{result.best_val_dice:.3f}"
+        typer.echo(f"trained {method.value} for {result.epochs_completed} epochs ({result.global_step} steps); "
+                   f"best validation Dice {best}; checkpoints in {out}")
+
+
+class PoseNetwork(str, Enum):
+    rtpi = "rtpi"
+    fine = "fine"
+
+
+@app.command("train-pose")
+def train_pose(
+    config: str = typer.Option(..., help="SOPI config YAML, or a preset name: sopi_tiny, sopi_lite."),
+    out: Path = typer.Option(..., help="Run folder: checkpoints, metrics.csv, TensorBoard logs."),
+    network: PoseNetwork = typer.Option(..., help="rtpi (initial pose) or fine (the fine registration's encoders)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out exactly."),
+    steps: int | None = typer.Option(None, min=1, help="Override the config's training.steps (the total)."),
+    max_steps: int | None = typer.Option(None, min=1, help="Stop with a checkpoint after this many steps in total."),
+) -> None:
+    """Train a SOPI pose network on simulated pairs (Ctrl-C checkpoints, --resume continues)."""
+    with _reporting_errors():
+        from biplanar.training.pose_trainer import train_pose as run_training
+        from biplanar.training.trainer import TrainingInterrupted
+
+        try:
+            result = run_training(config, out, network.value, resume=resume, steps=steps, max_steps=max_steps)
+        except TrainingInterrupted as stop:
+            typer.echo(f"biplanar: interrupted: checkpoint {stop.checkpoint}; continue with --resume", err=True)
+            raise typer.Exit(130) from None
+        best = "n/a" if math.isnan(result.best_val_loss) else f"{result.best_val_loss:.4f}"
+        typer.echo(f"trained {network.value} for {result.global_step} steps; best validation loss {best}; "
+                   f"checkpoints in {out}")
+
+
 @app.command()
 def register(
     geometry: Path = typer.Option(..., help="geometry.json with views AP and LAT."),
     ap: Path = typer.Option(..., help="AP radiograph (.npy, .tif, .png, .dcm)."),
     lat: Path = typer.Option(..., help="LAT radiograph (.npy, .tif, .png, .dcm)."),
     out: Path = typer.Option(..., help="Output folder (must be new or empty)."),
-    model: Path | None = typer.Option(None, help="Checkpoint from `biplanar train`."),
+    model: Path | None = typer.Option(None, help="Checkpoint from `biplanar train` (default: the bundled model)."),
     atlas: Path | None = typer.Option(None, help="Atlas folder (default: the model's own atlas)."),
     ap_mask: Path | None = typer.Option(None, help="2D femur mask of the AP radiograph."),
     lat_mask: Path | None = typer.Option(None, help="2D femur mask of the LAT radiograph."),
     truth_labels: Path | None = typer.Option(None, help="True femur labels on the atlas grid: adds Dice, ASSD..."),
-    refine: int = typer.Option(0, min=0, help="Test-time optimisation iterations (not available yet: 0)."),
+    refine: int = typer.Option(0, min=0, help="Test-time optimisation iterations after the network (0: none)."),
 ) -> None:
     """Register the atlas to two calibrated radiographs; writes the outputs of CONTRACT section 6."""
     with _reporting_errors():
         from biplanar.registration import register as run_registration
 
-        if model is None:
-            raise InputError("--model: no trained model is bundled yet; pass a checkpoint from `biplanar train`")
         result = run_registration(geometry, ap, lat, out, model, atlas_dir=atlas, ap_mask_path=ap_mask,
                                   lat_mask_path=lat_mask, truth_labels_path=truth_labels, refine=refine)
         scores = {key: result.report[key] for key in ("dice", "assd_mm") if result.report.get(key) is not None}
@@ -220,6 +276,123 @@ def preprocess(
         axes = result.frame.axes
         typer.echo(f"wrote {out} (head radius {axes.head_radius_mm:.1f} mm, "
                    f"neck-shaft angle {axes.neck_shaft_angle_deg:.1f} deg)")
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("biplanar_demo"), help="Demo folder (must be new or empty)."),
+    model: Path | None = typer.Option(None, help="Checkpoint (default: the bundled lite model)."),
+    seed: int | None = typer.Option(None, min=0, help="Case seed of the patient (default: the held-out demo seed)."),
+) -> None:
+    """Simulate a held-out patient, register the atlas to its AP + LAT radiographs, score and draw it."""
+    with _reporting_errors():
+        from rich.console import Console
+
+        from biplanar.demo import DEMO_SEED, run_demo, summary_tables
+
+        result = run_demo(out, model, DEMO_SEED if seed is None else seed)
+        console = Console()
+        for table in summary_tables(result):
+            console.print(table)
+        typer.echo(f"wrote {out}: inputs/, registration/, figure.png, demo.json")
+
+
+@app.command()
+def evaluate(
+    model: Path = typer.Option(..., help="Checkpoint from `biplanar train`."),
+    data: Path = typer.Option(..., help="A `biplanar simulate` dataset folder."),
+    out: Path = typer.Option(..., help="Output folder (must be new or empty): cases.csv, summary.json/.md."),
+    split: str = typer.Option("test", help="Split to score: train, val, test or all (every subject)."),
+    refine: int = typer.Option(0, min=0, help="Test-time refinement iterations (adds a 'refined' stage)."),
+    limit: int | None = typer.Option(None, min=1, help="Score only the first K cases of the split."),
+) -> None:
+    """Score a model on a dataset split: Dice, Jaccard, ASSD, HD95, SSIM, time, per stage."""
+    with _reporting_errors():
+        from biplanar.evaluation.evaluate import evaluate as run_evaluation
+
+        result = run_evaluation(model, data, out, split=split, refine=refine, limit=limit)
+        typer.echo((result.out_dir / "summary.md").read_text().rstrip())
+
+
+class PoseMethod(str, Enum):
+    opt_gc = "opt-gc"
+    opt_ncc = "opt-ncc"
+    opt_ngi = "opt-ngi"
+    sopi = "sopi"
+    sopi_opt = "sopi+opt"
+
+
+@app.command()
+def pose(
+    ct: Path = typer.Option(..., help="CT volume (.nii/.nii.gz), HU unless --units mu."),
+    geometry: Path = typer.Option(..., help="geometry.json with the views of the radiographs."),
+    ap: Path = typer.Option(..., help="AP radiograph (.npy, .tif, .png, .dcm), line-integral-like (bone bright)."),
+    out: Path = typer.Option(..., help="Output folder: pose.json, geometry_corrected.json, overlay_<view>.png."),
+    lat: Path | None = typer.Option(None, help="LAT radiograph (optional)."),
+    method: PoseMethod = typer.Option(PoseMethod.opt_gc, help="Optimisation baseline, or SOPI (+ Opt-GC refinement)."),
+    init_pose: Path | None = typer.Option(None, help="JSON with the starting 4x4 'matrix' (e.g. a pose.json)."),
+    units: VolumeUnits = typer.Option(VolumeUnits.hu, help="CT values: HU, or mu in 1/mm."),
+    mu_water: float = typer.Option(0.02, help="Attenuation of water, 1/mm (for HU volumes)."),
+    levels: str = typer.Option("12,6", help="Resolution levels, mm at the CT centre, coarse to fine (comma-separated)."),
+    evaluations: int = typer.Option(150, min=0, help="CMA-ES evaluations per level."),
+    refine_steps: int = typer.Option(10, min=0, help="L-BFGS iterations at the finest level."),
+    sigma_deg: float = typer.Option(5.0, min=1e-6, help="CMA-ES initial rotation step, deg (about the initial error)."),
+    sigma_mm: float = typer.Option(10.0, min=1e-6, help="CMA-ES initial translation step, mm."),
+    rtpi: Path | None = typer.Option(None, help="SOPI RTPI checkpoint (methods sopi, sopi+opt)."),
+    fine: Path | None = typer.Option(None, help="SOPI fine-registration checkpoint (methods sopi, sopi+opt)."),
+) -> None:
+    """Estimate the rigid pose of a CT to one or two radiographs; writes the pose and a corrected geometry."""
+    with _reporting_errors():
+        from biplanar.pose.baselines import OptimisationConfig
+        from biplanar.pose.estimate import SopiCheckpoints, estimate_pose_files
+
+        try:
+            sizes = tuple(float(size) for size in levels.split(","))
+            config = OptimisationConfig(levels_mm=sizes, max_evaluations=evaluations, refine_steps=refine_steps,
+                                        sigma_deg=sigma_deg, sigma_mm=sigma_mm)
+        except ValueError as error:
+            raise InputError(f"--levels/--evaluations/--sigma: {error}") from None
+        checkpoints = None if rtpi is None or fine is None else SopiCheckpoints(rtpi, fine)
+        images = {"AP": ap, **({} if lat is None else {"LAT": lat})}
+        report = estimate_pose_files(ct, geometry, images, out, method.value, init_pose, units.value, mu_water,
+                                     config, checkpoints)
+        params = report.document["params"]
+        rotation = ", ".join(f"{value:.2f}" for value in params["rotation_deg"])
+        translation = ", ".join(f"{value:.2f}" for value in params["translation_mm"])
+        typer.echo(f"wrote {out}: rotation ({rotation}) deg, translation ({translation}) mm, "
+                   f"{report.document['timings_s']['total']:.1f} s")
+
+
+class ExperimentBudget(str, Enum):
+    tiny = "tiny"
+    lite = "lite"
+    paper = "paper"
+
+
+@app.command()
+def experiments(
+    out: Path = typer.Option(..., help="Experiments folder (re-running the command resumes it)."),
+    budget: ExperimentBudget = typer.Option(..., help="tiny (a plumbing check), lite (CPU-sized) or paper."),
+    model_full: Path | None = typer.Option(None, help="Reuse this full-model checkpoint instead of training one."),
+    model_generalized: Path | None = typer.Option(None, help="Reuse this checkpoint as the Fig. 4 model "
+                                                             "(trained on generalized geometries)."),
+    docs: bool = typer.Option(False, "--docs", help="Also copy results.md and the plots into --docs-dir."),
+    docs_dir: Path = typer.Option(Path("docs"), help="Where --docs copies: results.md and img/results_*.png."),
+    workers: int = typer.Option(1, min=1, help="Parallel processes simulating the datasets."),
+) -> None:
+    """Reproduce the paper's Tables 1-2 and Figs. 3-4: results.md, CSVs and plots in --out."""
+    with _reporting_errors():
+        from biplanar.experiments import run_experiments
+        from biplanar.training.trainer import TrainingInterrupted
+
+        try:
+            result = run_experiments(out, budget.value, model_full=model_full, model_generalized=model_generalized,
+                                     docs_dir=docs_dir if docs else None, workers=workers)
+        except TrainingInterrupted as stop:
+            typer.echo(f"biplanar: interrupted: checkpoint {stop.checkpoint}; run the same command again to "
+                       f"resume", err=True)
+            raise typer.Exit(130) from None
+        typer.echo(f"wrote {result.results_md} ({len(result.ran)} stages run, {len(result.skipped)} reused)")
 
 
 def main() -> None:

@@ -3,8 +3,12 @@
 Inputs: a geometry file with exactly the views ``AP`` and ``LAT`` (a ``carm`` without isocentre is
 centred on the atlas volume), the two radiographs (each of its view's ``image_shape``, which must
 also be the model's), optional 2D femur masks (the network was trained on radiograph x mask), a
-checkpoint, optionally another atlas folder on the model's atlas grid, optionally the true femur
-labels (on the atlas grid) to score the result.
+checkpoint (default: the bundled model), optionally another atlas folder on the model's atlas grid,
+optionally the true femur labels (on the atlas grid) to score the result.
+
+With ``refine = N > 0`` the network's transform is refined by ``N`` Adam steps of test-time
+intensity registration (:mod:`biplanar.optimisation.intensity_registration`) before anything is
+written.
 
 Outputs (``shared/CONTRACT.md`` section 6), written into a temporary sibling folder that is renamed
 to ``out_dir`` once complete, so a failure leaves nothing behind:
@@ -17,7 +21,14 @@ to ``out_dir`` once complete, so a failure leaves nothing behind:
     surface.stl           surface of the warped femur label, world mm, binary STL
     overlay_AP.png, overlay_LAT.png
                           each radiograph with the outline of the warped labels' projection
-    report.json           timings, projection NCC per view, and with truth labels the metrics
+    report.json           timings_s; projection_ncc per view (DRR of the warped atlas femur vs the
+                          network's inputs); hip: measurements of the atlas landmarks carried
+                          through Psi and the carried landmarks (:mod:`biplanar.evaluation.hip`);
+                          with truth labels dice, jaccard, assd_mm, hd95_mm; with refine > 0,
+                          refine: iterations, time_s, projection_ncc_before/after and
+                          objective_before/after (the refinement objective's own NCC, whole atlas
+                          DRR x soft femur mask, see :mod:`biplanar.optimisation.intensity_registration`),
+                          hip_before, and with truth labels metrics_before (the network's result's)
 """
 
 from __future__ import annotations
@@ -26,7 +37,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -179,6 +190,47 @@ def _truth_metrics(truth: np.ndarray, warped_labels: np.ndarray, atlas) -> dict[
     return {key: float(value) if np.isfinite(value) else None for key, value in metrics.items()}
 
 
+def _warped_labels(atlas, displacement: Tensor) -> np.ndarray:
+    """``(I, J, K)`` uint8: the atlas labels pulled by ``displacement`` ``(1, 3, I, J, K)`` mm (nearest)."""
+    from biplanar.layers.warp import warp_labels
+
+    atlas_labels = torch.from_numpy(atlas.labels.astype(np.int64))[None, None].to(displacement.device)
+    return warp_labels(atlas_labels, displacement, atlas.grid, "nearest")[0, 0].cpu().numpy().astype(np.uint8)
+
+
+def _refine(network, config, output, radiographs: Tensor, views: dict[str, ProjectionView], masked: bool,
+            iterations: int, progress: bool):
+    """Refine the network's ``output`` by test-time optimisation; return the refined output (the
+    fields :func:`_write_volumes` and :func:`_write_projections` read) and the optimisation record."""
+    from biplanar.layers.warp import affine_displacement
+    from biplanar.optimisation import ProjectionObjective, RefineSettings, refine_registration
+
+    objective = ProjectionObjective(
+        network.atlas_mu, network.atlas_labels, network.grid, (views["AP"], views["LAT"]), radiographs,
+        centre_world=network.atlas_centre, smoothness_weight=config.loss.smoothness_weight,
+        integration_steps=config.local.integration_steps, projectors=network.projectors, masked=masked)
+    with torch.enable_grad():
+        result = refine_registration(objective, output.params, output.velocity, RefineSettings(iterations=iterations),
+                                     progress=progress)
+    affine_field = affine_displacement(result.matrix, network.grid)
+    refined = replace(output, params=result.params, affine_matrix=result.matrix, velocity=result.velocity,
+                      local_displacement=result.local_displacement, total_displacement=result.total_displacement,
+                      affine_image=network.transformer(network.atlas_mu, affine_field),
+                      warped_image=network.transformer(network.atlas_mu, result.total_displacement),
+                      affine_labels=network.transformer(network.atlas_labels, affine_field),
+                      warped_labels=network.transformer(network.atlas_labels, result.total_displacement))
+    return refined, result
+
+
+def _hip_report(atlas, displacement: Tensor) -> dict[str, Any]:
+    """Hip measurements of the atlas landmarks carried through ``displacement`` ``(1, 3, I, J, K)`` mm,
+    and the carried landmarks."""
+    from biplanar.evaluation.hip import carry_landmarks, hip_measurements, with_condylar_axis
+
+    carried = carry_landmarks(with_condylar_axis(atlas.landmarks), displacement, atlas.grid)
+    return {**hip_measurements(carried), "landmarks": carried}
+
+
 def _write_volumes(folder: Path, output, network, atlas) -> np.ndarray:
     """Write the warped atlas and labels, the displacement, the transform and the surface.
 
@@ -186,15 +238,14 @@ def _write_volumes(folder: Path, output, network, atlas) -> np.ndarray:
         the warped labels, ``(I, J, K)`` uint8 on the atlas grid.
     """
     from biplanar.io.mesh import label_surface, write_stl
-    from biplanar.layers.warp import SpatialTransformer, warp_labels
+    from biplanar.layers.warp import SpatialTransformer
 
     grid = atlas.grid
     displacement = output.total_displacement.float()  # (1, 3, I, J, K) mm, world components
     atlas_hu = torch.from_numpy(atlas.ct_hu).float()[None, None].to(displacement.device)
     # Outside the atlas box the nearest border HU (surrounding tissue), not 0 HU.
     warped_hu = SpatialTransformer(grid, padding_mode="border").to(displacement.device)(atlas_hu, displacement)
-    atlas_labels = torch.from_numpy(atlas.labels.astype(np.int64))[None, None].to(displacement.device)
-    warped_labels = warp_labels(atlas_labels, displacement, grid, "nearest")[0, 0].cpu().numpy().astype(np.uint8)
+    warped_labels = _warped_labels(atlas, displacement)
     write_volume(folder / "warped_atlas.nii.gz", warped_hu[0, 0].cpu().numpy(), grid)
     write_volume(folder / "warped_labels.nii.gz", warped_labels, grid)
     # (1, 3, I, J, K) -> (I, J, K, 1, 3): NIfTI vector layout, components (x, y, z) last.
@@ -232,12 +283,18 @@ def _write_projections(folder: Path, output, network, warped_labels: np.ndarray,
     return ncc
 
 
+def _synchronise(device: torch.device) -> None:
+    """Wait for the device's queued work (timings of CUDA work)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def _default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def register(geometry_path: str | Path, ap_path: str | Path, lat_path: str | Path, out_dir: str | Path,
-             model_path: str | Path, atlas_dir: str | Path | None = None,
+             model_path: str | Path | None = None, atlas_dir: str | Path | None = None,
              ap_mask_path: str | Path | None = None, lat_mask_path: str | Path | None = None,
              truth_labels_path: str | Path | None = None, refine: int = 0,
              device: str | torch.device | None = None, progress: bool = True) -> RegistrationReport:
@@ -248,12 +305,13 @@ def register(geometry_path: str | Path, ap_path: str | Path, lat_path: str | Pat
         ap_path, lat_path: the radiographs (``.npy``, ``.tif``, ``.png``, ``.dcm``), ``(rows, cols)``
             of their view's ``image_shape`` (and the model's).
         out_dir: output folder; must not exist or be empty.
-        model_path: a checkpoint (``best.pt``) of a trained network.
+        model_path: a checkpoint (``best.pt``, or weights-only) of a trained network; default: the
+            bundled model (:func:`biplanar.training.checkpoints.bundled_model_path`).
         atlas_dir: another atlas folder on the model's atlas grid (default: the model's own atlas).
         ap_mask_path, lat_mask_path: 2D femur masks (both or neither); the network sees
             radiograph x (mask > 0). Without them the radiographs are used as they are (a warning).
         truth_labels_path: true label map (1 = femur) on the atlas grid, to score the result.
-        refine: test-time refinement iterations (not available yet: must be 0).
+        refine: test-time refinement iterations (0: the network's output as it is).
         device: where to run the network (default: CUDA if available, else CPU).
         progress: print the stages on stderr.
 
@@ -264,14 +322,15 @@ def register(geometry_path: str | Path, ap_path: str | Path, lat_path: str | Pat
         InputError: a bad input file (named in the message) or a non-empty ``out_dir``; nothing is
             written then.
     """
-    from biplanar.training.checkpoints import load_model
+    from biplanar.training.checkpoints import bundled_model_path, load_model
 
-    if refine > 0:
-        raise InputError("refine: not available yet (use 0)")
+    if refine < 0:
+        raise InputError(f"refine: expected >= 0 iterations, got {refine}")
     started = time.perf_counter()
     out_dir = Path(out_dir)
     _check_out_dir(out_dir)
     _stage(progress, "loading the model, atlas and images")
+    model_path = bundled_model_path() if model_path is None else model_path
     network, config = load_model(model_path, device or _default_device())
     atlas = _load_atlas(None if atlas_dir is None else Path(atlas_dir), network)
     views = _read_views(Path(geometry_path), atlas.grid.centre_world, config.geometry.image_shape)
@@ -284,12 +343,29 @@ def register(geometry_path: str | Path, ap_path: str | Path, lat_path: str | Pat
     times = {"load": time.perf_counter() - started}
 
     _stage(progress, "running the network")
+    masked = ap_mask_path is not None
     with torch.no_grad():
         output = network.eval()(radiographs, [(views["AP"], views["LAT"])])
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        _synchronise(device)
         times["network"] = time.perf_counter() - started - times["load"]
+        refinement = {}
+        if refine > 0:
+            _stage(progress, f"refining ({refine} iterations)")
+            before = None if truth is None else _truth_metrics(truth, _warped_labels(atlas, output.total_displacement),
+                                                               atlas)
+            hip_before = _hip_report(atlas, output.total_displacement)
+            hip_before.pop("landmarks")
+            output, record = _refine(network, config, output, radiographs, views, masked, refine, progress)
+            _synchronise(device)
+            times["refine"] = record.time_s
+            refinement = {"refine": {"iterations": refine, "time_s": record.time_s,
+                                     "projection_ncc_before": record.ncc_before,
+                                     "projection_ncc_after": record.ncc_after,
+                                     "objective_before": record.loss_before, "objective_after": record.loss_after,
+                                     "hip_before": hip_before,
+                                     **({} if before is None else {"metrics_before": before})}}
         _stage(progress, "writing the outputs")
+        written = time.perf_counter()
         partial = out_dir.parent / f".{out_dir.name}.{os.getpid()}{PARTIAL_SUFFIX}"
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
@@ -298,12 +374,14 @@ def register(geometry_path: str | Path, ap_path: str | Path, lat_path: str | Pat
             ncc = _write_projections(partial, output, network, warped_labels, raw, inputs, views)
             report = {"timings_s": times, "projection_ncc": ncc,
                       **({} if truth is None else _truth_metrics(truth, warped_labels, atlas)),
+                      "hip": _hip_report(atlas, output.total_displacement),
+                      **refinement,
                       "inputs": {"geometry": str(geometry_path), "AP": str(ap_path), "LAT": str(lat_path),
-                                 "masked": ap_mask_path is not None, "model": str(model_path),
+                                 "masked": masked, "model": str(model_path),
                                  "atlas": str(atlas_dir or f"shipped {config.geometry.grid_preset}"),
                                  "truth_labels": truth_labels_path and str(truth_labels_path)},
                       "device": str(device)}
-            times["writing"] = time.perf_counter() - started - times["load"] - times["network"]
+            times["writing"] = time.perf_counter() - written
             times["total"] = time.perf_counter() - started
             write_json(partial / "report.json", report)
             _publish(partial, out_dir)

@@ -16,12 +16,18 @@ A checkpoint is a ``torch.save`` dict (loadable with ``weights_only=True``)::
     epoch_sums            running sums of the epoch's training losses (and their count)
     history               one row per finished epoch (the rows of metrics.csv)
 
+A *weights-only* checkpoint (what :func:`export_model` writes, and what is bundled with the package
+under ``biplanar/resources/models/<name>/model.pt``) holds only ``format``, ``version``,
+``config``, ``model`` and ``exported_from`` (the epoch, step and best metric of its source): it
+rebuilds the model (:func:`load_model`) but cannot resume training.
+
 Files are written atomically (a temporary name, then rename).
 """
 
 from __future__ import annotations
 
 import random
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +39,8 @@ from biplanar.errors import InputError
 from biplanar.io.atomic import atomic_path
 
 FORMAT, VERSION = "biplanar-checkpoint", 1
+MODEL_KEYS = ("config", "model")  # what rebuilding a model needs (a weights-only checkpoint)
+BUNDLED_MODEL_FILE = "model.pt"
 REQUIRED_KEYS = ("config", "model", "optimizer", "scheduler", "rng", "epoch", "step_in_epoch",
                  "global_step", "world_size", "best_metric", "elapsed_s", "epoch_sums", "history")
 
@@ -97,7 +105,8 @@ def load_model(checkpoint_path: str | Path, device: str | torch.device = "cpu"):
     """Rebuild a trained network from a checkpoint alone (its config, the shipped atlas, its weights).
 
     Args:
-        checkpoint_path: a ``best.pt`` / ``last.pt`` written by :func:`biplanar.training.trainer.train`.
+        checkpoint_path: a ``best.pt`` / ``last.pt`` written by :func:`biplanar.training.trainer.train`,
+            or a weights-only checkpoint (:func:`export_model`, :func:`bundled_model_path`).
         device: where to put the network.
 
     Returns:
@@ -111,6 +120,9 @@ def load_model(checkpoint_path: str | Path, device: str | torch.device = "cpu"):
     from biplanar.models.network import AtlasRegistrationNet
 
     state = load_checkpoint(checkpoint_path)
+    missing = [key for key in MODEL_KEYS if key not in state]
+    if missing:
+        raise InputError(f"{checkpoint_path}: checkpoint has no {', '.join(missing)}")
     config = ExperimentConfig.from_dict(state["config"], f"{checkpoint_path}: config")
     network = AtlasRegistrationNet(config, load_atlas(config.geometry.grid_preset))
     try:
@@ -118,3 +130,48 @@ def load_model(checkpoint_path: str | Path, device: str | torch.device = "cpu"):
     except RuntimeError as error:
         raise InputError(f"{checkpoint_path}: weights do not fit the config's network ({error})") from None
     return network.to(device).eval(), config
+
+
+def export_model(checkpoint: str | Path, out_path: str | Path) -> Path:
+    """Write a weights-only copy of a checkpoint (config and weights; no optimizer, scheduler or
+    random states) to ``out_path``, atomically: a file to ship, loadable by :func:`load_model`.
+
+    Args:
+        checkpoint: a full (``best.pt``) or weights-only checkpoint.
+        out_path: the file to write (its folder is created).
+
+    Returns:
+        ``out_path``.
+
+    Raises:
+        InputError: a bad ``checkpoint`` (nothing is written then).
+    """
+    state = load_checkpoint(checkpoint)
+    missing = [key for key in MODEL_KEYS if key not in state]
+    if missing:
+        raise InputError(f"{checkpoint}: checkpoint has no {', '.join(missing)}")
+    source = state.get("exported_from") or {key: state[key] for key in ("epoch", "global_step", "best_metric")
+                                             if key in state}
+    out_path = Path(out_path)
+    with atomic_path(out_path) as temporary:
+        torch.save({"format": FORMAT, "version": VERSION, "config": state["config"], "model": state["model"],
+                    "exported_from": source}, temporary)
+    return out_path
+
+
+def bundled_models_dir() -> Path:
+    """The folder of the models shipped with the package: ``biplanar/resources/models``."""
+    return Path(str(resources.files("biplanar") / "resources" / "models"))
+
+
+def bundled_model_path(name: str = "lite") -> Path:
+    """The weights-only checkpoint of the bundled model ``name``.
+
+    Raises:
+        InputError: no such bundled model.
+    """
+    path = bundled_models_dir() / name / BUNDLED_MODEL_FILE
+    if not path.is_file():
+        raise InputError(f"no bundled model {name!r} (expected {path}); give a checkpoint from `biplanar train` "
+                         f"(--model)")
+    return path

@@ -1,0 +1,280 @@
+"""Hip measurements from femur landmarks, and the atlas's landmarks carried through a registration.
+
+Landmarks are a dict in the format of ``landmarks.json`` and of ``subject.json``'s ``landmarks``
+(:meth:`biplanar.data.phantom.FemurLandmarks.to_dict`), world RAS+ mm, directions unit vectors:
+
+    head_centre_mm (3,), head_radius_mm, neck_axis (3,) from the shaft towards the head centre,
+    shaft_axis_point_mm (3,) on the proximal shaft axis level with the head centre,
+    shaft_axis (3,) proximal, greater_trochanter_tip_mm (3,), lesser_trochanter_tip_mm (3,)
+
+plus ``condylar_axis`` (3,): the femur frame's ``+l`` axis (medial to lateral), which the phantom
+generator (:mod:`biplanar.data.femur_shape`) uses as its stand-in for the posterior condylar axis
+that a proximal femur does not show. :func:`with_condylar_axis` adds it to the generator's
+landmarks from the subject's pose (the shipped atlases are in the canonical pose).
+
+Measurements (:func:`hip_measurements`), with the generator's definitions (and those of
+``tests/data/test_phantom.py``, which measures them back from label maps):
+
+- ``head_centre_mm``: the head centre; ``head_diameter_mm``: twice the head radius;
+- ``neck_shaft_angle_deg``: 180 degrees minus the angle between the neck and shaft axes;
+- ``femoral_offset_mm``: the distance from the head centre to the shaft axis (a line);
+- ``anteversion_deg``: the angle, in the plane perpendicular to the shaft axis, from the medial
+  direction (``-condylar_axis``, projected on that plane) to the neck axis, positive towards
+  anterior (``medial x shaft``).
+
+Carrying (:func:`carry_landmarks`): registration outputs a pull displacement ``u`` on the atlas
+grid, ``warped(p) = atlas(p + u(p))``, so the subject-space point showing the atlas point ``L`` solves
+``p + u(p) = L``; it is found by the fixed-point iteration ``p <- L - u(p)`` (``u`` trilinear in
+world mm, continued by its border values outside the grid), which converges where ``u``'s Jacobian
+has norm below 1 (rotations under 60 degrees, scales within a factor 2). Directions are carried
+as the difference of two carried points; the head radius by carrying points of the atlas's head
+sphere and fitting a sphere to them (least squares), which follows any local stretch of the
+head, not only the Jacobian at its centre.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from biplanar.data.femur_shape import canonical_rotation
+from biplanar.data.phantom import Pose
+from biplanar.geometry.volume_grid import VolumeGrid
+
+POINT_KEYS = ("head_centre_mm", "shaft_axis_point_mm", "greater_trochanter_tip_mm", "lesser_trochanter_tip_mm")
+DIRECTION_KEYS = ("neck_axis", "shaft_axis", "condylar_axis")
+# The shaft axis is carried through two points 25 and 60 mm below the lesser trochanter tip (along
+# the axis): the straight proximal diaphysis, where test_phantom.py measures it from label maps.
+SHAFT_LEVELS_BELOW_LT_MM = (25.0, 60.0)
+CONDYLAR_ARM_MM = 10.0  # the condylar axis is carried from the lower shaft point to this far along it
+SPHERE_POINTS = 64  # head-sphere points carried to measure the head radius
+MEASUREMENT_KEYS = ("head_centre_mm", "head_diameter_mm", "neck_shaft_angle_deg", "femoral_offset_mm",
+                    "anteversion_deg")
+
+
+def _unit(vector: np.ndarray) -> np.ndarray:
+    return vector / np.linalg.norm(vector)
+
+
+def with_condylar_axis(landmarks: dict[str, Any], pose: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``landmarks`` with ``condylar_axis`` added (kept if present): the femur frame's ``+l`` axis
+    rotated by the subject's pose.
+
+    Args:
+        landmarks: a landmarks dict (module doc).
+        pose: ``subject.json``'s ``pose`` (:meth:`biplanar.data.phantom.Pose.to_dict`); ``None``:
+            the canonical pose (the shipped atlases).
+    """
+    if "condylar_axis" in landmarks:
+        return dict(landmarks)
+    pose = pose or {}
+    rotation = Pose(flexion_deg=float(pose.get("flexion_deg", 0.0)),
+                    abduction_deg=float(pose.get("abduction_deg", 0.0)),
+                    external_rotation_deg=float(pose.get("external_rotation_deg", 0.0))).rotation()
+    return {**landmarks, "condylar_axis": (rotation @ canonical_rotation()[:, 0]).tolist()}
+
+
+def _vectors(landmarks: dict[str, Any]) -> dict[str, np.ndarray]:
+    """The points and directions of ``landmarks`` as float64 arrays, checked."""
+    missing = [key for key in (*POINT_KEYS, *DIRECTION_KEYS, "head_radius_mm") if key not in landmarks]
+    if missing:
+        raise ValueError(f"landmarks: missing {', '.join(missing)}")
+    vectors = {key: np.asarray(landmarks[key], dtype=np.float64) for key in (*POINT_KEYS, *DIRECTION_KEYS)}
+    for key, value in vectors.items():
+        if value.shape != (3,) or not np.all(np.isfinite(value)):
+            raise ValueError(f"landmarks: {key}: expected 3 finite numbers, got {landmarks[key]!r}")
+    for key in DIRECTION_KEYS:
+        vectors[key] = _unit(vectors[key])
+    return vectors
+
+
+def _closest_parameter(point: np.ndarray, direction: np.ndarray, line_point: np.ndarray,
+                       line_direction: np.ndarray) -> float:
+    """``t`` of the point of the line ``point + t direction`` closest to the line through
+    ``line_point`` along ``line_direction`` (unit vectors)."""
+    offset, cosine = point - line_point, direction @ line_direction
+    denominator = 1.0 - cosine**2
+    if denominator < 1e-9:  # parallel lines: any t; the point itself
+        return 0.0
+    return float((cosine * (offset @ line_direction) - offset @ direction) / denominator)
+
+
+def fibonacci_sphere(count: int) -> np.ndarray:
+    """``(count, 3)`` unit vectors spread evenly over the sphere (Fibonacci lattice)."""
+    index = np.arange(count) + 0.5
+    z = 1.0 - 2.0 * index / count
+    azimuth = math.pi * (1.0 + math.sqrt(5.0)) * index
+    radius = np.sqrt(1.0 - z**2)
+    return np.stack([radius * np.cos(azimuth), radius * np.sin(azimuth), z], axis=-1)
+
+
+def fit_sphere(points: np.ndarray) -> tuple[np.ndarray, float]:
+    """Algebraic least-squares sphere ``|p|^2 = 2 c.p + (r^2 - |c|^2)`` through ``(N, 3)`` points (mm)."""
+    design = np.c_[2.0 * points, np.ones(len(points))]
+    solution, *_ = np.linalg.lstsq(design, (points**2).sum(axis=1), rcond=None)
+    centre = solution[:3]
+    return centre, float(np.sqrt(solution[3] + centre @ centre))
+
+
+def _construction_points(vectors: dict[str, np.ndarray], radius: float) -> dict[str, np.ndarray]:
+    """The atlas points carried to rebuild the landmarks, name -> ``(N, 3)`` world mm."""
+    centre, neck = vectors["head_centre_mm"], vectors["neck_axis"]
+    shaft_point, shaft = vectors["shaft_axis_point_mm"], vectors["shaft_axis"]
+    # Half way from the head centre to where the neck axis passes the shaft axis: mid-neck.
+    neck_depth = 0.5 * _closest_parameter(centre, -neck, shaft_point, shaft)
+    lt_depth = (shaft_point - vectors["lesser_trochanter_tip_mm"]) @ shaft  # below the shaft point
+    upper, lower = (shaft_point - (lt_depth + level) * shaft for level in SHAFT_LEVELS_BELOW_LT_MM)
+    return {
+        "head_centre_mm": centre[None], "neck": (centre - neck_depth * neck)[None],
+        "sphere": centre + radius * fibonacci_sphere(SPHERE_POINTS),
+        "shaft_upper": upper[None], "shaft_lower": lower[None],
+        "condylar": (lower + CONDYLAR_ARM_MM * vectors["condylar_axis"])[None],
+        "greater_trochanter_tip_mm": vectors["greater_trochanter_tip_mm"][None],
+        "lesser_trochanter_tip_mm": vectors["lesser_trochanter_tip_mm"][None],
+    }
+
+
+def _as_field(displacement_mm: Tensor | np.ndarray, grid: VolumeGrid) -> Tensor:
+    """``(1, 3, I, J, K)`` float64 CPU tensor of a ``(3, I, J, K)`` or ``(1, 3, I, J, K)`` field."""
+    field = torch.as_tensor(np.asarray(displacement_mm) if isinstance(displacement_mm, np.ndarray)
+                            else displacement_mm.detach()).to("cpu", torch.float64)
+    field = field[None] if field.dim() == 4 else field
+    if tuple(field.shape) != (1, 3, *grid.shape):
+        raise ValueError(f"displacement_mm: expected shape (3, {', '.join(map(str, grid.shape))}) or with a "
+                         f"leading 1, got {tuple(np.shape(displacement_mm))}")
+    return field
+
+
+def sample_displacement(field: Tensor, grid: VolumeGrid, points_world: np.ndarray) -> np.ndarray:
+    """``(N, 3)`` mm: the field ``(1, 3, I, J, K)`` at world points ``(N, 3)`` mm, trilinear,
+    continued by its border values outside the grid."""
+    to_grid = torch.as_tensor(grid.world_to_grid_matrix(), dtype=torch.float64)
+    points = torch.as_tensor(points_world, dtype=torch.float64)
+    coordinates = points @ to_grid[:3, :3].T + to_grid[:3, 3]  # (N, 3) grid_sample (k, j, i)
+    sampled = F.grid_sample(field, coordinates.view(1, -1, 1, 1, 3), mode="bilinear", padding_mode="border",
+                            align_corners=True)  # (1, 3, N, 1, 1)
+    return sampled[0, :, :, 0, 0].T.numpy()
+
+
+def invert_points(field: Tensor, grid: VolumeGrid, targets_world: np.ndarray, tolerance_mm: float = 1e-4,
+                  max_iterations: int = 200) -> tuple[np.ndarray, float]:
+    """Solve ``p + u(p) = L`` for each target ``L`` (``(N, 3)`` world mm) by ``p <- L - u(p)``.
+
+    Returns:
+        ``(N, 3)`` points ``p`` (world mm) and the largest residual ``|p + u(p) - L|`` (mm).
+    """
+    points = targets_world - sample_displacement(field, grid, targets_world)
+    for _ in range(max_iterations):
+        updated = targets_world - sample_displacement(field, grid, points)
+        change = float(np.abs(updated - points).max())
+        points = updated
+        if change < tolerance_mm:
+            break
+    residual = points + sample_displacement(field, grid, points) - targets_world
+    return points, float(np.linalg.norm(residual, axis=1).max())
+
+
+def carry_landmarks(landmarks: dict[str, Any], displacement_mm: Tensor | np.ndarray,
+                    grid: VolumeGrid) -> dict[str, Any]:
+    """The atlas ``landmarks`` in the registered (subject) space of a pull displacement.
+
+    Args:
+        landmarks: the atlas's landmarks with ``condylar_axis`` (module doc; see
+            :func:`with_condylar_axis`), world mm.
+        displacement_mm: ``(1, 3, I, J, K)`` or ``(3, I, J, K)`` (torch or numpy) displacement of
+            the registration, mm, world components, on ``grid``: ``warped(p) = atlas(p + u(p))``.
+        grid: the atlas grid.
+
+    Returns:
+        landmarks in the same format: points carried; directions through two carried points
+        (the neck: head centre and mid-neck; the shaft: 25 and 60 mm below the lesser trochanter;
+        the condylar axis: from the lower shaft point); ``shaft_axis_point_mm`` the foot of the
+        perpendicular from the head centre to the carried shaft axis; ``head_radius_mm`` the
+        radius of the sphere fitted to the carried head-sphere points; and
+        ``carry_residual_mm``, the largest ``|p + u(p) - L|`` left by the inversion.
+    """
+    vectors = _vectors(landmarks)
+    field = _as_field(displacement_mm, grid)
+    construction = _construction_points(vectors, float(landmarks["head_radius_mm"]))
+    names = list(construction)
+    sizes = [len(construction[name]) for name in names]
+    carried_all, residual = invert_points(field, grid, np.concatenate([construction[name] for name in names]))
+    carried = dict(zip(names, np.split(carried_all, np.cumsum(sizes)[:-1])))
+    centre = carried["head_centre_mm"][0]
+    lower = carried["shaft_lower"][0]
+    shaft = _unit(carried["shaft_upper"][0] - lower)
+    _, radius = fit_sphere(carried["sphere"])
+    return {
+        "head_centre_mm": centre.tolist(),
+        "head_radius_mm": radius,
+        "neck_axis": _unit(centre - carried["neck"][0]).tolist(),
+        "shaft_axis_point_mm": (lower + ((centre - lower) @ shaft) * shaft).tolist(),
+        "shaft_axis": shaft.tolist(),
+        "greater_trochanter_tip_mm": carried["greater_trochanter_tip_mm"][0].tolist(),
+        "lesser_trochanter_tip_mm": carried["lesser_trochanter_tip_mm"][0].tolist(),
+        "condylar_axis": _unit(carried["condylar"][0] - lower).tolist(),
+        "carry_residual_mm": residual,
+    }
+
+
+def hip_measurements(landmarks: dict[str, Any]) -> dict[str, float | list]:
+    """Head centre (mm), head diameter (mm), neck-shaft angle (deg), femoral offset (mm) and
+    anteversion (deg) of a landmarks dict with ``condylar_axis`` (definitions: module doc)."""
+    vectors = _vectors(landmarks)
+    centre, neck, shaft = vectors["head_centre_mm"], vectors["neck_axis"], vectors["shaft_axis"]
+    from_axis = centre - vectors["shaft_axis_point_mm"]
+    lateral = vectors["condylar_axis"]
+    medial = _unit(-(lateral - (lateral @ shaft) * shaft))  # in the plane perpendicular to the shaft
+    anterior = np.cross(medial, shaft)
+    return {
+        "head_centre_mm": centre.tolist(),
+        "head_diameter_mm": 2.0 * float(landmarks["head_radius_mm"]),
+        "neck_shaft_angle_deg": 180.0 - math.degrees(math.acos(float(np.clip(neck @ shaft, -1.0, 1.0)))),
+        "femoral_offset_mm": float(np.linalg.norm(from_axis - (from_axis @ shaft) * shaft)),
+        "anteversion_deg": math.degrees(math.atan2(neck @ anterior, neck @ medial)),
+    }
+
+
+def subject_hip_truth(document: dict[str, Any]) -> dict[str, float | list]:
+    """The true measurements of a simulated subject from its ``subject.json`` document: the
+    generator's femur ``parameters`` (head radius, neck-shaft angle, anteversion, femoral offset)
+    and the head centre of its ``landmarks``."""
+    try:
+        femur, centre = document["parameters"]["femur"], document["landmarks"]["head_centre_mm"]
+        return {"head_centre_mm": [float(value) for value in centre],
+                "head_diameter_mm": 2.0 * float(femur["head_radius_mm"]),
+                "neck_shaft_angle_deg": float(femur["neck_shaft_angle_deg"]),
+                "femoral_offset_mm": float(femur["femoral_offset_mm"]),
+                "anteversion_deg": float(femur["anteversion_deg"])}
+    except (KeyError, TypeError) as error:
+        raise ValueError(f"subject document: missing parameters.femur or landmarks field ({error})") from None
+
+
+def hip_errors(measured: dict[str, Any], truth: dict[str, Any]) -> dict[str, float]:
+    """Errors of :func:`hip_measurements` output against the truth.
+
+    Args:
+        measured: :func:`hip_measurements` of the carried landmarks.
+        truth: the same kind of dict, or a simulated subject's ``subject.json`` document (read with
+            :func:`subject_hip_truth`).
+
+    Returns:
+        ``head_centre_error_mm`` (Euclidean distance) and the signed errors (measured - truth)
+        ``head_diameter_error_mm``, ``neck_shaft_angle_error_deg``, ``femoral_offset_error_mm``,
+        ``anteversion_error_deg``.
+    """
+    truth = subject_hip_truth(truth) if "parameters" in truth else truth
+    missing = [key for key in MEASUREMENT_KEYS if key not in measured or key not in truth]
+    if missing:
+        raise ValueError(f"hip_errors: missing {', '.join(missing)}")
+    centre_error = np.asarray(measured["head_centre_mm"], float) - np.asarray(truth["head_centre_mm"], float)
+    errors = {"head_centre_error_mm": float(np.linalg.norm(centre_error))}
+    for key in MEASUREMENT_KEYS[1:]:
+        name, unit = key.rsplit("_", 1)
+        errors[f"{name}_error_{unit}"] = float(measured[key]) - float(truth[key])
+    return errors

@@ -1,0 +1,176 @@
+"""Hip measurements and landmarks carried through pull displacements, against closed forms."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from biplanar.data.atlas import load_atlas
+from biplanar.data.phantom import SubjectSpec, landmarks_world
+from biplanar.evaluation.hip import (
+    carry_landmarks,
+    hip_errors,
+    hip_measurements,
+    invert_points,
+    subject_hip_truth,
+    with_condylar_axis,
+)
+from biplanar.layers.warp import affine_displacement
+
+ANGLES = ("neck_shaft_angle_deg", "anteversion_deg")
+
+
+@pytest.fixture(scope="module")
+def atlas():
+    atlas = load_atlas("tiny")
+    return atlas, with_condylar_axis(atlas.landmarks)
+
+
+def _rotation(axis: np.ndarray, angle_rad: float) -> np.ndarray:
+    """Rodrigues: the rotation by ``angle_rad`` about the unit ``axis`` (right hand)."""
+    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    return np.eye(3) + math.sin(angle_rad) * k + (1 - math.cos(angle_rad)) * k @ k
+
+
+def _pull_field(matrix: np.ndarray, grid) -> torch.Tensor:
+    """``(1, 3, I, J, K)`` float64 displacement of the pull matrix ``(4, 4)``: u(p) = T p - p."""
+    return affine_displacement(torch.tensor(matrix, dtype=torch.float64)[None], grid)
+
+
+def _about(point: np.ndarray, linear: np.ndarray, translation=np.zeros(3)) -> np.ndarray:
+    """``(4, 4)`` for x' = point + linear (x - point) + translation."""
+    matrix = np.eye(4)
+    matrix[:3, :3] = linear
+    matrix[:3, 3] = point + translation - linear @ point
+    return matrix
+
+
+def _assert_same(measured: dict, expected: dict, atol: float = 1e-6) -> None:
+    assert set(measured) == set(expected)
+    for key, value in expected.items():
+        np.testing.assert_allclose(measured[key], value, atol=atol, err_msg=key)
+
+
+def test_the_atlas_measures_the_mean_femur(atlas):
+    _, landmarks = atlas
+    measured = hip_measurements(landmarks)
+    assert measured["head_diameter_mm"] == pytest.approx(47.0)
+    assert measured["neck_shaft_angle_deg"] == pytest.approx(128.0)
+    assert measured["femoral_offset_mm"] == pytest.approx(41.0)
+    assert measured["anteversion_deg"] == pytest.approx(12.0)
+
+
+def test_identity_displacement_returns_the_atlas_values(atlas):
+    atlas, landmarks = atlas
+    carried = carry_landmarks(landmarks, torch.zeros(1, 3, *atlas.grid.shape), atlas.grid)
+    assert carried["carry_residual_mm"] == 0.0
+    _assert_same(hip_measurements(carried), hip_measurements(landmarks))
+    for key in ("greater_trochanter_tip_mm", "lesser_trochanter_tip_mm", "shaft_axis_point_mm", "condylar_axis"):
+        np.testing.assert_allclose(carried[key], landmarks[key], atol=1e-9)
+
+
+def test_a_constant_displacement_moves_the_landmarks_by_minus_it(atlas):
+    """u = c everywhere: warped(p) = atlas(p + c), so the atlas point L shows at p = L - c."""
+    atlas, landmarks = atlas
+    shift = np.array([4.0, -2.5, 3.0])
+    field = torch.tensor(shift).view(1, 3, 1, 1, 1).expand(1, 3, *atlas.grid.shape)
+    carried = carry_landmarks(landmarks, field.numpy()[0], atlas.grid)  # numpy (3, I, J, K) accepted
+    expected = hip_measurements(landmarks)
+    expected["head_centre_mm"] = np.asarray(landmarks["head_centre_mm"]) - shift
+    _assert_same(hip_measurements(carried), expected)
+    np.testing.assert_allclose(carried["greater_trochanter_tip_mm"],
+                               np.asarray(landmarks["greater_trochanter_tip_mm"]) - shift, atol=1e-9)
+
+
+def test_a_pull_scale_shrinks_the_femur_by_its_inverse(atlas):
+    """The pull x' = c + s (x - c) shows the atlas smaller by 1/s about c: lengths / s, angles kept."""
+    atlas, landmarks = atlas
+    scale, centre = 1.12, np.asarray(landmarks["head_centre_mm"])
+    carried = carry_landmarks(landmarks, _pull_field(_about(centre, scale * np.eye(3)), atlas.grid), atlas.grid)
+    measured, original = hip_measurements(carried), hip_measurements(landmarks)
+    # The fixed point stops within 1e-4 mm.
+    assert measured["head_diameter_mm"] == pytest.approx(original["head_diameter_mm"] / scale, abs=1e-4)
+    assert measured["femoral_offset_mm"] == pytest.approx(original["femoral_offset_mm"] / scale, abs=1e-4)
+    for key in ANGLES:
+        assert measured[key] == pytest.approx(original[key], abs=1e-4)
+    np.testing.assert_allclose(measured["head_centre_mm"], centre, atol=1e-4)
+
+
+def test_a_rigid_pull_moves_points_by_its_inverse_and_keeps_the_shape(atlas):
+    atlas, landmarks = atlas
+    rotation = _rotation(np.array([0.3, -0.5, 0.8]) / np.linalg.norm([0.3, -0.5, 0.8]), math.radians(12.0))
+    matrix = _about(atlas.grid.centre_world, rotation, np.array([3.0, 1.0, -2.0]))
+    carried = carry_landmarks(landmarks, _pull_field(matrix, atlas.grid), atlas.grid)
+    assert carried["carry_residual_mm"] < 1e-3
+    inverse = np.linalg.inv(matrix)
+    for key in ("head_centre_mm", "greater_trochanter_tip_mm", "lesser_trochanter_tip_mm"):
+        np.testing.assert_allclose(carried[key], inverse[:3, :3] @ landmarks[key] + inverse[:3, 3], atol=1e-4)
+    np.testing.assert_allclose(carried["neck_axis"], rotation.T @ landmarks["neck_axis"], atol=1e-6)
+    measured, original = hip_measurements(carried), hip_measurements(landmarks)
+    for key in ("head_diameter_mm", "femoral_offset_mm", *ANGLES):  # the condylar axis turns with the femur
+        assert measured[key] == pytest.approx(original[key], abs=1e-4)
+
+
+@pytest.mark.parametrize("angle_deg", [-15.0, 7.0, 20.0])
+def test_turning_the_neck_about_the_shaft_changes_anteversion_by_the_angle(atlas, angle_deg):
+    """Head centre and neck axis rotated about the shaft axis (positive: medial towards anterior)
+    with the condylar reference fixed: anteversion + angle, everything else unchanged."""
+    _, landmarks = atlas
+    shaft, point = np.asarray(landmarks["shaft_axis"]), np.asarray(landmarks["shaft_axis_point_mm"])
+    rotation = _rotation(shaft / np.linalg.norm(shaft), math.radians(-angle_deg))  # anterior = medial x shaft
+    turned = {**landmarks, "neck_axis": rotation @ landmarks["neck_axis"],
+              "head_centre_mm": point + rotation @ (np.asarray(landmarks["head_centre_mm"]) - point)}
+    measured, original = hip_measurements(turned), hip_measurements(landmarks)
+    assert measured["anteversion_deg"] == pytest.approx(original["anteversion_deg"] + angle_deg, abs=1e-9)
+    for key in ("head_diameter_mm", "femoral_offset_mm", "neck_shaft_angle_deg"):
+        assert measured[key] == pytest.approx(original[key], abs=1e-9)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_phantom_truth_landmarks_measure_the_generator_parameters(seed):
+    spec = SubjectSpec.sample(seed)
+    document = {"parameters": {"femur": spec.femur.to_dict()}, "pose": spec.pose.to_dict(),
+                "landmarks": landmarks_world(spec).to_dict()}
+    measured = hip_measurements(with_condylar_axis(document["landmarks"], document["pose"]))
+    _assert_same(measured, subject_hip_truth(document), atol=1e-9)
+    errors = hip_errors(measured, document)
+    assert all(abs(value) < 1e-9 for value in errors.values())
+
+
+def test_hip_errors_are_signed_differences_and_a_distance():
+    truth = {"head_centre_mm": [0.0, 0.0, 0.0], "head_diameter_mm": 46.0, "neck_shaft_angle_deg": 130.0,
+             "femoral_offset_mm": 40.0, "anteversion_deg": 10.0}
+    measured = {"head_centre_mm": [3.0, 4.0, 0.0], "head_diameter_mm": 45.0, "neck_shaft_angle_deg": 132.5,
+                "femoral_offset_mm": 41.0, "anteversion_deg": 4.0}
+    assert hip_errors(measured, truth) == {
+        "head_centre_error_mm": 5.0, "head_diameter_error_mm": -1.0, "neck_shaft_angle_error_deg": 2.5,
+        "femoral_offset_error_mm": 1.0, "anteversion_error_deg": -6.0}
+    with pytest.raises(ValueError, match="anteversion_deg"):
+        hip_errors({key: value for key, value in measured.items() if key != "anteversion_deg"}, truth)
+
+
+def test_fixed_point_inverts_a_smooth_deformation(atlas):
+    atlas, _ = atlas
+    points = atlas.grid.voxel_centres_world(torch.float64)
+    # A smooth non-affine field: 3 mm sine waves, Jacobian norm well below 1.
+    field = 3.0 * torch.stack([torch.sin(points[..., 1] / 15.0), torch.cos(points[..., 2] / 20.0),
+                               torch.sin(points[..., 0] / 25.0)], dim=0)[None]
+    targets = np.array([[-10.0, 5.0, 40.0], [20.0, -10.0, -30.0], [0.0, 0.0, 0.0]])
+    found, residual = invert_points(field, atlas.grid, targets)
+    assert residual < 1e-3
+    exact = found + 3.0 * np.stack([np.sin(found[:, 1] / 15.0), np.cos(found[:, 2] / 20.0),
+                                    np.sin(found[:, 0] / 25.0)], axis=1)
+    np.testing.assert_allclose(exact, targets, atol=0.05)  # trilinear vs exact sine between voxel centres
+
+
+def test_bad_landmarks_and_fields_are_refused(atlas):
+    atlas, landmarks = atlas
+    with pytest.raises(ValueError, match="condylar_axis"):
+        hip_measurements(atlas.landmarks)  # the shipped file has no condylar axis: with_condylar_axis adds it
+    with pytest.raises(ValueError, match="neck_axis"):
+        hip_measurements({**landmarks, "neck_axis": [1.0, float("nan"), 0.0]})
+    with pytest.raises(ValueError, match="displacement_mm"):
+        carry_landmarks(landmarks, torch.zeros(1, 3, 4, 4, 4), atlas.grid)
