@@ -20,7 +20,7 @@ from biplanar.io.images import write_image
 from biplanar.io.volumes import write_volume
 from biplanar.layers.warp import SpatialTransformer
 from biplanar.models.network import AtlasRegistrationNet
-from biplanar.registration import OUTPUT_FILES, register
+from biplanar.registration import OUTPUT_FILES, register, warped_atlas_hu, warped_atlas_labels
 from biplanar.training import checkpoints
 from biplanar.training.checkpoints import capture_rng_state, export_model, load_checkpoint, save_checkpoint
 
@@ -103,6 +103,21 @@ def test_displacement_file_reproduces_the_warped_labels(result):
     np.testing.assert_array_equal(np.asarray(warped.dataobj), expected.astype(np.uint8))
     warped_atlas = nib.load(result.out_dir / "warped_atlas.nii.gz")
     assert warped_atlas.get_data_dtype() == np.float32 and warped_atlas.shape == atlas.grid.shape
+
+
+def test_warped_atlas_hu_and_labels_pull_by_one_voxel_with_border_padding():
+    """A constant displacement of one voxel step along i: warped[i] = atlas[i + 1], and the last slice
+    of the CT takes the border HU (warped_atlas.nii.gz's padding), not 0 HU."""
+    atlas = load_atlas("tiny")
+    step_world = torch.tensor(atlas.grid.affine[:3, 0], dtype=torch.float32)  # world mm of voxel (1, 0, 0)
+    displacement = step_world[None, :, None, None, None].expand(1, 3, *atlas.grid.shape).contiguous()
+    warped_hu = warped_atlas_hu(atlas, displacement)
+    assert warped_hu.shape == (1, 1, *atlas.grid.shape) and warped_hu.dtype == torch.float32
+    np.testing.assert_allclose(warped_hu[0, 0, :-1].numpy(), atlas.ct_hu[1:], atol=1e-2)
+    np.testing.assert_allclose(warped_hu[0, 0, -1].numpy(), atlas.ct_hu[-1], atol=1e-2)
+    labels = warped_atlas_labels(atlas, displacement)
+    assert labels.dtype == np.uint8 and labels.shape == atlas.grid.shape
+    np.testing.assert_array_equal(labels[:-1], atlas.labels[1:])
 
 
 def test_transform_matrix_is_rebuilt_from_its_parameters(result):

@@ -230,6 +230,12 @@ def train_pose(
                    f"checkpoints in {out}")
 
 
+class CorrectionMethod(str, Enum):
+    opt_gc = "opt-gc"
+    opt_ncc = "opt-ncc"
+    opt_ngi = "opt-ngi"
+
+
 @app.command()
 def register(
     geometry: Path = typer.Option(..., help="geometry.json with views AP and LAT."),
@@ -242,13 +248,19 @@ def register(
     lat_mask: Path | None = typer.Option(None, help="2D femur mask of the LAT radiograph."),
     truth_labels: Path | None = typer.Option(None, help="True femur labels on the atlas grid: adds Dice, ASSD..."),
     refine: int = typer.Option(0, min=0, help="Test-time optimisation iterations after the network (0: none)."),
+    estimate_pose: bool = typer.Option(False, "--estimate-pose",
+                                       help="Before the network, correct each view's angle by a rigid registration "
+                                            "of the atlas to its radiograph; writes geometry_corrected.json."),
+    pose_method: CorrectionMethod = typer.Option(CorrectionMethod.opt_gc,
+                                                 help="Similarity of --estimate-pose's search."),
 ) -> None:
     """Register the atlas to two calibrated radiographs; writes the outputs of CONTRACT section 6."""
     with _reporting_errors():
         from biplanar.registration import register as run_registration
 
         result = run_registration(geometry, ap, lat, out, model, atlas_dir=atlas, ap_mask_path=ap_mask,
-                                  lat_mask_path=lat_mask, truth_labels_path=truth_labels, refine=refine)
+                                  lat_mask_path=lat_mask, truth_labels_path=truth_labels, refine=refine,
+                                  estimate_pose=estimate_pose, pose_method=pose_method.value)
         scores = {key: result.report[key] for key in ("dice", "assd_mm") if result.report.get(key) is not None}
         summary = ", ".join(f"{key} {value:.3f}" for key, value in scores.items())
         typer.echo(f"wrote {out} in {result.report['timings_s']['total']:.1f} s" + (f" ({summary})" if summary else ""))

@@ -130,7 +130,7 @@ class ExperimentConfig:
 
     @classmethod
     def from_dict(cls, document: Any, source: str = "config") -> ExperimentConfig:
-        return _build(cls, document, source)
+        return build_dataclass(cls, document, source)
 
 
 _CHOICES = {
@@ -154,8 +154,22 @@ def _validate(config: ExperimentConfig) -> None:
         raise InputError("config: local.decoder_features: needs more entries than local.encoder_features")
 
 
-def _build(cls: type, document: Any, where: str) -> Any:
-    """Build a (nested) dataclass from a mapping, naming the field on any error."""
+def build_dataclass(cls: type, document: Any, where: str) -> Any:
+    """Build a (nested) frozen config dataclass from a YAML mapping, checking every field.
+
+    Args:
+        cls: the dataclass; every field has a default (its type is read from the default).
+        document: the mapping (e.g. ``yaml.safe_load`` of a config file); missing fields keep
+            their defaults.
+        where: what ``document`` is (a file name, ``"<file>: config"``), the start of every message.
+
+    Returns:
+        ``cls(**values)``, nested dataclasses built the same way.
+
+    Raises:
+        InputError: ``document`` is not a mapping, or a field is unknown or of the wrong type
+            (the message names the field as ``where.section.name``).
+    """
     if not isinstance(document, dict):
         raise InputError(f"{where}: expected a mapping")
     fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -171,7 +185,7 @@ def _build(cls: type, document: Any, where: str) -> Any:
 def _coerce(default: Any, value: Any, where: str) -> Any:
     """``value`` checked against the type of the field's ``default``."""
     if dataclasses.is_dataclass(default):
-        return _build(type(default), value, where)
+        return build_dataclass(type(default), value, where)
     if isinstance(default, tuple):
         if not isinstance(value, (list, tuple)):
             raise InputError(f"{where}: expected a list, got {value!r}")

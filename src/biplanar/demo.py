@@ -131,11 +131,11 @@ def run_demo(out_dir: str | Path = DEFAULT_OUT_DIR, model_path: str | Path | Non
         InputError: a non-empty ``out_dir``, a bad checkpoint, or no bundled model; a failed demo
             removes what it wrote.
     """
-    from biplanar.registration import _check_out_dir
+    from biplanar.registration import require_empty_out_dir
 
     started = time.perf_counter()
     out_dir = Path(out_dir)
-    _check_out_dir(out_dir)
+    require_empty_out_dir(out_dir)
     if model_path is None:
         from biplanar.training.checkpoints import bundled_model_path
 

@@ -6,6 +6,11 @@ also be the model's), optional 2D femur masks (the network was trained on radiog
 checkpoint (default: the bundled model), optionally another atlas folder on the model's atlas grid,
 optionally the true femur labels (on the atlas grid) to score the result.
 
+With ``estimate_pose`` the views' calibration is corrected before the network runs
+(:func:`correct_calibration`): for each view alone, a rotation of the atlas about that view's
+isocentre (3 DoF, :func:`biplanar.pose.estimate.estimate_view_rotations`) that best matches the
+radiograph, the model of an erroneous C-arm angle; the network then sees the corrected views.
+
 With ``refine = N > 0`` the network's transform is refined by ``N`` Adam steps of test-time
 intensity registration (:mod:`biplanar.optimisation.intensity_registration`) before anything is
 written.
@@ -28,7 +33,11 @@ to ``out_dir`` once complete, so a failure leaves nothing behind:
                           refine: iterations, time_s, projection_ncc_before/after and
                           objective_before/after (the refinement objective's own NCC, whole atlas
                           DRR x soft femur mask, see :mod:`biplanar.optimisation.intensity_registration`),
-                          hip_before, and with truth labels metrics_before (the network's result's)
+                          hip_before, and with truth labels metrics_before (the network's result's);
+                          with estimate_pose, pose_correction (:func:`correct_calibration`)
+    geometry_corrected.json
+                          with estimate_pose only: the corrected AP and LAT views (projection
+                          matrices), the geometry the network was given
 """
 
 from __future__ import annotations
@@ -39,22 +48,27 @@ import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from biplanar.errors import InputError
-from biplanar.geometry.geometry_file import read_geometry, require_views
+from biplanar.geometry.geometry_file import read_geometry, require_views, write_geometry
 from biplanar.geometry.projection import ProjectionView
 from biplanar.io.images import read_image
 from biplanar.io.json_files import write_json
 from biplanar.io.volumes import read_volume, write_volume
 
+if TYPE_CHECKING:
+    from biplanar.geometry.volume_grid import VolumeGrid
+    from biplanar.pose.baselines import OptimisationConfig
+
 VIEW_NAMES = ("AP", "LAT")
 OUTPUT_FILES = ("warped_atlas.nii.gz", "warped_labels.nii.gz", "displacement.nii.gz", "transform.json",
                 "surface.stl", "overlay_AP.png", "overlay_LAT.png", "report.json")
+CORRECTED_GEOMETRY = "geometry_corrected.json"
 FEMUR_LABEL = 1
 PARTIAL_SUFFIX = ".partial"
 TRANSFORM_CONVENTION = (
@@ -87,8 +101,15 @@ def _stage(progress: bool, message: str) -> None:
         print(f"register: {message}", file=sys.stderr, flush=True)
 
 
-def _check_out_dir(out_dir: Path) -> None:
-    """Refuse an ``out_dir`` that is a file or a non-empty folder (results are never overwritten)."""
+def require_empty_out_dir(out_dir: Path) -> None:
+    """Refuse an output folder that is a file or a non-empty folder (results are never overwritten).
+
+    Args:
+        out_dir: the folder a command will create (or fill, when it exists and is empty).
+
+    Raises:
+        InputError: ``out_dir`` is a file or a folder with something in it.
+    """
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise InputError(f"{out_dir}: already exists and is not an empty folder (will not overwrite)")
 
@@ -150,6 +171,66 @@ def _load_atlas(atlas_dir: Path | None, network):
     return atlas
 
 
+def correct_calibration(atlas_mu: Tensor, grid: VolumeGrid, radiographs: dict[str, np.ndarray],
+                        views: dict[str, ProjectionView], method: str = "opt-gc",
+                        config: OptimisationConfig | None = None,
+                        progress: bool = False) -> tuple[dict[str, ProjectionView], dict[str, Any]]:
+    """Correct each view's calibration by a rigid registration of the atlas to its radiograph.
+
+    For each view alone, the rotation ``A_v`` of the atlas about the view's isocentre (3 DoF,
+    translations fixed) that best matches the radiograph
+    (:func:`biplanar.pose.estimate.estimate_view_rotations`); the corrected view is ``P_v A_v``.
+    It models an erroneous C-arm angle: rotating the C-arm by ``Q`` about the isocentre projects
+    as rotating the atlas by ``Q^-1``. It also absorbs what the atlas and the patient differ by
+    in rotation as seen from that view.
+
+    ``register`` passes the radiographs as given (``--ap`` / ``--lat``), not multiplied by the
+    masks. Measured on ``data/lite_heldout`` cases 0-2 with the LAT view stated at 95 deg (true 90)
+    and the default search: on the unmasked radiographs Opt-GC put the LAT view back to 89.9-90.8
+    deg and left AP within 0.7 deg of 0; on the masked radiographs it ran away (LAT 117-130 deg,
+    AP 6-11 deg) and the network's Dice dropped by 0.001-0.013: the atlas DRR holds the soft
+    tissue that a masked radiograph lacks.
+
+    Args:
+        atlas_mu: ``(1, 1, I, J, K)`` atlas attenuation, 1/mm, on ``grid`` (``hu_to_mu`` of the atlas CT).
+        grid: the atlas grid (:class:`~biplanar.geometry.volume_grid.VolumeGrid`).
+        radiographs: ``{"AP": image, "LAT": image}``, each ``(rows, cols)`` float32 line integrals.
+        views: ``{"AP": view, "LAT": view}``, the stated calibration.
+        method: ``opt-gc``, ``opt-ncc`` or ``opt-ngi`` (:data:`biplanar.pose.baselines.METHODS`).
+        config: the search's :class:`~biplanar.pose.baselines.OptimisationConfig` (default: its defaults).
+        progress: print each search stage on stderr.
+
+    Returns:
+        the corrected views, and ``report.json``'s ``pose_correction``: ``method``, ``mode``
+        (``per_view``), ``time_s``, and per view ``rotation_deg`` (the atlas rotation ``A_v`` as
+        ``(rx, ry, rz)``, ``R = Rx Ry Rz``, degrees), ``angle_deg`` (its total angle),
+        ``carm_angles_deg`` ``stated`` / ``corrected`` (LAO/RAO and cranio-caudal angles read from
+        the matrices, degrees), ``similarity`` (the search's final similarity).
+    """
+    from biplanar.evaluation.evaluate import view_angles_deg
+    from biplanar.pose.baselines import METHODS
+    from biplanar.pose.estimate import compose_view, estimate_view_rotations
+
+    if method not in METHODS:
+        raise InputError(f"pose method: expected one of {', '.join(METHODS)}, got {method!r}")
+    started = time.perf_counter()
+    images = {name: torch.from_numpy(radiographs[name]).to(atlas_mu.device) for name in VIEW_NAMES}
+    estimates = estimate_view_rotations(atlas_mu, grid, images, {name: views[name] for name in VIEW_NAMES}, method,
+                                        config, progress=(lambda line: _stage(progress, f"pose: {line}")))
+    corrected = {name: compose_view(views[name], estimates[name].matrix) for name in VIEW_NAMES}
+    per_view = {}
+    for name, estimate in estimates.items():
+        rotation = estimate.matrix[:3, :3].double().cpu()
+        cosine = float(((torch.trace(rotation) - 1.0) / 2.0).clamp(-1.0, 1.0))
+        per_view[name] = {"rotation_deg": torch.rad2deg(estimate.params[:3].double()).tolist(),
+                          "angle_deg": float(np.degrees(np.arccos(cosine))),
+                          "carm_angles_deg": {"stated": list(view_angles_deg(views[name])),
+                                              "corrected": list(view_angles_deg(corrected[name]))},
+                          "similarity": estimate.similarity}
+    return corrected, {"method": method, "mode": "per_view", "time_s": time.perf_counter() - started,
+                       "views": per_view}
+
+
 def transform_document(params: Tensor, matrix: Tensor, centre_world: Tensor) -> dict[str, Any]:
     """``transform.json``'s contents.
 
@@ -190,18 +271,43 @@ def _truth_metrics(truth: np.ndarray, warped_labels: np.ndarray, atlas) -> dict[
     return {key: float(value) if np.isfinite(value) else None for key, value in metrics.items()}
 
 
-def _warped_labels(atlas, displacement: Tensor) -> np.ndarray:
-    """``(I, J, K)`` uint8: the atlas labels pulled by ``displacement`` ``(1, 3, I, J, K)`` mm (nearest)."""
+def warped_atlas_labels(atlas, displacement: Tensor) -> np.ndarray:
+    """The atlas label map warped by a displacement (nearest neighbour), as ``warped_labels.nii.gz``.
+
+    Args:
+        atlas: an :class:`~biplanar.data.atlas.Atlas` (``labels`` ``(I, J, K)``, ``grid``).
+        displacement: ``(1, 3, I, J, K)`` mm, world components, on the atlas grid (pull:
+            warped(p) = labels(p + displacement(p))).
+
+    Returns:
+        ``(I, J, K)`` uint8 labels on the atlas grid.
+    """
     from biplanar.layers.warp import warp_labels
 
     atlas_labels = torch.from_numpy(atlas.labels.astype(np.int64))[None, None].to(displacement.device)
     return warp_labels(atlas_labels, displacement, atlas.grid, "nearest")[0, 0].cpu().numpy().astype(np.uint8)
 
 
-def _refine(network, config, output, radiographs: Tensor, views: dict[str, ProjectionView], masked: bool,
-            iterations: int, progress: bool):
-    """Refine the network's ``output`` by test-time optimisation; return the refined output (the
-    fields :func:`_write_volumes` and :func:`_write_projections` read) and the optimisation record."""
+def refine_output(network, config, output, radiographs: Tensor, views: dict[str, ProjectionView], masked: bool,
+                  iterations: int, progress: bool):
+    """Refine the network's output by test-time intensity registration
+    (:func:`biplanar.optimisation.refine_registration`).
+
+    Args:
+        network: the :class:`~biplanar.models.network.AtlasRegistrationNet` that made ``output``.
+        config: its :class:`~biplanar.config.ExperimentConfig` (smoothness weight, integration steps).
+        output: the network's :class:`~biplanar.models.network.RegistrationOutput` (batch of 1).
+        radiographs: ``(1, 2, rows, cols)`` the network's inputs, AP then LAT, on its device.
+        views: ``{"AP": view, "LAT": view}``, the views the network was given.
+        masked: whether ``radiographs`` are masked (the objective compares the femur DRR only then).
+        iterations: Adam steps.
+        progress: show a progress bar.
+
+    Returns:
+        the refined output (the fields :func:`_write_volumes` and :func:`_write_projections` read:
+        params, matrices, velocity, displacements, warped images and labels) and the optimisation
+        record (:class:`~biplanar.optimisation.RefinementResult`).
+    """
     from biplanar.layers.warp import affine_displacement
     from biplanar.optimisation import ProjectionObjective, RefineSettings, refine_registration
 
@@ -222,13 +328,41 @@ def _refine(network, config, output, radiographs: Tensor, views: dict[str, Proje
     return refined, result
 
 
-def _hip_report(atlas, displacement: Tensor) -> dict[str, Any]:
-    """Hip measurements of the atlas landmarks carried through ``displacement`` ``(1, 3, I, J, K)`` mm,
-    and the carried landmarks."""
+def hip_report(atlas, displacement: Tensor) -> dict[str, Any]:
+    """Hip measurements of the atlas landmarks carried through a displacement, as ``report.json``'s ``hip``.
+
+    Args:
+        atlas: an :class:`~biplanar.data.atlas.Atlas` (``landmarks``, ``grid``).
+        displacement: ``(1, 3, I, J, K)`` mm, world components, on the atlas grid (pull).
+
+    Returns:
+        the measurements of :func:`biplanar.evaluation.hip.hip_measurements` and ``"landmarks"``:
+        the carried landmarks (world mm).
+    """
     from biplanar.evaluation.hip import carry_landmarks, hip_measurements, with_condylar_axis
 
     carried = carry_landmarks(with_condylar_axis(atlas.landmarks), displacement, atlas.grid)
     return {**hip_measurements(carried), "landmarks": carried}
+
+
+def warped_atlas_hu(atlas, displacement: Tensor) -> Tensor:
+    """The atlas CT warped by a displacement, as ``warped_atlas.nii.gz``.
+
+    Outside the atlas box the warp takes the nearest border HU (surrounding tissue), not 0 HU.
+
+    Args:
+        atlas: an :class:`~biplanar.data.atlas.Atlas` (``ct_hu`` ``(I, J, K)``, ``grid``).
+        displacement: ``(1, 3, I, J, K)`` mm, world components, on the atlas grid (pull:
+            warped(p) = atlas(p + displacement(p))).
+
+    Returns:
+        ``(1, 1, I, J, K)`` float32 HU on the atlas grid, on ``displacement``'s device.
+    """
+    from biplanar.layers.warp import SpatialTransformer
+
+    displacement = displacement.float()
+    atlas_hu = torch.from_numpy(atlas.ct_hu).float()[None, None].to(displacement.device)  # (1, 1, I, J, K)
+    return SpatialTransformer(atlas.grid, padding_mode="border").to(displacement.device)(atlas_hu, displacement)
 
 
 def _write_volumes(folder: Path, output, network, atlas) -> np.ndarray:
@@ -238,14 +372,11 @@ def _write_volumes(folder: Path, output, network, atlas) -> np.ndarray:
         the warped labels, ``(I, J, K)`` uint8 on the atlas grid.
     """
     from biplanar.io.mesh import label_surface, write_stl
-    from biplanar.layers.warp import SpatialTransformer
 
     grid = atlas.grid
     displacement = output.total_displacement.float()  # (1, 3, I, J, K) mm, world components
-    atlas_hu = torch.from_numpy(atlas.ct_hu).float()[None, None].to(displacement.device)
-    # Outside the atlas box the nearest border HU (surrounding tissue), not 0 HU.
-    warped_hu = SpatialTransformer(grid, padding_mode="border").to(displacement.device)(atlas_hu, displacement)
-    warped_labels = _warped_labels(atlas, displacement)
+    warped_hu = warped_atlas_hu(atlas, displacement)
+    warped_labels = warped_atlas_labels(atlas, displacement)
     write_volume(folder / "warped_atlas.nii.gz", warped_hu[0, 0].cpu().numpy(), grid)
     write_volume(folder / "warped_labels.nii.gz", warped_labels, grid)
     # (1, 3, I, J, K) -> (I, J, K, 1, 3): NIfTI vector layout, components (x, y, z) last.
@@ -283,20 +414,22 @@ def _write_projections(folder: Path, output, network, warped_labels: np.ndarray,
     return ncc
 
 
-def _synchronise(device: torch.device) -> None:
-    """Wait for the device's queued work (timings of CUDA work)."""
+def synchronise(device: torch.device) -> None:
+    """Wait for the device's queued work, so that a wall-clock reading covers it (no-op on the CPU)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def _default_device() -> torch.device:
+def default_device() -> torch.device:
+    """CUDA when available, else the CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def register(geometry_path: str | Path, ap_path: str | Path, lat_path: str | Path, out_dir: str | Path,
              model_path: str | Path | None = None, atlas_dir: str | Path | None = None,
              ap_mask_path: str | Path | None = None, lat_mask_path: str | Path | None = None,
-             truth_labels_path: str | Path | None = None, refine: int = 0,
+             truth_labels_path: str | Path | None = None, refine: int = 0, estimate_pose: bool = False,
+             pose_method: str = "opt-gc", pose_config: OptimisationConfig | None = None,
              device: str | torch.device | None = None, progress: bool = True) -> RegistrationReport:
     """Register the atlas to an AP + LAT pair of radiographs and write the outputs (module doc).
 
@@ -312,6 +445,11 @@ def register(geometry_path: str | Path, ap_path: str | Path, lat_path: str | Pat
             radiograph x (mask > 0). Without them the radiographs are used as they are (a warning).
         truth_labels_path: true label map (1 = femur) on the atlas grid, to score the result.
         refine: test-time refinement iterations (0: the network's output as it is).
+        estimate_pose: correct each view's calibration before the network (:func:`correct_calibration`
+            on the radiographs as given); writes ``geometry_corrected.json`` and ``pose_correction``.
+        pose_method: the correction's similarity: ``opt-gc``, ``opt-ncc`` or ``opt-ngi``.
+        pose_config: the correction's :class:`~biplanar.pose.baselines.OptimisationConfig`
+            (default: its defaults).
         device: where to run the network (default: CUDA if available, else CPU).
         progress: print the stages on stderr.
 
@@ -328,10 +466,10 @@ def register(geometry_path: str | Path, ap_path: str | Path, lat_path: str | Pat
         raise InputError(f"refine: expected >= 0 iterations, got {refine}")
     started = time.perf_counter()
     out_dir = Path(out_dir)
-    _check_out_dir(out_dir)
+    require_empty_out_dir(out_dir)
     _stage(progress, "loading the model, atlas and images")
     model_path = bundled_model_path() if model_path is None else model_path
-    network, config = load_model(model_path, device or _default_device())
+    network, config = load_model(model_path, device or default_device())
     atlas = _load_atlas(None if atlas_dir is None else Path(atlas_dir), network)
     views = _read_views(Path(geometry_path), atlas.grid.centre_world, config.geometry.image_shape)
     raw, inputs = _read_radiographs({"AP": Path(ap_path), "LAT": Path(lat_path)},
@@ -341,22 +479,28 @@ def register(geometry_path: str | Path, ap_path: str | Path, lat_path: str | Pat
     device = network.atlas_mu.device
     radiographs = torch.stack([torch.from_numpy(inputs[name]) for name in VIEW_NAMES])[None].to(device)
     times = {"load": time.perf_counter() - started}
+    correction = {}
+    if estimate_pose:
+        _stage(progress, f"correcting the view calibration ({pose_method}, per view)")
+        views, correction = correct_calibration(network.atlas_mu, network.grid, raw, views, pose_method,
+                                                pose_config, progress)
+        times["pose_correction"] = correction["time_s"]
 
     _stage(progress, "running the network")
     masked = ap_mask_path is not None
     with torch.no_grad():
         output = network.eval()(radiographs, [(views["AP"], views["LAT"])])
-        _synchronise(device)
-        times["network"] = time.perf_counter() - started - times["load"]
+        synchronise(device)
+        times["network"] = time.perf_counter() - started - sum(times.values())
         refinement = {}
         if refine > 0:
             _stage(progress, f"refining ({refine} iterations)")
-            before = None if truth is None else _truth_metrics(truth, _warped_labels(atlas, output.total_displacement),
-                                                               atlas)
-            hip_before = _hip_report(atlas, output.total_displacement)
+            before = None if truth is None else _truth_metrics(
+                truth, warped_atlas_labels(atlas, output.total_displacement), atlas)
+            hip_before = hip_report(atlas, output.total_displacement)
             hip_before.pop("landmarks")
-            output, record = _refine(network, config, output, radiographs, views, masked, refine, progress)
-            _synchronise(device)
+            output, record = refine_output(network, config, output, radiographs, views, masked, refine, progress)
+            synchronise(device)
             times["refine"] = record.time_s
             refinement = {"refine": {"iterations": refine, "time_s": record.time_s,
                                      "projection_ncc_before": record.ncc_before,
@@ -374,8 +518,9 @@ def register(geometry_path: str | Path, ap_path: str | Path, lat_path: str | Pat
             ncc = _write_projections(partial, output, network, warped_labels, raw, inputs, views)
             report = {"timings_s": times, "projection_ncc": ncc,
                       **({} if truth is None else _truth_metrics(truth, warped_labels, atlas)),
-                      "hip": _hip_report(atlas, output.total_displacement),
+                      "hip": hip_report(atlas, output.total_displacement),
                       **refinement,
+                      **({"pose_correction": correction} if estimate_pose else {}),
                       "inputs": {"geometry": str(geometry_path), "AP": str(ap_path), "LAT": str(lat_path),
                                  "masked": masked, "model": str(model_path),
                                  "atlas": str(atlas_dir or f"shipped {config.geometry.grid_preset}"),
@@ -383,6 +528,8 @@ def register(geometry_path: str | Path, ap_path: str | Path, lat_path: str | Pat
                       "device": str(device)}
             times["writing"] = time.perf_counter() - written
             times["total"] = time.perf_counter() - started
+            if estimate_pose:
+                write_geometry(partial / CORRECTED_GEOMETRY, views)
             write_json(partial / "report.json", report)
             _publish(partial, out_dir)
         finally:
@@ -393,7 +540,7 @@ def register(geometry_path: str | Path, ap_path: str | Path, lat_path: str | Pat
 
 def _publish(partial: Path, out_dir: Path) -> None:
     """Rename the finished ``partial`` folder to ``out_dir`` (which may exist only as an empty folder)."""
-    _check_out_dir(out_dir)
+    require_empty_out_dir(out_dir)
     if out_dir.exists():
         out_dir.rmdir()
     os.rename(partial, out_dir)

@@ -229,10 +229,10 @@ def test_trainer_bad_input(config: SopiConfig, tmp_path: Path) -> None:
 def test_cli_train_pose(tmp_path: Path, config: SopiConfig) -> None:
     import yaml
 
-    from biplanar.training.trainer import _plain
+    from biplanar.training.trainer import yaml_ready
 
     path = tmp_path / "sopi.yaml"
-    path.write_text(yaml.safe_dump(_plain(config.to_dict())))
+    path.write_text(yaml.safe_dump(yaml_ready(config.to_dict())))
     runner = CliRunner()
     result = runner.invoke(app, ["train-pose", "--config", str(path), "--out", str(tmp_path / "run"),
                                  "--network", "rtpi", "--max-steps", "1"])

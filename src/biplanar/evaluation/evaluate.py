@@ -156,24 +156,21 @@ class CaseScorer:
     """Scores warps of one atlas against a case's truth.
 
     Args:
-        atlas: the :class:`~biplanar.data.atlas.Atlas` the network registers.
-        device: where the warps run.
+        atlas: the :class:`~biplanar.data.atlas.Atlas` the network registers (the warps run on
+            the displacement's device).
     """
 
-    def __init__(self, atlas, device: torch.device) -> None:
-        from biplanar.layers.warp import SpatialTransformer
-
+    def __init__(self, atlas) -> None:
         self.atlas = atlas
         self.spacing_mm = tuple(float(s) for s in atlas.grid.spacing_mm)
-        self.atlas_hu = torch.from_numpy(atlas.ct_hu).float()[None, None].to(device)  # (1, 1, I, J, K) HU
-        # Outside the atlas box the nearest border HU, as register warps warped_atlas.nii.gz.
-        self.hu_transformer = SpatialTransformer(atlas.grid, padding_mode="border").to(device)
 
     def warped_mu(self, displacement: Tensor) -> np.ndarray:
-        """``(I, J, K)`` atlas attenuation (1/mm) warped by ``displacement`` ``(1, 3, I, J, K)`` mm."""
+        """``(I, J, K)`` atlas attenuation (1/mm) warped by ``displacement`` ``(1, 3, I, J, K)`` mm,
+        as ``register`` warps ``warped_atlas.nii.gz``."""
         from biplanar.physics.attenuation import hu_to_mu
+        from biplanar.registration import warped_atlas_hu
 
-        return hu_to_mu(self.hu_transformer(self.atlas_hu, displacement))[0, 0].cpu().numpy()
+        return hu_to_mu(warped_atlas_hu(self.atlas, displacement))[0, 0].cpu().numpy()
 
     def score(self, displacement: Tensor, truth_labels: np.ndarray, truth_mu: np.ndarray,
               subject: dict[str, Any]) -> dict[str, float]:
@@ -186,9 +183,9 @@ class CaseScorer:
             subject: the case's ``subject.json`` document (true femur parameters and landmarks).
         """
         from biplanar.evaluation.metrics import image_ssim, segmentation_metrics
-        from biplanar.registration import _warped_labels
+        from biplanar.registration import warped_atlas_labels
 
-        predicted = _warped_labels(self.atlas, displacement) == FEMUR_LABEL
+        predicted = warped_atlas_labels(self.atlas, displacement) == FEMUR_LABEL
         scores = segmentation_metrics(predicted, truth_labels, self.spacing_mm)
         data_range = float(truth_mu.max() - truth_mu.min())
         scores["ssim"] = image_ssim(self.warped_mu(displacement), truth_mu, data_range)
@@ -198,14 +195,23 @@ class CaseScorer:
         """Errors of the hip measurements of the atlas landmarks carried by ``displacement``
         (as ``register`` reports them) against the subject's truth, keys prefixed ``hip_``."""
         from biplanar.evaluation.hip import hip_errors
-        from biplanar.registration import _hip_report
+        from biplanar.registration import hip_report
 
-        errors = hip_errors(_hip_report(self.atlas, displacement), subject)
+        errors = hip_errors(hip_report(self.atlas, displacement), subject)
         return {f"hip_{name}": float(value) for name, value in errors.items()}
 
 
-def _network_inputs(sample: dict[str, Any], device: torch.device) -> tuple[Tensor, tuple[ProjectionView, ...]]:
-    """``(1, 2, rows, cols)`` masked radiographs and the ``(AP, LAT)`` views of a dataset sample."""
+def network_inputs(sample: dict[str, Any], device: torch.device) -> tuple[Tensor, tuple[ProjectionView, ...]]:
+    """A dataset sample's network inputs.
+
+    Args:
+        sample: a :mod:`biplanar.data.datasets` sample (``radiographs`` ``(2, rows, cols)`` float32,
+            AP then LAT; ``projection_matrices`` ``(2, 3, 4)``).
+        device: where the radiographs go.
+
+    Returns:
+        ``(1, 2, rows, cols)`` radiographs on ``device`` and the ``(AP, LAT)`` views.
+    """
     radiographs = sample["radiographs"][None].to(device)
     shape = tuple(sample["radiographs"].shape[1:])
     views = tuple(ProjectionView(matrix.numpy(), shape, name)
@@ -225,7 +231,7 @@ def run_stages(network, config, radiographs: Tensor, views: tuple[ProjectionView
         refine: test-time refinement iterations (0: no ``refined`` stage).
     """
     from biplanar.layers.warp import affine_displacement
-    from biplanar.registration import _refine
+    from biplanar.registration import refine_output
 
     with network_stage_times() as times, torch.no_grad():
         output = network(radiographs, [views])
@@ -233,8 +239,8 @@ def run_stages(network, config, radiographs: Tensor, views: tuple[ProjectionView
               "affine+local": StageResult(output.total_displacement, times[0].total_s)}
     if refine > 0:
         started = time.perf_counter()
-        refined, _ = _refine(network, config, output, radiographs, dict(zip(VIEW_NAMES, views)), masked=True,
-                             iterations=refine, progress=False)
+        refined, _ = refine_output(network, config, output, radiographs, dict(zip(VIEW_NAMES, views)),
+                                   masked=True, iterations=refine, progress=False)
         _synchronise()
         stages[REFINED_STAGE] = StageResult(refined.total_displacement,
                                             times[0].total_s + time.perf_counter() - started)
@@ -262,7 +268,7 @@ def _case_rows(index: int, dataset, network, config, scorer: CaseScorer, refine:
     from biplanar.physics.attenuation import hu_to_mu
 
     sample = dataset[index]
-    radiographs, views = _network_inputs(sample, network.atlas_mu.device)
+    radiographs, views = network_inputs(sample, network.atlas_mu.device)
     stages = run_stages(network, config, radiographs, views, refine)
     truth_labels = sample["labels"][0].numpy() == FEMUR_LABEL
     truth_mu = hu_to_mu(sample["ct"][0]).numpy()
@@ -372,16 +378,16 @@ def evaluate(model_path: str | Path, data_dir: str | Path, out_dir: str | Path, 
             non-empty ``out_dir``, or ``refine`` / ``limit`` out of range.
     """
     from biplanar.data.atlas import load_atlas
-    from biplanar.registration import _check_out_dir, _default_device
+    from biplanar.registration import default_device, require_empty_out_dir
     from biplanar.training.checkpoints import load_model
 
     out_dir, data_dir = Path(out_dir), Path(data_dir)
     if refine < 0 or (limit is not None and limit < 1):
         raise InputError(f"refine >= 0 and limit >= 1 expected, got {refine} and {limit}")
-    _check_out_dir(out_dir)
-    network, config = load_model(model_path, device or _default_device())
+    require_empty_out_dir(out_dir)
+    network, config = load_model(model_path, device or default_device())
     dataset = _open_dataset(data_dir, split, config)
-    scorer = CaseScorer(load_atlas(config.geometry.grid_preset), network.atlas_mu.device)
+    scorer = CaseScorer(load_atlas(config.geometry.grid_preset))
     count = len(dataset) if limit is None else min(limit, len(dataset))
     rows: list[dict[str, Any]] = []
     with _progress(progress) as bar:
@@ -392,7 +398,7 @@ def evaluate(model_path: str | Path, data_dir: str | Path, out_dir: str | Path, 
     summary = summarise(rows)
     header = {"model": str(model_path), "data": str(data_dir), "split": split, "cases": count,
               "refine": refine, "device": str(network.atlas_mu.device)}
-    _check_out_dir(out_dir)
+    require_empty_out_dir(out_dir)
     atomic_write_text(out_dir / "cases.csv", rows_to_csv(rows))
     write_json(out_dir / "summary.json", {**header, "ssim": SSIM_DEFINITION, "time_s": TIME_DEFINITION,
                                          "stages": summary})

@@ -347,7 +347,7 @@ def run_experiments(out_dir: str | Path, budget: str, model_full: str | Path | N
     import torch
 
     from biplanar.experiments.report import ReportInputs, write_report
-    from biplanar.experiments.scoring import default_device
+    from biplanar.registration import default_device
 
     selected = get_budget(budget)
     if workers < 1:

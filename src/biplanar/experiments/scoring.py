@@ -26,8 +26,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from biplanar.geometry.projection import ProjectionView
+from biplanar.evaluation.evaluate import network_inputs
 from biplanar.models.projectors import ViewPair
+from biplanar.registration import synchronise, warped_atlas_labels
 
 METRICS = ("dice", "jaccard", "assd_mm", "hd95_mm")
 FEMUR_LABEL = 1
@@ -37,31 +38,10 @@ TOTAL_STAGE = "affine+local"  # stage name of a full transform, as in evaluate's
 VIEW_NAMES = ("AP", "LAT")
 
 
-def default_device() -> torch.device:
-    """CUDA when available, else the CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def _synchronise(device: torch.device) -> None:
-    """Wait for queued CUDA work so that a wall-clock reading covers it (no-op on the CPU)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def case_inputs(sample: dict[str, Any]) -> tuple[Tensor, ViewPair]:
-    """A dataset sample's ``(1, 2, rows, cols)`` radiographs (AP, LAT) and its ``(AP, LAT)`` views."""
-    shape = tuple(sample["radiographs"].shape[1:])
-    views = tuple(ProjectionView(matrix.numpy(), shape, name)
-                  for matrix, name in zip(sample["projection_matrices"], VIEW_NAMES))
-    return sample["radiographs"][None].float(), views
-
-
-def warped_atlas_labels(atlas, displacement: Tensor) -> np.ndarray:
-    """``(I, J, K)`` bool: the atlas femur pulled by ``displacement`` ``(1, 3, I, J, K)`` mm (nearest)."""
-    from biplanar.layers.warp import warp_labels
-
-    labels = torch.from_numpy(atlas.labels.astype(np.int64))[None, None].to(displacement.device)
-    return warp_labels(labels, displacement, atlas.grid, "nearest")[0, 0].cpu().numpy() == FEMUR_LABEL
+def warped_femur(atlas, displacement: Tensor) -> np.ndarray:
+    """``(I, J, K)`` bool: the atlas femur pulled by ``displacement`` ``(1, 3, I, J, K)`` mm (nearest),
+    as ``register`` warps ``warped_labels.nii.gz``."""
+    return warped_atlas_labels(atlas, displacement) == FEMUR_LABEL
 
 
 class NetworkPredictor:
@@ -86,7 +66,7 @@ class NetworkPredictor:
         """``(I, J, K)`` bool predicted femur from ``(1, 2, rows, cols)`` masked radiographs (AP, LAT)."""
         with torch.no_grad():
             output = self.network(radiographs.to(self.device), [views])
-        return warped_atlas_labels(self.atlas, output.total_displacement)
+        return warped_femur(self.atlas, output.total_displacement)
 
 
 class BaselinePredictor:
@@ -143,15 +123,15 @@ class OptimisationPredictor:
             integration_steps=self.config.local.integration_steps,
             num_samples=self.config.geometry.prost_samples, masked=True)
         result = refine_registration(objective, settings=self.settings, progress=False)
-        return warped_atlas_labels(self.atlas, result.total_displacement)
+        return warped_femur(self.atlas, result.total_displacement)
 
 
 def timed_labels(predictor, radiographs: Tensor, views: ViewPair) -> tuple[np.ndarray, float]:
     """``predictor.labels(radiographs, views)`` and its wall time, s."""
-    _synchronise(predictor.device)
+    synchronise(predictor.device)
     started = time.perf_counter()
     labels = predictor.labels(radiographs, views)
-    _synchronise(predictor.device)
+    synchronise(predictor.device)
     return labels, time.perf_counter() - started
 
 
@@ -179,7 +159,8 @@ def score_split(predictor, dataset, tick: Callable[[], None] | None = None) -> l
     rows = []
     for index in range(len(dataset)):
         sample = dataset[index]
-        predicted, seconds = timed_labels(predictor, *case_inputs(sample))
+        # inputs on the CPU: moving them to the device is part of the timed prediction
+        predicted, seconds = timed_labels(predictor, *network_inputs(sample, torch.device("cpu")))
         rows.append({"case": sample["subject_id"], "stage": predictor.stage,
                      **label_scores(predicted, truth_labels(sample), spacing), "time_s": seconds})
         if tick is not None:

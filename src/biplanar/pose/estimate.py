@@ -125,14 +125,38 @@ def correct_views(volume_mu: Tensor | np.ndarray, grid: VolumeGrid,
         estimate = run_baseline(method, volume_mu, grid, radiographs, views, initial_pose, config,
                                 progress=progress)
         return compose_views(views, estimate.matrix)
+    rotations = estimate_view_rotations(volume_mu, grid, radiographs, views, method, config, progress)
+    return {name: compose_view(view, rotations[name].matrix) for name, view in views.items()}
+
+
+def estimate_view_rotations(volume_mu: Tensor | np.ndarray, grid: VolumeGrid,
+                            radiographs: Mapping[str, Tensor | np.ndarray], views: Mapping[str, ProjectionView],
+                            method: str = "opt-gc", config: OptimisationConfig | None = None,
+                            progress: Callable[[str], None] | None = None) -> dict[str, PoseEstimate]:
+    """The ``per_view`` mode of :func:`correct_views`, with each view's estimate.
+
+    For each view alone, the rotation ``A_v`` (3 DoF, translations fixed) of the CT about that
+    view's isocentre (:func:`view_isocentre`) that best matches its radiograph; the corrected view
+    is ``compose_view(view, A_v.matrix)``.
+
+    Args:
+        volume_mu: ``(I, J, K)`` or ``(1, 1, I, J, K)`` CT (or atlas) attenuation, 1/mm, on ``grid``.
+        grid: its voxel grid.
+        radiographs: view name -> ``(rows, cols)`` radiograph.
+        views: view name -> calibrated view (same names).
+        method: an optimisation baseline of :data:`~biplanar.pose.baselines.METHODS`.
+        config: optimisation settings (default :class:`~biplanar.pose.baselines.OptimisationConfig`).
+        progress: called with a line of text after each stage.
+
+    Returns:
+        view name -> the estimate (``matrix`` ``(4, 4)`` float64 moving the CT; ``params`` about
+        the CT centre, whose rotation part is that of the rotation about the isocentre).
+    """
     rotation_only = (True, True, True, False, False, False)
-    corrected = {}
-    for name, view in views.items():
-        estimate = run_baseline(method, volume_mu, grid, {name: radiographs[name]}, {name: view}, None, config,
-                                free=rotation_only, rotation_centre_mm=view_isocentre(view, grid.centre_world),
-                                progress=progress)
-        corrected[name] = compose_view(view, estimate.matrix)
-    return corrected
+    return {name: run_baseline(method, volume_mu, grid, {name: radiographs[name]}, {name: view}, None, config,
+                               free=rotation_only, rotation_centre_mm=view_isocentre(view, grid.centre_world),
+                               progress=progress)
+            for name, view in views.items()}
 
 
 # --- estimation ---------------------------------------------------------------------------------

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset
 
 from biplanar.config import ExperimentConfig, load_config
 from biplanar.data.atlas import Atlas, load_atlas
@@ -50,27 +50,27 @@ from biplanar.models.projectors import ViewPair
 from biplanar.models.sdm import DeformationPCA, SDMNet
 from biplanar.optimisation.volume_registration import VolumeRegistrationSettings, register_volumes
 from biplanar.physics.attenuation import hu_to_mu
-from biplanar.training.checkpoints import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from biplanar.training.checkpoints import load_checkpoint, save_checkpoint
 from biplanar.training.distributed import DistributedContext
 from biplanar.training.losses import soft_dice
 from biplanar.training.trainer import (
-    BEST,
     LABEL_THRESHOLD,
     LAST,
     Batch,
-    TrainingInterrupted,
+    EpochRun,
+    StopSignals,
+    TrainingLogs,
     TrainResult,
-    _check_resumable,
-    _deterministic_algorithms,
-    _Logs,
-    _prepare_out_dir,
-    _seed_everything,
-    _StopSignals,
-    _with_epochs,
+    check_resumable,
     cosine_factor,
-    epoch_order,
+    deterministic_algorithms,
     make_batch,
     open_datasets,
+    optimisation_state,
+    prepare_run_dir,
+    restore_optimisation,
+    seed_everything,
+    with_epochs,
 )
 
 METHODS = ("kasten", "sdm")
@@ -283,48 +283,31 @@ def csv_fields(method: str) -> tuple[str, ...]:
 
 
 # --- the run ------------------------------------------------------------------------------------
-class _BaselineRun:
+class _BaselineRun(EpochRun):
     """One baseline training run: steps, validation, checkpoints, logs (see the module doc)."""
 
     def __init__(self, task: _KastenTask | _SDMTask, method: str, config: ExperimentConfig, out_dir: Path,
                  train_set: Dataset, val_set: Dataset, context: DistributedContext) -> None:
         self.task, self.method, self.config, self.out_dir, self.context = task, method, config, out_dir, context
         self.train_set, self.val_set = train_set, val_set
+        self.csv_fields = csv_fields(method)
         self.model = task.model.to(context.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.training.learning_rate)
         self.steps_per_epoch = math.ceil(len(train_set) / config.training.batch_size)
         total = self.steps_per_epoch * config.training.epochs
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: cosine_factor(step, total))
-        self.epoch = self.step_in_epoch = self.global_step = 0
-        self.best_metric, self.elapsed_s = -math.inf, 0.0
-        self.epoch_sums = {name: 0.0 for name in (*task.parts, "count")}
-        self.history: list[dict[str, float]] = []
-        self.step_losses: list[dict[str, float]] = []
-        self.started = self.last_save = time.monotonic()
+        super().__init__(task.parts)
 
     def state(self) -> dict[str, Any]:
-        return {"config": self.config.to_dict(), "model": self.model.state_dict(),
-                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "rng": capture_rng_state(), "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
-                "global_step": self.global_step, "world_size": 1, "best_metric": self.best_metric,
-                "elapsed_s": self.wall_s(), "epoch_sums": dict(self.epoch_sums), "history": list(self.history),
-                **self.task.checkpoint_extras()}
+        return {"config": self.config.to_dict(), **optimisation_state(self.model, self.optimizer, self.scheduler),
+                **self.progress_state(), "world_size": 1, **self.task.checkpoint_extras()}
 
     def restore(self, state: dict[str, Any], path: Path) -> None:
         for key, value in self.task.checkpoint_extras().items():
             if key not in ("method", "sdm") and state.get(key) != value:
                 raise InputError(f"{path}: {key} {state.get(key)} differs from this run's {value}")
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        restore_rng_state(state["rng"])
-        self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]
-        self.global_step, self.best_metric = state["global_step"], state["best_metric"]
-        self.elapsed_s, self.epoch_sums = state["elapsed_s"], dict(state["epoch_sums"])
-        self.history = list(state["history"])
-
-    def wall_s(self) -> float:
-        return self.elapsed_s + time.monotonic() - self.started
+        restore_optimisation(state, self.model, self.optimizer, self.scheduler)
+        self.restore_progress(state)
 
     def save(self, name: str = LAST) -> Path:
         self.last_save = time.monotonic()
@@ -332,6 +315,9 @@ class _BaselineRun:
 
     def batch(self, samples: list[dict[str, Any]]) -> Batch:
         return make_batch(samples, self.config.geometry.image_shape, self.context.device)
+
+    def description(self) -> str:
+        return f"{self.method} {super().description()}"
 
     def step(self, samples: list[dict[str, Any]]) -> dict[str, float]:
         """One optimizer step on ``samples``; returns the loss parts."""
@@ -342,34 +328,6 @@ class _BaselineRun:
         self.optimizer.step()
         self.scheduler.step()
         return {name: float(value.detach()) for name, value in parts.items()}
-
-    def train_epoch(self, signals: _StopSignals, max_steps: float, logs: _Logs) -> bool:
-        """Train the rest of :attr:`epoch`; ``False`` if stopped by ``max_steps`` (checkpoint written)."""
-        batch_size = self.config.training.batch_size
-        order = epoch_order(self.config.training.seed, self.epoch, len(self.train_set), self.context)
-        batches = iter(DataLoader(Subset(self.train_set, order[self.step_in_epoch * batch_size:]),
-                                  batch_size=batch_size, shuffle=False, collate_fn=list))
-        while self.step_in_epoch < self.steps_per_epoch:
-            if self.global_step >= max_steps:
-                self.save()
-                return False
-            parts = self.step(next(batches))
-            self.record_step(parts)
-            logs.step(self.global_step, parts, self.optimizer.param_groups[0]["lr"],
-                      f"{self.method} epoch {self.epoch + 1}/{self.config.training.epochs}")
-            if signals.requested:
-                raise TrainingInterrupted(self.save())
-            if time.monotonic() - self.last_save >= 60.0 * self.config.training.checkpoint_minutes:
-                self.save()
-        return True
-
-    def record_step(self, parts: dict[str, float]) -> None:
-        self.step_in_epoch += 1
-        self.global_step += 1
-        for name, value in parts.items():
-            self.epoch_sums[name] += value
-        self.epoch_sums["count"] += 1
-        self.step_losses.append({"step": self.global_step, **parts})
 
     @torch.no_grad()
     def validate(self) -> float:
@@ -382,35 +340,14 @@ class _BaselineRun:
             values.append(float(soft_dice((labels > LABEL_THRESHOLD).float(), batch.fixed_labels).mean()))
         return float(np.mean(values)) if values else math.nan
 
-    def end_epoch(self, logs: _Logs) -> None:
+    def end_epoch(self, logs: TrainingLogs) -> None:
         """Validate, log, keep ``best.pt``, write ``last.pt`` at the start of the next epoch."""
         dice = self.validate()
         count = max(self.epoch_sums["count"], 1.0)
         row = {"epoch": self.epoch + 1, "step": self.global_step, "lr": self.optimizer.param_groups[0]["lr"],
                **{f"train_{name}": self.epoch_sums[name] / count for name in self.task.parts},
                "val_dice": dice, "wall_s": self.wall_s()}
-        self.history.append(row)
-        self.epoch, self.step_in_epoch = self.epoch + 1, 0
-        self.epoch_sums = {name: 0.0 for name in self.epoch_sums}
-        if dice > self.best_metric:
-            self.best_metric = dice
-            self.save(BEST)
-        self.save(LAST)
-        logs.epoch(row)
-        self.write_csv()
-
-    def write_csv(self) -> None:
-        text = io.StringIO()
-        table = csv.DictWriter(text, fieldnames=csv_fields(self.method), lineterminator="\n")
-        table.writeheader()
-        table.writerows(self.history)
-        atomic_write_text(self.out_dir / "metrics.csv", text.getvalue())
-
-    def result(self) -> TrainResult:
-        best = self.out_dir / BEST
-        return TrainResult(self.out_dir, self.out_dir / LAST, best if best.is_file() else None, self.epoch,
-                           self.global_step, self.best_metric if math.isfinite(self.best_metric) else math.nan,
-                           list(self.history), list(self.step_losses))
+        self.close_epoch(row, dice, logs)
 
 
 def train_baseline(method: str, config: ExperimentConfig | str | Path, out_dir: str | Path,
@@ -440,19 +377,19 @@ def train_baseline(method: str, config: ExperimentConfig | str | Path, out_dir: 
         TrainingInterrupted: on Ctrl-C / SIGTERM, after writing ``last.pt``.
     """
     _check_method(method)
-    config = _with_epochs(config if isinstance(config, ExperimentConfig) else load_config(config), epochs)
+    config = with_epochs(config if isinstance(config, ExperimentConfig) else load_config(config), epochs)
     out_dir = Path(out_dir)
     train_set, val_set = open_datasets(config, data_dir, on_the_fly)
     context = DistributedContext(device=torch.device("cuda" if torch.cuda.is_available() else "cpu"))
-    _prepare_out_dir(config, out_dir, resume, context)
+    prepare_run_dir(config, out_dir, resume)
     state = None
     if resume:
         state = load_checkpoint(out_dir / LAST, context.device)
         if state.get("method") != method:
             raise InputError(f"{out_dir / LAST}: a {state.get('method', 'registration network')} run, not {method}")
-        _check_resumable(config, state, out_dir / LAST)
-    with _deterministic_algorithms():
-        _seed_everything(config.training.seed)
+        check_resumable(config, state, out_dir / LAST)
+    with deterministic_algorithms():
+        seed_everything(config.training.seed)
         atlas = load_atlas(config.geometry.grid_preset)
         if method == "kasten":
             task = _KastenTask(build_baseline(method, config, atlas))
@@ -462,8 +399,9 @@ def train_baseline(method: str, config: ExperimentConfig | str | Path, out_dir: 
         run = _BaselineRun(task, method, config, out_dir, train_set, val_set, context)
         if state is not None:
             run.restore(state, out_dir / LAST)
-        with _StopSignals() as signals, _Logs(out_dir, True, progress, run.steps_per_epoch * config.training.epochs,
-                                              run.global_step, run.global_step if resume else None) as logs:
+        logs = TrainingLogs(out_dir, True, progress, run.steps_per_epoch * config.training.epochs, run.global_step,
+                            run.global_step if resume else None)
+        with StopSignals() as signals, logs:
             while run.epoch < config.training.epochs:
                 if not run.train_epoch(signals, math.inf if max_steps is None else max_steps, logs):
                     break

@@ -27,9 +27,7 @@ two more keys: ``network`` (``rtpi`` / ``fine``) and ``kind`` (``sopi``).
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import math
 import time
 from dataclasses import dataclass, field
@@ -37,27 +35,29 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from biplanar.errors import InputError
 from biplanar.geometry.se3 import geodesic_direction, pose_errors
-from biplanar.io.atomic import atomic_write_text
 from biplanar.models.sopi import NETWORKS, SopiConfig, build_network, load_sopi_config
-from biplanar.training.checkpoints import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from biplanar.training.checkpoints import load_checkpoint, save_checkpoint
 from biplanar.training.pose_data import TRAIN_STREAM, VALIDATION_STREAM, PoseBatch, PosePairSimulator, project_mask
 from biplanar.training.pose_losses import RTPILoss, gradient_alignment_loss, masked_feature_distance
 from biplanar.training.trainer import (
+    BEST,
+    LAST,
+    StopSignals,
     TrainingInterrupted,
-    _deterministic_algorithms,
-    _Logs,
-    _plain,
-    _seed_everything,
-    _StopSignals,
+    TrainingLogs,
     cosine_factor,
+    deterministic_algorithms,
+    optimisation_state,
+    prepare_run_dir,
+    restore_optimisation,
+    seed_everything,
+    write_metrics_csv,
 )
 
 KIND = "sopi"
-LAST, BEST = "last.pt", "best.pt"
 TRAIN_PARTS = {"rtpi": ("total", "similarity", "mse", "regulariser"),
                "fine": ("total", "rotation", "translation", "cos_rotation", "cos_translation")}
 VAL_METRICS = {"rtpi": ("total", "similarity", "mse", "rotation_error_deg", "translation_error_mm"),
@@ -126,7 +126,7 @@ class _PoseRun:
     def __init__(self, config: SopiConfig, network: str, out_dir: Path, device: torch.device) -> None:
         self.config, self.network_name, self.out_dir, self.device = config, network, out_dir, device
         training = config.training
-        _seed_everything(training.seed)
+        seed_everything(training.seed)
         self.network = build_network(config, network).to(device)
         self.simulator = PosePairSimulator(config, device)
         self.loss = RTPILoss(config.loss)
@@ -145,17 +145,13 @@ class _PoseRun:
     # --- checkpoints ---------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
         return {"kind": KIND, "network": self.network_name, "config": self.config.to_dict(),
-                "model": self.network.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "rng": capture_rng_state(), "epoch": 0,
+                **optimisation_state(self.network, self.optimizer, self.scheduler), "epoch": 0,
                 "step_in_epoch": self.global_step, "global_step": self.global_step, "world_size": 1,
                 "best_metric": self.best_metric, "elapsed_s": self.wall_s(), "epoch_sums": dict(self.sums),
                 "history": list(self.history)}
 
     def restore(self, state: dict[str, Any]) -> None:
-        self.network.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        restore_rng_state(state["rng"])
+        restore_optimisation(state, self.network, self.optimizer, self.scheduler)
         self.global_step, self.best_metric = state["global_step"], state["best_metric"]
         self.elapsed_s, self.sums = state["elapsed_s"], dict(state["epoch_sums"])
         self.history = list(state["history"])
@@ -214,7 +210,7 @@ class _PoseRun:
         return {**values, "rotation_error_deg": float(rotation.mean()),
                 "translation_error_mm": float(translation.mean())}
 
-    def end_period(self, logs: _Logs) -> None:
+    def end_period(self, logs: TrainingLogs) -> None:
         """Validate, log a ``metrics.csv`` row, keep ``best.pt``, write ``last.pt``."""
         metrics = self.validate()
         count = max(self.sums["count"], 1.0)
@@ -228,14 +224,7 @@ class _PoseRun:
             self.save(BEST)
         self.save(LAST)
         logs.epoch(row)
-        self.write_csv()
-
-    def write_csv(self) -> None:
-        text = io.StringIO()
-        table = csv.DictWriter(text, fieldnames=csv_fields(self.network_name), lineterminator="\n")
-        table.writeheader()
-        table.writerows(self.history)
-        atomic_write_text(self.out_dir / "metrics.csv", text.getvalue())
+        write_metrics_csv(self.out_dir / "metrics.csv", csv_fields(self.network_name), self.history)
 
     def result(self) -> PoseTrainResult:
         best = self.out_dir / BEST
@@ -260,16 +249,6 @@ def _check_resumable(config: SopiConfig, network: str, state: dict[str, Any], pa
     theirs = SopiConfig.from_dict(state["config"], f"{path}: config")
     if _with_steps(theirs, config.training.steps) != config:
         raise InputError(f"{path}: the config differs from the checkpoint's (only training.steps may change)")
-
-
-def _prepare_out_dir(config: SopiConfig, out_dir: Path, resume: bool) -> None:
-    last = out_dir / LAST
-    if resume and not last.is_file():
-        raise InputError(f"{last}: no checkpoint to resume from")
-    if not resume and last.is_file():
-        raise InputError(f"{out_dir}: holds a training run already; continue it with --resume or choose another folder")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_dir / "config.yaml", yaml.safe_dump(_plain(config.to_dict()), sort_keys=False))
 
 
 def train_pose(config: SopiConfig | str | Path, out_dir: str | Path, network: str, resume: bool = False,
@@ -303,8 +282,8 @@ def train_pose(config: SopiConfig | str | Path, out_dir: str | Path, network: st
             raise InputError(f"{out_dir / LAST}: no checkpoint to resume from")
         state = load_checkpoint(out_dir / LAST, device)
         _check_resumable(config, network, state, out_dir / LAST)
-    _prepare_out_dir(config, out_dir, resume)
-    with _deterministic_algorithms():
+    prepare_run_dir(config, out_dir, resume)
+    with deterministic_algorithms():
         run = _PoseRun(config, network, out_dir, device)
         if state is not None:
             run.restore(state)
@@ -313,8 +292,9 @@ def train_pose(config: SopiConfig | str | Path, out_dir: str | Path, network: st
 
 def _loop(run: _PoseRun, progress: bool, max_steps: float, resume: bool) -> PoseTrainResult:
     training = run.config.training
-    logs = _Logs(run.out_dir, True, progress, training.steps, run.global_step, run.global_step if resume else None)
-    with _StopSignals() as signals, logs:
+    logs = TrainingLogs(run.out_dir, True, progress, training.steps, run.global_step,
+                        run.global_step if resume else None)
+    with StopSignals() as signals, logs:
         while run.global_step < training.steps:
             if run.global_step >= max_steps:
                 run.save()

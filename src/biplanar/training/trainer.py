@@ -27,6 +27,7 @@ device under ``torchrun --nproc_per_node=N`` (DistributedDataParallel, see
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import csv
 import dataclasses
@@ -215,16 +216,26 @@ def _as_float(output: RegistrationOutput) -> RegistrationOutput:
     return RegistrationOutput(**{f.name: getattr(output, f.name).float() for f in dataclasses.fields(output)})
 
 
-def _plain(value: Any) -> Any:
-    """Tuples to lists, recursively (for YAML)."""
+def yaml_ready(value: Any) -> Any:
+    """A config document with every tuple made a list, recursively, so that ``yaml.safe_dump`` writes
+    plain YAML lists.
+
+    Args:
+        value: e.g. ``config.to_dict()``: nested dicts, lists, tuples and scalars.
+    """
     if isinstance(value, dict):
-        return {key: _plain(item) for key, item in value.items()}
+        return {key: yaml_ready(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(item) for item in value]
+        return [yaml_ready(item) for item in value]
     return value
 
 
-def _with_epochs(config: ExperimentConfig, epochs: int | None) -> ExperimentConfig:
+def with_epochs(config: ExperimentConfig, epochs: int | None) -> ExperimentConfig:
+    """``config`` with ``training.epochs`` set to ``epochs`` (``config`` itself when ``epochs`` is ``None``).
+
+    Raises:
+        InputError: ``epochs < 1``.
+    """
     if epochs is None:
         return config
     if epochs < 1:
@@ -243,8 +254,17 @@ def _flatten(document: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _check_resumable(config: ExperimentConfig, state: dict[str, Any], path: Path) -> None:
-    """``InputError`` naming the fields where the run's config differs from the checkpoint's (epochs aside)."""
+def check_resumable(config: ExperimentConfig, state: dict[str, Any], path: Path) -> None:
+    """Check that a run may continue from a checkpoint: the same config, ``training.epochs`` aside.
+
+    Args:
+        config: the config of the run to continue.
+        state: the checkpoint (:func:`~biplanar.training.checkpoints.load_checkpoint`), with its ``config``.
+        path: the checkpoint file (for the message).
+
+    Raises:
+        InputError: naming the fields where the two configs differ.
+    """
     ours = _flatten(config.to_dict())
     theirs = _flatten(ExperimentConfig.from_dict(state["config"], f"{path}: config").to_dict())
     differing = [name for name in ours if name != "training.epochs" and ours[name] != theirs[name]]
@@ -252,14 +272,15 @@ def _check_resumable(config: ExperimentConfig, state: dict[str, Any], path: Path
         raise InputError(f"{path}: the config differs from the checkpoint's in {', '.join(differing)}")
 
 
-def _seed_everything(seed: int) -> None:
+def seed_everything(seed: int) -> None:
+    """Seed torch (all devices), numpy's global generator and Python's ``random`` with ``seed``."""
     torch.manual_seed(seed)
     np.random.seed(seed)
     random.seed(seed)
 
 
 @contextlib.contextmanager
-def _deterministic_algorithms() -> Iterator[None]:
+def deterministic_algorithms() -> Iterator[None]:
     """Deterministic kernels (warning where there is none) for the duration of the block."""
     previous = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # needed by deterministic cuBLAS
@@ -270,8 +291,13 @@ def _deterministic_algorithms() -> Iterator[None]:
         torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
 
 
-class _StopSignals:
-    """While active, SIGINT / SIGTERM only set :attr:`requested` (a second one acts as usual)."""
+class StopSignals:
+    """A context manager: while active, SIGINT / SIGTERM only set :attr:`requested` (a second one acts
+    as usual). Outside the main thread it installs nothing (Python allows handlers only there).
+
+    Attributes:
+        requested: a stop signal arrived.
+    """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -283,7 +309,7 @@ class _StopSignals:
         self.requested = True
         signal.signal(signum, self._previous[signum])
 
-    def __enter__(self) -> _StopSignals:
+    def __enter__(self) -> StopSignals:
         if threading.current_thread() is threading.main_thread():
             previous = {signum: signal.signal(signum, self._handle) for signum in self.SIGNALS}
             # None: a handler not installed from Python; the default is the closest we can restore.
@@ -296,8 +322,9 @@ class _StopSignals:
             signal.signal(signum, handler)
 
 
-class _Logs:
-    """The progress bar (rich, on stderr; showing the latest loss) and the TensorBoard scalars.
+class TrainingLogs:
+    """A context manager: the progress bar (rich, on stderr; showing the latest loss) and the
+    TensorBoard scalars of a training run.
 
     Args:
         out_dir: the run folder (scalars go to ``out_dir/tensorboard``).
@@ -323,7 +350,7 @@ class _Logs:
 
             self.writer = SummaryWriter(str(out_dir / "tensorboard"), purge_step=purge_step)
 
-    def __enter__(self) -> _Logs:
+    def __enter__(self) -> TrainingLogs:
         self.bar.start()
         return self
 
@@ -333,6 +360,7 @@ class _Logs:
             self.writer.close()
 
     def step(self, step: int, parts: dict[str, float], lr: float, description: str) -> None:
+        """Advance the bar by one step; log the loss ``parts`` (``total`` among them) and ``lr`` as ``train/*``."""
         self.bar.update(self.task, advance=1, loss=f"{parts['total']:.4f}", description=description)
         if self.writer is not None:
             for name, value in parts.items():
@@ -340,21 +368,195 @@ class _Logs:
             self.writer.add_scalar("train/lr", lr, step)
 
     def epoch(self, row: dict[str, float]) -> None:
+        """Log a ``metrics.csv`` row (its ``step`` the x axis) as ``epoch/*``."""
         if self.writer is not None:
             for name, value in row.items():
                 if name not in ("epoch", "step"):
                     self.writer.add_scalar(f"epoch/{name}", value, row["step"])
 
 
-class _Run:
-    """The state of one training run and its steps (see the module doc)."""
+def optimisation_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                       scheduler: torch.optim.lr_scheduler.LRScheduler) -> dict[str, Any]:
+    """The checkpoint entries of an optimisation: ``model``, ``optimizer`` and ``scheduler`` state
+    dicts and ``rng`` (every random generator's state, :func:`~biplanar.training.checkpoints.capture_rng_state`)."""
+    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "rng": capture_rng_state()}
+
+
+def restore_optimisation(state: dict[str, Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                         scheduler: torch.optim.lr_scheduler.LRScheduler) -> None:
+    """Load the entries of :func:`optimisation_state` from a checkpoint ``state`` into the objects
+    and the random generators."""
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    restore_rng_state(state["rng"])
+
+
+def write_metrics_csv(path: Path, fields: tuple[str, ...], rows: list[dict[str, float]]) -> None:
+    """Write ``rows`` (each with exactly ``fields``) as a CSV table with a header, atomically."""
+    text = io.StringIO()
+    table = csv.DictWriter(text, fieldnames=fields, lineterminator="\n")
+    table.writeheader()
+    table.writerows(rows)
+    atomic_write_text(path, text.getvalue())
+
+
+def prepare_run_dir(config: Any, out_dir: Path, resume: bool, is_main: bool = True) -> None:
+    """Refuse to overwrite a run (or to resume none); create ``out_dir`` and write ``config.yaml``.
+
+    Args:
+        config: the run's config (a dataclass with ``to_dict()``).
+        out_dir: the run folder; a run lives there when it holds ``last.pt``.
+        resume: the run continues the one in ``out_dir``.
+        is_main: create and write (rank 0 only); other processes only check.
+
+    Raises:
+        InputError: ``resume`` without ``last.pt``, or ``last.pt`` without ``resume``.
+    """
+    last = out_dir / LAST
+    if resume and not last.is_file():
+        raise InputError(f"{last}: no checkpoint to resume from")
+    if not resume and last.is_file():
+        raise InputError(f"{out_dir}: holds a training run already; continue it with --resume or choose another folder")
+    if is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out_dir / "config.yaml", yaml.safe_dump(yaml_ready(config.to_dict()), sort_keys=False))
+
+
+class EpochRun(abc.ABC):
+    """The bookkeeping and epoch loop of an epoch-based training run (:func:`train`,
+    :func:`~biplanar.training.baselines.train_baseline`), checkpointed with it.
+
+    A subclass sets ``config`` (:class:`ExperimentConfig`), ``out_dir``, ``context``, ``train_set``,
+    ``optimizer``, ``scheduler``, ``steps_per_epoch`` and ``csv_fields``, calls ``EpochRun.__init__``
+    last in its own, and gives :meth:`step` and :meth:`save`.
+
+    Attributes:
+        epoch, step_in_epoch, global_step: where the run stands (epochs done, steps into the current
+            epoch, steps in the whole run).
+        best_metric: the best validation Dice so far (``-inf`` before the first).
+        elapsed_s: wall time of earlier calls of a resumed run, s.
+        epoch_sums: per loss part, its sum over the current epoch's steps, and ``count``.
+        history: the finished epochs' ``metrics.csv`` rows.
+        step_losses: per step done by this call, ``{"step": global step, **loss parts}``.
+    """
+
+    def __init__(self, parts: tuple[str, ...]) -> None:
+        self.epoch = self.step_in_epoch = self.global_step = 0
+        self.best_metric, self.elapsed_s = -math.inf, 0.0
+        self.epoch_sums = {name: 0.0 for name in (*parts, "count")}
+        self.history: list[dict[str, float]] = []
+        self.step_losses: list[dict[str, float]] = []
+        self.started = self.last_save = time.monotonic()
+
+    @abc.abstractmethod
+    def step(self, samples: list[dict[str, Any]]) -> dict[str, float]:
+        """One optimizer step on dataset samples; returns the loss parts (``total`` among them)."""
+
+    @abc.abstractmethod
+    def save(self, name: str = LAST) -> Path:
+        """Write the checkpoint ``out_dir / name``; returns its path."""
+
+    def progress_state(self) -> dict[str, Any]:
+        """The checkpoint entries of the bookkeeping (the attributes above but ``step_losses``)."""
+        return {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
+                "best_metric": self.best_metric, "elapsed_s": self.wall_s(), "epoch_sums": dict(self.epoch_sums),
+                "history": list(self.history)}
+
+    def restore_progress(self, state: dict[str, Any]) -> None:
+        """Continue from the entries of :meth:`progress_state` in a checkpoint ``state``."""
+        self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]
+        self.global_step, self.best_metric = state["global_step"], state["best_metric"]
+        self.elapsed_s, self.epoch_sums = state["elapsed_s"], dict(state["epoch_sums"])
+        self.history = list(state["history"])
+
+    def wall_s(self) -> float:
+        """Wall time of the whole run so far (earlier calls included), s."""
+        return self.elapsed_s + time.monotonic() - self.started
+
+    def description(self) -> str:
+        """The progress bar's label."""
+        return f"epoch {self.epoch + 1}/{self.config.training.epochs}"
+
+    def loader(self, indices: list[int], batch_size: int) -> DataLoader:
+        """Batches (lists of samples) of ``train_set[indices]`` in that order."""
+        workers = self.config.training.num_workers
+        return DataLoader(Subset(self.train_set, indices), batch_size=batch_size, shuffle=False,
+                          num_workers=workers, collate_fn=list,
+                          multiprocessing_context="forkserver" if workers else None)
+
+    def stop_requested(self, signals: StopSignals) -> bool:
+        """Whether any process got a stop signal (all processes agree, so they stop at the same step)."""
+        flag = torch.tensor([float(signals.requested)], device=self.context.device)
+        return bool(all_reduce_sum(flag, self.context).item() > 0)
+
+    def train_epoch(self, signals: StopSignals, max_steps: float, logs: TrainingLogs) -> bool:
+        """Train the rest of :attr:`epoch`; ``False`` if stopped early by ``max_steps`` (checkpoint written).
+
+        Raises:
+            TrainingInterrupted: a stop signal arrived (after ``last.pt`` is written).
+        """
+        batch_size = self.config.training.batch_size
+        order = epoch_order(self.config.training.seed, self.epoch, len(self.train_set), self.context)
+        batches = iter(self.loader(order[self.step_in_epoch * batch_size:], batch_size))
+        while self.step_in_epoch < self.steps_per_epoch:
+            if self.global_step >= max_steps:
+                self.save()
+                return False
+            parts = self.step(next(batches))
+            self.record_step(parts)
+            logs.step(self.global_step, parts, self.optimizer.param_groups[0]["lr"], self.description())
+            if self.stop_requested(signals):
+                raise TrainingInterrupted(self.save())
+            if time.monotonic() - self.last_save >= 60.0 * self.config.training.checkpoint_minutes:
+                self.save()
+        return True
+
+    def record_step(self, parts: dict[str, float]) -> None:
+        """Count a finished step and add its loss ``parts`` to the epoch's sums."""
+        self.step_in_epoch += 1
+        self.global_step += 1
+        for name, value in parts.items():
+            self.epoch_sums[name] += value
+        self.epoch_sums["count"] += 1
+        self.step_losses.append({"step": self.global_step, **parts})
+
+    def close_epoch(self, row: dict[str, float], dice: float, logs: TrainingLogs) -> None:
+        """Keep the finished epoch's ``metrics.csv`` ``row``, move to the next epoch, write ``best.pt``
+        (when ``dice`` is the best validation Dice so far) and ``last.pt``, log the row and write
+        ``metrics.csv`` (rank 0)."""
+        self.history.append(row)
+        self.epoch, self.step_in_epoch = self.epoch + 1, 0
+        self.epoch_sums = {name: 0.0 for name in self.epoch_sums}
+        if dice > self.best_metric:
+            self.best_metric = dice
+            self.save(BEST)
+        self.save(LAST)
+        logs.epoch(row)
+        if self.context.is_main:
+            write_metrics_csv(self.out_dir / "metrics.csv", self.csv_fields, self.history)
+
+    def result(self) -> TrainResult:
+        """What the run did (:class:`TrainResult`)."""
+        best = self.out_dir / BEST
+        return TrainResult(self.out_dir, self.out_dir / LAST, best if best.is_file() else None,
+                           self.epoch, self.global_step,
+                           self.best_metric if math.isfinite(self.best_metric) else math.nan,
+                           list(self.history), list(self.step_losses))
+
+
+class _Run(EpochRun):
+    """The state of one training run of the registration network and its steps (see the module doc)."""
+
+    csv_fields = CSV_FIELDS
 
     def __init__(self, config: ExperimentConfig, out_dir: Path, train_set: Dataset, val_set: Dataset,
                  context: DistributedContext) -> None:
         self.config, self.out_dir, self.context = config, out_dir, context
         self.train_set, self.val_set = train_set, val_set
         training = config.training
-        _seed_everything(training.seed)
+        seed_everything(training.seed)
         self.network = AtlasRegistrationNet(config, load_atlas(config.geometry.grid_preset)).to(context.device)
         self.model = self.network
         if context.distributed:
@@ -370,38 +572,20 @@ class _Run:
         self.steps_per_epoch = math.ceil(per_process / training.batch_size)
         total = self.steps_per_epoch * training.epochs
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: cosine_factor(step, total))
-        self.epoch = self.step_in_epoch = self.global_step = 0
-        self.best_metric, self.elapsed_s = -math.inf, 0.0
-        self.epoch_sums = {name: 0.0 for name in (*LOSS_PARTS, "count")}
-        self.history: list[dict[str, float]] = []
-        self.step_losses: list[dict[str, float]] = []
-        self.started = time.monotonic()
-        self.last_save = self.started
+        super().__init__(LOSS_PARTS)
 
     # --- checkpoints ---------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
-        return {"config": self.config.to_dict(), "model": self.network.state_dict(),
-                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "rng": capture_rng_state(), "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
-                "global_step": self.global_step, "world_size": self.context.world_size,
-                "best_metric": self.best_metric, "elapsed_s": self.wall_s(),
-                "epoch_sums": dict(self.epoch_sums), "history": list(self.history)}
+        return {"config": self.config.to_dict(),
+                **optimisation_state(self.network, self.optimizer, self.scheduler),
+                **self.progress_state(), "world_size": self.context.world_size}
 
     def restore(self, state: dict[str, Any], path: Path) -> None:
         if state["step_in_epoch"] and state["world_size"] != self.context.world_size:
             raise InputError(f"{path}: stopped mid-epoch with {state['world_size']} process(es); resume "
                              f"with the same number, not {self.context.world_size}")
-        self.network.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        restore_rng_state(state["rng"])
-        self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]
-        self.global_step, self.best_metric = state["global_step"], state["best_metric"]
-        self.elapsed_s, self.epoch_sums = state["elapsed_s"], dict(state["epoch_sums"])
-        self.history = list(state["history"])
-
-    def wall_s(self) -> float:
-        return self.elapsed_s + time.monotonic() - self.started
+        restore_optimisation(state, self.network, self.optimizer, self.scheduler)
+        self.restore_progress(state)
 
     def save(self, name: str = LAST) -> Path:
         path = self.out_dir / name
@@ -417,8 +601,9 @@ class _Run:
     def batch(self, samples: list[dict[str, Any]]) -> Batch:
         return make_batch(samples, self.config.geometry.image_shape, self.context.device)
 
-    def step(self, batch: Batch) -> dict[str, float]:
+    def step(self, samples: list[dict[str, Any]]) -> dict[str, float]:
         """One optimizer step; returns the loss parts (this process's batch)."""
+        batch = self.batch(samples)
         self.network.train()
         with self.autocast():
             output = self.model(batch.radiographs, batch.views)
@@ -428,44 +613,6 @@ class _Run:
         self.optimizer.step()
         self.scheduler.step()
         return {name: float(parts[name].detach()) for name in LOSS_PARTS}
-
-    def loader(self, indices: list[int], batch_size: int) -> DataLoader:
-        workers = self.config.training.num_workers
-        return DataLoader(Subset(self.train_set, indices), batch_size=batch_size, shuffle=False,
-                          num_workers=workers, collate_fn=list,
-                          multiprocessing_context="forkserver" if workers else None)
-
-    def stop_requested(self, signals: _StopSignals) -> bool:
-        """Whether any process got a stop signal (all processes agree, so they stop at the same step)."""
-        flag = torch.tensor([float(signals.requested)], device=self.context.device)
-        return bool(all_reduce_sum(flag, self.context).item() > 0)
-
-    def train_epoch(self, signals: _StopSignals, max_steps: float, logs: _Logs) -> bool:
-        """Train the rest of :attr:`epoch`; ``False`` if stopped early by ``max_steps`` (checkpoint written)."""
-        batch_size = self.config.training.batch_size
-        order = epoch_order(self.config.training.seed, self.epoch, len(self.train_set), self.context)
-        batches = iter(self.loader(order[self.step_in_epoch * batch_size:], batch_size))
-        while self.step_in_epoch < self.steps_per_epoch:
-            if self.global_step >= max_steps:
-                self.save()
-                return False
-            parts = self.step(self.batch(next(batches)))
-            self.record_step(parts)
-            logs.step(self.global_step, parts, self.optimizer.param_groups[0]["lr"],
-                      f"epoch {self.epoch + 1}/{self.config.training.epochs}")
-            if self.stop_requested(signals):
-                raise TrainingInterrupted(self.save())
-            if time.monotonic() - self.last_save >= 60.0 * self.config.training.checkpoint_minutes:
-                self.save()
-        return True
-
-    def record_step(self, parts: dict[str, float]) -> None:
-        self.step_in_epoch += 1
-        self.global_step += 1
-        for name in LOSS_PARTS:
-            self.epoch_sums[name] += parts[name]
-        self.epoch_sums["count"] += 1
-        self.step_losses.append({"step": self.global_step, **parts})
 
     # --- validation and the end of an epoch ----------------------------------------------------
     @torch.no_grad()
@@ -487,7 +634,7 @@ class _Run:
         count = sums[-1].item()
         return {name: (sums[i].item() / count if count else math.nan) for i, name in enumerate(VAL_METRICS)}
 
-    def end_epoch(self, logs: _Logs) -> None:
+    def end_epoch(self, logs: TrainingLogs) -> None:
         """Validate, log, keep ``best.pt``, write ``last.pt`` at the start of the next epoch."""
         metrics = self.validate()
         sums = all_reduce_sum(torch.tensor([self.epoch_sums[name] for name in (*LOSS_PARTS, "count")],
@@ -496,42 +643,7 @@ class _Run:
         row = {"epoch": self.epoch + 1, "step": self.global_step, "lr": self.optimizer.param_groups[0]["lr"],
                **{f"train_{name}": value for name, value in train_means.items()},
                **{f"val_{name}": value for name, value in metrics.items()}, "wall_s": self.wall_s()}
-        self.history.append(row)
-        self.epoch, self.step_in_epoch = self.epoch + 1, 0
-        self.epoch_sums = {name: 0.0 for name in self.epoch_sums}
-        if metrics["dice"] > self.best_metric:
-            self.best_metric = metrics["dice"]
-            self.save(BEST)
-        self.save(LAST)
-        logs.epoch(row)
-        if self.context.is_main:
-            self.write_csv()
-
-    def write_csv(self) -> None:
-        text = io.StringIO()
-        table = csv.DictWriter(text, fieldnames=CSV_FIELDS, lineterminator="\n")
-        table.writeheader()
-        table.writerows(self.history)
-        atomic_write_text(self.out_dir / "metrics.csv", text.getvalue())
-
-    def result(self) -> TrainResult:
-        best = self.out_dir / BEST
-        return TrainResult(self.out_dir, self.out_dir / LAST, best if best.is_file() else None,
-                           self.epoch, self.global_step,
-                           self.best_metric if math.isfinite(self.best_metric) else math.nan,
-                           list(self.history), list(self.step_losses))
-
-
-def _prepare_out_dir(config: ExperimentConfig, out_dir: Path, resume: bool, context: DistributedContext) -> None:
-    """Refuse to overwrite a run (or to resume none); write ``config.yaml`` (rank 0)."""
-    last = out_dir / LAST
-    if resume and not last.is_file():
-        raise InputError(f"{last}: no checkpoint to resume from")
-    if not resume and last.is_file():
-        raise InputError(f"{out_dir}: holds a training run already; continue it with --resume or choose another folder")
-    if context.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out_dir / "config.yaml", yaml.safe_dump(_plain(config.to_dict()), sort_keys=False))
+        self.close_epoch(row, metrics["dice"], logs)
 
 
 def train(config: ExperimentConfig | str | Path, out_dir: str | Path, data_dir: str | Path | None = None,
@@ -554,12 +666,12 @@ def train(config: ExperimentConfig | str | Path, out_dir: str | Path, data_dir: 
             without ``resume`` (or none with it).
         TrainingInterrupted: on Ctrl-C / SIGTERM, after writing ``last.pt``.
     """
-    config = _with_epochs(config if isinstance(config, ExperimentConfig) else load_config(config), epochs)
+    config = with_epochs(config if isinstance(config, ExperimentConfig) else load_config(config), epochs)
     out_dir = Path(out_dir)
     train_set, val_set = open_datasets(config, data_dir, on_the_fly)
     context = setup_distributed()
     try:
-        with _deterministic_algorithms():
+        with deterministic_algorithms():
             return _run(config, out_dir, train_set, val_set, context, resume, progress,
                         math.inf if max_steps is None else max_steps)
     finally:
@@ -568,15 +680,15 @@ def train(config: ExperimentConfig | str | Path, out_dir: str | Path, data_dir: 
 
 def _run(config: ExperimentConfig, out_dir: Path, train_set: Dataset, val_set: Dataset,
          context: DistributedContext, resume: bool, progress: bool, max_steps: float) -> TrainResult:
-    _prepare_out_dir(config, out_dir, resume, context)
+    prepare_run_dir(config, out_dir, resume, context.is_main)
     run = _Run(config, out_dir, train_set, val_set, context)
     if resume:
         state = load_checkpoint(out_dir / LAST, context.device)
-        _check_resumable(config, state, out_dir / LAST)
+        check_resumable(config, state, out_dir / LAST)
         run.restore(state, out_dir / LAST)
-    logs = _Logs(out_dir, context.is_main, progress, run.steps_per_epoch * config.training.epochs,
-                 run.global_step, run.global_step if resume else None)
-    with _StopSignals() as signals, logs:
+    logs = TrainingLogs(out_dir, context.is_main, progress, run.steps_per_epoch * config.training.epochs,
+                        run.global_step, run.global_step if resume else None)
+    with StopSignals() as signals, logs:
         while run.epoch < config.training.epochs:
             if not run.train_epoch(signals, max_steps, logs):
                 break

@@ -22,7 +22,7 @@ import torch
 import yaml
 
 # The shared YAML-to-dataclass builder of the experiment configs (same rules, same messages).
-from biplanar.config import _build, shipped_config_path
+from biplanar.config import build_dataclass, shipped_config_path
 from biplanar.data.grid_presets import GRID_PRESETS
 from biplanar.errors import InputError
 
@@ -195,7 +195,7 @@ class SopiConfig:
 
     @classmethod
     def from_dict(cls, document: Any, source: str = "config") -> SopiConfig:
-        return _build(cls, document, source)
+        return build_dataclass(cls, document, source)
 
     def param_sigmas(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """``(6,)`` standard deviations of the true pose: 3 x radians, then ``(tx, ty, tz)`` mm."""
