@@ -123,7 +123,10 @@ def test_train_command_runs_and_refuses_bad_input(tmp_path):
     assert wrong.exit_code == 2 and "grid_preset" in wrong.output and not (tmp_path / "run2").exists()
 
 
-def test_register_command_needs_a_model(tmp_path):
-    result = runner.invoke(app, ["register", "--geometry", "g.json", "--ap", "a.npy", "--lat", "b.npy",
-                                 "--out", str(tmp_path / "out")])
-    assert result.exit_code == 2 and "--model" in result.output and not (tmp_path / "out").exists()
+def test_register_command_defaults_to_the_bundled_model(tmp_path):
+    """No --model: the bundled lite model is loaded, and the next error is the missing geometry file."""
+    result = runner.invoke(app, ["register", "--geometry", str(tmp_path / "g.json"), "--ap", "a.npy",
+                                 "--lat", "b.npy", "--out", str(tmp_path / "out")])
+    errors = [line for line in result.output.splitlines() if line.startswith("biplanar: error:")]
+    assert result.exit_code == 2 and len(errors) == 1 and errors[0].endswith("g.json: file not found")
+    assert not (tmp_path / "out").exists()
