@@ -13,8 +13,6 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from biplanar.cli import app
-from biplanar.config import load_config
-from biplanar.data.atlas import load_atlas
 from biplanar.data.simulate import SUBJECT_FILES, SimulationConfig, simulate_case
 from biplanar.demo import DEMO_SEED, run_demo
 from biplanar.evaluation.evaluate import network_stage_times, view_angles_deg
@@ -23,26 +21,10 @@ from biplanar.geometry.geometry_file import read_geometry
 from biplanar.geometry.presets import biplanar_pair
 from biplanar.geometry.volume_grid import VolumeGrid
 from biplanar.io.volumes import read_volume
-from biplanar.models.network import AtlasRegistrationNet
 from biplanar.registration import OUTPUT_FILES
-from biplanar.training.checkpoints import FORMAT, VERSION, bundled_models_dir
+from biplanar.training.checkpoints import bundled_models_dir
 
 BUNDLED_MODEL = bundled_models_dir() / "lite" / "model.pt"
-
-
-def write_tiny_model(path):
-    """An untrained weights-only tiny checkpoint (seeded)."""
-    torch.manual_seed(0)
-    config = load_config("tiny")
-    network = AtlasRegistrationNet(config, load_atlas("tiny"))
-    torch.save({"format": FORMAT, "version": VERSION, "config": config.to_dict(), "model": network.state_dict()},
-               path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    return write_tiny_model(tmp_path_factory.mktemp("model") / "model.pt")
 
 
 @pytest.fixture(scope="module")

@@ -27,6 +27,7 @@ app = typer.Typer(
 )
 _state = {"debug": False}
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT
 
 
 @app.callback()
@@ -45,6 +46,23 @@ def _reporting_errors() -> Iterator[None]:
         message = str(error) if isinstance(error, InputError) else f"{error.filename}: {error.strerror}"
         typer.echo(f"biplanar: error: {message}", err=True)
         raise typer.Exit(EXIT_BAD_INPUT) from None
+
+
+@contextlib.contextmanager
+def _reporting_interruption(how_to_continue: str = "continue with --resume") -> Iterator[None]:
+    """Turn a training stopped by Ctrl-C (its checkpoint written) into one line and exit code 130."""
+    from biplanar.training.trainer import TrainingInterrupted
+
+    try:
+        yield
+    except TrainingInterrupted as stop:
+        typer.echo(f"biplanar: interrupted: checkpoint {stop.checkpoint}; {how_to_continue}", err=True)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+
+
+def _best(value: float, decimals: int) -> str:
+    """A best validation score for the summary line: ``n/a`` when no validation ran (NaN)."""
+    return "n/a" if math.isnan(value) else f"{value:.{decimals}f}"
 
 
 class VolumeUnits(str, Enum):
@@ -157,15 +175,12 @@ def train(
 ) -> None:
     """Train the registration network (also under torchrun; Ctrl-C checkpoints, --resume continues)."""
     with _reporting_errors():
-        from biplanar.training.trainer import TrainingInterrupted, train as run_training
+        from biplanar.training.trainer import train as run_training
 
-        try:
+        with _reporting_interruption():
             result = run_training(config, out, data_dir=data, on_the_fly=on_the_fly, resume=resume,
                                   epochs=epochs)
-        except TrainingInterrupted as stop:
-            typer.echo(f"biplanar: interrupted: checkpoint {stop.checkpoint}; continue with --resume", err=True)
-            raise typer.Exit(130) from None
-        best = "n/a" if math.isnan(result.best_val_dice) else f"{result.best_val_dice:.3f}"
+        best = _best(result.best_val_dice, 3)
         if os.environ.get("RANK", "0") != "0":  # under torchrun, one summary
             return
         typer.echo(f"trained {result.epochs_completed} epochs ({result.global_step} steps); "
@@ -189,14 +204,10 @@ def train_baseline(
     """Train a learned baseline of Table 1 (Ctrl-C checkpoints, --resume continues)."""
     with _reporting_errors():
         from biplanar.training.baselines import train_baseline as run_training
-        from biplanar.training.trainer import TrainingInterrupted
 
-        try:
+        with _reporting_interruption():
             result = run_training(method.value, config, out, data_dir=data, resume=resume, epochs=epochs)
-        except TrainingInterrupted as stop:
-            typer.echo(f"biplanar: interrupted: checkpoint {stop.checkpoint}; continue with --resume", err=True)
-            raise typer.Exit(130) from None
-        best = "n/a" if math.isnan(result.best_val_dice) else f"{result.best_val_dice:.3f}"
+        best = _best(result.best_val_dice, 3)
         typer.echo(f"trained {method.value} for {result.epochs_completed} epochs ({result.global_step} steps); "
                    f"best validation Dice {best}; checkpoints in {out}")
 
@@ -218,14 +229,10 @@ def train_pose(
     """Train a SOPI pose network on simulated pairs (Ctrl-C checkpoints, --resume continues)."""
     with _reporting_errors():
         from biplanar.training.pose_trainer import train_pose as run_training
-        from biplanar.training.trainer import TrainingInterrupted
 
-        try:
+        with _reporting_interruption():
             result = run_training(config, out, network.value, resume=resume, steps=steps, max_steps=max_steps)
-        except TrainingInterrupted as stop:
-            typer.echo(f"biplanar: interrupted: checkpoint {stop.checkpoint}; continue with --resume", err=True)
-            raise typer.Exit(130) from None
-        best = "n/a" if math.isnan(result.best_val_loss) else f"{result.best_val_loss:.4f}"
+        best = _best(result.best_val_loss, 4)
         typer.echo(f"trained {network.value} for {result.global_step} steps; best validation loss {best}; "
                    f"checkpoints in {out}")
 
@@ -395,15 +402,10 @@ def experiments(
     """Reproduce the paper's Tables 1-2 and Figs. 3-4: results.md, CSVs and plots in --out."""
     with _reporting_errors():
         from biplanar.experiments import run_experiments
-        from biplanar.training.trainer import TrainingInterrupted
 
-        try:
+        with _reporting_interruption("run the same command again to resume"):
             result = run_experiments(out, budget.value, model_full=model_full, model_generalized=model_generalized,
                                      docs_dir=docs_dir if docs else None, workers=workers)
-        except TrainingInterrupted as stop:
-            typer.echo(f"biplanar: interrupted: checkpoint {stop.checkpoint}; run the same command again to "
-                       f"resume", err=True)
-            raise typer.Exit(130) from None
         typer.echo(f"wrote {result.results_md} ({len(result.ran)} stages run, {len(result.skipped)} reused)")
 
 

@@ -11,11 +11,25 @@ import dataclasses
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
 from biplanar.errors import InputError
+
+ConfigT = TypeVar("ConfigT")
+
+
+class DictConfig:
+    """``to_dict`` / ``from_dict`` of a top-level config dataclass: the form a checkpoint carries."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # subclasses are dataclasses
+
+    @classmethod
+    def from_dict(cls: type[ConfigT], document: Any, source: str = "config") -> ConfigT:
+        """Build the config from a (YAML) mapping, checking every field (:func:`build_dataclass`)."""
+        return build_dataclass(cls, document, source)
 
 
 @dataclass(frozen=True)
@@ -112,7 +126,7 @@ class TrainingConfig:
 
 
 @dataclass(frozen=True)
-class ExperimentConfig:
+class ExperimentConfig(DictConfig):
     """Everything that defines a model and its training."""
 
     name: str = "lite"
@@ -125,13 +139,6 @@ class ExperimentConfig:
     def __post_init__(self) -> None:
         _validate(self)
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, document: Any, source: str = "config") -> ExperimentConfig:
-        return build_dataclass(cls, document, source)
-
 
 _CHOICES = {
     ("affine", "encoders"): ("combined", "separate"),
@@ -141,10 +148,7 @@ _CHOICES = {
 
 
 def _validate(config: ExperimentConfig) -> None:
-    for (section, name), choices in _CHOICES.items():
-        value = getattr(getattr(config, section), name)
-        if value not in choices:
-            raise InputError(f"config: {section}.{name}: expected one of {', '.join(choices)}, got {value!r}")
+    check_choices(config, _CHOICES)
     rows, cols = config.geometry.image_shape
     for section, levels in (("affine", config.affine.levels), ("local", len(config.local.encoder_features))):
         if rows % 2**levels or cols % 2**levels:
@@ -152,6 +156,18 @@ def _validate(config: ExperimentConfig) -> None:
                              f"({section} levels)")
     if len(config.local.decoder_features) <= len(config.local.encoder_features):
         raise InputError("config: local.decoder_features: needs more entries than local.encoder_features")
+
+
+def check_choices(config: Any, choices: dict[tuple[str, str], tuple[str, ...]]) -> None:
+    """Check that each ``config.<section>.<name>`` of ``choices`` is one of its allowed strings.
+
+    Raises:
+        InputError: ``config: section.name: expected one of a, b, got 'c'``.
+    """
+    for (section, name), allowed in choices.items():
+        value = getattr(getattr(config, section), name)
+        if value not in allowed:
+            raise InputError(f"config: {section}.{name}: expected one of {', '.join(allowed)}, got {value!r}")
 
 
 def build_dataclass(cls: type, document: Any, where: str) -> Any:
@@ -204,12 +220,17 @@ def _coerce(default: Any, value: Any, where: str) -> Any:
 
 
 def shipped_config_path(name: str) -> Path:
-    """Path of a preset shipped with the package (``paper``, ``lite``, ``tiny``)."""
+    """Path of a preset shipped with the package (``paper``, ``lite``, ``tiny``, ``sopi_tiny``, ``sopi_lite``)."""
     return Path(str(resources.files("biplanar") / "resources" / "configs" / f"{name}.yaml"))
 
 
-def load_config(path_or_preset: str | Path) -> ExperimentConfig:
-    """Read a YAML config file, or a shipped preset by name.
+def load_yaml_dataclass(path_or_preset: str | Path, cls: type[ConfigT], presets: tuple[str, ...]) -> ConfigT:
+    """Read a YAML config file, or a preset shipped in ``biplanar/resources/configs`` by name.
+
+    Args:
+        path_or_preset: a YAML file, or the name (no suffix) of a shipped preset.
+        cls: the config dataclass, built by :func:`build_dataclass` (its ``__post_init__`` validates).
+        presets: the preset names ``cls`` ships with (for the message of a missing file).
 
     Raises:
         InputError: a missing file, invalid YAML, or a field that is unknown or of the wrong type.
@@ -218,9 +239,18 @@ def load_config(path_or_preset: str | Path) -> ExperimentConfig:
     if not path.is_file() and path.suffix == "" and shipped_config_path(str(path_or_preset)).is_file():
         path = shipped_config_path(str(path_or_preset))
     if not path.is_file():
-        raise InputError(f"{path}: file not found (nor a preset: paper, lite, tiny)")
+        raise InputError(f"{path}: file not found (nor a preset: {', '.join(presets)})")
     try:
         document = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
         raise InputError(f"{path}: not valid YAML ({error})") from None
-    return ExperimentConfig.from_dict(document, str(path))
+    return build_dataclass(cls, document, str(path))
+
+
+def load_config(path_or_preset: str | Path) -> ExperimentConfig:
+    """Read a YAML config file, or a shipped preset by name (``paper``, ``lite``, ``tiny``).
+
+    Raises:
+        InputError: a missing file, invalid YAML, or a field that is unknown or of the wrong type.
+    """
+    return load_yaml_dataclass(path_or_preset, ExperimentConfig, ("paper", "lite", "tiny"))

@@ -8,33 +8,16 @@ import math
 
 import numpy as np
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from biplanar.cli import app
-from biplanar.config import load_config
-from biplanar.data.atlas import load_atlas
 from biplanar.data.simulate import SimulationConfig, simulate_dataset
 from biplanar.evaluation.evaluate import REFINED_STAGE, STAGES, evaluate, summarise, view_angles_deg
 from biplanar.geometry.presets import biplanar_pair
 from biplanar.geometry.projection import ProjectionView
-from biplanar.models.network import AtlasRegistrationNet
 from biplanar.registration import register
-from biplanar.training.checkpoints import FORMAT, VERSION
 
 CASES = ["case_00000", "case_00001", "case_00002"]
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    """An untrained weights-only tiny checkpoint (seeded)."""
-    path = tmp_path_factory.mktemp("model") / "model.pt"
-    torch.manual_seed(0)
-    config = load_config("tiny")
-    network = AtlasRegistrationNet(config, load_atlas("tiny"))
-    torch.save({"format": FORMAT, "version": VERSION, "config": config.to_dict(), "model": network.state_dict()},
-               path)
-    return path
 
 
 @pytest.fixture(scope="module")

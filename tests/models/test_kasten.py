@@ -4,8 +4,6 @@ import pytest
 import torch
 from monai.losses import DiceCELoss
 
-from biplanar.config import load_config
-from biplanar.data.atlas import load_atlas
 from biplanar.geometry import biplanar_pair
 from biplanar.geometry.volume_grid import VolumeGrid
 from biplanar.layers.inv_prost import InverseProST
@@ -14,17 +12,7 @@ from biplanar.models.projectors import ProjectorCache
 from biplanar.optimisation.volume_registration import pooled_grid
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return load_config("tiny"), load_atlas("tiny")
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def views_of(config, ap_angle=0.0, lat_angle=90.0):

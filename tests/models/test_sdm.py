@@ -5,8 +5,6 @@ import numpy as np
 import pytest
 import torch
 
-from biplanar.config import load_config
-from biplanar.data.atlas import load_atlas
 from biplanar.errors import InputError
 from biplanar.geometry import biplanar_pair
 from biplanar.models.sdm import DeformationPCA, SDMNet
@@ -17,12 +15,7 @@ FIELD_SHAPE = (3, 4, 2, 3)  # 72 values per field
 NORMS = np.array([3.0, 2.0, 1.0])  # of the centred coefficient columns: eigenvalues NORMS^2 / (N - 1)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def orthonormal_directions(count: int, seed: int = 0) -> np.ndarray:
@@ -107,9 +100,9 @@ def test_file_and_tensor_round_trips(tmp_path):
 
 # --- the network ------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def tiny_sdm():
+def tiny_sdm(tiny):
     """The tiny config and atlas, and a 3-component PCA of smooth random fields on the grid pooled by 2."""
-    config, atlas = load_config("tiny"), load_atlas("tiny")
+    config, atlas = tiny
     shape = pooled_grid(atlas.grid, 2).shape
     coarse = torch.randn(5, 3, *(n // 4 for n in shape), generator=torch.Generator().manual_seed(0)) * 2.0
     fields = torch.nn.functional.interpolate(coarse, size=shape, mode="trilinear", align_corners=False)

@@ -21,12 +21,7 @@ from biplanar.physics.attenuation import hu_to_mu
 from biplanar.training.losses import soft_dice
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 GRID = VolumeGrid(

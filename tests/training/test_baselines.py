@@ -15,7 +15,6 @@ from biplanar.cli import app
 from biplanar.config import load_config
 from biplanar.data.atlas import load_atlas
 from biplanar.data.datasets import SimulatedDataset
-from biplanar.data.simulate import SimulationConfig, simulate_dataset
 from biplanar.errors import InputError
 from biplanar.models.kasten import KastenNet
 from biplanar.models.network import AtlasRegistrationNet
@@ -36,20 +35,7 @@ from biplanar.training.trainer import make_batch
 FAST_REGISTRATION = VolumeRegistrationSettings(levels=((4, 10),))  # a rough field, enough to test the plumbing
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def five_subjects(tmp_path_factory) -> Path:
-    """Tiny dataset: 3 train, 1 val, 1 test subjects."""
-    out = tmp_path_factory.mktemp("five")
-    simulate_dataset(out, 5, 3, SimulationConfig(preset="tiny"), progress=False)
-    return out
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

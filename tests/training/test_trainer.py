@@ -37,21 +37,7 @@ TINY = SimulationConfig(preset="tiny")
 OVERFIT_EPOCHS = 30  # x 2 subjects = 60 steps at the tiny config's learning rate 1e-3
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: on a loaded 2-core machine two threads are several times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def five_subjects(tmp_path_factory) -> Path:
-    """Tiny dataset: 3 train, 1 val, 1 test subjects."""
-    out = tmp_path_factory.mktemp("five")
-    simulate_dataset(out, 5, 3, TINY, progress=False)
-    return out
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

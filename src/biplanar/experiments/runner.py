@@ -27,6 +27,7 @@ the same folder is refused.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import shlex
 import shutil
 import sys
@@ -274,42 +275,50 @@ def _evaluate_optimisation(context: _Context) -> dict[str, Any]:
                                                    "iterations": budget.optimisation_iterations}, work)
 
 
-def _angle_error(context: _Context, model: TrainedModel) -> dict[str, Any]:
-    from biplanar.experiments.angle_studies import angle_error_rows
+def _geometry_study(context: _Context, model: TrainedModel, stage: str, description: str,
+                    angles: tuple[str, tuple[float, ...]], rows_of: Callable[..., list[dict[str, Any]]]
+                    ) -> dict[str, Any]:
+    """A geometry study of ``model`` on the unmasked orthogonal test split (Fig. 3 or Fig. 4).
+
+    Args:
+        stage: the stage's name (its folder).
+        description: the progress bar's label.
+        angles: ``(input name, values in degrees)``: the studied angles, one progress step per case
+            and value, recorded among the stage's inputs under that name.
+        rows_of: ``rows_of(predictor, dataset, tick=tick)`` -> the rows of ``cases.csv``.
+    """
     from biplanar.experiments.scoring import NetworkPredictor
 
-    budget = context.budget
+    name, values = angles
 
     def work(folder: Path) -> dict[str, Any]:
         dataset = context.test_set(masked=False)
-        bar, tick = _progress(context.progress, "Fig. 3 angle errors", len(dataset) * len(budget.angle_errors_deg))
+        bar, tick = _progress(context.progress, description, len(dataset) * len(values))
         with bar:
-            rows = angle_error_rows(NetworkPredictor(model.checkpoint, context.device), dataset,
-                                    budget.angle_errors_deg, budget.pose_correction, tick)
+            rows = rows_of(NetworkPredictor(model.checkpoint, context.device), dataset, tick=tick)
         return _write_rows(folder, rows)
 
-    inputs = {**_checkpoint_inputs(context.out_dir, model), "budget": budget.name,
-              "angles": list(budget.angle_errors_deg)}
-    return context.stages.run(FIG3_STAGE, inputs, work)
+    inputs = {**_checkpoint_inputs(context.out_dir, model), "budget": context.budget.name, name: list(values)}
+    return context.stages.run(stage, inputs, work)
+
+
+def _angle_error(context: _Context, model: TrainedModel) -> dict[str, Any]:
+    from biplanar.experiments.angle_studies import angle_error_rows
+
+    budget = context.budget
+    rows_of = functools.partial(angle_error_rows, angle_errors_deg=budget.angle_errors_deg,
+                                correction_config=budget.pose_correction)
+    return _geometry_study(context, model, FIG3_STAGE, "Fig. 3 angle errors", ("angles", budget.angle_errors_deg),
+                           rows_of)
 
 
 def _geometry_grid(context: _Context, model: TrainedModel) -> dict[str, Any]:
     from biplanar.experiments.angle_studies import geometry_grid_rows
-    from biplanar.experiments.scoring import NetworkPredictor
 
     budget = context.budget
-
-    def work(folder: Path) -> dict[str, Any]:
-        dataset = context.test_set(masked=False)
-        bar, tick = _progress(context.progress, "Fig. 4 geometry grid", len(dataset) * len(budget.grid_offsets_deg))
-        with bar:
-            rows = geometry_grid_rows(NetworkPredictor(model.checkpoint, context.device), dataset,
-                                      budget.grid_offsets_deg, tick)
-        return _write_rows(folder, rows)
-
-    inputs = {**_checkpoint_inputs(context.out_dir, model), "budget": budget.name,
-              "offsets": list(budget.grid_offsets_deg)}
-    return context.stages.run(FIG4_STAGE, inputs, work)
+    rows_of = functools.partial(geometry_grid_rows, offsets_deg=budget.grid_offsets_deg)
+    return _geometry_study(context, model, FIG4_STAGE, "Fig. 4 geometry grid", ("offsets", budget.grid_offsets_deg),
+                           rows_of)
 
 
 def _models(context: _Context, model_full: Path | None, model_generalized: Path | None) -> dict[str, TrainedModel]:

@@ -12,17 +12,15 @@ the CT volume's centre. The networks regress *scaled* parameters ``z = params / 
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
-# The shared YAML-to-dataclass builder of the experiment configs (same rules, same messages).
-from biplanar.config import build_dataclass, shipped_config_path
+# The shared YAML-to-dataclass rules of the experiment configs (same rules, same messages).
+from biplanar.config import DictConfig, check_choices, load_yaml_dataclass
 from biplanar.data.grid_presets import GRID_PRESETS
 from biplanar.errors import InputError
 
@@ -175,7 +173,7 @@ class FineSearchConfig:
 
 
 @dataclass(frozen=True)
-class SopiConfig:
+class SopiConfig(DictConfig):
     """Everything that defines the SOPI networks, their training data and their inference."""
 
     name: str = "sopi_lite"
@@ -189,13 +187,6 @@ class SopiConfig:
 
     def __post_init__(self) -> None:
         _validate(self)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, document: Any, source: str = "config") -> SopiConfig:
-        return build_dataclass(cls, document, source)
 
     def param_sigmas(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """``(6,)`` standard deviations of the true pose: 3 x radians, then ``(tx, ty, tz)`` mm."""
@@ -234,10 +225,7 @@ def _validate(config: SopiConfig) -> None:
     def value(section: str, name: str) -> Any:
         return getattr(getattr(config, section), name)
 
-    for (section, name), choices in _CHOICES.items():
-        if value(section, name) not in choices:
-            raise InputError(f"config: {section}.{name}: expected one of {', '.join(choices)}, "
-                             f"got {value(section, name)!r}")
+    check_choices(config, _CHOICES)
     for (section, name), length in _LENGTHS.items():
         if len(value(section, name)) != length:
             raise InputError(f"config: {section}.{name}: expected {length} values, got {list(value(section, name))}")
@@ -265,13 +253,4 @@ def load_sopi_config(path_or_preset: str | Path) -> SopiConfig:
         InputError: a missing file, invalid YAML, or a field that is unknown, of the wrong type
             or out of range.
     """
-    path = Path(path_or_preset)
-    if not path.is_file() and path.suffix == "" and shipped_config_path(str(path_or_preset)).is_file():
-        path = shipped_config_path(str(path_or_preset))
-    if not path.is_file():
-        raise InputError(f"{path}: file not found (nor a preset: sopi_tiny, sopi_lite)")
-    try:
-        document = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise InputError(f"{path}: not valid YAML ({error})") from None
-    return SopiConfig.from_dict(document, str(path))
+    return load_yaml_dataclass(path_or_preset, SopiConfig, ("sopi_tiny", "sopi_lite"))

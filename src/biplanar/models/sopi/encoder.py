@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from biplanar.models.blocks import NEGATIVE_SLOPE
 from biplanar.models.sopi.config import FineConfig, SopiConfig
-from biplanar.models.sopi.rtpi import standardise
+from biplanar.models.sopi.rtpi import Residual2d, standardise
 
 MIN_ATTENTION_CHANNELS = 8
 
@@ -71,25 +71,17 @@ class SplitAttentionConv2d(nn.Module):
         return (weights * splits).sum(dim=1)
 
 
-class SplitAttentionBottleneck(nn.Module):
+class SplitAttentionBottleneck(Residual2d):
     """1x1 convolution, split-attention 3x3, 1x1 convolution, plus a (projected) shortcut."""
 
     def __init__(self, in_channels: int, out_channels: int, radix: int, reduction: int) -> None:
-        super().__init__()
-        self.body = nn.Sequential(
+        body = nn.Sequential(
             _conv_bn_act(in_channels, out_channels, kernel=1),
             SplitAttentionConv2d(out_channels, radix, reduction), nn.BatchNorm2d(out_channels),
             nn.LeakyReLU(NEGATIVE_SLOPE),
             nn.Conv2d(out_channels, out_channels, 1, bias=False), nn.BatchNorm2d(out_channels),
         )
-        self.shortcut = nn.Identity()
-        if in_channels != out_channels:
-            self.shortcut = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, bias=False),
-                                          nn.BatchNorm2d(out_channels))
-        self.activation = nn.LeakyReLU(NEGATIVE_SLOPE)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.activation(self.body(x) + self.shortcut(x))
+        super().__init__(body, in_channels, out_channels)
 
 
 class CascadeFusionBlock(nn.Module):

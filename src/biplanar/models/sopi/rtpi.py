@@ -47,16 +47,23 @@ def _conv_block_3d(in_channels: int, out_channels: int) -> nn.Sequential:
     )
 
 
-class ResidualBlock2d(nn.Module):
-    """Basic residual block: two 3x3 convolutions (the first with ``stride``), projection shortcut."""
+class Residual2d(nn.Module):
+    """Residual block ``LeakyReLU(body(x) + shortcut(x))`` around a given ``body``.
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int = 1) -> None:
+    ``(B, in_channels, H, W)`` -> ``(B, out_channels, H / stride, W / stride)``. The shortcut is the
+    identity, or a projection (a strided 1x1 convolution and batch norm) where ``body`` changes the
+    features or the size.
+
+    Args:
+        body: the residual branch, ``(B, in_channels, H, W)`` -> ``(B, out_channels, H / stride, W / stride)``.
+        in_channels: features in.
+        out_channels: features out.
+        stride: ``body``'s stride.
+    """
+
+    def __init__(self, body: nn.Module, in_channels: int, out_channels: int, stride: int = 1) -> None:
         super().__init__()
-        self.body = nn.Sequential(
-            nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
-            nn.BatchNorm2d(out_channels), nn.LeakyReLU(NEGATIVE_SLOPE),
-            nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False), nn.BatchNorm2d(out_channels),
-        )
+        self.body = body
         self.shortcut = nn.Identity()
         if stride != 1 or in_channels != out_channels:
             self.shortcut = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
@@ -65,6 +72,18 @@ class ResidualBlock2d(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.activation(self.body(x) + self.shortcut(x))
+
+
+class ResidualBlock2d(Residual2d):
+    """Basic residual block: two 3x3 convolutions (the first with ``stride``), projection shortcut."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1) -> None:
+        body = nn.Sequential(
+            nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
+            nn.BatchNorm2d(out_channels), nn.LeakyReLU(NEGATIVE_SLOPE),
+            nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False), nn.BatchNorm2d(out_channels),
+        )
+        super().__init__(body, in_channels, out_channels, stride)
 
 
 class RTPINet(nn.Module):
