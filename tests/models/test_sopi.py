@@ -16,7 +16,7 @@ from biplanar.models.sopi import NETWORKS, FineRegistrationNet, RTPINet, build_n
 from biplanar.models.sopi.config import SopiConfig
 from biplanar.models.sopi.encoder import CascadeFusionBlock, CompositeEncoder, SplitAttentionConv2d
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from biplanar.pose.sopi import SopiNetwork, estimate_pose_sopi, fine_registratio
 from biplanar.training.pose_data import VALIDATION_STREAM, PoseBatch, PosePairSimulator
 from biplanar.training.pose_trainer import train_pose
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,7 @@ from biplanar.training.pose_losses import (
 )
 from biplanar.training.pose_trainer import csv_fields, fine_forward, train_pose
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")
 REAL_CT = Path(__file__).resolve().parents[1] / "data" / "real_ct" / "lumbar_ct_small.nii.gz"
 
 
