@@ -37,6 +37,7 @@ from biplanar.geometry.projection import ProjectionView
 from biplanar.geometry.volume_grid import VolumeGrid
 from biplanar.models.blocks import conv_block_2d, conv_block_3d
 from biplanar.models.projectors import ViewPair
+from biplanar.models.network import normalise_radiographs
 from biplanar.optimisation.volume_registration import pooled_grid
 
 NUM_CLASSES = 2  # background, femur
@@ -121,11 +122,6 @@ def _encoder(widths: tuple[int, ...]) -> nn.ModuleList:
     inputs = (1, *widths[:-1])
     return nn.ModuleList(nn.Sequential(conv_block_2d(c, w, stride=2), conv_block_2d(w, w))
                          for c, w in zip(inputs, widths))
-
-
-def normalise_radiographs(radiographs: Tensor) -> Tensor:
-    """``(B, 2, rows, cols)`` -> the same with each image divided by its maximum (as the networks' inputs)."""
-    return radiographs / radiographs.amax(dim=(2, 3), keepdim=True).clamp(min=1e-6)
 
 
 class KastenNet(nn.Module):

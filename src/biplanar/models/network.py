@@ -57,6 +57,11 @@ class RegistrationOutput:
     warped_labels: Tensor
 
 
+def normalise_radiographs(images: Tensor) -> Tensor:
+    """``(B, V, rows, cols)`` -> the same with each image divided by its own maximum (the networks' inputs)."""
+    return images / images.amax(dim=(2, 3), keepdim=True).clamp(min=1e-6)
+
+
 def normalise_pair(radiographs: Tensor, drrs: Tensor) -> tuple[Tensor, Tensor]:
     """Per-view network inputs: radiograph and DRR, each divided by its own maximum.
 
@@ -67,10 +72,7 @@ def normalise_pair(radiographs: Tensor, drrs: Tensor) -> tuple[Tensor, Tensor]:
     Returns:
         AP and LAT inputs, each ``(B, 2, rows, cols)`` (radiograph, DRR).
     """
-    def scaled(images: Tensor) -> Tensor:
-        return images / images.amax(dim=(2, 3), keepdim=True).clamp(min=1e-6)
-
-    radiographs, drrs = scaled(radiographs), scaled(drrs)
+    radiographs, drrs = normalise_radiographs(radiographs), normalise_radiographs(drrs)
     return (torch.stack([radiographs[:, 0], drrs[:, 0]], dim=1),
             torch.stack([radiographs[:, 1], drrs[:, 1]], dim=1))
 
