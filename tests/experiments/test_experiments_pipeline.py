@@ -150,3 +150,26 @@ def test_a_reused_full_model_redoes_only_the_stages_that_score_it(run, tmp_path)
     full = read_cases(run.out_dir / "eval_full" / "cases.csv", "affine+local")
     ablation = read_cases(run.out_dir / "eval_no_skip" / "cases.csv", "affine+local")
     assert all(full[case]["dice"] < ablation[case]["dice"] for case in full)  # the shift costs overlap
+
+
+def test_single_stages_run_once_their_prerequisites_are_complete(run, tmp_path):
+    out = tmp_path / "stages"
+    with pytest.raises(InputError, match="--stage train_kasten: needs stage data"):
+        run_experiments(out, "tiny", progress=False, stage="train_kasten")
+    assert run_experiments(out, "tiny", progress=False, stage="data").ran == ["data"]
+    with pytest.raises(InputError, match="--stage eval_kasten: needs stage train_kasten"):
+        run_experiments(out, "tiny", progress=False, stage="eval_kasten")
+    trained = run_experiments(out, "tiny", progress=False, stage="train_kasten")
+    assert trained.ran == ["train_kasten"] and trained.skipped == ["data"]
+    assert not (out / "results.md").exists() and not (out / "train_full").exists()
+    assert run_experiments(out, "tiny", progress=False, stage="eval_kasten").ran == ["eval_kasten"]
+    with pytest.raises(InputError, match="--stage: expected one of data, train_full"):
+        run_experiments(out, "tiny", progress=False, stage="report")
+    assert run_experiments(run.out_dir, "tiny", progress=False, stage="fig4_geometry_grid").ran == []
+
+
+def test_cli_runs_one_stage(run):
+    result = runner.invoke(app, ["experiments", "--out", str(run.out_dir), "--budget", "tiny", "--stage",
+                                 "eval_sdm"])
+    assert result.exit_code == 0, result.output
+    assert "stage eval_sdm: complete before" in result.output

@@ -22,6 +22,12 @@ Resume: running the same command again skips every complete stage whose inputs (
 checkpoints it scores) are unchanged; an interrupted training continues from its ``last.pt``; any
 other interrupted stage starts over. ``out_dir/experiment.json`` pins the budget: another budget in
 the same folder is refused.
+
+One stage at a time (``stage=``, the CLI's ``--stage``): runs just that stage, once the stages it
+needs are complete (the data for a training; the data and the scored model for an evaluation or
+study), and writes no report. Independent stages (the trainings, above all) can so run in parallel,
+one process per core or GPU; a last run of the whole command then reuses them and writes the report.
+Two processes must not run the same stage.
 """
 
 from __future__ import annotations
@@ -120,8 +126,9 @@ def _say(enabled: bool, message: str) -> None:
 class _Stages:
     """Runs stages with resume (module doc) and keeps their records."""
 
-    def __init__(self, out_dir: Path, progress: bool) -> None:
-        self.out_dir, self.progress = out_dir, progress
+    def __init__(self, out_dir: Path, progress: bool, only: str | None = None) -> None:
+        """``only``: run no stage but this one; any other must be complete already."""
+        self.out_dir, self.progress, self.only = out_dir, progress, only
         self.records: list[StageRecord] = []
 
     def run(self, name: str, inputs: dict[str, Any], work: Callable[[Path], dict[str, Any]],
@@ -139,6 +146,9 @@ class _Stages:
             if resumable:
                 raise InputError(f"{marker}: made with other inputs ({document.get('inputs')}); delete {folder} "
                                  f"to redo it")
+        if self.only is not None and name != self.only:
+            raise InputError(f"--stage {self.only}: needs stage {name}, which is not complete; run it first "
+                             f"(--stage {name}, or the whole command)")
         if not resumable and folder.exists():
             shutil.rmtree(folder)
         folder.mkdir(parents=True, exist_ok=True)
@@ -195,6 +205,7 @@ class _Context:
     device: Any
     workers: int
     progress: bool
+    models: dict[str, TrainedModel] = field(default_factory=dict)  # by model name, once trained or reused
 
     def data_dir(self, geometry: str) -> Path:
         return self.out_dir / DATA_STAGE / geometry
@@ -321,20 +332,39 @@ def _geometry_grid(context: _Context, model: TrainedModel) -> dict[str, Any]:
                            rows_of)
 
 
-def _models(context: _Context, model_full: Path | None, model_generalized: Path | None) -> dict[str, TrainedModel]:
-    """Every model of :data:`MODELS`, trained under the budget or reused."""
-    reused = {FULL.name: (model_full, "--model-full"),
-              GENERALIZED_MODEL.name: (model_generalized, "--model-generalized")}
-    models = {}
-    for spec in MODELS:
+_Reused = dict[str, tuple[Path | None, str]]
+
+
+def _model(context: _Context, spec: ModelSpec, reused: _Reused) -> TrainedModel:
+    """The model ``spec``: the user's checkpoint when ``reused`` names one for it, else trained under the budget."""
+    if spec.name not in context.models:
         path, option = reused.get(spec.name, (None, ""))
-        models[spec.name] = _train(context, spec) if path is None else reused_model(path, context.budget, option)
-    return models
+        context.models[spec.name] = _train(context, spec) if path is None else reused_model(path, context.budget,
+                                                                                              option)
+    return context.models[spec.name]
+
+
+def _evaluate_model(context: _Context, spec: ModelSpec, reused: _Reused) -> dict[str, Any]:
+    return _evaluate(context, spec, _model(context, spec, reused))
+
+
+def _stage_work(context: _Context, reused: _Reused) -> dict[str, Callable[[], Any]]:
+    """Every stage's name -> a call that runs it (with what it needs), in the order of a whole run."""
+    work: dict[str, Callable[[], Any]] = {DATA_STAGE: functools.partial(_make_data, context)}
+    trained = [spec for spec in MODELS if spec.name not in reused or reused[spec.name][0] is None]
+    work.update({f"train_{spec.name}": functools.partial(_model, context, spec, reused) for spec in trained})
+    work.update({f"eval_{spec.name}": functools.partial(_evaluate_model, context, spec, reused)
+                 for spec in (FULL, *ABLATIONS, *BASELINES)})
+    work[OPTIMISATION_STAGE] = functools.partial(_evaluate_optimisation, context)
+    work[FIG3_STAGE] = lambda: _angle_error(context, _model(context, FULL, reused))
+    work[FIG4_STAGE] = lambda: _geometry_grid(context, _model(context, GENERALIZED_MODEL, reused))
+    return work
 
 
 def run_experiments(out_dir: str | Path, budget: str, model_full: str | Path | None = None,
                     model_generalized: str | Path | None = None, docs_dir: str | Path | None = None,
-                    workers: int = 1, progress: bool = True, device: str | None = None) -> ExperimentsResult:
+                    workers: int = 1, progress: bool = True, device: str | None = None,
+                    stage: str | None = None) -> ExperimentsResult:
     """Run (or resume) every stage of the reproduction and write the report (module doc).
 
     Args:
@@ -348,10 +378,11 @@ def run_experiments(out_dir: str | Path, budget: str, model_full: str | Path | N
         workers: processes simulating the datasets.
         progress: show progress on stderr.
         device: ``cpu`` or ``cuda`` (default: CUDA when available).
+        stage: run only this stage (module doc) and write no report; ``results_md`` may then not exist.
 
     Raises:
-        InputError: an unknown budget, a bad or mismatching checkpoint, or ``out_dir`` holding
-            another budget's run.
+        InputError: an unknown budget or stage, a stage whose prerequisites are not complete, a bad
+            or mismatching checkpoint, or ``out_dir`` holding another budget's run.
     """
     import torch
 
@@ -369,17 +400,25 @@ def run_experiments(out_dir: str | Path, budget: str, model_full: str | Path | N
     command = experiment_command(out_dir, budget, None if model_full is None else Path(model_full),
                                  None if model_generalized is None else Path(model_generalized),
                                  None if docs_dir is None else Path(docs_dir))
-    stages = _Stages(out_dir, progress)
+    stages = _Stages(out_dir, progress, only=stage)
     context = _Context(out_dir, selected, stages, torch.device(device) if device else default_device(), workers,
                        progress)
-    data = _make_data(context)
-    models = _models(context, None if model_full is None else Path(model_full),
-                     None if model_generalized is None else Path(model_generalized))
-    for spec in (FULL, *ABLATIONS, *BASELINES):
-        _evaluate(context, spec, models[spec.name])
-    _evaluate_optimisation(context)
-    _angle_error(context, models[FULL.name])
-    _geometry_grid(context, models[GENERALIZED_MODEL.name])
+    reused = {FULL.name: (None if model_full is None else Path(model_full), "--model-full"),
+              GENERALIZED_MODEL.name: (None if model_generalized is None else Path(model_generalized),
+                                       "--model-generalized")}
+    work = _stage_work(context, reused)
+    if stage is not None:
+        if stage not in work:
+            raise InputError(f"--stage: expected one of {', '.join(work)}, got {stage!r}")
+        if stage != DATA_STAGE:
+            work[DATA_STAGE]()
+        work[stage]()
+        return ExperimentsResult(out_dir, out_dir / "results.md", stages.records)
+    data = work[DATA_STAGE]()
+    for name in work:
+        if name != DATA_STAGE:
+            work[name]()
+    models = {spec.name: _model(context, spec, reused) for spec in MODELS}
     _say(progress, "writing the report")
     inputs = ReportInputs(out_dir=out_dir, budget=selected, command=command, data=data, models=models,
                           stages=stages.records, device=str(context.device))
