@@ -29,6 +29,7 @@ import numpy as np
 
 from biplanar.evaluation.evaluate import rows_to_csv
 from biplanar.experiments.budgets import Budget
+from biplanar.experiments.discussion import discussion_section
 from biplanar.experiments.models import ABLATIONS, BASELINES, FULL, GENERALIZED_MODEL, MODELS, TrainedModel
 from biplanar.experiments.tables import (
     MethodScores,
@@ -103,7 +104,8 @@ def _save_figure(figure, path: Path) -> None:
 
 # --- Tables 1 and 2 -----------------------------------------------------------------------------
 def table_methods(inputs: ReportInputs) -> tuple[list[MethodScores], MethodScores, list[MethodScores]]:
-    """Table 1's rows, and Table 2's full model and ablations, read from the ``eval_*`` stages."""
+    """Table 1's rows (ours, our affine stage, the baselines, the optimisation), and Table 2's full model
+    and ablations, read from the ``eval_*`` stages."""
     def scores(name: str, stage: str) -> dict:
         return read_cases(inputs.out_dir / f"eval_{name}" / "cases.csv", stage)
 
@@ -351,8 +353,8 @@ def _models_section(inputs: ReportInputs) -> list[str]:
     return lines
 
 
-def _table_sections(inputs: ReportInputs, out_dir: Path) -> tuple[list[str], list[MethodScores]]:
-    methods, full, ablations = table_methods(inputs)
+def _table_sections(inputs: ReportInputs, methods: list[MethodScores], full: MethodScores,
+                    ablations: list[MethodScores], out_dir: Path) -> list[str]:
     markdown1, records1 = table1(methods)
     markdown2, records2 = table2(full, ablations)
     atomic_write_text(out_dir / "table1.csv", rows_to_csv(records1))
@@ -385,12 +387,10 @@ def _table_sections(inputs: ReportInputs, out_dir: Path) -> tuple[list[str], lis
         f"![Dice per test case](img/{BOXES_PNG})",
         "",
     ]
-    return lines, [*methods, *ablations]
+    return lines
 
 
-def _fig3_section(inputs: ReportInputs, out_dir: Path, image_dir: Path) -> list[str]:
-    rows = _read_rows(out_dir / "fig3_angle_error" / "cases.csv")
-    summary = angle_error_summary(rows)
+def _fig3_section(inputs: ReportInputs, summary: list[dict[str, Any]], out_dir: Path, image_dir: Path) -> list[str]:
     atomic_write_text(out_dir / "fig3_angle_error.csv", rows_to_csv(summary))
     plot_angle_error(summary, image_dir / FIG3_PNG)
     return [
@@ -413,9 +413,7 @@ def _fig3_section(inputs: ReportInputs, out_dir: Path, image_dir: Path) -> list[
     ]
 
 
-def _fig4_section(inputs: ReportInputs, out_dir: Path, image_dir: Path) -> list[str]:
-    rows = _read_rows(out_dir / "fig4_geometry_grid" / "cases.csv")
-    summary = geometry_grid_summary(rows)
+def _fig4_section(inputs: ReportInputs, summary: list[dict[str, Any]], out_dir: Path, image_dir: Path) -> list[str]:
     atomic_write_text(out_dir / "fig4_geometry_grid.csv", rows_to_csv(summary))
     plot_geometry_grid(summary, image_dir / FIG4_PNG)
     diagonal, others = diagonal_contrast(summary)
@@ -466,10 +464,14 @@ def write_report(inputs: ReportInputs, docs_dir: Path | None = None) -> list[Pat
     out_dir = inputs.out_dir
     image_dir = out_dir / IMAGE_DIR
     image_dir.mkdir(parents=True, exist_ok=True)
-    table_lines, methods = _table_sections(inputs, out_dir)
-    plot_dice_per_case(methods, image_dir / BOXES_PNG)
-    lines = [*_header(inputs), *_models_section(inputs), *table_lines, *_fig3_section(inputs, out_dir, image_dir),
-             *_fig4_section(inputs, out_dir, image_dir), *_timings_section(inputs)]
+    methods, full, ablations = table_methods(inputs)
+    plot_dice_per_case([*methods, *ablations], image_dir / BOXES_PNG)
+    fig3 = angle_error_summary(_read_rows(out_dir / "fig3_angle_error" / "cases.csv"))
+    fig4 = geometry_grid_summary(_read_rows(out_dir / "fig4_geometry_grid" / "cases.csv"))
+    discussion = discussion_section(methods, full, methods[1], ablations, fig3, fig4, len(full.scores))
+    lines = [*_header(inputs), *_models_section(inputs), *_table_sections(inputs, methods, full, ablations, out_dir),
+             *_fig3_section(inputs, fig3, out_dir, image_dir), *_fig4_section(inputs, fig4, out_dir, image_dir),
+             *discussion, *_timings_section(inputs)]
     atomic_write_text(out_dir / "results.md", "\n".join(lines))
     images = [image_dir / name for name in (BOXES_PNG, FIG3_PNG, FIG4_PNG)]
     if docs_dir is not None:

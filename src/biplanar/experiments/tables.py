@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 Scores = dict[str, dict[str, float]]  # case id -> metric -> value
-TABLE_METRICS = (("dice", "Dice"), ("assd_mm", "ASSD (mm)"), ("hd95_mm", "HD95 (mm)"))
+TABLE_METRICS = (("dice", "Dice"), ("jaccard", "Jaccard"), ("assd_mm", "ASSD (mm)"), ("hd95_mm", "HD95 (mm)"),
+                 ("ssim", "SSIM"))  # SSIM: warped atlas vs true CT, n/a for the label-only baselines
 TESTED_METRICS = (("dice", "Dice"), ("assd_mm", "ASSD (mm)"))
 
 
