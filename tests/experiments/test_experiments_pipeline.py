@@ -24,7 +24,7 @@ from biplanar.experiments.tables import read_cases
 from biplanar.training.checkpoints import export_model
 
 SECTIONS = ("## Table 1: comparison methods", "## Table 2: ablations", "## Fig. 3: a wrong LAO/RAO angle",
-            "## Fig. 4: generalized geometries")
+            "## Fig. 4: generalized geometries", "## Rigid pose estimation (SOPI's Table 1)")
 PLOTS = ("results_dice_per_case.png", "results_fig3_angle_error.png", "results_fig4_geometry_grid.png")
 SHIFT_MM = 8.0
 TRANSLATION_X_UNIT_MM = 10.0  # a unit output of the affine dense layer's tx (biplanar.models.affine)
@@ -71,7 +71,7 @@ def test_first_run_writes_every_section_plot_and_table(run):
     out = run.out_dir
     expected_stages = ["data", *(f"train_{spec.name}" for spec in MODELS),
                        *(f"eval_{spec.name}" for spec in MODELS if spec.name != "generalized"),
-                       "eval_optimisation", "fig3_angle_error", "fig4_geometry_grid"]
+                       "eval_optimisation", "fig3_angle_error", "fig4_geometry_grid", "pose_accuracy"]
     assert run.ran == expected_stages and run.skipped == []
     text = run.results_md.read_text()
     for section in SECTIONS:
@@ -81,7 +81,7 @@ def test_first_run_writes_every_section_plot_and_table(run):
         data = (out / "img" / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
         assert f"](img/{name})" in text
-    for name in ("table1.csv", "table2.csv", "fig3_angle_error.csv", "fig4_geometry_grid.csv"):
+    for name in ("table1.csv", "table2.csv", "fig3_angle_error.csv", "fig4_geometry_grid.csv", "pose_accuracy.csv"):
         assert (out / name).is_file()
     # every model trained with the same budget: 2 steps
     assert "| 2 |" in text and all(f"stage `train_{spec.name}`" in text for spec in MODELS)
@@ -90,6 +90,22 @@ def test_first_run_writes_every_section_plot_and_table(run):
         assert len(list(csv.DictReader(handle))) == 2 * 3 * 2
     with open(out / "fig4_geometry_grid" / "cases.csv", newline="") as handle:
         assert len(list(csv.DictReader(handle))) == 2 * 9
+
+
+def test_pose_study_rows_and_section(run):
+    """Tiny budget: one femur case at the small range, the identity start and the three baselines;
+    no SOPI checkpoints, so its rows are named missing, and SOPI's published row stands beside."""
+    with open(run.out_dir / "pose_accuracy" / "cases.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(row["dataset"], row["range"], row["method"]) for row in rows] == [
+        ("femur", "small", method) for method in ("initial", "opt-gc", "opt-ncc", "opt-ngi")]
+    assert all(row["error"] == "" and math.isfinite(float(row["rotation_deg"])) for row in rows)
+    with open(run.out_dir / "pose_accuracy.csv", newline="") as handle:
+        assert [row["method"] for row in csv.DictReader(handle)] == ["initial", "opt-gc", "opt-ncc", "opt-ngi"]
+    section = run.results_md.read_text().split("## Rigid pose estimation (SOPI's Table 1)")[1].split("\n## ")[0]
+    assert "### femur, range small" in section and "| opt-gc | 1 |" in section
+    assert "| SOPI as published" in section and "| 1.89 | 4.53 | 22.4% | 4.64 |" in section
+    assert "Rows `sopi`, `sopi+opt` are missing: no SOPI checkpoints were given" in section
 
 
 def test_table2_p_values_are_the_paired_ttests_of_the_cases(run):
@@ -111,7 +127,7 @@ def test_cli_copies_the_report_into_docs(run, tmp_path):
     result = runner.invoke(app, ["experiments", "--out", str(run.out_dir), "--budget", "tiny", "--docs",
                                  "--docs-dir", str(docs)])
     assert result.exit_code == 0, result.output
-    assert "0 stages run, 19 reused" in result.output
+    assert "0 stages run, 20 reused" in result.output
     assert (docs / "results.md").read_text() == run.results_md.read_text()
     assert all((docs / "img" / name).is_file() for name in PLOTS)
 
@@ -132,6 +148,11 @@ def test_cli_errors_are_one_line(tmp_path):
     assert result.output.strip().splitlines() == [f"biplanar: error: --model-full {tmp_path / 'missing.pt'}: "
                                                   f"file not found"]
     assert runner.invoke(app, ["experiments", "--out", str(tmp_path / "x"), "--budget", "huge"]).exit_code == 2
+    result = runner.invoke(app, ["experiments", "--out", str(tmp_path / "x"), "--budget", "tiny", "--sopi-rtpi",
+                                 str(tmp_path / "rtpi.pt")])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == ["biplanar: error: --sopi-rtpi, --sopi-fine: give both SOPI "
+                                                  "checkpoints or neither"]
 
 
 def test_a_reused_full_model_redoes_only_the_stages_that_score_it(run, tmp_path):
@@ -156,6 +177,7 @@ def test_single_stages_run_once_their_prerequisites_are_complete(run, tmp_path):
     out = tmp_path / "stages"
     with pytest.raises(InputError, match="--stage train_kasten: needs stage data"):
         run_experiments(out, "tiny", progress=False, stage="train_kasten")
+    assert run_experiments(out, "tiny", progress=False, stage="pose_accuracy").ran == ["pose_accuracy"]  # no data
     assert run_experiments(out, "tiny", progress=False, stage="data").ran == ["data"]
     with pytest.raises(InputError, match="--stage eval_kasten: needs stage train_kasten"):
         run_experiments(out, "tiny", progress=False, stage="eval_kasten")

@@ -1,4 +1,5 @@
-"""Evaluation of registrations: segmentation overlap, surface distances in mm, image similarity."""
+"""Evaluation of registrations: segmentation overlap, surface distances in mm, image similarity; rigid pose
+accuracy (:mod:`biplanar.evaluation.pose_accuracy`)."""
 
 from biplanar.evaluation.metrics import (
     assd_mm,

@@ -7,6 +7,7 @@
 - :mod:`~biplanar.experiments.models`: the full model, its ablations, the baselines, training them;
 - :mod:`~biplanar.experiments.scoring`: scoring any method by its predicted labels;
 - :mod:`~biplanar.experiments.angle_studies`: the Fig. 3 and Fig. 4 studies;
+- :mod:`biplanar.evaluation.pose_accuracy`: SOPI's Table 1 (rigid pose accuracy), stage ``pose_accuracy``;
 - :mod:`~biplanar.experiments.tables`: means, paired t-tests, Markdown tables;
 - :mod:`~biplanar.experiments.report`: ``results.md``, CSVs, plots;
 - :mod:`~biplanar.experiments.runner`: the resumable stages.

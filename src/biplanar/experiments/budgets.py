@@ -9,6 +9,10 @@ generalized geometries) gets the same training: the same dataset size, epochs an
 - ``lite``: the lite preset (96 x 64 x 96 atlas grid, 112 x 80 radiographs), 60 subjects per
   dataset (44 train / 8 val / 8 test), 6 epochs per model (264 steps): a CPU-sized run.
 - ``paper``: the paper's sizes: 315 subjects (235 / 40 / 40), the paper config's 300 epochs.
+
+The rigid-pose study (SOPI's Table 1, :mod:`biplanar.evaluation.pose_accuracy`): ``tiny`` one femur
+case at the small range, 12 CMA-ES evaluations at the coarsest level only; ``lite`` 10 and ``paper``
+50 cases per dataset (lumbar CT, femur phantoms) and range (small, wide), the full search.
 """
 
 from __future__ import annotations
@@ -18,11 +22,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from biplanar.errors import InputError
+from biplanar.evaluation.pose_accuracy import DATASETS, RANGES, SearchEffort
 from biplanar.optimisation.volume_registration import VolumeRegistrationSettings
 from biplanar.pose.baselines import OptimisationConfig
 
 ORTHOGONAL_SEED = 101  # dataset seed of the orthogonal dataset (all tables and figures are scored on its test split)
 GENERALIZED_SEED = 102  # dataset seed of the generalized dataset (training data of the Fig. 4 model)
+POSE_SEED = 0  # seed of the rigid-pose study's true poses (biplanar.evaluation.pose_accuracy)
 
 
 def _degrees(start: float, stop: float, step: float) -> tuple[float, ...]:
@@ -46,6 +52,10 @@ class Budget:
         angle_errors_deg: Fig. 3: errors added to the LAT view's LAO/RAO angle, degrees.
         pose_correction: Fig. 3: the per-view Opt-GC search that corrects the views.
         grid_offsets_deg: Fig. 4: offsets of the AP angle from 0 and of the LAT angle from 90, degrees.
+        pose_cases: rigid-pose study (SOPI's Table 1): cases per dataset and pose range.
+        pose_datasets: its datasets (:data:`biplanar.evaluation.pose_accuracy.DATASETS`).
+        pose_ranges: its pose ranges (``small``, ``wide``).
+        pose_search: how hard its optimisation baselines search.
     """
 
     name: str
@@ -58,6 +68,10 @@ class Budget:
     angle_errors_deg: tuple[float, ...] = _degrees(-10.0, 10.0, 1.0)
     pose_correction: OptimisationConfig = field(default_factory=OptimisationConfig)
     grid_offsets_deg: tuple[float, ...] = _degrees(-30.0, 30.0, 10.0)
+    pose_cases: int = 10
+    pose_datasets: tuple[str, ...] = tuple(DATASETS)
+    pose_ranges: tuple[str, ...] = RANGES
+    pose_search: SearchEffort = field(default_factory=SearchEffort)
 
     def __post_init__(self) -> None:
         if self.subjects < 12:
@@ -83,10 +97,11 @@ BUDGETS: dict[str, Budget] = {
                    sdm_registration=VolumeRegistrationSettings(levels=((4, 10),)),
                    optimisation_iterations=5, angle_errors_deg=(-10.0, 0.0, 10.0),
                    pose_correction=OptimisationConfig(levels_mm=(12.0,), max_evaluations=30, refine_steps=0),
-                   grid_offsets_deg=(-30.0, 0.0, 30.0)),
+                   grid_offsets_deg=(-30.0, 0.0, 30.0), pose_cases=1, pose_datasets=("femur",),
+                   pose_ranges=("small",), pose_search=SearchEffort(max_evaluations=12, refine_steps=0, max_levels=1)),
     "lite": Budget("lite", "lite", subjects=60, epochs=6, max_steps=None),
     "paper": Budget("paper", "paper", subjects=315, epochs=None, max_steps=None, optimisation_iterations=300,
-                    grid_offsets_deg=_degrees(-30.0, 30.0, 5.0)),
+                    grid_offsets_deg=_degrees(-30.0, 30.0, 5.0), pose_cases=50),
 }
 
 

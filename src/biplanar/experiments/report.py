@@ -3,10 +3,12 @@
 Written into the experiments folder (each file atomically):
 
 - ``results.md``: the command, the budget, the models and their training, Table 1, Table 2 (with
-  paired two-sided t-tests), Fig. 3 and Fig. 4, the stages' wall times; the paper's figures beside
-  ours where we are sure of them (:data:`PAPER`), "see paper" elsewhere;
+  paired two-sided t-tests), Fig. 3 and Fig. 4, SOPI's Table 1 (rigid pose), the stages' wall
+  times; the paper's figures beside ours where we are sure of them (:data:`PAPER`), "see paper"
+  elsewhere, and SOPI's published row beside the pose tables;
 - ``table1.csv``, ``table2.csv``, ``fig3_angle_error.csv`` (per correction and angle error: mean
-  and sd over the cases), ``fig4_geometry_grid.csv`` (per angle pair: mean and sd);
+  and sd over the cases), ``fig4_geometry_grid.csv`` (per angle pair: mean and sd),
+  ``pose_accuracy.csv`` (per dataset, pose range and method: mean errors, failure rate, time);
 - ``img/results_fig3_angle_error.png``, ``img/results_fig4_geometry_grid.png``,
   ``img/results_dice_per_case.png``.
 
@@ -31,6 +33,7 @@ from biplanar.evaluation.evaluate import rows_to_csv
 from biplanar.experiments.budgets import Budget
 from biplanar.experiments.discussion import discussion_section
 from biplanar.experiments.models import ABLATIONS, BASELINES, FULL, GENERALIZED_MODEL, MODELS, TrainedModel
+from biplanar.experiments.runner import POSE_STAGE
 from biplanar.experiments.tables import (
     MethodScores,
     column,
@@ -290,8 +293,8 @@ def _header(inputs: ReportInputs) -> list[str]:
         "# Results: the paper's experiments on this project's synthetic femurs",
         "",
         "Tables 1 and 2 and Figs. 3 and 4 of Van Houtte et al. (IJCARS 2022), re-run with this project's code "
-        "on its simulated phantom population at a reduced budget. Every number on this page was produced "
-        "by one command:",
+        "on its simulated phantom population at a reduced budget, and the rigid-pose study of SOPI's Table 1 "
+        "(Chen et al. 2023) with two views. Every number on this page was produced by one command:",
         "",
         "```bash",
         inputs.command,
@@ -322,10 +325,19 @@ def _header(inputs: ReportInputs) -> list[str]:
                        f"per level, {correction.refine_steps} L-BFGS steps"],
             ["Fig. 4", f"AP at 0 + a, LAT at 90 + b deg for a, b in {_angles(budget.grid_offsets_deg)} "
                        f"({len(budget.grid_offsets_deg)}^2 pairs)"],
+            ["rigid pose (SOPI's Table 1)", _pose_budget_text(budget)],
         ], numeric=False),
         "",
     ]
     return lines
+
+
+def _pose_budget_text(budget: Budget) -> str:
+    search = budget.pose_search
+    levels = "all levels" if search.max_levels is None else f"the coarsest {search.max_levels} level(s)"
+    return (f"{budget.pose_cases} case(s) per dataset ({', '.join(budget.pose_datasets)}) and pose range "
+            f"({', '.join(budget.pose_ranges)}); baselines: {search.max_evaluations} CMA-ES evaluations per level, "
+            f"{levels}, {search.refine_steps} L-BFGS steps")
 
 
 def _angles(values: tuple[float, ...]) -> str:
@@ -436,6 +448,38 @@ def _fig4_section(inputs: ReportInputs, summary: list[dict[str, Any]], out_dir: 
     ]
 
 
+def _pose_section(inputs: ReportInputs, out_dir: Path) -> list[str]:
+    from biplanar.evaluation.pose_accuracy import DEFINITIONS, RANGE_REASON, summarise, tables_markdown
+    from biplanar.pose.estimate import SOPI_METHODS
+
+    records = summarise(_read_rows(out_dir / POSE_STAGE / "cases.csv"))
+    atomic_write_text(out_dir / "pose_accuracy.csv", rows_to_csv(records))
+    methods = next(stage.info["methods"] for stage in inputs.stages if stage.name == POSE_STAGE)
+    missing = [method for method in SOPI_METHODS if method not in methods]
+    note = (f"Rows {', '.join(f'`{method}`' for method in missing)} are missing: no SOPI checkpoints were given "
+            f"(`--sopi-rtpi`, `--sopi-fine`); training the learned SOPI networks needs a GPU-sized run, not done "
+            f"here. The last row of each table is SOPI's own published result, on its data."
+            if missing else "The last row of each table is SOPI's own published result, on its data.")
+    return [
+        "## Rigid pose estimation (SOPI's Table 1)",
+        "",
+        _provenance(inputs),
+        "",
+        f"The rigid CT-to-X-ray pose study of SOPI (Chen et al. 2023, Table 1) with two views (AP and LAT): "
+        f"each case renders noise-free DRRs of a CT at a random true pose and every method starts at the "
+        f"identity. Datasets: `lumbar`, the real lumbar-pelvis CT of `tests/data/real_ct` (the same CT every "
+        f"case); `femur`, a new femur phantom per case. Stage `{POSE_STAGE}` (per case in its `cases.csv`, "
+        f"summary in `pose_accuracy.csv`; `biplanar evaluate-pose` runs the same study alone). {DEFINITIONS}",
+        "",
+        RANGE_REASON,
+        "",
+        note,
+        "",
+        tables_markdown(records, inputs.budget.pose_search),
+        "",
+    ]
+
+
 def _provenance(inputs: ReportInputs) -> str:
     """The line that ties a section's numbers to their command and budget."""
     return f"*Numbers below: `{inputs.command}` (budget `{inputs.budget.name}`, see above).*"
@@ -471,7 +515,7 @@ def write_report(inputs: ReportInputs, docs_dir: Path | None = None) -> list[Pat
     discussion = discussion_section(methods, full, methods[1], ablations, fig3, fig4, len(full.scores))
     lines = [*_header(inputs), *_models_section(inputs), *_table_sections(inputs, methods, full, ablations, out_dir),
              *_fig3_section(inputs, fig3, out_dir, image_dir), *_fig4_section(inputs, fig4, out_dir, image_dir),
-             *discussion, *_timings_section(inputs)]
+             *_pose_section(inputs, out_dir), *discussion, *_timings_section(inputs)]
     atomic_write_text(out_dir / "results.md", "\n".join(lines))
     images = [image_dir / name for name in (BOXES_PNG, FIG3_PNG, FIG4_PNG)]
     if docs_dir is not None:
@@ -479,7 +523,8 @@ def write_report(inputs: ReportInputs, docs_dir: Path | None = None) -> list[Pat
         for image in images:
             _copy(image, docs_dir / IMAGE_DIR / image.name)
     return [out_dir / "results.md", *(out_dir / name for name in ("table1.csv", "table2.csv", "fig3_angle_error.csv",
-                                                                 "fig4_geometry_grid.csv")), *images]
+                                                                 "fig4_geometry_grid.csv", "pose_accuracy.csv")),
+            *images]
 
 
 def _copy(source: Path, target: Path) -> None:

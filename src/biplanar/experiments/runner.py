@@ -13,10 +13,14 @@ what it produced, its wall time) once complete:
   :mod:`~biplanar.experiments.scoring`), and ``eval_optimisation``: the no-learning method;
 - ``fig3_angle_error`` and ``fig4_geometry_grid``: the geometry studies
   (:mod:`~biplanar.experiments.angle_studies`), ``cases.csv`` each;
+- ``pose_accuracy``: the rigid-pose study in the manner of SOPI's Table 1
+  (:mod:`biplanar.evaluation.pose_accuracy`; ``cases.csv``, ``summary.md``): the optimisation
+  baselines, and SOPI and SOPI+opt when ``sopi_rtpi`` and ``sopi_fine`` are given; it needs no
+  other stage;
 
 then the report (:mod:`~biplanar.experiments.report`, always rewritten): ``results.md``,
-``table1.csv``, ``table2.csv``, ``fig3_angle_error.csv``, ``fig4_geometry_grid.csv`` and
-``img/results_*.png``.
+``table1.csv``, ``table2.csv``, ``fig3_angle_error.csv``, ``fig4_geometry_grid.csv``,
+``pose_accuracy.csv`` and ``img/results_*.png``.
 
 Resume: running the same command again skips every complete stage whose inputs (the budget, the
 checkpoints it scores) are unchanged; an interrupted training continues from its ``last.pt``; any
@@ -45,7 +49,7 @@ from typing import Any
 
 from biplanar.errors import InputError
 from biplanar.evaluation.evaluate import rows_to_csv
-from biplanar.experiments.budgets import GENERALIZED_SEED, ORTHOGONAL_SEED, Budget, get_budget
+from biplanar.experiments.budgets import GENERALIZED_SEED, ORTHOGONAL_SEED, POSE_SEED, Budget, get_budget
 from biplanar.experiments.models import (
     ABLATIONS,
     BASELINES,
@@ -62,12 +66,15 @@ from biplanar.experiments.models import (
 )
 from biplanar.io.atomic import atomic_write_text
 from biplanar.io.json_files import read_json, write_json
+from biplanar.evaluation.pose_accuracy import BASELINE_METHODS, StudySettings, sopi_checkpoints
+from biplanar.pose.estimate import SOPI_METHODS, SopiCheckpoints
 
 STAGE_FILE = "stage.json"
 EXPERIMENT_FILE = "experiment.json"
 CASES_FILE = "cases.csv"
 DATA_STAGE, OPTIMISATION_STAGE = "data", "eval_optimisation"
 FIG3_STAGE, FIG4_STAGE = "fig3_angle_error", "fig4_geometry_grid"
+POSE_STAGE = "pose_accuracy"
 TEST_SPLIT = "test"
 
 
@@ -107,10 +114,12 @@ class ExperimentsResult:
 
 
 def experiment_command(out_dir: Path, budget: str, model_full: Path | None, model_generalized: Path | None,
-                       docs_dir: Path | None) -> str:
+                       docs_dir: Path | None, sopi: SopiCheckpoints | None = None) -> str:
     """The ``biplanar experiments`` command line equivalent to these arguments (quoted for a shell)."""
     words = ["biplanar", "experiments", "--out", str(out_dir), "--budget", budget]
-    for option, value in (("--model-full", model_full), ("--model-generalized", model_generalized)):
+    for option, value in (("--model-full", model_full), ("--model-generalized", model_generalized),
+                          ("--sopi-rtpi", None if sopi is None else sopi.rtpi),
+                          ("--sopi-fine", None if sopi is None else sopi.fine)):
         if value is not None:
             words += [option, str(value)]
     if docs_dir is not None:
@@ -186,10 +195,10 @@ def _progress(enabled: bool, description: str, total: int):
     return bar, lambda: bar.advance(task)
 
 
-def _checkpoint_inputs(out_dir: Path, model: TrainedModel) -> dict[str, Any]:
+def _checkpoint_inputs(out_dir: Path, checkpoint: Path) -> dict[str, Any]:
     """What identifies a checkpoint for resume: its path (relative to ``out_dir`` when inside it) and
     modification time."""
-    path = model.checkpoint.resolve()
+    path = Path(checkpoint).resolve()
     try:
         name = str(path.relative_to(out_dir.resolve()))
     except ValueError:
@@ -206,6 +215,7 @@ class _Context:
     workers: int
     progress: bool
     models: dict[str, TrainedModel] = field(default_factory=dict)  # by model name, once trained or reused
+    sopi: SopiCheckpoints | None = None  # SOPI's checkpoints for the pose study, when given
 
     def data_dir(self, geometry: str) -> Path:
         return self.out_dir / DATA_STAGE / geometry
@@ -265,7 +275,7 @@ def _evaluate(context: _Context, spec: ModelSpec, model: TrainedModel) -> dict[s
         with bar:
             return _write_rows(folder, score_split(BaselinePredictor(model.checkpoint, context.device), dataset, tick))
 
-    return context.stages.run(f"eval_{spec.name}", _checkpoint_inputs(context.out_dir, model), work)
+    return context.stages.run(f"eval_{spec.name}", _checkpoint_inputs(context.out_dir, model.checkpoint), work)
 
 
 def _evaluate_optimisation(context: _Context) -> dict[str, Any]:
@@ -309,7 +319,8 @@ def _geometry_study(context: _Context, model: TrainedModel, stage: str, descript
             rows = rows_of(NetworkPredictor(model.checkpoint, context.device), dataset, tick=tick)
         return _write_rows(folder, rows)
 
-    inputs = {**_checkpoint_inputs(context.out_dir, model), "budget": context.budget.name, name: list(values)}
+    inputs = {**_checkpoint_inputs(context.out_dir, model.checkpoint), "budget": context.budget.name,
+              name: list(values)}
     return context.stages.run(stage, inputs, work)
 
 
@@ -330,6 +341,36 @@ def _geometry_grid(context: _Context, model: TrainedModel) -> dict[str, Any]:
     rows_of = functools.partial(geometry_grid_rows, offsets_deg=budget.grid_offsets_deg)
     return _geometry_study(context, model, FIG4_STAGE, "Fig. 4 geometry grid", ("offsets", budget.grid_offsets_deg),
                            rows_of)
+
+
+def _pose_settings(context: _Context) -> StudySettings:
+    """The pose study's settings under the budget: the baselines, and SOPI's methods when its checkpoints are given."""
+    budget = context.budget
+    methods = (*BASELINE_METHODS, *(SOPI_METHODS if context.sopi is not None else ()))
+    return StudySettings(budget.pose_datasets, budget.pose_ranges, budget.pose_cases, POSE_SEED, methods,
+                         budget.pose_search)
+
+
+def _pose_accuracy(context: _Context) -> dict[str, Any]:
+    from biplanar.evaluation.pose_accuracy import run_study, write_outputs
+
+    settings = _pose_settings(context)
+
+    def work(folder: Path) -> dict[str, Any]:
+        bar, tick = _progress(context.progress, "rigid pose (SOPI Table 1)", settings.runs)
+        with bar:
+            rows = run_study(settings, context.sopi, tick=tick)
+        write_outputs(folder, rows, settings)
+        return {"cases": settings.cases, "rows": len(rows), "csv": CASES_FILE, "datasets": list(settings.datasets),
+                "ranges": list(settings.ranges), "methods": list(settings.methods),
+                "search": dataclasses.asdict(settings.effort)}
+
+    sopi = None if context.sopi is None else {name: _checkpoint_inputs(context.out_dir, getattr(context.sopi, name))
+                                              for name in ("rtpi", "fine")}
+    inputs = {"budget": context.budget.name, "cases": settings.cases, "datasets": list(settings.datasets),
+              "ranges": list(settings.ranges), "seed": settings.seed, "methods": list(settings.methods),
+              "search": dataclasses.asdict(settings.effort), "sopi": sopi}
+    return context.stages.run(POSE_STAGE, inputs, work)
 
 
 _Reused = dict[str, tuple[Path | None, str]]
@@ -358,13 +399,16 @@ def _stage_work(context: _Context, reused: _Reused) -> dict[str, Callable[[], An
     work[OPTIMISATION_STAGE] = functools.partial(_evaluate_optimisation, context)
     work[FIG3_STAGE] = lambda: _angle_error(context, _model(context, FULL, reused))
     work[FIG4_STAGE] = lambda: _geometry_grid(context, _model(context, GENERALIZED_MODEL, reused))
+    work[POSE_STAGE] = functools.partial(_pose_accuracy, context)
     return work
+
 
 
 def run_experiments(out_dir: str | Path, budget: str, model_full: str | Path | None = None,
                     model_generalized: str | Path | None = None, docs_dir: str | Path | None = None,
                     workers: int = 1, progress: bool = True, device: str | None = None,
-                    stage: str | None = None) -> ExperimentsResult:
+                    stage: str | None = None, sopi_rtpi: str | Path | None = None,
+                    sopi_fine: str | Path | None = None) -> ExperimentsResult:
     """Run (or resume) every stage of the reproduction and write the report (module doc).
 
     Args:
@@ -379,6 +423,8 @@ def run_experiments(out_dir: str | Path, budget: str, model_full: str | Path | N
         progress: show progress on stderr.
         device: ``cpu`` or ``cuda`` (default: CUDA when available).
         stage: run only this stage (module doc) and write no report; ``results_md`` may then not exist.
+        sopi_rtpi, sopi_fine: ``biplanar train-pose`` checkpoints (both or neither): the pose study
+            then also scores ``sopi`` and ``sopi+opt``.
 
     Raises:
         InputError: an unknown budget or stage, a stage whose prerequisites are not complete, a bad
@@ -396,13 +442,14 @@ def run_experiments(out_dir: str | Path, budget: str, model_full: str | Path | N
     for path, option in ((model_full, "--model-full"), (model_generalized, "--model-generalized")):
         if path is not None and not Path(path).is_file():
             raise InputError(f"{option} {path}: file not found")
+    sopi = sopi_checkpoints(sopi_rtpi, sopi_fine, ("--sopi-rtpi", "--sopi-fine"))
     _pin_budget(out_dir, selected)
     command = experiment_command(out_dir, budget, None if model_full is None else Path(model_full),
                                  None if model_generalized is None else Path(model_generalized),
-                                 None if docs_dir is None else Path(docs_dir))
+                                 None if docs_dir is None else Path(docs_dir), sopi)
     stages = _Stages(out_dir, progress, only=stage)
     context = _Context(out_dir, selected, stages, torch.device(device) if device else default_device(), workers,
-                       progress)
+                       progress, sopi=sopi)
     reused = {FULL.name: (None if model_full is None else Path(model_full), "--model-full"),
               GENERALIZED_MODEL.name: (None if model_generalized is None else Path(model_generalized),
                                        "--model-generalized")}
@@ -410,7 +457,7 @@ def run_experiments(out_dir: str | Path, budget: str, model_full: str | Path | N
     if stage is not None:
         if stage not in work:
             raise InputError(f"--stage: expected one of {', '.join(work)}, got {stage!r}")
-        if stage != DATA_STAGE:
+        if stage not in (DATA_STAGE, POSE_STAGE):  # the pose study needs no simulated data
             work[DATA_STAGE]()
         work[stage]()
         return ExperimentsResult(out_dir, out_dir / "results.md", stages.records)
