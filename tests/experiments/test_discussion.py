@@ -54,3 +54,9 @@ def test_fig4_contrasts_near_orthogonal_pairs_with_the_others():
 def test_section_has_a_title_and_the_power_caveat():
     lines = discussion_section([FULL, AFFINE], FULL, AFFINE, [SAME], [], [], cases=6)
     assert lines[0].startswith("## Discussion") and "With 6 test cases" in lines[2]
+
+
+def test_tiny_p_values_read_as_an_inequality():
+    far = _method("far", [0.80 + n for n in NOISE])
+    (_, line) = table2_lines(FULL, [far])
+    assert "p < 1e-4" in line and "p = <" not in line

@@ -31,7 +31,9 @@ def _versus(reference: MethodScores, other: MethodScores, metric: str = "dice") 
     """``other`` minus ``reference`` in ``metric``, with its paired test, in words."""
     test = paired_ttest(column(reference.scores, metric), column(other.scores, metric))
     verdict = "significant" if test.p < ALPHA else "not significant"
-    return f"{test.mean_difference:+.3f} (p = {format_p(test.p)}, {verdict} at {ALPHA:g}, {test.n} pairs)"
+    p_text = format_p(test.p)
+    p_text = f"p {p_text}" if p_text.startswith("<") else f"p = {p_text}"
+    return f"{test.mean_difference:+.3f} ({p_text}, {verdict} at {ALPHA:g}, {test.n} pairs)"
 
 
 def table1_lines(methods: list[MethodScores], full: MethodScores, affine: MethodScores) -> list[str]:
