@@ -120,3 +120,18 @@ def test_bad_input_is_refused(problem):
         RefineSettings(velocity_stride=0)
     with pytest.raises(ValueError, match="learning rates"):
         RefineSettings(lr_translation_mm=-1.0)
+
+
+def test_the_affine_phase_freezes_the_velocity(problem):
+    """``affine_iterations``: those first steps move the similarity only, the later ones the field too."""
+    atlas, objective, target, _ = problem
+    rates = {"lr_rotation_rad": 0.01, "lr_translation_mm": 0.5, "lr_log_scale": 0.005, "lr_velocity_mm": 0.5}
+    affine_only = refine_registration(objective(target), settings=RefineSettings(iterations=3, affine_iterations=3,
+                                                                                 **rates), progress=False)
+    assert float(affine_only.velocity.abs().max()) == 0.0 and float(affine_only.params.abs().max()) > 0.0
+    both = refine_registration(objective(target), settings=RefineSettings(iterations=4, affine_iterations=2, **rates),
+                               progress=False)
+    assert float(both.velocity.abs().max()) > 0.0
+    torch.testing.assert_close(both.history[:3], affine_only.history[:3])
+    with pytest.raises(ValueError, match="affine_iterations"):
+        RefineSettings(iterations=2, affine_iterations=3)

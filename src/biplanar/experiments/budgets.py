@@ -48,7 +48,9 @@ class Budget:
         epochs: training epochs of every model (``None``: the config's ``training.epochs``).
         max_steps: cap on the optimizer steps of every model (``None``: all the epochs).
         sdm_registration: the 3D/3D registrations that build the SDM baseline's deformation model.
-        optimisation_iterations: Adam steps of the no-learning intensity-registration baseline.
+        optimisation_affine_iterations: Adam steps of the no-learning intensity-registration baseline
+            that move the similarity only (the affine registration, from the identity) ...
+        optimisation_iterations: ... then Adam steps on the similarity and the velocity field together.
         angle_errors_deg: Fig. 3: errors added to the LAT view's LAO/RAO angle, degrees.
         pose_correction: Fig. 3: the per-view Opt-GC search that corrects the views.
         grid_offsets_deg: Fig. 4: offsets of the AP angle from 0 and of the LAT angle from 90, degrees.
@@ -64,6 +66,7 @@ class Budget:
     epochs: int | None
     max_steps: int | None
     sdm_registration: VolumeRegistrationSettings = field(default_factory=VolumeRegistrationSettings)
+    optimisation_affine_iterations: int = 30
     optimisation_iterations: int = 100
     angle_errors_deg: tuple[float, ...] = _degrees(-10.0, 10.0, 1.0)
     pose_correction: OptimisationConfig = field(default_factory=OptimisationConfig)
@@ -95,7 +98,7 @@ class Budget:
 BUDGETS: dict[str, Budget] = {
     "tiny": Budget("tiny", "tiny", subjects=12, epochs=1, max_steps=2,
                    sdm_registration=VolumeRegistrationSettings(levels=((4, 10),)),
-                   optimisation_iterations=5, angle_errors_deg=(-10.0, 0.0, 10.0),
+                   optimisation_affine_iterations=2, optimisation_iterations=3, angle_errors_deg=(-10.0, 0.0, 10.0),
                    pose_correction=OptimisationConfig(levels_mm=(12.0,), max_evaluations=30, refine_steps=0),
                    grid_offsets_deg=(-30.0, 0.0, 30.0), pose_cases=1, pose_datasets=("femur",),
                    pose_ranges=("small",), pose_search=SearchEffort(max_evaluations=12, refine_steps=0, max_levels=1)),

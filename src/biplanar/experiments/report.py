@@ -121,7 +121,7 @@ def table_methods(inputs: ReportInputs) -> tuple[list[MethodScores], MethodScore
     baselines = [MethodScores(spec.label, scores(spec.name, LABELS_STAGE), steps=steps(spec.name))
                  for spec in BASELINES]
     optimisation = MethodScores(f"Intensity registration from identity, no learning "
-                                f"({inputs.budget.optimisation_iterations} Adam steps)",
+                                f"({_optimisation_steps(inputs.budget)})",
                                 scores("optimisation", TOTAL_STAGE))
     ablations = [MethodScores(spec.label, scores(spec.name, TOTAL_STAGE), steps=steps(spec.name)) for spec in ABLATIONS]
     return [full, affine, *baselines, optimisation], full, ablations
@@ -318,7 +318,7 @@ def _header(inputs: ReportInputs) -> list[str]:
             ["scored cases", f"the {split['test']} test cases of the orthogonal dataset (every table and figure)"],
             ["SDM deformation model", f"3D/3D registrations, levels (pooling, Adam steps) "
                                       f"{list(budget.sdm_registration.levels)}"],
-            ["optimisation baseline", f"{budget.optimisation_iterations} Adam steps of test-time intensity "
+            ["optimisation baseline", f"{_optimisation_steps(budget)} of test-time intensity "
                                       f"registration from the identity"],
             ["Fig. 3", f"LAT angle errors {_angles(budget.angle_errors_deg)} deg; correction: Opt-GC per view, "
                        f"levels {list(correction.levels_mm)} mm, {correction.max_evaluations} CMA-ES evaluations "
@@ -338,6 +338,11 @@ def _pose_budget_text(budget: Budget) -> str:
     return (f"{budget.pose_cases} case(s) per dataset ({', '.join(budget.pose_datasets)}) and pose range "
             f"({', '.join(budget.pose_ranges)}); baselines: {search.max_evaluations} CMA-ES evaluations per level, "
             f"{levels}, {search.refine_steps} L-BFGS steps")
+
+
+def _optimisation_steps(budget: Budget) -> str:
+    return (f"{budget.optimisation_affine_iterations} affine, then {budget.optimisation_iterations} affine + "
+            f"velocity Adam steps")
 
 
 def _angles(values: tuple[float, ...]) -> str:

@@ -286,14 +286,14 @@ def _evaluate_optimisation(context: _Context) -> dict[str, Any]:
 
     def work(folder: Path) -> dict[str, Any]:
         dataset = context.test_set(masked=True)
-        predictor = OptimisationPredictor(load_config(budget.config), budget.optimisation_iterations, context.device)
+        predictor = OptimisationPredictor(load_config(budget.config), budget.optimisation_affine_iterations,
+                                          budget.optimisation_iterations, context.device)
         bar, tick = _progress(context.progress, "optimisation baseline", len(dataset))
         with bar:
-            return {**_write_rows(folder, score_split(predictor, dataset, tick)),
-                    "iterations": budget.optimisation_iterations}
+            return {**_write_rows(folder, score_split(predictor, dataset, tick)), **steps}
 
-    return context.stages.run(OPTIMISATION_STAGE, {"budget": budget.name,
-                                                   "iterations": budget.optimisation_iterations}, work)
+    steps = {"affine_iterations": budget.optimisation_affine_iterations, "iterations": budget.optimisation_iterations}
+    return context.stages.run(OPTIMISATION_STAGE, {"budget": budget.name, **steps}, work)
 
 
 def _geometry_study(context: _Context, model: TrainedModel, stage: str, description: str,

@@ -95,19 +95,20 @@ class OptimisationPredictor:
     Args:
         config: the :class:`~biplanar.config.ExperimentConfig` whose atlas grid, ProST samples,
             smoothness weight and integration steps it uses (the full model's).
-        iterations: Adam steps.
+        affine_iterations: Adam steps on the similarity alone (the affine registration) ...
+        iterations: ... then Adam steps on the similarity and the velocity together.
         device: where it runs.
     """
 
     stage = TOTAL_STAGE
 
-    def __init__(self, config, iterations: int, device: torch.device) -> None:
+    def __init__(self, config, affine_iterations: int, iterations: int, device: torch.device) -> None:
         from biplanar.data.atlas import load_atlas
         from biplanar.optimisation import RefineSettings
         from biplanar.physics.attenuation import hu_to_mu
 
         self.config, self.device = config, device
-        self.settings = RefineSettings(iterations=iterations)
+        self.settings = RefineSettings(iterations=affine_iterations + iterations, affine_iterations=affine_iterations)
         self.atlas = load_atlas(config.geometry.grid_preset)
         # (I, J, K) -> (1, 1, I, J, K)
         self.atlas_mu = hu_to_mu(torch.from_numpy(self.atlas.ct_hu).float())[None, None].to(device)
