@@ -439,8 +439,11 @@ def run_experiments(out_dir: str | Path, budget: str, model_full: str | Path | N
     if workers < 1:
         raise InputError(f"--workers: expected >= 1, got {workers}")
     out_dir = Path(out_dir)
-    for path, option in ((model_full, "--model-full"), (model_generalized, "--model-generalized")):
-        if path is not None and not Path(path).is_file():
+    reused = {FULL.name: (None if model_full is None else Path(model_full), "--model-full"),
+              GENERALIZED_MODEL.name: (None if model_generalized is None else Path(model_generalized),
+                                       "--model-generalized")}
+    for path, option in reused.values():
+        if path is not None and not path.is_file():
             raise InputError(f"{option} {path}: file not found")
     sopi = sopi_checkpoints(sopi_rtpi, sopi_fine, ("--sopi-rtpi", "--sopi-fine"))
     _pin_budget(out_dir, selected)
@@ -450,9 +453,6 @@ def run_experiments(out_dir: str | Path, budget: str, model_full: str | Path | N
     stages = _Stages(out_dir, progress, only=stage)
     context = _Context(out_dir, selected, stages, torch.device(device) if device else default_device(), workers,
                        progress, sopi=sopi)
-    reused = {FULL.name: (None if model_full is None else Path(model_full), "--model-full"),
-              GENERALIZED_MODEL.name: (None if model_generalized is None else Path(model_generalized),
-                                       "--model-generalized")}
     work = _stage_work(context, reused)
     if stage is not None:
         if stage not in work:
