@@ -148,6 +148,26 @@ def test_gradcheck_prost_pose():
     )
 
 
+def test_pose_jacobian_matches_autograd():
+    """The exact DRR Jacobian (one sampling backward + forward-mode rays) equals autograd's, image included."""
+    grid, view, volume = tiny_setup()
+    prost = ProST(view, grid, 8, margin_mm=5.0, max_samples_per_chunk=2 * 8 * 3 * 2).double()  # 2 row chunks
+    centre = torch.as_tensor(grid.centre_world)
+    params = torch.tensor([[0.05, -0.03, 0.1, 0.7, -0.4, 0.3], [-0.1, 0.2, 0.0, -1.0, 0.5, 2.0]],
+                          dtype=torch.float64)
+    volumes = volume.detach()[:, :1].expand(2, 1, *grid.shape)
+
+    def project(p):
+        return prost(volumes, rigid_matrix(p, centre))
+
+    image, jacobian = prost.project_with_pose_jacobian(volumes, params, lambda p: rigid_matrix(p, centre))
+    expected = torch.autograd.functional.jacobian(project, params)  # (2, 1, rows, cols, 2, 6)
+    torch.testing.assert_close(image, project(params))
+    torch.testing.assert_close(jacobian, torch.stack([expected[b, ..., b, :] for b in range(2)]))
+    with pytest.raises(ValueError, match="params"):
+        prost.project_with_pose_jacobian(volume.detach(), params[:1], lambda p: rigid_matrix(p, centre))
+
+
 def test_gradcheck_inverse_prost():
     grid, view, _ = tiny_setup()
     inverse = InverseProST(view, grid).double()

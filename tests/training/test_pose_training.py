@@ -25,6 +25,7 @@ from biplanar.training.pose_losses import (
     gradient_difference,
     gradient_difference_loss,
     masked_feature_distance,
+    pose_gradient,
     weight_penalty,
 )
 from biplanar.training.pose_trainer import csv_fields, fine_forward, train_pose
@@ -82,15 +83,28 @@ def test_masked_feature_distance_closed_form() -> None:
 def test_gradient_alignment_loss_closed_form() -> None:
     # L = |theta - target|^2 has gradient 2 (theta - target) = -2 |.| d per part: perfectly aligned.
     # (Rotations about one axis, where Euler differences are exactly the geodesic's rotation vector.)
-    theta = torch.tensor([[0.0, -0.2, 0.0, 3.0, -4.0, 1.0]], requires_grad=True)
+    theta = torch.tensor([[0.0, -0.2, 0.0, 3.0, -4.0, 1.0]])
     target = torch.tensor([[0.0, 0.1, 0.0, -1.0, 2.0, 0.5]])
-    direction = geodesic_direction(theta.detach(), target)
-    aligned = gradient_alignment_loss(((theta - target) ** 2).sum(1), theta, direction)
+    direction = geodesic_direction(theta, target)
+    aligned = gradient_alignment_loss(2.0 * (theta - target), direction)
     assert aligned["total"].item() == pytest.approx(0.0, abs=1e-6)
     # Its negative points straight at the target: each part costs 2.
-    opposed = gradient_alignment_loss(-((theta - target) ** 2).sum(1), theta, direction)
+    opposed = gradient_alignment_loss(-2.0 * (theta - target), direction)
     assert opposed["rotation"].item() == pytest.approx(2.0, abs=1e-6)
     assert opposed["translation"].item() == pytest.approx(2.0, abs=1e-6)
+
+
+def test_pose_gradient_is_the_chain_rule_through_the_image() -> None:
+    # L = sum(w * I^2) with I = J theta: dL/dtheta = J^T (2 w I), and its graph reaches w.
+    jacobian = torch.randn(2, 1, 3, 4, 6, generator=torch.Generator().manual_seed(0))
+    theta = torch.randn(2, 6, generator=torch.Generator().manual_seed(1))
+    weight = torch.rand(1, 1, 3, 4, requires_grad=True)
+    image = torch.einsum("bchwp,bp->bchw", jacobian, theta).requires_grad_(True)
+    gradient = pose_gradient((weight * image ** 2).flatten(1).sum(1), image, jacobian)
+    expected = torch.einsum("bchwp,bchw->bp", jacobian, 2.0 * weight * image)
+    torch.testing.assert_close(gradient, expected)
+    (gradient.sum()).backward()
+    assert weight.grad is not None and weight.grad.abs().sum() > 0
 
 
 def test_weight_penalty_closed_form() -> None:

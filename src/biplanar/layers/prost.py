@@ -12,6 +12,8 @@ parallel to the detector that bracket the volume's box. Pure PyTorch: one code p
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -79,22 +81,11 @@ class ProST(nn.Module):
             beam-space samples ``(B, C, K, rows, cols)``.
         """
         self.grid.check_volume(volume)
-        batch = volume.shape[0]
-        to_grid = self.world_to_grid.to(volume.dtype).expand(batch, 4, 4)
-        if pose is not None:
-            if pose.shape != (batch, 4, 4):
-                raise ValueError(f"pose: expected shape ({batch}, 4, 4), got {tuple(pose.shape)}")
-            to_grid = to_grid @ torch.linalg.inv(pose)
-        # The sample at depth w on a ray is source + w * ray, so in grid coordinates it is
-        # origin + w * direction: one multiply-add per sample.
-        origin = to_grid[:, :3, :3] @ self.source_world.to(volume.dtype) + to_grid[:, :3, 3]
-        direction = torch.einsum("bij,rcj->brci", to_grid[:, :3, :3], self.rays_world.to(volume.dtype))
-        rows, cols = self.image_shape
-        per_row = batch * volume.shape[1] * self.num_samples * cols
-        rows_per_chunk = max(1, min(rows, self.max_samples_per_chunk // per_row))
-        chunked = rows_per_chunk < rows and torch.is_grad_enabled()
+        origin, direction = self._rays_in_grid(volume.shape[0], pose, volume.dtype)
+        rows_per_chunk = self._rows_per_chunk(volume)
+        chunked = rows_per_chunk < self.image_shape[0] and torch.is_grad_enabled()
         outputs = []
-        for start in range(0, rows, rows_per_chunk):
+        for start in range(0, self.image_shape[0], rows_per_chunk):
             arguments = (volume, origin, direction[:, start:start + rows_per_chunk], beam)
             if chunked:
                 outputs.append(checkpoint(self._project_rows, *arguments, use_reentrant=False))
@@ -104,6 +95,81 @@ class ProST(nn.Module):
         if beam:
             return output
         return output * self.step_mm.to(output.dtype)
+
+    def project_with_pose_jacobian(self, volume: Tensor, params: Tensor,
+                                   params_to_pose: Callable[[Tensor], Tensor]) -> tuple[Tensor, Tensor]:
+        """The line integrals at a pose and their exact derivatives with respect to the pose's parameters.
+
+        With ``p_k(theta) = origin(theta) + w_k direction(theta)`` the grid position of sample ``k`` of
+        a ray, the line integral is ``step * sum_k V(p_k)``, so its derivative along ``theta_j`` is
+        ``step * sum_k grad V(p_k) . (d origin/d theta_j + w_k d direction/d theta_j)``.
+        ``grad V`` at every sample comes from one backward pass of trilinear sampling (each sample
+        depends on its own position only); the ray derivatives from forward-mode differentiation
+        of ``params_to_pose``. No second-order pass through ``grid_sample`` is needed, so a loss
+        built on ``J^T dL/dI`` (SOPI's double backward) back-propagates through the image only.
+
+        Args:
+            volume: ``(B, 1, I, J, K)`` values per mm on ``grid`` (one channel).
+            params: ``(B, P)`` pose parameters (e.g. rad and mm).
+            params_to_pose: maps ``(B, P)`` parameters to ``(B, 4, 4)`` poses (as ``forward``'s
+                ``pose``); differentiable in forward mode.
+
+        Returns:
+            ``(image, jacobian)`` without a graph: ``(B, 1, rows, cols)`` line integrals (as
+            ``forward(volume, params_to_pose(params))``) and ``(B, 1, rows, cols, P)``
+            ``d image / d params`` (value x mm per unit of each parameter).
+        """
+        self.grid.check_volume(volume)
+        if volume.shape[1] != 1 or params.dim() != 2 or params.shape[0] != volume.shape[0]:
+            raise ValueError(f"volume, params: expected (B, 1, I, J, K) and (B, P), got {tuple(volume.shape)} "
+                             f"and {tuple(params.shape)}")
+        volume, params = volume.detach(), params.detach()
+
+        def rays(values: Tensor) -> tuple[Tensor, Tensor]:
+            return self._rays_in_grid(volume.shape[0], params_to_pose(values), volume.dtype)
+
+        origin, direction = rays(params)
+        tangents = [torch.func.jvp(rays, (params,), (basis.expand_as(params),))[1]
+                    for basis in torch.eye(params.shape[1], dtype=params.dtype, device=params.device)]
+        d_origin = torch.stack([tangent[0] for tangent in tangents], dim=-1)  # (B, 3, P)
+        d_direction = torch.stack([tangent[1] for tangent in tangents], dim=-1)  # (B, rows, cols, 3, P)
+        depths = self.depths_mm.to(volume.dtype).view(1, -1, 1, 1, 1)
+        rows_per_chunk = self._rows_per_chunk(volume)
+        images, chunks = [], []
+        for start in range(0, self.image_shape[0], rows_per_chunk):
+            rows = slice(start, start + rows_per_chunk)
+            with torch.enable_grad():
+                points = torch.addcmul(origin.view(-1, 1, 1, 1, 3), depths,
+                                       direction[:, rows].unsqueeze(1)).requires_grad_(True)
+                sampled = F.grid_sample(volume, points, mode="bilinear", padding_mode="zeros", align_corners=True)
+                (spatial,) = torch.autograd.grad(sampled.sum(), points)  # (B, K, r, c, 3)
+            images.append(sampled.detach().sum(dim=2))
+            chunks.append(torch.einsum("brci,bip->brcp", spatial.sum(1), d_origin)
+                          + torch.einsum("brci,brcip->brcp", (spatial * depths).sum(1),
+                                         d_direction[:, rows]))
+        step = self.step_mm.to(volume.dtype)
+        return torch.cat(images, dim=-2) * step, (torch.cat(chunks, dim=1) * step[..., None]).unsqueeze(1)
+
+    def _rays_in_grid(self, batch: int, pose: Tensor | None, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """Rays in grid coordinates: ``origin (B, 3)`` and ``direction (B, rows, cols, 3)`` per mm of depth.
+
+        The sample at depth ``w`` on a ray is ``source + w * ray`` in the world, so in grid
+        coordinates of the posed volume it is ``origin + w * direction``: one multiply-add per sample.
+        """
+        to_grid = self.world_to_grid.to(dtype).expand(batch, 4, 4)
+        if pose is not None:
+            if pose.shape != (batch, 4, 4):
+                raise ValueError(f"pose: expected shape ({batch}, 4, 4), got {tuple(pose.shape)}")
+            to_grid = to_grid @ torch.linalg.inv(pose)
+        origin = to_grid[:, :3, :3] @ self.source_world.to(dtype) + to_grid[:, :3, 3]
+        direction = torch.einsum("bij,rcj->brci", to_grid[:, :3, :3], self.rays_world.to(dtype))
+        return origin, direction
+
+    def _rows_per_chunk(self, volume: Tensor) -> int:
+        """Detector rows per chunk so that a chunk holds at most ``max_samples_per_chunk`` samples."""
+        rows, cols = self.image_shape
+        per_row = volume.shape[0] * volume.shape[1] * self.num_samples * cols
+        return max(1, min(rows, self.max_samples_per_chunk // per_row))
 
     def _project_rows(self, volume: Tensor, origin: Tensor, direction: Tensor, beam: bool) -> Tensor:
         """Project the rays of some rows: ``direction`` is ``(B, rows_chunk, cols, 3)`` in grid units."""

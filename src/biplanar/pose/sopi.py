@@ -6,8 +6,8 @@ parameters ``(rx, ry, rz rad, tx, ty, tz mm)`` about the CT volume's centre
 
 1. RTPI regresses the parameters from the CT and the radiograph.
 2. The fine registration descends ``L_N(theta)``, the masked distance between the embedded
-   features of the DRR at ``theta`` and of the radiograph, with ``dL_N/dtheta`` from autograd
-   through ProST. The encoders were trained for the *direction* of that gradient, so each
+   features of the DRR at ``theta`` and of the radiograph, with ``dL_N/dtheta = J^T dL_N/dI``
+   (``J`` the DRR's exact Jacobian, :meth:`~biplanar.layers.prost.ProST.project_with_pose_jacobian`). The encoders were trained for the *direction* of that gradient, so each
    iteration moves the rotation and the translation by a step length along their own unit
    gradient; a part's step length is multiplied by ``search.step_decrease`` when its gradient
    turns by more than 90 degrees (an overshoot). The rotation is frozen after
@@ -39,7 +39,7 @@ from biplanar.models.sopi.config import FineSearchConfig
 from biplanar.physics.attenuation import hu_to_mu
 from biplanar.training.checkpoints import load_checkpoint
 from biplanar.training.pose_data import pose_prost, project_mask
-from biplanar.training.pose_losses import masked_feature_distance
+from biplanar.training.pose_losses import masked_feature_distance, pose_gradient
 
 METHOD = "sopi"
 
@@ -187,6 +187,10 @@ def fine_registration(fine: SopiNetwork, volume_mu: Tensor, mask_volume: Tensor,
     """
     prost = pose_prost(fine.config, view, grid).to(volume_mu.device)
     centre = torch.as_tensor(grid.centre_world, dtype=torch.float32, device=volume_mu.device)
+
+    def to_pose(values: Tensor) -> Tensor:
+        return rigid_params_to_matrix(values, centre)
+
     with torch.no_grad():
         fixed = fine.network.fixed(radiograph)
     rotation = _Part(slice(0, 3), math.radians(search.rotation_step_deg), math.radians(search.tolerance_deg))
@@ -194,11 +198,10 @@ def fine_registration(fine: SopiNetwork, volume_mu: Tensor, mask_volume: Tensor,
     params, history, converged = initial_params.detach().clone(), [], False
     iteration = 0
     while iteration < search.max_iterations and not converged:
-        variable = params.clone().requires_grad_(True)
-        pose = rigid_params_to_matrix(variable[None], centre)
-        mask = project_mask(prost, mask_volume, pose.detach(), fine.config.data.mask_min_path_mm)
-        distance = masked_feature_distance(fine.network.moving(prost(volume_mu, pose)), fixed, mask)
-        (gradient,) = torch.autograd.grad(distance.sum(), variable)
+        drr, jacobian = prost.project_with_pose_jacobian(volume_mu, params[None], to_pose)
+        mask = project_mask(prost, mask_volume, to_pose(params[None]), fine.config.data.mask_min_path_mm)
+        distance = masked_feature_distance(fine.network.moving(drr.requires_grad_(True)), fixed, mask)
+        gradient = pose_gradient(distance, drr, jacobian, create_graph=False)[0]
         rotating = iteration < search.rotation_iterations
         moved = translation.move(params, gradient, search.step_decrease)
         if rotating:

@@ -14,8 +14,8 @@ Fine registration (section 2.3, eq. 6-7): the masked distance of embedded featur
 
     L_N(theta) = sum_levels  sum(m_l * (e_m,l(theta) - e_f,l)^2) / (C_l * sum(m_l))
 
-is *not* minimised in training; its gradient ``g = dL_N/dtheta`` (taken with ``create_graph``)
-is trained to point away from the target along the geodesic: per part (rotation, translation),
+is *not* minimised in training; its gradient ``g = dL_N/dtheta`` (:func:`pose_gradient`, with a
+graph to the encoders' weights) is trained to point away from the target along the geodesic: per part (rotation, translation),
 ``1 - cos(g, -d)`` with ``d`` the unit geodesic direction from ``theta`` to the target
 (:func:`biplanar.geometry.se3.geodesic_direction`; the public SOPI code uses the squared distance
 of the unit vectors, ``2 - 2 cos``: the same minimiser). The rotation part of ``d`` is a world-frame
@@ -142,27 +142,43 @@ def masked_feature_distance(moving: tuple[Tensor, ...], fixed: tuple[Tensor, ...
     return total
 
 
-def gradient_alignment_loss(distance: Tensor, params: Tensor, direction: Tensor,
-                            create_graph: bool = True) -> dict[str, Tensor]:
+def pose_gradient(distance: Tensor, drr: Tensor, drr_jacobian: Tensor, create_graph: bool = True) -> Tensor:
+    """``g = dL_N/dtheta = J^T dL_N/dI`` by the chain rule through the DRR ``I``.
+
+    ``J = dI/dtheta`` (:meth:`~biplanar.layers.prost.ProST.project_with_pose_jacobian`) does not
+    depend on the encoders' weights, so ``g`` keeps exactly the graph that the double backward
+    needs (through the encoders, not through ProST's sampling a second time).
+
+    Args:
+        distance: ``(B,)`` ``L_N`` computed from ``drr`` (with a graph to the encoders' weights).
+        drr: ``(B, 1, rows, cols)`` the DRR at ``theta``, a tensor that requires grad.
+        drr_jacobian: ``(B, 1, rows, cols, 6)`` ``dI/dtheta``.
+        create_graph: keep the graph of ``g`` so that a loss on it can be back-propagated to the
+            encoders' weights; ``False`` for evaluation and inference.
+
+    Returns:
+        ``(B, 6)`` ``g`` (per rad, per mm).
+    """
+    (image_gradient,) = torch.autograd.grad(distance.sum(), drr, create_graph=create_graph)
+    return torch.einsum("bchw,bchwp->bp", image_gradient, drr_jacobian)
+
+
+def gradient_alignment_loss(gradient: Tensor, direction: Tensor) -> dict[str, Tensor]:
     """The double-backward loss: ``g = dL_N/dtheta`` against the geodesic direction, per part.
 
     Args:
-        distance: ``(B,)`` ``L_N`` computed from ``params`` (with a graph to the encoders' weights).
-        params: ``(B, 6)`` the poses ``theta`` (rad, mm), a tensor that requires grad.
+        gradient: ``(B, 6)`` ``g`` (:func:`pose_gradient`, with its graph to the encoders' weights).
         direction: ``(B, 6)`` unit geodesic directions from ``theta`` towards the targets, rotation
             and translation parts normalised separately.
-        create_graph: keep the graph of ``g`` so that the loss can be back-propagated to the
-            encoders' weights (double backward); ``False`` for evaluation only.
 
     Returns:
         ``total`` = ``rotation + translation``, where each part is ``mean(1 - cos(g, -d))`` in
-        ``[0, 2]``; ``gradient`` ``(B, 6)`` is ``g`` (with its graph); ``cos_rotation`` and
-        ``cos_translation`` are the batch-mean cosines (detached).
+        ``[0, 2]``; ``gradient`` is ``g``; ``cos_rotation`` and ``cos_translation`` are the
+        batch-mean cosines (detached).
     """
-    if params.shape != direction.shape or params.shape[-1] != 6:
-        raise ValueError(f"params, direction: expected two (B, 6), got {tuple(params.shape)} and "
+    if gradient.shape != direction.shape or gradient.shape[-1] != 6:
+        raise ValueError(f"gradient, direction: expected two (B, 6), got {tuple(gradient.shape)} and "
                          f"{tuple(direction.shape)}")
-    (gradient,) = torch.autograd.grad(distance.sum(), params, create_graph=create_graph)
     cos_rotation = F.cosine_similarity(gradient[:, :3], -direction[:, :3], dim=1, eps=EPS)
     cos_translation = F.cosine_similarity(gradient[:, 3:], -direction[:, 3:], dim=1, eps=EPS)
     rotation, translation = (1.0 - cos_rotation).mean(), (1.0 - cos_translation).mean()

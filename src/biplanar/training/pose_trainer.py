@@ -41,7 +41,7 @@ from biplanar.geometry.se3 import geodesic_direction, pose_errors
 from biplanar.models.sopi import NETWORKS, SopiConfig, build_network, load_sopi_config
 from biplanar.training.checkpoints import load_checkpoint, save_checkpoint
 from biplanar.training.pose_data import TRAIN_STREAM, VALIDATION_STREAM, PoseBatch, PosePairSimulator, project_mask
-from biplanar.training.pose_losses import RTPILoss, gradient_alignment_loss, masked_feature_distance
+from biplanar.training.pose_losses import RTPILoss, gradient_alignment_loss, masked_feature_distance, pose_gradient
 from biplanar.training.trainer import (
     BEST,
     LAST,
@@ -110,14 +110,15 @@ def fine_forward(network: torch.nn.Module, simulator: PosePairSimulator, batch: 
 
     ``create_graph=False`` (validation) skips the graph that the double backward needs.
     """
-    params = batch.start_params.detach().clone().requires_grad_(True)
-    pose = simulator.pose_matrix(params)
-    drr = simulator.prost(batch.volume_mu, pose)
-    mask = project_mask(simulator.prost, batch.mask_volume, pose.detach(), simulator.config.data.mask_min_path_mm)
+    params = batch.start_params
+    drr, jacobian = simulator.prost.project_with_pose_jacobian(batch.volume_mu, params, simulator.pose_matrix)
+    drr.requires_grad_(True)
+    mask = project_mask(simulator.prost, batch.mask_volume, simulator.pose_matrix(params),
+                        simulator.config.data.mask_min_path_mm)
     moving, fixed = network(drr, batch.radiograph)
-    distance = masked_feature_distance(moving, fixed, mask)
-    direction = geodesic_direction(params.detach(), batch.target_params, simulator.centre)
-    return gradient_alignment_loss(distance, params, direction, create_graph)
+    gradient = pose_gradient(masked_feature_distance(moving, fixed, mask), drr, jacobian, create_graph)
+    direction = geodesic_direction(params, batch.target_params, simulator.centre)
+    return gradient_alignment_loss(gradient, direction)
 
 
 class _PoseRun:
