@@ -219,7 +219,7 @@ class PoseNetwork(str, Enum):
 
 @app.command("train-pose")
 def train_pose(
-    config: str = typer.Option(..., help="SOPI config YAML, or a preset name: sopi_tiny, sopi_lite."),
+    config: str = typer.Option(..., help="SOPI config YAML, or a preset name: sopi_tiny, sopi_lite, sopi_lumbar."),
     out: Path = typer.Option(..., help="Run folder: checkpoints, metrics.csv, TensorBoard logs."),
     network: PoseNetwork = typer.Option(..., help="rtpi (initial pose) or fine (the fine registration's encoders)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out exactly."),

@@ -220,7 +220,7 @@ def _coerce(default: Any, value: Any, where: str) -> Any:
 
 
 def shipped_config_path(name: str) -> Path:
-    """Path of a preset shipped with the package (``paper``, ``lite``, ``tiny``, ``sopi_tiny``, ``sopi_lite``)."""
+    """Path of a preset shipped with the package (``paper``, ``lite``, ``tiny``, ``sopi_tiny``, ``sopi_lite``, ``sopi_lumbar``)."""
     return Path(str(resources.files("biplanar") / "resources" / "configs" / f"{name}.yaml"))
 
 

@@ -13,6 +13,7 @@ import torch
 from typer.testing import CliRunner
 
 from biplanar.cli import app
+from biplanar.data import real_ct
 from biplanar.errors import InputError
 from biplanar.geometry.se3 import geodesic_direction
 from biplanar.models.sopi import FineRegistrationNet, load_sopi_config
@@ -152,6 +153,18 @@ def test_real_ct_source(config: SopiConfig) -> None:
     assert batch.volume_mu.shape[2:] == simulator.grid.shape == (122, 101, 30)
     assert batch.radiograph.max() > 1.0  # bone and soft tissue along 300 mm of body
     assert project_mask(simulator.prost, batch.mask_volume, simulator.pose_matrix(batch.start_params), 1.0).sum() > 0
+
+
+def test_named_real_ct_source(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # sopi_lumbar's source: the repository's lumbar-pelvis CT, whole (112 slices), its bone as the mask.
+    lumbar = load_sopi_config("sopi_lumbar")
+    simulator = PosePairSimulator(lumbar)
+    assert simulator.grid.shape == (122, 101, 112) and simulator.prost.image_shape == (128, 128)
+    batch = simulator.sample(VALIDATION_STREAM, 0, 1)
+    assert 0.0 < float(batch.mask_volume.mean()) < 0.1
+    monkeypatch.setattr(real_ct, "REAL_CT", tmp_path / "missing.nii.gz")
+    with pytest.raises(InputError, match="missing.nii.gz"):
+        PosePairSimulator(lumbar)
 
 
 # --- double backward --------------------------------------------------------------------------------

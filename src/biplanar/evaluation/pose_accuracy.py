@@ -54,6 +54,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from biplanar.data.real_ct import REAL_CT
 from biplanar.errors import InputError
 from biplanar.geometry.projection import ProjectionView
 from biplanar.geometry.se3 import matrix_to_rigid_params, pose_errors, rigid_params_to_matrix
@@ -61,7 +62,6 @@ from biplanar.geometry.volume_grid import VolumeGrid
 from biplanar.pose.baselines import METHODS, OptimisationConfig
 from biplanar.pose.estimate import SOPI_METHODS, SopiCheckpoints
 
-REAL_CT = Path(__file__).resolve().parents[3] / "tests" / "data" / "real_ct" / "lumbar_pelvis_ct.nii.gz"
 FEMUR_SEED_OFFSET = 10_000  # femur case ``c`` is the phantom subject ``10000 + c`` (away from the datasets' seeds)
 SUCCESS_DEG, SUCCESS_MM = 3.0, 3.0  # SOPI's success criterion: rotation and translation errors below both
 SEARCH_MARGIN_SIGMAS = 2.0  # the optimisers' rays cover the CT moved by this many sigmas (search_margin_mm)

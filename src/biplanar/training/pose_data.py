@@ -23,6 +23,7 @@ from torch import Tensor
 
 from biplanar.data.grid_presets import grid_preset
 from biplanar.data.phantom import make_subject
+from biplanar.data.real_ct import REAL_CT_SOURCE, real_ct_path
 from biplanar.geometry.presets import biplanar_pair
 from biplanar.geometry.projection import ProjectionView
 from biplanar.geometry.se3 import rigid_params_to_matrix
@@ -93,7 +94,7 @@ class PosePairSimulator:
         if config.data.source == PHANTOM:
             self.grid = grid_preset(config.geometry.grid_preset)
         else:
-            self._load_ct(Path(config.data.source))
+            self._load_ct(real_ct_path() if config.data.source == REAL_CT_SOURCE else Path(config.data.source))
         self.view = ap_view(config, self.grid)
         self.prost = pose_prost(config, self.view, self.grid).to(self.device)
         self.centre = torch.as_tensor(self.grid.centre_world, dtype=torch.float32, device=self.device)

@@ -258,7 +258,7 @@ def train_pose(config: SopiConfig | str | Path, out_dir: str | Path, network: st
     """Train (or continue training) one SOPI network; see the module doc for what is written.
 
     Args:
-        config: a :class:`SopiConfig`, a YAML file or a preset name (``sopi_tiny``, ``sopi_lite``).
+        config: a :class:`SopiConfig`, a YAML file or a preset name (``sopi_tiny``, ``sopi_lite``, ``sopi_lumbar``).
         out_dir: the run folder (created).
         network: ``rtpi`` or ``fine``.
         resume: continue the run in ``out_dir`` from its ``last.pt`` (same config and network).

@@ -1,4 +1,4 @@
-"""SOPI configuration: YAML presets (``sopi_tiny``, ``sopi_lite``) validated into dataclasses.
+"""SOPI configuration: YAML presets (``sopi_tiny``, ``sopi_lite``, ``sopi_lumbar``) validated into dataclasses.
 
 The same YAML-to-dataclass rules as :mod:`biplanar.config` (unknown fields and wrong types are
 one-line :class:`~biplanar.errors.InputError`); a :class:`SopiConfig` travels inside each SOPI
@@ -52,7 +52,8 @@ class PoseDataConfig:
     """On-the-fly training pairs: a CT posed by random parameters and its DRR as the X-ray.
 
     Attributes:
-        source: ``phantom`` (femur phantoms of ``geometry.grid_preset``) or a CT NIfTI path in HU.
+        source: ``phantom`` (femur phantoms of ``geometry.grid_preset``), ``real_ct`` (the
+            repository's lumbar-pelvis CT, :mod:`biplanar.data.real_ct`) or a CT NIfTI path in HU.
         subjects: phantom pool size (subjects are rendered once and cached).
         rotation_sigma_deg: standard deviation of each Euler angle of the true pose, degrees.
         translation_sigma_mm: standard deviations of the true ``(tx, ty, tz)``, mm.
@@ -247,10 +248,10 @@ def _validate(config: SopiConfig) -> None:
 
 
 def load_sopi_config(path_or_preset: str | Path) -> SopiConfig:
-    """Read a SOPI YAML config, or a shipped preset by name (``sopi_tiny``, ``sopi_lite``).
+    """Read a SOPI YAML config, or a shipped preset by name (``sopi_tiny``, ``sopi_lite``, ``sopi_lumbar``).
 
     Raises:
         InputError: a missing file, invalid YAML, or a field that is unknown, of the wrong type
             or out of range.
     """
-    return load_yaml_dataclass(path_or_preset, SopiConfig, ("sopi_tiny", "sopi_lite"))
+    return load_yaml_dataclass(path_or_preset, SopiConfig, ("sopi_tiny", "sopi_lite", "sopi_lumbar"))
