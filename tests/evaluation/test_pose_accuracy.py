@@ -22,7 +22,7 @@ from biplanar.evaluation.pose_accuracy import (
     pose_from_draw,
     score,
     standard_draws,
-    summarise,
+    summarise_rows,
     tables_markdown,
     views_for,
 )
@@ -107,7 +107,7 @@ def _row(method: str, success: float, rotation: float, error: str = "") -> dict:
 def test_summary_failure_rate_and_failed_methods():
     rows = [_row("opt-gc", s, r) for s, r in ((1.0, 1.0), (0.0, 9.0), (1.0, 2.0), (1.0, 0.0))]
     rows += [_row("opt-gc", math.nan, math.nan, "boom"), _row("sopi", math.nan, math.nan, "no networks")]
-    gc, sopi = summarise(rows)
+    gc, sopi = summarise_rows(rows)
     assert (gc["n"], gc["failed"], gc["failure_rate"]) == (4, 1, pytest.approx(0.25))
     assert gc["rotation_deg_mean"] == pytest.approx(3.0)
     assert gc["rotation_deg_sd"] == pytest.approx(np.std([1.0, 9.0, 2.0, 0.0], ddof=1))

@@ -9,6 +9,7 @@ import pytest
 from scipy.stats import t as student_t
 
 from biplanar.errors import InputError
+from biplanar.evaluation.statistics import summarise
 from biplanar.experiments.budgets import BUDGETS, get_budget
 from biplanar.experiments.report import angle_error_summary, diagonal_contrast, geometry_grid_summary
 from biplanar.experiments.tables import (
@@ -16,7 +17,6 @@ from biplanar.experiments.tables import (
     format_p,
     paired_ttest,
     read_cases,
-    summarise,
     table1,
     table2,
 )

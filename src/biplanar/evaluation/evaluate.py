@@ -42,6 +42,7 @@ import torch
 from torch import Tensor
 
 from biplanar.errors import InputError
+from biplanar.evaluation import statistics
 from biplanar.geometry.projection import ProjectionView
 from biplanar.io.atomic import atomic_write_text
 from biplanar.io.json_files import read_json, write_json
@@ -283,10 +284,9 @@ def _case_rows(index: int, dataset, network, config, scorer: CaseScorer, refine:
 
 def _statistics(values: list[float]) -> dict[str, float | int | None]:
     """Mean and sample sd (``None`` where undefined) over the finite values, and their count."""
-    finite = np.array([v for v in values if v is not None and math.isfinite(v)], dtype=np.float64)
-    mean = float(finite.mean()) if len(finite) else None
-    sd = float(finite.std(ddof=1)) if len(finite) > 1 else None
-    return {"mean": mean, "sd": sd, "n": int(len(finite))}
+    summary = statistics.summarise(value for value in values if value is not None)
+    return {"mean": None if math.isnan(summary.mean) else summary.mean,
+            "sd": None if math.isnan(summary.sd) else summary.sd, "n": summary.n}
 
 
 def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:

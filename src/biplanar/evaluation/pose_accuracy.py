@@ -56,6 +56,7 @@ from torch import Tensor
 
 from biplanar.data.real_ct import REAL_CT
 from biplanar.errors import InputError
+from biplanar.evaluation.statistics import Summary, summarise
 from biplanar.geometry.projection import ProjectionView
 from biplanar.geometry.se3 import matrix_to_rigid_params, pose_errors, rigid_params_to_matrix
 from biplanar.geometry.volume_grid import VolumeGrid
@@ -378,14 +379,7 @@ def _make_case(dataset: Dataset, range_name: str, index: int, draw: np.ndarray) 
 # --- summary ------------------------------------------------------------------------------------
 
 
-def _mean_sd(values: np.ndarray) -> tuple[float, float]:
-    """Mean and sample sd (NaN below two values) of ``values``."""
-    if len(values) == 0:
-        return math.nan, math.nan
-    return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else math.nan
-
-
-def summarise(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+def summarise_rows(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """One record per dataset, range and method (first-seen order) over its rows without ``error``.
 
     Records: ``dataset``, ``range``, ``method``, ``n`` (cases scored), ``failed`` (cases where the
@@ -398,16 +392,16 @@ def summarise(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
         group = [row for row in rows if (row["dataset"], row["range"], row["method"]) == key]
         scored = [row for row in group if not row.get("error")]
 
-        def values(column: str) -> np.ndarray:
-            return np.array([float(row[column]) for row in scored], dtype=np.float64)
+        def stats(column: str) -> Summary:
+            return summarise(float(row[column]) for row in scored)
 
         record: dict[str, Any] = {"dataset": key[0], "range": key[1], "method": key[2], "n": len(scored),
                                   "failed": len(group) - len(scored)}
         for column in ("rotation_deg", "translation_mm"):
-            record[f"{column}_mean"], record[f"{column}_sd"] = _mean_sd(values(column))
-        record["failure_rate"] = 1.0 - _mean_sd(values("success"))[0]
-        record["time_s_mean"] = _mean_sd(values("time_s"))[0]
-        record.update({f"{axis}_{unit}_mean": _mean_sd(values(f"{axis}_{unit}"))[0] for axis, unit in AXES})
+            record[f"{column}_mean"], record[f"{column}_sd"] = stats(column).mean, stats(column).sd
+        record["failure_rate"] = 1.0 - stats("success").mean
+        record["time_s_mean"] = stats("time_s").mean
+        record.update({f"{axis}_{unit}_mean": stats(f"{axis}_{unit}").mean for axis, unit in AXES})
         records.append(record)
     return records
 
@@ -448,7 +442,7 @@ def group_heading(dataset: str, range_name: str, effort: SearchEffort | None = N
 
 
 def tables_markdown(records: list[dict[str, Any]], effort: SearchEffort | None = None, level: int = 3) -> str:
-    """Per dataset and range, a heading (``level`` #s) and the table of :func:`summarise`'s records,
+    """Per dataset and range, a heading (``level`` #s) and the table of :func:`summarise_rows`' records,
     with SOPI's published row last; methods that raised are named under their table."""
     blocks = []
     for dataset, range_name in dict.fromkeys((record["dataset"], record["range"]) for record in records):
@@ -481,7 +475,7 @@ def summary_markdown(rows: list[dict[str, Any]], settings: StudySettings) -> str
               f"{settings.seed}; CMA-ES {settings.effort.max_evaluations} evaluations per level, "
               f"{settings.effort.refine_steps} L-BFGS steps; torch {torch.__version__}, "
               f"{torch.get_num_threads()} thread(s))")
-    return "\n\n".join([header, DEFINITIONS, RANGE_REASON, tables_markdown(summarise(rows), settings.effort)]) + "\n"
+    return "\n\n".join([header, DEFINITIONS, RANGE_REASON, tables_markdown(summarise_rows(rows), settings.effort)]) + "\n"
 
 
 def write_outputs(out_dir: Path, rows: list[dict[str, Any]], settings: StudySettings) -> None:

@@ -11,7 +11,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from biplanar.experiments.tables import MethodScores, column, format_p, paired_ttest, summarise
+from biplanar.evaluation.statistics import summarise
+from biplanar.experiments.tables import MethodScores, column, format_p, paired_ttest
 
 ALPHA = 0.05
 NEAR_ORTHOGONAL_DEG = (80.0, 100.0)  # the paper's best range of the angle between the views

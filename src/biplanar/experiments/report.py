@@ -33,13 +33,13 @@ from biplanar.evaluation.evaluate import rows_to_csv
 from biplanar.experiments.budgets import Budget
 from biplanar.experiments.discussion import discussion_section
 from biplanar.experiments.models import ABLATIONS, BASELINES, FULL, GENERALIZED_MODEL, MODELS, TrainedModel
+from biplanar.evaluation.statistics import summarise
 from biplanar.experiments.runner import POSE_STAGE
 from biplanar.experiments.tables import (
     MethodScores,
     column,
     markdown_table,
     read_cases,
-    summarise,
     table1,
     table2,
 )
@@ -454,10 +454,10 @@ def _fig4_section(inputs: ReportInputs, summary: list[dict[str, Any]], out_dir: 
 
 
 def _pose_section(inputs: ReportInputs, out_dir: Path) -> list[str]:
-    from biplanar.evaluation.pose_accuracy import DEFINITIONS, RANGE_REASON, summarise, tables_markdown
+    from biplanar.evaluation.pose_accuracy import DEFINITIONS, RANGE_REASON, summarise_rows, tables_markdown
     from biplanar.pose.estimate import SOPI_METHODS
 
-    records = summarise(_read_rows(out_dir / POSE_STAGE / "cases.csv"))
+    records = summarise_rows(_read_rows(out_dir / POSE_STAGE / "cases.csv"))
     atomic_write_text(out_dir / "pose_accuracy.csv", rows_to_csv(records))
     methods = next(stage.info["methods"] for stage in inputs.stages if stage.name == POSE_STAGE)
     missing = [method for method in SOPI_METHODS if method not in methods]

@@ -2,7 +2,7 @@
 
 Per-case scores come from the stages' ``cases.csv`` files (:func:`read_cases`); a method's
 *scores* map a case id to its metrics. Statistics use the finite values only (an empty prediction
-has an infinite ASSD): :func:`summarise` gives mean, sample sd and count; :func:`paired_ttest`
+has an infinite ASSD): :func:`~biplanar.evaluation.statistics.summarise` gives mean, sample sd and count; :func:`paired_ttest`
 pairs two methods by case (cases finite in both) and runs ``scipy.stats.ttest_rel`` (two-sided).
 """
 
@@ -10,25 +10,18 @@ from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from biplanar.evaluation.statistics import Summary, summarise
+
 Scores = dict[str, dict[str, float]]  # case id -> metric -> value
 TABLE_METRICS = (("dice", "Dice"), ("jaccard", "Jaccard"), ("assd_mm", "ASSD (mm)"), ("hd95_mm", "HD95 (mm)"),
                  ("ssim", "SSIM"))  # SSIM: warped atlas vs true CT, n/a for the label-only baselines
 TESTED_METRICS = (("dice", "Dice"), ("assd_mm", "ASSD (mm)"))
-
-
-@dataclass(frozen=True)
-class Summary:
-    """Mean, sample standard deviation (``nan`` below two values) and count of the finite values."""
-
-    mean: float
-    sd: float
-    n: int
 
 
 @dataclass(frozen=True)
@@ -39,14 +32,6 @@ class PairedTest:
     p: float
     n: int
     mean_difference: float
-
-
-def summarise(values: Iterable[float]) -> Summary:
-    """:class:`Summary` of the finite ``values``."""
-    finite = np.array([value for value in values if math.isfinite(value)], dtype=np.float64)
-    mean = float(finite.mean()) if len(finite) else math.nan
-    sd = float(finite.std(ddof=1)) if len(finite) > 1 else math.nan
-    return Summary(mean, sd, len(finite))
 
 
 def paired_ttest(reference: Mapping[str, float], other: Mapping[str, float]) -> PairedTest:
