@@ -397,8 +397,9 @@ def evaluate_pose(
     seed: int = typer.Option(0, min=0, help="Seed of the true poses."),
     methods: list[str] | None = typer.Option(None, help="opt-gc, opt-ncc, opt-ngi, sopi, sopi+opt "
                                                         "(default: the three optimisation baselines)."),
-    rtpi: Path | None = typer.Option(None, help="SOPI RTPI checkpoint (methods sopi, sopi+opt)."),
-    fine: Path | None = typer.Option(None, help="SOPI fine-registration checkpoint (methods sopi, sopi+opt)."),
+    rtpi: list[str] | None = typer.Option(None, help="SOPI RTPI checkpoint for methods sopi, sopi+opt: DATASET=PATH "
+                                                     "(repeat per dataset) or PATH (every dataset)."),
+    fine: list[str] | None = typer.Option(None, help="SOPI fine-registration checkpoint, as --rtpi."),
     evaluations: int = typer.Option(150, min=0, help="CMA-ES evaluations per level."),
     refine_steps: int = typer.Option(10, min=0, help="L-BFGS iterations at the finest level."),
     max_levels: int | None = typer.Option(None, min=1, help="Use only the coarsest N levels of each dataset."),
@@ -442,9 +443,10 @@ def experiments(
     stage: str | None = typer.Option(None, help="Run only this stage (e.g. train_kasten), once the stages it needs "
                                                 "are complete, and write no report: independent stages can so run "
                                                 "in parallel; the whole command then reuses them."),
-    sopi_rtpi: Path | None = typer.Option(None, help="SOPI RTPI checkpoint (with --sopi-fine): the pose study "
-                                                     "also scores sopi and sopi+opt."),
-    sopi_fine: Path | None = typer.Option(None, help="SOPI fine-registration checkpoint (with --sopi-rtpi)."),
+    sopi_rtpi: list[str] | None = typer.Option(None, help="SOPI RTPI checkpoint, DATASET=PATH (repeat per dataset: "
+                                                          "femur, lumbar) or PATH: the pose study also scores "
+                                                          "sopi and sopi+opt on those datasets."),
+    sopi_fine: list[str] | None = typer.Option(None, help="SOPI fine-registration checkpoint, as --sopi-rtpi."),
 ) -> None:
     """Reproduce the paper's Tables 1-2 and Figs. 3-4 and SOPI's Table 1: results.md, CSVs and plots in --out."""
     with _reporting_errors():

@@ -19,6 +19,7 @@ from biplanar.evaluation.pose_accuracy import (
     StudySettings,
     check_inputs,
     covering_margin_mm,
+    sopi_checkpoints,
     pose_from_draw,
     score,
     standard_draws,
@@ -28,6 +29,7 @@ from biplanar.evaluation.pose_accuracy import (
 )
 from biplanar.geometry.se3 import matrix_to_rigid_params, rigid_params_to_matrix
 from biplanar.geometry.volume_grid import VolumeGrid
+from biplanar.pose.estimate import SopiCheckpoints
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 runner = CliRunner()
@@ -122,10 +124,13 @@ def test_missing_inputs_are_refused_before_any_work(tmp_path, monkeypatch):
     missing = tmp_path / "nowhere.nii.gz"
     monkeypatch.setattr(pose_accuracy, "REAL_CT", missing)
     with pytest.raises(InputError, match=str(missing)):
-        check_inputs(StudySettings(datasets=("lumbar",)), None)
-    check_inputs(StudySettings(datasets=("femur",)), None)
+        check_inputs(StudySettings(datasets=("lumbar",)), {})
+    check_inputs(StudySettings(datasets=("femur",)), {})
     with pytest.raises(InputError, match="need the SOPI checkpoints"):
-        check_inputs(StudySettings(datasets=("femur",), methods=("sopi",)), None)
+        check_inputs(StudySettings(datasets=("femur",), methods=("sopi",)), {})
+    lumbar_only = {"lumbar": SopiCheckpoints(tmp_path / "r.pt", tmp_path / "f.pt")}
+    with pytest.raises(InputError, match="of one of the datasets femur"):
+        check_inputs(StudySettings(datasets=("femur",), methods=("sopi",)), lumbar_only)
     with pytest.raises(InputError, match="--ranges"):
         StudySettings(ranges=("huge",))
 
@@ -145,9 +150,29 @@ def test_cli_end_to_end_on_one_femur_case(tmp_path):
     assert "| opt-gc | 1 |" in summary and "| initial | 1 |" in summary
 
 
+def test_sopi_checkpoints_per_dataset(tmp_path):
+    paths = {name: tmp_path / f"{name}.pt" for name in ("r_all", "f_all", "r_femur", "f_femur")}
+    for path in paths.values():
+        path.touch()
+    both = sopi_checkpoints([f"femur={paths['r_femur']}", str(paths["r_all"])], [str(paths["f_all"]),
+                                                                               f"femur={paths['f_femur']}"])
+    assert both == {"lumbar": SopiCheckpoints(paths["r_all"], paths["f_all"]),
+                    "femur": SopiCheckpoints(paths["r_femur"], paths["f_femur"])}
+    assert sopi_checkpoints(None, None) == {}
+    settings = StudySettings(datasets=("lumbar", "femur"), ranges=("small",), cases=2, methods=("opt-gc", "sopi"))
+    femur_only = sopi_checkpoints(f"femur={paths['r_femur']}", f"femur={paths['f_femur']}")
+    assert settings.methods_for("lumbar", femur_only) == ("opt-gc",)
+    assert settings.methods_for("femur", femur_only) == ("opt-gc", "sopi")
+    assert settings.runs(femur_only) == 2 * 1 + 2 * 2
+    with pytest.raises(InputError, match="same datasets, got femur and lumbar, femur"):
+        sopi_checkpoints(f"femur={paths['r_femur']}", str(paths["f_all"]))
+    with pytest.raises(InputError, match="--rtpi knee=.*unknown dataset 'knee'"):
+        sopi_checkpoints(f"knee={paths['r_femur']}", None)
+
+
 @pytest.mark.parametrize("arguments, message", [
     (["--datasets", "knee"], "--datasets: expected some of lumbar, femur, got knee"),
-    (["--rtpi", "a.pt"], "--rtpi, --fine: give both SOPI checkpoints or neither"),
+    (["--rtpi", "a.pt"], "--rtpi a.pt: file not found"),
     (["--methods", "sopi"], "--methods sopi, sopi+opt: need the SOPI checkpoints"),
 ])
 def test_cli_bad_input_is_one_line(tmp_path, arguments, message):

@@ -1,13 +1,14 @@
 """``biplanar experiments`` end to end on the tiny budget: the report, its tests, resume, reuse, the CLI.
 
 The tests share one tiny run (about a minute) and run in order: a first run, a re-run that skips
-every stage, the CLI with ``--docs``, then a reused (shifted) full model that redoes only the stages
-scoring it.
+every stage, the CLI with ``--docs``, SOPI networks that add the ``pose_sopi`` stage, then a reused
+(shifted) full model that redoes only the stages scoring it.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 from pathlib import Path
 
@@ -21,7 +22,9 @@ from biplanar.errors import InputError
 from biplanar.experiments import run_experiments
 from biplanar.experiments.models import ABLATIONS, MODELS
 from biplanar.experiments.tables import read_cases
+from biplanar.models.sopi import load_sopi_config
 from biplanar.training.checkpoints import export_model
+from biplanar.training.pose_trainer import train_pose
 
 SECTIONS = ("## Table 1: comparison methods", "## Table 2: ablations", "## Fig. 3: a wrong LAO/RAO angle",
             "## Fig. 4: generalized geometries", "## Rigid pose estimation (SOPI's Table 1)")
@@ -105,7 +108,7 @@ def test_pose_study_rows_and_section(run):
     section = run.results_md.read_text().split("## Rigid pose estimation (SOPI's Table 1)")[1].split("\n## ")[0]
     assert "### femur, range small" in section and "| opt-gc | 1 |" in section
     assert "| SOPI as published" in section and "| 1.89 | 4.53 | 22.4% | 4.64 |" in section
-    assert "Rows `sopi`, `sopi+opt` are missing: no SOPI checkpoints were given" in section
+    assert "Rows `sopi` and `sopi+opt` are missing for `femur`: no SOPI networks were given for it" in section
 
 
 def test_table2_p_values_are_the_paired_ttests_of_the_cases(run):
@@ -148,11 +151,33 @@ def test_cli_errors_are_one_line(tmp_path):
     assert result.output.strip().splitlines() == [f"biplanar: error: --model-full {tmp_path / 'missing.pt'}: "
                                                   f"file not found"]
     assert runner.invoke(app, ["experiments", "--out", str(tmp_path / "x"), "--budget", "huge"]).exit_code == 2
+    (tmp_path / "rtpi.pt").touch()
     result = runner.invoke(app, ["experiments", "--out", str(tmp_path / "x"), "--budget", "tiny", "--sopi-rtpi",
-                                 str(tmp_path / "rtpi.pt")])
+                                 f"femur={tmp_path / 'rtpi.pt'}"])
     assert result.exit_code == 2
     assert result.output.strip().splitlines() == ["biplanar: error: --sopi-rtpi, --sopi-fine: give both SOPI "
-                                                  "checkpoints or neither"]
+                                                  "checkpoints for the same datasets, got femur and none"]
+
+
+def test_sopi_networks_add_a_pose_sopi_stage(run, tmp_path):
+    """Two-step SOPI networks at the femur dataset's image size: the stage ``pose_sopi`` scores sopi and
+    sopi+opt on the femur case alone, the baselines' stage is reused, and the section shows both."""
+    tiny = load_sopi_config("sopi_tiny")
+    femur_sized = dataclasses.replace(tiny, geometry=dataclasses.replace(
+        tiny.geometry, grid_preset="lite", image_shape=(112, 80), pixel_spacing_mm=1.86))
+    checkpoints = {network: train_pose(femur_sized, tmp_path / network, network, steps=2,
+                                       progress=False).last_checkpoint for network in ("rtpi", "fine")}
+    result = run_experiments(run.out_dir, "tiny", progress=False, sopi_rtpi=[f"femur={checkpoints['rtpi']}"],
+                             sopi_fine=[f"femur={checkpoints['fine']}"])
+    assert result.ran == ["pose_sopi"]
+    with open(run.out_dir / "pose_sopi" / "cases.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["method"] for row in rows] == ["initial", "sopi", "sopi+opt"]
+    assert all(row["error"] == "" and math.isfinite(float(row["rotation_deg"])) for row in rows)
+    section = result.results_md.read_text().split("## Rigid pose estimation (SOPI's Table 1)")[1].split("\n## ")[0]
+    assert "| opt-gc | 1 |" in section and "| sopi | 1 |" in section and "| sopi+opt | 1 |" in section
+    assert section.count("| initial | 1 |") == 1 and "are missing" not in section
+    assert f"--sopi-rtpi femur={checkpoints['rtpi']}" in section
 
 
 def test_a_reused_full_model_redoes_only_the_stages_that_score_it(run, tmp_path):

@@ -35,7 +35,8 @@ range scales the same ``z`` by its sigmas, so the ranges pose the same direction
 
 Methods: the optimisation baselines ``opt-ncc``, ``opt-gc``, ``opt-ngi``
 (:mod:`biplanar.pose.baselines`; CMA-ES step sizes = the range's sigmas, the expected error of the
-start) and, given SOPI checkpoints, ``sopi`` and ``sopi+opt`` (:func:`biplanar.pose.estimate.estimate`).
+start) and, on the datasets given SOPI checkpoints (per dataset: :func:`sopi_checkpoints`), ``sopi`` and
+``sopi+opt`` (:func:`biplanar.pose.estimate.estimate`).
 Errors: rotation = geodesic angle (deg), translation = displacement of the CT centre (mm), per axis
 = |difference of the Euler parameters| (deg, mm); success = rotation < 3 deg and translation < 3 mm
 (SOPI's criterion). Each case also has an ``initial`` row: the errors of the identity start.
@@ -45,7 +46,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,7 @@ SEARCH_MARGIN_SIGMAS = 2.0  # the optimisers' rays cover the CT moved by this ma
 INITIAL = "initial"  # the method name of the identity start's rows
 BASELINE_METHODS = tuple(sorted(METHODS))
 STUDY_METHODS = (*BASELINE_METHODS, *SOPI_METHODS)
+SopiNetworks = dict[str, SopiCheckpoints]  # dataset name -> the SOPI networks trained for it
 AXES = (("rx", "deg"), ("ry", "deg"), ("rz", "deg"), ("tx", "mm"), ("ty", "mm"), ("tz", "mm"))
 # SOPI's own result (Chen et al. 2023, Table 1, "SOPI"): their CT and a single X-ray, their pose ranges.
 SOPI_PUBLISHED = {"rotation_deg": 1.89, "translation_mm": 4.53, "failure_rate": 0.224, "time_s": 4.64}
@@ -154,30 +156,52 @@ class StudySettings:
         if self.cases < 1:
             raise InputError(f"--n: expected >= 1 cases, got {self.cases}")
 
-    @property
-    def runs(self) -> int:
+    def methods_for(self, dataset: str, networks: SopiNetworks) -> tuple[str, ...]:
+        """The methods scored on ``dataset``: SOPI's only where ``networks`` has that dataset's."""
+        return tuple(method for method in self.methods if method not in SOPI_METHODS or dataset in networks)
+
+    def runs(self, networks: SopiNetworks) -> int:
         """Pose estimations the study makes (one progress step each)."""
-        return len(self.datasets) * len(self.ranges) * self.cases * len(self.methods)
+        return sum(len(self.ranges) * self.cases * len(self.methods_for(name, networks)) for name in self.datasets)
 
 
-def sopi_checkpoints(rtpi: str | Path | None, fine: str | Path | None,
-                     options: tuple[str, str] = ("--rtpi", "--fine")) -> SopiCheckpoints | None:
-    """Both SOPI checkpoints (existing files) or neither (``None``); ``InputError`` naming ``options`` otherwise."""
-    if (rtpi is None) != (fine is None):
-        raise InputError(f"{options[0]}, {options[1]}: give both SOPI checkpoints or neither")
-    for path, option in zip((rtpi, fine), options):
-        if path is not None and not Path(path).is_file():
+def sopi_checkpoints(rtpi: Sequence[str | Path] | str | Path | None, fine: Sequence[str | Path] | str | Path | None,
+                     options: tuple[str, str] = ("--rtpi", "--fine")) -> SopiNetworks:
+    """Dataset -> its SOPI checkpoints, from entries ``DATASET=PATH`` (that dataset) or ``PATH`` (every other).
+
+    SOPI's networks are trained per anatomy and image size (``sopi_lite``: femur; ``sopi_lumbar``: the
+    real CT), so each dataset names its own. Raises ``InputError`` naming ``options`` for an unknown
+    dataset, a missing file, or RTPI and fine checkpoints given for different datasets.
+    """
+    rtpi_by, fine_by = _paths_by_dataset(rtpi, options[0]), _paths_by_dataset(fine, options[1])
+    if set(rtpi_by) != set(fine_by):
+        raise InputError(f"{options[0]}, {options[1]}: give both SOPI checkpoints for the same datasets, got "
+                         f"{', '.join(rtpi_by) or 'none'} and {', '.join(fine_by) or 'none'}")
+    return {name: SopiCheckpoints(rtpi_by[name], fine_by[name]) for name in rtpi_by}
+
+
+def _paths_by_dataset(entries: Sequence[str | Path] | str | Path | None, option: str) -> dict[str, Path]:
+    entries = [] if entries is None else [entries] if isinstance(entries, (str, Path)) else list(entries)
+    split = [str(entry).partition("=") for entry in entries]
+    paths = {}
+    for name, separator, path in sorted(split, key=lambda parts: bool(parts[1])):  # PATH first, DATASET=PATH over it
+        if separator and name not in DATASETS:
+            raise InputError(f"{option} {name}={path}: unknown dataset {name!r}, expected one of {', '.join(DATASETS)}")
+        path = path if separator else name
+        if not Path(path).is_file():
             raise InputError(f"{option} {path}: file not found")
-    return None if rtpi is None else SopiCheckpoints(Path(rtpi), Path(fine))
+        paths.update(dict.fromkeys([name] if separator else DATASETS, Path(path)))
+    return {name: paths[name] for name in DATASETS if name in paths}
 
 
-def check_inputs(settings: StudySettings, checkpoints: SopiCheckpoints | None) -> None:
-    """``InputError`` before any work: the real CT missing, or SOPI methods without checkpoints."""
+def check_inputs(settings: StudySettings, networks: SopiNetworks) -> None:
+    """``InputError`` before any work: the real CT missing, or SOPI methods with no dataset's networks."""
     if "lumbar" in settings.datasets and not REAL_CT.is_file():
         raise InputError(f"{REAL_CT}: the real CT of dataset lumbar is not there (it ships with the repository's "
                          f"tests/data, not with an installed package); choose --datasets femur")
-    if any(method in SOPI_METHODS for method in settings.methods) and checkpoints is None:
-        raise InputError("--methods sopi, sopi+opt: need the SOPI checkpoints (--rtpi and --fine)")
+    if any(method in SOPI_METHODS for method in settings.methods) and not set(settings.datasets) & set(networks):
+        raise InputError(f"--methods sopi, sopi+opt: need the SOPI checkpoints (--rtpi and --fine) of one of the "
+                         f"datasets {', '.join(settings.datasets)}")
 
 
 # --- cases --------------------------------------------------------------------------------------
@@ -336,21 +360,23 @@ def _run_method(case: _Case, method: str, config: OptimisationConfig,
     return case.row(method, found, time.perf_counter() - started)
 
 
-def run_study(settings: StudySettings, checkpoints: SopiCheckpoints | None = None,
+def run_study(settings: StudySettings, networks: SopiNetworks | None = None,
               tick: Callable[[], None] | None = None,
               on_group: Callable[[list[dict[str, Any]]], None] | None = None) -> list[dict[str, Any]]:
     """Run every dataset, range, case and method of ``settings`` (module doc).
 
     Args:
         settings: what to evaluate.
-        checkpoints: SOPI's two checkpoints (needed by the methods ``sopi`` and ``sopi+opt``).
+        networks: dataset -> SOPI's two checkpoints (:func:`sopi_checkpoints`); the methods ``sopi`` and
+            ``sopi+opt`` are scored on the datasets that have them.
         tick: called after each pose estimation (:attr:`StudySettings.runs` in all).
         on_group: called with all rows so far after each dataset and range (e.g. to save them).
 
     Returns:
         the rows of ``cases.csv``: per case an ``initial`` row, then one per method.
     """
-    check_inputs(settings, checkpoints)
+    networks = networks or {}
+    check_inputs(settings, networks)
     rows: list[dict[str, Any]] = []
     for name in settings.datasets:
         dataset = DATASETS[name]
@@ -360,8 +386,8 @@ def run_study(settings: StudySettings, checkpoints: SopiCheckpoints | None = Non
                 case = _make_case(dataset, range_name, index, draws[index])
                 config = search_config(dataset, dataset.ranges[range_name], settings.effort, case.grid)
                 rows.append(case.row(INITIAL, torch.eye(4, dtype=torch.float64), 0.0))
-                for method in settings.methods:
-                    rows.append(_run_method(case, method, config, checkpoints))
+                for method in settings.methods_for(name, networks):
+                    rows.append(_run_method(case, method, config, networks.get(name)))
                     if tick is not None:
                         tick()
             if on_group is not None:
@@ -488,18 +514,19 @@ def write_outputs(out_dir: Path, rows: list[dict[str, Any]], settings: StudySett
     atomic_write_text(out_dir / "summary.md", summary_markdown(rows, settings))
 
 
-def evaluate_pose_accuracy(out_dir: str | Path, settings: StudySettings, checkpoints: SopiCheckpoints | None = None,
+def evaluate_pose_accuracy(out_dir: str | Path, settings: StudySettings, networks: SopiNetworks | None = None,
                            progress: bool = True) -> list[dict[str, Any]]:
     """Run :func:`run_study` with a progress bar on stderr, writing ``cases.csv`` and ``summary.md``
     into ``out_dir`` after each dataset and range; returns the rows."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    check_inputs(settings, checkpoints)
+    networks = networks or {}
+    check_inputs(settings, networks)
     out_dir = Path(out_dir)
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                    console=Console(stderr=True), disable=not progress)
     with bar:
-        task = bar.add_task("pose estimations", total=settings.runs)
-        return run_study(settings, checkpoints, tick=lambda: bar.advance(task),
+        task = bar.add_task("pose estimations", total=settings.runs(networks))
+        return run_study(settings, networks, tick=lambda: bar.advance(task),
                          on_group=lambda rows: write_outputs(out_dir, rows, settings))

@@ -34,7 +34,7 @@ from biplanar.experiments.budgets import Budget
 from biplanar.experiments.discussion import discussion_section
 from biplanar.experiments.models import ABLATIONS, BASELINES, FULL, GENERALIZED_MODEL, MODELS, TrainedModel
 from biplanar.evaluation.statistics import summarise
-from biplanar.experiments.runner import POSE_STAGE
+from biplanar.experiments.runner import POSE_SOPI_STAGE, POSE_STAGE
 from biplanar.experiments.tables import (
     MethodScores,
     column,
@@ -454,17 +454,23 @@ def _fig4_section(inputs: ReportInputs, summary: list[dict[str, Any]], out_dir: 
 
 
 def _pose_section(inputs: ReportInputs, out_dir: Path) -> list[str]:
-    from biplanar.evaluation.pose_accuracy import DEFINITIONS, RANGE_REASON, summarise_rows, tables_markdown
-    from biplanar.pose.estimate import SOPI_METHODS
+    from biplanar.evaluation.pose_accuracy import DEFINITIONS, INITIAL, RANGE_REASON, summarise_rows, tables_markdown
 
-    records = summarise_rows(_read_rows(out_dir / POSE_STAGE / "cases.csv"))
+    rows = _read_rows(out_dir / POSE_STAGE / "cases.csv")
+    sopi = next((stage for stage in inputs.stages if stage.name == POSE_SOPI_STAGE), None)
+    if sopi is not None:  # the same cases again: keep their initial rows once
+        rows += [row for row in _read_rows(out_dir / POSE_SOPI_STAGE / "cases.csv") if row["method"] != INITIAL]
+    records = summarise_rows(rows)
     atomic_write_text(out_dir / "pose_accuracy.csv", rows_to_csv(records))
-    methods = next(stage.info["methods"] for stage in inputs.stages if stage.name == POSE_STAGE)
-    missing = [method for method in SOPI_METHODS if method not in methods]
-    note = (f"Rows {', '.join(f'`{method}`' for method in missing)} are missing: no SOPI checkpoints were given "
-            f"(`--sopi-rtpi`, `--sopi-fine`); training the learned SOPI networks needs a GPU-sized run, not done "
-            f"here. The last row of each table is SOPI's own published result, on its data."
-            if missing else "The last row of each table is SOPI's own published result, on its data.")
+    with_sopi = [] if sopi is None else sopi.info["datasets"]
+    without = [name for name in inputs.budget.pose_datasets if name not in with_sopi]
+    note = ("" if not without else
+            f"Rows `sopi` and `sopi+opt` are missing for {', '.join(f'`{name}`' for name in without)}: no SOPI "
+            f"networks were given for {'it' if len(without) == 1 else 'them'} (`--sopi-rtpi`, `--sopi-fine`). ")
+    if with_sopi:
+        note += (f"SOPI (stage `{POSE_SOPI_STAGE}`) uses the AP view only, as published; `sopi+opt` refines its "
+                 f"pose by Opt-GC over both views. ")
+    note += "The last row of each table is SOPI's own published result, on its data."
     return [
         "## Rigid pose estimation (SOPI's Table 1)",
         "",

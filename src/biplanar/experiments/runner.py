@@ -14,9 +14,9 @@ what it produced, its wall time) once complete:
 - ``fig3_angle_error`` and ``fig4_geometry_grid``: the geometry studies
   (:mod:`~biplanar.experiments.angle_studies`), ``cases.csv`` each;
 - ``pose_accuracy``: the rigid-pose study in the manner of SOPI's Table 1
-  (:mod:`biplanar.evaluation.pose_accuracy`; ``cases.csv``, ``summary.md``): the optimisation
-  baselines, and SOPI and SOPI+opt when ``sopi_rtpi`` and ``sopi_fine`` are given; it needs no
-  other stage;
+  (:mod:`biplanar.evaluation.pose_accuracy`; ``cases.csv``, ``summary.md``) with the optimisation
+  baselines, and ``pose_sopi`` the same cases with SOPI and SOPI+opt on the datasets that
+  ``sopi_rtpi`` and ``sopi_fine`` give networks for; they need no other stage;
 
 then the report (:mod:`~biplanar.experiments.report`, always rewritten): ``results.md``,
 ``table1.csv``, ``table2.csv``, ``fig3_angle_error.csv``, ``fig4_geometry_grid.csv``,
@@ -42,7 +42,7 @@ import shlex
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,15 +66,15 @@ from biplanar.experiments.models import (
 )
 from biplanar.io.atomic import atomic_write_text
 from biplanar.io.json_files import read_json, write_json
-from biplanar.evaluation.pose_accuracy import BASELINE_METHODS, StudySettings, sopi_checkpoints
-from biplanar.pose.estimate import SOPI_METHODS, SopiCheckpoints
+from biplanar.evaluation.pose_accuracy import BASELINE_METHODS, SopiNetworks, StudySettings, sopi_checkpoints
+from biplanar.pose.estimate import SOPI_METHODS
 
 STAGE_FILE = "stage.json"
 EXPERIMENT_FILE = "experiment.json"
 CASES_FILE = "cases.csv"
 DATA_STAGE, OPTIMISATION_STAGE = "data", "eval_optimisation"
 FIG3_STAGE, FIG4_STAGE = "fig3_angle_error", "fig4_geometry_grid"
-POSE_STAGE = "pose_accuracy"
+POSE_STAGE, POSE_SOPI_STAGE = "pose_accuracy", "pose_sopi"
 TEST_SPLIT = "test"
 
 
@@ -114,14 +114,14 @@ class ExperimentsResult:
 
 
 def experiment_command(out_dir: Path, budget: str, model_full: Path | None, model_generalized: Path | None,
-                       docs_dir: Path | None, sopi: SopiCheckpoints | None = None) -> str:
+                       docs_dir: Path | None, sopi: SopiNetworks | None = None) -> str:
     """The ``biplanar experiments`` command line equivalent to these arguments (quoted for a shell)."""
     words = ["biplanar", "experiments", "--out", str(out_dir), "--budget", budget]
-    for option, value in (("--model-full", model_full), ("--model-generalized", model_generalized),
-                          ("--sopi-rtpi", None if sopi is None else sopi.rtpi),
-                          ("--sopi-fine", None if sopi is None else sopi.fine)):
+    for option, value in (("--model-full", model_full), ("--model-generalized", model_generalized)):
         if value is not None:
             words += [option, str(value)]
+    for dataset, checkpoints in (sopi or {}).items():
+        words += ["--sopi-rtpi", f"{dataset}={checkpoints.rtpi}", "--sopi-fine", f"{dataset}={checkpoints.fine}"]
     if docs_dir is not None:
         words += ["--docs"] + ([] if Path(docs_dir) == Path("docs") else ["--docs-dir", str(docs_dir)])
     return shlex.join(words)
@@ -215,7 +215,7 @@ class _Context:
     workers: int
     progress: bool
     models: dict[str, TrainedModel] = field(default_factory=dict)  # by model name, once trained or reused
-    sopi: SopiCheckpoints | None = None  # SOPI's checkpoints for the pose study, when given
+    sopi: SopiNetworks = field(default_factory=dict)  # dataset -> SOPI's checkpoints for the pose study
 
     def data_dir(self, geometry: str) -> Path:
         return self.out_dir / DATA_STAGE / geometry
@@ -343,34 +343,40 @@ def _geometry_grid(context: _Context, model: TrainedModel) -> dict[str, Any]:
                            rows_of)
 
 
-def _pose_settings(context: _Context) -> StudySettings:
-    """The pose study's settings under the budget: the baselines, and SOPI's methods when its checkpoints are given."""
+def _pose_settings(context: _Context, sopi: bool) -> StudySettings:
+    """The pose study's settings under the budget: the baselines, or (``sopi``) SOPI's methods on the
+    datasets that have networks."""
     budget = context.budget
-    methods = (*BASELINE_METHODS, *(SOPI_METHODS if context.sopi is not None else ()))
-    return StudySettings(budget.pose_datasets, budget.pose_ranges, budget.pose_cases, POSE_SEED, methods,
-                         budget.pose_search)
+    if not sopi:
+        return StudySettings(budget.pose_datasets, budget.pose_ranges, budget.pose_cases, POSE_SEED,
+                             BASELINE_METHODS, budget.pose_search)
+    datasets = tuple(name for name in budget.pose_datasets if name in context.sopi)
+    return StudySettings(datasets, budget.pose_ranges, budget.pose_cases, POSE_SEED, SOPI_METHODS, budget.pose_search)
 
 
-def _pose_accuracy(context: _Context) -> dict[str, Any]:
+def _pose_study(context: _Context, sopi: bool) -> dict[str, Any]:
+    """The ``pose_accuracy`` stage (the baselines), or with ``sopi`` the ``pose_sopi`` stage."""
     from biplanar.evaluation.pose_accuracy import run_study, write_outputs
 
-    settings = _pose_settings(context)
+    settings = _pose_settings(context, sopi)
+    networks = {name: context.sopi[name] for name in settings.datasets} if sopi else {}
 
     def work(folder: Path) -> dict[str, Any]:
-        bar, tick = _progress(context.progress, "rigid pose (SOPI Table 1)", settings.runs)
+        bar, tick = _progress(context.progress, "rigid pose (SOPI Table 1)", settings.runs(networks))
         with bar:
-            rows = run_study(settings, context.sopi, tick=tick)
+            rows = run_study(settings, networks, tick=tick)
         write_outputs(folder, rows, settings)
         return {"cases": settings.cases, "rows": len(rows), "csv": CASES_FILE, "datasets": list(settings.datasets),
                 "ranges": list(settings.ranges), "methods": list(settings.methods),
                 "search": dataclasses.asdict(settings.effort)}
 
-    sopi = None if context.sopi is None else {name: _checkpoint_inputs(context.out_dir, getattr(context.sopi, name))
-                                              for name in ("rtpi", "fine")}
     inputs = {"budget": context.budget.name, "cases": settings.cases, "datasets": list(settings.datasets),
               "ranges": list(settings.ranges), "seed": settings.seed, "methods": list(settings.methods),
-              "search": dataclasses.asdict(settings.effort), "sopi": sopi}
-    return context.stages.run(POSE_STAGE, inputs, work)
+              "search": dataclasses.asdict(settings.effort)}
+    if sopi:
+        inputs["networks"] = {name: {part: _checkpoint_inputs(context.out_dir, getattr(checkpoints, part))
+                                     for part in ("rtpi", "fine")} for name, checkpoints in networks.items()}
+    return context.stages.run(POSE_SOPI_STAGE if sopi else POSE_STAGE, inputs, work)
 
 
 _Reused = dict[str, tuple[Path | None, str]]
@@ -399,7 +405,9 @@ def _stage_work(context: _Context, reused: _Reused) -> dict[str, Callable[[], An
     work[OPTIMISATION_STAGE] = functools.partial(_evaluate_optimisation, context)
     work[FIG3_STAGE] = lambda: _angle_error(context, _model(context, FULL, reused))
     work[FIG4_STAGE] = lambda: _geometry_grid(context, _model(context, GENERALIZED_MODEL, reused))
-    work[POSE_STAGE] = functools.partial(_pose_accuracy, context)
+    work[POSE_STAGE] = functools.partial(_pose_study, context, False)
+    if set(context.sopi) & set(context.budget.pose_datasets):
+        work[POSE_SOPI_STAGE] = functools.partial(_pose_study, context, True)
     return work
 
 
@@ -407,8 +415,8 @@ def _stage_work(context: _Context, reused: _Reused) -> dict[str, Callable[[], An
 def run_experiments(out_dir: str | Path, budget: str, model_full: str | Path | None = None,
                     model_generalized: str | Path | None = None, docs_dir: str | Path | None = None,
                     workers: int = 1, progress: bool = True, device: str | None = None,
-                    stage: str | None = None, sopi_rtpi: str | Path | None = None,
-                    sopi_fine: str | Path | None = None) -> ExperimentsResult:
+                    stage: str | None = None, sopi_rtpi: Sequence[str | Path] | str | Path | None = None,
+                    sopi_fine: Sequence[str | Path] | str | Path | None = None) -> ExperimentsResult:
     """Run (or resume) every stage of the reproduction and write the report (module doc).
 
     Args:
@@ -423,8 +431,9 @@ def run_experiments(out_dir: str | Path, budget: str, model_full: str | Path | N
         progress: show progress on stderr.
         device: ``cpu`` or ``cuda`` (default: CUDA when available).
         stage: run only this stage (module doc) and write no report; ``results_md`` may then not exist.
-        sopi_rtpi, sopi_fine: ``biplanar train-pose`` checkpoints (both or neither): the pose study
-            then also scores ``sopi`` and ``sopi+opt``.
+        sopi_rtpi, sopi_fine: ``biplanar train-pose`` checkpoints, ``DATASET=PATH`` per pose dataset or
+            ``PATH`` for all (:func:`~biplanar.evaluation.pose_accuracy.sopi_checkpoints`): the stage
+            ``pose_sopi`` then scores ``sopi`` and ``sopi+opt`` on those datasets.
 
     Raises:
         InputError: an unknown budget or stage, a stage whose prerequisites are not complete, a bad
@@ -457,7 +466,7 @@ def run_experiments(out_dir: str | Path, budget: str, model_full: str | Path | N
     if stage is not None:
         if stage not in work:
             raise InputError(f"--stage: expected one of {', '.join(work)}, got {stage!r}")
-        if stage not in (DATA_STAGE, POSE_STAGE):  # the pose study needs no simulated data
+        if stage not in (DATA_STAGE, POSE_STAGE, POSE_SOPI_STAGE):  # the pose studies need no simulated data
             work[DATA_STAGE]()
         work[stage]()
         return ExperimentsResult(out_dir, out_dir / "results.md", stages.records)
