@@ -222,6 +222,9 @@ def test_one_step_of_each_network(config: SopiConfig, tmp_path: Path, network: s
     assert header == ",".join(csv_fields(network))
     state = load_checkpoint(tmp_path / "last.pt")
     assert state["kind"] == "sopi" and state["network"] == network and state["global_step"] == 1
+    # Batch norm: RTPI's running statistics move; the fine encoders' stay frozen at their start.
+    running_means = [value for name, value in state["model"].items() if name.endswith("running_mean")]
+    assert any(value.abs().sum() > 0 for value in running_means) == (network == "rtpi")
 
 
 @pytest.mark.parametrize("network", ["rtpi", "fine"])
