@@ -19,6 +19,7 @@ from biplanar.models.sopi import load_sopi_config, standardise
 from biplanar.models.sopi.config import SopiConfig
 from biplanar.pose.sopi import SopiNetwork, estimate_pose_sopi, fine_registration, load_sopi_network
 from biplanar.training.pose_data import VALIDATION_STREAM, PoseBatch, PosePairSimulator
+from biplanar.training.checkpoints import export_model
 from biplanar.training.pose_trainer import train_pose
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -74,6 +75,19 @@ def test_loaded_networks_are_accepted(checkpoints: dict[str, Path], simulator: P
     again = estimate_pose_sopi(case.volume_mu, simulator.grid, case.radiograph[0, 0].numpy(), simulator.view,
                                checkpoints["rtpi"], checkpoints["fine"])
     assert torch.equal(first.params, again.params)
+
+
+def test_exported_weights_load_alone(checkpoints: dict[str, Path], tmp_path: Path) -> None:
+    # A weights-only export (what the package bundles) still says which SOPI network it holds.
+    for name, path in checkpoints.items():
+        exported = export_model(path, tmp_path / f"{name}.pt")
+        assert "optimizer" not in torch.load(exported, weights_only=True)
+        loaded = load_sopi_network(exported, name)
+        reference = load_sopi_network(path, name)
+        assert all(torch.equal(a, b) for a, b in zip(loaded.network.state_dict().values(),
+                                                      reference.network.state_dict().values()))
+    with pytest.raises(InputError, match="not a SOPI fine checkpoint"):
+        load_sopi_network(tmp_path / "rtpi.pt", "fine")
 
 
 def test_bad_input(checkpoints: dict[str, Path], simulator: PosePairSimulator, case: PoseBatch) -> None:

@@ -40,6 +40,7 @@ from biplanar.io.atomic import atomic_path
 
 FORMAT, VERSION = "biplanar-checkpoint", 1
 MODEL_KEYS = ("config", "model")  # what rebuilding a model needs (a weights-only checkpoint)
+IDENTITY_KEYS = ("kind", "network")  # what kind of model a SOPI checkpoint holds (kept by export_model)
 BUNDLED_MODEL_FILE = "model.pt"
 REQUIRED_KEYS = ("config", "model", "optimizer", "scheduler", "rng", "epoch", "step_in_epoch",
                  "global_step", "world_size", "best_metric", "elapsed_s", "epoch_sums", "history")
@@ -133,8 +134,9 @@ def load_model(checkpoint_path: str | Path, device: str | torch.device = "cpu"):
 
 
 def export_model(checkpoint: str | Path, out_path: str | Path) -> Path:
-    """Write a weights-only copy of a checkpoint (config and weights; no optimizer, scheduler or
-    random states) to ``out_path``, atomically: a file to ship, loadable by :func:`load_model`.
+    """Write a weights-only copy of a checkpoint (config and weights, and a SOPI checkpoint's ``kind``
+    and ``network``; no optimizer, scheduler or random states) to ``out_path``, atomically: a file to
+    ship, loadable by :func:`load_model` (or :func:`biplanar.pose.sopi.load_sopi_network`).
 
     Args:
         checkpoint: a full (``best.pt``) or weights-only checkpoint.
@@ -154,8 +156,9 @@ def export_model(checkpoint: str | Path, out_path: str | Path) -> Path:
                                              if key in state}
     out_path = Path(out_path)
     with atomic_path(out_path) as temporary:
+        identity = {key: state[key] for key in IDENTITY_KEYS if key in state}
         torch.save({"format": FORMAT, "version": VERSION, "config": state["config"], "model": state["model"],
-                    "exported_from": source}, temporary)
+                    **identity, "exported_from": source}, temporary)
     return out_path
 
 
