@@ -357,13 +357,14 @@ def pose(
     refine_steps: int = typer.Option(10, min=0, help="L-BFGS iterations at the finest level."),
     sigma_deg: float = typer.Option(5.0, min=1e-6, help="CMA-ES initial rotation step, deg (about the initial error)."),
     sigma_mm: float = typer.Option(10.0, min=1e-6, help="CMA-ES initial translation step, mm."),
-    rtpi: Path | None = typer.Option(None, help="SOPI RTPI checkpoint (methods sopi, sopi+opt)."),
-    fine: Path | None = typer.Option(None, help="SOPI fine-registration checkpoint (methods sopi, sopi+opt)."),
+    rtpi: Path | None = typer.Option(None, help="SOPI RTPI checkpoint (methods sopi, sopi+opt; default: the "
+                                                "bundled sopi_lite networks, femur, 112x80 images at 1.86 mm)."),
+    fine: Path | None = typer.Option(None, help="SOPI fine-registration checkpoint (with --rtpi)."),
 ) -> None:
     """Estimate the rigid pose of a CT to one or two radiographs; writes the pose and a corrected geometry."""
     with _reporting_errors():
         from biplanar.pose.baselines import OptimisationConfig
-        from biplanar.pose.estimate import SopiCheckpoints, estimate_pose_files
+        from biplanar.pose.estimate import SopiCheckpoints, bundled_sopi_checkpoints, estimate_pose_files
 
         try:
             sizes = tuple(float(size) for size in levels.split(","))
@@ -371,7 +372,9 @@ def pose(
                                         sigma_deg=sigma_deg, sigma_mm=sigma_mm)
         except ValueError as error:
             raise InputError(f"--levels/--evaluations/--sigma: {error}") from None
-        checkpoints = None if rtpi is None or fine is None else SopiCheckpoints(rtpi, fine)
+        if (rtpi is None) != (fine is None):
+            raise InputError("--rtpi, --fine: give both SOPI checkpoints or neither (the bundled ones)")
+        checkpoints = bundled_sopi_checkpoints() if rtpi is None else SopiCheckpoints(rtpi, fine)
         images = {"AP": ap, **({} if lat is None else {"LAT": lat})}
         report = estimate_pose_files(ct, geometry, images, out, method.value, init_pose, units.value, mu_water,
                                      config, checkpoints)

@@ -170,6 +170,18 @@ class SopiCheckpoints:
     fine: Path
 
 
+BUNDLED_SOPI = "sopi_lite"  # the package's SOPI networks: femur phantoms, 112 x 80 radiographs at 1.86 mm
+
+
+def bundled_sopi_checkpoints() -> SopiCheckpoints | None:
+    """The SOPI networks shipped in ``biplanar/resources/models/sopi_lite`` (``None`` when absent)."""
+    from biplanar.training.checkpoints import bundled_models_dir
+
+    folder = bundled_models_dir() / BUNDLED_SOPI
+    pair = SopiCheckpoints(folder / "rtpi.pt", folder / "fine.pt")
+    return pair if pair.rtpi.is_file() and pair.fine.is_file() else None
+
+
 def _sopi_module():
     try:
         from biplanar.pose import sopi
