@@ -164,7 +164,8 @@ def test_pose_command_accepts_its_own_pose_as_initial_pose(pose_case):
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--method", "sopi"], "--method sopi: needs the SOPI checkpoints"),
+    (["--method", "sopi"], "differs from the networks' training images (112, 80)"),  # the bundled networks'
+    (["--method", "sopi", "--rtpi", "a.pt"], "--rtpi, --fine: give both SOPI checkpoints or neither"),
     (["--init-pose", "missing.json"], "missing.json: file not found"),
     (["--levels", "12,x"], "--levels"),
     (["--ap", "LAT_wrong.npy"], "LAT_wrong.npy: image shape"),
@@ -179,6 +180,32 @@ def test_pose_command_bad_input_is_one_line(pose_case, extra, message):
     errors = [line for line in result.output.splitlines() if line.startswith("biplanar: error: ")]
     assert len(errors) == 1 and message in errors[0] and "Traceback" not in result.output, result.output
     assert not (folder / "never" / "pose.json").exists()
+
+
+def test_bundled_sopi_networks_through_the_command(tmp_path):
+    """``pose --method sopi+opt`` with the bundled ``sopi_lite`` networks (no ``--rtpi``/``--fine``): a
+    held-out femur phantom at a known pose, AP + LAT at the networks' geometry."""
+    import nibabel as nib
+
+    from biplanar.data.phantom import make_subject
+
+    subject = make_subject(20_001, "lite")
+    nib.save(nib.Nifti1Image(subject.ct_hu, subject.grid.affine), str(tmp_path / "ct.nii.gz"))
+    views = biplanar_pair(image_shape=(112, 80), pixel_spacing_mm=(1.86, 1.86), isocenter_mm=subject.grid.centre_world)
+    write_geometry(tmp_path / "g.json", views)
+    centre = torch.as_tensor(subject.grid.centre_world)
+    truth = rigid_params_to_matrix(torch.tensor([math.radians(4.0), math.radians(-3.0), math.radians(5.0),
+                                                 3.0, -4.0, 2.0], dtype=torch.float64), centre)
+    mu = hu_to_mu(torch.from_numpy(subject.ct_hu))[None, None]
+    for name, view in views.items():
+        np.save(tmp_path / f"{name}.npy", drr(view, mu, subject.grid, truth)[0, 0].numpy())
+    result = runner.invoke(app, ["pose", "--ct", str(tmp_path / "ct.nii.gz"), "--geometry", str(tmp_path / "g.json"),
+                                 "--ap", str(tmp_path / "AP.npy"), "--lat", str(tmp_path / "LAT.npy"),
+                                 "--out", str(tmp_path / "out"), "--method", "sopi+opt"])
+    assert result.exit_code == 0, result.output
+    document = json.loads((tmp_path / "out" / "pose.json").read_text())
+    rotation_deg, translation_mm = pose_errors(torch.tensor(document["matrix"], dtype=torch.float64), truth, centre)
+    assert float(rotation_deg) < 0.5 and float(translation_mm) < 0.5
 
 
 def test_pose_help_as_a_subprocess():

@@ -11,8 +11,8 @@ a stopped run. Single process; CUDA when available.
   direction to the true pose. The encoders train with frozen batch norm (eval mode: the layers
   are learned affine maps on their initial statistics), as detection backbones do at small
   batches: batch statistics of two samples couple the two gradient fields, and at initialisation
-  they turn the rotation part's mean cosine on ``sopi_lite`` training pairs from +0.64 (frozen)
-  to -0.14.
+  they turn the rotation part's mean cosine on ``sopi_lite`` training pairs from +0.71 (frozen)
+  to -0.14 (``python examples/sopi_gradient_alignment.py``).
 - Optimisation: Adam at ``training.learning_rate``, cosine-annealed per step to 0 at
   ``training.steps``. Deterministic kernels; all randomness of step ``s`` is drawn from
   ``(training.seed, stream, s)``, so a resumed run repeats an uninterrupted one exactly.
