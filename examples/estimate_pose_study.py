@@ -32,20 +32,35 @@ def wrong_geometry(geometry_path: Path, error_deg: float, out_path: Path) -> Non
     """``geometry_path``'s views with the LAT view's LAO/RAO angle off by ``error_deg``."""
     views = read_geometry(geometry_path)
     ap = views["AP"].carm
-    stated = biplanar_pair(ap_lao_rao_deg=ap.lao_rao_deg, lat_lao_rao_deg=views["LAT"].carm.lao_rao_deg + error_deg,
-                           image_shape=views["AP"].image_shape, pixel_spacing_mm=ap.pixel_spacing_mm,
-                           isocenter_mm=ap.isocenter_mm)
+    stated = biplanar_pair(
+        ap_lao_rao_deg=ap.lao_rao_deg,
+        lat_lao_rao_deg=views["LAT"].carm.lao_rao_deg + error_deg,
+        image_shape=views["AP"].image_shape,
+        pixel_spacing_mm=ap.pixel_spacing_mm,
+        isocenter_mm=ap.isocenter_mm,
+    )
     write_geometry(out_path, stated)
 
 
 def run_case(case: Path, geometry: Path, out: Path, model: Path | None, estimate_pose: bool) -> dict:
-    report = register(geometry, case / "AP.npy", case / "LAT.npy", out, model_path=model,
-                      ap_mask_path=case / "AP_mask.npy", lat_mask_path=case / "LAT_mask.npy",
-                      truth_labels_path=case / "labels.nii.gz", estimate_pose=estimate_pose,
-                      progress=False).report
+    report = register(
+        geometry,
+        case / "AP.npy",
+        case / "LAT.npy",
+        out,
+        model_path=model,
+        ap_mask_path=case / "AP_mask.npy",
+        lat_mask_path=case / "LAT_mask.npy",
+        truth_labels_path=case / "labels.nii.gz",
+        estimate_pose=estimate_pose,
+        progress=False,
+    ).report
     lat = report.get("pose_correction", {}).get("views", {}).get("LAT")
-    return {"dice": report["dice"], "assd_mm": report["assd_mm"],
-            "lat_angle_used_deg": lat["carm_angles_deg"]["corrected"][0] if lat else None}
+    return {
+        "dice": report["dice"],
+        "assd_mm": report["assd_mm"],
+        "lat_angle_used_deg": lat["carm_angles_deg"]["corrected"][0] if lat else None,
+    }
 
 
 def main() -> None:
@@ -56,14 +71,17 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=None)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
-    cases = sorted((args.data / "subjects").glob("case_*"))[:args.cases]
+    cases = sorted((args.data / "subjects").glob("case_*"))[: args.cases]
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
     for case in cases:
         wrong = args.out / f"{case.name}_geometry_lat_{args.error:+g}.json"
         wrong_geometry(case / "geometry.json", args.error, wrong)
-        for variant, geometry, estimate in (("true", case / "geometry.json", False), ("wrong", wrong, False),
-                                            ("wrong+estimate-pose", wrong, True)):
+        for variant, geometry, estimate in (
+            ("true", case / "geometry.json", False),
+            ("wrong", wrong, False),
+            ("wrong+estimate-pose", wrong, True),
+        ):
             result = run_case(case, geometry, args.out / variant / case.name, args.model, estimate)
             rows.append({"case": case.name, "variant": variant, **result})
             print(json.dumps(rows[-1]))
@@ -72,12 +90,18 @@ def main() -> None:
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(args.out / "cases.csv", text.getvalue())
-    lines = [f"LAT angle stated {args.error:+g} deg off, {len(cases)} cases of {args.data}", "",
-             "| variant | Dice | ASSD (mm) |", "|---|---:|---:|"]
+    lines = [
+        f"LAT angle stated {args.error:+g} deg off, {len(cases)} cases of {args.data}",
+        "",
+        "| variant | Dice | ASSD (mm) |",
+        "|---|---:|---:|",
+    ]
     for variant in ("true", "wrong", "wrong+estimate-pose"):
         dice = np.array([row["dice"] for row in rows if row["variant"] == variant])
         assd = np.array([row["assd_mm"] for row in rows if row["variant"] == variant])
-        lines.append(f"| {variant} | {dice.mean():.4f} ± {dice.std(ddof=1):.4f} | {assd.mean():.3f} ± {assd.std(ddof=1):.3f} |")
+        lines.append(
+            f"| {variant} | {dice.mean():.4f} ± {dice.std(ddof=1):.4f} | {assd.mean():.3f} ± {assd.std(ddof=1):.3f} |"
+        )
     atomic_write_text(args.out / "summary.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -38,8 +38,9 @@ class IntensityDistance(nn.Module):
         return (drr,), (radiograph,)
 
 
-def mean_cosines(network: nn.Module, simulator: PosePairSimulator, stream: int, batches: int,
-                 batch_size: int) -> tuple[float, float]:
+def mean_cosines(
+    network: nn.Module, simulator: PosePairSimulator, stream: int, batches: int, batch_size: int
+) -> tuple[float, float]:
     """Mean rotation and translation cosines over ``batches`` batches of a stream."""
     rotation = translation = 0.0
     for index in range(batches):
@@ -64,14 +65,24 @@ def main() -> None:
     independent.moving.load_state_dict(copied.moving.state_dict())
     independent.fixed = CompositeEncoder(config.fine)  # a fresh draw, unlike the shipped copy
     # name, network, batch norm on batch statistics (train mode), stream, batches, batch size
-    rows = [("intensity MSE", IntensityDistance(), False, VALIDATION_STREAM, pairs, 1),
-            ("independent init", independent, False, VALIDATION_STREAM, pairs, 1),
-            ("copied init, eval BN", copied, False, VALIDATION_STREAM, pairs, 1),
-            ("copied init, eval BN (training pairs)", copied, False, TRAIN_STREAM, pairs // 2, 2),
-            ("copied init, train BN (training pairs)", copied, True, TRAIN_STREAM, pairs // 2, 2)]
+    rows = [
+        ("intensity MSE", IntensityDistance(), False, VALIDATION_STREAM, pairs, 1),
+        ("independent init", independent, False, VALIDATION_STREAM, pairs, 1),
+        ("copied init, eval BN", copied, False, VALIDATION_STREAM, pairs, 1),
+        ("copied init, eval BN (training pairs)", copied, False, TRAIN_STREAM, pairs // 2, 2),
+        ("copied init, train BN (training pairs)", copied, True, TRAIN_STREAM, pairs // 2, 2),
+    ]
     if args.checkpoint is not None:
-        rows.append((f"trained: {args.checkpoint}", load_sopi_network(args.checkpoint, "fine").network, False,
-                     VALIDATION_STREAM, pairs, 1))
+        rows.append(
+            (
+                f"trained: {args.checkpoint}",
+                load_sopi_network(args.checkpoint, "fine").network,
+                False,
+                VALIDATION_STREAM,
+                pairs,
+                1,
+            )
+        )
     print(f"{config.name}: mean cos(-dL_N/dtheta, geodesic direction), rotation / translation")
     for name, network, batch_statistics, stream, batches, batch_size in rows:
         network.train(batch_statistics)

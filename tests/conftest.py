@@ -50,6 +50,5 @@ def tiny_model(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     config = load_config("tiny")
     network = AtlasRegistrationNet(config, load_atlas("tiny"))
-    torch.save({"format": FORMAT, "version": VERSION, "config": config.to_dict(), "model": network.state_dict()},
-               path)
+    torch.save({"format": FORMAT, "version": VERSION, "config": config.to_dict(), "model": network.state_dict()}, path)
     return path

@@ -25,17 +25,31 @@ def case(tmp_path):
     occupancy = voxelize_ellipsoid(grid, tuple(grid.centre_world), SEMI_AXES).numpy()
     hu = (-1000.0 + 1000.0 * occupancy).astype(np.float32)
     nib.save(nib.Nifti1Image(hu, grid.affine), str(tmp_path / "ct.nii.gz"))
-    result = runner.invoke(app, ["geometry", "--out", str(tmp_path / "g.json"), "--rows", "64",
-                                 "--cols", "48", "--pixel-spacing", "1.5"])
+    result = runner.invoke(
+        app, ["geometry", "--out", str(tmp_path / "g.json"), "--rows", "64", "--cols", "48", "--pixel-spacing", "1.5"]
+    )
     assert result.exit_code == 0, result.output
     return tmp_path, grid
 
 
 def test_drr_matches_the_analytic_chord(case):
     tmp_path, grid = case
-    result = runner.invoke(app, ["drr", "--volume", str(tmp_path / "ct.nii.gz"), "--geometry",
-                                 str(tmp_path / "g.json"), "--view", "LAT", "--out",
-                                 str(tmp_path / "lat.tif"), "--preview", str(tmp_path / "lat.png")])
+    result = runner.invoke(
+        app,
+        [
+            "drr",
+            "--volume",
+            str(tmp_path / "ct.nii.gz"),
+            "--geometry",
+            str(tmp_path / "g.json"),
+            "--view",
+            "LAT",
+            "--out",
+            str(tmp_path / "lat.tif"),
+            "--preview",
+            str(tmp_path / "lat.png"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     import tifffile
 
@@ -53,9 +67,22 @@ def test_drr_modes(case):
     outputs = {}
     for mode in ("line_integral", "beer_lambert", "poisson"):
         out = tmp_path / f"{mode}.npy"
-        result = runner.invoke(app, ["drr", "--volume", str(tmp_path / "ct.nii.gz"), "--geometry",
-                                     str(tmp_path / "g.json"), "--mode", mode, "--photons", "1e6",
-                                     "--out", str(out)])
+        result = runner.invoke(
+            app,
+            [
+                "drr",
+                "--volume",
+                str(tmp_path / "ct.nii.gz"),
+                "--geometry",
+                str(tmp_path / "g.json"),
+                "--mode",
+                mode,
+                "--photons",
+                "1e6",
+                "--out",
+                str(out),
+            ],
+        )
         assert result.exit_code == 0, result.output
         outputs[mode] = np.load(out)
     np.testing.assert_allclose(outputs["beer_lambert"], np.exp(-outputs["line_integral"]), rtol=1e-6)
@@ -98,8 +125,18 @@ def test_bad_input_gives_one_line_and_no_output(case, arguments, message):
 
 def test_cli_as_a_subprocess(case):
     tmp_path, _ = case
-    command = [sys.executable, "-m", "biplanar", "drr", "--volume", str(tmp_path / "ct.nii.gz"),
-               "--geometry", str(tmp_path / "g.json"), "--out", str(tmp_path / "ap.npy")]
+    command = [
+        sys.executable,
+        "-m",
+        "biplanar",
+        "drr",
+        "--volume",
+        str(tmp_path / "ct.nii.gz"),
+        "--geometry",
+        str(tmp_path / "g.json"),
+        "--out",
+        str(tmp_path / "ap.npy"),
+    ]
     completed = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert completed.returncode == 0, completed.stderr
     assert np.load(tmp_path / "ap.npy").shape == (64, 48)
@@ -118,15 +155,28 @@ def test_train_command_runs_and_refuses_bad_input(tmp_path):
     assert "trained 1 epochs" in result.output and (tmp_path / "run" / "last.pt").is_file()
     again = runner.invoke(app, arguments + ["--out", str(tmp_path / "run")])
     assert again.exit_code == 2 and "--resume" in again.output
-    wrong = runner.invoke(app, ["train", "--config", "lite", "--data", str(tmp_path / "data"),
-                                "--out", str(tmp_path / "run2")])
+    wrong = runner.invoke(
+        app, ["train", "--config", "lite", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "run2")]
+    )
     assert wrong.exit_code == 2 and "grid_preset" in wrong.output and not (tmp_path / "run2").exists()
 
 
 def test_register_command_defaults_to_the_bundled_model(tmp_path):
     """No --model: the bundled lite model is loaded, and the next error is the missing geometry file."""
-    result = runner.invoke(app, ["register", "--geometry", str(tmp_path / "g.json"), "--ap", "a.npy",
-                                 "--lat", "b.npy", "--out", str(tmp_path / "out")])
+    result = runner.invoke(
+        app,
+        [
+            "register",
+            "--geometry",
+            str(tmp_path / "g.json"),
+            "--ap",
+            "a.npy",
+            "--lat",
+            "b.npy",
+            "--out",
+            str(tmp_path / "out"),
+        ],
+    )
     errors = [line for line in result.output.splitlines() if line.startswith("biplanar: error:")]
     assert result.exit_code == 2 and len(errors) == 1 and errors[0].endswith("g.json: file not found")
     assert not (tmp_path / "out").exists()

@@ -55,7 +55,7 @@ def test_demo_numbers_agree_with_the_registration_report(demo_run):
     assert summary["metrics"] == {key: report[key] for key in ("dice", "jaccard", "assd_mm", "hd95_mm")}
     times = summary["timings_s"]
     assert times["network"] == pytest.approx(times["affine_module"] + times["local_module"])
-    assert 0 < times["affine_module"] and 0 < times["local_module"]
+    assert times["affine_module"] > 0 and times["local_module"] > 0
     # The network's share is timed inside register's own "network" interval, which is inside its total.
     assert times["network"] <= report["timings_s"]["network"] + 1e-6
     assert report["timings_s"]["total"] <= times["demo"]
@@ -130,8 +130,15 @@ def _ball(grid: VolumeGrid, radius_mm: float) -> np.ndarray:
 
 def _figure_data(predicted: np.ndarray, truth: np.ndarray, grid: VolumeGrid) -> FigureData:
     views = biplanar_pair(image_shape=(20, 16), pixel_spacing_mm=(8.0, 8.0), isocenter_mm=grid.centre_world)
-    return FigureData(grid, views, {name: np.zeros((20, 16), np.float32) for name in views},
-                      np.zeros(grid.shape, np.float32), np.zeros((3, *grid.shape), np.float32), predicted, truth)
+    return FigureData(
+        grid,
+        views,
+        {name: np.zeros((20, 16), np.float32) for name in views},
+        np.zeros(grid.shape, np.float32),
+        np.zeros((3, *grid.shape), np.float32),
+        predicted,
+        truth,
+    )
 
 
 def test_surface_errors_of_concentric_balls_are_the_radius_gap():

@@ -37,8 +37,10 @@ def case(tmp_path_factory):
     torch.manual_seed(0)
     config = load_config("tiny")
     network = AtlasRegistrationNet(config, load_atlas("tiny"))
-    torch.save({"format": FORMAT, "version": VERSION, "config": config.to_dict(), "model": network.state_dict()},
-               folder / "weights.pt")
+    torch.save(
+        {"format": FORMAT, "version": VERSION, "config": config.to_dict(), "model": network.state_dict()},
+        folder / "weights.pt",
+    )
     simulated = simulate_case(3, SimulationConfig(preset="tiny", num_samples=64))
     for name in ("AP", "LAT"):
         write_image(folder / f"{name}.npy", simulated.radiographs[name])
@@ -48,16 +50,33 @@ def case(tmp_path_factory):
     assert true_lat.carm is not None and true_lat.carm.lao_rao_deg == 90.0
     stated_lat = ProjectionView.from_carm(
         dataclasses.replace(true_lat.carm, lao_rao_deg=true_lat.carm.lao_rao_deg + LAT_ERROR_DEG),
-        true_lat.image_shape, name="LAT")
+        true_lat.image_shape,
+        name="LAT",
+    )
     write_geometry(folder / "geometry.json", {"AP": simulated.views["AP"], "LAT": stated_lat})
     return folder
 
 
 def _options(case, out_dir) -> list[str]:
-    return ["register", "--geometry", str(case / "geometry.json"), "--ap", str(case / "AP.npy"),
-            "--lat", str(case / "LAT.npy"), "--ap-mask", str(case / "AP_mask.npy"),
-            "--lat-mask", str(case / "LAT_mask.npy"), "--model", str(case / "weights.pt"),
-            "--truth-labels", str(case / "labels.nii.gz"), "--out", str(out_dir)]
+    return [
+        "register",
+        "--geometry",
+        str(case / "geometry.json"),
+        "--ap",
+        str(case / "AP.npy"),
+        "--lat",
+        str(case / "LAT.npy"),
+        "--ap-mask",
+        str(case / "AP_mask.npy"),
+        "--lat-mask",
+        str(case / "LAT_mask.npy"),
+        "--model",
+        str(case / "weights.pt"),
+        "--truth-labels",
+        str(case / "labels.nii.gz"),
+        "--out",
+        str(out_dir),
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -91,8 +110,9 @@ def test_a_lat_view_stated_5_deg_off_is_corrected_to_within_1_deg(case, correcte
     assert abs(ap_deg) < TOLERANCE_DEG and abs(ap_cranio_deg) < TOLERANCE_DEG
     # a rotation about the isocentre (0, 0, 0): the isocentre projects where the stated view puts it
     isocentre = torch.zeros(1, 3, dtype=torch.float64)
-    torch.testing.assert_close(corrected["LAT"].project(isocentre)[0], stated["LAT"].project(isocentre)[0],
-                               atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        corrected["LAT"].project(isocentre)[0], stated["LAT"].project(isocentre)[0], atol=1e-6, rtol=0
+    )
 
 
 def test_report_records_the_correction_and_the_corrected_geometry_is_written(corrected_run):
@@ -125,8 +145,16 @@ def test_the_network_is_given_the_corrected_views(case, corrected_run):
 
 def test_a_bad_pose_method_is_refused_and_nothing_is_written(case, tmp_path):
     with pytest.raises(InputError, match="pose method: expected one of opt-ncc, opt-ngi, opt-gc, got 'opt-xx'"):
-        register(case / "geometry.json", case / "AP.npy", case / "LAT.npy", tmp_path / "out", case / "weights.pt",
-                 estimate_pose=True, pose_method="opt-xx", progress=False)
+        register(
+            case / "geometry.json",
+            case / "AP.npy",
+            case / "LAT.npy",
+            tmp_path / "out",
+            case / "weights.pt",
+            estimate_pose=True,
+            pose_method="opt-xx",
+            progress=False,
+        )
     result = CliRunner().invoke(app, [*_options(case, tmp_path / "cli"), "--estimate-pose", "--pose-method", "gc"])
     assert result.exit_code == 2 and "pose-method" in result.output
     assert sorted(path.name for path in tmp_path.iterdir()) == []

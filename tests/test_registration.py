@@ -36,10 +36,24 @@ def inputs(tmp_path_factory):
     torch.manual_seed(0)
     config = load_config("tiny")
     network = AtlasRegistrationNet(config, load_atlas("tiny"))
-    save_checkpoint(folder / "model.pt", {
-        "config": config.to_dict(), "model": network.state_dict(), "optimizer": {}, "scheduler": {},
-        "rng": capture_rng_state(), "epoch": 0, "step_in_epoch": 0, "global_step": 0, "world_size": 1,
-        "best_metric": -math.inf, "elapsed_s": 0.0, "epoch_sums": {}, "history": []})
+    save_checkpoint(
+        folder / "model.pt",
+        {
+            "config": config.to_dict(),
+            "model": network.state_dict(),
+            "optimizer": {},
+            "scheduler": {},
+            "rng": capture_rng_state(),
+            "epoch": 0,
+            "step_in_epoch": 0,
+            "global_step": 0,
+            "world_size": 1,
+            "best_metric": -math.inf,
+            "elapsed_s": 0.0,
+            "epoch_sums": {},
+            "history": [],
+        },
+    )
     export_model(folder / "model.pt", folder / "weights.pt")
     case = simulate_case(3, SimulationConfig(preset="tiny", num_samples=64))
     for name in ("AP", "LAT"):
@@ -51,10 +65,17 @@ def inputs(tmp_path_factory):
 
 
 def _arguments(folder, out_dir, **changes):
-    arguments = {"geometry_path": folder / "geometry.json", "ap_path": folder / "AP.npy",
-                 "lat_path": folder / "LAT.npy", "out_dir": out_dir, "model_path": folder / "weights.pt",
-                 "ap_mask_path": folder / "AP_mask.npy", "lat_mask_path": folder / "LAT_mask.npy",
-                 "truth_labels_path": folder / "labels.nii.gz", "progress": False}
+    arguments = {
+        "geometry_path": folder / "geometry.json",
+        "ap_path": folder / "AP.npy",
+        "lat_path": folder / "LAT.npy",
+        "out_dir": out_dir,
+        "model_path": folder / "weights.pt",
+        "ap_mask_path": folder / "AP_mask.npy",
+        "lat_mask_path": folder / "LAT_mask.npy",
+        "truth_labels_path": folder / "labels.nii.gz",
+        "progress": False,
+    }
     return {**arguments, **changes}
 
 
@@ -192,8 +213,9 @@ def test_report_has_timings_similarity_and_metrics(result):
 def test_without_masks_warns_and_accepts_an_empty_out_dir(inputs, tmp_path, capsys):
     out_dir = tmp_path / "out"
     out_dir.mkdir()
-    result = register(**_arguments(inputs, out_dir, ap_mask_path=None, lat_mask_path=None, truth_labels_path=None,
-                                   refine=1))
+    result = register(
+        **_arguments(inputs, out_dir, ap_mask_path=None, lat_mask_path=None, truth_labels_path=None, refine=1)
+    )
     errors = capsys.readouterr().err
     assert errors.count("warning: no AP/LAT femur masks") == 1 and len(errors.strip().splitlines()) == 1
     assert sorted(path.name for path in out_dir.iterdir()) == sorted(OUTPUT_FILES)
@@ -221,13 +243,16 @@ def _write_ap_only_geometry(folder):
     (folder / "bad.json").write_text(json.dumps(document))
 
 
-@pytest.mark.parametrize("write_bad, argument, bad_name", [
-    (_write_nan_image, "ap_path", "bad.npy"),
-    (_write_cropped_image, "ap_path", "bad.npy"),
-    (_write_garbage_image, "lat_path", "bad.npy"),
-    (_write_cropped_image, "ap_mask_path", "bad.npy"),
-    (_write_ap_only_geometry, "geometry_path", "bad.json"),
-])
+@pytest.mark.parametrize(
+    "write_bad, argument, bad_name",
+    [
+        (_write_nan_image, "ap_path", "bad.npy"),
+        (_write_cropped_image, "ap_path", "bad.npy"),
+        (_write_garbage_image, "lat_path", "bad.npy"),
+        (_write_cropped_image, "ap_mask_path", "bad.npy"),
+        (_write_ap_only_geometry, "geometry_path", "bad.json"),
+    ],
+)
 def test_bad_input_names_the_file_and_leaves_nothing(inputs, tmp_path, write_bad, argument, bad_name):
     bad_folder = tmp_path / "bad"
     bad_folder.mkdir()
@@ -243,9 +268,17 @@ def test_bad_input_names_the_file_and_leaves_nothing(inputs, tmp_path, write_bad
 
 def _cli_arguments(folder, out_dir, **changes):
     """``biplanar register`` options for the case in ``folder``, with ``changes`` (option -> value)."""
-    options = {"--geometry": folder / "geometry.json", "--ap": folder / "AP.npy", "--lat": folder / "LAT.npy",
-               "--out": out_dir, "--model": folder / "weights.pt", "--ap-mask": folder / "AP_mask.npy",
-               "--lat-mask": folder / "LAT_mask.npy", "--truth-labels": folder / "labels.nii.gz", **changes}
+    options = {
+        "--geometry": folder / "geometry.json",
+        "--ap": folder / "AP.npy",
+        "--lat": folder / "LAT.npy",
+        "--out": out_dir,
+        "--model": folder / "weights.pt",
+        "--ap-mask": folder / "AP_mask.npy",
+        "--lat-mask": folder / "LAT_mask.npy",
+        "--truth-labels": folder / "labels.nii.gz",
+        **changes,
+    }
     return ["register"] + [str(part) for option, value in options.items() for part in (option, value)]
 
 
@@ -257,7 +290,7 @@ def test_cli_register_defaults_to_the_bundled_model_and_prints_the_scores(inputs
     monkeypatch.setattr(checkpoints, "bundled_models_dir", lambda: tmp_path / "models")
     bundled = export_model(inputs / "model.pt", tmp_path / "models" / "lite" / "model.pt")
     arguments = [part for part in _cli_arguments(inputs, tmp_path / "out", **{"--refine": 1})]
-    del arguments[arguments.index("--model"):arguments.index("--model") + 2]  # no --model: the bundled one
+    del arguments[arguments.index("--model") : arguments.index("--model") + 2]  # no --model: the bundled one
     result = CliRunner().invoke(app, arguments)
     assert result.exit_code == 0, result.output
     assert "dice" in result.output and "assd_mm" in result.output
@@ -266,13 +299,16 @@ def test_cli_register_defaults_to_the_bundled_model_and_prints_the_scores(inputs
     assert report["refine"]["iterations"] == 1 and report["inputs"]["model"] == str(bundled)
 
 
-@pytest.mark.parametrize("write_bad, option, bad_name, message", [
-    (_write_nan_image, "--ap", "bad.npy", "NaN"),
-    (_write_cropped_image, "--lat", "bad.npy", "image shape"),
-    (_write_garbage_image, "--ap", "bad.npy", "bad.npy"),
-    (_write_ap_only_geometry, "--geometry", "bad.json", "LAT"),
-    (lambda folder: None, "--model", "missing.pt", "file not found"),
-])
+@pytest.mark.parametrize(
+    "write_bad, option, bad_name, message",
+    [
+        (_write_nan_image, "--ap", "bad.npy", "NaN"),
+        (_write_cropped_image, "--lat", "bad.npy", "image shape"),
+        (_write_garbage_image, "--ap", "bad.npy", "bad.npy"),
+        (_write_ap_only_geometry, "--geometry", "bad.json", "LAT"),
+        (lambda folder: None, "--model", "missing.pt", "file not found"),
+    ],
+)
 def test_cli_bad_input_exits_2_with_one_line_and_no_debris(inputs, tmp_path, write_bad, option, bad_name, message):
     from typer.testing import CliRunner
 
@@ -312,7 +348,7 @@ def test_label_surface_of_a_ball_on_a_flipped_anisotropic_grid():
     affine[:3, 3] = (40.0, -30.0, -35.0)
     grid = VolumeGrid((40, 32, 28), affine)
     centre, radius = np.array([10.0, 0.0, 0.0]), 18.0
-    labels = (np.linalg.norm(grid.voxel_centres_world(torch.float64).numpy() - centre, axis=-1) <= radius)
+    labels = np.linalg.norm(grid.voxel_centres_world(torch.float64).numpy() - centre, axis=-1) <= radius
     labels = labels.astype(np.uint8)
     labels[0, 0, 0] = 1  # a stray voxel: a second, smaller piece that must be dropped
     mesh = label_surface(labels, grid)

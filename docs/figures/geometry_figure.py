@@ -19,11 +19,11 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (after choosing the non-interactive backend)
-import numpy as np  # noqa: E402
-from mpl_toolkits.mplot3d.art3d import Poly3DCollection  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from mpl_toolkits.mplot3d.art3d import Poly3DCollection
 
-from biplanar.geometry import ProjectionView, VolumeGrid, biplanar_pair  # noqa: E402
+from biplanar.geometry import ProjectionView, VolumeGrid, biplanar_pair
 
 PAPER_GRID = VolumeGrid.from_spacing((192, 128, 192), (0.664, 0.664, 1.0))
 VIEW_COLOURS = {"AP": "tab:blue", "LAT": "tab:red"}
@@ -107,22 +107,35 @@ def draw_3d(ax, views: list[DrawnView], grid: VolumeGrid) -> None:
         stub = view.isocentre + RAY_STUB_MM * view.to_source  # the central ray starts here
         ax.plot(*np.stack([stub, view.centre]).T, color=colour, lw=1.2, ls="--")
         ax.quiver(*stub, *(-0.2 * RAY_STUB_MM * view.to_source), color=colour, arrow_length_ratio=0.4, lw=2.0)
-        ax.text(*(stub + 0.08 * RAY_STUB_MM * view.to_source + [0, 0, 30]), f"from the {view.name} source\n({view.source_isocenter_mm:.0f} mm"
-                " from the isocentre)", color=colour, fontsize=9, ha="center")
+        ax.text(
+            *(stub + 0.08 * RAY_STUB_MM * view.to_source + [0, 0, 30]),
+            f"from the {view.name} source\n({view.source_isocenter_mm:.0f} mm from the isocentre)",
+            color=colour,
+            fontsize=9,
+            ha="center",
+        )
         for corner in view.corners:
             start = view.source + (corner - view.source) * _depth_fraction(view, stub)
             ax.plot(*np.stack([start, corner]).T, color=colour, lw=0.6, alpha=0.5)
-        ax.text(*(view.centre + 135 * view.v_axis), f"{view.name} detector", color=colour, fontsize=10,
-                ha="center")
+        ax.text(*(view.centre + 135 * view.v_axis), f"{view.name} detector", color=colour, fontsize=10, ha="center")
         _detector_axes_3d(ax, view)
     _world_triad_3d(ax, origin=np.array([-ZOOM_HALF_WIDTH_MM, -ZOOM_HALF_WIDTH_MM, ZOOM_HALF_WIDTH_MM]))
     limit = 1.5 * ZOOM_HALF_WIDTH_MM
-    ax.set(xlim=(-limit, limit), ylim=(-limit, limit), zlim=(-limit, limit),
-           xlabel="x (mm)", ylabel="y (mm)", zlabel="z (mm)")
+    ax.set(
+        xlim=(-limit, limit),
+        ylim=(-limit, limit),
+        zlim=(-limit, limit),
+        xlabel="x (mm)",
+        ylabel="y (mm)",
+        zlabel="z (mm)",
+    )
     ax.set_box_aspect((1, 1, 1), zoom=1.15)
     ax.view_init(elev=20, azim=125)
-    ax.set_title("(a) 3D close-up, to scale, seen from the patient's anterior-left\n"
-                 "(the sources are 925 mm from the isocentre, off the panel)", fontsize=10)
+    ax.set_title(
+        "(a) 3D close-up, to scale, seen from the patient's anterior-left\n"
+        "(the sources are 925 mm from the isocentre, off the panel)",
+        fontsize=10,
+    )
 
 
 def _detector_patch(corners: np.ndarray, colour: str) -> Poly3DCollection:
@@ -141,14 +154,17 @@ def _detector_axes_3d(ax, view: DrawnView) -> None:
     origin = view.corners[0]
     ax.scatter(*origin, color="k", s=30, depthshade=False)
     # Labels sit outside the detector: (0, 0) is the corner where u and v point into it.
-    ax.text(*(origin - 12 * view.v_axis - 12 * view.u_axis), f"{view.name} (0,0)", fontsize=9,
-            ha="right", color=VIEW_COLOURS[view.name])
+    ax.text(
+        *(origin - 12 * view.v_axis - 12 * view.u_axis),
+        f"{view.name} (0,0)",
+        fontsize=9,
+        ha="right",
+        color=VIEW_COLOURS[view.name],
+    )
     ax.quiver(*origin, *(AXIS_ARROW_MM * view.u_axis), color="k", arrow_length_ratio=0.25, lw=1.8)
-    ax.text(*(origin + 0.5 * AXIS_ARROW_MM * view.u_axis - 14 * view.v_axis), "u (cols)", fontsize=8,
-            ha="center")
+    ax.text(*(origin + 0.5 * AXIS_ARROW_MM * view.u_axis - 14 * view.v_axis), "u (cols)", fontsize=8, ha="center")
     ax.quiver(*origin, *(AXIS_ARROW_MM * view.v_axis), color="k", arrow_length_ratio=0.25, lw=1.8)
-    ax.text(*(origin + 0.6 * AXIS_ARROW_MM * view.v_axis - 8 * view.u_axis), "v (rows)", fontsize=8,
-            ha="right")
+    ax.text(*(origin + 0.6 * AXIS_ARROW_MM * view.v_axis - 8 * view.u_axis), "v (rows)", fontsize=8, ha="right")
 
 
 def _world_triad_3d(ax, origin: np.ndarray) -> None:
@@ -158,8 +174,9 @@ def _world_triad_3d(ax, origin: np.ndarray) -> None:
         ax.text(*(origin + 80 * axis), label, color="darkgreen", fontsize=9)
 
 
-def draw_plane(ax, views: list[DrawnView], grid: VolumeGrid, plane: tuple[int, int],
-               flip_horizontal: bool, close_up: bool) -> None:
+def draw_plane(
+    ax, views: list[DrawnView], grid: VolumeGrid, plane: tuple[int, int], flip_horizontal: bool, close_up: bool
+) -> None:
     """An orthographic view onto the world plane ``plane`` (two axis indices: horizontal, vertical).
 
     ``flip_horizontal`` makes the horizontal world axis increase to the left (a viewer on the
@@ -169,8 +186,16 @@ def draw_plane(ax, views: list[DrawnView], grid: VolumeGrid, plane: tuple[int, i
     right = np.eye(3)[h] * (-1.0 if flip_horizontal else 1.0)
     out_of_page = np.cross(right, np.eye(3)[v])  # towards the viewer
     corners = grid.corners_world()
-    ax.add_patch(plt.Rectangle((corners[:, h].min(), corners[:, v].min()), np.ptp(corners[:, h]),
-                               np.ptp(corners[:, v]), fill=False, color="0.35", lw=1.0))
+    ax.add_patch(
+        plt.Rectangle(
+            (corners[:, h].min(), corners[:, v].min()),
+            np.ptp(corners[:, h]),
+            np.ptp(corners[:, v]),
+            fill=False,
+            color="0.35",
+            lw=1.0,
+        )
+    )
     for view in views:
         colour = VIEW_COLOURS[view.name]
         outline = np.vstack([view.corners, view.corners[:1]])
@@ -179,9 +204,15 @@ def draw_plane(ax, views: list[DrawnView], grid: VolumeGrid, plane: tuple[int, i
         if face_on:  # the source lies on the line of sight through the isocentre
             ax.fill(outline[:, h], outline[:, v], color=colour, alpha=0.08)
             side = "towards the viewer" if np.dot(view.to_source, out_of_page) > 0 else "behind the page"
-            ax.annotate(f"{view.name} detector, face-on;\n{view.name} source {side}",
-                        (view.centre[h], view.centre[v]), textcoords="offset points", xytext=(0, -40),
-                        ha="center", color=colour, fontsize=8)
+            ax.annotate(
+                f"{view.name} detector, face-on;\n{view.name} source {side}",
+                (view.centre[h], view.centre[v]),
+                textcoords="offset points",
+                xytext=(0, -40),
+                ha="center",
+                color=colour,
+                fontsize=8,
+            )
         else:
             _rays_2d(ax, view, plane, colour, label_source=not close_up)
             _label_edge_on(ax, view, plane, right)
@@ -210,8 +241,15 @@ def _rays_2d(ax, view: DrawnView, plane: tuple[int, int], colour: str, label_sou
     ax.plot(view.source[h], view.source[v], "o", color=colour, ms=8)
     if label_source:
         position = ", ".join(f"{value + 0.0:.0f}" for value in np.round(view.source))
-        ax.annotate(f"{view.name} source ({position}) mm", (view.source[h], view.source[v]),
-                    textcoords="offset points", xytext=(0, 12), ha="center", color=colour, fontsize=9)
+        ax.annotate(
+            f"{view.name} source ({position}) mm",
+            (view.source[h], view.source[v]),
+            textcoords="offset points",
+            xytext=(0, 12),
+            ha="center",
+            color=colour,
+            fontsize=9,
+        )
 
 
 def _label_edge_on(ax, view: DrawnView, plane: tuple[int, int], right: np.ndarray) -> None:
@@ -220,9 +258,17 @@ def _label_edge_on(ax, view: DrawnView, plane: tuple[int, int], right: np.ndarra
     behind = -np.array([np.dot(view.to_source, right), view.to_source[v]])  # screen direction
     vertical = abs(behind[0]) > abs(behind[1])
     anchor = (view.centre + view.corners[2]) / 2.0  # half-way to pixel (rows-1, cols-1), clear of (0, 0)
-    ax.annotate(f"{view.name} detector", (anchor[h], anchor[v]), textcoords="offset points",
-                xytext=tuple(14 * behind), rotation=90 if vertical else 0, ha="center", va="center",
-                color=VIEW_COLOURS[view.name], fontsize=9)
+    ax.annotate(
+        f"{view.name} detector",
+        (anchor[h], anchor[v]),
+        textcoords="offset points",
+        xytext=tuple(14 * behind),
+        rotation=90 if vertical else 0,
+        ha="center",
+        va="center",
+        color=VIEW_COLOURS[view.name],
+        fontsize=9,
+    )
 
 
 def _detector_axes_2d(ax, view: DrawnView, plane: tuple[int, int], out_of_page: np.ndarray) -> None:
@@ -230,18 +276,31 @@ def _detector_axes_2d(ax, view: DrawnView, plane: tuple[int, int], out_of_page: 
     h, v = plane
     origin = view.corners[0]
     ax.plot(origin[h], origin[v], "ks", ms=5)
-    ax.annotate(f"{view.name} (0,0)", (origin[h], origin[v]), textcoords="offset points", xytext=(-8, 6),
-                ha="right", fontsize=8, color=VIEW_COLOURS[view.name])
+    ax.annotate(
+        f"{view.name} (0,0)",
+        (origin[h], origin[v]),
+        textcoords="offset points",
+        xytext=(-8, 6),
+        ha="right",
+        fontsize=8,
+        color=VIEW_COLOURS[view.name],
+    )
     for axis, label in ((view.u_axis, "u (cols)"), (view.v_axis, "v (rows)")):
         toward_viewer = np.dot(axis, out_of_page)
         if abs(toward_viewer) > 0.9:
             where = "out of the page" if toward_viewer > 0 else "into the page"
-            ax.annotate(f"{label} {where}", (origin[h], origin[v]), textcoords="offset points",
-                        xytext=(6, -14 if label.startswith("v") else -26), fontsize=7)
+            ax.annotate(
+                f"{label} {where}",
+                (origin[h], origin[v]),
+                textcoords="offset points",
+                xytext=(6, -14 if label.startswith("v") else -26),
+                fontsize=7,
+            )
             continue
         tip = origin + AXIS_ARROW_MM * axis
-        ax.annotate("", xy=(tip[h], tip[v]), xytext=(origin[h], origin[v]),
-                    arrowprops=dict(arrowstyle="->", lw=1.6, color="k"))
+        ax.annotate(
+            "", xy=(tip[h], tip[v]), xytext=(origin[h], origin[v]), arrowprops=dict(arrowstyle="->", lw=1.6, color="k")
+        )
         ax.annotate(label, (tip[h], tip[v]), textcoords="offset points", xytext=(4, 4), fontsize=8)
 
 
@@ -252,10 +311,12 @@ def figure_title(pair: dict[str, ProjectionView], grid: VolumeGrid) -> str:
     rows, cols = pair["AP"].image_shape
     shape = " x ".join(map(str, grid.shape))
     spacing = " x ".join(f"{value:g}" for value in grid.spacing_mm)
-    return (f"biplanar_pair(): {angles}, source-isocentre {carm.source_isocenter_mm:g} mm, "
-            f"source-detector {carm.source_detector_mm:g} mm,\n{rows} x {cols} px at "
-            f"{carm.pixel_spacing_mm[0]:g} mm; grey box: paper volume {shape} voxels at {spacing} mm "
-            "(box of voxel centres), centred on the isocentre (+)")
+    return (
+        f"biplanar_pair(): {angles}, source-isocentre {carm.source_isocenter_mm:g} mm, "
+        f"source-detector {carm.source_detector_mm:g} mm,\n{rows} x {cols} px at "
+        f"{carm.pixel_spacing_mm[0]:g} mm; grey box: paper volume {shape} voxels at {spacing} mm "
+        "(box of voxel centres), centred on the isocentre (+)"
+    )
 
 
 def make_figure(out: Path) -> None:

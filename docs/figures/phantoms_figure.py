@@ -24,10 +24,10 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (after choosing the non-interactive backend)
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from biplanar.data.simulate import (  # noqa: E402
+from biplanar.data.simulate import (
     SimulatedCase,
     SimulationConfig,
     simulate_case,
@@ -50,9 +50,14 @@ def draw_coronal(axis: plt.Axes, case: SimulatedCase) -> None:
     j = int(round(head_vox[1]))
     corners = grid.corners_world(pad_vox=0.5)  # voxel box edges, world mm
     # ct[:, j, :] is (I, K) = (x, z); transposed to (z, x) rows for imshow with origin "lower".
-    axis.imshow(case.ct_hu[:, j, :].T, origin="lower", cmap="gray", vmin=CT_WINDOW_HU[0],
-                vmax=CT_WINDOW_HU[1], extent=(corners[:, 0].min(), corners[:, 0].max(),
-                                              corners[:, 2].min(), corners[:, 2].max()))
+    axis.imshow(
+        case.ct_hu[:, j, :].T,
+        origin="lower",
+        cmap="gray",
+        vmin=CT_WINDOW_HU[0],
+        vmax=CT_WINDOW_HU[1],
+        extent=(corners[:, 0].min(), corners[:, 0].max(), corners[:, 2].min(), corners[:, 2].max()),
+    )
     axis.invert_xaxis()  # +x (patient's right) on the viewer's left, as in the AP radiograph
     axis.set_xlabel("x (mm)")
     axis.set_ylabel("z (mm)")
@@ -60,8 +65,7 @@ def draw_coronal(axis: plt.Axes, case: SimulatedCase) -> None:
 
 def draw_radiograph(axis: plt.Axes, image: np.ndarray, mask: np.ndarray) -> None:
     """A radiograph (row 0 at the top) with the contour of its femur mask."""
-    low, high = np.percentile(image[image > BODY_FRACTION_OF_MAX * image.max()],
-                              RADIOGRAPH_PERCENTILES)
+    low, high = np.percentile(image[image > BODY_FRACTION_OF_MAX * image.max()], RADIOGRAPH_PERCENTILES)
     axis.imshow(image, cmap="gray", vmin=low, vmax=high)
     axis.contour(mask, levels=[0.5], colors=MASK_COLOUR, linewidths=0.8)
     axis.set_xticks([])
@@ -71,9 +75,11 @@ def draw_radiograph(axis: plt.Axes, image: np.ndarray, mask: np.ndarray) -> None
 def describe(case: SimulatedCase, index: int) -> str:
     """Row label: id and a few of the parameters that vary."""
     femur, pose = case.subject.spec.femur, case.subject.spec.pose
-    return (f"{subject_id(index)}\nhead r {femur.head_radius_mm:.1f} mm, "
-            f"NSA {femur.neck_shaft_angle_deg:.0f}°\nanteversion {femur.anteversion_deg:.0f}°, "
-            f"flexion {pose.flexion_deg:+.1f}°")
+    return (
+        f"{subject_id(index)}\nhead r {femur.head_radius_mm:.1f} mm, "
+        f"NSA {femur.neck_shaft_angle_deg:.0f}°\nanteversion {femur.anteversion_deg:.0f}°, "
+        f"flexion {pose.flexion_deg:+.1f}°"
+    )
 
 
 def main() -> None:
@@ -92,10 +98,12 @@ def main() -> None:
         for axis, view in zip(row[1:], ("AP", "LAT"), strict=True):
             draw_radiograph(axis, case.radiographs[view], case.masks[view])
             axis.set_title(f"{view} ({'R | L' if view == 'AP' else 'A | P'})", fontsize=9)
-    figure.suptitle(f"Simulated cases ({args.preset} preset, dataset seed {args.seed}):\n"
-                    "coronal CT through the head centre; AP and LAT line integrals with the femur "
-                    "mask",
-                    fontsize=10)
+    figure.suptitle(
+        f"Simulated cases ({args.preset} preset, dataset seed {args.seed}):\n"
+        "coronal CT through the head centre; AP and LAT line integrals with the femur "
+        "mask",
+        fontsize=10,
+    )
     figure.tight_layout(rect=(0.0, 0.0, 1.0, 0.985))  # room for the suptitle
     args.out.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(args.out, dpi=110)

@@ -21,13 +21,13 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (after choosing the non-interactive backend)
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from biplanar.api import render_drr_file  # noqa: E402
-from biplanar.geometry import ProjectionView  # noqa: E402
-from biplanar.geometry.geometry_file import read_geometry  # noqa: E402
-from biplanar.io.volumes import read_volume  # noqa: E402
+from biplanar.api import render_drr_file
+from biplanar.geometry import ProjectionView
+from biplanar.geometry.geometry_file import read_geometry
+from biplanar.io.volumes import read_volume
 
 # World RAS+ axes (x, y, z) and the patient directions their + and - ends point to.
 DIRECTION_NAMES = (("Right", "Left"), ("Anterior", "Posterior"), ("Superior", "Inferior"))
@@ -42,8 +42,7 @@ def direction_name(vector_world: np.ndarray) -> str:
     """Patient direction of a world vector ``(3,)``: its largest component(s), e.g. ``"Left"``."""
     unit = vector_world / np.linalg.norm(vector_world)
     order = np.argsort(-np.abs(unit))
-    names = [DIRECTION_NAMES[axis][0 if unit[axis] > 0 else 1] for axis in order[:2]
-             if abs(unit[axis]) > 0.3]
+    names = [DIRECTION_NAMES[axis][0 if unit[axis] > 0 else 1] for axis in order[:2] if abs(unit[axis]) > 0.3]
     return "-".join(names)
 
 
@@ -64,9 +63,11 @@ def describe(view: ProjectionView) -> str:
     if view.carm is None:
         return f"{source}; {rows} x {cols} px, projection matrix"
     carm = view.carm
-    return (f"{source}; LAO/RAO {carm.lao_rao_deg:g}°, cranio-caudal {carm.cranio_caudal_deg:g}°;\n"
-            f"source-isocentre {carm.source_isocenter_mm:g} mm, source-detector {carm.source_detector_mm:g} mm, "
-            f"{rows} x {cols} px at {carm.pixel_spacing_mm[0]:g} x {carm.pixel_spacing_mm[1]:g} mm")
+    return (
+        f"{source}; LAO/RAO {carm.lao_rao_deg:g}°, cranio-caudal {carm.cranio_caudal_deg:g}°;\n"
+        f"source-isocentre {carm.source_isocenter_mm:g} mm, source-detector {carm.source_detector_mm:g} mm, "
+        f"{rows} x {cols} px at {carm.pixel_spacing_mm[0]:g} x {carm.pixel_spacing_mm[1]:g} mm"
+    )
 
 
 def draw_drr(image: np.ndarray, view: ProjectionView, title: str, out: Path) -> None:
@@ -75,14 +76,28 @@ def draw_drr(image: np.ndarray, view: ProjectionView, title: str, out: Path) -> 
     fig, ax = plt.subplots(figsize=(8.2, 7.6))
     # Row 0 at the top (origin="upper"): the radiograph as stored, (0, 0) top-left.
     low, high = np.percentile(image[image > BODY_FRACTION_OF_MAX * image.max()], DISPLAY_PERCENTILES)
-    shown = ax.imshow(image, cmap="gray", origin="upper", aspect=np.linalg.norm(v_world) / np.linalg.norm(u_world),
-                      interpolation="nearest", vmin=low, vmax=high)
+    shown = ax.imshow(
+        image,
+        cmap="gray",
+        origin="upper",
+        aspect=np.linalg.norm(v_world) / np.linalg.norm(u_world),
+        interpolation="nearest",
+        vmin=low,
+        vmax=high,
+    )
     bar = fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04, extend="both")
     bar.set_label("line integral of mu (dimensionless)")
     low_pct, high_pct = DISPLAY_PERCENTILES
-    ax.text(1.0, -0.09, f"window {low:.2f}-{high:.2f}: {low_pct:g}th-{high_pct:g}th percentile of the pixels "
-            f"above {BODY_FRACTION_OF_MAX:g} x max",
-            transform=ax.transAxes, ha="right", va="top", fontsize=8)
+    ax.text(
+        1.0,
+        -0.09,
+        f"window {low:.2f}-{high:.2f}: {low_pct:g}th-{high_pct:g}th percentile of the pixels "
+        f"above {BODY_FRACTION_OF_MAX:g} x max",
+        transform=ax.transAxes,
+        ha="right",
+        va="top",
+        fontsize=8,
+    )
     edges = (  # inside the image, in axes fractions: the left, right, top and bottom edges
         ((0.015, 0.5), "left", "center", direction_name(-u_world)),
         ((0.985, 0.5), "right", "center", direction_name(u_world)),
@@ -90,8 +105,18 @@ def draw_drr(image: np.ndarray, view: ProjectionView, title: str, out: Path) -> 
         ((0.5, 0.015), "center", "bottom", direction_name(v_world)),
     )
     for (x, y), horizontal, vertical, name in edges:
-        ax.text(x, y, name, transform=ax.transAxes, ha=horizontal, va=vertical, fontsize=12,
-                fontweight="bold", color="gold", bbox=dict(facecolor="black", alpha=0.6, lw=0))
+        ax.text(
+            x,
+            y,
+            name,
+            transform=ax.transAxes,
+            ha=horizontal,
+            va=vertical,
+            fontsize=12,
+            fontweight="bold",
+            color="gold",
+            bbox=dict(facecolor="black", alpha=0.6, lw=0),
+        )
     ax.set_xlabel("u (column)")
     ax.set_ylabel("v (row)")
     ax.set_title(title, fontsize=10)

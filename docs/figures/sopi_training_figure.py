@@ -20,9 +20,9 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (after choosing the non-interactive backend)
+import matplotlib.pyplot as plt
 
-from biplanar.io.atomic import atomic_path  # noqa: E402
+from biplanar.io.atomic import atomic_path
 
 
 def read_columns(path: Path) -> dict[str, list[float]]:

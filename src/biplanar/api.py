@@ -63,8 +63,18 @@ def render_drr_file(
     generator = torch.Generator().manual_seed(seed)
     try:
         if units == "hu":
-            image = render_ct_radiograph(volume, views[view_name], grid, mode, num_samples, photons,
-                                         generator, kvp, aluminium_mm, mu_water_per_mm)
+            image = render_ct_radiograph(
+                volume,
+                views[view_name],
+                grid,
+                mode,
+                num_samples,
+                photons,
+                generator,
+                kvp,
+                aluminium_mm,
+                mu_water_per_mm,
+            )
         else:
             image = render_drr(volume, views[view_name], grid, mode, num_samples, photons, generator)
     except ValueError as error:
@@ -76,10 +86,10 @@ def render_drr_file(
     return image
 
 
-def write_carm_geometry(out_path: Path, ap_lao_rao_deg: float, lat_lao_rao_deg: float,
-                        image_shape: tuple[int, int], pixel_spacing_mm: float) -> None:
+def write_carm_geometry(
+    out_path: Path, ap_lao_rao_deg: float, lat_lao_rao_deg: float, image_shape: tuple[int, int], pixel_spacing_mm: float
+) -> None:
     """Write an AP + LAT C-arm geometry file at the paper's distances, isocentre left to the volume."""
     _check_output_suffix(Path(out_path), (".json",))
-    views = biplanar_pair(ap_lao_rao_deg, lat_lao_rao_deg, image_shape,
-                          (pixel_spacing_mm, pixel_spacing_mm))
+    views = biplanar_pair(ap_lao_rao_deg, lat_lao_rao_deg, image_shape, (pixel_spacing_mm, pixel_spacing_mm))
     write_geometry(out_path, views)

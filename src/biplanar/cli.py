@@ -97,11 +97,22 @@ def drr(
     with _reporting_errors():
         from biplanar.api import render_drr_file
 
-        image = render_drr_file(volume, geometry, view, out, mode=mode.value, units=units.value,
-                                mu_water_per_mm=mu_water, num_samples=samples, photons=photons,
-                                seed=seed, preview=preview, kvp=kvp, aluminium_mm=aluminium_mm)
-        typer.echo(f"wrote {out} ({image.shape[0]} x {image.shape[1]}, "
-                   f"min {image.min():.4g}, max {image.max():.4g})")
+        image = render_drr_file(
+            volume,
+            geometry,
+            view,
+            out,
+            mode=mode.value,
+            units=units.value,
+            mu_water_per_mm=mu_water,
+            num_samples=samples,
+            photons=photons,
+            seed=seed,
+            preview=preview,
+            kvp=kvp,
+            aluminium_mm=aluminium_mm,
+        )
+        typer.echo(f"wrote {out} ({image.shape[0]} x {image.shape[1]}, min {image.min():.4g}, max {image.max():.4g})")
 
 
 @app.command()
@@ -145,8 +156,9 @@ def simulate(
     out: Path = typer.Option(..., help="Dataset folder (re-running it resumes an interrupted run)."),
     n: int = typer.Option(..., min=1, help="Number of subjects."),
     seed: int = typer.Option(..., min=0, help="Dataset seed (subject seeds derive from it)."),
-    geometry: GeometryKind = typer.Option(GeometryKind.orthogonal,
-                                          help="orthogonal (AP 0, LAT 90), generalized (+/-30 deg) or mixed (half each)."),
+    geometry: GeometryKind = typer.Option(
+        GeometryKind.orthogonal, help="orthogonal (AP 0, LAT 90), generalized (+/-30 deg) or mixed (half each)."
+    ),
     preset: str = typer.Option("lite", help="Grid and detector preset: paper, lite or tiny."),
     mode: str = typer.Option("line_integral", help="line_integral, poisson or polychromatic."),
     photons: float = typer.Option(1e5, help="Photons per pixel (mode poisson)."),
@@ -158,8 +170,9 @@ def simulate(
     with _reporting_errors():
         from biplanar.data.simulate import SimulationConfig, simulate_dataset
 
-        config = SimulationConfig(preset=preset, geometry=geometry.value, mode=mode, photons=photons,
-                                  kvp=kvp, aluminium_mm=aluminium_mm)
+        config = SimulationConfig(
+            preset=preset, geometry=geometry.value, mode=mode, photons=photons, kvp=kvp, aluminium_mm=aluminium_mm
+        )
         summary = simulate_dataset(out, n, seed, config, workers=workers)
         typer.echo(f"wrote {len(summary.written)} subjects to {out}, {len(summary.skipped)} already there")
 
@@ -178,13 +191,14 @@ def train(
         from biplanar.training.trainer import train as run_training
 
         with _reporting_interruption():
-            result = run_training(config, out, data_dir=data, on_the_fly=on_the_fly, resume=resume,
-                                  epochs=epochs)
+            result = run_training(config, out, data_dir=data, on_the_fly=on_the_fly, resume=resume, epochs=epochs)
         best = _best(result.best_val_dice, 3)
         if os.environ.get("RANK", "0") != "0":  # under torchrun, one summary
             return
-        typer.echo(f"trained {result.epochs_completed} epochs ({result.global_step} steps); "
-                   f"best validation Dice {best}; checkpoints in {out}")
+        typer.echo(
+            f"trained {result.epochs_completed} epochs ({result.global_step} steps); "
+            f"best validation Dice {best}; checkpoints in {out}"
+        )
 
 
 class BaselineMethod(str, Enum):
@@ -208,8 +222,10 @@ def train_baseline(
         with _reporting_interruption():
             result = run_training(method.value, config, out, data_dir=data, resume=resume, epochs=epochs)
         best = _best(result.best_val_dice, 3)
-        typer.echo(f"trained {method.value} for {result.epochs_completed} epochs ({result.global_step} steps); "
-                   f"best validation Dice {best}; checkpoints in {out}")
+        typer.echo(
+            f"trained {method.value} for {result.epochs_completed} epochs ({result.global_step} steps); "
+            f"best validation Dice {best}; checkpoints in {out}"
+        )
 
 
 class PoseNetwork(str, Enum):
@@ -233,8 +249,9 @@ def train_pose(
         with _reporting_interruption():
             result = run_training(config, out, network.value, resume=resume, steps=steps, max_steps=max_steps)
         best = _best(result.best_val_loss, 4)
-        typer.echo(f"trained {network.value} for {result.global_step} steps; best validation loss {best}; "
-                   f"checkpoints in {out}")
+        typer.echo(
+            f"trained {network.value} for {result.global_step} steps; best validation loss {best}; checkpoints in {out}"
+        )
 
 
 class CorrectionMethod(str, Enum):
@@ -255,19 +272,34 @@ def register(
     lat_mask: Path | None = typer.Option(None, help="2D femur mask of the LAT radiograph."),
     truth_labels: Path | None = typer.Option(None, help="True femur labels on the atlas grid: adds Dice, ASSD..."),
     refine: int = typer.Option(0, min=0, help="Test-time optimisation iterations after the network (0: none)."),
-    estimate_pose: bool = typer.Option(False, "--estimate-pose",
-                                       help="Before the network, correct each view's angle by a rigid registration "
-                                            "of the atlas to its radiograph; writes geometry_corrected.json."),
-    pose_method: CorrectionMethod = typer.Option(CorrectionMethod.opt_gc,
-                                                 help="Similarity of --estimate-pose's search."),
+    estimate_pose: bool = typer.Option(
+        False,
+        "--estimate-pose",
+        help="Before the network, correct each view's angle by a rigid registration "
+        "of the atlas to its radiograph; writes geometry_corrected.json.",
+    ),
+    pose_method: CorrectionMethod = typer.Option(
+        CorrectionMethod.opt_gc, help="Similarity of --estimate-pose's search."
+    ),
 ) -> None:
     """Register the atlas to two calibrated radiographs; writes the outputs of CONTRACT section 6."""
     with _reporting_errors():
         from biplanar.registration import register as run_registration
 
-        result = run_registration(geometry, ap, lat, out, model, atlas_dir=atlas, ap_mask_path=ap_mask,
-                                  lat_mask_path=lat_mask, truth_labels_path=truth_labels, refine=refine,
-                                  estimate_pose=estimate_pose, pose_method=pose_method.value)
+        result = run_registration(
+            geometry,
+            ap,
+            lat,
+            out,
+            model,
+            atlas_dir=atlas,
+            ap_mask_path=ap_mask,
+            lat_mask_path=lat_mask,
+            truth_labels_path=truth_labels,
+            refine=refine,
+            estimate_pose=estimate_pose,
+            pose_method=pose_method.value,
+        )
         scores = {key: result.report[key] for key in ("dice", "assd_mm") if result.report.get(key) is not None}
         summary = ", ".join(f"{key} {value:.3f}" for key, value in scores.items())
         typer.echo(f"wrote {out} in {result.report['timings_s']['total']:.1f} s" + (f" ({summary})" if summary else ""))
@@ -293,8 +325,10 @@ def preprocess(
 
         result = preprocess_femur(ct, labels, label, side.value, out, preset)
         axes = result.frame.axes
-        typer.echo(f"wrote {out} (head radius {axes.head_radius_mm:.1f} mm, "
-                   f"neck-shaft angle {axes.neck_shaft_angle_deg:.1f} deg)")
+        typer.echo(
+            f"wrote {out} (head radius {axes.head_radius_mm:.1f} mm, "
+            f"neck-shaft angle {axes.neck_shaft_angle_deg:.1f} deg)"
+        )
 
 
 @app.command()
@@ -352,13 +386,18 @@ def pose(
     init_pose: Path | None = typer.Option(None, help="JSON with the starting 4x4 'matrix' (e.g. a pose.json)."),
     units: VolumeUnits = typer.Option(VolumeUnits.hu, help="CT values: HU, or mu in 1/mm."),
     mu_water: float = typer.Option(0.02, help="Attenuation of water, 1/mm (for HU volumes)."),
-    levels: str = typer.Option("12,6", help="Resolution levels, mm at the CT centre, coarse to fine (comma-separated)."),
+    levels: str = typer.Option(
+        "12,6", help="Resolution levels, mm at the CT centre, coarse to fine (comma-separated)."
+    ),
     evaluations: int = typer.Option(150, min=0, help="CMA-ES evaluations per level."),
     refine_steps: int = typer.Option(10, min=0, help="L-BFGS iterations at the finest level."),
     sigma_deg: float = typer.Option(5.0, min=1e-6, help="CMA-ES initial rotation step, deg (about the initial error)."),
     sigma_mm: float = typer.Option(10.0, min=1e-6, help="CMA-ES initial translation step, mm."),
-    rtpi: Path | None = typer.Option(None, help="SOPI RTPI checkpoint (methods sopi, sopi+opt; default: the "
-                                                "bundled sopi_lite networks, femur, 112x80 images at 1.86 mm)."),
+    rtpi: Path | None = typer.Option(
+        None,
+        help="SOPI RTPI checkpoint (methods sopi, sopi+opt; default: the "
+        "bundled sopi_lite networks, femur, 112x80 images at 1.86 mm).",
+    ),
     fine: Path | None = typer.Option(None, help="SOPI fine-registration checkpoint (with --rtpi)."),
 ) -> None:
     """Estimate the rigid pose of a CT to one or two radiographs; writes the pose and a corrected geometry."""
@@ -368,21 +407,29 @@ def pose(
 
         try:
             sizes = tuple(float(size) for size in levels.split(","))
-            config = OptimisationConfig(levels_mm=sizes, max_evaluations=evaluations, refine_steps=refine_steps,
-                                        sigma_deg=sigma_deg, sigma_mm=sigma_mm)
+            config = OptimisationConfig(
+                levels_mm=sizes,
+                max_evaluations=evaluations,
+                refine_steps=refine_steps,
+                sigma_deg=sigma_deg,
+                sigma_mm=sigma_mm,
+            )
         except ValueError as error:
             raise InputError(f"--levels/--evaluations/--sigma: {error}") from None
         if (rtpi is None) != (fine is None):
             raise InputError("--rtpi, --fine: give both SOPI checkpoints or neither (the bundled ones)")
         checkpoints = bundled_sopi_checkpoints() if rtpi is None else SopiCheckpoints(rtpi, fine)
         images = {"AP": ap, **({} if lat is None else {"LAT": lat})}
-        report = estimate_pose_files(ct, geometry, images, out, method.value, init_pose, units.value, mu_water,
-                                     config, checkpoints)
+        report = estimate_pose_files(
+            ct, geometry, images, out, method.value, init_pose, units.value, mu_water, config, checkpoints
+        )
         params = report.document["params"]
         rotation = ", ".join(f"{value:.2f}" for value in params["rotation_deg"])
         translation = ", ".join(f"{value:.2f}" for value in params["translation_mm"])
-        typer.echo(f"wrote {out}: rotation ({rotation}) deg, translation ({translation}) mm, "
-                   f"{report.document['timings_s']['total']:.1f} s")
+        typer.echo(
+            f"wrote {out}: rotation ({rotation}) deg, translation ({translation}) mm, "
+            f"{report.document['timings_s']['total']:.1f} s"
+        )
 
 
 def _names(values: list[str] | None) -> tuple[str, ...] | None:
@@ -393,15 +440,20 @@ def _names(values: list[str] | None) -> tuple[str, ...] | None:
 @app.command("evaluate-pose")
 def evaluate_pose(
     out: Path = typer.Option(..., help="Output folder: cases.csv, summary.md (rewritten after each dataset/range)."),
-    datasets: list[str] | None = typer.Option(None, help="lumbar and/or femur (repeat or comma-separate; "
-                                                         "default both)."),
+    datasets: list[str] | None = typer.Option(
+        None, help="lumbar and/or femur (repeat or comma-separate; default both)."
+    ),
     ranges: list[str] | None = typer.Option(None, help="Pose ranges small and/or wide (default both)."),
     n: int = typer.Option(10, min=1, help="Cases per dataset and range."),
     seed: int = typer.Option(0, min=0, help="Seed of the true poses."),
-    methods: list[str] | None = typer.Option(None, help="opt-gc, opt-ncc, opt-ngi, sopi, sopi+opt "
-                                                        "(default: the three optimisation baselines)."),
-    rtpi: list[str] | None = typer.Option(None, help="SOPI RTPI checkpoint for methods sopi, sopi+opt: DATASET=PATH "
-                                                     "(repeat per dataset) or PATH (every dataset)."),
+    methods: list[str] | None = typer.Option(
+        None, help="opt-gc, opt-ncc, opt-ngi, sopi, sopi+opt (default: the three optimisation baselines)."
+    ),
+    rtpi: list[str] | None = typer.Option(
+        None,
+        help="SOPI RTPI checkpoint for methods sopi, sopi+opt: DATASET=PATH "
+        "(repeat per dataset) or PATH (every dataset).",
+    ),
     fine: list[str] | None = typer.Option(None, help="SOPI fine-registration checkpoint, as --rtpi."),
     evaluations: int = typer.Option(150, min=0, help="CMA-ES evaluations per level."),
     refine_steps: int = typer.Option(10, min=0, help="L-BFGS iterations at the finest level."),
@@ -420,8 +472,10 @@ def evaluate_pose(
 
         given = {"datasets": _names(datasets), "ranges": _names(ranges), "methods": _names(methods)}
         effort = SearchEffort(evaluations, refine_steps, max_levels)
-        settings = replace(StudySettings(cases=n, seed=seed, effort=effort),
-                           **{key: value for key, value in given.items() if value is not None})
+        settings = replace(
+            StudySettings(cases=n, seed=seed, effort=effort),
+            **{key: value for key, value in given.items() if value is not None},
+        )
         rows = evaluate_pose_accuracy(out, settings, sopi_checkpoints(rtpi, fine))
         typer.echo((out / "summary.md").read_text().rstrip())
         typer.echo(f"wrote {out}: cases.csv ({len(rows)} rows), summary.md")
@@ -438,17 +492,24 @@ def experiments(
     out: Path = typer.Option(..., help="Experiments folder (re-running the command resumes it)."),
     budget: ExperimentBudget = typer.Option(..., help="tiny (a plumbing check), lite (CPU-sized) or paper."),
     model_full: Path | None = typer.Option(None, help="Reuse this full-model checkpoint instead of training one."),
-    model_generalized: Path | None = typer.Option(None, help="Reuse this checkpoint as the Fig. 4 model "
-                                                             "(trained on generalized geometries)."),
+    model_generalized: Path | None = typer.Option(
+        None, help="Reuse this checkpoint as the Fig. 4 model (trained on generalized geometries)."
+    ),
     docs: bool = typer.Option(False, "--docs", help="Also copy results.md and the plots into --docs-dir."),
     docs_dir: Path = typer.Option(Path("docs"), help="Where --docs copies: results.md and img/results_*.png."),
     workers: int = typer.Option(1, min=1, help="Parallel processes simulating the datasets."),
-    stage: str | None = typer.Option(None, help="Run only this stage (e.g. train_kasten), once the stages it needs "
-                                                "are complete, and write no report: independent stages can so run "
-                                                "in parallel; the whole command then reuses them."),
-    sopi_rtpi: list[str] | None = typer.Option(None, help="SOPI RTPI checkpoint, DATASET=PATH (repeat per dataset: "
-                                                          "femur, lumbar) or PATH: the pose study also scores "
-                                                          "sopi and sopi+opt on those datasets."),
+    stage: str | None = typer.Option(
+        None,
+        help="Run only this stage (e.g. train_kasten), once the stages it needs "
+        "are complete, and write no report: independent stages can so run "
+        "in parallel; the whole command then reuses them.",
+    ),
+    sopi_rtpi: list[str] | None = typer.Option(
+        None,
+        help="SOPI RTPI checkpoint, DATASET=PATH (repeat per dataset: "
+        "femur, lumbar) or PATH: the pose study also scores "
+        "sopi and sopi+opt on those datasets.",
+    ),
     sopi_fine: list[str] | None = typer.Option(None, help="SOPI fine-registration checkpoint, as --sopi-rtpi."),
 ) -> None:
     """Reproduce the paper's Tables 1-2 and Figs. 3-4 and SOPI's Table 1: results.md, CSVs and plots in --out."""
@@ -456,9 +517,17 @@ def experiments(
         from biplanar.experiments import run_experiments
 
         with _reporting_interruption("run the same command again to resume"):
-            result = run_experiments(out, budget.value, model_full=model_full, model_generalized=model_generalized,
-                                     docs_dir=docs_dir if docs else None, workers=workers, stage=stage,
-                                     sopi_rtpi=sopi_rtpi, sopi_fine=sopi_fine)
+            result = run_experiments(
+                out,
+                budget.value,
+                model_full=model_full,
+                model_generalized=model_generalized,
+                docs_dir=docs_dir if docs else None,
+                workers=workers,
+                stage=stage,
+                sopi_rtpi=sopi_rtpi,
+                sopi_fine=sopi_fine,
+            )
         if stage is not None:
             typer.echo(f"stage {stage}: {'done' if stage in result.ran else 'complete before'}")
             return

@@ -152,8 +152,9 @@ def _validate(config: ExperimentConfig) -> None:
     rows, cols = config.geometry.image_shape
     for section, levels in (("affine", config.affine.levels), ("local", len(config.local.encoder_features))):
         if rows % 2**levels or cols % 2**levels:
-            raise InputError(f"config: geometry.image_shape {rows}x{cols} is not divisible by 2^{levels} "
-                             f"({section} levels)")
+            raise InputError(
+                f"config: geometry.image_shape {rows}x{cols} is not divisible by 2^{levels} ({section} levels)"
+            )
     if len(config.local.decoder_features) <= len(config.local.encoder_features):
         raise InputError("config: local.decoder_features: needs more entries than local.encoder_features")
 
@@ -193,8 +194,7 @@ def build_dataclass(cls: type, document: Any, where: str) -> Any:
     if unknown:
         raise InputError(f"{where}: unknown field(s) {sorted(unknown)}")
     defaults = cls()
-    values = {name: _coerce(getattr(defaults, name), value, f"{where}.{name}")
-              for name, value in document.items()}
+    values = {name: _coerce(getattr(defaults, name), value, f"{where}.{name}") for name, value in document.items()}
     return cls(**values)
 
 

@@ -56,11 +56,18 @@ class DemoResult:
 
     def document(self) -> dict[str, Any]:
         """``demo.json``: the scores, the timings (s) and the hip measurements."""
-        return {"metrics": {key: self.report.get(key) for key, _, _ in METRICS},
-                "timings_s": {"affine_module": self.network.affine_s, "local_module": self.network.local_s,
-                              "network": self.network.total_s, "register": self.report["timings_s"]["total"],
-                              "demo": self.total_s},
-                "hip": self.hip, "model": self.report["inputs"]["model"]}
+        return {
+            "metrics": {key: self.report.get(key) for key, _, _ in METRICS},
+            "timings_s": {
+                "affine_module": self.network.affine_s,
+                "local_module": self.network.local_s,
+                "network": self.network.total_s,
+                "register": self.report["timings_s"]["total"],
+                "demo": self.total_s,
+            },
+            "hip": self.hip,
+            "model": self.report["inputs"]["model"],
+        }
 
 
 def _stage(progress: bool, message: str) -> None:
@@ -83,8 +90,10 @@ def demo_case(seed: int, config):
 
     simulation = SimulationConfig(preset=config.geometry.grid_preset, geometry="orthogonal")
     if simulation.image_shape != tuple(config.geometry.image_shape):
-        raise InputError(f"model config: image_shape {list(config.geometry.image_shape)} differs from the "
-                         f"{simulation.preset} simulation detector {list(simulation.image_shape)}")
+        raise InputError(
+            f"model config: image_shape {list(config.geometry.image_shape)} differs from the "
+            f"{simulation.preset} simulation detector {list(simulation.image_shape)}"
+        )
     return simulate_case(seed, simulation)
 
 
@@ -116,8 +125,12 @@ def _remove_outputs(out_dir: Path, created: bool) -> None:
         out_dir.rmdir()
 
 
-def run_demo(out_dir: str | Path = DEFAULT_OUT_DIR, model_path: str | Path | None = None, seed: int = DEMO_SEED,
-             progress: bool = True) -> DemoResult:
+def run_demo(
+    out_dir: str | Path = DEFAULT_OUT_DIR,
+    model_path: str | Path | None = None,
+    seed: int = DEMO_SEED,
+    progress: bool = True,
+) -> DemoResult:
     """Run the demo (module doc).
 
     Args:
@@ -161,12 +174,24 @@ def _run(out_dir: Path, model_path: Path, config, seed: int, progress: bool, sta
     inputs = out_dir / INPUTS
     write_case(inputs, case, {"subject_id": "demo"})
     with network_stage_times() as network_times:
-        result = register(inputs / "geometry.json", inputs / "AP.npy", inputs / "LAT.npy", out_dir / REGISTRATION,
-                          model_path, ap_mask_path=inputs / "AP_mask.npy", lat_mask_path=inputs / "LAT_mask.npy",
-                          truth_labels_path=inputs / "labels.nii.gz", progress=progress)
+        result = register(
+            inputs / "geometry.json",
+            inputs / "AP.npy",
+            inputs / "LAT.npy",
+            out_dir / REGISTRATION,
+            model_path,
+            ap_mask_path=inputs / "AP_mask.npy",
+            lat_mask_path=inputs / "LAT_mask.npy",
+            truth_labels_path=inputs / "labels.nii.gz",
+            progress=progress,
+        )
     _stage(progress, "drawing the figure")
-    figure_data = load_figure_data(result.out_dir, inputs / "geometry.json",
-                                   {name: inputs / f"{name}.npy" for name in VIEW_NAMES}, inputs / "labels.nii.gz")
+    figure_data = load_figure_data(
+        result.out_dir,
+        inputs / "geometry.json",
+        {name: inputs / f"{name}.npy" for name in VIEW_NAMES},
+        inputs / "labels.nii.gz",
+    )
     write_registration_figure(out_dir / FIGURE, figure_data)
     hip = hip_comparison(result.report, case.record())
     demo = DemoResult(out_dir, result.report, network_times[0], hip, time.perf_counter() - started)
@@ -195,9 +220,13 @@ def summary_tables(result: DemoResult):
     for key, label, unit in METRICS:
         table.add_row(label, _number(result.report.get(key), unit))
     times = result.document()["timings_s"]
-    for key, label in (("affine_module", "time, affine module"), ("local_module", "time, local module"),
-                       ("network", "time, network (affine + local)"),
-                       ("register", "time, register (load + network + writing)"), ("demo", "time, whole demo")):
+    for key, label in (
+        ("affine_module", "time, affine module"),
+        ("local_module", "time, local module"),
+        ("network", "time, network (affine + local)"),
+        ("register", "time, register (load + network + writing)"),
+        ("demo", "time, whole demo"),
+    ):
         table.add_row(label, _number(times[key], "s", 2))
     tables = [table]
     if result.hip:

@@ -66,8 +66,16 @@ if TYPE_CHECKING:
     from biplanar.pose.baselines import OptimisationConfig
 
 VIEW_NAMES = ("AP", "LAT")
-OUTPUT_FILES = ("warped_atlas.nii.gz", "warped_labels.nii.gz", "displacement.nii.gz", "transform.json",
-                "surface.stl", "overlay_AP.png", "overlay_LAT.png", "report.json")
+OUTPUT_FILES = (
+    "warped_atlas.nii.gz",
+    "warped_labels.nii.gz",
+    "displacement.nii.gz",
+    "transform.json",
+    "surface.stl",
+    "overlay_AP.png",
+    "overlay_LAT.png",
+    "report.json",
+)
 CORRECTED_GEOMETRY = "geometry_corrected.json"
 FEMUR_LABEL = 1
 PARTIAL_SUFFIX = ".partial"
@@ -114,8 +122,9 @@ def require_empty_out_dir(out_dir: Path) -> None:
         raise InputError(f"{out_dir}: already exists and is not an empty folder (will not overwrite)")
 
 
-def _read_views(geometry_path: Path, default_isocenter_mm: np.ndarray,
-                model_image_shape: tuple[int, int]) -> dict[str, ProjectionView]:
+def _read_views(
+    geometry_path: Path, default_isocenter_mm: np.ndarray, model_image_shape: tuple[int, int]
+) -> dict[str, ProjectionView]:
     """The AP and LAT views of the geometry file, checked against the model's detector shape."""
     views = read_geometry(geometry_path, default_isocenter_mm)
     require_views(views, list(VIEW_NAMES), str(geometry_path))
@@ -124,21 +133,26 @@ def _read_views(geometry_path: Path, default_isocenter_mm: np.ndarray,
         raise InputError(f"{geometry_path}: views: register takes exactly AP and LAT, got also {', '.join(extra)}")
     for name in VIEW_NAMES:
         if views[name].image_shape != tuple(model_image_shape):
-            raise InputError(f"{geometry_path}: views.{name}.image_shape {list(views[name].image_shape)} "
-                             f"differs from the model's {list(model_image_shape)}")
+            raise InputError(
+                f"{geometry_path}: views.{name}.image_shape {list(views[name].image_shape)} "
+                f"differs from the model's {list(model_image_shape)}"
+            )
     return views
 
 
 def _read_shaped(path: Path, shape: tuple[int, int], view: str) -> np.ndarray:
     image = read_image(path)
     if image.shape != shape:
-        raise InputError(f"{path}: image shape {list(image.shape)} differs from the geometry's "
-                         f"views.{view}.image_shape {list(shape)}")
+        raise InputError(
+            f"{path}: image shape {list(image.shape)} differs from the geometry's "
+            f"views.{view}.image_shape {list(shape)}"
+        )
     return image
 
 
-def _read_radiographs(image_paths: dict[str, Path], mask_paths: dict[str, Path | None],
-                      views: dict[str, ProjectionView]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+def _read_radiographs(
+    image_paths: dict[str, Path], mask_paths: dict[str, Path | None], views: dict[str, ProjectionView]
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """The radiographs and the network's inputs (radiograph x (mask > 0), or the radiograph without
     masks), each view name -> ``(rows, cols)`` float32."""
     given = [name for name, path in mask_paths.items() if path is not None]
@@ -146,11 +160,16 @@ def _read_radiographs(image_paths: dict[str, Path], mask_paths: dict[str, Path |
         raise InputError(f"{mask_paths[given[0]]}: a mask for {given[0]} only; give both AP and LAT masks or none")
     images = {name: _read_shaped(path, views[name].image_shape, name) for name, path in image_paths.items()}
     if not given:
-        print("warning: no AP/LAT femur masks given: the radiographs are used unmasked "
-              "(the network was trained on masked radiographs)", file=sys.stderr, flush=True)
+        print(
+            "warning: no AP/LAT femur masks given: the radiographs are used unmasked "
+            "(the network was trained on masked radiographs)",
+            file=sys.stderr,
+            flush=True,
+        )
         return images, images
-    return images, {name: images[name] * (_read_shaped(mask_paths[name], views[name].image_shape, name) > 0)
-                    for name in VIEW_NAMES}
+    return images, {
+        name: images[name] * (_read_shaped(mask_paths[name], views[name].image_shape, name) > 0) for name in VIEW_NAMES
+    }
 
 
 def _load_atlas(atlas_dir: Path | None, network):
@@ -162,8 +181,10 @@ def _load_atlas(atlas_dir: Path | None, network):
     atlas = load_atlas(network.config.geometry.grid_preset, atlas_dir)
     grid = network.grid
     if atlas.grid.shape != grid.shape or not np.allclose(atlas.grid.affine, grid.affine, atol=1e-4):
-        raise InputError(f"{atlas_dir}: atlas grid {atlas.grid.shape} differs from the model's atlas grid "
-                         f"{grid.shape} (or its affine)")
+        raise InputError(
+            f"{atlas_dir}: atlas grid {atlas.grid.shape} differs from the model's atlas grid "
+            f"{grid.shape} (or its affine)"
+        )
     if atlas_dir is not None:
         device = network.atlas_mu.device
         network.atlas_mu.copy_(hu_to_mu(torch.from_numpy(atlas.ct_hu).float())[None, None].to(device))
@@ -171,10 +192,15 @@ def _load_atlas(atlas_dir: Path | None, network):
     return atlas
 
 
-def correct_calibration(atlas_mu: Tensor, grid: VolumeGrid, radiographs: dict[str, np.ndarray],
-                        views: dict[str, ProjectionView], method: str = "opt-gc",
-                        config: OptimisationConfig | None = None,
-                        progress: bool = False) -> tuple[dict[str, ProjectionView], dict[str, Any]]:
+def correct_calibration(
+    atlas_mu: Tensor,
+    grid: VolumeGrid,
+    radiographs: dict[str, np.ndarray],
+    views: dict[str, ProjectionView],
+    method: str = "opt-gc",
+    config: OptimisationConfig | None = None,
+    progress: bool = False,
+) -> tuple[dict[str, ProjectionView], dict[str, Any]]:
     """Correct each view's calibration by a rigid registration of the atlas to its radiograph.
 
     For each view alone, the rotation ``A_v`` of the atlas about the view's isocentre (3 DoF,
@@ -215,20 +241,30 @@ def correct_calibration(atlas_mu: Tensor, grid: VolumeGrid, radiographs: dict[st
         raise InputError(f"pose method: expected one of {', '.join(METHODS)}, got {method!r}")
     started = time.perf_counter()
     images = {name: torch.from_numpy(radiographs[name]).to(atlas_mu.device) for name in VIEW_NAMES}
-    estimates = estimate_view_rotations(atlas_mu, grid, images, {name: views[name] for name in VIEW_NAMES}, method,
-                                        config, progress=(lambda line: _stage(progress, f"pose: {line}")))
+    estimates = estimate_view_rotations(
+        atlas_mu,
+        grid,
+        images,
+        {name: views[name] for name in VIEW_NAMES},
+        method,
+        config,
+        progress=(lambda line: _stage(progress, f"pose: {line}")),
+    )
     corrected = {name: compose_view(views[name], estimates[name].matrix) for name in VIEW_NAMES}
     per_view = {}
     for name, estimate in estimates.items():
         rotation = estimate.matrix[:3, :3].double().cpu()
         cosine = float(((torch.trace(rotation) - 1.0) / 2.0).clamp(-1.0, 1.0))
-        per_view[name] = {"rotation_deg": torch.rad2deg(estimate.params[:3].double()).tolist(),
-                          "angle_deg": float(np.degrees(np.arccos(cosine))),
-                          "carm_angles_deg": {"stated": list(view_angles_deg(views[name])),
-                                              "corrected": list(view_angles_deg(corrected[name]))},
-                          "similarity": estimate.similarity}
-    return corrected, {"method": method, "mode": "per_view", "time_s": time.perf_counter() - started,
-                       "views": per_view}
+        per_view[name] = {
+            "rotation_deg": torch.rad2deg(estimate.params[:3].double()).tolist(),
+            "angle_deg": float(np.degrees(np.arccos(cosine))),
+            "carm_angles_deg": {
+                "stated": list(view_angles_deg(views[name])),
+                "corrected": list(view_angles_deg(corrected[name])),
+            },
+            "similarity": estimate.similarity,
+        }
+    return corrected, {"method": method, "mode": "per_view", "time_s": time.perf_counter() - started, "views": per_view}
 
 
 def transform_document(params: Tensor, matrix: Tensor, centre_world: Tensor) -> dict[str, Any]:
@@ -256,8 +292,9 @@ def _read_truth(truth_path: Path | None, atlas) -> np.ndarray | None:
         return None
     truth, grid = read_volume(truth_path)
     if grid.shape != atlas.grid.shape or not np.allclose(grid.affine, atlas.grid.affine, atol=1e-4):
-        raise InputError(f"{truth_path}: grid {grid.shape} differs from the atlas grid {atlas.grid.shape} "
-                         f"(or its affine)")
+        raise InputError(
+            f"{truth_path}: grid {grid.shape} differs from the atlas grid {atlas.grid.shape} (or its affine)"
+        )
     return np.round(truth) == FEMUR_LABEL
 
 
@@ -265,8 +302,7 @@ def _truth_metrics(truth: np.ndarray, warped_labels: np.ndarray, atlas) -> dict[
     """Dice, Jaccard, ASSD (mm), HD95 (mm) of the warped femur against the true femur."""
     from biplanar.evaluation.metrics import segmentation_metrics
 
-    metrics = segmentation_metrics(warped_labels == FEMUR_LABEL, truth,
-                                   tuple(float(s) for s in atlas.grid.spacing_mm))
+    metrics = segmentation_metrics(warped_labels == FEMUR_LABEL, truth, tuple(float(s) for s in atlas.grid.spacing_mm))
     # JSON has no inf / nan (an empty warped or true femur): those become null.
     return {key: float(value) if np.isfinite(value) else None for key, value in metrics.items()}
 
@@ -288,8 +324,16 @@ def warped_atlas_labels(atlas, displacement: Tensor) -> np.ndarray:
     return warp_labels(atlas_labels, displacement, atlas.grid, "nearest")[0, 0].cpu().numpy().astype(np.uint8)
 
 
-def refine_output(network, config, output, radiographs: Tensor, views: dict[str, ProjectionView], masked: bool,
-                  iterations: int, progress: bool):
+def refine_output(
+    network,
+    config,
+    output,
+    radiographs: Tensor,
+    views: dict[str, ProjectionView],
+    masked: bool,
+    iterations: int,
+    progress: bool,
+):
     """Refine the network's output by test-time intensity registration
     (:func:`biplanar.optimisation.refine_registration`).
 
@@ -312,19 +356,34 @@ def refine_output(network, config, output, radiographs: Tensor, views: dict[str,
     from biplanar.optimisation import ProjectionObjective, RefineSettings, refine_registration
 
     objective = ProjectionObjective(
-        network.atlas_mu, network.atlas_labels, network.grid, (views["AP"], views["LAT"]), radiographs,
-        centre_world=network.atlas_centre, smoothness_weight=config.loss.smoothness_weight,
-        integration_steps=config.local.integration_steps, projectors=network.projectors, masked=masked)
+        network.atlas_mu,
+        network.atlas_labels,
+        network.grid,
+        (views["AP"], views["LAT"]),
+        radiographs,
+        centre_world=network.atlas_centre,
+        smoothness_weight=config.loss.smoothness_weight,
+        integration_steps=config.local.integration_steps,
+        projectors=network.projectors,
+        masked=masked,
+    )
     with torch.enable_grad():
-        result = refine_registration(objective, output.params, output.velocity, RefineSettings(iterations=iterations),
-                                     progress=progress)
+        result = refine_registration(
+            objective, output.params, output.velocity, RefineSettings(iterations=iterations), progress=progress
+        )
     affine_field = affine_displacement(result.matrix, network.grid)
-    refined = replace(output, params=result.params, affine_matrix=result.matrix, velocity=result.velocity,
-                      local_displacement=result.local_displacement, total_displacement=result.total_displacement,
-                      affine_image=network.transformer(network.atlas_mu, affine_field),
-                      warped_image=network.transformer(network.atlas_mu, result.total_displacement),
-                      affine_labels=network.transformer(network.atlas_labels, affine_field),
-                      warped_labels=network.transformer(network.atlas_labels, result.total_displacement))
+    refined = replace(
+        output,
+        params=result.params,
+        affine_matrix=result.matrix,
+        velocity=result.velocity,
+        local_displacement=result.local_displacement,
+        total_displacement=result.total_displacement,
+        affine_image=network.transformer(network.atlas_mu, affine_field),
+        warped_image=network.transformer(network.atlas_mu, result.total_displacement),
+        affine_labels=network.transformer(network.atlas_labels, affine_field),
+        warped_labels=network.transformer(network.atlas_labels, result.total_displacement),
+    )
     return refined, result
 
 
@@ -388,9 +447,15 @@ def _write_volumes(folder: Path, output, network, atlas) -> np.ndarray:
     return warped_labels
 
 
-def _write_projections(folder: Path, output, network, warped_labels: np.ndarray,
-                       radiographs: dict[str, np.ndarray], inputs: dict[str, np.ndarray],
-                       views: dict[str, ProjectionView]) -> dict[str, float]:
+def _write_projections(
+    folder: Path,
+    output,
+    network,
+    warped_labels: np.ndarray,
+    radiographs: dict[str, np.ndarray],
+    inputs: dict[str, np.ndarray],
+    views: dict[str, ProjectionView],
+) -> dict[str, float]:
     """Write the overlays; return the projection NCC per view.
 
     The overlays draw, on ``radiographs``, the outline of the pixels whose ray crosses more than
@@ -425,12 +490,23 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def register(geometry_path: str | Path, ap_path: str | Path, lat_path: str | Path, out_dir: str | Path,
-             model_path: str | Path | None = None, atlas_dir: str | Path | None = None,
-             ap_mask_path: str | Path | None = None, lat_mask_path: str | Path | None = None,
-             truth_labels_path: str | Path | None = None, refine: int = 0, estimate_pose: bool = False,
-             pose_method: str = "opt-gc", pose_config: OptimisationConfig | None = None,
-             device: str | torch.device | None = None, progress: bool = True) -> RegistrationReport:
+def register(
+    geometry_path: str | Path,
+    ap_path: str | Path,
+    lat_path: str | Path,
+    out_dir: str | Path,
+    model_path: str | Path | None = None,
+    atlas_dir: str | Path | None = None,
+    ap_mask_path: str | Path | None = None,
+    lat_mask_path: str | Path | None = None,
+    truth_labels_path: str | Path | None = None,
+    refine: int = 0,
+    estimate_pose: bool = False,
+    pose_method: str = "opt-gc",
+    pose_config: OptimisationConfig | None = None,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+) -> RegistrationReport:
     """Register the atlas to an AP + LAT pair of radiographs and write the outputs (module doc).
 
     Args:
@@ -472,9 +548,11 @@ def register(geometry_path: str | Path, ap_path: str | Path, lat_path: str | Pat
     network, config = load_model(model_path, device or default_device())
     atlas = _load_atlas(None if atlas_dir is None else Path(atlas_dir), network)
     views = _read_views(Path(geometry_path), atlas.grid.centre_world, config.geometry.image_shape)
-    raw, inputs = _read_radiographs({"AP": Path(ap_path), "LAT": Path(lat_path)},
-                               {"AP": ap_mask_path and Path(ap_mask_path),
-                                "LAT": lat_mask_path and Path(lat_mask_path)}, views)
+    raw, inputs = _read_radiographs(
+        {"AP": Path(ap_path), "LAT": Path(lat_path)},
+        {"AP": ap_mask_path and Path(ap_mask_path), "LAT": lat_mask_path and Path(lat_mask_path)},
+        views,
+    )
     truth = _read_truth(None if truth_labels_path is None else Path(truth_labels_path), atlas)
     device = network.atlas_mu.device
     radiographs = torch.stack([torch.from_numpy(inputs[name]) for name in VIEW_NAMES])[None].to(device)
@@ -482,8 +560,9 @@ def register(geometry_path: str | Path, ap_path: str | Path, lat_path: str | Pat
     correction = {}
     if estimate_pose:
         _stage(progress, f"correcting the view calibration ({pose_method}, per view)")
-        views, correction = correct_calibration(network.atlas_mu, network.grid, raw, views, pose_method,
-                                                pose_config, progress)
+        views, correction = correct_calibration(
+            network.atlas_mu, network.grid, raw, views, pose_method, pose_config, progress
+        )
         times["pose_correction"] = correction["time_s"]
 
     _stage(progress, "running the network")
@@ -495,19 +574,28 @@ def register(geometry_path: str | Path, ap_path: str | Path, lat_path: str | Pat
         refinement = {}
         if refine > 0:
             _stage(progress, f"refining ({refine} iterations)")
-            before = None if truth is None else _truth_metrics(
-                truth, warped_atlas_labels(atlas, output.total_displacement), atlas)
+            before = (
+                None
+                if truth is None
+                else _truth_metrics(truth, warped_atlas_labels(atlas, output.total_displacement), atlas)
+            )
             hip_before = hip_report(atlas, output.total_displacement)
             hip_before.pop("landmarks")
             output, record = refine_output(network, config, output, radiographs, views, masked, refine, progress)
             synchronise(device)
             times["refine"] = record.time_s
-            refinement = {"refine": {"iterations": refine, "time_s": record.time_s,
-                                     "projection_ncc_before": record.ncc_before,
-                                     "projection_ncc_after": record.ncc_after,
-                                     "objective_before": record.loss_before, "objective_after": record.loss_after,
-                                     "hip_before": hip_before,
-                                     **({} if before is None else {"metrics_before": before})}}
+            refinement = {
+                "refine": {
+                    "iterations": refine,
+                    "time_s": record.time_s,
+                    "projection_ncc_before": record.ncc_before,
+                    "projection_ncc_after": record.ncc_after,
+                    "objective_before": record.loss_before,
+                    "objective_after": record.loss_after,
+                    "hip_before": hip_before,
+                    **({} if before is None else {"metrics_before": before}),
+                }
+            }
         _stage(progress, "writing the outputs")
         written = time.perf_counter()
         partial = out_dir.parent / f".{out_dir.name}.{os.getpid()}{PARTIAL_SUFFIX}"
@@ -516,16 +604,24 @@ def register(geometry_path: str | Path, ap_path: str | Path, lat_path: str | Pat
         try:
             warped_labels = _write_volumes(partial, output, network, atlas)
             ncc = _write_projections(partial, output, network, warped_labels, raw, inputs, views)
-            report = {"timings_s": times, "projection_ncc": ncc,
-                      **({} if truth is None else _truth_metrics(truth, warped_labels, atlas)),
-                      "hip": hip_report(atlas, output.total_displacement),
-                      **refinement,
-                      **({"pose_correction": correction} if estimate_pose else {}),
-                      "inputs": {"geometry": str(geometry_path), "AP": str(ap_path), "LAT": str(lat_path),
-                                 "masked": masked, "model": str(model_path),
-                                 "atlas": str(atlas_dir or f"shipped {config.geometry.grid_preset}"),
-                                 "truth_labels": truth_labels_path and str(truth_labels_path)},
-                      "device": str(device)}
+            report = {
+                "timings_s": times,
+                "projection_ncc": ncc,
+                **({} if truth is None else _truth_metrics(truth, warped_labels, atlas)),
+                "hip": hip_report(atlas, output.total_displacement),
+                **refinement,
+                **({"pose_correction": correction} if estimate_pose else {}),
+                "inputs": {
+                    "geometry": str(geometry_path),
+                    "AP": str(ap_path),
+                    "LAT": str(lat_path),
+                    "masked": masked,
+                    "model": str(model_path),
+                    "atlas": str(atlas_dir or f"shipped {config.geometry.grid_preset}"),
+                    "truth_labels": truth_labels_path and str(truth_labels_path),
+                },
+                "device": str(device),
+            }
             times["writing"] = time.perf_counter() - written
             times["total"] = time.perf_counter() - started
             if estimate_pose:

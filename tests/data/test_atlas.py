@@ -18,8 +18,7 @@ def test_shipped_atlas_is_the_generated_mean_shape(preset):
     np.testing.assert_allclose(shipped.grid.affine, generated.grid.affine, atol=1e-4)
     np.testing.assert_array_equal(shipped.labels, generated.labels)
     assert np.abs(shipped.ct_hu - generated.ct_hu).max() <= 0.5  # stored as int16 HU
-    np.testing.assert_allclose(shipped.landmarks["head_centre_mm"],
-                               generated.landmarks.head_centre_mm, atol=1e-6)
+    np.testing.assert_allclose(shipped.landmarks["head_centre_mm"], generated.landmarks.head_centre_mm, atol=1e-6)
 
 
 def test_atlas_command_writes_a_loadable_atlas(tmp_path):

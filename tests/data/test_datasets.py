@@ -30,9 +30,13 @@ def dataset(tmp_path_factory) -> Path:
 
 def check_sample(sample: dict) -> None:
     """Keys, shapes and dtypes of the module doc of ``biplanar.data.datasets``."""
-    expected = {"ct": (VOLUME_SHAPE, torch.float32), "labels": (VOLUME_SHAPE, torch.uint8),
-                "radiographs": (IMAGE_SHAPE, torch.float32), "masks": (IMAGE_SHAPE, torch.float32),
-                "projection_matrices": ((2, 3, 4), torch.float64)}
+    expected = {
+        "ct": (VOLUME_SHAPE, torch.float32),
+        "labels": (VOLUME_SHAPE, torch.uint8),
+        "radiographs": (IMAGE_SHAPE, torch.float32),
+        "masks": (IMAGE_SHAPE, torch.float32),
+        "projection_matrices": ((2, 3, 4), torch.float64),
+    }
     assert set(sample) == {*expected, "subject_id"}
     assert isinstance(sample["subject_id"], str) and sample["subject_id"].startswith("case_")
     for key, (shape, dtype) in expected.items():
@@ -89,17 +93,14 @@ def test_on_the_fly_is_deterministic_and_matches_the_written_subject(dataset):
         assert torch.equal(first[key], again[key]), key
     assert not torch.equal(first["radiographs"], other["radiographs"])
     splits = [SimulatedDataset(dataset, split) for split in ("train", "val", "test")]
-    stored = next(part[i] for part in splits for i, name in enumerate(part.subject_ids)
-                  if name == "case_00001")
+    stored = next(part[i] for part in splits for i, name in enumerate(part.subject_ids) if name == "case_00001")
     for key in ("ct", "labels", "radiographs", "masks"):
         assert torch.equal(first[key], stored[key]), key
-    torch.testing.assert_close(first["projection_matrices"], stored["projection_matrices"],
-                               rtol=1e-12, atol=1e-9)
+    torch.testing.assert_close(first["projection_matrices"], stored["projection_matrices"], rtol=1e-12, atol=1e-9)
 
 
 def test_on_the_fly_options():
-    generalized = OnTheFlyDataset(0, 3, dataclasses.replace(TINY, geometry="generalized"),
-                                  masked=False)
+    generalized = OnTheFlyDataset(0, 3, dataclasses.replace(TINY, geometry="generalized"), masked=False)
     sample = generalized[0]
     check_sample(sample)
     assert (sample["radiographs"] * (1 - sample["masks"])).abs().max() > 1.0  # not masked

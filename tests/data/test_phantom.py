@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -34,12 +34,12 @@ from biplanar.geometry import VolumeGrid
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "data.md"
 
 
-@lru_cache(maxsize=None)
+@cache
 def subject(seed: int, preset: str) -> Subject:
     return make_subject(seed, preset)
 
 
-@lru_cache(maxsize=None)
+@cache
 def unposed_subject(seed: int | None, preset: str) -> Subject:
     """Subject ``seed`` (``None``: the atlas) in the canonical pose, so angles refer to world x."""
     spec = SubjectSpec.atlas() if seed is None else SubjectSpec.sample(seed)
@@ -90,10 +90,10 @@ def measure_femur(s: Subject) -> dict[str, np.ndarray | float]:
     neck /= np.linalg.norm(neck)
 
     lt_z = truth.lesser_trochanter_tip_mm[2]
-    slices = [k for k in range(labels.shape[2])
-              if lt_z - 60.0 <= to_world(grid, np.array([0.0, 0.0, k]))[2] <= lt_z - 25.0]
-    centroids = np.array([to_world(grid, np.r_[np.argwhere(labels[:, :, k]).mean(axis=0), k])
-                          for k in slices])
+    slices = [
+        k for k in range(labels.shape[2]) if lt_z - 60.0 <= to_world(grid, np.array([0.0, 0.0, k]))[2] <= lt_z - 25.0
+    ]
+    centroids = np.array([to_world(grid, np.r_[np.argwhere(labels[:, :, k]).mean(axis=0), k]) for k in slices])
     _, _, vt = np.linalg.svd(centroids - centroids.mean(axis=0))
     shaft = vt[0] * np.sign(vt[0][2])  # proximal direction
     return {"centre": centre, "radius": radius, "neck": neck, "shaft": shaft}
@@ -185,8 +185,10 @@ def test_ct_and_labels_are_aligned():
     tissue = s.spec.tissue
     assert np.median(s.ct_hu[boundary]) > 600.0  # the label's surface is cortical bone
     assert np.median(s.ct_hu[ring]) < 150.0  # soft tissue just outside it
-    head = np.linalg.norm(to_world(s.grid, np.argwhere(labels).astype(float))
-                          - s.landmarks.head_centre_mm, axis=1) < 0.5 * s.landmarks.head_radius_mm
+    head = (
+        np.linalg.norm(to_world(s.grid, np.argwhere(labels).astype(float)) - s.landmarks.head_centre_mm, axis=1)
+        < 0.5 * s.landmarks.head_radius_mm
+    )
     head_hu = s.ct_hu[labels][head]
     assert tissue.trabecular_hu - 50.0 < np.median(head_hu) < tissue.trabecular_hu + 150.0
     assert s.ct_hu.min() >= min(tissue.fat_hu, tissue.marrow_hu) - 1.0

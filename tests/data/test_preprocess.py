@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from functools import lru_cache
+from functools import cache
 
 import nibabel as nib
 import numpy as np
@@ -35,8 +35,7 @@ from biplanar.geometry import VolumeGrid
 from biplanar.geometry.transforms import euler_to_rotation, rotation_to_euler
 
 MIRROR_X = np.diag([-1.0, 1.0, 1.0, 1.0])
-SCENE_POSE = Pose(flexion_deg=8.0, abduction_deg=-6.0, external_rotation_deg=10.0,
-                  translation_mm=(4.0, -3.0, 2.0))
+SCENE_POSE = Pose(flexion_deg=8.0, abduction_deg=-6.0, external_rotation_deg=10.0, translation_mm=(4.0, -3.0, 2.0))
 FEMUR_LEFT, HIP_LEFT = 75, 77  # TotalSegmentator v2 label values
 
 
@@ -63,7 +62,7 @@ def rendering_to_input(mirrored: bool) -> np.ndarray:
     return MIRROR_X @ matrix if mirrored else matrix
 
 
-@lru_cache(maxsize=None)
+@cache
 def scene(seed: int | None) -> Subject:
     """Subject ``seed`` (``None``: the atlas) posed on a 1.5x larger, differently sampled grid."""
     spec = SubjectSpec.atlas() if seed is None else SubjectSpec.sample(seed)
@@ -79,13 +78,13 @@ def input_grid(seed: int | None, mirrored: bool) -> VolumeGrid:
     return VolumeGrid(grid.shape, rendering_to_input(mirrored) @ grid.affine)
 
 
-@lru_cache(maxsize=None)
+@cache
 def preprocessed(seed: int | None, side: str) -> PreprocessResult:
     s = scene(seed)
     return preprocess_arrays(s.ct_hu, input_grid(seed, side == "left"), s.labels, side, "lite")
 
 
-@lru_cache(maxsize=None)
+@cache
 def expected_output(seed: int | None, preset: str = "lite") -> Subject:
     """The femur rendered where the preprocessing puts it: turned about its shaft axis (the
     femur frame's s) from its anteversion to the atlas's, head centre on the atlas's."""
@@ -99,8 +98,7 @@ def expected_output(seed: int | None, preset: str = "lite") -> Subject:
     rx, ry, rz = np.degrees(rotation_to_euler(torch.tensor(turn)[None]).numpy()[0])
     turned = dataclasses.replace(spec, pose=Pose(rx, -ry, -rz))  # Pose: Rx(f) Ry(-a) Rz(-e)
     shift = atlas.centred_head_world - turned.centred_head_world
-    placed = dataclasses.replace(turned, pose=dataclasses.replace(turned.pose,
-                                                                  translation_mm=tuple(shift)))
+    placed = dataclasses.replace(turned, pose=dataclasses.replace(turned.pose, translation_mm=tuple(shift)))
     return render_subject(placed, grid_preset(preset))
 
 
@@ -132,8 +130,11 @@ def test_output_matches_the_phantom_rendered_in_place(seed, side):
     assert dice(result.labels, expected.labels) >= 0.97
     # The output-to-input matrix against the truth: the expected femur frame -> output world,
     # then the scene's femur frame -> rendering world -> input world.
-    truth = (rendering_to_input(side == "left") @ scene(seed).spec.femur_to_world()
-             @ np.linalg.inv(expected.spec.femur_to_world()))
+    truth = (
+        rendering_to_input(side == "left")
+        @ scene(seed).spec.femur_to_world()
+        @ np.linalg.inv(expected.spec.femur_to_world())
+    )
     matrix = result.frame.output_to_input
     head = np.r_[expected.landmarks.head_centre_mm, 1.0]
     assert np.linalg.norm(matrix @ head - truth @ head) < 1.0
@@ -163,17 +164,23 @@ def test_frame_of_the_atlas_axes_is_the_identity():
     by a rigid map or a mirror, they give back that map."""
     atlas = SubjectSpec.atlas()
     canonical = canonical_rotation()
-    axes = FemurAxes(head_centre_mm=atlas.centred_head_world, head_radius_mm=23.5,
-                     shaft_axis_point_mm=atlas.centred_head_world, shaft_axis=canonical[:, 2],
-                     neck_axis=canonical @ FemurShape(atlas.femur).neck_axis)
+    axes = FemurAxes(
+        head_centre_mm=atlas.centred_head_world,
+        head_radius_mm=23.5,
+        shaft_axis_point_mm=atlas.centred_head_world,
+        shaft_axis=canonical[:, 2],
+        neck_axis=canonical @ FemurShape(atlas.femur).neck_axis,
+    )
     np.testing.assert_allclose(femur_frame(axes, "right").output_to_input, np.eye(4), atol=1e-9)
     for mirrored, side in ((False, "right"), (True, "left")):
         moved = rendering_to_input(mirrored)
-        moved_axes = FemurAxes(head_centre_mm=moved[:3, :3] @ axes.head_centre_mm + moved[:3, 3],
-                               head_radius_mm=23.5,
-                               shaft_axis_point_mm=moved[:3, :3] @ axes.head_centre_mm + moved[:3, 3],
-                               shaft_axis=moved[:3, :3] @ axes.shaft_axis,
-                               neck_axis=moved[:3, :3] @ axes.neck_axis)
+        moved_axes = FemurAxes(
+            head_centre_mm=moved[:3, :3] @ axes.head_centre_mm + moved[:3, 3],
+            head_radius_mm=23.5,
+            shaft_axis_point_mm=moved[:3, :3] @ axes.head_centre_mm + moved[:3, 3],
+            shaft_axis=moved[:3, :3] @ axes.shaft_axis,
+            neck_axis=moved[:3, :3] @ axes.neck_axis,
+        )
         np.testing.assert_allclose(femur_frame(moved_axes, side).output_to_input, moved, atol=1e-9)
 
 
@@ -181,8 +188,13 @@ def test_resample_is_exact_for_linear_fields():
     """Trilinear interpolation reproduces an affine function exactly; outside is ``outside``."""
     source = VolumeGrid(
         (20, 24, 16),
-        np.block([[rotation([10.0, -20.0, 30.0]) @ np.diag([1.5, 1.0, 2.0]), np.array([[-10.0], [-12.0], [-15.0]])],
-                  [np.zeros((1, 3)), np.ones((1, 1))]]))
+        np.block(
+            [
+                [rotation([10.0, -20.0, 30.0]) @ np.diag([1.5, 1.0, 2.0]), np.array([[-10.0], [-12.0], [-15.0]])],
+                [np.zeros((1, 3)), np.ones((1, 1))],
+            ]
+        ),
+    )
     target = VolumeGrid.from_spacing((30, 20, 25), (1.2, 1.7, 1.1))
     gradient, offset = np.array([2.0, -3.0, 0.5]), 7.0
     source_points = source.voxel_centres_world(torch.float64).numpy()
@@ -291,9 +303,22 @@ def test_preprocess_command_reports_bad_input(tmp_path):
 
     from biplanar.cli import app
 
-    result = CliRunner().invoke(app, ["preprocess", "--ct", str(tmp_path / "ct.nii.gz"), "--labels",
-                                      str(tmp_path / "l.nii.gz"), "--label", "76", "--side", "left",
-                                      "--out", str(tmp_path / "out")])
+    result = CliRunner().invoke(
+        app,
+        [
+            "preprocess",
+            "--ct",
+            str(tmp_path / "ct.nii.gz"),
+            "--labels",
+            str(tmp_path / "l.nii.gz"),
+            "--label",
+            "76",
+            "--side",
+            "left",
+            "--out",
+            str(tmp_path / "out"),
+        ],
+    )
     assert result.exit_code == 2
     assert "ct.nii.gz: file not found" in result.output and len(result.output.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()

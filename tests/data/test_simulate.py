@@ -54,23 +54,28 @@ def subject_dirs(root: Path) -> list[Path]:
 # --- an independent line integral ------------------------------------------------------------
 def orthogonal_axes(lao_rao_deg: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Contract section 2 by hand: ``(d, u, v)`` of the AP (0) and LAT (90) C-arm positions."""
-    axes = {0.0: ([0, 1, 0], [-1, 0, 0], [0, 0, -1]),  # source anterior, u to the left
-            90.0: ([-1, 0, 0], [0, -1, 0], [0, 0, -1])}  # source on the patient's left
+    axes = {
+        0.0: ([0, 1, 0], [-1, 0, 0], [0, 0, -1]),  # source anterior, u to the left
+        90.0: ([-1, 0, 0], [0, -1, 0], [0, 0, -1]),
+    }  # source on the patient's left
     return tuple(np.array(a, dtype=float) for a in axes[lao_rao_deg])
 
 
-def ray_integrals(volume: np.ndarray, grid: VolumeGrid, carm: CarmPose,
-                  image_shape: tuple[int, int], step_mm: float = 0.2) -> np.ndarray:
+def ray_integrals(
+    volume: np.ndarray, grid: VolumeGrid, carm: CarmPose, image_shape: tuple[int, int], step_mm: float = 0.2
+) -> np.ndarray:
     """``(rows, cols)`` integral of ``volume`` (trilinear, zero outside) from the source to each
     pixel centre, by scipy's ``map_coordinates`` at ``step_mm`` steps (midpoint rule)."""
     d, u_axis, v_axis = orthogonal_axes(carm.lao_rao_deg)
     source = np.asarray(carm.isocenter_mm) + carm.source_isocenter_mm * d
     rows, cols = image_shape
-    r, c = np.meshgrid(np.arange(rows) - (rows - 1) / 2, np.arange(cols) - (cols - 1) / 2,
-                       indexing="ij")
-    pixels = (source - carm.source_detector_mm * d
-              + (c[..., None] * carm.pixel_spacing_mm[1]) * u_axis
-              + (r[..., None] * carm.pixel_spacing_mm[0]) * v_axis)
+    r, c = np.meshgrid(np.arange(rows) - (rows - 1) / 2, np.arange(cols) - (cols - 1) / 2, indexing="ij")
+    pixels = (
+        source
+        - carm.source_detector_mm * d
+        + (c[..., None] * carm.pixel_spacing_mm[1]) * u_axis
+        + (r[..., None] * carm.pixel_spacing_mm[0]) * v_axis
+    )
     directions = (pixels - source) / np.linalg.norm(pixels - source, axis=-1, keepdims=True)
     # Every point of the padded box lies within `reach` of the isocentre, so within
     # source_isocenter +- reach of the source.
@@ -79,8 +84,7 @@ def ray_integrals(volume: np.ndarray, grid: VolumeGrid, carm: CarmPose,
     t += step_mm / 2
     points = source + t[:, None, None, None] * directions  # (T, rows, cols, 3) world mm
     vox = (points - grid.affine[:3, 3]) @ np.linalg.inv(grid.affine[:3, :3]).T
-    values = map_coordinates(volume.astype(np.float64), vox.reshape(-1, 3).T, order=1,
-                             mode="grid-constant", cval=0.0)
+    values = map_coordinates(volume.astype(np.float64), vox.reshape(-1, 3).T, order=1, mode="grid-constant", cval=0.0)
     return values.reshape(t.size, rows, cols).sum(axis=0) * step_mm
 
 
@@ -106,8 +110,9 @@ def test_different_seeds_differ(dataset, tmp_path):
     other = tmp_path / "other"
     simulate_dataset(other, 1, SEED + 1, TINY, progress=False)
     for name in ("ct.nii.gz", "AP.npy", "LAT.npy", "subject.json"):
-        assert not filecmp.cmp(dataset / "subjects/case_00000" / name,
-                               other / "subjects/case_00000" / name, shallow=False)
+        assert not filecmp.cmp(
+            dataset / "subjects/case_00000" / name, other / "subjects/case_00000" / name, shallow=False
+        )
     first, second = (np.load(root / "subjects/case_00000/AP.npy") for root in (dataset, other))
     assert np.abs(first - second).max() > 0.1
     seeds = {subject_seed(s, i) for s in range(40) for i in range(40)}
@@ -134,16 +139,16 @@ def test_masks_follow_the_path_length_rule(dataset):
         labels, grid = read_volume(folder / "labels.nii.gz")
         views = read_geometry(folder / "geometry.json")
         for name in ("AP", "LAT"):
-            path_mm = ray_integrals((labels == 1).astype(float), grid, views[name].carm,
-                                    views[name].image_shape)
+            path_mm = ray_integrals((labels == 1).astype(float), grid, views[name].carm, views[name].image_shape)
             mask = np.load(folder / f"{name}_mask.npy")
             assert set(np.unique(mask)) == {0.0, 1.0}
             decided = np.abs(path_mm - MASK_MIN_PATH_MM) > 0.05
             assert decided.mean() > 0.99
             np.testing.assert_array_equal(mask[decided], path_mm[decided] > MASK_MIN_PATH_MM)
             assert 0.05 < mask.mean() < 0.6
-            np.testing.assert_array_equal(np.load(folder / f"{name}_masked.npy"),
-                                          np.load(folder / f"{name}.npy") * mask)
+            np.testing.assert_array_equal(
+                np.load(folder / f"{name}_masked.npy"), np.load(folder / f"{name}.npy") * mask
+            )
 
 
 def test_ct_and_labels_are_aligned_on_disk(dataset):
@@ -172,8 +177,7 @@ def test_split_file_is_disjoint_covering_and_deterministic(dataset):
     assert split == make_split(N_SUBJECTS, SEED)
 
 
-@pytest.mark.parametrize("n, sizes", [(315, (235, 40, 40)), (100, (74, 13, 13)), (3, (1, 1, 1)),
-                                      (1, (1, 0, 0))])
+@pytest.mark.parametrize("n, sizes", [(315, (235, 40, 40)), (100, (74, 13, 13)), (3, (1, 1, 1)), (1, (1, 0, 0))])
 def test_split_proportions_are_the_papers(n, sizes):
     assert tuple(split_sizes(n).values()) == sizes
     split = make_split(n, 5)
@@ -225,8 +229,7 @@ def test_resume_refuses_another_seed_or_config(dataset, tmp_path):
     with pytest.raises(InputError, match="dataset.json: the dataset there was made with seed 11"):
         simulate_dataset(copy, N_SUBJECTS, SEED + 1, TINY, progress=False)
     with pytest.raises(InputError, match="choose another output folder"):
-        simulate_dataset(copy, N_SUBJECTS, SEED, dataclasses.replace(TINY, mode="poisson"),
-                         progress=False)
+        simulate_dataset(copy, N_SUBJECTS, SEED, dataclasses.replace(TINY, mode="poisson"), progress=False)
 
 
 def test_bad_arguments_raise():
@@ -258,11 +261,13 @@ def test_generalized_angles_are_within_30_degrees_of_0_and_90(tmp_path):
 def test_mixed_geometry_draws_both_kinds_from_the_case_seed():
     config = dataclasses.replace(TINY, geometry="mixed")
     grid = grid_preset("tiny")
-    orthogonal = [case_views(subject_seed(5, index), config, grid)["LAT"].carm.lao_rao_deg == 90.0
-                  for index in range(40)]
+    orthogonal = [
+        case_views(subject_seed(5, index), config, grid)["LAT"].carm.lao_rao_deg == 90.0 for index in range(40)
+    ]
     assert 10 <= sum(orthogonal) <= 30  # about half of each kind
-    assert orthogonal == [case_views(subject_seed(5, index), config, grid)["LAT"].carm.lao_rao_deg == 90.0
-                          for index in range(40)]
+    assert orthogonal == [
+        case_views(subject_seed(5, index), config, grid)["LAT"].carm.lao_rao_deg == 90.0 for index in range(40)
+    ]
 
 
 def test_orthogonal_views_are_ap_0_and_lat_90(dataset):
@@ -271,9 +276,9 @@ def test_orthogonal_views_are_ap_0_and_lat_90(dataset):
     np.testing.assert_allclose(views["LAT"].source_world, [-925.0, 0.0, 0.0], atol=1e-9)
 
 
-@pytest.mark.parametrize("preset, shape, spacing", [("paper", (224, 160), 0.93),
-                                                    ("lite", (112, 80), 1.86),
-                                                    ("tiny", (56, 40), 3.72)])
+@pytest.mark.parametrize(
+    "preset, shape, spacing", [("paper", (224, 160), 0.93), ("lite", (112, 80), 1.86), ("tiny", (56, 40), 3.72)]
+)
 def test_detector_presets_keep_the_field_of_view(preset, shape, spacing):
     config = SimulationConfig(preset=preset)
     assert config.image_shape == shape
@@ -286,9 +291,12 @@ def test_poisson_noise_has_the_quantum_variance():
     clean = simulate_case(5, TINY)
     noisy = simulate_case(5, dataclasses.replace(TINY, mode="poisson", photons=photons))
     np.testing.assert_array_equal(noisy.ct_hu, clean.ct_hu)
-    z = np.concatenate([
-        ((noisy.radiographs[v] - clean.radiographs[v])
-         / np.sqrt(np.exp(clean.radiographs[v]) / photons)).ravel() for v in ("AP", "LAT")])
+    z = np.concatenate(
+        [
+            ((noisy.radiographs[v] - clean.radiographs[v]) / np.sqrt(np.exp(clean.radiographs[v]) / photons)).ravel()
+            for v in ("AP", "LAT")
+        ]
+    )
     assert np.all(np.isfinite(z))
     # Delta method: Var(-log(N / N0)) = exp(L) / N0 for N ~ Poisson(N0 exp(-L)).
     assert abs(np.mean(z**2) - 1.0) < 0.1 and abs(np.mean(z)) < 0.1
@@ -307,12 +315,12 @@ def test_polychromatic_radiographs_are_finite_and_follow_the_line_integral():
 # --- real anatomy ----------------------------------------------------------------------------
 def test_radiographs_of_a_real_ct():
     hu, grid = read_volume(REAL_CT)
-    views = biplanar_pair(image_shape=TINY.image_shape, pixel_spacing_mm=TINY.pixel_spacing_mm,
-                          isocenter_mm=grid.centre_world)
+    views = biplanar_pair(
+        image_shape=TINY.image_shape, pixel_spacing_mm=TINY.pixel_spacing_mm, isocenter_mm=grid.centre_world
+    )
     images = render_radiographs(hu, grid, views, TINY)
     for name, image in images.items():
         assert image.shape == (56, 40) and np.all(np.isfinite(image))
         assert image.std() > 0.1 and image.max() > 3.0  # an abdomen: 4 to 5.5
-        expected = ray_integrals(mu_from_hu(hu), grid, views[name].carm, views[name].image_shape,
-                                 step_mm=0.5)
+        expected = ray_integrals(mu_from_hu(hu), grid, views[name].carm, views[name].image_shape, step_mm=0.5)
         np.testing.assert_allclose(image, expected, atol=5e-3 * expected.max())

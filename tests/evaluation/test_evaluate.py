@@ -24,8 +24,9 @@ CASES = ["case_00000", "case_00001", "case_00002"]
 def dataset(tmp_path_factory):
     """Three tiny generalized-geometry subjects, all in the test split."""
     root = tmp_path_factory.mktemp("data") / "tiny"
-    simulate_dataset(root, 3, 11, SimulationConfig(preset="tiny", geometry="generalized", num_samples=64),
-                     progress=False)
+    simulate_dataset(
+        root, 3, 11, SimulationConfig(preset="tiny", geometry="generalized", num_samples=64), progress=False
+    )
     (root / "split.json").write_text(json.dumps({"train": [], "val": [], "test": CASES}))
     return root
 
@@ -33,8 +34,9 @@ def dataset(tmp_path_factory):
 @pytest.fixture(scope="module")
 def evaluation(tiny_model, dataset, tmp_path_factory):
     out_dir = tmp_path_factory.mktemp("eval") / "out"
-    result = CliRunner().invoke(app, ["evaluate", "--model", str(tiny_model), "--data", str(dataset),
-                                      "--out", str(out_dir)])
+    result = CliRunner().invoke(
+        app, ["evaluate", "--model", str(tiny_model), "--data", str(dataset), "--out", str(out_dir)]
+    )
     return out_dir, result
 
 
@@ -85,32 +87,46 @@ def test_summary_is_the_mean_and_sd_of_the_rows(evaluation):
 
 
 def test_full_stage_matches_register_on_the_same_case(evaluation, tiny_model, dataset, tmp_path):
-    row = next(row for row in _read_rows(evaluation[0] / "cases.csv")
-               if row["case"] == CASES[1] and row["stage"] == "affine+local")
+    row = next(
+        row
+        for row in _read_rows(evaluation[0] / "cases.csv")
+        if row["case"] == CASES[1] and row["stage"] == "affine+local"
+    )
     subject = dataset / "subjects" / CASES[1]
-    report = register(subject / "geometry.json", subject / "AP.npy", subject / "LAT.npy", tmp_path / "reg",
-                      tiny_model, ap_mask_path=subject / "AP_mask.npy", lat_mask_path=subject / "LAT_mask.npy",
-                      truth_labels_path=subject / "labels.nii.gz", progress=False).report
+    report = register(
+        subject / "geometry.json",
+        subject / "AP.npy",
+        subject / "LAT.npy",
+        tmp_path / "reg",
+        tiny_model,
+        ap_mask_path=subject / "AP_mask.npy",
+        lat_mask_path=subject / "LAT_mask.npy",
+        truth_labels_path=subject / "labels.nii.gz",
+        progress=False,
+    ).report
     for metric in ("dice", "jaccard", "assd_mm", "hd95_mm"):
         assert float(row[metric]) == pytest.approx(report[metric], rel=1e-5, abs=1e-6)
 
 
 def test_limit_refine_and_bad_inputs(tiny_model, dataset, tmp_path):
     result = evaluate(tiny_model, dataset, tmp_path / "one", limit=1, refine=2, progress=False)
-    assert [(row["case"], row["stage"]) for row in result.rows] == [(CASES[0], stage)
-                                                                    for stage in (*STAGES, REFINED_STAGE)]
+    assert [(row["case"], row["stage"]) for row in result.rows] == [
+        (CASES[0], stage) for stage in (*STAGES, REFINED_STAGE)
+    ]
     assert result.rows[2]["time_s"] > result.rows[1]["time_s"]
     assert set(result.summary) == {*STAGES, REFINED_STAGE}
     runner = CliRunner()
-    busy = runner.invoke(app, ["evaluate", "--model", str(tiny_model), "--data", str(dataset),
-                               "--out", str(tmp_path / "one")])
+    busy = runner.invoke(
+        app, ["evaluate", "--model", str(tiny_model), "--data", str(dataset), "--out", str(tmp_path / "one")]
+    )
     assert busy.exit_code == 2 and "not an empty folder" in busy.output
     other = tmp_path / "lite"
     other.mkdir()
     (other / "dataset.json").write_text(json.dumps({"config": {"preset": "lite"}}))
     (other / "split.json").write_text(json.dumps({"test": []}))
-    mismatch = runner.invoke(app, ["evaluate", "--model", str(tiny_model), "--data", str(other),
-                                   "--out", str(tmp_path / "two")])
+    mismatch = runner.invoke(
+        app, ["evaluate", "--model", str(tiny_model), "--data", str(other), "--out", str(tmp_path / "two")]
+    )
     assert mismatch.exit_code == 2 and "dataset.json" in mismatch.output and "tiny" in mismatch.output
     assert len(mismatch.output.strip().splitlines()) == 1
     assert not (tmp_path / "two").exists()
@@ -131,9 +147,11 @@ def test_view_angles_of_carm_views():
 
 
 def test_summarise_skips_non_finite_values():
-    rows = [{"case": "a", "stage": "s", "dice": 0.5, "assd_mm": math.inf},
-            {"case": "b", "stage": "s", "dice": 0.7, "assd_mm": 2.0},
-            {"case": "c", "stage": "s", "dice": 0.9, "assd_mm": 4.0}]
+    rows = [
+        {"case": "a", "stage": "s", "dice": 0.5, "assd_mm": math.inf},
+        {"case": "b", "stage": "s", "dice": 0.7, "assd_mm": 2.0},
+        {"case": "c", "stage": "s", "dice": 0.9, "assd_mm": 4.0},
+    ]
     summary = summarise(rows)["s"]
     assert summary["dice"] == {"mean": pytest.approx(0.7), "sd": pytest.approx(0.2), "n": 3}
     assert summary["assd_mm"] == {"mean": pytest.approx(3.0), "sd": pytest.approx(math.sqrt(2.0)), "n": 2}

@@ -81,8 +81,9 @@ def test_a_constant_displacement_moves_the_landmarks_by_minus_it(atlas):
     expected = hip_measurements(landmarks)
     expected["head_centre_mm"] = np.asarray(landmarks["head_centre_mm"]) - shift
     _assert_same(hip_measurements(carried), expected)
-    np.testing.assert_allclose(carried["greater_trochanter_tip_mm"],
-                               np.asarray(landmarks["greater_trochanter_tip_mm"]) - shift, atol=1e-9)
+    np.testing.assert_allclose(
+        carried["greater_trochanter_tip_mm"], np.asarray(landmarks["greater_trochanter_tip_mm"]) - shift, atol=1e-9
+    )
 
 
 def test_a_pull_scale_shrinks_the_femur_by_its_inverse(atlas):
@@ -121,8 +122,11 @@ def test_turning_the_neck_about_the_shaft_changes_anteversion_by_the_angle(atlas
     _, landmarks = atlas
     shaft, point = np.asarray(landmarks["shaft_axis"]), np.asarray(landmarks["shaft_axis_point_mm"])
     rotation = _rotation(shaft / np.linalg.norm(shaft), math.radians(-angle_deg))  # anterior = medial x shaft
-    turned = {**landmarks, "neck_axis": rotation @ landmarks["neck_axis"],
-              "head_centre_mm": point + rotation @ (np.asarray(landmarks["head_centre_mm"]) - point)}
+    turned = {
+        **landmarks,
+        "neck_axis": rotation @ landmarks["neck_axis"],
+        "head_centre_mm": point + rotation @ (np.asarray(landmarks["head_centre_mm"]) - point),
+    }
     measured, original = hip_measurements(turned), hip_measurements(landmarks)
     assert measured["anteversion_deg"] == pytest.approx(original["anteversion_deg"] + angle_deg, abs=1e-9)
     for key in ("head_diameter_mm", "femoral_offset_mm", "neck_shaft_angle_deg"):
@@ -132,8 +136,11 @@ def test_turning_the_neck_about_the_shaft_changes_anteversion_by_the_angle(atlas
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_phantom_truth_landmarks_measure_the_generator_parameters(seed):
     spec = SubjectSpec.sample(seed)
-    document = {"parameters": {"femur": spec.femur.to_dict()}, "pose": spec.pose.to_dict(),
-                "landmarks": landmarks_world(spec).to_dict()}
+    document = {
+        "parameters": {"femur": spec.femur.to_dict()},
+        "pose": spec.pose.to_dict(),
+        "landmarks": landmarks_world(spec).to_dict(),
+    }
     measured = hip_measurements(with_condylar_axis(document["landmarks"], document["pose"]))
     _assert_same(measured, subject_hip_truth(document), atol=1e-9)
     errors = hip_errors(measured, document)
@@ -141,13 +148,27 @@ def test_phantom_truth_landmarks_measure_the_generator_parameters(seed):
 
 
 def test_hip_errors_are_signed_differences_and_a_distance():
-    truth = {"head_centre_mm": [0.0, 0.0, 0.0], "head_diameter_mm": 46.0, "neck_shaft_angle_deg": 130.0,
-             "femoral_offset_mm": 40.0, "anteversion_deg": 10.0}
-    measured = {"head_centre_mm": [3.0, 4.0, 0.0], "head_diameter_mm": 45.0, "neck_shaft_angle_deg": 132.5,
-                "femoral_offset_mm": 41.0, "anteversion_deg": 4.0}
+    truth = {
+        "head_centre_mm": [0.0, 0.0, 0.0],
+        "head_diameter_mm": 46.0,
+        "neck_shaft_angle_deg": 130.0,
+        "femoral_offset_mm": 40.0,
+        "anteversion_deg": 10.0,
+    }
+    measured = {
+        "head_centre_mm": [3.0, 4.0, 0.0],
+        "head_diameter_mm": 45.0,
+        "neck_shaft_angle_deg": 132.5,
+        "femoral_offset_mm": 41.0,
+        "anteversion_deg": 4.0,
+    }
     assert hip_errors(measured, truth) == {
-        "head_centre_error_mm": 5.0, "head_diameter_error_mm": -1.0, "neck_shaft_angle_error_deg": 2.5,
-        "femoral_offset_error_mm": 1.0, "anteversion_error_deg": -6.0}
+        "head_centre_error_mm": 5.0,
+        "head_diameter_error_mm": -1.0,
+        "neck_shaft_angle_error_deg": 2.5,
+        "femoral_offset_error_mm": 1.0,
+        "anteversion_error_deg": -6.0,
+    }
     with pytest.raises(ValueError, match="anteversion_deg"):
         hip_errors({key: value for key, value in measured.items() if key != "anteversion_deg"}, truth)
 
@@ -156,13 +177,19 @@ def test_fixed_point_inverts_a_smooth_deformation(atlas):
     atlas, _ = atlas
     points = atlas.grid.voxel_centres_world(torch.float64)
     # A smooth non-affine field: 3 mm sine waves, Jacobian norm well below 1.
-    field = 3.0 * torch.stack([torch.sin(points[..., 1] / 15.0), torch.cos(points[..., 2] / 20.0),
-                               torch.sin(points[..., 0] / 25.0)], dim=0)[None]
+    field = (
+        3.0
+        * torch.stack(
+            [torch.sin(points[..., 1] / 15.0), torch.cos(points[..., 2] / 20.0), torch.sin(points[..., 0] / 25.0)],
+            dim=0,
+        )[None]
+    )
     targets = np.array([[-10.0, 5.0, 40.0], [20.0, -10.0, -30.0], [0.0, 0.0, 0.0]])
     found, residual = invert_points(field, atlas.grid, targets)
     assert residual < 1e-3
-    exact = found + 3.0 * np.stack([np.sin(found[:, 1] / 15.0), np.cos(found[:, 2] / 20.0),
-                                    np.sin(found[:, 0] / 25.0)], axis=1)
+    exact = found + 3.0 * np.stack(
+        [np.sin(found[:, 1] / 15.0), np.cos(found[:, 2] / 20.0), np.sin(found[:, 0] / 25.0)], axis=1
+    )
     np.testing.assert_allclose(exact, targets, atol=0.05)  # trilinear vs exact sine between voxel centres
 
 

@@ -107,10 +107,7 @@ def test_concentric_balls_are_the_radius_difference_apart_in_mm(spacing_mm):
 def edt_surface_metrics(a: np.ndarray, b: np.ndarray, spacing_mm) -> tuple[float, float]:
     """ASSD and HD95 in mm from scipy: surface = mask minus its 6-connected erosion, EDT with sampling."""
     surfaces = [mask & ~binary_erosion(mask) for mask in (a, b)]
-    directed = [
-        distance_transform_edt(~other, sampling=spacing_mm)[own]
-        for own, other in (surfaces, surfaces[::-1])
-    ]
+    directed = [distance_transform_edt(~other, sampling=spacing_mm)[own] for own, other in (surfaces, surfaces[::-1])]
     assd = float(np.concatenate(directed).mean())
     hd95 = max(float(np.percentile(d, 95)) for d in directed)
     return assd, hd95
@@ -129,8 +126,7 @@ def test_surface_distances_match_an_independent_scipy_edt(spacing_mm):
 def test_identical_masks():
     grid = grid_around(10.0, SPACINGS_MM[0])
     a = ball(grid, CENTRE_WORLD, 7.0)
-    assert segmentation_metrics(a, a, grid.spacing_mm) == {
-        "dice": 1.0, "jaccard": 1.0, "assd_mm": 0.0, "hd95_mm": 0.0}
+    assert segmentation_metrics(a, a, grid.spacing_mm) == {"dice": 1.0, "jaccard": 1.0, "assd_mm": 0.0, "hd95_mm": 0.0}
 
 
 def test_empty_masks_give_the_documented_values():
@@ -139,7 +135,11 @@ def test_empty_masks_give_the_documented_values():
     empty = np.zeros_like(a)
     for predicted, truth in [(empty, a), (a, empty)]:
         assert segmentation_metrics(predicted, truth, grid.spacing_mm) == {
-            "dice": 0.0, "jaccard": 0.0, "assd_mm": math.inf, "hd95_mm": math.inf}
+            "dice": 0.0,
+            "jaccard": 0.0,
+            "assd_mm": math.inf,
+            "hd95_mm": math.inf,
+        }
     both = segmentation_metrics(empty, empty, grid.spacing_mm)
     assert (both["dice"], both["jaccard"]) == (1.0, 1.0)
     assert math.isnan(both["assd_mm"]) and math.isnan(both["hd95_mm"])
@@ -181,8 +181,9 @@ def test_ssim_matches_scikit_image():
     clean = smooth_volume()
     noisy = clean + 0.1 * np.random.default_rng(1).standard_normal(clean.shape)
     # Same window (Gaussian sigma 1.5, 11 taps: truncate 3.5), population covariances, valid region.
-    expected = structural_similarity(noisy, clean, data_range=1.0, gaussian_weights=True, sigma=1.5,
-                                     use_sample_covariance=False)
+    expected = structural_similarity(
+        noisy, clean, data_range=1.0, gaussian_weights=True, sigma=1.5, use_sample_covariance=False
+    )
     assert image_ssim(noisy, clean, data_range=1.0) == pytest.approx(expected, abs=1e-4)
 
 

@@ -19,9 +19,9 @@ from biplanar.evaluation.pose_accuracy import (
     StudySettings,
     check_inputs,
     covering_margin_mm,
-    sopi_checkpoints,
     pose_from_draw,
     score,
+    sopi_checkpoints,
     standard_draws,
     summarise_rows,
     tables_markdown,
@@ -61,7 +61,8 @@ def test_a_known_offset_gives_its_errors(tx_mm, success):
     # from the identity, the per-axis errors are the offset's own parameters
     axes = score(_pose(rz_deg=2.0, tx=tx_mm), torch.eye(4, dtype=torch.float64), CENTRE)
     assert [axes[f"{axis}_{unit}"] for axis, unit in pose_accuracy.AXES] == pytest.approx(
-        [0.0, 0.0, 2.0, tx_mm, 0.0, 0.0], abs=1e-9)
+        [0.0, 0.0, 2.0, tx_mm, 0.0, 0.0], abs=1e-9
+    )
 
 
 @pytest.mark.parametrize("dataset", list(DATASETS))
@@ -86,8 +87,10 @@ def test_ranges_scale_the_same_draws_and_datasets_differ():
     assert np.array_equal(draws, standard_draws(3, "femur", 2))
     assert not np.allclose(draws, standard_draws(3, "lumbar", 2))
     ranges = DATASETS["femur"].ranges
-    small, wide = (matrix_to_rigid_params(pose_from_draw(draws, ranges[name], CENTRE), torch.as_tensor(CENTRE))
-                   for name in ("small", "wide"))
+    small, wide = (
+        matrix_to_rigid_params(pose_from_draw(draws, ranges[name], CENTRE), torch.as_tensor(CENTRE))
+        for name in ("small", "wide")
+    )
     assert (wide[:, :3] / small[:, :3]).numpy() == pytest.approx(np.full((2, 3), 4.0))
     assert (wide[:, 3:] / small[:, 3:]).numpy() == pytest.approx(np.full((2, 3), 3.0))
 
@@ -101,9 +104,18 @@ def test_covering_margin_is_the_depth_shift_of_a_translation():
 
 
 def _row(method: str, success: float, rotation: float, error: str = "") -> dict:
-    return {"dataset": "femur", "range": "small", "case": 0, "method": method, "rotation_deg": rotation,
-            "translation_mm": 1.0, **{f"{axis}_{unit}": 0.5 for axis, unit in pose_accuracy.AXES},
-            "success": success, "time_s": 2.0, "error": error}
+    return {
+        "dataset": "femur",
+        "range": "small",
+        "case": 0,
+        "method": method,
+        "rotation_deg": rotation,
+        "translation_mm": 1.0,
+        **{f"{axis}_{unit}": 0.5 for axis, unit in pose_accuracy.AXES},
+        "success": success,
+        "time_s": 2.0,
+        "error": error,
+    }
 
 
 def test_summary_failure_rate_and_failed_methods():
@@ -137,9 +149,28 @@ def test_missing_inputs_are_refused_before_any_work(tmp_path, monkeypatch):
 
 def test_cli_end_to_end_on_one_femur_case(tmp_path):
     out = tmp_path / "pose"
-    result = runner.invoke(app, ["evaluate-pose", "--out", str(out), "--datasets", "femur", "--ranges", "small",
-                                 "--n", "1", "--methods", "opt-gc", "--evaluations", "12", "--refine-steps", "0",
-                                 "--max-levels", "1"])
+    result = runner.invoke(
+        app,
+        [
+            "evaluate-pose",
+            "--out",
+            str(out),
+            "--datasets",
+            "femur",
+            "--ranges",
+            "small",
+            "--n",
+            "1",
+            "--methods",
+            "opt-gc",
+            "--evaluations",
+            "12",
+            "--refine-steps",
+            "0",
+            "--max-levels",
+            "1",
+        ],
+    )
     assert result.exit_code == 0, result.output
     with open(out / "cases.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
@@ -154,10 +185,13 @@ def test_sopi_checkpoints_per_dataset(tmp_path):
     paths = {name: tmp_path / f"{name}.pt" for name in ("r_all", "f_all", "r_femur", "f_femur")}
     for path in paths.values():
         path.touch()
-    both = sopi_checkpoints([f"femur={paths['r_femur']}", str(paths["r_all"])], [str(paths["f_all"]),
-                                                                               f"femur={paths['f_femur']}"])
-    assert both == {"lumbar": SopiCheckpoints(paths["r_all"], paths["f_all"]),
-                    "femur": SopiCheckpoints(paths["r_femur"], paths["f_femur"])}
+    both = sopi_checkpoints(
+        [f"femur={paths['r_femur']}", str(paths["r_all"])], [str(paths["f_all"]), f"femur={paths['f_femur']}"]
+    )
+    assert both == {
+        "lumbar": SopiCheckpoints(paths["r_all"], paths["f_all"]),
+        "femur": SopiCheckpoints(paths["r_femur"], paths["f_femur"]),
+    }
     assert sopi_checkpoints(None, None) == {}
     settings = StudySettings(datasets=("lumbar", "femur"), ranges=("small",), cases=2, methods=("opt-gc", "sopi"))
     femur_only = sopi_checkpoints(f"femur={paths['r_femur']}", f"femur={paths['f_femur']}")
@@ -170,11 +204,14 @@ def test_sopi_checkpoints_per_dataset(tmp_path):
         sopi_checkpoints(f"knee={paths['r_femur']}", None)
 
 
-@pytest.mark.parametrize("arguments, message", [
-    (["--datasets", "knee"], "--datasets: expected some of lumbar, femur, got knee"),
-    (["--rtpi", "a.pt"], "--rtpi a.pt: file not found"),
-    (["--methods", "sopi"], "--methods sopi, sopi+opt: need the SOPI checkpoints"),
-])
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["--datasets", "knee"], "--datasets: expected some of lumbar, femur, got knee"),
+        (["--rtpi", "a.pt"], "--rtpi a.pt: file not found"),
+        (["--methods", "sopi"], "--methods sopi, sopi+opt: need the SOPI checkpoints"),
+    ],
+)
 def test_cli_bad_input_is_one_line(tmp_path, arguments, message):
     result = runner.invoke(app, ["evaluate-pose", "--out", str(tmp_path / "x"), *arguments])
     assert result.exit_code == 2

@@ -34,18 +34,32 @@ def test_table2_counts_significant_ablations():
 
 
 def test_fig3_compares_plus_minus_five_degrees_with_the_calibrated_dice():
-    summary = [{"correction": c, "angle_error_deg": e, "dice_mean": d}
-               for c, e, d in (("none", 0.0, 0.95), ("none", -5.0, 0.90), ("none", 5.0, 0.92),
-                               ("per_view", -5.0, 0.945), ("per_view", 5.0, 0.947))]
+    summary = [
+        {"correction": c, "angle_error_deg": e, "dice_mean": d}
+        for c, e, d in (
+            ("none", 0.0, 0.95),
+            ("none", -5.0, 0.90),
+            ("none", 5.0, 0.92),
+            ("per_view", -5.0, 0.945),
+            ("per_view", 5.0, 0.947),
+        )
+    ]
     (line,) = fig3_lines(summary)
     assert "calibrated Dice is 0.950" in line
     assert "uncorrected 0.910 (-0.040)" in line and "with the per-view pose correction 0.946 (-0.004)" in line
 
 
 def test_fig4_contrasts_near_orthogonal_pairs_with_the_others():
-    summary = [{"ap_angle_deg": ap, "lat_angle_deg": lat, "angle_between_deg": lat - ap,
-                "dice_mean": 0.95 - abs(lat - ap - 90.0) / 1000}
-               for ap in (-30.0, 0.0, 30.0) for lat in (60.0, 90.0, 120.0)]
+    summary = [
+        {
+            "ap_angle_deg": ap,
+            "lat_angle_deg": lat,
+            "angle_between_deg": lat - ap,
+            "dice_mean": 0.95 - abs(lat - ap - 90.0) / 1000,
+        }
+        for ap in (-30.0, 0.0, 30.0)
+        for lat in (60.0, 90.0, 120.0)
+    ]
     (line,) = fig4_lines(summary)
     assert "80 to 100 deg apart is 0.950 (3 pairs)" in line and "others 0.910 (6 pairs)" in line
     assert "AP -30, LAT 60 deg (90 deg apart)" in line

@@ -21,8 +21,10 @@ GRID = grid_preset("tiny")
 
 
 def _sample(views) -> dict:
-    return {"subject_id": "case_x", "projection_matrices": torch.from_numpy(np.stack([views["AP"].matrix,
-                                                                                       views["LAT"].matrix]))}
+    return {
+        "subject_id": "case_x",
+        "projection_matrices": torch.from_numpy(np.stack([views["AP"].matrix, views["LAT"].matrix])),
+    }
 
 
 def test_true_views_are_those_of_the_simulated_orthogonal_cases():
@@ -54,7 +56,7 @@ def test_each_ablation_changes_exactly_its_switch():
     assert model_config(FULL, base) == base
     for spec in ABLATIONS:
         config = model_config(spec, base)
-        (section, name, value), = spec.switches
+        ((section, name, value),) = spec.switches
         assert getattr(getattr(config, section), name) == value != getattr(getattr(base, section), name)
         restored = dataclasses.replace(config, **{section: getattr(base, section)})
         assert restored == base

@@ -52,23 +52,37 @@ def test_paired_ttest_is_undefined_below_two_pairs_and_skips_infinite_cases():
 
 def test_table2_reports_each_ablations_p_value(tmp_path):
     path = tmp_path / "cases.csv"
-    path.write_text("case,stage,dice,assd_mm\nc1,affine+local,0.9,1.0\nc2,affine+local,0.8,2.0\n"
-                    "c3,affine+local,0.85,1.5\nc1,affine,0.5,9.0\n")
+    path.write_text(
+        "case,stage,dice,assd_mm\nc1,affine+local,0.9,1.0\nc2,affine+local,0.8,2.0\n"
+        "c3,affine+local,0.85,1.5\nc1,affine,0.5,9.0\n"
+    )
     full = MethodScores("full", read_cases(path, "affine+local"), steps=10)
     assert full.scores["c1"] == {"dice": 0.9, "assd_mm": 1.0}
-    worse = MethodScores("ablation", {"c1": {"dice": 0.8, "assd_mm": 1.5}, "c2": {"dice": 0.75, "assd_mm": 2.1},
-                                      "c3": {"dice": 0.7, "assd_mm": 2.5}}, steps=10)
+    worse = MethodScores(
+        "ablation",
+        {
+            "c1": {"dice": 0.8, "assd_mm": 1.5},
+            "c2": {"dice": 0.75, "assd_mm": 2.1},
+            "c3": {"dice": 0.7, "assd_mm": 2.5},
+        },
+        steps=10,
+    )
     markdown, records = table2(full, [worse])
-    expected = paired_ttest({c: v["dice"] for c, v in full.scores.items()},
-                            {c: v["dice"] for c, v in worse.scores.items()})
+    expected = paired_ttest(
+        {c: v["dice"] for c, v in full.scores.items()}, {c: v["dice"] for c, v in worse.scores.items()}
+    )
     assert records[1]["dice_p"] == pytest.approx(expected.p) and 0 < expected.p < 1
     assert format_p(expected.p) in markdown.splitlines()[3]
     assert "p (Dice vs full)" in markdown.splitlines()[0]
 
 
 def test_table1_puts_the_papers_figures_beside_ours():
-    method = MethodScores("ours", {"c1": {"dice": 0.9, "assd_mm": 1.0, "hd95_mm": 3.0, "time_s": 0.5}},
-                          {"dice": "0.94", "assd_mm": "0.84"}, steps=5)
+    method = MethodScores(
+        "ours",
+        {"c1": {"dice": 0.9, "assd_mm": 1.0, "hd95_mm": 3.0, "time_s": 0.5}},
+        {"dice": "0.94", "assd_mm": "0.84"},
+        steps=5,
+    )
     other = MethodScores("other", {"c1": {"dice": 0.5, "assd_mm": 4.0, "hd95_mm": 9.0, "time_s": 0.1}})
     markdown, records = table1([method, other])
     lines = markdown.splitlines()
@@ -77,10 +91,22 @@ def test_table1_puts_the_papers_figures_beside_ours():
 
 
 def test_angle_error_summary_averages_per_correction_and_angle():
-    rows = [{"case": case, "angle_error_deg": error, "correction": correction, "dice": dice, "assd_mm": 1.0,
-             "hd95_mm": 2.0, "ap_angle_used_deg": 0.5, "lat_angle_used_deg": 90.0 + error / 2,
-             "correction_time_s": 1.0}
-            for case, dice in (("a", 0.8), ("b", 0.6)) for error in (-5.0, 5.0) for correction in ("none", "per_view")]
+    rows = [
+        {
+            "case": case,
+            "angle_error_deg": error,
+            "correction": correction,
+            "dice": dice,
+            "assd_mm": 1.0,
+            "hd95_mm": 2.0,
+            "ap_angle_used_deg": 0.5,
+            "lat_angle_used_deg": 90.0 + error / 2,
+            "correction_time_s": 1.0,
+        }
+        for case, dice in (("a", 0.8), ("b", 0.6))
+        for error in (-5.0, 5.0)
+        for correction in ("none", "per_view")
+    ]
     summary = angle_error_summary(rows)
     assert len(summary) == 4
     record = next(r for r in summary if r["correction"] == "per_view" and r["angle_error_deg"] == 5.0)
@@ -89,8 +115,12 @@ def test_angle_error_summary_averages_per_correction_and_angle():
 
 
 def test_geometry_grid_summary_and_its_diagonal():
-    rows = [{"case": case, "ap_angle_deg": ap, "lat_angle_deg": lat, "dice": 0.9 if lat - ap == 90 else 0.5,
-             "assd_mm": 1.0} for case in ("a", "b") for ap in (-30.0, 0.0, 30.0) for lat in (60.0, 90.0, 120.0)]
+    rows = [
+        {"case": case, "ap_angle_deg": ap, "lat_angle_deg": lat, "dice": 0.9 if lat - ap == 90 else 0.5, "assd_mm": 1.0}
+        for case in ("a", "b")
+        for ap in (-30.0, 0.0, 30.0)
+        for lat in (60.0, 90.0, 120.0)
+    ]
     summary = geometry_grid_summary(rows)
     assert len(summary) == 9 and all(record["cases"] == 2 for record in summary)
     assert diagonal_contrast(summary) == (pytest.approx(0.9), pytest.approx(0.5))

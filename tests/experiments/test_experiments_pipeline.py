@@ -26,8 +26,13 @@ from biplanar.models.sopi import load_sopi_config
 from biplanar.training.checkpoints import export_model
 from biplanar.training.pose_trainer import train_pose
 
-SECTIONS = ("## Table 1: comparison methods", "## Table 2: ablations", "## Fig. 3: a wrong LAO/RAO angle",
-            "## Fig. 4: generalized geometries", "## Rigid pose estimation (SOPI's Table 1)")
+SECTIONS = (
+    "## Table 1: comparison methods",
+    "## Table 2: ablations",
+    "## Fig. 3: a wrong LAO/RAO angle",
+    "## Fig. 4: generalized geometries",
+    "## Rigid pose estimation (SOPI's Table 1)",
+)
 PLOTS = ("results_dice_per_case.png", "results_fig3_angle_error.png", "results_fig4_geometry_grid.png")
 SHIFT_MM = 8.0
 TRANSLATION_X_UNIT_MM = 10.0  # a unit output of the affine dense layer's tx (biplanar.models.affine)
@@ -72,9 +77,15 @@ def _check_p_values(out: Path) -> list[float]:
 
 def test_first_run_writes_every_section_plot_and_table(run):
     out = run.out_dir
-    expected_stages = ["data", *(f"train_{spec.name}" for spec in MODELS),
-                       *(f"eval_{spec.name}" for spec in MODELS if spec.name != "generalized"),
-                       "eval_optimisation", "fig3_angle_error", "fig4_geometry_grid", "pose_accuracy"]
+    expected_stages = [
+        "data",
+        *(f"train_{spec.name}" for spec in MODELS),
+        *(f"eval_{spec.name}" for spec in MODELS if spec.name != "generalized"),
+        "eval_optimisation",
+        "fig3_angle_error",
+        "fig4_geometry_grid",
+        "pose_accuracy",
+    ]
     assert run.ran == expected_stages and run.skipped == []
     text = run.results_md.read_text()
     for section in SECTIONS:
@@ -101,7 +112,8 @@ def test_pose_study_rows_and_section(run):
     with open(run.out_dir / "pose_accuracy" / "cases.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert [(row["dataset"], row["range"], row["method"]) for row in rows] == [
-        ("femur", "small", method) for method in ("initial", "opt-gc", "opt-ncc", "opt-ngi")]
+        ("femur", "small", method) for method in ("initial", "opt-gc", "opt-ncc", "opt-ngi")
+    ]
     assert all(row["error"] == "" and math.isfinite(float(row["rotation_deg"])) for row in rows)
     with open(run.out_dir / "pose_accuracy.csv", newline="") as handle:
         assert [row["method"] for row in csv.DictReader(handle)] == ["initial", "opt-gc", "opt-ncc", "opt-ngi"]
@@ -127,8 +139,9 @@ def test_rerun_skips_every_complete_stage(run):
 
 def test_cli_copies_the_report_into_docs(run, tmp_path):
     docs = tmp_path / "docs"
-    result = runner.invoke(app, ["experiments", "--out", str(run.out_dir), "--budget", "tiny", "--docs",
-                                 "--docs-dir", str(docs)])
+    result = runner.invoke(
+        app, ["experiments", "--out", str(run.out_dir), "--budget", "tiny", "--docs", "--docs-dir", str(docs)]
+    )
     assert result.exit_code == 0, result.output
     assert "0 stages run, 20 reused" in result.output
     assert (docs / "results.md").read_text() == run.results_md.read_text()
@@ -145,30 +158,54 @@ def test_another_budget_or_a_foreign_folder_is_refused(run, tmp_path):
 
 
 def test_cli_errors_are_one_line(tmp_path):
-    result = runner.invoke(app, ["experiments", "--out", str(tmp_path / "x"), "--budget", "tiny", "--model-full",
-                                 str(tmp_path / "missing.pt")])
+    result = runner.invoke(
+        app,
+        ["experiments", "--out", str(tmp_path / "x"), "--budget", "tiny", "--model-full", str(tmp_path / "missing.pt")],
+    )
     assert result.exit_code == 2
-    assert result.output.strip().splitlines() == [f"biplanar: error: --model-full {tmp_path / 'missing.pt'}: "
-                                                  f"file not found"]
+    assert result.output.strip().splitlines() == [
+        f"biplanar: error: --model-full {tmp_path / 'missing.pt'}: file not found"
+    ]
     assert runner.invoke(app, ["experiments", "--out", str(tmp_path / "x"), "--budget", "huge"]).exit_code == 2
     (tmp_path / "rtpi.pt").touch()
-    result = runner.invoke(app, ["experiments", "--out", str(tmp_path / "x"), "--budget", "tiny", "--sopi-rtpi",
-                                 f"femur={tmp_path / 'rtpi.pt'}"])
+    result = runner.invoke(
+        app,
+        [
+            "experiments",
+            "--out",
+            str(tmp_path / "x"),
+            "--budget",
+            "tiny",
+            "--sopi-rtpi",
+            f"femur={tmp_path / 'rtpi.pt'}",
+        ],
+    )
     assert result.exit_code == 2
-    assert result.output.strip().splitlines() == ["biplanar: error: --sopi-rtpi, --sopi-fine: give both SOPI "
-                                                  "checkpoints for the same datasets, got femur and none"]
+    assert result.output.strip().splitlines() == [
+        "biplanar: error: --sopi-rtpi, --sopi-fine: give both SOPI "
+        "checkpoints for the same datasets, got femur and none"
+    ]
 
 
 def test_sopi_networks_add_a_pose_sopi_stage(run, tmp_path):
     """Two-step SOPI networks at the femur dataset's image size: the stage ``pose_sopi`` scores sopi and
     sopi+opt on the femur case alone, the baselines' stage is reused, and the section shows both."""
     tiny = load_sopi_config("sopi_tiny")
-    femur_sized = dataclasses.replace(tiny, geometry=dataclasses.replace(
-        tiny.geometry, grid_preset="lite", image_shape=(112, 80), pixel_spacing_mm=1.86))
-    checkpoints = {network: train_pose(femur_sized, tmp_path / network, network, steps=2,
-                                       progress=False).last_checkpoint for network in ("rtpi", "fine")}
-    result = run_experiments(run.out_dir, "tiny", progress=False, sopi_rtpi=[f"femur={checkpoints['rtpi']}"],
-                             sopi_fine=[f"femur={checkpoints['fine']}"])
+    femur_sized = dataclasses.replace(
+        tiny,
+        geometry=dataclasses.replace(tiny.geometry, grid_preset="lite", image_shape=(112, 80), pixel_spacing_mm=1.86),
+    )
+    checkpoints = {
+        network: train_pose(femur_sized, tmp_path / network, network, steps=2, progress=False).last_checkpoint
+        for network in ("rtpi", "fine")
+    }
+    result = run_experiments(
+        run.out_dir,
+        "tiny",
+        progress=False,
+        sopi_rtpi=[f"femur={checkpoints['rtpi']}"],
+        sopi_fine=[f"femur={checkpoints['fine']}"],
+    )
     assert result.ran == ["pose_sopi"]
     with open(run.out_dir / "pose_sopi" / "cases.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
@@ -216,7 +253,6 @@ def test_single_stages_run_once_their_prerequisites_are_complete(run, tmp_path):
 
 
 def test_cli_runs_one_stage(run):
-    result = runner.invoke(app, ["experiments", "--out", str(run.out_dir), "--budget", "tiny", "--stage",
-                                 "eval_sdm"])
+    result = runner.invoke(app, ["experiments", "--out", str(run.out_dir), "--budget", "tiny", "--stage", "eval_sdm"])
     assert result.exit_code == 0, result.output
     assert "stage eval_sdm: complete before" in result.output

@@ -112,8 +112,13 @@ def test_carm_without_isocenter_uses_the_default(tmp_path):
 
 
 def test_matrix_and_carm_must_agree():
-    carm = {"lao_rao_deg": 0.0, "source_isocenter_mm": 925.0, "source_detector_mm": 1000.0,
-            "pixel_spacing_mm": [0.93, 0.9], "isocenter_mm": ISOCENTER.tolist()}
+    carm = {
+        "lao_rao_deg": 0.0,
+        "source_isocenter_mm": 925.0,
+        "source_detector_mm": 1000.0,
+        "pixel_spacing_mm": [0.93, 0.9],
+        "isocenter_mm": ISOCENTER.tolist(),
+    }
     parse_geometry(geometry_document(carm=carm), "g.json")  # agrees: no error
     carm["lao_rao_deg"] = 0.01
     with pytest.raises(InputError, match="disagree"):

@@ -134,8 +134,7 @@ def test_pose_errors_closed_form():
 
 def test_pose_errors_about_a_centre_use_the_parameters_about_it():
     est, true = random_params((2, 10), seed=8)
-    _, translation_mm = pose_errors(rigid_params_to_matrix(est, CENTRE), rigid_params_to_matrix(true, CENTRE),
-                                    CENTRE)
+    _, translation_mm = pose_errors(rigid_params_to_matrix(est, CENTRE), rigid_params_to_matrix(true, CENTRE), CENTRE)
     torch.testing.assert_close(translation_mm, (est[:, 3:] - true[:, 3:]).norm(dim=-1))
 
 

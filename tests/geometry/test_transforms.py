@@ -23,11 +23,18 @@ def random_params(batch: int, seed: int = 0) -> torch.Tensor:
         return lo + (hi - lo) * torch.rand(batch, generator=gen, dtype=torch.float64)
 
     ry_max = math.radians(80.0)
-    return torch.stack([
-        uniform(-math.pi, math.pi), uniform(-ry_max, ry_max), uniform(-math.pi, math.pi),
-        uniform(-50.0, 50.0), uniform(-50.0, 50.0), uniform(-50.0, 50.0),
-        uniform(math.log(0.8), math.log(1.25)),
-    ], dim=1)
+    return torch.stack(
+        [
+            uniform(-math.pi, math.pi),
+            uniform(-ry_max, ry_max),
+            uniform(-math.pi, math.pi),
+            uniform(-50.0, 50.0),
+            uniform(-50.0, 50.0),
+            uniform(-50.0, 50.0),
+            uniform(math.log(0.8), math.log(1.25)),
+        ],
+        dim=1,
+    )
 
 
 def test_similarity_round_trip():
@@ -43,10 +50,13 @@ def test_rz_plus_90_maps_plus_x_to_plus_y_about_centre():
     torch.testing.assert_close(moved[0], CENTRE + torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64))
 
 
-@pytest.mark.parametrize("axis, source, target", [
-    (0, [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]),   # rx = +90: +y -> +z
-    (1, [0.0, 0.0, 1.0], [1.0, 0.0, 0.0]),   # ry = +90 deg: +z -> +x (right-hand rule)
-])
+@pytest.mark.parametrize(
+    "axis, source, target",
+    [
+        (0, [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]),  # rx = +90: +y -> +z
+        (1, [0.0, 0.0, 1.0], [1.0, 0.0, 0.0]),  # ry = +90 deg: +z -> +x (right-hand rule)
+    ],
+)
 def test_rx_ry_plus_90_follow_the_right_hand_rule(axis, source, target):
     params = torch.zeros(1, 7, dtype=torch.float64)
     params[0, axis] = math.pi / 2
@@ -73,8 +83,9 @@ def test_translation_is_added_after_the_linear_part():
 def test_rigid_equals_similarity_with_zero_log_scale():
     params = random_params(16, seed=2)
     params[:, 6] = 0.0
-    torch.testing.assert_close(rigid_matrix(params[:, :6], CENTRE), similarity_matrix(params, CENTRE),
-                               rtol=0.0, atol=1e-12)
+    torch.testing.assert_close(
+        rigid_matrix(params[:, :6], CENTRE), similarity_matrix(params, CENTRE), rtol=0.0, atol=1e-12
+    )
 
 
 def test_similarity_matrix_is_orthogonal_times_scale():
@@ -86,13 +97,16 @@ def test_similarity_matrix_is_orthogonal_times_scale():
     torch.testing.assert_close(torch.linalg.det(linear), scale.view(-1) ** 3, rtol=0.0, atol=1e-12)
 
 
-@pytest.mark.parametrize("call, argument", [
-    (similarity_matrix, torch.zeros(2, 6)),
-    (similarity_matrix, torch.zeros(7)),
-    (rigid_matrix, torch.zeros(2, 7)),
-    (similarity_params, torch.zeros(2, 3, 4)),
-    (similarity_params, torch.zeros(4, 4)),
-])
+@pytest.mark.parametrize(
+    "call, argument",
+    [
+        (similarity_matrix, torch.zeros(2, 6)),
+        (similarity_matrix, torch.zeros(7)),
+        (rigid_matrix, torch.zeros(2, 7)),
+        (similarity_params, torch.zeros(2, 3, 4)),
+        (similarity_params, torch.zeros(4, 4)),
+    ],
+)
 def test_bad_shapes_raise(call, argument):
     with pytest.raises(ValueError, match="expected shape"):
         call(argument, CENTRE.float())

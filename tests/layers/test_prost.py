@@ -114,7 +114,7 @@ def test_beam_then_inverse_returns_the_volume_inside_the_cone():
     restored = InverseProST(view, grid)(beam)
     uv, _ = view.project(grid.voxel_centres_world(torch.float64))
     rows, cols = view.image_shape
-    inside = ((uv[..., 0] > 0.5) & (uv[..., 0] < cols - 1.5) & (uv[..., 1] > 0.5) & (uv[..., 1] < rows - 1.5))
+    inside = (uv[..., 0] > 0.5) & (uv[..., 0] < cols - 1.5) & (uv[..., 1] > 0.5) & (uv[..., 1] < rows - 1.5)
     outside = (uv[..., 0] < -1.0) | (uv[..., 0] > cols) | (uv[..., 1] < -1.0) | (uv[..., 1] > rows)
     assert inside.sum() > 1000 and outside.sum() > 1000
     assert correlation(restored[0, 0][inside], volume[0, 0][inside]) >= 0.99
@@ -125,8 +125,9 @@ def tiny_setup():
     grid = VolumeGrid.from_spacing((4, 5, 6), (3.0, 2.5, 2.0))
     carm = CarmPose(20.0, 5.0, 925.0, 1000.0, (4.0, 4.0), (0.0, 0.0, 0.0))
     view = ProjectionView.from_carm(carm, (4, 3))
-    volume = torch.rand(1, 2, *grid.shape, dtype=torch.float64,
-                        generator=torch.Generator().manual_seed(4), requires_grad=True)
+    volume = torch.rand(
+        1, 2, *grid.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(4), requires_grad=True
+    )
     return grid, view, volume
 
 
@@ -140,12 +141,9 @@ def test_gradcheck_prost_volume():
 def test_gradcheck_prost_pose():
     grid, view, volume = tiny_setup()
     prost = ProST(view, grid, 8, margin_mm=5.0).double()
-    params = torch.tensor([[0.05, -0.03, 0.1, 0.7, -0.4, 0.3, 0.02]], dtype=torch.float64,
-                          requires_grad=True)
+    params = torch.tensor([[0.05, -0.03, 0.1, 0.7, -0.4, 0.3, 0.02]], dtype=torch.float64, requires_grad=True)
     centre = torch.as_tensor(grid.centre_world)
-    assert torch.autograd.gradcheck(
-        lambda p: prost(volume.detach(), similarity_matrix(p, centre)), (params,)
-    )
+    assert torch.autograd.gradcheck(lambda p: prost(volume.detach(), similarity_matrix(p, centre)), (params,))
 
 
 def test_pose_jacobian_matches_autograd():
@@ -153,8 +151,7 @@ def test_pose_jacobian_matches_autograd():
     grid, view, volume = tiny_setup()
     prost = ProST(view, grid, 8, margin_mm=5.0, max_samples_per_chunk=2 * 8 * 3 * 2).double()  # 2 row chunks
     centre = torch.as_tensor(grid.centre_world)
-    params = torch.tensor([[0.05, -0.03, 0.1, 0.7, -0.4, 0.3], [-0.1, 0.2, 0.0, -1.0, 0.5, 2.0]],
-                          dtype=torch.float64)
+    params = torch.tensor([[0.05, -0.03, 0.1, 0.7, -0.4, 0.3], [-0.1, 0.2, 0.0, -1.0, 0.5, 2.0]], dtype=torch.float64)
     volumes = volume.detach()[:, :1].expand(2, 1, *grid.shape)
 
     def project(p):
@@ -171,8 +168,9 @@ def test_pose_jacobian_matches_autograd():
 def test_gradcheck_inverse_prost():
     grid, view, _ = tiny_setup()
     inverse = InverseProST(view, grid).double()
-    beam = torch.rand(1, 2, 5, 4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(5),
-                      requires_grad=True)
+    beam = torch.rand(
+        1, 2, 5, 4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(5), requires_grad=True
+    )
     assert torch.autograd.gradcheck(inverse, (beam,))
 
 
@@ -208,8 +206,7 @@ def test_real_ct_rotated_ap_equals_lat(real_ct):
     LAT is the C-arm turned +90 deg about z; turning the patient -90 deg instead gives the same image.
     """
     volume, grid = real_ct
-    views = biplanar_pair(image_shape=(384, 416), pixel_spacing_mm=(1.0, 1.0),
-                          isocenter_mm=grid.centre_world)
+    views = biplanar_pair(image_shape=(384, 416), pixel_spacing_mm=(1.0, 1.0), isocenter_mm=grid.centre_world)
     lateral = ProST(views["LAT"], grid, 256)(volume)
     turned_grid = rotated_about_z(grid, -90.0)
     frontal_of_turned = ProST(views["AP"], turned_grid, 256)(volume)

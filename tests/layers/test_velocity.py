@@ -102,8 +102,7 @@ def test_matches_monai_dvf2ddf_on_a_unit_grid():
 
 def test_compose_affine_displacement_equals_warping_by_t_then_phi():
     grid = rotated_grid()
-    params = torch.tensor([[math.radians(8.0), math.radians(-5.0), math.radians(12.0), 1.0, -0.5, 0.8,
-                            math.log(1.05)]])
+    params = torch.tensor([[math.radians(8.0), math.radians(-5.0), math.radians(12.0), 1.0, -0.5, 0.8, math.log(1.05)]])
     matrix = similarity_matrix(params, torch.as_tensor(grid.centre_world))
     displacement = VelocityIntegrator(grid)(smooth_velocity(grid, max_vox=2.0, seed=2))
     # Three linear images (channels = world x, y, z): trilinear interpolation reproduces them exactly.
@@ -113,8 +112,9 @@ def test_compose_affine_displacement_equals_warping_by_t_then_phi():
     in_turn = transformer(transformer(coordinates, affine_displacement(matrix, grid)), displacement)
     # Valid: T q inside the box for every voxel q that trilinear sampling at p + u(p) may touch.
     matrix_np = matrix[0].double().numpy()
-    moved_vox = (grid.voxel_centres_world(torch.float64).numpy() @ matrix_np[:3, :3].T + matrix_np[:3, 3]
-                 - grid.affine[:3, 3]) @ np.linalg.inv(grid.affine[:3, :3]).T
+    moved_vox = (
+        grid.voxel_centres_world(torch.float64).numpy() @ matrix_np[:3, :3].T + matrix_np[:3, 3] - grid.affine[:3, 3]
+    ) @ np.linalg.inv(grid.affine[:3, :3]).T
     t_inside = np.all((moved_vox >= 0.0) & (moved_vox <= np.asarray(grid.shape) - 1.0), axis=-1)
     reach_vox = math.ceil(to_vox(grid, displacement).abs().max()) + 1
     mask = binary_erosion(t_inside, iterations=reach_vox, border_value=0)
@@ -131,8 +131,9 @@ def test_compose_affine_displacement_closed_forms():
     torch.testing.assert_close(compose_affine_displacement(identity, displacement, grid), displacement)
     params = torch.randn(2, 7, generator=gen, dtype=torch.float64)
     matrix = similarity_matrix(params, torch.as_tensor(grid.centre_world))
-    torch.testing.assert_close(compose_affine_displacement(matrix, torch.zeros_like(displacement), grid),
-                               affine_displacement(matrix, grid))
+    torch.testing.assert_close(
+        compose_affine_displacement(matrix, torch.zeros_like(displacement), grid), affine_displacement(matrix, grid)
+    )
 
 
 def test_gradcheck():

@@ -81,8 +81,9 @@ def test_constant_translation_of_a_linear_image(grid_name):
 @pytest.mark.parametrize("grid_name", GRIDS)
 def test_affine_displacement_warp_equals_f_of_t_p(grid_name):
     grid = GRIDS[grid_name]()
-    params = torch.tensor([[math.radians(10.0), math.radians(-15.0), math.radians(25.0), 1.0, 2.0, -1.0,
-                            math.log(1.1)]])
+    params = torch.tensor(
+        [[math.radians(10.0), math.radians(-15.0), math.radians(25.0), 1.0, 2.0, -1.0, math.log(1.1)]]
+    )
     matrix = similarity_matrix(params, torch.as_tensor(grid.centre_world))
     warped = SpatialTransformer(grid)(linear_image(grid), affine_displacement(matrix, grid))
     matrix_np = matrix[0].double().numpy()
@@ -124,7 +125,11 @@ def random_displacement(grid: VolumeGrid, scale_vox: float, seed: int, dtype=tor
 def test_matches_monai_warp_in_voxel_units(mode, grid_name):
     from monai.networks.blocks import Warp
 
-    grid = VolumeGrid.from_spacing((9, 10, 11), (1.0, 1.0, 1.0)) if grid_name == "unit" else rotated_flipped_grid((9, 10, 11))
+    grid = (
+        VolumeGrid.from_spacing((9, 10, 11), (1.0, 1.0, 1.0))
+        if grid_name == "unit"
+        else rotated_flipped_grid((9, 10, 11))
+    )
     volume = torch.rand(2, 2, 9, 10, 11, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     displacement_world = torch.cat([random_displacement(grid, 2.5, seed) for seed in (2, 3)])
     # MONAI's field: voxel units along (i, j, k) = inverse linear part of the affine times the world vector.
@@ -198,12 +203,15 @@ def test_matrices_are_buffers_that_follow_the_module_dtype():
     assert transformer.world_to_grid_linear.shape == (3, 3)
 
 
-@pytest.mark.parametrize("volume_shape, displacement_shape", [
-    ((1, 1, 4, 5, 7), (1, 3, 4, 5, 6)),   # volume not on the grid
-    ((1, 1, 4, 5, 6), (1, 2, 4, 5, 6)),   # two displacement components
-    ((1, 1, 4, 5, 6), (1, 3, 4, 5)),      # displacement not 5-D
-    ((2, 1, 4, 5, 6), (3, 3, 4, 5, 6)),   # batch mismatch
-])
+@pytest.mark.parametrize(
+    "volume_shape, displacement_shape",
+    [
+        ((1, 1, 4, 5, 7), (1, 3, 4, 5, 6)),  # volume not on the grid
+        ((1, 1, 4, 5, 6), (1, 2, 4, 5, 6)),  # two displacement components
+        ((1, 1, 4, 5, 6), (1, 3, 4, 5)),  # displacement not 5-D
+        ((2, 1, 4, 5, 6), (3, 3, 4, 5, 6)),  # batch mismatch
+    ],
+)
 def test_bad_shapes_raise(volume_shape, displacement_shape):
     transformer = SpatialTransformer(anisotropic_grid((4, 5, 6)))
     with pytest.raises(ValueError, match="expected"):

@@ -11,7 +11,6 @@ from biplanar.models.kasten import KastenNet, RayCopy
 from biplanar.models.projectors import ProjectorCache
 from biplanar.optimisation.volume_registration import pooled_grid
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
@@ -24,8 +23,9 @@ def views_of(config, ap_angle=0.0, lat_angle=90.0):
 def detector_ramps(image_shape, cell):
     """``(1, 2, rows / cell, cols / cell)``: each cell's centre ``(u, v)`` in detector pixels."""
     rows, cols = image_shape[0] // cell, image_shape[1] // cell
-    v, u = torch.meshgrid(torch.arange(rows, dtype=torch.float64), torch.arange(cols, dtype=torch.float64),
-                          indexing="ij")
+    v, u = torch.meshgrid(
+        torch.arange(rows, dtype=torch.float64), torch.arange(cols, dtype=torch.float64), indexing="ij"
+    )
     # Cell c covers pixels c * cell .. c * cell + cell - 1: its centre is c * cell + (cell - 1) / 2.
     return torch.stack([u, v])[None] * cell + (cell - 1) / 2
 

@@ -57,8 +57,11 @@ def test_shapes_and_identity_at_initialisation(tiny, ablation):
     for volume in (output.affine_image, output.warped_image, output.warped_labels):
         assert volume.shape == (2, 1, *grid_shape)
     assert output.total_displacement.abs().max() < 0.05  # mm, on 2.7-4 mm voxels
-    dice = 2 * (output.warped_labels * network.atlas_labels).sum() / (
-        output.warped_labels.sum() + 2 * network.atlas_labels.sum())
+    dice = (
+        2
+        * (output.warped_labels * network.atlas_labels).sum()
+        / (output.warped_labels.sum() + 2 * network.atlas_labels.sum())
+    )
     assert dice > 0.99
 
 

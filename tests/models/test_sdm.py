@@ -137,8 +137,7 @@ def test_network_shapes_start_at_the_mean_and_gradients_reach_every_parameter(ti
     mean = upsample_field(torch.from_numpy(pca.mean)[None], atlas.grid.shape)
     assert (output.displacement - mean).abs().max() < 1e-2  # mm: the dense layer starts near zero
     target = torch.ones_like(output.weights)
-    loss = (output.weights - target).square().mean() + 1 - soft_dice(output.warped_labels,
-                                                                       network.atlas_labels).mean()
+    loss = (output.weights - target).square().mean() + 1 - soft_dice(output.warped_labels, network.atlas_labels).mean()
     assert torch.isfinite(loss)
     loss.backward()
     missing = [name for name, p in network.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]

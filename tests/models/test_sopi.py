@@ -26,6 +26,7 @@ def tiny() -> SopiConfig:
 
 # --- config -----------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("preset", ["sopi_tiny", "sopi_lite", "sopi_lumbar"])
 def test_presets_load_and_round_trip(preset: str) -> None:
     config = load_sopi_config(preset)
@@ -39,15 +40,18 @@ def test_param_sigmas_are_radians_then_mm(tiny: SopiConfig) -> None:
     assert sigmas[3:].tolist() == list(tiny.data.translation_sigma_mm)
 
 
-@pytest.mark.parametrize("document, field", [
-    ({"rtpi": {"volume_features": "wide"}}, "rtpi.volume_features"),
-    ({"loss": {"regulariser": "l1"}}, "loss.regulariser"),
-    ({"data": {"translation_sigma_mm": [1.0, 2.0]}}, "data.translation_sigma_mm"),
-    ({"fine": {"level_features": [3, 8, 8]}}, "fine.level_features"),
-    ({"training": {"steps": 0}}, "training.steps"),
-    ({"search": {"step_decrease": 1.5}}, "search.step_decrease"),
-    ({"unknown": 1}, "unknown"),
-])
+@pytest.mark.parametrize(
+    "document, field",
+    [
+        ({"rtpi": {"volume_features": "wide"}}, "rtpi.volume_features"),
+        ({"loss": {"regulariser": "l1"}}, "loss.regulariser"),
+        ({"data": {"translation_sigma_mm": [1.0, 2.0]}}, "data.translation_sigma_mm"),
+        ({"fine": {"level_features": [3, 8, 8]}}, "fine.level_features"),
+        ({"training": {"steps": 0}}, "training.steps"),
+        ({"search": {"step_decrease": 1.5}}, "search.step_decrease"),
+        ({"unknown": 1}, "unknown"),
+    ],
+)
 def test_bad_config_names_the_field(document: dict, field: str) -> None:
     with pytest.raises(InputError, match=re.escape(field)):
         SopiConfig.from_dict(document, "test.yaml")
@@ -59,6 +63,7 @@ def test_missing_config_file(tmp_path) -> None:
 
 
 # --- building blocks ----------------------------------------------------------------------------
+
 
 def test_standardise_is_zero_mean_unit_std_and_affine_invariant() -> None:
     image = torch.rand(3, 1, 9, 7)
@@ -91,6 +96,7 @@ def test_cascade_fusion_block_scales() -> None:
 
 
 # --- RTPI ---------------------------------------------------------------------------------------
+
 
 def test_rtpi_shapes_and_parameter_scaling(tiny: SopiConfig) -> None:
     torch.manual_seed(0)
@@ -143,6 +149,7 @@ def test_rtpi_rejects_bad_shapes(tiny: SopiConfig) -> None:
 
 
 # --- fine registration encoders ------------------------------------------------------------------
+
 
 def test_composite_encoder_levels(tiny: SopiConfig) -> None:
     rows, cols = tiny.geometry.image_shape

@@ -55,15 +55,18 @@ def test_masked_drrs_vanish_outside_the_femur_silhouette(problem):
         masked = objective(target)(torch.zeros(1, 7), zeros).drrs
         unmasked = objective(target, masked=False)(torch.zeros(1, 7), zeros).drrs
         labels = torch.from_numpy(atlas.labels).float()[None, None]
-        path_mm = torch.stack([objective(target).projectors.layers(view, labels.device)[0](labels)[0, 0]
-                               for view in objective(target).views])[None]
+        path_mm = torch.stack(
+            [
+                objective(target).projectors.layers(view, labels.device)[0](labels)[0, 0]
+                for view in objective(target).views
+            ]
+        )[None]
     outside = path_mm <= MASK_MIN_PATH_MM - 0.5
     inside = path_mm >= MASK_MIN_PATH_MM + 0.5
     assert outside.any() and inside.any()
     assert float(masked[outside].abs().max()) == 0.0
     assert float(unmasked[outside].mean()) > 0.05  # the body's soft tissue around the femur
-    np.testing.assert_allclose(soft_mask(torch.tensor([0.0, 0.5, 1.0, 1.5, 9.0])).numpy(),
-                               [0.0, 0.0, 0.5, 1.0, 1.0])
+    np.testing.assert_allclose(soft_mask(torch.tensor([0.0, 0.5, 1.0, 1.5, 9.0])).numpy(), [0.0, 0.0, 0.5, 1.0, 1.0])
 
 
 def test_zero_iterations_return_the_start(problem):
@@ -81,8 +84,9 @@ def test_zero_iterations_return_the_start(problem):
 def test_adam_recovers_a_known_similarity_from_the_identity(problem):
     """The no-learning baseline: from the identity, the pose only (velocity frozen)."""
     atlas, objective, target, _ = problem
-    settings = RefineSettings(iterations=40, lr_rotation_rad=0.01, lr_translation_mm=0.5, lr_log_scale=0.005,
-                              lr_velocity_mm=0.0)
+    settings = RefineSettings(
+        iterations=40, lr_rotation_rad=0.01, lr_translation_mm=0.5, lr_log_scale=0.005, lr_velocity_mm=0.0
+    )
     result = refine_registration(objective(target), settings=settings, progress=False)
     assert len(result.history) == 41 and result.loss_after == min(result.history)
     assert result.loss_after < 0.1 * result.loss_before
@@ -96,8 +100,9 @@ def test_adam_recovers_a_known_similarity_from_the_identity(problem):
 def test_the_velocity_field_improves_the_match_on_its_own(problem):
     """Pose fixed at the identity: the deformation alone moves towards the target, smoothly."""
     atlas, objective, target, _ = problem
-    settings = RefineSettings(iterations=8, lr_rotation_rad=0.0, lr_translation_mm=0.0, lr_log_scale=0.0,
-                              lr_velocity_mm=0.5)
+    settings = RefineSettings(
+        iterations=8, lr_rotation_rad=0.0, lr_translation_mm=0.0, lr_log_scale=0.0, lr_velocity_mm=0.5
+    )
     result = refine_registration(objective(target), settings=settings, progress=False)
     assert torch.equal(result.params, torch.zeros(1, 7))
     assert result.loss_after < 0.8 * result.loss_before
@@ -126,11 +131,13 @@ def test_the_affine_phase_freezes_the_velocity(problem):
     """``affine_iterations``: those first steps move the similarity only, the later ones the field too."""
     atlas, objective, target, _ = problem
     rates = {"lr_rotation_rad": 0.01, "lr_translation_mm": 0.5, "lr_log_scale": 0.005, "lr_velocity_mm": 0.5}
-    affine_only = refine_registration(objective(target), settings=RefineSettings(iterations=3, affine_iterations=3,
-                                                                                 **rates), progress=False)
+    affine_only = refine_registration(
+        objective(target), settings=RefineSettings(iterations=3, affine_iterations=3, **rates), progress=False
+    )
     assert float(affine_only.velocity.abs().max()) == 0.0 and float(affine_only.params.abs().max()) > 0.0
-    both = refine_registration(objective(target), settings=RefineSettings(iterations=4, affine_iterations=2, **rates),
-                               progress=False)
+    both = refine_registration(
+        objective(target), settings=RefineSettings(iterations=4, affine_iterations=2, **rates), progress=False
+    )
     assert float(both.velocity.abs().max()) > 0.0
     torch.testing.assert_close(both.history[:3], affine_only.history[:3])
     with pytest.raises(ValueError, match="affine_iterations"):

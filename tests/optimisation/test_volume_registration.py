@@ -20,7 +20,6 @@ from biplanar.optimisation.volume_registration import (
 from biplanar.physics.attenuation import hu_to_mu
 from biplanar.training.losses import soft_dice
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 

@@ -53,8 +53,10 @@ def lumbar_case():
     views = biplanar_pair(image_shape=(128, 128), pixel_spacing_mm=(3.0, 3.0), isocenter_mm=grid.centre_world)
     pose = true_pose(grid.centre_world)
     with torch.no_grad():
-        radiographs = {name: ProST(view, grid, 256, margin_mm=60.0)(mu[None, None], pose[None].float())[0, 0]
-                       for name, view in views.items()}
+        radiographs = {
+            name: ProST(view, grid, 256, margin_mm=60.0)(mu[None, None], pose[None].float())[0, 0]
+            for name, view in views.items()
+        }
     return mu, grid, views, radiographs, pose
 
 
@@ -102,8 +104,14 @@ def test_objective_peaks_at_the_true_pose(lumbar_case):
 def test_free_parameters_stay_fixed():
     grid = VolumeGrid.from_spacing((8, 8, 8), (4.0, 4.0, 4.0))
     views = biplanar_pair(image_shape=(16, 16), pixel_spacing_mm=(4.0, 4.0))
-    problem = PoseProblem(torch.rand(8, 8, 8), grid, {name: torch.rand(16, 16) for name in views}, views,
-                          free=(True, True, True, False, False, False), config=OptimisationConfig(levels_mm=(4.0,)))
+    problem = PoseProblem(
+        torch.rand(8, 8, 8),
+        grid,
+        {name: torch.rand(16, 16) for name in views},
+        views,
+        free=(True, True, True, False, False, False),
+        config=OptimisationConfig(levels_mm=(4.0,)),
+    )
     full = problem.full_x(torch.tensor([[1.0, 2.0, 3.0]]))
     torch.testing.assert_close(full, torch.tensor([[1.0, 2.0, 3.0, 0.0, 0.0, 0.0]]))
 
@@ -148,8 +156,8 @@ def test_downsampled_image_averages_blocks():
 
 def test_downsampled_volume_keeps_block_means_at_block_centres():
     grid = VolumeGrid(
-        (7, 6, 5),
-        np.array([[0.0, -2.0, 0.0, 5.0], [1.5, 0.0, 0.0, -3.0], [0.0, 0.0, 1.0, 8.0], [0.0, 0.0, 0.0, 1.0]]))
+        (7, 6, 5), np.array([[0.0, -2.0, 0.0, 5.0], [1.5, 0.0, 0.0, -3.0], [0.0, 0.0, 1.0, 8.0], [0.0, 0.0, 0.0, 1.0]])
+    )
     volume = torch.rand(1, 1, *grid.shape, dtype=torch.float64)
     pooled, coarse = downsample_volume(volume, grid, 2)
     assert coarse.shape == (4, 3, 3) and pooled.shape == (1, 1, 4, 3, 3)

@@ -46,8 +46,9 @@ def drr(view: ProjectionView, mu: torch.Tensor, grid, pose: torch.Tensor | None 
 def test_composed_view_projects_the_unmoved_ct_as_the_moved_one(small_ct):
     mu, grid = small_ct
     view = biplanar_pair(image_shape=DETECTOR, pixel_spacing_mm=PIXEL_MM, isocenter_mm=grid.centre_world)["LAT"]
-    pose = rigid_params_to_matrix(torch.tensor([0.1, -0.05, 0.2, 8.0, -5.0, 12.0], dtype=torch.float64),
-                                  torch.as_tensor(grid.centre_world))
+    pose = rigid_params_to_matrix(
+        torch.tensor([0.1, -0.05, 0.2, 8.0, -5.0, 12.0], dtype=torch.float64), torch.as_tensor(grid.centre_world)
+    )
     moved = drr(view, mu, grid, pose)
     composed = drr(compose_view(view, pose), mu, grid)
     assert float(ncc(moved, composed)[0]) > 0.9999
@@ -77,10 +78,12 @@ def test_per_view_correction_recovers_an_erroneous_c_arm_angle(small_ct):
     """The LAT radiograph was taken at 93 deg; the geometry says 90. Per-view mode rotates about the isocentre."""
     mu, grid = small_ct
     iso = tuple(grid.centre_world)
-    stated = ProjectionView.from_carm(CarmPose(90.0, 0.0, pixel_spacing_mm=PIXEL_MM, isocenter_mm=iso), DETECTOR,
-                                      name="LAT")
-    actual = ProjectionView.from_carm(CarmPose(93.0, 0.0, pixel_spacing_mm=PIXEL_MM, isocenter_mm=iso), DETECTOR,
-                                      name="LAT")
+    stated = ProjectionView.from_carm(
+        CarmPose(90.0, 0.0, pixel_spacing_mm=PIXEL_MM, isocenter_mm=iso), DETECTOR, name="LAT"
+    )
+    actual = ProjectionView.from_carm(
+        CarmPose(93.0, 0.0, pixel_spacing_mm=PIXEL_MM, isocenter_mm=iso), DETECTOR, name="LAT"
+    )
     radiograph = drr(actual, mu, grid)[0, 0]
     config = OptimisationConfig(levels_mm=(12.0, 6.0), sigma_deg=3.0, max_evaluations=80, refine_steps=5)
     corrected = correct_views(mu, grid, {"LAT": radiograph}, {"LAT": stated}, mode="per_view", config=config)["LAT"]
@@ -91,8 +94,9 @@ def test_per_view_correction_recovers_an_erroneous_c_arm_angle(small_ct):
     assert (uv_stated - uv_actual).norm(dim=-1).max() > 1.5  # 3 deg moves the box corners by ~1.5-1.9 px of 6 mm
     assert (uv_corrected - uv_actual).norm(dim=-1).max() < 0.2
     # the isocentre stays put: a rotation about it, no translation
-    torch.testing.assert_close(corrected.project(torch.tensor([iso]))[0], actual.project(torch.tensor([iso]))[0],
-                               atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        corrected.project(torch.tensor([iso]))[0], actual.project(torch.tensor([iso]))[0], atol=1e-6, rtol=0
+    )
 
 
 def test_correct_views_rejects_an_unknown_mode(small_ct):
@@ -113,18 +117,34 @@ def pose_case(tmp_path_factory, small_ct):
     views = biplanar_pair(image_shape=DETECTOR, pixel_spacing_mm=PIXEL_MM)
     write_geometry(folder / "geometry.json", views)
     views = read_geometry(folder / "geometry.json", default_isocenter_mm=grid.centre_world)
-    pose = rigid_params_to_matrix(torch.tensor([math.radians(3.0), math.radians(-2.0), math.radians(2.0),
-                                                5.0, -6.0, 4.0], dtype=torch.float64),
-                                  torch.as_tensor(grid.centre_world))
+    pose = rigid_params_to_matrix(
+        torch.tensor([math.radians(3.0), math.radians(-2.0), math.radians(2.0), 5.0, -6.0, 4.0], dtype=torch.float64),
+        torch.as_tensor(grid.centre_world),
+    )
     for name, view in views.items():
         np.save(folder / f"{name}.npy", drr(view, mu, grid, pose)[0, 0].numpy())
     return folder, pose, grid
 
 
 def pose_command(folder: Path, out: Path, *extra: str) -> list[str]:
-    return ["pose", "--ct", str(SMALL_CT), "--geometry", str(folder / "geometry.json"),
-            "--ap", str(folder / "AP.npy"), "--lat", str(folder / "LAT.npy"), "--out", str(out),
-            "--evaluations", "100", "--refine-steps", "5", *extra]
+    return [
+        "pose",
+        "--ct",
+        str(SMALL_CT),
+        "--geometry",
+        str(folder / "geometry.json"),
+        "--ap",
+        str(folder / "AP.npy"),
+        "--lat",
+        str(folder / "LAT.npy"),
+        "--out",
+        str(out),
+        "--evaluations",
+        "100",
+        "--refine-steps",
+        "5",
+        *extra,
+    ]
 
 
 def test_pose_command_end_to_end(pose_case, small_ct):
@@ -155,21 +175,28 @@ def test_pose_command_accepts_its_own_pose_as_initial_pose(pose_case):
     folder, pose, _ = pose_case
     (folder / "init.json").write_text(json.dumps({"matrix": pose.tolist()}))
     out = folder / "from_truth"
-    result = runner.invoke(app, pose_command(folder, out, "--init-pose", str(folder / "init.json"),
-                                             "--evaluations", "0", "--refine-steps", "0"))
+    result = runner.invoke(
+        app,
+        pose_command(
+            folder, out, "--init-pose", str(folder / "init.json"), "--evaluations", "0", "--refine-steps", "0"
+        ),
+    )
     assert result.exit_code == 0, result.output
     document = json.loads((out / "pose.json").read_text())
     np.testing.assert_allclose(document["matrix"], pose.numpy(), atol=1e-9)
     np.testing.assert_allclose(document["initial_matrix"], pose.numpy(), atol=1e-12)
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--method", "sopi"], "differs from the networks' training images (112, 80)"),  # the bundled networks'
-    (["--method", "sopi", "--rtpi", "a.pt"], "--rtpi, --fine: give both SOPI checkpoints or neither"),
-    (["--init-pose", "missing.json"], "missing.json: file not found"),
-    (["--levels", "12,x"], "--levels"),
-    (["--ap", "LAT_wrong.npy"], "LAT_wrong.npy: image shape"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--method", "sopi"], "differs from the networks' training images (112, 80)"),  # the bundled networks'
+        (["--method", "sopi", "--rtpi", "a.pt"], "--rtpi, --fine: give both SOPI checkpoints or neither"),
+        (["--init-pose", "missing.json"], "missing.json: file not found"),
+        (["--levels", "12,x"], "--levels"),
+        (["--ap", "LAT_wrong.npy"], "LAT_wrong.npy: image shape"),
+    ],
+)
 def test_pose_command_bad_input_is_one_line(pose_case, extra, message):
     folder, _, _ = pose_case
     np.save(folder / "LAT_wrong.npy", np.zeros((10, 12), dtype=np.float32))
@@ -194,14 +221,31 @@ def test_bundled_sopi_networks_through_the_command(tmp_path):
     views = biplanar_pair(image_shape=(112, 80), pixel_spacing_mm=(1.86, 1.86), isocenter_mm=subject.grid.centre_world)
     write_geometry(tmp_path / "g.json", views)
     centre = torch.as_tensor(subject.grid.centre_world)
-    truth = rigid_params_to_matrix(torch.tensor([math.radians(4.0), math.radians(-3.0), math.radians(5.0),
-                                                 3.0, -4.0, 2.0], dtype=torch.float64), centre)
+    truth = rigid_params_to_matrix(
+        torch.tensor([math.radians(4.0), math.radians(-3.0), math.radians(5.0), 3.0, -4.0, 2.0], dtype=torch.float64),
+        centre,
+    )
     mu = hu_to_mu(torch.from_numpy(subject.ct_hu))[None, None]
     for name, view in views.items():
         np.save(tmp_path / f"{name}.npy", drr(view, mu, subject.grid, truth)[0, 0].numpy())
-    result = runner.invoke(app, ["pose", "--ct", str(tmp_path / "ct.nii.gz"), "--geometry", str(tmp_path / "g.json"),
-                                 "--ap", str(tmp_path / "AP.npy"), "--lat", str(tmp_path / "LAT.npy"),
-                                 "--out", str(tmp_path / "out"), "--method", "sopi+opt"])
+    result = runner.invoke(
+        app,
+        [
+            "pose",
+            "--ct",
+            str(tmp_path / "ct.nii.gz"),
+            "--geometry",
+            str(tmp_path / "g.json"),
+            "--ap",
+            str(tmp_path / "AP.npy"),
+            "--lat",
+            str(tmp_path / "LAT.npy"),
+            "--out",
+            str(tmp_path / "out"),
+            "--method",
+            "sopi+opt",
+        ],
+    )
     assert result.exit_code == 0, result.output
     document = json.loads((tmp_path / "out" / "pose.json").read_text())
     rotation_deg, translation_mm = pose_errors(torch.tensor(document["matrix"], dtype=torch.float64), truth, centre)
@@ -209,8 +253,9 @@ def test_bundled_sopi_networks_through_the_command(tmp_path):
 
 
 def test_pose_help_as_a_subprocess():
-    completed = subprocess.run([sys.executable, "-m", "biplanar", "pose", "--help"], capture_output=True,
-                               text=True, timeout=120)
+    completed = subprocess.run(
+        [sys.executable, "-m", "biplanar", "pose", "--help"], capture_output=True, text=True, timeout=120
+    )
     assert completed.returncode == 0 and "--init-pose" in completed.stdout
 
 
@@ -222,8 +267,20 @@ def test_sopi_plus_opt_through_the_command(tmp_path):
     from biplanar.data.phantom import make_subject
 
     for network in ("rtpi", "fine"):
-        trained = runner.invoke(app, ["train-pose", "--config", "sopi_tiny", "--out", str(tmp_path / network),
-                                      "--network", network, "--max-steps", "2"])
+        trained = runner.invoke(
+            app,
+            [
+                "train-pose",
+                "--config",
+                "sopi_tiny",
+                "--out",
+                str(tmp_path / network),
+                "--network",
+                network,
+                "--max-steps",
+                "2",
+            ],
+        )
         assert trained.exit_code == 0, trained.output
     subject = make_subject(3, "tiny")
     nib.save(nib.Nifti1Image(subject.ct_hu, subject.grid.affine), str(tmp_path / "ct.nii.gz"))
@@ -232,13 +289,34 @@ def test_sopi_plus_opt_through_the_command(tmp_path):
     mu = hu_to_mu(torch.from_numpy(subject.ct_hu))[None, None]
     for name, view in views.items():
         np.save(tmp_path / f"{name}.npy", drr(view, mu, subject.grid)[0, 0].numpy())
-    result = runner.invoke(app, ["pose", "--ct", str(tmp_path / "ct.nii.gz"), "--geometry", str(tmp_path / "g.json"),
-                                 "--ap", str(tmp_path / "AP.npy"), "--lat", str(tmp_path / "LAT.npy"),
-                                 "--out", str(tmp_path / "out"), "--method", "sopi+opt",
-                                 "--rtpi", str(tmp_path / "rtpi" / "last.pt"), "--fine", str(tmp_path / "fine" / "last.pt")])
+    result = runner.invoke(
+        app,
+        [
+            "pose",
+            "--ct",
+            str(tmp_path / "ct.nii.gz"),
+            "--geometry",
+            str(tmp_path / "g.json"),
+            "--ap",
+            str(tmp_path / "AP.npy"),
+            "--lat",
+            str(tmp_path / "LAT.npy"),
+            "--out",
+            str(tmp_path / "out"),
+            "--method",
+            "sopi+opt",
+            "--rtpi",
+            str(tmp_path / "rtpi" / "last.pt"),
+            "--fine",
+            str(tmp_path / "fine" / "last.pt"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     document = json.loads((tmp_path / "out" / "pose.json").read_text())
     assert set(document["optimisation"]) == {"sopi", "refinement"}
-    rotation_deg, translation_mm = pose_errors(torch.tensor(document["matrix"], dtype=torch.float64),
-                                               torch.eye(4, dtype=torch.float64), torch.as_tensor(subject.grid.centre_world))
+    rotation_deg, translation_mm = pose_errors(
+        torch.tensor(document["matrix"], dtype=torch.float64),
+        torch.eye(4, dtype=torch.float64),
+        torch.as_tensor(subject.grid.centre_world),
+    )
     assert float(rotation_deg) < 1.0 and float(translation_mm) < 1.0

@@ -93,7 +93,7 @@ def test_mask_ignores_pixels_outside_it(name):
 def test_similarity_decreases_with_a_shift(name):
     image = random_images(batch=1, size=40, seed=5)
     similarity = get_similarity(name)
-    values = [float(similarity(image[..., 4:36, 4:36], image[..., 4 + s:36 + s, 4:36])[0]) for s in (0, 1, 3)]
+    values = [float(similarity(image[..., 4:36, 4:36], image[..., 4 + s : 36 + s, 4:36])[0]) for s in (0, 1, 3)]
     assert values[0] > values[1] > values[2]
 
 

@@ -18,8 +18,8 @@ from biplanar.geometry.se3 import rigid_params_to_matrix
 from biplanar.models.sopi import load_sopi_config, standardise
 from biplanar.models.sopi.config import SopiConfig
 from biplanar.pose.sopi import SopiNetwork, estimate_pose_sopi, fine_registration, load_sopi_network
-from biplanar.training.pose_data import VALIDATION_STREAM, PoseBatch, PosePairSimulator
 from biplanar.training.checkpoints import export_model
+from biplanar.training.pose_data import VALIDATION_STREAM, PoseBatch, PosePairSimulator
 from biplanar.training.pose_trainer import train_pose
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -28,8 +28,11 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def config() -> SopiConfig:
     tiny = load_sopi_config("sopi_tiny")
-    return dataclasses.replace(tiny, data=dataclasses.replace(tiny.data, subjects=1, validation_samples=1),
-                               training=dataclasses.replace(tiny.training, steps=1))
+    return dataclasses.replace(
+        tiny,
+        data=dataclasses.replace(tiny.data, subjects=1, validation_samples=1),
+        training=dataclasses.replace(tiny.training, steps=1),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -48,11 +51,19 @@ def case(simulator: PosePairSimulator) -> PoseBatch:
     return simulator.sample(VALIDATION_STREAM, 0, 1)
 
 
-def test_estimate_pose_sopi_result(checkpoints: dict[str, Path], simulator: PosePairSimulator, case: PoseBatch,
-                                   config: SopiConfig) -> None:
+def test_estimate_pose_sopi_result(
+    checkpoints: dict[str, Path], simulator: PosePairSimulator, case: PoseBatch, config: SopiConfig
+) -> None:
     lines: list[str] = []
-    result = estimate_pose_sopi(case.volume_mu[0, 0], simulator.grid, case.radiograph[0, 0], simulator.view,
-                                checkpoints["rtpi"], checkpoints["fine"], progress=lines.append)
+    result = estimate_pose_sopi(
+        case.volume_mu[0, 0],
+        simulator.grid,
+        case.radiograph[0, 0],
+        simulator.view,
+        checkpoints["rtpi"],
+        checkpoints["fine"],
+        progress=lines.append,
+    )
     centre = torch.as_tensor(simulator.grid.centre_world)
     assert result.params.shape == (6,) and result.matrix.shape == (4, 4)
     assert result.matrix.dtype == torch.float64
@@ -64,16 +75,23 @@ def test_estimate_pose_sopi_result(checkpoints: dict[str, Path], simulator: Pose
     assert set(result.timings_s) == {"load", "rtpi", "fine", "total"} and result.time_s == result.timings_s["total"]
     assert result.method == "sopi" and len(lines) == 2
     # The rotation stops moving once frozen.
-    frozen = [row["rotation_step_deg"] for row in result.history[config.search.rotation_iterations:]]
+    frozen = [row["rotation_step_deg"] for row in result.history[config.search.rotation_iterations :]]
     assert all(step == 0.0 for step in frozen)
 
 
-def test_loaded_networks_are_accepted(checkpoints: dict[str, Path], simulator: PosePairSimulator,
-                                      case: PoseBatch) -> None:
+def test_loaded_networks_are_accepted(
+    checkpoints: dict[str, Path], simulator: PosePairSimulator, case: PoseBatch
+) -> None:
     rtpi, fine = load_sopi_network(checkpoints["rtpi"], "rtpi"), load_sopi_network(checkpoints["fine"], "fine")
     first = estimate_pose_sopi(case.volume_mu[0, 0], simulator.grid, case.radiograph[0, 0], simulator.view, rtpi, fine)
-    again = estimate_pose_sopi(case.volume_mu, simulator.grid, case.radiograph[0, 0].numpy(), simulator.view,
-                               checkpoints["rtpi"], checkpoints["fine"])
+    again = estimate_pose_sopi(
+        case.volume_mu,
+        simulator.grid,
+        case.radiograph[0, 0].numpy(),
+        simulator.view,
+        checkpoints["rtpi"],
+        checkpoints["fine"],
+    )
     assert torch.equal(first.params, again.params)
 
 
@@ -84,8 +102,10 @@ def test_exported_weights_load_alone(checkpoints: dict[str, Path], tmp_path: Pat
         assert "optimizer" not in torch.load(exported, weights_only=True)
         loaded = load_sopi_network(exported, name)
         reference = load_sopi_network(path, name)
-        assert all(torch.equal(a, b) for a, b in zip(loaded.network.state_dict().values(),
-                                                      reference.network.state_dict().values()))
+        assert all(
+            torch.equal(a, b)
+            for a, b in zip(loaded.network.state_dict().values(), reference.network.state_dict().values())
+        )
     with pytest.raises(InputError, match="not a SOPI fine checkpoint"):
         load_sopi_network(tmp_path / "rtpi.pt", "fine")
 
@@ -97,8 +117,15 @@ def test_bad_input(checkpoints: dict[str, Path], simulator: PosePairSimulator, c
     with pytest.raises(InputError, match="volume_mu"):
         estimate_pose_sopi(volume[:-1], simulator.grid, image, simulator.view, checkpoints["rtpi"], checkpoints["fine"])
     with pytest.raises(InputError, match="mask_volume"):
-        estimate_pose_sopi(volume, simulator.grid, image, simulator.view, checkpoints["rtpi"], checkpoints["fine"],
-                           mask_volume=torch.ones(3, 3, 3))
+        estimate_pose_sopi(
+            volume,
+            simulator.grid,
+            image,
+            simulator.view,
+            checkpoints["rtpi"],
+            checkpoints["fine"],
+            mask_volume=torch.ones(3, 3, 3),
+        )
     with pytest.raises(InputError, match="not a SOPI fine"):
         estimate_pose_sopi(volume, simulator.grid, image, simulator.view, checkpoints["rtpi"], checkpoints["rtpi"])
 
@@ -113,8 +140,9 @@ class _ImageEncoders(nn.Module):
         return (standardise(image),)
 
 
-def test_fine_search_descends_a_plain_image_distance(config: SopiConfig, simulator: PosePairSimulator,
-                                                     case: PoseBatch) -> None:
+def test_fine_search_descends_a_plain_image_distance(
+    config: SopiConfig, simulator: PosePairSimulator, case: PoseBatch
+) -> None:
     # With the masked image distance as L_N (the DRR at the truth is the radiograph exactly), the
     # normalised-gradient search started 6 mm right and 5 mm below the truth (rotation frozen)
     # must come back to well within a pixel (3.72 mm) in the detector plane. (The depth is
@@ -122,8 +150,9 @@ def test_fine_search_descends_a_plain_image_distance(config: SopiConfig, simulat
     search = dataclasses.replace(config.search, rotation_iterations=0, max_iterations=25, translation_step_mm=3.0)
     start = case.target_params[0] + torch.tensor([0.0, 0.0, 0.0, 6.0, 0.0, -5.0])
     stand_in = SopiNetwork(_ImageEncoders(), config, "fine")
-    params, iterations, _, history = fine_registration(stand_in, case.volume_mu, case.mask_volume, case.radiograph,
-                                                       simulator.view, simulator.grid, start, search)
+    params, iterations, _, history = fine_registration(
+        stand_in, case.volume_mu, case.mask_volume, case.radiograph, simulator.view, simulator.grid, start, search
+    )
     in_plane = (params - case.target_params[0])[[3, 5]]
     assert in_plane.norm() < 1.0  # mm, from |(6, -5)| = 7.8 mm
     assert torch.equal(params[:3], start[:3])  # rotation frozen from the start

@@ -41,15 +41,15 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 @pytest.fixture(scope="module")
 def sdm_run(five_subjects, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("sdm")
-    result = train_baseline("sdm", "tiny", out, data_dir=five_subjects, epochs=1, progress=False,
-                            registration=FAST_REGISTRATION)
+    result = train_baseline(
+        "sdm", "tiny", out, data_dir=five_subjects, epochs=1, progress=False, registration=FAST_REGISTRATION
+    )
     assert (result.epochs_completed, result.global_step) == (1, 3)
     return out
 
 
 def first_sample_batch(data: Path):
-    return make_batch([SimulatedDataset(data, "val")[0]], load_config("tiny").geometry.image_shape,
-                      torch.device("cpu"))
+    return make_batch([SimulatedDataset(data, "val")[0]], load_config("tiny").geometry.image_shape, torch.device("cpu"))
 
 
 def test_kasten_epoch_writes_its_outputs_and_reloads(five_subjects, tmp_path):
@@ -67,16 +67,16 @@ def test_kasten_epoch_writes_its_outputs_and_reloads(five_subjects, tmp_path):
     with torch.no_grad():
         probabilities = predict_labels(model, batch.radiographs, batch.views)
     assert probabilities.shape == (1, 1, 48, 32, 48)
-    assert 0.0 <= float(probabilities.min()) and float(probabilities.max()) <= 1.0
+    assert float(probabilities.min()) >= 0.0 and float(probabilities.max()) <= 1.0
 
 
 def test_kasten_resume_after_a_stop_continues_exactly(five_subjects, tmp_path):
     """Steps 2-3 of a run stopped after step 1 and resumed have the losses of an uninterrupted run."""
     whole = train_baseline("kasten", "tiny", tmp_path / "whole", data_dir=five_subjects, epochs=1, progress=False)
-    train_baseline("kasten", "tiny", tmp_path / "split", data_dir=five_subjects, epochs=1, progress=False,
-                   max_steps=1)
-    second = train_baseline("kasten", "tiny", tmp_path / "split", data_dir=five_subjects, epochs=1,
-                            progress=False, resume=True)
+    train_baseline("kasten", "tiny", tmp_path / "split", data_dir=five_subjects, epochs=1, progress=False, max_steps=1)
+    second = train_baseline(
+        "kasten", "tiny", tmp_path / "split", data_dir=five_subjects, epochs=1, progress=False, resume=True
+    )
     assert [row["step"] for row in second.step_losses] == [2, 3]
     for resumed, uninterrupted in zip(second.step_losses, whole.step_losses[1:]):
         assert resumed["total"] == pytest.approx(uninterrupted["total"], abs=1e-6, rel=0)
@@ -113,8 +113,17 @@ def test_sdm_checkpoint_alone_rebuilds_the_model(sdm_run, five_subjects):
 def test_sdm_resume_reuses_the_model_files(sdm_run, five_subjects):
     model_file = sdm_run / SDM_MODEL
     stamp = model_file.stat().st_mtime_ns
-    result = train_baseline("sdm", "tiny", sdm_run, data_dir=five_subjects, epochs=2, progress=False,
-                            resume=True, max_steps=4, registration=FAST_REGISTRATION)
+    result = train_baseline(
+        "sdm",
+        "tiny",
+        sdm_run,
+        data_dir=five_subjects,
+        epochs=2,
+        progress=False,
+        resume=True,
+        max_steps=4,
+        registration=FAST_REGISTRATION,
+    )
     assert result.global_step == 4 and model_file.stat().st_mtime_ns == stamp
 
 
@@ -142,11 +151,37 @@ def test_refusals(five_subjects, sdm_run, tmp_path):
 
 def test_cli_trains_a_baseline_and_reports_bad_input(five_subjects, tmp_path):
     runner = CliRunner()
-    result = runner.invoke(app, ["train-baseline", "--method", "kasten", "--config", "tiny", "--data",
-                                 str(five_subjects), "--out", str(tmp_path / "run"), "--epochs", "1"])
+    result = runner.invoke(
+        app,
+        [
+            "train-baseline",
+            "--method",
+            "kasten",
+            "--config",
+            "tiny",
+            "--data",
+            str(five_subjects),
+            "--out",
+            str(tmp_path / "run"),
+            "--epochs",
+            "1",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "trained kasten for 1 epochs (3 steps)" in result.output
     assert (tmp_path / "run" / "best.pt").is_file()
-    again = runner.invoke(app, ["train-baseline", "--method", "kasten", "--config", "tiny", "--data",
-                                str(five_subjects), "--out", str(tmp_path / "run")])
+    again = runner.invoke(
+        app,
+        [
+            "train-baseline",
+            "--method",
+            "kasten",
+            "--config",
+            "tiny",
+            "--data",
+            str(five_subjects),
+            "--out",
+            str(tmp_path / "run"),
+        ],
+    )
     assert again.exit_code == 2 and "holds a training run" in again.output

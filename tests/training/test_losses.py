@@ -16,16 +16,26 @@ def random_volume(seed: int, shape=SHAPE, dtype=torch.float32) -> torch.Tensor:
     return 0.5 + torch.rand(1, 1, *shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
 
 
-def output_of(image: torch.Tensor, labels: torch.Tensor, displacement: torch.Tensor | None = None,
-              affine_image: torch.Tensor | None = None) -> RegistrationOutput:
+def output_of(
+    image: torch.Tensor,
+    labels: torch.Tensor,
+    displacement: torch.Tensor | None = None,
+    affine_image: torch.Tensor | None = None,
+) -> RegistrationOutput:
     """A network output whose warped (and affine) image is ``image``, labels ``labels``."""
     batch, shape = image.shape[0], image.shape[2:]
     displacement = torch.zeros(batch, 3, *shape, dtype=image.dtype) if displacement is None else displacement
     return RegistrationOutput(
-        params=torch.zeros(batch, 7), affine_matrix=torch.eye(4).expand(batch, 4, 4), velocity=displacement,
-        local_displacement=displacement, total_displacement=displacement,
-        affine_image=image if affine_image is None else affine_image, warped_image=image,
-        affine_labels=labels, warped_labels=labels)
+        params=torch.zeros(batch, 7),
+        affine_matrix=torch.eye(4).expand(batch, 4, 4),
+        velocity=displacement,
+        local_displacement=displacement,
+        total_displacement=displacement,
+        affine_image=image if affine_image is None else affine_image,
+        warped_image=image,
+        affine_labels=labels,
+        warped_labels=labels,
+    )
 
 
 def test_global_ncc_closed_forms():
@@ -79,7 +89,7 @@ def test_masked_local_total_is_zero_for_an_identical_femur():
 def box_labels(shape, low, high) -> torch.Tensor:
     """``(1, 1, *shape)`` 1.0 inside the box ``low <= index < high``, else 0."""
     labels = torch.zeros(1, 1, *shape)
-    labels[0, 0, low[0]:high[0], low[1]:high[1], low[2]:high[2]] = 1.0
+    labels[0, 0, low[0] : high[0], low[1] : high[1], low[2] : high[2]] = 1.0
     return labels
 
 
@@ -96,7 +106,8 @@ def test_masked_mode_ignores_voxels_outside_the_labels(ncc):
         assert dirty[name].item() == pytest.approx(clean[name].item(), abs=1e-6)
     unmasked = RegistrationLoss(LossConfig(ncc=ncc, ncc_window=3, masked=False))
     assert unmasked(output_of(garbage_outside, labels), fixed, labels)["total"].item() != pytest.approx(
-        unmasked(output_of(moving, labels), fixed, labels)["total"].item(), abs=1e-3)
+        unmasked(output_of(moving, labels), fixed, labels)["total"].item(), abs=1e-3
+    )
 
 
 def test_smoothness_of_a_linear_displacement():
@@ -107,8 +118,9 @@ def test_smoothness_of_a_linear_displacement():
     displacement[0, 0] = slope * torch.arange(SHAPE[0], dtype=torch.float32)[:, None, None]
     fixed = random_volume(10)
     config = LossConfig(ncc="global", masked=False, smoothness_weight=0.5)
-    parts = RegistrationLoss(config)(output_of(fixed, torch.ones_like(fixed), displacement), fixed,
-                                     torch.ones_like(fixed))
+    parts = RegistrationLoss(config)(
+        output_of(fixed, torch.ones_like(fixed), displacement), fixed, torch.ones_like(fixed)
+    )
     assert parts["smoothness"].item() == pytest.approx(slope**2 / 3, rel=1e-6)
     assert parts["total"].item() == pytest.approx(config.smoothness_weight * slope**2 / 3, abs=1e-5)
 
@@ -123,9 +135,11 @@ def test_gradients_are_non_zero_and_match_finite_differences(ncc):
     def total(warped, affine, displacement):
         return loss(output_of(warped, labels, displacement, affine), fixed, labels)["total"]
 
-    inputs = (random_volume(12, shape, torch.float64).requires_grad_(),
-              random_volume(13, shape, torch.float64).requires_grad_(),
-              (0.1 * random_volume(14, (3, *shape), torch.float64)[0]).requires_grad_())
+    inputs = (
+        random_volume(12, shape, torch.float64).requires_grad_(),
+        random_volume(13, shape, torch.float64).requires_grad_(),
+        (0.1 * random_volume(14, (3, *shape), torch.float64)[0]).requires_grad_(),
+    )
     total(*inputs).backward()
     for tensor in inputs:
         assert tensor.grad.abs().sum() > 0
@@ -147,7 +161,8 @@ def test_batch_elements_are_independent():
     moving = torch.cat([random_volume(17), random_volume(18)])
     ones = torch.ones_like(fixed)
     both = loss(output_of(moving, ones), fixed, ones)["total"].item()
-    single = [loss(output_of(moving[i:i + 1], ones[i:i + 1]), fixed[i:i + 1], ones[i:i + 1])["total"].item()
-              for i in range(2)]
+    single = [
+        loss(output_of(moving[i : i + 1], ones[i : i + 1]), fixed[i : i + 1], ones[i : i + 1])["total"].item()
+        for i in range(2)
+    ]
     assert both == pytest.approx(sum(single) / 2, abs=1e-6)
-

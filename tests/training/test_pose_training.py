@@ -40,8 +40,10 @@ def config() -> SopiConfig:
     """sopi_tiny, trimmed: two phantoms, one validation pair, three steps, validation at the end."""
     tiny = load_sopi_config("sopi_tiny")
     return dataclasses.replace(
-        tiny, data=dataclasses.replace(tiny.data, subjects=2, validation_samples=1),
-        training=dataclasses.replace(tiny.training, steps=3, validate_every=100))
+        tiny,
+        data=dataclasses.replace(tiny.data, subjects=2, validation_samples=1),
+        training=dataclasses.replace(tiny.training, steps=3, validate_every=100),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +52,7 @@ def simulator(config: SopiConfig) -> PosePairSimulator:
 
 
 # --- losses: closed forms ----------------------------------------------------------------------
+
 
 def test_gradient_difference_of_identical_images_is_two() -> None:
     image = torch.rand(2, 1, 12, 9)
@@ -60,8 +63,9 @@ def test_gradient_difference_of_identical_images_is_two() -> None:
 def test_gradient_difference_loss_ignores_affine_intensity_changes() -> None:
     torch.manual_seed(0)
     fixed, moving = torch.rand(1, 1, 12, 9), torch.rand(1, 1, 12, 9)
-    assert torch.allclose(gradient_difference_loss(fixed, 3.0 * moving + 1.0), gradient_difference_loss(fixed, moving),
-                          atol=1e-5)
+    assert torch.allclose(
+        gradient_difference_loss(fixed, 3.0 * moving + 1.0), gradient_difference_loss(fixed, moving), atol=1e-5
+    )
     assert gradient_difference_loss(fixed, moving) > gradient_difference_loss(fixed, fixed + 0.01 * moving)
 
 
@@ -77,7 +81,7 @@ def test_masked_feature_distance_closed_form() -> None:
     half[..., :4] = 1.0
     outside = tuple(level.clone() for level in zeros)
     for level in outside:
-        level[..., level.shape[-1] // 2:] = 7.0
+        level[..., level.shape[-1] // 2 :] = 7.0
     assert torch.allclose(masked_feature_distance(outside, zeros, half), torch.zeros(2))
 
 
@@ -101,7 +105,7 @@ def test_pose_gradient_is_the_chain_rule_through_the_image() -> None:
     theta = torch.randn(2, 6, generator=torch.Generator().manual_seed(1))
     weight = torch.rand(1, 1, 3, 4, requires_grad=True)
     image = torch.einsum("bchwp,bp->bchw", jacobian, theta).requires_grad_(True)
-    gradient = pose_gradient((weight * image ** 2).flatten(1).sum(1), image, jacobian)
+    gradient = pose_gradient((weight * image**2).flatten(1).sum(1), image, jacobian)
     expected = torch.einsum("bchwp,bchw->bp", jacobian, 2.0 * weight * image)
     torch.testing.assert_close(gradient, expected)
     (gradient.sum()).backward()
@@ -128,6 +132,7 @@ def test_rtpi_loss_parts_add_up(config: SopiConfig) -> None:
 
 
 # --- data -----------------------------------------------------------------------------------------
+
 
 def test_samples_are_reproducible_and_render_the_target(simulator: PosePairSimulator) -> None:
     first, again = simulator.sample(TRAIN_STREAM, 7, 2), simulator.sample(TRAIN_STREAM, 7, 2)
@@ -169,6 +174,7 @@ def test_named_real_ct_source(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
 
 # --- double backward --------------------------------------------------------------------------------
 
+
 def test_double_backward_reaches_both_encoders(config: SopiConfig, simulator: PosePairSimulator) -> None:
     torch.manual_seed(0)
     network = FineRegistrationNet(config).train()
@@ -181,15 +187,21 @@ def test_double_backward_reaches_both_encoders(config: SopiConfig, simulator: Po
     assert parts["gradient"].shape == (2, 6) and torch.isfinite(parts["total"])
 
 
-def test_double_backward_matches_finite_differences_of_the_alignment(config: SopiConfig,
-                                                                      simulator: PosePairSimulator) -> None:
+def test_double_backward_matches_finite_differences_of_the_alignment(
+    config: SopiConfig, simulator: PosePairSimulator
+) -> None:
     # d(loss)/d(one weight of the fixed encoder's stem) by autograd (through dL_N/dtheta) and by
     # central differences of the whole loss, in float64.
     torch.manual_seed(0)
     network = FineRegistrationNet(config).double().eval()
     batch = simulator.sample(TRAIN_STREAM, 1, 1)
-    batch = dataclasses.replace(batch, **{name: getattr(batch, name).double() for name in
-                                          ("volume_mu", "mask_volume", "radiograph", "target_params", "start_params")})
+    batch = dataclasses.replace(
+        batch,
+        **{
+            name: getattr(batch, name).double()
+            for name in ("volume_mu", "mask_volume", "radiograph", "target_params", "start_params")
+        },
+    )
     simulator.prost.double()
     simulator.centre = simulator.centre.double()
     try:
@@ -210,6 +222,7 @@ def test_double_backward_matches_finite_differences_of_the_alignment(config: Sop
 
 
 # --- the trainer -------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("network", ["rtpi", "fine"])
 def test_one_step_of_each_network(config: SopiConfig, tmp_path: Path, network: str) -> None:
@@ -233,8 +246,9 @@ def test_resume_is_exact(config: SopiConfig, tmp_path: Path, network: str) -> No
     stopped = train_pose(config, tmp_path / "resumed", network, progress=False, max_steps=1)
     assert stopped.global_step == 1
     resumed = train_pose(config, tmp_path / "resumed", network, resume=True, progress=False)
-    assert [row["total"] for row in stopped.step_losses + resumed.step_losses] == \
-        [row["total"] for row in straight.step_losses]
+    assert [row["total"] for row in stopped.step_losses + resumed.step_losses] == [
+        row["total"] for row in straight.step_losses
+    ]
     theirs = load_checkpoint(tmp_path / "straight" / "last.pt")["model"]
     ours = load_checkpoint(tmp_path / "resumed" / "last.pt")["model"]
     assert all(torch.equal(theirs[name], ours[name]) for name in theirs)
@@ -264,12 +278,24 @@ def test_cli_train_pose(tmp_path: Path, config: SopiConfig) -> None:
     path = tmp_path / "sopi.yaml"
     path.write_text(yaml.safe_dump(yaml_ready(config.to_dict())))
     runner = CliRunner()
-    result = runner.invoke(app, ["train-pose", "--config", str(path), "--out", str(tmp_path / "run"),
-                                 "--network", "rtpi", "--max-steps", "1"])
+    result = runner.invoke(
+        app,
+        ["train-pose", "--config", str(path), "--out", str(tmp_path / "run"), "--network", "rtpi", "--max-steps", "1"],
+    )
     assert result.exit_code == 0, result.output
     assert "1 steps" in result.output
-    bad = runner.invoke(app, ["train-pose", "--config", str(tmp_path / "missing.yaml"), "--out",
-                              str(tmp_path / "run2"), "--network", "fine"])
+    bad = runner.invoke(
+        app,
+        [
+            "train-pose",
+            "--config",
+            str(tmp_path / "missing.yaml"),
+            "--out",
+            str(tmp_path / "run2"),
+            "--network",
+            "fine",
+        ],
+    )
     assert bad.exit_code == 2 and "missing.yaml" in bad.output and "Traceback" not in bad.output
 
 

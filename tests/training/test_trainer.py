@@ -214,18 +214,25 @@ def test_load_model_refuses_a_file_that_is_not_a_checkpoint(tmp_path):
 def test_torchrun_two_processes_on_cpu(five_subjects, tmp_path):
     """2 gloo processes, 1 step each on 3 train subjects (one dropped), validation reduced over both."""
     script = tmp_path / "run.py"
-    script.write_text(textwrap.dedent(f"""
+    script.write_text(
+        textwrap.dedent(f"""
         import json
         from biplanar.training.trainer import train
         result = train("tiny", {str(tmp_path / "run")!r}, data_dir={str(five_subjects)!r}, epochs=1,
                        progress=False)
         print(json.dumps({{"steps": result.global_step, "dice": result.history[0]["val_dice"],
                           "train_total": result.history[0]["train_total"]}}))
-    """))
+    """)
+    )
     torchrun = Path(sys.executable).parent / "torchrun"
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
-    completed = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node=2", str(script)],
-                               capture_output=True, text=True, timeout=600, env=environment)
+    completed = subprocess.run(
+        [str(torchrun), "--standalone", "--nproc_per_node=2", str(script)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=environment,
+    )
     assert completed.returncode == 0, completed.stderr[-3000:]
     state = load_checkpoint(tmp_path / "run" / "last.pt")
     assert (state["epoch"], state["global_step"], state["world_size"]) == (1, 1, 2)

@@ -19,8 +19,12 @@ def _ellipsoid_radius(points_world: Tensor, centre_mm: Tensor, semi_axes_mm: Ten
     return ((points_world - centre_mm) / semi_axes_mm).norm(dim=-1)
 
 
-def voxelize_ellipsoid(grid: VolumeGrid, centre_mm: tuple[float, float, float],
-                       semi_axes_mm: tuple[float, float, float], supersampling: int = 4) -> Tensor:
+def voxelize_ellipsoid(
+    grid: VolumeGrid,
+    centre_mm: tuple[float, float, float],
+    semi_axes_mm: tuple[float, float, float],
+    supersampling: int = 4,
+) -> Tensor:
     """Partial-volume occupancy of an axis-aligned ellipsoid on ``grid``.
 
     Voxels within 1.5 voxels of the surface are supersampled ``supersampling**3`` times; the
@@ -44,8 +48,9 @@ def voxelize_ellipsoid(grid: VolumeGrid, centre_mm: tuple[float, float, float],
     return occupancy
 
 
-def ellipsoid_chord_lengths(view: ProjectionView, centre_mm: tuple[float, float, float],
-                            semi_axes_mm: tuple[float, float, float]) -> Tensor:
+def ellipsoid_chord_lengths(
+    view: ProjectionView, centre_mm: tuple[float, float, float], semi_axes_mm: tuple[float, float, float]
+) -> Tensor:
     """``(rows, cols)`` float64 chord length in mm of each pixel's ray through the ellipsoid (0 if missed)."""
     centre = torch.tensor(centre_mm, dtype=torch.float64)
     semi_axes = torch.tensor(semi_axes_mm, dtype=torch.float64)

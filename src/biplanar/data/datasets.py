@@ -44,9 +44,14 @@ from biplanar.io.volumes import read_volume
 SPLITS = ("train", "val", "test", "all")  # "all": every subject (a held-out test set)
 
 
-def make_sample(subject: str, ct_hu: np.ndarray, labels: np.ndarray,
-                radiographs: list[np.ndarray], masks: list[np.ndarray],
-                views: list[ProjectionView]) -> dict[str, Any]:
+def make_sample(
+    subject: str,
+    ct_hu: np.ndarray,
+    labels: np.ndarray,
+    radiographs: list[np.ndarray],
+    masks: list[np.ndarray],
+    views: list[ProjectionView],
+) -> dict[str, Any]:
     """A dataset sample (keys, shapes and dtypes: module doc).
 
     Args:
@@ -103,8 +108,9 @@ class SimulatedDataset(_CaseDataset):
         self.subject_ids: list[str] = sorted(sum(splits.values(), []) if split == "all" else splits[split])
         incomplete = [name for name in self.subject_ids if not is_complete(self._folder(name))]
         if incomplete:
-            raise InputError(f"{self.root / 'subjects'}: incomplete subject(s) {incomplete[:5]}; "
-                             "run simulate again to finish them")
+            raise InputError(
+                f"{self.root / 'subjects'}: incomplete subject(s) {incomplete[:5]}; run simulate again to finish them"
+            )
 
     def _folder(self, name: str) -> Path:
         return self.root / "subjects" / name
@@ -121,10 +127,13 @@ class SimulatedDataset(_CaseDataset):
         require_views(views, list(VIEW_NAMES), str(folder / "geometry.json"))
         suffix = "_masked" if self.masked else ""
         return make_sample(
-            name, ct_hu, labels,
+            name,
+            ct_hu,
+            labels,
             [read_image(folder / f"{view}{suffix}.npy") for view in VIEW_NAMES],
             [read_image(folder / f"{view}_mask.npy") for view in VIEW_NAMES],
-            [views[view] for view in VIEW_NAMES])
+            [views[view] for view in VIEW_NAMES],
+        )
 
 
 class OnTheFlyDataset(_CaseDataset):
@@ -141,8 +150,9 @@ class OnTheFlyDataset(_CaseDataset):
         masked: return masked radiographs rather than the full ones.
     """
 
-    def __init__(self, base_seed: int, length: int, config: SimulationConfig = DEFAULT_CONFIG,
-                 masked: bool = True) -> None:
+    def __init__(
+        self, base_seed: int, length: int, config: SimulationConfig = DEFAULT_CONFIG, masked: bool = True
+    ) -> None:
         if base_seed < 0 or length < 1:
             raise InputError(f"base_seed >= 0 and length >= 1 expected, got {base_seed}, {length}")
         self.base_seed, self.length, self.config, self.masked = base_seed, length, config, masked
@@ -155,7 +165,11 @@ class OnTheFlyDataset(_CaseDataset):
             raise IndexError(f"index: expected 0 <= index < {self.length}, got {index}")
         case = simulate_case(subject_seed(self.base_seed, index), self.config)
         radiographs = case.masked_radiographs if self.masked else case.radiographs
-        return make_sample(subject_id(index), case.ct_hu, case.labels,
-                           [radiographs[view] for view in VIEW_NAMES],
-                           [case.masks[view] for view in VIEW_NAMES],
-                           [case.views[view] for view in VIEW_NAMES])
+        return make_sample(
+            subject_id(index),
+            case.ct_hu,
+            case.labels,
+            [radiographs[view] for view in VIEW_NAMES],
+            [case.masks[view] for view in VIEW_NAMES],
+            [case.views[view] for view in VIEW_NAMES],
+        )

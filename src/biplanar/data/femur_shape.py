@@ -83,8 +83,10 @@ class FemurParameters(RangedParameters):
     def is_plausible(self) -> bool:
         """The head clears the shaft and the neck base lies between the head and the shaft."""
         axis_length = self.femoral_offset_mm / np.sin(np.radians(self.neck_shaft_angle_deg))
-        return (self.femoral_offset_mm - self.head_radius_mm >= 14.0
-                and self.head_radius_mm + 6.0 <= self.neck_length_mm <= axis_length - 10.0)
+        return (
+            self.femoral_offset_mm - self.head_radius_mm >= 14.0
+            and self.head_radius_mm + 6.0 <= self.neck_length_mm <= axis_length - 10.0
+        )
 
 
 def canonical_rotation() -> np.ndarray:
@@ -95,8 +97,9 @@ def canonical_rotation() -> np.ndarray:
     return np.column_stack([lateral, [0.0, 1.0, 0.0], superior])
 
 
-def extreme_inside_point(sdf_local: Callable[[Tensor], Tensor], centre: np.ndarray,
-                         half_size: np.ndarray, direction: np.ndarray) -> np.ndarray:
+def extreme_inside_point(
+    sdf_local: Callable[[Tensor], Tensor], centre: np.ndarray, half_size: np.ndarray, direction: np.ndarray
+) -> np.ndarray:
     """``(3,)`` the point of the solid ``sdf_local <= 0`` farthest along ``direction`` within the
     box ``centre +- half_size`` (all femur-frame mm): a 1 mm lattice search refined on a 0.25 mm
     lattice within 1.5 mm of the best point; ties within half a step are averaged (accurate to
@@ -158,8 +161,7 @@ class FemurShape:
         lateral_face = shaft[0] + p.shaft_radius_mm + p.gt_lateral_flare_mm
         body = np.array([lateral_face - body_semi[0], shaft[1] - 4.0, p.gt_height_mm - body_semi[2]])
         hook = np.array([shaft[0] + 0.25 * p.shaft_radius_mm, shaft[1] - 6.0, p.gt_height_mm - 9.0])
-        return {"body": body, "body_semi": body_semi, "hook": hook,
-                "hook_semi": np.array([8.0, 8.0, 9.0])}
+        return {"body": body, "body_semi": body_semi, "hook": hook, "hook_semi": np.array([8.0, 8.0, 9.0])}
 
     def shaft_radius(self, s: Tensor) -> Tensor:
         """Outer shaft radius (mm) at height ``s`` (mm, femur frame): tapered, flared proximally."""
@@ -195,8 +197,11 @@ class FemurShape:
         section = torch.stack([points @ self._t(self.neck_major), points @ self._t(self.neck_minor)], -1)
         base = self.p.neck_length_mm
         growth = 1.0 + NECK_FLARE * ((t - base) / (self.axis_length - base)).clamp(0.0, 1.0)
-        semi = self.p.neck_width_ratio * self.p.head_radius_mm * torch.stack(
-            [growth, growth * self.p.neck_aspect_ratio], dim=-1)
+        semi = (
+            self.p.neck_width_ratio
+            * self.p.head_radius_mm
+            * torch.stack([growth, growth * self.p.neck_aspect_ratio], dim=-1)
+        )
         caps = torch.maximum(-t, t - self.axis_length)  # from the head centre to the shaft axis
         return torch.maximum(scaled_distance(section, semi), caps)
 
@@ -209,15 +214,15 @@ class FemurShape:
         semi = np.array([9.0, 8.0, 13.0])
         reach = self._lt_reach() - semi[0]
         centre = self.shaft_point + reach * self.lt_direction + [0.0, 0.0, self.lt_level]
-        axes = np.stack([self.lt_direction, np.cross([0.0, 0.0, 1.0], self.lt_direction),
-                         [0.0, 0.0, 1.0]])
+        axes = np.stack([self.lt_direction, np.cross([0.0, 0.0, 1.0], self.lt_direction), [0.0, 0.0, 1.0]])
         return ellipsoid(points, self._t(centre), self._t(semi), self._t(axes))
 
     def _crest(self, points: Tensor) -> Tensor:
         """Intertrochanteric crest: posterior ridge from the greater to the lesser trochanter."""
         p, shaft = self.p, self.shaft_point
-        top = np.array([shaft[0] + 0.5 * p.shaft_radius_mm, shaft[1] - p.gt_depth_mm / 2.0 + 5.0,
-                        p.gt_height_mm - 20.0])
+        top = np.array(
+            [shaft[0] + 0.5 * p.shaft_radius_mm, shaft[1] - p.gt_depth_mm / 2.0 + 5.0, p.gt_height_mm - 20.0]
+        )
         bottom = shaft + p.shaft_radius_mm * self.lt_direction + [0.0, 0.0, self.lt_level + 5.0]
         return capsule(points, self._t(top), self._t(bottom), 4.5)
 
@@ -227,16 +232,16 @@ class FemurShape:
         head = sphere(points_local, self._t(np.zeros(3)), self.p.head_radius_mm)
         head_neck = smooth_union(head, self._neck(points_local), 3.0)
         gt = self._gt
-        proximal = smooth_union(self._shaft(points_local),
-                                ellipsoid(points_local, self._t(gt["body"]), self._t(gt["body_semi"])),
-                                14.0)
-        proximal = smooth_union(proximal, ellipsoid(points_local, self._t(gt["hook"]),
-                                                    self._t(gt["hook_semi"])), 5.0)
+        proximal = smooth_union(
+            self._shaft(points_local), ellipsoid(points_local, self._t(gt["body"]), self._t(gt["body_semi"])), 14.0
+        )
+        proximal = smooth_union(proximal, ellipsoid(points_local, self._t(gt["hook"]), self._t(gt["hook_semi"])), 5.0)
         proximal = smooth_union(proximal, self._lesser_trochanter(points_local), 4.0)
         proximal = smooth_union(proximal, self._crest(points_local), 4.0)
         r = self.p.head_radius_mm
         wide = smoothstep(points_local.norm(dim=-1), r + 5.0, r + 18.0) * smoothstep(
-            points_local[:, 2], self.lt_level - 25.0, self.lt_level - 5.0)
+            points_local[:, 2], self.lt_level - 25.0, self.lt_level - 5.0
+        )
         fillet = FILLET_NEAR_MM + (FILLET_FAR_MM - FILLET_NEAR_MM) * wide
         return smooth_union(head_neck, proximal, fillet)
 
@@ -262,8 +267,11 @@ class FemurShape:
         """``(M, 3)`` femur-frame mm of lattice points inside the femur from the top of the head
         down to ``below_lt_mm`` under the lesser trochanter (a coarse sample of the solid)."""
         r, reach = self.p.head_radius_mm, self.p.femoral_offset_mm + 2.0 * self.p.shaft_radius_mm
-        axes = [np.arange(-r - step_mm, reach + 15.0, step_mm), np.arange(-reach, reach, step_mm),
-                np.arange(self.lt_level - below_lt_mm, r + step_mm, step_mm)]
+        axes = [
+            np.arange(-r - step_mm, reach + 15.0, step_mm),
+            np.arange(-reach, reach, step_mm),
+            np.arange(self.lt_level - below_lt_mm, r + step_mm, step_mm),
+        ]
         lattice = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
         inside = self.sdf(self._t(lattice)).numpy() <= 0
         return lattice[inside]
@@ -289,11 +297,16 @@ class FemurShape:
         p, shaft = self.p, self.shaft_point
         # The greater trochanter: lateral of the shaft axis, within 8 mm of its nominal tip height.
         lateral_face = shaft[0] + p.shaft_radius_mm + p.gt_lateral_flare_mm
-        gt_box = np.array([[shaft[0], lateral_face + 2.0],
-                           [shaft[1] - p.gt_depth_mm / 2.0 - 3.0, shaft[1] + p.gt_depth_mm / 2.0 + 3.0],
-                           [p.gt_height_mm - 8.0, p.gt_height_mm + 8.0]])
-        gt_tip = extreme_inside_point(sdf_local, gt_box.mean(axis=1), np.diff(gt_box, axis=1)[:, 0] / 2,
-                                      np.array([0.0, 0.0, 1.0]))
+        gt_box = np.array(
+            [
+                [shaft[0], lateral_face + 2.0],
+                [shaft[1] - p.gt_depth_mm / 2.0 - 3.0, shaft[1] + p.gt_depth_mm / 2.0 + 3.0],
+                [p.gt_height_mm - 8.0, p.gt_height_mm + 8.0],
+            ]
+        )
+        gt_tip = extreme_inside_point(
+            sdf_local, gt_box.mean(axis=1), np.diff(gt_box, axis=1)[:, 0] / 2, np.array([0.0, 0.0, 1.0])
+        )
         lt_apex = self.shaft_point + self._lt_reach() * self.lt_direction + [0.0, 0.0, self.lt_level]
         lt_tip = extreme_inside_point(sdf_local, lt_apex, np.array([6.0, 6.0, 8.0]), self.lt_direction)
         return FemurLandmarksLocal(

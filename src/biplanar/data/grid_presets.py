@@ -23,5 +23,4 @@ def grid_preset(name: str) -> VolumeGrid:
     try:
         return GRID_PRESETS[name]
     except KeyError:
-        raise ValueError(
-            f"unknown grid preset {name!r}: expected one of {sorted(GRID_PRESETS)}") from None
+        raise ValueError(f"unknown grid preset {name!r}: expected one of {sorted(GRID_PRESETS)}") from None

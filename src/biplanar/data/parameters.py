@@ -44,8 +44,7 @@ class ParameterRange:
 
 def ranged(mean: float, sd: float, low: float, high: float) -> Any:
     """A dataclass field whose default is ``mean`` and that carries its :class:`ParameterRange`."""
-    return dataclasses.field(default=mean,
-                             metadata={_RANGE_KEY: ParameterRange(mean, sd, low, high)})
+    return dataclasses.field(default=mean, metadata={_RANGE_KEY: ParameterRange(mean, sd, low, high)})
 
 
 class RangedParameters:
@@ -72,8 +71,10 @@ class RangedParameters:
 
     def check(self) -> None:
         """Raise ``ValueError`` naming every field outside its ``[low, high]`` range."""
-        bad = [f"{name}={getattr(self, name)} (expected {spec.low}..{spec.high})"
-               for name, spec in self.ranges().items()
-               if not spec.low <= getattr(self, name) <= spec.high]
+        bad = [
+            f"{name}={getattr(self, name)} (expected {spec.low}..{spec.high})"
+            for name, spec in self.ranges().items()
+            if not spec.low <= getattr(self, name) <= spec.high
+        ]
         if bad:
             raise ValueError(f"{type(self).__name__}: out of range: {', '.join(bad)}")

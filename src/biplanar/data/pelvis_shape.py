@@ -48,8 +48,14 @@ class PelvisShape:
         anteversion = np.radians(params.acetabular_anteversion_deg)
         # Acetabular axis (out of the cup): inclination from -z towards +x in the coronal plane,
         # anteversion out of the coronal plane towards +y (radiographic definitions).
-        self.cup_axis = torch.tensor([np.sin(inclination) * np.cos(anteversion), np.sin(anteversion),
-                                      -np.cos(inclination) * np.cos(anteversion)], dtype=torch.float32)
+        self.cup_axis = torch.tensor(
+            [
+                np.sin(inclination) * np.cos(anteversion),
+                np.sin(anteversion),
+                -np.cos(inclination) * np.cos(anteversion),
+            ],
+            dtype=torch.float32,
+        )
 
     def sdf(self, points_pelvis: Tensor) -> Tensor:
         """``(N, 3)`` mm in the pelvis frame -> ``(N,)`` signed distance, mm (negative inside)."""
@@ -60,14 +66,15 @@ class PelvisShape:
         bone = smooth_intersection(shell, rim_plane, 2.0)
         ilium = ellipsoid(q, *_points([-14.0, -6.0, 30.0], [24.0, 30.0, 30.0]))
         bone = smooth_union(bone, smooth_intersection(ilium, rim_plane, 4.0), 8.0)
-        parts = [capsule(q, *_points([-6.0, -24.0, 4.0], [-22.0, -40.0, 40.0]), 13.0),  # post. column
-                 capsule(q, *_points([-10.0, 18.0, 5.0], [-14.0, 30.0, 40.0]), 10.0),  # ant. column
-                 ellipsoid(q, *_points([-34.0, -6.0, -8.0], [4.0, 20.0, 26.0])),  # quadrilateral plate
-                 capsule(q, *_points([-12.0, -22.0, -24.0], [-28.0, -28.0, -58.0]), p.ischium_radius_mm),
-                 ellipsoid(q, *_points([-30.0, -30.0, -64.0], [14.0, 12.0, 16.0])),  # tuberosity
-                 capsule(q, *_points([-30.0, -28.0, -68.0], [-60.0, 0.0, -70.0]), 7.0),  # ischial ramus
-                 capsule(q, *_points([-16.0, 16.0, -16.0], [-70.0, 35.0, -35.0]),
-                         p.pubic_ramus_radius_mm)]  # superior pubic ramus
+        parts = [
+            capsule(q, *_points([-6.0, -24.0, 4.0], [-22.0, -40.0, 40.0]), 13.0),  # post. column
+            capsule(q, *_points([-10.0, 18.0, 5.0], [-14.0, 30.0, 40.0]), 10.0),  # ant. column
+            ellipsoid(q, *_points([-34.0, -6.0, -8.0], [4.0, 20.0, 26.0])),  # quadrilateral plate
+            capsule(q, *_points([-12.0, -22.0, -24.0], [-28.0, -28.0, -58.0]), p.ischium_radius_mm),
+            ellipsoid(q, *_points([-30.0, -30.0, -64.0], [14.0, 12.0, 16.0])),  # tuberosity
+            capsule(q, *_points([-30.0, -28.0, -68.0], [-60.0, 0.0, -70.0]), 7.0),  # ischial ramus
+            capsule(q, *_points([-16.0, 16.0, -16.0], [-70.0, 35.0, -35.0]), p.pubic_ramus_radius_mm),
+        ]  # superior pubic ramus
         for part in parts:
             bone = smooth_union(bone, part, 8.0)
         return torch.maximum(bone, self.cup_inner_mm - radius)  # keep the acetabular cavity open

@@ -96,9 +96,12 @@ class Pose:
 
     def to_dict(self) -> dict[str, float | list[float]]:
         """Field name -> value (JSON-ready)."""
-        return {"flexion_deg": self.flexion_deg, "abduction_deg": self.abduction_deg,
-                "external_rotation_deg": self.external_rotation_deg,
-                "translation_mm": list(self.translation_mm)}
+        return {
+            "flexion_deg": self.flexion_deg,
+            "abduction_deg": self.abduction_deg,
+            "external_rotation_deg": self.external_rotation_deg,
+            "translation_mm": list(self.translation_mm),
+        }
 
 
 @dataclass(frozen=True)
@@ -123,9 +126,14 @@ class SubjectSpec:
     def sample(cls, seed: int) -> SubjectSpec:
         """A random subject; all draws come from ``numpy.random.default_rng(seed)``."""
         rng = np.random.default_rng(seed)
-        return cls(FemurParameters.sample(rng), PelvisParameters.sample(rng),
-                   TissueParameters.sample(rng), Pose.sample(rng),
-                   detail_seed=int(rng.integers(2**62)), deformed=True)
+        return cls(
+            FemurParameters.sample(rng),
+            PelvisParameters.sample(rng),
+            TissueParameters.sample(rng),
+            Pose.sample(rng),
+            detail_seed=int(rng.integers(2**62)),
+            deformed=True,
+        )
 
     @classmethod
     def atlas(cls) -> SubjectSpec:
@@ -169,8 +177,10 @@ class FemurLandmarks:
 
     def to_dict(self) -> dict[str, float | list[float]]:
         """Field name -> value, vectors as lists (JSON-ready)."""
-        return {name: value if isinstance(value, float) else np.asarray(value).tolist()
-                for name, value in self.__dict__.items()}
+        return {
+            name: value if isinstance(value, float) else np.asarray(value).tolist()
+            for name, value in self.__dict__.items()
+        }
 
 
 @dataclass(frozen=True)
@@ -220,16 +230,23 @@ def landmarks_world(spec: SubjectSpec) -> FemurLandmarks:
     to_world = spec.femur_to_world()
     point = lambda x: to_world[:3, :3] @ x + to_world[:3, 3]  # noqa: E731
     return FemurLandmarks(
-        head_centre_mm=point(local.head_centre), head_radius_mm=float(spec.femur.head_radius_mm),
+        head_centre_mm=point(local.head_centre),
+        head_radius_mm=float(spec.femur.head_radius_mm),
         neck_axis=to_world[:3, :3] @ local.neck_axis,
         shaft_axis_point_mm=point(local.shaft_axis_point),
         shaft_axis=to_world[:3, :3] @ local.shaft_axis,
         greater_trochanter_tip_mm=point(local.greater_trochanter_tip),
-        lesser_trochanter_tip_mm=point(local.lesser_trochanter_tip))
+        lesser_trochanter_tip_mm=point(local.lesser_trochanter_tip),
+    )
 
 
-def _femur_sdf_local(spec: SubjectSpec, femur: FemurShape, fields: _DetailFields,
-                     points_local: Tensor, voxel_edges_mm: np.ndarray | None = None) -> Tensor:
+def _femur_sdf_local(
+    spec: SubjectSpec,
+    femur: FemurShape,
+    fields: _DetailFields,
+    points_local: Tensor,
+    voxel_edges_mm: np.ndarray | None = None,
+) -> Tensor:
     """``(N,)`` signed distance (mm) to the subject's femur, randomly deformed if ``spec.deformed``.
 
     Args:
@@ -299,9 +316,13 @@ def render_subject(spec: SubjectSpec, grid: VolumeGrid) -> Subject:
     with _single_threaded():
         renderer = _Renderer(spec, grid)
         femur_sdf = renderer.femur_sdf()
-        return Subject(ct_hu=renderer.ct_hu(femur_sdf).numpy(),
-                       labels=(femur_sdf <= 0).numpy().astype(np.uint8),
-                       grid=grid, spec=spec, landmarks=landmarks_world(spec))
+        return Subject(
+            ct_hu=renderer.ct_hu(femur_sdf).numpy(),
+            labels=(femur_sdf <= 0).numpy().astype(np.uint8),
+            grid=grid,
+            spec=spec,
+            landmarks=landmarks_world(spec),
+        )
 
 
 class _Renderer:
@@ -318,19 +339,23 @@ class _Renderer:
 
     def _femur_sdf_world(self, points_world: Tensor) -> Tensor:
         """``(N, 3)`` world mm -> ``(N,)`` signed distance to the (deformed) femur, mm."""
-        return _femur_sdf_local(self.spec, self.femur, self.fields, self.frames.femur(points_world),
-                                self.frames.edges_femur)
+        return _femur_sdf_local(
+            self.spec, self.femur, self.fields, self.frames.femur(points_world), self.frames.edges_femur
+        )
 
     def femur_sdf(self) -> Tensor:
         """Femur signed distance, exact as far out as it carves the pelvis (joint + cortex)."""
-        band = (PelvisParameters.ranges()["joint_space_mm"].high + PELVIS_CORTEX_MM
-                + self.ramp_margin)
+        band = PelvisParameters.ranges()["joint_space_mm"].high + PELVIS_CORTEX_MM + self.ramp_margin
         return narrow_band_sdf(self._femur_sdf_world, self.grid, band, self.points_world)
 
     def pelvis_sdf(self, femur_sdf: Tensor) -> Tensor:
         """Pelvis signed distance, kept ``joint_space_mm`` away from the posed femur."""
-        sdf = narrow_band_sdf(lambda x: self.pelvis.sdf(self.frames.pelvis(x)), self.grid,
-                              PELVIS_CORTEX_MM + self.ramp_margin, self.points_world)
+        sdf = narrow_band_sdf(
+            lambda x: self.pelvis.sdf(self.frames.pelvis(x)),
+            self.grid,
+            PELVIS_CORTEX_MM + self.ramp_margin,
+            self.points_world,
+        )
         return torch.maximum(sdf, self.spec.pelvis.joint_space_mm - femur_sdf)
 
     def ct_hu(self, femur_sdf: Tensor) -> Tensor:
@@ -349,15 +374,15 @@ class _Renderer:
 
         fat = smooth_field(lambda x: self.fields.fat(frames.pelvis(x))[:, 0], self.grid)
         hu = _soft_tissue_hu(tissue, fat) * (1.0 - femur_outer - pelvis_outer) + tissue.cortical_hu * (
-            femur_outer - femur_inner + pelvis_outer - pelvis_inner)
+            femur_outer - femur_inner + pelvis_outer - pelvis_inner
+        )
         core = femur_inner > 0
         hu[core] += femur_inner[core] * _femur_interior_hu(
-            self.femur, tissue, frames.femur(self.points_world[core]), self.fields.texture,
-            frames.edges_femur)
+            self.femur, tissue, frames.femur(self.points_world[core]), self.fields.texture, frames.edges_femur
+        )
         core = pelvis_inner > 0
         texture = self.fields.texture(frames.pelvis(self.points_world[core]), frames.edges_world)
-        hu[core] += pelvis_inner[core] * (tissue.trabecular_hu
-                                          + tissue.trabecular_texture_hu * texture[:, 0])
+        hu[core] += pelvis_inner[core] * (tissue.trabecular_hu + tissue.trabecular_texture_hu * texture[:, 0])
         return hu
 
 
@@ -369,11 +394,13 @@ def _soft_tissue_hu(tissue: TissueParameters, fat_field: Tensor) -> Tensor:
     return tissue.muscle_hu + (tissue.fat_hu - tissue.muscle_hu) * fat
 
 
-def _femur_interior_hu(femur: FemurShape, tissue: TissueParameters, points_femur: Tensor,
-                       texture: FourierField, edges_femur: np.ndarray) -> Tensor:
+def _femur_interior_hu(
+    femur: FemurShape, tissue: TissueParameters, points_femur: Tensor, texture: FourierField, edges_femur: np.ndarray
+) -> Tensor:
     """HU inside the femoral cortex: textured trabecular bone, fatty marrow in the canal."""
-    trabecular = (tissue.trabecular_hu
-                  + tissue.trabecular_texture_hu * texture(points_femur, edges_femur)[:, 0]
-                  + COMPRESSIVE_TRABECULAE_HU * femur.compressive_trabeculae(points_femur))
-    return torch.lerp(trabecular, torch.full_like(trabecular, tissue.marrow_hu),
-                      femur.marrow_fraction(points_femur))
+    trabecular = (
+        tissue.trabecular_hu
+        + tissue.trabecular_texture_hu * texture(points_femur, edges_femur)[:, 0]
+        + COMPRESSIVE_TRABECULAE_HU * femur.compressive_trabeculae(points_femur)
+    )
+    return torch.lerp(trabecular, torch.full_like(trabecular, tissue.marrow_hu), femur.marrow_fraction(points_femur))

@@ -133,16 +133,18 @@ class FemurFrame:
     def to_dict(self) -> dict[str, object]:
         """Field name -> value, vectors and matrices as lists (JSON-ready)."""
         axes = self.axes
-        return {"side": self.side,
-                "head_centre_mm": axes.head_centre_mm.tolist(),
-                "head_radius_mm": axes.head_radius_mm,
-                "shaft_axis": axes.shaft_axis.tolist(),
-                "shaft_axis_point_mm": axes.shaft_axis_point_mm.tolist(),
-                "neck_axis": axes.neck_axis.tolist(),
-                "neck_shaft_junction_mm": axes.neck_shaft_junction_mm.tolist(),
-                "neck_shaft_angle_deg": axes.neck_shaft_angle_deg,
-                "femoral_offset_mm": axes.femoral_offset_mm,
-                "output_to_input": self.output_to_input.tolist()}
+        return {
+            "side": self.side,
+            "head_centre_mm": axes.head_centre_mm.tolist(),
+            "head_radius_mm": axes.head_radius_mm,
+            "shaft_axis": axes.shaft_axis.tolist(),
+            "shaft_axis_point_mm": axes.shaft_axis_point_mm.tolist(),
+            "neck_axis": axes.neck_axis.tolist(),
+            "neck_shaft_junction_mm": axes.neck_shaft_junction_mm.tolist(),
+            "neck_shaft_angle_deg": axes.neck_shaft_angle_deg,
+            "femoral_offset_mm": axes.femoral_offset_mm,
+            "output_to_input": self.output_to_input.tolist(),
+        }
 
 
 @dataclass(frozen=True)
@@ -191,8 +193,7 @@ def _surface_points(mask: np.ndarray, grid: VolumeGrid) -> np.ndarray:
     return _to_world(grid, np.concatenate(midpoints))
 
 
-def _principal_axis(points: np.ndarray, towards: np.ndarray,
-                    origin: np.ndarray | None = None) -> np.ndarray:
+def _principal_axis(points: np.ndarray, towards: np.ndarray, origin: np.ndarray | None = None) -> np.ndarray:
     """``(3,)`` unit direction of largest spread of ``(N, 3)`` points about ``origin`` (default:
     their centroid), signed along ``towards``."""
     origin = points.mean(axis=0) if origin is None else origin
@@ -223,8 +224,7 @@ def _sphere(points: np.ndarray) -> tuple[np.ndarray, float]:
     return centre, float(np.sqrt(max(solution[3] + centre @ centre, 0.0)))
 
 
-def _fit_head(surface: np.ndarray, centre: np.ndarray, radius: float,
-              shell_mm: float) -> tuple[np.ndarray, float]:
+def _fit_head(surface: np.ndarray, centre: np.ndarray, radius: float, shell_mm: float) -> tuple[np.ndarray, float]:
     """Sphere fit to the surface points within a shell around ``(centre, radius)``, shrinking the
     shell from a quarter of the radius to ``shell_mm`` so the neck's surface drops out."""
     for shell in np.geomspace(radius / 4.0, shell_mm, ITERATIONS):
@@ -235,8 +235,7 @@ def _fit_head(surface: np.ndarray, centre: np.ndarray, radius: float,
     return centre, radius
 
 
-def _slab(points: np.ndarray, head: np.ndarray, proximal: np.ndarray,
-          slab_mm: tuple[float, float]) -> np.ndarray:
+def _slab(points: np.ndarray, head: np.ndarray, proximal: np.ndarray, slab_mm: tuple[float, float]) -> np.ndarray:
     """The points between ``slab_mm`` below ``head`` along the shaft direction ``proximal``."""
     depth = (head - points) @ proximal
     slab = points[(depth >= slab_mm[0]) & (depth <= slab_mm[1])]
@@ -245,16 +244,16 @@ def _slab(points: np.ndarray, head: np.ndarray, proximal: np.ndarray,
     return slab
 
 
-def _fit_shaft(points: np.ndarray, head: np.ndarray, proximal: np.ndarray,
-               slab_mm: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+def _fit_shaft(
+    points: np.ndarray, head: np.ndarray, proximal: np.ndarray, slab_mm: tuple[float, float]
+) -> tuple[np.ndarray, np.ndarray]:
     """Principal axis of the points ``slab_mm`` below ``head`` along the shaft, the slab re-cut
     perpendicular to the new axis until it settles.
 
     Returns:
         ``(3,)`` world mm of the slab's centroid (on the axis), ``(3,)`` proximal unit direction.
     """
-    proximal = _settle(lambda axis: _principal_axis(_slab(points, head, axis, slab_mm), axis),
-                       proximal)
+    proximal = _settle(lambda axis: _principal_axis(_slab(points, head, axis, slab_mm), axis), proximal)
     return _slab(points, head, proximal, slab_mm).mean(axis=0), proximal
 
 
@@ -269,8 +268,7 @@ def _fit_neck(points: np.ndarray, head: np.ndarray, radius: float, towards: np.n
     def update(axis: np.ndarray) -> np.ndarray:
         along = relative @ axis
         across = np.linalg.norm(relative - along[:, None] * axis, axis=1)
-        slices = [relative[(np.abs(along - depth) < NECK_SLICE_MM / 2) & (across < radius)]
-                  for depth in depths]
+        slices = [relative[(np.abs(along - depth) < NECK_SLICE_MM / 2) & (across < radius)] for depth in depths]
         centroids = np.array([part.mean(axis=0) for part in slices if len(part) > 0])
         if len(centroids) < 2:
             raise InputError("no femoral neck next to the head")
@@ -315,8 +313,9 @@ def _check_head(centre: np.ndarray, radius: float, grid: VolumeGrid) -> None:
     """Raise unless the head sphere has a femoral head's size and lies inside the CT."""
     low, high = HEAD_RADIUS_RANGE_MM
     if not low <= radius <= high:
-        raise InputError(f"the head sphere fit gives a radius of {radius:.1f} mm, "
-                         f"not a femoral head ({low:g} to {high:g} mm)")
+        raise InputError(
+            f"the head sphere fit gives a radius of {radius:.1f} mm, not a femoral head ({low:g} to {high:g} mm)"
+        )
     centre_vox = np.linalg.solve(grid.affine[:3, :3], centre - grid.affine[:3, 3])
     margin_vox = radius / grid.spacing_mm
     inside = (centre_vox - margin_vox >= -0.5) & (centre_vox + margin_vox <= np.array(grid.shape) - 0.5)
@@ -330,13 +329,14 @@ def _shaft_slab(points: np.ndarray, head: np.ndarray, shaft: np.ndarray) -> tupl
     slab = (SHAFT_SLAB_MM[0], min(SHAFT_SLAB_MM[1], reach - CUT_MARGIN_MM))
     if slab[1] - slab[0] < MIN_SHAFT_SLAB_MM:
         needed = SHAFT_SLAB_MM[0] + MIN_SHAFT_SLAB_MM + CUT_MARGIN_MM
-        raise InputError(f"the femur is cut off {reach:.0f} mm below the head centre; the shaft "
-                         f"axis needs it to reach {needed:.0f} mm")
+        raise InputError(
+            f"the femur is cut off {reach:.0f} mm below the head centre; the shaft "
+            f"axis needs it to reach {needed:.0f} mm"
+        )
     return slab
 
 
-def measure_femur_axes(femur_mask: np.ndarray, grid: VolumeGrid,
-                       name: str = "femur_mask") -> FemurAxes:
+def measure_femur_axes(femur_mask: np.ndarray, grid: VolumeGrid, name: str = "femur_mask") -> FemurAxes:
     """Measure the head sphere, shaft axis and neck axis of a femur label (see the module doc).
 
     Args:
@@ -358,9 +358,12 @@ def _measure(mask: np.ndarray, grid: VolumeGrid, name: str) -> FemurAxes:
         if len(points) < 1000:
             raise InputError(f"only {len(points)} voxels, too small for a femur")
         axis_point, shaft, proximal = _first_shaft_axis(points)
-        head, radius = _fit_head(_surface_points(mask, grid), _first_head(proximal, axis_point, shaft),
-                                 FemurParameters.mean().head_radius_mm,
-                                 max(1.0, float(grid.spacing_mm.max())))
+        head, radius = _fit_head(
+            _surface_points(mask, grid),
+            _first_head(proximal, axis_point, shaft),
+            FemurParameters.mean().head_radius_mm,
+            max(1.0, float(grid.spacing_mm.max())),
+        )
         _check_head(head, radius, grid)
         centre, shaft = _fit_shaft(points, head, shaft, _shaft_slab(points, head, shaft))
         foot = centre + ((head - centre) @ shaft) * shaft
@@ -368,8 +371,9 @@ def _measure(mask: np.ndarray, grid: VolumeGrid, name: str) -> FemurAxes:
         medial = (head - foot) / np.linalg.norm(head - foot)
         angle = np.radians(FemurParameters.mean().neck_shaft_angle_deg)
         neck = _fit_neck(points, head, radius, np.cos(angle) * shaft - np.sin(angle) * medial)
-    return FemurAxes(head_centre_mm=head, head_radius_mm=radius, shaft_axis_point_mm=foot,
-                     shaft_axis=shaft, neck_axis=-neck)
+    return FemurAxes(
+        head_centre_mm=head, head_radius_mm=radius, shaft_axis_point_mm=foot, shaft_axis=shaft, neck_axis=-neck
+    )
 
 
 @contextmanager
@@ -395,8 +399,10 @@ def _check_side(side: str, axes: FemurAxes) -> None:
     medial_x = (axes.neck_axis - (axes.neck_axis @ s) * s)[0]  # the neck's x, across the shaft
     found = "right" if medial_x < 0 else "left"
     if side != found:
-        raise InputError(f"side: {side!r} given, but the femoral head lies towards "
-                         f"{'-' if medial_x < 0 else '+'}x of the shaft (RAS+): a {found} femur")
+        raise InputError(
+            f"side: {side!r} given, but the femoral head lies towards "
+            f"{'-' if medial_x < 0 else '+'}x of the shaft (RAS+): a {found} femur"
+        )
 
 
 @lru_cache(maxsize=1)
@@ -433,8 +439,9 @@ def femur_frame(axes: FemurAxes, side: str) -> FemurFrame:
     return FemurFrame(axes=axes, side=side, output_to_input=output_to_input)
 
 
-def resample(volume: np.ndarray, source: VolumeGrid, target: VolumeGrid,
-             target_to_source: np.ndarray, outside: float = 0.0) -> np.ndarray:
+def resample(
+    volume: np.ndarray, source: VolumeGrid, target: VolumeGrid, target_to_source: np.ndarray, outside: float = 0.0
+) -> np.ndarray:
     """Trilinear resampling of a volume onto another grid through a world-to-world map.
 
     Args:
@@ -455,13 +462,15 @@ def resample(volume: np.ndarray, source: VolumeGrid, target: VolumeGrid,
     points = target.voxel_centres_world(torch.float64)  # (I', J', K', 3) target world mm
     sample_grid = points @ to_grid[:3, :3].T + to_grid[:3, 3]  # grid_sample coordinates (k, j, i)
     shifted = torch.as_tensor(volume, dtype=torch.float32) - outside  # zero padding -> outside
-    sampled = F.grid_sample(shifted[None, None], sample_grid[None].float(), mode="bilinear",
-                            padding_mode="zeros", align_corners=True)
+    sampled = F.grid_sample(
+        shifted[None, None], sample_grid[None].float(), mode="bilinear", padding_mode="zeros", align_corners=True
+    )
     return (sampled[0, 0] + outside).numpy()
 
 
-def _crop_to(source: VolumeGrid, volume: np.ndarray, target: VolumeGrid,
-             target_to_source: np.ndarray) -> tuple[VolumeGrid, np.ndarray]:
+def _crop_to(
+    source: VolumeGrid, volume: np.ndarray, target: VolumeGrid, target_to_source: np.ndarray
+) -> tuple[VolumeGrid, np.ndarray]:
     """The part of ``volume`` (and its grid) that the target's box reaches, one voxel of margin."""
     corners = target.corners_world() @ target_to_source[:3, :3].T + target_to_source[:3, 3]
     corners_vox = np.linalg.solve(source.affine[:3, :3], (corners - source.affine[:3, 3]).T).T
@@ -472,12 +481,18 @@ def _crop_to(source: VolumeGrid, volume: np.ndarray, target: VolumeGrid,
     high = np.clip(np.ceil(corners_vox.max(axis=0)).astype(int) + 2, np.minimum(low + 2, size), size)
     affine = source.affine.copy()
     affine[:3, 3] = source.affine[:3, :3] @ low + source.affine[:3, 3]
-    crop = volume[low[0]:high[0], low[1]:high[1], low[2]:high[2]]
+    crop = volume[low[0] : high[0], low[1] : high[1], low[2] : high[2]]
     return VolumeGrid(tuple(high - low), affine), crop
 
 
-def preprocess_arrays(ct_hu: np.ndarray, ct_grid: VolumeGrid, femur_mask: np.ndarray, side: str,
-                      preset: str = "lite", mask_name: str = "femur_mask") -> PreprocessResult:
+def preprocess_arrays(
+    ct_hu: np.ndarray,
+    ct_grid: VolumeGrid,
+    femur_mask: np.ndarray,
+    side: str,
+    preset: str = "lite",
+    mask_name: str = "femur_mask",
+) -> PreprocessResult:
     """One femur of a CT in the atlas's frame on a preset grid (no file I/O).
 
     Args:
@@ -497,8 +512,7 @@ def preprocess_arrays(ct_hu: np.ndarray, ct_grid: VolumeGrid, femur_mask: np.nda
     """
     for name, array in (("ct_hu", ct_hu), ("femur_mask", femur_mask)):
         if tuple(np.shape(array)) != ct_grid.shape:
-            raise InputError(f"{name}: expected shape {ct_grid.shape} (the CT grid's), "
-                             f"got {tuple(np.shape(array))}")
+            raise InputError(f"{name}: expected shape {ct_grid.shape} (the CT grid's), got {tuple(np.shape(array))}")
     try:
         grid = grid_preset(preset)
     except ValueError as error:
@@ -506,15 +520,14 @@ def preprocess_arrays(ct_hu: np.ndarray, ct_grid: VolumeGrid, femur_mask: np.nda
     _mirror(side)  # a bad side fails before the measurements
     mask = _largest_component(np.asarray(femur_mask, dtype=bool))
     frame = femur_frame(_measure(mask, ct_grid, mask_name), side)
-    ct_out = resample(np.asarray(ct_hu, dtype=np.float32), ct_grid, grid, frame.output_to_input,
-                      AIR_HU)
+    ct_out = resample(np.asarray(ct_hu, dtype=np.float32), ct_grid, grid, frame.output_to_input, AIR_HU)
     fraction = resample(mask.astype(np.float32), ct_grid, grid, frame.output_to_input)
-    return PreprocessResult(ct_hu=ct_out, labels=(fraction >= LABEL_FRACTION).astype(np.uint8),
-                            grid=grid, frame=frame)
+    return PreprocessResult(ct_hu=ct_out, labels=(fraction >= LABEL_FRACTION).astype(np.uint8), grid=grid, frame=frame)
 
 
-def preprocess_femur(ct_path: str | Path, labels_path: str | Path, label: int, side: str,
-                     out_dir: str | Path, preset: str = "lite") -> PreprocessResult:
+def preprocess_femur(
+    ct_path: str | Path, labels_path: str | Path, label: int, side: str, out_dir: str | Path, preset: str = "lite"
+) -> PreprocessResult:
     """Preprocess femur ``label`` of a CT and its label map; write the result atomically.
 
     Writes ``out_dir/ct.nii.gz`` (float32 HU), ``out_dir/labels.nii.gz`` (uint8, 1 = femur) on the
@@ -536,15 +549,18 @@ def preprocess_femur(ct_path: str | Path, labels_path: str | Path, label: int, s
     """
     ct_hu, ct_grid = read_volume(ct_path)
     labels, labels_grid = read_volume(labels_path)
-    if labels_grid.shape != ct_grid.shape or not np.allclose(labels_grid.affine, ct_grid.affine,
-                                                              atol=1e-4):
-        raise InputError(f"{labels_path}: grid (shape {labels_grid.shape}) differs from the CT's "
-                         f"{ct_path} (shape {ct_grid.shape}): shapes and affines must match")
+    if labels_grid.shape != ct_grid.shape or not np.allclose(labels_grid.affine, ct_grid.affine, atol=1e-4):
+        raise InputError(
+            f"{labels_path}: grid (shape {labels_grid.shape}) differs from the CT's "
+            f"{ct_path} (shape {ct_grid.shape}): shapes and affines must match"
+        )
     mask = labels == label
     if not mask.any():
         present = np.unique(labels).astype(int)
-        raise InputError(f"{labels_path}: label {label} not present (values: "
-                         f"{', '.join(map(str, present[:20]))}{' ...' if len(present) > 20 else ''})")
+        raise InputError(
+            f"{labels_path}: label {label} not present (values: "
+            f"{', '.join(map(str, present[:20]))}{' ...' if len(present) > 20 else ''})"
+        )
     result = preprocess_arrays(ct_hu, ct_grid, mask, side, preset, f"{labels_path} (label {label})")
     out_dir = Path(out_dir)
     write_volume(out_dir / "ct.nii.gz", result.ct_hu, result.grid)

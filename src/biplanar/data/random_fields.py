@@ -26,8 +26,9 @@ class FourierField:
         channels: number of independent output fields.
     """
 
-    def __init__(self, rng: np.random.Generator, n_modes: int,
-                 wavelength_mm: tuple[float, float], channels: int = 1) -> None:
+    def __init__(
+        self, rng: np.random.Generator, n_modes: int, wavelength_mm: tuple[float, float], channels: int = 1
+    ) -> None:
         directions = rng.normal(size=(n_modes, 3))
         directions /= np.linalg.norm(directions, axis=1, keepdims=True)
         wavelengths = np.exp(rng.uniform(*np.log(wavelength_mm), size=n_modes))
@@ -51,14 +52,14 @@ class FourierField:
         weights = self.weights
         if voxel_edges_mm is not None:
             # Mean of cos(k.x) over a box with edges e_i: prod_i sinc(k.e_i / 2) (sinc = sin x / x).
-            weights = weights * np.prod(np.sinc(self.wavevectors @ voxel_edges_mm.T / (2 * np.pi)),
-                                        axis=1)[:, None]
+            weights = weights * np.prod(np.sinc(self.wavevectors @ voxel_edges_mm.T / (2 * np.pi)), axis=1)[:, None]
         kwargs = {"dtype": points_mm.dtype, "device": points_mm.device}
         wavevectors = torch.as_tensor(self.wavevectors.T, **kwargs)
         phases = torch.as_tensor(self.phases, **kwargs)
         weights_t = torch.as_tensor(weights, **kwargs)
-        out = [torch.cos(torch.addmm(phases, chunk, wavevectors)) @ weights_t
-               for chunk in points_mm.split(_CHUNK_POINTS)]
+        out = [
+            torch.cos(torch.addmm(phases, chunk, wavevectors)) @ weights_t for chunk in points_mm.split(_CHUNK_POINTS)
+        ]
         if not out:
             return points_mm.new_zeros(0, weights.shape[1])
         return torch.cat(out)

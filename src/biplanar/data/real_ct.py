@@ -18,6 +18,8 @@ REAL_CT_SOURCE = "real_ct"  # the name configs use for it
 def real_ct_path() -> Path:
     """:data:`REAL_CT`, or ``InputError`` when this is not a checkout of the repository."""
     if not REAL_CT.is_file():
-        raise InputError(f"{REAL_CT}: the real CT is not there (it ships with the repository's tests/data, "
-                         f"not with an installed package)")
+        raise InputError(
+            f"{REAL_CT}: the real CT is not there (it ships with the repository's tests/data, "
+            f"not with an installed package)"
+        )
     return REAL_CT

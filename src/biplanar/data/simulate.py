@@ -83,9 +83,13 @@ MASK_MIN_PATH_MM = 1.0  # femur path length along a ray above which a pixel is f
 PAPER_SPLIT = {"train": 235, "val": 40, "test": 40}
 # Child streams of a case seed (numpy SeedSequence spawn keys), independent of the subject's own.
 GEOMETRY_STREAM, NOISE_STREAM, SPLIT_STREAM = 1, 2, 3
-SUBJECT_FILES = ("ct.nii.gz", "labels.nii.gz", *(f"{view}{suffix}.npy" for view in VIEW_NAMES
-                                                  for suffix in ("", "_mask", "_masked")),
-                 "geometry.json", "subject.json")
+SUBJECT_FILES = (
+    "ct.nii.gz",
+    "labels.nii.gz",
+    *(f"{view}{suffix}.npy" for view in VIEW_NAMES for suffix in ("", "_mask", "_masked")),
+    "geometry.json",
+    "subject.json",
+)
 PARTIAL_SUFFIX = ".partial"
 
 
@@ -112,16 +116,24 @@ class SimulationConfig:
     num_samples: int = 256
 
     def __post_init__(self) -> None:
-        for name, allowed in (("preset", sorted(set(GRID_PRESETS) & set(DETECTOR_BINNING))),
-                              ("geometry", GEOMETRIES), ("mode", SIMULATION_MODES)):
+        for name, allowed in (
+            ("preset", sorted(set(GRID_PRESETS) & set(DETECTOR_BINNING))),
+            ("geometry", GEOMETRIES),
+            ("mode", SIMULATION_MODES),
+        ):
             if getattr(self, name) not in allowed:
-                raise InputError(f"{name}: expected one of {', '.join(allowed)}, "
-                                 f"got {getattr(self, name)!r}")
-        if not (self.photons > 0 and KVP_RANGE[0] <= self.kvp <= KVP_RANGE[1]
-                and self.aluminium_mm >= 0 and self.num_samples >= 1):
-            raise InputError(f"photons > 0, kvp in {KVP_RANGE}, aluminium_mm >= 0 and num_samples "
-                             f">= 1 expected, got {self.photons}, {self.kvp}, {self.aluminium_mm}, "
-                             f"{self.num_samples}")
+                raise InputError(f"{name}: expected one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        if not (
+            self.photons > 0
+            and KVP_RANGE[0] <= self.kvp <= KVP_RANGE[1]
+            and self.aluminium_mm >= 0
+            and self.num_samples >= 1
+        ):
+            raise InputError(
+                f"photons > 0, kvp in {KVP_RANGE}, aluminium_mm >= 0 and num_samples "
+                f">= 1 expected, got {self.photons}, {self.kvp}, {self.aluminium_mm}, "
+                f"{self.num_samples}"
+            )
 
     @property
     def image_shape(self) -> tuple[int, int]:
@@ -192,11 +204,17 @@ class SimulatedCase:
     def record(self) -> dict[str, Any]:
         """The subject's seed, parameters, pose and landmarks (JSON-ready)."""
         spec = self.subject.spec
-        return {"seed": self.seed,
-                "parameters": {"femur": spec.femur.to_dict(), "pelvis": spec.pelvis.to_dict(),
-                               "tissue": spec.tissue.to_dict()},
-                "pose": spec.pose.to_dict(), "detail_seed": spec.detail_seed,
-                "landmarks": self.subject.landmarks.to_dict()}
+        return {
+            "seed": self.seed,
+            "parameters": {
+                "femur": spec.femur.to_dict(),
+                "pelvis": spec.pelvis.to_dict(),
+                "tissue": spec.tissue.to_dict(),
+            },
+            "pose": spec.pose.to_dict(),
+            "detail_seed": spec.detail_seed,
+            "landmarks": self.subject.landmarks.to_dict(),
+        }
 
 
 def _child_seed(seed: int, key: int) -> np.random.SeedSequence:
@@ -222,8 +240,11 @@ def subject_id(index: int) -> str:
 
 def case_views(seed: int, config: SimulationConfig, grid: VolumeGrid) -> dict[str, ProjectionView]:
     """The ``AP`` and ``LAT`` views of case ``seed``, isocentre at the centre of ``grid``."""
-    detector = {"image_shape": config.image_shape, "pixel_spacing_mm": config.pixel_spacing_mm,
-                "isocenter_mm": grid.centre_world}
+    detector = {
+        "image_shape": config.image_shape,
+        "pixel_spacing_mm": config.pixel_spacing_mm,
+        "isocenter_mm": grid.centre_world,
+    }
     rng = np.random.default_rng(_child_seed(seed, GEOMETRY_STREAM))
     orthogonal = config.geometry == "orthogonal" or (config.geometry == "mixed" and rng.random() < 0.5)
     if orthogonal:
@@ -231,8 +252,9 @@ def case_views(seed: int, config: SimulationConfig, grid: VolumeGrid) -> dict[st
     return random_generalized_pair(rng, GENERALIZED_MAX_OFFSET_DEG, **detector)
 
 
-def render_radiographs(ct_hu: np.ndarray, grid: VolumeGrid, views: dict[str, ProjectionView],
-                       config: SimulationConfig, noise_seed: int = 0) -> dict[str, np.ndarray]:
+def render_radiographs(
+    ct_hu: np.ndarray, grid: VolumeGrid, views: dict[str, ProjectionView], config: SimulationConfig, noise_seed: int = 0
+) -> dict[str, np.ndarray]:
     """Radiographs of a whole CT in ``config.mode``.
 
     Args:
@@ -249,14 +271,26 @@ def render_radiographs(ct_hu: np.ndarray, grid: VolumeGrid, views: dict[str, Pro
     grid.check_volume(hu, "ct_hu")
     generator = torch.Generator().manual_seed(noise_seed)
     with torch.no_grad():
-        images = {name: render_ct_radiograph(hu, view, grid, config.mode, config.num_samples,
-                                             config.photons, generator, config.kvp, config.aluminium_mm)
-                  for name, view in views.items()}
+        images = {
+            name: render_ct_radiograph(
+                hu,
+                view,
+                grid,
+                config.mode,
+                config.num_samples,
+                config.photons,
+                generator,
+                config.kvp,
+                config.aluminium_mm,
+            )
+            for name, view in views.items()
+        }
     return {name: image[0, 0].numpy() for name, image in images.items()}
 
 
-def femur_masks(labels: np.ndarray, grid: VolumeGrid, views: dict[str, ProjectionView],
-                num_samples: int = 256) -> dict[str, np.ndarray]:
+def femur_masks(
+    labels: np.ndarray, grid: VolumeGrid, views: dict[str, ProjectionView], num_samples: int = 256
+) -> dict[str, np.ndarray]:
     """2D femur masks by the mask rule (module doc): path length through the femur > threshold.
 
     Args:
@@ -271,16 +305,19 @@ def femur_masks(labels: np.ndarray, grid: VolumeGrid, views: dict[str, Projectio
     indicator = torch.from_numpy(np.asarray(labels) == 1).float()[None, None]  # (1, 1, I, J, K)
     grid.check_volume(indicator, "labels")
     with torch.no_grad():
-        return {name: (ProST(view, grid, num_samples)(indicator)[0, 0] > MASK_MIN_PATH_MM)
-                .float().numpy() for name, view in views.items()}
+        return {
+            name: (ProST(view, grid, num_samples)(indicator)[0, 0] > MASK_MIN_PATH_MM).float().numpy()
+            for name, view in views.items()
+        }
 
 
 def simulate_case(seed: int, config: SimulationConfig = DEFAULT_CONFIG) -> SimulatedCase:
     """Simulate case ``seed``: subject, views, radiographs and masks (deterministic in ``seed``)."""
     subject = make_subject(seed, config.preset)
     views = case_views(seed, config, subject.grid)
-    radiographs = render_radiographs(subject.ct_hu, subject.grid, views, config,
-                                     _as_int(_child_seed(seed, NOISE_STREAM)))
+    radiographs = render_radiographs(
+        subject.ct_hu, subject.grid, views, config, _as_int(_child_seed(seed, NOISE_STREAM))
+    )
     masks = femur_masks(subject.labels, subject.grid, views, config.num_samples)
     return SimulatedCase(seed, subject, views, radiographs, masks)
 
@@ -302,7 +339,7 @@ def make_split(n: int, seed: int) -> dict[str, list[str]]:
     order = np.random.default_rng(_child_seed(seed, SPLIT_STREAM)).permutation(n)
     split, start = {}, 0
     for name, size in split_sizes(n).items():
-        split[name] = [subject_id(int(i)) for i in sorted(order[start:start + size])]
+        split[name] = [subject_id(int(i)) for i in sorted(order[start : start + size])]
         start += size
     return split
 
@@ -352,9 +389,14 @@ class DatasetSummary:
     skipped: tuple[str, ...]
 
 
-def simulate_dataset(out_dir: str | Path, n: int, seed: int,
-                     config: SimulationConfig = DEFAULT_CONFIG, workers: int = 1,
-                     progress: bool = True) -> DatasetSummary:
+def simulate_dataset(
+    out_dir: str | Path,
+    n: int,
+    seed: int,
+    config: SimulationConfig = DEFAULT_CONFIG,
+    workers: int = 1,
+    progress: bool = True,
+) -> DatasetSummary:
     """Simulate ``n`` cases into ``out_dir`` (layout: module doc), resuming a previous run.
 
     Args:
@@ -371,8 +413,7 @@ def simulate_dataset(out_dir: str | Path, n: int, seed: int,
             another seed or config.
     """
     if n < 1 or workers < 1 or seed < 0:
-        raise InputError(f"n, workers >= 1 and seed >= 0 expected, got n={n}, workers={workers}, "
-                         f"seed={seed}")
+        raise InputError(f"n, workers >= 1 and seed >= 0 expected, got n={n}, workers={workers}, seed={seed}")
     out_dir = Path(out_dir)
     _write_manifest(out_dir, n, seed, config)
     subjects_dir = out_dir / "subjects"
@@ -397,20 +438,28 @@ def _write_manifest(out_dir: Path, n: int, seed: int, config: SimulationConfig) 
     if path.is_file():
         previous = read_json(path)
         if previous.get("seed") != seed or previous.get("config") != config.to_dict():
-            raise InputError(f"{path}: the dataset there was made with seed {previous.get('seed')} "
-                             f"and config {previous.get('config')}, not seed {seed} and config "
-                             f"{config.to_dict()}; choose another output folder")
-    write_json(path, {"n": n, "seed": seed, "config": config.to_dict(),
-                       "biplanar_version": __version__, "subject_files": list(SUBJECT_FILES)})
+            raise InputError(
+                f"{path}: the dataset there was made with seed {previous.get('seed')} "
+                f"and config {previous.get('config')}, not seed {seed} and config "
+                f"{config.to_dict()}; choose another output folder"
+            )
+    write_json(
+        path,
+        {
+            "n": n,
+            "seed": seed,
+            "config": config.to_dict(),
+            "biplanar_version": __version__,
+            "subject_files": list(SUBJECT_FILES),
+        },
+    )
 
 
-def _simulate_subject(subjects_dir: Path, index: int, dataset_seed: int,
-                      config: SimulationConfig) -> str:
+def _simulate_subject(subjects_dir: Path, index: int, dataset_seed: int, config: SimulationConfig) -> str:
     """Simulate and write subject ``index``; returns its id."""
     name = subject_id(index)
     case = simulate_case(subject_seed(dataset_seed, index), config)
-    write_case(subjects_dir / name, case,
-               {"subject_id": name, "index": index, "dataset_seed": dataset_seed})
+    write_case(subjects_dir / name, case, {"subject_id": name, "index": index, "dataset_seed": dataset_seed})
     return name
 
 
@@ -419,8 +468,9 @@ def _single_threaded_worker() -> None:
     torch.set_num_threads(1)
 
 
-def _simulate_subjects(subjects_dir: Path, indices: list[int], dataset_seed: int,
-                       config: SimulationConfig, workers: int) -> Iterator[str]:
+def _simulate_subjects(
+    subjects_dir: Path, indices: list[int], dataset_seed: int, config: SimulationConfig, workers: int
+) -> Iterator[str]:
     """Simulate ``indices``, yielding each id as it is written (in completion order)."""
     if workers == 1 or len(indices) <= 1:
         for index in indices:
@@ -431,10 +481,10 @@ def _simulate_subjects(subjects_dir: Path, indices: list[int], dataset_seed: int
     # would import torch again in every worker, seconds each).
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload([__name__])
-    with ProcessPoolExecutor(min(workers, len(indices)), mp_context=context,
-                             initializer=_single_threaded_worker) as pool:
-        futures = [pool.submit(_simulate_subject, subjects_dir, index, dataset_seed, config)
-                   for index in indices]
+    with ProcessPoolExecutor(
+        min(workers, len(indices)), mp_context=context, initializer=_single_threaded_worker
+    ) as pool:
+        futures = [pool.submit(_simulate_subject, subjects_dir, index, dataset_seed, config) for index in indices]
         try:
             for future in as_completed(futures):
                 yield future.result()
@@ -455,6 +505,12 @@ def _progress_bar(enabled: bool):
         TimeRemainingColumn,
     )
 
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True),
-                    disable=not enabled)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        disable=not enabled,
+    )

@@ -33,14 +33,12 @@ def _coarse_lattice(grid: VolumeGrid, step_vox: np.ndarray) -> tuple[list[Tensor
         ``([(Ic,), (Jc,), (Kc,)] positions in voxels, (Ic, Jc, Kc, 3) world mm)``.
     """
     counts = [max(2, int(np.ceil((n - 1) / step)) + 1) for n, step in zip(grid.shape, step_vox)]
-    positions = [torch.linspace(0.0, n - 1.0, count, dtype=torch.float64)
-                 for n, count in zip(grid.shape, counts)]
+    positions = [torch.linspace(0.0, n - 1.0, count, dtype=torch.float64) for n, count in zip(grid.shape, counts)]
     points_vox = torch.stack(torch.meshgrid(*positions, indexing="ij"), dim=-1)
     return positions, grid.vox_to_world(points_vox).to(torch.float32)
 
 
-def narrow_band_sdf(sdf_world: WorldField, grid: VolumeGrid, band_mm: float,
-                    points_world: Tensor) -> Tensor:
+def narrow_band_sdf(sdf_world: WorldField, grid: VolumeGrid, band_mm: float, points_world: Tensor) -> Tensor:
     """A signed distance on ``grid``, exact inside the solid and within ``band_mm`` of its surface.
 
     The field is first sampled on a coarse lattice; voxels whose nearest coarse sample is farther
@@ -58,8 +56,9 @@ def narrow_band_sdf(sdf_world: WorldField, grid: VolumeGrid, band_mm: float,
     cell_vox = np.array([float(p[1] - p[0]) for p in positions])
     half_diagonal = 0.5 * np.linalg.norm(grid.affine[:3, :3] @ cell_vox)
     near = coarse < band_mm + LIPSCHITZ_BOUND * half_diagonal
-    nearest = [torch.round(torch.arange(n) * (len(p) - 1) / max(n - 1, 1)).long()
-               for n, p in zip(grid.shape, positions)]
+    nearest = [
+        torch.round(torch.arange(n) * (len(p) - 1) / max(n - 1, 1)).long() for n, p in zip(grid.shape, positions)
+    ]
     mask = near[nearest[0]][:, nearest[1]][:, :, nearest[2]]
     sdf = torch.full(grid.shape, band_mm, dtype=torch.float32)
     sdf[mask] = sdf_world(points_world[mask]).clamp(max=band_mm)

@@ -53,11 +53,15 @@ VIEW_NAMES = ("AP", "LAT")
 FEMUR_LABEL = 1
 GEOMETRY_SUFFIX = "_lao_rao_deg"  # cases.csv columns of the views' angles (not summarised)
 OUTPUT_FILES = ("cases.csv", "summary.json", "summary.md")
-SSIM_DEFINITION = ("3D SSIM (11^3 Gaussian window) of the warped atlas vs the true CT, both as "
-                   "mu = hu_to_mu(HU) in 1/mm, data_range = max - min of the true CT's mu")
-TIME_DEFINITION = ("network seconds: affine = forward pass up to the affine module's output (atlas "
-                   "DRRs + affine CNN); affine+local = the whole forward pass; refined = that plus "
-                   "the test-time refinement")
+SSIM_DEFINITION = (
+    "3D SSIM (11^3 Gaussian window) of the warped atlas vs the true CT, both as "
+    "mu = hu_to_mu(HU) in 1/mm, data_range = max - min of the true CT's mu"
+)
+TIME_DEFINITION = (
+    "network seconds: affine = forward pass up to the affine module's output (atlas "
+    "DRRs + affine CNN); affine+local = the whole forward pass; refined = that plus "
+    "the test-time refinement"
+)
 
 
 @dataclass(frozen=True)
@@ -136,8 +140,7 @@ def view_angles_deg(view: ProjectionView) -> tuple[float, float]:
     A plain projection matrix gets the angles of the C-arm with the same viewing direction.
     """
     d = -view.principal_direction
-    return (math.degrees(math.atan2(-d[0], d[1])),
-            math.degrees(math.asin(float(np.clip(d[2], -1.0, 1.0)))))
+    return (math.degrees(math.atan2(-d[0], d[1])), math.degrees(math.asin(float(np.clip(d[2], -1.0, 1.0)))))
 
 
 @dataclass(frozen=True)
@@ -173,8 +176,9 @@ class CaseScorer:
 
         return hu_to_mu(warped_atlas_hu(self.atlas, displacement))[0, 0].cpu().numpy()
 
-    def score(self, displacement: Tensor, truth_labels: np.ndarray, truth_mu: np.ndarray,
-              subject: dict[str, Any]) -> dict[str, float]:
+    def score(
+        self, displacement: Tensor, truth_labels: np.ndarray, truth_mu: np.ndarray, subject: dict[str, Any]
+    ) -> dict[str, float]:
         """The stage's metrics (module doc) against one case's truth.
 
         Args:
@@ -215,13 +219,15 @@ def network_inputs(sample: dict[str, Any], device: torch.device) -> tuple[Tensor
     """
     radiographs = sample["radiographs"][None].to(device)
     shape = tuple(sample["radiographs"].shape[1:])
-    views = tuple(ProjectionView(matrix.numpy(), shape, name)
-                  for matrix, name in zip(sample["projection_matrices"], VIEW_NAMES))
+    views = tuple(
+        ProjectionView(matrix.numpy(), shape, name) for matrix, name in zip(sample["projection_matrices"], VIEW_NAMES)
+    )
     return radiographs, views
 
 
-def run_stages(network, config, radiographs: Tensor, views: tuple[ProjectionView, ...],
-               refine: int = 0) -> dict[str, StageResult]:
+def run_stages(
+    network, config, radiographs: Tensor, views: tuple[ProjectionView, ...], refine: int = 0
+) -> dict[str, StageResult]:
     """Run the network once on a case; each stage's displacement and time (module doc).
 
     Args:
@@ -236,15 +242,26 @@ def run_stages(network, config, radiographs: Tensor, views: tuple[ProjectionView
 
     with network_stage_times() as times, torch.no_grad():
         output = network(radiographs, [views])
-    stages = {"affine": StageResult(affine_displacement(output.affine_matrix, network.grid), times[0].affine_s),
-              "affine+local": StageResult(output.total_displacement, times[0].total_s)}
+    stages = {
+        "affine": StageResult(affine_displacement(output.affine_matrix, network.grid), times[0].affine_s),
+        "affine+local": StageResult(output.total_displacement, times[0].total_s),
+    }
     if refine > 0:
         started = time.perf_counter()
-        refined, _ = refine_output(network, config, output, radiographs, dict(zip(VIEW_NAMES, views)),
-                                   masked=True, iterations=refine, progress=False)
+        refined, _ = refine_output(
+            network,
+            config,
+            output,
+            radiographs,
+            dict(zip(VIEW_NAMES, views)),
+            masked=True,
+            iterations=refine,
+            progress=False,
+        )
         _synchronise()
-        stages[REFINED_STAGE] = StageResult(refined.total_displacement,
-                                            times[0].total_s + time.perf_counter() - started)
+        stages[REFINED_STAGE] = StageResult(
+            refined.total_displacement, times[0].total_s + time.perf_counter() - started
+        )
     return stages
 
 
@@ -254,11 +271,15 @@ def _open_dataset(data_dir: Path, split: str, config):
 
     dataset = SimulatedDataset(data_dir, split, masked=True)
     if dataset.config.preset != config.geometry.grid_preset:
-        raise InputError(f"{data_dir / 'dataset.json'}: config.preset {dataset.config.preset!r} differs from "
-                         f"the model's grid preset {config.geometry.grid_preset!r}")
+        raise InputError(
+            f"{data_dir / 'dataset.json'}: config.preset {dataset.config.preset!r} differs from "
+            f"the model's grid preset {config.geometry.grid_preset!r}"
+        )
     if tuple(dataset.config.image_shape) != tuple(config.geometry.image_shape):
-        raise InputError(f"{data_dir / 'dataset.json'}: detector {list(dataset.config.image_shape)} differs "
-                         f"from the model's image_shape {list(config.geometry.image_shape)}")
+        raise InputError(
+            f"{data_dir / 'dataset.json'}: detector {list(dataset.config.image_shape)} differs "
+            f"from the model's image_shape {list(config.geometry.image_shape)}"
+        )
     if len(dataset) == 0:
         raise InputError(f"{data_dir / 'split.json'}: split {split!r} is empty")
     return dataset
@@ -285,8 +306,11 @@ def _case_rows(index: int, dataset, network, config, scorer: CaseScorer, refine:
 def _statistics(values: list[float]) -> dict[str, float | int | None]:
     """Mean and sample sd (``None`` where undefined) over the finite values, and their count."""
     summary = statistics.summarise(value for value in values if value is not None)
-    return {"mean": None if math.isnan(summary.mean) else summary.mean,
-            "sd": None if math.isnan(summary.sd) else summary.sd, "n": summary.n}
+    return {
+        "mean": None if math.isnan(summary.mean) else summary.mean,
+        "sd": None if math.isnan(summary.sd) else summary.sd,
+        "n": summary.n,
+    }
 
 
 def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
@@ -295,9 +319,11 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]
     summary: dict[str, dict[str, dict[str, Any]]] = {}
     for stage in dict.fromkeys(row["stage"] for row in rows):
         stage_rows = [row for row in rows if row["stage"] == stage]
-        columns = [key for key, value in stage_rows[0].items()
-                   if key not in ("case", "stage") and not key.endswith(GEOMETRY_SUFFIX)
-                   and isinstance(value, (int, float))]
+        columns = [
+            key
+            for key, value in stage_rows[0].items()
+            if key not in ("case", "stage") and not key.endswith(GEOMETRY_SUFFIX) and isinstance(value, (int, float))
+        ]
         summary[stage] = {column: _statistics([row.get(column) for row in stage_rows]) for column in columns}
     return summary
 
@@ -313,14 +339,22 @@ def summary_markdown(summary: dict[str, dict[str, dict[str, Any]]], header: dict
     """``summary.md``: a table of mean ± sd, one row per metric, one column per stage."""
     stages = list(summary)
     metrics = list(dict.fromkeys(metric for stage in stages for metric in summary[stage]))
-    lines = [f"# Evaluation of `{header['model']}` on `{header['data']}` ({header['split']}, "
-             f"{header['cases']} cases)", "",
-             "| metric | " + " | ".join(stages) + " |", "|---|" + "---|" * len(stages)]
+    lines = [
+        f"# Evaluation of `{header['model']}` on `{header['data']}` ({header['split']}, {header['cases']} cases)",
+        "",
+        "| metric | " + " | ".join(stages) + " |",
+        "|---|" + "---|" * len(stages),
+    ]
     for metric in metrics:
         cells = [_format_cell(summary[stage][metric]) if metric in summary[stage] else "n/a" for stage in stages]
         lines.append(f"| {metric} | " + " | ".join(cells) + " |")
-    lines += ["", "Mean ± sample standard deviation over the cases with a finite value.",
-              f"SSIM: {SSIM_DEFINITION}.", f"Time: {TIME_DEFINITION}.", ""]
+    lines += [
+        "",
+        "Mean ± sample standard deviation over the cases with a finite value.",
+        f"SSIM: {SSIM_DEFINITION}.",
+        f"Time: {TIME_DEFINITION}.",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -354,13 +388,26 @@ def _progress(enabled: bool):
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                    console=Console(stderr=True), disable=not enabled)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        disable=not enabled,
+    )
 
 
-def evaluate(model_path: str | Path, data_dir: str | Path, out_dir: str | Path, split: str = "test",
-             refine: int = 0, limit: int | None = None, device: str | torch.device | None = None,
-             progress: bool = True) -> EvaluationResult:
+def evaluate(
+    model_path: str | Path,
+    data_dir: str | Path,
+    out_dir: str | Path,
+    split: str = "test",
+    refine: int = 0,
+    limit: int | None = None,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+) -> EvaluationResult:
     """Score a trained network on a dataset split and write the tables (module doc).
 
     Args:
@@ -396,11 +443,18 @@ def evaluate(model_path: str | Path, data_dir: str | Path, out_dir: str | Path, 
             rows.extend(_case_rows(index, dataset, network, config, scorer, refine))
             bar.advance(task)
     summary = summarise(rows)
-    header = {"model": str(model_path), "data": str(data_dir), "split": split, "cases": count,
-              "refine": refine, "device": str(network.atlas_mu.device)}
+    header = {
+        "model": str(model_path),
+        "data": str(data_dir),
+        "split": split,
+        "cases": count,
+        "refine": refine,
+        "device": str(network.atlas_mu.device),
+    }
     require_empty_out_dir(out_dir)
     atomic_write_text(out_dir / "cases.csv", rows_to_csv(rows))
-    write_json(out_dir / "summary.json", {**header, "ssim": SSIM_DEFINITION, "time_s": TIME_DEFINITION,
-                                         "stages": summary})
+    write_json(
+        out_dir / "summary.json", {**header, "ssim": SSIM_DEFINITION, "time_s": TIME_DEFINITION, "stages": summary}
+    )
     atomic_write_text(out_dir / "summary.md", summary_markdown(summary, header))
     return EvaluationResult(out_dir, rows, summary)

@@ -68,19 +68,26 @@ class FigureData:
             if tuple(getattr(self, name).shape) != shape:
                 raise ValueError(f"{name}: expected shape {shape}, got {tuple(getattr(self, name).shape)}")
         if tuple(self.displacement_mm.shape) != (3, *shape):
-            raise ValueError(f"displacement_mm: expected shape (3, {', '.join(map(str, shape))}), "
-                             f"got {tuple(self.displacement_mm.shape)}")
+            raise ValueError(
+                f"displacement_mm: expected shape (3, {', '.join(map(str, shape))}), "
+                f"got {tuple(self.displacement_mm.shape)}"
+            )
         linear = self.grid.affine[:3, :3]
         if not np.allclose(linear, np.diag(np.diag(linear))):
             raise ValueError("grid: expected an axis-aligned (diagonal) affine")
         for name, view in self.views.items():
             if self.radiographs[name].shape != view.image_shape:
-                raise ValueError(f"radiographs[{name!r}]: expected shape {view.image_shape}, "
-                                 f"got {self.radiographs[name].shape}")
+                raise ValueError(
+                    f"radiographs[{name!r}]: expected shape {view.image_shape}, got {self.radiographs[name].shape}"
+                )
 
 
-def load_figure_data(registration_dir: str | Path, geometry_path: str | Path,
-                     radiograph_paths: dict[str, str | Path], truth_labels_path: str | Path) -> FigureData:
+def load_figure_data(
+    registration_dir: str | Path,
+    geometry_path: str | Path,
+    radiograph_paths: dict[str, str | Path],
+    truth_labels_path: str | Path,
+) -> FigureData:
     """Read a ``register`` output folder and its inputs into :class:`FigureData`.
 
     Args:
@@ -100,11 +107,15 @@ def load_figure_data(registration_dir: str | Path, geometry_path: str | Path,
     warped_labels, _ = read_volume(folder / "warped_labels.nii.gz")
     truth, _ = read_volume(truth_labels_path)
     views = read_geometry(geometry_path, grid.centre_world)
-    return FigureData(grid, {name: views[name] for name in radiograph_paths},
-                      {name: read_image(path) for name, path in radiograph_paths.items()},
-                      np.asarray(warped_hu, dtype=np.float32),
-                      read_displacement(folder / "displacement.nii.gz", grid),
-                      np.round(warped_labels) == 1, np.round(truth) == 1)
+    return FigureData(
+        grid,
+        {name: views[name] for name in radiograph_paths},
+        {name: read_image(path) for name, path in radiograph_paths.items()},
+        np.asarray(warped_hu, dtype=np.float32),
+        read_displacement(folder / "displacement.nii.gz", grid),
+        np.round(warped_labels) == 1,
+        np.round(truth) == 1,
+    )
 
 
 def read_displacement(path: Path, grid: VolumeGrid) -> np.ndarray:
@@ -157,8 +168,10 @@ def _silhouettes(data: FigureData) -> tuple[dict[str, np.ndarray], dict[str, np.
     """Predicted and true 2D silhouettes per view, ``(rows, cols)`` float 0/1."""
     from biplanar.data.simulate import femur_masks
 
-    return tuple(femur_masks(labels.astype(np.uint8), data.grid, data.views, SILHOUETTE_SAMPLES)
-                 for labels in (data.predicted_labels, data.true_labels))
+    return tuple(
+        femur_masks(labels.astype(np.uint8), data.grid, data.views, SILHOUETTE_SAMPLES)
+        for labels in (data.predicted_labels, data.true_labels)
+    )
 
 
 def _draw_radiograph(axes, name: str, radiograph: np.ndarray, predicted: np.ndarray, truth: np.ndarray) -> None:
@@ -176,8 +189,15 @@ def _draw_radiograph(axes, name: str, radiograph: np.ndarray, predicted: np.ndar
 def _grey(axes, image_hv: np.ndarray, horizontal: np.ndarray, vertical: np.ndarray) -> None:
     """An HU slice indexed ``(horizontal, vertical)`` in grey on mm axes."""
     # (horizontal, vertical) -> (vertical, horizontal): imshow rows are the vertical axis.
-    axes.imshow(image_hv.T, cmap="gray", vmin=HU_WINDOW[0], vmax=HU_WINDOW[1], origin="lower",
-                extent=_extent(horizontal, vertical), interpolation="bilinear")
+    axes.imshow(
+        image_hv.T,
+        cmap="gray",
+        vmin=HU_WINDOW[0],
+        vmax=HU_WINDOW[1],
+        origin="lower",
+        extent=_extent(horizontal, vertical),
+        interpolation="bilinear",
+    )
 
 
 def _draw_deformation(axes, data: FigureData, j: int) -> None:
@@ -190,23 +210,40 @@ def _draw_deformation(axes, data: FigureData, j: int) -> None:
     for field in (atlas_x, atlas_z):
         levels = np.arange(np.floor(field.min() / GRID_STEP_MM), np.ceil(field.max() / GRID_STEP_MM) + 1) * GRID_STEP_MM
         # contour takes Z indexed (rows = vertical, cols = horizontal): (I, K) -> (K, I).
-        axes.contour(x_mm, z_mm, field.T, levels=levels, colors=GRID_COLOUR, linewidths=0.5,
-                     linestyles="solid")
+        axes.contour(x_mm, z_mm, field.T, levels=levels, colors=GRID_COLOUR, linewidths=0.5, linestyles="solid")
     _radiological(axes, x_mm, z_mm, "z")
-    axes.set_title(f"(b) warped atlas, coronal y = {_axis_centres(data.grid, 1)[j]:.0f} mm, deformation grid",
-                   fontsize=9)
+    axes.set_title(
+        f"(b) warped atlas, coronal y = {_axis_centres(data.grid, 1)[j]:.0f} mm, deformation grid", fontsize=9
+    )
 
 
-def _draw_labels(axes, background: np.ndarray, predicted: np.ndarray, truth: np.ndarray,
-                 horizontal: np.ndarray, vertical: np.ndarray, vertical_name: str, title: str) -> None:
+def _draw_labels(
+    axes,
+    background: np.ndarray,
+    predicted: np.ndarray,
+    truth: np.ndarray,
+    horizontal: np.ndarray,
+    vertical: np.ndarray,
+    vertical_name: str,
+    title: str,
+) -> None:
     """Panel (c): the true label filled, the predicted label's contour, on a warped-atlas slice."""
     _grey(axes, background, horizontal, vertical)
     overlay = np.ma.masked_where(~truth.T, truth.T.astype(float))
-    axes.imshow(overlay, cmap="Blues", vmin=0.0, vmax=1.5, alpha=0.55, origin="lower",
-                extent=_extent(horizontal, vertical), interpolation="nearest")
+    axes.imshow(
+        overlay,
+        cmap="Blues",
+        vmin=0.0,
+        vmax=1.5,
+        alpha=0.55,
+        origin="lower",
+        extent=_extent(horizontal, vertical),
+        interpolation="nearest",
+    )
     if predicted.any() and not predicted.all():
-        axes.contour(horizontal, vertical, predicted.T.astype(float), levels=[0.5], colors=PREDICTED_COLOUR,
-                     linewidths=1.0)
+        axes.contour(
+            horizontal, vertical, predicted.T.astype(float), levels=[0.5], colors=PREDICTED_COLOUR, linewidths=1.0
+        )
     _radiological(axes, horizontal, vertical, vertical_name)
     axes.set_title(title, fontsize=9)
 
@@ -245,8 +282,7 @@ def _draw_surface(figure, axes, data: FigureData) -> None:
     axes.set_axis_off()
     mappable = cm.ScalarMappable(norm=norm, cmap=colormap)
     figure.colorbar(mappable, ax=axes, shrink=0.7, label="distance to the true surface (mm)")
-    axes.set_title(f"(d) surface error: mean {distances.mean():.2f} mm, max {distances.max():.2f} mm",
-                   fontsize=9)
+    axes.set_title(f"(d) surface error: mean {distances.mean():.2f} mm, max {distances.max():.2f} mm", fontsize=9)
 
 
 def write_registration_figure(path: str | Path, data: FigureData) -> Path:
@@ -268,17 +304,32 @@ def write_registration_figure(path: str | Path, data: FigureData) -> Path:
     panels = figure.add_gridspec(2, 4)
     predicted_2d, true_2d = _silhouettes(data)
     for column, name in enumerate(list(data.views)[:2]):
-        _draw_radiograph(figure.add_subplot(panels[0, column]), name, data.radiographs[name],
-                         predicted_2d[name], true_2d[name])
+        _draw_radiograph(
+            figure.add_subplot(panels[0, column]), name, data.radiographs[name], predicted_2d[name], true_2d[name]
+        )
     j, k = slice_indices(data.true_labels)
     _draw_deformation(figure.add_subplot(panels[0, 2:]), data, j)
     x_mm, y_mm, z_mm = (_axis_centres(data.grid, axis) for axis in range(3))
-    _draw_labels(figure.add_subplot(panels[1, 0]), data.warped_atlas_hu[:, j, :],
-                 data.predicted_labels[:, j, :], data.true_labels[:, j, :], x_mm, z_mm, "z",
-                 "(c) coronal: predicted (red) over true (blue)")
-    _draw_labels(figure.add_subplot(panels[1, 1]), data.warped_atlas_hu[:, :, k],
-                 data.predicted_labels[:, :, k], data.true_labels[:, :, k], x_mm, y_mm, "y",
-                 f"(c) axial z = {z_mm[k]:.0f} mm")
+    _draw_labels(
+        figure.add_subplot(panels[1, 0]),
+        data.warped_atlas_hu[:, j, :],
+        data.predicted_labels[:, j, :],
+        data.true_labels[:, j, :],
+        x_mm,
+        z_mm,
+        "z",
+        "(c) coronal: predicted (red) over true (blue)",
+    )
+    _draw_labels(
+        figure.add_subplot(panels[1, 1]),
+        data.warped_atlas_hu[:, :, k],
+        data.predicted_labels[:, :, k],
+        data.true_labels[:, :, k],
+        x_mm,
+        y_mm,
+        "y",
+        f"(c) axial z = {z_mm[k]:.0f} mm",
+    )
     _draw_surface(figure, figure.add_subplot(panels[1, 2:], projection="3d"), data)
     canvas = FigureCanvasAgg(figure)
     path = Path(path)

@@ -53,8 +53,13 @@ DIRECTION_KEYS = ("neck_axis", "shaft_axis", "condylar_axis")
 SHAFT_LEVELS_BELOW_LT_MM = (25.0, 60.0)
 CONDYLAR_ARM_MM = 10.0  # the condylar axis is carried from the lower shaft point to this far along it
 SPHERE_POINTS = 64  # head-sphere points carried to measure the head radius
-MEASUREMENT_KEYS = ("head_centre_mm", "head_diameter_mm", "neck_shaft_angle_deg", "femoral_offset_mm",
-                    "anteversion_deg")
+MEASUREMENT_KEYS = (
+    "head_centre_mm",
+    "head_diameter_mm",
+    "neck_shaft_angle_deg",
+    "femoral_offset_mm",
+    "anteversion_deg",
+)
 
 
 def _unit(vector: np.ndarray) -> np.ndarray:
@@ -73,9 +78,11 @@ def with_condylar_axis(landmarks: dict[str, Any], pose: dict[str, Any] | None = 
     if "condylar_axis" in landmarks:
         return dict(landmarks)
     pose = pose or {}
-    rotation = Pose(flexion_deg=float(pose.get("flexion_deg", 0.0)),
-                    abduction_deg=float(pose.get("abduction_deg", 0.0)),
-                    external_rotation_deg=float(pose.get("external_rotation_deg", 0.0))).rotation()
+    rotation = Pose(
+        flexion_deg=float(pose.get("flexion_deg", 0.0)),
+        abduction_deg=float(pose.get("abduction_deg", 0.0)),
+        external_rotation_deg=float(pose.get("external_rotation_deg", 0.0)),
+    ).rotation()
     return {**landmarks, "condylar_axis": (rotation @ canonical_rotation()[:, 0]).tolist()}
 
 
@@ -93,8 +100,9 @@ def _vectors(landmarks: dict[str, Any]) -> dict[str, np.ndarray]:
     return vectors
 
 
-def _closest_parameter(point: np.ndarray, direction: np.ndarray, line_point: np.ndarray,
-                       line_direction: np.ndarray) -> float:
+def _closest_parameter(
+    point: np.ndarray, direction: np.ndarray, line_point: np.ndarray, line_direction: np.ndarray
+) -> float:
     """``t`` of the point of the line ``point + t direction`` closest to the line through
     ``line_point`` along ``line_direction`` (unit vectors)."""
     offset, cosine = point - line_point, direction @ line_direction
@@ -130,9 +138,11 @@ def _construction_points(vectors: dict[str, np.ndarray], radius: float) -> dict[
     lt_depth = (shaft_point - vectors["lesser_trochanter_tip_mm"]) @ shaft  # below the shaft point
     upper, lower = (shaft_point - (lt_depth + level) * shaft for level in SHAFT_LEVELS_BELOW_LT_MM)
     return {
-        "head_centre_mm": centre[None], "neck": (centre - neck_depth * neck)[None],
+        "head_centre_mm": centre[None],
+        "neck": (centre - neck_depth * neck)[None],
         "sphere": centre + radius * fibonacci_sphere(SPHERE_POINTS),
-        "shaft_upper": upper[None], "shaft_lower": lower[None],
+        "shaft_upper": upper[None],
+        "shaft_lower": lower[None],
         "condylar": (lower + CONDYLAR_ARM_MM * vectors["condylar_axis"])[None],
         "greater_trochanter_tip_mm": vectors["greater_trochanter_tip_mm"][None],
         "lesser_trochanter_tip_mm": vectors["lesser_trochanter_tip_mm"][None],
@@ -141,12 +151,15 @@ def _construction_points(vectors: dict[str, np.ndarray], radius: float) -> dict[
 
 def _as_field(displacement_mm: Tensor | np.ndarray, grid: VolumeGrid) -> Tensor:
     """``(1, 3, I, J, K)`` float64 CPU tensor of a ``(3, I, J, K)`` or ``(1, 3, I, J, K)`` field."""
-    field = torch.as_tensor(np.asarray(displacement_mm) if isinstance(displacement_mm, np.ndarray)
-                            else displacement_mm.detach()).to("cpu", torch.float64)
+    field = torch.as_tensor(
+        np.asarray(displacement_mm) if isinstance(displacement_mm, np.ndarray) else displacement_mm.detach()
+    ).to("cpu", torch.float64)
     field = field[None] if field.dim() == 4 else field
     if tuple(field.shape) != (1, 3, *grid.shape):
-        raise ValueError(f"displacement_mm: expected shape (3, {', '.join(map(str, grid.shape))}) or with a "
-                         f"leading 1, got {tuple(np.shape(displacement_mm))}")
+        raise ValueError(
+            f"displacement_mm: expected shape (3, {', '.join(map(str, grid.shape))}) or with a "
+            f"leading 1, got {tuple(np.shape(displacement_mm))}"
+        )
     return field
 
 
@@ -156,13 +169,15 @@ def sample_displacement(field: Tensor, grid: VolumeGrid, points_world: np.ndarra
     to_grid = torch.as_tensor(grid.world_to_grid_matrix(), dtype=torch.float64)
     points = torch.as_tensor(points_world, dtype=torch.float64)
     coordinates = points @ to_grid[:3, :3].T + to_grid[:3, 3]  # (N, 3) grid_sample (k, j, i)
-    sampled = F.grid_sample(field, coordinates.view(1, -1, 1, 1, 3), mode="bilinear", padding_mode="border",
-                            align_corners=True)  # (1, 3, N, 1, 1)
+    sampled = F.grid_sample(
+        field, coordinates.view(1, -1, 1, 1, 3), mode="bilinear", padding_mode="border", align_corners=True
+    )  # (1, 3, N, 1, 1)
     return sampled[0, :, :, 0, 0].T.numpy()
 
 
-def invert_points(field: Tensor, grid: VolumeGrid, targets_world: np.ndarray, tolerance_mm: float = 1e-4,
-                  max_iterations: int = 200) -> tuple[np.ndarray, float]:
+def invert_points(
+    field: Tensor, grid: VolumeGrid, targets_world: np.ndarray, tolerance_mm: float = 1e-4, max_iterations: int = 200
+) -> tuple[np.ndarray, float]:
     """Solve ``p + u(p) = L`` for each target ``L`` (``(N, 3)`` world mm) by ``p <- L - u(p)``.
 
     Returns:
@@ -179,8 +194,9 @@ def invert_points(field: Tensor, grid: VolumeGrid, targets_world: np.ndarray, to
     return points, float(np.linalg.norm(residual, axis=1).max())
 
 
-def carry_landmarks(landmarks: dict[str, Any], displacement_mm: Tensor | np.ndarray,
-                    grid: VolumeGrid) -> dict[str, Any]:
+def carry_landmarks(
+    landmarks: dict[str, Any], displacement_mm: Tensor | np.ndarray, grid: VolumeGrid
+) -> dict[str, Any]:
     """The atlas ``landmarks`` in the registered (subject) space of a pull displacement.
 
     Args:
@@ -246,11 +262,13 @@ def subject_hip_truth(document: dict[str, Any]) -> dict[str, float | list]:
     and the head centre of its ``landmarks``."""
     try:
         femur, centre = document["parameters"]["femur"], document["landmarks"]["head_centre_mm"]
-        return {"head_centre_mm": [float(value) for value in centre],
-                "head_diameter_mm": 2.0 * float(femur["head_radius_mm"]),
-                "neck_shaft_angle_deg": float(femur["neck_shaft_angle_deg"]),
-                "femoral_offset_mm": float(femur["femoral_offset_mm"]),
-                "anteversion_deg": float(femur["anteversion_deg"])}
+        return {
+            "head_centre_mm": [float(value) for value in centre],
+            "head_diameter_mm": 2.0 * float(femur["head_radius_mm"]),
+            "neck_shaft_angle_deg": float(femur["neck_shaft_angle_deg"]),
+            "femoral_offset_mm": float(femur["femoral_offset_mm"]),
+            "anteversion_deg": float(femur["anteversion_deg"]),
+        }
     except (KeyError, TypeError) as error:
         raise ValueError(f"subject document: missing parameters.femur or landmarks field ({error})") from None
 

@@ -87,8 +87,9 @@ def _empty_case_distance(predicted_mask: Tensor, truth_mask: Tensor) -> float | 
     return {0: None, 1: float("inf"), 2: float("nan")}[n_empty]
 
 
-def _monai_surface_call(function: Callable[..., Tensor], predicted_mask: Tensor, truth_mask: Tensor, spacing_mm: Spacing,
-                        **kwargs) -> float:
+def _monai_surface_call(
+    function: Callable[..., Tensor], predicted_mask: Tensor, truth_mask: Tensor, spacing_mm: Spacing, **kwargs
+) -> float:
     """A MONAI surface-distance metric on one binary pair, in mm, with the empty cases handled."""
     spacing = _spacing_tuple(spacing_mm)
     empty_case = _empty_case_distance(predicted_mask, truth_mask)
@@ -97,8 +98,7 @@ def _monai_surface_call(function: Callable[..., Tensor], predicted_mask: Tensor,
     with warnings.catch_warnings():
         # MONAI 1.6 passes its own deprecated ``always_return_as_numpy`` argument internally.
         warnings.filterwarnings("ignore", message=".*always_return_as_numpy.*", category=FutureWarning)
-        value = function(predicted_mask, truth_mask, include_background=True,
-                         spacing=spacing, **kwargs)
+        value = function(predicted_mask, truth_mask, include_background=True, spacing=spacing, **kwargs)
     return float(value.item())
 
 
@@ -147,8 +147,7 @@ def assd_mm(predicted: LabelMap, truth: LabelMap, spacing_mm: Spacing) -> float:
     from monai.metrics import compute_average_surface_distance
 
     predicted_mask, truth_mask = _mask_pair(predicted, truth)
-    return _monai_surface_call(compute_average_surface_distance, predicted_mask, truth_mask, spacing_mm,
-                               symmetric=True)
+    return _monai_surface_call(compute_average_surface_distance, predicted_mask, truth_mask, spacing_mm, symmetric=True)
 
 
 def hd95_mm(predicted: LabelMap, truth: LabelMap, spacing_mm: Spacing) -> float:
@@ -162,8 +161,9 @@ def hd95_mm(predicted: LabelMap, truth: LabelMap, spacing_mm: Spacing) -> float:
     from monai.metrics import compute_hausdorff_distance
 
     predicted_mask, truth_mask = _mask_pair(predicted, truth)
-    return _monai_surface_call(compute_hausdorff_distance, predicted_mask, truth_mask, spacing_mm,
-                               percentile=HD_PERCENTILE)
+    return _monai_surface_call(
+        compute_hausdorff_distance, predicted_mask, truth_mask, spacing_mm, percentile=HD_PERCENTILE
+    )
 
 
 def segmentation_metrics(predicted: LabelMap, truth: LabelMap, spacing_mm: Spacing) -> dict[str, float]:
@@ -206,11 +206,13 @@ def image_ssim(a: LabelMap, b: LabelMap, data_range: float) -> float:
 
     a_t, b_t = _cpu_tensor(a), _cpu_tensor(b)
     if a_t.dim() != 3 or a_t.shape != b_t.shape:
-        raise ValueError(f"a and b: expected two volumes of one shape (I, J, K), got {tuple(a_t.shape)} "
-                         f"and {tuple(b_t.shape)}")
+        raise ValueError(
+            f"a and b: expected two volumes of one shape (I, J, K), got {tuple(a_t.shape)} and {tuple(b_t.shape)}"
+        )
     if min(a_t.shape) < SSIM_WINDOW_VOX:
-        raise ValueError(f"a and b: expected every side >= {SSIM_WINDOW_VOX} voxels (the SSIM window), "
-                         f"got {tuple(a_t.shape)}")
+        raise ValueError(
+            f"a and b: expected every side >= {SSIM_WINDOW_VOX} voxels (the SSIM window), got {tuple(a_t.shape)}"
+        )
     if not data_range > 0:
         raise ValueError(f"data_range: expected a positive intensity range, got {data_range}")
     metric = SSIMMetric(spatial_dims=3, data_range=float(data_range), win_size=SSIM_WINDOW_VOX)

@@ -37,8 +37,12 @@ def write_contour_overlay(path: str | Path, radiograph: np.ndarray, region: np.n
     axes = figure.add_axes((0.0, 0.0, 1.0, 1.0))
     axes.imshow(window(radiograph), cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
     if np.any(region) and not np.all(region):
-        axes.contour(np.asarray(region, dtype=np.float32), levels=[0.5], colors=CONTOUR_COLOUR,
-                     linewidths=CONTOUR_WIDTH_PX * 72 / 100)
+        axes.contour(
+            np.asarray(region, dtype=np.float32),
+            levels=[0.5],
+            colors=CONTOUR_COLOUR,
+            linewidths=CONTOUR_WIDTH_PX * 72 / 100,
+        )
     axes.set_xlim(-0.5, cols - 0.5)
     axes.set_ylim(rows - 0.5, -0.5)  # row 0 at the top
     axes.set_axis_off()

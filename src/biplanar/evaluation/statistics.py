@@ -18,7 +18,6 @@ class Summary:
     n: int
 
 
-
 def summarise(values: Iterable[float]) -> Summary:
     """:class:`Summary` of the finite ``values``."""
     finite = np.array([value for value in values if math.isfinite(value)], dtype=np.float64)

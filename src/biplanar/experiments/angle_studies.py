@@ -51,8 +51,10 @@ def _check_views(sample: dict[str, Any], expected: dict[str, ProjectionView], wh
     for matrix, name in zip(sample["projection_matrices"].numpy(), VIEW_NAMES):
         reference = expected[name].matrix
         if np.abs(matrix - reference).max() > MATRIX_TOLERANCE * np.abs(reference).max():
-            raise InputError(f"{where}: case {sample['subject_id']} view {name} is not at LAO/RAO "
-                             f"{round(view_angles_deg(expected[name])[0], 6) + 0.0:g} deg (Fig. 3 needs an orthogonal dataset)")
+            raise InputError(
+                f"{where}: case {sample['subject_id']} view {name} is not at LAO/RAO "
+                f"{round(view_angles_deg(expected[name])[0], 6) + 0.0:g} deg (Fig. 3 needs an orthogonal dataset)"
+            )
 
 
 def _masked(sample: dict[str, Any]) -> torch.Tensor:
@@ -60,8 +62,13 @@ def _masked(sample: dict[str, Any]) -> torch.Tensor:
     return (sample["radiographs"] * sample["masks"])[None]
 
 
-def _network_scores(predictor, radiographs: torch.Tensor, views: dict[str, ProjectionView], truth: np.ndarray,
-                    spacing_mm: tuple[float, ...]) -> dict[str, float]:
+def _network_scores(
+    predictor,
+    radiographs: torch.Tensor,
+    views: dict[str, ProjectionView],
+    truth: np.ndarray,
+    spacing_mm: tuple[float, ...],
+) -> dict[str, float]:
     """Scores and network time of one registration of ``(1, 2, rows, cols)`` radiographs with ``views``."""
     predicted, seconds = timed_labels(predictor, radiographs, (views["AP"], views["LAT"]))
     return {**label_scores(predicted, truth, spacing_mm), "network_time_s": seconds}
@@ -72,8 +79,9 @@ def _used_angles(views: dict[str, ProjectionView]) -> dict[str, float]:
     return {f"{name.lower()}_angle_used_deg": view_angles_deg(views[name])[0] for name in VIEW_NAMES}
 
 
-def angle_error_rows(predictor, dataset, angle_errors_deg: tuple[float, ...], correction_config,
-                     tick: Callable[[], None] | None = None) -> list[dict[str, Any]]:
+def angle_error_rows(
+    predictor, dataset, angle_errors_deg: tuple[float, ...], correction_config, tick: Callable[[], None] | None = None
+) -> list[dict[str, Any]]:
     """Fig. 3: one row per case, angle error and correction (module doc).
 
     Args:
@@ -98,29 +106,45 @@ def angle_error_rows(predictor, dataset, angle_errors_deg: tuple[float, ...], co
     rows = []
     for index in range(len(dataset)):
         sample = dataset[index]
-        _check_views(sample, carm_views(AP_LAO_RAO_DEG, LAT_LAO_RAO_DEG, dataset.config, dataset.grid),
-                     str(dataset.root))
+        _check_views(
+            sample, carm_views(AP_LAO_RAO_DEG, LAT_LAO_RAO_DEG, dataset.config, dataset.grid), str(dataset.root)
+        )
         radiographs = {name: sample["radiographs"][i].to(predictor.device) for i, name in enumerate(VIEW_NAMES)}
         truth, inputs = truth_labels(sample), _masked(sample)
         for error in angle_errors_deg:
             given = carm_views(AP_LAO_RAO_DEG, LAT_LAO_RAO_DEG + error, dataset.config, dataset.grid)
             case = {"case": sample["subject_id"], "angle_error_deg": float(error)}
-            rows.append({**case, "correction": "none", **_used_angles(given),
-                         **_network_scores(predictor, inputs, given, truth, spacing), "correction_time_s": 0.0})
+            rows.append(
+                {
+                    **case,
+                    "correction": "none",
+                    **_used_angles(given),
+                    **_network_scores(predictor, inputs, given, truth, spacing),
+                    "correction_time_s": 0.0,
+                }
+            )
             started = time.perf_counter()
-            corrected = correct_views(atlas_mu, atlas.grid, radiographs, given, CORRECTION_METHOD, mode="per_view",
-                                      config=correction_config)
+            corrected = correct_views(
+                atlas_mu, atlas.grid, radiographs, given, CORRECTION_METHOD, mode="per_view", config=correction_config
+            )
             seconds = time.perf_counter() - started
-            rows.append({**case, "correction": "per_view", **_used_angles(corrected),
-                         **_network_scores(predictor, inputs, corrected, truth, spacing),
-                         "correction_time_s": seconds})
+            rows.append(
+                {
+                    **case,
+                    "correction": "per_view",
+                    **_used_angles(corrected),
+                    **_network_scores(predictor, inputs, corrected, truth, spacing),
+                    "correction_time_s": seconds,
+                }
+            )
             if tick is not None:
                 tick()
     return rows
 
 
-def geometry_grid_rows(predictor, dataset, offsets_deg: tuple[float, ...],
-                       tick: Callable[[], None] | None = None) -> list[dict[str, Any]]:
+def geometry_grid_rows(
+    predictor, dataset, offsets_deg: tuple[float, ...], tick: Callable[[], None] | None = None
+) -> list[dict[str, Any]]:
     """Fig. 4: one row per case and ``(AP, LAT)`` angle pair (module doc).
 
     Args:
@@ -150,9 +174,15 @@ def geometry_grid_rows(predictor, dataset, offsets_deg: tuple[float, ...],
                 masks = femur_masks(labels, grid, views, simulation.num_samples)
                 # per view (rows, cols) -> (1, 2, rows, cols), AP then LAT
                 inputs = torch.from_numpy(np.stack([images[name] * masks[name] for name in VIEW_NAMES]))[None]
-                rows.append({"case": sample["subject_id"], "ap_angle_deg": ap_deg, "lat_angle_deg": lat_deg,
-                             "angle_between_deg": lat_deg - ap_deg,
-                             **_network_scores(predictor, inputs, views, truth, spacing)})
+                rows.append(
+                    {
+                        "case": sample["subject_id"],
+                        "ap_angle_deg": ap_deg,
+                        "lat_angle_deg": lat_deg,
+                        "angle_between_deg": lat_deg - ap_deg,
+                        **_network_scores(predictor, inputs, views, truth, spacing),
+                    }
+                )
             if tick is not None:
                 tick()
     return rows

@@ -96,15 +96,34 @@ class Budget:
 
 
 BUDGETS: dict[str, Budget] = {
-    "tiny": Budget("tiny", "tiny", subjects=12, epochs=1, max_steps=2,
-                   sdm_registration=VolumeRegistrationSettings(levels=((4, 10),)),
-                   optimisation_affine_iterations=2, optimisation_iterations=3, angle_errors_deg=(-10.0, 0.0, 10.0),
-                   pose_correction=OptimisationConfig(levels_mm=(12.0,), max_evaluations=30, refine_steps=0),
-                   grid_offsets_deg=(-30.0, 0.0, 30.0), pose_cases=1, pose_datasets=("femur",),
-                   pose_ranges=("small",), pose_search=SearchEffort(max_evaluations=12, refine_steps=0, max_levels=1)),
+    "tiny": Budget(
+        "tiny",
+        "tiny",
+        subjects=12,
+        epochs=1,
+        max_steps=2,
+        sdm_registration=VolumeRegistrationSettings(levels=((4, 10),)),
+        optimisation_affine_iterations=2,
+        optimisation_iterations=3,
+        angle_errors_deg=(-10.0, 0.0, 10.0),
+        pose_correction=OptimisationConfig(levels_mm=(12.0,), max_evaluations=30, refine_steps=0),
+        grid_offsets_deg=(-30.0, 0.0, 30.0),
+        pose_cases=1,
+        pose_datasets=("femur",),
+        pose_ranges=("small",),
+        pose_search=SearchEffort(max_evaluations=12, refine_steps=0, max_levels=1),
+    ),
     "lite": Budget("lite", "lite", subjects=60, epochs=6, max_steps=None),
-    "paper": Budget("paper", "paper", subjects=315, epochs=None, max_steps=None, optimisation_iterations=300,
-                    grid_offsets_deg=_degrees(-30.0, 30.0, 5.0), pose_cases=50),
+    "paper": Budget(
+        "paper",
+        "paper",
+        subjects=315,
+        epochs=None,
+        max_steps=None,
+        optimisation_iterations=300,
+        grid_offsets_deg=_degrees(-30.0, 30.0, 5.0),
+        pose_cases=50,
+    ),
 }
 
 

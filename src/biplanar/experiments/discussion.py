@@ -18,7 +18,7 @@ ALPHA = 0.05
 NEAR_ORTHOGONAL_DEG = (80.0, 100.0)  # the paper's best range of the angle between the views
 PAPER_CLAIMS = {
     "table1": "The paper's network is its most accurate method, Dice 0.94 and ASSD 0.84 mm, and its local "
-              "stage improves on its affine stage (Dice 0.860, ASSD 2.04 mm)",
+    "stage improves on its affine stage (Dice 0.860, ASSD 2.04 mm)",
     "fig3": "The paper's Dice falls from 0.94 to 0.90 (-0.04) when one view's angle is given 5 deg wrong",
     "fig4": "The paper finds the highest accuracy for views 80 to 100 deg apart",
 }
@@ -41,23 +41,30 @@ def table1_lines(methods: list[MethodScores], full: MethodScores, affine: Method
     """Table 1: the ranking by mean Dice, and our method against each other row."""
     ranked = sorted(methods, key=lambda method: -_dice(method) if math.isfinite(_dice(method)) else math.inf)
     order = " > ".join(f"{method.label} ({_dice(method):.3f})" for method in ranked)
-    lines = [f"- **Table 1.** {PAPER_CLAIMS['table1']}. Here, by mean Dice: {order}. "
-             f"Our network ranks {ranked.index(full) + 1} of {len(ranked)}."]
-    lines += [f"  - Dice of {other.label} minus ours: {_versus(full, other)}." for other in methods
-              if other is not full]
+    lines = [
+        f"- **Table 1.** {PAPER_CLAIMS['table1']}. Here, by mean Dice: {order}. "
+        f"Our network ranks {ranked.index(full) + 1} of {len(ranked)}."
+    ]
+    lines += [
+        f"  - Dice of {other.label} minus ours: {_versus(full, other)}." for other in methods if other is not full
+    ]
     lines.append(f"  - Local stage against affine stage, ASSD (mm): {_versus(affine, full, 'assd_mm')}.")
     return lines
 
 
 def table2_lines(full: MethodScores, ablations: list[MethodScores]) -> list[str]:
     """Table 2: each ablation's Dice difference from the full model and its significance."""
-    tests = {ablation.label: paired_ttest(column(full.scores, "dice"), column(ablation.scores, "dice"))
-             for ablation in ablations}
+    tests = {
+        ablation.label: paired_ttest(column(full.scores, "dice"), column(ablation.scores, "dice"))
+        for ablation in ablations
+    }
     worse = [label for label, test in tests.items() if test.p < ALPHA and test.mean_difference < 0]
     better = [label for label, test in tests.items() if test.p < ALPHA and test.mean_difference > 0]
-    lines = [f"- **Table 2.** The paper keeps all four components in its design. Here {len(worse)} of "
-             f"{len(ablations)} ablations are significantly worse than the full model in Dice, {len(better)} "
-             f"significantly better, the others not significantly different (paired t-tests at {ALPHA:g})."]
+    lines = [
+        f"- **Table 2.** The paper keeps all four components in its design. Here {len(worse)} of "
+        f"{len(ablations)} ablations are significantly worse than the full model in Dice, {len(better)} "
+        f"significantly better, the others not significantly different (paired t-tests at {ALPHA:g})."
+    ]
     lines += [f"  - {ablation.label}: Dice minus the full model's {_versus(full, ablation)}." for ablation in ablations]
     return lines
 
@@ -80,9 +87,11 @@ def fig3_lines(summary: list[dict[str, Any]], error_deg: float = 5.0) -> list[st
         parts.append(f"{name} {dice:.3f} ({dice - calibrated['dice_mean']:+.3f})")
     if not parts:
         return []
-    return [f"- **Fig. 3.** {PAPER_CLAIMS['fig3']}. Here the "
-            f"calibrated Dice is {calibrated['dice_mean']:.3f}; at +-{error_deg:g} deg (mean of both signs): "
-            f"{', '.join(parts)}."]
+    return [
+        f"- **Fig. 3.** {PAPER_CLAIMS['fig3']}. Here the "
+        f"calibrated Dice is {calibrated['dice_mean']:.3f}; at +-{error_deg:g} deg (mean of both signs): "
+        f"{', '.join(parts)}."
+    ]
 
 
 def fig4_lines(summary: list[dict[str, Any]]) -> list[str]:
@@ -93,16 +102,24 @@ def fig4_lines(summary: list[dict[str, Any]]) -> list[str]:
     if not near or not far:
         return []
     best = max(summary, key=lambda r: r["dice_mean"])
-    return [f"- **Fig. 4.** {PAPER_CLAIMS['fig4']}. Here the mean Dice of "
-            f"the pairs {low:g} to {high:g} deg apart is {summarise(near).mean:.3f} ({len(near)} pairs), of the "
-            f"others {summarise(far).mean:.3f} ({len(far)} pairs); the best pair is AP {best['ap_angle_deg']:g}, "
-            f"LAT {best['lat_angle_deg']:g} deg ({best['angle_between_deg']:g} deg apart), Dice "
-            f"{best['dice_mean']:.3f}."]
+    return [
+        f"- **Fig. 4.** {PAPER_CLAIMS['fig4']}. Here the mean Dice of "
+        f"the pairs {low:g} to {high:g} deg apart is {summarise(near).mean:.3f} ({len(near)} pairs), of the "
+        f"others {summarise(far).mean:.3f} ({len(far)} pairs); the best pair is AP {best['ap_angle_deg']:g}, "
+        f"LAT {best['lat_angle_deg']:g} deg ({best['angle_between_deg']:g} deg apart), Dice "
+        f"{best['dice_mean']:.3f}."
+    ]
 
 
-def discussion_section(table1_methods: list[MethodScores], full: MethodScores, affine: MethodScores,
-                       ablations: list[MethodScores], fig3_summary: list[dict[str, Any]],
-                       fig4_summary: list[dict[str, Any]], cases: int) -> list[str]:
+def discussion_section(
+    table1_methods: list[MethodScores],
+    full: MethodScores,
+    affine: MethodScores,
+    ablations: list[MethodScores],
+    fig3_summary: list[dict[str, Any]],
+    fig4_summary: list[dict[str, Any]],
+    cases: int,
+) -> list[str]:
     """The ``## Discussion`` lines of ``results.md``.
 
     Args:
@@ -112,8 +129,15 @@ def discussion_section(table1_methods: list[MethodScores], full: MethodScores, a
         fig3_summary, fig4_summary: the rows of ``fig3_angle_error.csv`` and ``fig4_geometry_grid.csv``.
         cases: the number of test cases (the pairs of every test).
     """
-    return ["## Discussion: ordering and significance beside the paper", "",
-            f"Computed from the tables above. With {cases} test cases a paired t-test detects only large "
-            f"effects: a difference that is not significant here is not evidence of no difference.", "",
-            *table1_lines(table1_methods, full, affine), *table2_lines(full, ablations),
-            *fig3_lines(fig3_summary), *fig4_lines(fig4_summary), ""]
+    return [
+        "## Discussion: ordering and significance beside the paper",
+        "",
+        f"Computed from the tables above. With {cases} test cases a paired t-test detects only large "
+        f"effects: a difference that is not significant here is not evidence of no difference.",
+        "",
+        *table1_lines(table1_methods, full, affine),
+        *table2_lines(full, ablations),
+        *fig3_lines(fig3_summary),
+        *fig4_lines(fig4_summary),
+        "",
+    ]

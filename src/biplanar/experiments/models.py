@@ -45,8 +45,12 @@ class ModelSpec:
 
 FULL = ModelSpec("full", "Ours (affine + local)", NETWORK)
 ABLATIONS = (
-    ModelSpec("separate_encoders", "Separate AP / LAT affine encoders", NETWORK,
-              switches=(("affine", "encoders", "separate"),)),
+    ModelSpec(
+        "separate_encoders",
+        "Separate AP / LAT affine encoders",
+        NETWORK,
+        switches=(("affine", "encoders", "separate"),),
+    ),
     ModelSpec("no_skip", "No skip connections (local)", NETWORK, switches=(("local", "skip", False),)),
     ModelSpec("single_decoder", "Single encoder-decoder (local)", NETWORK, switches=(("local", "decoder", "single"),)),
     ModelSpec("no_inv_prost", "No inv-ProST (local)", NETWORK, switches=(("local", "inv_prost", False),)),
@@ -63,8 +67,9 @@ def model_config(spec: ModelSpec, base: ExperimentConfig) -> ExperimentConfig:
     """``base`` with the model's switches applied (validated like any config)."""
     config = base
     for section, name, value in spec.switches:
-        config = dataclasses.replace(config, **{section: dataclasses.replace(getattr(config, section),
-                                                                             **{name: value})})
+        config = dataclasses.replace(
+            config, **{section: dataclasses.replace(getattr(config, section), **{name: value})}
+        )
     return config
 
 
@@ -108,8 +113,13 @@ def train_model(spec: ModelSpec, budget: Budget, data_dir: Path, run_dir: Path, 
 
     config = model_config(spec, load_config(budget.config))
     resume = (run_dir / LAST).is_file()
-    options = {"data_dir": data_dir, "resume": resume, "epochs": budget.epochs, "progress": progress,
-               "max_steps": budget.max_steps}
+    options = {
+        "data_dir": data_dir,
+        "resume": resume,
+        "epochs": budget.epochs,
+        "progress": progress,
+        "max_steps": budget.max_steps,
+    }
     if spec.method == NETWORK:
         train(config, run_dir, **options)
     else:
@@ -129,14 +139,21 @@ def reused_model(checkpoint: Path, budget: Budget, option: str) -> TrainedModel:
 
     _, config = load_model(checkpoint)
     expected = load_config(budget.config).geometry
-    if (config.geometry.grid_preset, tuple(config.geometry.image_shape)) != (expected.grid_preset,
-                                                                               tuple(expected.image_shape)):
-        raise InputError(f"{option} {checkpoint}: a model of grid preset {config.geometry.grid_preset!r} and "
-                         f"detector {list(config.geometry.image_shape)}; budget {budget.name!r} needs "
-                         f"{expected.grid_preset!r} and {list(expected.image_shape)}")
+    if (config.geometry.grid_preset, tuple(config.geometry.image_shape)) != (
+        expected.grid_preset,
+        tuple(expected.image_shape),
+    ):
+        raise InputError(
+            f"{option} {checkpoint}: a model of grid preset {config.geometry.grid_preset!r} and "
+            f"detector {list(config.geometry.image_shape)}; budget {budget.name!r} needs "
+            f"{expected.grid_preset!r} and {list(expected.image_shape)}"
+        )
     state = load_checkpoint(checkpoint)
     source = state.get("exported_from") or state
     steps, wall = source.get("global_step"), state.get("elapsed_s")
-    return TrainedModel(Path(checkpoint).resolve(), None if steps is None else int(steps),
-                        None if wall is None else float(wall), reused=True)
-
+    return TrainedModel(
+        Path(checkpoint).resolve(),
+        None if steps is None else int(steps),
+        None if wall is None else float(wall),
+        reused=True,
+    )

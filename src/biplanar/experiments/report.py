@@ -30,10 +30,10 @@ from typing import Any
 import numpy as np
 
 from biplanar.evaluation.evaluate import rows_to_csv
+from biplanar.evaluation.statistics import summarise
 from biplanar.experiments.budgets import Budget
 from biplanar.experiments.discussion import discussion_section
 from biplanar.experiments.models import ABLATIONS, BASELINES, FULL, GENERALIZED_MODEL, MODELS, TrainedModel
-from biplanar.evaluation.statistics import summarise
 from biplanar.experiments.runner import POSE_SOPI_STAGE, POSE_STAGE
 from biplanar.experiments.tables import (
     MethodScores,
@@ -80,6 +80,7 @@ class ReportInputs:
 
 def _read_rows(path: Path) -> list[dict[str, Any]]:
     """A ``cases.csv`` with numeric columns as floats."""
+
     def value(text: str) -> Any:
         try:
             return float(text)
@@ -109,6 +110,7 @@ def _save_figure(figure, path: Path) -> None:
 def table_methods(inputs: ReportInputs) -> tuple[list[MethodScores], MethodScores, list[MethodScores]]:
     """Table 1's rows (ours, our affine stage, the baselines, the optimisation), and Table 2's full model
     and ablations, read from the ``eval_*`` stages."""
+
     def scores(name: str, stage: str) -> dict:
         return read_cases(inputs.out_dir / f"eval_{name}" / "cases.csv", stage)
 
@@ -116,13 +118,16 @@ def table_methods(inputs: ReportInputs) -> tuple[list[MethodScores], MethodScore
         return inputs.models[name].steps
 
     full = MethodScores(FULL.label, scores(FULL.name, TOTAL_STAGE), PAPER["full"], steps(FULL.name))
-    affine = MethodScores("Ours, affine stage only", scores(FULL.name, AFFINE_STAGE), PAPER["full_affine"],
-                          steps(FULL.name))
-    baselines = [MethodScores(spec.label, scores(spec.name, LABELS_STAGE), steps=steps(spec.name))
-                 for spec in BASELINES]
-    optimisation = MethodScores(f"Intensity registration from identity, no learning "
-                                f"({_optimisation_steps(inputs.budget)})",
-                                scores("optimisation", TOTAL_STAGE))
+    affine = MethodScores(
+        "Ours, affine stage only", scores(FULL.name, AFFINE_STAGE), PAPER["full_affine"], steps(FULL.name)
+    )
+    baselines = [
+        MethodScores(spec.label, scores(spec.name, LABELS_STAGE), steps=steps(spec.name)) for spec in BASELINES
+    ]
+    optimisation = MethodScores(
+        f"Intensity registration from identity, no learning ({_optimisation_steps(inputs.budget)})",
+        scores("optimisation", TOTAL_STAGE),
+    )
     ablations = [MethodScores(spec.label, scores(spec.name, TOTAL_STAGE), steps=steps(spec.name)) for spec in ABLATIONS]
     return [full, affine, *baselines, optimisation], full, ablations
 
@@ -153,10 +158,14 @@ def angle_error_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for error in sorted({row["angle_error_deg"] for row in rows}):
             group = [row for row in rows if row["correction"] == correction and row["angle_error_deg"] == error]
             record: dict[str, Any] = {"correction": correction, "angle_error_deg": error, "cases": len(group)}
-            columns = {"dice": "dice", "assd_mm": "assd_mm", "hd95_mm": "hd95_mm",
-                       "lat_residual_deg": lambda r: r["lat_angle_used_deg"] - 90.0,
-                       "ap_residual_deg": lambda r: r["ap_angle_used_deg"],
-                       "correction_time_s": "correction_time_s"}
+            columns = {
+                "dice": "dice",
+                "assd_mm": "assd_mm",
+                "hd95_mm": "hd95_mm",
+                "lat_residual_deg": lambda r: r["lat_angle_used_deg"] - 90.0,
+                "ap_residual_deg": lambda r: r["ap_angle_used_deg"],
+                "correction_time_s": "correction_time_s",
+            }
             for name, source in columns.items():
                 stats = summarise(source(row) if callable(source) else row[source] for row in group)
                 record.update({f"{name}_mean": stats.mean, f"{name}_sd": stats.sd})
@@ -186,8 +195,15 @@ def plot_angle_error(summary: list[dict[str, Any]], path: Path) -> None:
 
 def angle_error_markdown(summary: list[dict[str, Any]]) -> str:
     by_key = {(r["correction"], r["angle_error_deg"]): r for r in summary}
-    header = ["LAT angle error (deg)", "Dice, no correction", "Dice, corrected", "ASSD (mm), no correction",
-              "ASSD (mm), corrected", "LAT residual after correction (deg)", "correction time (s)"]
+    header = [
+        "LAT angle error (deg)",
+        "Dice, no correction",
+        "Dice, corrected",
+        "ASSD (mm), no correction",
+        "ASSD (mm), corrected",
+        "LAT residual after correction (deg)",
+        "correction time (s)",
+    ]
     rows = []
     for error in sorted({r["angle_error_deg"] for r in summary}):
         none, fixed = by_key[("none", error)], by_key[("per_view", error)]
@@ -195,9 +211,17 @@ def angle_error_markdown(summary: list[dict[str, Any]]) -> str:
         def cell(record: dict[str, Any], name: str, digits: int = 3) -> str:
             return _mean_sd(record, name, digits)
 
-        rows.append([f"{error:+g}", cell(none, "dice"), cell(fixed, "dice"), cell(none, "assd_mm", 2),
-                     cell(fixed, "assd_mm", 2), cell(fixed, "lat_residual_deg", 2),
-                     cell(fixed, "correction_time_s", 2)])
+        rows.append(
+            [
+                f"{error:+g}",
+                cell(none, "dice"),
+                cell(fixed, "dice"),
+                cell(none, "assd_mm", 2),
+                cell(fixed, "assd_mm", 2),
+                cell(fixed, "lat_residual_deg", 2),
+                cell(fixed, "correction_time_s", 2),
+            ]
+        )
     return markdown_table(header, rows)
 
 
@@ -215,8 +239,12 @@ def geometry_grid_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for ap in sorted({row["ap_angle_deg"] for row in rows}):
         for lat in sorted({row["lat_angle_deg"] for row in rows}):
             group = [row for row in rows if row["ap_angle_deg"] == ap and row["lat_angle_deg"] == lat]
-            record: dict[str, Any] = {"ap_angle_deg": ap, "lat_angle_deg": lat, "angle_between_deg": lat - ap,
-                                      "cases": len(group)}
+            record: dict[str, Any] = {
+                "ap_angle_deg": ap,
+                "lat_angle_deg": lat,
+                "angle_between_deg": lat - ap,
+                "cases": len(group),
+            }
             for metric in ("dice", "assd_mm"):
                 stats = summarise(row[metric] for row in group)
                 record.update({f"{metric}_mean": stats.mean, f"{metric}_sd": stats.sd})
@@ -230,8 +258,9 @@ def _dice_grid(summary: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray, n
     lats = np.array(sorted({r["lat_angle_deg"] for r in summary}))
     dice = np.full((len(lats), len(aps)), np.nan)
     for record in summary:
-        dice[np.searchsorted(lats, record["lat_angle_deg"]), np.searchsorted(aps, record["ap_angle_deg"])] = \
-            record["dice_mean"]
+        dice[np.searchsorted(lats, record["lat_angle_deg"]), np.searchsorted(aps, record["ap_angle_deg"])] = record[
+            "dice_mean"
+        ]
     return aps, lats, dice
 
 
@@ -262,8 +291,10 @@ def plot_geometry_grid(summary: list[dict[str, Any]], path: Path) -> None:
 def geometry_grid_markdown(summary: list[dict[str, Any]]) -> str:
     aps, lats, dice = _dice_grid(summary)
     header = ["LAT \\ AP (deg)", *(f"{ap:g}" for ap in aps)]
-    rows = [[f"{lat:g}", *("n/a" if math.isnan(v) else f"{v:.3f}" for v in dice[i])]
-            for i, lat in reversed(list(enumerate(lats)))]
+    rows = [
+        [f"{lat:g}", *("n/a" if math.isnan(v) else f"{v:.3f}" for v in dice[i])]
+        for i, lat in reversed(list(enumerate(lats)))
+    ]
     return markdown_table(header, rows)
 
 
@@ -307,26 +338,46 @@ def _header(inputs: ReportInputs) -> list[str]:
         "",
         f"## Budget `{budget.name}`",
         "",
-        markdown_table(["item", "value"], [
-            ["config preset (every model)", f"`{budget.config}`, grid preset `{data['preset']}`"],
-            ["datasets (stage `data`)", f"orthogonal (seed {data['seeds']['orthogonal']}) and generalized "
-                                        f"(seed {data['seeds']['generalized']}), {data['subjects']} subjects each: "
-                                        f"{split['train']} train / {split['val']} val / {split['test']} test"],
-            ["training of every model", f"{budget.training_text(load_config(budget.config).training.epochs)}, "
-                                        f"batch 1, on its dataset's train split; "
-                                        f"`best.pt` (best validation Dice) when a validation ran, else `last.pt`"],
-            ["scored cases", f"the {split['test']} test cases of the orthogonal dataset (every table and figure)"],
-            ["SDM deformation model", f"3D/3D registrations, levels (pooling, Adam steps) "
-                                      f"{list(budget.sdm_registration.levels)}"],
-            ["optimisation baseline", f"{_optimisation_steps(budget)} of test-time intensity "
-                                      f"registration from the identity"],
-            ["Fig. 3", f"LAT angle errors {_angles(budget.angle_errors_deg)} deg; correction: Opt-GC per view, "
-                       f"levels {list(correction.levels_mm)} mm, {correction.max_evaluations} CMA-ES evaluations "
-                       f"per level, {correction.refine_steps} L-BFGS steps"],
-            ["Fig. 4", f"AP at 0 + a, LAT at 90 + b deg for a, b in {_angles(budget.grid_offsets_deg)} "
-                       f"({len(budget.grid_offsets_deg)}^2 pairs)"],
-            ["rigid pose (SOPI's Table 1)", _pose_budget_text(budget)],
-        ], numeric=False),
+        markdown_table(
+            ["item", "value"],
+            [
+                ["config preset (every model)", f"`{budget.config}`, grid preset `{data['preset']}`"],
+                [
+                    "datasets (stage `data`)",
+                    f"orthogonal (seed {data['seeds']['orthogonal']}) and generalized "
+                    f"(seed {data['seeds']['generalized']}), {data['subjects']} subjects each: "
+                    f"{split['train']} train / {split['val']} val / {split['test']} test",
+                ],
+                [
+                    "training of every model",
+                    f"{budget.training_text(load_config(budget.config).training.epochs)}, "
+                    f"batch 1, on its dataset's train split; "
+                    f"`best.pt` (best validation Dice) when a validation ran, else `last.pt`",
+                ],
+                ["scored cases", f"the {split['test']} test cases of the orthogonal dataset (every table and figure)"],
+                [
+                    "SDM deformation model",
+                    f"3D/3D registrations, levels (pooling, Adam steps) {list(budget.sdm_registration.levels)}",
+                ],
+                [
+                    "optimisation baseline",
+                    f"{_optimisation_steps(budget)} of test-time intensity registration from the identity",
+                ],
+                [
+                    "Fig. 3",
+                    f"LAT angle errors {_angles(budget.angle_errors_deg)} deg; correction: Opt-GC per view, "
+                    f"levels {list(correction.levels_mm)} mm, {correction.max_evaluations} CMA-ES evaluations "
+                    f"per level, {correction.refine_steps} L-BFGS steps",
+                ],
+                [
+                    "Fig. 4",
+                    f"AP at 0 + a, LAT at 90 + b deg for a, b in {_angles(budget.grid_offsets_deg)} "
+                    f"({len(budget.grid_offsets_deg)}^2 pairs)",
+                ],
+                ["rigid pose (SOPI's Table 1)", _pose_budget_text(budget)],
+            ],
+            numeric=False,
+        ),
         "",
     ]
     return lines
@@ -335,14 +386,18 @@ def _header(inputs: ReportInputs) -> list[str]:
 def _pose_budget_text(budget: Budget) -> str:
     search = budget.pose_search
     levels = "all levels" if search.max_levels is None else f"the coarsest {search.max_levels} level(s)"
-    return (f"{budget.pose_cases} case(s) per dataset ({', '.join(budget.pose_datasets)}) and pose range "
-            f"({', '.join(budget.pose_ranges)}); baselines: {search.max_evaluations} CMA-ES evaluations per level, "
-            f"{levels}, {search.refine_steps} L-BFGS steps")
+    return (
+        f"{budget.pose_cases} case(s) per dataset ({', '.join(budget.pose_datasets)}) and pose range "
+        f"({', '.join(budget.pose_ranges)}); baselines: {search.max_evaluations} CMA-ES evaluations per level, "
+        f"{levels}, {search.refine_steps} L-BFGS steps"
+    )
 
 
 def _optimisation_steps(budget: Budget) -> str:
-    return (f"{budget.optimisation_affine_iterations} affine, then {budget.optimisation_iterations} affine + "
-            f"velocity Adam steps")
+    return (
+        f"{budget.optimisation_affine_iterations} affine, then {budget.optimisation_iterations} affine + "
+        f"velocity Adam steps"
+    )
 
 
 def _angles(values: tuple[float, ...]) -> str:
@@ -356,22 +411,40 @@ def _models_section(inputs: ReportInputs) -> list[str]:
     rows = []
     for spec in MODELS:
         model = inputs.models[spec.name]
-        origin = (f"reused (`--model-{spec.name}`), trained elsewhere" if model.reused
-                  else f"stage `train_{spec.name}`")
-        rows.append([spec.label, spec.geometry, origin, f"`{model.checkpoint.name}`" if not model.reused
-                     else f"`{model.checkpoint}`", "unknown" if model.steps is None else str(model.steps),
-                     _seconds(model.wall_s)])
-    lines = ["## Models", "", markdown_table(["model", "training data", "origin", "checkpoint scored",
-                                              "training steps", "training time"], rows, numeric=False), ""]
+        origin = f"reused (`--model-{spec.name}`), trained elsewhere" if model.reused else f"stage `train_{spec.name}`"
+        rows.append(
+            [
+                spec.label,
+                spec.geometry,
+                origin,
+                f"`{model.checkpoint.name}`" if not model.reused else f"`{model.checkpoint}`",
+                "unknown" if model.steps is None else str(model.steps),
+                _seconds(model.wall_s),
+            ]
+        )
+    lines = [
+        "## Models",
+        "",
+        markdown_table(
+            ["model", "training data", "origin", "checkpoint scored", "training steps", "training time"],
+            rows,
+            numeric=False,
+        ),
+        "",
+    ]
     steps = {inputs.models[spec.name].steps for spec in MODELS}
     if len(steps) > 1:
-        lines += ["Not every model had the same number of training steps (a reused checkpoint, or an "
-                  "interrupted run): compare them with that in mind.", ""]
+        lines += [
+            "Not every model had the same number of training steps (a reused checkpoint, or an "
+            "interrupted run): compare them with that in mind.",
+            "",
+        ]
     return lines
 
 
-def _table_sections(inputs: ReportInputs, methods: list[MethodScores], full: MethodScores,
-                    ablations: list[MethodScores], out_dir: Path) -> list[str]:
+def _table_sections(
+    inputs: ReportInputs, methods: list[MethodScores], full: MethodScores, ablations: list[MethodScores], out_dir: Path
+) -> list[str]:
     markdown1, records1 = table1(methods)
     markdown2, records2 = table2(full, ablations)
     atomic_write_text(out_dir / "table1.csv", rows_to_csv(records1))
@@ -417,7 +490,7 @@ def _fig3_section(inputs: ReportInputs, summary: list[dict[str, Any]], out_dir: 
         "",
         f"The full model ({_origin(inputs.models[FULL.name])}) registers the orthogonal test cases (AP at 0, "
         f"LAT at 90 deg) while told that the LAT view is at 90 + error deg; the radiographs stay those of the "
-        f"true angles. *Corrected*: before the network, `correct_views(..., mode=\"per_view\")` re-estimates, "
+        f'true angles. *Corrected*: before the network, `correct_views(..., mode="per_view")` re-estimates, '
         f"for each view alone, a rotation of the view about its isocentre by Opt-GC between the atlas's "
         f"whole-body CT and the unmasked radiograph. The residual is the LAO/RAO angle of the corrected LAT "
         f"view minus the true 90 deg. Stage `fig3_angle_error` (per case in its `cases.csv`, summary in "
@@ -464,12 +537,17 @@ def _pose_section(inputs: ReportInputs, out_dir: Path) -> list[str]:
     atomic_write_text(out_dir / "pose_accuracy.csv", rows_to_csv(records))
     with_sopi = [] if sopi is None else sopi.info["datasets"]
     without = [name for name in inputs.budget.pose_datasets if name not in with_sopi]
-    note = ("" if not without else
-            f"Rows `sopi` and `sopi+opt` are missing for {', '.join(f'`{name}`' for name in without)}: no SOPI "
-            f"networks were given for {'it' if len(without) == 1 else 'them'} (`--sopi-rtpi`, `--sopi-fine`). ")
+    note = (
+        ""
+        if not without
+        else f"Rows `sopi` and `sopi+opt` are missing for {', '.join(f'`{name}`' for name in without)}: no SOPI "
+        f"networks were given for {'it' if len(without) == 1 else 'them'} (`--sopi-rtpi`, `--sopi-fine`). "
+    )
     if with_sopi:
-        note += (f"SOPI (stage `{POSE_SOPI_STAGE}`) uses the AP view only, as published; `sopi+opt` refines its "
-                 f"pose by Opt-GC over both views. ")
+        note += (
+            f"SOPI (stage `{POSE_SOPI_STAGE}`) uses the AP view only, as published; `sopi+opt` refines its "
+            f"pose by Opt-GC over both views. "
+        )
     note += "The last row of each table is SOPI's own published result, on its data."
     return [
         "## Rigid pose estimation (SOPI's Table 1)",
@@ -502,11 +580,19 @@ def _origin(model: TrainedModel) -> str:
 
 
 def _timings_section(inputs: ReportInputs) -> list[str]:
-    rows = [[f"`{stage.name}`", _seconds(stage.seconds), "yes" if stage.ran else "no (complete before)"]
-            for stage in inputs.stages]
+    rows = [
+        [f"`{stage.name}`", _seconds(stage.seconds), "yes" if stage.ran else "no (complete before)"]
+        for stage in inputs.stages
+    ]
     total = sum(stage.seconds for stage in inputs.stages)
-    return ["## Wall time of the stages", "", markdown_table(["stage", "wall time", "run by this call"], rows), "",
-            f"Total {_seconds(total)} (stages, this call and earlier ones).", ""]
+    return [
+        "## Wall time of the stages",
+        "",
+        markdown_table(["stage", "wall time", "run by this call"], rows),
+        "",
+        f"Total {_seconds(total)} (stages, this call and earlier ones).",
+        "",
+    ]
 
 
 def write_report(inputs: ReportInputs, docs_dir: Path | None = None) -> list[Path]:
@@ -524,18 +610,36 @@ def write_report(inputs: ReportInputs, docs_dir: Path | None = None) -> list[Pat
     fig3 = angle_error_summary(_read_rows(out_dir / "fig3_angle_error" / "cases.csv"))
     fig4 = geometry_grid_summary(_read_rows(out_dir / "fig4_geometry_grid" / "cases.csv"))
     discussion = discussion_section(methods, full, methods[1], ablations, fig3, fig4, len(full.scores))
-    lines = [*_header(inputs), *_models_section(inputs), *_table_sections(inputs, methods, full, ablations, out_dir),
-             *_fig3_section(inputs, fig3, out_dir, image_dir), *_fig4_section(inputs, fig4, out_dir, image_dir),
-             *_pose_section(inputs, out_dir), *discussion, *_timings_section(inputs)]
+    lines = [
+        *_header(inputs),
+        *_models_section(inputs),
+        *_table_sections(inputs, methods, full, ablations, out_dir),
+        *_fig3_section(inputs, fig3, out_dir, image_dir),
+        *_fig4_section(inputs, fig4, out_dir, image_dir),
+        *_pose_section(inputs, out_dir),
+        *discussion,
+        *_timings_section(inputs),
+    ]
     atomic_write_text(out_dir / "results.md", "\n".join(lines))
     images = [image_dir / name for name in (BOXES_PNG, FIG3_PNG, FIG4_PNG)]
     if docs_dir is not None:
         _copy(out_dir / "results.md", docs_dir / "results.md")
         for image in images:
             _copy(image, docs_dir / IMAGE_DIR / image.name)
-    return [out_dir / "results.md", *(out_dir / name for name in ("table1.csv", "table2.csv", "fig3_angle_error.csv",
-                                                                 "fig4_geometry_grid.csv", "pose_accuracy.csv")),
-            *images]
+    return [
+        out_dir / "results.md",
+        *(
+            out_dir / name
+            for name in (
+                "table1.csv",
+                "table2.csv",
+                "fig3_angle_error.csv",
+                "fig4_geometry_grid.csv",
+                "pose_accuracy.csv",
+            )
+        ),
+        *images,
+    ]
 
 
 def _copy(source: Path, target: Path) -> None:

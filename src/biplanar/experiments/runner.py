@@ -49,6 +49,7 @@ from typing import Any
 
 from biplanar.errors import InputError
 from biplanar.evaluation.evaluate import rows_to_csv
+from biplanar.evaluation.pose_accuracy import BASELINE_METHODS, SopiNetworks, StudySettings, sopi_checkpoints
 from biplanar.experiments.budgets import GENERALIZED_SEED, ORTHOGONAL_SEED, POSE_SEED, Budget, get_budget
 from biplanar.experiments.models import (
     ABLATIONS,
@@ -66,7 +67,6 @@ from biplanar.experiments.models import (
 )
 from biplanar.io.atomic import atomic_write_text
 from biplanar.io.json_files import read_json, write_json
-from biplanar.evaluation.pose_accuracy import BASELINE_METHODS, SopiNetworks, StudySettings, sopi_checkpoints
 from biplanar.pose.estimate import SOPI_METHODS
 
 STAGE_FILE = "stage.json"
@@ -113,8 +113,14 @@ class ExperimentsResult:
         return [stage.name for stage in self.stages if not stage.ran]
 
 
-def experiment_command(out_dir: Path, budget: str, model_full: Path | None, model_generalized: Path | None,
-                       docs_dir: Path | None, sopi: SopiNetworks | None = None) -> str:
+def experiment_command(
+    out_dir: Path,
+    budget: str,
+    model_full: Path | None,
+    model_generalized: Path | None,
+    docs_dir: Path | None,
+    sopi: SopiNetworks | None = None,
+) -> str:
     """The ``biplanar experiments`` command line equivalent to these arguments (quoted for a shell)."""
     words = ["biplanar", "experiments", "--out", str(out_dir), "--budget", budget]
     for option, value in (("--model-full", model_full), ("--model-generalized", model_generalized)):
@@ -140,8 +146,9 @@ class _Stages:
         self.out_dir, self.progress, self.only = out_dir, progress, only
         self.records: list[StageRecord] = []
 
-    def run(self, name: str, inputs: dict[str, Any], work: Callable[[Path], dict[str, Any]],
-            resumable: bool = False) -> dict[str, Any]:
+    def run(
+        self, name: str, inputs: dict[str, Any], work: Callable[[Path], dict[str, Any]], resumable: bool = False
+    ) -> dict[str, Any]:
         """The ``info`` of stage ``name``: from its ``stage.json`` when complete with the same ``inputs``,
         else from ``work(folder)`` (a non-``resumable`` stage's folder is emptied first)."""
         folder = self.out_dir / name
@@ -153,11 +160,14 @@ class _Stages:
                 _say(self.progress, f"{name}: complete, skipped")
                 return document["info"]
             if resumable:
-                raise InputError(f"{marker}: made with other inputs ({document.get('inputs')}); delete {folder} "
-                                 f"to redo it")
+                raise InputError(
+                    f"{marker}: made with other inputs ({document.get('inputs')}); delete {folder} to redo it"
+                )
         if self.only is not None and name != self.only:
-            raise InputError(f"--stage {self.only}: needs stage {name}, which is not complete; run it first "
-                             f"(--stage {name}, or the whole command)")
+            raise InputError(
+                f"--stage {self.only}: needs stage {name}, which is not complete; run it first "
+                f"(--stage {name}, or the whole command)"
+            )
         if not resumable and folder.exists():
             shutil.rmtree(folder)
         folder.mkdir(parents=True, exist_ok=True)
@@ -165,8 +175,16 @@ class _Stages:
         started = time.perf_counter()
         info = work(folder)
         seconds = time.perf_counter() - started
-        write_json(marker, {"stage": name, "inputs": inputs, "info": info, "seconds": seconds,
-                            "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
+        write_json(
+            marker,
+            {
+                "stage": name,
+                "inputs": inputs,
+                "info": info,
+                "seconds": seconds,
+                "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+            },
+        )
         self.records.append(StageRecord(name, info, seconds, ran=True))
         return info
 
@@ -175,11 +193,14 @@ def _pin_budget(out_dir: Path, budget: Budget) -> None:
     """Write ``experiment.json``, or refuse a folder made with another budget (or not by this command)."""
     path = out_dir / EXPERIMENT_FILE
     if not path.is_file() and out_dir.is_dir() and any(out_dir.iterdir()):
-        raise InputError(f"{out_dir}: not empty and not an experiments folder (no {EXPERIMENT_FILE}); choose a new "
-                         f"or empty --out")
+        raise InputError(
+            f"{out_dir}: not empty and not an experiments folder (no {EXPERIMENT_FILE}); choose a new or empty --out"
+        )
     if path.is_file() and read_json(path).get("budget") != budget.name:
-        raise InputError(f"{path}: this folder holds a {read_json(path).get('budget')!r} run, not {budget.name!r}; "
-                         f"choose another --out")
+        raise InputError(
+            f"{path}: this folder holds a {read_json(path).get('budget')!r} run, not {budget.name!r}; "
+            f"choose another --out"
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(path, {"budget": budget.name})
 
@@ -189,8 +210,14 @@ def _progress(enabled: bool, description: str, total: int):
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    bar = Progress(TextColumn(description), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                   console=Console(stderr=True), disable=not enabled)
+    bar = Progress(
+        TextColumn(description),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        disable=not enabled,
+    )
     task = bar.add_task(description, total=total)
     return bar, lambda: bar.advance(task)
 
@@ -235,11 +262,20 @@ def _make_data(context: _Context) -> dict[str, Any]:
 
     def work(folder: Path) -> dict[str, Any]:
         for geometry, seed in ((ORTHOGONAL, ORTHOGONAL_SEED), (GENERALIZED, GENERALIZED_SEED)):
-            simulate_dataset(folder / geometry, budget.subjects, seed,
-                             SimulationConfig(preset=preset, geometry=geometry), workers=context.workers,
-                             progress=context.progress)
-        return {"preset": preset, "subjects": budget.subjects, "split": split_sizes(budget.subjects),
-                "seeds": {ORTHOGONAL: ORTHOGONAL_SEED, GENERALIZED: GENERALIZED_SEED}}
+            simulate_dataset(
+                folder / geometry,
+                budget.subjects,
+                seed,
+                SimulationConfig(preset=preset, geometry=geometry),
+                workers=context.workers,
+                progress=context.progress,
+            )
+        return {
+            "preset": preset,
+            "subjects": budget.subjects,
+            "split": split_sizes(budget.subjects),
+            "seeds": {ORTHOGONAL: ORTHOGONAL_SEED, GENERALIZED: GENERALIZED_SEED},
+        }
 
     inputs = {"budget": budget.name, "subjects": budget.subjects, "seeds": [ORTHOGONAL_SEED, GENERALIZED_SEED]}
     return context.stages.run(DATA_STAGE, inputs, work, resumable=True)
@@ -267,8 +303,14 @@ def _evaluate(context: _Context, spec: ModelSpec, model: TrainedModel) -> dict[s
 
     def work(folder: Path) -> dict[str, Any]:
         if spec.method == NETWORK:
-            result = evaluate(model.checkpoint, context.data_dir(ORTHOGONAL), folder, TEST_SPLIT,
-                              device=context.device, progress=context.progress)
+            result = evaluate(
+                model.checkpoint,
+                context.data_dir(ORTHOGONAL),
+                folder,
+                TEST_SPLIT,
+                device=context.device,
+                progress=context.progress,
+            )
             return {"cases": len({row["case"] for row in result.rows}), "rows": len(result.rows), "csv": CASES_FILE}
         dataset = context.test_set(masked=True)
         bar, tick = _progress(context.progress, f"score {spec.name}", len(dataset))
@@ -286,8 +328,12 @@ def _evaluate_optimisation(context: _Context) -> dict[str, Any]:
 
     def work(folder: Path) -> dict[str, Any]:
         dataset = context.test_set(masked=True)
-        predictor = OptimisationPredictor(load_config(budget.config), budget.optimisation_affine_iterations,
-                                          budget.optimisation_iterations, context.device)
+        predictor = OptimisationPredictor(
+            load_config(budget.config),
+            budget.optimisation_affine_iterations,
+            budget.optimisation_iterations,
+            context.device,
+        )
         bar, tick = _progress(context.progress, "optimisation baseline", len(dataset))
         with bar:
             return {**_write_rows(folder, score_split(predictor, dataset, tick)), **steps}
@@ -296,9 +342,14 @@ def _evaluate_optimisation(context: _Context) -> dict[str, Any]:
     return context.stages.run(OPTIMISATION_STAGE, {"budget": budget.name, **steps}, work)
 
 
-def _geometry_study(context: _Context, model: TrainedModel, stage: str, description: str,
-                    angles: tuple[str, tuple[float, ...]], rows_of: Callable[..., list[dict[str, Any]]]
-                    ) -> dict[str, Any]:
+def _geometry_study(
+    context: _Context,
+    model: TrainedModel,
+    stage: str,
+    description: str,
+    angles: tuple[str, tuple[float, ...]],
+    rows_of: Callable[..., list[dict[str, Any]]],
+) -> dict[str, Any]:
     """A geometry study of ``model`` on the unmasked orthogonal test split (Fig. 3 or Fig. 4).
 
     Args:
@@ -319,8 +370,11 @@ def _geometry_study(context: _Context, model: TrainedModel, stage: str, descript
             rows = rows_of(NetworkPredictor(model.checkpoint, context.device), dataset, tick=tick)
         return _write_rows(folder, rows)
 
-    inputs = {**_checkpoint_inputs(context.out_dir, model.checkpoint), "budget": context.budget.name,
-              name: list(values)}
+    inputs = {
+        **_checkpoint_inputs(context.out_dir, model.checkpoint),
+        "budget": context.budget.name,
+        name: list(values),
+    }
     return context.stages.run(stage, inputs, work)
 
 
@@ -328,10 +382,12 @@ def _angle_error(context: _Context, model: TrainedModel) -> dict[str, Any]:
     from biplanar.experiments.angle_studies import angle_error_rows
 
     budget = context.budget
-    rows_of = functools.partial(angle_error_rows, angle_errors_deg=budget.angle_errors_deg,
-                                correction_config=budget.pose_correction)
-    return _geometry_study(context, model, FIG3_STAGE, "Fig. 3 angle errors", ("angles", budget.angle_errors_deg),
-                           rows_of)
+    rows_of = functools.partial(
+        angle_error_rows, angle_errors_deg=budget.angle_errors_deg, correction_config=budget.pose_correction
+    )
+    return _geometry_study(
+        context, model, FIG3_STAGE, "Fig. 3 angle errors", ("angles", budget.angle_errors_deg), rows_of
+    )
 
 
 def _geometry_grid(context: _Context, model: TrainedModel) -> dict[str, Any]:
@@ -339,8 +395,9 @@ def _geometry_grid(context: _Context, model: TrainedModel) -> dict[str, Any]:
 
     budget = context.budget
     rows_of = functools.partial(geometry_grid_rows, offsets_deg=budget.grid_offsets_deg)
-    return _geometry_study(context, model, FIG4_STAGE, "Fig. 4 geometry grid", ("offsets", budget.grid_offsets_deg),
-                           rows_of)
+    return _geometry_study(
+        context, model, FIG4_STAGE, "Fig. 4 geometry grid", ("offsets", budget.grid_offsets_deg), rows_of
+    )
 
 
 def _pose_settings(context: _Context, sopi: bool) -> StudySettings:
@@ -348,8 +405,9 @@ def _pose_settings(context: _Context, sopi: bool) -> StudySettings:
     datasets that have networks."""
     budget = context.budget
     if not sopi:
-        return StudySettings(budget.pose_datasets, budget.pose_ranges, budget.pose_cases, POSE_SEED,
-                             BASELINE_METHODS, budget.pose_search)
+        return StudySettings(
+            budget.pose_datasets, budget.pose_ranges, budget.pose_cases, POSE_SEED, BASELINE_METHODS, budget.pose_search
+        )
     datasets = tuple(name for name in budget.pose_datasets if name in context.sopi)
     return StudySettings(datasets, budget.pose_ranges, budget.pose_cases, POSE_SEED, SOPI_METHODS, budget.pose_search)
 
@@ -366,16 +424,30 @@ def _pose_study(context: _Context, sopi: bool) -> dict[str, Any]:
         with bar:
             rows = run_study(settings, networks, tick=tick)
         write_outputs(folder, rows, settings)
-        return {"cases": settings.cases, "rows": len(rows), "csv": CASES_FILE, "datasets": list(settings.datasets),
-                "ranges": list(settings.ranges), "methods": list(settings.methods),
-                "search": dataclasses.asdict(settings.effort)}
+        return {
+            "cases": settings.cases,
+            "rows": len(rows),
+            "csv": CASES_FILE,
+            "datasets": list(settings.datasets),
+            "ranges": list(settings.ranges),
+            "methods": list(settings.methods),
+            "search": dataclasses.asdict(settings.effort),
+        }
 
-    inputs = {"budget": context.budget.name, "cases": settings.cases, "datasets": list(settings.datasets),
-              "ranges": list(settings.ranges), "seed": settings.seed, "methods": list(settings.methods),
-              "search": dataclasses.asdict(settings.effort)}
+    inputs = {
+        "budget": context.budget.name,
+        "cases": settings.cases,
+        "datasets": list(settings.datasets),
+        "ranges": list(settings.ranges),
+        "seed": settings.seed,
+        "methods": list(settings.methods),
+        "search": dataclasses.asdict(settings.effort),
+    }
     if sopi:
-        inputs["networks"] = {name: {part: _checkpoint_inputs(context.out_dir, getattr(checkpoints, part))
-                                     for part in ("rtpi", "fine")} for name, checkpoints in networks.items()}
+        inputs["networks"] = {
+            name: {part: _checkpoint_inputs(context.out_dir, getattr(checkpoints, part)) for part in ("rtpi", "fine")}
+            for name, checkpoints in networks.items()
+        }
     return context.stages.run(POSE_SOPI_STAGE if sopi else POSE_STAGE, inputs, work)
 
 
@@ -386,8 +458,9 @@ def _model(context: _Context, spec: ModelSpec, reused: _Reused) -> TrainedModel:
     """The model ``spec``: the user's checkpoint when ``reused`` names one for it, else trained under the budget."""
     if spec.name not in context.models:
         path, option = reused.get(spec.name, (None, ""))
-        context.models[spec.name] = _train(context, spec) if path is None else reused_model(path, context.budget,
-                                                                                              option)
+        context.models[spec.name] = (
+            _train(context, spec) if path is None else reused_model(path, context.budget, option)
+        )
     return context.models[spec.name]
 
 
@@ -400,8 +473,12 @@ def _stage_work(context: _Context, reused: _Reused) -> dict[str, Callable[[], An
     work: dict[str, Callable[[], Any]] = {DATA_STAGE: functools.partial(_make_data, context)}
     trained = [spec for spec in MODELS if spec.name not in reused or reused[spec.name][0] is None]
     work.update({f"train_{spec.name}": functools.partial(_model, context, spec, reused) for spec in trained})
-    work.update({f"eval_{spec.name}": functools.partial(_evaluate_model, context, spec, reused)
-                 for spec in (FULL, *ABLATIONS, *BASELINES)})
+    work.update(
+        {
+            f"eval_{spec.name}": functools.partial(_evaluate_model, context, spec, reused)
+            for spec in (FULL, *ABLATIONS, *BASELINES)
+        }
+    )
     work[OPTIMISATION_STAGE] = functools.partial(_evaluate_optimisation, context)
     work[FIG3_STAGE] = lambda: _angle_error(context, _model(context, FULL, reused))
     work[FIG4_STAGE] = lambda: _geometry_grid(context, _model(context, GENERALIZED_MODEL, reused))
@@ -411,12 +488,19 @@ def _stage_work(context: _Context, reused: _Reused) -> dict[str, Callable[[], An
     return work
 
 
-
-def run_experiments(out_dir: str | Path, budget: str, model_full: str | Path | None = None,
-                    model_generalized: str | Path | None = None, docs_dir: str | Path | None = None,
-                    workers: int = 1, progress: bool = True, device: str | None = None,
-                    stage: str | None = None, sopi_rtpi: Sequence[str | Path] | str | Path | None = None,
-                    sopi_fine: Sequence[str | Path] | str | Path | None = None) -> ExperimentsResult:
+def run_experiments(
+    out_dir: str | Path,
+    budget: str,
+    model_full: str | Path | None = None,
+    model_generalized: str | Path | None = None,
+    docs_dir: str | Path | None = None,
+    workers: int = 1,
+    progress: bool = True,
+    device: str | None = None,
+    stage: str | None = None,
+    sopi_rtpi: Sequence[str | Path] | str | Path | None = None,
+    sopi_fine: Sequence[str | Path] | str | Path | None = None,
+) -> ExperimentsResult:
     """Run (or resume) every stage of the reproduction and write the report (module doc).
 
     Args:
@@ -448,20 +532,27 @@ def run_experiments(out_dir: str | Path, budget: str, model_full: str | Path | N
     if workers < 1:
         raise InputError(f"--workers: expected >= 1, got {workers}")
     out_dir = Path(out_dir)
-    reused = {FULL.name: (None if model_full is None else Path(model_full), "--model-full"),
-              GENERALIZED_MODEL.name: (None if model_generalized is None else Path(model_generalized),
-                                       "--model-generalized")}
+    reused = {
+        FULL.name: (None if model_full is None else Path(model_full), "--model-full"),
+        GENERALIZED_MODEL.name: (None if model_generalized is None else Path(model_generalized), "--model-generalized"),
+    }
     for path, option in reused.values():
         if path is not None and not path.is_file():
             raise InputError(f"{option} {path}: file not found")
     sopi = sopi_checkpoints(sopi_rtpi, sopi_fine, ("--sopi-rtpi", "--sopi-fine"))
     _pin_budget(out_dir, selected)
-    command = experiment_command(out_dir, budget, None if model_full is None else Path(model_full),
-                                 None if model_generalized is None else Path(model_generalized),
-                                 None if docs_dir is None else Path(docs_dir), sopi)
+    command = experiment_command(
+        out_dir,
+        budget,
+        None if model_full is None else Path(model_full),
+        None if model_generalized is None else Path(model_generalized),
+        None if docs_dir is None else Path(docs_dir),
+        sopi,
+    )
     stages = _Stages(out_dir, progress, only=stage)
-    context = _Context(out_dir, selected, stages, torch.device(device) if device else default_device(), workers,
-                       progress, sopi=sopi)
+    context = _Context(
+        out_dir, selected, stages, torch.device(device) if device else default_device(), workers, progress, sopi=sopi
+    )
     work = _stage_work(context, reused)
     if stage is not None:
         if stage not in work:
@@ -476,7 +567,14 @@ def run_experiments(out_dir: str | Path, budget: str, model_full: str | Path | N
             work[name]()
     models = {spec.name: _model(context, spec, reused) for spec in MODELS}
     _say(progress, "writing the report")
-    inputs = ReportInputs(out_dir=out_dir, budget=selected, command=command, data=data, models=models,
-                          stages=stages.records, device=str(context.device))
+    inputs = ReportInputs(
+        out_dir=out_dir,
+        budget=selected,
+        command=command,
+        data=data,
+        models=models,
+        stages=stages.records,
+        device=str(context.device),
+    )
     files = write_report(inputs, None if docs_dir is None else Path(docs_dir))
     return ExperimentsResult(out_dir, out_dir / "results.md", stages.records, files)

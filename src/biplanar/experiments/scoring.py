@@ -119,10 +119,16 @@ class OptimisationPredictor:
         from biplanar.optimisation import ProjectionObjective, refine_registration
 
         objective = ProjectionObjective(
-            self.atlas_mu, self.atlas_labels, self.atlas.grid, views, radiographs.to(self.device),
+            self.atlas_mu,
+            self.atlas_labels,
+            self.atlas.grid,
+            views,
+            radiographs.to(self.device),
             smoothness_weight=self.config.loss.smoothness_weight,
             integration_steps=self.config.local.integration_steps,
-            num_samples=self.config.geometry.prost_samples, masked=True)
+            num_samples=self.config.geometry.prost_samples,
+            masked=True,
+        )
         result = refine_registration(objective, settings=self.settings, progress=False)
         return warped_femur(self.atlas, result.total_displacement)
 
@@ -162,8 +168,14 @@ def score_split(predictor, dataset, tick: Callable[[], None] | None = None) -> l
         sample = dataset[index]
         # inputs on the CPU: moving them to the device is part of the timed prediction
         predicted, seconds = timed_labels(predictor, *network_inputs(sample, torch.device("cpu")))
-        rows.append({"case": sample["subject_id"], "stage": predictor.stage,
-                     **label_scores(predicted, truth_labels(sample), spacing), "time_s": seconds})
+        rows.append(
+            {
+                "case": sample["subject_id"],
+                "stage": predictor.stage,
+                **label_scores(predicted, truth_labels(sample), spacing),
+                "time_s": seconds,
+            }
+        )
         if tick is not None:
             tick()
     return rows

@@ -19,8 +19,13 @@ import numpy as np
 from biplanar.evaluation.statistics import Summary, summarise
 
 Scores = dict[str, dict[str, float]]  # case id -> metric -> value
-TABLE_METRICS = (("dice", "Dice"), ("jaccard", "Jaccard"), ("assd_mm", "ASSD (mm)"), ("hd95_mm", "HD95 (mm)"),
-                 ("ssim", "SSIM"))  # SSIM: warped atlas vs true CT, n/a for the label-only baselines
+TABLE_METRICS = (
+    ("dice", "Dice"),
+    ("jaccard", "Jaccard"),
+    ("assd_mm", "ASSD (mm)"),
+    ("hd95_mm", "HD95 (mm)"),
+    ("ssim", "SSIM"),
+)  # SSIM: warped atlas vs true CT, n/a for the label-only baselines
 TESTED_METRICS = (("dice", "Dice"), ("assd_mm", "ASSD (mm)"))
 
 
@@ -38,8 +43,9 @@ def paired_ttest(reference: Mapping[str, float], other: Mapping[str, float]) -> 
     """``scipy.stats.ttest_rel(other, reference)`` over the cases finite in both (case id -> value)."""
     from scipy.stats import ttest_rel
 
-    cases = sorted(case for case in set(reference) & set(other)
-                   if math.isfinite(reference[case]) and math.isfinite(other[case]))
+    cases = sorted(
+        case for case in set(reference) & set(other) if math.isfinite(reference[case]) and math.isfinite(other[case])
+    )
     a = np.array([other[case] for case in cases], dtype=np.float64)
     b = np.array([reference[case] for case in cases], dtype=np.float64)
     if len(cases) < 2:
@@ -52,8 +58,9 @@ def read_cases(path: str | Path, stage: str) -> Scores:
     """The rows of a ``cases.csv`` whose ``stage`` is ``stage``: case id -> numeric columns."""
     with open(path, newline="") as handle:
         rows = [row for row in csv.DictReader(handle) if row["stage"] == stage]
-    return {row["case"]: {key: _number(value) for key, value in row.items() if key not in ("case", "stage")}
-            for row in rows}
+    return {
+        row["case"]: {key: _number(value) for key, value in row.items() if key not in ("case", "stage")} for row in rows
+    }
 
 
 def _number(text: str) -> float:
@@ -118,19 +125,44 @@ def table1(methods: list[MethodScores]) -> tuple[str, list[dict[str, object]]]:
     Returns:
         the Markdown table and its CSV rows.
     """
-    header = ["method", "cases", *(name for _, name in TABLE_METRICS), "time (s)", "training steps",
-              "paper Dice", "paper ASSD (mm)"]
+    header = [
+        "method",
+        "cases",
+        *(name for _, name in TABLE_METRICS),
+        "time (s)",
+        "training steps",
+        "paper Dice",
+        "paper ASSD (mm)",
+    ]
     rows, records = [], []
     for method in methods:
-        summaries = {metric: summarise(column(method.scores, metric).values())
-                     for metric in (*(m for m, _ in TABLE_METRICS), "time_s")}
-        rows.append([method.label, str(len(method.scores)),
-                     *(format_summary(summaries[metric]) for metric, _ in TABLE_METRICS),
-                     format_summary(summaries["time_s"], 2), _steps(method),
-                     method.paper.get("dice", "see paper"), method.paper.get("assd_mm", "see paper")])
-        records.append({"method": method.label, "cases": len(method.scores), "steps": method.steps,
-                        **{f"{metric}_{part}": getattr(summary, part) for metric, summary in summaries.items()
-                           for part in ("mean", "sd")}})
+        summaries = {
+            metric: summarise(column(method.scores, metric).values())
+            for metric in (*(m for m, _ in TABLE_METRICS), "time_s")
+        }
+        rows.append(
+            [
+                method.label,
+                str(len(method.scores)),
+                *(format_summary(summaries[metric]) for metric, _ in TABLE_METRICS),
+                format_summary(summaries["time_s"], 2),
+                _steps(method),
+                method.paper.get("dice", "see paper"),
+                method.paper.get("assd_mm", "see paper"),
+            ]
+        )
+        records.append(
+            {
+                "method": method.label,
+                "cases": len(method.scores),
+                "steps": method.steps,
+                **{
+                    f"{metric}_{part}": getattr(summary, part)
+                    for metric, summary in summaries.items()
+                    for part in ("mean", "sd")
+                },
+            }
+        )
     return markdown_table(header, rows), records
 
 
@@ -140,24 +172,42 @@ def table2(full: MethodScores, ablations: list[MethodScores]) -> tuple[str, list
     Returns:
         the Markdown table and its CSV rows (``t``, ``p``, ``n`` and the mean difference per metric).
     """
-    header = ["model", "cases", *(f"{name}" for _, name in TESTED_METRICS),
-              *(f"p ({name} vs full)" for _, name in TESTED_METRICS), "training steps"]
+    header = [
+        "model",
+        "cases",
+        *(f"{name}" for _, name in TESTED_METRICS),
+        *(f"p ({name} vs full)" for _, name in TESTED_METRICS),
+        "training steps",
+    ]
     rows, records = [], []
     for method in (full, *ablations):
         summaries = {metric: summarise(column(method.scores, metric).values()) for metric, _ in TESTED_METRICS}
-        tests = {metric: paired_ttest(column(full.scores, metric), column(method.scores, metric))
-                 for metric, _ in TESTED_METRICS}
+        tests = {
+            metric: paired_ttest(column(full.scores, metric), column(method.scores, metric))
+            for metric, _ in TESTED_METRICS
+        }
         is_full = method is full
-        rows.append([method.label, str(len(method.scores)),
-                     *(format_summary(summaries[metric]) for metric, _ in TESTED_METRICS),
-                     *("–" if is_full else format_p(tests[metric].p) for metric, _ in TESTED_METRICS),
-                     _steps(method)])
+        rows.append(
+            [
+                method.label,
+                str(len(method.scores)),
+                *(format_summary(summaries[metric]) for metric, _ in TESTED_METRICS),
+                *("–" if is_full else format_p(tests[metric].p) for metric, _ in TESTED_METRICS),
+                _steps(method),
+            ]
+        )
         record: dict[str, object] = {"model": method.label, "cases": len(method.scores), "steps": method.steps}
         for metric, _ in TESTED_METRICS:
             record.update({f"{metric}_mean": summaries[metric].mean, f"{metric}_sd": summaries[metric].sd})
             if not is_full:
                 test = tests[metric]
-                record.update({f"{metric}_t": test.t, f"{metric}_p": test.p, f"{metric}_pairs": test.n,
-                               f"{metric}_mean_difference": test.mean_difference})
+                record.update(
+                    {
+                        f"{metric}_t": test.t,
+                        f"{metric}_p": test.p,
+                        f"{metric}_pairs": test.n,
+                        f"{metric}_mean_difference": test.mean_difference,
+                    }
+                )
         records.append(record)
     return markdown_table(header, rows), records

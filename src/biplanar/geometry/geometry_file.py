@@ -49,8 +49,7 @@ def _parse_carm(carm: Any, where: str) -> CarmPose:
     return CarmPose(**values)
 
 
-def _parse_view(name: str, spec: Any, where: str,
-                default_isocenter_mm: np.ndarray | None) -> ProjectionView:
+def _parse_view(name: str, spec: Any, where: str, default_isocenter_mm: np.ndarray | None) -> ProjectionView:
     if not isinstance(spec, dict):
         raise InputError(f"{where}: expected an object")
     if "image_shape" not in spec:
@@ -81,8 +80,9 @@ def _parse_view(name: str, spec: Any, where: str,
     return views[0]
 
 
-def parse_geometry(document: Any, source: str = "geometry",
-                   default_isocenter_mm: np.ndarray | None = None) -> dict[str, ProjectionView]:
+def parse_geometry(
+    document: Any, source: str = "geometry", default_isocenter_mm: np.ndarray | None = None
+) -> dict[str, ProjectionView]:
     """Validate a parsed geometry document into named views.
 
     Args:
@@ -104,8 +104,7 @@ def parse_geometry(document: Any, source: str = "geometry",
     }
 
 
-def read_geometry(path: str | Path,
-                  default_isocenter_mm: np.ndarray | None = None) -> dict[str, ProjectionView]:
+def read_geometry(path: str | Path, default_isocenter_mm: np.ndarray | None = None) -> dict[str, ProjectionView]:
     """Read ``geometry.json``; see :func:`parse_geometry`."""
     return parse_geometry(read_json(path), str(path), default_isocenter_mm)
 
@@ -141,4 +140,3 @@ def write_geometry(path: str | Path, views: dict[str, ProjectionView]) -> None:
     """Write views to ``geometry.json`` atomically."""
     document = {"views": {name: view_to_dict(view) for name, view in views.items()}}
     write_json(path, document)
-

@@ -36,8 +36,9 @@ def biplanar_pair(
     isocenter = None if isocenter_mm is None else tuple(np.asarray(isocenter_mm, dtype=float))
     views = {}
     for name, angle in (("AP", ap_lao_rao_deg), ("LAT", lat_lao_rao_deg)):
-        carm = CarmPose(float(angle), 0.0, PAPER_SOURCE_ISOCENTER_MM, PAPER_SOURCE_DETECTOR_MM,
-                        tuple(pixel_spacing_mm), isocenter)
+        carm = CarmPose(
+            float(angle), 0.0, PAPER_SOURCE_ISOCENTER_MM, PAPER_SOURCE_DETECTOR_MM, tuple(pixel_spacing_mm), isocenter
+        )
         views[name] = ProjectionView.from_carm(carm, image_shape, np.zeros(3), name=name)
     return views
 

@@ -72,9 +72,7 @@ class CarmPose:
         )
 
 
-def carm_projection_matrix(
-    carm: CarmPose, image_shape: tuple[int, int], isocenter_mm: np.ndarray
-) -> np.ndarray:
+def carm_projection_matrix(carm: CarmPose, image_shape: tuple[int, int], isocenter_mm: np.ndarray) -> np.ndarray:
     """The ``(3, 4)`` projection matrix of a C-arm view, scaled so that ``w`` is depth in mm.
 
     Args:
@@ -93,9 +91,7 @@ def carm_projection_matrix(
     focal_u = carm.source_detector_mm / carm.pixel_spacing_mm[1]
     focal_v = carm.source_detector_mm / carm.pixel_spacing_mm[0]
     # Rows act on (X - source): depth w = -d . (X - source) > 0 in front of the source.
-    intrinsic_rotation = np.stack(
-        [focal_u * u_axis - centre_u * d, focal_v * v_axis - centre_v * d, -d]
-    )
+    intrinsic_rotation = np.stack([focal_u * u_axis - centre_u * d, focal_v * v_axis - centre_v * d, -d])
     return np.concatenate([intrinsic_rotation, -(intrinsic_rotation @ source)[:, None]], axis=1)
 
 
@@ -141,8 +137,7 @@ class ProjectionView:
         isocenter = carm.isocenter_mm if carm.isocenter_mm is not None else default_isocenter_mm
         if isocenter is None:
             raise ValueError("carm.isocenter_mm: not given and no volume centre to default to")
-        return cls(carm_projection_matrix(carm, image_shape, np.asarray(isocenter)), image_shape,
-                   name, carm)
+        return cls(carm_projection_matrix(carm, image_shape, np.asarray(isocenter)), image_shape, name, carm)
 
     @property
     def source_world(self) -> np.ndarray:
@@ -169,15 +164,15 @@ class ProjectionView:
         depth = homogeneous[..., 2]
         return homogeneous[..., :2] / depth.unsqueeze(-1), depth
 
-    def pixel_rays(self, dtype: torch.dtype = torch.float64,
-                   device: torch.device | str | None = None) -> Tensor:
+    def pixel_rays(self, dtype: torch.dtype = torch.float64, device: torch.device | str | None = None) -> Tensor:
         """``(rows, cols, 3)`` ray vectors ``M^-1 [u, v, 1]``, world mm per mm of depth.
 
         The point at depth ``w`` on pixel ``(row, col)``'s ray is ``source + w * rays[row, col]``.
         """
         rows, cols = self.image_shape
-        v, u = torch.meshgrid(torch.arange(rows, dtype=torch.float64),
-                              torch.arange(cols, dtype=torch.float64), indexing="ij")
+        v, u = torch.meshgrid(
+            torch.arange(rows, dtype=torch.float64), torch.arange(cols, dtype=torch.float64), indexing="ij"
+        )
         uv1 = torch.stack([u, v, torch.ones_like(u)], dim=-1)
         inverse = torch.as_tensor(np.linalg.inv(self.matrix[:, :3]))
         return (uv1 @ inverse.T).to(dtype=dtype, device=device)

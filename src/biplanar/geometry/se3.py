@@ -25,7 +25,7 @@ _SMALL_ANGLE_RAD = 1e-2  # below it, Taylor series replace sin(t)/t and (1 - cos
 
 def _check_last(tensor: Tensor, shape: tuple[int, ...], name: str) -> None:
     """Raise ``ValueError`` unless ``tensor``'s trailing dims equal ``shape``."""
-    if tensor.dim() < len(shape) or tuple(tensor.shape[tensor.dim() - len(shape):]) != shape:
+    if tensor.dim() < len(shape) or tuple(tensor.shape[tensor.dim() - len(shape) :]) != shape:
         expected = "(..., " + ", ".join(str(s) for s in shape) + ")"
         raise ValueError(f"{name}: expected shape {expected}, got {tuple(tensor.shape)}")
 
@@ -74,11 +74,14 @@ def skew(vector: Tensor) -> Tensor:
 
 def _vee_antisymmetric(rotation: Tensor) -> Tensor:
     """``(..., 3, 3)`` -> ``(..., 3)`` ``vee((R - R^T) / 2) = sin(theta) * axis``."""
-    return 0.5 * torch.stack([
-        rotation[..., 2, 1] - rotation[..., 1, 2],
-        rotation[..., 0, 2] - rotation[..., 2, 0],
-        rotation[..., 1, 0] - rotation[..., 0, 1],
-    ], dim=-1)
+    return 0.5 * torch.stack(
+        [
+            rotation[..., 2, 1] - rotation[..., 1, 2],
+            rotation[..., 0, 2] - rotation[..., 2, 0],
+            rotation[..., 1, 0] - rotation[..., 0, 1],
+        ],
+        dim=-1,
+    )
 
 
 def _cos_sin_angle(rotation: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -96,11 +99,10 @@ def so3_exp(rotvec: Tensor) -> Tensor:
     """``(..., 3)`` rotation vector (axis * angle, rad) -> ``(..., 3, 3)`` rotation (Rodrigues)."""
     _check_last(rotvec, (3,), "rotvec")
     theta_sq = (rotvec * rotvec).sum(-1, keepdim=True).unsqueeze(-1)  # (..., 1, 1)
-    small = theta_sq < _SMALL_ANGLE_RAD ** 2
+    small = theta_sq < _SMALL_ANGLE_RAD**2
     theta = torch.sqrt(torch.where(small, torch.ones_like(theta_sq), theta_sq))
-    sinc = torch.where(small, 1.0 - theta_sq / 6.0 + theta_sq ** 2 / 120.0, torch.sin(theta) / theta)
-    cosc = torch.where(small, 0.5 - theta_sq / 24.0 + theta_sq ** 2 / 720.0,
-                       (1.0 - torch.cos(theta)) / theta ** 2)
+    sinc = torch.where(small, 1.0 - theta_sq / 6.0 + theta_sq**2 / 120.0, torch.sin(theta) / theta)
+    cosc = torch.where(small, 0.5 - theta_sq / 24.0 + theta_sq**2 / 720.0, (1.0 - torch.cos(theta)) / theta**2)
     hat = skew(rotvec)
     eye = torch.eye(3, dtype=rotvec.dtype, device=rotvec.device)
     return eye + sinc * hat + cosc * (hat @ hat)
@@ -119,7 +121,7 @@ def so3_log(rotation: Tensor) -> Tensor:
     # Branch 1 (cos >= 0): w = theta / sin(theta) * sin_axis.
     small = theta < _SMALL_ANGLE_RAD
     sin_safe = torch.where(small | (cos < 0), torch.ones_like(sin), sin)
-    factor = torch.where(small, 1.0 + theta ** 2 / 6.0 + 7.0 * theta ** 4 / 360.0, theta / sin_safe)
+    factor = torch.where(small, 1.0 + theta**2 / 6.0 + 7.0 * theta**4 / 360.0, theta / sin_safe)
     near_zero = factor.unsqueeze(-1) * sin_axis
     # Branch 2 (cos < 0): the column of the symmetric part with the largest diagonal is parallel to the axis.
     eye = torch.eye(3, dtype=rotation.dtype, device=rotation.device)
@@ -145,9 +147,7 @@ def rotation_geodesic_deg(rotation_a: Tensor, rotation_b: Tensor) -> Tensor:
     return torch.rad2deg(rotation_geodesic_rad(rotation_a, rotation_b))
 
 
-def pose_errors(
-    matrix_est: Tensor, matrix_true: Tensor, centre_mm: Tensor | None = None
-) -> tuple[Tensor, Tensor]:
+def pose_errors(matrix_est: Tensor, matrix_true: Tensor, centre_mm: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Rotation error (deg) and translation error (mm) of ``(..., 4, 4)`` rigid poses, each ``(...)``.
 
     The rotation error is the geodesic angle between the rotation parts. The translation error

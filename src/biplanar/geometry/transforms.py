@@ -87,9 +87,7 @@ def transform_points(matrix: Tensor, points_world: Tensor) -> Tensor:
     """Apply ``(B, 4, 4)`` to ``(B, ..., 3)`` world mm points."""
     check_matrix(matrix)
     if points_world.dim() < 2 or points_world.shape[0] != matrix.shape[0] or points_world.shape[-1] != 3:
-        raise ValueError(
-            f"points_world: expected shape ({matrix.shape[0]}, ..., 3), got {tuple(points_world.shape)}"
-        )
+        raise ValueError(f"points_world: expected shape ({matrix.shape[0]}, ..., 3), got {tuple(points_world.shape)}")
     batch = matrix.shape[0]
     flat = points_world.reshape(batch, -1, 3)
     moved = flat @ matrix[:, :3, :3].transpose(1, 2) + matrix[:, None, :3, 3]

@@ -72,9 +72,7 @@ class VolumeGrid:
         """``(8, 3)`` world mm of the corners of the box of voxel centres, grown by ``pad_vox`` voxels."""
         lo = -pad_vox
         hi = np.asarray(self.shape, dtype=np.float64) - 1.0 + pad_vox
-        corners_vox = np.array(
-            [[a, b, c] for a in (lo, hi[0]) for b in (lo, hi[1]) for c in (lo, hi[2])]
-        )
+        corners_vox = np.array([[a, b, c] for a in (lo, hi[0]) for b in (lo, hi[1]) for c in (lo, hi[2])])
         return corners_vox @ self.affine[:3, :3].T + self.affine[:3, 3]
 
     def world_to_grid_matrix(self) -> np.ndarray:
@@ -97,8 +95,7 @@ class VolumeGrid:
         Returns:
             ``(..., 3)`` voxel indices ``(i, j, k)``.
         """
-        inverse = torch.as_tensor(np.linalg.inv(self.affine), dtype=points_world.dtype,
-                                  device=points_world.device)
+        inverse = torch.as_tensor(np.linalg.inv(self.affine), dtype=points_world.dtype, device=points_world.device)
         return points_world @ inverse[:3, :3].T + inverse[:3, 3]
 
     def vox_to_world(self, points_vox: Tensor) -> Tensor:
@@ -106,8 +103,9 @@ class VolumeGrid:
         affine = torch.as_tensor(self.affine, dtype=points_vox.dtype, device=points_vox.device)
         return points_vox @ affine[:3, :3].T + affine[:3, 3]
 
-    def voxel_centres_world(self, dtype: torch.dtype = torch.float32,
-                            device: torch.device | str | None = None) -> Tensor:
+    def voxel_centres_world(
+        self, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None
+    ) -> Tensor:
         """``(I, J, K, 3)`` world mm of every voxel centre."""
         axes = [torch.arange(n, dtype=torch.float64, device=device) for n in self.shape]
         points_vox = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)
@@ -117,6 +115,5 @@ class VolumeGrid:
         """Raise if ``volume`` is not ``(B, C, I, J, K)`` on this grid."""
         if volume.dim() != 5 or tuple(volume.shape[2:]) != self.shape:
             raise ValueError(
-                f"{name}: expected shape (B, C, {', '.join(map(str, self.shape))}), "
-                f"got {tuple(volume.shape)}"
+                f"{name}: expected shape (B, C, {', '.join(map(str, self.shape))}), got {tuple(volume.shape)}"
             )

@@ -18,8 +18,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = "".join(path.suffixes)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".part{suffix}",
-                                         dir=path.parent)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".part{suffix}", dir=path.parent)
     os.close(handle)
     temporary_path = Path(temporary)
     try:

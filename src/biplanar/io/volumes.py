@@ -42,8 +42,7 @@ def read_volume(path: str | Path) -> tuple[np.ndarray, VolumeGrid]:
     return data, grid
 
 
-def write_volume(path: str | Path, data: np.ndarray, grid: VolumeGrid,
-                 intent: str | None = None) -> None:
+def write_volume(path: str | Path, data: np.ndarray, grid: VolumeGrid, intent: str | None = None) -> None:
     """Write ``data`` (shape starting with ``grid.shape``) on ``grid`` to NIfTI, atomically.
 
     Args:

@@ -45,8 +45,14 @@ class ProST(nn.Module):
             are recomputed in backward (activation checkpointing) so memory stays bounded.
     """
 
-    def __init__(self, view: ProjectionView, grid: VolumeGrid, num_samples: int = 256,
-                 margin_mm: float = 0.0, max_samples_per_chunk: int = 2**24) -> None:
+    def __init__(
+        self,
+        view: ProjectionView,
+        grid: VolumeGrid,
+        num_samples: int = 256,
+        margin_mm: float = 0.0,
+        max_samples_per_chunk: int = 2**24,
+    ) -> None:
         super().__init__()
         if num_samples < 1:
             raise ValueError(f"num_samples: expected >= 1, got {num_samples}")
@@ -86,7 +92,7 @@ class ProST(nn.Module):
         chunked = rows_per_chunk < self.image_shape[0] and torch.is_grad_enabled()
         outputs = []
         for start in range(0, self.image_shape[0], rows_per_chunk):
-            arguments = (volume, origin, direction[:, start:start + rows_per_chunk], beam)
+            arguments = (volume, origin, direction[:, start : start + rows_per_chunk], beam)
             if chunked:
                 outputs.append(checkpoint(self._project_rows, *arguments, use_reentrant=False))
             else:
@@ -96,8 +102,9 @@ class ProST(nn.Module):
             return output
         return output * self.step_mm.to(output.dtype)
 
-    def project_with_pose_jacobian(self, volume: Tensor, params: Tensor,
-                                   params_to_pose: Callable[[Tensor], Tensor]) -> tuple[Tensor, Tensor]:
+    def project_with_pose_jacobian(
+        self, volume: Tensor, params: Tensor, params_to_pose: Callable[[Tensor], Tensor]
+    ) -> tuple[Tensor, Tensor]:
         """The line integrals at a pose and their exact derivatives with respect to the pose's parameters.
 
         With ``p_k(theta) = origin(theta) + w_k direction(theta)`` the grid position of sample ``k`` of
@@ -121,16 +128,20 @@ class ProST(nn.Module):
         """
         self.grid.check_volume(volume)
         if volume.shape[1] != 1 or params.dim() != 2 or params.shape[0] != volume.shape[0]:
-            raise ValueError(f"volume, params: expected (B, 1, I, J, K) and (B, P), got {tuple(volume.shape)} "
-                             f"and {tuple(params.shape)}")
+            raise ValueError(
+                f"volume, params: expected (B, 1, I, J, K) and (B, P), got {tuple(volume.shape)} "
+                f"and {tuple(params.shape)}"
+            )
         volume, params = volume.detach(), params.detach()
 
         def rays(values: Tensor) -> tuple[Tensor, Tensor]:
             return self._rays_in_grid(volume.shape[0], params_to_pose(values), volume.dtype)
 
         origin, direction = rays(params)
-        tangents = [torch.func.jvp(rays, (params,), (basis.expand_as(params),))[1]
-                    for basis in torch.eye(params.shape[1], dtype=params.dtype, device=params.device)]
+        tangents = [
+            torch.func.jvp(rays, (params,), (basis.expand_as(params),))[1]
+            for basis in torch.eye(params.shape[1], dtype=params.dtype, device=params.device)
+        ]
         d_origin = torch.stack([tangent[0] for tangent in tangents], dim=-1)  # (B, 3, P)
         d_direction = torch.stack([tangent[1] for tangent in tangents], dim=-1)  # (B, rows, cols, 3, P)
         depths = self.depths_mm.to(volume.dtype).view(1, -1, 1, 1, 1)
@@ -139,14 +150,16 @@ class ProST(nn.Module):
         for start in range(0, self.image_shape[0], rows_per_chunk):
             rows = slice(start, start + rows_per_chunk)
             with torch.enable_grad():
-                points = torch.addcmul(origin.view(-1, 1, 1, 1, 3), depths,
-                                       direction[:, rows].unsqueeze(1)).requires_grad_(True)
+                points = torch.addcmul(
+                    origin.view(-1, 1, 1, 1, 3), depths, direction[:, rows].unsqueeze(1)
+                ).requires_grad_(True)
                 sampled = F.grid_sample(volume, points, mode="bilinear", padding_mode="zeros", align_corners=True)
                 (spatial,) = torch.autograd.grad(sampled.sum(), points)  # (B, K, r, c, 3)
             images.append(sampled.detach().sum(dim=2))
-            chunks.append(torch.einsum("brci,bip->brcp", spatial.sum(1), d_origin)
-                          + torch.einsum("brci,brcip->brcp", (spatial * depths).sum(1),
-                                         d_direction[:, rows]))
+            chunks.append(
+                torch.einsum("brci,bip->brcp", spatial.sum(1), d_origin)
+                + torch.einsum("brci,brcip->brcp", (spatial * depths).sum(1), d_direction[:, rows])
+            )
         step = self.step_mm.to(volume.dtype)
         return torch.cat(images, dim=-2) * step, (torch.cat(chunks, dim=1) * step[..., None]).unsqueeze(1)
 

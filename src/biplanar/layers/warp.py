@@ -36,8 +36,7 @@ def check_displacement(displacement: Tensor, grid: VolumeGrid, name: str = "disp
     """Raise ``ValueError`` unless ``displacement`` is ``(B, 3, I, J, K)`` on ``grid``."""
     if displacement.dim() != 5 or tuple(displacement.shape[1:]) != (3, *grid.shape):
         raise ValueError(
-            f"{name}: expected shape (B, 3, {', '.join(map(str, grid.shape))}), "
-            f"got {tuple(displacement.shape)}"
+            f"{name}: expected shape (B, 3, {', '.join(map(str, grid.shape))}), got {tuple(displacement.shape)}"
         )
 
 
@@ -98,13 +97,10 @@ class SpatialTransformer(nn.Module):
         check_displacement(displacement, self.grid)
         batch = displacement.shape[0]
         if volume.shape[0] not in (1, batch):
-            raise ValueError(
-                f"volume: expected batch 1 or {batch} (the displacement's), got {tuple(volume.shape)}"
-            )
+            raise ValueError(f"volume: expected batch 1 or {batch} (the displacement's), got {tuple(volume.shape)}")
         sample_grid = self._sample_grid(displacement)
         volume = volume.expand(batch, *volume.shape[1:])  # a stride-0 view when the batch is shared
-        return F.grid_sample(volume, sample_grid, mode=self.mode, padding_mode=self.padding_mode,
-                             align_corners=True)
+        return F.grid_sample(volume, sample_grid, mode=self.mode, padding_mode=self.padding_mode, align_corners=True)
 
     def _sample_grid(self, displacement: Tensor) -> Tensor:
         """``(B, I, J, K, 3)`` grid_sample coordinates of ``p + displacement(p)`` at every voxel centre."""
@@ -118,8 +114,9 @@ class SpatialTransformer(nn.Module):
         return identity_grid + offset_grid
 
 
-def warp_labels(labels: Tensor, displacement: Tensor, grid: VolumeGrid, method: str = "nearest",
-                num_classes: int | None = None) -> Tensor:
+def warp_labels(
+    labels: Tensor, displacement: Tensor, grid: VolumeGrid, method: str = "nearest", num_classes: int | None = None
+) -> Tensor:
     """Warp an integer label map by a displacement field; outside the volume is label 0.
 
     Args:

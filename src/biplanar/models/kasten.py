@@ -36,8 +36,8 @@ from biplanar.config import ExperimentConfig
 from biplanar.geometry.projection import ProjectionView
 from biplanar.geometry.volume_grid import VolumeGrid
 from biplanar.models.blocks import conv_block_2d, conv_block_3d
-from biplanar.models.projectors import ViewPair
 from biplanar.models.network import normalise_radiographs
+from biplanar.models.projectors import ViewPair
 from biplanar.optimisation.volume_registration import pooled_grid
 
 NUM_CLASSES = 2  # background, femur
@@ -61,8 +61,9 @@ class RayCopy(nn.Module):
         rows, cols = view.image_shape
         # grid_sample (align_corners=False): x -> map columns, y -> map rows, cell edges at -1 and 1;
         # pixel centre u = c is the centre of detector pixel c.
-        detector = torch.stack([2.0 * (uv_px[..., 0] + 0.5) / cols - 1.0,
-                                2.0 * (uv_px[..., 1] + 0.5) / rows - 1.0], dim=-1)
+        detector = torch.stack(
+            [2.0 * (uv_px[..., 0] + 0.5) / cols - 1.0, 2.0 * (uv_px[..., 1] + 0.5) / rows - 1.0], dim=-1
+        )
         # (I, J, K, 2) -> (1, I, J * K, 2): a 2D sampling grid of I rows by J K columns.
         self.register_buffer("detector_grid", detector.float().flatten(1, 2).unsqueeze(0))
 
@@ -112,16 +113,20 @@ class RayCopyCache:
         Returns:
             ``(B, 2 C, I / f, J / f, K / f)``: the AP copies then the LAT copies.
         """
-        per_sample = [torch.cat([self.layer(view, factor, image.device)(image[b:b + 1])
-                                 for view, image in zip(pair, images)], dim=1)
-                      for b, pair in enumerate(views)]
+        per_sample = [
+            torch.cat(
+                [self.layer(view, factor, image.device)(image[b : b + 1]) for view, image in zip(pair, images)], dim=1
+            )
+            for b, pair in enumerate(views)
+        ]
         return torch.cat(per_sample, dim=0)
 
 
 def _encoder(widths: tuple[int, ...]) -> nn.ModuleList:
     inputs = (1, *widths[:-1])
-    return nn.ModuleList(nn.Sequential(conv_block_2d(c, w, stride=2), conv_block_2d(w, w))
-                         for c, w in zip(inputs, widths))
+    return nn.ModuleList(
+        nn.Sequential(conv_block_2d(c, w, stride=2), conv_block_2d(w, w)) for c, w in zip(inputs, widths)
+    )
 
 
 class KastenNet(nn.Module):
@@ -161,12 +166,14 @@ class KastenNet(nn.Module):
         """
         batch = radiographs.shape[0]
         if radiographs.dim() != 4 or radiographs.shape[1] != 2 or len(views) != batch:
-            raise ValueError(f"radiographs: expected shape (B, 2, rows, cols) with B = len(views) = {len(views)}, "
-                             f"got {tuple(radiographs.shape)}")
+            raise ValueError(
+                f"radiographs: expected shape (B, 2, rows, cols) with B = len(views) = {len(views)}, "
+                f"got {tuple(radiographs.shape)}"
+            )
         radiographs = normalise_radiographs(radiographs)
         maps = []  # per view, the L encoder maps, finest first
         for channel, encoder in enumerate(self.encoders):
-            x, levels = radiographs[:, channel:channel + 1], []
+            x, levels = radiographs[:, channel : channel + 1], []
             for block in encoder:
                 x = block(x)
                 levels.append(x)

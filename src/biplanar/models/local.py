@@ -85,8 +85,9 @@ class LocalModule(nn.Module):
         activation_checkpointing: recompute the beam-space decoders in backward to save memory.
     """
 
-    def __init__(self, config: LocalConfig, grid: VolumeGrid, projectors: ProjectorCache,
-                 activation_checkpointing: bool = False) -> None:
+    def __init__(
+        self, config: LocalConfig, grid: VolumeGrid, projectors: ProjectorCache, activation_checkpointing: bool = False
+    ) -> None:
         super().__init__()
         self.config, self.grid, self.projectors = config, grid, projectors
         self.activation_checkpointing = activation_checkpointing
@@ -118,10 +119,12 @@ class LocalModule(nn.Module):
             beams = [self._run(self.unets[0], ap), self._run(self.unets[1], lat)]
         else:
             joint = self._run(self.unets[0], torch.cat([ap, lat], dim=1))
-            beams = [joint[:, :self.per_view_channels], joint[:, self.per_view_channels:2 * self.per_view_channels]]
+            beams = [joint[:, : self.per_view_channels], joint[:, self.per_view_channels : 2 * self.per_view_channels]]
         if self.config.inv_prost:
             features = self.projectors.back_project(beams, views)
         else:  # ablation: beam-space maps resampled to the atlas grid, geometry ignored
-            features = torch.cat([F.interpolate(beam, size=self.grid.shape, mode="trilinear", align_corners=False)
-                                  for beam in beams], dim=1)
+            features = torch.cat(
+                [F.interpolate(beam, size=self.grid.shape, mode="trilinear", align_corners=False) for beam in beams],
+                dim=1,
+            )
         return self.to_velocity(features)

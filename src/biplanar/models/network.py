@@ -73,8 +73,7 @@ def normalise_pair(radiographs: Tensor, drrs: Tensor) -> tuple[Tensor, Tensor]:
         AP and LAT inputs, each ``(B, 2, rows, cols)`` (radiograph, DRR).
     """
     radiographs, drrs = normalise_radiographs(radiographs), normalise_radiographs(drrs)
-    return (torch.stack([radiographs[:, 0], drrs[:, 0]], dim=1),
-            torch.stack([radiographs[:, 1], drrs[:, 1]], dim=1))
+    return (torch.stack([radiographs[:, 0], drrs[:, 0]], dim=1), torch.stack([radiographs[:, 1], drrs[:, 1]], dim=1))
 
 
 class AtlasRegistrationNet(nn.Module):
@@ -97,8 +96,7 @@ class AtlasRegistrationNet(nn.Module):
         self.register_buffer("atlas_labels", labels)  # (1, 1, I, J, K) 1 = femur
         self.register_buffer("atlas_centre", torch.as_tensor(self.grid.centre_world).float())
         self.affine = AffineModule(config.affine, geometry.image_shape)
-        self.local = LocalModule(config.local, self.grid, self.projectors,
-                                 config.training.activation_checkpointing)
+        self.local = LocalModule(config.local, self.grid, self.projectors, config.training.activation_checkpointing)
         self.transformer = SpatialTransformer(self.grid)
         self.integrator = VelocityIntegrator(self.grid, config.local.integration_steps)
 
@@ -109,14 +107,16 @@ class AtlasRegistrationNet(nn.Module):
 
     def forward(self, radiographs: Tensor, views: list[ViewPair], affine_only: bool = False) -> RegistrationOutput:
         """Args:
-            radiographs: ``(B, 2, rows, cols)`` masked line integrals, channel 0 AP, 1 LAT.
-            views: ``B`` pairs ``(AP, LAT)`` of calibrated views.
-            affine_only: skip the local module (``phi`` = identity).
+        radiographs: ``(B, 2, rows, cols)`` masked line integrals, channel 0 AP, 1 LAT.
+        views: ``B`` pairs ``(AP, LAT)`` of calibrated views.
+        affine_only: skip the local module (``phi`` = identity).
         """
         batch = radiographs.shape[0]
         if radiographs.dim() != 4 or radiographs.shape[1] != 2 or len(views) != batch:
-            raise ValueError(f"radiographs: expected shape (B, 2, rows, cols) with B = len(views) = {len(views)}, "
-                             f"got {tuple(radiographs.shape)}")
+            raise ValueError(
+                f"radiographs: expected shape (B, 2, rows, cols) with B = len(views) = {len(views)}, "
+                f"got {tuple(radiographs.shape)}"
+            )
         femur = self.atlas_femur_mu.expand(batch, -1, -1, -1, -1)
         params = self.affine(*normalise_pair(radiographs, self.projectors.project(femur, views)))
         matrix = similarity_matrix(params, self.atlas_centre)

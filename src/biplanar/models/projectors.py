@@ -30,20 +30,22 @@ class ProjectorCache:
         capacity: how many views to keep (least recently used ones are dropped).
     """
 
-    def __init__(self, grid: VolumeGrid, image_shape: tuple[int, int], num_samples: int,
-                 capacity: int = 32) -> None:
+    def __init__(self, grid: VolumeGrid, image_shape: tuple[int, int], num_samples: int, capacity: int = 32) -> None:
         self.grid, self.image_shape, self.num_samples, self.capacity = grid, image_shape, num_samples, capacity
         self._layers: OrderedDict[tuple, tuple[ProST, InverseProST]] = OrderedDict()
 
     def layers(self, view: ProjectionView, device: torch.device) -> tuple[ProST, InverseProST]:
         """The (ProST, InverseProST) pair of ``view`` on ``device``."""
         if tuple(view.image_shape) != tuple(self.image_shape):
-            raise ValueError(f"view {view.name}: image_shape {view.image_shape} differs from the "
-                             f"network's {self.image_shape}")
+            raise ValueError(
+                f"view {view.name}: image_shape {view.image_shape} differs from the network's {self.image_shape}"
+            )
         key = (view.matrix.round(9).tobytes(), str(device))
         if key not in self._layers:
-            self._layers[key] = (ProST(view, self.grid, self.num_samples).to(device),
-                                 InverseProST(view, self.grid).to(device))
+            self._layers[key] = (
+                ProST(view, self.grid, self.num_samples).to(device),
+                InverseProST(view, self.grid).to(device),
+            )
             if len(self._layers) > self.capacity:
                 self._layers.popitem(last=False)
         self._layers.move_to_end(key)
@@ -59,8 +61,10 @@ class ProjectorCache:
         Returns:
             ``(B, 2, rows, cols)`` line integrals, channel 0 AP, channel 1 LAT.
         """
-        images = [torch.cat([self.layers(view, volume.device)[0](volume[b:b + 1]) for view in pair], dim=1)
-                  for b, pair in enumerate(views)]
+        images = [
+            torch.cat([self.layers(view, volume.device)[0](volume[b : b + 1]) for view in pair], dim=1)
+            for b, pair in enumerate(views)
+        ]
         return torch.cat(images, dim=0)
 
     def back_project(self, beams: list[Tensor], views: list[ViewPair]) -> Tensor:
@@ -74,7 +78,7 @@ class ProjectorCache:
             ``(B, 2 C, I, J, K)``: the AP features then the LAT features.
         """
         per_sample = [
-            torch.cat([self.layers(view, beam.device)[1](beam[b:b + 1]) for view, beam in zip(pair, beams)], dim=1)
+            torch.cat([self.layers(view, beam.device)[1](beam[b : b + 1]) for view, beam in zip(pair, beams)], dim=1)
             for b, pair in enumerate(views)
         ]
         return torch.cat(per_sample, dim=0)

@@ -63,8 +63,9 @@ class DeformationPCA:
         return int(self.components.shape[0])
 
     @classmethod
-    def fit(cls, fields: np.ndarray, factor: int, variance: float = 0.95,
-            max_components: int | None = None) -> DeformationPCA:
+    def fit(
+        cls, fields: np.ndarray, factor: int, variance: float = 0.95, max_components: int | None = None
+    ) -> DeformationPCA:
         """PCA of ``N`` fields, keeping the fewest components that explain ``variance`` of the total.
 
         Args:
@@ -95,15 +96,22 @@ class DeformationPCA:
         explained = eigen / eigen.sum()
         count = int(np.searchsorted(np.cumsum(explained), variance - 1e-12) + 1)
         count = min(count, singular.size, max_components or singular.size)
-        return cls(mean.reshape(fields.shape[1:]).astype(np.float32),
-                   directions[:count].reshape(count, *fields.shape[1:]).astype(np.float32),
-                   np.sqrt(eigen[:count]).astype(np.float32), explained[:count].astype(np.float32), int(factor))
+        return cls(
+            mean.reshape(fields.shape[1:]).astype(np.float32),
+            directions[:count].reshape(count, *fields.shape[1:]).astype(np.float32),
+            np.sqrt(eigen[:count]).astype(np.float32),
+            explained[:count].astype(np.float32),
+            int(factor),
+        )
 
     def weights(self, fields: np.ndarray) -> np.ndarray:
         """Standardised weights ``(N, K)`` of fields ``(N, 3, i, j, k)`` (their projection on the components)."""
         flat = fields.reshape(fields.shape[0], -1).astype(np.float64) - self.mean.reshape(-1)
-        return (flat @ self.components.reshape(self.num_components, -1).T.astype(np.float64)
-                / self.stddev.astype(np.float64)).astype(np.float32)
+        return (
+            flat
+            @ self.components.reshape(self.num_components, -1).T.astype(np.float64)
+            / self.stddev.astype(np.float64)
+        ).astype(np.float32)
 
     def reconstruct(self, weights: np.ndarray) -> np.ndarray:
         """Fields ``(N, 3, i, j, k)`` of standardised weights ``(N, K)``: ``mean + sum_k w_k sd_k c_k``."""
@@ -125,15 +133,13 @@ class DeformationPCA:
         if missing:
             raise InputError(f"{source}: missing SDM array(s) {missing}")
         arrays = {name: np.asarray(tensors[name]) for name in PCA_ARRAYS}
-        return cls(arrays["mean"], arrays["components"], arrays["stddev"], arrays["explained"],
-                   int(arrays["factor"]))
+        return cls(arrays["mean"], arrays["components"], arrays["stddev"], arrays["explained"], int(arrays["factor"]))
 
     def save(self, path: str | Path, **extra: np.ndarray) -> Path:
         """Write an ``.npz`` (atomically) with the arrays and any ``extra`` ones (e.g. training weights)."""
         path = Path(path)
-        with atomic_path(path) as temporary:
-            with open(temporary, "wb") as handle:
-                np.savez(handle, **{name: np.asarray(getattr(self, name)) for name in PCA_ARRAYS}, **extra)
+        with atomic_path(path) as temporary, open(temporary, "wb") as handle:
+            np.savez(handle, **{name: np.asarray(getattr(self, name)) for name in PCA_ARRAYS}, **extra)
         return path
 
     @classmethod
@@ -199,8 +205,10 @@ class SDMNet(nn.Module):
         self.config, self.grid, self.pca = config, atlas.grid, pca
         expected = pooled_grid(atlas.grid, pca.factor).shape
         if tuple(pca.mean.shape) != (3, *expected):
-            raise InputError(f"sdm: fields of shape {tuple(pca.mean.shape)} do not fit the atlas grid "
-                             f"{atlas.grid.shape} pooled by {pca.factor}: expected {(3, *expected)}")
+            raise InputError(
+                f"sdm: fields of shape {tuple(pca.mean.shape)} do not fit the atlas grid "
+                f"{atlas.grid.shape} pooled by {pca.factor}: expected {(3, *expected)}"
+            )
         geometry = config.geometry
         self.projectors = ProjectorCache(self.grid, geometry.image_shape, geometry.prost_samples)
         mu = hu_to_mu(torch.from_numpy(atlas.ct_hu).float())[None, None]
@@ -221,13 +229,15 @@ class SDMNet(nn.Module):
 
     def forward(self, radiographs: Tensor, views: list[ViewPair]) -> SDMOutput:
         """Args:
-            radiographs: ``(B, 2, rows, cols)`` masked line integrals, channel 0 AP, 1 LAT.
-            views: ``B`` pairs ``(AP, LAT)`` of calibrated views.
+        radiographs: ``(B, 2, rows, cols)`` masked line integrals, channel 0 AP, 1 LAT.
+        views: ``B`` pairs ``(AP, LAT)`` of calibrated views.
         """
         batch = radiographs.shape[0]
         if radiographs.dim() != 4 or radiographs.shape[1] != 2 or len(views) != batch:
-            raise ValueError(f"radiographs: expected shape (B, 2, rows, cols) with B = len(views) = {len(views)}, "
-                             f"got {tuple(radiographs.shape)}")
+            raise ValueError(
+                f"radiographs: expected shape (B, 2, rows, cols) with B = len(views) = {len(views)}, "
+                f"got {tuple(radiographs.shape)}"
+            )
         with torch.no_grad():  # the atlas DRRs are constants of the geometry
             drrs = self.projectors.project(self.atlas_femur_mu.expand(batch, -1, -1, -1, -1), views)
         weights = self.regressor(*normalise_pair(radiographs, drrs))

@@ -104,8 +104,9 @@ class RefineSettings:
         if self.iterations < 0:
             raise ValueError(f"iterations: expected >= 0, got {self.iterations}")
         if not 0 <= self.affine_iterations <= self.iterations:
-            raise ValueError(f"affine_iterations: expected 0 to iterations ({self.iterations}), "
-                             f"got {self.affine_iterations}")
+            raise ValueError(
+                f"affine_iterations: expected 0 to iterations ({self.iterations}), got {self.affine_iterations}"
+            )
         if self.velocity_stride < 1:
             raise ValueError(f"velocity_stride: expected >= 1, got {self.velocity_stride}")
         rates = (self.lr_rotation_rad, self.lr_translation_mm, self.lr_log_scale, self.lr_velocity_mm)
@@ -154,10 +155,20 @@ class ProjectionObjective(nn.Module):
         masked: whether ``radiographs`` are masked (then so are the DRRs, module doc).
     """
 
-    def __init__(self, atlas_mu: Tensor, atlas_labels: Tensor, grid: VolumeGrid, views: ViewPair,
-                 radiographs: Tensor, centre_world: Tensor | None = None, smoothness_weight: float = 0.01,
-                 integration_steps: int = 7, projectors: ProjectorCache | None = None,
-                 num_samples: int = 128, masked: bool = True) -> None:
+    def __init__(
+        self,
+        atlas_mu: Tensor,
+        atlas_labels: Tensor,
+        grid: VolumeGrid,
+        views: ViewPair,
+        radiographs: Tensor,
+        centre_world: Tensor | None = None,
+        smoothness_weight: float = 0.01,
+        integration_steps: int = 7,
+        projectors: ProjectorCache | None = None,
+        num_samples: int = 128,
+        masked: bool = True,
+    ) -> None:
         super().__init__()
         from monai.losses import DiffusionLoss
 
@@ -165,8 +176,10 @@ class ProjectionObjective(nn.Module):
         grid.check_volume(atlas_labels, "atlas_labels")
         image_shape = tuple(views[0].image_shape)
         if radiographs.shape != (1, 2, *image_shape) or tuple(views[1].image_shape) != image_shape:
-            raise ValueError(f"radiographs: expected shape (1, 2, {image_shape[0]}, {image_shape[1]}) "
-                             f"(the views' image_shape), got {tuple(radiographs.shape)}")
+            raise ValueError(
+                f"radiographs: expected shape (1, 2, {image_shape[0]}, {image_shape[1]}) "
+                f"(the views' image_shape), got {tuple(radiographs.shape)}"
+            )
         if not bool(torch.isfinite(radiographs).all()):
             raise ValueError("radiographs: contain NaN or infinite values")
         self.grid, self.views = grid, views
@@ -272,14 +285,24 @@ def _progress_bar(enabled: bool):
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TextColumn("loss {task.fields[loss]:.4f}"), console=Console(stderr=True),
-                    disable=not enabled)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("loss {task.fields[loss]:.4f}"),
+        console=Console(stderr=True),
+        disable=not enabled,
+    )
 
 
-def refine_registration(objective: ProjectionObjective, params: Tensor | None = None,
-                        velocity: Tensor | None = None, settings: RefineSettings = RefineSettings(),
-                        progress: bool = True) -> RefinementResult:
+def refine_registration(
+    objective: ProjectionObjective,
+    params: Tensor | None = None,
+    velocity: Tensor | None = None,
+    settings: RefineSettings = RefineSettings(),
+    progress: bool = True,
+) -> RefinementResult:
     """Minimise ``objective`` over ``(T, v)`` with Adam, from ``(params, velocity)``.
 
     Args:
@@ -297,12 +320,19 @@ def refine_registration(objective: ProjectionObjective, params: Tensor | None = 
     started = time.perf_counter()
     device = objective.atlas.device
     params = torch.zeros(1, 7, device=device) if params is None else params.detach().float().to(device)
-    base_velocity = (torch.zeros(1, 3, *objective.grid.shape, device=device) if velocity is None
-                     else velocity.detach().float().to(device))
+    base_velocity = (
+        torch.zeros(1, 3, *objective.grid.shape, device=device)
+        if velocity is None
+        else velocity.detach().float().to(device)
+    )
     check_displacement(base_velocity, objective.grid, name="velocity")
     # Leaves: rotation (rad), translation (mm), log-scale, control-grid velocity update (mm).
-    leaves = [params[:, :3].clone(), params[:, 3:6].clone(), params[:, 6:].clone(),
-              torch.zeros(1, 3, *_coarse_shape(objective.grid.shape, settings.velocity_stride), device=device)]
+    leaves = [
+        params[:, :3].clone(),
+        params[:, 3:6].clone(),
+        params[:, 6:].clone(),
+        torch.zeros(1, 3, *_coarse_shape(objective.grid.shape, settings.velocity_stride), device=device),
+    ]
     for leaf in leaves:
         leaf.requires_grad_(True)
     rates = (settings.lr_rotation_rad, settings.lr_translation_mm, settings.lr_log_scale, settings.lr_velocity_mm)
@@ -335,10 +365,18 @@ def refine_registration(objective: ProjectionObjective, params: Tensor | None = 
             bar.update(task, advance=1, loss=history[-1])
     _, params, velocity, value = best
     return RefinementResult(
-        params=params, matrix=value.matrix, velocity=velocity, local_displacement=value.local_displacement,
-        total_displacement=value.total_displacement, ncc_before=_ncc_by_view(first[3].ncc),
-        ncc_after=_ncc_by_view(value.ncc), loss_before=first[0], loss_after=float(value.loss),
-        history=history, time_s=time.perf_counter() - started)
+        params=params,
+        matrix=value.matrix,
+        velocity=velocity,
+        local_displacement=value.local_displacement,
+        total_displacement=value.total_displacement,
+        ncc_before=_ncc_by_view(first[3].ncc),
+        ncc_after=_ncc_by_view(value.ncc),
+        loss_before=first[0],
+        loss_after=float(value.loss),
+        history=history,
+        time_s=time.perf_counter() - started,
+    )
 
 
 def _detached(value: ObjectiveValue) -> ObjectiveValue:

@@ -96,8 +96,10 @@ def squared_gradient(displacement: Tensor, grid: VolumeGrid) -> Tensor:
         scalar, ``sum over axes a of mean over voxels of |u(p + e_a) - u(p)|^2 / h_a^2``, (mm / mm)^2.
     """
     grid.check_volume(displacement, "displacement")
-    return sum((torch.diff(displacement, dim=2 + axis) / float(spacing)).square().sum(dim=1).mean()
-               for axis, spacing in enumerate(grid.spacing_mm))
+    return sum(
+        (torch.diff(displacement, dim=2 + axis) / float(spacing)).square().sum(dim=1).mean()
+        for axis, spacing in enumerate(grid.spacing_mm)
+    )
 
 
 @dataclass(frozen=True)
@@ -162,13 +164,15 @@ class VolumeRegistrationResult:
 class _LevelObjective:
     """The objective of the module doc on one pyramid level (pooled volumes, level grid)."""
 
-    def __init__(self, volumes: dict[str, Tensor | None], grid: VolumeGrid, factor: int,
-                 settings: VolumeRegistrationSettings) -> None:
+    def __init__(
+        self, volumes: dict[str, Tensor | None], grid: VolumeGrid, factor: int, settings: VolumeRegistrationSettings
+    ) -> None:
         from monai.losses import LocalNormalizedCrossCorrelationLoss
 
         self.grid = pooled_grid(grid, factor)
-        self.pooled = {name: None if volume is None else pool_volume(volume, factor)
-                       for name, volume in volumes.items()}
+        self.pooled = {
+            name: None if volume is None else pool_volume(volume, factor) for name, volume in volumes.items()
+        }
         self.settings = settings
         self.integrator = VelocityIntegrator(self.grid, settings.integration_steps).to(volumes["moving"].device)
         self.transformer = SpatialTransformer(self.grid).to(volumes["moving"].device)
@@ -201,9 +205,14 @@ def _check_inputs(volumes: dict[str, Tensor | None], grid: VolumeGrid) -> None:
         raise ValueError("moving_labels, fixed_labels: give both or neither")
 
 
-def register_volumes(moving: Tensor, fixed: Tensor, grid: VolumeGrid, moving_labels: Tensor | None = None,
-                     fixed_labels: Tensor | None = None,
-                     settings: VolumeRegistrationSettings = VolumeRegistrationSettings()) -> VolumeRegistrationResult:
+def register_volumes(
+    moving: Tensor,
+    fixed: Tensor,
+    grid: VolumeGrid,
+    moving_labels: Tensor | None = None,
+    fixed_labels: Tensor | None = None,
+    settings: VolumeRegistrationSettings = VolumeRegistrationSettings(),
+) -> VolumeRegistrationResult:
     """Fit ``phi = exp(v)`` with ``moving o phi ~ fixed`` (module doc).
 
     Args:
@@ -227,8 +236,7 @@ def register_volumes(moving: Tensor, fixed: Tensor, grid: VolumeGrid, moving_lab
     for factor, steps in settings.levels:
         objective = _LevelObjective(volumes, grid, factor, settings)
         shape = objective.grid.shape
-        start = (torch.zeros(1, 3, *shape, device=moving.device) if velocity is None
-                 else upsample_field(velocity, shape))
+        start = torch.zeros(1, 3, *shape, device=moving.device) if velocity is None else upsample_field(velocity, shape)
         velocity = start.clone().requires_grad_(True)
         optimiser = torch.optim.Adam([velocity], lr=settings.learning_rate_mm)
         for _ in range(steps):
@@ -243,8 +251,17 @@ def register_volumes(moving: Tensor, fixed: Tensor, grid: VolumeGrid, moving_lab
         displacement = upsample_field(coarse, grid.shape)
         dice_before = dice_after = None
         if moving_labels is not None:
-            dice_before = _label_dice(volumes["moving_labels"], volumes["fixed_labels"],
-                                      torch.zeros_like(displacement), grid)
+            dice_before = _label_dice(
+                volumes["moving_labels"], volumes["fixed_labels"], torch.zeros_like(displacement), grid
+            )
             dice_after = _label_dice(volumes["moving_labels"], volumes["fixed_labels"], displacement, grid)
-    return VolumeRegistrationResult(velocity, coarse, displacement, settings.field_factor, dice_before, dice_after,
-                                    history, time.perf_counter() - started)
+    return VolumeRegistrationResult(
+        velocity,
+        coarse,
+        displacement,
+        settings.field_factor,
+        dice_before,
+        dice_after,
+        history,
+        time.perf_counter() - started,
+    )

@@ -19,8 +19,7 @@ def beer_lambert_intensity(line_integral: Tensor, i0: float = 1.0) -> Tensor:
     return i0 * torch.exp(-line_integral)
 
 
-def poisson_line_integral(line_integral: Tensor, photons: float,
-                          generator: torch.Generator | None = None) -> Tensor:
+def poisson_line_integral(line_integral: Tensor, photons: float, generator: torch.Generator | None = None) -> Tensor:
     """A noisy line integral: Poisson counts at ``photons`` incident photons per pixel, log-transformed.
 
     Args:

@@ -30,10 +30,28 @@ SOFT_DENSITY, BONE_DENSITY = 1.06, 1.92  # g/cm^3, ICRU-44 soft tissue and ICRU-
 MM_PER_CM = 10.0
 # Elemental mass fractions (ICRU Report 44/46).
 MATERIALS = {
-    "soft_tissue": {"H": 0.102, "C": 0.143, "N": 0.034, "O": 0.708, "Na": 0.002, "P": 0.003,
-                    "S": 0.003, "Cl": 0.002, "K": 0.003},
-    "cortical_bone": {"H": 0.034, "C": 0.155, "N": 0.042, "O": 0.435, "Na": 0.001, "Mg": 0.002,
-                      "P": 0.103, "S": 0.003, "Ca": 0.225},
+    "soft_tissue": {
+        "H": 0.102,
+        "C": 0.143,
+        "N": 0.034,
+        "O": 0.708,
+        "Na": 0.002,
+        "P": 0.003,
+        "S": 0.003,
+        "Cl": 0.002,
+        "K": 0.003,
+    },
+    "cortical_bone": {
+        "H": 0.034,
+        "C": 0.155,
+        "N": 0.042,
+        "O": 0.435,
+        "Na": 0.001,
+        "Mg": 0.002,
+        "P": 0.103,
+        "S": 0.003,
+        "Ca": 0.225,
+    },
 }
 
 
@@ -71,8 +89,9 @@ def mass_attenuation(material: str, energies_kev: np.ndarray) -> np.ndarray:
     import xraydb
 
     energies_ev = np.asarray(energies_kev, dtype=np.float64) * 1000.0
-    return sum(fraction * np.asarray(xraydb.mu_elam(element, energies_ev))
-               for element, fraction in MATERIALS[material].items())
+    return sum(
+        fraction * np.asarray(xraydb.mu_elam(element, energies_ev)) for element, fraction in MATERIALS[material].items()
+    )
 
 
 def material_densities(hu: Tensor) -> Tensor:
@@ -103,7 +122,9 @@ def effective_line_integral(mass_line_integrals: Tensor, spectrum: TubeSpectrum)
     dtype, device = mass_line_integrals.dtype, mass_line_integrals.device
     coefficients = torch.as_tensor(
         np.stack([mass_attenuation(name, spectrum.energies_kev) for name in MATERIALS], axis=1),
-        dtype=dtype, device=device)  # (E, 2) cm^2/g
+        dtype=dtype,
+        device=device,
+    )  # (E, 2) cm^2/g
     weights = torch.as_tensor(spectrum.fluence * spectrum.energies_kev, dtype=dtype, device=device)
     weights = weights / weights.sum()  # energy-weighted detector response, (E,)
     exponent = torch.einsum("em,bmrc->berc", coefficients, mass_line_integrals)
@@ -111,8 +132,9 @@ def effective_line_integral(mass_line_integrals: Tensor, spectrum: TubeSpectrum)
     return -torch.log(detected.clamp(min=1e-30)).unsqueeze(1)
 
 
-def render_polychromatic_drr(hu: Tensor, view: ProjectionView, grid: VolumeGrid,
-                             spectrum: TubeSpectrum, num_samples: int = 256) -> Tensor:
+def render_polychromatic_drr(
+    hu: Tensor, view: ProjectionView, grid: VolumeGrid, spectrum: TubeSpectrum, num_samples: int = 256
+) -> Tensor:
     """A polychromatic two-material DRR.
 
     Args:

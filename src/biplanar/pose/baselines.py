@@ -169,9 +169,15 @@ class _Level:
     masks: dict[str, Tensor | None]
 
 
-def _build_level(size_mm: float, volume: Tensor, grid: VolumeGrid, radiographs: Mapping[str, Tensor],
-                 views: Mapping[str, ProjectionView], masks: Mapping[str, Tensor | None],
-                 margin_mm: float) -> _Level:
+def _build_level(
+    size_mm: float,
+    volume: Tensor,
+    grid: VolumeGrid,
+    radiographs: Mapping[str, Tensor],
+    views: Mapping[str, ProjectionView],
+    masks: Mapping[str, Tensor | None],
+    margin_mm: float,
+) -> _Level:
     voxel_factor = max(1, int(size_mm / float(grid.spacing_mm.min()) + 1e-6))
     level_volume, level_grid = downsample_volume(volume, grid, voxel_factor)
     step_mm = float(level_grid.spacing_mm.min())
@@ -228,8 +234,10 @@ class PoseProblem:
             raise ValueError(f"radiographs: expected the views {sorted(self.views)}, got {sorted(self.radiographs)}")
         for name, view in self.views.items():
             if tuple(self.radiographs[name].shape) != view.image_shape:
-                raise ValueError(f"radiographs[{name!r}]: expected shape {view.image_shape}, "
-                                 f"got {tuple(self.radiographs[name].shape)}")
+                raise ValueError(
+                    f"radiographs[{name!r}]: expected shape {view.image_shape}, "
+                    f"got {tuple(self.radiographs[name].shape)}"
+                )
         if len(self.free) != 6 or not any(self.free):
             raise ValueError(f"free: expected 6 bools with at least one True, got {self.free}")
         self.volume = volume.float()
@@ -247,8 +255,10 @@ class PoseProblem:
                 raise ValueError(f"rotation_centre_mm: expected shape (3,), got {tuple(self.moved_centre.shape)}")
         self.similarity_fn = get_similarity(self.config.similarity)
         self.evaluations = 0
-        self.levels = [_build_level(size, self.volume, self.grid, self.radiographs, self.views, self.masks,
-                                    self.config.margin_mm) for size in self.config.levels_mm]
+        self.levels = [
+            _build_level(size, self.volume, self.grid, self.radiographs, self.views, self.masks, self.config.margin_mm)
+            for size in self.config.levels_mm
+        ]
 
     def full_x(self, free_x: Tensor) -> Tensor:
         """``(..., n_free)`` -> ``(..., 6)`` with zeros in the fixed parameters."""
@@ -284,13 +294,20 @@ class PoseProblem:
 # --- the optimisers -----------------------------------------------------------------------------
 
 
-def _cma_level(problem: PoseProblem, level: _Level, start: np.ndarray, sigmas: np.ndarray,
-               config: OptimisationConfig) -> tuple[np.ndarray, float, int]:
+def _cma_level(
+    problem: PoseProblem, level: _Level, start: np.ndarray, sigmas: np.ndarray, config: OptimisationConfig
+) -> tuple[np.ndarray, float, int]:
     """CMA-ES at one level from ``start`` (free params, deg/mm); returns best x, its similarity, generations."""
     import cma
 
-    options = {"CMA_stds": sigmas.tolist(), "maxfevals": config.max_evaluations, "seed": config.seed,
-               "verbose": -9, "tolfun": 1e-6, "tolx": 1e-3}
+    options = {
+        "CMA_stds": sigmas.tolist(),
+        "maxfevals": config.max_evaluations,
+        "seed": config.seed,
+        "verbose": -9,
+        "tolfun": 1e-6,
+        "tolx": 1e-3,
+    }
     if config.population is not None:
         options["popsize"] = config.population
     strategy = cma.CMAEvolutionStrategy(start.tolist(), 1.0, options)
@@ -310,8 +327,9 @@ def _cma_level(problem: PoseProblem, level: _Level, start: np.ndarray, sigmas: n
 def _lbfgs(problem: PoseProblem, level: _Level, start: np.ndarray, steps: int) -> tuple[np.ndarray, float, int]:
     """L-BFGS (strong Wolfe line search) on ``-similarity`` in deg/mm from ``start``; best x and similarity."""
     x = torch.tensor(start, dtype=torch.float32, requires_grad=True)
-    optimiser = torch.optim.LBFGS([x], lr=1.0, max_iter=steps, line_search_fn="strong_wolfe",
-                                  tolerance_grad=1e-7, tolerance_change=1e-9)
+    optimiser = torch.optim.LBFGS(
+        [x], lr=1.0, max_iter=steps, line_search_fn="strong_wolfe", tolerance_grad=1e-7, tolerance_change=1e-9
+    )
     best = {"x": start, "value": -math.inf}
 
     def closure() -> Tensor:
@@ -326,8 +344,9 @@ def _lbfgs(problem: PoseProblem, level: _Level, start: np.ndarray, steps: int) -
     return np.asarray(best["x"]), float(best["value"]), int(optimiser.state[x].get("n_iter", 0))
 
 
-def estimate_pose(problem: PoseProblem, method: str = "opt",
-                  progress: Callable[[str], None] | None = None) -> PoseEstimate:
+def estimate_pose(
+    problem: PoseProblem, method: str = "opt", progress: Callable[[str], None] | None = None
+) -> PoseEstimate:
     """Run the multi-resolution CMA-ES (+ L-BFGS) search of ``problem`` (module doc)."""
     started = time.perf_counter()
     config = problem.config
@@ -337,13 +356,19 @@ def estimate_pose(problem: PoseProblem, method: str = "opt",
     history, iterations = [], 0
 
     def record(stage: str, value: float) -> None:
-        history.append({"stage": stage, "similarity": value, "evaluations": problem.evaluations,
-                        "time_s": time.perf_counter() - started})
+        history.append(
+            {
+                "stage": stage,
+                "similarity": value,
+                "evaluations": problem.evaluations,
+                "time_s": time.perf_counter() - started,
+            }
+        )
         if progress:
             progress(f"{method}: {stage}: similarity {value:.4f} after {problem.evaluations} evaluations")
 
     for index, level in enumerate(problem.levels if config.max_evaluations > 0 else []):
-        x, value, generations = _cma_level(problem, level, x, sigmas * config.level_sigma_factor ** index, config)
+        x, value, generations = _cma_level(problem, level, x, sigmas * config.level_sigma_factor**index, config)
         iterations += generations
         record(f"CMA-ES {level.size_mm:g} mm", value)
     finest = problem.levels[-1]
@@ -355,25 +380,42 @@ def estimate_pose(problem: PoseProblem, method: str = "opt",
     with torch.no_grad():
         per_view = {name: float(value[0]) for name, value in problem.similarities(finest, matrix[None]).items()}
     return PoseEstimate(
-        matrix=matrix, params=matrix_to_rigid_params(matrix, problem.centre), centre_mm=problem.centre.numpy(),
-        similarity=float(np.mean(list(per_view.values()))), per_view_similarity=per_view,
-        evaluations=problem.evaluations, iterations=iterations, time_s=time.perf_counter() - started,
-        method=method, history=history)
+        matrix=matrix,
+        params=matrix_to_rigid_params(matrix, problem.centre),
+        centre_mm=problem.centre.numpy(),
+        similarity=float(np.mean(list(per_view.values()))),
+        per_view_similarity=per_view,
+        evaluations=problem.evaluations,
+        iterations=iterations,
+        time_s=time.perf_counter() - started,
+        method=method,
+        history=history,
+    )
 
 
 def _as_tensors(images: Mapping[str, Tensor | np.ndarray | None]) -> dict[str, Tensor | None]:
     """Name -> float32 tensor (``None`` kept)."""
-    return {name: None if image is None else torch.as_tensor(np.asarray(image, dtype=np.float32)
-                                                             if isinstance(image, np.ndarray) else image).float()
-            for name, image in images.items()}
+    return {
+        name: None
+        if image is None
+        else torch.as_tensor(np.asarray(image, dtype=np.float32) if isinstance(image, np.ndarray) else image).float()
+        for name, image in images.items()
+    }
 
 
-def run_baseline(method: str, volume_mu: Tensor, grid: VolumeGrid,
-                 radiographs: Mapping[str, Tensor | np.ndarray], views: Mapping[str, ProjectionView],
-                 initial_pose: Tensor | None = None, config: OptimisationConfig | None = None,
-                 masks: Mapping[str, Tensor | np.ndarray | None] | None = None,
-                 free: tuple[bool, ...] = (True,) * 6, rotation_centre_mm: np.ndarray | None = None,
-                 progress: Callable[[str], None] | None = None) -> PoseEstimate:
+def run_baseline(
+    method: str,
+    volume_mu: Tensor,
+    grid: VolumeGrid,
+    radiographs: Mapping[str, Tensor | np.ndarray],
+    views: Mapping[str, ProjectionView],
+    initial_pose: Tensor | None = None,
+    config: OptimisationConfig | None = None,
+    masks: Mapping[str, Tensor | np.ndarray | None] | None = None,
+    free: tuple[bool, ...] = (True,) * 6,
+    rotation_centre_mm: np.ndarray | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> PoseEstimate:
     """Opt-NCC / Opt-NGI / Opt-GC: estimate the pose of a CT from one or more radiographs.
 
     Args:
@@ -396,18 +438,34 @@ def run_baseline(method: str, volume_mu: Tensor, grid: VolumeGrid,
     if method not in METHODS:
         raise ValueError(f"method: expected one of {', '.join(METHODS)}, got {method!r}")
     config = replace(config or OptimisationConfig(), similarity=METHODS[method])
-    problem = PoseProblem(torch.as_tensor(volume_mu), grid, _as_tensors(radiographs), views, initial_pose, config,
-                          _as_tensors(masks or {}), tuple(free), rotation_centre_mm)
+    problem = PoseProblem(
+        torch.as_tensor(volume_mu),
+        grid,
+        _as_tensors(radiographs),
+        views,
+        initial_pose,
+        config,
+        _as_tensors(masks or {}),
+        tuple(free),
+        rotation_centre_mm,
+    )
     return estimate_pose(problem, method, progress)
 
 
-REFINE_CONFIG = OptimisationConfig(similarity="gc", levels_mm=(6.0,), sigma_deg=2.0, sigma_mm=4.0,
-                                   max_evaluations=100, refine_steps=10)
+REFINE_CONFIG = OptimisationConfig(
+    similarity="gc", levels_mm=(6.0,), sigma_deg=2.0, sigma_mm=4.0, max_evaluations=100, refine_steps=10
+)
 
 
-def refine_pose(volume_mu: Tensor, grid: VolumeGrid, radiographs: Mapping[str, Tensor | np.ndarray],
-                views: Mapping[str, ProjectionView], initial_pose: Tensor,
-                config: OptimisationConfig = REFINE_CONFIG, **kwargs) -> PoseEstimate:
+def refine_pose(
+    volume_mu: Tensor,
+    grid: VolumeGrid,
+    radiographs: Mapping[str, Tensor | np.ndarray],
+    views: Mapping[str, ProjectionView],
+    initial_pose: Tensor,
+    config: OptimisationConfig = REFINE_CONFIG,
+    **kwargs,
+) -> PoseEstimate:
     """Refine a given pose (e.g. SOPI's, for "SOPI+opt") by Opt-GC with a local search.
 
     Same arguments as :func:`run_baseline` (``kwargs``: ``masks``, ``free``, ``rotation_centre_mm``,

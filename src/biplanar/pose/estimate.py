@@ -54,10 +54,14 @@ def check_rigid(matrix: np.ndarray, where: str) -> np.ndarray:
     if matrix.shape != (4, 4) or not np.all(np.isfinite(matrix)):
         raise InputError(f"{where}: expected a finite 4x4 matrix, got shape {matrix.shape}")
     rotation = matrix[:3, :3]
-    if (np.abs(rotation.T @ rotation - np.eye(3)).max() > RIGID_TOLERANCE or np.linalg.det(rotation) < 0
-            or np.abs(matrix[3] - [0.0, 0.0, 0.0, 1.0]).max() > RIGID_TOLERANCE):
-        raise InputError(f"{where}: not a rigid transform (rotation not orthonormal with det +1, or last row "
-                         f"not 0 0 0 1)")
+    if (
+        np.abs(rotation.T @ rotation - np.eye(3)).max() > RIGID_TOLERANCE
+        or np.linalg.det(rotation) < 0
+        or np.abs(matrix[3] - [0.0, 0.0, 0.0, 1.0]).max() > RIGID_TOLERANCE
+    ):
+        raise InputError(
+            f"{where}: not a rigid transform (rotation not orthonormal with det +1, or last row not 0 0 0 1)"
+        )
     return matrix
 
 
@@ -89,11 +93,17 @@ def view_isocentre(view: ProjectionView, fallback_mm: np.ndarray) -> np.ndarray:
     return np.asarray(fallback_mm, dtype=np.float64)
 
 
-def correct_views(volume_mu: Tensor | np.ndarray, grid: VolumeGrid,
-                  radiographs: Mapping[str, Tensor | np.ndarray], views: Mapping[str, ProjectionView],
-                  method: str = "opt-gc", mode: str = "joint", initial_pose: Tensor | None = None,
-                  config: OptimisationConfig | None = None,
-                  progress: Callable[[str], None] | None = None) -> dict[str, ProjectionView]:
+def correct_views(
+    volume_mu: Tensor | np.ndarray,
+    grid: VolumeGrid,
+    radiographs: Mapping[str, Tensor | np.ndarray],
+    views: Mapping[str, ProjectionView],
+    method: str = "opt-gc",
+    mode: str = "joint",
+    initial_pose: Tensor | None = None,
+    config: OptimisationConfig | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, ProjectionView]:
     """Correct the calibration of views (e.g. a biplanar pair) so that a CT projects onto its radiographs.
 
     Modes:
@@ -122,17 +132,21 @@ def correct_views(volume_mu: Tensor | np.ndarray, grid: VolumeGrid,
     if mode not in CORRECTION_MODES:
         raise ValueError(f"mode: expected one of {', '.join(CORRECTION_MODES)}, got {mode!r}")
     if mode == "joint":
-        estimate = run_baseline(method, volume_mu, grid, radiographs, views, initial_pose, config,
-                                progress=progress)
+        estimate = run_baseline(method, volume_mu, grid, radiographs, views, initial_pose, config, progress=progress)
         return compose_views(views, estimate.matrix)
     rotations = estimate_view_rotations(volume_mu, grid, radiographs, views, method, config, progress)
     return {name: compose_view(view, rotations[name].matrix) for name, view in views.items()}
 
 
-def estimate_view_rotations(volume_mu: Tensor | np.ndarray, grid: VolumeGrid,
-                            radiographs: Mapping[str, Tensor | np.ndarray], views: Mapping[str, ProjectionView],
-                            method: str = "opt-gc", config: OptimisationConfig | None = None,
-                            progress: Callable[[str], None] | None = None) -> dict[str, PoseEstimate]:
+def estimate_view_rotations(
+    volume_mu: Tensor | np.ndarray,
+    grid: VolumeGrid,
+    radiographs: Mapping[str, Tensor | np.ndarray],
+    views: Mapping[str, ProjectionView],
+    method: str = "opt-gc",
+    config: OptimisationConfig | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, PoseEstimate]:
     """The ``per_view`` mode of :func:`correct_views`, with each view's estimate.
 
     For each view alone, the rotation ``A_v`` (3 DoF, translations fixed) of the CT about that
@@ -153,10 +167,21 @@ def estimate_view_rotations(volume_mu: Tensor | np.ndarray, grid: VolumeGrid,
         the CT centre, whose rotation part is that of the rotation about the isocentre).
     """
     rotation_only = (True, True, True, False, False, False)
-    return {name: run_baseline(method, volume_mu, grid, {name: radiographs[name]}, {name: view}, None, config,
-                               free=rotation_only, rotation_centre_mm=view_isocentre(view, grid.centre_world),
-                               progress=progress)
-            for name, view in views.items()}
+    return {
+        name: run_baseline(
+            method,
+            volume_mu,
+            grid,
+            {name: radiographs[name]},
+            {name: view},
+            None,
+            config,
+            free=rotation_only,
+            rotation_centre_mm=view_isocentre(view, grid.centre_world),
+            progress=progress,
+        )
+        for name, view in views.items()
+    }
 
 
 # --- estimation ---------------------------------------------------------------------------------
@@ -190,8 +215,9 @@ def _sopi_module():
     return sopi
 
 
-def check_method(method: str, has_initial_pose: bool, sopi_checkpoints: SopiCheckpoints | None,
-                 view_names: list[str]) -> None:
+def check_method(
+    method: str, has_initial_pose: bool, sopi_checkpoints: SopiCheckpoints | None, view_names: list[str]
+) -> None:
     """``InputError`` unless ``method`` can run with these inputs (before any work is done)."""
     if method not in POSE_METHODS:
         raise InputError(f"--method: expected one of {', '.join(POSE_METHODS)}, got {method!r}")
@@ -205,10 +231,17 @@ def check_method(method: str, has_initial_pose: bool, sopi_checkpoints: SopiChec
         raise InputError(f"--method {method}: SOPI needs an AP view")
 
 
-def estimate(method: str, volume_mu: Tensor, grid: VolumeGrid, radiographs: Mapping[str, Tensor],
-             views: Mapping[str, ProjectionView], initial_pose: Tensor | None = None,
-             config: OptimisationConfig | None = None, sopi_checkpoints: SopiCheckpoints | None = None,
-             progress: Callable[[str], None] | None = None) -> tuple[Tensor, dict[str, Any]]:
+def estimate(
+    method: str,
+    volume_mu: Tensor,
+    grid: VolumeGrid,
+    radiographs: Mapping[str, Tensor],
+    views: Mapping[str, ProjectionView],
+    initial_pose: Tensor | None = None,
+    config: OptimisationConfig | None = None,
+    sopi_checkpoints: SopiCheckpoints | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> tuple[Tensor, dict[str, Any]]:
     """Estimate the CT pose with any of :data:`POSE_METHODS`.
 
     SOPI is a single-view method: it uses the ``AP`` view (its networks are trained on one);
@@ -223,10 +256,24 @@ def estimate(method: str, volume_mu: Tensor, grid: VolumeGrid, radiographs: Mapp
         result = run_baseline(method, volume_mu, grid, radiographs, views, initial_pose, config, progress=progress)
         return result.matrix, _baseline_summary(result)
     sopi = _sopi_module()
-    found = sopi.estimate_pose_sopi(volume_mu, grid, radiographs["AP"], views["AP"], sopi_checkpoints.rtpi,
-                                    sopi_checkpoints.fine, device=volume_mu.device, progress=progress)
-    summary = {"sopi": {"iterations": found.iterations, "converged": found.converged, "timings_s": found.timings_s,
-                        "rtpi_matrix": found.initial_matrix.tolist()}}
+    found = sopi.estimate_pose_sopi(
+        volume_mu,
+        grid,
+        radiographs["AP"],
+        views["AP"],
+        sopi_checkpoints.rtpi,
+        sopi_checkpoints.fine,
+        device=volume_mu.device,
+        progress=progress,
+    )
+    summary = {
+        "sopi": {
+            "iterations": found.iterations,
+            "converged": found.converged,
+            "timings_s": found.timings_s,
+            "rtpi_matrix": found.initial_matrix.tolist(),
+        }
+    }
     if method == "sopi":
         return found.matrix.double(), summary
     refined = refine_pose(volume_mu, grid, radiographs, views, found.matrix.double(), progress=progress)
@@ -234,13 +281,19 @@ def estimate(method: str, volume_mu: Tensor, grid: VolumeGrid, radiographs: Mapp
 
 
 def _baseline_summary(result: PoseEstimate) -> dict[str, Any]:
-    return {"evaluations": result.evaluations, "iterations": result.iterations, "time_s": result.time_s,
-            "objective": result.similarity, "objective_per_view": result.per_view_similarity,
-            "stages": result.history}
+    return {
+        "evaluations": result.evaluations,
+        "iterations": result.iterations,
+        "time_s": result.time_s,
+        "objective": result.similarity,
+        "objective_per_view": result.per_view_similarity,
+        "stages": result.history,
+    }
 
 
-def render_drrs(volume_mu: Tensor, grid: VolumeGrid, views: Mapping[str, ProjectionView], pose: Tensor,
-                margin_mm: float = 40.0) -> dict[str, Tensor]:
+def render_drrs(
+    volume_mu: Tensor, grid: VolumeGrid, views: Mapping[str, ProjectionView], pose: Tensor, margin_mm: float = 40.0
+) -> dict[str, Tensor]:
     """View name -> ``(rows, cols)`` full-resolution DRR of the CT moved by ``pose``, samples one voxel apart."""
     step_mm = float(grid.spacing_mm.min())
     drrs = {}
@@ -283,8 +336,13 @@ def write_edge_overlay(path: str | Path, radiograph: np.ndarray, drr: np.ndarray
         raise ValueError(f"drr: expected the radiograph's shape {radiograph.shape}, got {drr.shape}")
     grey = (window(radiograph) * 255).round().astype(np.uint8)
     rgb = np.repeat(grey[..., None], 3, axis=2)
-    edges = canny(window(drr), sigma=OVERLAY_EDGE_SIGMA_PX, low_threshold=OVERLAY_EDGE_QUANTILES[0],
-                  high_threshold=OVERLAY_EDGE_QUANTILES[1], use_quantiles=True)
+    edges = canny(
+        window(drr),
+        sigma=OVERLAY_EDGE_SIGMA_PX,
+        low_threshold=OVERLAY_EDGE_QUANTILES[0],
+        high_threshold=OVERLAY_EDGE_QUANTILES[1],
+        use_quantiles=True,
+    )
     rgb[edges] = OVERLAY_EDGE_COLOUR
     with atomic_path(Path(path)) as temporary:
         Image.fromarray(rgb).save(temporary, format="PNG")
@@ -298,8 +356,9 @@ def _stage(progress: bool, message: str) -> None:
         print(f"pose: {message}", file=sys.stderr, flush=True)
 
 
-def _read_inputs(ct_path: Path, geometry_path: Path, image_paths: Mapping[str, Path], units: str,
-                 mu_water_per_mm: float) -> tuple[Tensor, VolumeGrid, dict[str, ProjectionView], dict[str, Tensor]]:
+def _read_inputs(
+    ct_path: Path, geometry_path: Path, image_paths: Mapping[str, Path], units: str, mu_water_per_mm: float
+) -> tuple[Tensor, VolumeGrid, dict[str, ProjectionView], dict[str, Tensor]]:
     from biplanar.geometry.geometry_file import read_geometry, require_views
     from biplanar.io.images import read_image
     from biplanar.io.volumes import read_volume
@@ -316,8 +375,10 @@ def _read_inputs(ct_path: Path, geometry_path: Path, image_paths: Mapping[str, P
     for name, path in image_paths.items():
         image = read_image(path)
         if image.shape != all_views[name].image_shape:
-            raise InputError(f"{path}: image shape {list(image.shape)} differs from the geometry's "
-                             f"views.{name}.image_shape {list(all_views[name].image_shape)}")
+            raise InputError(
+                f"{path}: image shape {list(image.shape)} differs from the geometry's "
+                f"views.{name}.image_shape {list(all_views[name].image_shape)}"
+            )
         radiographs[name] = torch.from_numpy(image)
     return volume_mu[None, None].float(), grid, all_views, radiographs
 
@@ -330,11 +391,19 @@ class PoseReport:
     document: dict[str, Any]
 
 
-def estimate_pose_files(ct_path: str | Path, geometry_path: str | Path, image_paths: Mapping[str, str | Path],
-                        out_dir: str | Path, method: str = "opt-gc", init_pose_path: str | Path | None = None,
-                        units: str = "hu", mu_water_per_mm: float = 0.02,
-                        config: OptimisationConfig | None = None, sopi_checkpoints: SopiCheckpoints | None = None,
-                        progress: bool = True) -> PoseReport:
+def estimate_pose_files(
+    ct_path: str | Path,
+    geometry_path: str | Path,
+    image_paths: Mapping[str, str | Path],
+    out_dir: str | Path,
+    method: str = "opt-gc",
+    init_pose_path: str | Path | None = None,
+    units: str = "hu",
+    mu_water_per_mm: float = 0.02,
+    config: OptimisationConfig | None = None,
+    sopi_checkpoints: SopiCheckpoints | None = None,
+    progress: bool = True,
+) -> PoseReport:
     """Estimate the pose of a CT file to radiograph files and write the outputs into ``out_dir``.
 
     Args:
@@ -366,14 +435,24 @@ def estimate_pose_files(ct_path: str | Path, geometry_path: str | Path, image_pa
     check_method(method, init_pose_path is not None, sopi_checkpoints, list(image_paths))
     initial = None if init_pose_path is None else read_initial_pose(init_pose_path)
     _stage(progress, "reading the CT, geometry and radiographs")
-    volume_mu, grid, all_views, radiographs = _read_inputs(Path(ct_path), Path(geometry_path), image_paths, units,
-                                                           mu_water_per_mm)
+    volume_mu, grid, all_views, radiographs = _read_inputs(
+        Path(ct_path), Path(geometry_path), image_paths, units, mu_water_per_mm
+    )
     views = {name: all_views[name] for name in image_paths}
     timings = {"load": time.perf_counter() - started}
     _stage(progress, f"estimating the pose ({method}, views {', '.join(views)})")
     try:
-        pose, summary = estimate(method, volume_mu, grid, radiographs, views, initial, config, sopi_checkpoints,
-                                 lambda line: _stage(progress, line))
+        pose, summary = estimate(
+            method,
+            volume_mu,
+            grid,
+            radiographs,
+            views,
+            initial,
+            config,
+            sopi_checkpoints,
+            lambda line: _stage(progress, line),
+        )
     except ValueError as error:
         if isinstance(error, InputError):
             raise
@@ -387,16 +466,22 @@ def estimate_pose_files(ct_path: str | Path, geometry_path: str | Path, image_pa
     document = {
         "method": method,
         "matrix": pose.tolist(),
-        "params": {"rotation_deg": np.degrees(params[:3].numpy()).tolist(),
-                   "translation_mm": params[3:].tolist(), "centre_mm": centre.tolist(),
-                   "convention": "A x = c + Rx(rx) Ry(ry) Rz(rz) (x - c) + t; A moves the CT (docs/pose.md)"},
+        "params": {
+            "rotation_deg": np.degrees(params[:3].numpy()).tolist(),
+            "translation_mm": params[3:].tolist(),
+            "centre_mm": centre.tolist(),
+            "convention": "A x = c + Rx(rx) Ry(ry) Rz(rz) (x - c) + t; A moves the CT (docs/pose.md)",
+        },
         "initial_matrix": None if initial is None else initial.tolist(),
         "similarity": image_similarities(radiographs, drrs),
         "optimisation": summary,
         "timings_s": timings,
-        "inputs": {"ct": str(ct_path), "geometry": str(geometry_path),
-                   "radiographs": {name: str(path) for name, path in image_paths.items()},
-                   "init_pose": None if init_pose_path is None else str(init_pose_path)},
+        "inputs": {
+            "ct": str(ct_path),
+            "geometry": str(geometry_path),
+            "radiographs": {name: str(path) for name, path in image_paths.items()},
+            "init_pose": None if init_pose_path is None else str(init_pose_path),
+        },
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     write_geometry(out_dir / "geometry_corrected.json", compose_views(all_views, pose))

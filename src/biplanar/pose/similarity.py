@@ -36,10 +36,13 @@ def _check_images(fixed: Tensor, moving: Tensor, mask: Tensor | None) -> None:
         raise ValueError(f"fixed: expected shape (B, 1, H, W), got {tuple(fixed.shape)}")
     if moving.shape != fixed.shape:
         raise ValueError(f"moving: expected shape {tuple(fixed.shape)}, got {tuple(moving.shape)}")
-    if mask is not None and (mask.dim() != 4 or mask.shape[0] not in (1, fixed.shape[0])
-                             or tuple(mask.shape[1:]) != tuple(fixed.shape[1:])):
-        raise ValueError(f"mask: expected shape ({fixed.shape[0]} or 1, 1, {fixed.shape[2]}, {fixed.shape[3]}), "
-                         f"got {tuple(mask.shape)}")
+    if mask is not None and (
+        mask.dim() != 4 or mask.shape[0] not in (1, fixed.shape[0]) or tuple(mask.shape[1:]) != tuple(fixed.shape[1:])
+    ):
+        raise ValueError(
+            f"mask: expected shape ({fixed.shape[0]} or 1, 1, {fixed.shape[2]}, {fixed.shape[3]}), "
+            f"got {tuple(mask.shape)}"
+        )
 
 
 def _weights(like: Tensor, mask: Tensor | None) -> Tensor:
@@ -55,7 +58,7 @@ def _weighted_ncc(fixed: Tensor, moving: Tensor, weights: Tensor) -> Tensor:
     moving = moving - (weights * moving).sum(dims, keepdim=True)
     covariance = (weights * fixed * moving).sum(dims)
     variance = (weights * fixed * fixed).sum(dims) * (weights * moving * moving).sum(dims)
-    return covariance / torch.sqrt(variance + EPS ** 2)
+    return covariance / torch.sqrt(variance + EPS**2)
 
 
 def ncc(fixed: Tensor, moving: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -82,8 +85,10 @@ def gradient_correlation(fixed: Tensor, moving: Tensor, mask: Tensor | None = No
     _check_images(fixed, moving, mask)
     grad_fixed, grad_moving = sobel_gradients(fixed), sobel_gradients(moving)
     weights = _weights(grad_fixed[:, :1], _interior(mask))
-    return 0.5 * (_weighted_ncc(grad_fixed[:, :1], grad_moving[:, :1], weights)
-                  + _weighted_ncc(grad_fixed[:, 1:], grad_moving[:, 1:], weights))
+    return 0.5 * (
+        _weighted_ncc(grad_fixed[:, :1], grad_moving[:, :1], weights)
+        + _weighted_ncc(grad_fixed[:, 1:], grad_moving[:, 1:], weights)
+    )
 
 
 def normalised_gradient_information(fixed: Tensor, moving: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -94,12 +99,12 @@ def normalised_gradient_information(fixed: Tensor, moving: Tensor, mask: Tensor 
     dims = (1, 2, 3)
     norm_sq_fixed = (grad_fixed * grad_fixed).sum(1, keepdim=True)  # (B, 1, h, w)
     norm_sq_moving = (grad_moving * grad_moving).sum(1, keepdim=True)
-    magnitude_fixed, magnitude_moving = torch.sqrt(norm_sq_fixed + EPS ** 2), torch.sqrt(norm_sq_moving + EPS ** 2)
+    magnitude_fixed, magnitude_moving = torch.sqrt(norm_sq_fixed + EPS**2), torch.sqrt(norm_sq_moving + EPS**2)
     # Divide each gradient field by its mean magnitude so that intensity scaling cancels.
     magnitude_fixed = magnitude_fixed / (weights * magnitude_fixed).sum(dims, keepdim=True).clamp_min(EPS)
     magnitude_moving = magnitude_moving / (weights * magnitude_moving).sum(dims, keepdim=True).clamp_min(EPS)
     dot = (grad_fixed * grad_moving).sum(1, keepdim=True)
-    cos_sq = dot * dot / (norm_sq_fixed * norm_sq_moving + EPS ** 2)  # w(alpha) = cos^2(alpha)
+    cos_sq = dot * dot / (norm_sq_fixed * norm_sq_moving + EPS**2)  # w(alpha) = cos^2(alpha)
     return (weights * cos_sq * torch.minimum(magnitude_fixed, magnitude_moving)).sum(dims)
 
 

@@ -126,16 +126,20 @@ def _as_volume(volume: Tensor | np.ndarray, grid: VolumeGrid, name: str, device:
     return volume.to(device)
 
 
-def _check_radiograph(radiograph: Tensor | np.ndarray, view: ProjectionView, config: SopiConfig,
-                      device: torch.device) -> Tensor:
+def _check_radiograph(
+    radiograph: Tensor | np.ndarray, view: ProjectionView, config: SopiConfig, device: torch.device
+) -> Tensor:
     """``(rows, cols)`` -> ``(1, 1, rows, cols)`` float32, checked against the view and the training config."""
     image = torch.as_tensor(np.asarray(radiograph) if not isinstance(radiograph, Tensor) else radiograph).float()
     if image.dim() != 2 or tuple(image.shape) != tuple(view.image_shape):
-        raise InputError(f"radiograph: expected shape {tuple(view.image_shape)} (view {view.name or '?'}), "
-                         f"got {tuple(image.shape)}")
+        raise InputError(
+            f"radiograph: expected shape {tuple(view.image_shape)} (view {view.name or '?'}), got {tuple(image.shape)}"
+        )
     if tuple(image.shape) != tuple(config.geometry.image_shape):
-        raise InputError(f"radiograph: shape {tuple(image.shape)} differs from the networks' training images "
-                         f"{tuple(config.geometry.image_shape)}; resample it (and its view) first")
+        raise InputError(
+            f"radiograph: shape {tuple(image.shape)} differs from the networks' training images "
+            f"{tuple(config.geometry.image_shape)}; resample it (and its view) first"
+        )
     if not torch.isfinite(image).all():
         raise InputError("radiograph: contains NaN or infinite values")
     return image[None, None].to(device)
@@ -168,9 +172,16 @@ class _Part:
         return self.step < self.tolerance
 
 
-def fine_registration(fine: SopiNetwork, volume_mu: Tensor, mask_volume: Tensor, radiograph: Tensor,
-                      view: ProjectionView, grid: VolumeGrid, initial_params: Tensor,
-                      search: FineSearchConfig) -> tuple[Tensor, int, bool, list[dict[str, float]]]:
+def fine_registration(
+    fine: SopiNetwork,
+    volume_mu: Tensor,
+    mask_volume: Tensor,
+    radiograph: Tensor,
+    view: ProjectionView,
+    grid: VolumeGrid,
+    initial_params: Tensor,
+    search: FineSearchConfig,
+) -> tuple[Tensor, int, bool, list[dict[str, float]]]:
     """The learned iterative fine registration (module doc, step 2).
 
     Args:
@@ -207,18 +218,30 @@ def fine_registration(fine: SopiNetwork, volume_mu: Tensor, mask_volume: Tensor,
         if rotating:
             moved = rotation.move(params, gradient, search.step_decrease) or moved
         iteration += 1
-        history.append({"iteration": iteration, "distance": float(distance.detach()),
-                        "rotation_step_deg": math.degrees(rotation.step) if rotating else 0.0,
-                        "translation_step_mm": translation.step})
+        history.append(
+            {
+                "iteration": iteration,
+                "distance": float(distance.detach()),
+                "rotation_step_deg": math.degrees(rotation.step) if rotating else 0.0,
+                "translation_step_mm": translation.step,
+            }
+        )
         converged = not moved or (translation.converged and (rotation.converged or not rotating))
     return params, iteration, converged, history
 
 
-def estimate_pose_sopi(volume_mu: Tensor | np.ndarray, grid: VolumeGrid, radiograph: Tensor | np.ndarray,
-                       view: ProjectionView, rtpi_ckpt: SopiNetwork | str | Path, fine_ckpt: SopiNetwork | str | Path,
-                       mask_volume: Tensor | np.ndarray | None = None, search: FineSearchConfig | None = None,
-                       device: str | torch.device | None = None,
-                       progress: Callable[[str], None] | None = None) -> SopiPoseEstimate:
+def estimate_pose_sopi(
+    volume_mu: Tensor | np.ndarray,
+    grid: VolumeGrid,
+    radiograph: Tensor | np.ndarray,
+    view: ProjectionView,
+    rtpi_ckpt: SopiNetwork | str | Path,
+    fine_ckpt: SopiNetwork | str | Path,
+    mask_volume: Tensor | np.ndarray | None = None,
+    search: FineSearchConfig | None = None,
+    device: str | torch.device | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> SopiPoseEstimate:
     """Estimate the rigid pose of a CT in one radiograph with SOPI (module doc).
 
     Args:
@@ -260,12 +283,28 @@ def estimate_pose_sopi(volume_mu: Tensor | np.ndarray, grid: VolumeGrid, radiogr
     params, iterations, converged, history = fine_registration(fine, volume, mask, image, view, grid, initial, search)
     finished = time.perf_counter()
     if progress is not None:
-        progress(f"fine registration: {iterations} iterations in {finished - initialised:.2f} s"
-                 + ("" if converged else " (iteration cap)"))
+        progress(
+            f"fine registration: {iterations} iterations in {finished - initialised:.2f} s"
+            + ("" if converged else " (iteration cap)")
+        )
     centre = torch.as_tensor(grid.centre_world)
     params64, initial64 = params.detach().cpu().double(), initial.detach().cpu().double()
-    timings = {"load": loaded - started, "rtpi": initialised - loaded, "fine": finished - initialised,
-               "total": finished - started}
-    return SopiPoseEstimate(rigid_params_to_matrix(params64, centre), params64,
-                            rigid_params_to_matrix(initial64, centre), initial64, np.asarray(grid.centre_world),
-                            iterations, converged, timings, timings["total"], METHOD, history)
+    timings = {
+        "load": loaded - started,
+        "rtpi": initialised - loaded,
+        "fine": finished - initialised,
+        "total": finished - started,
+    }
+    return SopiPoseEstimate(
+        rigid_params_to_matrix(params64, centre),
+        params64,
+        rigid_params_to_matrix(initial64, centre),
+        initial64,
+        np.asarray(grid.centre_world),
+        iterations,
+        converged,
+        timings,
+        timings["total"],
+        METHOD,
+        history,
+    )

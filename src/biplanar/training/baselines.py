@@ -113,8 +113,9 @@ def predict_labels(model: nn.Module, radiographs: Tensor, views: list[ViewPair])
     return model.predict_labels(radiographs, views)
 
 
-def load_baseline(checkpoint_path: str | Path,
-                  device: str | torch.device = "cpu") -> tuple[nn.Module, ExperimentConfig]:
+def load_baseline(
+    checkpoint_path: str | Path, device: str | torch.device = "cpu"
+) -> tuple[nn.Module, ExperimentConfig]:
     """Rebuild a trained baseline from its checkpoint alone (config, method, SDM arrays, weights).
 
     Returns:
@@ -148,21 +149,31 @@ def _fixed_volumes(sample: dict[str, Any]) -> tuple[Tensor, Tensor]:
     return hu_to_mu(sample["ct"][None].float()), (sample["labels"][None] > 0).float()
 
 
-def _register_subject(sample: dict[str, Any], atlas: Atlas, settings: VolumeRegistrationSettings,
-                      path: Path) -> None:
+def _register_subject(sample: dict[str, Any], atlas: Atlas, settings: VolumeRegistrationSettings, path: Path) -> None:
     """Register the atlas to one subject; write its coarse field, time and Dice to ``path`` (.npz)."""
     atlas_mu = hu_to_mu(torch.from_numpy(atlas.ct_hu).float())[None, None]
     atlas_labels = torch.from_numpy(atlas.labels > 0).float()[None, None]
     fixed_mu, fixed_labels = _fixed_volumes(sample)
     result = register_volumes(atlas_mu, fixed_mu, atlas.grid, atlas_labels, fixed_labels, settings)
     with atomic_path(path) as temporary, open(temporary, "wb") as handle:
-        np.savez(handle, displacement=result.coarse_displacement[0].numpy(), factor=result.field_factor,
-                 time_s=result.time_s, dice_before=result.dice_before, dice_after=result.dice_after)
+        np.savez(
+            handle,
+            displacement=result.coarse_displacement[0].numpy(),
+            factor=result.field_factor,
+            time_s=result.time_s,
+            dice_before=result.dice_before,
+            dice_after=result.dice_after,
+        )
 
 
-def build_sdm(train_set: Dataset, atlas: Atlas, out_dir: str | Path,
-              settings: VolumeRegistrationSettings = VolumeRegistrationSettings(),
-              variance: float = SDM_VARIANCE, progress: bool = True) -> tuple[DeformationPCA, dict[str, Tensor]]:
+def build_sdm(
+    train_set: Dataset,
+    atlas: Atlas,
+    out_dir: str | Path,
+    settings: VolumeRegistrationSettings = VolumeRegistrationSettings(),
+    variance: float = SDM_VARIANCE,
+    progress: bool = True,
+) -> tuple[DeformationPCA, dict[str, Tensor]]:
     """The SDM of the training subjects (module doc), reusing what ``out_dir`` already holds.
 
     Args:
@@ -183,28 +194,38 @@ def build_sdm(train_set: Dataset, atlas: Atlas, out_dir: str | Path,
         records = [_read_field(out_dir / SDM_FIELDS / f"{name}.npz") for name in ids]
         other = [name for name, record in zip(ids, records) if int(record["factor"]) != settings.field_factor]
         if other:
-            raise InputError(f"{out_dir / SDM_FIELDS}: field(s) {other[:5]} were registered on another grid "
-                             f"factor than {settings.field_factor}; delete them to redo them")
+            raise InputError(
+                f"{out_dir / SDM_FIELDS}: field(s) {other[:5]} were registered on another grid "
+                f"factor than {settings.field_factor}; delete them to redo them"
+            )
         fields = np.stack([record.pop("displacement") for record in records])
         pca = DeformationPCA.fit(fields, settings.field_factor, variance)
         pca.save(model_path, subject_ids=np.array(ids), weights=pca.weights(fields))
         _write_registration_csv(out_dir / SDM_REGISTRATION_CSV, ids, records)
     pca = DeformationPCA.load(model_path)
     with np.load(model_path) as archive:
-        targets = {str(name): torch.from_numpy(weights) for name, weights in zip(archive["subject_ids"],
-                                                                                  archive["weights"])}
+        targets = {
+            str(name): torch.from_numpy(weights) for name, weights in zip(archive["subject_ids"], archive["weights"])
+        }
     return pca, targets
 
 
-def _register_all(train_set: Dataset, atlas: Atlas, fields_dir: Path, settings: VolumeRegistrationSettings,
-                  progress: bool) -> list[str]:
+def _register_all(
+    train_set: Dataset, atlas: Atlas, fields_dir: Path, settings: VolumeRegistrationSettings, progress: bool
+) -> list[str]:
     """Register the atlas to every training subject not yet done; their ids in dataset order."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     ids = []
-    with Progress(TextColumn("3D/3D registration"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=Console(stderr=True), disable=not progress) as bar:
+    with Progress(
+        TextColumn("3D/3D registration"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        disable=not progress,
+    ) as bar:
         task = bar.add_task("register", total=len(train_set))
         for index in range(len(train_set)):
             sample = train_set[index]
@@ -229,8 +250,10 @@ def _write_registration_csv(path: Path, ids: list[str], records: list[dict[str, 
     text = io.StringIO()
     table = csv.writer(text, lineterminator="\n")
     table.writerow(["subject_id", "time_s", "dice_before", "dice_after"])
-    table.writerows([name, *(f"{float(record[key]):.6g}" for key in ("time_s", "dice_before", "dice_after"))]
-                    for name, record in zip(ids, records))
+    table.writerows(
+        [name, *(f"{float(record[key]):.6g}" for key in ("time_s", "dice_before", "dice_after"))]
+        for name, record in zip(ids, records)
+    )
     atomic_write_text(path, text.getvalue())
 
 
@@ -264,8 +287,10 @@ class _SDMTask:
     def losses(self, batch: Batch, subject_ids: list[str]) -> dict[str, Tensor]:
         missing = [name for name in subject_ids if name not in self.targets]
         if missing:
-            raise InputError(f"{SDM_MODEL}: no SDM weights for training subject(s) {missing}; "
-                             "start a new run folder for another dataset")
+            raise InputError(
+                f"{SDM_MODEL}: no SDM weights for training subject(s) {missing}; "
+                "start a new run folder for another dataset"
+            )
         output = self.model(batch.radiographs, batch.views)
         target = torch.stack([self.targets[name] for name in subject_ids]).to(output.weights)
         mse = (output.weights - target).square().mean()
@@ -286,8 +311,16 @@ def csv_fields(method: str) -> tuple[str, ...]:
 class _BaselineRun(EpochRun):
     """One baseline training run: steps, validation, checkpoints, logs (see the module doc)."""
 
-    def __init__(self, task: _KastenTask | _SDMTask, method: str, config: ExperimentConfig, out_dir: Path,
-                 train_set: Dataset, val_set: Dataset, context: DistributedContext) -> None:
+    def __init__(
+        self,
+        task: _KastenTask | _SDMTask,
+        method: str,
+        config: ExperimentConfig,
+        out_dir: Path,
+        train_set: Dataset,
+        val_set: Dataset,
+        context: DistributedContext,
+    ) -> None:
         self.task, self.method, self.config, self.out_dir, self.context = task, method, config, out_dir, context
         self.train_set, self.val_set = train_set, val_set
         self.csv_fields = csv_fields(method)
@@ -299,8 +332,13 @@ class _BaselineRun(EpochRun):
         super().__init__(task.parts)
 
     def state(self) -> dict[str, Any]:
-        return {"config": self.config.to_dict(), **optimisation_state(self.model, self.optimizer, self.scheduler),
-                **self.progress_state(), "world_size": 1, **self.task.checkpoint_extras()}
+        return {
+            "config": self.config.to_dict(),
+            **optimisation_state(self.model, self.optimizer, self.scheduler),
+            **self.progress_state(),
+            "world_size": 1,
+            **self.task.checkpoint_extras(),
+        }
 
     def restore(self, state: dict[str, Any], path: Path) -> None:
         for key, value in self.task.checkpoint_extras().items():
@@ -344,17 +382,31 @@ class _BaselineRun(EpochRun):
         """Validate, log, keep ``best.pt``, write ``last.pt`` at the start of the next epoch."""
         dice = self.validate()
         count = max(self.epoch_sums["count"], 1.0)
-        row = {"epoch": self.epoch + 1, "step": self.global_step, "lr": self.optimizer.param_groups[0]["lr"],
-               **{f"train_{name}": self.epoch_sums[name] / count for name in self.task.parts},
-               "val_dice": dice, "wall_s": self.wall_s()}
+        row = {
+            "epoch": self.epoch + 1,
+            "step": self.global_step,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            **{f"train_{name}": self.epoch_sums[name] / count for name in self.task.parts},
+            "val_dice": dice,
+            "wall_s": self.wall_s(),
+        }
         self.close_epoch(row, dice, logs)
 
 
-def train_baseline(method: str, config: ExperimentConfig | str | Path, out_dir: str | Path,
-                   data_dir: str | Path | None = None, on_the_fly: int | None = None, resume: bool = False,
-                   epochs: int | None = None, progress: bool = True, max_steps: int | None = None,
-                   registration: VolumeRegistrationSettings = VolumeRegistrationSettings(),
-                   sdm_variance: float = SDM_VARIANCE, sdm_dice_weight: float = SDM_DICE_WEIGHT) -> TrainResult:
+def train_baseline(
+    method: str,
+    config: ExperimentConfig | str | Path,
+    out_dir: str | Path,
+    data_dir: str | Path | None = None,
+    on_the_fly: int | None = None,
+    resume: bool = False,
+    epochs: int | None = None,
+    progress: bool = True,
+    max_steps: int | None = None,
+    registration: VolumeRegistrationSettings = VolumeRegistrationSettings(),
+    sdm_variance: float = SDM_VARIANCE,
+    sdm_dice_weight: float = SDM_DICE_WEIGHT,
+) -> TrainResult:
     """Train (or continue training) a baseline; see the module doc for what is written.
 
     Args:
@@ -399,8 +451,14 @@ def train_baseline(method: str, config: ExperimentConfig | str | Path, out_dir: 
         run = _BaselineRun(task, method, config, out_dir, train_set, val_set, context)
         if state is not None:
             run.restore(state, out_dir / LAST)
-        logs = TrainingLogs(out_dir, True, progress, run.steps_per_epoch * config.training.epochs, run.global_step,
-                            run.global_step if resume else None)
+        logs = TrainingLogs(
+            out_dir,
+            True,
+            progress,
+            run.steps_per_epoch * config.training.epochs,
+            run.global_step,
+            run.global_step if resume else None,
+        )
         with StopSignals() as signals, logs:
             while run.epoch < config.training.epochs:
                 if not run.train_epoch(signals, math.inf if max_steps is None else max_steps, logs):

@@ -42,8 +42,21 @@ FORMAT, VERSION = "biplanar-checkpoint", 1
 MODEL_KEYS = ("config", "model")  # what rebuilding a model needs (a weights-only checkpoint)
 IDENTITY_KEYS = ("kind", "network")  # what kind of model a SOPI checkpoint holds (kept by export_model)
 BUNDLED_MODEL_FILE = "model.pt"
-REQUIRED_KEYS = ("config", "model", "optimizer", "scheduler", "rng", "epoch", "step_in_epoch",
-                 "global_step", "world_size", "best_metric", "elapsed_s", "epoch_sums", "history")
+REQUIRED_KEYS = (
+    "config",
+    "model",
+    "optimizer",
+    "scheduler",
+    "rng",
+    "epoch",
+    "step_in_epoch",
+    "global_step",
+    "world_size",
+    "best_metric",
+    "elapsed_s",
+    "epoch_sums",
+    "history",
+)
 
 
 def capture_rng_state() -> dict[str, Any]:
@@ -53,8 +66,13 @@ def capture_rng_state() -> dict[str, Any]:
     return {
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "position": position,
-                  "has_gauss": has_gauss, "cached_gauss": cached_gauss},
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "position": position,
+            "has_gauss": has_gauss,
+            "cached_gauss": cached_gauss,
+        },
         "python": {"version": version, "state": list(python_state), "gauss": gauss},
     }
 
@@ -65,8 +83,15 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
     numpy = state["numpy"]
-    np.random.set_state((numpy["kind"], numpy["keys"].numpy().astype(np.uint32), numpy["position"],
-                         numpy["has_gauss"], numpy["cached_gauss"]))
+    np.random.set_state(
+        (
+            numpy["kind"],
+            numpy["keys"].numpy().astype(np.uint32),
+            numpy["position"],
+            numpy["has_gauss"],
+            numpy["cached_gauss"],
+        )
+    )
     python = state["python"]
     random.setstate((python["version"], tuple(python["state"]), python["gauss"]))
 
@@ -152,13 +177,23 @@ def export_model(checkpoint: str | Path, out_path: str | Path) -> Path:
     missing = [key for key in MODEL_KEYS if key not in state]
     if missing:
         raise InputError(f"{checkpoint}: checkpoint has no {', '.join(missing)}")
-    source = state.get("exported_from") or {key: state[key] for key in ("epoch", "global_step", "best_metric")
-                                             if key in state}
+    source = state.get("exported_from") or {
+        key: state[key] for key in ("epoch", "global_step", "best_metric") if key in state
+    }
     out_path = Path(out_path)
     with atomic_path(out_path) as temporary:
         identity = {key: state[key] for key in IDENTITY_KEYS if key in state}
-        torch.save({"format": FORMAT, "version": VERSION, "config": state["config"], "model": state["model"],
-                    **identity, "exported_from": source}, temporary)
+        torch.save(
+            {
+                "format": FORMAT,
+                "version": VERSION,
+                "config": state["config"],
+                "model": state["model"],
+                **identity,
+                "exported_from": source,
+            },
+            temporary,
+        )
     return out_path
 
 
@@ -175,6 +210,7 @@ def bundled_model_path(name: str = "lite") -> Path:
     """
     path = bundled_models_dir() / name / BUNDLED_MODEL_FILE
     if not path.is_file():
-        raise InputError(f"no bundled model {name!r} (expected {path}); give a checkpoint from `biplanar train` "
-                         f"(--model)")
+        raise InputError(
+            f"no bundled model {name!r} (expected {path}); give a checkpoint from `biplanar train` (--model)"
+        )
     return path

@@ -50,8 +50,9 @@ class RegistrationLoss(nn.Module):
         from monai.losses import DiffusionLoss, LocalNormalizedCrossCorrelationLoss
 
         self.config = config
-        self.local_ncc = LocalNormalizedCrossCorrelationLoss(spatial_dims=3, kernel_size=config.ncc_window,
-                                                             reduction="none")
+        self.local_ncc = LocalNormalizedCrossCorrelationLoss(
+            spatial_dims=3, kernel_size=config.ncc_window, reduction="none"
+        )
         self.smoothness = DiffusionLoss()
 
     def ncc(self, moving: Tensor, fixed: Tensor, region: Tensor | None = None) -> Tensor:
@@ -96,8 +97,11 @@ class RegistrationLoss(nn.Module):
             "local_ncc": self.ncc(warped, fixed, warped_region),
             "smoothness": self.smoothness(output.local_displacement),
         }
-        parts["total"] = ((1.0 - parts["affine_ncc"]) + (1.0 - parts["local_ncc"])
-                          + self.config.smoothness_weight * parts["smoothness"])
+        parts["total"] = (
+            (1.0 - parts["affine_ncc"])
+            + (1.0 - parts["local_ncc"])
+            + self.config.smoothness_weight * parts["smoothness"]
+        )
         return parts
 
 

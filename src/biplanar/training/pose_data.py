@@ -58,8 +58,11 @@ class PoseBatch:
 def ap_view(config: SopiConfig, grid: VolumeGrid) -> ProjectionView:
     """SOPI's single view: the AP view at the paper's distances, isocentre at the volume's centre."""
     spacing = config.geometry.pixel_spacing_mm
-    return biplanar_pair(image_shape=tuple(config.geometry.image_shape), pixel_spacing_mm=(spacing, spacing),
-                         isocenter_mm=grid.centre_world)["AP"]
+    return biplanar_pair(
+        image_shape=tuple(config.geometry.image_shape),
+        pixel_spacing_mm=(spacing, spacing),
+        isocenter_mm=grid.centre_world,
+    )["AP"]
 
 
 def pose_prost(config: SopiConfig, view: ProjectionView, grid: VolumeGrid) -> ProST:
@@ -119,8 +122,9 @@ class PosePairSimulator:
         if key not in self._subjects:
             seeds = np.random.SeedSequence(self.config.training.seed, spawn_key=(SUBJECT_STREAMS[stream], index))
             subject = make_subject(int(seeds.generate_state(1)[0]), self.config.geometry.grid_preset)
-            self._subjects[key] = self._as_volumes(subject.ct_hu, mask_volume_from(subject.ct_hu, subject.labels,
-                                                                                   self.config))
+            self._subjects[key] = self._as_volumes(
+                subject.ct_hu, mask_volume_from(subject.ct_hu, subject.labels, self.config)
+            )
         return self._subjects[key]
 
     def pool_size(self, stream: int) -> int:

@@ -54,13 +54,15 @@ def gradient_difference(fixed: Tensor, moving: Tensor) -> Tensor:
         ``(B,)`` similarity in ``(0, 2]``.
     """
     if fixed.shape != moving.shape or fixed.dim() != 4:
-        raise ValueError(f"fixed, moving: expected two (B, C, H, W) of the same shape, got "
-                         f"{tuple(fixed.shape)} and {tuple(moving.shape)}")
+        raise ValueError(
+            f"fixed, moving: expected two (B, C, H, W) of the same shape, got "
+            f"{tuple(fixed.shape)} and {tuple(moving.shape)}"
+        )
     total = fixed.new_zeros(fixed.shape[0])
     for fixed_gradient, moving_gradient in zip(image_gradients(fixed), image_gradients(moving)):
         variance = fixed_gradient.flatten(1).var(dim=1).view(-1, 1, 1, 1) + EPS
         difference = fixed_gradient - moving_gradient
-        total = total + (variance / (variance + difference ** 2)).flatten(1).mean(dim=1)
+        total = total + (variance / (variance + difference**2)).flatten(1).mean(dim=1)
     return total
 
 
@@ -71,8 +73,11 @@ def gradient_difference_loss(fixed: Tensor, moving: Tensor) -> Tensor:
 
 def weight_penalty(network: nn.Module) -> Tensor:
     """``1/2 sum w^2`` over the weights of ``network``'s convolutions and linear layers (no biases, no norms)."""
-    squares = [module.weight.square().sum() for module in network.modules()
-               if isinstance(module, (nn.Conv2d, nn.Conv3d, nn.Linear))]
+    squares = [
+        module.weight.square().sum()
+        for module in network.modules()
+        if isinstance(module, (nn.Conv2d, nn.Conv3d, nn.Linear))
+    ]
     return 0.5 * torch.stack(squares).sum()
 
 
@@ -87,8 +92,9 @@ class RTPILoss(nn.Module):
         super().__init__()
         self.config = config
 
-    def forward(self, radiograph: Tensor, drr: Tensor, scaled_pred: Tensor, scaled_true: Tensor,
-                network: nn.Module) -> dict[str, Tensor]:
+    def forward(
+        self, radiograph: Tensor, drr: Tensor, scaled_pred: Tensor, scaled_true: Tensor, network: nn.Module
+    ) -> dict[str, Tensor]:
         """The loss and its parts.
 
         Args:
@@ -101,8 +107,10 @@ class RTPILoss(nn.Module):
             ``total``, ``similarity`` (``L_GD``), ``mse`` and ``regulariser``, scalars.
         """
         if scaled_pred.shape != scaled_true.shape or scaled_pred.shape[-1] != 6:
-            raise ValueError(f"scaled_pred, scaled_true: expected two (B, 6), got {tuple(scaled_pred.shape)} "
-                             f"and {tuple(scaled_true.shape)}")
+            raise ValueError(
+                f"scaled_pred, scaled_true: expected two (B, 6), got {tuple(scaled_pred.shape)} "
+                f"and {tuple(scaled_true.shape)}"
+            )
         config = self.config
         similarity = gradient_difference_loss(radiograph, drr).mean()
         mse = F.mse_loss(scaled_pred, scaled_true)
@@ -134,8 +142,9 @@ def masked_feature_distance(moving: tuple[Tensor, ...], fixed: tuple[Tensor, ...
     total = mask.new_zeros(mask.shape[0])
     for level_moving, level_fixed in zip(moving, fixed):
         if level_moving.shape != level_fixed.shape:
-            raise ValueError(f"features: level shapes differ, {tuple(level_moving.shape)} vs "
-                             f"{tuple(level_fixed.shape)}")
+            raise ValueError(
+                f"features: level shapes differ, {tuple(level_moving.shape)} vs {tuple(level_fixed.shape)}"
+            )
         weights = downsample_mask(mask, level_moving.shape[-2:])
         squared = (weights * (level_moving - level_fixed) ** 2).flatten(1).sum(dim=1)
         total = total + squared / (level_moving.shape[1] * weights.flatten(1).sum(dim=1) + EPS)
@@ -177,11 +186,17 @@ def gradient_alignment_loss(gradient: Tensor, direction: Tensor) -> dict[str, Te
         batch-mean cosines (detached).
     """
     if gradient.shape != direction.shape or gradient.shape[-1] != 6:
-        raise ValueError(f"gradient, direction: expected two (B, 6), got {tuple(gradient.shape)} and "
-                         f"{tuple(direction.shape)}")
+        raise ValueError(
+            f"gradient, direction: expected two (B, 6), got {tuple(gradient.shape)} and {tuple(direction.shape)}"
+        )
     cos_rotation = F.cosine_similarity(gradient[:, :3], -direction[:, :3], dim=1, eps=EPS)
     cos_translation = F.cosine_similarity(gradient[:, 3:], -direction[:, 3:], dim=1, eps=EPS)
     rotation, translation = (1.0 - cos_rotation).mean(), (1.0 - cos_translation).mean()
-    return {"total": rotation + translation, "rotation": rotation, "translation": translation,
-            "gradient": gradient, "cos_rotation": cos_rotation.mean().detach(),
-            "cos_translation": cos_translation.mean().detach()}
+    return {
+        "total": rotation + translation,
+        "rotation": rotation,
+        "translation": translation,
+        "gradient": gradient,
+        "cos_rotation": cos_rotation.mean().detach(),
+        "cos_translation": cos_translation.mean().detach(),
+    }

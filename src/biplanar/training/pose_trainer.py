@@ -62,16 +62,25 @@ from biplanar.training.trainer import (
 )
 
 KIND = "sopi"
-TRAIN_PARTS = {"rtpi": ("total", "similarity", "mse", "regulariser"),
-               "fine": ("total", "rotation", "translation", "cos_rotation", "cos_translation")}
-VAL_METRICS = {"rtpi": ("total", "similarity", "mse", "rotation_error_deg", "translation_error_mm"),
-               "fine": ("total", "cos_rotation", "cos_translation")}
+TRAIN_PARTS = {
+    "rtpi": ("total", "similarity", "mse", "regulariser"),
+    "fine": ("total", "rotation", "translation", "cos_rotation", "cos_translation"),
+}
+VAL_METRICS = {
+    "rtpi": ("total", "similarity", "mse", "rotation_error_deg", "translation_error_mm"),
+    "fine": ("total", "cos_rotation", "cos_translation"),
+}
 
 
 def csv_fields(network: str) -> tuple[str, ...]:
     """Columns of ``metrics.csv`` for ``network``."""
-    return ("step", "lr", *(f"train_{name}" for name in TRAIN_PARTS[network]),
-            *(f"val_{name}" for name in VAL_METRICS[network]), "wall_s")
+    return (
+        "step",
+        "lr",
+        *(f"train_{name}" for name in TRAIN_PARTS[network]),
+        *(f"val_{name}" for name in VAL_METRICS[network]),
+        "wall_s",
+    )
 
 
 @dataclass
@@ -99,8 +108,9 @@ class PoseTrainResult:
     step_losses: list[dict[str, float]] = field(default_factory=list)
 
 
-def rtpi_forward(network: torch.nn.Module, simulator: PosePairSimulator, loss: RTPILoss,
-                 batch: PoseBatch) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+def rtpi_forward(
+    network: torch.nn.Module, simulator: PosePairSimulator, loss: RTPILoss, batch: PoseBatch
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """RTPI's loss parts on a batch, and its predicted ``(B, 6)`` pose (rad, mm)."""
     scaled = network(batch.volume_mu, batch.radiograph)
     params = scaled * simulator.sigmas
@@ -108,8 +118,9 @@ def rtpi_forward(network: torch.nn.Module, simulator: PosePairSimulator, loss: R
     return loss(batch.radiograph, drr, scaled, batch.target_params / simulator.sigmas, network), params
 
 
-def fine_forward(network: torch.nn.Module, simulator: PosePairSimulator, batch: PoseBatch,
-                 create_graph: bool = True) -> dict[str, torch.Tensor]:
+def fine_forward(
+    network: torch.nn.Module, simulator: PosePairSimulator, batch: PoseBatch, create_graph: bool = True
+) -> dict[str, torch.Tensor]:
     """The fine registration's gradient-alignment loss parts on a batch (module doc).
 
     ``create_graph=False`` (validation) skips the graph that the double backward needs.
@@ -117,8 +128,9 @@ def fine_forward(network: torch.nn.Module, simulator: PosePairSimulator, batch: 
     params = batch.start_params
     drr, jacobian = simulator.prost.project_with_pose_jacobian(batch.volume_mu, params, simulator.pose_matrix)
     drr.requires_grad_(True)
-    mask = project_mask(simulator.prost, batch.mask_volume, simulator.pose_matrix(params),
-                        simulator.config.data.mask_min_path_mm)
+    mask = project_mask(
+        simulator.prost, batch.mask_volume, simulator.pose_matrix(params), simulator.config.data.mask_min_path_mm
+    )
     moving, fixed = network(drr, batch.radiograph)
     gradient = pose_gradient(masked_feature_distance(moving, fixed, mask), drr, jacobian, create_graph)
     direction = geodesic_direction(params, batch.target_params, simulator.centre)
@@ -137,7 +149,8 @@ class _PoseRun:
         self.loss = RTPILoss(config.loss)
         self.optimizer = torch.optim.Adam(self.network.parameters(), lr=training.learning_rate)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: cosine_factor(step, training.steps))
+            self.optimizer, lambda step: cosine_factor(step, training.steps)
+        )
         self.global_step, self.best_metric, self.elapsed_s = 0, math.inf, 0.0
         self.sums = self._zero_sums()
         self.history: list[dict[str, float]] = []
@@ -145,15 +158,24 @@ class _PoseRun:
         self.started = self.last_save = time.monotonic()
 
     def _zero_sums(self) -> dict[str, float]:
-        return {name: 0.0 for name in (*TRAIN_PARTS[self.network_name], "count")}
+        return dict.fromkeys((*TRAIN_PARTS[self.network_name], "count"), 0.0)
 
     # --- checkpoints ---------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
-        return {"kind": KIND, "network": self.network_name, "config": self.config.to_dict(),
-                **optimisation_state(self.network, self.optimizer, self.scheduler), "epoch": 0,
-                "step_in_epoch": self.global_step, "global_step": self.global_step, "world_size": 1,
-                "best_metric": self.best_metric, "elapsed_s": self.wall_s(), "epoch_sums": dict(self.sums),
-                "history": list(self.history)}
+        return {
+            "kind": KIND,
+            "network": self.network_name,
+            "config": self.config.to_dict(),
+            **optimisation_state(self.network, self.optimizer, self.scheduler),
+            "epoch": 0,
+            "step_in_epoch": self.global_step,
+            "global_step": self.global_step,
+            "world_size": 1,
+            "best_metric": self.best_metric,
+            "elapsed_s": self.wall_s(),
+            "epoch_sums": dict(self.sums),
+            "history": list(self.history),
+        }
 
     def restore(self, state: dict[str, Any]) -> None:
         restore_optimisation(state, self.network, self.optimizer, self.scheduler)
@@ -208,20 +230,29 @@ class _PoseRun:
             return {name: float(parts[name].detach()) for name in VAL_METRICS["fine"]}
         with torch.no_grad():
             parts, params = rtpi_forward(self.network, self.simulator, self.loss, batch)
-            rotation, translation = pose_errors(self.simulator.pose_matrix(params),
-                                                self.simulator.pose_matrix(batch.target_params),
-                                                self.simulator.centre)
+            rotation, translation = pose_errors(
+                self.simulator.pose_matrix(params),
+                self.simulator.pose_matrix(batch.target_params),
+                self.simulator.centre,
+            )
         values = {name: float(parts[name]) for name in ("total", "similarity", "mse")}
-        return {**values, "rotation_error_deg": float(rotation.mean()),
-                "translation_error_mm": float(translation.mean())}
+        return {
+            **values,
+            "rotation_error_deg": float(rotation.mean()),
+            "translation_error_mm": float(translation.mean()),
+        }
 
     def end_period(self, logs: TrainingLogs) -> None:
         """Validate, log a ``metrics.csv`` row, keep ``best.pt``, write ``last.pt``."""
         metrics = self.validate()
         count = max(self.sums["count"], 1.0)
-        row = {"step": self.global_step, "lr": self.optimizer.param_groups[0]["lr"],
-               **{f"train_{name}": self.sums[name] / count for name in TRAIN_PARTS[self.network_name]},
-               **{f"val_{name}": value for name, value in metrics.items()}, "wall_s": self.wall_s()}
+        row = {
+            "step": self.global_step,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            **{f"train_{name}": self.sums[name] / count for name in TRAIN_PARTS[self.network_name]},
+            **{f"val_{name}": value for name, value in metrics.items()},
+            "wall_s": self.wall_s(),
+        }
         self.history.append(row)
         self.sums = self._zero_sums()
         if metrics["total"] < self.best_metric:
@@ -233,9 +264,16 @@ class _PoseRun:
 
     def result(self) -> PoseTrainResult:
         best = self.out_dir / BEST
-        return PoseTrainResult(self.out_dir, self.network_name, self.out_dir / LAST, best if best.is_file() else None,
-                               self.global_step, self.best_metric if math.isfinite(self.best_metric) else math.nan,
-                               list(self.history), list(self.step_losses))
+        return PoseTrainResult(
+            self.out_dir,
+            self.network_name,
+            self.out_dir / LAST,
+            best if best.is_file() else None,
+            self.global_step,
+            self.best_metric if math.isfinite(self.best_metric) else math.nan,
+            list(self.history),
+            list(self.step_losses),
+        )
 
 
 def _with_steps(config: SopiConfig, steps: int | None) -> SopiConfig:
@@ -249,16 +287,22 @@ def _with_steps(config: SopiConfig, steps: int | None) -> SopiConfig:
 def _check_resumable(config: SopiConfig, network: str, state: dict[str, Any], path: Path) -> None:
     """``InputError`` unless the checkpoint is a SOPI ``network`` run of the same config (steps aside)."""
     if state.get("kind") != KIND or state.get("network") != network:
-        raise InputError(f"{path}: not a SOPI {network} checkpoint (found {state.get('kind')} "
-                         f"{state.get('network')})")
+        raise InputError(f"{path}: not a SOPI {network} checkpoint (found {state.get('kind')} {state.get('network')})")
     theirs = SopiConfig.from_dict(state["config"], f"{path}: config")
     if _with_steps(theirs, config.training.steps) != config:
         raise InputError(f"{path}: the config differs from the checkpoint's (only training.steps may change)")
 
 
-def train_pose(config: SopiConfig | str | Path, out_dir: str | Path, network: str, resume: bool = False,
-               steps: int | None = None, max_steps: int | None = None, progress: bool = True,
-               device: str | torch.device | None = None) -> PoseTrainResult:
+def train_pose(
+    config: SopiConfig | str | Path,
+    out_dir: str | Path,
+    network: str,
+    resume: bool = False,
+    steps: int | None = None,
+    max_steps: int | None = None,
+    progress: bool = True,
+    device: str | torch.device | None = None,
+) -> PoseTrainResult:
     """Train (or continue training) one SOPI network; see the module doc for what is written.
 
     Args:
@@ -297,8 +341,9 @@ def train_pose(config: SopiConfig | str | Path, out_dir: str | Path, network: st
 
 def _loop(run: _PoseRun, progress: bool, max_steps: float, resume: bool) -> PoseTrainResult:
     training = run.config.training
-    logs = TrainingLogs(run.out_dir, True, progress, training.steps, run.global_step,
-                        run.global_step if resume else None)
+    logs = TrainingLogs(
+        run.out_dir, True, progress, training.steps, run.global_step, run.global_step if resume else None
+    )
     with StopSignals() as signals, logs:
         while run.global_step < training.steps:
             if run.global_step >= max_steps:

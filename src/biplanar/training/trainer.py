@@ -75,8 +75,14 @@ from biplanar.training.losses import RegistrationLoss, soft_dice
 
 LOSS_PARTS = ("total", "affine_ncc", "local_ncc", "smoothness")
 VAL_METRICS = ("dice", "affine_dice", "local_ncc", "total")
-CSV_FIELDS = ("epoch", "step", "lr", *(f"train_{name}" for name in LOSS_PARTS),
-              *(f"val_{name}" for name in VAL_METRICS), "wall_s")
+CSV_FIELDS = (
+    "epoch",
+    "step",
+    "lr",
+    *(f"train_{name}" for name in LOSS_PARTS),
+    *(f"val_{name}" for name in VAL_METRICS),
+    "wall_s",
+)
 LABEL_THRESHOLD = 0.5  # a warped (soft) label voxel is femur above this
 # Independent seed streams of training.seed for the on-the-fly train and validation subjects.
 TRAIN_STREAM, VAL_STREAM = 1, 2
@@ -139,8 +145,13 @@ class Batch:
 
 def make_batch(samples: list[dict[str, Any]], image_shape: tuple[int, int], device: torch.device) -> Batch:
     """Stack dataset samples (:mod:`biplanar.data.datasets`) into a :class:`Batch` on ``device``."""
-    views = [tuple(ProjectionView(matrix.numpy(), image_shape, name) for matrix, name
-                   in zip(sample["projection_matrices"], ("AP", "LAT"))) for sample in samples]
+    views = [
+        tuple(
+            ProjectionView(matrix.numpy(), image_shape, name)
+            for matrix, name in zip(sample["projection_matrices"], ("AP", "LAT"))
+        )
+        for sample in samples
+    ]
 
     def stack(key: str) -> Tensor:
         return torch.stack([sample[key] for sample in samples]).to(device)
@@ -161,15 +172,16 @@ def epoch_order(seed: int, epoch: int, n: int, context: DistributedContext) -> l
     """
     order = np.random.default_rng([seed, epoch]).permutation(n)
     usable = n - n % context.world_size
-    return [int(i) for i in order[:usable][context.rank::context.world_size]]
+    return [int(i) for i in order[:usable][context.rank :: context.world_size]]
 
 
 def _stream_seed(seed: int, stream: int) -> int:
     return int(np.random.SeedSequence(seed, spawn_key=(stream,)).generate_state(1)[0])
 
 
-def open_datasets(config: ExperimentConfig, data_dir: str | Path | None,
-                  on_the_fly: int | None) -> tuple[Dataset, Dataset]:
+def open_datasets(
+    config: ExperimentConfig, data_dir: str | Path | None, on_the_fly: int | None
+) -> tuple[Dataset, Dataset]:
     """The training and validation datasets, checked against the config.
 
     Args:
@@ -204,11 +216,15 @@ def open_datasets(config: ExperimentConfig, data_dir: str | Path | None,
 def _check_dataset(simulation: SimulationConfig, config: ExperimentConfig, where: str) -> None:
     geometry = config.geometry
     if simulation.preset != geometry.grid_preset:
-        raise InputError(f"{where}: grid preset {simulation.preset!r} differs from the config's "
-                         f"geometry.grid_preset {geometry.grid_preset!r}")
+        raise InputError(
+            f"{where}: grid preset {simulation.preset!r} differs from the config's "
+            f"geometry.grid_preset {geometry.grid_preset!r}"
+        )
     if tuple(simulation.image_shape) != tuple(geometry.image_shape):
-        raise InputError(f"{where}: image shape {list(simulation.image_shape)} differs from the config's "
-                         f"geometry.image_shape {list(geometry.image_shape)}")
+        raise InputError(
+            f"{where}: image shape {list(simulation.image_shape)} differs from the config's "
+            f"geometry.image_shape {list(geometry.image_shape)}"
+        )
 
 
 def _as_float(output: RegistrationOutput) -> RegistrationOutput:
@@ -313,8 +329,9 @@ class StopSignals:
         if threading.current_thread() is threading.main_thread():
             previous = {signum: signal.signal(signum, self._handle) for signum in self.SIGNALS}
             # None: a handler not installed from Python; the default is the closest we can restore.
-            self._previous = {signum: signal.SIG_DFL if handler is None else handler
-                              for signum, handler in previous.items()}
+            self._previous = {
+                signum: signal.SIG_DFL if handler is None else handler for signum, handler in previous.items()
+            }
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -334,15 +351,29 @@ class TrainingLogs:
         purge_step: drop TensorBoard events from this step on (those after the checkpoint resumed from).
     """
 
-    def __init__(self, out_dir: Path, enabled: bool, progress: bool, total_steps: int, done_steps: int,
-                 purge_step: int | None) -> None:
+    def __init__(
+        self, out_dir: Path, enabled: bool, progress: bool, total_steps: int, done_steps: int, purge_step: int | None
+    ) -> None:
         from rich.console import Console
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                   TimeRemainingColumn)
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
-        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                            console=Console(stderr=True), disable=not (enabled and progress))
+        self.bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            disable=not (enabled and progress),
+        )
         self.task = self.bar.add_task("training", total=total_steps, completed=done_steps, loss="-")
         self.writer = None
         if enabled:
@@ -375,16 +406,25 @@ class TrainingLogs:
                     self.writer.add_scalar(f"epoch/{name}", value, row["step"])
 
 
-def optimisation_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                       scheduler: torch.optim.lr_scheduler.LRScheduler) -> dict[str, Any]:
+def optimisation_state(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler
+) -> dict[str, Any]:
     """The checkpoint entries of an optimisation: ``model``, ``optimizer`` and ``scheduler`` state
     dicts and ``rng`` (every random generator's state, :func:`~biplanar.training.checkpoints.capture_rng_state`)."""
-    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "rng": capture_rng_state()}
+    return {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng": capture_rng_state(),
+    }
 
 
-def restore_optimisation(state: dict[str, Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                         scheduler: torch.optim.lr_scheduler.LRScheduler) -> None:
+def restore_optimisation(
+    state: dict[str, Any],
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+) -> None:
     """Load the entries of :func:`optimisation_state` from a checkpoint ``state`` into the objects
     and the random generators."""
     model.load_state_dict(state["model"])
@@ -445,7 +485,7 @@ class EpochRun(abc.ABC):
     def __init__(self, parts: tuple[str, ...]) -> None:
         self.epoch = self.step_in_epoch = self.global_step = 0
         self.best_metric, self.elapsed_s = -math.inf, 0.0
-        self.epoch_sums = {name: 0.0 for name in (*parts, "count")}
+        self.epoch_sums = dict.fromkeys((*parts, "count"), 0.0)
         self.history: list[dict[str, float]] = []
         self.step_losses: list[dict[str, float]] = []
         self.started = self.last_save = time.monotonic()
@@ -460,9 +500,15 @@ class EpochRun(abc.ABC):
 
     def progress_state(self) -> dict[str, Any]:
         """The checkpoint entries of the bookkeeping (the attributes above but ``step_losses``)."""
-        return {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
-                "best_metric": self.best_metric, "elapsed_s": self.wall_s(), "epoch_sums": dict(self.epoch_sums),
-                "history": list(self.history)}
+        return {
+            "epoch": self.epoch,
+            "step_in_epoch": self.step_in_epoch,
+            "global_step": self.global_step,
+            "best_metric": self.best_metric,
+            "elapsed_s": self.wall_s(),
+            "epoch_sums": dict(self.epoch_sums),
+            "history": list(self.history),
+        }
 
     def restore_progress(self, state: dict[str, Any]) -> None:
         """Continue from the entries of :meth:`progress_state` in a checkpoint ``state``."""
@@ -482,9 +528,14 @@ class EpochRun(abc.ABC):
     def loader(self, indices: list[int], batch_size: int) -> DataLoader:
         """Batches (lists of samples) of ``train_set[indices]`` in that order."""
         workers = self.config.training.num_workers
-        return DataLoader(Subset(self.train_set, indices), batch_size=batch_size, shuffle=False,
-                          num_workers=workers, collate_fn=list,
-                          multiprocessing_context="forkserver" if workers else None)
+        return DataLoader(
+            Subset(self.train_set, indices),
+            batch_size=batch_size,
+            shuffle=False,
+            num_workers=workers,
+            collate_fn=list,
+            multiprocessing_context="forkserver" if workers else None,
+        )
 
     def stop_requested(self, signals: StopSignals) -> bool:
         """Whether any process got a stop signal (all processes agree, so they stop at the same step)."""
@@ -499,7 +550,7 @@ class EpochRun(abc.ABC):
         """
         batch_size = self.config.training.batch_size
         order = epoch_order(self.config.training.seed, self.epoch, len(self.train_set), self.context)
-        batches = iter(self.loader(order[self.step_in_epoch * batch_size:], batch_size))
+        batches = iter(self.loader(order[self.step_in_epoch * batch_size :], batch_size))
         while self.step_in_epoch < self.steps_per_epoch:
             if self.global_step >= max_steps:
                 self.save()
@@ -528,7 +579,7 @@ class EpochRun(abc.ABC):
         ``metrics.csv`` (rank 0)."""
         self.history.append(row)
         self.epoch, self.step_in_epoch = self.epoch + 1, 0
-        self.epoch_sums = {name: 0.0 for name in self.epoch_sums}
+        self.epoch_sums = dict.fromkeys(self.epoch_sums, 0.0)
         if dice > self.best_metric:
             self.best_metric = dice
             self.save(BEST)
@@ -540,10 +591,16 @@ class EpochRun(abc.ABC):
     def result(self) -> TrainResult:
         """What the run did (:class:`TrainResult`)."""
         best = self.out_dir / BEST
-        return TrainResult(self.out_dir, self.out_dir / LAST, best if best.is_file() else None,
-                           self.epoch, self.global_step,
-                           self.best_metric if math.isfinite(self.best_metric) else math.nan,
-                           list(self.history), list(self.step_losses))
+        return TrainResult(
+            self.out_dir,
+            self.out_dir / LAST,
+            best if best.is_file() else None,
+            self.epoch,
+            self.global_step,
+            self.best_metric if math.isfinite(self.best_metric) else math.nan,
+            list(self.history),
+            list(self.step_losses),
+        )
 
 
 class _Run(EpochRun):
@@ -551,8 +608,9 @@ class _Run(EpochRun):
 
     csv_fields = CSV_FIELDS
 
-    def __init__(self, config: ExperimentConfig, out_dir: Path, train_set: Dataset, val_set: Dataset,
-                 context: DistributedContext) -> None:
+    def __init__(
+        self, config: ExperimentConfig, out_dir: Path, train_set: Dataset, val_set: Dataset, context: DistributedContext
+    ) -> None:
         self.config, self.out_dir, self.context = config, out_dir, context
         self.train_set, self.val_set = train_set, val_set
         training = config.training
@@ -576,14 +634,19 @@ class _Run(EpochRun):
 
     # --- checkpoints ---------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
-        return {"config": self.config.to_dict(),
-                **optimisation_state(self.network, self.optimizer, self.scheduler),
-                **self.progress_state(), "world_size": self.context.world_size}
+        return {
+            "config": self.config.to_dict(),
+            **optimisation_state(self.network, self.optimizer, self.scheduler),
+            **self.progress_state(),
+            "world_size": self.context.world_size,
+        }
 
     def restore(self, state: dict[str, Any], path: Path) -> None:
         if state["step_in_epoch"] and state["world_size"] != self.context.world_size:
-            raise InputError(f"{path}: stopped mid-epoch with {state['world_size']} process(es); resume "
-                             f"with the same number, not {self.context.world_size}")
+            raise InputError(
+                f"{path}: stopped mid-epoch with {state['world_size']} process(es); resume "
+                f"with the same number, not {self.context.world_size}"
+            )
         restore_optimisation(state, self.network, self.optimizer, self.scheduler)
         self.restore_progress(state)
 
@@ -628,8 +691,15 @@ class _Run(EpochRun):
             parts = self.loss(output, batch.fixed_mu, batch.fixed_labels)
             dice = soft_dice((output.warped_labels > LABEL_THRESHOLD).float(), batch.fixed_labels)
             affine_dice = soft_dice((output.affine_labels > LABEL_THRESHOLD).float(), batch.fixed_labels)
-            sums += torch.stack([dice.mean(), affine_dice.mean(), parts["local_ncc"], parts["total"],
-                                 torch.ones((), device=sums.device)]).double()
+            sums += torch.stack(
+                [
+                    dice.mean(),
+                    affine_dice.mean(),
+                    parts["local_ncc"],
+                    parts["total"],
+                    torch.ones((), device=sums.device),
+                ]
+            ).double()
         sums = all_reduce_sum(sums, self.context)
         count = sums[-1].item()
         return {name: (sums[i].item() / count if count else math.nan) for i, name in enumerate(VAL_METRICS)}
@@ -637,18 +707,36 @@ class _Run(EpochRun):
     def end_epoch(self, logs: TrainingLogs) -> None:
         """Validate, log, keep ``best.pt``, write ``last.pt`` at the start of the next epoch."""
         metrics = self.validate()
-        sums = all_reduce_sum(torch.tensor([self.epoch_sums[name] for name in (*LOSS_PARTS, "count")],
-                                           dtype=torch.float64, device=self.context.device), self.context)
+        sums = all_reduce_sum(
+            torch.tensor(
+                [self.epoch_sums[name] for name in (*LOSS_PARTS, "count")],
+                dtype=torch.float64,
+                device=self.context.device,
+            ),
+            self.context,
+        )
         train_means = {name: (sums[i] / sums[-1]).item() for i, name in enumerate(LOSS_PARTS)}
-        row = {"epoch": self.epoch + 1, "step": self.global_step, "lr": self.optimizer.param_groups[0]["lr"],
-               **{f"train_{name}": value for name, value in train_means.items()},
-               **{f"val_{name}": value for name, value in metrics.items()}, "wall_s": self.wall_s()}
+        row = {
+            "epoch": self.epoch + 1,
+            "step": self.global_step,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            **{f"train_{name}": value for name, value in train_means.items()},
+            **{f"val_{name}": value for name, value in metrics.items()},
+            "wall_s": self.wall_s(),
+        }
         self.close_epoch(row, metrics["dice"], logs)
 
 
-def train(config: ExperimentConfig | str | Path, out_dir: str | Path, data_dir: str | Path | None = None,
-          on_the_fly: int | None = None, resume: bool = False, epochs: int | None = None,
-          progress: bool = True, max_steps: int | None = None) -> TrainResult:
+def train(
+    config: ExperimentConfig | str | Path,
+    out_dir: str | Path,
+    data_dir: str | Path | None = None,
+    on_the_fly: int | None = None,
+    resume: bool = False,
+    epochs: int | None = None,
+    progress: bool = True,
+    max_steps: int | None = None,
+) -> TrainResult:
     """Train (or continue training) the registration network; see the module doc for what is written.
 
     Args:
@@ -672,22 +760,44 @@ def train(config: ExperimentConfig | str | Path, out_dir: str | Path, data_dir: 
     context = setup_distributed()
     try:
         with deterministic_algorithms():
-            return _run(config, out_dir, train_set, val_set, context, resume, progress,
-                        math.inf if max_steps is None else max_steps)
+            return _run(
+                config,
+                out_dir,
+                train_set,
+                val_set,
+                context,
+                resume,
+                progress,
+                math.inf if max_steps is None else max_steps,
+            )
     finally:
         teardown_distributed(context)
 
 
-def _run(config: ExperimentConfig, out_dir: Path, train_set: Dataset, val_set: Dataset,
-         context: DistributedContext, resume: bool, progress: bool, max_steps: float) -> TrainResult:
+def _run(
+    config: ExperimentConfig,
+    out_dir: Path,
+    train_set: Dataset,
+    val_set: Dataset,
+    context: DistributedContext,
+    resume: bool,
+    progress: bool,
+    max_steps: float,
+) -> TrainResult:
     prepare_run_dir(config, out_dir, resume, context.is_main)
     run = _Run(config, out_dir, train_set, val_set, context)
     if resume:
         state = load_checkpoint(out_dir / LAST, context.device)
         check_resumable(config, state, out_dir / LAST)
         run.restore(state, out_dir / LAST)
-    logs = TrainingLogs(out_dir, context.is_main, progress, run.steps_per_epoch * config.training.epochs,
-                        run.global_step, run.global_step if resume else None)
+    logs = TrainingLogs(
+        out_dir,
+        context.is_main,
+        progress,
+        run.steps_per_epoch * config.training.epochs,
+        run.global_step,
+        run.global_step if resume else None,
+    )
     with StopSignals() as signals, logs:
         while run.epoch < config.training.epochs:
             if not run.train_epoch(signals, max_steps, logs):

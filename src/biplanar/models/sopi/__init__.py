@@ -21,5 +21,13 @@ def build_network(config: SopiConfig, network: str) -> nn.Module:
     raise ValueError(f"network: expected one of {', '.join(NETWORKS)}, got {network!r}")
 
 
-__all__ = ["NETWORKS", "CompositeEncoder", "FineRegistrationNet", "RTPINet", "SopiConfig", "build_network",
-           "load_sopi_config", "standardise"]
+__all__ = [
+    "NETWORKS",
+    "CompositeEncoder",
+    "FineRegistrationNet",
+    "RTPINet",
+    "SopiConfig",
+    "build_network",
+    "load_sopi_config",
+    "standardise",
+]

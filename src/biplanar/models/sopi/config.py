@@ -213,12 +213,23 @@ _LENGTHS = {
     ("fine", "level_features"): 3,
 }
 _POSITIVE = (
-    ("geometry", "pixel_spacing_mm"), ("geometry", "prost_samples"), ("data", "subjects"),
-    ("data", "validation_samples"), ("rtpi", "head_features"), ("fine", "stem_features"),
-    ("fine", "radix"), ("fine", "attention_reduction"), ("training", "learning_rate"),
-    ("training", "batch_size"), ("training", "steps"), ("training", "validate_every"),
-    ("search", "rotation_step_deg"), ("search", "translation_step_mm"), ("search", "max_iterations"),
-    ("search", "tolerance_deg"), ("search", "tolerance_mm"),
+    ("geometry", "pixel_spacing_mm"),
+    ("geometry", "prost_samples"),
+    ("data", "subjects"),
+    ("data", "validation_samples"),
+    ("rtpi", "head_features"),
+    ("fine", "stem_features"),
+    ("fine", "radix"),
+    ("fine", "attention_reduction"),
+    ("training", "learning_rate"),
+    ("training", "batch_size"),
+    ("training", "steps"),
+    ("training", "validate_every"),
+    ("search", "rotation_step_deg"),
+    ("search", "translation_step_mm"),
+    ("search", "max_iterations"),
+    ("search", "tolerance_deg"),
+    ("search", "tolerance_mm"),
 )
 
 
@@ -234,17 +245,24 @@ def _validate(config: SopiConfig) -> None:
         if not value(section, name) > 0:
             raise InputError(f"config: {section}.{name}: expected a positive number, got {value(section, name)!r}")
     if config.data.source == PHANTOM and config.geometry.grid_preset not in GRID_PRESETS:
-        raise InputError(f"config: geometry.grid_preset: expected one of {', '.join(sorted(GRID_PRESETS))}, "
-                         f"got {config.geometry.grid_preset!r}")
+        raise InputError(
+            f"config: geometry.grid_preset: expected one of {', '.join(sorted(GRID_PRESETS))}, "
+            f"got {config.geometry.grid_preset!r}"
+        )
     if not 0.0 < config.search.step_decrease < 1.0:
-        raise InputError(f"config: search.step_decrease: expected a number in (0, 1), "
-                         f"got {config.search.step_decrease}")
+        raise InputError(
+            f"config: search.step_decrease: expected a number in (0, 1), got {config.search.step_decrease}"
+        )
     if any(width % config.fine.radix for width in config.fine.level_features):
-        raise InputError(f"config: fine.level_features: expected multiples of radix {config.fine.radix}, "
-                         f"got {list(config.fine.level_features)}")
+        raise InputError(
+            f"config: fine.level_features: expected multiples of radix {config.fine.radix}, "
+            f"got {list(config.fine.level_features)}"
+        )
     if min(*config.rtpi.volume_shape) < 2 ** len(config.rtpi.volume_features):
-        raise InputError(f"config: rtpi.volume_shape {list(config.rtpi.volume_shape)} is too small for "
-                         f"{len(config.rtpi.volume_features)} halvings")
+        raise InputError(
+            f"config: rtpi.volume_shape {list(config.rtpi.volume_shape)} is too small for "
+            f"{len(config.rtpi.volume_features)} halvings"
+        )
 
 
 def load_sopi_config(path_or_preset: str | Path) -> SopiConfig:

@@ -32,8 +32,11 @@ MIN_ATTENTION_CHANNELS = 8
 
 
 def _conv_bn_act(in_channels: int, out_channels: int, kernel: int = 3, stride: int = 1) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(in_channels, out_channels, kernel, stride=stride, padding=kernel // 2, bias=False),
-                         nn.BatchNorm2d(out_channels), nn.LeakyReLU(NEGATIVE_SLOPE))
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, kernel, stride=stride, padding=kernel // 2, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.LeakyReLU(NEGATIVE_SLOPE),
+    )
 
 
 def _upsample(x: Tensor, size: torch.Size | tuple[int, int]) -> Tensor:
@@ -56,11 +59,14 @@ class SplitAttentionConv2d(nn.Module):
         self.radix, self.channels = radix, channels
         self.splits = nn.Sequential(
             nn.Conv2d(channels, channels * radix, 3, padding=1, groups=radix, bias=False),
-            nn.BatchNorm2d(channels * radix), nn.LeakyReLU(NEGATIVE_SLOPE))
+            nn.BatchNorm2d(channels * radix),
+            nn.LeakyReLU(NEGATIVE_SLOPE),
+        )
         squeeze = max(channels * radix // reduction, MIN_ATTENTION_CHANNELS)
         # No batch norm in the squeeze: it sees one value per channel and image (batch size 1 works).
-        self.attention = nn.Sequential(nn.Conv2d(channels, squeeze, 1), nn.LeakyReLU(NEGATIVE_SLOPE),
-                                       nn.Conv2d(squeeze, channels * radix, 1))
+        self.attention = nn.Sequential(
+            nn.Conv2d(channels, squeeze, 1), nn.LeakyReLU(NEGATIVE_SLOPE), nn.Conv2d(squeeze, channels * radix, 1)
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         batch, _, height, width = x.shape
@@ -77,9 +83,11 @@ class SplitAttentionBottleneck(Residual2d):
     def __init__(self, in_channels: int, out_channels: int, radix: int, reduction: int) -> None:
         body = nn.Sequential(
             _conv_bn_act(in_channels, out_channels, kernel=1),
-            SplitAttentionConv2d(out_channels, radix, reduction), nn.BatchNorm2d(out_channels),
+            SplitAttentionConv2d(out_channels, radix, reduction),
+            nn.BatchNorm2d(out_channels),
             nn.LeakyReLU(NEGATIVE_SLOPE),
-            nn.Conv2d(out_channels, out_channels, 1, bias=False), nn.BatchNorm2d(out_channels),
+            nn.Conv2d(out_channels, out_channels, 1, bias=False),
+            nn.BatchNorm2d(out_channels),
         )
         super().__init__(body, in_channels, out_channels)
 
@@ -121,9 +129,12 @@ class CompositeConnectionUnit(nn.Module):
 
     def __init__(self, in_channels: tuple[int, ...], out_channels: int) -> None:
         super().__init__()
-        self.projections = nn.ModuleList([
-            nn.Sequential(nn.Conv2d(channels, out_channels, 1, bias=False), nn.BatchNorm2d(out_channels))
-            for channels in in_channels])
+        self.projections = nn.ModuleList(
+            [
+                nn.Sequential(nn.Conv2d(channels, out_channels, 1, bias=False), nn.BatchNorm2d(out_channels))
+                for channels in in_channels
+            ]
+        )
 
     def forward(self, levels: tuple[Tensor, ...], size: torch.Size | tuple[int, int]) -> Tensor:
         """Per-scale ``(B, C_l, h_l, w_l)`` -> ``(B, out_channels, *size)``."""

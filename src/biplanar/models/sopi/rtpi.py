@@ -39,9 +39,11 @@ def standardise(image: Tensor, eps: float = 1e-6) -> Tensor:
 def _conv_block_3d(in_channels: int, out_channels: int) -> nn.Sequential:
     """Two 3x3x3 convolutions with batch norm and LeakyReLU, then 2x average pooling."""
     return nn.Sequential(
-        nn.Conv3d(in_channels, out_channels, 3, padding=1, bias=False), nn.BatchNorm3d(out_channels),
+        nn.Conv3d(in_channels, out_channels, 3, padding=1, bias=False),
+        nn.BatchNorm3d(out_channels),
         nn.LeakyReLU(NEGATIVE_SLOPE),
-        nn.Conv3d(out_channels, out_channels, 3, padding=1, bias=False), nn.BatchNorm3d(out_channels),
+        nn.Conv3d(out_channels, out_channels, 3, padding=1, bias=False),
+        nn.BatchNorm3d(out_channels),
         nn.LeakyReLU(NEGATIVE_SLOPE),
         nn.AvgPool3d(2),
     )
@@ -66,8 +68,9 @@ class Residual2d(nn.Module):
         self.body = body
         self.shortcut = nn.Identity()
         if stride != 1 or in_channels != out_channels:
-            self.shortcut = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
-                                          nn.BatchNorm2d(out_channels))
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False), nn.BatchNorm2d(out_channels)
+            )
         self.activation = nn.LeakyReLU(NEGATIVE_SLOPE)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -80,8 +83,10 @@ class ResidualBlock2d(Residual2d):
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1) -> None:
         body = nn.Sequential(
             nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
-            nn.BatchNorm2d(out_channels), nn.LeakyReLU(NEGATIVE_SLOPE),
-            nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False), nn.BatchNorm2d(out_channels),
+            nn.BatchNorm2d(out_channels),
+            nn.LeakyReLU(NEGATIVE_SLOPE),
+            nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(out_channels),
         )
         super().__init__(body, in_channels, out_channels, stride)
 
@@ -101,18 +106,28 @@ class RTPINet(nn.Module):
         volume_widths = (1, *rtpi.volume_features)
         self.volume_branch = nn.Sequential(*[_conv_block_3d(a, b) for a, b in zip(volume_widths, volume_widths[1:])])
         image_widths = (1, *rtpi.image_features)
-        self.image_branch = nn.Sequential(*[nn.Sequential(conv_block_2d(a, b), conv_block_2d(b, b, stride=2))
-                                            for a, b in zip(image_widths, image_widths[1:])])
+        self.image_branch = nn.Sequential(
+            *[
+                nn.Sequential(conv_block_2d(a, b), conv_block_2d(b, b, stride=2))
+                for a, b in zip(image_widths, image_widths[1:])
+            ]
+        )
         folded = volume_widths[-1] * (self.volume_shape[1] >> len(rtpi.volume_features))
         widths = (folded + rtpi.image_features[-1], *rtpi.localisation_features)
-        self.localisation = nn.Sequential(*[ResidualBlock2d(a, b, stride) for a, b, stride
-                                            in zip(widths, widths[1:], LOCALISATION_STRIDES)])
+        self.localisation = nn.Sequential(
+            *[ResidualBlock2d(a, b, stride) for a, b, stride in zip(widths, widths[1:], LOCALISATION_STRIDES)]
+        )
         features = rtpi.localisation_features[-1] * LOCALISATION_POOL[0] * LOCALISATION_POOL[1]
-        self.heads = nn.ModuleList([
-            nn.Sequential(nn.Linear(features, rtpi.head_features), nn.LeakyReLU(NEGATIVE_SLOPE),
-                          nn.Linear(rtpi.head_features, 1))
-            for _ in PARAMETER_NAMES
-        ])
+        self.heads = nn.ModuleList(
+            [
+                nn.Sequential(
+                    nn.Linear(features, rtpi.head_features),
+                    nn.LeakyReLU(NEGATIVE_SLOPE),
+                    nn.Linear(rtpi.head_features, 1),
+                )
+                for _ in PARAMETER_NAMES
+            ]
+        )
         for head in self.heads:
             nn.init.normal_(head[-1].weight, std=HEAD_INIT_STD)
             nn.init.zeros_(head[-1].bias)
@@ -141,11 +156,13 @@ class RTPINet(nn.Module):
             ``(B, 6)`` scaled parameters ``z = params / sigma`` (dimensionless).
         """
         if radiograph.dim() != 4 or radiograph.shape[1] != 1 or radiograph.shape[0] != volume_mu.shape[0]:
-            raise ValueError(f"radiograph: expected shape ({volume_mu.shape[0]}, 1, rows, cols), "
-                             f"got {tuple(radiograph.shape)}")
+            raise ValueError(
+                f"radiograph: expected shape ({volume_mu.shape[0]}, 1, rows, cols), got {tuple(radiograph.shape)}"
+            )
         image = self.image_branch(standardise(radiograph))
-        volume = F.interpolate(self.volume_features(volume_mu), size=image.shape[-2:], mode="bilinear",
-                               align_corners=False)
+        volume = F.interpolate(
+            self.volume_features(volume_mu), size=image.shape[-2:], mode="bilinear", align_corners=False
+        )
         fused = self.localisation(torch.cat([volume, image], dim=1))
         pooled = F.adaptive_avg_pool2d(fused, LOCALISATION_POOL).flatten(1)
         return torch.cat([head(pooled) for head in self.heads], dim=1)
