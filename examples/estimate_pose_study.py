@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from biplanar.geometry.geometry_file import read_geometry, write_geometry
 from biplanar.geometry.presets import biplanar_pair
 from biplanar.io.atomic import atomic_write_text
+from biplanar.io.geometry_file import read_geometry, write_geometry
 from biplanar.registration import register
 
 

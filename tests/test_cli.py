@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from biplanar.cli import app
 from biplanar.data.analytic import ellipsoid_chord_lengths, voxelize_ellipsoid
 from biplanar.geometry import VolumeGrid
-from biplanar.geometry.geometry_file import read_geometry
+from biplanar.io.geometry_file import read_geometry
 
 runner = CliRunner()
 SEMI_AXES = (20.0, 15.0, 25.0)

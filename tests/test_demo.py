@@ -15,11 +15,12 @@ from typer.testing import CliRunner
 from biplanar.cli import app
 from biplanar.data.simulate import SUBJECT_FILES, SimulationConfig, simulate_case
 from biplanar.demo import DEMO_SEED, run_demo
-from biplanar.evaluation.evaluate import network_stage_times, view_angles_deg
+from biplanar.evaluation.evaluate import network_stage_times
 from biplanar.evaluation.figures import FigureData, slice_indices, surface_errors
-from biplanar.geometry.geometry_file import read_geometry
 from biplanar.geometry.presets import biplanar_pair
+from biplanar.geometry.projection import view_angles_deg
 from biplanar.geometry.volume_grid import VolumeGrid
+from biplanar.io.geometry_file import read_geometry
 from biplanar.io.volumes import read_volume
 from biplanar.registration import OUTPUT_FILES
 from biplanar.training.checkpoints import bundled_models_dir

@@ -16,9 +16,8 @@ from biplanar.config import load_config
 from biplanar.data.atlas import load_atlas
 from biplanar.data.simulate import SimulationConfig, simulate_case
 from biplanar.errors import InputError
-from biplanar.evaluation.evaluate import view_angles_deg
-from biplanar.geometry.geometry_file import read_geometry, write_geometry
-from biplanar.geometry.projection import ProjectionView
+from biplanar.geometry.projection import ProjectionView, view_angles_deg
+from biplanar.io.geometry_file import read_geometry, write_geometry
 from biplanar.io.images import write_image
 from biplanar.io.volumes import write_volume
 from biplanar.models.network import AtlasRegistrationNet

@@ -12,15 +12,15 @@ import torch
 from PIL import Image
 
 from biplanar.config import load_config
-from biplanar.data.atlas import load_atlas
+from biplanar.data.atlas import load_atlas, warped_atlas_hu, warped_atlas_labels
 from biplanar.data.simulate import SimulationConfig, simulate_case
 from biplanar.errors import InputError
-from biplanar.geometry.geometry_file import write_geometry
+from biplanar.io.geometry_file import write_geometry
 from biplanar.io.images import write_image
 from biplanar.io.volumes import write_volume
 from biplanar.layers.warp import SpatialTransformer
 from biplanar.models.network import AtlasRegistrationNet
-from biplanar.registration import OUTPUT_FILES, register, warped_atlas_hu, warped_atlas_labels
+from biplanar.registration import OUTPUT_FILES, register
 from biplanar.training import checkpoints
 from biplanar.training.checkpoints import capture_rng_state, export_model, load_checkpoint, save_checkpoint
 

@@ -8,7 +8,7 @@ any geometry file.
 
 Usage::
 
-    python docs/figures/real_ct_drrs.py --ct tests/data/real_ct/lumbar_pelvis_ct.nii.gz \\
+    python docs/figures/real_ct_drrs.py --ct src/biplanar/resources/real_ct/lumbar_pelvis_ct.nii.gz \\
         --geometry examples/geometry_real_ct.json --out-dir docs/img
 """
 
@@ -26,7 +26,7 @@ import numpy as np
 
 from biplanar.api import render_drr_file
 from biplanar.geometry import ProjectionView
-from biplanar.geometry.geometry_file import read_geometry
+from biplanar.io.geometry_file import read_geometry
 from biplanar.io.volumes import read_volume
 
 # World RAS+ axes (x, y, z) and the patient directions their + and - ends point to.

@@ -8,8 +8,8 @@ import numpy as np
 import torch
 
 from biplanar.errors import InputError
-from biplanar.geometry.geometry_file import read_geometry, require_views, write_geometry
 from biplanar.geometry.presets import biplanar_pair
+from biplanar.io.geometry_file import read_geometry, require_views, write_geometry
 from biplanar.io.images import WRITE_SUFFIXES, write_image, write_preview_png
 from biplanar.io.volumes import read_volume
 from biplanar.physics.drr import render_ct_radiograph, render_drr

@@ -1,4 +1,4 @@
-"""The ``biplanar`` command line: thin commands over the Python API (``shared/CONTRACT.md`` section 5).
+"""The ``biplanar`` command line: thin commands over the Python API (``docs/contract.md`` section 5).
 
 Every command exits 0 on success; on bad input it prints one line naming the file or field and
 exits 2 (``--debug`` shows the traceback instead); outputs are written atomically.

@@ -1,4 +1,4 @@
-"""``demo``: the main job end to end on a held-out synthetic patient (``shared/CONTRACT.md`` section 5).
+"""``demo``: the main job end to end on a held-out synthetic patient (``docs/contract.md`` section 5).
 
 1. Simulate one femur patient with a fixed case seed (:data:`DEMO_SEED`) on the model's grid
    preset, seen by the paper's orthogonal AP + LAT views. Training datasets use
@@ -25,13 +25,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from biplanar.config import ExperimentConfig
+from biplanar.data.simulate import SimulationConfig, simulate_case, write_case
 from biplanar.errors import InputError
-from biplanar.evaluation.evaluate import StageTimes
+from biplanar.evaluation.evaluate import StageTimes, network_stage_times
+from biplanar.evaluation.figures import load_figure_data, write_registration_figure
+from biplanar.evaluation.hip import MEASUREMENT_KEYS, hip_errors, subject_hip_truth
+from biplanar.geometry.presets import VIEW_NAMES
+from biplanar.io.atomic import require_empty_out_dir
+from biplanar.io.json_files import write_json
+from biplanar.registration import register
+from biplanar.training.checkpoints import bundled_model_path, load_checkpoint
 
 DEMO_SEED = 20261121  # the held-out patient's case seed (module doc)
 DEFAULT_OUT_DIR = Path("biplanar_demo")
 INPUTS, REGISTRATION, FIGURE, SUMMARY = "inputs", "registration", "figure.png", "demo.json"
-VIEW_NAMES = ("AP", "LAT")
 METRICS = (("dice", "Dice", ""), ("jaccard", "Jaccard", ""), ("assd_mm", "ASSD", "mm"), ("hd95_mm", "HD95", "mm"))
 
 
@@ -77,8 +85,6 @@ def _stage(progress: bool, message: str) -> None:
 
 def model_config(model_path: Path):
     """The :class:`~biplanar.config.ExperimentConfig` stored in a checkpoint."""
-    from biplanar.config import ExperimentConfig
-    from biplanar.training.checkpoints import load_checkpoint
 
     return ExperimentConfig.from_dict(load_checkpoint(model_path)["config"], f"{model_path}: config")
 
@@ -86,7 +92,6 @@ def model_config(model_path: Path):
 def demo_case(seed: int, config):
     """The held-out case ``seed`` on the grid preset and detector of the model ``config``,
     orthogonal AP + LAT views (:func:`biplanar.data.simulate.simulate_case`)."""
-    from biplanar.data.simulate import SimulationConfig, simulate_case
 
     simulation = SimulationConfig(preset=config.geometry.grid_preset, geometry="orthogonal")
     if simulation.image_shape != tuple(config.geometry.image_shape):
@@ -102,7 +107,6 @@ def hip_comparison(report: dict[str, Any], subject: dict[str, Any]) -> dict[str,
     measurements) and the subject's truth (:func:`biplanar.evaluation.hip.subject_hip_truth` of its
     ``subject.json`` document), or ``None`` without hip measurements in the report. The head
     centre's error is the distance (mm); the others are signed, registered - true."""
-    from biplanar.evaluation.hip import MEASUREMENT_KEYS, hip_errors, subject_hip_truth
 
     measured = report.get("hip")
     if not measured:
@@ -144,13 +148,11 @@ def run_demo(
         InputError: a non-empty ``out_dir``, a bad checkpoint, or no bundled model; a failed demo
             removes what it wrote.
     """
-    from biplanar.registration import require_empty_out_dir
 
     started = time.perf_counter()
     out_dir = Path(out_dir)
     require_empty_out_dir(out_dir)
     if model_path is None:
-        from biplanar.training.checkpoints import bundled_model_path
 
         model_path = bundled_model_path("lite")
     config = model_config(Path(model_path))
@@ -163,11 +165,6 @@ def run_demo(
 
 
 def _run(out_dir: Path, model_path: Path, config, seed: int, progress: bool, started: float) -> DemoResult:
-    from biplanar.data.simulate import write_case
-    from biplanar.evaluation.evaluate import network_stage_times
-    from biplanar.evaluation.figures import load_figure_data, write_registration_figure
-    from biplanar.io.json_files import write_json
-    from biplanar.registration import register
 
     _stage(progress, f"simulating the held-out patient (case seed {seed}, {config.geometry.grid_preset} preset)")
     case = demo_case(seed, config)

@@ -17,6 +17,7 @@ from scipy.ndimage import map_coordinates
 
 import biplanar.data.simulate as simulate_module
 from biplanar.data.grid_presets import grid_preset
+from biplanar.data.real_ct import REAL_CT
 from biplanar.data.simulate import (
     MASK_MIN_PATH_MM,
     SUBJECT_FILES,
@@ -31,11 +32,11 @@ from biplanar.data.simulate import (
 )
 from biplanar.errors import InputError
 from biplanar.geometry import CarmPose, VolumeGrid, biplanar_pair
-from biplanar.geometry.geometry_file import read_geometry
+from biplanar.io.geometry_file import read_geometry
 from biplanar.io.volumes import read_volume
 
 TINY = SimulationConfig(preset="tiny")
-REAL_CT = Path(__file__).parent / "real_ct" / "lumbar_pelvis_ct.nii.gz"
+
 MU_WATER_PER_MM = 0.02  # CONTRACT section 3
 N_SUBJECTS, SEED = 4, 11
 

@@ -12,9 +12,9 @@ from typer.testing import CliRunner
 
 from biplanar.cli import app
 from biplanar.data.simulate import SimulationConfig, simulate_dataset
-from biplanar.evaluation.evaluate import REFINED_STAGE, STAGES, evaluate, summarise, view_angles_deg
+from biplanar.evaluation.evaluate import REFINED_STAGE, STAGES, evaluate, summarise
 from biplanar.geometry.presets import biplanar_pair
-from biplanar.geometry.projection import ProjectionView
+from biplanar.geometry.projection import ProjectionView, view_angles_deg
 from biplanar.registration import register
 
 CASES = ["case_00000", "case_00001", "case_00002"]

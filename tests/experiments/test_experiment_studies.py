@@ -12,9 +12,9 @@ from biplanar.config import load_config
 from biplanar.data.grid_presets import grid_preset
 from biplanar.data.simulate import SimulationConfig, case_views
 from biplanar.errors import InputError
-from biplanar.evaluation.evaluate import view_angles_deg
 from biplanar.experiments.angle_studies import _check_views, carm_views
 from biplanar.experiments.models import ABLATIONS, FULL, MODELS, model_config
+from biplanar.geometry.projection import view_angles_deg
 
 SIMULATION = SimulationConfig(preset="tiny")
 GRID = grid_preset("tiny")

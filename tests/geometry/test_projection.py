@@ -9,7 +9,7 @@ import torch
 from biplanar.data.analytic import ball_volume
 from biplanar.errors import InputError
 from biplanar.geometry import CarmPose, ProjectionView, VolumeGrid, biplanar_pair
-from biplanar.geometry.geometry_file import parse_geometry, read_geometry, write_geometry
+from biplanar.io.geometry_file import parse_geometry, read_geometry, write_geometry
 from biplanar.layers.prost import ProST
 
 ISOCENTER = np.array([4.0, -7.0, 12.0])

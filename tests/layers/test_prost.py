@@ -1,12 +1,12 @@
 """ProST and inv-ProST against closed forms, real anatomy and gradcheck."""
 
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from biplanar.data.analytic import ellipsoid_chord_lengths, voxelize_ellipsoid
+from biplanar.data.real_ct import REAL_CT
 from biplanar.geometry import VolumeGrid, biplanar_pair, rigid_matrix, similarity_matrix
 from biplanar.geometry.projection import CarmPose, ProjectionView
 from biplanar.io.volumes import read_volume
@@ -14,7 +14,6 @@ from biplanar.layers.inv_prost import InverseProST
 from biplanar.layers.prost import ProST
 from biplanar.physics import hu_to_mu
 
-REAL_CT = Path(__file__).parents[1] / "data" / "real_ct" / "lumbar_pelvis_ct.nii.gz"
 MU = 0.02  # 1/mm
 CENTRE = (6.0, -4.0, 10.0)
 SEMI_AXES = (35.0, 25.0, 60.0)
@@ -187,8 +186,6 @@ def test_bad_shapes_raise():
 
 @pytest.fixture(scope="module")
 def real_ct():
-    if not REAL_CT.is_file():
-        pytest.skip(f"real CT copy missing: {REAL_CT}")
     data, grid = read_volume(REAL_CT)
     return hu_to_mu(torch.from_numpy(data))[None, None], grid
 

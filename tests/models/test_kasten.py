@@ -5,11 +5,10 @@ import torch
 from monai.losses import DiceCELoss
 
 from biplanar.geometry import biplanar_pair
-from biplanar.geometry.volume_grid import VolumeGrid
+from biplanar.geometry.volume_grid import VolumeGrid, pooled_grid
 from biplanar.layers.inv_prost import InverseProST
 from biplanar.models.kasten import KastenNet, RayCopy
 from biplanar.models.projectors import ProjectorCache
-from biplanar.optimisation.volume_registration import pooled_grid
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 

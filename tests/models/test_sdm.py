@@ -7,9 +7,10 @@ import torch
 
 from biplanar.errors import InputError
 from biplanar.geometry import biplanar_pair
+from biplanar.geometry.volume_grid import pooled_grid
+from biplanar.layers.resample import upsample_field
+from biplanar.layers.similarity import soft_dice
 from biplanar.models.sdm import DeformationPCA, SDMNet
-from biplanar.optimisation.volume_registration import pooled_grid, upsample_field
-from biplanar.training.losses import soft_dice
 
 FIELD_SHAPE = (3, 4, 2, 3)  # 72 values per field
 NORMS = np.array([3.0, 2.0, 1.0])  # of the centred coefficient columns: eigenvalues NORMS^2 / (N - 1)

@@ -6,19 +6,13 @@ import torch
 import torch.nn.functional as F
 
 from biplanar.data.atlas import load_atlas
-from biplanar.geometry.volume_grid import VolumeGrid
+from biplanar.geometry.volume_grid import VolumeGrid, pooled_grid
+from biplanar.layers.resample import pool_volume, upsample_field
+from biplanar.layers.similarity import soft_dice
 from biplanar.layers.velocity import VelocityIntegrator
 from biplanar.layers.warp import SpatialTransformer
-from biplanar.optimisation.volume_registration import (
-    VolumeRegistrationSettings,
-    pool_volume,
-    pooled_grid,
-    register_volumes,
-    squared_gradient,
-    upsample_field,
-)
+from biplanar.optimisation.volume_registration import VolumeRegistrationSettings, register_volumes, squared_gradient
 from biplanar.physics.attenuation import hu_to_mu
-from biplanar.training.losses import soft_dice
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 

@@ -1,6 +1,6 @@
 """Opt-NCC / Opt-NGI / Opt-GC on the real lumbar CT, and the resolution pyramid they use.
 
-The recovery tests simulate an AP and a LAT radiograph of ``tests/data/real_ct/lumbar_pelvis_ct``
+The recovery tests simulate an AP and a LAT radiograph of the real lumbar-pelvis CT shipped with the package (``biplanar/resources/real_ct``)
 (3 mm voxels) by ProST at a known pose (5 deg about a tilted axis, 10 mm off), on 128 x 128
 detectors of 3 mm pixels, with 256 samples per ray (the optimiser renders with ~1 sample per voxel
 on its own pyramid, so its DRRs are not the targets' renderer), and start each baseline at the
@@ -8,12 +8,12 @@ identity with its default settings.
 """
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from biplanar.data.real_ct import REAL_CT
 from biplanar.geometry.presets import biplanar_pair
 from biplanar.geometry.se3 import matrix_to_rigid_params, pose_errors, rigid_params_to_matrix, so3_exp
 from biplanar.geometry.volume_grid import VolumeGrid
@@ -30,8 +30,6 @@ from biplanar.pose.baselines import (
     refine_pose,
     run_baseline,
 )
-
-REAL_CT = Path(__file__).parents[1] / "data" / "real_ct" / "lumbar_pelvis_ct.nii.gz"
 
 
 def true_pose(centre: np.ndarray, angle_deg: float = 5.0, offset_mm: float = 10.0) -> torch.Tensor:

@@ -13,10 +13,10 @@ from typer.testing import CliRunner
 
 from biplanar.cli import app
 from biplanar.errors import InputError
-from biplanar.geometry.geometry_file import read_geometry, write_geometry
 from biplanar.geometry.presets import biplanar_pair
 from biplanar.geometry.projection import CarmPose, ProjectionView
 from biplanar.geometry.se3 import pose_errors, rigid_params_to_matrix
+from biplanar.io.geometry_file import read_geometry, write_geometry
 from biplanar.io.volumes import read_volume
 from biplanar.layers.prost import ProST
 from biplanar.physics.attenuation import hu_to_mu

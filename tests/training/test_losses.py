@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from biplanar.config import LossConfig
+from biplanar.layers.similarity import global_ncc, soft_dice
 from biplanar.models.network import RegistrationOutput
-from biplanar.training.losses import RegistrationLoss, global_ncc, soft_dice
+from biplanar.training.losses import RegistrationLoss
 
 SHAPE = (10, 9, 8)
 

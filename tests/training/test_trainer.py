@@ -21,9 +21,9 @@ from biplanar.config import load_config
 from biplanar.data.datasets import SimulatedDataset
 from biplanar.data.simulate import SimulationConfig, simulate_dataset
 from biplanar.errors import InputError
+from biplanar.layers.similarity import soft_dice
 from biplanar.training.checkpoints import load_checkpoint, load_model
 from biplanar.training.distributed import DistributedContext
-from biplanar.training.losses import soft_dice
 from biplanar.training.trainer import (
     CSV_FIELDS,
     TrainingInterrupted,

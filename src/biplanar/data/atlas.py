@@ -14,6 +14,8 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
+import torch
+from torch import Tensor
 
 from biplanar.data.grid_presets import GRID_PRESETS
 from biplanar.data.phantom import make_atlas
@@ -21,6 +23,7 @@ from biplanar.errors import InputError
 from biplanar.geometry.volume_grid import VolumeGrid
 from biplanar.io.json_files import read_json, write_json
 from biplanar.io.volumes import read_volume, write_volume
+from biplanar.layers.warp import SpatialTransformer, warp_labels
 
 IMAGE_FILE, LABELS_FILE, LANDMARKS_FILE = "atlas.nii.gz", "atlas_labels.nii.gz", "landmarks.json"
 
@@ -72,3 +75,41 @@ def load_atlas(preset: str = "lite", directory: str | Path | None = None) -> Atl
         raise InputError(f"{directory / LABELS_FILE}: grid differs from {directory / IMAGE_FILE}")
     landmarks = read_json(directory / LANDMARKS_FILE)
     return Atlas(ct_hu, labels.astype(np.uint8), grid, landmarks)
+
+
+FEMUR_LABEL = 1
+
+
+def warped_atlas_labels(atlas, displacement: Tensor) -> np.ndarray:
+    """The atlas label map warped by a displacement (nearest neighbour), as ``warped_labels.nii.gz``.
+
+    Args:
+        atlas: an :class:`~biplanar.data.atlas.Atlas` (``labels`` ``(I, J, K)``, ``grid``).
+        displacement: ``(1, 3, I, J, K)`` mm, world components, on the atlas grid (pull:
+            warped(p) = labels(p + displacement(p))).
+
+    Returns:
+        ``(I, J, K)`` uint8 labels on the atlas grid.
+    """
+
+    atlas_labels = torch.from_numpy(atlas.labels.astype(np.int64))[None, None].to(displacement.device)
+    return warp_labels(atlas_labels, displacement, atlas.grid, "nearest")[0, 0].cpu().numpy().astype(np.uint8)
+
+
+def warped_atlas_hu(atlas, displacement: Tensor) -> Tensor:
+    """The atlas CT warped by a displacement, as ``warped_atlas.nii.gz``.
+
+    Outside the atlas box the warp takes the nearest border HU (surrounding tissue), not 0 HU.
+
+    Args:
+        atlas: an :class:`~biplanar.data.atlas.Atlas` (``ct_hu`` ``(I, J, K)``, ``grid``).
+        displacement: ``(1, 3, I, J, K)`` mm, world components, on the atlas grid (pull:
+            warped(p) = atlas(p + displacement(p))).
+
+    Returns:
+        ``(1, 1, I, J, K)`` float32 HU on the atlas grid, on ``displacement``'s device.
+    """
+
+    displacement = displacement.float()
+    atlas_hu = torch.from_numpy(atlas.ct_hu).float()[None, None].to(displacement.device)  # (1, 1, I, J, K)
+    return SpatialTransformer(atlas.grid, padding_mode="border").to(displacement.device)(atlas_hu, displacement)

@@ -11,7 +11,7 @@ Both return the same sample, a dict:
   default, as the paper feeds the network) or not;
 - ``masks``: ``(2, rows, cols)`` float32, 1.0 femur, AP then LAT;
 - ``projection_matrices``: ``(2, 3, 4)`` float64, AP then LAT, world mm -> pixels
-  (``shared/CONTRACT.md`` section 2).
+  (``docs/contract.md`` section 2).
 """
 
 from __future__ import annotations
@@ -34,9 +34,9 @@ from biplanar.data.simulate import (
     subject_seed,
 )
 from biplanar.errors import InputError
-from biplanar.geometry.geometry_file import read_geometry, require_views
 from biplanar.geometry.projection import ProjectionView
 from biplanar.geometry.volume_grid import VolumeGrid
+from biplanar.io.geometry_file import read_geometry, require_views
 from biplanar.io.images import read_image
 from biplanar.io.json_files import read_json
 from biplanar.io.volumes import read_volume

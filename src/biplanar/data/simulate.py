@@ -12,7 +12,7 @@ views whose isocentre is the volume's centre (the world origin of the grid prese
 Radiographs (``(rows, cols)`` float32, dimensionless) project the WHOLE CT, surrounding tissue
 and pelvis included:
 
-- ``line_integral``: ``integral of mu ds`` with ``mu = hu_to_mu(HU)`` (``shared/CONTRACT.md`` 3);
+- ``line_integral``: ``integral of mu ds`` with ``mu = hu_to_mu(HU)`` (``docs/contract.md`` 3);
 - ``poisson``: the same with quantum noise at ``photons`` per pixel, log-transformed back;
 - ``polychromatic``: a two-material DRR with a ``kvp`` tube and ``aluminium_mm`` filtration.
 
@@ -56,22 +56,22 @@ from biplanar import __version__
 from biplanar.data.grid_presets import GRID_PRESETS
 from biplanar.data.phantom import Subject, make_subject
 from biplanar.errors import InputError
-from biplanar.geometry.geometry_file import write_geometry
 from biplanar.geometry.presets import (
     PAPER_IMAGE_SHAPE,
     PAPER_PIXEL_SPACING_MM,
+    VIEW_NAMES,
     biplanar_pair,
     random_generalized_pair,
 )
 from biplanar.geometry.projection import ProjectionView
 from biplanar.geometry.volume_grid import VolumeGrid
+from biplanar.io.geometry_file import write_geometry
 from biplanar.io.images import write_image
 from biplanar.io.json_files import read_json, write_json
 from biplanar.io.volumes import write_volume
 from biplanar.layers.prost import ProST
 from biplanar.physics.drr import render_ct_radiograph
 
-VIEW_NAMES = ("AP", "LAT")
 GEOMETRIES = ("orthogonal", "generalized", "mixed")
 SIMULATION_MODES = ("line_integral", "poisson", "polychromatic")
 # Detector binning relative to the paper's 224 x 160 px at 0.93 mm: same field of view.

@@ -12,7 +12,7 @@ Scores per stage (definitions in :mod:`biplanar.evaluation.metrics`):
 - Dice, Jaccard, ASSD (mm), HD95 (mm) of the warped femur label (nearest-neighbour warp of the
   atlas labels, as ``register`` writes ``warped_labels.nii.gz``) against the true femur label;
 - ``ssim``: 3D SSIM of the warped atlas against the true CT, both as linear attenuation
-  ``mu = hu_to_mu(HU)`` (1/mm, ``shared/CONTRACT.md`` section 3), ``data_range`` = max - min of
+  ``mu = hu_to_mu(HU)`` (1/mm, ``docs/contract.md`` section 3), ``data_range`` = max - min of
   the true CT's mu; the atlas HU is warped with border padding, as ``register`` does;
 - ``time_s``: network time (:func:`network_stage_times`): the affine stage for ``affine``, the
   whole forward pass for ``affine+local``, that plus the refinement for ``refined``;
@@ -41,16 +41,26 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from biplanar.data.atlas import FEMUR_LABEL, load_atlas, warped_atlas_hu, warped_atlas_labels
+from biplanar.data.datasets import SimulatedDataset
+from biplanar.devices import default_device
 from biplanar.errors import InputError
 from biplanar.evaluation import statistics
-from biplanar.geometry.projection import ProjectionView
-from biplanar.io.atomic import atomic_write_text
+from biplanar.evaluation.hip import hip_errors, hip_report
+from biplanar.evaluation.metrics import image_ssim, segmentation_metrics
+from biplanar.geometry.presets import VIEW_NAMES
+from biplanar.geometry.projection import ProjectionView, view_angles_deg
+from biplanar.io.atomic import atomic_write_text, require_empty_out_dir
 from biplanar.io.json_files import read_json, write_json
+from biplanar.layers.warp import affine_displacement
+from biplanar.models.affine import AffineModule
+from biplanar.models.network import AtlasRegistrationNet
+from biplanar.optimisation.intensity_registration import refine_output
+from biplanar.physics.attenuation import hu_to_mu
+from biplanar.training.checkpoints import load_model
 
 STAGES = ("affine", "affine+local")
 REFINED_STAGE = "refined"
-VIEW_NAMES = ("AP", "LAT")
-FEMUR_LABEL = 1
 GEOMETRY_SUFFIX = "_lao_rao_deg"  # cases.csv columns of the views' angles (not summarised)
 OUTPUT_FILES = ("cases.csv", "summary.json", "summary.md")
 SSIM_DEFINITION = (
@@ -102,8 +112,6 @@ def network_stage_times() -> Iterator[list[StageTimes]]:
     """
     from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
 
-    from biplanar.models.affine import AffineModule
-    from biplanar.models.network import AtlasRegistrationNet
 
     records: list[StageTimes] = []
     marks: dict[str, float] = {}
@@ -129,18 +137,6 @@ def network_stage_times() -> Iterator[list[StageTimes]]:
     finally:
         for handle in handles:
             handle.remove()
-
-
-def view_angles_deg(view: ProjectionView) -> tuple[float, float]:
-    """``(lao_rao_deg, cranio_caudal_deg)`` of a view, from its projection matrix.
-
-    The isocentre-to-source direction is ``d = -principal_direction``; for a C-arm
-    (``shared/CONTRACT.md`` section 2) ``d = Rz(lao_rao) Rx(cranio_caudal) (0, 1, 0)
-    = (-sin a cos c, cos a cos c, sin c)``, so ``a = atan2(-d_x, d_y)`` and ``c = asin(d_z)``.
-    A plain projection matrix gets the angles of the C-arm with the same viewing direction.
-    """
-    d = -view.principal_direction
-    return (math.degrees(math.atan2(-d[0], d[1])), math.degrees(math.asin(float(np.clip(d[2], -1.0, 1.0)))))
 
 
 @dataclass(frozen=True)
@@ -171,8 +167,6 @@ class CaseScorer:
     def warped_mu(self, displacement: Tensor) -> np.ndarray:
         """``(I, J, K)`` atlas attenuation (1/mm) warped by ``displacement`` ``(1, 3, I, J, K)`` mm,
         as ``register`` warps ``warped_atlas.nii.gz``."""
-        from biplanar.physics.attenuation import hu_to_mu
-        from biplanar.registration import warped_atlas_hu
 
         return hu_to_mu(warped_atlas_hu(self.atlas, displacement))[0, 0].cpu().numpy()
 
@@ -187,8 +181,6 @@ class CaseScorer:
             truth_mu: ``(I, J, K)`` true CT as attenuation, 1/mm.
             subject: the case's ``subject.json`` document (true femur parameters and landmarks).
         """
-        from biplanar.evaluation.metrics import image_ssim, segmentation_metrics
-        from biplanar.registration import warped_atlas_labels
 
         predicted = warped_atlas_labels(self.atlas, displacement) == FEMUR_LABEL
         scores = segmentation_metrics(predicted, truth_labels, self.spacing_mm)
@@ -199,8 +191,6 @@ class CaseScorer:
     def hip_errors(self, displacement: Tensor, subject: dict[str, Any]) -> dict[str, float]:
         """Errors of the hip measurements of the atlas landmarks carried by ``displacement``
         (as ``register`` reports them) against the subject's truth, keys prefixed ``hip_``."""
-        from biplanar.evaluation.hip import hip_errors
-        from biplanar.registration import hip_report
 
         errors = hip_errors(hip_report(self.atlas, displacement), subject)
         return {f"hip_{name}": float(value) for name, value in errors.items()}
@@ -237,8 +227,6 @@ def run_stages(
         views: the ``(AP, LAT)`` views.
         refine: test-time refinement iterations (0: no ``refined`` stage).
     """
-    from biplanar.layers.warp import affine_displacement
-    from biplanar.registration import refine_output
 
     with network_stage_times() as times, torch.no_grad():
         output = network(radiographs, [views])
@@ -267,7 +255,6 @@ def run_stages(
 
 def _open_dataset(data_dir: Path, split: str, config):
     """The split of a dataset, checked to fit the model's grid and detector."""
-    from biplanar.data.datasets import SimulatedDataset
 
     dataset = SimulatedDataset(data_dir, split, masked=True)
     if dataset.config.preset != config.geometry.grid_preset:
@@ -287,7 +274,6 @@ def _open_dataset(data_dir: Path, split: str, config):
 
 def _case_rows(index: int, dataset, network, config, scorer: CaseScorer, refine: int) -> list[dict[str, Any]]:
     """One row per stage of case ``index``."""
-    from biplanar.physics.attenuation import hu_to_mu
 
     sample = dataset[index]
     radiographs, views = network_inputs(sample, network.atlas_mu.device)
@@ -424,9 +410,6 @@ def evaluate(
         InputError: a bad checkpoint or dataset, a dataset that does not fit the model, a
             non-empty ``out_dir``, or ``refine`` / ``limit`` out of range.
     """
-    from biplanar.data.atlas import load_atlas
-    from biplanar.registration import default_device, require_empty_out_dir
-    from biplanar.training.checkpoints import load_model
 
     out_dir, data_dir = Path(out_dir), Path(data_dir)
     if refine < 0 or (limit is not None and limit < 1):

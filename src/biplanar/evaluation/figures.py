@@ -27,8 +27,16 @@ from pathlib import Path
 
 import numpy as np
 
+from biplanar.data.simulate import femur_masks
+from biplanar.errors import InputError
+from biplanar.evaluation.metrics import point_surface_distances_mm
 from biplanar.geometry.projection import ProjectionView
 from biplanar.geometry.volume_grid import VolumeGrid
+from biplanar.io.atomic import atomic_path
+from biplanar.io.geometry_file import read_geometry
+from biplanar.io.images import read_image, window
+from biplanar.io.mesh import label_surface
+from biplanar.io.volumes import read_volume
 
 GRID_STEP_MM = 10.0  # spacing of the deformation grid lines, mm
 SILHOUETTE_SAMPLES = 128  # ProST samples per ray for the silhouettes
@@ -98,9 +106,6 @@ def load_figure_data(
         radiograph_paths: view name -> radiograph file.
         truth_labels_path: the true label map (1 = femur) on the atlas grid.
     """
-    from biplanar.geometry.geometry_file import read_geometry
-    from biplanar.io.images import read_image
-    from biplanar.io.volumes import read_volume
 
     folder = Path(registration_dir)
     warped_hu, grid = read_volume(folder / "warped_atlas.nii.gz")
@@ -122,7 +127,6 @@ def read_displacement(path: Path, grid: VolumeGrid) -> np.ndarray:
     """``(3, I, J, K)`` float32 world-mm displacement from ``register``'s ``(I, J, K, 1, 3)`` NIfTI file."""
     import nibabel as nib
 
-    from biplanar.errors import InputError
 
     vectors = np.asarray(nib.load(str(path)).dataobj, dtype=np.float32)
     if vectors.shape != (*grid.shape, 1, 3):
@@ -166,7 +170,6 @@ def slice_indices(true_labels: np.ndarray) -> tuple[int, int]:
 
 def _silhouettes(data: FigureData) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Predicted and true 2D silhouettes per view, ``(rows, cols)`` float 0/1."""
-    from biplanar.data.simulate import femur_masks
 
     return tuple(
         femur_masks(labels.astype(np.uint8), data.grid, data.views, SILHOUETTE_SAMPLES)
@@ -176,7 +179,6 @@ def _silhouettes(data: FigureData) -> tuple[dict[str, np.ndarray], dict[str, np.
 
 def _draw_radiograph(axes, name: str, radiograph: np.ndarray, predicted: np.ndarray, truth: np.ndarray) -> None:
     """Panel (a): a radiograph with the two silhouette contours (pixel centres at (col, row))."""
-    from biplanar.io.images import window
 
     axes.imshow(window(radiograph), cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
     for mask, colour in ((truth, TRUE_COLOUR), (predicted, PREDICTED_COLOUR)):
@@ -251,8 +253,6 @@ def _draw_labels(
 def surface_errors(data: FigureData):
     """``(mesh, distances_mm)``: the predicted femur surface (world mm) and each vertex's distance
     to the true surface, mm."""
-    from biplanar.evaluation.metrics import point_surface_distances_mm
-    from biplanar.io.mesh import label_surface
 
     predicted = label_surface(data.predicted_labels.astype(np.uint8), data.grid)
     truth = label_surface(data.true_labels.astype(np.uint8), data.grid)
@@ -298,7 +298,6 @@ def write_registration_figure(path: str | Path, data: FigureData) -> Path:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from biplanar.io.atomic import atomic_path
 
     figure = Figure(figsize=FIGURE_SIZE_IN, dpi=DPI, layout="constrained")
     panels = figure.add_gridspec(2, 4)

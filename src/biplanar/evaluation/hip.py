@@ -296,3 +296,19 @@ def hip_errors(measured: dict[str, Any], truth: dict[str, Any]) -> dict[str, flo
         name, unit = key.rsplit("_", 1)
         errors[f"{name}_error_{unit}"] = float(measured[key]) - float(truth[key])
     return errors
+
+
+def hip_report(atlas, displacement: Tensor) -> dict[str, Any]:
+    """Hip measurements of the atlas landmarks carried through a displacement, as ``report.json``'s ``hip``.
+
+    Args:
+        atlas: an :class:`~biplanar.data.atlas.Atlas` (``landmarks``, ``grid``).
+        displacement: ``(1, 3, I, J, K)`` mm, world components, on the atlas grid (pull).
+
+    Returns:
+        the measurements of :func:`biplanar.evaluation.hip.hip_measurements` and ``"landmarks"``:
+        the carried landmarks (world mm).
+    """
+
+    carried = carry_landmarks(with_condylar_axis(atlas.landmarks), displacement, atlas.grid)
+    return {**hip_measurements(carried), "landmarks": carried}

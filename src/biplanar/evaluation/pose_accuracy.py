@@ -10,7 +10,7 @@ the identity.
 
 Datasets (:data:`DATASETS`):
 
-- ``lumbar``: the real CT ``tests/data/real_ct/lumbar_pelvis_ct.nii.gz`` of this repository (3 mm
+- ``lumbar``: the real CT shipped with the package (:data:`biplanar.data.real_ct.REAL_CT`) (3 mm
   voxels, abdomen to hips), the same CT in every case; detectors 128 x 128 of 3 mm pixels;
   optimisation levels 12 and 6 mm.
 - ``femur``: femur phantoms ``make_subject(10000 + case, "lite")`` (proximal femur, pelvis piece,
@@ -55,14 +55,21 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from biplanar.data.phantom import make_subject
 from biplanar.data.real_ct import REAL_CT
 from biplanar.errors import InputError
+from biplanar.evaluation.evaluate import rows_to_csv
 from biplanar.evaluation.statistics import Summary, summarise
+from biplanar.geometry.presets import biplanar_pair
 from biplanar.geometry.projection import ProjectionView
 from biplanar.geometry.se3 import matrix_to_rigid_params, pose_errors, rigid_params_to_matrix
 from biplanar.geometry.volume_grid import VolumeGrid
+from biplanar.io.atomic import atomic_write_text
+from biplanar.io.volumes import read_volume
+from biplanar.layers.prost import SUPPORT_PAD_VOX
+from biplanar.physics.attenuation import hu_to_mu
 from biplanar.pose.baselines import METHODS, OptimisationConfig
-from biplanar.pose.estimate import SOPI_METHODS, SopiCheckpoints
+from biplanar.pose.estimate import SOPI_METHODS, SopiCheckpoints, estimate, render_drrs
 
 FEMUR_SEED_OFFSET = 10_000  # femur case ``c`` is the phantom subject ``10000 + c`` (away from the datasets' seeds)
 SUCCESS_DEG, SUCCESS_MM = 3.0, 3.0  # SOPI's success criterion: rotation and translation errors below both
@@ -215,12 +222,7 @@ def _paths_by_dataset(entries: Sequence[str | Path] | str | Path | None, option:
 
 
 def check_inputs(settings: StudySettings, networks: SopiNetworks) -> None:
-    """``InputError`` before any work: the real CT missing, or SOPI methods with no dataset's networks."""
-    if "lumbar" in settings.datasets and not REAL_CT.is_file():
-        raise InputError(
-            f"{REAL_CT}: the real CT of dataset lumbar is not there (it ships with the repository's "
-            f"tests/data, not with an installed package); choose --datasets femur"
-        )
+    """``InputError`` before any work: SOPI methods with no dataset's networks."""
     if any(method in SOPI_METHODS for method in settings.methods) and not set(settings.datasets) & set(networks):
         raise InputError(
             f"--methods sopi, sopi+opt: need the SOPI checkpoints (--rtpi and --fine) of one of the "
@@ -233,14 +235,11 @@ def check_inputs(settings: StudySettings, networks: SopiNetworks) -> None:
 
 def load_ct(dataset: Dataset, case: int) -> tuple[Tensor, VolumeGrid]:
     """``(1, 1, I, J, K)`` attenuation (1/mm) of ``case``'s CT, and its grid (world RAS+ mm)."""
-    from biplanar.physics.attenuation import hu_to_mu
 
     if dataset.name == "lumbar":
-        from biplanar.io.volumes import read_volume
 
         data, grid = read_volume(REAL_CT)
         return hu_to_mu(torch.from_numpy(np.asarray(data, dtype=np.float32)))[None, None], grid
-    from biplanar.data.phantom import make_subject
 
     subject = make_subject(FEMUR_SEED_OFFSET + case, "lite")
     return hu_to_mu(torch.from_numpy(subject.ct_hu))[None, None], subject.grid
@@ -264,7 +263,6 @@ def pose_from_draw(draw: np.ndarray, pose_range: PoseRange, centre_mm: np.ndarra
 
 def views_for(dataset: Dataset, grid: VolumeGrid) -> dict[str, ProjectionView]:
     """The AP (0 deg) and LAT (90 deg) views of ``dataset``, isocentre at the CT centre."""
-    from biplanar.geometry.presets import biplanar_pair
 
     return biplanar_pair(
         image_shape=dataset.image_shape, pixel_spacing_mm=(dataset.pixel_mm,) * 2, isocenter_mm=grid.centre_world
@@ -276,7 +274,6 @@ def covering_margin_mm(views: dict[str, ProjectionView], grid: VolumeGrid, pose:
 
     With this margin a projector built for the unmoved grid still integrates the whole moved CT.
     """
-    from biplanar.layers.prost import SUPPORT_PAD_VOX
 
     corners = grid.corners_world(pad_vox=SUPPORT_PAD_VOX)
     matrix = np.asarray(pose, dtype=np.float64)
@@ -327,7 +324,6 @@ def render_radiographs(
         views: the calibrated views.
         pose: ``(4, 4)`` rigid map moving the CT (world mm).
     """
-    from biplanar.pose.estimate import render_drrs
 
     margin = covering_margin_mm(views, grid, pose) + float(grid.spacing_mm.max())
     return render_drrs(volume_mu, grid, views, pose, margin_mm=margin)
@@ -393,7 +389,6 @@ def _run_method(
     case: _Case, method: str, config: OptimisationConfig, checkpoints: SopiCheckpoints | None
 ) -> dict[str, Any]:
     """Estimate ``case``'s pose with ``method`` from the identity; its row (a failed method's has ``error``)."""
-    from biplanar.pose.estimate import estimate
 
     started = time.perf_counter()
     try:
@@ -583,8 +578,6 @@ def summary_markdown(rows: list[dict[str, Any]], settings: StudySettings) -> str
 
 def write_outputs(out_dir: Path, rows: list[dict[str, Any]], settings: StudySettings) -> None:
     """Write ``cases.csv`` and ``summary.md`` into ``out_dir`` (created), each atomically."""
-    from biplanar.evaluation.evaluate import rows_to_csv
-    from biplanar.io.atomic import atomic_write_text
 
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / "cases.csv", rows_to_csv(rows))

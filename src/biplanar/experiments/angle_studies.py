@@ -28,12 +28,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from biplanar.data.simulate import femur_masks, render_radiographs
 from biplanar.errors import InputError
-from biplanar.evaluation.evaluate import view_angles_deg
-from biplanar.experiments.scoring import VIEW_NAMES, label_scores, timed_labels, truth_labels
-from biplanar.geometry.presets import AP_LAO_RAO_DEG, LAT_LAO_RAO_DEG, biplanar_pair
-from biplanar.geometry.projection import ProjectionView
+from biplanar.experiments.scoring import label_scores, timed_labels, truth_labels
+from biplanar.geometry.presets import AP_LAO_RAO_DEG, LAT_LAO_RAO_DEG, VIEW_NAMES, biplanar_pair
+from biplanar.geometry.projection import ProjectionView, view_angles_deg
 from biplanar.geometry.volume_grid import VolumeGrid
+from biplanar.physics.attenuation import hu_to_mu
+from biplanar.pose.estimate import correct_views
 
 CORRECTIONS = ("none", "per_view")
 CORRECTION_METHOD = "opt-gc"
@@ -97,8 +99,6 @@ def angle_error_rows(
         (of the views the network was given, read from their matrices), the metrics,
         ``network_time_s``, ``correction_time_s``.
     """
-    from biplanar.physics.attenuation import hu_to_mu
-    from biplanar.pose.estimate import correct_views
 
     atlas = predictor.atlas
     atlas_mu = hu_to_mu(torch.from_numpy(atlas.ct_hu).float()).to(predictor.device)  # (I, J, K) 1/mm
@@ -158,7 +158,6 @@ def geometry_grid_rows(
         rows: ``case``, ``ap_angle_deg``, ``lat_angle_deg``, ``angle_between_deg`` (LAT - AP), the
         metrics, ``network_time_s``.
     """
-    from biplanar.data.simulate import femur_masks, render_radiographs
 
     grid, simulation = dataset.grid, dataset.config
     spacing = tuple(float(s) for s in grid.spacing_mm)

@@ -17,8 +17,9 @@ from typing import Any
 from biplanar.config import ExperimentConfig, load_config
 from biplanar.errors import InputError
 from biplanar.experiments.budgets import Budget
-from biplanar.training.checkpoints import load_checkpoint
-from biplanar.training.trainer import BEST, LAST
+from biplanar.training.baselines import train_baseline
+from biplanar.training.checkpoints import load_checkpoint, load_model
+from biplanar.training.trainer import BEST, LAST, train
 
 NETWORK, KASTEN, SDM = "network", "kasten", "sdm"
 ORTHOGONAL, GENERALIZED = "orthogonal", "generalized"
@@ -108,8 +109,6 @@ def train_model(spec: ModelSpec, budget: Budget, data_dir: Path, run_dir: Path, 
         run_dir: the training run folder.
         progress: show the trainer's progress bars.
     """
-    from biplanar.training.baselines import train_baseline
-    from biplanar.training.trainer import train
 
     config = model_config(spec, load_config(budget.config))
     resume = (run_dir / LAST).is_file()
@@ -135,7 +134,6 @@ def reused_model(checkpoint: Path, budget: Budget, option: str) -> TrainedModel:
     Raises:
         InputError: not a readable network checkpoint, or one of another grid preset or detector.
     """
-    from biplanar.training.checkpoints import load_model
 
     _, config = load_model(checkpoint)
     expected = load_config(budget.config).geometry

@@ -29,12 +29,14 @@ from typing import Any
 
 import numpy as np
 
+from biplanar.config import load_config
 from biplanar.evaluation.evaluate import rows_to_csv
+from biplanar.evaluation.pose_accuracy import DEFINITIONS, INITIAL, RANGE_REASON, summarise_rows, tables_markdown
 from biplanar.evaluation.statistics import summarise
 from biplanar.experiments.budgets import Budget
 from biplanar.experiments.discussion import discussion_section
 from biplanar.experiments.models import ABLATIONS, BASELINES, FULL, GENERALIZED_MODEL, MODELS, TrainedModel
-from biplanar.experiments.runner import POSE_SOPI_STAGE, POSE_STAGE
+from biplanar.experiments.stages import POSE_SOPI_STAGE, POSE_STAGE
 from biplanar.experiments.tables import (
     MethodScores,
     column,
@@ -315,7 +317,6 @@ def _seconds(value: float | None) -> str:
 def _header(inputs: ReportInputs) -> list[str]:
     import torch
 
-    from biplanar.config import load_config
 
     budget, data = inputs.budget, inputs.data
     split = data["split"]
@@ -527,7 +528,6 @@ def _fig4_section(inputs: ReportInputs, summary: list[dict[str, Any]], out_dir: 
 
 
 def _pose_section(inputs: ReportInputs, out_dir: Path) -> list[str]:
-    from biplanar.evaluation.pose_accuracy import DEFINITIONS, INITIAL, RANGE_REASON, summarise_rows, tables_markdown
 
     rows = _read_rows(out_dir / POSE_STAGE / "cases.csv")
     sopi = next((stage for stage in inputs.stages if stage.name == POSE_SOPI_STAGE), None)
@@ -556,7 +556,7 @@ def _pose_section(inputs: ReportInputs, out_dir: Path) -> list[str]:
         "",
         f"The rigid CT-to-X-ray pose study of SOPI (Chen et al. 2023, Table 1) with two views (AP and LAT): "
         f"each case renders noise-free DRRs of a CT at a random true pose and every method starts at the "
-        f"identity. Datasets: `lumbar`, the real lumbar-pelvis CT of `tests/data/real_ct` (the same CT every "
+        f"identity. Datasets: `lumbar`, the real lumbar-pelvis CT shipped with the package (`src/biplanar/resources/real_ct`) (the same CT every "
         f"case); `femur`, a new femur phantom per case. Stage `{POSE_STAGE}` (per case in its `cases.csv`, "
         f"summary in `pose_accuracy.csv`; `biplanar evaluate-pose` runs the same study alone). {DEFINITIONS}",
         "",

@@ -47,9 +47,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from biplanar.config import load_config
+from biplanar.data.datasets import SimulatedDataset
+from biplanar.data.simulate import SimulationConfig, simulate_dataset, split_sizes
+from biplanar.devices import default_device
 from biplanar.errors import InputError
-from biplanar.evaluation.evaluate import rows_to_csv
-from biplanar.evaluation.pose_accuracy import BASELINE_METHODS, SopiNetworks, StudySettings, sopi_checkpoints
+from biplanar.evaluation.evaluate import evaluate, rows_to_csv
+from biplanar.evaluation.pose_accuracy import (
+    BASELINE_METHODS,
+    SopiNetworks,
+    StudySettings,
+    run_study,
+    sopi_checkpoints,
+    write_outputs,
+)
+from biplanar.experiments.angle_studies import angle_error_rows, geometry_grid_rows
 from biplanar.experiments.budgets import GENERALIZED_SEED, ORTHOGONAL_SEED, POSE_SEED, Budget, get_budget
 from biplanar.experiments.models import (
     ABLATIONS,
@@ -65,17 +77,23 @@ from biplanar.experiments.models import (
     reused_model,
     train_model,
 )
+from biplanar.experiments.report import ReportInputs, write_report
+from biplanar.experiments.scoring import BaselinePredictor, NetworkPredictor, OptimisationPredictor, score_split
+from biplanar.experiments.stages import (
+    CASES_FILE,
+    DATA_STAGE,
+    EXPERIMENT_FILE,
+    FIG3_STAGE,
+    FIG4_STAGE,
+    OPTIMISATION_STAGE,
+    POSE_SOPI_STAGE,
+    POSE_STAGE,
+    STAGE_FILE,
+    TEST_SPLIT,
+)
 from biplanar.io.atomic import atomic_write_text
 from biplanar.io.json_files import read_json, write_json
 from biplanar.pose.estimate import SOPI_METHODS
-
-STAGE_FILE = "stage.json"
-EXPERIMENT_FILE = "experiment.json"
-CASES_FILE = "cases.csv"
-DATA_STAGE, OPTIMISATION_STAGE = "data", "eval_optimisation"
-FIG3_STAGE, FIG4_STAGE = "fig3_angle_error", "fig4_geometry_grid"
-POSE_STAGE, POSE_SOPI_STAGE = "pose_accuracy", "pose_sopi"
-TEST_SPLIT = "test"
 
 
 @dataclass
@@ -248,14 +266,11 @@ class _Context:
         return self.out_dir / DATA_STAGE / geometry
 
     def test_set(self, masked: bool):
-        from biplanar.data.datasets import SimulatedDataset
 
         return SimulatedDataset(self.data_dir(ORTHOGONAL), TEST_SPLIT, masked=masked)
 
 
 def _make_data(context: _Context) -> dict[str, Any]:
-    from biplanar.config import load_config
-    from biplanar.data.simulate import SimulationConfig, simulate_dataset, split_sizes
 
     budget = context.budget
     preset = load_config(budget.config).geometry.grid_preset
@@ -298,8 +313,6 @@ def _write_rows(folder: Path, rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _evaluate(context: _Context, spec: ModelSpec, model: TrainedModel) -> dict[str, Any]:
-    from biplanar.evaluation.evaluate import evaluate
-    from biplanar.experiments.scoring import BaselinePredictor, score_split
 
     def work(folder: Path) -> dict[str, Any]:
         if spec.method == NETWORK:
@@ -321,8 +334,6 @@ def _evaluate(context: _Context, spec: ModelSpec, model: TrainedModel) -> dict[s
 
 
 def _evaluate_optimisation(context: _Context) -> dict[str, Any]:
-    from biplanar.config import load_config
-    from biplanar.experiments.scoring import OptimisationPredictor, score_split
 
     budget = context.budget
 
@@ -359,7 +370,6 @@ def _geometry_study(
             and value, recorded among the stage's inputs under that name.
         rows_of: ``rows_of(predictor, dataset, tick=tick)`` -> the rows of ``cases.csv``.
     """
-    from biplanar.experiments.scoring import NetworkPredictor
 
     name, values = angles
 
@@ -379,7 +389,6 @@ def _geometry_study(
 
 
 def _angle_error(context: _Context, model: TrainedModel) -> dict[str, Any]:
-    from biplanar.experiments.angle_studies import angle_error_rows
 
     budget = context.budget
     rows_of = functools.partial(
@@ -391,7 +400,6 @@ def _angle_error(context: _Context, model: TrainedModel) -> dict[str, Any]:
 
 
 def _geometry_grid(context: _Context, model: TrainedModel) -> dict[str, Any]:
-    from biplanar.experiments.angle_studies import geometry_grid_rows
 
     budget = context.budget
     rows_of = functools.partial(geometry_grid_rows, offsets_deg=budget.grid_offsets_deg)
@@ -414,7 +422,6 @@ def _pose_settings(context: _Context, sopi: bool) -> StudySettings:
 
 def _pose_study(context: _Context, sopi: bool) -> dict[str, Any]:
     """The ``pose_accuracy`` stage (the baselines), or with ``sopi`` the ``pose_sopi`` stage."""
-    from biplanar.evaluation.pose_accuracy import run_study, write_outputs
 
     settings = _pose_settings(context, sopi)
     networks = {name: context.sopi[name] for name in settings.datasets} if sopi else {}
@@ -525,8 +532,6 @@ def run_experiments(
     """
     import torch
 
-    from biplanar.experiments.report import ReportInputs, write_report
-    from biplanar.registration import default_device
 
     selected = get_budget(budget)
     if workers < 1:

@@ -26,16 +26,20 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from biplanar.data.atlas import FEMUR_LABEL, load_atlas, warped_atlas_labels
+from biplanar.devices import synchronise
 from biplanar.evaluation.evaluate import network_inputs
+from biplanar.evaluation.metrics import segmentation_metrics
 from biplanar.models.projectors import ViewPair
-from biplanar.registration import synchronise, warped_atlas_labels
+from biplanar.optimisation import ProjectionObjective, RefineSettings, refine_registration
+from biplanar.physics.attenuation import hu_to_mu
+from biplanar.training.baselines import load_baseline, predict_labels
+from biplanar.training.checkpoints import load_model
 
 METRICS = ("dice", "jaccard", "assd_mm", "hd95_mm")
-FEMUR_LABEL = 1
 LABEL_THRESHOLD = 0.5  # a soft label or probability above this is femur
 LABELS_STAGE = "labels"  # stage name of a method that predicts labels only
 TOTAL_STAGE = "affine+local"  # stage name of a full transform, as in evaluate's cases.csv
-VIEW_NAMES = ("AP", "LAT")
 
 
 def warped_femur(atlas, displacement: Tensor) -> np.ndarray:
@@ -55,8 +59,6 @@ class NetworkPredictor:
     stage = TOTAL_STAGE
 
     def __init__(self, checkpoint: str | Path, device: torch.device) -> None:
-        from biplanar.data.atlas import load_atlas
-        from biplanar.training.checkpoints import load_model
 
         self.network, self.config = load_model(checkpoint, device)
         self.atlas = load_atlas(self.config.geometry.grid_preset)
@@ -75,14 +77,12 @@ class BaselinePredictor:
     stage = LABELS_STAGE
 
     def __init__(self, checkpoint: str | Path, device: torch.device) -> None:
-        from biplanar.training.baselines import load_baseline
 
         self.model, self.config = load_baseline(checkpoint, device)
         self.device = device
 
     def labels(self, radiographs: Tensor, views: ViewPair) -> np.ndarray:
         """``(I, J, K)`` bool predicted femur from ``(1, 2, rows, cols)`` masked radiographs (AP, LAT)."""
-        from biplanar.training.baselines import predict_labels
 
         with torch.no_grad():
             probability = predict_labels(self.model, radiographs.to(self.device), [views])
@@ -103,9 +103,6 @@ class OptimisationPredictor:
     stage = TOTAL_STAGE
 
     def __init__(self, config, affine_iterations: int, iterations: int, device: torch.device) -> None:
-        from biplanar.data.atlas import load_atlas
-        from biplanar.optimisation import RefineSettings
-        from biplanar.physics.attenuation import hu_to_mu
 
         self.config, self.device = config, device
         self.settings = RefineSettings(iterations=affine_iterations + iterations, affine_iterations=affine_iterations)
@@ -116,7 +113,6 @@ class OptimisationPredictor:
 
     def labels(self, radiographs: Tensor, views: ViewPair) -> np.ndarray:
         """``(I, J, K)`` bool predicted femur from ``(1, 2, rows, cols)`` masked radiographs (AP, LAT)."""
-        from biplanar.optimisation import ProjectionObjective, refine_registration
 
         objective = ProjectionObjective(
             self.atlas_mu,
@@ -144,7 +140,6 @@ def timed_labels(predictor, radiographs: Tensor, views: ViewPair) -> tuple[np.nd
 
 def label_scores(predicted: np.ndarray, truth: np.ndarray, spacing_mm) -> dict[str, float]:
     """:data:`METRICS` of ``(I, J, K)`` bool ``predicted`` vs ``truth`` on one grid of ``(3,)`` spacing, mm."""
-    from biplanar.evaluation.metrics import segmentation_metrics
 
     return segmentation_metrics(predicted, truth, spacing_mm)
 

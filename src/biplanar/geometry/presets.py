@@ -7,6 +7,7 @@ import numpy as np
 from biplanar.geometry.projection import CarmPose, ProjectionView
 
 # Van Houtte et al. 2022: source-detector 1000 mm, source-isocentre 925 mm, 224 x 160 radiographs.
+VIEW_NAMES = ("AP", "LAT")  # the two views of a biplanar pair, in the order the networks take them
 PAPER_SOURCE_DETECTOR_MM = 1000.0
 PAPER_SOURCE_ISOCENTER_MM = 925.0
 PAPER_IMAGE_SHAPE = (224, 160)  # (rows, cols)

@@ -1,6 +1,6 @@
 """Calibrated projection views: a 3x4 projection matrix, or a C-arm description that builds one.
 
-Conventions (``shared/CONTRACT.md`` section 1-2):
+Conventions (``docs/contract.md`` section 1-2):
 
 - A radiograph is ``(rows, cols)``; ``u`` is the column index, ``v`` the row index; pixel
   ``(row r, col c)`` has its centre at ``(u, v) = (c, r)``.
@@ -13,6 +13,7 @@ Conventions (``shared/CONTRACT.md`` section 1-2):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -188,3 +189,15 @@ class ProjectionView:
         if near <= 0:
             raise ValueError(f"view {self.name or '?'}: the volume reaches behind the X-ray source")
         return near, far
+
+
+def view_angles_deg(view: ProjectionView) -> tuple[float, float]:
+    """``(lao_rao_deg, cranio_caudal_deg)`` of a view, from its projection matrix.
+
+    The isocentre-to-source direction is ``d = -principal_direction``; for a C-arm
+    (``docs/contract.md`` section 2) ``d = Rz(lao_rao) Rx(cranio_caudal) (0, 1, 0)
+    = (-sin a cos c, cos a cos c, sin c)``, so ``a = atan2(-d_x, d_y)`` and ``c = asin(d_z)``.
+    A plain projection matrix gets the angles of the C-arm with the same viewing direction.
+    """
+    d = -view.principal_direction
+    return (math.degrees(math.atan2(-d[0], d[1])), math.degrees(math.asin(float(np.clip(d[2], -1.0, 1.0)))))

@@ -117,3 +117,19 @@ class VolumeGrid:
             raise ValueError(
                 f"{name}: expected shape (B, C, {', '.join(map(str, self.shape))}), got {tuple(volume.shape)}"
             )
+
+
+def pooled_grid(grid: VolumeGrid, factor: int) -> VolumeGrid:
+    """The grid of ``avg_pool3d(volume, factor)`` for a volume on ``grid``.
+
+    Coarse voxel ``n`` covers fine voxels ``factor * n .. factor * n + factor - 1`` along each axis;
+    its centre is fine index ``factor * n + (factor - 1) / 2``.
+
+    Raises:
+        ValueError: ``factor < 1`` or a grid size not divisible by ``factor``.
+    """
+    if factor < 1 or any(n % factor for n in grid.shape):
+        raise ValueError(f"factor: expected a divisor >= 1 of every grid size {grid.shape}, got {factor}")
+    coarse_to_fine = np.diag([float(factor)] * 3 + [1.0])
+    coarse_to_fine[:3, 3] = (factor - 1) / 2.0
+    return VolumeGrid(tuple(n // factor for n in grid.shape), grid.affine @ coarse_to_fine)

@@ -8,6 +8,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from biplanar.errors import InputError
+
 
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
@@ -40,3 +42,16 @@ def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` atomically."""
     with atomic_path(path) as temporary:
         temporary.write_text(text)
+
+
+def require_empty_out_dir(out_dir: Path) -> None:
+    """Refuse an output folder that is a file or a non-empty folder (results are never overwritten).
+
+    Args:
+        out_dir: the folder a command will create (or fill, when it exists and is empty).
+
+    Raises:
+        InputError: ``out_dir`` is a file or a folder with something in it.
+    """
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise InputError(f"{out_dir}: already exists and is not an empty folder (will not overwrite)")

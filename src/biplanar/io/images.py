@@ -1,4 +1,4 @@
-"""Radiograph files (``shared/CONTRACT.md`` section 4): read .npy/.tif/.png/.dcm, write .npy/.tif.
+"""Radiograph files (``docs/contract.md`` section 4): read .npy/.tif/.png/.dcm, write .npy/.tif.
 
 Images are ``(rows, cols)`` float32 arrays; ``v`` is the row index, ``u`` the column index.
 """

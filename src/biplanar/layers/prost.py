@@ -3,7 +3,7 @@
 A canonical grid of ``K`` samples per detector ray, fixed relative to the source and detector,
 is placed in the world by the view's projection matrix; trilinear sampling of the volume at the
 grid gives the *beam-space* volume ``(B, C, K, rows, cols)``, and its sum times the step length
-along each ray gives the line integral of ``shared/CONTRACT.md`` section 3.
+along each ray gives the line integral of ``docs/contract.md`` section 3.
 
 Beam space: sample ``k`` of pixel ``(row, col)`` lies on that pixel's ray at depth
 ``near + (k + 0.5) * (far - near) / K`` mm (midpoint rule), where ``near`` and ``far`` are planes

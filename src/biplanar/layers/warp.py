@@ -1,6 +1,6 @@
 """Warping volumes and label maps by dense displacement fields in world millimetres.
 
-Convention (``shared/CONTRACT.md`` section 6): a displacement field ``u`` of shape
+Convention (``docs/contract.md`` section 6): a displacement field ``u`` of shape
 ``(B, 3, I, J, K)`` holds, at each voxel centre ``p`` of a :class:`VolumeGrid`, a vector in mm
 with world (RAS+) components ``(x, y, z)``, and warping *pulls*::
 

@@ -18,7 +18,7 @@ Sizes follow the experiment config's ``local.encoder_features`` ``(w_0, ..., w_{
   and a stride-1 3x3 convolution (+ batch norm + LeakyReLU) to ``w_l`` features, so its map is
   ``2^(l+1)`` times smaller than the radiograph;
 - decoder, coarse to fine, step ``d = 0 .. L-1`` on the atlas grid pooled by ``2^(L-1-d)``
-  (:func:`~biplanar.optimisation.volume_registration.pooled_grid`): the ray copies of both views'
+  (:func:`~biplanar.geometry.volume_grid.pooled_grid`): the ray copies of both views'
   level-``L-1-d`` maps, concatenated with the previous step's output upsampled x2, then 3x3x3
   convolutions + LeakyReLU to ``2 w_{L-1-d}`` features (two convolutions, one at full size);
 - head: a 1x1x1 convolution to 2 logits (background, femur) per voxel.
@@ -34,11 +34,10 @@ from torch import Tensor, nn
 
 from biplanar.config import ExperimentConfig
 from biplanar.geometry.projection import ProjectionView
-from biplanar.geometry.volume_grid import VolumeGrid
+from biplanar.geometry.volume_grid import VolumeGrid, pooled_grid
 from biplanar.models.blocks import conv_block_2d, conv_block_3d
 from biplanar.models.network import normalise_radiographs
 from biplanar.models.projectors import ViewPair
-from biplanar.optimisation.volume_registration import pooled_grid
 
 NUM_CLASSES = 2  # background, femur
 

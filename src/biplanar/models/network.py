@@ -8,7 +8,7 @@ transform is ``Psi = T o phi`` (``atlas o Psi = (atlas o T) o phi``), and the at
 labels are warped by ``Psi``.
 
 All transforms *pull* (``warped(p) = atlas(T p)``) and displacements are mm in the world frame on
-the atlas grid (``shared/CONTRACT.md`` section 6).
+the atlas grid (``docs/contract.md`` section 6).
 """
 
 from __future__ import annotations

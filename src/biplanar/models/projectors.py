@@ -16,7 +16,6 @@ from biplanar.geometry.volume_grid import VolumeGrid
 from biplanar.layers.inv_prost import InverseProST
 from biplanar.layers.prost import ProST
 
-VIEW_NAMES = ("AP", "LAT")
 ViewPair = tuple[ProjectionView, ProjectionView]
 
 

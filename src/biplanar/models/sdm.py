@@ -8,7 +8,7 @@ fields (:class:`DeformationPCA`) keeps the ``K`` leading components; a network
 predicted field ``u = mean + sum_k w_k sd_k c_k`` warps the atlas labels.
 
 Fields are ``(3, i, j, k)`` mm, world components ``(x, y, z)``, on the atlas grid pooled by
-``factor`` (:func:`~biplanar.optimisation.volume_registration.pooled_grid`), and trilinearly
+``factor`` (:func:`~biplanar.geometry.volume_grid.pooled_grid`), and trilinearly
 upsampled to the atlas grid before warping (:func:`~biplanar.optimisation.volume_registration.upsample_field`).
 Weights are *standardised*: ``w_k = <u - mean, c_k> / sd_k``, zero mean and unit variance over
 the training fields, with orthonormal components ``c_k`` (as flat vectors) and ``sd_k`` the
@@ -27,12 +27,13 @@ from torch import Tensor, nn
 from biplanar.config import ExperimentConfig
 from biplanar.data.atlas import Atlas
 from biplanar.errors import InputError
+from biplanar.geometry.volume_grid import pooled_grid
 from biplanar.io.atomic import atomic_path
+from biplanar.layers.resample import upsample_field
 from biplanar.layers.warp import SpatialTransformer
 from biplanar.models.affine import AffineModule
 from biplanar.models.network import normalise_pair
 from biplanar.models.projectors import ProjectorCache, ViewPair
-from biplanar.optimisation.volume_registration import pooled_grid, upsample_field
 from biplanar.physics.attenuation import hu_to_mu
 
 RANK_TOLERANCE = 1e-6  # singular values below this fraction of the largest are numerical zeros

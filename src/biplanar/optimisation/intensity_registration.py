@@ -22,7 +22,7 @@ integrated by scaling and squaring into ``phi = exp(v)``; ``Psi = T o phi`` pull
   deforms the femur to imitate soft tissue (projection NCC up to 0.99, Dice down by 0.06).
 - Both images are normalised as the network normalises its inputs
   (:func:`~biplanar.models.network.normalise_pair`: each divided by its maximum); global NCC
-  (:func:`~biplanar.training.losses.global_ncc`) is invariant to that scale, so the objective
+  (:func:`~biplanar.layers.similarity.global_ncc`) is invariant to that scale, so the objective
   does not depend on it, but the images compared are the ones the network saw.
 - The smoothness term is MONAI's ``DiffusionLoss`` (mean squared finite difference, mm^2 per voxel
   step) of ``phi``'s displacement, weighted by the config's ``loss.smoothness_weight``, as in
@@ -41,20 +41,21 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from biplanar.data.simulate import MASK_MIN_PATH_MM
+from biplanar.geometry.projection import ProjectionView
 from biplanar.geometry.transforms import similarity_matrix
 from biplanar.geometry.volume_grid import VolumeGrid
+from biplanar.layers.similarity import global_ncc
 from biplanar.layers.velocity import VelocityIntegrator, compose_affine_displacement
-from biplanar.layers.warp import SpatialTransformer, check_displacement
+from biplanar.layers.warp import SpatialTransformer, affine_displacement, check_displacement
 from biplanar.models.network import normalise_pair
 from biplanar.models.projectors import ProjectorCache, ViewPair
-from biplanar.training.losses import global_ncc
 
 # Width of the soft mask rule's linear ramp, mm of femur path, centred on the rule's threshold:
 # 0 below MASK_MIN_PATH_MM - width / 2 (so nothing outside the silhouette leaks in, as a
@@ -381,3 +382,64 @@ def refine_registration(
 
 def _detached(value: ObjectiveValue) -> ObjectiveValue:
     return ObjectiveValue(*(getattr(value, name).detach() for name in ObjectiveValue.__dataclass_fields__))
+
+
+def refine_output(
+    network,
+    config,
+    output,
+    radiographs: Tensor,
+    views: dict[str, ProjectionView],
+    masked: bool,
+    iterations: int,
+    progress: bool,
+):
+    """Refine the network's output by test-time intensity registration
+    (:func:`biplanar.optimisation.refine_registration`).
+
+    Args:
+        network: the :class:`~biplanar.models.network.AtlasRegistrationNet` that made ``output``.
+        config: its :class:`~biplanar.config.ExperimentConfig` (smoothness weight, integration steps).
+        output: the network's :class:`~biplanar.models.network.RegistrationOutput` (batch of 1).
+        radiographs: ``(1, 2, rows, cols)`` the network's inputs, AP then LAT, on its device.
+        views: ``{"AP": view, "LAT": view}``, the views the network was given.
+        masked: whether ``radiographs`` are masked (the objective compares the femur DRR only then).
+        iterations: Adam steps.
+        progress: show a progress bar.
+
+    Returns:
+        the refined output (the fields :func:`write_volumes` and :func:`write_projections` read:
+        params, matrices, velocity, displacements, warped images and labels) and the optimisation
+        record (:class:`~biplanar.optimisation.RefinementResult`).
+    """
+
+    objective = ProjectionObjective(
+        network.atlas_mu,
+        network.atlas_labels,
+        network.grid,
+        (views["AP"], views["LAT"]),
+        radiographs,
+        centre_world=network.atlas_centre,
+        smoothness_weight=config.loss.smoothness_weight,
+        integration_steps=config.local.integration_steps,
+        projectors=network.projectors,
+        masked=masked,
+    )
+    with torch.enable_grad():
+        result = refine_registration(
+            objective, output.params, output.velocity, RefineSettings(iterations=iterations), progress=progress
+        )
+    affine_field = affine_displacement(result.matrix, network.grid)
+    refined = replace(
+        output,
+        params=result.params,
+        affine_matrix=result.matrix,
+        velocity=result.velocity,
+        local_displacement=result.local_displacement,
+        total_displacement=result.total_displacement,
+        affine_image=network.transformer(network.atlas_mu, affine_field),
+        warped_image=network.transformer(network.atlas_mu, result.total_displacement),
+        affine_labels=network.transformer(network.atlas_labels, affine_field),
+        warped_labels=network.transformer(network.atlas_labels, result.total_displacement),
+    )
+    return refined, result

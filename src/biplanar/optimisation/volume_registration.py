@@ -33,56 +33,16 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from biplanar.geometry.volume_grid import VolumeGrid
+from biplanar.geometry.volume_grid import VolumeGrid, pooled_grid
+from biplanar.layers.resample import pool_volume, upsample_field
+from biplanar.layers.similarity import soft_dice
 from biplanar.layers.velocity import VelocityIntegrator
 from biplanar.layers.warp import SpatialTransformer
-from biplanar.training.losses import soft_dice
 
 LABEL_THRESHOLD = 0.5  # a warped (soft) label voxel is femur above this
-
-
-def pooled_grid(grid: VolumeGrid, factor: int) -> VolumeGrid:
-    """The grid of ``avg_pool3d(volume, factor)`` for a volume on ``grid``.
-
-    Coarse voxel ``n`` covers fine voxels ``factor * n .. factor * n + factor - 1`` along each axis;
-    its centre is fine index ``factor * n + (factor - 1) / 2``.
-
-    Raises:
-        ValueError: ``factor < 1`` or a grid size not divisible by ``factor``.
-    """
-    if factor < 1 or any(n % factor for n in grid.shape):
-        raise ValueError(f"factor: expected a divisor >= 1 of every grid size {grid.shape}, got {factor}")
-    coarse_to_fine = np.diag([float(factor)] * 3 + [1.0])
-    coarse_to_fine[:3, 3] = (factor - 1) / 2.0
-    return VolumeGrid(tuple(n // factor for n in grid.shape), grid.affine @ coarse_to_fine)
-
-
-def pool_volume(volume: Tensor, factor: int) -> Tensor:
-    """``(B, C, I, J, K)`` -> ``(B, C, I / f, J / f, K / f)``: averages of ``f^3`` blocks (:func:`pooled_grid`)."""
-    return F.avg_pool3d(volume, factor) if factor > 1 else volume
-
-
-def upsample_field(coarse: Tensor, shape: tuple[int, int, int]) -> Tensor:
-    """Trilinear upsampling of a field on a pooled grid to the fine grid of ``shape``.
-
-    Args:
-        coarse: ``(B, C, i, j, k)`` on ``pooled_grid(grid, f)``, ``shape = f * (i, j, k)``; values
-            are kept (a displacement in mm stays in mm).
-        shape: ``(I, J, K)`` of ``grid``.
-
-    Returns:
-        ``(B, C, I, J, K)``; beyond the outer coarse voxel centres the border value is continued.
-    """
-    if tuple(coarse.shape[2:]) == tuple(shape):
-        return coarse
-    # align_corners=False with an integer ratio f puts fine index i at coarse (i + 0.5) / f - 0.5,
-    # i.e. coarse voxel n at fine index f n + (f - 1) / 2: the alignment of pooled_grid.
-    return F.interpolate(coarse, size=tuple(shape), mode="trilinear", align_corners=False)
 
 
 def squared_gradient(displacement: Tensor, grid: VolumeGrid) -> Tensor:

@@ -1,4 +1,4 @@
-"""Hounsfield units to linear attenuation (``shared/CONTRACT.md`` section 3)."""
+"""Hounsfield units to linear attenuation (``docs/contract.md`` section 3)."""
 
 from __future__ import annotations
 

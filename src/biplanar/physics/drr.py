@@ -10,6 +10,7 @@ from biplanar.geometry.volume_grid import VolumeGrid
 from biplanar.layers.prost import ProST
 from biplanar.physics.attenuation import MU_WATER_PER_MM, hu_to_mu
 from biplanar.physics.drr_modes import DRR_MODES, beer_lambert_intensity, poisson_line_integral
+from biplanar.physics.polychromatic import render_polychromatic_drr, tube_spectrum
 
 
 def render_drr(
@@ -75,7 +76,6 @@ def render_ct_radiograph(
         ``(B, 1, rows, cols)``.
     """
     if mode == "polychromatic":
-        from biplanar.physics.polychromatic import render_polychromatic_drr, tube_spectrum
 
         return render_polychromatic_drr(hu, view, grid, tube_spectrum(kvp, aluminium_mm), num_samples)
     return render_drr(hu_to_mu(hu, mu_water_per_mm), view, grid, mode, num_samples, photons, generator)

@@ -28,9 +28,17 @@ from biplanar.errors import InputError
 from biplanar.geometry.projection import ProjectionView
 from biplanar.geometry.se3 import matrix_to_rigid_params
 from biplanar.geometry.volume_grid import VolumeGrid
+from biplanar.io.atomic import atomic_path
+from biplanar.io.geometry_file import read_geometry, require_views, write_geometry
+from biplanar.io.images import read_image, window
+from biplanar.io.json_files import read_json, write_json
+from biplanar.io.volumes import read_volume
 from biplanar.layers.prost import ProST
+from biplanar.physics.attenuation import hu_to_mu
+from biplanar.pose import sopi
 from biplanar.pose.baselines import METHODS, OptimisationConfig, PoseEstimate, refine_pose, run_baseline
 from biplanar.pose.similarity import gradient_correlation, ncc
+from biplanar.training.checkpoints import bundled_models_dir
 
 SOPI_METHODS = ("sopi", "sopi+opt")
 POSE_METHODS = (*METHODS, *SOPI_METHODS)
@@ -67,7 +75,6 @@ def check_rigid(matrix: np.ndarray, where: str) -> np.ndarray:
 
 def read_initial_pose(path: str | Path) -> Tensor:
     """The ``(4, 4)`` float64 pose in a JSON file's ``"matrix"`` (a ``pose.json`` of this command works)."""
-    from biplanar.io.json_files import read_json
 
     document = read_json(path)
     if not isinstance(document, dict) or "matrix" not in document:
@@ -200,19 +207,10 @@ BUNDLED_SOPI = "sopi_lite"  # the package's SOPI networks: femur phantoms, 112 x
 
 def bundled_sopi_checkpoints() -> SopiCheckpoints | None:
     """The SOPI networks shipped in ``biplanar/resources/models/sopi_lite`` (``None`` when absent)."""
-    from biplanar.training.checkpoints import bundled_models_dir
 
     folder = bundled_models_dir() / BUNDLED_SOPI
     pair = SopiCheckpoints(folder / "rtpi.pt", folder / "fine.pt")
     return pair if pair.rtpi.is_file() and pair.fine.is_file() else None
-
-
-def _sopi_module():
-    try:
-        from biplanar.pose import sopi
-    except ImportError as error:
-        raise InputError(f"--method sopi: the SOPI module is not available ({error})") from None
-    return sopi
 
 
 def check_method(
@@ -255,7 +253,6 @@ def estimate(
     if method in METHODS:
         result = run_baseline(method, volume_mu, grid, radiographs, views, initial_pose, config, progress=progress)
         return result.matrix, _baseline_summary(result)
-    sopi = _sopi_module()
     found = sopi.estimate_pose_sopi(
         volume_mu,
         grid,
@@ -318,7 +315,6 @@ def image_similarities(radiographs: Mapping[str, Tensor], drrs: Mapping[str, Ten
 
 def bone_attenuation(volume_mu: Tensor, mu_water_per_mm: float) -> Tensor:
     """Attenuation (1/mm) above that of :data:`OVERLAY_BONE_HU`, same shape: what a bone-only DRR integrates."""
-    from biplanar.physics.attenuation import hu_to_mu
 
     threshold = float(hu_to_mu(torch.tensor(OVERLAY_BONE_HU), mu_water_per_mm))
     return (volume_mu - threshold).clamp(min=0.0)
@@ -329,8 +325,6 @@ def write_edge_overlay(path: str | Path, radiograph: np.ndarray, drr: np.ndarray
     from PIL import Image
     from skimage.feature import canny
 
-    from biplanar.io.atomic import atomic_path
-    from biplanar.io.images import window
 
     if radiograph.shape != drr.shape or radiograph.ndim != 2:
         raise ValueError(f"drr: expected the radiograph's shape {radiograph.shape}, got {drr.shape}")
@@ -359,10 +353,6 @@ def _stage(progress: bool, message: str) -> None:
 def _read_inputs(
     ct_path: Path, geometry_path: Path, image_paths: Mapping[str, Path], units: str, mu_water_per_mm: float
 ) -> tuple[Tensor, VolumeGrid, dict[str, ProjectionView], dict[str, Tensor]]:
-    from biplanar.geometry.geometry_file import read_geometry, require_views
-    from biplanar.io.images import read_image
-    from biplanar.io.volumes import read_volume
-    from biplanar.physics.attenuation import hu_to_mu
 
     if units not in ("hu", "mu"):
         raise InputError(f"--units: expected hu or mu, got {units!r}")
@@ -424,8 +414,6 @@ def estimate_pose_files(
         pose), ``overlay_<view>.png`` (radiograph with the edges of the bone-only DRR at the pose:
         attenuation above that of :data:`OVERLAY_BONE_HU`).
     """
-    from biplanar.geometry.geometry_file import write_geometry
-    from biplanar.io.json_files import write_json
 
     started = time.perf_counter()
     out_dir = Path(out_dir)

@@ -44,6 +44,7 @@ from biplanar.config import ExperimentConfig, load_config
 from biplanar.data.atlas import Atlas, load_atlas
 from biplanar.errors import InputError
 from biplanar.io.atomic import atomic_path, atomic_write_text
+from biplanar.layers.similarity import soft_dice
 from biplanar.models.kasten import KastenNet
 from biplanar.models.network import AtlasRegistrationNet
 from biplanar.models.projectors import ViewPair
@@ -52,7 +53,6 @@ from biplanar.optimisation.volume_registration import VolumeRegistrationSettings
 from biplanar.physics.attenuation import hu_to_mu
 from biplanar.training.checkpoints import load_checkpoint, save_checkpoint
 from biplanar.training.distributed import DistributedContext
-from biplanar.training.losses import soft_dice
 from biplanar.training.trainer import (
     LABEL_THRESHOLD,
     LAST,

@@ -35,8 +35,10 @@ import numpy as np
 import torch
 
 from biplanar.config import ExperimentConfig
+from biplanar.data.atlas import load_atlas
 from biplanar.errors import InputError
 from biplanar.io.atomic import atomic_path
+from biplanar.models.network import AtlasRegistrationNet
 
 FORMAT, VERSION = "biplanar-checkpoint", 1
 MODEL_KEYS = ("config", "model")  # what rebuilding a model needs (a weights-only checkpoint)
@@ -142,8 +144,6 @@ def load_model(checkpoint_path: str | Path, device: str | torch.device = "cpu"):
     Raises:
         InputError: a bad checkpoint file, or weights that do not fit the config's network.
     """
-    from biplanar.data.atlas import load_atlas
-    from biplanar.models.network import AtlasRegistrationNet
 
     state = load_checkpoint(checkpoint_path)
     missing = [key for key in MODEL_KEYS if key not in state]

@@ -23,11 +23,12 @@ from torch import Tensor
 
 from biplanar.data.grid_presets import grid_preset
 from biplanar.data.phantom import make_subject
-from biplanar.data.real_ct import REAL_CT_SOURCE, real_ct_path
+from biplanar.data.real_ct import REAL_CT, REAL_CT_SOURCE
 from biplanar.geometry.presets import biplanar_pair
 from biplanar.geometry.projection import ProjectionView
 from biplanar.geometry.se3 import rigid_params_to_matrix
 from biplanar.geometry.volume_grid import VolumeGrid
+from biplanar.io.volumes import read_volume
 from biplanar.layers.prost import ProST
 from biplanar.models.sopi.config import PHANTOM, SopiConfig
 from biplanar.physics.attenuation import hu_to_mu
@@ -97,7 +98,7 @@ class PosePairSimulator:
         if config.data.source == PHANTOM:
             self.grid = grid_preset(config.geometry.grid_preset)
         else:
-            self._load_ct(real_ct_path() if config.data.source == REAL_CT_SOURCE else Path(config.data.source))
+            self._load_ct(REAL_CT if config.data.source == REAL_CT_SOURCE else Path(config.data.source))
         self.view = ap_view(config, self.grid)
         self.prost = pose_prost(config, self.view, self.grid).to(self.device)
         self.centre = torch.as_tensor(self.grid.centre_world, dtype=torch.float32, device=self.device)
@@ -105,7 +106,6 @@ class PosePairSimulator:
         self.fine_sigmas = config.fine_offset_sigmas().to(self.device)
 
     def _load_ct(self, path: Path) -> None:
-        from biplanar.io.volumes import read_volume
 
         ct_hu, self.grid = read_volume(path)
         self._ct = self._as_volumes(ct_hu, mask_volume_from(ct_hu, None, self.config))

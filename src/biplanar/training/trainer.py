@@ -56,6 +56,7 @@ from biplanar.data.simulate import PAPER_SPLIT, SimulationConfig
 from biplanar.errors import InputError
 from biplanar.geometry.projection import ProjectionView
 from biplanar.io.atomic import atomic_write_text
+from biplanar.layers.similarity import soft_dice
 from biplanar.models.network import AtlasRegistrationNet, RegistrationOutput
 from biplanar.models.projectors import ViewPair
 from biplanar.physics.attenuation import hu_to_mu
@@ -71,7 +72,7 @@ from biplanar.training.distributed import (
     setup_distributed,
     teardown_distributed,
 )
-from biplanar.training.losses import RegistrationLoss, soft_dice
+from biplanar.training.losses import RegistrationLoss
 
 LOSS_PARTS = ("total", "affine_ncc", "local_ncc", "smoothness")
 VAL_METRICS = ("dice", "affine_dice", "local_ncc", "total")

@@ -1,4 +1,4 @@
-"""Reading, validating and writing ``geometry.json`` (``shared/CONTRACT.md`` section 2)."""
+"""Reading, validating and writing ``geometry.json`` (``docs/contract.md`` section 2)."""
 
 from __future__ import annotations
 
