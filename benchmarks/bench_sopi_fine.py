@@ -99,7 +99,7 @@ def run_job(job: Job) -> dict:
         "relative_difference": difference,
         "batch": config.training.batch_size,
         "image": "x".join(map(str, config.geometry.image_shape)),
-        "samples": config.geometry.prost_samples,
+        "samples": config.geometry.num_samples,
     }
 
 

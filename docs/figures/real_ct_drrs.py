@@ -1,6 +1,6 @@
 """Render DRRs of a real CT and draw them with orientation labels (docs/img/drr_real_ct_<view>.png).
 
-The DRRs come from ``biplanar.api.render_drr_file``, the function behind ``biplanar drr``.
+The DRRs come from ``biplanar.drr`` (:func:`biplanar.api.drr`), the function behind ``biplanar drr``.
 
 The edge labels are not typed in: they are read from the view's projection matrix (the world
 direction in which ``u`` and ``v`` grow, ``ProjectionView.pixel_rays()``), so they stay right for
@@ -24,7 +24,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from biplanar.api import render_drr_file
+from biplanar.api import drr
 from biplanar.geometry import ProjectionView
 from biplanar.io.geometry_file import read_geometry
 from biplanar.io.volumes import read_volume
@@ -127,12 +127,12 @@ def draw_drr(image: np.ndarray, view: ProjectionView, title: str, out: Path) -> 
 
 
 def render_views(ct: Path, geometry: Path, out_dir: Path, view_names: list[str]) -> None:
-    """Render each named view with ``render_drr_file`` and write ``drr_real_ct_<view>.png``."""
+    """Render each named view with ``biplanar.drr`` and write ``drr_real_ct_<view>.png``."""
     _, grid = read_volume(ct)
     views = read_geometry(geometry, default_isocenter_mm=grid.centre_world)
     with tempfile.TemporaryDirectory() as scratch:
         for name in view_names:
-            image = render_drr_file(ct, geometry, name, Path(scratch) / f"{name}.npy")
+            image = drr(ct, geometry, Path(scratch) / f"{name}.npy", view=name)
             title = f"{name} DRR of {ct.name} ({geometry.name})\n{describe(views[name])}"
             out = out_dir / f"drr_real_ct_{name}.png"
             draw_drr(image, views[name], title, out)

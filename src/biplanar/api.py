@@ -1,18 +1,69 @@
-"""The Python API behind the command line: each CLI command calls one function here."""
+"""The Python API of biplanar: one function per ``biplanar`` command (``docs/api.md``).
+
+Every command of the command line (:mod:`biplanar.cli`) is a thin wrapper over one function here:
+it parses its options, calls the function and prints a summary. The functions take plain Python
+values (paths, numbers, names as ``str``), do the command's work by calling the module that holds
+it, write the same files and return what they made. They are importable from the package itself::
+
+    import biplanar
+
+    biplanar.write_geometry("geometry.json")
+    image = biplanar.drr("CT.nii.gz", "geometry.json", "lat.tif", view="LAT")
+
+Bad input raises :class:`~biplanar.errors.InputError` with a one-line message naming the file or
+field (the CLI prints it and exits 2); outputs are written atomically (a temporary name, then a
+rename). Frames, units and file formats are those of ``docs/contract.md``.
+
+This module imports the heavy subpackages (torch and everything on it) inside the functions, so
+that ``import biplanar`` and ``biplanar --help`` stay fast; each such import says so.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import torch
-
+from biplanar.config import DEFAULT_NUM_SAMPLES
 from biplanar.errors import InputError
-from biplanar.geometry.presets import biplanar_pair
-from biplanar.io.geometry_file import read_geometry, require_views, write_geometry
-from biplanar.io.images import WRITE_SUFFIXES, write_image, write_preview_png
-from biplanar.io.volumes import read_volume
-from biplanar.physics.drr import render_ct_radiograph, render_drr
+
+if TYPE_CHECKING:
+    import numpy as np
+    from rich.table import Table
+
+    from biplanar.data.preprocess import PreprocessResult
+    from biplanar.data.simulate import DatasetSummary
+    from biplanar.demo import DemoResult
+    from biplanar.evaluation.evaluate import EvaluationResult
+    from biplanar.experiments import ExperimentsResult
+    from biplanar.geometry.projection import ProjectionView
+    from biplanar.pose.estimate import PoseReport
+    from biplanar.registration import RegistrationReport
+    from biplanar.training.pose_trainer import PoseTrainResult
+    from biplanar.training.trainer import TrainResult
+
+__all__ = [
+    "demo_summary_tables",
+    "drr",
+    "estimate_pose",
+    "evaluate",
+    "evaluate_pose",
+    "geometry_from_dicom",
+    "preprocess",
+    "register",
+    "run_demo",
+    "run_experiments",
+    "segment",
+    "simulate",
+    "train",
+    "train_baseline",
+    "train_pose",
+    "write_atlas",
+    "write_geometry",
+]
+
+VOLUME_UNITS = ("hu", "mu")
 
 
 def _check_output_suffix(path: Path, allowed: tuple[str, ...]) -> None:
@@ -20,52 +71,154 @@ def _check_output_suffix(path: Path, allowed: tuple[str, ...]) -> None:
         raise InputError(f"{path}: unsupported output format {path.suffix!r} (use {', '.join(allowed)})")
 
 
-def render_drr_file(
-    volume_path: Path,
-    geometry_path: Path,
-    view_name: str,
-    out_path: Path,
+def _names(values: Sequence[str] | str) -> tuple[str, ...]:
+    """A sequence of names as a tuple; one name as a 1-tuple."""
+    return (values,) if isinstance(values, str) else tuple(values)
+
+
+def write_geometry(
+    out: str | Path,
+    ap_angle_deg: float = 0.0,
+    lat_angle_deg: float = 90.0,
+    image_shape: tuple[int, int] = (224, 160),
+    pixel_spacing_mm: float = 0.93,
+) -> dict[str, ProjectionView]:
+    """Write an AP + LAT C-arm geometry file at the paper's distances (``biplanar geometry``).
+
+    The source-detector distance is 1000 mm and the source-isocentre distance 925 mm; the file's
+    ``carm`` views carry no isocentre, so a view is centred on the volume it is used with.
+
+    Args:
+        out: the ``geometry.json`` to write (``docs/contract.md`` section 2).
+        ap_angle_deg: LAO/RAO angle of the AP view, degrees.
+        lat_angle_deg: LAO/RAO angle of the LAT view, degrees.
+        image_shape: ``(rows, cols)`` of both detectors, pixels.
+        pixel_spacing_mm: detector pixel spacing (rows and columns), mm.
+
+    Returns:
+        the views written, by name (``"AP"``, ``"LAT"``).
+
+    Raises:
+        InputError: ``out`` not ``.json``, a non-positive image shape or pixel spacing.
+    """
+    from biplanar.geometry.presets import biplanar_pair  # lazy: CLI start-up time
+    from biplanar.io.geometry_file import write_geometry as write_geometry_file  # lazy: CLI start-up time
+
+    _check_output_suffix(Path(out), (".json",))
+    if len(image_shape) != 2 or min(image_shape) < 1 or not pixel_spacing_mm > 0:
+        raise InputError(
+            f"image_shape: expected two sizes >= 1 and pixel_spacing_mm > 0, got {image_shape}, {pixel_spacing_mm}"
+        )
+    rows, cols = (int(size) for size in image_shape)
+    spacing = float(pixel_spacing_mm)
+    views = biplanar_pair(float(ap_angle_deg), float(lat_angle_deg), (rows, cols), (spacing, spacing))
+    write_geometry_file(out, views)
+    return views
+
+
+def geometry_from_dicom(ap: str | Path, lat: str | Path, out: str | Path) -> dict[str, ProjectionView]:
+    """Write the geometry two DICOM radiographs' tags give (``biplanar geometry --from-dicom``).
+
+    The views are C-arms (docs/contract.md section 7: Positioner Primary / Secondary Angle or View
+    Position; Distance Source to Detector / to Patient; Imager Pixel Spacing; Rows, Columns) without
+    an isocentre, so each is centred on the volume it is used with. A user can check and edit the file
+    and give it back with ``register --geometry``, which then overrides the tags.
+
+    Args:
+        ap: the AP radiograph (``.dcm``).
+        lat: the LAT radiograph (``.dcm``).
+        out: the ``geometry.json`` to write.
+
+    Returns:
+        the views written, by name (``"AP"``, ``"LAT"``).
+
+    Raises:
+        InputError: not DICOM, or a tag the geometry needs is missing (named, with its number).
+    """
+    import numpy as np  # lazy: CLI start-up time
+
+    from biplanar.io.dicom import views_from_dicom  # lazy: CLI start-up time
+    from biplanar.io.geometry_file import write_geometry as write_geometry_file  # lazy: CLI start-up time
+
+    _check_output_suffix(Path(out), (".json",))
+    views = views_from_dicom(ap, lat, np.zeros(3))
+    write_geometry_file(out, views)
+    return views
+
+
+def drr(
+    volume: str | Path,
+    geometry: str | Path,
+    out: str | Path,
+    view: str = "AP",
     mode: str = "line_integral",
     units: str = "hu",
     mu_water_per_mm: float = 0.02,
-    num_samples: int = 256,
+    num_samples: int = DEFAULT_NUM_SAMPLES,
     photons: float = 1e5,
     seed: int = 0,
-    preview: Path | None = None,
     kvp: float = 80.0,
     aluminium_mm: float = 2.5,
+    preview: str | Path | None = None,
 ) -> np.ndarray:
-    """Render a DRR of a NIfTI volume for one view of a geometry file and write it.
+    """Render a DRR of a volume for one view of a geometry file and write it (``biplanar drr``).
 
     Args:
-        volume_path: NIfTI volume, HU (``units="hu"``) or attenuation 1/mm (``units="mu"``).
-        geometry_path: ``geometry.json``; a ``carm`` without isocentre uses the volume's centre.
-        view_name: the view to render.
-        out_path: ``.npy`` or ``.tif`` float32 output.
-        mode, num_samples, photons: see :func:`biplanar.physics.render_drr`; ``"polychromatic"``
-            renders a two-material DRR (HU volumes only) with a ``kvp`` tube and ``aluminium_mm``
-            filtration (:mod:`biplanar.physics.polychromatic`).
-        seed: noise seed for ``mode="poisson"``.
-        preview: optional 8-bit PNG for viewing.
+        volume: NIfTI volume (``.nii``/``.nii.gz``), HU (``units="hu"``) or linear attenuation,
+            1/mm (``units="mu"``).
+        geometry: ``geometry.json``; a ``carm`` view without isocentre is centred on the volume.
+        out: the image to write, ``.npy`` or ``.tif``, float32 ``(rows, cols)``.
+        view: the name of the view in the geometry file.
+        mode: ``line_integral`` (line integral of mu), ``beer_lambert`` (transmitted intensity
+            ``exp(-L)``), ``poisson`` (quantum noise, log-transformed back) or ``polychromatic``
+            (two materials and a tube spectrum; HU volumes only); ``docs/contract.md`` section 3.
+        units: ``hu`` or ``mu``: the volume's values.
+        mu_water_per_mm: attenuation of water, 1/mm (HU volumes: ``mu = mu_water (1 + HU/1000)``).
+        num_samples: samples per ray.
+        photons: incident photons per pixel (``mode="poisson"``).
+        seed: noise seed (``mode="poisson"``).
+        kvp: tube voltage, kV (``mode="polychromatic"``).
+        aluminium_mm: tube filtration, mm of aluminium (``mode="polychromatic"``).
+        preview: also write an 8-bit ``.png`` preview here.
 
     Returns:
-        the ``(rows, cols)`` image that was written.
+        the ``(rows, cols)`` float32 image that was written.
+
+    Raises:
+        InputError: an unknown mode or units, an output format other than ``.npy``/``.tif`` (and
+            ``.png`` for the preview), a missing or unreadable volume or geometry file, a view not
+            in the file, or a ``polychromatic`` DRR of a volume not in HU.
     """
-    _check_output_suffix(Path(out_path), WRITE_SUFFIXES)
+    import torch  # lazy: CLI start-up time
+
+    from biplanar.io.geometry_file import read_geometry, require_views  # lazy: CLI start-up time
+    from biplanar.io.images import WRITE_SUFFIXES, write_image, write_preview_png  # lazy: CLI start-up time
+    from biplanar.io.volumes import read_volume  # lazy: CLI start-up time
+    from biplanar.physics.drr import (  # lazy: CLI start-up time
+        RADIOGRAPH_MODES,
+        render_ct_radiograph,
+        render_drr,
+    )
+
+    if mode not in RADIOGRAPH_MODES:
+        raise InputError(f"mode: expected one of {', '.join(RADIOGRAPH_MODES)}, got {mode!r}")
+    if units not in VOLUME_UNITS:
+        raise InputError(f"units: expected one of {', '.join(VOLUME_UNITS)}, got {units!r}")
+    _check_output_suffix(Path(out), WRITE_SUFFIXES)
     if preview is not None:
         _check_output_suffix(Path(preview), (".png",))
-    data, grid = read_volume(volume_path)
-    views = read_geometry(geometry_path, default_isocenter_mm=grid.centre_world)
-    require_views(views, [view_name], str(geometry_path))
-    volume = torch.from_numpy(data)[None, None]
+    data, grid = read_volume(volume)
+    views = read_geometry(geometry, default_isocenter_mm=grid.centre_world)
+    require_views(views, [view], str(geometry))
+    tensor = torch.from_numpy(data)[None, None]
     if mode == "polychromatic" and units != "hu":
-        raise InputError(f"{volume_path}: the polychromatic mode needs a volume in HU")
+        raise InputError(f"{volume}: the polychromatic mode needs a volume in HU")
     generator = torch.Generator().manual_seed(seed)
     try:
         if units == "hu":
             image = render_ct_radiograph(
-                volume,
-                views[view_name],
+                tensor,
+                views[view],
                 grid,
                 mode,
                 num_samples,
@@ -76,20 +229,640 @@ def render_drr_file(
                 mu_water_per_mm,
             )
         else:
-            image = render_drr(volume, views[view_name], grid, mode, num_samples, photons, generator)
+            image = render_drr(tensor, views[view], grid, mode, num_samples, photons, generator)
     except ValueError as error:
-        raise InputError(f"{geometry_path}: views.{view_name}: {error}") from None
-    image = image[0, 0].numpy()
-    write_image(out_path, image)
+        raise InputError(f"{geometry}: views.{view}: {error}") from None
+    array = image[0, 0].numpy()
+    write_image(out, array)
     if preview is not None:
-        write_preview_png(preview, image)
-    return image
+        write_preview_png(preview, array)
+    return array
 
 
-def write_carm_geometry(
-    out_path: Path, ap_lao_rao_deg: float, lat_lao_rao_deg: float, image_shape: tuple[int, int], pixel_spacing_mm: float
-) -> None:
-    """Write an AP + LAT C-arm geometry file at the paper's distances, isocentre left to the volume."""
-    _check_output_suffix(Path(out_path), (".json",))
-    views = biplanar_pair(ap_lao_rao_deg, lat_lao_rao_deg, image_shape, (pixel_spacing_mm, pixel_spacing_mm))
-    write_geometry(out_path, views)
+def write_atlas(out: str | Path, preset: str = "lite") -> Path:
+    """Generate the mean-shape femur atlas on a grid preset and write it (``biplanar atlas``).
+
+    Args:
+        out: the folder to write ``atlas.nii.gz`` (int16 HU), ``atlas_labels.nii.gz`` (uint8,
+            1 = femur) and ``landmarks.json`` (hip landmarks, world mm) into; created if missing.
+        preset: the grid preset, ``paper``, ``lite`` or ``tiny``.
+
+    Returns:
+        the atlas folder.
+
+    Raises:
+        InputError: an unknown preset.
+    """
+    from biplanar.data.atlas import write_atlas as write_atlas_files  # lazy: CLI start-up time
+
+    return write_atlas_files(out, preset)
+
+
+def simulate(
+    out: str | Path,
+    n: int,
+    seed: int,
+    geometry: str = "orthogonal",
+    preset: str = "lite",
+    mode: str = "line_integral",
+    photons: float = 1e5,
+    kvp: float = 80.0,
+    aluminium_mm: float = 2.5,
+    workers: int = 1,
+    progress: bool = True,
+) -> DatasetSummary:
+    """Simulate a dataset of patients (``biplanar simulate``); re-running it resumes a stopped run.
+
+    Each subject folder ``out/subjects/case_NNNNN/`` holds the CT (``ct.nii.gz``, HU) and femur
+    labels (``labels.nii.gz``), the AP and LAT radiographs (``AP.npy``, ``LAT.npy``, float32), their
+    femur masks and masked radiographs, and its ``geometry.json``; ``out`` also gets
+    ``dataset.json`` (the settings) and ``split.json`` (train / val / test ids).
+
+    Args:
+        out: the dataset folder (created if missing).
+        n: number of subjects, ``>= 1``.
+        seed: dataset seed, ``>= 0`` (subject seeds derive from it).
+        geometry: ``orthogonal`` (AP 0 deg, LAT 90 deg), ``generalized`` (angles +/-30 deg off
+            those) or ``mixed`` (half each).
+        preset: grid and detector preset, ``paper``, ``lite`` or ``tiny``.
+        mode: radiograph values, ``line_integral``, ``poisson`` or ``polychromatic``.
+        photons: incident photons per pixel (``mode="poisson"``).
+        kvp: tube voltage, kV (``mode="polychromatic"``).
+        aluminium_mm: tube filtration, mm of aluminium (``mode="polychromatic"``).
+        workers: parallel worker processes.
+        progress: show a progress bar on stderr.
+
+    Returns:
+        the dataset folder and the subject ids written now and found complete.
+
+    Raises:
+        InputError: a bad setting, or ``out`` holding a dataset made with another seed or settings.
+    """
+    from biplanar.data.simulate import SimulationConfig, simulate_dataset  # lazy: CLI start-up time
+
+    config = SimulationConfig(
+        preset=preset, geometry=geometry, mode=mode, photons=photons, kvp=kvp, aluminium_mm=aluminium_mm
+    )
+    return simulate_dataset(out, n, seed, config, workers=workers, progress=progress)
+
+
+def train(
+    config: str | Path,
+    out: str | Path,
+    data: str | Path | None = None,
+    on_the_fly: int | None = None,
+    resume: bool = False,
+    epochs: int | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train the registration network (``biplanar train``; also under ``torchrun``).
+
+    Writes ``out/last.pt`` and ``out/best.pt`` (checkpoints), ``out/metrics.csv`` and TensorBoard
+    logs. Ctrl-C or SIGTERM writes ``last.pt`` and raises
+    :class:`~biplanar.training.trainer.TrainingInterrupted`; ``resume=True`` continues from it.
+
+    Args:
+        config: a config YAML file, or a preset name: ``paper``, ``lite``, ``tiny``.
+        out: the run folder (created).
+        data: a :func:`simulate` dataset folder (``train`` and ``val`` splits)...
+        on_the_fly: ...or instead this many fresh subjects per epoch, simulated in memory.
+        resume: continue the run in ``out`` exactly.
+        epochs: override the config's ``training.epochs`` (the total, counting done epochs).
+        progress: show a progress bar on stderr (rank 0).
+
+    Returns:
+        the epochs and steps done, the best validation Dice (NaN without validation), the
+        checkpoints and the metrics history.
+
+    Raises:
+        InputError: bad data or config, a dataset or checkpoint that does not fit, ``out`` holding a
+            run without ``resume`` (or none with it).
+        TrainingInterrupted: Ctrl-C / SIGTERM, after writing ``last.pt``.
+    """
+    from biplanar.training.trainer import train as run_training  # lazy: CLI start-up time
+
+    return run_training(
+        config, out, data_dir=data, on_the_fly=on_the_fly, resume=resume, epochs=epochs, progress=progress
+    )
+
+
+def train_baseline(
+    method: str,
+    data: str | Path,
+    out: str | Path,
+    config: str | Path = "lite",
+    resume: bool = False,
+    epochs: int | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train a learned baseline of the paper's Table 1 (``biplanar train-baseline``).
+
+    Writes checkpoints, ``metrics.csv`` and TensorBoard logs into ``out`` (``sdm``: also its
+    statistical deformation model); Ctrl-C checkpoints as :func:`train`.
+
+    Args:
+        method: ``kasten`` (direct label regression) or ``sdm`` (statistical deformation model).
+        data: a :func:`simulate` dataset folder.
+        out: the run folder (created).
+        config: a config YAML file or a preset name, ``paper``, ``lite``, ``tiny`` (sets the sizes).
+        resume: continue the run in ``out`` exactly.
+        epochs: override the config's ``training.epochs`` (the total).
+        progress: show progress bars on stderr.
+
+    Returns:
+        the epochs and steps done, the best validation Dice (NaN without validation), the
+        checkpoints and the metrics history.
+
+    Raises:
+        InputError: an unknown method, bad data or config, ``out`` holding a run without ``resume``.
+        TrainingInterrupted: Ctrl-C / SIGTERM, after writing ``last.pt``.
+    """
+    from biplanar.training.baselines import train_baseline as run_training  # lazy: CLI start-up time
+
+    return run_training(method, config, out, data_dir=data, resume=resume, epochs=epochs, progress=progress)
+
+
+def train_pose(
+    config: str | Path,
+    out: str | Path,
+    network: str,
+    resume: bool = False,
+    steps: int | None = None,
+    max_steps: int | None = None,
+    progress: bool = True,
+) -> PoseTrainResult:
+    """Train a SOPI pose network on simulated pairs (``biplanar train-pose``).
+
+    Writes checkpoints, ``metrics.csv`` and TensorBoard logs into ``out``; Ctrl-C checkpoints as
+    :func:`train`.
+
+    Args:
+        config: a SOPI config YAML file, or a preset name: ``sopi_tiny``, ``sopi_lite`` (femur),
+            ``sopi_lumbar`` (the real lumbar CT).
+        out: the run folder (created).
+        network: ``rtpi`` (the initial pose) or ``fine`` (the fine registration's encoders).
+        resume: continue the run in ``out`` exactly.
+        steps: override the config's ``training.steps`` (the total, counting done steps).
+        max_steps: stop with a checkpoint after this many steps in total.
+        progress: show a progress bar on stderr.
+
+    Returns:
+        the steps done, the best validation loss (NaN without validation) and the checkpoints.
+
+    Raises:
+        InputError: a bad config or network name, a checkpoint that does not fit, ``out`` holding a
+            run without ``resume`` (or none with it).
+        TrainingInterrupted: Ctrl-C / SIGTERM, after writing ``last.pt``.
+    """
+    from biplanar.training.pose_trainer import train_pose as run_training  # lazy: CLI start-up time
+
+    return run_training(config, out, network, resume=resume, steps=steps, max_steps=max_steps, progress=progress)
+
+
+def register(
+    geometry: str | Path | None,
+    ap: str | Path,
+    lat: str | Path,
+    out: str | Path,
+    model: str | Path | None = None,
+    atlas: str | Path | None = None,
+    ap_mask: str | Path | None = None,
+    lat_mask: str | Path | None = None,
+    truth_labels: str | Path | None = None,
+    refine: int = 0,
+    estimate_pose: bool = False,
+    pose_method: str = "opt-gc",
+    progress: bool = True,
+    side: str | None = None,
+    intensity: str = "auto",
+    air_level: float | None = None,
+    segmentation_model: str | Path | None = None,
+) -> RegistrationReport:
+    """Register the atlas to two radiographs (``biplanar register``): DICOM files as they come from
+    the clinic (docs/contract.md section 7), or arrays with a geometry file.
+
+    Writes into ``out`` the outputs of ``docs/contract.md`` section 6: ``warped_atlas.nii.gz``,
+    ``warped_labels.nii.gz``, ``displacement.nii.gz`` (mm), ``transform.json``, ``surface.stl``,
+    ``overlay_AP.png``, ``overlay_LAT.png``, the masks used (``AP_mask.png``, ``LAT_mask.png``) and
+    ``report.json`` (timings, similarity, hip measurements, side and what was assumed; with
+    ``truth_labels`` also Dice, Jaccard, ASSD and HD95).
+
+    Args:
+        geometry: ``geometry.json`` with the views ``AP`` and ``LAT``; ``None``: from the DICOM tags.
+        ap: the AP radiograph (``.dcm``, ``.npy``, ``.tif``, ``.png``), ``(rows, cols)`` of its view
+            (any detector: resampled onto the model's).
+        lat: the LAT radiograph, likewise.
+        out: the output folder; must be new or empty.
+        model: a checkpoint from :func:`train` (default: the bundled ``lite`` model).
+        atlas: an atlas folder (:func:`write_atlas`; default: the model's own atlas).
+        ap_mask: 2D femur mask of the AP radiograph (an image file of its shape).
+        lat_mask: 2D femur mask of the LAT radiograph.
+        truth_labels: true femur labels (NIfTI) on the atlas grid: adds the overlap and distance scores.
+        refine: test-time optimisation iterations after the network (0: none).
+        estimate_pose: before the network, correct each view's angle by a rigid registration of the
+            atlas to its radiograph; also writes ``geometry_corrected.json``.
+        pose_method: similarity of that search: ``opt-gc``, ``opt-ncc`` or ``opt-ngi``.
+        progress: print the stages on stderr.
+        side: ``"left"`` or ``"right"`` (default: the DICOM laterality, else right).
+        intensity: ``"auto"``, ``"line-integral"`` or ``"transmission"``.
+        air_level: unattenuated level of transmission images (default: estimated).
+        segmentation_model: 2D segmentation checkpoint used without masks (default: the bundled one).
+
+    Returns:
+        the output folder and the contents of ``report.json``.
+
+    Raises:
+        InputError: a missing or malformed input, a radiograph that does not fit its view or the
+            model, a non-empty ``out``, no bundled model.
+    """
+    from biplanar.registration import register as run_registration  # lazy: CLI start-up time
+
+    return run_registration(
+        geometry,
+        ap,
+        lat,
+        out,
+        model,
+        atlas_dir=atlas,
+        ap_mask_path=ap_mask,
+        lat_mask_path=lat_mask,
+        truth_labels_path=truth_labels,
+        refine=refine,
+        estimate_pose=estimate_pose,
+        pose_method=pose_method,
+        progress=progress,
+        side=side,
+        intensity=intensity,
+        air_level=air_level,
+        segmentation_model_path=segmentation_model,
+    )
+
+
+def segment(
+    image: str | Path,
+    out: str | Path,
+    geometry: str | Path | None = None,
+    view: str = "AP",
+    side: str | None = None,
+    intensity: str = "auto",
+    air_level: float | None = None,
+    segmentation_model: str | Path | None = None,
+    model: str | Path | None = None,
+) -> np.ndarray:
+    """The 2D femur mask of one radiograph, as ``register`` makes it without masks (``biplanar segment``).
+
+    Args:
+        image: the radiograph (``.dcm``, ``.npy``, ``.tif``, ``.png``), any detector.
+        out: the mask to write: ``.png`` (8-bit, 255 = femur) on the radiograph's own pixels.
+        geometry: ``geometry.json`` holding the view (default: the DICOM tags, or for an array of the
+            model detector's shape the paper's C-arm view of that name).
+        view: the view's name in ``geometry`` (``"AP"`` or ``"LAT"``).
+        side: ``"left"`` or ``"right"`` (default: the DICOM laterality, else right).
+        intensity: ``"auto"``, ``"line-integral"`` or ``"transmission"``.
+        air_level: unattenuated level of a transmission image (default: estimated).
+        segmentation_model: the segmentation checkpoint (default: the bundled one).
+        model: the registration checkpoint whose detector and atlas are used (default: the bundled one).
+
+    Returns:
+        the ``(rows, cols)`` boolean mask written.
+
+    Raises:
+        InputError: a bad radiograph, geometry or checkpoint, or ``out`` not ``.png``.
+    """
+    from biplanar.devices import default_device  # lazy: CLI start-up time
+    from biplanar.io.images import write_mask_png  # lazy: CLI start-up time
+    from biplanar.registration.inputs import segment_file  # lazy: CLI start-up time
+    from biplanar.registration.pipeline import model_detector, segmenter  # lazy: CLI start-up time
+    from biplanar.training.checkpoints import bundled_model_path, load_model  # lazy: CLI start-up time
+
+    _check_output_suffix(Path(out), (".png",))
+    if view not in ("AP", "LAT"):
+        raise InputError(f"--view: expected AP or LAT, got {view!r}")
+    device = default_device()
+    network, config = load_model(bundled_model_path() if model is None else model, device)
+    mask, _ = segment_file(
+        Path(image),
+        model_detector(network, config),
+        segmenter(segmentation_model, device),
+        None if geometry is None else Path(geometry),
+        view,
+        side,
+        intensity,
+        air_level,
+    )
+    write_mask_png(out, mask)
+    return mask
+
+
+def preprocess(
+    ct: str | Path, labels: str | Path, label: int, side: str, out: str | Path, preset: str = "lite"
+) -> PreprocessResult:
+    """Bring one femur of a real CT into the atlas frame and grid (``biplanar preprocess``).
+
+    Writes ``out/ct.nii.gz`` (float32 HU) and ``out/labels.nii.gz`` (uint8, 1 = femur) on the
+    preset's grid, and ``out/frame.json`` (the femur's axes in the input CT's world mm, the
+    output-to-input matrix, the side).
+
+    Args:
+        ct: NIfTI CT in HU.
+        labels: NIfTI label map on the CT's grid (e.g. TotalSegmentator's: 75 femur_left,
+            76 femur_right).
+        label: the femur's value in ``labels``.
+        side: ``left`` or ``right``: the femur's side (a left femur is mirrored to a right one).
+        out: the output folder (created).
+        preset: the output grid preset, ``paper``, ``lite`` or ``tiny``.
+
+    Returns:
+        the resampled CT and labels, their grid and the femur's frame (axes, head radius,
+        neck-shaft angle).
+
+    Raises:
+        InputError: missing or unreadable files, CT and labels on different grids, ``label``
+            absent, a bad side or preset, a femur too small, cut off or of the other side.
+    """
+    from biplanar.data.preprocess import preprocess_femur  # lazy: CLI start-up time
+
+    return preprocess_femur(ct, labels, label, side, out, preset)
+
+
+def run_demo(
+    out: str | Path = "biplanar_demo",
+    model: str | Path | None = None,
+    seed: int | None = None,
+    progress: bool = True,
+    clinical: bool = False,
+) -> DemoResult:
+    """Simulate a held-out patient, register the atlas to its radiographs, score it (``biplanar demo``).
+
+    Writes ``out/inputs/`` (the patient's CT, radiographs, geometry), ``out/registration/`` (the
+    :func:`register` outputs), ``out/figure.png`` and ``out/demo.json`` (scores and timings).
+
+    Args:
+        out: the demo folder; must be new or empty.
+        model: a checkpoint (default: the bundled ``lite`` model); the grid and detector follow it.
+        seed: the patient's case seed (default: the held-out demo seed, never a training subject).
+        progress: print the stages on stderr.
+        clinical: also register the patient from two clinic DICOM files alone (transmission, 448 x 320
+            at 0.6 mm, geometry from the tags, no masks) into ``out/registration_clinical/``.
+
+    Returns:
+        the registration report, the network's timings and the hip measurements vs the truth.
+
+    Raises:
+        InputError: a non-empty ``out``, a bad checkpoint or no bundled model; a failed demo removes
+            what it wrote.
+    """
+    from biplanar.demo import DEMO_SEED  # lazy: CLI start-up time
+    from biplanar.demo import run_demo as run  # lazy: CLI start-up time
+
+    return run(out, model, DEMO_SEED if seed is None else seed, progress=progress, clinical=clinical)
+
+
+def demo_summary_tables(result: DemoResult) -> list[Table]:
+    """The rich tables ``biplanar demo`` prints for a :func:`run_demo` result.
+
+    Args:
+        result: what :func:`run_demo` returned.
+
+    Returns:
+        the scores and timings table and, when measured, the hip measurements vs the truth.
+    """
+    from biplanar.demo import summary_tables  # lazy: CLI start-up time
+
+    return list(summary_tables(result))
+
+
+def evaluate(
+    model: str | Path,
+    data: str | Path,
+    out: str | Path,
+    split: str = "test",
+    refine: int = 0,
+    limit: int | None = None,
+    progress: bool = True,
+) -> EvaluationResult:
+    """Score a model on a dataset split, per stage (``biplanar evaluate``).
+
+    Writes ``out/cases.csv`` (Dice, Jaccard, ASSD, HD95 in mm, SSIM and time per case and stage:
+    affine only, affine + local, refined) and ``out/summary.json`` / ``out/summary.md`` (mean +- sd).
+
+    Args:
+        model: a checkpoint from :func:`train`.
+        data: a :func:`simulate` dataset folder, on the model's grid preset and detector.
+        out: the output folder; must be new or empty.
+        split: ``train``, ``val``, ``test`` or ``all`` (every subject).
+        refine: test-time refinement iterations (adds the ``refined`` stage).
+        limit: score only the first ``limit`` cases of the split.
+        progress: show a progress bar on stderr.
+
+    Returns:
+        the output folder, the rows of ``cases.csv`` and the summary per stage and metric.
+
+    Raises:
+        InputError: a bad checkpoint or dataset, a dataset that does not fit the model, a
+            non-empty ``out``, ``refine`` or ``limit`` out of range.
+    """
+    from biplanar.evaluation.evaluate import evaluate as run_evaluation  # lazy: CLI start-up time
+
+    return run_evaluation(model, data, out, split=split, refine=refine, limit=limit, progress=progress)
+
+
+def estimate_pose(
+    ct: str | Path,
+    geometry: str | Path,
+    ap: str | Path,
+    out: str | Path,
+    lat: str | Path | None = None,
+    method: str = "opt-gc",
+    init_pose: str | Path | None = None,
+    units: str = "hu",
+    mu_water_per_mm: float = 0.02,
+    levels_mm: Sequence[float] = (12.0, 6.0),
+    evaluations: int = 150,
+    refine_steps: int = 10,
+    sigma_deg: float = 5.0,
+    sigma_mm: float = 10.0,
+    rtpi: str | Path | None = None,
+    fine: str | Path | None = None,
+    progress: bool = True,
+) -> PoseReport:
+    """Estimate the rigid pose of a CT to one or two radiographs (``biplanar pose``).
+
+    Writes ``out/pose.json`` (the 4x4 matrix, rotation in deg and translation in mm about the CT
+    centre, similarities, timings), ``out/geometry_corrected.json`` (every view of the geometry
+    file composed with the pose) and ``out/overlay_<view>.png``.
+
+    Args:
+        ct: CT volume (NIfTI), HU (``units="hu"``) or attenuation 1/mm (``units="mu"``).
+        geometry: ``geometry.json`` with the views of the radiographs (``AP``, ``LAT``).
+        ap: the AP radiograph (``.npy``, ``.tif``, ``.png``, ``.dcm``), line-integral-like (bone bright).
+        out: the output folder (created; files of the same names are replaced).
+        lat: the LAT radiograph (optional).
+        method: ``opt-gc``, ``opt-ncc``, ``opt-ngi`` (optimisation baselines), ``sopi`` or
+            ``sopi+opt`` (SOPI, then Opt-GC refinement).
+        init_pose: JSON with the starting 4x4 ``"matrix"`` (e.g. a ``pose.json``; optimisation
+            methods only).
+        units: ``hu`` or ``mu``: the CT's values.
+        mu_water_per_mm: attenuation of water, 1/mm (HU volumes).
+        levels_mm: resolution levels, mm at the CT centre, coarse to fine.
+        evaluations: CMA-ES evaluations per level.
+        refine_steps: L-BFGS iterations at the finest level.
+        sigma_deg: CMA-ES initial rotation step, deg (about the initial error).
+        sigma_mm: CMA-ES initial translation step, mm.
+        rtpi: SOPI RTPI checkpoint (methods ``sopi``, ``sopi+opt``; with ``fine``; default: the
+            bundled ``sopi_lite`` networks: femur, 112x80 images at 1.86 mm).
+        fine: SOPI fine-registration checkpoint (with ``rtpi``).
+        progress: print the stages on stderr.
+
+    Returns:
+        the output folder and the contents of ``pose.json``.
+
+    Raises:
+        InputError: bad settings, only one of ``rtpi`` and ``fine``, an unknown method or units, a
+            method that cannot run with these inputs, missing or malformed files.
+    """
+    from biplanar.pose.baselines import OptimisationConfig  # lazy: CLI start-up time
+    from biplanar.pose.estimate import (  # lazy: CLI start-up time
+        SopiCheckpoints,
+        bundled_sopi_checkpoints,
+        estimate_pose_files,
+    )
+
+    try:
+        config = OptimisationConfig(
+            levels_mm=tuple(float(size) for size in levels_mm),
+            max_evaluations=evaluations,
+            refine_steps=refine_steps,
+            sigma_deg=sigma_deg,
+            sigma_mm=sigma_mm,
+        )
+    except ValueError as error:
+        raise InputError(f"--levels/--evaluations/--sigma: {error}") from None
+    if (rtpi is None) != (fine is None):
+        raise InputError("--rtpi, --fine: give both SOPI checkpoints or neither (the bundled ones)")
+    checkpoints = (
+        bundled_sopi_checkpoints() if rtpi is None or fine is None else SopiCheckpoints(Path(rtpi), Path(fine))
+    )
+    images = {"AP": ap, **({} if lat is None else {"LAT": lat})}
+    return estimate_pose_files(
+        ct, geometry, images, out, method, init_pose, units, mu_water_per_mm, config, checkpoints, progress=progress
+    )
+
+
+def evaluate_pose(
+    out: str | Path,
+    datasets: Sequence[str] | str | None = None,
+    ranges: Sequence[str] | str | None = None,
+    cases: int = 10,
+    seed: int = 0,
+    methods: Sequence[str] | str | None = None,
+    rtpi: Sequence[str | Path] | str | Path | None = None,
+    fine: Sequence[str | Path] | str | Path | None = None,
+    evaluations: int = 150,
+    refine_steps: int = 10,
+    max_levels: int | None = None,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Rigid pose accuracy in SOPI's Table 1 style (``biplanar evaluate-pose``).
+
+    Poses the real lumbar CT and femur phantoms at random true poses, estimates them back with each
+    method and writes ``out/cases.csv`` (errors per case, deg and mm) and ``out/summary.md``,
+    rewritten after each dataset and range.
+
+    Args:
+        out: the output folder (created).
+        datasets: ``lumbar`` and/or ``femur`` (default: both).
+        ranges: pose ranges, ``small`` and/or ``wide`` (default: both).
+        cases: cases per dataset and range.
+        seed: seed of the true poses.
+        methods: some of ``opt-gc``, ``opt-ncc``, ``opt-ngi``, ``sopi``, ``sopi+opt`` (default: the
+            three optimisation baselines).
+        rtpi: SOPI RTPI checkpoints for methods ``sopi``, ``sopi+opt``: entries ``DATASET=PATH``
+            (that dataset) or ``PATH`` (every dataset).
+        fine: SOPI fine-registration checkpoints, as ``rtpi``.
+        evaluations: CMA-ES evaluations per level.
+        refine_steps: L-BFGS iterations at the finest level.
+        max_levels: use only the coarsest ``max_levels`` levels of each dataset (default: all).
+        progress: show a progress bar on stderr.
+
+    Returns:
+        the rows of ``cases.csv``.
+
+    Raises:
+        InputError: an unknown dataset, range or method, ``cases < 1``, missing checkpoints or
+            checkpoints given for different datasets.
+    """
+    from biplanar.evaluation.pose_accuracy import (  # lazy: CLI start-up time
+        SearchEffort,
+        StudySettings,
+        evaluate_pose_accuracy,
+        sopi_checkpoints,
+    )
+
+    defaults = StudySettings(cases=cases, seed=seed, effort=SearchEffort(evaluations, refine_steps, max_levels))
+    settings = replace(
+        defaults,
+        datasets=defaults.datasets if datasets is None else _names(datasets),
+        ranges=defaults.ranges if ranges is None else _names(ranges),
+        methods=defaults.methods if methods is None else _names(methods),
+    )
+    return evaluate_pose_accuracy(out, settings, sopi_checkpoints(rtpi, fine), progress=progress)
+
+
+def run_experiments(
+    out: str | Path,
+    budget: str,
+    model_full: str | Path | None = None,
+    model_generalized: str | Path | None = None,
+    docs_dir: str | Path | None = None,
+    workers: int = 1,
+    stage: str | None = None,
+    sopi_rtpi: Sequence[str | Path] | str | Path | None = None,
+    sopi_fine: Sequence[str | Path] | str | Path | None = None,
+    progress: bool = True,
+) -> ExperimentsResult:
+    """Reproduce the paper's Tables 1-2, Figs. 3-4 and SOPI's Table 1 (``biplanar experiments``).
+
+    Runs (or resumes: re-running reuses the stages complete in ``out``) every stage and writes
+    ``out/results.md`` with its CSVs and plots. Ctrl-C during a training stage checkpoints it and
+    raises :class:`~biplanar.training.trainer.TrainingInterrupted`; calling again resumes.
+
+    Args:
+        out: the experiments folder (created).
+        budget: ``tiny`` (a plumbing check), ``lite`` (CPU-sized) or ``paper``.
+        model_full: reuse this full-model checkpoint instead of training one (its preset must be the
+            budget's).
+        model_generalized: reuse this checkpoint as the Fig. 4 model (trained on generalized
+            geometries).
+        docs_dir: also copy ``results.md`` to ``docs_dir/results.md`` and the plots to
+            ``docs_dir/img/results_*.png``.
+        workers: parallel processes simulating the datasets.
+        stage: run only this stage (e.g. ``train_kasten``), once the stages it needs are complete,
+            and write no report.
+        sopi_rtpi: SOPI RTPI checkpoints, ``DATASET=PATH`` (``femur``, ``lumbar``) or ``PATH``: the
+            pose study then also scores ``sopi`` and ``sopi+opt`` on those datasets.
+        sopi_fine: SOPI fine-registration checkpoints, as ``sopi_rtpi``.
+        progress: show progress on stderr.
+
+    Returns:
+        the report's path, the stages run now and those reused.
+
+    Raises:
+        InputError: an unknown budget or stage, a stage whose prerequisites are not complete, a bad
+            or mismatching checkpoint, or ``out`` holding another budget's run.
+        TrainingInterrupted: Ctrl-C / SIGTERM during training, after writing its checkpoint.
+    """
+    from biplanar.experiments import run_experiments as run_stages  # lazy: CLI start-up time
+
+    return run_stages(
+        out,
+        budget,
+        model_full=model_full,
+        model_generalized=model_generalized,
+        docs_dir=docs_dir,
+        workers=workers,
+        progress=progress,
+        stage=stage,
+        sopi_rtpi=sopi_rtpi,
+        sopi_fine=sopi_fine,
+    )

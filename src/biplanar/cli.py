@@ -1,5 +1,9 @@
 """The ``biplanar`` command line: thin commands over the Python API (``docs/contract.md`` section 5).
 
+Each command parses its options, calls one function of :mod:`biplanar.api` (``docs/api.md``) with
+the parsed values and prints a summary; it imports the API inside the command, so that
+``biplanar --help`` loads neither the API nor torch.
+
 Every command exits 0 on success; on bad input it prints one line naming the file or field and
 exits 2 (``--debug`` shows the traceback instead); outputs are written atomically.
 """
@@ -9,13 +13,13 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import sys
 from collections.abc import Iterator
 from enum import Enum
 from pathlib import Path
 
 import typer
 
+from biplanar.config import DEFAULT_NUM_SAMPLES
 from biplanar.errors import InputError
 
 app = typer.Typer(
@@ -50,13 +54,18 @@ def _reporting_errors() -> Iterator[None]:
 
 @contextlib.contextmanager
 def _reporting_interruption(how_to_continue: str = "continue with --resume") -> Iterator[None]:
-    """Turn a training stopped by Ctrl-C (its checkpoint written) into one line and exit code 130."""
-    from biplanar.training.trainer import TrainingInterrupted
+    """Turn a training stopped by Ctrl-C (its checkpoint written) into one line and exit code 130.
 
+    Training raises :class:`biplanar.training.trainer.TrainingInterrupted`, a ``KeyboardInterrupt``
+    with the ``checkpoint`` it wrote; any other interruption propagates.
+    """
     try:
         yield
-    except TrainingInterrupted as stop:
-        typer.echo(f"biplanar: interrupted: checkpoint {stop.checkpoint}; {how_to_continue}", err=True)
+    except KeyboardInterrupt as stop:
+        checkpoint = getattr(stop, "checkpoint", None)
+        if checkpoint is None:
+            raise
+        typer.echo(f"biplanar: interrupted: checkpoint {checkpoint}; {how_to_continue}", err=True)
         raise typer.Exit(EXIT_INTERRUPTED) from None
 
 
@@ -86,7 +95,7 @@ def drr(
     mode: DrrMode = typer.Option(DrrMode.line_integral, help="DRR values (CONTRACT section 3)."),
     units: VolumeUnits = typer.Option(VolumeUnits.hu, help="Volume values: HU, or mu in 1/mm."),
     mu_water: float = typer.Option(0.02, help="Attenuation of water, 1/mm (for HU volumes)."),
-    samples: int = typer.Option(256, min=1, help="Samples per ray."),
+    samples: int = typer.Option(DEFAULT_NUM_SAMPLES, min=1, help="Samples per ray."),
     photons: float = typer.Option(1e5, min=1.0, help="Photons per pixel (mode poisson)."),
     seed: int = typer.Option(0, help="Noise seed (mode poisson)."),
     kvp: float = typer.Option(80.0, min=20.0, max=150.0, help="Tube voltage (mode polychromatic)."),
@@ -95,22 +104,22 @@ def drr(
 ) -> None:
     """Render a DRR of a volume for one view of a geometry file."""
     with _reporting_errors():
-        from biplanar.api import render_drr_file
+        from biplanar import api  # lazy: CLI start-up time
 
-        image = render_drr_file(
+        image = api.drr(
             volume,
             geometry,
-            view,
             out,
+            view=view,
             mode=mode.value,
             units=units.value,
             mu_water_per_mm=mu_water,
             num_samples=samples,
             photons=photons,
             seed=seed,
-            preview=preview,
             kvp=kvp,
             aluminium_mm=aluminium_mm,
+            preview=preview,
         )
         typer.echo(f"wrote {out} ({image.shape[0]} x {image.shape[1]}, min {image.min():.4g}, max {image.max():.4g})")
 
@@ -123,12 +132,21 @@ def geometry(
     rows: int = typer.Option(224, min=1, help="Detector rows."),
     cols: int = typer.Option(160, min=1, help="Detector columns."),
     pixel_spacing: float = typer.Option(0.93, min=1e-6, help="Detector pixel spacing, mm."),
+    from_dicom: tuple[Path, Path] | None = typer.Option(
+        None,
+        "--from-dicom",
+        help="AP and LAT DICOM radiographs: write the geometry of their tags (angle and size options unused).",
+    ),
 ) -> None:
-    """Write a C-arm geometry file at the paper's distances (isocentre: the volume's centre)."""
+    """Write a C-arm geometry file at the paper's distances, or the one two DICOM radiographs' tags
+    give (isocentre: the volume's centre)."""
     with _reporting_errors():
-        from biplanar.api import write_carm_geometry
+        from biplanar import api  # lazy: CLI start-up time
 
-        write_carm_geometry(out, ap_angle, lat_angle, (rows, cols), pixel_spacing)
+        if from_dicom is not None:
+            api.geometry_from_dicom(from_dicom[0], from_dicom[1], out)
+        else:
+            api.write_geometry(out, ap_angle, lat_angle, (rows, cols), pixel_spacing)
         typer.echo(f"wrote {out}")
 
 
@@ -139,9 +157,9 @@ def atlas(
 ) -> None:
     """Generate the mean-shape femur atlas (image, labels, landmarks) on a grid preset."""
     with _reporting_errors():
-        from biplanar.data.atlas import write_atlas
+        from biplanar import api  # lazy: CLI start-up time
 
-        write_atlas(out, preset)
+        api.write_atlas(out, preset)
         typer.echo(f"wrote the {preset} atlas to {out}")
 
 
@@ -168,12 +186,20 @@ def simulate(
 ) -> None:
     """Make a dataset: CT + femur labels, AP and LAT radiographs, masks, geometry files, split."""
     with _reporting_errors():
-        from biplanar.data.simulate import SimulationConfig, simulate_dataset
+        from biplanar import api  # lazy: CLI start-up time
 
-        config = SimulationConfig(
-            preset=preset, geometry=geometry.value, mode=mode, photons=photons, kvp=kvp, aluminium_mm=aluminium_mm
+        summary = api.simulate(
+            out,
+            n,
+            seed,
+            geometry=geometry.value,
+            preset=preset,
+            mode=mode,
+            photons=photons,
+            kvp=kvp,
+            aluminium_mm=aluminium_mm,
+            workers=workers,
         )
-        summary = simulate_dataset(out, n, seed, config, workers=workers)
         typer.echo(f"wrote {len(summary.written)} subjects to {out}, {len(summary.skipped)} already there")
 
 
@@ -188,10 +214,10 @@ def train(
 ) -> None:
     """Train the registration network (also under torchrun; Ctrl-C checkpoints, --resume continues)."""
     with _reporting_errors():
-        from biplanar.training.trainer import train as run_training
+        from biplanar import api  # lazy: CLI start-up time
 
         with _reporting_interruption():
-            result = run_training(config, out, data_dir=data, on_the_fly=on_the_fly, resume=resume, epochs=epochs)
+            result = api.train(config, out, data=data, on_the_fly=on_the_fly, resume=resume, epochs=epochs)
         best = _best(result.best_val_dice, 3)
         if os.environ.get("RANK", "0") != "0":  # under torchrun, one summary
             return
@@ -217,10 +243,10 @@ def train_baseline(
 ) -> None:
     """Train a learned baseline of Table 1 (Ctrl-C checkpoints, --resume continues)."""
     with _reporting_errors():
-        from biplanar.training.baselines import train_baseline as run_training
+        from biplanar import api  # lazy: CLI start-up time
 
         with _reporting_interruption():
-            result = run_training(method.value, config, out, data_dir=data, resume=resume, epochs=epochs)
+            result = api.train_baseline(method.value, data, out, config=config, resume=resume, epochs=epochs)
         best = _best(result.best_val_dice, 3)
         typer.echo(
             f"trained {method.value} for {result.epochs_completed} epochs ({result.global_step} steps); "
@@ -244,10 +270,10 @@ def train_pose(
 ) -> None:
     """Train a SOPI pose network on simulated pairs (Ctrl-C checkpoints, --resume continues)."""
     with _reporting_errors():
-        from biplanar.training.pose_trainer import train_pose as run_training
+        from biplanar import api  # lazy: CLI start-up time
 
         with _reporting_interruption():
-            result = run_training(config, out, network.value, resume=resume, steps=steps, max_steps=max_steps)
+            result = api.train_pose(config, out, network.value, resume=resume, steps=steps, max_steps=max_steps)
         best = _best(result.best_val_loss, 4)
         typer.echo(
             f"trained {network.value} for {result.global_step} steps; best validation loss {best}; checkpoints in {out}"
@@ -260,16 +286,30 @@ class CorrectionMethod(str, Enum):
     opt_ngi = "opt-ngi"
 
 
+class Side(str, Enum):
+    left = "left"
+    right = "right"
+
+
+class Intensity(str, Enum):
+    auto = "auto"
+    line_integral = "line-integral"
+    transmission = "transmission"
+
+
 @app.command()
 def register(
-    geometry: Path = typer.Option(..., help="geometry.json with views AP and LAT."),
-    ap: Path = typer.Option(..., help="AP radiograph (.npy, .tif, .png, .dcm)."),
-    lat: Path = typer.Option(..., help="LAT radiograph (.npy, .tif, .png, .dcm)."),
+    geometry: Path | None = typer.Option(
+        None,
+        help="geometry.json with views AP and LAT (default: the DICOM radiographs' tags; given, it overrides them).",
+    ),
+    ap: Path = typer.Option(..., help="AP radiograph (.dcm, .npy, .tif, .png), any detector."),
+    lat: Path = typer.Option(..., help="LAT radiograph (.dcm, .npy, .tif, .png), any detector."),
     out: Path = typer.Option(..., help="Output folder (must be new or empty)."),
     model: Path | None = typer.Option(None, help="Checkpoint from `biplanar train` (default: the bundled model)."),
     atlas: Path | None = typer.Option(None, help="Atlas folder (default: the model's own atlas)."),
-    ap_mask: Path | None = typer.Option(None, help="2D femur mask of the AP radiograph."),
-    lat_mask: Path | None = typer.Option(None, help="2D femur mask of the LAT radiograph."),
+    ap_mask: Path | None = typer.Option(None, help="2D femur mask of the AP radiograph (default: segmented)."),
+    lat_mask: Path | None = typer.Option(None, help="2D femur mask of the LAT radiograph (default: segmented)."),
     truth_labels: Path | None = typer.Option(None, help="True femur labels on the atlas grid: adds Dice, ASSD..."),
     refine: int = typer.Option(0, min=0, help="Test-time optimisation iterations after the network (0: none)."),
     estimate_pose: bool = typer.Option(
@@ -281,33 +321,73 @@ def register(
     pose_method: CorrectionMethod = typer.Option(
         CorrectionMethod.opt_gc, help="Similarity of --estimate-pose's search."
     ),
+    side: Side | None = typer.Option(
+        None, help="The femur's side (default: the DICOM Image Laterality / Laterality, else right)."
+    ),
+    intensity: Intensity = typer.Option(
+        Intensity.auto,
+        help="Pixel values: line integrals, or transmission (-log(I / I_air)); auto: DICOM tags or the image.",
+    ),
+    air_level: float | None = typer.Option(
+        None, help="Unattenuated level of transmission images, in the file's values (default: estimated)."
+    ),
+    segmentation_model: Path | None = typer.Option(
+        None, help="2D femur segmentation checkpoint used without masks (default: the bundled one)."
+    ),
 ) -> None:
-    """Register the atlas to two calibrated radiographs; writes the outputs of CONTRACT section 6."""
+    """Register the atlas to two radiographs (DICOM or arrays); writes the outputs of docs/contract.md section 6."""
     with _reporting_errors():
-        from biplanar.registration import register as run_registration
+        from biplanar import api  # lazy: CLI start-up time
 
-        result = run_registration(
+        result = api.register(
             geometry,
             ap,
             lat,
             out,
-            model,
-            atlas_dir=atlas,
-            ap_mask_path=ap_mask,
-            lat_mask_path=lat_mask,
-            truth_labels_path=truth_labels,
+            model=model,
+            atlas=atlas,
+            ap_mask=ap_mask,
+            lat_mask=lat_mask,
+            truth_labels=truth_labels,
             refine=refine,
             estimate_pose=estimate_pose,
             pose_method=pose_method.value,
+            side=None if side is None else side.value,
+            intensity=intensity.value,
+            air_level=air_level,
+            segmentation_model=segmentation_model,
         )
         scores = {key: result.report[key] for key in ("dice", "assd_mm") if result.report.get(key) is not None}
         summary = ", ".join(f"{key} {value:.3f}" for key, value in scores.items())
         typer.echo(f"wrote {out} in {result.report['timings_s']['total']:.1f} s" + (f" ({summary})" if summary else ""))
 
 
-class Side(str, Enum):
-    left = "left"
-    right = "right"
+@app.command()
+def segment(
+    image: Path = typer.Option(..., help="Radiograph (.dcm, .npy, .tif, .png), any detector."),
+    out: Path = typer.Option(..., help="Mask to write (.png, 255 = femur), on the radiograph's pixels."),
+    geometry: Path | None = typer.Option(None, help="geometry.json with the view (default: the DICOM tags)."),
+    view: str = typer.Option("AP", help="The view's name in the geometry: AP or LAT."),
+    side: Side | None = typer.Option(None, help="The femur's side (default: the DICOM laterality, else right)."),
+    intensity: Intensity = typer.Option(Intensity.auto, help="Pixel values: line integrals or transmission."),
+    air_level: float | None = typer.Option(None, help="Unattenuated level of a transmission image."),
+    segmentation_model: Path | None = typer.Option(None, help="Segmentation checkpoint (default: bundled)."),
+) -> None:
+    """Segment the femur on one radiograph with the bundled 2D network (what register does without masks)."""
+    with _reporting_errors():
+        from biplanar import api  # lazy: CLI start-up time
+
+        mask = api.segment(
+            image,
+            out,
+            geometry=geometry,
+            view=view,
+            side=None if side is None else side.value,
+            intensity=intensity.value,
+            air_level=air_level,
+            segmentation_model=segmentation_model,
+        )
+        typer.echo(f"wrote {out} ({int(mask.sum())} femur pixels of {mask.size})")
 
 
 @app.command()
@@ -321,9 +401,9 @@ def preprocess(
 ) -> None:
     """Bring one femur of a real CT into the atlas frame and grid (the paper's preprocessing)."""
     with _reporting_errors():
-        from biplanar.data.preprocess import preprocess_femur
+        from biplanar import api  # lazy: CLI start-up time
 
-        result = preprocess_femur(ct, labels, label, side.value, out, preset)
+        result = api.preprocess(ct, labels, label, side.value, out, preset=preset)
         axes = result.frame.axes
         typer.echo(
             f"wrote {out} (head radius {axes.head_radius_mm:.1f} mm, "
@@ -336,18 +416,25 @@ def demo(
     out: Path = typer.Option(Path("biplanar_demo"), help="Demo folder (must be new or empty)."),
     model: Path | None = typer.Option(None, help="Checkpoint (default: the bundled lite model)."),
     seed: int | None = typer.Option(None, min=0, help="Case seed of the patient (default: the held-out demo seed)."),
+    clinical: bool = typer.Option(
+        False,
+        "--clinical",
+        help="Also register the patient from two clinic DICOM files alone "
+        "(transmission, 448 x 320 at 0.6 mm, geometry from the tags, no masks).",
+    ),
 ) -> None:
     """Simulate a held-out patient, register the atlas to its AP + LAT radiographs, score and draw it."""
     with _reporting_errors():
-        from rich.console import Console
+        from rich.console import Console  # lazy: CLI start-up time
 
-        from biplanar.demo import DEMO_SEED, run_demo, summary_tables
+        from biplanar import api  # lazy: CLI start-up time
 
-        result = run_demo(out, model, DEMO_SEED if seed is None else seed)
+        result = api.run_demo(out, model=model, seed=seed, clinical=clinical)
         console = Console()
-        for table in summary_tables(result):
+        for table in api.demo_summary_tables(result):
             console.print(table)
-        typer.echo(f"wrote {out}: inputs/, registration/, figure.png, demo.json")
+        extra = "registration_clinical/, " if clinical else ""
+        typer.echo(f"wrote {out}: inputs/, registration/, {extra}figure.png, demo.json")
 
 
 @app.command()
@@ -361,9 +448,9 @@ def evaluate(
 ) -> None:
     """Score a model on a dataset split: Dice, Jaccard, ASSD, HD95, SSIM, time, per stage."""
     with _reporting_errors():
-        from biplanar.evaluation.evaluate import evaluate as run_evaluation
+        from biplanar import api  # lazy: CLI start-up time
 
-        result = run_evaluation(model, data, out, split=split, refine=refine, limit=limit)
+        result = api.evaluate(model, data, out, split=split, refine=refine, limit=limit)
         typer.echo((result.out_dir / "summary.md").read_text().rstrip())
 
 
@@ -402,26 +489,29 @@ def pose(
 ) -> None:
     """Estimate the rigid pose of a CT to one or two radiographs; writes the pose and a corrected geometry."""
     with _reporting_errors():
-        from biplanar.pose.baselines import OptimisationConfig
-        from biplanar.pose.estimate import SopiCheckpoints, bundled_sopi_checkpoints, estimate_pose_files
+        from biplanar import api  # lazy: CLI start-up time
 
         try:
             sizes = tuple(float(size) for size in levels.split(","))
-            config = OptimisationConfig(
-                levels_mm=sizes,
-                max_evaluations=evaluations,
-                refine_steps=refine_steps,
-                sigma_deg=sigma_deg,
-                sigma_mm=sigma_mm,
-            )
         except ValueError as error:
             raise InputError(f"--levels/--evaluations/--sigma: {error}") from None
-        if (rtpi is None) != (fine is None):
-            raise InputError("--rtpi, --fine: give both SOPI checkpoints or neither (the bundled ones)")
-        checkpoints = bundled_sopi_checkpoints() if rtpi is None else SopiCheckpoints(rtpi, fine)
-        images = {"AP": ap, **({} if lat is None else {"LAT": lat})}
-        report = estimate_pose_files(
-            ct, geometry, images, out, method.value, init_pose, units.value, mu_water, config, checkpoints
+        report = api.estimate_pose(
+            ct,
+            geometry,
+            ap,
+            out,
+            lat=lat,
+            method=method.value,
+            init_pose=init_pose,
+            units=units.value,
+            mu_water_per_mm=mu_water,
+            levels_mm=sizes,
+            evaluations=evaluations,
+            refine_steps=refine_steps,
+            sigma_deg=sigma_deg,
+            sigma_mm=sigma_mm,
+            rtpi=rtpi,
+            fine=fine,
         )
         params = report.document["params"]
         rotation = ", ".join(f"{value:.2f}" for value in params["rotation_deg"])
@@ -461,22 +551,21 @@ def evaluate_pose(
 ) -> None:
     """Rigid pose accuracy (SOPI's Table 1 style) on the real lumbar CT and femur phantoms."""
     with _reporting_errors():
-        from dataclasses import replace
+        from biplanar import api  # lazy: CLI start-up time
 
-        from biplanar.evaluation.pose_accuracy import (
-            SearchEffort,
-            StudySettings,
-            evaluate_pose_accuracy,
-            sopi_checkpoints,
+        rows = api.evaluate_pose(
+            out,
+            datasets=_names(datasets),
+            ranges=_names(ranges),
+            cases=n,
+            seed=seed,
+            methods=_names(methods),
+            rtpi=rtpi,
+            fine=fine,
+            evaluations=evaluations,
+            refine_steps=refine_steps,
+            max_levels=max_levels,
         )
-
-        given = {"datasets": _names(datasets), "ranges": _names(ranges), "methods": _names(methods)}
-        effort = SearchEffort(evaluations, refine_steps, max_levels)
-        settings = replace(
-            StudySettings(cases=n, seed=seed, effort=effort),
-            **{key: value for key, value in given.items() if value is not None},
-        )
-        rows = evaluate_pose_accuracy(out, settings, sopi_checkpoints(rtpi, fine))
         typer.echo((out / "summary.md").read_text().rstrip())
         typer.echo(f"wrote {out}: cases.csv ({len(rows)} rows), summary.md")
 
@@ -514,10 +603,10 @@ def experiments(
 ) -> None:
     """Reproduce the paper's Tables 1-2 and Figs. 3-4 and SOPI's Table 1: results.md, CSVs and plots in --out."""
     with _reporting_errors():
-        from biplanar.experiments import run_experiments
+        from biplanar import api  # lazy: CLI start-up time
 
         with _reporting_interruption("run the same command again to resume"):
-            result = run_experiments(
+            result = api.run_experiments(
                 out,
                 budget.value,
                 model_full=model_full,
@@ -540,4 +629,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -8,20 +8,33 @@ checkpoint so that a checkpoint alone rebuilds its model. Presets live in ``conf
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import yaml
 
 from biplanar.errors import InputError
 
 ConfigT = TypeVar("ConfigT")
+# The presets of ExperimentConfig shipped in biplanar/resources/configs (also the simulation presets:
+# biplanar.data.simulate takes each one's detector from here).
+PRESETS = ("paper", "lite", "tiny")
+# ProST samples per ray (``K``) wherever none is given: biplanar.layers.prost.ProST, the renderers and
+# simulations built on it, and a config's ``geometry.num_samples`` (every shipped preset states its own).
+DEFAULT_NUM_SAMPLES = 256
+# Config fields renamed since checkpoints were first written, old name -> new name: a mapping that
+# uses the old name (a YAML file, a checkpoint's config dict) is read as if it used the new one.
+RENAMED_FIELDS = {"prost_samples": "num_samples"}
 
 
 class DictConfig:
     """``to_dict`` / ``from_dict`` of a top-level config dataclass: the form a checkpoint carries."""
+
+    # Declared for the type checker only (subclasses are dataclasses): makes ``self`` a DataclassInstance.
+    __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)  # subclasses are dataclasses
@@ -40,13 +53,13 @@ class GeometryConfig:
         grid_preset: atlas grid (``paper``, ``lite``, ``tiny``; see ``biplanar.data.grid_presets``).
         image_shape: ``(rows, cols)`` of the radiographs.
         pixel_spacing_mm: detector pixel spacing, mm (both directions).
-        prost_samples: ProST samples per ray.
+        num_samples: ProST samples per ray (``prost_samples`` in older files and checkpoints).
     """
 
     grid_preset: str = "lite"
     image_shape: tuple[int, int] = (112, 80)
     pixel_spacing_mm: float = 1.86
-    prost_samples: int = 128
+    num_samples: int = DEFAULT_NUM_SAMPLES
 
 
 @dataclass(frozen=True)
@@ -159,7 +172,7 @@ def _validate(config: ExperimentConfig) -> None:
         raise InputError("config: local.decoder_features: needs more entries than local.encoder_features")
 
 
-def check_choices(config: Any, choices: dict[tuple[str, str], tuple[str, ...]]) -> None:
+def check_choices(config: Any, choices: Mapping[tuple[str, str], tuple[str, ...]]) -> None:
     """Check that each ``config.<section>.<name>`` of ``choices`` is one of its allowed strings.
 
     Raises:
@@ -177,7 +190,7 @@ def build_dataclass(cls: type, document: Any, where: str) -> Any:
     Args:
         cls: the dataclass; every field has a default (its type is read from the default).
         document: the mapping (e.g. ``yaml.safe_load`` of a config file); missing fields keep
-            their defaults.
+            their defaults; an old field name of :data:`RENAMED_FIELDS` is read as its new name.
         where: what ``document`` is (a file name, ``"<file>: config"``), the start of every message.
 
     Returns:
@@ -190,12 +203,24 @@ def build_dataclass(cls: type, document: Any, where: str) -> Any:
     if not isinstance(document, dict):
         raise InputError(f"{where}: expected a mapping")
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    document = _renamed(document, set(fields), where)
     unknown = set(document) - set(fields)
     if unknown:
         raise InputError(f"{where}: unknown field(s) {sorted(unknown)}")
     defaults = cls()
     values = {name: _coerce(getattr(defaults, name), value, f"{where}.{name}") for name, value in document.items()}
     return cls(**values)
+
+
+def _renamed(document: dict[str, Any], fields: set[str], where: str) -> dict[str, Any]:
+    """``document`` with each old name of :data:`RENAMED_FIELDS` whose new name is one of ``fields`` renamed."""
+    renamed = dict(document)
+    for old, new in RENAMED_FIELDS.items():
+        if old in renamed and new in fields and old not in fields:
+            if new in renamed:
+                raise InputError(f"{where}: {old} and {new} both given ({old} is the old name of {new})")
+            renamed[new] = renamed.pop(old)
+    return renamed
 
 
 def _coerce(default: Any, value: Any, where: str) -> Any:
@@ -220,7 +245,7 @@ def _coerce(default: Any, value: Any, where: str) -> Any:
 
 
 def shipped_config_path(name: str) -> Path:
-    """Path of a preset shipped with the package (``paper``, ``lite``, ``tiny``, ``sopi_tiny``, ``sopi_lite``, ``sopi_lumbar``)."""
+    """Path of a preset shipped with the package (:data:`PRESETS`, ``sopi_tiny``, ``sopi_lite``, ``sopi_lumbar``)."""
     return Path(str(resources.files("biplanar") / "resources" / "configs" / f"{name}.yaml"))
 
 
@@ -253,4 +278,4 @@ def load_config(path_or_preset: str | Path) -> ExperimentConfig:
     Raises:
         InputError: a missing file, invalid YAML, or a field that is unknown or of the wrong type.
     """
-    return load_yaml_dataclass(path_or_preset, ExperimentConfig, ("paper", "lite", "tiny"))
+    return load_yaml_dataclass(path_or_preset, ExperimentConfig, PRESETS)

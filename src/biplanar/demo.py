@@ -9,6 +9,10 @@
    radiographs, ``geometry.json``, ``subject.json`` with the true landmarks).
 3. Register the atlas with :func:`biplanar.registration.register` (the bundled model by default)
    from the radiographs and masks, with the true labels for scoring, into ``out_dir/registration``.
+   With ``clinical``, also render the patient as a clinic hands it over (:mod:`biplanar.data.clinical`:
+   two DICOM files of transmission counts on a 448 x 320 detector at 0.6 mm, the geometry in their
+   tags, no masks) into ``out_dir/inputs/clinical`` and register them alone into
+   ``out_dir/registration_clinical``: the scores of both routes stand side by side.
 4. Draw the Fig. 2-style figure ``out_dir/figure.png`` (:mod:`biplanar.evaluation.figures`) and
    write ``out_dir/demo.json`` (the numbers of the summary table).
 
@@ -19,13 +23,15 @@ The network's time is split at the affine module's output
 from __future__ import annotations
 
 import shutil
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rich.table import Table
+
 from biplanar.config import ExperimentConfig
+from biplanar.data.clinical import write_clinical_dicoms
 from biplanar.data.simulate import SimulationConfig, simulate_case, write_case
 from biplanar.errors import InputError
 from biplanar.evaluation.evaluate import StageTimes, network_stage_times
@@ -34,12 +40,14 @@ from biplanar.evaluation.hip import MEASUREMENT_KEYS, hip_errors, subject_hip_tr
 from biplanar.geometry.presets import VIEW_NAMES
 from biplanar.io.atomic import require_empty_out_dir
 from biplanar.io.json_files import write_json
+from biplanar.progress import print_stage
 from biplanar.registration import register
 from biplanar.training.checkpoints import bundled_model_path, load_checkpoint
 
 DEMO_SEED = 20261121  # the held-out patient's case seed (module doc)
 DEFAULT_OUT_DIR = Path("biplanar_demo")
 INPUTS, REGISTRATION, FIGURE, SUMMARY = "inputs", "registration", "figure.png", "demo.json"
+CLINICAL, REGISTRATION_CLINICAL = "clinical", "registration_clinical"
 METRICS = (("dice", "Dice", ""), ("jaccard", "Jaccard", ""), ("assd_mm", "ASSD", "mm"), ("hd95_mm", "HD95", "mm"))
 
 
@@ -54,6 +62,7 @@ class DemoResult:
         hip: measurement -> ``{"measured", "true", "error"}``, or ``None`` when the report has no
             hip measurements.
         total_s: the whole demo's wall time, s.
+        clinical_report: with ``clinical``, the ``report.json`` of the DICOM-only route, else ``None``.
     """
 
     out_dir: Path
@@ -61,6 +70,7 @@ class DemoResult:
     network: StageTimes
     hip: dict[str, dict[str, Any]] | None
     total_s: float
+    clinical_report: dict[str, Any] | None = None
 
     def document(self) -> dict[str, Any]:
         """``demo.json``: the scores, the timings (s) and the hip measurements."""
@@ -75,12 +85,19 @@ class DemoResult:
             },
             "hip": self.hip,
             "model": self.report["inputs"]["model"],
+            **(
+                {}
+                if self.clinical_report is None
+                else {
+                    "clinical": {
+                        "metrics": {key: self.clinical_report.get(key) for key, _, _ in METRICS},
+                        "inputs": "two DICOM files: transmission counts (LIN, MONOCHROME1), 448 x 320 at 0.6 mm, "
+                        "geometry from the tags, no masks",
+                        "register_s": self.clinical_report["timings_s"]["total"],
+                    }
+                }
+            ),
         }
-
-
-def _stage(progress: bool, message: str) -> None:
-    if progress:
-        print(f"demo: {message}", file=sys.stderr, flush=True)
 
 
 def model_config(model_path: Path):
@@ -121,7 +138,7 @@ def hip_comparison(report: dict[str, Any], subject: dict[str, Any]) -> dict[str,
 
 def _remove_outputs(out_dir: Path, created: bool) -> None:
     """Undo a failed demo: the demo's own entries, then ``out_dir`` if the demo created it."""
-    for name in (INPUTS, REGISTRATION):
+    for name in (INPUTS, REGISTRATION, REGISTRATION_CLINICAL):
         shutil.rmtree(out_dir / name, ignore_errors=True)
     for name in (FIGURE, SUMMARY):
         (out_dir / name).unlink(missing_ok=True)
@@ -134,6 +151,7 @@ def run_demo(
     model_path: str | Path | None = None,
     seed: int = DEMO_SEED,
     progress: bool = True,
+    clinical: bool = False,
 ) -> DemoResult:
     """Run the demo (module doc).
 
@@ -143,6 +161,7 @@ def run_demo(
             detector follow its config.
         seed: the case seed of the patient (default :data:`DEMO_SEED`, never a training subject).
         progress: print the stages on stderr.
+        clinical: also register the patient from two clinic DICOM files alone (module doc).
 
     Raises:
         InputError: a non-empty ``out_dir``, a bad checkpoint, or no bundled model; a failed demo
@@ -153,20 +172,23 @@ def run_demo(
     out_dir = Path(out_dir)
     require_empty_out_dir(out_dir)
     if model_path is None:
-
         model_path = bundled_model_path("lite")
     config = model_config(Path(model_path))
     created = not out_dir.exists()
     try:
-        return _run(out_dir, Path(model_path), config, seed, progress, started)
+        return _run(out_dir, Path(model_path), config, seed, progress, started, clinical)
     except BaseException:
         _remove_outputs(out_dir, created)
         raise
 
 
-def _run(out_dir: Path, model_path: Path, config, seed: int, progress: bool, started: float) -> DemoResult:
+def _run(
+    out_dir: Path, model_path: Path, config, seed: int, progress: bool, started: float, clinical: bool
+) -> DemoResult:
 
-    _stage(progress, f"simulating the held-out patient (case seed {seed}, {config.geometry.grid_preset} preset)")
+    print_stage(
+        "demo", progress, f"simulating the held-out patient (case seed {seed}, {config.geometry.grid_preset} preset)"
+    )
     case = demo_case(seed, config)
     inputs = out_dir / INPUTS
     write_case(inputs, case, {"subject_id": "demo"})
@@ -182,7 +204,20 @@ def _run(out_dir: Path, model_path: Path, config, seed: int, progress: bool, sta
             truth_labels_path=inputs / "labels.nii.gz",
             progress=progress,
         )
-    _stage(progress, "drawing the figure")
+    clinical_report = None
+    if clinical:
+        print_stage("demo", progress, "the clinical route: two DICOM files alone (448 x 320, transmission, no masks)")
+        files = write_clinical_dicoms(inputs / CLINICAL, case.ct_hu, case.grid)
+        clinical_report = register(
+            None,
+            files["AP"],
+            files["LAT"],
+            out_dir / REGISTRATION_CLINICAL,
+            model_path,
+            truth_labels_path=inputs / "labels.nii.gz",
+            progress=progress,
+        ).report
+    print_stage("demo", progress, "drawing the figure")
     figure_data = load_figure_data(
         result.out_dir,
         inputs / "geometry.json",
@@ -191,7 +226,7 @@ def _run(out_dir: Path, model_path: Path, config, seed: int, progress: bool, sta
     )
     write_registration_figure(out_dir / FIGURE, figure_data)
     hip = hip_comparison(result.report, case.record())
-    demo = DemoResult(out_dir, result.report, network_times[0], hip, time.perf_counter() - started)
+    demo = DemoResult(out_dir, result.report, network_times[0], hip, time.perf_counter() - started, clinical_report)
     write_json(out_dir / SUMMARY, demo.document())
     return demo
 
@@ -209,13 +244,17 @@ def _value(value: float | list[float]) -> str:
 
 def summary_tables(result: DemoResult):
     """Rich tables: the scores and timings, and (when measured) the hip measurements vs truth."""
-    from rich.table import Table
 
     table = Table(title=f"biplanar demo: {result.out_dir}")
     table.add_column("quantity")
     table.add_column("value", justify="right")
     for key, label, unit in METRICS:
         table.add_row(label, _number(result.report.get(key), unit))
+    if result.clinical_report is not None:
+        for key, label, unit in METRICS:
+            table.add_row(
+                f"{label}, clinical route (2 DICOM files only)", _number(result.clinical_report.get(key), unit)
+            )
     times = result.document()["timings_s"]
     for key, label in (
         ("affine_module", "time, affine module"),

@@ -16,6 +16,7 @@ import pytest
 from scipy.ndimage import map_coordinates
 
 import biplanar.data.simulate as simulate_module
+from biplanar.config import PRESETS, load_config
 from biplanar.data.grid_presets import grid_preset
 from biplanar.data.real_ct import REAL_CT
 from biplanar.data.simulate import (
@@ -284,6 +285,14 @@ def test_detector_presets_keep_the_field_of_view(preset, shape, spacing):
     config = SimulationConfig(preset=preset)
     assert config.image_shape == shape
     np.testing.assert_allclose(config.pixel_spacing_mm, (spacing, spacing))
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_the_detector_of_a_preset_is_its_config_presets(preset):
+    geometry = load_config(preset).geometry
+    config = SimulationConfig(preset=preset)
+    assert config.image_shape == tuple(geometry.image_shape)
+    assert config.pixel_spacing_mm == (geometry.pixel_spacing_mm, geometry.pixel_spacing_mm)
 
 
 # --- modes -----------------------------------------------------------------------------------

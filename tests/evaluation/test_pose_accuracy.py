@@ -27,7 +27,7 @@ from biplanar.evaluation.pose_accuracy import (
     tables_markdown,
     views_for,
 )
-from biplanar.geometry.se3 import matrix_to_rigid_params, rigid_params_to_matrix
+from biplanar.geometry.transforms import rigid_matrix, rigid_params
 from biplanar.geometry.volume_grid import VolumeGrid
 from biplanar.pose.estimate import SopiCheckpoints
 
@@ -38,7 +38,7 @@ CENTRE = np.array([10.0, -20.0, 30.0])
 
 def _pose(rx_deg=0.0, ry_deg=0.0, rz_deg=0.0, tx=0.0, ty=0.0, tz=0.0, centre=CENTRE) -> torch.Tensor:
     params = torch.tensor([*np.radians([rx_deg, ry_deg, rz_deg]), tx, ty, tz], dtype=torch.float64)
-    return rigid_params_to_matrix(params, torch.as_tensor(centre))
+    return rigid_matrix(params, torch.as_tensor(centre))
 
 
 def test_the_true_pose_scores_zero_and_succeeds():
@@ -71,7 +71,7 @@ def test_sampled_poses_have_the_stated_sigmas(dataset, range_name):
     """Over 4000 draws, each parameter about the CT centre has mean ~0 and sd ~ the range's sigma."""
     pose_range = DATASETS[dataset].ranges[range_name]
     poses = pose_from_draw(standard_draws(0, dataset, 4000), pose_range, CENTRE)
-    params = matrix_to_rigid_params(poses, torch.as_tensor(CENTRE)).numpy()
+    params = rigid_params(poses, torch.as_tensor(CENTRE)).numpy()
     sigmas = np.array([math.radians(pose_range.sigma_deg)] * 3 + [pose_range.sigma_mm] * 3)
     assert params.std(axis=0) == pytest.approx(sigmas, rel=0.05)
     assert np.all(np.abs(params.mean(axis=0)) < 0.1 * sigmas)
@@ -88,8 +88,7 @@ def test_ranges_scale_the_same_draws_and_datasets_differ():
     assert not np.allclose(draws, standard_draws(3, "lumbar", 2))
     ranges = DATASETS["femur"].ranges
     small, wide = (
-        matrix_to_rigid_params(pose_from_draw(draws, ranges[name], CENTRE), torch.as_tensor(CENTRE))
-        for name in ("small", "wide")
+        rigid_params(pose_from_draw(draws, ranges[name], CENTRE), torch.as_tensor(CENTRE)) for name in ("small", "wide")
     )
     assert (wide[:, :3] / small[:, :3]).numpy() == pytest.approx(np.full((2, 3), 4.0))
     assert (wide[:, 3:] / small[:, 3:]).numpy() == pytest.approx(np.full((2, 3), 3.0))

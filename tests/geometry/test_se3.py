@@ -1,4 +1,5 @@
-"""SE(3) utilities: round trips, closed-form angles, metric axioms, SOPI eq. 7 direction, gradcheck."""
+"""SE(3) utilities: exp/log round trips, closed-form angles, metric axioms, SOPI eq. 7 direction, gradcheck
+(rigid parameters <-> matrices: tests/geometry/test_transforms.py)."""
 
 import math
 
@@ -7,9 +8,7 @@ import torch
 
 from biplanar.geometry.se3 import (
     geodesic_direction,
-    matrix_to_rigid_params,
     pose_errors,
-    rigid_params_to_matrix,
     rotation_geodesic_deg,
     so3_exp,
     so3_log,
@@ -34,33 +33,6 @@ def random_params(shape: tuple[int, ...], seed: int = 0) -> torch.Tensor:
     return unit * torch.tensor([math.pi, math.radians(80.0), math.pi, 50.0, 50.0, 50.0], dtype=torch.float64)
 
 
-@pytest.mark.parametrize("centre", [None, CENTRE])
-def test_params_matrix_round_trip_over_leading_dims(centre):
-    params = random_params((4, 5), seed=1)
-    matrix = rigid_params_to_matrix(params, centre)
-    assert matrix.shape == (4, 5, 4, 4)
-    torch.testing.assert_close(matrix_to_rigid_params(matrix, centre), params, rtol=0.0, atol=1e-10)
-
-
-def test_params_to_matrix_matches_transforms_rigid_matrix():
-    params = random_params((8,), seed=2)
-    torch.testing.assert_close(rigid_params_to_matrix(params, CENTRE), rigid_matrix(params, CENTRE))
-
-
-def test_translation_column_is_t_about_the_origin():
-    params = random_params((3,), seed=3)
-    torch.testing.assert_close(rigid_params_to_matrix(params)[:, :3, 3], params[:, 3:])
-
-
-def test_bad_shapes_raise():
-    with pytest.raises(ValueError, match=r"\(\.\.\., 6\)"):
-        rigid_params_to_matrix(torch.zeros(2, 7))
-    with pytest.raises(ValueError, match=r"\(\.\.\., 4, 4\)"):
-        matrix_to_rigid_params(torch.zeros(3, 3))
-    with pytest.raises(ValueError, match="centre_mm"):
-        rigid_params_to_matrix(torch.zeros(6), torch.zeros(2))
-
-
 @pytest.mark.parametrize("dtype, atol", [(torch.float64, 1e-12), (torch.float32, 2e-6)])
 def test_exp_log_round_trip_up_to_pi(dtype, atol):
     rotvec = random_rotvecs(2000, math.pi - 1e-6, seed=4).to(dtype)
@@ -79,7 +51,7 @@ def test_log_of_axis_rotations_is_axis_times_angle(angle):
     for axis in range(3):
         params = torch.zeros(6, dtype=torch.float64)
         params[axis] = angle
-        rotation = rigid_params_to_matrix(params)[:3, :3]
+        rotation = rigid_matrix(params)[:3, :3]
         rotvec = so3_log(rotation)
         assert rotvec.norm().item() == pytest.approx(angle, abs=1e-12)
         if angle < math.pi - 1e-6:  # at pi the axis sign is arbitrary
@@ -101,7 +73,7 @@ def test_geodesic_equals_rotation_angle_for_axis_rotations(angle_deg):
     for axis in range(3):
         params = torch.zeros(6, dtype=torch.float64)
         params[axis] = math.radians(angle_deg)
-        rotation = rigid_params_to_matrix(params)[:3, :3]
+        rotation = rigid_matrix(params)[:3, :3]
         distance = rotation_geodesic_deg(torch.eye(3, dtype=torch.float64), rotation)
         assert distance.item() == pytest.approx(angle_deg, abs=1e-9)
 
@@ -127,14 +99,14 @@ def test_geodesic_is_left_and_right_invariant():
 def test_pose_errors_closed_form():
     true = torch.zeros(6, dtype=torch.float64)
     est = torch.tensor([0.0, math.radians(5.0), 0.0, 3.0, 4.0, 0.0], dtype=torch.float64)
-    rotation_deg, translation_mm = pose_errors(rigid_params_to_matrix(est), rigid_params_to_matrix(true))
+    rotation_deg, translation_mm = pose_errors(rigid_matrix(est), rigid_matrix(true))
     assert rotation_deg.item() == pytest.approx(5.0, abs=1e-9)
     assert translation_mm.item() == pytest.approx(5.0, abs=1e-12)
 
 
 def test_pose_errors_about_a_centre_use_the_parameters_about_it():
     est, true = random_params((2, 10), seed=8)
-    _, translation_mm = pose_errors(rigid_params_to_matrix(est, CENTRE), rigid_params_to_matrix(true, CENTRE), CENTRE)
+    _, translation_mm = pose_errors(rigid_matrix(est, CENTRE), rigid_matrix(true, CENTRE), CENTRE)
     torch.testing.assert_close(translation_mm, (est[:, 3:] - true[:, 3:]).norm(dim=-1))
 
 
@@ -159,20 +131,17 @@ def test_small_step_along_the_direction_approaches_the_target():
     target[:, :3] *= 0.5
     direction = geodesic_direction(params, target)
     step = 1e-3
-    current = rigid_params_to_matrix(params)
+    current = rigid_matrix(params)
     moved_rotation = so3_exp(step * direction[:, :3]) @ current[:, :3, :3]
-    before = rotation_geodesic_deg(current[:, :3, :3], rigid_params_to_matrix(target)[:, :3, :3])
-    after = rotation_geodesic_deg(moved_rotation, rigid_params_to_matrix(target)[:, :3, :3])
+    before = rotation_geodesic_deg(current[:, :3, :3], rigid_matrix(target)[:, :3, :3])
+    after = rotation_geodesic_deg(moved_rotation, rigid_matrix(target)[:, :3, :3])
     torch.testing.assert_close(before - after, torch.full_like(before, math.degrees(step)), rtol=0, atol=1e-6)
 
 
-def test_gradcheck_exp_log_and_params_to_matrix():
+def test_gradcheck_exp_log():
     rotvec = random_rotvecs(4, 3.0, seed=11).requires_grad_()
     assert torch.autograd.gradcheck(so3_exp, (rotvec,))
     assert torch.autograd.gradcheck(lambda w: so3_log(so3_exp(w)), (rotvec,))
-    params = random_params((3,), seed=12).requires_grad_()
-    assert torch.autograd.gradcheck(lambda p: rigid_params_to_matrix(p, CENTRE), (params,))
-    assert torch.autograd.gradcheck(matrix_to_rigid_params, (rigid_params_to_matrix(params).detach().requires_grad_(),))
 
 
 def test_gradcheck_small_angles_and_geodesic():

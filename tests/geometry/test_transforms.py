@@ -7,6 +7,7 @@ import torch
 
 from biplanar.geometry.transforms import (
     rigid_matrix,
+    rigid_params,
     similarity_matrix,
     similarity_params,
     transform_points,
@@ -86,6 +87,47 @@ def test_rigid_equals_similarity_with_zero_log_scale():
     torch.testing.assert_close(
         rigid_matrix(params[:, :6], CENTRE), similarity_matrix(params, CENTRE), rtol=0.0, atol=1e-12
     )
+
+
+def random_rigid_params(shape: tuple[int, ...], seed: int = 0) -> torch.Tensor:
+    """``(*shape, 6)`` float64, the rigid part of :func:`random_params`."""
+    return random_params(math.prod(shape), seed)[:, :6].reshape(*shape, 6)
+
+
+@pytest.mark.parametrize("centre", [None, CENTRE])
+def test_rigid_round_trip_over_leading_dims(centre):
+    params = random_rigid_params((4, 5), seed=11)
+    matrix = rigid_matrix(params, centre)
+    assert matrix.shape == (4, 5, 4, 4)
+    torch.testing.assert_close(rigid_params(matrix, centre), params, rtol=0.0, atol=1e-10)
+
+
+def test_rigid_matrix_is_per_element_over_leading_dims():
+    params = random_rigid_params((2, 3), seed=12)
+    torch.testing.assert_close(rigid_matrix(params, CENTRE)[1, 2], rigid_matrix(params[1, 2], CENTRE), rtol=0, atol=0)
+    torch.testing.assert_close(
+        rigid_matrix(params, CENTRE).reshape(6, 4, 4), rigid_matrix(params.reshape(6, 6), CENTRE)
+    )
+
+
+def test_rigid_translation_column_is_t_about_the_origin():
+    params = random_rigid_params((3,), seed=13)
+    torch.testing.assert_close(rigid_matrix(params)[:, :3, 3], params[:, 3:])
+
+
+def test_rigid_bad_shapes_raise():
+    with pytest.raises(ValueError, match=r"params: expected shape \(\.\.\., 6\)"):
+        rigid_matrix(torch.zeros(2, 7))
+    with pytest.raises(ValueError, match=r"matrix: expected shape \(\.\.\., 4, 4\)"):
+        rigid_params(torch.zeros(3, 3))
+    with pytest.raises(ValueError, match="centre_world"):
+        rigid_matrix(torch.zeros(6), torch.zeros(2))
+
+
+def test_gradcheck_rigid_conversions():
+    params = random_rigid_params((3,), seed=14).requires_grad_()
+    assert torch.autograd.gradcheck(lambda p: rigid_matrix(p, CENTRE), (params,))
+    assert torch.autograd.gradcheck(rigid_params, (rigid_matrix(params).detach().requires_grad_(),))
 
 
 def test_similarity_matrix_is_orthogonal_times_scale():

@@ -66,7 +66,7 @@ def test_shapes_probabilities_and_gradients_reach_every_parameter(tiny):
     torch.manual_seed(0)
     network = KastenNet(config, atlas.grid)
     pairs = [views_of(config), views_of(config, 20.0, 75.0)]  # an orthogonal and a generalized pair
-    projectors = ProjectorCache(atlas.grid, config.geometry.image_shape, config.geometry.prost_samples)
+    projectors = ProjectorCache(atlas.grid, config.geometry.image_shape, config.geometry.num_samples)
     femur = torch.from_numpy(atlas.labels > 0).float()[None, None]
     radiographs = projectors.project(femur.expand(2, -1, -1, -1, -1), pairs)
     logits = network(radiographs, pairs)

@@ -15,7 +15,8 @@ from biplanar.cli import app
 from biplanar.errors import InputError
 from biplanar.geometry.presets import biplanar_pair
 from biplanar.geometry.projection import CarmPose, ProjectionView
-from biplanar.geometry.se3 import pose_errors, rigid_params_to_matrix
+from biplanar.geometry.se3 import pose_errors
+from biplanar.geometry.transforms import rigid_matrix
 from biplanar.io.geometry_file import read_geometry, write_geometry
 from biplanar.io.volumes import read_volume
 from biplanar.layers.prost import ProST
@@ -46,7 +47,7 @@ def drr(view: ProjectionView, mu: torch.Tensor, grid, pose: torch.Tensor | None 
 def test_composed_view_projects_the_unmoved_ct_as_the_moved_one(small_ct):
     mu, grid = small_ct
     view = biplanar_pair(image_shape=DETECTOR, pixel_spacing_mm=PIXEL_MM, isocenter_mm=grid.centre_world)["LAT"]
-    pose = rigid_params_to_matrix(
+    pose = rigid_matrix(
         torch.tensor([0.1, -0.05, 0.2, 8.0, -5.0, 12.0], dtype=torch.float64), torch.as_tensor(grid.centre_world)
     )
     moved = drr(view, mu, grid, pose)
@@ -69,7 +70,7 @@ def test_check_rigid_and_read_initial_pose(tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps({"params": [0, 0, 0]}))
     with pytest.raises(InputError, match="bad.json: expected an object with a 4x4 'matrix'"):
         read_initial_pose(tmp_path / "bad.json")
-    pose = rigid_params_to_matrix(torch.tensor([0.1, 0.2, 0.3, 1.0, 2.0, 3.0], dtype=torch.float64))
+    pose = rigid_matrix(torch.tensor([0.1, 0.2, 0.3, 1.0, 2.0, 3.0], dtype=torch.float64))
     (tmp_path / "good.json").write_text(json.dumps({"matrix": pose.tolist()}))
     torch.testing.assert_close(read_initial_pose(tmp_path / "good.json"), pose)
 
@@ -117,7 +118,7 @@ def pose_case(tmp_path_factory, small_ct):
     views = biplanar_pair(image_shape=DETECTOR, pixel_spacing_mm=PIXEL_MM)
     write_geometry(folder / "geometry.json", views)
     views = read_geometry(folder / "geometry.json", default_isocenter_mm=grid.centre_world)
-    pose = rigid_params_to_matrix(
+    pose = rigid_matrix(
         torch.tensor([math.radians(3.0), math.radians(-2.0), math.radians(2.0), 5.0, -6.0, 4.0], dtype=torch.float64),
         torch.as_tensor(grid.centre_world),
     )
@@ -221,7 +222,7 @@ def test_bundled_sopi_networks_through_the_command(tmp_path):
     views = biplanar_pair(image_shape=(112, 80), pixel_spacing_mm=(1.86, 1.86), isocenter_mm=subject.grid.centre_world)
     write_geometry(tmp_path / "g.json", views)
     centre = torch.as_tensor(subject.grid.centre_world)
-    truth = rigid_params_to_matrix(
+    truth = rigid_matrix(
         torch.tensor([math.radians(4.0), math.radians(-3.0), math.radians(5.0), 3.0, -4.0, 2.0], dtype=torch.float64),
         centre,
     )

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from biplanar.errors import InputError
-from biplanar.geometry.se3 import rigid_params_to_matrix
+from biplanar.geometry.transforms import rigid_matrix
 from biplanar.models.sopi import load_sopi_config, standardise
 from biplanar.models.sopi.config import SopiConfig
 from biplanar.pose.sopi import SopiNetwork, estimate_pose_sopi, fine_registration, load_sopi_network
@@ -67,8 +67,8 @@ def test_estimate_pose_sopi_result(
     centre = torch.as_tensor(simulator.grid.centre_world)
     assert result.params.shape == (6,) and result.matrix.shape == (4, 4)
     assert result.matrix.dtype == torch.float64
-    assert torch.allclose(result.matrix, rigid_params_to_matrix(result.params, centre))
-    assert torch.allclose(result.initial_matrix, rigid_params_to_matrix(result.initial_params, centre))
+    assert torch.allclose(result.matrix, rigid_matrix(result.params, centre))
+    assert torch.allclose(result.initial_matrix, rigid_matrix(result.initial_params, centre))
     assert 1 <= result.iterations <= config.search.max_iterations
     assert result.converged or result.iterations == config.search.max_iterations
     assert len(result.history) == result.iterations

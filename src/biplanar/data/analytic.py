@@ -68,5 +68,5 @@ def ellipsoid_chord_lengths(
 
 def ball_volume(grid: VolumeGrid, centre_mm: np.ndarray, radius_mm: float) -> Tensor:
     """``(I, J, K)`` float64 partial-volume ball (a sphere-shaped ellipsoid)."""
-    centre = tuple(float(x) for x in centre_mm)
+    centre = (float(centre_mm[0]), float(centre_mm[1]), float(centre_mm[2]))
     return voxelize_ellipsoid(grid, centre, (radius_mm,) * 3)

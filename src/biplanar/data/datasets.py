@@ -173,3 +173,6 @@ class OnTheFlyDataset(_CaseDataset):
             [case.masks[view] for view in VIEW_NAMES],
             [case.views[view] for view in VIEW_NAMES],
         )
+
+
+CaseDataset = SimulatedDataset | OnTheFlyDataset  # either source of training cases (``open_datasets``)

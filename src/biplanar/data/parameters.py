@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
@@ -49,6 +49,9 @@ def ranged(mean: float, sd: float, low: float, high: float) -> Any:
 
 class RangedParameters:
     """Mixin for frozen dataclasses whose fields are all declared with :func:`ranged`."""
+
+    # Declared for the type checker only (subclasses are dataclasses): makes them DataclassInstances.
+    __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]
 
     @classmethod
     def ranges(cls) -> dict[str, ParameterRange]:

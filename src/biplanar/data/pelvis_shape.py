@@ -33,8 +33,8 @@ class PelvisParameters(RangedParameters):
     pubic_ramus_radius_mm: float = ranged(8.0, 1.0, 6.0, 10.0)
 
 
-def _points(*rows: list[float]) -> list[Tensor]:
-    return [torch.tensor(row, dtype=torch.float32) for row in rows]
+def _points(first: list[float], second: list[float]) -> tuple[Tensor, Tensor]:
+    return torch.tensor(first, dtype=torch.float32), torch.tensor(second, dtype=torch.float32)
 
 
 class PelvisShape:

@@ -87,7 +87,9 @@ class Pose:
         """Angles uniform in +-``MAX_POSE_ANGLE_DEG``, translations in +-``MAX_TRANSLATION_MM``."""
         angles = rng.uniform(-MAX_POSE_ANGLE_DEG, MAX_POSE_ANGLE_DEG, size=3)
         translation = rng.uniform(-MAX_TRANSLATION_MM, MAX_TRANSLATION_MM, size=3)
-        return cls(*map(float, angles), tuple(map(float, translation)))
+        flexion, abduction, external_rotation = (float(angle) for angle in angles)
+        x, y, z = (float(offset) for offset in translation)
+        return cls(flexion, abduction, external_rotation, (x, y, z))
 
     def rotation(self) -> np.ndarray:
         """``(3, 3)`` world rotation ``Rx(flexion) @ Ry(-abduction) @ Rz(-external_rotation)``."""

@@ -31,7 +31,8 @@ class FourierField:
     ) -> None:
         directions = rng.normal(size=(n_modes, 3))
         directions /= np.linalg.norm(directions, axis=1, keepdims=True)
-        wavelengths = np.exp(rng.uniform(*np.log(wavelength_mm), size=n_modes))
+        log_shortest, log_longest = np.log(wavelength_mm)
+        wavelengths = np.exp(rng.uniform(log_shortest, log_longest, size=n_modes))
         self.wavevectors = directions * (2.0 * np.pi / wavelengths)[:, None]  # (modes, 3) rad/mm
         self.phases = rng.uniform(0.0, 2.0 * np.pi, size=n_modes)  # (modes,) rad
         # E[w^2] * E[cos^2] * modes = (2 / modes) * (1 / 2) * modes = 1: unit variance.
@@ -53,10 +54,10 @@ class FourierField:
         if voxel_edges_mm is not None:
             # Mean of cos(k.x) over a box with edges e_i: prod_i sinc(k.e_i / 2) (sinc = sin x / x).
             weights = weights * np.prod(np.sinc(self.wavevectors @ voxel_edges_mm.T / (2 * np.pi)), axis=1)[:, None]
-        kwargs = {"dtype": points_mm.dtype, "device": points_mm.device}
-        wavevectors = torch.as_tensor(self.wavevectors.T, **kwargs)
-        phases = torch.as_tensor(self.phases, **kwargs)
-        weights_t = torch.as_tensor(weights, **kwargs)
+        dtype, device = points_mm.dtype, points_mm.device
+        wavevectors = torch.as_tensor(self.wavevectors.T, dtype=dtype, device=device)
+        phases = torch.as_tensor(self.phases, dtype=dtype, device=device)
+        weights_t = torch.as_tensor(weights, dtype=dtype, device=device)
         out = [
             torch.cos(torch.addmm(phases, chunk, wavevectors)) @ weights_t for chunk in points_mm.split(_CHUNK_POINTS)
         ]

@@ -21,8 +21,10 @@ indicator (the label map as 0/1 floats, trilinear, the radiographs' ``num_sample
 ray exceeds :data:`MASK_MIN_PATH_MM` mm; else 0.0. A masked radiograph is radiograph x mask, as
 the paper feeds the network.
 
-Detectors keep the paper's field of view at every preset: ``paper`` 224 x 160 px at 0.93 mm,
-``lite`` 112 x 80 at 1.86 mm, ``tiny`` 56 x 40 at 3.72 mm.
+The detector of preset ``P`` is the one its model sees: ``geometry.image_shape`` and
+``geometry.pixel_spacing_mm`` of the config preset of the same name (``load_config(P)``,
+``biplanar/resources/configs/P.yaml``). They keep the paper's field of view at every preset:
+``paper`` 224 x 160 px at 0.93 mm, ``lite`` 112 x 80 at 1.86 mm, ``tiny`` 56 x 40 at 3.72 mm.
 
 Dataset layout written by :func:`simulate_dataset` (all files written atomically)::
 
@@ -40,25 +42,25 @@ interrupted run leaves only complete subjects; a re-run skips them (resume).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import multiprocessing
 import os
 import shutil
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from biplanar import __version__
+from biplanar.config import DEFAULT_NUM_SAMPLES, PRESETS, load_config
 from biplanar.data.grid_presets import GRID_PRESETS
 from biplanar.data.phantom import Subject, make_subject
 from biplanar.errors import InputError
 from biplanar.geometry.presets import (
-    PAPER_IMAGE_SHAPE,
-    PAPER_PIXEL_SPACING_MM,
     VIEW_NAMES,
     biplanar_pair,
     random_generalized_pair,
@@ -71,11 +73,10 @@ from biplanar.io.json_files import read_json, write_json
 from biplanar.io.volumes import write_volume
 from biplanar.layers.prost import ProST
 from biplanar.physics.drr import render_ct_radiograph
+from biplanar.progress import progress_bar
 
 GEOMETRIES = ("orthogonal", "generalized", "mixed")
 SIMULATION_MODES = ("line_integral", "poisson", "polychromatic")
-# Detector binning relative to the paper's 224 x 160 px at 0.93 mm: same field of view.
-DETECTOR_BINNING = {"paper": 1, "lite": 2, "tiny": 4}
 GENERALIZED_MAX_OFFSET_DEG = 30.0
 KVP_RANGE = (20.0, 150.0)  # tube voltages SpekPy models, kV
 MASK_MIN_PATH_MM = 1.0  # femur path length along a ray above which a pixel is femur, mm
@@ -93,12 +94,21 @@ SUBJECT_FILES = (
 PARTIAL_SUFFIX = ".partial"
 
 
+@functools.cache
+def preset_detector(preset: str) -> tuple[tuple[int, int], float]:
+    """``(image_shape, pixel_spacing_mm)`` of config preset ``preset``'s detector (``load_config(preset).geometry``)."""
+    geometry = load_config(preset).geometry
+    rows, cols = geometry.image_shape
+    return (rows, cols), geometry.pixel_spacing_mm
+
+
 @dataclass(frozen=True)
 class SimulationConfig:
     """How cases are simulated.
 
     Attributes:
-        preset: grid and detector preset, ``paper``, ``lite`` or ``tiny``.
+        preset: grid and detector preset, ``paper``, ``lite`` or ``tiny`` (the detector is the
+            config preset's, :func:`preset_detector`).
         geometry: ``orthogonal``, ``generalized`` or ``mixed`` (see the module doc).
         mode: radiograph values, one of :data:`SIMULATION_MODES`.
         photons: incident photons per pixel (``poisson``).
@@ -113,11 +123,11 @@ class SimulationConfig:
     photons: float = 1e5
     kvp: float = 80.0
     aluminium_mm: float = 2.5
-    num_samples: int = 256
+    num_samples: int = DEFAULT_NUM_SAMPLES
 
     def __post_init__(self) -> None:
         for name, allowed in (
-            ("preset", sorted(set(GRID_PRESETS) & set(DETECTOR_BINNING))),
+            ("preset", sorted(set(GRID_PRESETS) & set(PRESETS))),
             ("geometry", GEOMETRIES),
             ("mode", SIMULATION_MODES),
         ):
@@ -137,15 +147,14 @@ class SimulationConfig:
 
     @property
     def image_shape(self) -> tuple[int, int]:
-        """``(rows, cols)`` of both detectors."""
-        binning = DETECTOR_BINNING[self.preset]
-        return PAPER_IMAGE_SHAPE[0] // binning, PAPER_IMAGE_SHAPE[1] // binning
+        """``(rows, cols)`` of both detectors: the config preset's ``geometry.image_shape``."""
+        return preset_detector(self.preset)[0]
 
     @property
     def pixel_spacing_mm(self) -> tuple[float, float]:
-        """``(row, col)`` detector spacing, mm."""
-        binning = DETECTOR_BINNING[self.preset]
-        return PAPER_PIXEL_SPACING_MM[0] * binning, PAPER_PIXEL_SPACING_MM[1] * binning
+        """``(row, col)`` detector spacing, mm: the config preset's ``geometry.pixel_spacing_mm``."""
+        spacing = preset_detector(self.preset)[1]
+        return spacing, spacing
 
     def to_dict(self) -> dict[str, Any]:
         """Field name -> value (JSON-ready)."""
@@ -240,16 +249,18 @@ def subject_id(index: int) -> str:
 
 def case_views(seed: int, config: SimulationConfig, grid: VolumeGrid) -> dict[str, ProjectionView]:
     """The ``AP`` and ``LAT`` views of case ``seed``, isocentre at the centre of ``grid``."""
-    detector = {
-        "image_shape": config.image_shape,
-        "pixel_spacing_mm": config.pixel_spacing_mm,
-        "isocenter_mm": grid.centre_world,
-    }
+    image_shape, pixel_spacing_mm, isocenter_mm = config.image_shape, config.pixel_spacing_mm, grid.centre_world
     rng = np.random.default_rng(_child_seed(seed, GEOMETRY_STREAM))
     orthogonal = config.geometry == "orthogonal" or (config.geometry == "mixed" and rng.random() < 0.5)
     if orthogonal:
-        return biplanar_pair(**detector)
-    return random_generalized_pair(rng, GENERALIZED_MAX_OFFSET_DEG, **detector)
+        return biplanar_pair(image_shape=image_shape, pixel_spacing_mm=pixel_spacing_mm, isocenter_mm=isocenter_mm)
+    return random_generalized_pair(
+        rng,
+        GENERALIZED_MAX_OFFSET_DEG,
+        image_shape=image_shape,
+        pixel_spacing_mm=pixel_spacing_mm,
+        isocenter_mm=isocenter_mm,
+    )
 
 
 def render_radiographs(
@@ -289,7 +300,7 @@ def render_radiographs(
 
 
 def femur_masks(
-    labels: np.ndarray, grid: VolumeGrid, views: dict[str, ProjectionView], num_samples: int = 256
+    labels: np.ndarray, grid: VolumeGrid, views: dict[str, ProjectionView], num_samples: int = DEFAULT_NUM_SAMPLES
 ) -> dict[str, np.ndarray]:
     """2D femur masks by the mask rule (module doc): path length through the femur > threshold.
 
@@ -423,7 +434,7 @@ def simulate_dataset(
     pending = [i for i in range(n) if not is_complete(subjects_dir / subject_id(i))]
     skipped = tuple(sorted(set(map(subject_id, range(n))) - set(map(subject_id, pending))))
     written = []
-    with _progress_bar(progress) as bar:
+    with progress_bar(progress, elapsed=True) as bar:
         task = bar.add_task("simulating subjects", total=n, completed=n - len(pending))
         for name in _simulate_subjects(subjects_dir, pending, seed, config, workers):
             written.append(name)
@@ -449,7 +460,7 @@ def _write_manifest(out_dir: Path, n: int, seed: int, config: SimulationConfig) 
             "n": n,
             "seed": seed,
             "config": config.to_dict(),
-            "biplanar_version": __version__,
+            "biplanar_version": version("biplanar"),
             "subject_files": list(SUBJECT_FILES),
         },
     )
@@ -491,26 +502,3 @@ def _simulate_subjects(
         except BaseException:
             pool.shutdown(wait=True, cancel_futures=True)
             raise
-
-
-def _progress_bar(enabled: bool):
-    """A rich progress bar on stderr (a no-op display when not ``enabled``)."""
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        disable=not enabled,
-    )

@@ -81,7 +81,8 @@ def ramp_width(sdf: Tensor, grid: VolumeGrid) -> Tensor:
     ``sqrt(sum_i (n . e_i)^2)``. For a distance field ``n . e_i`` is the change of ``sdf`` per
     voxel step along axis ``i`` (central differences here).
     """
-    width = torch.sqrt(sum(step.square() for step in torch.gradient(sdf)))
+    step_i, step_j, step_k = torch.gradient(sdf)
+    width = torch.sqrt(step_i.square() + step_j.square() + step_k.square())
     spacing = grid.spacing_mm
     return width.clamp(float(spacing.min()), float(spacing.max()))
 

@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
+from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
 
 from biplanar.data.atlas import FEMUR_LABEL, load_atlas, warped_atlas_hu, warped_atlas_labels
 from biplanar.data.datasets import SimulatedDataset
@@ -57,6 +58,7 @@ from biplanar.models.affine import AffineModule
 from biplanar.models.network import AtlasRegistrationNet
 from biplanar.optimisation.intensity_registration import refine_output
 from biplanar.physics.attenuation import hu_to_mu
+from biplanar.progress import progress_bar
 from biplanar.training.checkpoints import load_model
 
 STAGES = ("affine", "affine+local")
@@ -110,8 +112,6 @@ def network_stage_times() -> Iterator[list[StageTimes]]:
     Yields:
         a list that receives one :class:`StageTimes` per forward pass, in call order.
     """
-    from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
-
 
     records: list[StageTimes] = []
     marks: dict[str, float] = {}
@@ -196,7 +196,9 @@ class CaseScorer:
         return {f"hip_{name}": float(value) for name, value in errors.items()}
 
 
-def network_inputs(sample: dict[str, Any], device: torch.device) -> tuple[Tensor, tuple[ProjectionView, ...]]:
+def network_inputs(
+    sample: dict[str, Any], device: torch.device
+) -> tuple[Tensor, tuple[ProjectionView, ProjectionView]]:
     """A dataset sample's network inputs.
 
     Args:
@@ -209,10 +211,10 @@ def network_inputs(sample: dict[str, Any], device: torch.device) -> tuple[Tensor
     """
     radiographs = sample["radiographs"][None].to(device)
     shape = tuple(sample["radiographs"].shape[1:])
-    views = tuple(
+    ap, lat = (
         ProjectionView(matrix.numpy(), shape, name) for matrix, name in zip(sample["projection_matrices"], VIEW_NAMES)
     )
-    return radiographs, views
+    return radiographs, (ap, lat)
 
 
 def run_stages(
@@ -289,7 +291,7 @@ def _case_rows(index: int, dataset, network, config, scorer: CaseScorer, refine:
     return rows
 
 
-def _statistics(values: list[float]) -> dict[str, float | int | None]:
+def _statistics(values: list[float | None]) -> dict[str, float | int | None]:
     """Mean and sample sd (``None`` where undefined) over the finite values, and their count."""
     summary = statistics.summarise(value for value in values if value is not None)
     return {
@@ -369,21 +371,6 @@ class EvaluationResult:
     summary: dict[str, dict[str, dict[str, Any]]]
 
 
-def _progress(enabled: bool):
-    """A rich progress bar on stderr (hidden when not ``enabled``)."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        disable=not enabled,
-    )
-
-
 def evaluate(
     model_path: str | Path,
     data_dir: str | Path,
@@ -420,7 +407,7 @@ def evaluate(
     scorer = CaseScorer(load_atlas(config.geometry.grid_preset))
     count = len(dataset) if limit is None else min(limit, len(dataset))
     rows: list[dict[str, Any]] = []
-    with _progress(progress) as bar:
+    with progress_bar(progress) as bar:
         task = bar.add_task(f"evaluate {split}", total=count)
         for index in range(count):
             rows.extend(_case_rows(index, dataset, network, config, scorer, refine))

@@ -25,6 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 
 from biplanar.data.simulate import femur_masks
@@ -125,10 +126,11 @@ def load_figure_data(
 
 def read_displacement(path: Path, grid: VolumeGrid) -> np.ndarray:
     """``(3, I, J, K)`` float32 world-mm displacement from ``register``'s ``(I, J, K, 1, 3)`` NIfTI file."""
-    import nibabel as nib
 
-
-    vectors = np.asarray(nib.load(str(path)).dataobj, dtype=np.float32)
+    image = nib.load(str(path))
+    if not isinstance(image, nib.spatialimages.SpatialImage):
+        raise InputError(f"{path}: expected a NIfTI image, got {type(image).__name__}")
+    vectors = np.asarray(image.dataobj, dtype=np.float32)
     if vectors.shape != (*grid.shape, 1, 3):
         raise InputError(f"{path}: expected shape {(*grid.shape, 1, 3)}, got {vectors.shape}")
     # (I, J, K, 1, 3) NIfTI vector layout -> (3, I, J, K): world components first.
@@ -171,10 +173,9 @@ def slice_indices(true_labels: np.ndarray) -> tuple[int, int]:
 def _silhouettes(data: FigureData) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Predicted and true 2D silhouettes per view, ``(rows, cols)`` float 0/1."""
 
-    return tuple(
-        femur_masks(labels.astype(np.uint8), data.grid, data.views, SILHOUETTE_SAMPLES)
-        for labels in (data.predicted_labels, data.true_labels)
-    )
+    predicted = femur_masks(data.predicted_labels.astype(np.uint8), data.grid, data.views, SILHOUETTE_SAMPLES)
+    true = femur_masks(data.true_labels.astype(np.uint8), data.grid, data.views, SILHOUETTE_SAMPLES)
+    return predicted, true
 
 
 def _draw_radiograph(axes, name: str, radiograph: np.ndarray, predicted: np.ndarray, truth: np.ndarray) -> None:
@@ -261,8 +262,8 @@ def surface_errors(data: FigureData):
 
 def _draw_surface(figure, axes, data: FigureData) -> None:
     """Panel (d): the predicted surface coloured by its distance to the true surface."""
-    from matplotlib import cm, colormaps, colors
-    from mpl_toolkits.mplot3d.art3d import Poly3DCollection
+    from matplotlib import cm, colormaps, colors  # lazy: matplotlib only for pictures
+    from mpl_toolkits.mplot3d.art3d import Poly3DCollection  # lazy: matplotlib only for pictures
 
     if not (data.predicted_labels.any() and data.true_labels.any()):
         axes.set_title("(d) no surface: an empty label", fontsize=9)
@@ -295,9 +296,8 @@ def write_registration_figure(path: str | Path, data: FigureData) -> Path:
     Returns:
         ``path``.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # lazy: matplotlib only for pictures
+    from matplotlib.figure import Figure  # lazy: matplotlib only for pictures
 
     figure = Figure(figsize=FIGURE_SIZE_IN, dpi=DPI, layout="constrained")
     panels = figure.add_gridspec(2, 4)

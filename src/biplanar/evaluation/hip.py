@@ -286,15 +286,15 @@ def hip_errors(measured: dict[str, Any], truth: dict[str, Any]) -> dict[str, flo
         ``head_diameter_error_mm``, ``neck_shaft_angle_error_deg``, ``femoral_offset_error_mm``,
         ``anteversion_error_deg``.
     """
-    truth = subject_hip_truth(truth) if "parameters" in truth else truth
-    missing = [key for key in MEASUREMENT_KEYS if key not in measured or key not in truth]
+    reference: dict[str, Any] = subject_hip_truth(truth) if "parameters" in truth else truth
+    missing = [key for key in MEASUREMENT_KEYS if key not in measured or key not in reference]
     if missing:
         raise ValueError(f"hip_errors: missing {', '.join(missing)}")
-    centre_error = np.asarray(measured["head_centre_mm"], float) - np.asarray(truth["head_centre_mm"], float)
+    centre_error = np.asarray(measured["head_centre_mm"], float) - np.asarray(reference["head_centre_mm"], float)
     errors = {"head_centre_error_mm": float(np.linalg.norm(centre_error))}
     for key in MEASUREMENT_KEYS[1:]:
         name, unit = key.rsplit("_", 1)
-        errors[f"{name}_error_{unit}"] = float(measured[key]) - float(truth[key])
+        errors[f"{name}_error_{unit}"] = float(measured[key]) - float(reference[key])
     return errors
 
 

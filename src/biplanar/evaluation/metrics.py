@@ -34,6 +34,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
+from scipy.spatial import cKDTree
 from torch import Tensor
 
 HD_PERCENTILE = 95.0
@@ -78,7 +79,7 @@ def _spacing_tuple(spacing_mm: Spacing) -> tuple[float, float, float]:
     spacing = np.asarray(spacing_mm, dtype=np.float64)
     if spacing.shape != (3,) or not bool((spacing > 0).all()):
         raise ValueError(f"spacing_mm: expected 3 positive sizes in mm, got {spacing.tolist()}")
-    return tuple(float(s) for s in spacing)
+    return float(spacing[0]), float(spacing[1]), float(spacing[2])
 
 
 def _empty_case_distance(predicted_mask: Tensor, truth_mask: Tensor) -> float | None:
@@ -113,7 +114,7 @@ def dice(predicted: LabelMap, truth: LabelMap) -> float:
     Returns:
         In ``[0, 1]``; 1.0 when both masks are empty, 0.0 when exactly one is.
     """
-    from monai.metrics import compute_dice
+    from monai.metrics import compute_dice  # lazy: monai costs seconds of start-up
 
     predicted_mask, truth_mask = _mask_pair(predicted, truth)
     # ignore_empty=False: an empty truth scores 1.0 against an empty prediction, 0.0 otherwise.
@@ -144,7 +145,7 @@ def assd_mm(predicted: LabelMap, truth: LabelMap, spacing_mm: Spacing) -> float:
     Returns:
         mm; inf when exactly one mask is empty, nan when both are.
     """
-    from monai.metrics import compute_average_surface_distance
+    from monai.metrics import compute_average_surface_distance  # lazy: monai costs seconds of start-up
 
     predicted_mask, truth_mask = _mask_pair(predicted, truth)
     return _monai_surface_call(compute_average_surface_distance, predicted_mask, truth_mask, spacing_mm, symmetric=True)
@@ -158,7 +159,7 @@ def hd95_mm(predicted: LabelMap, truth: LabelMap, spacing_mm: Spacing) -> float:
     of the pooled distances. Surfaces and distances as in the module docstring; arguments, unit
     (mm) and empty-mask values as :func:`assd_mm`.
     """
-    from monai.metrics import compute_hausdorff_distance
+    from monai.metrics import compute_hausdorff_distance  # lazy: monai costs seconds of start-up
 
     predicted_mask, truth_mask = _mask_pair(predicted, truth)
     return _monai_surface_call(
@@ -202,7 +203,7 @@ def image_ssim(a: LabelMap, b: LabelMap, data_range: float) -> float:
     Returns:
         SSIM in ``[-1, 1]``; 1.0 for identical volumes.
     """
-    from monai.metrics import SSIMMetric
+    from monai.metrics import SSIMMetric  # lazy: monai costs seconds of start-up
 
     a_t, b_t = _cpu_tensor(a), _cpu_tensor(b)
     if a_t.dim() != 3 or a_t.shape != b_t.shape:
@@ -217,7 +218,10 @@ def image_ssim(a: LabelMap, b: LabelMap, data_range: float) -> float:
         raise ValueError(f"data_range: expected a positive intensity range, got {data_range}")
     metric = SSIMMetric(spatial_dims=3, data_range=float(data_range), win_size=SSIM_WINDOW_VOX)
     # (I, J, K) -> (B=1, C=1, I, J, K)
-    return float(metric(a_t.to(torch.float32)[None, None], b_t.to(torch.float32)[None, None]).item())
+    value = metric(a_t.to(torch.float32)[None, None], b_t.to(torch.float32)[None, None])
+    if not isinstance(value, Tensor):  # monai types the result as a tensor or a sequence of them
+        raise TypeError(f"SSIMMetric: expected a tensor, got {type(value).__name__}")
+    return float(value.item())
 
 
 NEAREST_VERTEX_CANDIDATES = 8  # surface vertices whose faces are searched for each point's closest point
@@ -238,8 +242,7 @@ def point_surface_distances_mm(points_world: np.ndarray, surface) -> np.ndarray:
     Returns:
         ``(N,)`` float64 distances, mm (unsigned).
     """
-    from scipy.spatial import cKDTree
-    from trimesh.triangles import closest_point
+    from trimesh.triangles import closest_point  # lazy: trimesh only for meshes
 
     points = np.asarray(points_world, dtype=np.float64)
     if points.ndim != 2 or points.shape[1] != 3:

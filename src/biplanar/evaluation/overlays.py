@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from biplanar.io.atomic import atomic_path
 from biplanar.io.images import window
@@ -26,9 +27,8 @@ def write_contour_overlay(path: str | Path, radiograph: np.ndarray, region: np.n
     Raises:
         ValueError: the two arrays differ in shape or are not 2D.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from PIL import Image
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # lazy: matplotlib only for pictures
+    from matplotlib.figure import Figure  # lazy: matplotlib only for pictures
 
     if radiograph.ndim != 2 or region.shape != radiograph.shape:
         raise ValueError(f"region: expected the radiograph's shape {radiograph.shape}, got {region.shape}")

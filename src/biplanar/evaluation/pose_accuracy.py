@@ -4,7 +4,7 @@
 :func:`run_study`. For every dataset and pose range, ``cases`` cases: a CT, a true pose ``A`` (the
 rigid map moving the CT, :mod:`biplanar.pose.estimate`'s convention) with rotations ``rx, ry, rz ~
 N(0, sigma_r)`` and translations ``tx, ty, tz ~ N(0, sigma_t)`` per axis about the CT centre
-(:mod:`biplanar.geometry.se3`), an AP and a LAT radiograph rendered at ``A`` (noise-free ProST line
+(:func:`biplanar.geometry.transforms.rigid_matrix`), an AP and a LAT radiograph rendered at ``A`` (noise-free ProST line
 integrals, samples one voxel apart, rays long enough for the moved CT), and every method started at
 the identity.
 
@@ -62,7 +62,8 @@ from biplanar.evaluation.evaluate import rows_to_csv
 from biplanar.evaluation.statistics import Summary, summarise
 from biplanar.geometry.presets import biplanar_pair
 from biplanar.geometry.projection import ProjectionView
-from biplanar.geometry.se3 import matrix_to_rigid_params, pose_errors, rigid_params_to_matrix
+from biplanar.geometry.se3 import pose_errors
+from biplanar.geometry.transforms import rigid_matrix, rigid_params
 from biplanar.geometry.volume_grid import VolumeGrid
 from biplanar.io.atomic import atomic_write_text
 from biplanar.io.volumes import read_volume
@@ -70,6 +71,7 @@ from biplanar.layers.prost import SUPPORT_PAD_VOX
 from biplanar.physics.attenuation import hu_to_mu
 from biplanar.pose.baselines import METHODS, OptimisationConfig
 from biplanar.pose.estimate import SOPI_METHODS, SopiCheckpoints, estimate, render_drrs
+from biplanar.progress import progress_bar, ticker
 
 FEMUR_SEED_OFFSET = 10_000  # femur case ``c`` is the phantom subject ``10000 + c`` (away from the datasets' seeds)
 SUCCESS_DEG, SUCCESS_MM = 3.0, 3.0  # SOPI's success criterion: rotation and translation errors below both
@@ -237,7 +239,6 @@ def load_ct(dataset: Dataset, case: int) -> tuple[Tensor, VolumeGrid]:
     """``(1, 1, I, J, K)`` attenuation (1/mm) of ``case``'s CT, and its grid (world RAS+ mm)."""
 
     if dataset.name == "lumbar":
-
         data, grid = read_volume(REAL_CT)
         return hu_to_mu(torch.from_numpy(np.asarray(data, dtype=np.float32)))[None, None], grid
 
@@ -255,10 +256,10 @@ def pose_from_draw(draw: np.ndarray, pose_range: PoseRange, centre_mm: np.ndarra
     """``(..., 4, 4)`` float64 true poses: ``draw`` ``(..., 6)`` standard normals scaled by the range's sigmas.
 
     ``(rx, ry, rz)`` times ``sigma_r`` (deg, then rad), ``(tx, ty, tz)`` times ``sigma_t`` (mm), about
-    ``centre_mm`` ``(3,)`` world mm (:func:`biplanar.geometry.se3.rigid_params_to_matrix`).
+    ``centre_mm`` ``(3,)`` world mm (:func:`biplanar.geometry.transforms.rigid_matrix`).
     """
     scale = np.array([math.radians(pose_range.sigma_deg)] * 3 + [pose_range.sigma_mm] * 3)
-    return rigid_params_to_matrix(torch.as_tensor(draw * scale), torch.as_tensor(centre_mm, dtype=torch.float64))
+    return rigid_matrix(torch.as_tensor(draw * scale), torch.as_tensor(centre_mm, dtype=torch.float64))
 
 
 def views_for(dataset: Dataset, grid: VolumeGrid) -> dict[str, ProjectionView]:
@@ -342,7 +343,7 @@ def score(estimated: Tensor, truth: Tensor, centre_mm: np.ndarray) -> dict[str, 
     centre = torch.as_tensor(centre_mm, dtype=torch.float64)
     estimated, truth = torch.as_tensor(estimated, dtype=torch.float64), torch.as_tensor(truth, dtype=torch.float64)
     rotation_deg, translation_mm = pose_errors(estimated, truth, centre)
-    difference = (matrix_to_rigid_params(estimated, centre) - matrix_to_rigid_params(truth, centre)).abs()
+    difference = (rigid_params(estimated, centre) - rigid_params(truth, centre)).abs()
     row = {"rotation_deg": float(rotation_deg), "translation_mm": float(translation_mm)}
     for index, (axis, unit) in enumerate(AXES):
         value = float(difference[index])
@@ -492,8 +493,7 @@ TABLE_HEADER = (
 
 def _table_row(record: dict[str, Any]) -> str:
     per_axis = [
-        " / ".join(_number(record[f"{axis}_{unit}_mean"]) for axis, unit in AXES[part])
-        for part in (slice(0, 3), slice(3, 6))
+        " / ".join(_number(record[f"{axis}_{unit}_mean"]) for axis, unit in part) for part in (AXES[:3], AXES[3:])
     ]
     time_s = "–" if record["method"] == INITIAL else _number(record["time_s_mean"], 1)
     failure = "n/a" if math.isnan(record["failure_rate"]) else f"{record['failure_rate']:.0%}"
@@ -589,25 +589,13 @@ def evaluate_pose_accuracy(
 ) -> list[dict[str, Any]]:
     """Run :func:`run_study` with a progress bar on stderr, writing ``cases.csv`` and ``summary.md``
     into ``out_dir`` after each dataset and range; returns the rows."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     networks = networks or {}
     check_inputs(settings, networks)
     out_dir = Path(out_dir)
-    bar = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        disable=not progress,
-    )
-    with bar:
-        task = bar.add_task("pose estimations", total=settings.runs(networks))
+    with progress_bar(progress) as bar:
         return run_study(
             settings,
             networks,
-            tick=lambda: bar.advance(task),
+            tick=ticker(bar, "pose estimations", settings.runs(networks)),
             on_group=lambda rows: write_outputs(out_dir, rows, settings),
         )

@@ -80,8 +80,10 @@ def fig3_lines(summary: list[dict[str, Any]], error_deg: float = 5.0) -> list[st
         return []
     parts = []
     for correction, name in (("none", "uncorrected"), ("per_view", "with the per-view pose correction")):
-        records = [_record(summary, correction, sign * error_deg) for sign in (-1.0, 1.0)]
-        if any(record is None for record in records):
+        records = [
+            record for sign in (-1.0, 1.0) if (record := _record(summary, correction, sign * error_deg)) is not None
+        ]
+        if len(records) < 2:
             continue
         dice = sum(record["dice_mean"] for record in records) / 2
         parts.append(f"{name} {dice:.3f} ({dice - calibrated['dice_mean']:+.3f})")

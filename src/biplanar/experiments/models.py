@@ -112,17 +112,28 @@ def train_model(spec: ModelSpec, budget: Budget, data_dir: Path, run_dir: Path, 
 
     config = model_config(spec, load_config(budget.config))
     resume = (run_dir / LAST).is_file()
-    options = {
-        "data_dir": data_dir,
-        "resume": resume,
-        "epochs": budget.epochs,
-        "progress": progress,
-        "max_steps": budget.max_steps,
-    }
     if spec.method == NETWORK:
-        train(config, run_dir, **options)
+        train(
+            config,
+            run_dir,
+            data_dir=data_dir,
+            resume=resume,
+            epochs=budget.epochs,
+            progress=progress,
+            max_steps=budget.max_steps,
+        )
     else:
-        train_baseline(spec.method, config, run_dir, registration=budget.sdm_registration, **options)
+        train_baseline(
+            spec.method,
+            config,
+            run_dir,
+            data_dir=data_dir,
+            resume=resume,
+            epochs=budget.epochs,
+            progress=progress,
+            max_steps=budget.max_steps,
+            registration=budget.sdm_registration,
+        )
     checkpoint = run_dir / BEST if (run_dir / BEST).is_file() else run_dir / LAST
     state = load_checkpoint(run_dir / LAST)
     return TrainedModel(checkpoint, int(state["global_step"]), float(state["elapsed_s"]), reused=False)

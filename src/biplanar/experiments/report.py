@@ -23,11 +23,13 @@ import math
 import platform
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from biplanar.config import load_config
 from biplanar.evaluation.evaluate import rows_to_csv
@@ -95,8 +97,8 @@ def _read_rows(path: Path) -> list[dict[str, Any]]:
 
 def _figure(width_in: float, height_in: float, columns: int = 1):
     """A matplotlib figure on the Agg canvas (no pyplot, no display) and its ``columns`` axes."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # lazy: matplotlib only for pictures
+    from matplotlib.figure import Figure  # lazy: matplotlib only for pictures
 
     figure = Figure(figsize=(width_in, height_in))
     FigureCanvasAgg(figure)
@@ -136,7 +138,7 @@ def table_methods(inputs: ReportInputs) -> tuple[list[MethodScores], MethodScore
 
 def plot_dice_per_case(methods: list[MethodScores], path: Path) -> None:
     """Box plot of the per-case Dice of each method."""
-    import matplotlib
+    import matplotlib  # lazy: matplotlib only for pictures
 
     figure, axis = _figure(9.0, 0.5 + 0.45 * len(methods))
     values = [[v for v in column(m.scores, "dice").values() if math.isfinite(v)] for m in methods]
@@ -160,7 +162,8 @@ def angle_error_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for error in sorted({row["angle_error_deg"] for row in rows}):
             group = [row for row in rows if row["correction"] == correction and row["angle_error_deg"] == error]
             record: dict[str, Any] = {"correction": correction, "angle_error_deg": error, "cases": len(group)}
-            columns = {
+            # column name -> a row's key, or a function of the row
+            columns: dict[str, str | Callable[[dict[str, Any]], float]] = {
                 "dice": "dice",
                 "assd_mm": "assd_mm",
                 "hd95_mm": "hd95_mm",
@@ -315,8 +318,6 @@ def _seconds(value: float | None) -> str:
 
 
 def _header(inputs: ReportInputs) -> list[str]:
-    import torch
-
 
     budget, data = inputs.budget, inputs.data
     split = data["split"]

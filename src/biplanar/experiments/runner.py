@@ -40,12 +40,13 @@ import dataclasses
 import functools
 import shlex
 import shutil
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from biplanar.config import load_config
 from biplanar.data.datasets import SimulatedDataset
@@ -94,6 +95,7 @@ from biplanar.experiments.stages import (
 from biplanar.io.atomic import atomic_write_text
 from biplanar.io.json_files import read_json, write_json
 from biplanar.pose.estimate import SOPI_METHODS
+from biplanar.progress import print_stage, progress_bar, ticker
 
 
 @dataclass
@@ -151,11 +153,6 @@ def experiment_command(
     return shlex.join(words)
 
 
-def _say(enabled: bool, message: str) -> None:
-    if enabled:
-        print(f"experiments: {message}", file=sys.stderr, flush=True)
-
-
 class _Stages:
     """Runs stages with resume (module doc) and keeps their records."""
 
@@ -175,7 +172,7 @@ class _Stages:
             document = read_json(marker)
             if document.get("inputs") == inputs:
                 self.records.append(StageRecord(name, document["info"], document["seconds"], ran=False))
-                _say(self.progress, f"{name}: complete, skipped")
+                print_stage("experiments", self.progress, f"{name}: complete, skipped")
                 return document["info"]
             if resumable:
                 raise InputError(
@@ -189,7 +186,7 @@ class _Stages:
         if not resumable and folder.exists():
             shutil.rmtree(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        _say(self.progress, f"{name}: running")
+        print_stage("experiments", self.progress, f"{name}: running")
         started = time.perf_counter()
         info = work(folder)
         seconds = time.perf_counter() - started
@@ -221,23 +218,6 @@ def _pin_budget(out_dir: Path, budget: Budget) -> None:
         )
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(path, {"budget": budget.name})
-
-
-def _progress(enabled: bool, description: str, total: int):
-    """A rich progress bar on stderr and its ``tick`` (advance by one)."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    bar = Progress(
-        TextColumn(description),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=Console(stderr=True),
-        disable=not enabled,
-    )
-    task = bar.add_task(description, total=total)
-    return bar, lambda: bar.advance(task)
 
 
 def _checkpoint_inputs(out_dir: Path, checkpoint: Path) -> dict[str, Any]:
@@ -326,8 +306,8 @@ def _evaluate(context: _Context, spec: ModelSpec, model: TrainedModel) -> dict[s
             )
             return {"cases": len({row["case"] for row in result.rows}), "rows": len(result.rows), "csv": CASES_FILE}
         dataset = context.test_set(masked=True)
-        bar, tick = _progress(context.progress, f"score {spec.name}", len(dataset))
-        with bar:
+        with progress_bar(context.progress, elapsed=True, remaining=False) as bar:
+            tick = ticker(bar, f"score {spec.name}", len(dataset))
             return _write_rows(folder, score_split(BaselinePredictor(model.checkpoint, context.device), dataset, tick))
 
     return context.stages.run(f"eval_{spec.name}", _checkpoint_inputs(context.out_dir, model.checkpoint), work)
@@ -345,8 +325,8 @@ def _evaluate_optimisation(context: _Context) -> dict[str, Any]:
             budget.optimisation_iterations,
             context.device,
         )
-        bar, tick = _progress(context.progress, "optimisation baseline", len(dataset))
-        with bar:
+        with progress_bar(context.progress, elapsed=True, remaining=False) as bar:
+            tick = ticker(bar, "optimisation baseline", len(dataset))
             return {**_write_rows(folder, score_split(predictor, dataset, tick)), **steps}
 
     steps = {"affine_iterations": budget.optimisation_affine_iterations, "iterations": budget.optimisation_iterations}
@@ -375,8 +355,8 @@ def _geometry_study(
 
     def work(folder: Path) -> dict[str, Any]:
         dataset = context.test_set(masked=False)
-        bar, tick = _progress(context.progress, description, len(dataset) * len(values))
-        with bar:
+        with progress_bar(context.progress, elapsed=True, remaining=False) as bar:
+            tick = ticker(bar, description, len(dataset) * len(values))
             rows = rows_of(NetworkPredictor(model.checkpoint, context.device), dataset, tick=tick)
         return _write_rows(folder, rows)
 
@@ -427,8 +407,8 @@ def _pose_study(context: _Context, sopi: bool) -> dict[str, Any]:
     networks = {name: context.sopi[name] for name in settings.datasets} if sopi else {}
 
     def work(folder: Path) -> dict[str, Any]:
-        bar, tick = _progress(context.progress, "rigid pose (SOPI Table 1)", settings.runs(networks))
-        with bar:
+        with progress_bar(context.progress, elapsed=True, remaining=False) as bar:
+            tick = ticker(bar, "rigid pose (SOPI Table 1)", settings.runs(networks))
             rows = run_study(settings, networks, tick=tick)
         write_outputs(folder, rows, settings)
         return {
@@ -530,8 +510,6 @@ def run_experiments(
         InputError: an unknown budget or stage, a stage whose prerequisites are not complete, a bad
             or mismatching checkpoint, or ``out_dir`` holding another budget's run.
     """
-    import torch
-
 
     selected = get_budget(budget)
     if workers < 1:
@@ -571,7 +549,7 @@ def run_experiments(
         if name != DATA_STAGE:
             work[name]()
     models = {spec.name: _model(context, spec, reused) for spec in MODELS}
-    _say(progress, "writing the report")
+    print_stage("experiments", progress, "writing the report")
     inputs = ReportInputs(
         out_dir=out_dir,
         budget=selected,

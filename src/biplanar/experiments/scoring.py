@@ -122,7 +122,7 @@ class OptimisationPredictor:
             radiographs.to(self.device),
             smoothness_weight=self.config.loss.smoothness_weight,
             integration_steps=self.config.local.integration_steps,
-            num_samples=self.config.geometry.prost_samples,
+            num_samples=self.config.geometry.num_samples,
             masked=True,
         )
         result = refine_registration(objective, settings=self.settings, progress=False)

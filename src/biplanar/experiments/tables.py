@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from scipy.stats import ttest_rel
 
 from biplanar.evaluation.statistics import Summary, summarise
 
@@ -41,7 +42,6 @@ class PairedTest:
 
 def paired_ttest(reference: Mapping[str, float], other: Mapping[str, float]) -> PairedTest:
     """``scipy.stats.ttest_rel(other, reference)`` over the cases finite in both (case id -> value)."""
-    from scipy.stats import ttest_rel
 
     cases = sorted(
         case for case in set(reference) & set(other) if math.isfinite(reference[case]) and math.isfinite(other[case])

@@ -5,6 +5,7 @@ from biplanar.geometry.projection import CarmPose, ProjectionView, carm_projecti
 from biplanar.geometry.transforms import (
     euler_to_rotation,
     rigid_matrix,
+    rigid_params,
     rotation_to_euler,
     similarity_matrix,
     similarity_params,
@@ -21,6 +22,7 @@ __all__ = [
     "euler_to_rotation",
     "random_generalized_pair",
     "rigid_matrix",
+    "rigid_params",
     "rotation_to_euler",
     "similarity_matrix",
     "similarity_params",

@@ -134,3 +134,21 @@ class DetectorResampling:
     def to_user_px(self, uv_model: np.ndarray) -> np.ndarray:
         """Model detector pixels ``(..., 2)`` ``(u, v)`` to the user's ``(..., 2)`` ``(u, v)``."""
         return uv_model * np.diag(self.model_to_user)[:2] + self.model_to_user[:2, 2]
+
+    def nearest_to_user(self, image: np.ndarray) -> np.ndarray:
+        """A ``(rows_m, cols_m)`` image of the model's detector (e.g. a mask) on the user's pixels:
+        each user pixel takes the model pixel its centre falls in (0 outside the model's field).
+
+        Returns:
+            ``(rows, cols)`` of ``user_shape``, ``image``'s dtype.
+        """
+        if tuple(image.shape) != self.model_shape:
+            raise ValueError(f"image: expected shape {list(self.model_shape)}, got {list(image.shape)}")
+        rows, cols = self.user_shape
+        v, u = np.meshgrid(np.arange(rows, dtype=np.float64), np.arange(cols, dtype=np.float64), indexing="ij")
+        model_u = np.rint((u - self.model_to_user[0, 2]) / self.model_to_user[0, 0]).astype(int)
+        model_v = np.rint((v - self.model_to_user[1, 2]) / self.model_to_user[1, 1]).astype(int)
+        inside = (model_u >= 0) & (model_u < self.model_shape[1]) & (model_v >= 0) & (model_v < self.model_shape[0])
+        result = np.zeros(self.user_shape, dtype=image.dtype)
+        result[inside] = image[model_v[inside], model_u[inside]]
+        return result

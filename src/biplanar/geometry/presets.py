@@ -36,9 +36,15 @@ def biplanar_pair(
     """
     isocenter = None if isocenter_mm is None else tuple(np.asarray(isocenter_mm, dtype=float))
     views = {}
+    row_spacing_mm, col_spacing_mm = pixel_spacing_mm
     for name, angle in (("AP", ap_lao_rao_deg), ("LAT", lat_lao_rao_deg)):
         carm = CarmPose(
-            float(angle), 0.0, PAPER_SOURCE_ISOCENTER_MM, PAPER_SOURCE_DETECTOR_MM, tuple(pixel_spacing_mm), isocenter
+            float(angle),
+            0.0,
+            PAPER_SOURCE_ISOCENTER_MM,
+            PAPER_SOURCE_DETECTOR_MM,
+            (row_spacing_mm, col_spacing_mm),
+            isocenter,
         )
         views[name] = ProjectionView.from_carm(carm, image_shape, np.zeros(3), name=name)
     return views

@@ -1,6 +1,8 @@
 """SE(3) utilities for rigid pose estimation (SOPI, Chen et al. 2023), batched over leading dims.
 
-Convention (shared with :mod:`biplanar.geometry.transforms`):
+Rigid parameters and their matrices are those of :mod:`biplanar.geometry.transforms`
+(:func:`~biplanar.geometry.transforms.rigid_matrix` and
+:func:`~biplanar.geometry.transforms.rigid_params`, the only conversions):
 
     params = (rx, ry, rz, tx, ty, tz)          radians, radians, radians, mm, mm, mm
     A = M_t @ M_rx @ M_ry @ M_rz               (SOPI eq. 2-3), rotations about ``centre_mm``
@@ -18,54 +20,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from biplanar.geometry.transforms import rigid_matrix, rotation_to_euler
+from biplanar.geometry.transforms import centre_or_origin, check_trailing_shape, rigid_matrix
 
 _SMALL_ANGLE_RAD = 1e-2  # below it, Taylor series replace sin(t)/t and (1 - cos t)/t^2
 
 
-def _check_last(tensor: Tensor, shape: tuple[int, ...], name: str) -> None:
-    """Raise ``ValueError`` unless ``tensor``'s trailing dims equal ``shape``."""
-    if tensor.dim() < len(shape) or tuple(tensor.shape[tensor.dim() - len(shape) :]) != shape:
-        expected = "(..., " + ", ".join(str(s) for s in shape) + ")"
-        raise ValueError(f"{name}: expected shape {expected}, got {tuple(tensor.shape)}")
-
-
-def _centre(centre_mm: Tensor | None, like: Tensor) -> Tensor:
-    """``(3,)`` centre in world mm (zeros when ``None``), dtype/device of ``like``."""
-    if centre_mm is None:
-        return torch.zeros(3, dtype=like.dtype, device=like.device)
-    centre = torch.as_tensor(centre_mm).to(like)
-    if centre.shape != (3,):
-        raise ValueError(f"centre_mm: expected shape (3,), got {tuple(centre.shape)}")
-    return centre
-
-
-def rigid_params_to_matrix(params: Tensor, centre_mm: Tensor | None = None) -> Tensor:
-    """``(..., 6)`` ``(rx, ry, rz rad, tx, ty, tz mm)`` -> ``(..., 4, 4)`` ``A = M_t M_rx M_ry M_rz``.
-
-    The rotation is about ``centre_mm`` ``(3,)`` world mm (default: the world origin).
-    """
-    _check_last(params, (6,), "params")
-    flat = params.reshape(-1, 6)
-    matrix = rigid_matrix(flat, _centre(centre_mm, params))
-    return matrix.reshape(*params.shape[:-1], 4, 4)
-
-
-def matrix_to_rigid_params(matrix: Tensor, centre_mm: Tensor | None = None) -> Tensor:
-    """Inverse of :func:`rigid_params_to_matrix`: ``(..., 4, 4)`` -> ``(..., 6)``, ``|ry| < pi/2``."""
-    _check_last(matrix, (4, 4), "matrix")
-    flat = matrix.reshape(-1, 4, 4)
-    rotation, offset = flat[:, :3, :3], flat[:, :3, 3]
-    centre = _centre(centre_mm, matrix)
-    # offset = c + t - R c  =>  t = offset + R c - c
-    translation = offset + rotation @ centre - centre
-    params = torch.cat([rotation_to_euler(rotation), translation], dim=-1)
-    return params.reshape(*matrix.shape[:-2], 6)
-
-
 def skew(vector: Tensor) -> Tensor:
     """``(..., 3)`` -> ``(..., 3, 3)`` cross-product matrix ``[v]x`` (``[v]x u = v x u``)."""
-    _check_last(vector, (3,), "vector")
+    check_trailing_shape(vector, (3,), "vector")
     x, y, z = vector.unbind(-1)
     zero = torch.zeros_like(x)
     rows = [torch.stack(r, dim=-1) for r in ([zero, -z, y], [z, zero, -x], [-y, x, zero])]
@@ -97,7 +59,7 @@ def _cos_sin_angle(rotation: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 
 def so3_exp(rotvec: Tensor) -> Tensor:
     """``(..., 3)`` rotation vector (axis * angle, rad) -> ``(..., 3, 3)`` rotation (Rodrigues)."""
-    _check_last(rotvec, (3,), "rotvec")
+    check_trailing_shape(rotvec, (3,), "rotvec")
     theta_sq = (rotvec * rotvec).sum(-1, keepdim=True).unsqueeze(-1)  # (..., 1, 1)
     small = theta_sq < _SMALL_ANGLE_RAD**2
     theta = torch.sqrt(torch.where(small, torch.ones_like(theta_sq), theta_sq))
@@ -115,7 +77,7 @@ def so3_log(rotation: Tensor) -> Tensor:
     for angles above 90 deg the axis comes from the symmetric part ``(R + R^T)/2 - cos I =
     (1 - cos) a a^T``, which stays accurate up to pi (where the sign of the axis is arbitrary).
     """
-    _check_last(rotation, (3, 3), "rotation")
+    check_trailing_shape(rotation, (3, 3), "rotation")
     cos, sin_axis, theta = _cos_sin_angle(rotation)
     sin = torch.sin(theta)
     # Branch 1 (cos >= 0): w = theta / sin(theta) * sin_axis.
@@ -137,8 +99,8 @@ def so3_log(rotation: Tensor) -> Tensor:
 
 def rotation_geodesic_rad(rotation_a: Tensor, rotation_b: Tensor) -> Tensor:
     """``(..., 3, 3)`` x2 -> ``(...)`` angle (rad, ``[0, pi]``) of ``R_a^T R_b``: the SO(3) geodesic distance."""
-    _check_last(rotation_a, (3, 3), "rotation_a")
-    _check_last(rotation_b, (3, 3), "rotation_b")
+    check_trailing_shape(rotation_a, (3, 3), "rotation_a")
+    check_trailing_shape(rotation_b, (3, 3), "rotation_b")
     return _cos_sin_angle(rotation_a.transpose(-1, -2) @ rotation_b)[2]
 
 
@@ -154,10 +116,10 @@ def pose_errors(matrix_est: Tensor, matrix_true: Tensor, centre_mm: Tensor | Non
     is the norm of the difference of the translation parameters about ``centre_mm`` (default
     the world origin), i.e. the distance between the two images of the centre point.
     """
-    _check_last(matrix_est, (4, 4), "matrix_est")
-    _check_last(matrix_true, (4, 4), "matrix_true")
+    check_trailing_shape(matrix_est, (4, 4), "matrix_est")
+    check_trailing_shape(matrix_true, (4, 4), "matrix_true")
     rotation = rotation_geodesic_deg(matrix_est[..., :3, :3], matrix_true[..., :3, :3])
-    centre = torch.cat([_centre(centre_mm, matrix_est), matrix_est.new_ones(1)])
+    centre = torch.cat([centre_or_origin(centre_mm, matrix_est), matrix_est.new_ones(1)])
     moved_est = (matrix_est @ centre)[..., :3]
     moved_true = (matrix_true.to(matrix_est) @ centre)[..., :3]
     return rotation, (moved_est - moved_true).norm(dim=-1)
@@ -179,10 +141,10 @@ def geodesic_direction(
     the unit vector of ``t_target - t``. Each part is normalised separately and is zero where
     the current pose already matches the target in that part (``|.| <= eps``).
     """
-    _check_last(params, (6,), "params")
-    _check_last(target_params, (6,), "target_params")
-    current = rigid_params_to_matrix(params, centre_mm)
-    target = rigid_params_to_matrix(target_params.to(params), centre_mm)
+    check_trailing_shape(params, (6,), "params")
+    check_trailing_shape(target_params, (6,), "target_params")
+    current = rigid_matrix(params, centre_mm)
+    target = rigid_matrix(target_params.to(params), centre_mm)
     rotvec = so3_log(target[..., :3, :3] @ current[..., :3, :3].transpose(-1, -2))
     translation = target_params[..., 3:].to(params) - params[..., 3:]
     return torch.cat([_unit(rotvec, eps), _unit(translation, eps)], dim=-1)
@@ -190,9 +152,7 @@ def geodesic_direction(
 
 __all__ = [
     "geodesic_direction",
-    "matrix_to_rigid_params",
     "pose_errors",
-    "rigid_params_to_matrix",
     "rotation_geodesic_deg",
     "rotation_geodesic_rad",
     "skew",

@@ -1,12 +1,21 @@
-"""Similarity and rigid transforms of volumes: 7 parameters <-> 4x4 matrices, batch first.
+"""Similarity and rigid transforms of volumes: parameters <-> 4x4 matrices, the package's one API for them.
 
 Parameters (the paper's 7, and SOPI's 6 without the scale), about a centre ``c`` in world mm:
 
     params = (rx, ry, rz, tx, ty, tz, log_s)        radians, radians, radians, mm, mm, mm, -
-    R = Rx(rx) @ Ry(ry) @ Rz(rz)                    (SOPI eq. 2-3 order: M_t M_rx M_ry M_rz)
+    R = Rx(rx) @ Ry(ry) @ Rz(rz)                    (SOPI eq. 2-3 order: A = M_t M_rx M_ry M_rz)
     x' = c + exp(log_s) * R @ (x - c) + t
 
-All matrices are ``(B, 4, 4)`` homogeneous maps of world mm to world mm.
+Rigid parameters are the first 6 (``log_s = 0``). The matrices are homogeneous maps of world mm
+(RAS+) to world mm. One function per conversion:
+
+    euler_to_rotation / rotation_to_euler       (B, 3) angles <-> (B, 3, 3) rotations
+    similarity_matrix / similarity_params       (B, 7) <-> (B, 4, 4), about a given centre
+    rigid_matrix / rigid_params                 (..., 6) <-> (..., 4, 4), any leading batch shape,
+                                                about a centre (default: the world origin, where
+                                                the translation column is ``t`` itself)
+
+The rotation vectors, geodesic distances and pose errors of SOPI are in :mod:`biplanar.geometry.se3`.
 """
 
 from __future__ import annotations
@@ -59,11 +68,44 @@ def similarity_matrix(params: Tensor, centre_world: Tensor) -> Tensor:
     return _about_centre(linear, params[:, 3:6], centre_world)
 
 
-def rigid_matrix(params: Tensor, centre_world: Tensor) -> Tensor:
-    """``(B, 6)`` rigid parameters ``(rx, ry, rz, tx, ty, tz)`` -> ``(B, 4, 4)`` about ``centre_world``."""
-    if params.dim() != 2 or params.shape[1] != 6:
-        raise ValueError(f"params: expected shape (B, 6), got {tuple(params.shape)}")
-    return _about_centre(euler_to_rotation(params[:, :3]), params[:, 3:6], centre_world)
+def check_trailing_shape(tensor: Tensor, shape: tuple[int, ...], name: str) -> None:
+    """Raise ``ValueError`` (``<name>: expected shape (..., 6), got ...``) unless ``tensor`` ends in ``shape``."""
+    if tensor.dim() < len(shape) or tuple(tensor.shape[tensor.dim() - len(shape) :]) != shape:
+        expected = "(..., " + ", ".join(str(s) for s in shape) + ")"
+        raise ValueError(f"{name}: expected shape {expected}, got {tuple(tensor.shape)}")
+
+
+def centre_or_origin(centre_world: Tensor | None, like: Tensor) -> Tensor:
+    """``(3,)`` centre in world mm (the world origin when ``None``), in the dtype and device of ``like``."""
+    if centre_world is None:
+        return torch.zeros(3, dtype=like.dtype, device=like.device)
+    centre = torch.as_tensor(centre_world).to(like)
+    if centre.shape != (3,):
+        raise ValueError(f"centre_world: expected shape (3,), got {tuple(centre.shape)}")
+    return centre
+
+
+def rigid_matrix(params: Tensor, centre_world: Tensor | None = None) -> Tensor:
+    """``(..., 6)`` rigid parameters ``(rx, ry, rz, tx, ty, tz)`` -> ``(..., 4, 4)`` ``A = M_t M_rx M_ry M_rz``.
+
+    The rotation is about ``centre_world`` ``(3,)`` world mm (default: the world origin).
+    """
+    check_trailing_shape(params, (6,), "params")
+    flat = params.reshape(-1, 6)
+    matrix = _about_centre(euler_to_rotation(flat[:, :3]), flat[:, 3:6], centre_or_origin(centre_world, params))
+    return matrix.reshape(*params.shape[:-1], 4, 4)
+
+
+def rigid_params(matrix: Tensor, centre_world: Tensor | None = None) -> Tensor:
+    """Inverse of :func:`rigid_matrix`: ``(..., 4, 4)`` -> ``(..., 6)`` about ``centre_world``, ``|ry| < pi/2``."""
+    check_trailing_shape(matrix, (4, 4), "matrix")
+    flat = matrix.reshape(-1, 4, 4)
+    rotation, offset = flat[:, :3, :3], flat[:, :3, 3]
+    centre = centre_or_origin(centre_world, matrix)
+    # offset = c + t - R c  =>  t = offset + R c - c
+    translation = offset + rotation @ centre - centre
+    params = torch.cat([rotation_to_euler(rotation), translation], dim=-1)
+    return params.reshape(*matrix.shape[:-2], 6)
 
 
 def check_matrix(matrix: Tensor, name: str = "matrix") -> None:

@@ -55,7 +55,7 @@ class VolumeGrid:
         affine = np.diag([*map(float, spacing_mm), 1.0])
         half_extent = (np.asarray(shape, dtype=np.float64) - 1.0) / 2.0 * np.asarray(spacing_mm)
         affine[:3, 3] = np.asarray(centre_world, dtype=np.float64) - half_extent
-        return cls(tuple(shape), affine)
+        return cls(shape, affine)  # __post_init__ normalises shape to a tuple of ints
 
     @property
     def spacing_mm(self) -> np.ndarray:
@@ -132,4 +132,5 @@ def pooled_grid(grid: VolumeGrid, factor: int) -> VolumeGrid:
         raise ValueError(f"factor: expected a divisor >= 1 of every grid size {grid.shape}, got {factor}")
     coarse_to_fine = np.diag([float(factor)] * 3 + [1.0])
     coarse_to_fine[:3, 3] = (factor - 1) / 2.0
-    return VolumeGrid(tuple(n // factor for n in grid.shape), grid.affine @ coarse_to_fine)
+    nx, ny, nz = grid.shape
+    return VolumeGrid((nx // factor, ny // factor, nz // factor), grid.affine @ coarse_to_fine)

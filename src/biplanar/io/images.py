@@ -8,6 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pydicom
+import tifffile
+from PIL import Image
 
 from biplanar.errors import InputError
 from biplanar.io.atomic import atomic_path
@@ -27,15 +30,10 @@ def _read_pixels(path: Path, suffix: str) -> np.ndarray:
     if suffix == ".npy":
         return np.load(path, allow_pickle=False)
     if suffix in (".tif", ".tiff"):
-        import tifffile
-
         return tifffile.imread(path)
     if suffix == ".png":
-        from PIL import Image
-
         with Image.open(path) as image:
             return np.asarray(image)
-    import pydicom
 
     return pydicom.dcmread(path).pixel_array
 
@@ -75,8 +73,6 @@ def write_image(path: str | Path, image: np.ndarray) -> None:
         if suffix == ".npy":
             np.save(temporary, image)
         else:
-            import tifffile
-
             tifffile.imwrite(temporary, image)
 
 
@@ -91,8 +87,20 @@ def window(image: np.ndarray) -> np.ndarray:
 
 def write_preview_png(path: str | Path, image: np.ndarray) -> None:
     """Write an 8-bit PNG of an image for viewing, windowed by :func:`window`."""
-    from PIL import Image
 
     scaled = window(image)
     with atomic_path(Path(path)) as temporary:
         Image.fromarray((scaled * 255).round().astype(np.uint8)).save(temporary, format="PNG")
+
+
+def write_mask_png(path: str | Path, mask: np.ndarray) -> None:
+    """Write a ``(rows, cols)`` boolean mask as an 8-bit PNG (255 = inside, 0 = outside), atomically.
+
+    :func:`read_image` reads it back; a mask is inside where its value is > 0.
+    """
+
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise ValueError(f"mask: expected shape (rows, cols), got {mask.shape}")
+    with atomic_path(Path(path)) as temporary:
+        Image.fromarray(np.where(mask > 0, 255, 0).astype(np.uint8)).save(temporary, format="PNG")

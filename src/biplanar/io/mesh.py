@@ -33,8 +33,8 @@ def label_surface(labels: np.ndarray, grid: VolumeGrid, label: int = 1):
     Raises:
         ValueError: ``labels`` not on ``grid``, or no voxel has ``label``.
     """
-    import trimesh
-    from skimage.measure import marching_cubes
+    import trimesh  # lazy: trimesh only for meshes
+    from skimage.measure import marching_cubes  # lazy: scikit-image only where it is used
 
     if tuple(labels.shape) != grid.shape:
         raise ValueError(f"labels: expected shape {grid.shape}, got {tuple(labels.shape)}")

@@ -26,6 +26,8 @@ def read_volume(path: str | Path) -> tuple[np.ndarray, VolumeGrid]:
         raise InputError(f"{path}: file not found")
     try:
         image = nib.load(str(path))
+        if not isinstance(image, nib.spatialimages.SpatialImage):
+            raise TypeError(f"{type(image).__name__} is not a spatial image")
         data = np.asarray(image.dataobj, dtype=np.float32)
     except Exception as error:  # nibabel raises many types for corrupt files
         raise InputError(f"{path}: not a readable NIfTI volume ({type(error).__name__}: {error})") from None

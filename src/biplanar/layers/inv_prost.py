@@ -29,6 +29,8 @@ class InverseProST(nn.Module):
     outputs at other resolutions map onto the same geometry.
     """
 
+    beam_grid: Tensor  # buffer, registered in __init__
+
     def __init__(self, view: ProjectionView, grid: VolumeGrid, margin_mm: float = 0.0) -> None:
         super().__init__()
         self.grid = grid

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from biplanar.config import DEFAULT_NUM_SAMPLES
 from biplanar.geometry.projection import ProjectionView
 from biplanar.geometry.volume_grid import VolumeGrid
 
@@ -38,18 +39,24 @@ class ProST(nn.Module):
     Args:
         view: the calibrated view.
         grid: the voxel grid of the volumes this layer will project.
-        num_samples: ``K``, samples per ray.
+        num_samples: ``K``, samples per ray (default :data:`biplanar.config.DEFAULT_NUM_SAMPLES`).
         margin_mm: extra depth added before and after the volume's box (room for posed volumes).
         max_samples_per_chunk: rows are processed in chunks of at most this many samples
             (batch x channels x K x rows x cols), bounding peak memory; with gradients the chunks
             are recomputed in backward (activation checkpointing) so memory stays bounded.
     """
 
+    source_world: Tensor  # buffers, registered in __init__
+    rays_world: Tensor
+    depths_mm: Tensor
+    step_mm: Tensor
+    world_to_grid: Tensor
+
     def __init__(
         self,
         view: ProjectionView,
         grid: VolumeGrid,
-        num_samples: int = 256,
+        num_samples: int = DEFAULT_NUM_SAMPLES,
         margin_mm: float = 0.0,
         max_samples_per_chunk: int = 2**24,
     ) -> None:

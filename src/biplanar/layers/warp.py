@@ -69,6 +69,9 @@ class SpatialTransformer(nn.Module):
             ``"border"`` (the nearest border voxel).
     """
 
+    vox_to_grid: Tensor  # buffers, registered in __init__
+    world_to_grid_linear: Tensor
+
     def __init__(self, grid: VolumeGrid, mode: str = "bilinear", padding_mode: str = "zeros") -> None:
         super().__init__()
         if mode not in INTERPOLATION_MODES:

@@ -68,5 +68,6 @@ class AffineModule(nn.Module):
             if self.combined:
                 parts = [ap, lat] if combined is None else [ap, lat, F.avg_pool2d(combined, 2)]
                 combined = self.combiners[level](torch.cat(parts, dim=1))
-        features = combined if self.combined else torch.cat([ap, lat], dim=1)
+        # ``combined`` is set at every level exactly when ``self.combined``.
+        features = torch.cat([ap, lat], dim=1) if combined is None else combined
         return self.dense(features.flatten(1)) * self.parameter_scales

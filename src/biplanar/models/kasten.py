@@ -53,6 +53,8 @@ class RayCopy(nn.Module):
     ``rows x cols`` pixels, as inv-ProST's beams do).
     """
 
+    detector_grid: Tensor  # buffer, registered in __init__
+
     def __init__(self, view: ProjectionView, grid: VolumeGrid) -> None:
         super().__init__()
         self.grid = grid
@@ -172,10 +174,10 @@ class KastenNet(nn.Module):
         radiographs = normalise_radiographs(radiographs)
         maps = []  # per view, the L encoder maps, finest first
         for channel, encoder in enumerate(self.encoders):
-            x, levels = radiographs[:, channel : channel + 1], []
-            for block in encoder:
-                x = block(x)
-                levels.append(x)
+            features, levels = radiographs[:, channel : channel + 1], []
+            for block in encoder.children():  # the encoder's blocks (an nn.ModuleList), in order
+                features = block(features)
+                levels.append(features)
             maps.append(levels)
         x = None
         for step, block in enumerate(self.decoder):

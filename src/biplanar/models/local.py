@@ -92,17 +92,19 @@ class LocalModule(nn.Module):
         self.config, self.grid, self.projectors = config, grid, projectors
         self.activation_checkpointing = activation_checkpointing
         if config.decoder == "dual":
-            self.unets = nn.ModuleList([BeamUNet(2, config), BeamUNet(2, config)])
-            per_view = self.unets[0].out_channels
+            unets = [BeamUNet(2, config), BeamUNet(2, config)]
+            per_view = unets[0].out_channels
         else:  # one joint U-net; its output channels are split between the two views
-            self.unets = nn.ModuleList([BeamUNet(4, config)])
-            per_view = self.unets[0].out_channels // 2
+            unets = [BeamUNet(4, config)]
+            per_view = unets[0].out_channels // 2
+        self.unets = nn.ModuleList(unets)
         self.per_view_channels = per_view
         self.to_velocity = nn.Conv3d(2 * per_view, 3, 3, padding=1)
         nn.init.normal_(self.to_velocity.weight, std=config.velocity_init_std)
-        nn.init.zeros_(self.to_velocity.bias)
+        if self.to_velocity.bias is not None:  # always: Conv3d has a bias by default
+            nn.init.zeros_(self.to_velocity.bias)
 
-    def _run(self, unet: BeamUNet, image: Tensor) -> Tensor:
+    def _run(self, unet: nn.Module, image: Tensor) -> Tensor:
         if self.activation_checkpointing and torch.is_grad_enabled():
             return checkpoint(unet, image, use_reentrant=False)
         return unet(image)

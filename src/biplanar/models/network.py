@@ -84,12 +84,16 @@ class AtlasRegistrationNet(nn.Module):
         atlas: the atlas image (HU), femur labels and grid.
     """
 
+    atlas_mu: Tensor  # buffers, registered in __init__
+    atlas_labels: Tensor
+    atlas_centre: Tensor
+
     def __init__(self, config: ExperimentConfig, atlas: Atlas) -> None:
         super().__init__()
         self.config = config
         self.grid: VolumeGrid = atlas.grid
         geometry = config.geometry
-        self.projectors = ProjectorCache(self.grid, geometry.image_shape, geometry.prost_samples)
+        self.projectors = ProjectorCache(self.grid, geometry.image_shape, geometry.num_samples)
         mu = hu_to_mu(torch.from_numpy(atlas.ct_hu).float())[None, None]
         labels = torch.from_numpy(atlas.labels > 0).float()[None, None]
         self.register_buffer("atlas_mu", mu)  # (1, 1, I, J, K) 1/mm

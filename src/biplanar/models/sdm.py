@@ -140,7 +140,9 @@ class DeformationPCA:
         """Write an ``.npz`` (atomically) with the arrays and any ``extra`` ones (e.g. training weights)."""
         path = Path(path)
         with atomic_path(path) as temporary, open(temporary, "wb") as handle:
-            np.savez(handle, **{name: np.asarray(getattr(self, name)) for name in PCA_ARRAYS}, **extra)
+            arrays = {name: np.asarray(getattr(self, name)) for name in PCA_ARRAYS}
+            # numpy's stubs let mypy match the ``**`` arrays to savez's ``allow_pickle: bool`` keyword.
+            np.savez(handle, **arrays, **extra)  # type: ignore[arg-type]
         return path
 
     @classmethod
@@ -201,6 +203,11 @@ class SDMNet(nn.Module):
             stores them once, :meth:`DeformationPCA.to_tensors`).
     """
 
+    atlas_femur_mu: Tensor  # buffers, registered in __init__
+    atlas_labels: Tensor
+    mean_field: Tensor
+    scaled_components: Tensor
+
     def __init__(self, config: ExperimentConfig, atlas: Atlas, pca: DeformationPCA) -> None:
         super().__init__()
         self.config, self.grid, self.pca = config, atlas.grid, pca
@@ -211,7 +218,7 @@ class SDMNet(nn.Module):
                 f"{atlas.grid.shape} pooled by {pca.factor}: expected {(3, *expected)}"
             )
         geometry = config.geometry
-        self.projectors = ProjectorCache(self.grid, geometry.image_shape, geometry.prost_samples)
+        self.projectors = ProjectorCache(self.grid, geometry.image_shape, geometry.num_samples)
         mu = hu_to_mu(torch.from_numpy(atlas.ct_hu).float())[None, None]
         labels = torch.from_numpy(atlas.labels > 0).float()[None, None]
         self.register_buffer("atlas_femur_mu", mu * labels)  # (1, 1, I, J, K) 1/mm

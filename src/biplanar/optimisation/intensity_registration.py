@@ -47,6 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from biplanar.config import DEFAULT_NUM_SAMPLES
 from biplanar.data.simulate import MASK_MIN_PATH_MM
 from biplanar.geometry.projection import ProjectionView
 from biplanar.geometry.transforms import similarity_matrix
@@ -56,6 +57,7 @@ from biplanar.layers.velocity import VelocityIntegrator, compose_affine_displace
 from biplanar.layers.warp import SpatialTransformer, affine_displacement, check_displacement
 from biplanar.models.network import normalise_pair
 from biplanar.models.projectors import ProjectorCache, ViewPair
+from biplanar.progress import progress_bar
 
 # Width of the soft mask rule's linear ramp, mm of femur path, centred on the rule's threshold:
 # 0 below MASK_MIN_PATH_MM - width / 2 (so nothing outside the silhouette leaks in, as a
@@ -156,6 +158,10 @@ class ProjectionObjective(nn.Module):
         masked: whether ``radiographs`` are masked (then so are the DRRs, module doc).
     """
 
+    atlas: Tensor  # buffers, registered in __init__
+    centre_world: Tensor
+    radiographs: Tensor
+
     def __init__(
         self,
         atlas_mu: Tensor,
@@ -167,15 +173,16 @@ class ProjectionObjective(nn.Module):
         smoothness_weight: float = 0.01,
         integration_steps: int = 7,
         projectors: ProjectorCache | None = None,
-        num_samples: int = 128,
+        num_samples: int = DEFAULT_NUM_SAMPLES,
         masked: bool = True,
     ) -> None:
         super().__init__()
-        from monai.losses import DiffusionLoss
+        from monai.losses import DiffusionLoss  # lazy: monai costs seconds of start-up
 
         grid.check_volume(atlas_mu, "atlas_mu")
         grid.check_volume(atlas_labels, "atlas_labels")
-        image_shape = tuple(views[0].image_shape)
+        rows, cols = views[0].image_shape
+        image_shape = (rows, cols)
         if radiographs.shape != (1, 2, *image_shape) or tuple(views[1].image_shape) != image_shape:
             raise ValueError(
                 f"radiographs: expected shape (1, 2, {image_shape[0]}, {image_shape[1]}) "
@@ -281,22 +288,6 @@ def upsample_velocity(coarse: Tensor, shape: tuple[int, int, int]) -> Tensor:
     return F.interpolate(coarse, size=shape, mode="trilinear", align_corners=True)
 
 
-def _progress_bar(enabled: bool):
-    """A rich progress bar on stderr (disabled: no display)."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("loss {task.fields[loss]:.4f}"),
-        console=Console(stderr=True),
-        disable=not enabled,
-    )
-
-
 def refine_registration(
     objective: ProjectionObjective,
     params: Tensor | None = None,
@@ -345,7 +336,7 @@ def refine_registration(
 
     history: list[float] = []
     first = best = None
-    with _progress_bar(progress) as bar:
+    with progress_bar(progress, elapsed=True, remaining=False, fields=["loss {task.fields[loss]:.4f}"]) as bar:
         task = bar.add_task("refining", total=settings.iterations, loss=float("nan"))
         for step in range(settings.iterations + 1):
             last = step == settings.iterations  # the final iterate is evaluated, not stepped from
@@ -364,6 +355,7 @@ def refine_registration(
                 leaves[3].grad = None  # affine phase: Adam skips the velocity
             optimiser.step()
             bar.update(task, advance=1, loss=history[-1])
+    assert first is not None and best is not None  # the loop evaluates at least one iterate
     _, params, velocity, value = best
     return RefinementResult(
         params=params,

@@ -56,10 +56,11 @@ def squared_gradient(displacement: Tensor, grid: VolumeGrid) -> Tensor:
         scalar, ``sum over axes a of mean over voxels of |u(p + e_a) - u(p)|^2 / h_a^2``, (mm / mm)^2.
     """
     grid.check_volume(displacement, "displacement")
-    return sum(
+    along_i, along_j, along_k = (
         (torch.diff(displacement, dim=2 + axis) / float(spacing)).square().sum(dim=1).mean()
         for axis, spacing in enumerate(grid.spacing_mm)
     )
+    return along_i + along_j + along_k
 
 
 @dataclass(frozen=True)
@@ -125,28 +126,34 @@ class _LevelObjective:
     """The objective of the module doc on one pyramid level (pooled volumes, level grid)."""
 
     def __init__(
-        self, volumes: dict[str, Tensor | None], grid: VolumeGrid, factor: int, settings: VolumeRegistrationSettings
+        self,
+        moving: Tensor,
+        fixed: Tensor,
+        labels: tuple[Tensor, Tensor] | None,
+        grid: VolumeGrid,
+        factor: int,
+        settings: VolumeRegistrationSettings,
     ) -> None:
-        from monai.losses import LocalNormalizedCrossCorrelationLoss
+        """``labels``: ``(moving_labels, fixed_labels)``, or ``None``."""
+        from monai.losses import LocalNormalizedCrossCorrelationLoss  # lazy: monai costs seconds of start-up
 
         self.grid = pooled_grid(grid, factor)
-        self.pooled = {
-            name: None if volume is None else pool_volume(volume, factor) for name, volume in volumes.items()
-        }
+        self.moving, self.fixed = pool_volume(moving, factor), pool_volume(fixed, factor)
+        self.labels = None if labels is None else (pool_volume(labels[0], factor), pool_volume(labels[1], factor))
         self.settings = settings
-        self.integrator = VelocityIntegrator(self.grid, settings.integration_steps).to(volumes["moving"].device)
-        self.transformer = SpatialTransformer(self.grid).to(volumes["moving"].device)
+        self.integrator = VelocityIntegrator(self.grid, settings.integration_steps).to(moving.device)
+        self.transformer = SpatialTransformer(self.grid).to(moving.device)
         self.ncc = LocalNormalizedCrossCorrelationLoss(spatial_dims=3, kernel_size=settings.ncc_window)
 
     def __call__(self, velocity: Tensor) -> Tensor:
         """Args: velocity ``(1, 3, i, j, k)`` mm on the level grid. Returns the scalar objective."""
         displacement = self.integrator(velocity)
-        pooled = self.pooled
         # MONAI's LNCC loss is -LNCC, so 1 + loss = 1 - LNCC.
-        loss = 1.0 + self.ncc(self.transformer(pooled["moving"], displacement), pooled["fixed"])
-        if pooled["moving_labels"] is not None:
-            warped_labels = self.transformer(pooled["moving_labels"], displacement)
-            loss = loss + self.settings.label_weight * (1.0 - soft_dice(warped_labels, pooled["fixed_labels"]).mean())
+        loss = 1.0 + self.ncc(self.transformer(self.moving, displacement), self.fixed)
+        if self.labels is not None:
+            moving_labels, fixed_labels = self.labels
+            warped_labels = self.transformer(moving_labels, displacement)
+            loss = loss + self.settings.label_weight * (1.0 - soft_dice(warped_labels, fixed_labels).mean())
         return loss + self.settings.smoothness_weight * squared_gradient(displacement, self.grid)
 
 
@@ -186,15 +193,19 @@ def register_volumes(
         the fitted velocity and displacement, the label Dice before and after, the objective's history.
     """
     started = time.perf_counter()
-    volumes = {"moving": moving, "fixed": fixed, "moving_labels": moving_labels, "fixed_labels": fixed_labels}
-    _check_inputs(volumes, grid)
-    volumes = {name: None if volume is None else volume.detach().float() for name, volume in volumes.items()}
-    if moving_labels is not None:  # compare the femurs alone
-        volumes["moving"] = volumes["moving"] * volumes["moving_labels"]
-        volumes["fixed"] = volumes["fixed"] * volumes["fixed_labels"]
-    velocity, history = None, []
+    _check_inputs(
+        {"moving": moving, "fixed": fixed, "moving_labels": moving_labels, "fixed_labels": fixed_labels}, grid
+    )
+    moving, fixed = moving.detach().float(), fixed.detach().float()
+    labels = None
+    if moving_labels is not None and fixed_labels is not None:  # both or neither (_check_inputs)
+        labels = (moving_labels.detach().float(), fixed_labels.detach().float())
+        # compare the femurs alone
+        moving, fixed = moving * labels[0], fixed * labels[1]
+    velocity: Tensor | None = None
+    history: list[float] = []
     for factor, steps in settings.levels:
-        objective = _LevelObjective(volumes, grid, factor, settings)
+        objective = _LevelObjective(moving, fixed, labels, grid, factor, settings)
         shape = objective.grid.shape
         start = torch.zeros(1, 3, *shape, device=moving.device) if velocity is None else upsample_field(velocity, shape)
         velocity = start.clone().requires_grad_(True)
@@ -206,15 +217,14 @@ def register_volumes(
             optimiser.step()
             history.append(float(loss.detach()))
         velocity = velocity.detach()
+    assert velocity is not None  # settings.levels is never empty
     with torch.no_grad():
         coarse = objective.integrator(velocity)
         displacement = upsample_field(coarse, grid.shape)
         dice_before = dice_after = None
-        if moving_labels is not None:
-            dice_before = _label_dice(
-                volumes["moving_labels"], volumes["fixed_labels"], torch.zeros_like(displacement), grid
-            )
-            dice_after = _label_dice(volumes["moving_labels"], volumes["fixed_labels"], displacement, grid)
+        if labels is not None:
+            dice_before = _label_dice(*labels, torch.zeros_like(displacement), grid)
+            dice_after = _label_dice(*labels, displacement, grid)
     return VolumeRegistrationResult(
         velocity,
         coarse,

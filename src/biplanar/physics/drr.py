@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from biplanar.config import DEFAULT_NUM_SAMPLES
 from biplanar.geometry.projection import ProjectionView
 from biplanar.geometry.volume_grid import VolumeGrid
 from biplanar.layers.prost import ProST
@@ -18,7 +19,7 @@ def render_drr(
     view: ProjectionView,
     grid: VolumeGrid,
     mode: str = "line_integral",
-    num_samples: int = 256,
+    num_samples: int = DEFAULT_NUM_SAMPLES,
     photons: float = 1e5,
     generator: torch.Generator | None = None,
 ) -> Tensor:
@@ -55,7 +56,7 @@ def render_ct_radiograph(
     view: ProjectionView,
     grid: VolumeGrid,
     mode: str = "line_integral",
-    num_samples: int = 256,
+    num_samples: int = DEFAULT_NUM_SAMPLES,
     photons: float = 1e5,
     generator: torch.Generator | None = None,
     kvp: float = 80.0,
@@ -76,6 +77,5 @@ def render_ct_radiograph(
         ``(B, 1, rows, cols)``.
     """
     if mode == "polychromatic":
-
         return render_polychromatic_drr(hu, view, grid, tube_spectrum(kvp, aluminium_mm), num_samples)
     return render_drr(hu_to_mu(hu, mu_water_per_mm), view, grid, mode, num_samples, photons, generator)

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from biplanar.config import DEFAULT_NUM_SAMPLES
 from biplanar.geometry.projection import ProjectionView
 from biplanar.geometry.volume_grid import VolumeGrid
 from biplanar.layers.prost import ProST
@@ -75,7 +76,7 @@ class TubeSpectrum:
 @lru_cache(maxsize=8)
 def tube_spectrum(kvp: float = 80.0, aluminium_mm: float = 2.5, anode_angle_deg: float = 12.0) -> TubeSpectrum:
     """A tungsten-anode tube spectrum from SpekPy (1 keV bins, photons with no fluence dropped)."""
-    import spekpy
+    import spekpy  # lazy: spekpy only for the polychromatic mode
 
     spek = spekpy.Spek(kvp=kvp, th=anode_angle_deg, dk=1.0)
     spek.filter("Al", aluminium_mm)
@@ -86,11 +87,15 @@ def tube_spectrum(kvp: float = 80.0, aluminium_mm: float = 2.5, anode_angle_deg:
 
 def mass_attenuation(material: str, energies_kev: np.ndarray) -> np.ndarray:
     """``(E,)`` mass attenuation coefficient (cm^2/g) of a material of :data:`MATERIALS` (xraydb, Elam)."""
-    import xraydb
+    import xraydb  # lazy: xraydb only for the polychromatic mode
 
     energies_ev = np.asarray(energies_kev, dtype=np.float64) * 1000.0
     return sum(
-        fraction * np.asarray(xraydb.mu_elam(element, energies_ev)) for element, fraction in MATERIALS[material].items()
+        (
+            fraction * np.asarray(xraydb.mu_elam(element, energies_ev))
+            for element, fraction in MATERIALS[material].items()
+        ),
+        np.zeros_like(energies_ev),
     )
 
 
@@ -133,7 +138,7 @@ def effective_line_integral(mass_line_integrals: Tensor, spectrum: TubeSpectrum)
 
 
 def render_polychromatic_drr(
-    hu: Tensor, view: ProjectionView, grid: VolumeGrid, spectrum: TubeSpectrum, num_samples: int = 256
+    hu: Tensor, view: ProjectionView, grid: VolumeGrid, spectrum: TubeSpectrum, num_samples: int = DEFAULT_NUM_SAMPLES
 ) -> Tensor:
     """A polychromatic two-material DRR.
 

@@ -5,5 +5,6 @@
 - :mod:`~biplanar.pose.estimate`: file-level estimation, corrected geometry, calibration correction.
 - :mod:`~biplanar.pose.sopi`: the learned SOPI estimator (when present).
 
-SE(3) helpers live in :mod:`biplanar.geometry.se3`. Submodules are imported where used.
+Rigid parameters <-> matrices live in :mod:`biplanar.geometry.transforms`, the SE(3) helpers
+(geodesics, pose errors) in :mod:`biplanar.geometry.se3`. Submodules are imported where used.
 """

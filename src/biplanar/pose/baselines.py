@@ -4,7 +4,7 @@ The pose ``A`` is a ``(4, 4)`` world-to-world rigid map that *moves the CT* (Pro
 the DRR of the CT moved by ``A`` is compared with each radiograph through that view's known
 projection matrix. Starting from ``A0`` (the identity by default), the search is over
 
-    A(x) = Delta(x) @ A0,   Delta(x) = rigid_params_to_matrix((rad(x_0:3), x_3:6), centre = A0 c)
+    A(x) = Delta(x) @ A0,   Delta(x) = rigid_matrix((rad(x_0:3), x_3:6), centre = A0 c)
 
 ``x = (rx, ry, rz deg, tx, ty, tz mm)``: a rotation ``Rx Ry Rz`` about the current position of the
 volume centre ``c`` followed by a translation (so rotations and translations decouple).
@@ -20,7 +20,7 @@ Algorithm (multi-resolution, coarse to fine):
 3. Optionally ``refine_steps`` of L-BFGS on the differentiable similarity at the finest level.
 
 The result reports the pose as a matrix and as parameters about the (unmoved) volume centre
-``c`` (:func:`biplanar.geometry.se3.matrix_to_rigid_params`), where the translation is the
+``c`` (:func:`biplanar.geometry.transforms.rigid_params`), where the translation is the
 displacement of ``c``.
 """
 
@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from biplanar.geometry.projection import ProjectionView
-from biplanar.geometry.se3 import matrix_to_rigid_params, rigid_params_to_matrix
+from biplanar.geometry.transforms import rigid_matrix, rigid_params
 from biplanar.geometry.volume_grid import VolumeGrid
 from biplanar.layers.prost import ProST
 from biplanar.pose.similarity import get_similarity
@@ -109,7 +109,7 @@ class PoseEstimate:
     iterations: int
     time_s: float
     method: str
-    history: list[dict[str, float]] = field(default_factory=list)
+    history: list[dict[str, float | str]] = field(default_factory=list)
 
 
 # --- the resolution pyramid ---------------------------------------------------------------------
@@ -148,7 +148,8 @@ def downsample_volume(volume: Tensor, grid: VolumeGrid, factor: int) -> tuple[Te
     pooled = F.avg_pool3d(padded, factor)
     block_to_vox = np.diag([float(factor)] * 3 + [1.0])
     block_to_vox[:3, 3] = (factor - 1) / 2.0
-    return pooled, VolumeGrid(tuple(pooled.shape[2:]), grid.affine @ block_to_vox)
+    blocks_i, blocks_j, blocks_k = pooled.shape[2:]
+    return pooled, VolumeGrid((blocks_i, blocks_j, blocks_k), grid.affine @ block_to_vox)
 
 
 def _pixel_mm_at(view: ProjectionView, point_world: np.ndarray) -> float:
@@ -270,7 +271,7 @@ class PoseProblem:
     def pose(self, x: Tensor) -> Tensor:
         """``(..., 6)`` ``(deg, deg, deg, mm, mm, mm)`` -> ``(..., 4, 4)`` ``Delta(x) @ A0`` (module doc)."""
         params = torch.cat([torch.deg2rad(x[..., :3]), x[..., 3:]], dim=-1)
-        delta = rigid_params_to_matrix(params, self.moved_centre.to(x))
+        delta = rigid_matrix(params, self.moved_centre.to(x))
         return delta @ self.initial.to(x)
 
     def similarities(self, level: _Level, poses: Tensor) -> dict[str, Tensor]:
@@ -298,7 +299,7 @@ def _cma_level(
     problem: PoseProblem, level: _Level, start: np.ndarray, sigmas: np.ndarray, config: OptimisationConfig
 ) -> tuple[np.ndarray, float, int]:
     """CMA-ES at one level from ``start`` (free params, deg/mm); returns best x, its similarity, generations."""
-    import cma
+    import cma  # lazy: cma only for the CMA-ES search
 
     options = {
         "CMA_stds": sigmas.tolist(),
@@ -330,18 +331,19 @@ def _lbfgs(problem: PoseProblem, level: _Level, start: np.ndarray, steps: int) -
     optimiser = torch.optim.LBFGS(
         [x], lr=1.0, max_iter=steps, line_search_fn="strong_wolfe", tolerance_grad=1e-7, tolerance_change=1e-9
     )
-    best = {"x": start, "value": -math.inf}
+    best_x, best_value = start, -math.inf
 
     def closure() -> Tensor:
+        nonlocal best_x, best_value
         optimiser.zero_grad()
         loss = -problem.objective(level, problem.full_x(x)[None].double())[0]
         loss.backward()
-        if -loss.item() > best["value"]:
-            best.update(x=x.detach().double().numpy().copy(), value=-loss.item())
+        if -loss.item() > best_value:
+            best_x, best_value = x.detach().double().numpy().copy(), -loss.item()
         return loss
 
     optimiser.step(closure)
-    return np.asarray(best["x"]), float(best["value"]), int(optimiser.state[x].get("n_iter", 0))
+    return np.asarray(best_x), float(best_value), int(optimiser.state[x].get("n_iter", 0))
 
 
 def estimate_pose(
@@ -353,7 +355,8 @@ def estimate_pose(
     free = np.array(problem.free)
     sigmas = np.array([config.sigma_deg] * 3 + [config.sigma_mm] * 3)[free]
     x = np.zeros(int(free.sum()))
-    history, iterations = [], 0
+    history: list[dict[str, float | str]] = []
+    iterations = 0
 
     def record(stage: str, value: float) -> None:
         history.append(
@@ -381,7 +384,7 @@ def estimate_pose(
         per_view = {name: float(value[0]) for name, value in problem.similarities(finest, matrix[None]).items()}
     return PoseEstimate(
         matrix=matrix,
-        params=matrix_to_rigid_params(matrix, problem.centre),
+        params=rigid_params(matrix, problem.centre),
         centre_mm=problem.centre.numpy(),
         similarity=float(np.mean(list(per_view.values()))),
         per_view_similarity=per_view,
@@ -393,19 +396,14 @@ def estimate_pose(
     )
 
 
-def _as_tensors(images: Mapping[str, Tensor | np.ndarray | None]) -> dict[str, Tensor | None]:
-    """Name -> float32 tensor (``None`` kept)."""
-    return {
-        name: None
-        if image is None
-        else torch.as_tensor(np.asarray(image, dtype=np.float32) if isinstance(image, np.ndarray) else image).float()
-        for name, image in images.items()
-    }
+def _as_tensor(image: Tensor | np.ndarray) -> Tensor:
+    """A float32 tensor of ``image``."""
+    return torch.as_tensor(np.asarray(image, dtype=np.float32) if isinstance(image, np.ndarray) else image).float()
 
 
 def run_baseline(
     method: str,
-    volume_mu: Tensor,
+    volume_mu: Tensor | np.ndarray,
     grid: VolumeGrid,
     radiographs: Mapping[str, Tensor | np.ndarray],
     views: Mapping[str, ProjectionView],
@@ -441,11 +439,11 @@ def run_baseline(
     problem = PoseProblem(
         torch.as_tensor(volume_mu),
         grid,
-        _as_tensors(radiographs),
+        {name: _as_tensor(image) for name, image in radiographs.items()},
         views,
         initial_pose,
         config,
-        _as_tensors(masks or {}),
+        {name: None if image is None else _as_tensor(image) for name, image in (masks or {}).items()},
         tuple(free),
         rotation_centre_mm,
     )

@@ -6,14 +6,14 @@ Conventions (``docs/pose.md``):
   moved by ``A`` (``ct(A^-1 x)``), projected through each view's calibrated matrix ``P_v``,
   reproduces the radiographs.
 - Its parameters ``(rx, ry, rz, tx, ty, tz)`` are about the CT volume's centre ``c``:
-  ``A x = c + Rx Ry Rz (x - c) + t`` (:mod:`biplanar.geometry.se3`); ``t`` is the displacement of ``c``.
+  ``A x = c + Rx Ry Rz (x - c) + t`` (:func:`biplanar.geometry.transforms.rigid_matrix`); ``t`` is the
+  displacement of ``c``.
 - The corrected geometry composes every view with the pose, ``P'_v = P_v A``: with it, the CT at
   identity (its file's own affine) projects as it was found in the radiographs.
 """
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -22,11 +22,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import Tensor
 
 from biplanar.errors import InputError
 from biplanar.geometry.projection import ProjectionView
-from biplanar.geometry.se3 import matrix_to_rigid_params
+from biplanar.geometry.transforms import rigid_params
 from biplanar.geometry.volume_grid import VolumeGrid
 from biplanar.io.atomic import atomic_path
 from biplanar.io.geometry_file import read_geometry, require_views, write_geometry
@@ -38,6 +39,7 @@ from biplanar.physics.attenuation import hu_to_mu
 from biplanar.pose import sopi
 from biplanar.pose.baselines import METHODS, OptimisationConfig, PoseEstimate, refine_pose, run_baseline
 from biplanar.pose.similarity import gradient_correlation, ncc
+from biplanar.progress import print_stage
 from biplanar.training.checkpoints import bundled_models_dir
 
 SOPI_METHODS = ("sopi", "sopi+opt")
@@ -253,6 +255,8 @@ def estimate(
     if method in METHODS:
         result = run_baseline(method, volume_mu, grid, radiographs, views, initial_pose, config, progress=progress)
         return result.matrix, _baseline_summary(result)
+    if sopi_checkpoints is None:  # check_method has raised already; this narrows the type
+        raise InputError(f"--method {method}: needs the SOPI checkpoints (--rtpi and --fine)")
     found = sopi.estimate_pose_sopi(
         volume_mu,
         grid,
@@ -322,9 +326,7 @@ def bone_attenuation(volume_mu: Tensor, mu_water_per_mm: float) -> Tensor:
 
 def write_edge_overlay(path: str | Path, radiograph: np.ndarray, drr: np.ndarray) -> None:
     """An RGB PNG: ``radiograph`` in grey with the Canny edges of ``drr`` (same ``(rows, cols)``) in colour."""
-    from PIL import Image
-    from skimage.feature import canny
-
+    from skimage.feature import canny  # lazy: scikit-image only where it is used
 
     if radiograph.shape != drr.shape or radiograph.ndim != 2:
         raise ValueError(f"drr: expected the radiograph's shape {radiograph.shape}, got {drr.shape}")
@@ -343,11 +345,6 @@ def write_edge_overlay(path: str | Path, radiograph: np.ndarray, drr: np.ndarray
 
 
 # --- files --------------------------------------------------------------------------------------
-
-
-def _stage(progress: bool, message: str) -> None:
-    if progress:
-        print(f"pose: {message}", file=sys.stderr, flush=True)
 
 
 def _read_inputs(
@@ -419,16 +416,16 @@ def estimate_pose_files(
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"{out_dir}: exists and is not a folder")
-    image_paths = {name: Path(path) for name, path in image_paths.items()}
-    check_method(method, init_pose_path is not None, sopi_checkpoints, list(image_paths))
+    radiograph_paths = {name: Path(path) for name, path in image_paths.items()}
+    check_method(method, init_pose_path is not None, sopi_checkpoints, list(radiograph_paths))
     initial = None if init_pose_path is None else read_initial_pose(init_pose_path)
-    _stage(progress, "reading the CT, geometry and radiographs")
+    print_stage("pose", progress, "reading the CT, geometry and radiographs")
     volume_mu, grid, all_views, radiographs = _read_inputs(
-        Path(ct_path), Path(geometry_path), image_paths, units, mu_water_per_mm
+        Path(ct_path), Path(geometry_path), radiograph_paths, units, mu_water_per_mm
     )
-    views = {name: all_views[name] for name in image_paths}
+    views = {name: all_views[name] for name in radiograph_paths}
     timings = {"load": time.perf_counter() - started}
-    _stage(progress, f"estimating the pose ({method}, views {', '.join(views)})")
+    print_stage("pose", progress, f"estimating the pose ({method}, views {', '.join(views)})")
     try:
         pose, summary = estimate(
             method,
@@ -439,18 +436,18 @@ def estimate_pose_files(
             initial,
             config,
             sopi_checkpoints,
-            lambda line: _stage(progress, line),
+            lambda line: print_stage("pose", progress, line),
         )
     except ValueError as error:
         if isinstance(error, InputError):
             raise
         raise InputError(f"{geometry_path}: {error}") from None
     timings["estimate"] = time.perf_counter() - started - timings["load"]
-    _stage(progress, "writing the outputs")
+    print_stage("pose", progress, "writing the outputs")
     drrs = render_drrs(volume_mu, grid, views, pose)
     bone_drrs = render_drrs(bone_attenuation(volume_mu, mu_water_per_mm), grid, views, pose)
     centre = torch.as_tensor(grid.centre_world, dtype=torch.float64)
-    params = matrix_to_rigid_params(pose, centre)
+    params = rigid_params(pose, centre)
     document = {
         "method": method,
         "matrix": pose.tolist(),
@@ -467,7 +464,7 @@ def estimate_pose_files(
         "inputs": {
             "ct": str(ct_path),
             "geometry": str(geometry_path),
-            "radiographs": {name: str(path) for name, path in image_paths.items()},
+            "radiographs": {name: str(path) for name, path in radiograph_paths.items()},
             "init_pose": None if init_pose_path is None else str(init_pose_path),
         },
     }
@@ -479,5 +476,5 @@ def estimate_pose_files(
     timings["write"] = time.perf_counter() - started - timings["load"] - timings["estimate"]
     timings["total"] = time.perf_counter() - started
     write_json(out_dir / "pose.json", document)
-    _stage(progress, f"done in {timings['total']:.1f} s: {out_dir}")
+    print_stage("pose", progress, f"done in {timings['total']:.1f} s: {out_dir}")
     return PoseReport(out_dir, document)

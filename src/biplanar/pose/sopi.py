@@ -2,7 +2,7 @@
 
 The pose ``A`` is a ``(4, 4)`` world-to-world rigid map that moves the CT (ProST's ``pose``), with
 parameters ``(rx, ry, rz rad, tx, ty, tz mm)`` about the CT volume's centre
-(:func:`biplanar.geometry.se3.rigid_params_to_matrix`), as in :mod:`biplanar.pose.baselines`.
+(:func:`biplanar.geometry.transforms.rigid_matrix`), as in :mod:`biplanar.pose.baselines`.
 
 1. RTPI regresses the parameters from the CT and the radiograph.
 2. The fine registration descends ``L_N(theta)``, the masked distance between the embedded
@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol, cast
 
 import numpy as np
 import torch
@@ -32,7 +33,7 @@ from torch import Tensor, nn
 
 from biplanar.errors import InputError
 from biplanar.geometry.projection import ProjectionView
-from biplanar.geometry.se3 import rigid_params_to_matrix
+from biplanar.geometry.transforms import rigid_matrix
 from biplanar.geometry.volume_grid import VolumeGrid
 from biplanar.models.sopi import SopiConfig, build_network
 from biplanar.models.sopi.config import FineSearchConfig
@@ -58,6 +59,21 @@ class SopiNetwork:
     network: nn.Module
     config: SopiConfig
     name: str
+
+
+class _PoseRegressor(Protocol):
+    """What SOPI calls on the ``rtpi`` network (:class:`~biplanar.models.sopi.RTPINet`)."""
+
+    def params(self, volume_mu: Tensor, radiograph: Tensor) -> Tensor: ...
+
+
+class _FineEncoders(Protocol):
+    """What SOPI calls on the ``fine`` network (:class:`~biplanar.models.sopi.FineRegistrationNet`, or
+    any module with the two encoders)."""
+
+    def moving(self, image: Tensor) -> tuple[Tensor, ...]: ...
+
+    def fixed(self, image: Tensor) -> tuple[Tensor, ...]: ...
 
 
 def load_sopi_network(path: str | Path, name: str, device: str | torch.device = "cpu") -> SopiNetwork:
@@ -200,10 +216,12 @@ def fine_registration(
     centre = torch.as_tensor(grid.centre_world, dtype=torch.float32, device=volume_mu.device)
 
     def to_pose(values: Tensor) -> Tensor:
-        return rigid_params_to_matrix(values, centre)
+        return rigid_matrix(values, centre)
 
+    # nn.Module types its attributes as Tensor | Module: name the encoders' call signatures.
+    encoders = cast(_FineEncoders, fine.network)
     with torch.no_grad():
-        fixed = fine.network.fixed(radiograph)
+        fixed = encoders.fixed(radiograph)
     rotation = _Part(slice(0, 3), math.radians(search.rotation_step_deg), math.radians(search.tolerance_deg))
     translation = _Part(slice(3, 6), search.translation_step_mm, search.tolerance_mm)
     params, history, converged = initial_params.detach().clone(), [], False
@@ -211,7 +229,7 @@ def fine_registration(
     while iteration < search.max_iterations and not converged:
         drr, jacobian = prost.project_with_pose_jacobian(volume_mu, params[None], to_pose)
         mask = project_mask(prost, mask_volume, to_pose(params[None]), fine.config.data.mask_min_path_mm)
-        distance = masked_feature_distance(fine.network.moving(drr.requires_grad_(True)), fixed, mask)
+        distance = masked_feature_distance(encoders.moving(drr.requires_grad_(True)), fixed, mask)
         gradient = pose_gradient(distance, drr, jacobian, create_graph=False)[0]
         rotating = iteration < search.rotation_iterations
         moved = translation.move(params, gradient, search.step_decrease)
@@ -276,7 +294,7 @@ def estimate_pose_sopi(
     _check_radiograph(radiograph, view, rtpi.config, device)
     loaded = time.perf_counter()
     with torch.no_grad():
-        initial = rtpi.network.params(volume, image)[0]
+        initial = cast(_PoseRegressor, rtpi.network).params(volume, image)[0]  # an RTPINet (nn.Module is untyped)
     initialised = time.perf_counter()
     if progress is not None:
         progress(f"RTPI: initial pose in {initialised - loaded:.2f} s")
@@ -296,9 +314,9 @@ def estimate_pose_sopi(
         "total": finished - started,
     }
     return SopiPoseEstimate(
-        rigid_params_to_matrix(params64, centre),
+        rigid_matrix(params64, centre),
         params64,
-        rigid_params_to_matrix(initial64, centre),
+        rigid_matrix(initial64, centre),
         initial64,
         np.asarray(grid.centre_world),
         iterations,

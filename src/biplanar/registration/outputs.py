@@ -37,15 +37,19 @@ from torch import Tensor
 
 from biplanar.data.atlas import FEMUR_LABEL, warped_atlas_hu, warped_atlas_labels
 from biplanar.data.simulate import MASK_MIN_PATH_MM
+from biplanar.evaluation.hip import DIRECTION_KEYS, POINT_KEYS, hip_report
 from biplanar.evaluation.metrics import segmentation_metrics
 from biplanar.evaluation.overlays import write_contour_overlay
+from biplanar.geometry.mirror import SagittalMirror
 from biplanar.geometry.presets import VIEW_NAMES
-from biplanar.geometry.projection import ProjectionView
 from biplanar.io.atomic import require_empty_out_dir
+from biplanar.io.images import write_mask_png
 from biplanar.io.json_files import write_json
 from biplanar.io.mesh import label_surface, write_stl
 from biplanar.io.volumes import write_volume
+from biplanar.layers.prost import ProST
 from biplanar.layers.similarity import global_ncc
+from biplanar.registration.inputs import RegistrationInputs
 
 OUTPUT_FILES = (
     "warped_atlas.nii.gz",
@@ -55,6 +59,8 @@ OUTPUT_FILES = (
     "surface.stl",
     "overlay_AP.png",
     "overlay_LAT.png",
+    "AP_mask.png",
+    "LAT_mask.png",
     "report.json",
 )
 
@@ -65,6 +71,14 @@ CORRECTED_GEOMETRY = "geometry_corrected.json"
 PARTIAL_SUFFIX = ".partial"
 
 
+# The lowest per-view projection NCC of a registration that is trusted; below it report.json's quality
+# flag is set and register warns. Chosen by `python examples/quality_threshold.py --n 8` (docs/clinical.md).
+QUALITY_MIN_PROJECTION_NCC = 0.80
+QUALITY_DEFINITION = (
+    "projection NCC: global normalised cross-correlation, per view, of the DRR of the registered atlas femur "
+    "with the network's input (radiograph x femur mask) on the model's detector; flag: the lowest view below "
+    "threshold (wrong side, views swapped, geometry off, not a femur)"
+)
 TRANSFORM_CONVENTION = (
     "pull: the matrix maps a point p of the registered (patient) frame to the atlas point it takes "
     "its value from, warped(p) = atlas(matrix @ p), world RAS+ mm; x' = c + s * Rx(rx) Ry(ry) Rz(rz) "
@@ -99,55 +113,104 @@ def truth_metrics(truth: np.ndarray, warped_labels: np.ndarray, atlas) -> dict[s
     return {key: float(value) if np.isfinite(value) else None for key, value in metrics.items()}
 
 
-def write_volumes(folder: Path, output, network, atlas) -> np.ndarray:
-    """Write the warped atlas and labels, the displacement, the transform and the surface.
+def write_volumes(folder: Path, output, network, atlas, mirror: SagittalMirror | None) -> np.ndarray:
+    """Write the warped atlas and labels, the displacement, the transform and the surface, all in the
+    patient's world (for a left femur the registration world's results mirrored back).
 
     Returns:
-        the warped labels, ``(I, J, K)`` uint8 on the atlas grid.
+        the warped labels in the registration world, ``(I, J, K)`` uint8 on the atlas grid.
     """
-
     grid = atlas.grid
     displacement = output.total_displacement.float()  # (1, 3, I, J, K) mm, world components
-    warped_hu = warped_atlas_hu(atlas, displacement)
+    warped_hu = warped_atlas_hu(atlas, displacement)[0, 0].cpu().numpy()
     warped_labels = warped_atlas_labels(atlas, displacement)
-    write_volume(folder / "warped_atlas.nii.gz", warped_hu[0, 0].cpu().numpy(), grid)
-    write_volume(folder / "warped_labels.nii.gz", warped_labels, grid)
     # (1, 3, I, J, K) -> (I, J, K, 1, 3): NIfTI vector layout, components (x, y, z) last.
     vectors = displacement[0].permute(1, 2, 3, 0)[:, :, :, None, :].cpu().numpy()
-    write_volume(folder / "displacement.nii.gz", np.ascontiguousarray(vectors), grid, intent="vector")
     document = transform_document(output.params[0], output.affine_matrix[0], network.atlas_centre)
+    patient_labels = warped_labels
+    if mirror is not None:
+        warped_hu, patient_labels, vectors = (
+            mirror.volume(warped_hu),
+            mirror.volume(warped_labels),
+            mirror.displacement(vectors),
+        )
+        document["matrix"] = mirror.transform(np.array(document["matrix"])).tolist()
+        document["mirror"] = (
+            f"a left femur, registered as a right one in the world mirrored through x = {mirror.centre_x:g} mm: "
+            "matrix is in the patient's world (S M S); rotation_deg, translation_mm and scale are the "
+            "registration world's"
+        )
+    write_volume(folder / "warped_atlas.nii.gz", warped_hu, grid)
+    write_volume(folder / "warped_labels.nii.gz", patient_labels, grid)
+    write_volume(folder / "displacement.nii.gz", np.ascontiguousarray(vectors), grid, intent="vector")
     write_json(folder / "transform.json", document)
-    write_stl(folder / "surface.stl", label_surface(warped_labels, grid, FEMUR_LABEL))
+    write_stl(folder / "surface.stl", label_surface(patient_labels, grid, FEMUR_LABEL))
     return warped_labels
 
 
+def patient_hip_report(atlas, displacement: Tensor, mirror: SagittalMirror | None) -> dict[str, Any]:
+    """``report.json``'s ``hip``: measured in the registration world (a right femur's conventions),
+    the carried landmarks in the patient's world."""
+    report = hip_report(atlas, displacement)
+    if mirror is not None:
+        report["landmarks"] = {
+            key: mirror.points(np.asarray(value)).tolist()
+            if key in POINT_KEYS
+            else mirror.directions(np.asarray(value)).tolist()
+            if key in DIRECTION_KEYS
+            else value
+            for key, value in report["landmarks"].items()
+        }
+    return report
+
+
 def write_projections(
-    folder: Path,
-    output,
-    network,
-    warped_labels: np.ndarray,
-    radiographs: dict[str, np.ndarray],
-    inputs: dict[str, np.ndarray],
-    views: dict[str, ProjectionView],
+    folder: Path, output, network, warped_labels: np.ndarray, inputs: RegistrationInputs
 ) -> dict[str, float]:
-    """Write the overlays; return the projection NCC per view.
+    """Write the overlays and the masks the network used, in the user's pixels; return the
+    projection NCC per view.
 
-    The overlays draw, on ``radiographs``, the outline of the pixels whose ray crosses more than
-    the mask rule's path length of warped femur (:data:`biplanar.data.simulate.MASK_MIN_PATH_MM`);
-    the NCC compares the DRR of the warped atlas femur with ``inputs`` (the network's inputs:
-    masked radiographs when masks were given).
+    The NCC compares, on the model's detector in the registration world, the DRR of the warped atlas
+    femur with the network's inputs (radiograph x mask). The overlays draw, on each radiograph as
+    the user gave it (its own detector and orientation), the outline of the pixels whose ray crosses
+    more than the mask rule's path length of warped femur
+    (:data:`biplanar.data.simulate.MASK_MIN_PATH_MM`); ``AP_mask.png`` / ``LAT_mask.png`` are the
+    masks the network used, brought back onto the user's pixels (nearest model pixel).
     """
-
-    pair = [(views["AP"], views["LAT"])]
     device = output.warped_image.device
     femur = torch.from_numpy(warped_labels == FEMUR_LABEL).float()[None, None].to(device)  # (1, 1, I, J, K)
-    path_mm = network.projectors.project(femur, pair)[0].cpu().numpy()  # (2, rows, cols) mm of femur
+    pair = [(inputs.views["AP"].view, inputs.views["LAT"].view)]
     drrs = network.projectors.project(output.warped_image * femur, pair)[0].cpu()  # (2, rows, cols)
+    patient_femur = femur if inputs.mirror is None else femur.flip(2)  # the i axis runs along x
     ncc = {}
     for index, name in enumerate(VIEW_NAMES):
-        write_contour_overlay(folder / f"overlay_{name}.png", radiographs[name], path_mm[index] > MASK_MIN_PATH_MM)
-        ncc[name] = float(global_ncc(drrs[index][None, None], torch.from_numpy(inputs[name])[None, None])[0])
+        view = inputs.views[name]
+        prost = ProST(view.user_view, network.grid, network.projectors.num_samples).to(device)
+        path_mm = prost(patient_femur)[0, 0].cpu().numpy()  # (rows, cols) mm of femur, user's detector
+        file_axes = view.flips
+        write_contour_overlay(
+            folder / f"overlay_{name}.png",
+            np.flip(view.user_image, file_axes),
+            np.flip(path_mm > MASK_MIN_PATH_MM, file_axes),
+        )
+        write_mask_png(folder / f"{name}_mask.png", view.mask_in_file_pixels(inputs.mirror))
+        model_input = torch.from_numpy(view.image * view.mask)[None, None]
+        ncc[name] = float(global_ncc(drrs[index][None, None], model_input)[0])
     return ncc
+
+
+def quality_report(projection_ncc: dict[str, float]) -> dict[str, Any]:
+    """``report.json``'s ``quality``: the projection NCC per view and a flag when the lowest is below
+    :data:`QUALITY_MIN_PROJECTION_NCC` (calibrated on held-out phantoms, docs/clinical.md)."""
+    lowest_view = min(projection_ncc, key=lambda name: projection_ncc[name])
+    lowest = projection_ncc[lowest_view]
+    return {
+        "projection_ncc": projection_ncc,
+        "lowest_view": lowest_view,
+        "threshold": QUALITY_MIN_PROJECTION_NCC,
+        "flag": bool(lowest < QUALITY_MIN_PROJECTION_NCC),
+        "definition": QUALITY_DEFINITION,
+    }
 
 
 def publish(partial: Path, out_dir: Path) -> None:

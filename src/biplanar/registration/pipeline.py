@@ -24,41 +24,57 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from monai.networks.nets import UNet
 from torch import Tensor
 
+from biplanar.config import ExperimentConfig
 from biplanar.data.atlas import warped_atlas_labels
 from biplanar.devices import default_device, synchronise
 from biplanar.errors import InputError
-from biplanar.evaluation.hip import hip_report
-from biplanar.geometry.presets import VIEW_NAMES
+from biplanar.geometry.mirror import SagittalMirror
+from biplanar.geometry.presets import PAPER_SOURCE_DETECTOR_MM, VIEW_NAMES
 from biplanar.geometry.projection import ProjectionView, view_angles_deg
 from biplanar.io.atomic import require_empty_out_dir
 from biplanar.io.geometry_file import write_geometry
 from biplanar.io.json_files import write_json
+from biplanar.models.network import AtlasRegistrationNet
+from biplanar.models.segmentation import segment
 from biplanar.optimisation.intensity_registration import refine_output
 from biplanar.pose.baselines import METHODS
 from biplanar.pose.estimate import compose_view, estimate_view_rotations
-from biplanar.registration.inputs import load_model_atlas, read_radiographs, read_truth, read_views
+from biplanar.progress import print_stage
+from biplanar.registration.inputs import (
+    ModelDetector,
+    RegistrationInputs,
+    load_model_atlas,
+    read_inputs,
+    read_truth,
+)
 from biplanar.registration.outputs import (
     CORRECTED_GEOMETRY,
     OUTPUT_FILES,
     PARTIAL_SUFFIX,
+    patient_hip_report,
     publish,
+    quality_report,
     truth_metrics,
     write_projections,
     write_volumes,
 )
 from biplanar.training.checkpoints import bundled_model_path, load_model
+from biplanar.training.segmentation_trainer import load_segmentation_model
 
 if TYPE_CHECKING:
     from biplanar.geometry.volume_grid import VolumeGrid
     from biplanar.pose.baselines import OptimisationConfig
+
 
 @dataclass(frozen=True)
 class RegistrationReport:
@@ -78,9 +94,9 @@ class RegistrationReport:
         return {name: self.out_dir / name for name in OUTPUT_FILES}
 
 
-def _stage(progress: bool, message: str) -> None:
-    if progress:
-        print(f"register: {message}", file=sys.stderr, flush=True)
+def _check_pose_method(method: str) -> None:
+    if method not in METHODS:
+        raise InputError(f"pose method: expected one of {', '.join(METHODS)}, got {method!r}")
 
 
 def correct_calibration(
@@ -125,8 +141,7 @@ def correct_calibration(
         the matrices, degrees), ``similarity`` (the search's final similarity).
     """
 
-    if method not in METHODS:
-        raise InputError(f"pose method: expected one of {', '.join(METHODS)}, got {method!r}")
+    _check_pose_method(method)
     started = time.perf_counter()
     images = {name: torch.from_numpy(radiographs[name]).to(atlas_mu.device) for name in VIEW_NAMES}
     estimates = estimate_view_rotations(
@@ -136,7 +151,7 @@ def correct_calibration(
         {name: views[name] for name in VIEW_NAMES},
         method,
         config,
-        progress=(lambda line: _stage(progress, f"pose: {line}")),
+        progress=(lambda line: print_stage("register", progress, f"pose: {line}")),
     )
     corrected = {name: compose_view(views[name], estimates[name].matrix) for name in VIEW_NAMES}
     per_view = {}
@@ -155,8 +170,48 @@ def correct_calibration(
     return corrected, {"method": method, "mode": "per_view", "time_s": time.perf_counter() - started, "views": per_view}
 
 
+def model_detector(network: AtlasRegistrationNet, config: ExperimentConfig) -> ModelDetector:
+    """The registration network's detector and atlas (all training data used the paper's distances)."""
+
+    def atlas_drr(view: ProjectionView) -> np.ndarray:
+        return network.projectors.project(network.atlas_mu, [(view, view)])[0, 0].cpu().numpy()
+
+    return ModelDetector(
+        config.geometry.image_shape,
+        PAPER_SOURCE_DETECTOR_MM / config.geometry.pixel_spacing_mm,
+        network.grid,
+        atlas_drr,
+    )
+
+
+def segmenter(path: str | Path | None, device: torch.device | str) -> Callable[[np.ndarray], np.ndarray]:
+    """The 2D femur segmentation of a model-detector radiograph (the bundled network by default),
+    loaded on its first use, so that the inputs are checked before it is read."""
+    loaded: list[UNet] = []
+
+    def segment_image(image: np.ndarray) -> np.ndarray:
+        if not loaded:
+            loaded.append(load_segmentation_model(path, device)[0])
+        return segment(loaded[0], image)
+
+    return segment_image
+
+
+def _warn_lateral_source(inputs: RegistrationInputs) -> None:
+    """Warn when a left femur's LAT view had its source on the femur's lateral side (module
+    :mod:`biplanar.geometry.mirror`): mirrored, a view the model was not trained on."""
+    if inputs.mirror is not None and SagittalMirror.lateral_source(inputs.views["LAT"].view):
+        print(
+            "warning: --side left with the LAT source on the patient's left (the femur's lateral side): "
+            "mirrored, this is a view the model was not trained on (a left hip's lateral is expected "
+            "with the source on the patient's right, View Position LL); check report.json's quality",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
 def register(
-    geometry_path: str | Path,
+    geometry_path: str | Path | None,
     ap_path: str | Path,
     lat_path: str | Path,
     out_dir: str | Path,
@@ -171,19 +226,26 @@ def register(
     pose_config: OptimisationConfig | None = None,
     device: str | torch.device | None = None,
     progress: bool = True,
+    side: str | None = None,
+    intensity: str = "auto",
+    air_level: float | None = None,
+    segmentation_model_path: str | Path | None = None,
 ) -> RegistrationReport:
     """Register the atlas to an AP + LAT pair of radiographs and write the outputs (module doc).
 
     Args:
-        geometry_path: ``geometry.json`` with exactly the views ``AP`` and ``LAT``.
+        geometry_path: ``geometry.json`` with exactly the views ``AP`` and ``LAT``; ``None``: the
+            views from the DICOM radiographs' tags (docs/contract.md section 7).
         ap_path, lat_path: the radiographs (``.npy``, ``.tif``, ``.png``, ``.dcm``), ``(rows, cols)``
-            of their view's ``image_shape`` (and the model's).
+            of their view's ``image_shape``: any detector, resampled onto the model's
+            (:mod:`biplanar.registration.inputs`).
         out_dir: output folder; must not exist or be empty.
         model_path: a checkpoint (``best.pt``, or weights-only) of a trained network; default: the
             bundled model (:func:`biplanar.training.checkpoints.bundled_model_path`).
         atlas_dir: another atlas folder on the model's atlas grid (default: the model's own atlas).
-        ap_mask_path, lat_mask_path: 2D femur masks (both or neither); the network sees
-            radiograph x (mask > 0). Without them the radiographs are used as they are (a warning).
+        ap_mask_path, lat_mask_path: 2D femur masks on the radiographs' pixels (both or neither);
+            the network sees radiograph x (mask > 0). Without them the bundled 2D segmentation
+            network (or ``segmentation_model_path``) makes them.
         truth_labels_path: true label map (1 = femur) on the atlas grid, to score the result.
         refine: test-time refinement iterations (0: the network's output as it is).
         estimate_pose: correct each view's calibration before the network (:func:`correct_calibration`
@@ -193,6 +255,11 @@ def register(
             (default: its defaults).
         device: where to run the network (default: CUDA if available, else CPU).
         progress: print the stages on stderr.
+        side: ``"left"`` or ``"right"``; ``None``: the DICOM laterality, else right. A left femur is
+            registered mirrored (:mod:`biplanar.geometry.mirror`); every output is in the patient's world.
+        intensity: ``"auto"``, ``"line-integral"`` or ``"transmission"`` (docs/contract.md section 7).
+        air_level: the unattenuated level of transmission images (estimated when ``None``).
+        segmentation_model_path: a 2D segmentation checkpoint (default: the bundled one).
 
     Returns:
         the output folder and the contents of ``report.json``.
@@ -204,46 +271,59 @@ def register(
 
     if refine < 0:
         raise InputError(f"refine: expected >= 0 iterations, got {refine}")
+    _check_pose_method(pose_method)
     started = time.perf_counter()
     out_dir = Path(out_dir)
     require_empty_out_dir(out_dir)
-    _stage(progress, "loading the model, atlas and images")
+    print_stage("register", progress, "loading the model, atlas and images")
     model_path = bundled_model_path() if model_path is None else model_path
     network, config = load_model(model_path, device or default_device())
     atlas = load_model_atlas(None if atlas_dir is None else Path(atlas_dir), network)
-    views = read_views(Path(geometry_path), atlas.grid.centre_world, config.geometry.image_shape)
-    raw, inputs = read_radiographs(
+    inputs = read_inputs(
         {"AP": Path(ap_path), "LAT": Path(lat_path)},
-        {"AP": ap_mask_path and Path(ap_mask_path), "LAT": lat_mask_path and Path(lat_mask_path)},
-        views,
+        {
+            "AP": None if ap_mask_path is None else Path(ap_mask_path),
+            "LAT": None if lat_mask_path is None else Path(lat_mask_path),
+        },
+        None if geometry_path is None else Path(geometry_path),
+        model_detector(network, config),
+        None if ap_mask_path is not None else segmenter(segmentation_model_path, network.atlas_mu.device),
+        side,
+        intensity,
+        air_level,
     )
+    _warn_lateral_source(inputs)
+    views, raw = inputs.network_views(), inputs.radiographs()
     truth = read_truth(None if truth_labels_path is None else Path(truth_labels_path), atlas)
     device = network.atlas_mu.device
-    radiographs = torch.stack([torch.from_numpy(inputs[name]) for name in VIEW_NAMES])[None].to(device)
+    network_inputs = inputs.network_inputs()
+    radiographs = torch.stack([torch.from_numpy(network_inputs[name]) for name in VIEW_NAMES])[None].to(device)
     times = {"load": time.perf_counter() - started}
-    correction = {}
+    correction: dict[str, Any] = {}
     if estimate_pose:
-        _stage(progress, f"correcting the view calibration ({pose_method}, per view)")
+        print_stage("register", progress, f"correcting the view calibration ({pose_method}, per view)")
         views, correction = correct_calibration(
             network.atlas_mu, network.grid, raw, views, pose_method, pose_config, progress
         )
         times["pose_correction"] = correction["time_s"]
 
-    _stage(progress, "running the network")
-    masked = ap_mask_path is not None
+    print_stage("register", progress, "running the network")
+    masked = True  # given or segmented, the network always sees radiograph x mask
     with torch.no_grad():
         output = network.eval()(radiographs, [(views["AP"], views["LAT"])])
         synchronise(device)
         times["network"] = time.perf_counter() - started - sum(times.values())
         refinement = {}
         if refine > 0:
-            _stage(progress, f"refining ({refine} iterations)")
+            print_stage("register", progress, f"refining ({refine} iterations)")
             before = (
                 None
                 if truth is None
-                else truth_metrics(truth, warped_atlas_labels(atlas, output.total_displacement), atlas)
+                else truth_metrics(
+                    truth, inputs.patient_volume(warped_atlas_labels(atlas, output.total_displacement)), atlas
+                )
             )
-            hip_before = hip_report(atlas, output.total_displacement)
+            hip_before = patient_hip_report(atlas, output.total_displacement, inputs.mirror)
             hip_before.pop("landmarks")
             output, record = refine_output(network, config, output, radiographs, views, masked, refine, progress)
             synchronise(device)
@@ -260,29 +340,33 @@ def register(
                     **({} if before is None else {"metrics_before": before}),
                 }
             }
-        _stage(progress, "writing the outputs")
+        print_stage("register", progress, "writing the outputs")
         written = time.perf_counter()
         partial = out_dir.parent / f".{out_dir.name}.{os.getpid()}{PARTIAL_SUFFIX}"
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
         try:
-            warped_labels = write_volumes(partial, output, network, atlas)
-            ncc = write_projections(partial, output, network, warped_labels, raw, inputs, views)
+            warped_labels = write_volumes(partial, output, network, atlas, inputs.mirror)
+            ncc = write_projections(partial, output, network, warped_labels, inputs)
+            quality = quality_report(ncc)
             report = {
                 "timings_s": times,
                 "projection_ncc": ncc,
-                **({} if truth is None else truth_metrics(truth, warped_labels, atlas)),
-                "hip": hip_report(atlas, output.total_displacement),
+                "quality": quality,
+                **({} if truth is None else truth_metrics(truth, inputs.patient_volume(warped_labels), atlas)),
+                "side": inputs.side,
+                "hip": patient_hip_report(atlas, output.total_displacement, inputs.mirror),
                 **refinement,
                 **({"pose_correction": correction} if estimate_pose else {}),
                 "inputs": {
-                    "geometry": str(geometry_path),
+                    "geometry": None if geometry_path is None else str(geometry_path),
                     "AP": str(ap_path),
                     "LAT": str(lat_path),
                     "masked": masked,
                     "model": str(model_path),
                     "atlas": str(atlas_dir or f"shipped {config.geometry.grid_preset}"),
                     "truth_labels": truth_labels_path and str(truth_labels_path),
+                    "assumptions": inputs.record(),
                 },
                 "device": str(device),
             }
@@ -294,7 +378,13 @@ def register(
             publish(partial, out_dir)
         finally:
             shutil.rmtree(partial, ignore_errors=True)
-    _stage(progress, f"done in {times['total']:.1f} s: {out_dir}")
+    if quality["flag"]:
+        print(
+            f"warning: registration quality: projection NCC {ncc[quality['lowest_view']]:.2f} in "
+            f"{quality['lowest_view']} is below {quality['threshold']:.2f} (wrong side, views swapped, geometry "
+            f"off?): check {out_dir / ('overlay_' + quality['lowest_view'] + '.png')}",
+            file=sys.stderr,
+            flush=True,
+        )
+    print_stage("register", progress, f"done in {times['total']:.1f} s: {out_dir}")
     return RegistrationReport(out_dir, report)
-
-

@@ -38,10 +38,10 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.utils.data import Dataset
 
 from biplanar.config import ExperimentConfig, load_config
 from biplanar.data.atlas import Atlas, load_atlas
+from biplanar.data.datasets import CaseDataset
 from biplanar.errors import InputError
 from biplanar.io.atomic import atomic_path, atomic_write_text
 from biplanar.layers.similarity import soft_dice
@@ -51,6 +51,7 @@ from biplanar.models.projectors import ViewPair
 from biplanar.models.sdm import DeformationPCA, SDMNet
 from biplanar.optimisation.volume_registration import VolumeRegistrationSettings, register_volumes
 from biplanar.physics.attenuation import hu_to_mu
+from biplanar.progress import progress_bar, ticker
 from biplanar.training.checkpoints import load_checkpoint, save_checkpoint
 from biplanar.training.distributed import DistributedContext
 from biplanar.training.trainer import (
@@ -110,7 +111,9 @@ def predict_labels(model: nn.Module, radiographs: Tensor, views: list[ViewPair])
     """
     if isinstance(model, AtlasRegistrationNet):
         return model(radiographs, views).warped_labels
-    return model.predict_labels(radiographs, views)
+    if isinstance(model, (KastenNet, SDMNet)):
+        return model.predict_labels(radiographs, views)
+    raise TypeError(f"model: expected an AtlasRegistrationNet, KastenNet or SDMNet, got {type(model).__name__}")
 
 
 def load_baseline(
@@ -161,13 +164,14 @@ def _register_subject(sample: dict[str, Any], atlas: Atlas, settings: VolumeRegi
             displacement=result.coarse_displacement[0].numpy(),
             factor=result.field_factor,
             time_s=result.time_s,
-            dice_before=result.dice_before,
-            dice_after=result.dice_after,
+            # floats here (both label maps are given); savez stores each as a 0-d array
+            dice_before=np.asarray(result.dice_before),
+            dice_after=np.asarray(result.dice_after),
         )
 
 
 def build_sdm(
-    train_set: Dataset,
+    train_set: CaseDataset,
     atlas: Atlas,
     out_dir: str | Path,
     settings: VolumeRegistrationSettings = VolumeRegistrationSettings(),
@@ -211,29 +215,19 @@ def build_sdm(
 
 
 def _register_all(
-    train_set: Dataset, atlas: Atlas, fields_dir: Path, settings: VolumeRegistrationSettings, progress: bool
+    train_set: CaseDataset, atlas: Atlas, fields_dir: Path, settings: VolumeRegistrationSettings, progress: bool
 ) -> list[str]:
     """Register the atlas to every training subject not yet done; their ids in dataset order."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     ids = []
-    with Progress(
-        TextColumn("3D/3D registration"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        disable=not progress,
-    ) as bar:
-        task = bar.add_task("register", total=len(train_set))
+    with progress_bar(progress) as bar:
+        tick = ticker(bar, "3D/3D registration", len(train_set))
         for index in range(len(train_set)):
             sample = train_set[index]
             path = fields_dir / f"{sample['subject_id']}.npz"
             if not path.is_file():
                 _register_subject(sample, atlas, settings, path)
             ids.append(sample["subject_id"])
-            bar.advance(task)
+            tick()
     return ids
 
 
@@ -264,7 +258,7 @@ class _KastenTask:
     parts = ("total", "dice_ce")
 
     def __init__(self, model: KastenNet) -> None:
-        from monai.losses import DiceCELoss
+        from monai.losses import DiceCELoss  # lazy: monai costs seconds of start-up
 
         self.model, self.criterion = model, DiceCELoss(to_onehot_y=True, softmax=True)
 
@@ -317,8 +311,8 @@ class _BaselineRun(EpochRun):
         method: str,
         config: ExperimentConfig,
         out_dir: Path,
-        train_set: Dataset,
-        val_set: Dataset,
+        train_set: CaseDataset,
+        val_set: CaseDataset,
         context: DistributedContext,
     ) -> None:
         self.task, self.method, self.config, self.out_dir, self.context = task, method, config, out_dir, context
@@ -443,11 +437,12 @@ def train_baseline(
     with deterministic_algorithms():
         seed_everything(config.training.seed)
         atlas = load_atlas(config.geometry.grid_preset)
+        task: _KastenTask | _SDMTask
         if method == "kasten":
-            task = _KastenTask(build_baseline(method, config, atlas))
+            task = _KastenTask(KastenNet(config, atlas.grid))
         else:
             pca, targets = build_sdm(train_set, atlas, out_dir, registration, sdm_variance, progress)
-            task = _SDMTask(build_baseline(method, config, atlas, pca), targets, sdm_dice_weight)
+            task = _SDMTask(SDMNet(config, atlas, pca), targets, sdm_dice_weight)
         run = _BaselineRun(task, method, config, out_dir, train_set, val_set, context)
         if state is not None:
             run.restore(state, out_dir / LAST)

@@ -63,7 +63,10 @@ REQUIRED_KEYS = (
 
 def capture_rng_state() -> dict[str, Any]:
     """The torch (CPU and CUDA), numpy and python random states, as weights-only-loadable values."""
-    kind, keys, position, has_gauss, cached_gauss = np.random.get_state()
+    numpy_state = np.random.get_state(legacy=True)
+    if not isinstance(numpy_state, tuple):  # a dict only when the global generator is not MT19937
+        raise TypeError("numpy's global random state: expected the legacy MT19937 tuple")
+    kind, keys, position, has_gauss, cached_gauss = numpy_state
     version, python_state, gauss = random.getstate()
     return {
         "torch": torch.get_rng_state(),
@@ -129,7 +132,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return state
 
 
-def load_model(checkpoint_path: str | Path, device: str | torch.device = "cpu"):
+def load_model(
+    checkpoint_path: str | Path, device: str | torch.device = "cpu"
+) -> tuple[AtlasRegistrationNet, ExperimentConfig]:
     """Rebuild a trained network from a checkpoint alone (its config, the shipped atlas, its weights).
 
     Args:

@@ -34,7 +34,10 @@ class RegistrationLoss(nn.Module):
 
     def __init__(self, config: LossConfig) -> None:
         super().__init__()
-        from monai.losses import DiffusionLoss, LocalNormalizedCrossCorrelationLoss
+        from monai.losses import (  # lazy: monai costs seconds of start-up
+            DiffusionLoss,
+            LocalNormalizedCrossCorrelationLoss,
+        )
 
         self.config = config
         self.local_ncc = LocalNormalizedCrossCorrelationLoss(
@@ -90,5 +93,3 @@ class RegistrationLoss(nn.Module):
             + self.config.smoothness_weight * parts["smoothness"]
         )
         return parts
-
-

@@ -6,7 +6,7 @@ N(0, translation_sigma) (:class:`~biplanar.models.sopi.config.PoseDataConfig`), 
 ``ProST(mu, A(theta*))`` of the single AP view, and for the fine registration a starting pose
 ``theta = theta* + N(0, fine sigmas)`` with the projected mask at ``theta``.
 
-Poses move the CT about its volume's centre (:func:`biplanar.geometry.se3.rigid_params_to_matrix`
+Poses move the CT about its volume's centre (:func:`biplanar.geometry.transforms.rigid_matrix`
 with ``centre_mm`` = the grid centre); the AP view (the paper's distances, CONTRACT section 2) has
 its isocentre there too. Every draw of step ``s`` comes from ``numpy.random.default_rng([seed,
 stream, s])``, so a resumed run sees exactly the samples it would have seen.
@@ -26,7 +26,7 @@ from biplanar.data.phantom import make_subject
 from biplanar.data.real_ct import REAL_CT, REAL_CT_SOURCE
 from biplanar.geometry.presets import biplanar_pair
 from biplanar.geometry.projection import ProjectionView
-from biplanar.geometry.se3 import rigid_params_to_matrix
+from biplanar.geometry.transforms import rigid_matrix
 from biplanar.geometry.volume_grid import VolumeGrid
 from biplanar.io.volumes import read_volume
 from biplanar.layers.prost import ProST
@@ -59,16 +59,17 @@ class PoseBatch:
 def ap_view(config: SopiConfig, grid: VolumeGrid) -> ProjectionView:
     """SOPI's single view: the AP view at the paper's distances, isocentre at the volume's centre."""
     spacing = config.geometry.pixel_spacing_mm
+    rows, cols = config.geometry.image_shape
     return biplanar_pair(
-        image_shape=tuple(config.geometry.image_shape),
+        image_shape=(rows, cols),
         pixel_spacing_mm=(spacing, spacing),
         isocenter_mm=grid.centre_world,
     )["AP"]
 
 
 def pose_prost(config: SopiConfig, view: ProjectionView, grid: VolumeGrid) -> ProST:
-    """ProST for posed volumes: ``geometry.prost_samples`` samples, ``geometry.depth_margin_mm`` of room."""
-    return ProST(view, grid, config.geometry.prost_samples, margin_mm=config.geometry.depth_margin_mm)
+    """ProST for posed volumes: ``geometry.num_samples`` samples, ``geometry.depth_margin_mm`` of room."""
+    return ProST(view, grid, config.geometry.num_samples, margin_mm=config.geometry.depth_margin_mm)
 
 
 def mask_volume_from(ct_hu: np.ndarray, labels: np.ndarray | None, config: SopiConfig) -> np.ndarray:
@@ -133,7 +134,7 @@ class PosePairSimulator:
 
     def pose_matrix(self, params: Tensor) -> Tensor:
         """``(B, 6)`` (rad, mm) -> ``(B, 4, 4)`` moving the CT about its centre."""
-        return rigid_params_to_matrix(params, self.centre)
+        return rigid_matrix(params, self.centre)
 
     def sample(self, stream: int, step: int, batch_size: int) -> PoseBatch:
         """The batch of ``step`` in ``stream`` (:data:`TRAIN_STREAM` or :data:`VALIDATION_STREAM`)."""

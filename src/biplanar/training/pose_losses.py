@@ -124,7 +124,8 @@ class RTPILoss(nn.Module):
 
 def downsample_mask(mask: Tensor, size: torch.Size | tuple[int, int]) -> Tensor:
     """``(B, 1, H, W)`` 0/1 mask -> ``(B, 1, h, w)`` fraction of each feature cell inside the mask."""
-    return F.adaptive_avg_pool2d(mask, tuple(size))
+    rows, cols = size
+    return F.adaptive_avg_pool2d(mask, (rows, cols))
 
 
 def masked_feature_distance(moving: tuple[Tensor, ...], fixed: tuple[Tensor, ...], mask: Tensor) -> Tensor:

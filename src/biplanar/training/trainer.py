@@ -47,11 +47,12 @@ import numpy as np
 import torch
 import yaml
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Subset
 
 from biplanar.config import ExperimentConfig, load_config
 from biplanar.data.atlas import load_atlas
-from biplanar.data.datasets import OnTheFlyDataset, SimulatedDataset
+from biplanar.data.datasets import CaseDataset, OnTheFlyDataset, SimulatedDataset
 from biplanar.data.simulate import PAPER_SPLIT, SimulationConfig
 from biplanar.errors import InputError
 from biplanar.geometry.projection import ProjectionView
@@ -60,6 +61,7 @@ from biplanar.layers.similarity import soft_dice
 from biplanar.models.network import AtlasRegistrationNet, RegistrationOutput
 from biplanar.models.projectors import ViewPair
 from biplanar.physics.attenuation import hu_to_mu
+from biplanar.progress import progress_bar
 from biplanar.training.checkpoints import (
     capture_rng_state,
     load_checkpoint,
@@ -146,13 +148,15 @@ class Batch:
 
 def make_batch(samples: list[dict[str, Any]], image_shape: tuple[int, int], device: torch.device) -> Batch:
     """Stack dataset samples (:mod:`biplanar.data.datasets`) into a :class:`Batch` on ``device``."""
-    views = [
-        tuple(
+
+    def view_pair(sample: dict[str, Any]) -> ViewPair:
+        ap, lat = (
             ProjectionView(matrix.numpy(), image_shape, name)
             for matrix, name in zip(sample["projection_matrices"], ("AP", "LAT"))
         )
-        for sample in samples
-    ]
+        return ap, lat
+
+    views = [view_pair(sample) for sample in samples]
 
     def stack(key: str) -> Tensor:
         return torch.stack([sample[key] for sample in samples]).to(device)
@@ -182,7 +186,7 @@ def _stream_seed(seed: int, stream: int) -> int:
 
 def open_datasets(
     config: ExperimentConfig, data_dir: str | Path | None, on_the_fly: int | None
-) -> tuple[Dataset, Dataset]:
+) -> tuple[CaseDataset, CaseDataset]:
     """The training and validation datasets, checked against the config.
 
     Args:
@@ -194,12 +198,12 @@ def open_datasets(
     Raises:
         InputError: neither or both sources, a mismatching dataset, or no training subjects.
     """
-    if (data_dir is None) == (on_the_fly is None):
-        raise InputError("data: give exactly one of a dataset folder or a number of on-the-fly subjects")
-    if data_dir is not None:
+    train_set: CaseDataset
+    val_set: CaseDataset
+    if data_dir is not None and on_the_fly is None:
         train_set, val_set = SimulatedDataset(data_dir, "train"), SimulatedDataset(data_dir, "val")
         where = str(Path(data_dir) / "dataset.json")
-    else:
+    elif data_dir is None and on_the_fly is not None:
         if on_the_fly < 1:
             raise InputError(f"on_the_fly: expected a number of subjects >= 1, got {on_the_fly}")
         simulation = SimulationConfig(preset=config.geometry.grid_preset)
@@ -208,6 +212,8 @@ def open_datasets(
         train_set = OnTheFlyDataset(_stream_seed(seed, TRAIN_STREAM), on_the_fly, simulation)
         val_set = OnTheFlyDataset(_stream_seed(seed, VAL_STREAM), val_count, simulation)
         where = "on-the-fly data"
+    else:
+        raise InputError("data: give exactly one of a dataset folder or a number of on-the-fly subjects")
     _check_dataset(train_set.config, config, where)
     if len(train_set) == 0:
         raise InputError(f"{where}: the train split is empty")
@@ -355,30 +361,11 @@ class TrainingLogs:
     def __init__(
         self, out_dir: Path, enabled: bool, progress: bool, total_steps: int, done_steps: int, purge_step: int | None
     ) -> None:
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        self.bar = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]}"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            console=Console(stderr=True),
-            disable=not (enabled and progress),
-        )
+        self.bar = progress_bar(enabled and progress, elapsed=True, fields=["loss {task.fields[loss]}"])
         self.task = self.bar.add_task("training", total=total_steps, completed=done_steps, loss="-")
         self.writer = None
         if enabled:
-            from torch.utils.tensorboard import SummaryWriter
+            from torch.utils.tensorboard import SummaryWriter  # lazy: TensorBoard only when training
 
             self.writer = SummaryWriter(str(out_dir / "tensorboard"), purge_step=purge_step)
 
@@ -482,6 +469,16 @@ class EpochRun(abc.ABC):
         history: the finished epochs' ``metrics.csv`` rows.
         step_losses: per step done by this call, ``{"step": global step, **loss parts}``.
     """
+
+    # Set by the subclass (see above).
+    config: ExperimentConfig
+    out_dir: Path
+    context: DistributedContext
+    train_set: CaseDataset
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    steps_per_epoch: int
+    csv_fields: tuple[str, ...]
 
     def __init__(self, parts: tuple[str, ...]) -> None:
         self.epoch = self.step_in_epoch = self.global_step = 0
@@ -610,17 +607,20 @@ class _Run(EpochRun):
     csv_fields = CSV_FIELDS
 
     def __init__(
-        self, config: ExperimentConfig, out_dir: Path, train_set: Dataset, val_set: Dataset, context: DistributedContext
+        self,
+        config: ExperimentConfig,
+        out_dir: Path,
+        train_set: CaseDataset,
+        val_set: CaseDataset,
+        context: DistributedContext,
     ) -> None:
         self.config, self.out_dir, self.context = config, out_dir, context
         self.train_set, self.val_set = train_set, val_set
         training = config.training
         seed_everything(training.seed)
         self.network = AtlasRegistrationNet(config, load_atlas(config.geometry.grid_preset)).to(context.device)
-        self.model = self.network
+        self.model: torch.nn.Module = self.network
         if context.distributed:
-            from torch.nn.parallel import DistributedDataParallel
-
             device_ids = [context.device.index] if context.device.type == "cuda" else None
             self.model = DistributedDataParallel(self.network, device_ids=device_ids)
         self.loss = RegistrationLoss(config.loss).to(context.device)
@@ -778,8 +778,8 @@ def train(
 def _run(
     config: ExperimentConfig,
     out_dir: Path,
-    train_set: Dataset,
-    val_set: Dataset,
+    train_set: CaseDataset,
+    val_set: CaseDataset,
     context: DistributedContext,
     resume: bool,
     progress: bool,

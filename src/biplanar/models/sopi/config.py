@@ -4,10 +4,11 @@ The same YAML-to-dataclass rules as :mod:`biplanar.config` (unknown fields and w
 one-line :class:`~biplanar.errors.InputError`); a :class:`SopiConfig` travels inside each SOPI
 checkpoint so that a checkpoint alone rebuilds its network.
 
-Pose parameters (:mod:`biplanar.geometry.se3`): ``(rx, ry, rz)`` radians, ``(tx, ty, tz)`` mm along
-world x (patient's right), y (anterior: the AP view's beam axis) and z (superior), rotations about
-the CT volume's centre. The networks regress *scaled* parameters ``z = params / sigma`` with
-``sigma`` the training distribution's standard deviations (:meth:`SopiConfig.param_sigmas`).
+Pose parameters (:func:`biplanar.geometry.transforms.rigid_matrix`): ``(rx, ry, rz)`` radians,
+``(tx, ty, tz)`` mm along world x (patient's right), y (anterior: the AP view's beam axis) and z
+(superior), rotations about the CT volume's centre. The networks regress *scaled* parameters
+``z = params / sigma`` with ``sigma`` the training distribution's standard deviations
+(:meth:`SopiConfig.param_sigmas`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 import torch
 
 # The shared YAML-to-dataclass rules of the experiment configs (same rules, same messages).
-from biplanar.config import DictConfig, check_choices, load_yaml_dataclass
+from biplanar.config import DEFAULT_NUM_SAMPLES, DictConfig, check_choices, load_yaml_dataclass
 from biplanar.data.grid_presets import GRID_PRESETS
 from biplanar.errors import InputError
 
@@ -35,7 +36,7 @@ class PoseGeometryConfig:
         grid_preset: phantom grid (``paper``, ``lite``, ``tiny``); ignored for a CT ``data.source``.
         image_shape: ``(rows, cols)`` of the radiograph.
         pixel_spacing_mm: detector pixel spacing, mm (both directions).
-        prost_samples: ProST samples per ray.
+        num_samples: ProST samples per ray (``prost_samples`` in older files and checkpoints).
         depth_margin_mm: depth added before and after the volume's box so that posed volumes
             (translated along the beam, rotated) stay inside ProST's sampled depth range, mm.
     """
@@ -43,7 +44,7 @@ class PoseGeometryConfig:
     grid_preset: str = "lite"
     image_shape: tuple[int, int] = (112, 80)
     pixel_spacing_mm: float = 1.86
-    prost_samples: int = 128
+    num_samples: int = DEFAULT_NUM_SAMPLES
     depth_margin_mm: float = 120.0
 
 
@@ -214,7 +215,7 @@ _LENGTHS = {
 }
 _POSITIVE = (
     ("geometry", "pixel_spacing_mm"),
-    ("geometry", "prost_samples"),
+    ("geometry", "num_samples"),
     ("data", "subjects"),
     ("data", "validation_samples"),
     ("rtpi", "head_features"),

@@ -138,7 +138,8 @@ class CompositeConnectionUnit(nn.Module):
 
     def forward(self, levels: tuple[Tensor, ...], size: torch.Size | tuple[int, int]) -> Tensor:
         """Per-scale ``(B, C_l, h_l, w_l)`` -> ``(B, out_channels, *size)``."""
-        return sum(_upsample(project(level), size) for project, level in zip(self.projections, levels))
+        first, *rest = (_upsample(project(level), size) for project, level in zip(self.projections, levels))
+        return sum(rest, first)
 
 
 class CompositeEncoder(nn.Module):
@@ -150,8 +151,8 @@ class CompositeEncoder(nn.Module):
 
     def __init__(self, config: FineConfig) -> None:
         super().__init__()
-        stem, widths = config.stem_features, tuple(config.level_features)
-        c3 = widths[0]
+        c3, c4, c5 = config.level_features
+        stem, widths = config.stem_features, (c3, c4, c5)
 
         def block(in_channels: int) -> CascadeFusionBlock:
             return CascadeFusionBlock(in_channels, widths, config.radix, config.attention_reduction)

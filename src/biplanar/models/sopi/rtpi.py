@@ -66,7 +66,7 @@ class Residual2d(nn.Module):
     def __init__(self, body: nn.Module, in_channels: int, out_channels: int, stride: int = 1) -> None:
         super().__init__()
         self.body = body
-        self.shortcut = nn.Identity()
+        self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or in_channels != out_channels:
             self.shortcut = nn.Sequential(
                 nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False), nn.BatchNorm2d(out_channels)
@@ -118,19 +118,16 @@ class RTPINet(nn.Module):
             *[ResidualBlock2d(a, b, stride) for a, b, stride in zip(widths, widths[1:], LOCALISATION_STRIDES)]
         )
         features = rtpi.localisation_features[-1] * LOCALISATION_POOL[0] * LOCALISATION_POOL[1]
+        # Per head: hidden layer and output layer; each head is hidden -> LeakyReLU -> output.
+        head_layers = [
+            (nn.Linear(features, rtpi.head_features), nn.Linear(rtpi.head_features, 1)) for _ in PARAMETER_NAMES
+        ]
+        for _, output in head_layers:
+            nn.init.normal_(output.weight, std=HEAD_INIT_STD)
+            nn.init.zeros_(output.bias)
         self.heads = nn.ModuleList(
-            [
-                nn.Sequential(
-                    nn.Linear(features, rtpi.head_features),
-                    nn.LeakyReLU(NEGATIVE_SLOPE),
-                    nn.Linear(rtpi.head_features, 1),
-                )
-                for _ in PARAMETER_NAMES
-            ]
+            nn.Sequential(hidden, nn.LeakyReLU(NEGATIVE_SLOPE), output) for hidden, output in head_layers
         )
-        for head in self.heads:
-            nn.init.normal_(head[-1].weight, std=HEAD_INIT_STD)
-            nn.init.zeros_(head[-1].bias)
 
     def volume_features(self, volume_mu: Tensor) -> Tensor:
         """``(B, 1, I, J, K)`` 1/mm on any grid -> ``(B, C * J', K', I')`` 2D map in detector orientation."""

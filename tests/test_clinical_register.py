@@ -1,0 +1,193 @@
+"""``register`` on what a clinic brings (docs/contract.md section 7): DICOM files with their geometry,
+another detector, transmission values, no masks, a left hip; and the refusals."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from biplanar.cli import app
+from biplanar.data.simulate import SimulationConfig, femur_masks, render_radiographs, simulate_case, subject_seed
+from biplanar.geometry.presets import biplanar_pair
+from biplanar.io.dicom import write_dicom_radiograph
+from biplanar.io.geometry_file import write_geometry
+from biplanar.io.images import write_image
+from biplanar.io.volumes import write_volume
+from biplanar.registration import register
+
+HELD_OUT_SEED = 4141  # a dataset seed no training set used
+LARGE = ((448, 320), (0.6, 0.6))  # a clinic's detector: (rows, cols), mm
+AIR_COUNTS = 20000.0
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def case(tmp_path_factory):
+    """A held-out phantom, its labels (right and mirrored left) and its radiographs on a 448 x 320 detector."""
+    folder = tmp_path_factory.mktemp("clinic")
+    config = SimulationConfig(preset="lite", geometry="orthogonal")
+    simulated = simulate_case(subject_seed(HELD_OUT_SEED, 0), config)
+    grid = simulated.grid
+    write_volume(folder / "labels.nii.gz", simulated.labels, grid)
+    write_volume(folder / "labels_left.nii.gz", np.ascontiguousarray(simulated.labels[::-1]), grid)
+    views = biplanar_pair(0.0, 90.0, *LARGE, isocenter_mm=grid.centre_world)
+    images = render_radiographs(simulated.ct_hu, grid, views, config)
+    return {"folder": folder, "simulated": simulated, "config": config, "large_views": views, "large": images}
+
+
+def dice_of(out) -> float:
+    return json.loads((out / "report.json").read_text())["dice"]
+
+
+def test_two_dicom_files_alone(case, tmp_path):
+    # Transmission counts (LIN, MONOCHROME1) on a 448 x 320 detector at 0.6 mm, the geometry in the
+    # tags, the columns stored mirrored (Patient Orientation R\F), no geometry file, no masks.
+    folder = tmp_path / "dicom"
+    folder.mkdir()
+    for name, position, orientation in (("AP", "AP", "R\\F"), ("LAT", "RL", "P\\F")):
+        counts = np.round(AIR_COUNTS * np.exp(-case["large"][name].astype(np.float64)))
+        stored = counts[:, ::-1] if orientation.startswith("R") else counts
+        write_dicom_radiograph(
+            folder / f"{name}.dcm",
+            stored,
+            view_position=position,
+            imager_pixel_spacing_mm=LARGE[1],
+            photometric="MONOCHROME1",
+            intensity_relationship="LIN",
+            intensity_sign=1,
+            patient_orientation=orientation,
+            image_laterality="R",
+        )
+    out = tmp_path / "out"
+    result = runner.invoke(
+        app,
+        [
+            "register",
+            "--ap",
+            str(folder / "AP.dcm"),
+            "--lat",
+            str(folder / "LAT.dcm"),
+            "--out",
+            str(out),
+            "--truth-labels",
+            str(case["folder"] / "labels.nii.gz"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["dice"] > 0.92 and report["side"] == "right" and not report["quality"]["flag"]
+    assumptions = report["inputs"]["assumptions"]
+    assert assumptions["masks"] == "segmented" and assumptions["side_source"] == "DICOM laterality"
+    ap = assumptions["views"]["AP"]
+    assert ap["geometry"] == "DICOM tags" and ap["resampled"]["user_shape"] == [448, 320] and ap["flips"] == [1]
+    # The masks and overlays are on the user's pixels, in the file's orientation.
+    mask = np.array(Image.open(out / "AP_mask.png")) > 0
+    assert mask.shape == (448, 320)
+    truth = femur_masks(case["simulated"].labels, case["simulated"].grid, case["large_views"])["AP"][:, ::-1] > 0
+    assert 2 * (mask & truth).sum() / (mask.sum() + truth.sum()) > 0.9
+    assert Image.open(out / "overlay_AP.png").size[1] / Image.open(out / "overlay_AP.png").size[0] == 448 / 320
+
+
+def test_a_left_femur_registers_as_the_right_one_does(case, tmp_path):
+    simulated, config = case["simulated"], case["config"]
+    grid = simulated.grid
+    left_ct, left_labels = np.ascontiguousarray(simulated.ct_hu[::-1]), np.ascontiguousarray(simulated.labels[::-1])
+    folder = tmp_path / "left"
+    folder.mkdir()
+    right = {"AP": 0.0, "LAT": 90.0}
+    outcomes = {}
+    for side, ct, labels, lat in (
+        ("right", simulated.ct_hu, simulated.labels, 90.0),
+        ("left", left_ct, left_labels, -90.0),
+    ):
+        views = biplanar_pair(right["AP"], lat, config.image_shape, config.pixel_spacing_mm, grid.centre_world)
+        images, masks = render_radiographs(ct, grid, views, config), femur_masks(labels, grid, views)
+        write_geometry(folder / f"{side}.json", views)
+        for name in views:
+            write_image(folder / f"{side}_{name}.npy", images[name])
+            write_image(folder / f"{side}_{name}_mask.npy", masks[name])
+        truth = case["folder"] / ("labels_left.nii.gz" if side == "left" else "labels.nii.gz")
+        result = register(
+            folder / f"{side}.json",
+            folder / f"{side}_AP.npy",
+            folder / f"{side}_LAT.npy",
+            tmp_path / side,
+            ap_mask_path=folder / f"{side}_AP_mask.npy",
+            lat_mask_path=folder / f"{side}_LAT_mask.npy",
+            truth_labels_path=truth,
+            side=side,
+            progress=False,
+        )
+        outcomes[side] = result.report
+    # The mirror is exact: the left femur's registration is the right one's, mirrored.
+    assert outcomes["left"]["dice"] == pytest.approx(outcomes["right"]["dice"], abs=0.005)
+    assert outcomes["left"]["side"] == "left" and outcomes["left"]["dice"] > 0.92
+    head_right = np.array(outcomes["right"]["hip"]["landmarks"]["head_centre_mm"])
+    head_left = np.array(outcomes["left"]["hip"]["landmarks"]["head_centre_mm"])
+    centre_x = grid.centre_world[0]
+    np.testing.assert_allclose(head_left, [2 * centre_x - head_right[0], *head_right[1:]], atol=0.5)
+
+
+def test_a_transmission_array_is_recognised_by_auto(case, tmp_path):
+    simulated = case["simulated"]
+    folder = tmp_path / "arrays"
+    folder.mkdir()
+    write_geometry(folder / "geometry.json", simulated.views)
+    for name in simulated.views:
+        write_image(folder / f"{name}.npy", (AIR_COUNTS * np.exp(-simulated.radiographs[name])).astype(np.float32))
+        write_image(folder / f"{name}_mask.npy", simulated.masks[name])
+    result = register(
+        folder / "geometry.json",
+        folder / "AP.npy",
+        folder / "LAT.npy",
+        tmp_path / "out",
+        ap_mask_path=folder / "AP_mask.npy",
+        lat_mask_path=folder / "LAT_mask.npy",
+        truth_labels_path=case["folder"] / "labels.nii.gz",
+        progress=False,
+    )
+    route = result.report["inputs"]["assumptions"]["views"]["AP"]["intensity"]
+    assert route["route"] == "transmission" and route["air_level"]["source"] == "estimated"
+    assert result.report["dice"] > 0.92
+
+
+@pytest.mark.parametrize(
+    "defect, message",
+    [
+        ("no geometry", "AP.npy: not a DICOM file, so its geometry must come from --geometry"),
+        ("constant", "AP.npy: the image is constant"),
+        ("mask shape", "AP_mask.npy: mask shape [10, 10] differs from its radiograph's [112, 80]"),
+        ("bad side", "--side: expected one of right, left, got 'up'"),
+    ],
+)
+def test_bad_clinical_inputs_are_refused_in_one_line(case, tmp_path, defect, message):
+    simulated = case["simulated"]
+    write_geometry(tmp_path / "geometry.json", simulated.views)
+    for name in simulated.views:
+        write_image(tmp_path / f"{name}.npy", simulated.radiographs[name])
+        write_image(tmp_path / f"{name}_mask.npy", simulated.masks[name])
+    arguments = {
+        "geometry_path": tmp_path / "geometry.json",
+        "ap_mask_path": tmp_path / "AP_mask.npy",
+        "lat_mask_path": tmp_path / "LAT_mask.npy",
+    }
+    if defect == "no geometry":
+        arguments["geometry_path"] = None
+    elif defect == "constant":
+        write_image(tmp_path / "AP.npy", np.full((112, 80), 3.0, dtype=np.float32))
+    elif defect == "mask shape":
+        write_image(tmp_path / "AP_mask.npy", np.ones((10, 10), dtype=np.float32))
+    else:
+        arguments["side"] = "up"
+    with pytest.raises(Exception, match=message.replace("[", r"\[").replace("]", r"\]")) as raised:
+        register(
+            ap_path=tmp_path / "AP.npy",
+            lat_path=tmp_path / "LAT.npy",
+            out_dir=tmp_path / "out",
+            progress=False,
+            **arguments,
+        )
+    assert raised.type.__name__ == "InputError" and "\n" not in str(raised.value)
+    assert not (tmp_path / "out").exists()
