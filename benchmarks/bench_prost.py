@@ -7,8 +7,9 @@ Usage::
 Prints a markdown section (the one in ``docs/benchmarks.md``, "ProST vs DiffDRR") to stdout,
 or writes it to ``--out``. Peak memory: each case (size x renderer x measurement) runs in a
 fresh subprocess, so that its peak is its own. Times: one subprocess per size runs all its
-cases round-robin, so that load from other processes falls on all of them alike. DiffDRR is optional (``pip install --no-deps
-diffdrr==0.6.1`` plus the ``bench`` extra); without it only the ProST rows are reported.
+cases round-robin, so that load from other processes falls on all of them alike. DiffDRR is
+optional (``pip install --no-deps diffdrr==0.6.1`` plus the ``bench`` extra); without it only
+the ProST rows are reported.
 
 Geometry (both renderers): the AP view of :func:`biplanar.geometry.biplanar_pair`: source at
 +y 925 mm from the isocentre (the world origin, also the volume's centre), detector plane

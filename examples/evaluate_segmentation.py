@@ -6,7 +6,8 @@ over the first ``--first`` subjects' both views, and writes the per-radiograph t
 
     python examples/evaluate_segmentation.py --data data/seg_heldout --first 20 --csv results/seg_heldout.csv
 
-``--transform`` changes the line-integral radiographs first (a robustness check; :data:`TRANSFORMS`).
+``--transform`` changes the line-integral radiographs first (a robustness check; :data:`TRANSFORMS`);
+``--working-shape 112 80`` runs the bundled network on radiographs of another preset at its own shape.
 """
 
 from __future__ import annotations
@@ -47,11 +48,17 @@ def main() -> None:
     parser.add_argument("--first", type=int, help="also summarise the first N subjects (2 N radiographs)")
     parser.add_argument("--csv", type=Path, help="write the per-radiograph Dice here")
     parser.add_argument("--transform", choices=sorted(TRANSFORMS), default="none", help="change the radiographs first")
+    parser.add_argument(
+        "--working-shape", type=int, nargs=2, metavar=("ROWS", "COLS"), help="run the network at this shape"
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
-    rows = evaluate_segmentation(args.model, args.data, args.split, transform=TRANSFORMS[args.transform])
+    shape = None if args.working_shape is None else (args.working_shape[0], args.working_shape[1])
+    rows = evaluate_segmentation(
+        args.model, args.data, args.split, transform=TRANSFORMS[args.transform], working_shape=shape
+    )
     subjects = sorted({row["subject_id"] for row in rows})
     groups = {f"all {len(subjects)} subjects": rows}
     if args.first is not None:

@@ -113,7 +113,7 @@ def test_a_left_femur_registers_as_the_right_one_does(case, tmp_path):
             folder / f"{side}.json",
             folder / f"{side}_AP.npy",
             folder / f"{side}_LAT.npy",
-            tmp_path / side,
+            tmp_path / f"out_{side}",
             ap_mask_path=folder / f"{side}_AP_mask.npy",
             lat_mask_path=folder / f"{side}_LAT_mask.npy",
             truth_labels_path=truth,

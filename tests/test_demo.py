@@ -106,7 +106,7 @@ def test_demo_with_the_bundled_model(tmp_path):
 def test_stage_times_split_each_forward_pass(tiny_model):
     from biplanar.training.checkpoints import load_model
 
-    network, config = load_model(tiny_model)
+    network, _config = load_model(tiny_model)
     case = simulate_case(5, SimulationConfig(preset="tiny", num_samples=64))
     radiographs = torch.stack([torch.from_numpy(case.masked_radiographs[name]) for name in ("AP", "LAT")])[None]
     views = [(case.views["AP"], case.views["LAT"])]

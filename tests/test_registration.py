@@ -210,16 +210,15 @@ def test_report_has_timings_similarity_and_metrics(result):
         assert set(record["hip_before"]) == HIP_KEYS
 
 
-def test_without_masks_warns_and_accepts_an_empty_out_dir(inputs, tmp_path, capsys):
+def test_without_masks_segments_and_accepts_an_empty_out_dir(inputs, tmp_path):
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     result = register(
         **_arguments(inputs, out_dir, ap_mask_path=None, lat_mask_path=None, truth_labels_path=None, refine=1)
     )
-    errors = capsys.readouterr().err
-    assert errors.count("warning: no AP/LAT femur masks") == 1 and len(errors.strip().splitlines()) == 1
     assert sorted(path.name for path in out_dir.iterdir()) == sorted(OUTPUT_FILES)
-    assert result.report["inputs"]["masked"] is False and result.report["refine"]["iterations"] == 1
+    assert result.report["inputs"]["assumptions"]["masks"] == "segmented"
+    assert result.report["refine"]["iterations"] == 1
     assert "dice" not in result.report and "metrics_before" not in result.report["refine"]
 
 
@@ -289,7 +288,7 @@ def test_cli_register_defaults_to_the_bundled_model_and_prints_the_scores(inputs
 
     monkeypatch.setattr(checkpoints, "bundled_models_dir", lambda: tmp_path / "models")
     bundled = export_model(inputs / "model.pt", tmp_path / "models" / "lite" / "model.pt")
-    arguments = [part for part in _cli_arguments(inputs, tmp_path / "out", **{"--refine": 1})]
+    arguments = list(_cli_arguments(inputs, tmp_path / "out", **{"--refine": 1}))
     del arguments[arguments.index("--model") : arguments.index("--model") + 2]  # no --model: the bundled one
     result = CliRunner().invoke(app, arguments)
     assert result.exit_code == 0, result.output

@@ -299,7 +299,10 @@ def _detector_axes_2d(ax, view: DrawnView, plane: tuple[int, int], out_of_page: 
             continue
         tip = origin + AXIS_ARROW_MM * axis
         ax.annotate(
-            "", xy=(tip[h], tip[v]), xytext=(origin[h], origin[v]), arrowprops=dict(arrowstyle="->", lw=1.6, color="k")
+            "",
+            xy=(tip[h], tip[v]),
+            xytext=(origin[h], origin[v]),
+            arrowprops={"arrowstyle": "->", "lw": 1.6, "color": "k"},
         )
         ax.annotate(label, (tip[h], tip[v]), textcoords="offset points", xytext=(4, 4), fontsize=8)
 

@@ -47,7 +47,7 @@ def draw_coronal(axis: plt.Axes, case: SimulatedCase) -> None:
     """The coronal slice (fixed j) through the head centre, world mm, patient's right at left."""
     grid = case.grid
     head_vox = np.linalg.solve(grid.affine, [*case.subject.landmarks.head_centre_mm, 1.0])[:3]
-    j = int(round(head_vox[1]))
+    j = round(float(head_vox[1]))
     corners = grid.corners_world(pad_vox=0.5)  # voxel box edges, world mm
     # ct[:, j, :] is (I, K) = (x, z); transposed to (z, x) rows for imshow with origin "lower".
     axis.imshow(

@@ -115,7 +115,7 @@ def draw_drr(image: np.ndarray, view: ProjectionView, title: str, out: Path) -> 
             fontsize=12,
             fontweight="bold",
             color="gold",
-            bbox=dict(facecolor="black", alpha=0.6, lw=0),
+            bbox={"facecolor": "black", "alpha": 0.6, "lw": 0},
         )
     ax.set_xlabel("u (column)")
     ax.set_ylabel("v (row)")

@@ -25,6 +25,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from biplanar.api_names import API_NAMES
 from biplanar.config import DEFAULT_NUM_SAMPLES
 from biplanar.errors import InputError
 
@@ -43,25 +44,7 @@ if TYPE_CHECKING:
     from biplanar.training.pose_trainer import PoseTrainResult
     from biplanar.training.trainer import TrainResult
 
-__all__ = [
-    "demo_summary_tables",
-    "drr",
-    "estimate_pose",
-    "evaluate",
-    "evaluate_pose",
-    "geometry_from_dicom",
-    "preprocess",
-    "register",
-    "run_demo",
-    "run_experiments",
-    "segment",
-    "simulate",
-    "train",
-    "train_baseline",
-    "train_pose",
-    "write_atlas",
-    "write_geometry",
-]
+__all__ = list(API_NAMES)
 
 VOLUME_UNITS = ("hu", "mu")
 

@@ -16,11 +16,15 @@ import os
 from collections.abc import Iterator
 from enum import Enum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from biplanar.config import DEFAULT_NUM_SAMPLES
 from biplanar.errors import InputError
+
+if TYPE_CHECKING:
+    from biplanar.training.trainer import TrainResult
 
 app = typer.Typer(
     name="biplanar",
@@ -72,6 +76,14 @@ def _reporting_interruption(how_to_continue: str = "continue with --resume") -> 
 def _best(value: float, decimals: int) -> str:
     """A best validation score for the summary line: ``n/a`` when no validation ran (NaN)."""
     return "n/a" if math.isnan(value) else f"{value:.{decimals}f}"
+
+
+def _trained(result: TrainResult, out: Path, what: str = "") -> str:
+    """The summary line of ``train`` and ``train-baseline`` (``what``: ``"<method> for "``)."""
+    return (
+        f"trained {what}{result.epochs_completed} epochs ({result.global_step} steps); "
+        f"best validation Dice {_best(result.best_val_dice, 3)}; checkpoints in {out}"
+    )
 
 
 class VolumeUnits(str, Enum):
@@ -218,13 +230,9 @@ def train(
 
         with _reporting_interruption():
             result = api.train(config, out, data=data, on_the_fly=on_the_fly, resume=resume, epochs=epochs)
-        best = _best(result.best_val_dice, 3)
         if os.environ.get("RANK", "0") != "0":  # under torchrun, one summary
             return
-        typer.echo(
-            f"trained {result.epochs_completed} epochs ({result.global_step} steps); "
-            f"best validation Dice {best}; checkpoints in {out}"
-        )
+        typer.echo(_trained(result, out))
 
 
 class BaselineMethod(str, Enum):
@@ -247,11 +255,7 @@ def train_baseline(
 
         with _reporting_interruption():
             result = api.train_baseline(method.value, data, out, config=config, resume=resume, epochs=epochs)
-        best = _best(result.best_val_dice, 3)
-        typer.echo(
-            f"trained {method.value} for {result.epochs_completed} epochs ({result.global_step} steps); "
-            f"best validation Dice {best}; checkpoints in {out}"
-        )
+        typer.echo(_trained(result, out, f"{method.value} for "))
 
 
 class PoseNetwork(str, Enum):

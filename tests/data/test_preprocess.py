@@ -67,7 +67,7 @@ def scene(seed: int | None) -> Subject:
     """Subject ``seed`` (``None``: the atlas) posed on a 1.5x larger, differently sampled grid."""
     spec = SubjectSpec.atlas() if seed is None else SubjectSpec.sample(seed)
     spacing = (1.0, 1.25, 1.5)
-    shape = tuple(int(round(1.5 * f / s)) for f, s in zip((127.5, 85.0, 192.0), spacing))
+    shape = tuple(round(1.5 * f / s) for f, s in zip((127.5, 85.0, 192.0), spacing))
     grid = VolumeGrid.from_spacing(shape, spacing, centre_world=(0.0, 0.0, -20.0))
     return render_subject(dataclasses.replace(spec, pose=SCENE_POSE), grid)
 

@@ -183,7 +183,7 @@ def test_split_file_is_disjoint_covering_and_deterministic(dataset):
 def test_split_proportions_are_the_papers(n, sizes):
     assert tuple(split_sizes(n).values()) == sizes
     split = make_split(n, 5)
-    assert sorted(sum(split.values(), [])) == sorted(f"case_{i:05d}" for i in range(n))
+    assert sorted(name for names in split.values() for name in names) == sorted(f"case_{i:05d}" for i in range(n))
     if n > 10:
         assert make_split(n, 6) != split
 

@@ -40,11 +40,11 @@ def _pull_field(matrix: np.ndarray, grid) -> torch.Tensor:
     return affine_displacement(torch.tensor(matrix, dtype=torch.float64)[None], grid)
 
 
-def _about(point: np.ndarray, linear: np.ndarray, translation=np.zeros(3)) -> np.ndarray:
-    """``(4, 4)`` for x' = point + linear (x - point) + translation."""
+def _about(point: np.ndarray, linear: np.ndarray, translation: np.ndarray | None = None) -> np.ndarray:
+    """``(4, 4)`` for x' = point + linear (x - point) + translation (default: none)."""
     matrix = np.eye(4)
     matrix[:3, :3] = linear
-    matrix[:3, 3] = point + translation - linear @ point
+    matrix[:3, 3] = point + (np.zeros(3) if translation is None else translation) - linear @ point
     return matrix
 
 

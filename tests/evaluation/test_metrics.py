@@ -1,5 +1,6 @@
 """Registration metrics against closed forms (balls on anisotropic grids), scipy and scikit-image."""
 
+import itertools
 import math
 
 import numpy as np
@@ -28,7 +29,7 @@ OFFSET_DIRECTION = np.array([1.0, 2.0, 2.0]) / 3.0
 
 def grid_around(extent_mm: float, spacing_mm) -> VolumeGrid:
     """An axis-aligned grid centred on the origin covering ``[-extent, extent]`` mm plus 3 voxels."""
-    shape = tuple(int(math.ceil(2.0 * extent_mm / s)) + 6 for s in spacing_mm)
+    shape = tuple(math.ceil(2.0 * extent_mm / s) + 6 for s in spacing_mm)
     return VolumeGrid.from_spacing(shape, spacing_mm)
 
 
@@ -173,7 +174,7 @@ def test_ssim_is_one_for_identical_volumes_and_decreases_with_noise():
     noise = np.random.default_rng(0).standard_normal(clean.shape)
     assert image_ssim(clean, torch.from_numpy(clean), data_range=1.0) == pytest.approx(1.0, abs=1e-6)
     scores = [image_ssim(clean + sigma * noise, clean, data_range=1.0) for sigma in (0.02, 0.05, 0.1, 0.2)]
-    assert all(earlier > later for earlier, later in zip(scores, scores[1:]))
+    assert all(earlier > later for earlier, later in itertools.pairwise(scores))
     assert scores[-1] < 0.9
 
 

@@ -1,6 +1,5 @@
 """ProST and inv-ProST against closed forms, real anatomy and gradcheck."""
 
-
 import numpy as np
 import pytest
 import torch

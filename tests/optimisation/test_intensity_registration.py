@@ -83,7 +83,7 @@ def test_zero_iterations_return_the_start(problem):
 
 def test_adam_recovers_a_known_similarity_from_the_identity(problem):
     """The no-learning baseline: from the identity, the pose only (velocity frozen)."""
-    atlas, objective, target, _ = problem
+    _, objective, target, _ = problem
     settings = RefineSettings(
         iterations=40, lr_rotation_rad=0.01, lr_translation_mm=0.5, lr_log_scale=0.005, lr_velocity_mm=0.0
     )
@@ -99,7 +99,7 @@ def test_adam_recovers_a_known_similarity_from_the_identity(problem):
 
 def test_the_velocity_field_improves_the_match_on_its_own(problem):
     """Pose fixed at the identity: the deformation alone moves towards the target, smoothly."""
-    atlas, objective, target, _ = problem
+    _, objective, target, _ = problem
     settings = RefineSettings(
         iterations=8, lr_rotation_rad=0.0, lr_translation_mm=0.0, lr_log_scale=0.0, lr_velocity_mm=0.5
     )
@@ -110,7 +110,7 @@ def test_the_velocity_field_improves_the_match_on_its_own(problem):
 
 
 def test_bad_input_is_refused(problem):
-    atlas, objective, target, zeros = problem
+    _, objective, target, zeros = problem
     with pytest.raises(ValueError, match="radiographs: expected shape"):
         objective(target[:, :, :-1])
     bad = target.clone()
@@ -129,7 +129,7 @@ def test_bad_input_is_refused(problem):
 
 def test_the_affine_phase_freezes_the_velocity(problem):
     """``affine_iterations``: those first steps move the similarity only, the later ones the field too."""
-    atlas, objective, target, _ = problem
+    _, objective, target, _ = problem
     rates = {"lr_rotation_rad": 0.01, "lr_translation_mm": 0.5, "lr_log_scale": 0.005, "lr_velocity_mm": 0.5}
     affine_only = refine_registration(
         objective(target), settings=RefineSettings(iterations=3, affine_iterations=3, **rates), progress=False

@@ -1,10 +1,10 @@
 """Opt-NCC / Opt-NGI / Opt-GC on the real lumbar CT, and the resolution pyramid they use.
 
-The recovery tests simulate an AP and a LAT radiograph of the real lumbar-pelvis CT shipped with the package (``biplanar/resources/real_ct``)
-(3 mm voxels) by ProST at a known pose (5 deg about a tilted axis, 10 mm off), on 128 x 128
-detectors of 3 mm pixels, with 256 samples per ray (the optimiser renders with ~1 sample per voxel
-on its own pyramid, so its DRRs are not the targets' renderer), and start each baseline at the
-identity with its default settings.
+The recovery tests simulate an AP and a LAT radiograph of the real lumbar-pelvis CT shipped with
+the package (``biplanar/resources/real_ct``, 3 mm voxels) by ProST at a known pose (5 deg about a
+tilted axis, 10 mm off), on 128 x 128 detectors of 3 mm pixels, with 256 samples per ray (the
+optimiser renders with ~1 sample per voxel on its own pyramid, so its DRRs are not the targets'
+renderer), and start each baseline at the identity with its default settings.
 """
 
 import math

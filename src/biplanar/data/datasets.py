@@ -105,7 +105,9 @@ class SimulatedDataset(_CaseDataset):
         self.root, self.masked = Path(root), masked
         self.config = SimulationConfig.from_dict(read_json(self.root / "dataset.json")["config"])
         splits = read_json(self.root / "split.json")
-        self.subject_ids: list[str] = sorted(sum(splits.values(), []) if split == "all" else splits[split])
+        self.subject_ids: list[str] = sorted(
+            [name for names in splits.values() for name in names] if split == "all" else splits[split]
+        )
         incomplete = [name for name in self.subject_ids if not is_complete(self._folder(name))]
         if incomplete:
             raise InputError(

@@ -165,7 +165,7 @@ def slice_indices(true_labels: np.ndarray) -> tuple[int, int]:
     largest cross-section (the middle of the volume for an empty label)."""
     if not true_labels.any():
         return true_labels.shape[1] // 2, true_labels.shape[2] // 2
-    j = int(round(np.argwhere(true_labels)[:, 1].mean()))
+    j = round(float(np.argwhere(true_labels)[:, 1].mean()))
     k = int(np.argmax(true_labels.sum(axis=(0, 1))))
     return j, k
 

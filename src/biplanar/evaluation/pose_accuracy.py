@@ -460,7 +460,7 @@ def summarise_rows(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
         group = [row for row in rows if (row["dataset"], row["range"], row["method"]) == key]
         scored = [row for row in group if not row.get("error")]
 
-        def stats(column: str) -> Summary:
+        def stats(column: str, scored: list[dict[str, Any]] = scored) -> Summary:
             return summarise(float(row[column]) for row in scored)
 
         record: dict[str, Any] = {

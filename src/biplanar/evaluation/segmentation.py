@@ -30,6 +30,7 @@ def evaluate_segmentation(
     split: str = "all",
     device: str | torch.device = "cpu",
     transform: Callable[[np.ndarray], np.ndarray] | None = None,
+    working_shape: tuple[int, int] | None = None,
 ) -> list[dict[str, Any]]:
     """Dice of the network's femur mask of every radiograph of a split.
 
@@ -40,6 +41,9 @@ def evaluate_segmentation(
         device: where to run the network.
         transform: applied to the ``(N, rows, cols)`` line-integral radiographs before they are
             segmented (e.g. ``lambda x: np.exp(-x)``: transmitted intensities); ``None``: none.
+        working_shape: ``(rows, cols)`` to run the network at (e.g.
+            :data:`~biplanar.training.segmentation_trainer.BUNDLED_IMAGE_SHAPE` for radiographs of
+            another preset); ``None``: the radiographs' own.
 
     Returns:
         One row per radiograph, subject-major, AP then LAT: ``{"subject_id", "view", "dice"}``.
@@ -50,7 +54,7 @@ def evaluate_segmentation(
     network, _ = load_segmentation_model(model_path, device)
     radiographs = load_radiographs(data_dir, split)
     images = radiographs.images if transform is None else np.asarray(transform(radiographs.images), dtype=np.float32)
-    scores = score_radiographs(network, images, radiographs.masks)
+    scores = score_radiographs(network, images, radiographs.masks, working_shape)
     return [
         {"subject_id": subject, "view": view, "dice": float(score)}
         for subject, view, score in zip(radiographs.subject_ids, radiographs.views, scores, strict=True)

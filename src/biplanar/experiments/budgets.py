@@ -33,7 +33,7 @@ POSE_SEED = 0  # seed of the rigid-pose study's true poses (biplanar.evaluation.
 
 def _degrees(start: float, stop: float, step: float) -> tuple[float, ...]:
     """``start, start + step, ..., stop`` (inclusive), degrees."""
-    count = int(round((stop - start) / step)) + 1
+    count = round((stop - start) / step) + 1
     return tuple(float(value) for value in np.linspace(start, stop, count))
 
 

@@ -10,6 +10,7 @@ a budget every model gets the same number of optimizer steps.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -113,27 +114,10 @@ def train_model(spec: ModelSpec, budget: Budget, data_dir: Path, run_dir: Path, 
     config = model_config(spec, load_config(budget.config))
     resume = (run_dir / LAST).is_file()
     if spec.method == NETWORK:
-        train(
-            config,
-            run_dir,
-            data_dir=data_dir,
-            resume=resume,
-            epochs=budget.epochs,
-            progress=progress,
-            max_steps=budget.max_steps,
-        )
+        run = functools.partial(train, config, run_dir)
     else:
-        train_baseline(
-            spec.method,
-            config,
-            run_dir,
-            data_dir=data_dir,
-            resume=resume,
-            epochs=budget.epochs,
-            progress=progress,
-            max_steps=budget.max_steps,
-            registration=budget.sdm_registration,
-        )
+        run = functools.partial(train_baseline, spec.method, config, run_dir, registration=budget.sdm_registration)
+    run(data_dir=data_dir, resume=resume, epochs=budget.epochs, progress=progress, max_steps=budget.max_steps)
     checkpoint = run_dir / BEST if (run_dir / BEST).is_file() else run_dir / LAST
     state = load_checkpoint(run_dir / LAST)
     return TrainedModel(checkpoint, int(state["global_step"]), float(state["elapsed_s"]), reused=False)

@@ -38,7 +38,7 @@ from biplanar.evaluation.statistics import summarise
 from biplanar.experiments.budgets import Budget
 from biplanar.experiments.discussion import discussion_section
 from biplanar.experiments.models import ABLATIONS, BASELINES, FULL, GENERALIZED_MODEL, MODELS, TrainedModel
-from biplanar.experiments.stages import POSE_SOPI_STAGE, POSE_STAGE
+from biplanar.experiments.stages import POSE_SOPI_STAGE, POSE_STAGE, StageRecord
 from biplanar.experiments.tables import (
     MethodScores,
     column,
@@ -78,7 +78,7 @@ class ReportInputs:
     command: str
     data: dict[str, Any]
     models: dict[str, TrainedModel]
-    stages: list
+    stages: list[StageRecord]
     device: str
 
 
@@ -557,8 +557,9 @@ def _pose_section(inputs: ReportInputs, out_dir: Path) -> list[str]:
         "",
         f"The rigid CT-to-X-ray pose study of SOPI (Chen et al. 2023, Table 1) with two views (AP and LAT): "
         f"each case renders noise-free DRRs of a CT at a random true pose and every method starts at the "
-        f"identity. Datasets: `lumbar`, the real lumbar-pelvis CT shipped with the package (`src/biplanar/resources/real_ct`) (the same CT every "
-        f"case); `femur`, a new femur phantom per case. Stage `{POSE_STAGE}` (per case in its `cases.csv`, "
+        f"identity. Datasets: `lumbar`, the real lumbar-pelvis CT shipped with the package "
+        f"(`src/biplanar/resources/real_ct`) (the same CT every case); `femur`, a new femur phantom per case. "
+        f"Stage `{POSE_STAGE}` (per case in its `cases.csv`, "
         f"summary in `pose_accuracy.csv`; `biplanar evaluate-pose` runs the same study alone). {DEFINITIONS}",
         "",
         RANGE_REASON,

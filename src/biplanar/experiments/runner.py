@@ -91,21 +91,12 @@ from biplanar.experiments.stages import (
     POSE_STAGE,
     STAGE_FILE,
     TEST_SPLIT,
+    StageRecord,
 )
 from biplanar.io.atomic import atomic_write_text
 from biplanar.io.json_files import read_json, write_json
 from biplanar.pose.estimate import SOPI_METHODS
 from biplanar.progress import print_stage, progress_bar, ticker
-
-
-@dataclass
-class StageRecord:
-    """One stage of a run: its name, its ``stage.json`` ``info``, its wall time (s), whether this run did it."""
-
-    name: str
-    info: dict[str, Any]
-    seconds: float
-    ran: bool
 
 
 @dataclass

@@ -2,8 +2,9 @@
 
 Per-case scores come from the stages' ``cases.csv`` files (:func:`read_cases`); a method's
 *scores* map a case id to its metrics. Statistics use the finite values only (an empty prediction
-has an infinite ASSD): :func:`~biplanar.evaluation.statistics.summarise` gives mean, sample sd and count; :func:`paired_ttest`
-pairs two methods by case (cases finite in both) and runs ``scipy.stats.ttest_rel`` (two-sided).
+has an infinite ASSD): :func:`~biplanar.evaluation.statistics.summarise` gives mean, sample sd and
+count; :func:`paired_ttest` pairs two methods by case (cases finite in both) and runs
+``scipy.stats.ttest_rel`` (two-sided).
 """
 
 from __future__ import annotations

@@ -137,22 +137,32 @@ def _stride_multiple(net: UNet) -> int:
     return math.prod(int(s) for s in net.strides)
 
 
-def segmentation_logits(net: UNet, images: Tensor) -> Tensor:
+def segmentation_logits(net: UNet, images: Tensor, working_shape: tuple[int, int] | None = None) -> Tensor:
     """The network's femur logits of a batch of radiographs of any size (no gradient).
 
-    The batch is normalised (:func:`normalise_radiograph`), padded at the bottom and right with
-    its edge values to a multiple of the network's total stride, run in eval mode, and cropped
-    back.
+    With ``working_shape`` the batch is first resampled to that shape (bilinear, antialiased) and
+    the logits back to the input's (bilinear): a network trained on one detector (e.g. the bundled
+    one: 112 x 80 pixels of 1.86 mm) then segments radiographs of the same field of view at another
+    pixel size (the ``tiny`` and ``paper`` presets' 56 x 40 and 224 x 160 pixels). The batch is
+    normalised (:func:`normalise_radiograph`), padded at the bottom and right with its edge values
+    to a multiple of the network's total stride, run in eval mode, and cropped back.
 
     Args:
         net: a segmentation U-Net (:func:`build_segmentation_net`), on any device.
         images: ``(B, 1, rows, cols)`` line-integral radiographs (dimensionless), any device.
+        working_shape: ``(rows, cols)`` to run the network at; ``None``: the input's own.
 
     Returns:
         ``(B, 1, rows, cols)`` float32 logits on ``net``'s device (``> 0``: femur).
     """
     device = next(net.parameters()).device
-    normalised = normalise_radiograph(images.to(device))
+    images = images.to(device).float()
+    shape = (int(images.shape[-2]), int(images.shape[-1]))
+    resample = working_shape is not None and tuple(working_shape) != shape
+    if working_shape is not None and resample:
+        size = (int(working_shape[0]), int(working_shape[1]))
+        images = F.interpolate(images, size=size, mode="bilinear", antialias=True, align_corners=False)
+    normalised = normalise_radiograph(images)
     rows, cols = normalised.shape[-2:]
     multiple = _stride_multiple(net)
     pad_rows, pad_cols = -rows % multiple, -cols % multiple
@@ -162,10 +172,10 @@ def segmentation_logits(net: UNet, images: Tensor) -> Tensor:
     net.eval()
     try:
         with torch.no_grad():
-            logits = net(normalised)
+            logits = net(normalised)[..., :rows, :cols]
     finally:
         net.train(was_training)
-    return logits[..., :rows, :cols]
+    return F.interpolate(logits, size=shape, mode="bilinear", align_corners=False) if resample else logits
 
 
 def largest_component(mask: np.ndarray) -> np.ndarray:
@@ -200,18 +210,13 @@ def masks_from_logits(logits: Tensor) -> np.ndarray:
 def segment(net: UNet, image: np.ndarray | Tensor, working_shape: tuple[int, int] | None = None) -> np.ndarray:
     """The femur mask of one radiograph (see the module doc).
 
-    With ``working_shape`` the radiograph is first resampled to that shape (bilinear, antialiased)
-    and the logits back to the radiograph's (bilinear) before the threshold: a network trained on
-    one detector (e.g. the bundled one: 112 x 80 pixels of 1.86 mm) then segments radiographs of
-    the same field of view at another pixel size (the ``tiny`` and ``paper`` presets' 56 x 40 and
-    224 x 160 pixels) as well as its own.
-
     Args:
         net: a trained segmentation U-Net (e.g. the bundled one,
             :func:`biplanar.training.segmentation_trainer.load_segmentation_model`).
         image: ``(rows, cols)`` line-integral radiograph (dimensionless; any positive scale and
             offset), numpy or torch.
-        working_shape: ``(rows, cols)`` to run the network at; ``None``: the radiograph's own.
+        working_shape: ``(rows, cols)`` to run the network at (:func:`segmentation_logits`), e.g.
+            the shape it was trained on; ``None``: the radiograph's own.
 
     Returns:
         ``(rows, cols)`` bool, ``True`` on the femur: one connected component (or none).
@@ -219,13 +224,7 @@ def segment(net: UNet, image: np.ndarray | Tensor, working_shape: tuple[int, int
     pixels = torch.as_tensor(np.asarray(image) if isinstance(image, np.ndarray) else image)
     if pixels.dim() != 2:
         raise ValueError(f"image: expected (rows, cols), got {tuple(pixels.shape)}")
-    batch = pixels.float()[None, None]  # (1, 1, rows, cols)
-    shape = tuple(batch.shape[-2:])
-    if working_shape is None or tuple(working_shape) == shape:
-        return masks_from_logits(segmentation_logits(net, batch))[0]
-    resampled = F.interpolate(batch, size=tuple(working_shape), mode="bilinear", antialias=True, align_corners=False)
-    logits = segmentation_logits(net, resampled)
-    return masks_from_logits(F.interpolate(logits, size=shape, mode="bilinear", align_corners=False))[0]
+    return masks_from_logits(segmentation_logits(net, pixels.float()[None, None], working_shape))[0]
 
 
 def mask_dice(predicted: np.ndarray | Tensor, truth: np.ndarray | Tensor) -> np.ndarray:

@@ -7,12 +7,13 @@ parameters ``(rx, ry, rz rad, tx, ty, tz mm)`` about the CT volume's centre
 1. RTPI regresses the parameters from the CT and the radiograph.
 2. The fine registration descends ``L_N(theta)``, the masked distance between the embedded
    features of the DRR at ``theta`` and of the radiograph, with ``dL_N/dtheta = J^T dL_N/dI``
-   (``J`` the DRR's exact Jacobian, :meth:`~biplanar.layers.prost.ProST.project_with_pose_jacobian`). The encoders were trained for the *direction* of that gradient, so each
-   iteration moves the rotation and the translation by a step length along their own unit
-   gradient; a part's step length is multiplied by ``search.step_decrease`` when its gradient
-   turns by more than 90 degrees (an overshoot). The rotation is frozen after
-   ``search.rotation_iterations`` iterations; the search stops when the translation step and
-   (unless frozen) the rotation step are below their tolerances, or after ``search.max_iterations``.
+   (``J`` the DRR's exact Jacobian, :meth:`~biplanar.layers.prost.ProST.project_with_pose_jacobian`).
+   The encoders were trained for the *direction* of that gradient, so each iteration moves the
+   rotation and the translation by a step length along their own unit gradient; a part's step
+   length is multiplied by ``search.step_decrease`` when its gradient turns by more than 90
+   degrees (an overshoot). The rotation is frozen after ``search.rotation_iterations``
+   iterations; the search stops when the translation step and (unless frozen) the rotation step
+   are below their tolerances, or after ``search.max_iterations``.
 
 The mask of ``L_N`` is the projection, at the current pose, of ``mask_volume`` (default: the CT's
 voxels above ``data.bone_threshold_hu`` of the fine network's config).

@@ -73,7 +73,7 @@ PARTIAL_SUFFIX = ".partial"
 
 # The lowest per-view projection NCC of a registration that is trusted; below it report.json's quality
 # flag is set and register warns. Chosen by `python examples/quality_threshold.py --n 8` (docs/clinical.md).
-QUALITY_MIN_PROJECTION_NCC = 0.80
+QUALITY_MIN_PROJECTION_NCC = 0.79
 QUALITY_DEFINITION = (
     "projection NCC: global normalised cross-correlation, per view, of the DRR of the registered atlas femur "
     "with the network's input (radiograph x femur mask) on the model's detector; flag: the lowest view below "

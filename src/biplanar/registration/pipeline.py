@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -41,13 +41,14 @@ from biplanar.errors import InputError
 from biplanar.geometry.mirror import SagittalMirror
 from biplanar.geometry.presets import PAPER_SOURCE_DETECTOR_MM, VIEW_NAMES
 from biplanar.geometry.projection import ProjectionView, view_angles_deg
+from biplanar.geometry.volume_grid import VolumeGrid
 from biplanar.io.atomic import require_empty_out_dir
 from biplanar.io.geometry_file import write_geometry
 from biplanar.io.json_files import write_json
 from biplanar.models.network import AtlasRegistrationNet
 from biplanar.models.segmentation import segment
 from biplanar.optimisation.intensity_registration import refine_output
-from biplanar.pose.baselines import METHODS
+from biplanar.pose.baselines import METHODS, OptimisationConfig
 from biplanar.pose.estimate import compose_view, estimate_view_rotations
 from biplanar.progress import print_stage
 from biplanar.registration.inputs import (
@@ -69,11 +70,7 @@ from biplanar.registration.outputs import (
     write_volumes,
 )
 from biplanar.training.checkpoints import bundled_model_path, load_model
-from biplanar.training.segmentation_trainer import load_segmentation_model
-
-if TYPE_CHECKING:
-    from biplanar.geometry.volume_grid import VolumeGrid
-    from biplanar.pose.baselines import OptimisationConfig
+from biplanar.training.segmentation_trainer import BUNDLED_IMAGE_SHAPE, load_segmentation_model
 
 
 @dataclass(frozen=True)
@@ -192,7 +189,8 @@ def segmenter(path: str | Path | None, device: torch.device | str) -> Callable[[
     def segment_image(image: np.ndarray) -> np.ndarray:
         if not loaded:
             loaded.append(load_segmentation_model(path, device)[0])
-        return segment(loaded[0], image)
+        # The bundled network works at the lite detector's size: other sizes are resampled to it and back.
+        return segment(loaded[0], image, working_shape=BUNDLED_IMAGE_SHAPE if path is None else None)
 
     return segment_image
 

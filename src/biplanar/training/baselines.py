@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from biplanar.config import ExperimentConfig, load_config
+from biplanar.config import ExperimentConfig
 from biplanar.data.atlas import Atlas, load_atlas
 from biplanar.data.datasets import CaseDataset
 from biplanar.errors import InputError
@@ -59,25 +59,23 @@ from biplanar.training.trainer import (
     LAST,
     Batch,
     EpochRun,
-    StopSignals,
     TrainingLogs,
     TrainResult,
     check_resumable,
-    cosine_factor,
     deterministic_algorithms,
     make_batch,
-    open_datasets,
+    open_run,
     optimisation_state,
     prepare_run_dir,
     restore_optimisation,
     seed_everything,
-    with_epochs,
 )
 
 METHODS = ("kasten", "sdm")
 SDM_FIELDS, SDM_MODEL, SDM_REGISTRATION_CSV = "sdm_fields", "sdm_model.npz", "sdm_registration.csv"
 SDM_VARIANCE = 0.95  # fraction of the fields' variance the PCA keeps
 SDM_DICE_WEIGHT = 1.0
+SDM_REGISTRATION = VolumeRegistrationSettings()  # the 3D/3D registration's default settings (frozen)
 
 
 # --- models -------------------------------------------------------------------------------------
@@ -174,7 +172,7 @@ def build_sdm(
     train_set: CaseDataset,
     atlas: Atlas,
     out_dir: str | Path,
-    settings: VolumeRegistrationSettings = VolumeRegistrationSettings(),
+    settings: VolumeRegistrationSettings = SDM_REGISTRATION,
     variance: float = SDM_VARIANCE,
     progress: bool = True,
 ) -> tuple[DeformationPCA, dict[str, Tensor]]:
@@ -319,11 +317,7 @@ class _BaselineRun(EpochRun):
         self.train_set, self.val_set = train_set, val_set
         self.csv_fields = csv_fields(method)
         self.model = task.model.to(context.device)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.training.learning_rate)
-        self.steps_per_epoch = math.ceil(len(train_set) / config.training.batch_size)
-        total = self.steps_per_epoch * config.training.epochs
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: cosine_factor(step, total))
-        super().__init__(task.parts)
+        super().__init__(task.parts, self.model.parameters(), len(train_set))
 
     def state(self) -> dict[str, Any]:
         return {
@@ -397,7 +391,7 @@ def train_baseline(
     epochs: int | None = None,
     progress: bool = True,
     max_steps: int | None = None,
-    registration: VolumeRegistrationSettings = VolumeRegistrationSettings(),
+    registration: VolumeRegistrationSettings = SDM_REGISTRATION,
     sdm_variance: float = SDM_VARIANCE,
     sdm_dice_weight: float = SDM_DICE_WEIGHT,
 ) -> TrainResult:
@@ -423,9 +417,8 @@ def train_baseline(
         TrainingInterrupted: on Ctrl-C / SIGTERM, after writing ``last.pt``.
     """
     _check_method(method)
-    config = with_epochs(config if isinstance(config, ExperimentConfig) else load_config(config), epochs)
+    config, train_set, val_set = open_run(config, data_dir, on_the_fly, epochs)
     out_dir = Path(out_dir)
-    train_set, val_set = open_datasets(config, data_dir, on_the_fly)
     context = DistributedContext(device=torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     prepare_run_dir(config, out_dir, resume)
     state = None
@@ -446,17 +439,4 @@ def train_baseline(
         run = _BaselineRun(task, method, config, out_dir, train_set, val_set, context)
         if state is not None:
             run.restore(state, out_dir / LAST)
-        logs = TrainingLogs(
-            out_dir,
-            True,
-            progress,
-            run.steps_per_epoch * config.training.epochs,
-            run.global_step,
-            run.global_step if resume else None,
-        )
-        with StopSignals() as signals, logs:
-            while run.epoch < config.training.epochs:
-                if not run.train_epoch(signals, math.inf if max_steps is None else max_steps, logs):
-                    break
-                run.end_epoch(logs)
-    return run.result()
+        return run.run_epochs(progress, resume, math.inf if max_steps is None else max_steps)

@@ -8,7 +8,7 @@ run is a single process. The backend is ``nccl`` on CUDA and ``gloo`` on CPU; ea
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -30,7 +30,7 @@ class DistributedContext:
     world_size: int = 1
     rank: int = 0
     local_rank: int = 0
-    device: torch.device = torch.device("cpu")
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     owns_group: bool = False
 
     @property

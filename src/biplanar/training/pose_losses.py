@@ -15,12 +15,13 @@ Fine registration (section 2.3, eq. 6-7): the masked distance of embedded featur
     L_N(theta) = sum_levels  sum(m_l * (e_m,l(theta) - e_f,l)^2) / (C_l * sum(m_l))
 
 is *not* minimised in training; its gradient ``g = dL_N/dtheta`` (:func:`pose_gradient`, with a
-graph to the encoders' weights) is trained to point away from the target along the geodesic: per part (rotation, translation),
-``1 - cos(g, -d)`` with ``d`` the unit geodesic direction from ``theta`` to the target
-(:func:`biplanar.geometry.se3.geodesic_direction`; the public SOPI code uses the squared distance
-of the unit vectors, ``2 - 2 cos``: the same minimiser). The rotation part of ``d`` is a world-frame
-rotation vector while ``g``'s is a gradient in Euler angles; the two frames agree to first order
-near the identity (``R = Rx Ry Rz`` with small angles rotates by ``(rx, ry, rz)``).
+graph to the encoders' weights) is trained to point away from the target along the geodesic: per
+part (rotation, translation), ``1 - cos(g, -d)`` with ``d`` the unit geodesic direction from
+``theta`` to the target (:func:`biplanar.geometry.se3.geodesic_direction`; the public SOPI code
+uses the squared distance of the unit vectors, ``2 - 2 cos``: the same minimiser). The rotation
+part of ``d`` is a world-frame rotation vector while ``g``'s is a gradient in Euler angles; the
+two frames agree to first order near the identity (``R = Rx Ry Rz`` with small angles rotates by
+``(rx, ry, rz)``).
 """
 
 from __future__ import annotations
@@ -114,10 +115,7 @@ class RTPILoss(nn.Module):
         config = self.config
         similarity = gradient_difference_loss(radiograph, drr).mean()
         mse = F.mse_loss(scaled_pred, scaled_true)
-        if config.regulariser == "weights":
-            regulariser = weight_penalty(network)
-        else:
-            regulariser = scaled_pred.square().mean()
+        regulariser = weight_penalty(network) if config.regulariser == "weights" else scaled_pred.square().mean()
         total = config.alpha * similarity + config.beta * mse + config.lam * regulariser
         return {"total": total, "similarity": similarity, "mse": mse, "regulariser": regulariser}
 

@@ -334,7 +334,9 @@ def augment_radiographs(images: Tensor, config: AugmentationConfig, generator: t
     return torch.where(chance(config.polarity_p), -x, x)
 
 
-def score_radiographs(net: UNet, images: np.ndarray, masks: np.ndarray) -> np.ndarray:
+def score_radiographs(
+    net: UNet, images: np.ndarray, masks: np.ndarray, working_shape: tuple[int, int] | None = None
+) -> np.ndarray:
     """Per-radiograph Dice of the network's masks (:func:`~biplanar.models.segmentation.segment`'s
     rule: threshold, largest component) against the truth.
 
@@ -342,6 +344,8 @@ def score_radiographs(net: UNet, images: np.ndarray, masks: np.ndarray) -> np.nd
         net: a segmentation U-Net.
         images: ``(N, rows, cols)`` line-integral radiographs.
         masks: ``(N, rows, cols)`` bool truth masks.
+        working_shape: ``(rows, cols)`` to run the network at
+            (:func:`~biplanar.models.segmentation.segmentation_logits`); ``None``: the images' own.
 
     Returns:
         ``(N,)`` float64 Dice (:func:`~biplanar.models.segmentation.mask_dice`).
@@ -349,7 +353,7 @@ def score_radiographs(net: UNet, images: np.ndarray, masks: np.ndarray) -> np.nd
     scores = []
     for start in range(0, len(images), EVAL_BATCH):
         batch = torch.from_numpy(images[start : start + EVAL_BATCH])[:, None]
-        predicted = masks_from_logits(segmentation_logits(net, batch))
+        predicted = masks_from_logits(segmentation_logits(net, batch, working_shape))
         scores.append(mask_dice(predicted, masks[start : start + EVAL_BATCH]))
     return np.concatenate(scores)
 

@@ -38,7 +38,7 @@ import random
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -266,6 +266,16 @@ def with_epochs(config: ExperimentConfig, epochs: int | None) -> ExperimentConfi
     return dataclasses.replace(config, training=dataclasses.replace(config.training, epochs=epochs))
 
 
+def open_run(
+    config: ExperimentConfig | str | Path, data_dir: str | Path | None, on_the_fly: int | None, epochs: int | None
+) -> tuple[ExperimentConfig, CaseDataset, CaseDataset]:
+    """A run's config (a YAML file or preset name loaded; ``epochs`` overrides ``training.epochs``,
+    :func:`with_epochs`) and its training and validation sets (:func:`open_datasets`)."""
+    config = with_epochs(config if isinstance(config, ExperimentConfig) else load_config(config), epochs)
+    train_set, val_set = open_datasets(config, data_dir, on_the_fly)
+    return config, train_set, val_set
+
+
 def _flatten(document: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """``{"training": {"epochs": 5}}`` -> ``{"training.epochs": 5}``."""
     flat: dict[str, Any] = {}
@@ -456,9 +466,10 @@ class EpochRun(abc.ABC):
     """The bookkeeping and epoch loop of an epoch-based training run (:func:`train`,
     :func:`~biplanar.training.baselines.train_baseline`), checkpointed with it.
 
-    A subclass sets ``config`` (:class:`ExperimentConfig`), ``out_dir``, ``context``, ``train_set``,
-    ``optimizer``, ``scheduler``, ``steps_per_epoch`` and ``csv_fields``, calls ``EpochRun.__init__``
-    last in its own, and gives :meth:`step` and :meth:`save`.
+    A subclass sets ``config`` (:class:`ExperimentConfig`), ``out_dir``, ``context``, ``train_set``
+    and ``csv_fields``, calls ``EpochRun.__init__`` last in its own (it makes the optimizer and its
+    schedule), and gives :meth:`step`, :meth:`save` and :meth:`end_epoch`; :meth:`run_epochs` then
+    trains.
 
     Attributes:
         epoch, step_in_epoch, global_step: where the run stands (epochs done, steps into the current
@@ -475,12 +486,17 @@ class EpochRun(abc.ABC):
     out_dir: Path
     context: DistributedContext
     train_set: CaseDataset
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    steps_per_epoch: int
     csv_fields: tuple[str, ...]
 
-    def __init__(self, parts: tuple[str, ...]) -> None:
+    def __init__(self, parts: tuple[str, ...], parameters: Iterable[torch.nn.Parameter], subjects: int) -> None:
+        """Adam on ``parameters`` at ``training.learning_rate``, cosine-annealed per step over the
+        planned epochs of ``subjects`` training subjects each (this process's share), and the
+        bookkeeping of a new run whose loss has ``parts``."""
+        training = self.config.training
+        self.optimizer = torch.optim.Adam(parameters, lr=training.learning_rate)
+        self.steps_per_epoch = math.ceil(subjects / training.batch_size)
+        total = self.steps_per_epoch * training.epochs
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: cosine_factor(step, total))
         self.epoch = self.step_in_epoch = self.global_step = 0
         self.best_metric, self.elapsed_s = -math.inf, 0.0
         self.epoch_sums = dict.fromkeys((*parts, "count"), 0.0)
@@ -495,6 +511,33 @@ class EpochRun(abc.ABC):
     @abc.abstractmethod
     def save(self, name: str = LAST) -> Path:
         """Write the checkpoint ``out_dir / name``; returns its path."""
+
+    @abc.abstractmethod
+    def end_epoch(self, logs: TrainingLogs) -> None:
+        """Validate the finished epoch and close it (:meth:`close_epoch`)."""
+
+    def run_epochs(self, progress: bool, resume: bool, max_steps: float) -> TrainResult:
+        """Train the remaining epochs, or up to ``max_steps`` steps in total (checkpoint written),
+        with the logs of ``out_dir`` (a progress bar when ``progress``; a ``resume`` continues the
+        logs at :attr:`global_step`).
+
+        Raises:
+            TrainingInterrupted: a stop signal arrived (after ``last.pt`` is written).
+        """
+        logs = TrainingLogs(
+            self.out_dir,
+            self.context.is_main,
+            progress,
+            self.steps_per_epoch * self.config.training.epochs,
+            self.global_step,
+            self.global_step if resume else None,
+        )
+        with StopSignals() as signals, logs:
+            while self.epoch < self.config.training.epochs:
+                if not self.train_epoch(signals, max_steps, logs):
+                    break
+                self.end_epoch(logs)
+        return self.result()
 
     def progress_state(self) -> dict[str, Any]:
         """The checkpoint entries of the bookkeeping (the attributes above but ``step_losses``)."""
@@ -616,22 +659,17 @@ class _Run(EpochRun):
     ) -> None:
         self.config, self.out_dir, self.context = config, out_dir, context
         self.train_set, self.val_set = train_set, val_set
-        training = config.training
-        seed_everything(training.seed)
+        seed_everything(config.training.seed)
         self.network = AtlasRegistrationNet(config, load_atlas(config.geometry.grid_preset)).to(context.device)
         self.model: torch.nn.Module = self.network
         if context.distributed:
             device_ids = [context.device.index] if context.device.type == "cuda" else None
             self.model = DistributedDataParallel(self.network, device_ids=device_ids)
         self.loss = RegistrationLoss(config.loss).to(context.device)
-        self.optimizer = torch.optim.Adam(self.network.parameters(), lr=training.learning_rate)
         per_process = len(train_set) // context.world_size
         if per_process == 0:
             raise InputError(f"data: {len(train_set)} training subject(s) for {context.world_size} processes")
-        self.steps_per_epoch = math.ceil(per_process / training.batch_size)
-        total = self.steps_per_epoch * training.epochs
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: cosine_factor(step, total))
-        super().__init__(LOSS_PARTS)
+        super().__init__(LOSS_PARTS, self.network.parameters(), per_process)
 
     # --- checkpoints ---------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -755,9 +793,8 @@ def train(
             without ``resume`` (or none with it).
         TrainingInterrupted: on Ctrl-C / SIGTERM, after writing ``last.pt``.
     """
-    config = with_epochs(config if isinstance(config, ExperimentConfig) else load_config(config), epochs)
+    config, train_set, val_set = open_run(config, data_dir, on_the_fly, epochs)
     out_dir = Path(out_dir)
-    train_set, val_set = open_datasets(config, data_dir, on_the_fly)
     context = setup_distributed()
     try:
         with deterministic_algorithms():
@@ -791,17 +828,4 @@ def _run(
         state = load_checkpoint(out_dir / LAST, context.device)
         check_resumable(config, state, out_dir / LAST)
         run.restore(state, out_dir / LAST)
-    logs = TrainingLogs(
-        out_dir,
-        context.is_main,
-        progress,
-        run.steps_per_epoch * config.training.epochs,
-        run.global_step,
-        run.global_step if resume else None,
-    )
-    with StopSignals() as signals, logs:
-        while run.epoch < config.training.epochs:
-            if not run.train_epoch(signals, max_steps, logs):
-                break
-            run.end_epoch(logs)
-    return run.result()
+    return run.run_epochs(progress, resume, max_steps)

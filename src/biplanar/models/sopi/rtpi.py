@@ -12,6 +12,8 @@ radiograph is standardised to zero mean and unit variance. The output is the sca
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -104,12 +106,12 @@ class RTPINet(nn.Module):
         self.volume_shape = tuple(rtpi.volume_shape)
         self.register_buffer("param_sigmas", config.param_sigmas())
         volume_widths = (1, *rtpi.volume_features)
-        self.volume_branch = nn.Sequential(*[_conv_block_3d(a, b) for a, b in zip(volume_widths, volume_widths[1:])])
+        self.volume_branch = nn.Sequential(*[_conv_block_3d(a, b) for a, b in itertools.pairwise(volume_widths)])
         image_widths = (1, *rtpi.image_features)
         self.image_branch = nn.Sequential(
             *[
                 nn.Sequential(conv_block_2d(a, b), conv_block_2d(b, b, stride=2))
-                for a, b in zip(image_widths, image_widths[1:])
+                for a, b in itertools.pairwise(image_widths)
             ]
         )
         folded = volume_widths[-1] * (self.volume_shape[1] >> len(rtpi.volume_features))
