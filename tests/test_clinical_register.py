@@ -158,6 +158,7 @@ def test_a_transmission_array_is_recognised_by_auto(case, tmp_path):
     [
         ("no geometry", "AP.npy: not a DICOM file, so its geometry must come from --geometry"),
         ("constant", "AP.npy: the image is constant"),
+        ("inverted", "AP.npy: the radiograph anti-correlates with the atlas's DRR"),
         ("mask shape", "AP_mask.npy: mask shape [10, 10] differs from its radiograph's [112, 80]"),
         ("bad side", "--side: expected one of right, left, got 'up'"),
     ],
@@ -177,6 +178,10 @@ def test_bad_clinical_inputs_are_refused_in_one_line(case, tmp_path, defect, mes
         arguments["geometry_path"] = None
     elif defect == "constant":
         write_image(tmp_path / "AP.npy", np.full((112, 80), 3.0, dtype=np.float32))
+    elif defect == "inverted":  # bone dark; noise, so that the air is no flat maximum (that would be "clipped")
+        noise = np.random.default_rng(0).normal(0.0, 0.01, (112, 80))
+        write_image(tmp_path / "AP.npy", (5.0 - simulated.radiographs["AP"] + noise).astype(np.float32))
+        arguments["intensity"] = "line-integral"  # auto would read it as a transmission image, rightly
     elif defect == "mask shape":
         write_image(tmp_path / "AP_mask.npy", np.ones((10, 10), dtype=np.float32))
     else:

@@ -103,6 +103,20 @@ def test_demo_with_the_bundled_model(tmp_path):
 # ---------------------------------------------------------------- helpers
 
 
+def test_demo_clinical_route_scores_beside_the_plain_one(tmp_path):
+    # The bundled models on the demo patient, also as two DICOM files alone (448 x 320, transmission).
+    out_dir = tmp_path / "demo"
+    result = CliRunner().invoke(app, ["demo", "--out", str(out_dir), "--clinical"])
+    assert result.exit_code == 0, result.output
+    document = json.loads((out_dir / "demo.json").read_text())
+    plain, clinical = document["metrics"]["dice"], document["clinical"]["metrics"]["dice"]
+    assert clinical > 0.92 and abs(clinical - plain) < 0.02
+    assert "Dice, clinical route (2 DICOM files only)" in result.output
+    assert sorted(path.name for path in (out_dir / "inputs" / "clinical").iterdir()) == ["AP.dcm", "LAT.dcm"]
+    report = json.loads((out_dir / "registration_clinical" / "report.json").read_text())
+    assert report["inputs"]["geometry"] is None and report["inputs"]["assumptions"]["masks"] == "segmented"
+
+
 def test_stage_times_split_each_forward_pass(tiny_model):
     from biplanar.training.checkpoints import load_model
 

@@ -7,7 +7,8 @@ For each view (docs/contract.md section 7), in the order the data flows:
    ``LIN`` / ``LOG``, orientation flips), an array file (``.npy``, ``.tif``, ``.png``) by the
    ``intensity`` route (``auto`` tries both readings and keeps the one that correlates better
    with the atlas's DRR, :func:`choose_intensity_route`). Non-radiographs are refused
-   (:func:`biplanar.physics.intensity.check_radiograph`).
+   (:func:`biplanar.physics.intensity.check_radiograph`), and so is a radiograph that
+   anti-correlates with the atlas's DRR at its view (an inverted image, bone dark).
 2. **Geometry**: the geometry file's view when one is given, else the DICOM tags.
 3. **Resample** onto the model's detector around the projection of the atlas centre, the projection
    matrix following exactly (:class:`biplanar.geometry.detector.DetectorResampling`).
@@ -44,6 +45,7 @@ from biplanar.physics.attenuation import hu_to_mu
 from biplanar.physics.intensity import INTENSITY_ROUTES, check_radiograph, transmission_to_line_integral
 
 MASK_THRESHOLD = 0.5  # a resampled mask pixel is femur above this fraction of its footprint
+MIN_ATLAS_NCC = 0.0  # a radiograph below this NCC with the atlas's DRR at its view is refused as inverted
 IDENTITY_TOLERANCE_PX = 1e-3  # a pixel map this close to the identity is none (no resampling)
 SIDE_LETTERS = {"L": "left", "R": "right"}
 
@@ -296,6 +298,13 @@ def _prepare_view(
     except ValueError as error:
         raise InputError(f"{path}: {error}") from None
     image = resample(user_image)
+    similarity = _ncc(image, detector.atlas_drr(model_view))
+    if similarity < MIN_ATLAS_NCC:
+        raise InputError(
+            f"{path}: the radiograph anti-correlates with the atlas's DRR at its view (NCC {similarity:.2f}): "
+            "inverted (bone dark)? check --intensity and the Photometric Interpretation"
+        )
+    record["atlas_ncc"] = similarity
     mask = None if mask_path is None else resample(_read_mask(mask_path, read).astype(np.float32)) > MASK_THRESHOLD
     view = model_view
     if mirror is not None:
