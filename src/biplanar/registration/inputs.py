@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from biplanar.data.atlas import FEMUR_LABEL, load_atlas
-from biplanar.errors import InputError
+from biplanar.errors import InputError, require_choice
 from biplanar.geometry.detector import DetectorResampling
 from biplanar.geometry.mirror import SIDES, SagittalMirror
 from biplanar.geometry.presets import PAPER_SOURCE_DETECTOR_MM, VIEW_NAMES, biplanar_pair
@@ -232,8 +232,7 @@ def _read_mask(path: Path, read: _Radiograph) -> np.ndarray:
 def _resolve_side(side: str | None, reads: dict[str, _Radiograph]) -> tuple[str, str]:
     """``(side, where it came from)``: ``--side``, else the DICOM laterality, else right."""
     if side is not None:
-        if side not in SIDES:
-            raise InputError(f"--side: expected one of {', '.join(SIDES)}, got {side!r}")
+        require_choice("--side", side, SIDES)
         return side, "--side"
     tagged = {
         name: SIDE_LETTERS[read.dicom.laterality]
@@ -361,7 +360,7 @@ def read_inputs(
     Raises:
         InputError: one line naming the file (or option) and what is wrong.
     """
-    _check_intensity(intensity)
+    require_choice("--intensity", intensity, INTENSITY_ROUTES)
     given = [name for name, path in mask_paths.items() if path is not None]
     if len(given) == 1:
         raise InputError(f"{mask_paths[given[0]]}: a mask for {given[0]} only; give both AP and LAT masks or none")
@@ -390,11 +389,6 @@ def read_inputs(
     return RegistrationInputs(views, side, side_source, mirror, "given" if given else "segmented")
 
 
-def _check_intensity(intensity: str) -> None:
-    if intensity not in INTENSITY_ROUTES:
-        raise InputError(f"--intensity: expected one of {', '.join(INTENSITY_ROUTES)}, got {intensity!r}")
-
-
 def segment_file(
     image_path: Path,
     detector: ModelDetector,
@@ -416,7 +410,7 @@ def segment_file(
     Returns:
         ``(rows, cols)`` bool mask in the file's pixels, and the prepared view.
     """
-    _check_intensity(intensity)
+    require_choice("--intensity", intensity, INTENSITY_ROUTES)
     isocenter = detector.atlas_grid.centre_world
     read = _read_radiograph(image_path, intensity, air_level)
     side, _ = _resolve_side(side, {view_name: read})

@@ -37,7 +37,7 @@ from torch import Tensor
 from biplanar.config import ExperimentConfig
 from biplanar.data.atlas import warped_atlas_labels
 from biplanar.devices import default_device, synchronise
-from biplanar.errors import InputError
+from biplanar.errors import InputError, require_choice
 from biplanar.geometry.mirror import SagittalMirror
 from biplanar.geometry.presets import PAPER_SOURCE_DETECTOR_MM, VIEW_NAMES
 from biplanar.geometry.projection import ProjectionView, view_angles_deg
@@ -91,11 +91,6 @@ class RegistrationReport:
         return {name: self.out_dir / name for name in OUTPUT_FILES}
 
 
-def _check_pose_method(method: str) -> None:
-    if method not in METHODS:
-        raise InputError(f"pose method: expected one of {', '.join(METHODS)}, got {method!r}")
-
-
 def correct_calibration(
     atlas_mu: Tensor,
     grid: VolumeGrid,
@@ -138,7 +133,7 @@ def correct_calibration(
         the matrices, degrees), ``similarity`` (the search's final similarity).
     """
 
-    _check_pose_method(method)
+    require_choice("pose method", method, METHODS)
     started = time.perf_counter()
     images = {name: torch.from_numpy(radiographs[name]).to(atlas_mu.device) for name in VIEW_NAMES}
     estimates = estimate_view_rotations(
@@ -269,7 +264,7 @@ def register(
 
     if refine < 0:
         raise InputError(f"refine: expected >= 0 iterations, got {refine}")
-    _check_pose_method(pose_method)
+    require_choice("pose method", pose_method, METHODS)
     started = time.perf_counter()
     out_dir = Path(out_dir)
     require_empty_out_dir(out_dir)

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,22 +42,15 @@ import torch
 from biplanar.errors import InputError
 from biplanar.geometry.se3 import geodesic_direction, pose_errors
 from biplanar.models.sopi import NETWORKS, SopiConfig, build_network, load_sopi_config
-from biplanar.training.checkpoints import load_checkpoint, save_checkpoint
 from biplanar.training.pose_data import TRAIN_STREAM, VALIDATION_STREAM, PoseBatch, PosePairSimulator, project_mask
 from biplanar.training.pose_losses import RTPILoss, gradient_alignment_loss, masked_feature_distance, pose_gradient
+from biplanar.training.step_run import StepRun, resume_state
 from biplanar.training.trainer import (
-    BEST,
-    LAST,
-    StopSignals,
-    TrainingInterrupted,
     TrainingLogs,
     cosine_factor,
     deterministic_algorithms,
-    optimisation_state,
     prepare_run_dir,
-    restore_optimisation,
     seed_everything,
-    write_metrics_csv,
 )
 
 KIND = "sopi"
@@ -137,8 +129,10 @@ def fine_forward(
     return gradient_alignment_loss(gradient, direction)
 
 
-class _PoseRun:
+class _PoseRun(StepRun):
     """The state of one training run and its steps (see the module doc)."""
+
+    kind = KIND
 
     def __init__(self, config: SopiConfig, network: str, out_dir: Path, device: torch.device) -> None:
         self.config, self.network_name, self.out_dir, self.device = config, network, out_dir, device
@@ -151,48 +145,11 @@ class _PoseRun:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: cosine_factor(step, training.steps)
         )
-        self.global_step, self.best_metric, self.elapsed_s = 0, math.inf, 0.0
-        self.sums = self._zero_sums()
-        self.history: list[dict[str, float]] = []
         self.step_losses: list[dict[str, float]] = []
-        self.started = self.last_save = time.monotonic()
-
-    def _zero_sums(self) -> dict[str, float]:
-        return dict.fromkeys((*TRAIN_PARTS[self.network_name], "count"), 0.0)
-
-    # --- checkpoints ---------------------------------------------------------------------------
-    def state(self) -> dict[str, Any]:
-        return {
-            "kind": KIND,
-            "network": self.network_name,
-            "config": self.config.to_dict(),
-            **optimisation_state(self.network, self.optimizer, self.scheduler),
-            "epoch": 0,
-            "step_in_epoch": self.global_step,
-            "global_step": self.global_step,
-            "world_size": 1,
-            "best_metric": self.best_metric,
-            "elapsed_s": self.wall_s(),
-            "epoch_sums": dict(self.sums),
-            "history": list(self.history),
-        }
-
-    def restore(self, state: dict[str, Any]) -> None:
-        restore_optimisation(state, self.network, self.optimizer, self.scheduler)
-        self.global_step, self.best_metric = state["global_step"], state["best_metric"]
-        self.elapsed_s, self.sums = state["elapsed_s"], dict(state["epoch_sums"])
-        self.history = list(state["history"])
-
-    def wall_s(self) -> float:
-        return self.elapsed_s + time.monotonic() - self.started
-
-    def save(self, name: str = LAST) -> Path:
-        path = save_checkpoint(self.out_dir / name, self.state())
-        self.last_save = time.monotonic()
-        return path
+        StepRun.__init__(self, TRAIN_PARTS[network], math.inf)
 
     # --- training ------------------------------------------------------------------------------
-    def step(self) -> dict[str, float]:
+    def step_parts(self) -> dict[str, float]:
         """One optimizer step on the batch of :attr:`global_step`; returns the loss parts."""
         self.network.train(self.network_name != "fine")  # the fine encoders' batch norm stays frozen (module doc)
         batch = self.simulator.sample(TRAIN_STREAM, self.global_step, self.config.training.batch_size)
@@ -253,22 +210,14 @@ class _PoseRun:
             **{f"val_{name}": value for name, value in metrics.items()},
             "wall_s": self.wall_s(),
         }
-        self.history.append(row)
-        self.sums = self._zero_sums()
-        if metrics["total"] < self.best_metric:
-            self.best_metric = metrics["total"]
-            self.save(BEST)
-        self.save(LAST)
-        logs.epoch(row)
-        write_metrics_csv(self.out_dir / "metrics.csv", csv_fields(self.network_name), self.history)
+        improved = metrics["total"] < self.best_metric
+        self.close_period(row, metrics["total"], improved, csv_fields(self.network_name), logs)
 
     def result(self) -> PoseTrainResult:
-        best = self.out_dir / BEST
         return PoseTrainResult(
             self.out_dir,
             self.network_name,
-            self.out_dir / LAST,
-            best if best.is_file() else None,
+            *self.checkpoints(),
             self.global_step,
             self.best_metric if math.isfinite(self.best_metric) else math.nan,
             list(self.history),
@@ -327,10 +276,8 @@ def train_pose(
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
     state = None
     if resume:
-        if not (out_dir / LAST).is_file():
-            raise InputError(f"{out_dir / LAST}: no checkpoint to resume from")
-        state = load_checkpoint(out_dir / LAST, device)
-        _check_resumable(config, network, state, out_dir / LAST)
+        state, path = resume_state(out_dir, device)
+        _check_resumable(config, network, state, path)
     prepare_run_dir(config, out_dir, resume)
     with deterministic_algorithms():
         run = _PoseRun(config, network, out_dir, device)
@@ -341,21 +288,13 @@ def train_pose(
 
 def _loop(run: _PoseRun, progress: bool, max_steps: float, resume: bool) -> PoseTrainResult:
     training = run.config.training
-    logs = TrainingLogs(
-        run.out_dir, True, progress, training.steps, run.global_step, run.global_step if resume else None
+    run.train_steps(
+        training.steps,
+        training.validate_every,
+        run.network_name,
+        progress,
+        max_steps,
+        resume,
+        training.checkpoint_minutes,
     )
-    with StopSignals() as signals, logs:
-        while run.global_step < training.steps:
-            if run.global_step >= max_steps:
-                run.save()
-                return run.result()
-            parts = run.step()
-            logs.step(run.global_step, parts, run.optimizer.param_groups[0]["lr"], f"{run.network_name}")
-            if run.global_step % training.validate_every == 0 or run.global_step == training.steps:
-                run.end_period(logs)
-            if signals.requested:
-                raise TrainingInterrupted(run.save())
-            if time.monotonic() - run.last_save >= 60.0 * training.checkpoint_minutes:
-                run.save()
-        run.save()
     return run.result()

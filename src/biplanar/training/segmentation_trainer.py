@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,20 +59,14 @@ from biplanar.models.segmentation import (
     segmentation_logits,
 )
 from biplanar.progress import print_stage
-from biplanar.training.checkpoints import bundled_model_path, export_model, load_checkpoint, save_checkpoint
+from biplanar.training.checkpoints import bundled_model_path, export_model, load_checkpoint
+from biplanar.training.step_run import StepRun, resume_state
 from biplanar.training.trainer import (
-    BEST,
-    LAST,
-    StopSignals,
-    TrainingInterrupted,
     TrainingLogs,
     cosine_factor,
     deterministic_algorithms,
-    optimisation_state,
     prepare_run_dir,
-    restore_optimisation,
     seed_everything,
-    write_metrics_csv,
 )
 
 KIND, NETWORK = "segmentation", "unet"
@@ -387,8 +380,11 @@ def _step_generator(seed: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
-class _SegmentationRun:
+class _SegmentationRun(StepRun):
     """The state of one training run and its steps (see the module doc)."""
+
+    kind, network_name = KIND, NETWORK
+    network: UNet
 
     def __init__(
         self,
@@ -409,39 +405,12 @@ class _SegmentationRun:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: cosine_factor(step, config.steps)
         )
-        self.global_step, self.best_metric, self.elapsed_s = 0, -math.inf, 0.0
-        self.sums = {"loss": 0.0, "count": 0.0}
-        self.history: list[dict[str, float]] = []
         self.step_losses: list[float] = []
-        self.started = time.monotonic()
+        StepRun.__init__(self, ("loss",), -math.inf)
 
-    def state(self) -> dict[str, Any]:
-        return {
-            "kind": KIND,
-            "network": NETWORK,
-            "config": self.config.to_dict(),
-            **optimisation_state(self.network, self.optimizer, self.scheduler),
-            "epoch": 0,
-            "step_in_epoch": self.global_step,
-            "global_step": self.global_step,
-            "world_size": 1,
-            "best_metric": self.best_metric,
-            "elapsed_s": self.wall_s(),
-            "epoch_sums": dict(self.sums),
-            "history": list(self.history),
-        }
-
-    def restore(self, state: dict[str, Any]) -> None:
-        restore_optimisation(state, self.network, self.optimizer, self.scheduler)
-        self.global_step, self.best_metric = state["global_step"], state["best_metric"]
-        self.elapsed_s, self.sums = state["elapsed_s"], dict(state["epoch_sums"])
-        self.history = list(state["history"])
-
-    def wall_s(self) -> float:
-        return self.elapsed_s + time.monotonic() - self.started
-
-    def save(self, name: str = LAST) -> Path:
-        return save_checkpoint(self.out_dir / name, self.state())
+    def step_parts(self) -> dict[str, float]:
+        """One optimizer step (:meth:`step`); its loss as the only part, ``total``."""
+        return {"total": self.step()}
 
     def step(self) -> float:
         """One optimizer step on the augmented batch of :attr:`global_step`; returns its loss."""
@@ -474,14 +443,8 @@ class _SegmentationRun:
             "val_dice_min": float(dice.min()),
             "wall_s": self.wall_s(),
         }
-        self.history.append(row)
-        self.sums = {"loss": 0.0, "count": 0.0}
-        if row["val_dice_mean"] > self.best_metric:
-            self.best_metric = row["val_dice_mean"]
-            self.save(BEST)
-        self.save(LAST)
-        logs.epoch(row)
-        write_metrics_csv(self.out_dir / "metrics.csv", CSV_FIELDS, self.history)
+        improved = row["val_dice_mean"] > self.best_metric
+        self.close_period(row, row["val_dice_mean"], improved, CSV_FIELDS, logs)
         print_stage(
             "train-segmentation",
             self.verbose,
@@ -490,11 +453,9 @@ class _SegmentationRun:
         )
 
     def result(self) -> SegmentationTrainResult:
-        best = self.out_dir / BEST
         return SegmentationTrainResult(
             self.out_dir,
-            self.out_dir / LAST,
-            best if best.is_file() else None,
+            *self.checkpoints(),
             self.global_step,
             self.best_metric if math.isfinite(self.best_metric) else math.nan,
             list(self.history),
@@ -556,10 +517,8 @@ def train_segmentation(
         )
     state = None
     if resume:
-        if not (out_dir / LAST).is_file():
-            raise InputError(f"{out_dir / LAST}: no checkpoint to resume from")
-        state = load_checkpoint(out_dir / LAST, device)
-        _check_resumable(config, state, out_dir / LAST)
+        state, path = resume_state(out_dir, device)
+        _check_resumable(config, state, path)
     prepare_run_dir(config, out_dir, resume)
     with deterministic_algorithms():
         run = _SegmentationRun(config, train, val, out_dir, device, progress)
@@ -570,19 +529,7 @@ def train_segmentation(
 
 def _loop(run: _SegmentationRun, progress: bool, max_steps: float, resume: bool) -> SegmentationTrainResult:
     config = run.config
-    logs = TrainingLogs(run.out_dir, True, progress, config.steps, run.global_step, run.global_step if resume else None)
-    with StopSignals() as signals, logs:
-        while run.global_step < config.steps:
-            if run.global_step >= max_steps:
-                run.save()
-                return run.result()
-            loss = run.step()
-            logs.step(run.global_step, {"total": loss}, run.optimizer.param_groups[0]["lr"], "segmentation")
-            if run.global_step % config.validate_every == 0 or run.global_step == config.steps:
-                run.end_period(logs)
-            if signals.requested:
-                raise TrainingInterrupted(run.save())
-        run.save()
+    run.train_steps(config.steps, config.validate_every, "segmentation", progress, max_steps, resume)
     return run.result()
 
 
