@@ -15,8 +15,6 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from biplanar.api_names import API_NAMES
-
 if TYPE_CHECKING:  # the API's names and types for type checkers; at run time __getattr__ loads them
     from biplanar.api import (
         demo_summary_tables,
@@ -40,7 +38,26 @@ if TYPE_CHECKING:  # the API's names and types for type checkers; at run time __
 
 __version__ = "0.1.0"
 
-__all__ = list(API_NAMES)
+# The API's functions, the one list of them (biplanar.api takes its __all__ from here).
+__all__ = [
+    "demo_summary_tables",
+    "drr",
+    "estimate_pose",
+    "evaluate",
+    "evaluate_pose",
+    "geometry_from_dicom",
+    "preprocess",
+    "register",
+    "run_demo",
+    "run_experiments",
+    "segment",
+    "simulate",
+    "train",
+    "train_baseline",
+    "train_pose",
+    "write_atlas",
+    "write_geometry",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -25,7 +25,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from biplanar.api_names import API_NAMES
+import biplanar
 from biplanar.config import DEFAULT_NUM_SAMPLES
 from biplanar.errors import InputError
 
@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from biplanar.training.pose_trainer import PoseTrainResult
     from biplanar.training.trainer import TrainResult
 
-__all__ = list(API_NAMES)
+__all__ = list(biplanar.__all__)  # the package exports exactly this module's functions: one list
 
 VOLUME_UNITS = ("hu", "mu")
 
