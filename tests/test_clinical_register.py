@@ -128,6 +128,14 @@ def test_a_left_femur_registers_as_the_right_one_does(case, tmp_path):
     head_left = np.array(outcomes["left"]["hip"]["landmarks"]["head_centre_mm"])
     centre_x = grid.centre_world[0]
     np.testing.assert_allclose(head_left, [2 * centre_x - head_right[0], *head_right[1:]], atol=0.5)
+    # landmarks.json and the 3D Slicer markups hold the same head centre, in the patient's world.
+    landmarks = json.loads((tmp_path / "out_left" / "landmarks.json").read_text())
+    assert landmarks["side"] == "left"
+    np.testing.assert_allclose(landmarks["points_mm"]["femoral_head_centre"], head_left)
+    markups = json.loads((tmp_path / "out_left" / "landmarks.mrk.json").read_text())["markups"][0]
+    assert markups["coordinateSystem"] == "RAS" and markups["coordinateUnits"] == "mm"
+    head = next(point for point in markups["controlPoints"] if point["label"] == "femoral_head_centre")
+    np.testing.assert_allclose(head["position"], head_left)
 
 
 def test_a_transmission_array_is_recognised_by_auto(case, tmp_path):

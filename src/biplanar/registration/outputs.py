@@ -61,6 +61,8 @@ OUTPUT_FILES = (
     "overlay_LAT.png",
     "AP_mask.png",
     "LAT_mask.png",
+    "landmarks.json",
+    "landmarks.mrk.json",
     "report.json",
 )
 
@@ -197,6 +199,62 @@ def write_projections(
         model_input = torch.from_numpy(view.image * view.mask)[None, None]
         ncc[name] = float(global_ncc(drrs[index][None, None], model_input)[0])
     return ncc
+
+
+LANDMARK_POINTS = {  # landmarks.json / markups name -> the carried landmark's key (evaluation.hip)
+    "femoral_head_centre": "head_centre_mm",
+    "greater_trochanter_tip": "greater_trochanter_tip_mm",
+    "lesser_trochanter_tip": "lesser_trochanter_tip_mm",
+    "shaft_axis_point": "shaft_axis_point_mm",
+}
+LANDMARK_AXES = {"neck_axis": "neck_axis", "shaft_axis": "shaft_axis", "condylar_axis": "condylar_axis"}
+SLICER_MARKUPS_SCHEMA = (
+    "https://raw.githubusercontent.com/slicer/slicer/master/Modules/Loadable/Markups/Resources/Schema/"
+    "markups-schema-v1.0.3.json#"
+)
+
+
+def write_landmarks(folder: Path, hip: dict[str, Any], side: str) -> None:
+    """Write ``landmarks.json`` and the 3D Slicer markups file ``landmarks.mrk.json``.
+
+    Both hold the atlas's landmarks carried through the registration, in the patient's world (RAS+
+    mm, docs/contract.md section 1; Slicer's ``RAS`` coordinate system): the femoral head centre,
+    the greater and lesser trochanter tips and a point of the shaft axis as points; ``landmarks.json``
+    adds the head radius, the unit neck, shaft and condylar axes, the side and the hip measurements
+    (definitions: :mod:`biplanar.evaluation.hip`).
+
+    Args:
+        folder: the output folder.
+        hip: ``report.json``'s ``hip`` (:func:`patient_hip_report`).
+        side: ``"right"`` or ``"left"``.
+    """
+    carried = hip["landmarks"]
+    document = {
+        "side": side,
+        "frame": "world RAS+ mm (+x patient's right, +y anterior, +z superior), the atlas NIfTI's frame",
+        "points_mm": {name: carried[key] for name, key in LANDMARK_POINTS.items()},
+        "head_radius_mm": carried["head_radius_mm"],
+        "axes": {name: carried[key] for name, key in LANDMARK_AXES.items()},
+        "measurements": {key: value for key, value in hip.items() if key != "landmarks"},
+    }
+    write_json(folder / "landmarks.json", document)
+    points = [
+        {"id": str(index), "label": name, "position": carried[key], "positionStatus": "defined"}
+        for index, (name, key) in enumerate(LANDMARK_POINTS.items(), start=1)
+    ]
+    markups = {
+        "@schema": SLICER_MARKUPS_SCHEMA,
+        "markups": [
+            {
+                "type": "Fiducial",
+                "name": f"{side} femur",
+                "coordinateSystem": "RAS",
+                "coordinateUnits": "mm",
+                "controlPoints": points,
+            }
+        ],
+    }
+    write_json(folder / "landmarks.mrk.json", markups)
 
 
 def quality_report(projection_ncc: dict[str, float]) -> dict[str, Any]:

@@ -66,6 +66,7 @@ from biplanar.registration.outputs import (
     publish,
     quality_report,
     truth_metrics,
+    write_landmarks,
     write_projections,
     write_volumes,
 )
@@ -342,13 +343,15 @@ def register(
             warped_labels = write_volumes(partial, output, network, atlas, inputs.mirror)
             ncc = write_projections(partial, output, network, warped_labels, inputs)
             quality = quality_report(ncc)
+            hip = patient_hip_report(atlas, output.total_displacement, inputs.mirror)
+            write_landmarks(partial, hip, inputs.side)
             report = {
                 "timings_s": times,
                 "projection_ncc": ncc,
                 "quality": quality,
                 **({} if truth is None else truth_metrics(truth, inputs.patient_volume(warped_labels), atlas)),
                 "side": inputs.side,
-                "hip": patient_hip_report(atlas, output.total_displacement, inputs.mirror),
+                "hip": hip,
                 **refinement,
                 **({"pose_correction": correction} if estimate_pose else {}),
                 "inputs": {
