@@ -12,20 +12,25 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage
 
 from biplanar.geometry.volume_grid import VolumeGrid
 from biplanar.io.atomic import atomic_path
 
 PAD_VOX = 1  # zero voxels added on every side before marching cubes
+TAUBIN_ITERATIONS = 10  # Taubin smoothing passes of a smoothed surface (trimesh's defaults otherwise)
 
 
-def label_surface(labels: np.ndarray, grid: VolumeGrid, label: int = 1):
+def label_surface(labels: np.ndarray, grid: VolumeGrid, label: int = 1, smoothing_vox: float = 0.0):
     """The closed surface of ``labels == label``.
 
     Args:
         labels: ``(I, J, K)`` integer label map on ``grid``.
         grid: its voxel grid (world RAS+ mm).
         label: the label whose surface is wanted.
+        smoothing_vox: standard deviation (voxels) of a Gaussian blur of the 0/1 indicator before
+            marching cubes, followed by Taubin smoothing of the mesh (volume-preserving): no voxel
+            staircase. 0: the plain marching-cubes surface.
 
     Returns:
         a :class:`trimesh.Trimesh`, vertices in world mm, outward normals, largest piece only.
@@ -33,16 +38,19 @@ def label_surface(labels: np.ndarray, grid: VolumeGrid, label: int = 1):
     Raises:
         ValueError: ``labels`` not on ``grid``, or no voxel has ``label``.
     """
-    import trimesh  # lazy: trimesh only for meshes
+    import trimesh.smoothing  # lazy: trimesh only for meshes
     from skimage.measure import marching_cubes  # lazy: scikit-image only where it is used
 
     if tuple(labels.shape) != grid.shape:
         raise ValueError(f"labels: expected shape {grid.shape}, got {tuple(labels.shape)}")
-    indicator = np.pad((labels == label).astype(np.float32), PAD_VOX)
+    pad = PAD_VOX + int(np.ceil(3 * smoothing_vox))
+    indicator = np.pad((labels == label).astype(np.float32), pad)
     if not indicator.any():
         raise ValueError(f"labels: no voxel has label {label}, so there is no surface")
+    if smoothing_vox > 0:
+        indicator = ndimage.gaussian_filter(indicator, smoothing_vox)
     vertices_padded, faces, _, _ = marching_cubes(indicator, level=0.5)
-    vertices_vox = vertices_padded - PAD_VOX  # padded indices -> indices of ``labels``
+    vertices_vox = vertices_padded - pad  # padded indices -> indices of ``labels``
     vertices_world = vertices_vox @ grid.affine[:3, :3].T + grid.affine[:3, 3]
     mesh = trimesh.Trimesh(vertices_world, faces, process=True)
     pieces = mesh.split(only_watertight=False)
@@ -50,7 +58,17 @@ def label_surface(labels: np.ndarray, grid: VolumeGrid, label: int = 1):
     # skimage winds the faces with normals into the label; a flipping affine (det < 0) reverses that.
     if mesh.volume < 0:
         mesh.invert()
+    if smoothing_vox > 0:
+        trimesh.smoothing.filter_taubin(mesh, iterations=TAUBIN_ITERATIONS)
     return mesh
+
+
+def triangle_mesh(vertices_world: np.ndarray, faces: np.ndarray):
+    """A :class:`trimesh.Trimesh` of ``(V, 3)`` world-mm vertices and ``(F, 3)`` vertex indices, kept as
+    given (no merging or reordering: the vertex order is the correspondence between meshes)."""
+    import trimesh  # lazy: trimesh only for meshes
+
+    return trimesh.Trimesh(vertices_world, faces, process=False)
 
 
 def write_stl(path: str | Path, mesh) -> None:

@@ -37,7 +37,7 @@ from torch import Tensor
 
 from biplanar.data.atlas import FEMUR_LABEL, warped_atlas_hu, warped_atlas_labels
 from biplanar.data.simulate import MASK_MIN_PATH_MM
-from biplanar.evaluation.hip import DIRECTION_KEYS, POINT_KEYS, hip_report
+from biplanar.evaluation.hip import DIRECTION_KEYS, POINT_KEYS, hip_report, invert_points
 from biplanar.evaluation.metrics import segmentation_metrics
 from biplanar.evaluation.overlays import write_contour_overlay
 from biplanar.geometry.mirror import SagittalMirror
@@ -45,7 +45,7 @@ from biplanar.geometry.presets import VIEW_NAMES
 from biplanar.io.atomic import require_empty_out_dir
 from biplanar.io.images import write_mask_png
 from biplanar.io.json_files import write_json
-from biplanar.io.mesh import label_surface, write_stl
+from biplanar.io.mesh import label_surface, triangle_mesh, write_stl
 from biplanar.io.volumes import write_volume
 from biplanar.layers.prost import ProST
 from biplanar.layers.similarity import global_ncc
@@ -57,6 +57,7 @@ OUTPUT_FILES = (
     "displacement.nii.gz",
     "transform.json",
     "surface.stl",
+    "label_surface.stl",
     "overlay_AP.png",
     "overlay_LAT.png",
     "AP_mask.png",
@@ -81,6 +82,7 @@ QUALITY_DEFINITION = (
     "with the network's input (radiograph x femur mask) on the model's detector; flag: the lowest view below "
     "threshold (wrong side, views swapped, geometry off, not a femur)"
 )
+ATLAS_SURFACE_SMOOTHING_VOX = 1.0  # Gaussian blur of the atlas label before its surface is extracted
 TRANSFORM_CONVENTION = (
     "pull: the matrix maps a point p of the registered (patient) frame to the atlas point it takes "
     "its value from, warped(p) = atlas(matrix @ p), world RAS+ mm; x' = c + s * Rx(rx) Ry(ry) Rz(rz) "
@@ -146,8 +148,40 @@ def write_volumes(folder: Path, output, network, atlas, mirror: SagittalMirror |
     write_volume(folder / "warped_labels.nii.gz", patient_labels, grid)
     write_volume(folder / "displacement.nii.gz", np.ascontiguousarray(vectors), grid, intent="vector")
     write_json(folder / "transform.json", document)
-    write_stl(folder / "surface.stl", label_surface(patient_labels, grid, FEMUR_LABEL))
+    write_stl(folder / "surface.stl", carried_atlas_surface(atlas, output.total_displacement, mirror))
+    write_stl(folder / "label_surface.stl", label_surface(patient_labels, grid, FEMUR_LABEL))
     return warped_labels
+
+
+def atlas_surface(atlas):
+    """The atlas femur's smooth, closed surface (world mm): the marching cubes of its label map
+    blurred by :data:`ATLAS_SURFACE_SMOOTHING_VOX` voxels, Taubin-smoothed
+    (:func:`biplanar.io.mesh.label_surface`). Every registration carries these vertices, in this order."""
+    return label_surface(atlas.labels, atlas.grid, FEMUR_LABEL, ATLAS_SURFACE_SMOOTHING_VOX)
+
+
+def carried_atlas_surface(atlas, displacement: Tensor, mirror: SagittalMirror | None):
+    """The atlas surface carried through the registration into the patient's world: ``surface.stl``.
+
+    Each atlas vertex ``a`` goes to the patient point ``p`` with ``p + u(p) = a`` (``u`` the pull
+    displacement, :func:`biplanar.evaluation.hip.invert_points`), so every patient's mesh has the
+    atlas's vertices and faces in the same order (correspondence). A left femur's mesh is mirrored
+    back (its faces re-wound, so that the normals still point out). Where the shaft leaves the
+    atlas grid, the mesh keeps the atlas's cut end carried along, while the warped label map (and
+    ``label_surface.stl``) is cut by the grid.
+
+    Args:
+        atlas: the :class:`~biplanar.data.atlas.Atlas` registered.
+        displacement: ``(1, 3, I, J, K)`` mm, world components, the registration world's pull field.
+        mirror: the mirror of a left femur, else ``None``.
+    """
+    surface = atlas_surface(atlas)
+    field = displacement.detach().double().cpu()
+    vertices, _ = invert_points(field, atlas.grid, np.asarray(surface.vertices))
+    faces = np.asarray(surface.faces)
+    if mirror is not None:
+        vertices, faces = mirror.points(vertices), faces[:, ::-1]
+    return triangle_mesh(vertices, faces)
 
 
 def patient_hip_report(atlas, displacement: Tensor, mirror: SagittalMirror | None) -> dict[str, Any]:
