@@ -18,17 +18,18 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import scipy.ndimage
 import torch
 import torch.nn.functional as F
-from monai.metrics import compute_dice
-from monai.networks.nets import UNet
 from torch import Tensor
 
 from biplanar.errors import InputError
+
+if TYPE_CHECKING:  # the type of annotations only: importing monai costs seconds
+    from monai.networks.nets import UNet
 
 NORMALISATION_PERCENTILES = (1.0, 99.0)  # the lower and upper robust levels of normalise_radiograph, %
 MIN_RANGE = 1e-6  # the smallest percentile range divided by (a flat image stays finite)
@@ -96,6 +97,8 @@ class SegmentationConfig:
 def build_segmentation_net(config: SegmentationConfig) -> UNet:
     """The untrained U-Net of ``config``: ``(B, 1, rows, cols)`` normalised radiograph ->
     ``(B, 1, rows, cols)`` femur logits (rows and cols multiples of ``config.size_multiple``)."""
+    from monai.networks.nets import UNet  # lazy: monai costs seconds of start-up (register without masks only)
+
     return UNet(
         spatial_dims=2,
         in_channels=1,
@@ -242,5 +245,7 @@ def mask_dice(predicted: np.ndarray | Tensor, truth: np.ndarray | Tensor) -> np.
             f"predicted and truth: expected one (B, rows, cols) shape, got {tuple(p.shape)}, {tuple(t.shape)}"
         )
     # (B, rows, cols) -> (B, C=1, rows, cols); ignore_empty=False scores empty vs empty as 1.0.
+    from monai.metrics import compute_dice  # lazy: monai costs seconds of start-up
+
     values = compute_dice(p.float()[:, None], t.float()[:, None], include_background=True, ignore_empty=False)
     return values[:, 0].double().cpu().numpy()

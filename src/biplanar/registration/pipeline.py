@@ -27,11 +27,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from monai.networks.nets import UNet
 from torch import Tensor
 
 from biplanar.config import ExperimentConfig
@@ -72,6 +71,9 @@ from biplanar.registration.outputs import (
 )
 from biplanar.training.checkpoints import bundled_model_path, load_model
 from biplanar.training.segmentation_trainer import BUNDLED_IMAGE_SHAPE, load_segmentation_model
+
+if TYPE_CHECKING:  # the type of annotations only: importing monai costs seconds
+    from monai.networks.nets import UNet
 
 
 @dataclass(frozen=True)

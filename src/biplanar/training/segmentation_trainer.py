@@ -37,13 +37,11 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from monai.losses import DiceCELoss
-from monai.networks.nets import UNet
 from torch import Tensor
 
 from biplanar.data.simulate import VIEW_NAMES
@@ -68,6 +66,9 @@ from biplanar.training.trainer import (
     prepare_run_dir,
     seed_everything,
 )
+
+if TYPE_CHECKING:  # the type of annotations only: importing monai costs seconds
+    from monai.networks.nets import UNet
 
 KIND, NETWORK = "segmentation", "unet"
 BUNDLED_NAME = "segmentation_lite"  # biplanar/resources/models/segmentation_lite/model.pt
@@ -400,6 +401,8 @@ class _SegmentationRun(StepRun):
         self.val = val
         seed_everything(config.seed)
         self.network = build_segmentation_net(config.network).to(device)
+        from monai.losses import DiceCELoss  # lazy: monai costs seconds of start-up (training only)
+
         self.loss = DiceCELoss(sigmoid=True)
         self.optimizer = torch.optim.Adam(self.network.parameters(), lr=config.learning_rate)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
