@@ -32,24 +32,13 @@ from pathlib import Path
 import numpy as np
 
 import biplanar
-from biplanar.data.clinical import clinic_views, write_clinical_dicoms
+from biplanar.data.clinical import clinic_views, write_clinical_dicoms, write_view_files
 from biplanar.data.simulate import SimulationConfig, femur_masks, render_radiographs, simulate_case, subject_seed
 from biplanar.geometry.presets import biplanar_pair
-from biplanar.io.geometry_file import write_geometry
-from biplanar.io.images import write_image
 from biplanar.io.volumes import write_volume
 
 HELD_OUT_SEED = 4040  # a dataset seed no training set used
 ROUTES = ("a plain", "b no masks", "c 448x320", "d DICOM", "e left", "e' left, source left")
-
-
-def write_arrays(folder: Path, views, images, masks) -> None:
-    """geometry.json, AP/LAT.npy and AP/LAT_mask.npy of one route."""
-    folder.mkdir(parents=True, exist_ok=True)
-    write_geometry(folder / "geometry.json", views)
-    for name in ("AP", "LAT"):
-        write_image(folder / f"{name}.npy", images[name])
-        write_image(folder / f"{name}_mask.npy", masks[name])
 
 
 def register(out: Path, folder: Path, truth: Path, masks: bool = True, dicom: bool = False, **options) -> dict:
@@ -72,16 +61,16 @@ def run_case(index: int, work: Path, config: SimulationConfig, segmentation_mode
     write_volume(folder / "labels.nii.gz", case.labels, grid)
     left_labels = np.ascontiguousarray(case.labels[::-1])  # the mirror through the grid's centre plane
     write_volume(folder / "labels_left.nii.gz", left_labels, grid)
-    write_arrays(folder / "model_detector", case.views, case.radiographs, case.masks)
+    write_view_files(folder / "model_detector", case.views, case.radiographs, case.masks)
     large = clinic_views(grid)
     large_images = render_radiographs(case.ct_hu, grid, large, config)
-    write_arrays(folder / "large", large, large_images, femur_masks(case.labels, grid, large))
+    write_view_files(folder / "large", large, large_images, femur_masks(case.labels, grid, large))
     write_clinical_dicoms(folder / "dicom", case.ct_hu, grid, "right", config)
     left_ct = np.ascontiguousarray(case.ct_hu[::-1])
     for lat_angle, name in ((-90.0, "left"), (90.0, "left_source_left")):
         views = biplanar_pair(0.0, lat_angle, config.image_shape, config.pixel_spacing_mm, centre)
         images = render_radiographs(left_ct, grid, views, config)
-        write_arrays(folder / name, views, images, femur_masks(left_labels, grid, views))
+        write_view_files(folder / name, views, images, femur_masks(left_labels, grid, views))
     truth, truth_left = folder / "labels.nii.gz", folder / "labels_left.nii.gz"
     runs = {
         "a plain": lambda out: register(out, folder / "model_detector", truth),

@@ -28,10 +28,9 @@ from pathlib import Path
 import numpy as np
 
 import biplanar
+from biplanar.data.clinical import write_view_files
 from biplanar.data.simulate import SimulationConfig, femur_masks, render_radiographs, simulate_case, subject_seed
 from biplanar.geometry.presets import biplanar_pair
-from biplanar.io.geometry_file import write_geometry
-from biplanar.io.images import write_image
 from biplanar.io.volumes import write_volume
 
 CALIBRATION_SEED = 5050  # a dataset seed no training set used (the routes table uses 4040)
@@ -39,15 +38,6 @@ FAILED_DICE = 0.90  # a registration below this Dice has failed (what the flag s
 GOOD = ("true masks", "segmented masks")
 SEGMENTATION_MODEL: Path | None = None  # --segmentation-model (default: the bundled one)
 FAILURES = ("left as right", "AP and LAT swapped", "LAT stated 10 deg off", "right as left")
-
-
-def write_arrays(folder: Path, views, images, masks) -> None:
-    """geometry.json, AP/LAT.npy and AP/LAT_mask.npy."""
-    folder.mkdir(parents=True, exist_ok=True)
-    write_geometry(folder / "geometry.json", views)
-    for name in ("AP", "LAT"):
-        write_image(folder / f"{name}.npy", images[name])
-        write_image(folder / f"{name}_mask.npy", masks[name])
 
 
 def registration(out: Path, folder: Path, truth: Path, masks: bool = True, swap: bool = False, **options) -> dict:
@@ -75,17 +65,17 @@ def run_case(index: int, work: Path, config: SimulationConfig) -> list[dict]:
     case = simulate_case(subject_seed(CALIBRATION_SEED, index), config)
     grid, centre = case.grid, case.grid.centre_world
     folder = work / f"case_{index:03d}"
-    write_arrays(folder / "right", case.views, case.radiographs, case.masks)
+    write_view_files(folder / "right", case.views, case.radiographs, case.masks)
     left_ct, left_labels = np.ascontiguousarray(case.ct_hu[::-1]), np.ascontiguousarray(case.labels[::-1])
     left_views = biplanar_pair(0.0, -90.0, config.image_shape, config.pixel_spacing_mm, centre)
-    write_arrays(
+    write_view_files(
         folder / "left",
         left_views,
         render_radiographs(left_ct, grid, left_views, config),
         femur_masks(left_labels, grid, left_views),
     )
     off = biplanar_pair(0.0, 100.0, config.image_shape, config.pixel_spacing_mm, centre)
-    write_arrays(folder / "off", off, case.radiographs, case.masks)  # images of 90 deg, stated 100 deg
+    write_view_files(folder / "off", off, case.radiographs, case.masks)  # images of 90 deg, stated 100 deg
     right, left = folder / "labels.nii.gz", folder / "labels_left.nii.gz"
     write_volume(right, case.labels, grid)
     write_volume(left, left_labels, grid)

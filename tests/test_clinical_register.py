@@ -11,6 +11,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from biplanar.cli import app
+from biplanar.data.clinical import write_view_files
 from biplanar.data.simulate import SimulationConfig, femur_masks, render_radiographs, simulate_case, subject_seed
 from biplanar.evaluation.metrics import point_surface_distances_mm
 from biplanar.geometry.presets import biplanar_pair
@@ -176,10 +177,7 @@ def test_a_transmission_array_is_recognised_by_auto(case, tmp_path):
 )
 def test_bad_clinical_inputs_are_refused_in_one_line(case, tmp_path, defect, message):
     simulated = case["simulated"]
-    write_geometry(tmp_path / "geometry.json", simulated.views)
-    for name in simulated.views:
-        write_image(tmp_path / f"{name}.npy", simulated.radiographs[name])
-        write_image(tmp_path / f"{name}_mask.npy", simulated.masks[name])
+    write_view_files(tmp_path, simulated.views, simulated.radiographs, simulated.masks)
     arguments = {
         "geometry_path": tmp_path / "geometry.json",
         "ap_mask_path": tmp_path / "AP_mask.npy",
@@ -218,11 +216,7 @@ def test_surfaces_are_the_atlas_mesh_carried_smooth_and_in_correspondence(case, 
     for index in (1, 2):
         simulated = simulate_case(subject_seed(HELD_OUT_SEED, index), config)
         folder = tmp_path / f"patient_{index}"
-        folder.mkdir()
-        write_geometry(folder / "geometry.json", simulated.views)
-        for name in simulated.views:
-            write_image(folder / f"{name}.npy", simulated.radiographs[name])
-            write_image(folder / f"{name}_mask.npy", simulated.masks[name])
+        write_view_files(folder, simulated.views, simulated.radiographs, simulated.masks)
         out = tmp_path / f"out_{index}"
         register(
             folder / "geometry.json",

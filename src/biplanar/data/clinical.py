@@ -20,6 +20,8 @@ from biplanar.geometry.presets import PAPER_SOURCE_DETECTOR_MM, PAPER_SOURCE_ISO
 from biplanar.geometry.projection import ProjectionView
 from biplanar.geometry.volume_grid import VolumeGrid
 from biplanar.io.dicom import write_dicom_radiograph
+from biplanar.io.geometry_file import write_geometry
+from biplanar.io.images import write_image
 
 CLINIC_DETECTOR = ((448, 320), (0.6, 0.6))  # (rows, cols), (row, col) mm
 AIR_COUNTS = 20000.0  # unattenuated detector counts
@@ -73,3 +75,21 @@ def write_clinical_dicoms(
             image_laterality="L" if side == "left" else "R",
         )
     return files
+
+
+def write_view_files(
+    folder: Path, views: dict[str, ProjectionView], images: dict[str, np.ndarray], masks: dict[str, np.ndarray]
+) -> None:
+    """The array route's inputs of ``register``: ``geometry.json``, ``<view>.npy`` and ``<view>_mask.npy``.
+
+    Args:
+        folder: where to write (created).
+        views: view name -> view.
+        images: view name -> ``(rows, cols)`` radiograph (line integrals, or any values).
+        masks: view name -> ``(rows, cols)`` femur mask (0 / 1).
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    write_geometry(folder / "geometry.json", views)
+    for name in views:
+        write_image(folder / f"{name}.npy", images[name])
+        write_image(folder / f"{name}_mask.npy", masks[name])
