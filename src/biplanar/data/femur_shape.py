@@ -80,6 +80,10 @@ class FemurParameters(RangedParameters):
             if candidate.is_plausible():
                 return candidate
 
+    def solid(self) -> FemurShape:
+        """The femur as a solid in the femur frame."""
+        return FemurShape(self)
+
     def is_plausible(self) -> bool:
         """The head clears the shaft and the neck base lies between the head and the shaft."""
         axis_length = self.femoral_offset_mm / np.sin(np.radians(self.neck_shaft_angle_deg))
@@ -128,26 +132,111 @@ class FemurLandmarksLocal:
     lesser_trochanter_tip: np.ndarray
 
 
-class FemurShape:
-    """Signed distance and internal structure of a :class:`FemurParameters` femur, femur frame.
+class FemurSolid:
+    """A right femur in the femur frame: its surface (subclasses) and the internal structure every
+    femur shares, placed by a few of its landmarks.
+
+    Attributes:
+        head_radius_mm: radius of the femoral head.
+        lt_level: height ``s`` (mm, negative) of the lesser trochanter.
+        shaft_point: ``(3,)`` mm, where the proximal shaft axis (parallel to ``+s``) crosses
+            the plane ``s = 0``.
+        shaft_radius_mm: outer radius of the proximal diaphysis.
+        cortex_proximal_mm, cortex_shaft_mm: cortical thickness at the head and neck, and in the
+            diaphysis.
 
     The field methods (``sdf``, ``cortex_thickness``, ``marrow_fraction``,
     ``compressive_trabeculae``, ``deformation_weight``) take ``points_local: (N, 3)`` float32 mm
     in the femur frame and return ``(N,)``.
     """
 
+    def __init__(
+        self,
+        head_radius_mm: float,
+        lt_level: float,
+        shaft_point: np.ndarray,
+        shaft_radius_mm: float,
+        cortex_proximal_mm: float,
+        cortex_shaft_mm: float,
+    ) -> None:
+        self.head_radius_mm, self.lt_level = float(head_radius_mm), float(lt_level)
+        self.shaft_point, self.shaft_radius_mm = np.asarray(shaft_point, dtype=float), float(shaft_radius_mm)
+        self.cortex_proximal_mm, self.cortex_shaft_mm = float(cortex_proximal_mm), float(cortex_shaft_mm)
+
+    def sdf(self, points_local: Tensor) -> Tensor:
+        """Signed distance to the femur surface, mm (negative inside)."""
+        raise NotImplementedError
+
+    def landmarks(self, sdf_local: Callable[[Tensor], Tensor] | None = None) -> FemurLandmarksLocal:
+        """The landmarks in the femur frame; trochanter tips located on ``sdf_local`` (the
+        subject's deformed solid; ``None``: :meth:`sdf`)."""
+        raise NotImplementedError
+
+    def cortex_thickness(self, points_local: Tensor) -> Tensor:
+        """Cortical thickness (mm): thin proximally, thick in the diaphysis."""
+        shaft_weight = smoothstep(points_local[:, 2], self.lt_level, self.lt_level - 40.0)
+        return self.cortex_proximal_mm + (self.cortex_shaft_mm - self.cortex_proximal_mm) * shaft_weight
+
+    def marrow_fraction(self, points_local: Tensor) -> Tensor:
+        """0 where the interior is trabecular bone, 1 in the medullary canal of the diaphysis."""
+        return smoothstep(points_local[:, 2], self.lt_level - 5.0, self.lt_level - 45.0)
+
+    def compressive_trabeculae(self, points_local: Tensor) -> Tensor:
+        """0..1 weight of the principal compressive trabecular group (head dome -> calcar)."""
+        dome = 0.7 * self.head_radius_mm * np.array([-0.35, 0.0, 0.94])
+        calcar = self.shaft_point + [-self.shaft_radius_mm, 0.0, self.lt_level + 15.0]
+        distance = capsule(points_local, _t(dome), _t(calcar), 0.0)
+        return 1.0 - smoothstep(distance, 4.0, 9.0)
+
+    def proximal_points(self, step_mm: float = 4.0, below_lt_mm: float = 30.0) -> np.ndarray:
+        """``(M, 3)`` femur-frame mm of lattice points inside the femur from the top of the head
+        down to ``below_lt_mm`` under the lesser trochanter (a coarse sample of the solid)."""
+        r = self.head_radius_mm
+        reach = float(np.linalg.norm(self.shaft_point)) + 2.0 * self.shaft_radius_mm
+        axes = [
+            np.arange(-r - step_mm, reach + 15.0, step_mm),
+            np.arange(-reach, reach, step_mm),
+            np.arange(self.lt_level - below_lt_mm, r + step_mm, step_mm),
+        ]
+        lattice = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
+        inside = self.sdf(_t(lattice)).numpy() <= 0
+        return lattice[inside]
+
+    def deformation_weight(self, points_local: Tensor) -> Tensor:
+        """0..1 weight of the random surface deformation: none on the articular head, full over
+        the trochanters, a third on the smooth diaphysis."""
+        r = self.head_radius_mm
+        head = smoothstep(points_local.norm(dim=-1), r + 2.0, r + 14.0)
+        trochanteric = smoothstep(points_local[:, 2], self.lt_level - 30.0, self.lt_level)
+        return head * (0.35 + 0.65 * trochanteric)
+
+
+def _t(array: np.ndarray) -> Tensor:
+    """A numpy constant as a float32 tensor (the dtype of the points)."""
+    return torch.as_tensor(np.asarray(array), dtype=torch.float32)
+
+
+class FemurShape(FemurSolid):
+    """The parametric femur of a :class:`FemurParameters` (signed distance from implicit parts)."""
+
     def __init__(self, params: FemurParameters) -> None:
         self.p = params
         alpha, theta = np.radians(params.neck_shaft_angle_deg), np.radians(params.anteversion_deg)
         towards_head = np.array([-np.cos(theta), np.sin(theta), 0.0])  # perpendicular to the shaft
         up = np.array([0.0, 0.0, 1.0])
-        self.shaft_point = -params.femoral_offset_mm * towards_head  # P0
+        super().__init__(
+            params.head_radius_mm,
+            -params.lt_distance_mm,
+            -params.femoral_offset_mm * towards_head,  # P0
+            params.shaft_radius_mm,
+            params.cortex_proximal_mm,
+            params.cortex_shaft_mm,
+        )
         self.neck_axis = -np.cos(alpha) * up + np.sin(alpha) * towards_head
         self.axis_length = params.femoral_offset_mm / np.sin(alpha)  # head centre -> shaft axis
         major = up - up.dot(self.neck_axis) * self.neck_axis
         self.neck_major = major / np.linalg.norm(major)  # superior side of the neck section
         self.neck_minor = np.cross(self.neck_axis, self.neck_major)
-        self.lt_level = -params.lt_distance_mm
         lt_angle = np.radians(params.lt_angle_deg)
         self.lt_direction = np.array([-np.cos(lt_angle), -np.sin(lt_angle), 0.0])
         self._gt = self._greater_trochanter()
@@ -193,8 +282,8 @@ class FemurShape:
         return smooth_intersection(ridge.norm(dim=-1) - 3.0, s - (self.lt_level - 10.0), 6.0)
 
     def _neck(self, points: Tensor) -> Tensor:
-        t = -(points @ self._t(self.neck_axis))  # distance from the head centre towards the shaft
-        section = torch.stack([points @ self._t(self.neck_major), points @ self._t(self.neck_minor)], -1)
+        t = -(points @ _t(self.neck_axis))  # distance from the head centre towards the shaft
+        section = torch.stack([points @ _t(self.neck_major), points @ _t(self.neck_minor)], -1)
         base = self.p.neck_length_mm
         growth = 1.0 + NECK_FLARE * ((t - base) / (self.axis_length - base)).clamp(0.0, 1.0)
         semi = (
@@ -215,7 +304,7 @@ class FemurShape:
         reach = self._lt_reach() - semi[0]
         centre = self.shaft_point + reach * self.lt_direction + [0.0, 0.0, self.lt_level]
         axes = np.stack([self.lt_direction, np.cross([0.0, 0.0, 1.0], self.lt_direction), [0.0, 0.0, 1.0]])
-        return ellipsoid(points, self._t(centre), self._t(semi), self._t(axes))
+        return ellipsoid(points, _t(centre), _t(semi), _t(axes))
 
     def _crest(self, points: Tensor) -> Tensor:
         """Intertrochanteric crest: posterior ridge from the greater to the lesser trochanter."""
@@ -224,18 +313,18 @@ class FemurShape:
             [shaft[0] + 0.5 * p.shaft_radius_mm, shaft[1] - p.gt_depth_mm / 2.0 + 5.0, p.gt_height_mm - 20.0]
         )
         bottom = shaft + p.shaft_radius_mm * self.lt_direction + [0.0, 0.0, self.lt_level + 5.0]
-        return capsule(points, self._t(top), self._t(bottom), 4.5)
+        return capsule(points, _t(top), _t(bottom), 4.5)
 
     # --- public --------------------------------------------------------------------------
     def sdf(self, points_local: Tensor) -> Tensor:
         """Signed distance to the femur surface, mm (negative inside)."""
-        head = sphere(points_local, self._t(np.zeros(3)), self.p.head_radius_mm)
+        head = sphere(points_local, _t(np.zeros(3)), self.p.head_radius_mm)
         head_neck = smooth_union(head, self._neck(points_local), 3.0)
         gt = self._gt
         proximal = smooth_union(
-            self._shaft(points_local), ellipsoid(points_local, self._t(gt["body"]), self._t(gt["body_semi"])), 14.0
+            self._shaft(points_local), ellipsoid(points_local, _t(gt["body"]), _t(gt["body_semi"])), 14.0
         )
-        proximal = smooth_union(proximal, ellipsoid(points_local, self._t(gt["hook"]), self._t(gt["hook_semi"])), 5.0)
+        proximal = smooth_union(proximal, ellipsoid(points_local, _t(gt["hook"]), _t(gt["hook_semi"])), 5.0)
         proximal = smooth_union(proximal, self._lesser_trochanter(points_local), 4.0)
         proximal = smooth_union(proximal, self._crest(points_local), 4.0)
         r = self.p.head_radius_mm
@@ -244,45 +333,6 @@ class FemurShape:
         )
         fillet = FILLET_NEAR_MM + (FILLET_FAR_MM - FILLET_NEAR_MM) * wide
         return smooth_union(head_neck, proximal, fillet)
-
-    def cortex_thickness(self, points_local: Tensor) -> Tensor:
-        """Cortical thickness (mm): thin proximally, thick in the diaphysis."""
-        p = self.p
-        shaft_weight = smoothstep(points_local[:, 2], self.lt_level, self.lt_level - 40.0)
-        return p.cortex_proximal_mm + (p.cortex_shaft_mm - p.cortex_proximal_mm) * shaft_weight
-
-    def marrow_fraction(self, points_local: Tensor) -> Tensor:
-        """0 where the interior is trabecular bone, 1 in the medullary canal of the diaphysis."""
-        return smoothstep(points_local[:, 2], self.lt_level - 5.0, self.lt_level - 45.0)
-
-    def compressive_trabeculae(self, points_local: Tensor) -> Tensor:
-        """0..1 weight of the principal compressive trabecular group (head dome -> calcar)."""
-        r = self.p.head_radius_mm
-        dome = 0.7 * r * np.array([-0.35, 0.0, 0.94])
-        calcar = self.shaft_point + [-self.p.shaft_radius_mm, 0.0, self.lt_level + 15.0]
-        distance = capsule(points_local, self._t(dome), self._t(calcar), 0.0)
-        return 1.0 - smoothstep(distance, 4.0, 9.0)
-
-    def proximal_points(self, step_mm: float = 4.0, below_lt_mm: float = 30.0) -> np.ndarray:
-        """``(M, 3)`` femur-frame mm of lattice points inside the femur from the top of the head
-        down to ``below_lt_mm`` under the lesser trochanter (a coarse sample of the solid)."""
-        r, reach = self.p.head_radius_mm, self.p.femoral_offset_mm + 2.0 * self.p.shaft_radius_mm
-        axes = [
-            np.arange(-r - step_mm, reach + 15.0, step_mm),
-            np.arange(-reach, reach, step_mm),
-            np.arange(self.lt_level - below_lt_mm, r + step_mm, step_mm),
-        ]
-        lattice = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
-        inside = self.sdf(self._t(lattice)).numpy() <= 0
-        return lattice[inside]
-
-    def deformation_weight(self, points_local: Tensor) -> Tensor:
-        """0..1 weight of the random surface deformation: none on the articular head, full over
-        the trochanters, a third on the smooth diaphysis."""
-        r = self.p.head_radius_mm
-        head = smoothstep(points_local.norm(dim=-1), r + 2.0, r + 14.0)
-        trochanteric = smoothstep(points_local[:, 2], self.lt_level - 30.0, self.lt_level)
-        return head * (0.35 + 0.65 * trochanteric)
 
     def landmarks(self, sdf_local: Callable[[Tensor], Tensor] | None = None) -> FemurLandmarksLocal:
         """The shape's landmarks in the femur frame.
@@ -317,8 +367,3 @@ class FemurShape:
             greater_trochanter_tip=gt_tip,
             lesser_trochanter_tip=lt_tip,
         )
-
-    @staticmethod
-    def _t(array: np.ndarray) -> Tensor:
-        """A numpy constant as a float32 tensor (the dtype of the points)."""
-        return torch.as_tensor(np.asarray(array), dtype=torch.float32)

@@ -33,7 +33,8 @@ import torch
 from scipy.special import ndtri
 from torch import Tensor
 
-from biplanar.data.femur_shape import FemurParameters, FemurShape, canonical_rotation
+from biplanar.data.femur_shape import FemurParameters, FemurSolid, canonical_rotation
+from biplanar.data.femur_ssm import SsmFemurParameters
 from biplanar.data.grid_presets import grid_preset
 from biplanar.data.implicit import smoothstep
 from biplanar.data.parameters import RangedParameters, ranged
@@ -51,6 +52,11 @@ MAX_POSE_ANGLE_DEG = 10.0  # flexion/extension, ab/adduction, internal/external 
 MAX_TRANSLATION_MM = 3.0
 SURFACE_BUMP_MM = 0.5  # standard deviation of the random surface deformation
 COMPRESSIVE_TRABECULAE_HU = 120.0  # extra density of the principal compressive group
+# The femur's shape: the parametric phantom, or a draw from the real-subject shape model.
+FEMUR_SHAPES: dict[str, type[FemurParameters] | type[SsmFemurParameters]] = {
+    "phantom": FemurParameters,
+    "ssm": SsmFemurParameters,
+}
 
 
 @dataclass(frozen=True)
@@ -111,13 +117,14 @@ class SubjectSpec:
     """Everything that determines a subject; rendering it on a grid is deterministic.
 
     Attributes:
-        femur, pelvis, tissue: shape and CT-number parameters.
+        femur, pelvis, tissue: shape and CT-number parameters (the femur parametric or from the
+            shape model, :data:`FEMUR_SHAPES`).
         pose: femur pose about the head centre.
         detail_seed: seed of the random fields (surface deformation, textures, fat planes).
         deformed: whether the smooth random surface deformation is applied.
     """
 
-    femur: FemurParameters = field(default_factory=FemurParameters.mean)
+    femur: FemurParameters | SsmFemurParameters = field(default_factory=FemurParameters.mean)
     pelvis: PelvisParameters = field(default_factory=PelvisParameters.mean)
     tissue: TissueParameters = field(default_factory=TissueParameters.mean)
     pose: Pose = field(default_factory=Pose)
@@ -125,11 +132,12 @@ class SubjectSpec:
     deformed: bool = True
 
     @classmethod
-    def sample(cls, seed: int) -> SubjectSpec:
-        """A random subject; all draws come from ``numpy.random.default_rng(seed)``."""
+    def sample(cls, seed: int, femur_shape: str = "phantom") -> SubjectSpec:
+        """A random subject with a ``femur_shape`` femur (:data:`FEMUR_SHAPES`); all draws come
+        from ``numpy.random.default_rng(seed)``."""
         rng = np.random.default_rng(seed)
         return cls(
-            FemurParameters.sample(rng),
+            FEMUR_SHAPES[femur_shape].sample(rng),
             PelvisParameters.sample(rng),
             TissueParameters.sample(rng),
             Pose.sample(rng),
@@ -145,7 +153,7 @@ class SubjectSpec:
     @cached_property
     def centred_head_world(self) -> np.ndarray:
         """``(3,)`` world mm of the head centre before the translation (see the module doc)."""
-        proximal = FemurShape(self.femur).proximal_points() @ self.femur_rotation().T
+        proximal = self.femur.solid().proximal_points() @ self.femur_rotation().T
         low, high = proximal.min(axis=0), proximal.max(axis=0)
         return np.array([-(low[0] + high[0]) / 2.0, -(low[1] + high[1]) / 2.0, HEAD_HEIGHT_MM])
 
@@ -204,7 +212,7 @@ class Subject:
     landmarks: FemurLandmarks
 
     @property
-    def parameters(self) -> FemurParameters:
+    def parameters(self) -> FemurParameters | SsmFemurParameters:
         """The femur's shape parameters."""
         return self.spec.femur
 
@@ -214,9 +222,10 @@ class Subject:
         return self.spec.pose
 
 
-def make_subject(seed: int, preset: str = "lite") -> Subject:
-    """The random subject ``seed`` on the named grid preset (see ``GRID_PRESETS``)."""
-    return render_subject(SubjectSpec.sample(seed), grid_preset(preset))
+def make_subject(seed: int, preset: str = "lite", femur_shape: str = "phantom") -> Subject:
+    """The random subject ``seed`` with a ``femur_shape`` femur (:data:`FEMUR_SHAPES`) on the named
+    grid preset (see ``GRID_PRESETS``)."""
+    return render_subject(SubjectSpec.sample(seed, femur_shape), grid_preset(preset))
 
 
 def make_atlas(preset: str = "lite") -> Subject:
@@ -226,7 +235,7 @@ def make_atlas(preset: str = "lite") -> Subject:
 
 def landmarks_world(spec: SubjectSpec) -> FemurLandmarks:
     """The femur's landmarks of ``spec`` (trochanter tips of the deformed femur), world mm."""
-    femur = FemurShape(spec.femur)
+    femur = spec.femur.solid()
     fields = _DetailFields(spec.detail_seed)
     local = femur.landmarks(lambda x: _femur_sdf_local(spec, femur, fields, x))
     to_world = spec.femur_to_world()
@@ -244,7 +253,7 @@ def landmarks_world(spec: SubjectSpec) -> FemurLandmarks:
 
 def _femur_sdf_local(
     spec: SubjectSpec,
-    femur: FemurShape,
+    femur: FemurSolid,
     fields: _DetailFields,
     points_local: Tensor,
     voxel_edges_mm: np.ndarray | None = None,
@@ -332,7 +341,7 @@ class _Renderer:
 
     def __init__(self, spec: SubjectSpec, grid: VolumeGrid) -> None:
         self.spec, self.grid = spec, grid
-        self.femur = FemurShape(spec.femur)
+        self.femur = spec.femur.solid()
         self.pelvis = PelvisShape(spec.pelvis, spec.femur.head_radius_mm)
         self.fields = _DetailFields(spec.detail_seed)
         self.frames = _Frames(spec, grid)
@@ -397,7 +406,7 @@ def _soft_tissue_hu(tissue: TissueParameters, fat_field: Tensor) -> Tensor:
 
 
 def _femur_interior_hu(
-    femur: FemurShape, tissue: TissueParameters, points_femur: Tensor, texture: FourierField, edges_femur: np.ndarray
+    femur: FemurSolid, tissue: TissueParameters, points_femur: Tensor, texture: FourierField, edges_femur: np.ndarray
 ) -> Tensor:
     """HU inside the femoral cortex: textured trabecular bone, fatty marrow in the canal."""
     trabecular = (

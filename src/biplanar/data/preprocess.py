@@ -426,7 +426,7 @@ def femur_frame(axes: FemurAxes, side: str) -> FemurFrame:
     towards_head = neck - (neck @ proximal) * proximal
     towards_head /= np.linalg.norm(towards_head)
     turned = np.cross(proximal, towards_head)  # towards_head turned +90 degrees about s
-    theta = np.radians(SubjectSpec.atlas().femur.anteversion_deg)
+    theta = np.radians(FemurParameters.mean().anteversion_deg)  # the atlas femur's
     # towards_head = (-cos, sin, 0) and turned = (-sin, -cos, 0) in (l, a, s): solve for l and a.
     lateral = -np.cos(theta) * towards_head - np.sin(theta) * turned
     anterior = np.sin(theta) * towards_head - np.cos(theta) * turned

@@ -44,6 +44,7 @@ from torch import Tensor
 
 from biplanar.data.femur_shape import canonical_rotation
 from biplanar.data.phantom import Pose
+from biplanar.geometry.fitting import fit_sphere
 from biplanar.geometry.volume_grid import VolumeGrid
 
 POINT_KEYS = ("head_centre_mm", "shaft_axis_point_mm", "greater_trochanter_tip_mm", "lesser_trochanter_tip_mm")
@@ -119,14 +120,6 @@ def fibonacci_sphere(count: int) -> np.ndarray:
     azimuth = math.pi * (1.0 + math.sqrt(5.0)) * index
     radius = np.sqrt(1.0 - z**2)
     return np.stack([radius * np.cos(azimuth), radius * np.sin(azimuth), z], axis=-1)
-
-
-def fit_sphere(points: np.ndarray) -> tuple[np.ndarray, float]:
-    """Algebraic least-squares sphere ``|p|^2 = 2 c.p + (r^2 - |c|^2)`` through ``(N, 3)`` points (mm)."""
-    design = np.c_[2.0 * points, np.ones(len(points))]
-    solution, *_ = np.linalg.lstsq(design, (points**2).sum(axis=1), rcond=None)
-    centre = solution[:3]
-    return centre, float(np.sqrt(solution[3] + centre @ centre))
 
 
 def _construction_points(vectors: dict[str, np.ndarray], radius: float) -> dict[str, np.ndarray]:

@@ -1,0 +1,123 @@
+"""Femurs from the real-subject shape model: the mesh distance, the anatomy read off the mesh, and
+subjects rendered from it."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from scipy.spatial import ConvexHull
+
+from biplanar.data.femur_ssm import (
+    TRUNCATION_SD,
+    MeshSignedDistance,
+    SsmFemurParameters,
+    femur_shape_model,
+)
+from biplanar.data.phantom import make_subject
+from biplanar.data.simulate import SimulationConfig, case_femur_shape, simulate_case
+from biplanar.evaluation.hip import hip_measurements, subject_hip_truth, with_condylar_axis
+
+
+def sphere_mesh(radius: float, count: int = 2000) -> tuple[np.ndarray, np.ndarray]:
+    """A closed triangulated sphere: the convex hull of a Fibonacci lattice, faces wound outwards."""
+    index = np.arange(count) + 0.5
+    polar, azimuth = np.arccos(1 - 2 * index / count), np.pi * (1 + 5**0.5) * index
+    points = radius * np.c_[np.cos(azimuth) * np.sin(polar), np.sin(azimuth) * np.sin(polar), np.cos(polar)]
+    faces = ConvexHull(points).simplices
+    corners = points[faces]
+    outward = np.einsum(
+        "fd,fd->f", np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0]), corners[:, 0]
+    )
+    faces[outward < 0] = faces[outward < 0][:, ::-1]
+    return points, faces
+
+
+def test_mesh_distance_matches_a_sphere_s_closed_form():
+    radius = 20.0
+    distance = MeshSignedDistance(*sphere_mesh(radius))
+    rng = np.random.default_rng(0)
+    directions = rng.normal(size=(3000, 3))
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    depth = rng.uniform(-8.0, 8.0, size=3000)
+    points = directions * (radius + depth)[:, None]
+    measured = distance(torch.as_tensor(points)).numpy()
+    # The mesh's chords sit up to r (1 - cos(half the ~1.6 mm edge / r)) = 0.02 mm inside the sphere.
+    np.testing.assert_allclose(measured, depth, atol=0.06)
+    far = distance(torch.tensor([[0.0, 0.0, 200.0]])).numpy()
+    assert far[0] > 0
+
+
+def test_shape_draws_are_seeded_and_truncated():
+    first = SsmFemurParameters.sample(np.random.default_rng(3))
+    assert first == SsmFemurParameters.sample(np.random.default_rng(3))
+    assert first != SsmFemurParameters.sample(np.random.default_rng(4))
+    weights = np.array([SsmFemurParameters.sample(np.random.default_rng(seed)).mode_weights for seed in range(40)])
+    assert np.abs(weights).max() <= TRUNCATION_SD
+    assert weights.shape[1] == len(femur_shape_model().sd)
+
+
+def test_mean_femur_anatomy_is_a_right_femur_in_the_femur_frame():
+    solid = SsmFemurParameters.mean().solid()
+    landmarks = solid.landmarks()
+    # Head: the README's sphere fit of the mean gives 22.7 mm (our vertex selection 22.9).
+    assert solid.head_radius_mm == pytest.approx(22.8, abs=0.4)
+    neck = landmarks.neck_axis
+    dome_side = torch.as_tensor(10.0 * neck[None], dtype=torch.float32)  # nearest surface: the head's
+    # Real heads are not spheres: the dome along the neck axis lies 0.6 mm inside the fitted sphere.
+    assert solid.sdf(dome_side).item() == pytest.approx(10.0 - solid.head_radius_mm, abs=1.0)
+    assert neck[0] < 0 and neck[1] > 0 and neck[2] > 0  # from the shaft: medial, anterior, up
+    assert landmarks.greater_trochanter_tip[0] > solid.shaft_point[0]  # lateral of the shaft axis
+    lesser = landmarks.lesser_trochanter_tip
+    assert lesser[0] < solid.shaft_point[0] and lesser[1] < solid.shaft_point[1]  # medial, posterior
+    assert -70.0 < solid.lt_level < -35.0
+    measured = solid.measurements()
+    assert 115.0 < measured["neck_shaft_angle_deg"] < 140.0
+    assert 0.0 < measured["anteversion_deg"] < 25.0
+    assert 35.0 < measured["femoral_offset_mm"] < 50.0
+
+
+def test_inside_test_gives_the_mesh_volume():
+    solid = SsmFemurParameters.mean().solid()
+    vertices = solid.vertices_local
+    step = 3.0  # inside counting on a lattice: its error averages out over the ~6000 surface cells
+    axes = [np.arange(low - 2.0, high + 2.0, step) for low, high in zip(vertices.min(0), vertices.max(0))]
+    lattice = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
+    inside = (solid.sdf(torch.as_tensor(lattice, dtype=torch.float32)).numpy() <= 0).sum()
+    # The README's volume of the mean femur is 486 cm3; the lattice count within 2 % of the mesh's.
+    assert solid.volume_mm3() == pytest.approx(486e3, rel=0.01)
+    assert inside * step**3 == pytest.approx(solid.volume_mm3(), rel=0.02)
+
+
+def test_rendered_ssm_subject_is_consistent():
+    subject = make_subject(7, "tiny", "ssm")
+    labels, grid = subject.labels, subject.grid
+    assert labels.sum() > 1000
+    centre_vox = np.round(grid.world_to_vox(torch.as_tensor(subject.landmarks.head_centre_mm)[None]).numpy()[0])
+    assert labels[tuple(centre_vox.astype(int))] == 1
+    assert subject.ct_hu[labels == 1].mean() > 300.0  # bone
+    record = subject.spec.femur.to_dict()
+    json.dumps(record)
+    assert record["shape_model"] == "gias2_llp26" and len(record["mode_weights"]) == 25
+    # The landmarks measure back the shape's own measurements (same definitions, posed).
+    landmarks = with_condylar_axis(subject.landmarks.to_dict(), subject.pose.to_dict())
+    measured = hip_measurements(landmarks)
+    truth = subject_hip_truth({"parameters": {"femur": record}, "landmarks": subject.landmarks.to_dict()})
+    for key in ("neck_shaft_angle_deg", "anteversion_deg", "femoral_offset_mm", "head_diameter_mm"):
+        assert measured[key] == pytest.approx(truth[key], abs=0.05), key
+
+
+def test_mixed_shapes_draw_either_femur_from_the_case_seed():
+    shapes = [case_femur_shape(seed, "mixed") for seed in range(200)]
+    assert 0.4 < shapes.count("ssm") / 200 < 0.6
+    assert case_femur_shape(5, "phantom") == "phantom" and case_femur_shape(5, "ssm") == "ssm"
+    assert SimulationConfig.from_dict({"preset": "tiny"}).shapes == "phantom"  # datasets made before
+
+
+def test_simulated_ssm_case_has_masks_over_the_femur():
+    case = simulate_case(11, SimulationConfig(preset="tiny", shapes="ssm"))
+    assert "mode_weights" in case.record()["parameters"]["femur"]
+    for name, mask in case.masks.items():
+        assert 0.05 < mask.mean() < 0.6, name
