@@ -15,9 +15,11 @@ from biplanar.io.dicom import (
     DicomRadiograph,
     dicom_view,
     read_dicom_radiograph,
+    view_tags,
     views_from_dicom,
     write_dicom_dataset,
     write_dicom_radiograph,
+    write_dicom_view,
 )
 
 SHAPE = (32, 24)
@@ -396,3 +398,38 @@ def test_not_dicom(tmp_path):
     _raises_one_line("ap.dcm: not a DICOM file", read_dicom_radiograph, path)
     _raises_one_line("not a DICOM file", views_from_dicom, path, path, ISOCENTRE)
     _raises_one_line("file not found", read_dicom_radiograph, tmp_path / "missing.dcm")
+
+
+@pytest.mark.parametrize(
+    "lao_rao, cranio_caudal, side, position, orientation",
+    [
+        (0.0, 0.0, "right", "AP", "L\\F"),
+        (90.0, 0.0, "right", "RL", "P\\F"),
+        (-90.0, 0.0, "left", "LL", "A\\F"),
+        (22.0, 0.0, "right", "AP", "L\\F"),
+        (105.0, -12.0, "right", "RL", "P\\F"),
+    ],
+)
+def test_write_dicom_view_round_trip(tmp_path, lao_rao, cranio_caudal, side, position, orientation):
+    """The tags written for a C-arm view read back as the same view, with no flip and the side's laterality."""
+    view = _expected_view(lao_rao, cranio_caudal, spacing=(0.6, 0.7))
+    tags = view_tags(view, side)
+    assert (tags["view_position"], tags["patient_orientation"]) == (position, orientation)
+    assert (tags["primary_angle_deg"] is None) == (lao_rao in (0.0, 90.0, -90.0))
+    path = tmp_path / "view.dcm"
+    write_dicom_view(path, LOG_IMAGE, view, side=side, bits_stored=15)
+    radiograph = read_dicom_radiograph(path)
+    assert radiograph.flips == () and radiograph.laterality == ("L" if side == "left" else "R")
+    assert radiograph.assumptions["warnings"] == []
+    assert pydicom.dcmread(path).BitsStored == 15
+    _assert_same_view(dicom_view(radiograph, "V", ISOCENTRE), view)
+
+
+def test_write_dicom_view_refusals(tmp_path):
+    view = _expected_view(0.0)
+    with pytest.raises(ValueError, match="no C-arm pose"):
+        view_tags(ProjectionView(view.matrix, view.image_shape, "AP"))
+    with pytest.raises(ValueError, match="expected the view's shape"):
+        write_dicom_view(tmp_path / "x.dcm", LOG_IMAGE[:, :10], view)
+    with pytest.raises(ValueError, match=r"\[0, 4095\] \(12 bits stored\)"):
+        write_dicom_view(tmp_path / "x.dcm", np.full(SHAPE, 4096.0), view, bits_stored=12)

@@ -16,25 +16,22 @@ from pathlib import Path
 import numpy as np
 
 from biplanar.data.simulate import SimulationConfig, render_radiographs
-from biplanar.geometry.presets import PAPER_SOURCE_DETECTOR_MM, PAPER_SOURCE_ISOCENTER_MM, biplanar_pair
+from biplanar.geometry.presets import biplanar_pair
 from biplanar.geometry.projection import ProjectionView
 from biplanar.geometry.volume_grid import VolumeGrid
-from biplanar.io.dicom import write_dicom_radiograph
+from biplanar.io.dicom import write_dicom_view
 from biplanar.io.geometry_file import write_geometry
 from biplanar.io.images import write_image
 
 CLINIC_DETECTOR = ((448, 320), (0.6, 0.6))  # (rows, cols), (row, col) mm
 AIR_COUNTS = 20000.0  # unattenuated detector counts
-LATERAL = {"right": (90.0, "RL"), "left": (-90.0, "LL")}  # LAT lao_rao (deg) and View Position per hip
-# Patient Orientation (0020,0020) of the contract's detector axes at each lao_rao (docs/contract.md s7).
-ORIENTATION = {0.0: "L\\F", 90.0: "P\\F", -90.0: "A\\F"}
+LATERAL_LAO_RAO_DEG = {"right": 90.0, "left": -90.0}  # the LAT view's angle per hip (View Position RL / LL)
 
 
 def clinic_views(grid: VolumeGrid, side: str = "right") -> dict[str, ProjectionView]:
     """The AP and LAT views of a clinic's detector, the LAT source on the side away from the hip."""
-    lat_angle, _ = LATERAL[side]
     shape, spacing = CLINIC_DETECTOR
-    return biplanar_pair(0.0, lat_angle, shape, spacing, grid.centre_world)
+    return biplanar_pair(0.0, LATERAL_LAO_RAO_DEG[side], shape, spacing, grid.centre_world)
 
 
 def write_clinical_dicoms(
@@ -55,24 +52,18 @@ def write_clinical_dicoms(
     folder.mkdir(parents=True, exist_ok=True)
     views = clinic_views(grid, side)
     images = render_radiographs(ct_hu, grid, views, config or SimulationConfig(preset="lite"))
-    _, lat_position = LATERAL[side]
     files = {}
-    for name, position in (("AP", "AP"), ("LAT", lat_position)):
+    for name, view in views.items():
         counts = np.clip(np.round(AIR_COUNTS * np.exp(-images[name].astype(np.float64))), 1.0, 65535.0)
-        angle = 0.0 if name == "AP" else LATERAL[side][0]
         files[name] = folder / f"{name}.dcm"
-        write_dicom_radiograph(
+        write_dicom_view(
             files[name],
             counts,
-            view_position=position,
-            source_detector_mm=PAPER_SOURCE_DETECTOR_MM,
-            source_patient_mm=PAPER_SOURCE_ISOCENTER_MM,
-            imager_pixel_spacing_mm=CLINIC_DETECTOR[1],
+            view,
+            side=side,
             photometric="MONOCHROME1",
             intensity_relationship="LIN",
             intensity_sign=1,
-            patient_orientation=ORIENTATION[angle],
-            image_laterality="L" if side == "left" else "R",
         )
     return files
 

@@ -1,6 +1,7 @@
 """Simulated biplanar cases and datasets: a phantom CT, its AP and LAT radiographs and femur masks.
 
-A *case* is one phantom subject (:func:`biplanar.data.phantom.make_subject`) seen by two C-arm
+A *case* is one synthetic subject (:func:`biplanar.data.phantom.make_subject`; its femur the
+parametric phantom's or drawn from the real-subject shape model, :data:`SHAPES`) seen by two C-arm
 views whose isocentre is the volume's centre (the world origin of the grid presets):
 
 - ``orthogonal``: AP at LAO/RAO 0 degrees, LAT at 90 degrees (the paper's set-up);
@@ -14,7 +15,13 @@ and pelvis included:
 
 - ``line_integral``: ``integral of mu ds`` with ``mu = hu_to_mu(HU)`` (``docs/contract.md`` 3);
 - ``poisson``: the same with quantum noise at ``photons`` per pixel, log-transformed back;
-- ``polychromatic``: a two-material DRR with a ``kvp`` tube and ``aluminium_mm`` filtration.
+- ``polychromatic``: a two-material DRR with a ``kvp`` tube and ``aluminium_mm`` filtration;
+- ``clinical``: a clinic's processed "for presentation" image (:mod:`biplanar.physics.clinical_appearance`:
+  the polychromatic DRR, scatter, noise, detector blur, log, contrast processing, windowing), the
+  displayed values 0 to 4095 (bone bright), each case's appearance drawn from its case seed
+  (:meth:`ClinicalAppearance.draw`, recorded in ``subject.json``); also written as DICOM
+  (``AP.dcm``, ``LAT.dcm``: the stored values under the case's photometric interpretation, Pixel
+  Intensity Relationship ``LOG``, and the geometry tags of ``docs/contract.md`` section 7).
 
 Femur mask rule: pixel ``(r, c)`` is femur (1.0) when the ProST line integral of the femur
 indicator (the label map as 0/1 floats, trilinear, the radiographs' ``num_samples``) along its
@@ -32,7 +39,8 @@ Dataset layout written by :func:`simulate_dataset` (all files written atomically
     out_dir/split.json          {"train": [ids], "val": [ids], "test": [ids]} (written last)
     out_dir/subjects/<id>/      ct.nii.gz (float32 HU), labels.nii.gz (uint8), AP.npy, LAT.npy,
                                 AP_mask.npy, LAT_mask.npy, AP_masked.npy, LAT_masked.npy
-                                (float32 (rows, cols)), geometry.json, subject.json
+                                (float32 (rows, cols)), geometry.json, subject.json;
+                                mode clinical also AP.dcm, LAT.dcm (:func:`subject_files`)
 
 Subject ``i`` of dataset seed ``s`` is ``case_<i:05d>`` with case seed :func:`subject_seed`
 ``(s, i)``. Each subject is written into a temporary sibling folder then renamed, so an
@@ -67,23 +75,28 @@ from biplanar.geometry.presets import (
 )
 from biplanar.geometry.projection import ProjectionView
 from biplanar.geometry.volume_grid import VolumeGrid
+from biplanar.io.dicom import write_dicom_view
 from biplanar.io.geometry_file import write_geometry
 from biplanar.io.images import write_image
 from biplanar.io.json_files import read_json, write_json
 from biplanar.io.volumes import write_volume
 from biplanar.layers.prost import ProST
+from biplanar.physics.clinical_appearance import BITS_STORED, INTENSITY_SIGN, ClinicalAppearance, to_photometric
 from biplanar.physics.drr import render_ct_radiograph
 from biplanar.progress import progress_bar
 
 GEOMETRIES = ("orthogonal", "generalized", "mixed")
-SIMULATION_MODES = ("line_integral", "poisson", "polychromatic")
+# Femur shapes: the parametric phantom, the real-subject shape model, or either with probability 1/2.
+SHAPES = ("phantom", "ssm", "mixed")
+SIMULATION_MODES = ("line_integral", "poisson", "polychromatic", "clinical")
 GENERALIZED_MAX_OFFSET_DEG = 30.0
 KVP_RANGE = (20.0, 150.0)  # tube voltages SpekPy models, kV
 MASK_MIN_PATH_MM = 1.0  # femur path length along a ray above which a pixel is femur, mm
 # The paper's split: 235 training, 40 validation, 40 test subjects of 315.
 PAPER_SPLIT = {"train": 235, "val": 40, "test": 40}
 # Child streams of a case seed (numpy SeedSequence spawn keys), independent of the subject's own.
-GEOMETRY_STREAM, NOISE_STREAM, SPLIT_STREAM = 1, 2, 3
+GEOMETRY_STREAM, NOISE_STREAM, SPLIT_STREAM, SHAPE_STREAM = 1, 2, 3, 4
+APPEARANCE_STREAM = 5  # the clinical mode's per-case appearance
 SUBJECT_FILES = (
     "ct.nii.gz",
     "labels.nii.gz",
@@ -91,6 +104,7 @@ SUBJECT_FILES = (
     "geometry.json",
     "subject.json",
 )
+CLINICAL_FILES = tuple(f"{view}.dcm" for view in VIEW_NAMES)  # mode clinical writes these too
 PARTIAL_SUFFIX = ".partial"
 
 
@@ -110,6 +124,7 @@ class SimulationConfig:
         preset: grid and detector preset, ``paper``, ``lite`` or ``tiny`` (the detector is the
             config preset's, :func:`preset_detector`).
         geometry: ``orthogonal``, ``generalized`` or ``mixed`` (see the module doc).
+        shapes: the femurs, one of :data:`SHAPES` (:func:`case_femur_shape`).
         mode: radiograph values, one of :data:`SIMULATION_MODES`.
         photons: incident photons per pixel (``poisson``).
         kvp: tube voltage, kV (``polychromatic``).
@@ -119,6 +134,7 @@ class SimulationConfig:
 
     preset: str = "lite"
     geometry: str = "orthogonal"
+    shapes: str = "mixed"
     mode: str = "line_integral"
     photons: float = 1e5
     kvp: float = 80.0
@@ -129,6 +145,7 @@ class SimulationConfig:
         for name, allowed in (
             ("preset", sorted(set(GRID_PRESETS) & set(PRESETS))),
             ("geometry", GEOMETRIES),
+            ("shapes", SHAPES),
             ("mode", SIMULATION_MODES),
         ):
             if getattr(self, name) not in allowed:
@@ -162,11 +179,12 @@ class SimulationConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> SimulationConfig:
-        """The inverse of :meth:`to_dict`; ``InputError`` on unknown fields."""
+        """The inverse of :meth:`to_dict`; ``InputError`` on unknown fields. A config without
+        ``shapes`` is from before the shape model: its femurs are phantoms."""
         unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise InputError(f"simulation config: unknown field(s) {sorted(unknown)}")
-        return cls(**values)
+        return cls(**{"shapes": "phantom", **values})
 
 
 DEFAULT_CONFIG = SimulationConfig()
@@ -182,6 +200,7 @@ class SimulatedCase:
         views: ``AP`` and ``LAT`` views, isocentre at the grid centre.
         radiographs: view name -> ``(rows, cols)`` float32, dimensionless (see ``mode``).
         masks: view name -> ``(rows, cols)`` float32, 1.0 femur, 0.0 elsewhere (the mask rule).
+        appearance: the ``clinical`` mode's parameters of this case, else ``None``.
     """
 
     seed: int
@@ -189,6 +208,7 @@ class SimulatedCase:
     views: dict[str, ProjectionView]
     radiographs: dict[str, np.ndarray]
     masks: dict[str, np.ndarray]
+    appearance: ClinicalAppearance | None = None
 
     @property
     def ct_hu(self) -> np.ndarray:
@@ -211,8 +231,9 @@ class SimulatedCase:
         return {name: self.radiographs[name] * self.masks[name] for name in self.radiographs}
 
     def record(self) -> dict[str, Any]:
-        """The subject's seed, parameters, pose and landmarks (JSON-ready)."""
+        """The subject's seed, parameters, pose and landmarks, and the clinical appearance (JSON-ready)."""
         spec = self.subject.spec
+        appearance = {} if self.appearance is None else {"appearance": self.appearance.to_dict()}
         return {
             "seed": self.seed,
             "parameters": {
@@ -223,6 +244,7 @@ class SimulatedCase:
             "pose": spec.pose.to_dict(),
             "detail_seed": spec.detail_seed,
             "landmarks": self.subject.landmarks.to_dict(),
+            **appearance,
         }
 
 
@@ -263,8 +285,22 @@ def case_views(seed: int, config: SimulationConfig, grid: VolumeGrid) -> dict[st
     )
 
 
+def case_femur_shape(seed: int, shapes: str) -> str:
+    """The femur shape of case ``seed`` (``phantom`` or ``ssm``) under ``shapes``: ``mixed`` draws
+    either with probability 1/2 from the case seed's own stream."""
+    if shapes != "mixed":
+        return shapes
+    rng = np.random.default_rng(_child_seed(seed, SHAPE_STREAM))
+    return "ssm" if rng.random() < 0.5 else "phantom"
+
+
 def render_radiographs(
-    ct_hu: np.ndarray, grid: VolumeGrid, views: dict[str, ProjectionView], config: SimulationConfig, noise_seed: int = 0
+    ct_hu: np.ndarray,
+    grid: VolumeGrid,
+    views: dict[str, ProjectionView],
+    config: SimulationConfig,
+    noise_seed: int = 0,
+    appearance: ClinicalAppearance | None = None,
 ) -> dict[str, np.ndarray]:
     """Radiographs of a whole CT in ``config.mode``.
 
@@ -273,7 +309,8 @@ def render_radiographs(
         grid: the CT's grid (world RAS+ mm).
         views: name -> view.
         config: mode, photons, spectrum and samples per ray.
-        noise_seed: seed of the ``poisson`` noise (views drawn in order from one generator).
+        noise_seed: seed of the ``poisson`` and ``clinical`` noise (views drawn in order from one generator).
+        appearance: the ``clinical`` mode's parameters (default: :class:`ClinicalAppearance`'s defaults).
 
     Returns:
         view name -> ``(rows, cols)`` float32, dimensionless.
@@ -293,6 +330,7 @@ def render_radiographs(
                 generator,
                 config.kvp,
                 config.aluminium_mm,
+                appearance=appearance,
             )
             for name, view in views.items()
         }
@@ -324,13 +362,18 @@ def femur_masks(
 
 def simulate_case(seed: int, config: SimulationConfig = DEFAULT_CONFIG) -> SimulatedCase:
     """Simulate case ``seed``: subject, views, radiographs and masks (deterministic in ``seed``)."""
-    subject = make_subject(seed, config.preset)
+    subject = make_subject(seed, config.preset, case_femur_shape(seed, config.shapes))
     views = case_views(seed, config, subject.grid)
+    appearance = (
+        ClinicalAppearance.draw(np.random.default_rng(_child_seed(seed, APPEARANCE_STREAM)))
+        if config.mode == "clinical"
+        else None
+    )
     radiographs = render_radiographs(
-        subject.ct_hu, subject.grid, views, config, _as_int(_child_seed(seed, NOISE_STREAM))
+        subject.ct_hu, subject.grid, views, config, _as_int(_child_seed(seed, NOISE_STREAM)), appearance
     )
     masks = femur_masks(subject.labels, subject.grid, views, config.num_samples)
-    return SimulatedCase(seed, subject, views, radiographs, masks)
+    return SimulatedCase(seed, subject, views, radiographs, masks, appearance)
 
 
 def split_sizes(n: int) -> dict[str, int]:
@@ -356,7 +399,7 @@ def make_split(n: int, seed: int) -> dict[str, list[str]]:
 
 
 def write_case(folder: Path, case: SimulatedCase, extra: dict[str, Any] | None = None) -> None:
-    """Write a case's :data:`SUBJECT_FILES` into ``folder``, all or nothing.
+    """Write a case's files (:func:`subject_files`) into ``folder``, all or nothing.
 
     The files go into a temporary sibling folder that is renamed to ``folder`` once complete;
     an existing ``folder`` is replaced. ``extra`` entries are added to ``subject.json``.
@@ -374,15 +417,38 @@ def write_case(folder: Path, case: SimulatedCase, extra: dict[str, Any] | None =
             write_image(partial / f"{name}_masked.npy", case.masked_radiographs[name])
         write_geometry(partial / "geometry.json", case.views)
         write_json(partial / "subject.json", {**(extra or {}), **case.record()})
+        if case.appearance is not None:
+            _write_clinical_dicoms(partial, case, case.appearance)
         shutil.rmtree(folder, ignore_errors=True)
         os.rename(partial, folder)
     finally:
         shutil.rmtree(partial, ignore_errors=True)
 
 
-def is_complete(folder: Path) -> bool:
-    """Whether ``folder`` holds every file of :data:`SUBJECT_FILES`."""
-    return all((Path(folder) / name).is_file() for name in SUBJECT_FILES)
+def _write_clinical_dicoms(folder: Path, case: SimulatedCase, appearance: ClinicalAppearance) -> None:
+    """``AP.dcm`` and ``LAT.dcm`` of a clinical-mode case (module doc; a right hip)."""
+    for name in VIEW_NAMES:
+        write_dicom_view(
+            folder / f"{name}.dcm",
+            to_photometric(case.radiographs[name], appearance.photometric),
+            case.views[name],
+            side="right",
+            photometric=appearance.photometric,
+            intensity_relationship="LOG",
+            intensity_sign=INTENSITY_SIGN[appearance.photometric],
+            bits_stored=BITS_STORED,
+        )
+
+
+def subject_files(mode: str) -> tuple[str, ...]:
+    """The files of a subject folder in ``mode``: :data:`SUBJECT_FILES`, plus :data:`CLINICAL_FILES`
+    in mode ``clinical``."""
+    return SUBJECT_FILES + CLINICAL_FILES if mode == "clinical" else SUBJECT_FILES
+
+
+def is_complete(folder: Path, files: tuple[str, ...] = SUBJECT_FILES) -> bool:
+    """Whether ``folder`` holds every one of ``files`` (default: those every mode writes)."""
+    return all((Path(folder) / name).is_file() for name in files)
 
 
 @dataclass(frozen=True)
@@ -431,7 +497,7 @@ def simulate_dataset(
     subjects_dir.mkdir(parents=True, exist_ok=True)
     for stale in subjects_dir.glob(f".*{PARTIAL_SUFFIX}"):  # left by an interrupted run
         shutil.rmtree(stale, ignore_errors=True)
-    pending = [i for i in range(n) if not is_complete(subjects_dir / subject_id(i))]
+    pending = [i for i in range(n) if not is_complete(subjects_dir / subject_id(i), subject_files(config.mode))]
     skipped = tuple(sorted(set(map(subject_id, range(n))) - set(map(subject_id, pending))))
     written = []
     with progress_bar(progress, elapsed=True) as bar:
@@ -448,7 +514,7 @@ def _write_manifest(out_dir: Path, n: int, seed: int, config: SimulationConfig) 
     path = out_dir / "dataset.json"
     if path.is_file():
         previous = read_json(path)
-        if previous.get("seed") != seed or previous.get("config") != config.to_dict():
+        if previous.get("seed") != seed or SimulationConfig.from_dict(previous.get("config", {})) != config:
             raise InputError(
                 f"{path}: the dataset there was made with seed {previous.get('seed')} "
                 f"and config {previous.get('config')}, not seed {seed} and config "
@@ -461,7 +527,7 @@ def _write_manifest(out_dir: Path, n: int, seed: int, config: SimulationConfig) 
             "seed": seed,
             "config": config.to_dict(),
             "biplanar_version": version("biplanar"),
-            "subject_files": list(SUBJECT_FILES),
+            "subject_files": list(subject_files(config.mode)),
         },
     )
 

@@ -4,7 +4,8 @@
 float32 line integral (CONTRACT section 3), flipped to the detector axes of section 2, with the C-arm
 pose, pixel spacing and side read from the tags, and a JSON-ready record of everything it assumed.
 :func:`views_from_dicom` builds the two projection views from the tags alone (no pixel decoding).
-:func:`write_dicom_radiograph` writes a valid DICOM radiograph (for tests and the demo).
+:func:`write_dicom_radiograph` writes a valid DICOM radiograph (for tests and the demo);
+:func:`write_dicom_view` one whose geometry tags say a given C-arm view (:func:`view_tags`).
 
 Where section 7 is silent, DICOM PS3.3 decides; the choices made here:
 
@@ -636,6 +637,7 @@ def write_dicom_radiograph(
     patient_orientation: str | None = None,
     image_laterality: str | None = None,
     laterality: str | None = None,
+    bits_stored: int = 16,
 ) -> None:
     """Write a radiograph as an uncompressed DICOM file (explicit VR little endian, uint16), atomically.
 
@@ -658,17 +660,21 @@ def write_dicom_radiograph(
         rescale_slope, rescale_intercept: Rescale Slope / Intercept (0028,1053/1052).
         patient_orientation: Patient Orientation (0020,0020), e.g. ``"L\\F"``.
         image_laterality, laterality: Image Laterality (0020,0062) / Laterality (0020,0060).
+        bits_stored: Bits Stored (0028,0101), 1 to 16 (High Bit one less); the stored values must fit.
     """
     if modality not in ("DX", "CR"):
         raise ValueError(f"modality: expected 'DX' or 'CR', got {modality!r}")
+    if not 1 <= bits_stored <= 16:
+        raise ValueError(f"bits_stored: expected 1 to 16, got {bits_stored}")
     values = np.asarray(image, dtype=np.float64)
     if values.ndim not in (2, 3):
         raise ValueError(f"image: expected (rows, cols) or (frames, rows, cols), got {values.shape}")
     slope = 1.0 if rescale_slope is None else rescale_slope
     intercept = 0.0 if rescale_intercept is None else rescale_intercept
     stored = np.round((values - intercept) / slope)
-    if not np.all(np.isfinite(stored)) or stored.min() < 0 or stored.max() > np.iinfo(np.uint16).max:
-        raise ValueError("image: (image - intercept) / slope must lie in [0, 65535] (uint16)")
+    top = 2**bits_stored - 1
+    if not np.all(np.isfinite(stored)) or stored.min() < 0 or stored.max() > top:
+        raise ValueError(f"image: (image - intercept) / slope must lie in [0, {top}] ({bits_stored} bits stored)")
 
     sop_class = DigitalXRayImageStorageForPresentation if modality == "DX" else ComputedRadiographyImageStorage
     meta = FileMetaDataset()
@@ -719,8 +725,79 @@ def write_dicom_radiograph(
     dataset.Rows, dataset.Columns = values.shape[-2:]
     dataset.SamplesPerPixel = 1
     dataset.PhotometricInterpretation = photometric
-    dataset.BitsAllocated, dataset.BitsStored, dataset.HighBit = 16, 16, 15
+    dataset.BitsAllocated, dataset.BitsStored, dataset.HighBit = 16, bits_stored, bits_stored - 1
     dataset.PixelRepresentation = 0
     dataset.PixelData = stored.astype("<u2").tobytes()
     dataset["PixelData"].VR = "OW"
     write_dicom_dataset(path, dataset)
+
+
+def view_tags(view: ProjectionView, side: str = "right") -> dict[str, Any]:
+    """The geometry tags (docs/contract.md section 7) that :func:`read_dicom_radiograph` reads back as ``view``.
+
+    View Position is the nearest of :data:`VIEW_POSITIONS`; Positioner Primary Angle (the detector's
+    position, ``lao_rao_deg - 180``) only when the view is not exactly at it, Positioner Secondary
+    Angle (``-cranio_caudal_deg``) only when it is not 0; Patient Orientation the letters of the
+    view's detector axes; Image Laterality that of ``side``.
+
+    Args:
+        view: a view built from a C-arm pose (``view.carm``); the isocentre is not a tag.
+        side: ``"right"`` or ``"left"``, the hip imaged.
+
+    Returns:
+        keyword -> value for :func:`write_dicom_radiograph`.
+
+    Raises:
+        ValueError: a view without its C-arm pose.
+    """
+    carm = view.carm
+    if carm is None:
+        raise ValueError(f"view {view.name or '?'}: no C-arm pose to write as DICOM tags")
+    lao_rao = _normalise_deg(carm.lao_rao_deg)
+    position = min(VIEW_POSITIONS, key=lambda name: _angular_distance_deg(lao_rao, VIEW_POSITIONS[name]))
+    exact = _angular_distance_deg(lao_rao, VIEW_POSITIONS[position]) < 1e-9
+    _, u_axis, v_axis = carm.axes_world()
+    return {
+        "view_position": position,
+        "primary_angle_deg": None if exact else _normalise_deg(lao_rao - 180.0),
+        "secondary_angle_deg": None if carm.cranio_caudal_deg == 0 else -carm.cranio_caudal_deg,
+        "source_detector_mm": carm.source_detector_mm,
+        "source_patient_mm": carm.source_isocenter_mm,
+        "imager_pixel_spacing_mm": tuple(carm.pixel_spacing_mm),
+        "patient_orientation": f"{min(_dominant_letters(u_axis))}\\{min(_dominant_letters(v_axis))}",
+        "image_laterality": "L" if side == "left" else "R",
+    }
+
+
+def write_dicom_view(
+    path: str | Path,
+    image: np.ndarray,
+    view: ProjectionView,
+    *,
+    side: str = "right",
+    photometric: str = "MONOCHROME2",
+    intensity_relationship: str | None = "LOG",
+    intensity_sign: int | None = None,
+    bits_stored: int = 16,
+) -> None:
+    """Write a radiograph of ``view`` as DICOM with its geometry tags (:func:`view_tags`), atomically.
+
+    Args:
+        path: the ``.dcm`` file.
+        image: ``(rows, cols)`` pixel values as stored (integers in ``[0, 2^bits_stored - 1]``), in
+            the contract's orientation of the view (docs/contract.md section 2).
+        view: the view (with its C-arm pose); ``image`` has its ``image_shape``.
+        side, photometric, intensity_relationship, intensity_sign, bits_stored: see
+            :func:`view_tags` and :func:`write_dicom_radiograph`.
+    """
+    if tuple(np.shape(image)) != view.image_shape:
+        raise ValueError(f"image: expected the view's shape {list(view.image_shape)}, got {list(np.shape(image))}")
+    write_dicom_radiograph(
+        path,
+        image,
+        **view_tags(view, side),
+        photometric=photometric,
+        intensity_relationship=intensity_relationship,
+        intensity_sign=intensity_sign,
+        bits_stored=bits_stored,
+    )

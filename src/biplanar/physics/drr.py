@@ -10,6 +10,7 @@ from biplanar.geometry.projection import ProjectionView
 from biplanar.geometry.volume_grid import VolumeGrid
 from biplanar.layers.prost import ProST
 from biplanar.physics.attenuation import MU_WATER_PER_MM, hu_to_mu
+from biplanar.physics.clinical_appearance import ClinicalAppearance, clinical_radiograph
 from biplanar.physics.drr_modes import DRR_MODES, beer_lambert_intensity, poisson_line_integral
 from biplanar.physics.polychromatic import render_polychromatic_drr, tube_spectrum
 
@@ -48,7 +49,7 @@ def render_drr(
     return line_integral
 
 
-RADIOGRAPH_MODES = (*DRR_MODES, "polychromatic")
+RADIOGRAPH_MODES = (*DRR_MODES, "polychromatic", "clinical")
 
 
 def render_ct_radiograph(
@@ -62,20 +63,32 @@ def render_ct_radiograph(
     kvp: float = 80.0,
     aluminium_mm: float = 2.5,
     mu_water_per_mm: float = MU_WATER_PER_MM,
+    appearance: ClinicalAppearance | None = None,
 ) -> Tensor:
     """A radiograph of a CT in HU in any of :data:`RADIOGRAPH_MODES`.
 
     Args:
         hu: ``(B, 1, I, J, K)`` Hounsfield units on ``grid``.
         view, grid, num_samples, photons, generator: see :func:`render_drr`.
-        mode: ``line_integral``, ``beer_lambert``, ``poisson`` (of ``mu = hu_to_mu(hu)``) or
+        mode: ``line_integral``, ``beer_lambert``, ``poisson`` (of ``mu = hu_to_mu(hu)``),
             ``polychromatic`` (two materials, a ``kvp`` tube with ``aluminium_mm`` filtration;
-            see :mod:`biplanar.physics.polychromatic`).
+            see :mod:`biplanar.physics.polychromatic`) or ``clinical`` (the polychromatic DRR at
+            ``appearance``'s tube, then scatter, noise, blur and a clinic's processing, displayed
+            values 0 to 4095; see :mod:`biplanar.physics.clinical_appearance`; ``view`` must carry
+            its C-arm pose, whose pixel spacing sets the kernels' widths).
         mu_water_per_mm: attenuation of water for the monochromatic modes, 1/mm.
+        appearance: the ``clinical`` mode's parameters (default: :class:`ClinicalAppearance`'s defaults).
 
     Returns:
         ``(B, 1, rows, cols)``.
     """
+    if mode == "clinical":
+        if view.carm is None:
+            raise ValueError(f"view {view.name or '?'}: the clinical mode needs the C-arm pose (its pixel spacing)")
+        appearance = appearance or ClinicalAppearance()
+        spectrum = tube_spectrum(appearance.kvp, appearance.aluminium_mm)
+        line_integral = render_polychromatic_drr(hu, view, grid, spectrum, num_samples)
+        return clinical_radiograph(line_integral, view.carm.pixel_spacing_mm, appearance, generator)
     if mode == "polychromatic":
         return render_polychromatic_drr(hu, view, grid, tube_spectrum(kvp, aluminium_mm), num_samples)
     return render_drr(hu_to_mu(hu, mu_water_per_mm), view, grid, mode, num_samples, photons, generator)
