@@ -4,18 +4,27 @@
 - ``tiny``: the tiny experiment config and atlas.
 - ``five_subjects``: a tiny simulated dataset (3 train, 1 val, 1 test subjects).
 - ``tiny_model``: an untrained, seeded, weights-only tiny checkpoint.
+- ``chromium``: opens a local HTML file in headless Chromium (Debian's package), offline; skips without it.
 """
 
 from __future__ import annotations
 
+import re
+import shutil
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from biplanar.config import load_config
 from biplanar.data.atlas import load_atlas
 from biplanar.data.simulate import SimulationConfig, simulate_dataset
+from biplanar.io.report_html import HEADLESS_CHROMIUM_FLAGS
 from biplanar.models.network import AtlasRegistrationNet
 from biplanar.training.checkpoints import FORMAT, VERSION
 
@@ -52,3 +61,66 @@ def tiny_model(tmp_path_factory) -> Path:
     network = AtlasRegistrationNet(config, load_atlas("tiny"))
     torch.save({"format": FORMAT, "version": VERSION, "config": config.to_dict(), "model": network.state_dict()}, path)
     return path
+
+
+# report.html's headless flags, and the page's console messages on stderr.
+CHROMIUM_FLAGS = (*HEADLESS_CHROMIUM_FLAGS, "--enable-logging=stderr", "--v=0")
+CHROMIUM_TIMEOUT_S = 120
+CHROMIUM_WINDOW = (1280, 1400)  # CSS px: report.html's 3D panel and tables without scrolling
+# stderr lines of the page's console messages: [pid:tid:time:INFO:CONSOLE:line] "message", source: url (line)
+CONSOLE_LINE = re.compile(r":CONSOLE(?::\d+|\(\d+\))\] \"(?P<message>.*)\", source: ")
+
+
+@dataclass(frozen=True)
+class BrowserPage:
+    """A page as headless Chromium left it.
+
+    Attributes:
+        dom: the serialised DOM after the page's scripts ran (``--dump-dom``).
+        console: the page's console messages (every level: Chromium logs them all as INFO), less
+            SwiftShader's "GL Driver Message" performance notes (the browser's, not the page's).
+        screenshot: ``(H, W, 3)`` uint8 RGB of the window, one pixel per CSS px.
+    """
+
+    dom: str
+    console: list[str]
+    screenshot: np.ndarray
+
+    def attributes(self, element_id: str) -> dict[str, str]:
+        """The attributes of the element ``id="element_id"`` in :attr:`dom` (``{}``: no such element)."""
+        tag = re.search(rf'<[a-z]+ [^>]*\bid="{re.escape(element_id)}"[^>]*>', self.dom)
+        return {} if tag is None else dict(re.findall(r'([\w-]+)="([^"]*)"', tag[0]))
+
+    def region(self, rect: str) -> np.ndarray:
+        """The screenshot's ``(height, width, 3)`` pixels in ``rect`` = ``"left,top,width,height"`` (CSS px)."""
+        left, top, width, height = (int(value) for value in rect.split(","))
+        return self.screenshot[top : top + height, left : left + width]
+
+
+@pytest.fixture(scope="session")
+def chromium(tmp_path_factory) -> Callable[[Path], BrowserPage]:
+    """``open_page(path)``: the :class:`BrowserPage` of a local HTML file in a :data:`CHROMIUM_WINDOW` window."""
+    executable = shutil.which("chromium")
+    if executable is None:
+        pytest.skip("headless Chromium is not installed (Debian: apt-get install chromium): no browser test")
+
+    def open_page(path: Path) -> BrowserPage:
+        folder = tmp_path_factory.mktemp("chromium")
+        screenshot = folder / "screenshot.png"
+        command = [
+            executable,
+            *CHROMIUM_FLAGS,
+            f"--user-data-dir={folder / 'profile'}",
+            f"--window-size={CHROMIUM_WINDOW[0]},{CHROMIUM_WINDOW[1]}",
+            f"--screenshot={screenshot}",
+            "--dump-dom",
+            Path(path).resolve().as_uri(),
+        ]
+        run = subprocess.run(command, capture_output=True, text=True, timeout=CHROMIUM_TIMEOUT_S, check=False)
+        assert run.returncode == 0 and screenshot.is_file(), f"chromium failed ({run.returncode}): {run.stderr[-2000:]}"
+        messages = (match["message"] for match in CONSOLE_LINE.finditer(run.stderr))
+        console = [message for message in messages if "GL Driver Message" not in message]
+        with Image.open(screenshot) as image:
+            return BrowserPage(run.stdout, console, np.asarray(image.convert("RGB")))
+
+    return open_page

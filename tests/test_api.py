@@ -265,7 +265,8 @@ def _cases(tmp: Path) -> list[tuple[list[str], str, dict[str, Any], Any, str]]:
         (
             ["register", "--geometry", "g.json", "--ap", "AP.npy", "--lat", "LAT.npy", "--out", f"{t}/reg"]
             + ["--model", "m.pt", "--atlas", "atlas", "--ap-mask", "APm.npy", "--lat-mask", "LATm.npy"]
-            + ["--truth-labels", "labels.nii.gz", "--refine", "5", "--estimate-pose", "--pose-method", "opt-ncc"],
+            + ["--truth-labels", "labels.nii.gz", "--refine", "5", "--estimate-pose", "--pose-method", "opt-ncc"]
+            + ["--mesh-format", "vtk"],
             "register",
             {
                 "geometry": Path("g.json"),
@@ -280,6 +281,7 @@ def _cases(tmp: Path) -> list[tuple[list[str], str, dict[str, Any], Any, str]]:
                 "refine": 5,
                 "estimate_pose": True,
                 "pose_method": "opt-ncc",
+                "mesh_format": "vtk",
             },
             SimpleNamespace(report={"dice": 0.91, "assd_mm": None, "timings_s": {"total": 1.25}}),
             f"wrote {t}/reg in 1.2 s (dice 0.910)",
@@ -320,8 +322,8 @@ def _cases(tmp: Path) -> list[tuple[list[str], str, dict[str, Any], Any, str]]:
             ["demo", "--out", f"{t}/demo", "--model", "m.pt", "--seed", "9"],
             "run_demo",
             {"out": Path(f"{t}/demo"), "model": Path("m.pt"), "seed": 9},
-            SimpleNamespace(),
-            f"wrote {t}/demo: inputs/, registration/, figure.png, demo.json",
+            SimpleNamespace(report_page=Path(f"{t}/demo/registration/report.html")),
+            f"report: {t}/demo/registration/report.html (open it in a browser)",
         ),
         (
             ["evaluate", "--model", "m.pt", "--data", f"{t}/sim", "--out", f"{t}/eval", "--split", "all"]
@@ -430,7 +432,7 @@ def test_the_cases_cover_every_command():
 def test_cli_leaves_the_defaults_to_the_api(tmp_path, monkeypatch):
     """Options not given reach the API function as its own defaults (the CLI's match them)."""
     calls: list[tuple[str, dict[str, Any]]] = []
-    monkeypatch.setattr(api, "run_demo", _recorder("run_demo", calls, SimpleNamespace()))
+    monkeypatch.setattr(api, "run_demo", _recorder("run_demo", calls, SimpleNamespace(report_page=Path("r.html"))))
     monkeypatch.setattr(api, "demo_summary_tables", lambda result: [])
     monkeypatch.chdir(tmp_path)
     assert runner.invoke(app, ["demo"]).exit_code == 0
@@ -564,8 +566,17 @@ def _delegates(d: Path) -> list[tuple[str, str, Any, dict[str, Any]]]:
         (
             "biplanar.registration",
             "register",
-            lambda: api.register("g", "a", "l", d / "o", model="m", atlas="t", lat_mask="lm", progress=False),
-            {"model_path": "m", "atlas_dir": "t", "ap_mask_path": None, "lat_mask_path": "lm", "progress": False},
+            lambda: api.register(
+                "g", "a", "l", d / "o", model="m", atlas="t", lat_mask="lm", progress=False, mesh_format="ply"
+            ),
+            {
+                "model_path": "m",
+                "atlas_dir": "t",
+                "ap_mask_path": None,
+                "lat_mask_path": "lm",
+                "progress": False,
+                "mesh_format": "ply",
+            },
         ),
         (
             "biplanar.data.preprocess",

@@ -14,6 +14,7 @@ from biplanar.cli import app
 from biplanar.data.clinical import write_view_files
 from biplanar.data.simulate import SimulationConfig, femur_masks, render_radiographs, simulate_case, subject_seed
 from biplanar.evaluation.metrics import point_surface_distances_mm
+from biplanar.evaluation.self_intersection import self_intersections
 from biplanar.geometry.presets import biplanar_pair
 from biplanar.io.dicom import write_dicom_radiograph
 from biplanar.io.geometry_file import write_geometry
@@ -209,8 +210,9 @@ def test_bad_clinical_inputs_are_refused_in_one_line(case, tmp_path, defect, mes
 
 def test_surfaces_are_the_atlas_mesh_carried_smooth_and_in_correspondence(case, tmp_path):
     # Two held-out patients: surface.stl is the atlas's smooth mesh carried through each registration,
-    # so both have the atlas's vertices and faces; it is closed, within 0.5 mm of the warped label
-    # map's own surface (label_surface.stl) on average inside the grid, and at least 3x smoother.
+    # so both have the atlas's vertices and faces; it is closed, does not cross itself, is within 0.5 mm
+    # of the warped label map's own surface (label_surface.stl) on average inside the grid, and at
+    # least 3x smoother.
     config = case["config"]
     meshes = []
     for index in (1, 2):
@@ -229,6 +231,7 @@ def test_surfaces_are_the_atlas_mesh_carried_smooth_and_in_correspondence(case, 
         )
         surface, labels = trimesh.load(out / "surface.stl"), trimesh.load(out / "label_surface.stl")
         assert surface.is_watertight and surface.volume > 0
+        assert self_intersections(surface.vertices, surface.faces).shape == (0, 2)
         # Where the shaft leaves the grid the label map is cut and the carried mesh is not: compare inside.
         grid = simulated.grid
         vox = grid.world_to_vox(torch.as_tensor(np.asarray(surface.vertices))).numpy()

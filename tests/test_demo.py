@@ -43,6 +43,7 @@ def test_demo_prints_the_summary_and_writes_every_file(demo_run):
         assert label in result.output
     assert sorted(path.name for path in (out_dir / "inputs").iterdir()) == sorted(SUBJECT_FILES)
     assert sorted(path.name for path in (out_dir / "registration").iterdir()) == sorted(OUTPUT_FILES)
+    assert f"report: {out_dir / 'registration' / 'report.html'} (open it in a browser)" in result.output
     assert sorted(path.name for path in out_dir.iterdir()) == ["demo.json", "figure.png", "inputs", "registration"]
     with Image.open(out_dir / "figure.png") as figure:
         assert figure.format == "PNG" and figure.size[0] > 1000 and figure.size[1] > 700

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import math
+import re
 
 import nibabel as nib
 import numpy as np
@@ -21,6 +23,7 @@ from biplanar.io.volumes import write_volume
 from biplanar.layers.warp import SpatialTransformer
 from biplanar.models.network import AtlasRegistrationNet
 from biplanar.registration import OUTPUT_FILES, register
+from biplanar.registration.outputs import atlas_surface, output_files
 from biplanar.training import checkpoints
 from biplanar.training.checkpoints import capture_rng_state, export_model, load_checkpoint, save_checkpoint
 
@@ -177,6 +180,26 @@ def test_surface_is_watertight_in_world_mm(result):
     assert mesh.volume == pytest.approx(label_volume, rel=0.1)
 
 
+def test_report_page_carries_the_surface_and_shows_it_in_a_browser(result, chromium):
+    """report.html: the carried surface (surface.stl's vertex and face counts), both overlays and the
+    hip measurements inline; in headless Chromium, no error and the femur drawn in the 3D panel."""
+    import trimesh
+
+    page = (result.out_dir / "report.html").read_text(encoding="utf-8")
+    mesh = json.loads(re.search(r'id="mesh-data">(.*?)</script>', page)[1])
+    surface = trimesh.load(result.out_dir / "surface.stl")
+    assert len(base64.b64decode(mesh["positions"])) == 3 * 4 * len(surface.vertices)  # (V, 3) float32
+    assert len(base64.b64decode(mesh["indices"])) == 3 * mesh["index_bytes"] * len(surface.faces)
+    assert page.count("src='data:image/png;base64,") == 2 and "<td>neck-shaft angle</td>" in page
+    browser = chromium(result.out_dir / "report.html")
+    assert browser.attributes("report-page")["data-errors"] == "0" and browser.console == []
+    viewer = browser.attributes("viewer")
+    assert viewer["data-state"] == "drawn"
+    red, green, blue = np.moveaxis(browser.region(viewer["data-rect"]).astype(int), -1, 0)
+    bone = (red > blue + 15) & (green > blue) & (red > 80)  # the mesh's warm off-white, lit or in shade
+    assert bone.mean() > 0.05
+
+
 def test_overlays_are_8_bit_rgb_with_a_contour(result, inputs):
     rows, cols = np.load(inputs / "AP.npy").shape
     for name in ("AP", "LAT"):
@@ -288,12 +311,14 @@ def test_cli_register_defaults_to_the_bundled_model_and_prints_the_scores(inputs
 
     monkeypatch.setattr(checkpoints, "bundled_models_dir", lambda: tmp_path / "models")
     bundled = export_model(inputs / "model.pt", tmp_path / "models" / "lite" / "model.pt")
-    arguments = list(_cli_arguments(inputs, tmp_path / "out", **{"--refine": 1}))
+    arguments = list(_cli_arguments(inputs, tmp_path / "out", **{"--refine": 1, "--mesh-format": "vtk"}))
     del arguments[arguments.index("--model") : arguments.index("--model") + 2]  # no --model: the bundled one
     result = CliRunner().invoke(app, arguments)
     assert result.exit_code == 0, result.output
     assert "dice" in result.output and "assd_mm" in result.output
-    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == sorted(OUTPUT_FILES)
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == sorted(output_files("vtk"))
+    atlas_vertices = len(atlas_surface(load_atlas("tiny")).vertices)  # the carried mesh keeps the atlas's vertices
+    assert f"\nPOINTS {atlas_vertices} float\n".encode() in (tmp_path / "out" / "surface.vtk").read_bytes()
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["refine"]["iterations"] == 1 and report["inputs"]["model"] == str(bundled)
 
@@ -336,6 +361,8 @@ def test_refuses_a_non_empty_out_dir_and_one_mask_only(inputs, tmp_path):
         register(**_arguments(inputs, tmp_path / "new", lat_mask_path=None))
     with pytest.raises(InputError, match="refine"):
         register(**_arguments(inputs, tmp_path / "new", refine=-1))
+    with pytest.raises(InputError, match="mesh format: expected one of stl, ply, obj, vtk, got 'off'"):
+        register(**_arguments(inputs, tmp_path / "new", mesh_format="off"))
     assert sorted(path.name for path in tmp_path.iterdir()) == ["out"]
 
 

@@ -153,8 +153,10 @@ def drr(
         out: the image to write, ``.npy`` or ``.tif``, float32 ``(rows, cols)``.
         view: the name of the view in the geometry file.
         mode: ``line_integral`` (line integral of mu), ``beer_lambert`` (transmitted intensity
-            ``exp(-L)``), ``poisson`` (quantum noise, log-transformed back) or ``polychromatic``
-            (two materials and a tube spectrum; HU volumes only); ``docs/contract.md`` section 3.
+            ``exp(-L)``), ``poisson`` (quantum noise, log-transformed back), ``polychromatic``
+            (two materials and a tube spectrum; HU volumes only) or ``clinical`` (a clinic's
+            processed image at the default :class:`~biplanar.physics.clinical_appearance.ClinicalAppearance`,
+            0 to 4095; HU volumes and C-arm views only); ``docs/contract.md`` section 3.
         units: ``hu`` or ``mu``: the volume's values.
         mu_water_per_mm: attenuation of water, 1/mm (HU volumes: ``mu = mu_water (1 + HU/1000)``).
         num_samples: samples per ray.
@@ -170,7 +172,7 @@ def drr(
     Raises:
         InputError: an unknown mode or units, an output format other than ``.npy``/``.tif`` (and
             ``.png`` for the preview), a missing or unreadable volume or geometry file, a view not
-            in the file, or a ``polychromatic`` DRR of a volume not in HU.
+            in the file, or a ``polychromatic`` or ``clinical`` DRR of a volume not in HU.
     """
     import torch  # lazy: CLI start-up time
 
@@ -194,8 +196,8 @@ def drr(
     views = read_geometry(geometry, default_isocenter_mm=grid.centre_world)
     require_views(views, [view], str(geometry))
     tensor = torch.from_numpy(data)[None, None]
-    if mode == "polychromatic" and units != "hu":
-        raise InputError(f"{volume}: the polychromatic mode needs a volume in HU")
+    if mode in ("polychromatic", "clinical") and units != "hu":
+        raise InputError(f"{volume}: the {mode} mode needs a volume in HU")
     generator = torch.Generator().manual_seed(seed)
     try:
         if units == "hu":
@@ -246,6 +248,7 @@ def simulate(
     n: int,
     seed: int,
     geometry: str = "orthogonal",
+    shapes: str = "mixed",
     preset: str = "lite",
     mode: str = "line_integral",
     photons: float = 1e5,
@@ -267,8 +270,12 @@ def simulate(
         seed: dataset seed, ``>= 0`` (subject seeds derive from it).
         geometry: ``orthogonal`` (AP 0 deg, LAT 90 deg), ``generalized`` (angles +/-30 deg off
             those) or ``mixed`` (half each).
+        shapes: femurs, ``phantom`` (parametric), ``ssm`` (drawn from the real-subject shape
+            model) or ``mixed`` (half each).
         preset: grid and detector preset, ``paper``, ``lite`` or ``tiny``.
-        mode: radiograph values, ``line_integral``, ``poisson`` or ``polychromatic``.
+        mode: radiograph values, ``line_integral``, ``poisson``, ``polychromatic`` or ``clinical``
+            (a clinic's processed image, 0 to 4095, its appearance drawn per subject; also written
+            as ``AP.dcm`` and ``LAT.dcm``; docs/data.md).
         photons: incident photons per pixel (``mode="poisson"``).
         kvp: tube voltage, kV (``mode="polychromatic"``).
         aluminium_mm: tube filtration, mm of aluminium (``mode="polychromatic"``).
@@ -284,7 +291,7 @@ def simulate(
     from biplanar.data.simulate import SimulationConfig, simulate_dataset  # lazy: CLI start-up time
 
     config = SimulationConfig(
-        preset=preset, geometry=geometry, mode=mode, photons=photons, kvp=kvp, aluminium_mm=aluminium_mm
+        preset=preset, geometry=geometry, shapes=shapes, mode=mode, photons=photons, kvp=kvp, aluminium_mm=aluminium_mm
     )
     return simulate_dataset(out, n, seed, config, workers=workers, progress=progress)
 
@@ -297,6 +304,7 @@ def train(
     resume: bool = False,
     epochs: int | None = None,
     progress: bool = True,
+    init: str | Path | None = None,
 ) -> TrainResult:
     """Train the registration network (``biplanar train``; also under ``torchrun``).
 
@@ -312,6 +320,7 @@ def train(
         resume: continue the run in ``out`` exactly.
         epochs: override the config's ``training.epochs`` (the total, counting done epochs).
         progress: show a progress bar on stderr (rank 0).
+        init: fine-tune: start from this checkpoint's weights (e.g. the bundled model), same network.
 
     Returns:
         the epochs and steps done, the best validation Dice (NaN without validation), the
@@ -325,7 +334,14 @@ def train(
     from biplanar.training.trainer import train as run_training  # lazy: CLI start-up time
 
     return run_training(
-        config, out, data_dir=data, on_the_fly=on_the_fly, resume=resume, epochs=epochs, progress=progress
+        config,
+        out,
+        data_dir=data,
+        on_the_fly=on_the_fly,
+        resume=resume,
+        epochs=epochs,
+        progress=progress,
+        init=init,
     )
 
 
@@ -420,15 +436,18 @@ def register(
     intensity: str = "auto",
     air_level: float | None = None,
     segmentation_model: str | Path | None = None,
+    mesh_format: str = "stl",
 ) -> RegistrationReport:
     """Register the atlas to two radiographs (``biplanar register``): DICOM files as they come from
     the clinic (docs/contract.md section 7), or arrays with a geometry file.
 
     Writes into ``out`` the outputs of ``docs/contract.md`` section 6: ``warped_atlas.nii.gz``,
-    ``warped_labels.nii.gz``, ``displacement.nii.gz`` (mm), ``transform.json``, ``surface.stl``,
-    ``overlay_AP.png``, ``overlay_LAT.png``, the masks used (``AP_mask.png``, ``LAT_mask.png``) and
+    ``warped_labels.nii.gz``, ``displacement.nii.gz`` (mm), ``transform.json``, ``surface.stl`` and
+    ``label_surface.stl`` (or ``.ply`` / ``.obj`` / ``.vtk``), ``overlay_AP.png``, ``overlay_LAT.png``,
+    the masks used (``AP_mask.png``, ``LAT_mask.png``), ``landmarks.json``, ``landmarks.mrk.json``,
     ``report.json`` (timings, similarity, hip measurements, side and what was assumed; with
-    ``truth_labels`` also Dice, Jaccard, ASSD and HD95).
+    ``truth_labels`` also Dice, Jaccard, ASSD and HD95) and ``report.html`` (all of it on one
+    self-contained page, with the mesh and landmarks in 3D).
 
     Args:
         geometry: ``geometry.json`` with the views ``AP`` and ``LAT``; ``None``: from the DICOM tags.
@@ -450,13 +469,14 @@ def register(
         intensity: ``"auto"``, ``"line-integral"`` or ``"transmission"``.
         air_level: unattenuated level of transmission images (default: estimated).
         segmentation_model: 2D segmentation checkpoint used without masks (default: the bundled one).
+        mesh_format: ``stl``, ``ply``, ``obj`` or ``vtk``: the meshes' file format.
 
     Returns:
         the output folder and the contents of ``report.json``.
 
     Raises:
         InputError: a missing or malformed input, a radiograph that does not fit its view or the
-            model, a non-empty ``out``, no bundled model.
+            model, a non-empty ``out``, no bundled model, an unknown ``mesh_format``.
     """
     from biplanar.registration import register as run_registration  # lazy: CLI start-up time
 
@@ -478,6 +498,7 @@ def register(
         intensity=intensity,
         air_level=air_level,
         segmentation_model_path=segmentation_model,
+        mesh_format=mesh_format,
     )
 
 

@@ -96,6 +96,7 @@ class DrrMode(str, Enum):
     beer_lambert = "beer_lambert"
     poisson = "poisson"
     polychromatic = "polychromatic"
+    clinical = "clinical"
 
 
 @app.command()
@@ -189,8 +190,14 @@ def simulate(
     geometry: GeometryKind = typer.Option(
         GeometryKind.orthogonal, help="orthogonal (AP 0, LAT 90), generalized (+/-30 deg) or mixed (half each)."
     ),
+    shapes: str = typer.Option(
+        "mixed", help="Femurs: phantom (parametric), ssm (real-subject shape model) or mixed (half each)."
+    ),
     preset: str = typer.Option("lite", help="Grid and detector preset: paper, lite or tiny."),
-    mode: str = typer.Option("line_integral", help="line_integral, poisson or polychromatic."),
+    mode: str = typer.Option(
+        "line_integral",
+        help="line_integral, poisson, polychromatic or clinical (a processed clinic image, also as AP.dcm, LAT.dcm).",
+    ),
     photons: float = typer.Option(1e5, help="Photons per pixel (mode poisson)."),
     kvp: float = typer.Option(80.0, help="Tube voltage, kV (mode polychromatic)."),
     aluminium_mm: float = typer.Option(2.5, help="Filtration, mm Al (mode polychromatic)."),
@@ -205,6 +212,7 @@ def simulate(
             n,
             seed,
             geometry=geometry.value,
+            shapes=shapes,
             preset=preset,
             mode=mode,
             photons=photons,
@@ -223,13 +231,16 @@ def train(
     on_the_fly: int | None = typer.Option(None, min=1, help="Instead of --data: N fresh subjects per epoch."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out exactly."),
     epochs: int | None = typer.Option(None, min=1, help="Override the config's epochs."),
+    init: Path | None = typer.Option(
+        None, help="Fine-tune: start from this checkpoint's weights (e.g. the bundled model.pt); same network."
+    ),
 ) -> None:
     """Train the registration network (also under torchrun; Ctrl-C checkpoints, --resume continues)."""
     with _reporting_errors():
         from biplanar import api  # lazy: CLI start-up time
 
         with _reporting_interruption():
-            result = api.train(config, out, data=data, on_the_fly=on_the_fly, resume=resume, epochs=epochs)
+            result = api.train(config, out, data=data, on_the_fly=on_the_fly, resume=resume, epochs=epochs, init=init)
         if os.environ.get("RANK", "0") != "0":  # under torchrun, one summary
             return
         typer.echo(_trained(result, out))
@@ -295,6 +306,13 @@ class Side(str, Enum):
     right = "right"
 
 
+class MeshFormat(str, Enum):
+    stl = "stl"
+    ply = "ply"
+    obj = "obj"
+    vtk = "vtk"
+
+
 class Intensity(str, Enum):
     auto = "auto"
     line_integral = "line-integral"
@@ -338,6 +356,9 @@ def register(
     segmentation_model: Path | None = typer.Option(
         None, help="2D femur segmentation checkpoint used without masks (default: the bundled one)."
     ),
+    mesh_format: MeshFormat = typer.Option(
+        MeshFormat.stl, help="Format of surface.<ext> and label_surface.<ext> (PLY, OBJ, VTK keep the vertex order)."
+    ),
 ) -> None:
     """Register the atlas to two radiographs (DICOM or arrays); writes the outputs of docs/contract.md section 6."""
     with _reporting_errors():
@@ -360,6 +381,7 @@ def register(
             intensity=intensity.value,
             air_level=air_level,
             segmentation_model=segmentation_model,
+            mesh_format=mesh_format.value,
         )
         scores = {key: result.report[key] for key in ("dice", "assd_mm") if result.report.get(key) is not None}
         summary = ", ".join(f"{key} {value:.3f}" for key, value in scores.items())
@@ -439,6 +461,7 @@ def demo(
             console.print(table)
         extra = "registration_clinical/, " if clinical else ""
         typer.echo(f"wrote {out}: inputs/, registration/, {extra}figure.png, demo.json")
+        typer.echo(f"report: {result.report_page} (open it in a browser)")
 
 
 @app.command()

@@ -8,7 +8,8 @@
    :data:`biplanar.data.simulate.SUBJECT_FILES`: CT, true labels, radiographs, masks, masked
    radiographs, ``geometry.json``, ``subject.json`` with the true landmarks).
 3. Register the atlas with :func:`biplanar.registration.register` (the bundled model by default)
-   from the radiographs and masks, with the true labels for scoring, into ``out_dir/registration``.
+   from the radiographs and masks, with the true labels for scoring, into ``out_dir/registration``
+   (whose ``report.html`` shows it all on one page: :attr:`DemoResult.report_page`).
    With ``clinical``, also render the patient as a clinic hands it over (:mod:`biplanar.data.clinical`:
    two DICOM files of transmission counts on a 448 x 320 detector at 0.6 mm, the geometry in their
    tags, no masks) into ``out_dir/inputs/clinical`` and register them alone into
@@ -42,13 +43,14 @@ from biplanar.io.atomic import require_empty_out_dir
 from biplanar.io.json_files import write_json
 from biplanar.progress import print_stage
 from biplanar.registration import register
+from biplanar.registration.outputs import SCORES
 from biplanar.training.checkpoints import bundled_model_path, load_checkpoint
 
 DEMO_SEED = 20261121  # the held-out patient's case seed (module doc)
 DEFAULT_OUT_DIR = Path("biplanar_demo")
 INPUTS, REGISTRATION, FIGURE, SUMMARY = "inputs", "registration", "figure.png", "demo.json"
 CLINICAL, REGISTRATION_CLINICAL = "clinical", "registration_clinical"
-METRICS = (("dice", "Dice", ""), ("jaccard", "Jaccard", ""), ("assd_mm", "ASSD", "mm"), ("hd95_mm", "HD95", "mm"))
+METRICS = SCORES  # report.json's scores against the truth: key, label, unit
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,11 @@ class DemoResult:
     hip: dict[str, dict[str, Any]] | None
     total_s: float
     clinical_report: dict[str, Any] | None = None
+
+    @property
+    def report_page(self) -> Path:
+        """The registration's ``report.html``, to open in a browser."""
+        return self.out_dir / REGISTRATION / "report.html"
 
     def document(self) -> dict[str, Any]:
         """``demo.json``: the scores, the timings (s) and the hip measurements."""

@@ -129,6 +129,20 @@ def test_resume_refuses_another_config_and_train_refuses_to_overwrite(five_subje
         train(tiny_config(), tmp_path / "empty", data_dir=five_subjects, progress=False, resume=True)
 
 
+def test_init_starts_from_a_checkpoint_s_weights_and_refuses_another_network(tiny_model, five_subjects, tmp_path):
+    start = train(
+        tiny_config(epochs=1), tmp_path / "run", data_dir=five_subjects, progress=False, max_steps=0, init=tiny_model
+    )
+    weights = load_checkpoint(start.last_checkpoint)["model"]
+    for name, value in load_checkpoint(tiny_model)["model"].items():
+        torch.testing.assert_close(weights[name], value, rtol=0, atol=0, msg=name)
+    wider = load_config("tiny")
+    wider = dataclasses.replace(wider, local=dataclasses.replace(wider.local, ray_copies=wider.local.ray_copies + 1))
+    with pytest.raises(InputError, match="its local settings differ"):
+        train(wider, tmp_path / "other", data_dir=five_subjects, progress=False, max_steps=0, init=tiny_model)
+    assert not (tmp_path / "other").exists()  # refused before the run folder is made
+
+
 def test_sigint_writes_a_checkpoint_then_raises(five_subjects, tmp_path, monkeypatch):
     """A Ctrl-C during step 2's data loading: step 2 finishes, last.pt records 2 steps, resume continues."""
 

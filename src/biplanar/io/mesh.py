@@ -1,4 +1,4 @@
-"""Surface meshes of label maps in world millimetres, written as binary STL.
+"""Surface meshes of label maps in world millimetres, written as STL, PLY, OBJ or VTK (:func:`write_mesh`).
 
 The surface of one label is the 0.5 iso-surface of its 0/1 indicator (marching cubes, Lewiner),
 computed in voxel indices on the volume padded with one voxel of zeros on every side (so a label
@@ -19,6 +19,7 @@ from biplanar.io.atomic import atomic_path
 
 PAD_VOX = 1  # zero voxels added on every side before marching cubes
 TAUBIN_ITERATIONS = 10  # Taubin smoothing passes of a smoothed surface (trimesh's defaults otherwise)
+MESH_FORMATS = ("stl", "ply", "obj", "vtk")  # write_mesh's formats, named by the file's suffix
 
 
 def label_surface(labels: np.ndarray, grid: VolumeGrid, label: int = 1, smoothing_vox: float = 0.0):
@@ -71,7 +72,57 @@ def triangle_mesh(vertices_world: np.ndarray, faces: np.ndarray):
     return trimesh.Trimesh(vertices_world, faces, process=False)
 
 
-def write_stl(path: str | Path, mesh) -> None:
-    """Write a :class:`trimesh.Trimesh` as binary STL, atomically."""
-    with atomic_path(Path(path)) as temporary:
-        temporary.write_bytes(mesh.export(file_type="stl"))
+def vtk_polydata_bytes(
+    vertices_world: np.ndarray, faces: np.ndarray, title: str = "biplanar surface, world mm"
+) -> bytes:
+    """A triangle mesh as a legacy VTK file (``DATASET POLYDATA``, ``BINARY``: big-endian float32
+    points and int32 polygons, each ``3 a b c``), which 3D Slicer, ParaView and VTK read.
+
+    Args:
+        vertices_world: ``(V, 3)`` world mm.
+        faces: ``(F, 3)`` vertex indices.
+        title: the file's one-line title.
+
+    Raises:
+        ValueError: shapes other than ``(V, 3)`` and ``(F, 3)``.
+    """
+    if vertices_world.ndim != 2 or vertices_world.shape[1] != 3:
+        raise ValueError(f"vertices_world: expected shape (V, 3), got {vertices_world.shape}")
+    if faces.ndim != 2 or faces.shape[1] != 3:
+        raise ValueError(f"faces: expected shape (F, 3), got {faces.shape}")
+    polygons = np.concatenate([np.full((len(faces), 1), 3), faces], axis=1)  # (F, 4): count, then the corners
+    return b"".join(
+        [
+            f"# vtk DataFile Version 3.0\n{title}\nBINARY\nDATASET POLYDATA\n".encode("ascii"),
+            f"POINTS {len(vertices_world)} float\n".encode("ascii"),
+            np.ascontiguousarray(vertices_world, ">f4").tobytes(),
+            f"\nPOLYGONS {len(faces)} {polygons.size}\n".encode("ascii"),
+            np.ascontiguousarray(polygons, ">i4").tobytes(),
+            b"\n",
+        ]
+    )
+
+
+def write_mesh(path: str | Path, mesh) -> None:
+    """Write a :class:`trimesh.Trimesh` atomically, in the format of ``path``'s suffix (:data:`MESH_FORMATS`).
+
+    ``.stl``: binary STL; ``.ply``: binary little-endian PLY; ``.obj``: Wavefront OBJ, vertices and
+    faces only (trimesh's exporters); ``.vtk``: legacy VTK polydata (:func:`vtk_polydata_bytes`).
+    PLY, OBJ and VTK keep the vertices and faces in their order; STL stores each triangle's corners
+    (a reader merges them again).
+
+    Raises:
+        ValueError: another suffix.
+    """
+    path = Path(path)
+    file_type = path.suffix.lower().lstrip(".")
+    if file_type not in MESH_FORMATS:
+        raise ValueError(f"{path}: expected a mesh suffix of {', '.join(MESH_FORMATS)}, got {path.suffix!r}")
+    if file_type == "vtk":
+        data = vtk_polydata_bytes(np.asarray(mesh.vertices), np.asarray(mesh.faces))
+    elif file_type == "obj":
+        data = mesh.export(file_type="obj", include_normals=False, include_color=False, include_texture=False).encode()
+    else:
+        data = mesh.export(file_type=file_type)
+    with atomic_path(path) as temporary:
+        temporary.write_bytes(data)

@@ -8,7 +8,10 @@ to ``out_dir`` once complete, so a failure leaves nothing behind:
     displacement.nii.gz   Psi's displacement (X, Y, Z, 1, 3) float32, vector intent, world mm:
                           warped(p) = atlas(p + displacement(p))
     transform.json        T's 7 parameters (degrees, mm, scale), its 4x4 pull matrix, convention
-    surface.stl           surface of the warped femur label, world mm, binary STL
+    surface.stl           the atlas's smooth femur mesh carried through the registration, world mm
+                          (:func:`carried_atlas_surface`); with ``mesh_format`` ply / obj / vtk,
+                          ``surface.<format>`` (:func:`biplanar.io.mesh.write_mesh`)
+    label_surface.stl     marching cubes of the warped femur label, world mm (likewise ``.<format>``)
     overlay_AP.png, overlay_LAT.png
                           each radiograph with the outline of the warped labels' projection
     report.json           timings_s; projection_ncc per view (DRR of the warped atlas femur vs the
@@ -20,6 +23,9 @@ to ``out_dir`` once complete, so a failure leaves nothing behind:
                           DRR x soft femur mask, see :mod:`biplanar.optimisation.intensity_registration`),
                           hip_before, and with truth labels metrics_before (the network's result's);
                           with estimate_pose, pose_correction (:func:`correct_calibration`)
+    report.html           one self-contained page to open in a browser: the overlays, the hip
+                          measurements, the quality, the timings and the mesh with its landmarks in
+                          3D (:mod:`biplanar.io.report_html`, :func:`write_report_page`)
     geometry_corrected.json
                           with estimate_pose only: the corrected AP and LAT views (projection
                           matrices), the geometry the network was given
@@ -37,6 +43,7 @@ from torch import Tensor
 
 from biplanar.data.atlas import FEMUR_LABEL, warped_atlas_hu, warped_atlas_labels
 from biplanar.data.simulate import MASK_MIN_PATH_MM
+from biplanar.errors import require_choice
 from biplanar.evaluation.hip import DIRECTION_KEYS, POINT_KEYS, hip_report, invert_points
 from biplanar.evaluation.metrics import segmentation_metrics
 from biplanar.evaluation.overlays import write_contour_overlay
@@ -45,7 +52,8 @@ from biplanar.geometry.presets import VIEW_NAMES
 from biplanar.io.atomic import require_empty_out_dir
 from biplanar.io.images import write_mask_png
 from biplanar.io.json_files import write_json
-from biplanar.io.mesh import label_surface, triangle_mesh, write_stl
+from biplanar.io.mesh import MESH_FORMATS, label_surface, triangle_mesh, write_mesh
+from biplanar.io.report_html import ReportContents, ReportRow, write_report_html
 from biplanar.io.volumes import write_volume
 from biplanar.layers.prost import ProST
 from biplanar.layers.similarity import global_ncc
@@ -64,8 +72,17 @@ OUTPUT_FILES = (
     "LAT_mask.png",
     "landmarks.json",
     "landmarks.mrk.json",
+    "report.html",
     "report.json",
 )
+
+
+def output_files(mesh_format: str = "stl") -> tuple[str, ...]:
+    """:data:`OUTPUT_FILES` with the meshes in ``mesh_format`` (one of :data:`~biplanar.io.mesh.MESH_FORMATS`)."""
+    require_choice("mesh format", mesh_format, MESH_FORMATS)
+    return tuple(
+        f"{name.removesuffix('.stl')}.{mesh_format}" if name.endswith(".stl") else name for name in OUTPUT_FILES
+    )
 
 
 CORRECTED_GEOMETRY = "geometry_corrected.json"
@@ -117,12 +134,16 @@ def truth_metrics(truth: np.ndarray, warped_labels: np.ndarray, atlas) -> dict[s
     return {key: float(value) if np.isfinite(value) else None for key, value in metrics.items()}
 
 
-def write_volumes(folder: Path, output, network, atlas, mirror: SagittalMirror | None) -> np.ndarray:
-    """Write the warped atlas and labels, the displacement, the transform and the surface, all in the
-    patient's world (for a left femur the registration world's results mirrored back).
+def write_volumes(
+    folder: Path, output, network, atlas, mirror: SagittalMirror | None, mesh_format: str = "stl"
+) -> tuple[np.ndarray, Any]:
+    """Write the warped atlas and labels, the displacement, the transform and the surfaces (``surface`` and
+    ``label_surface`` in ``mesh_format``), all in the patient's world (for a left femur the registration
+    world's results mirrored back).
 
     Returns:
-        the warped labels in the registration world, ``(I, J, K)`` uint8 on the atlas grid.
+        the warped labels in the registration world, ``(I, J, K)`` uint8 on the atlas grid, and the
+        carried atlas surface (:func:`carried_atlas_surface`, a :class:`trimesh.Trimesh`).
     """
     grid = atlas.grid
     displacement = output.total_displacement.float()  # (1, 3, I, J, K) mm, world components
@@ -148,9 +169,10 @@ def write_volumes(folder: Path, output, network, atlas, mirror: SagittalMirror |
     write_volume(folder / "warped_labels.nii.gz", patient_labels, grid)
     write_volume(folder / "displacement.nii.gz", np.ascontiguousarray(vectors), grid, intent="vector")
     write_json(folder / "transform.json", document)
-    write_stl(folder / "surface.stl", carried_atlas_surface(atlas, output.total_displacement, mirror))
-    write_stl(folder / "label_surface.stl", label_surface(patient_labels, grid, FEMUR_LABEL))
-    return warped_labels
+    surface = carried_atlas_surface(atlas, output.total_displacement, mirror)
+    write_mesh(folder / f"surface.{mesh_format}", surface)
+    write_mesh(folder / f"label_surface.{mesh_format}", label_surface(patient_labels, grid, FEMUR_LABEL))
+    return warped_labels, surface
 
 
 def atlas_surface(atlas):
@@ -303,6 +325,50 @@ def quality_report(projection_ncc: dict[str, float]) -> dict[str, Any]:
         "flag": bool(lowest < QUALITY_MIN_PROJECTION_NCC),
         "definition": QUALITY_DEFINITION,
     }
+
+
+HIP_ROWS = {  # report.json's hip key -> report.html's name, unit, definition (biplanar.evaluation.hip)
+    "head_diameter_mm": ("head diameter", "mm", "twice the radius of the sphere fitted to the carried head"),
+    "neck_shaft_angle_deg": ("neck-shaft angle", "deg", "180 deg minus the angle between the neck and shaft axes"),
+    "femoral_offset_mm": ("femoral offset", "mm", "distance from the head centre to the shaft axis (a line)"),
+    "anteversion_deg": (
+        "anteversion",
+        "deg",
+        "angle, across the shaft axis, from the medial direction (the condylar axis reversed) to the neck axis; "
+        "positive anterior",
+    ),
+}
+SCORES = (("dice", "Dice", ""), ("jaccard", "Jaccard", ""), ("assd_mm", "ASSD", "mm"), ("hd95_mm", "HD95", "mm"))
+
+
+def write_report_page(folder: Path, report: dict[str, Any], surface) -> None:
+    """Write ``report.html`` (:mod:`biplanar.io.report_html`): the overlays already in ``folder``, the hip
+    measurements, quality, timings and (with truth labels) scores of ``report.json``, and the carried
+    surface with the carried landmarks (:data:`LANDMARK_POINTS`) in 3D.
+
+    Args:
+        folder: the output folder, holding ``overlay_AP.png`` and ``overlay_LAT.png``.
+        report: ``report.json``'s contents.
+        surface: the carried atlas surface (:func:`carried_atlas_surface`), world mm.
+    """
+    hip = report["hip"]
+    carried = hip["landmarks"]
+    # The head centre of the patient's world (hip's own is the registration world's, mirrored for a left femur).
+    measurements = [ReportRow("femoral head centre", carried["head_centre_mm"], "mm", "world RAS+ (x, y, z)")]
+    measurements += [ReportRow(name, hip[key], unit, definition) for key, (name, unit, definition) in HIP_ROWS.items()]
+    contents = ReportContents(
+        title=f"biplanar registration: {report['side']} femur",
+        side=report["side"],
+        vertices_world=np.asarray(surface.vertices),
+        faces=np.asarray(surface.faces),
+        landmarks_mm={name.replace("_", " "): carried[key] for name, key in LANDMARK_POINTS.items()},
+        images={name: (folder / f"overlay_{name}.png").read_bytes() for name in VIEW_NAMES},
+        measurements=measurements,
+        quality=report["quality"],
+        timings_s=report["timings_s"],
+        scores=[ReportRow(label, report[key], unit) for key, label, unit in SCORES if key in report],
+    )
+    write_report_html(folder / "report.html", contents)
 
 
 def publish(partial: Path, out_dir: Path) -> None:

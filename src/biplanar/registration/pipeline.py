@@ -44,6 +44,7 @@ from biplanar.geometry.volume_grid import VolumeGrid
 from biplanar.io.atomic import require_empty_out_dir
 from biplanar.io.geometry_file import write_geometry
 from biplanar.io.json_files import write_json
+from biplanar.io.mesh import MESH_FORMATS
 from biplanar.models.network import AtlasRegistrationNet
 from biplanar.models.segmentation import segment
 from biplanar.optimisation.intensity_registration import refine_output
@@ -59,14 +60,15 @@ from biplanar.registration.inputs import (
 )
 from biplanar.registration.outputs import (
     CORRECTED_GEOMETRY,
-    OUTPUT_FILES,
     PARTIAL_SUFFIX,
+    output_files,
     patient_hip_report,
     publish,
     quality_report,
     truth_metrics,
     write_landmarks,
     write_projections,
+    write_report_page,
     write_volumes,
 )
 from biplanar.training.checkpoints import bundled_model_path, load_model
@@ -81,17 +83,19 @@ class RegistrationReport:
     """What :func:`register` did.
 
     Attributes:
-        out_dir: the folder holding :data:`OUTPUT_FILES`.
+        out_dir: the folder holding the outputs (:func:`~biplanar.registration.outputs.output_files`).
         report: the contents of ``report.json``.
+        mesh_format: the meshes' format (``surface.<mesh_format>``).
     """
 
     out_dir: Path
     report: dict[str, Any]
+    mesh_format: str = "stl"
 
     @property
     def files(self) -> dict[str, Path]:
         """Output name -> path."""
-        return {name: self.out_dir / name for name in OUTPUT_FILES}
+        return {name: self.out_dir / name for name in output_files(self.mesh_format)}
 
 
 def correct_calibration(
@@ -226,6 +230,7 @@ def register(
     intensity: str = "auto",
     air_level: float | None = None,
     segmentation_model_path: str | Path | None = None,
+    mesh_format: str = "stl",
 ) -> RegistrationReport:
     """Register the atlas to an AP + LAT pair of radiographs and write the outputs (module doc).
 
@@ -256,6 +261,8 @@ def register(
         intensity: ``"auto"``, ``"line-integral"`` or ``"transmission"`` (docs/contract.md section 7).
         air_level: the unattenuated level of transmission images (estimated when ``None``).
         segmentation_model_path: a 2D segmentation checkpoint (default: the bundled one).
+        mesh_format: ``stl``, ``ply``, ``obj`` or ``vtk``: the format of ``surface`` and
+            ``label_surface`` (:func:`biplanar.io.mesh.write_mesh`).
 
     Returns:
         the output folder and the contents of ``report.json``.
@@ -268,6 +275,7 @@ def register(
     if refine < 0:
         raise InputError(f"refine: expected >= 0 iterations, got {refine}")
     require_choice("pose method", pose_method, METHODS)
+    require_choice("mesh format", mesh_format, MESH_FORMATS)
     started = time.perf_counter()
     out_dir = Path(out_dir)
     require_empty_out_dir(out_dir)
@@ -342,7 +350,7 @@ def register(
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
         try:
-            warped_labels = write_volumes(partial, output, network, atlas, inputs.mirror)
+            warped_labels, surface = write_volumes(partial, output, network, atlas, inputs.mirror, mesh_format)
             ncc = write_projections(partial, output, network, warped_labels, inputs)
             quality = quality_report(ncc)
             hip = patient_hip_report(atlas, output.total_displacement, inputs.mirror)
@@ -372,6 +380,7 @@ def register(
             times["total"] = time.perf_counter() - started
             if estimate_pose:
                 write_geometry(partial / CORRECTED_GEOMETRY, views)
+            write_report_page(partial, report, surface)
             write_json(partial / "report.json", report)
             publish(partial, out_dir)
         finally:
@@ -385,4 +394,4 @@ def register(
             flush=True,
         )
     print_stage("register", progress, f"done in {times['total']:.1f} s: {out_dir}")
-    return RegistrationReport(out_dir, report)
+    return RegistrationReport(out_dir, report, mesh_format)

@@ -775,6 +775,7 @@ def train(
     epochs: int | None = None,
     progress: bool = True,
     max_steps: int | None = None,
+    init: str | Path | None = None,
 ) -> TrainResult:
     """Train (or continue training) the registration network; see the module doc for what is written.
 
@@ -787,6 +788,10 @@ def train(
         epochs: overrides ``training.epochs`` (the total, counting epochs already done).
         progress: show a progress bar (rank 0).
         max_steps: stop (with a checkpoint) once the run has done this many optimizer steps in total.
+        init: start a new run from this checkpoint's weights (a run's ``best.pt`` / ``last.pt`` or an
+            exported model, e.g. the bundled one) instead of a random initialisation: fine-tuning.
+            Its network must be the config's; the optimizer and schedule start afresh. Ignored
+            with ``resume`` (the run's own weights are restored).
 
     Raises:
         InputError: bad data or config, a mismatching dataset or checkpoint, ``out_dir`` holding a run
@@ -807,9 +812,23 @@ def train(
                 resume,
                 progress,
                 math.inf if max_steps is None else max_steps,
+                None if init is None else Path(init),
             )
     finally:
         teardown_distributed(context)
+
+
+def _initial_weights(path: Path, config: ExperimentConfig, device: torch.device) -> dict[str, Tensor]:
+    """The network weights of checkpoint ``path`` for fine-tuning; ``InputError`` when its network
+    is not ``config``'s (the architecture sections must be equal)."""
+    state = load_checkpoint(path, device)
+    theirs = ExperimentConfig.from_dict(state["config"], f"{path}: config")
+    for section in ("geometry", "affine", "local"):
+        if getattr(theirs, section) != getattr(config, section):
+            raise InputError(
+                f"init: {path}: its {section} settings differ from the config's; fine-tuning needs the same network"
+            )
+    return state["model"]
 
 
 def _run(
@@ -821,9 +840,14 @@ def _run(
     resume: bool,
     progress: bool,
     max_steps: float,
+    init: Path | None,
 ) -> TrainResult:
+    if init is not None and not resume:
+        weights = _initial_weights(init, config, context.device)
     prepare_run_dir(config, out_dir, resume, context.is_main)
     run = _Run(config, out_dir, train_set, val_set, context)
+    if init is not None and not resume:
+        run.network.load_state_dict(weights)
     if resume:
         state = load_checkpoint(out_dir / LAST, context.device)
         check_resumable(config, state, out_dir / LAST)
