@@ -251,6 +251,7 @@ def simulate(
     shapes: str = "mixed",
     preset: str = "lite",
     mode: str = "line_integral",
+    scene: str = "body",
     photons: float = 1e5,
     kvp: float = 80.0,
     aluminium_mm: float = 2.5,
@@ -276,6 +277,9 @@ def simulate(
         mode: radiograph values, ``line_integral``, ``poisson``, ``polychromatic`` or ``clinical``
             (a clinic's processed image, 0 to 4095, its appearance drawn per subject; also written
             as ``AP.dcm`` and ``LAT.dcm``; docs/data.md).
+        scene: what the radiographs project: ``body`` (the patient around the CT: body outline,
+            skin, air, both hips; the CT is cut from it, so no box edge shows) or ``grid`` (the CT
+            alone, as datasets made before scenes).
         photons: incident photons per pixel (``mode="poisson"``).
         kvp: tube voltage, kV (``mode="polychromatic"``).
         aluminium_mm: tube filtration, mm of aluminium (``mode="polychromatic"``).
@@ -291,7 +295,14 @@ def simulate(
     from biplanar.data.simulate import SimulationConfig, simulate_dataset  # lazy: CLI start-up time
 
     config = SimulationConfig(
-        preset=preset, geometry=geometry, shapes=shapes, mode=mode, photons=photons, kvp=kvp, aluminium_mm=aluminium_mm
+        preset=preset,
+        geometry=geometry,
+        shapes=shapes,
+        scene=scene,
+        mode=mode,
+        photons=photons,
+        kvp=kvp,
+        aluminium_mm=aluminium_mm,
     )
     return simulate_dataset(out, n, seed, config, workers=workers, progress=progress)
 

@@ -198,6 +198,9 @@ def simulate(
         "line_integral",
         help="line_integral, poisson, polychromatic or clinical (a processed clinic image, also as AP.dcm, LAT.dcm).",
     ),
+    scene: str = typer.Option(
+        "body", help="What radiographs project: body (the patient around the CT, no box edges) or grid (the CT alone)."
+    ),
     photons: float = typer.Option(1e5, help="Photons per pixel (mode poisson)."),
     kvp: float = typer.Option(80.0, help="Tube voltage, kV (mode polychromatic)."),
     aluminium_mm: float = typer.Option(2.5, help="Filtration, mm Al (mode polychromatic)."),
@@ -215,6 +218,7 @@ def simulate(
             shapes=shapes,
             preset=preset,
             mode=mode,
+            scene=scene,
             photons=photons,
             kvp=kvp,
             aluminium_mm=aluminium_mm,

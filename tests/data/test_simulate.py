@@ -122,8 +122,10 @@ def test_different_seeds_differ(dataset, tmp_path):
 
 
 # --- the radiographs and masks, by the independent integrator ---------------------------------
-def test_radiographs_are_line_integrals_of_the_whole_ct(dataset):
-    folder = subject_dirs(dataset)[0]
+def test_radiographs_are_line_integrals_of_the_whole_ct(tmp_path):
+    """With ``scene="grid"`` the radiographs project the CT written (the body scene: test_scene.py)."""
+    simulate_dataset(tmp_path, 1, SEED, dataclasses.replace(TINY, scene="grid"), progress=False)
+    folder = subject_dirs(tmp_path)[0]
     hu, grid = read_volume(folder / "ct.nii.gz")
     views = read_geometry(folder / "geometry.json")
     for name in ("AP", "LAT"):
@@ -298,8 +300,9 @@ def test_the_detector_of_a_preset_is_its_config_presets(preset):
 # --- modes -----------------------------------------------------------------------------------
 def test_poisson_noise_has_the_quantum_variance():
     photons = 1e4
-    clean = simulate_case(5, TINY)
-    noisy = simulate_case(5, dataclasses.replace(TINY, mode="poisson", photons=photons))
+    # The CT alone: through the body's 40 cm (scene "body") a lateral ray leaves ~1 photon of 1e4.
+    clean = simulate_case(5, dataclasses.replace(TINY, scene="grid"))
+    noisy = simulate_case(5, dataclasses.replace(TINY, scene="grid", mode="poisson", photons=photons))
     np.testing.assert_array_equal(noisy.ct_hu, clean.ct_hu)
     z = np.concatenate(
         [

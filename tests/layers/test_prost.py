@@ -76,16 +76,19 @@ def test_posed_volume_projects_like_the_moved_ellipsoid():
 
 
 def test_beam_sum_is_the_line_integral():
+    """Ray sampling's line integral is its beam space summed; beam space is ray samples whatever the algorithm."""
     grid = VolumeGrid.from_spacing((20, 16, 24), (2.0, 2.0, 2.0))
     volume = torch.rand(2, 3, *grid.shape, generator=torch.Generator().manual_seed(0))
     view = biplanar_pair(image_shape=(24, 20), pixel_spacing_mm=(2.0, 2.0))["LAT"]
-    prost = ProST(view, grid, 32)
+    prost = ProST(view, grid, 32, algorithm="rays")
     beam = prost(volume, beam=True)
     assert beam.shape == (2, 3, 32, 24, 20)
     torch.testing.assert_close((beam.sum(2) * prost.step_mm), prost(volume))
+    torch.testing.assert_close(ProST(view, grid, 32, algorithm="slices")(volume, beam=True), beam)
 
 
-def test_row_chunks_match_one_pass_with_gradients():
+@pytest.mark.parametrize("algorithm", ["rays", "slices"])
+def test_row_chunks_match_one_pass_with_gradients(algorithm):
     """Bounding memory by chunks (with recomputation in backward) changes neither values nor gradients."""
     grid = VolumeGrid.from_spacing((20, 16, 24), (2.0, 2.0, 2.0))
     view = biplanar_pair(image_shape=(24, 20), pixel_spacing_mm=(2.0, 2.0))["AP"]
@@ -93,7 +96,7 @@ def test_row_chunks_match_one_pass_with_gradients():
     weights = torch.rand(24, 20, generator=torch.Generator().manual_seed(2))
     results = []
     for chunk in (2**30, 32 * 20 * 3):
-        image = ProST(view, grid, 32, max_samples_per_chunk=chunk)(volume)
+        image = ProST(view, grid, 32, max_samples_per_chunk=chunk, algorithm=algorithm)(volume)
         (gradient,) = torch.autograd.grad((image[0, 0] * weights).sum(), volume)
         results.append((image, gradient))
     torch.testing.assert_close(results[0][0], results[1][0])
@@ -129,25 +132,29 @@ def tiny_setup():
     return grid, view, volume
 
 
-def test_gradcheck_prost_volume():
+@pytest.mark.parametrize("algorithm", ["rays", "slices"])
+def test_gradcheck_prost_volume(algorithm):
     grid, view, volume = tiny_setup()
-    prost = ProST(view, grid, 8).double()
+    prost = ProST(view, grid, 8, algorithm=algorithm).double()
     assert torch.autograd.gradcheck(lambda v: prost(v), (volume,))
     assert torch.autograd.gradcheck(lambda v: prost(v, beam=True), (volume,))
 
 
-def test_gradcheck_prost_pose():
+@pytest.mark.parametrize("algorithm", ["rays", "slices"])
+def test_gradcheck_prost_pose(algorithm):
     grid, view, volume = tiny_setup()
-    prost = ProST(view, grid, 8, margin_mm=5.0).double()
+    prost = ProST(view, grid, 8, margin_mm=5.0, algorithm=algorithm).double()
     params = torch.tensor([[0.05, -0.03, 0.1, 0.7, -0.4, 0.3, 0.02]], dtype=torch.float64, requires_grad=True)
     centre = torch.as_tensor(grid.centre_world)
     assert torch.autograd.gradcheck(lambda p: prost(volume.detach(), similarity_matrix(p, centre)), (params,))
 
 
-def test_pose_jacobian_matches_autograd():
+@pytest.mark.parametrize("algorithm", ["rays", "slices"])
+def test_pose_jacobian_matches_autograd(algorithm):
     """The exact DRR Jacobian (one sampling backward + forward-mode rays) equals autograd's, image included."""
     grid, view, volume = tiny_setup()
-    prost = ProST(view, grid, 8, margin_mm=5.0, max_samples_per_chunk=2 * 8 * 3 * 2).double()  # 2 row chunks
+    # Rays: 2 row chunks.
+    prost = ProST(view, grid, 8, margin_mm=5.0, max_samples_per_chunk=2 * 8 * 3 * 2, algorithm=algorithm).double()
     centre = torch.as_tensor(grid.centre_world)
     params = torch.tensor([[0.05, -0.03, 0.1, 0.7, -0.4, 0.3], [-0.1, 0.2, 0.0, -1.0, 0.5, 2.0]], dtype=torch.float64)
     volumes = volume.detach()[:, :1].expand(2, 1, *grid.shape)

@@ -169,10 +169,11 @@ def test_training_refuses_sides_that_are_not_multiples(five_subjects, tmp_path):
 
 
 def test_bundled_model_segments_a_held_out_radiograph():
-    """The bundled model on both views of a new simulated lite subject (a seed no dataset used)."""
+    """The bundled model on both views of a new simulated lite subject (a seed no dataset used), from
+    the CT alone (scene "grid") as it was trained: on the body scene its AP masks fall to Dice 0.4-0.6."""
     network, config = load_segmentation_model()
     assert bundled_segmentation_path().stat().st_size < 10e6 and config.size_multiple == 8
-    case = simulate_case(20_251_204, SimulationConfig(preset="lite", geometry="mixed"))
+    case = simulate_case(20_251_204, SimulationConfig(preset="lite", geometry="mixed", scene="grid"))
     for view in VIEW_NAMES:
         mask = segment(network, case.radiographs[view])
         dice = mask_dice(mask[None], case.masks[view][None] > 0.5)[0]
@@ -181,7 +182,7 @@ def test_bundled_model_segments_a_held_out_radiograph():
         rescaled = segment(network, 3.0 * case.radiographs[view] + 1.0)
         assert mask_dice(rescaled[None], mask[None])[0] > 0.999
     # the tiny preset's detector (56 x 40 pixels of 3.72 mm, the same field of view) at the bundled shape
-    tiny = simulate_case(20_251_205, SimulationConfig(preset="tiny", geometry="mixed"))
+    tiny = simulate_case(20_251_205, SimulationConfig(preset="tiny", geometry="mixed", scene="grid"))
     for view in VIEW_NAMES:
         mask = segment(network, tiny.radiographs[view], working_shape=BUNDLED_IMAGE_SHAPE)
         assert mask.shape == (56, 40) and mask_dice(mask[None], tiny.masks[view][None] > 0.5)[0] > 0.9

@@ -33,7 +33,7 @@ from biplanar.training.trainer import (
     train,
 )
 
-TINY = SimulationConfig(preset="tiny")
+TINY = SimulationConfig(preset="tiny", shapes="phantom", scene="grid")  # the overfitting budget was set on these
 OVERFIT_EPOCHS = 30  # x 2 subjects = 60 steps at the tiny config's learning rate 1e-3
 
 

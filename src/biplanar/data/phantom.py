@@ -33,6 +33,7 @@ import torch
 from scipy.special import ndtri
 from torch import Tensor
 
+from biplanar.data.body_shape import AIR_HU, SKIN_HU, SKIN_MM, BodyParameters, BodyShape
 from biplanar.data.femur_shape import FemurParameters, FemurSolid, canonical_rotation
 from biplanar.data.femur_ssm import SsmFemurParameters
 from biplanar.data.grid_presets import grid_preset
@@ -122,6 +123,8 @@ class SubjectSpec:
         pose: femur pose about the head centre.
         detail_seed: seed of the random fields (surface deformation, textures, fat planes).
         deformed: whether the smooth random surface deformation is applied.
+        body: the body around the hips, used when rendered with a :class:`BodyShape`
+            (:mod:`biplanar.data.scene`); drawn last, so the other draws do not depend on it.
     """
 
     femur: FemurParameters | SsmFemurParameters = field(default_factory=FemurParameters.mean)
@@ -130,6 +133,7 @@ class SubjectSpec:
     pose: Pose = field(default_factory=Pose)
     detail_seed: int = 0
     deformed: bool = True
+    body: BodyParameters = field(default_factory=BodyParameters.mean)
 
     @classmethod
     def sample(cls, seed: int, femur_shape: str = "phantom") -> SubjectSpec:
@@ -143,6 +147,7 @@ class SubjectSpec:
             Pose.sample(rng),
             detail_seed=int(rng.integers(2**62)),
             deformed=True,
+            body=BodyParameters.sample(rng),
         )
 
     @classmethod
@@ -171,6 +176,10 @@ class SubjectSpec:
     def pelvis_origin_world(self) -> np.ndarray:
         """``(3,)`` world mm of the pelvis frame's origin (the posed head centre)."""
         return self.centred_head_world + np.asarray(self.pose.translation_mm)
+
+    def body_on(self, grid: VolumeGrid) -> BodyShape:
+        """The subject's body, its midline on ``grid``'s lattice (:meth:`BodyShape.on_lattice`)."""
+        return BodyShape.on_lattice(self.body, self.pelvis_origin_world(), grid)
 
 
 @dataclass(frozen=True)
@@ -318,29 +327,60 @@ def _single_threaded() -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def render_subject(spec: SubjectSpec, grid: VolumeGrid) -> Subject:
+def render_subject(spec: SubjectSpec, grid: VolumeGrid, body: BodyShape | None = None) -> Subject:
     """Voxelise ``spec`` on ``grid``: CT in HU with partial volume, femur labels, landmarks.
 
     Runs torch single-threaded (see :func:`_single_threaded`); deterministic for a given
-    ``spec`` and ``grid``.
+    ``spec``, ``grid`` and ``body``.
+
+    Args:
+        body: the body outline: skin, subcutaneous fat and air outside it (:meth:`SubjectSpec.body_on`);
+            ``None``: soft tissue fills the grid.
     """
+    return render_subject_and_femur_sdf(spec, grid, body)[0]
+
+
+def render_subject_and_femur_sdf(
+    spec: SubjectSpec, grid: VolumeGrid, body: BodyShape | None = None
+) -> tuple[Subject, Tensor]:
+    """:func:`render_subject` and the femur's ``(I, J, K)`` float32 narrow-band signed distance
+    (mm) on ``grid``, the one the labels threshold at 0."""
     with _single_threaded():
-        renderer = _Renderer(spec, grid)
+        renderer = _Renderer(spec, grid, body)
         femur_sdf = renderer.femur_sdf()
-        return Subject(
+        subject = Subject(
             ct_hu=renderer.ct_hu(femur_sdf).numpy(),
             labels=(femur_sdf <= 0).numpy().astype(np.uint8),
             grid=grid,
             spec=spec,
             landmarks=landmarks_world(spec),
         )
+        return subject, femur_sdf
+
+
+def render_ct_hu(
+    spec: SubjectSpec,
+    grid: VolumeGrid,
+    body: BodyShape | None = None,
+    femur_sdf_block: tuple[tuple[slice, slice, slice], Tensor] | None = None,
+) -> Tensor:
+    """The CT of :func:`render_subject` alone: ``(I, J, K)`` float32 HU on ``grid``.
+
+    Args:
+        femur_sdf_block: ``(block, values)``: the femur's signed distance already rendered on the
+            sub-block ``block`` (index slices) of ``grid``, e.g. by :func:`render_subject_and_femur_sdf`
+            on a grid of the same lattice inside this one; copied there instead of evaluated.
+    """
+    with _single_threaded():
+        renderer = _Renderer(spec, grid, body)
+        return renderer.ct_hu(renderer.femur_sdf(femur_sdf_block))
 
 
 class _Renderer:
     """One subject on one grid; every volume is ``(I, J, K)`` float32 on ``grid``."""
 
-    def __init__(self, spec: SubjectSpec, grid: VolumeGrid) -> None:
-        self.spec, self.grid = spec, grid
+    def __init__(self, spec: SubjectSpec, grid: VolumeGrid, body: BodyShape | None = None) -> None:
+        self.spec, self.grid, self.body = spec, grid, body
         self.femur = spec.femur.solid()
         self.pelvis = PelvisShape(spec.pelvis, spec.femur.head_radius_mm)
         self.fields = _DetailFields(spec.detail_seed)
@@ -354,10 +394,11 @@ class _Renderer:
             self.spec, self.femur, self.fields, self.frames.femur(points_world), self.frames.edges_femur
         )
 
-    def femur_sdf(self) -> Tensor:
-        """Femur signed distance, exact as far out as it carves the pelvis (joint + cortex)."""
+    def femur_sdf(self, known: tuple[tuple[slice, slice, slice], Tensor] | None = None) -> Tensor:
+        """Femur signed distance, exact as far out as it carves the pelvis (joint + cortex);
+        ``known``: see :func:`render_ct_hu`'s ``femur_sdf_block``."""
         band = PelvisParameters.ranges()["joint_space_mm"].high + PELVIS_CORTEX_MM + self.ramp_margin
-        return narrow_band_sdf(self._femur_sdf_world, self.grid, band, self.points_world)
+        return narrow_band_sdf(self._femur_sdf_world, self.grid, band, self.points_world, known)
 
     def pelvis_sdf(self, femur_sdf: Tensor) -> Tensor:
         """Pelvis signed distance, kept ``joint_space_mm`` away from the posed femur."""
@@ -384,7 +425,10 @@ class _Renderer:
         pelvis_inner = torch.minimum(occupancy(pelvis_sdf + PELVIS_CORTEX_MM, width), pelvis_outer)
 
         fat = smooth_field(lambda x: self.fields.fat(frames.pelvis(x))[:, 0], self.grid)
-        hu = _soft_tissue_hu(tissue, fat) * (1.0 - femur_outer - pelvis_outer) + tissue.cortical_hu * (
+        soft = _soft_tissue_hu(tissue, fat)
+        if self.body is not None:
+            soft = self._within_body(self.body, soft)
+        hu = soft * (1.0 - femur_outer - pelvis_outer) + tissue.cortical_hu * (
             femur_outer - femur_inner + pelvis_outer - pelvis_inner
         )
         core = femur_inner > 0
@@ -395,6 +439,25 @@ class _Renderer:
         texture = self.fields.texture(frames.pelvis(self.points_world[core]), frames.edges_world)
         hu[core] += pelvis_inner[core] * (tissue.trabecular_hu + tissue.trabecular_texture_hu * texture[:, 0])
         return hu
+
+    def _within_body(self, body: BodyShape, deep_hu: Tensor) -> Tensor:
+        """``deep_hu`` (soft tissue, ``(I, J, K)`` HU, changed in place) under the subcutaneous fat
+        and the skin of ``body``, air outside it; each layer with its partial-volume ramp."""
+        sdf = body.sdf_on_grid(self.grid)
+        width = body.ramp_width_mm(self.grid)
+        depth = SKIN_MM + body.p.subcutaneous_fat_mm  # of the deep tissue under the skin, mm
+        # Layers mix from half a ramp outside the skin to half a ramp below the fat: deeper voxels
+        # keep deep_hu, those farther out are air.
+        shell = (sdf <= 0.5 * width) & (sdf > -depth - 0.5 * width)
+        deep_hu[sdf > 0.5 * width] = AIR_HU
+        distance, fat_hu = sdf[shell], self.spec.tissue.fat_hu
+        skin, subcutaneous, deep = (
+            occupancy(distance + offset, distance.new_tensor(width)) for offset in (0.0, SKIN_MM, depth)
+        )
+        deep_hu[shell] = (
+            AIR_HU + (SKIN_HU - AIR_HU) * skin + (fat_hu - SKIN_HU) * subcutaneous + (deep_hu[shell] - fat_hu) * deep
+        )
+        return deep_hu
 
 
 def _soft_tissue_hu(tissue: TissueParameters, fat_field: Tensor) -> Tensor:

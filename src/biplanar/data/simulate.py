@@ -1,6 +1,6 @@
 """Simulated biplanar cases and datasets: a phantom CT, its AP and LAT radiographs and femur masks.
 
-A *case* is one synthetic subject (:func:`biplanar.data.phantom.make_subject`; its femur the
+A *case* is one synthetic subject (:class:`biplanar.data.phantom.SubjectSpec`; its femur the
 parametric phantom's or drawn from the real-subject shape model, :data:`SHAPES`) seen by two C-arm
 views whose isocentre is the volume's centre (the world origin of the grid presets):
 
@@ -10,8 +10,14 @@ views whose isocentre is the volume's centre (the world origin of the grid prese
 - ``mixed``: each case orthogonal or generalized with probability 1/2, drawn from the case seed
   (the bundled model's training set: calibrated pairs anywhere within +-30 degrees).
 
-Radiographs (``(rows, cols)`` float32, dimensionless) project the WHOLE CT, surrounding tissue
-and pelvis included:
+Radiographs (``(rows, cols)`` float32, dimensionless) project the subject's scene (``scene``):
+
+- ``body`` (the default): the patient around the CT, body outline with skin and air, soft tissue,
+  both hemipelves and both femurs, on a grid larger than the CT's that every ray crosses in full;
+  the CT and labels are cut from it (:mod:`biplanar.data.scene`), so no box edge shows;
+- ``grid``: the CT alone, soft tissue ending at the grid's faces (datasets made before scenes),
+
+in one of the modes:
 
 - ``line_integral``: ``integral of mu ds`` with ``mu = hu_to_mu(HU)`` (``docs/contract.md`` 3);
 - ``poisson``: the same with quantum noise at ``photons`` per pixel, log-transformed back;
@@ -65,8 +71,9 @@ import numpy as np
 import torch
 
 from biplanar.config import DEFAULT_NUM_SAMPLES, PRESETS, load_config
-from biplanar.data.grid_presets import GRID_PRESETS
-from biplanar.data.phantom import Subject, make_subject
+from biplanar.data.grid_presets import GRID_PRESETS, grid_preset
+from biplanar.data.phantom import Subject, SubjectSpec, render_subject
+from biplanar.data.scene import Scene, render_scene
 from biplanar.errors import InputError
 from biplanar.geometry.presets import (
     VIEW_NAMES,
@@ -89,6 +96,7 @@ GEOMETRIES = ("orthogonal", "generalized", "mixed")
 # Femur shapes: the parametric phantom, the real-subject shape model, or either with probability 1/2.
 SHAPES = ("phantom", "ssm", "mixed")
 SIMULATION_MODES = ("line_integral", "poisson", "polychromatic", "clinical")
+SCENES = ("body", "grid")  # what the radiographs project (module doc)
 GENERALIZED_MAX_OFFSET_DEG = 30.0
 KVP_RANGE = (20.0, 150.0)  # tube voltages SpekPy models, kV
 MASK_MIN_PATH_MM = 1.0  # femur path length along a ray above which a pixel is femur, mm
@@ -125,6 +133,7 @@ class SimulationConfig:
             config preset's, :func:`preset_detector`).
         geometry: ``orthogonal``, ``generalized`` or ``mixed`` (see the module doc).
         shapes: the femurs, one of :data:`SHAPES` (:func:`case_femur_shape`).
+        scene: what the radiographs project, one of :data:`SCENES` (module doc).
         mode: radiograph values, one of :data:`SIMULATION_MODES`.
         photons: incident photons per pixel (``poisson``).
         kvp: tube voltage, kV (``polychromatic``).
@@ -135,6 +144,7 @@ class SimulationConfig:
     preset: str = "lite"
     geometry: str = "orthogonal"
     shapes: str = "mixed"
+    scene: str = "body"
     mode: str = "line_integral"
     photons: float = 1e5
     kvp: float = 80.0
@@ -146,6 +156,7 @@ class SimulationConfig:
             ("preset", sorted(set(GRID_PRESETS) & set(PRESETS))),
             ("geometry", GEOMETRIES),
             ("shapes", SHAPES),
+            ("scene", SCENES),
             ("mode", SIMULATION_MODES),
         ):
             if getattr(self, name) not in allowed:
@@ -180,11 +191,12 @@ class SimulationConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> SimulationConfig:
         """The inverse of :meth:`to_dict`; ``InputError`` on unknown fields. A config without
-        ``shapes`` is from before the shape model: its femurs are phantoms."""
+        ``shapes`` is from before the shape model: its femurs are phantoms; one without ``scene``
+        from before scenes: its radiographs project the grid."""
         unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise InputError(f"simulation config: unknown field(s) {sorted(unknown)}")
-        return cls(**{"shapes": "phantom", **values})
+        return cls(**{"shapes": "phantom", "scene": "grid", **values})
 
 
 DEFAULT_CONFIG = SimulationConfig()
@@ -201,6 +213,8 @@ class SimulatedCase:
         radiographs: view name -> ``(rows, cols)`` float32, dimensionless (see ``mode``).
         masks: view name -> ``(rows, cols)`` float32, 1.0 femur, 0.0 elsewhere (the mask rule).
         appearance: the ``clinical`` mode's parameters of this case, else ``None``.
+        scene: where the projected scene lies (scene ``body``), else ``None`` (the radiographs
+            project the CT on :attr:`grid`).
     """
 
     seed: int
@@ -209,6 +223,7 @@ class SimulatedCase:
     radiographs: dict[str, np.ndarray]
     masks: dict[str, np.ndarray]
     appearance: ClinicalAppearance | None = None
+    scene: Scene | None = None
 
     @property
     def ct_hu(self) -> np.ndarray:
@@ -231,20 +246,25 @@ class SimulatedCase:
         return {name: self.radiographs[name] * self.masks[name] for name in self.radiographs}
 
     def record(self) -> dict[str, Any]:
-        """The subject's seed, parameters, pose and landmarks, and the clinical appearance (JSON-ready)."""
+        """The subject's seed, parameters, pose and landmarks, the clinical appearance and the
+        scene (JSON-ready)."""
         spec = self.subject.spec
         appearance = {} if self.appearance is None else {"appearance": self.appearance.to_dict()}
+        scene = {} if self.scene is None else {"scene": self.scene.to_dict()}
+        body = {} if self.scene is None else {"body": spec.body.to_dict()}
         return {
             "seed": self.seed,
             "parameters": {
                 "femur": spec.femur.to_dict(),
                 "pelvis": spec.pelvis.to_dict(),
                 "tissue": spec.tissue.to_dict(),
+                **body,
             },
             "pose": spec.pose.to_dict(),
             "detail_seed": spec.detail_seed,
             "landmarks": self.subject.landmarks.to_dict(),
             **appearance,
+            **scene,
         }
 
 
@@ -362,18 +382,27 @@ def femur_masks(
 
 def simulate_case(seed: int, config: SimulationConfig = DEFAULT_CONFIG) -> SimulatedCase:
     """Simulate case ``seed``: subject, views, radiographs and masks (deterministic in ``seed``)."""
-    subject = make_subject(seed, config.preset, case_femur_shape(seed, config.shapes))
-    views = case_views(seed, config, subject.grid)
+    grid = grid_preset(config.preset)
+    spec = SubjectSpec.sample(seed, case_femur_shape(seed, config.shapes))
+    views = case_views(seed, config, grid)
     appearance = (
         ClinicalAppearance.draw(np.random.default_rng(_child_seed(seed, APPEARANCE_STREAM)))
         if config.mode == "clinical"
         else None
     )
+    scene: Scene | None = None
+    if config.scene == "body":
+        rendered = render_scene(spec, grid, views)
+        subject, scene = rendered.subject, rendered.scene
+        projected, projected_grid = rendered.ct_hu, scene.grid
+    else:
+        subject = render_subject(spec, grid)
+        projected, projected_grid = subject.ct_hu, grid
     radiographs = render_radiographs(
-        subject.ct_hu, subject.grid, views, config, _as_int(_child_seed(seed, NOISE_STREAM)), appearance
+        projected, projected_grid, views, config, _as_int(_child_seed(seed, NOISE_STREAM)), appearance
     )
     masks = femur_masks(subject.labels, subject.grid, views, config.num_samples)
-    return SimulatedCase(seed, subject, views, radiographs, masks, appearance)
+    return SimulatedCase(seed, subject, views, radiographs, masks, appearance, scene)
 
 
 def split_sizes(n: int) -> dict[str, int]:

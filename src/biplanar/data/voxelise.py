@@ -38,7 +38,13 @@ def _coarse_lattice(grid: VolumeGrid, step_vox: np.ndarray) -> tuple[list[Tensor
     return positions, grid.vox_to_world(points_vox).to(torch.float32)
 
 
-def narrow_band_sdf(sdf_world: WorldField, grid: VolumeGrid, band_mm: float, points_world: Tensor) -> Tensor:
+def narrow_band_sdf(
+    sdf_world: WorldField,
+    grid: VolumeGrid,
+    band_mm: float,
+    points_world: Tensor,
+    known: tuple[tuple[slice, slice, slice], Tensor] | None = None,
+) -> Tensor:
     """A signed distance on ``grid``, exact inside the solid and within ``band_mm`` of its surface.
 
     The field is first sampled on a coarse lattice; voxels whose nearest coarse sample is farther
@@ -50,6 +56,9 @@ def narrow_band_sdf(sdf_world: WorldField, grid: VolumeGrid, band_mm: float, poi
         grid: the target grid.
         band_mm: half-width of the band that is evaluated exactly, mm.
         points_world: ``(I, J, K, 3)`` world mm of the voxel centres of ``grid``.
+        known: ``(block, values)``: this field already computed on the sub-block ``block``
+            (index slices) of ``grid``, e.g. on another grid of the same lattice; copied there, not
+            evaluated.
     """
     positions, coarse_world = _coarse_lattice(grid, np.full(3, BAND_STEP_VOX))
     coarse = sdf_world(coarse_world.reshape(-1, 3)).reshape(coarse_world.shape[:3])
@@ -61,6 +70,10 @@ def narrow_band_sdf(sdf_world: WorldField, grid: VolumeGrid, band_mm: float, poi
     ]
     mask = near[nearest[0]][:, nearest[1]][:, :, nearest[2]]
     sdf = torch.full(grid.shape, band_mm, dtype=torch.float32)
+    if known is not None:
+        block, values = known
+        mask[block] = False
+        sdf[block] = values
     sdf[mask] = sdf_world(points_world[mask]).clamp(max=band_mm)
     return sdf
 
