@@ -16,6 +16,7 @@ posterior condylar axis, which a proximal phantom does not have).
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -132,7 +133,7 @@ class FemurLandmarksLocal:
     lesser_trochanter_tip: np.ndarray
 
 
-class FemurSolid:
+class FemurSolid(ABC):
     """A right femur in the femur frame: its surface (subclasses) and the internal structure every
     femur shares, placed by a few of its landmarks.
 
@@ -163,14 +164,14 @@ class FemurSolid:
         self.shaft_point, self.shaft_radius_mm = np.asarray(shaft_point, dtype=float), float(shaft_radius_mm)
         self.cortex_proximal_mm, self.cortex_shaft_mm = float(cortex_proximal_mm), float(cortex_shaft_mm)
 
+    @abstractmethod
     def sdf(self, points_local: Tensor) -> Tensor:
         """Signed distance to the femur surface, mm (negative inside)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def landmarks(self, sdf_local: Callable[[Tensor], Tensor] | None = None) -> FemurLandmarksLocal:
         """The landmarks in the femur frame; trochanter tips located on ``sdf_local`` (the
         subject's deformed solid; ``None``: :meth:`sdf`)."""
-        raise NotImplementedError
 
     def cortex_thickness(self, points_local: Tensor) -> Tensor:
         """Cortical thickness (mm): thin proximally, thick in the diaphysis."""
