@@ -30,7 +30,7 @@ from biplanar.training.segmentation_trainer import (
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, required=True, help="a biplanar simulate folder")
+    parser.add_argument("--data", type=Path, nargs="+", required=True, help="biplanar simulate folder(s)")
     parser.add_argument("--out", type=Path, required=True, help="the run folder")
     parser.add_argument("--steps", type=int, default=SegmentationTrainingConfig.steps)
     parser.add_argument("--seed", type=int, default=SegmentationTrainingConfig.seed)

@@ -310,7 +310,7 @@ def simulate(
 def train(
     config: str | Path,
     out: str | Path,
-    data: str | Path | None = None,
+    data: str | Path | Sequence[str | Path] | None = None,
     on_the_fly: int | None = None,
     resume: bool = False,
     epochs: int | None = None,
@@ -326,7 +326,7 @@ def train(
     Args:
         config: a config YAML file, or a preset name: ``paper``, ``lite``, ``tiny``.
         out: the run folder (created).
-        data: a :func:`simulate` dataset folder (``train`` and ``val`` splits)...
+        data: a :func:`simulate` dataset folder (``train`` and ``val`` splits), or several trained together...
         on_the_fly: ...or instead this many fresh subjects per epoch, simulated in memory.
         resume: continue the run in ``out`` exactly.
         epochs: override the config's ``training.epochs`` (the total, counting done epochs).

@@ -231,7 +231,9 @@ def simulate(
 def train(
     config: str = typer.Option(..., help="Config YAML, or a preset name: paper, lite, tiny."),
     out: Path = typer.Option(..., help="Run folder: checkpoints, metrics.csv, TensorBoard logs."),
-    data: Path | None = typer.Option(None, help="A `biplanar simulate` dataset folder."),
+    data: list[Path] | None = typer.Option(
+        None, help="A `biplanar simulate` dataset folder; repeat it to train on several together."
+    ),
     on_the_fly: int | None = typer.Option(None, min=1, help="Instead of --data: N fresh subjects per epoch."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out exactly."),
     epochs: int | None = typer.Option(None, min=1, help="Override the config's epochs."),
@@ -244,7 +246,9 @@ def train(
         from biplanar import api  # lazy: CLI start-up time
 
         with _reporting_interruption():
-            result = api.train(config, out, data=data, on_the_fly=on_the_fly, resume=resume, epochs=epochs, init=init)
+            result = api.train(
+                config, out, data=data or None, on_the_fly=on_the_fly, resume=resume, epochs=epochs, init=init
+            )
         if os.environ.get("RANK", "0") != "0":  # under torchrun, one summary
             return
         typer.echo(_trained(result, out))

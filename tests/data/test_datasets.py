@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from biplanar.data.datasets import OnTheFlyDataset, SimulatedDataset
+from biplanar.data.datasets import OnTheFlyDataset, SimulatedDataset, SimulatedDatasets
 from biplanar.data.grid_presets import grid_preset
 from biplanar.data.simulate import SimulationConfig, simulate_dataset
 from biplanar.errors import InputError
@@ -83,6 +83,32 @@ def test_batches_collate(dataset):
     assert tuple(batch["ct"].shape) == (2, *VOLUME_SHAPE)
     assert tuple(batch["projection_matrices"].shape) == (2, 2, 3, 4)
     assert len(batch["subject_id"]) == 2
+
+
+def test_several_folders_read_as_one_in_order(dataset, tmp_path):
+    other = tmp_path / "other"
+    simulate_dataset(other, 3, SEED + 1, dataclasses.replace(TINY, geometry="generalized"), progress=False)
+    first, second = SimulatedDataset(dataset, "all"), SimulatedDataset(other, "all")
+    union = SimulatedDatasets([dataset, other], "all")
+    assert len(union) == len(first) + len(second) == N_SUBJECTS + 3
+    assert union.config == first.config
+    check_sample(union[N_SUBJECTS])
+    for index, expected in ((0, first[0]), (N_SUBJECTS + 2, second[2])):
+        assert torch.equal(union[index]["radiographs"], expected["radiographs"])
+        assert torch.equal(union[index]["projection_matrices"], expected["projection_matrices"])
+
+
+def test_several_folders_must_share_grid_and_detector(dataset, tmp_path):
+    other = tmp_path / "lite"
+    document = (dataset / "dataset.json").read_text().replace('"preset": "tiny"', '"preset": "lite"')
+    other.mkdir()
+    (other / "dataset.json").write_text(document)
+    (other / "split.json").write_text((dataset / "split.json").read_text())
+    (other / "subjects").symlink_to(dataset / "subjects")
+    with pytest.raises(InputError, match=r"lite/dataset.json: grid preset and image shape .* differ from"):
+        SimulatedDatasets([dataset, other], "all")
+    with pytest.raises(InputError, match="data: expected at least one dataset folder"):
+        SimulatedDatasets([], "all")
 
 
 def test_on_the_fly_is_deterministic_and_matches_the_written_subject(dataset):

@@ -71,6 +71,15 @@ def test_load_radiographs(five_subjects):
         load_radiographs(five_subjects, "training")
 
 
+def test_load_radiographs_of_several_folders(five_subjects):
+    one = load_radiographs(five_subjects, "train")
+    both = load_radiographs([five_subjects, five_subjects], "train")
+    assert both.images.shape == (12, 56, 40) and np.array_equal(both.images[6:], one.images)
+    assert both.subject_ids[0] == f"{five_subjects.name}/{one.subject_ids[0]}"
+    with pytest.raises(InputError, match="at least one dataset folder"):
+        load_radiographs([], "train")
+
+
 def test_config_round_trip():
     config = dataclasses.replace(SMALL, augmentation=dataclasses.replace(IDENTITY, gamma=(0.8, 1.25)))
     assert SegmentationTrainingConfig.from_dict(config.to_dict()) == config

@@ -189,6 +189,12 @@ def test_dataset_of_another_preset_is_refused(five_subjects, tmp_path):
         train(config, tmp_path, progress=False)
 
 
+def test_several_dataset_folders_train_together(two_subjects, five_subjects):
+    one_train, one_val = trainer_module.open_datasets(load_config("tiny"), five_subjects, None)
+    train_set, val_set = trainer_module.open_datasets(load_config("tiny"), [five_subjects, two_subjects], None)
+    assert (len(train_set), len(val_set)) == (len(one_train) + 2, len(one_val))
+
+
 def test_on_the_fly_data_uses_distinct_train_and_validation_subjects(tmp_path):
     train_set, val_set = trainer_module.open_datasets(load_config("tiny"), None, 10)
     assert (len(train_set), len(val_set)) == (10, 2)  # the paper's 235 : 40

@@ -16,12 +16,13 @@ Both return the same sample, a dict:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import ConcatDataset, Dataset
 
 from biplanar.data.grid_presets import grid_preset
 from biplanar.data.simulate import (
@@ -177,4 +178,43 @@ class OnTheFlyDataset(_CaseDataset):
         )
 
 
-CaseDataset = SimulatedDataset | OnTheFlyDataset  # either source of training cases (``open_datasets``)
+class SimulatedDatasets(_CaseDataset):
+    """One split of several :func:`simulate_dataset` folders as one dataset, in the order given:
+    e.g. a line-integral and a ``clinical``-mode population trained together.
+
+    Args:
+        roots: the dataset folders; they must share the grid preset and the image shape (their
+            mode, shapes, scene and geometry may differ).
+        split, masked: as :class:`SimulatedDataset`.
+
+    Attributes:
+        config: the first folder's :class:`SimulationConfig` (its grid and image shape are all of theirs).
+        parts: one :class:`SimulatedDataset` per folder.
+
+    Raises:
+        InputError: no folder, or a folder whose grid preset or image shape differs from the first's
+            (naming it), and whatever :class:`SimulatedDataset` raises.
+    """
+
+    def __init__(self, roots: Sequence[str | Path], split: str = "train", masked: bool = True) -> None:
+        if not roots:
+            raise InputError("data: expected at least one dataset folder")
+        self.parts = [SimulatedDataset(root, split, masked) for root in roots]
+        self.config = self.parts[0].config
+        for root, part in zip(roots, self.parts, strict=True):
+            shared = (part.config.preset, tuple(part.config.image_shape))
+            if shared != (self.config.preset, tuple(self.config.image_shape)):
+                raise InputError(
+                    f"{Path(root) / 'dataset.json'}: grid preset and image shape {shared} differ from "
+                    f"{Path(roots[0]) / 'dataset.json'}'s {(self.config.preset, tuple(self.config.image_shape))}"
+                )
+        self._concatenated: ConcatDataset[dict[str, Any]] = ConcatDataset(self.parts)
+
+    def __len__(self) -> int:
+        return len(self._concatenated)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self._concatenated[index]
+
+
+CaseDataset = SimulatedDataset | SimulatedDatasets | OnTheFlyDataset  # a source of training cases (``open_datasets``)

@@ -60,6 +60,7 @@ from biplanar.progress import print_stage
 from biplanar.training.checkpoints import bundled_model_path, export_model, load_checkpoint
 from biplanar.training.step_run import StepRun, resume_state
 from biplanar.training.trainer import (
+    DataDirs,
     TrainingLogs,
     cosine_factor,
     deterministic_algorithms,
@@ -217,11 +218,12 @@ class RadiographSet:
     masks: np.ndarray
 
 
-def load_radiographs(data_dir: str | Path, split: str) -> RadiographSet:
-    """Both views and masks of every subject of ``split`` of a ``biplanar simulate`` folder.
+def load_radiographs(data_dir: DataDirs, split: str) -> RadiographSet:
+    """Both views and masks of every subject of ``split`` of a ``biplanar simulate`` folder, or of
+    several folders one after the other (their subject ids then prefixed ``<folder name>/``).
 
     Args:
-        data_dir: the dataset folder (``split.json``, ``subjects/<id>/{AP,LAT}{,_mask}.npy``).
+        data_dir: the dataset folder(s) (``split.json``, ``subjects/<id>/{AP,LAT}{,_mask}.npy``).
         split: ``train``, ``val``, ``test`` or ``all``.
 
     Raises:
@@ -229,24 +231,34 @@ def load_radiographs(data_dir: str | Path, split: str) -> RadiographSet:
     """
     if split not in SPLITS:
         raise InputError(f"split: expected one of {', '.join(SPLITS)}, got {split!r}")
-    data_dir = Path(data_dir)
+    roots = [Path(data_dir)] if isinstance(data_dir, (str, Path)) else [Path(root) for root in data_dir]
+    if not roots:
+        raise InputError("data: expected at least one dataset folder")
+    subject_ids, views, images, masks = [], [], [], []
+    for root in roots:
+        prefix = f"{root.name}/" if len(roots) > 1 else ""
+        for name in _split_ids(root, split):
+            folder = root / "subjects" / name
+            for view in VIEW_NAMES:
+                subject_ids.append(prefix + name)
+                views.append(view)
+                images.append(read_image(folder / f"{view}.npy"))
+                masks.append(read_image(folder / f"{view}_mask.npy") > 0.5)
+    shapes = {image.shape for image in images} | {mask.shape for mask in masks}
+    if len(shapes) != 1:
+        where = ", ".join(str(root / "subjects") for root in roots)
+        raise InputError(f"{where}: radiographs and masks of different shapes {sorted(shapes)}")
+    return RadiographSet(subject_ids, views, np.stack(images), np.stack(masks))
+
+
+def _split_ids(data_dir: Path, split: str) -> list[str]:
+    """The sorted subject ids of ``split`` (``all``: every split) of a dataset folder."""
     splits = read_json(data_dir / "split.json")
     chosen = list(splits.values()) if split == "all" else [splits.get(split, [])]
     ids = sorted(name for names in chosen for name in names)
     if not ids:
         raise InputError(f"{data_dir / 'split.json'}: split {split!r} has no subjects")
-    subject_ids, views, images, masks = [], [], [], []
-    for name in ids:
-        for view in VIEW_NAMES:
-            folder = data_dir / "subjects" / name
-            subject_ids.append(name)
-            views.append(view)
-            images.append(read_image(folder / f"{view}.npy"))
-            masks.append(read_image(folder / f"{view}_mask.npy") > 0.5)
-    shapes = {image.shape for image in images} | {mask.shape for mask in masks}
-    if len(shapes) != 1:
-        raise InputError(f"{data_dir / 'subjects'}: radiographs and masks of different shapes {sorted(shapes)}")
-    return RadiographSet(subject_ids, views, np.stack(images), np.stack(masks))
+    return ids
 
 
 def gaussian_blur(images: Tensor, sigma_px: Tensor) -> Tensor:
@@ -476,7 +488,7 @@ def _check_resumable(config: SegmentationTrainingConfig, state: dict[str, Any], 
 
 
 def train_segmentation(
-    data_dir: str | Path,
+    data_dir: DataDirs,
     out_dir: str | Path,
     config: SegmentationTrainingConfig | None = None,
     steps: int | None = None,
@@ -489,7 +501,8 @@ def train_segmentation(
     """Train (or continue training) the segmentation U-Net; see the module doc for what is written.
 
     Args:
-        data_dir: a ``biplanar simulate`` folder (its ``train`` and ``val`` splits are used).
+        data_dir: a ``biplanar simulate`` folder (its ``train`` and ``val`` splits are used), or
+            several trained together (:func:`load_radiographs`).
         out_dir: the run folder (created).
         config: the run's config (default :class:`SegmentationTrainingConfig()`).
         steps: overrides ``config.steps`` (the total, counting steps already done).
@@ -510,7 +523,7 @@ def train_segmentation(
         config = dataclasses.replace(
             config, steps=config.steps if steps is None else steps, seed=config.seed if seed is None else seed
         )
-    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    out_dir = Path(out_dir)
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
     train, val = load_radiographs(data_dir, "train"), load_radiographs(data_dir, "val")
     multiple = config.network.size_multiple

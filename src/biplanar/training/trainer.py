@@ -38,7 +38,7 @@ import random
 import signal
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,7 +52,7 @@ from torch.utils.data import DataLoader, Subset
 
 from biplanar.config import ExperimentConfig, load_config
 from biplanar.data.atlas import load_atlas
-from biplanar.data.datasets import CaseDataset, OnTheFlyDataset, SimulatedDataset
+from biplanar.data.datasets import CaseDataset, OnTheFlyDataset, SimulatedDatasets
 from biplanar.data.simulate import PAPER_SPLIT, SimulationConfig
 from biplanar.errors import InputError
 from biplanar.geometry.projection import ProjectionView
@@ -78,6 +78,7 @@ from biplanar.training.losses import RegistrationLoss
 
 LOSS_PARTS = ("total", "affine_ncc", "local_ncc", "smoothness")
 VAL_METRICS = ("dice", "affine_dice", "local_ncc", "total")
+DataDirs = str | Path | Sequence[str | Path]  # one dataset folder, or several trained together
 CSV_FIELDS = (
     "epoch",
     "step",
@@ -185,13 +186,14 @@ def _stream_seed(seed: int, stream: int) -> int:
 
 
 def open_datasets(
-    config: ExperimentConfig, data_dir: str | Path | None, on_the_fly: int | None
+    config: ExperimentConfig, data_dir: DataDirs | None, on_the_fly: int | None
 ) -> tuple[CaseDataset, CaseDataset]:
     """The training and validation datasets, checked against the config.
 
     Args:
         config: the experiment config (its grid preset and image shape must match the data).
-        data_dir: a ``biplanar simulate`` folder (its ``train`` and ``val`` splits), or ``None``.
+        data_dir: a ``biplanar simulate`` folder (its ``train`` and ``val`` splits), or several
+            trained together (:class:`~biplanar.data.datasets.SimulatedDatasets`), or ``None``.
         on_the_fly: or the number of training subjects per epoch simulated in memory; the
             validation set then has ``max(1, round(n * 40 / 235))`` subjects (the paper's ratio).
 
@@ -201,8 +203,9 @@ def open_datasets(
     train_set: CaseDataset
     val_set: CaseDataset
     if data_dir is not None and on_the_fly is None:
-        train_set, val_set = SimulatedDataset(data_dir, "train"), SimulatedDataset(data_dir, "val")
-        where = str(Path(data_dir) / "dataset.json")
+        roots = [data_dir] if isinstance(data_dir, (str, Path)) else list(data_dir)
+        train_set, val_set = SimulatedDatasets(roots, "train"), SimulatedDatasets(roots, "val")
+        where = str(Path(roots[0]) / "dataset.json")
     elif data_dir is None and on_the_fly is not None:
         if on_the_fly < 1:
             raise InputError(f"on_the_fly: expected a number of subjects >= 1, got {on_the_fly}")
@@ -267,7 +270,7 @@ def with_epochs(config: ExperimentConfig, epochs: int | None) -> ExperimentConfi
 
 
 def open_run(
-    config: ExperimentConfig | str | Path, data_dir: str | Path | None, on_the_fly: int | None, epochs: int | None
+    config: ExperimentConfig | str | Path, data_dir: DataDirs | None, on_the_fly: int | None, epochs: int | None
 ) -> tuple[ExperimentConfig, CaseDataset, CaseDataset]:
     """A run's config (a YAML file or preset name loaded; ``epochs`` overrides ``training.epochs``,
     :func:`with_epochs`) and its training and validation sets (:func:`open_datasets`)."""
@@ -769,7 +772,7 @@ class _Run(EpochRun):
 def train(
     config: ExperimentConfig | str | Path,
     out_dir: str | Path,
-    data_dir: str | Path | None = None,
+    data_dir: DataDirs | None = None,
     on_the_fly: int | None = None,
     resume: bool = False,
     epochs: int | None = None,
@@ -782,7 +785,8 @@ def train(
     Args:
         config: an :class:`ExperimentConfig`, a YAML file or a preset name (``paper``, ``lite``, ``tiny``).
         out_dir: the run folder (created).
-        data_dir: a ``biplanar simulate`` dataset folder (``train`` and ``val`` splits)...
+        data_dir: a ``biplanar simulate`` dataset folder (``train`` and ``val`` splits), or several
+            trained together...
         on_the_fly: ...or this many training subjects per epoch simulated in memory.
         resume: continue the run in ``out_dir`` from its ``last.pt`` (same config, ``epochs`` aside).
         epochs: overrides ``training.epochs`` (the total, counting epochs already done).
