@@ -15,7 +15,10 @@ carried from the atlas (head centre, neck-shaft angle, anteversion) against the 
 (:func:`biplanar.evaluation.hip.hip_errors`). Usage::
 
     python examples/heldout_table.py --n 30 --model old=src/biplanar/resources/models/lite/model.pt \\
-        --model new=runs/lite_ssm_finetune/best.pt --out runs/heldout_table
+        --model new=runs/lite_ssm_finetune/best.pt,runs/seg/model.pt --out runs/heldout_table
+
+(``NAME=CHECKPOINT[,SEGMENTATION_CHECKPOINT]``: the segmentation network of the no-mask routes,
+default the bundled one)
 
 prints a Markdown table (mean +- sd; angles as mean absolute error) and writes ``cases.csv`` and
 ``table.md`` into ``--out``.
@@ -73,17 +76,22 @@ def prepare_case(index: int, work: Path) -> tuple[Path, dict[str, dict]]:
     return folder, routes
 
 
-def run_case(index: int, work: Path, models: dict[str, Path]) -> list[dict]:
+def run_case(index: int, work: Path, models: dict[str, tuple[Path, Path | None]]) -> list[dict]:
     """Every model on every route of held-out case ``index``: one row each."""
     folder, routes = prepare_case(index, work)
     rows = []
     for route, inputs in routes.items():
         population = folder / ("phantom" if route.startswith("phantom") else "ssm")
         subject = json.loads((population / "subject.json").read_text())
-        for name, model in models.items():
+        for name, (model, segmentation) in models.items():
             out = folder / "out" / f"{name}_{ROUTES.index(route)}"
             report = biplanar.register(
-                out=out, truth_labels=population / "labels.nii.gz", model=model, progress=False, **inputs
+                out=out,
+                truth_labels=population / "labels.nii.gz",
+                model=model,
+                segmentation_model=segmentation,
+                progress=False,
+                **inputs,
             ).report
             errors = hip_errors(report["hip"], subject)
             rows.append(
@@ -117,13 +125,21 @@ def table(rows: list[dict], n: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+def model_paths(text: str) -> tuple[Path, Path | None]:
+    """``CHECKPOINT[,SEGMENTATION_CHECKPOINT]`` -> the two paths (``None``: the bundled segmentation)."""
+    model, _, segmentation = text.partition(",")
+    return Path(model), Path(segmentation) if segmentation else None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=30, help="held-out cases")
-    parser.add_argument("--model", action="append", required=True, help="NAME=CHECKPOINT, repeatable")
+    parser.add_argument(
+        "--model", action="append", required=True, help="NAME=CHECKPOINT[,SEGMENTATION_CHECKPOINT], repeatable"
+    )
     parser.add_argument("--out", type=Path, required=True, help="folder for cases.csv, table.md and the inputs")
     arguments = parser.parse_args()
-    models = {name: Path(path) for name, path in (item.split("=", 1) for item in arguments.model)}
+    models = {name: model_paths(paths) for name, paths in (item.split("=", 1) for item in arguments.model)}
     rows = [row for index in range(arguments.n) for row in run_case(index, arguments.out / "inputs", models)]
     with open(arguments.out / "cases.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from biplanar.cli import app
 from biplanar.data.clinical import write_view_files
+from biplanar.data.scene import render_scene
 from biplanar.data.simulate import SimulationConfig, femur_masks, render_radiographs, simulate_case, subject_seed
 from biplanar.evaluation.metrics import point_surface_distances_mm
 from biplanar.evaluation.self_intersection import self_intersections
@@ -24,13 +25,14 @@ from biplanar.registration import register
 
 HELD_OUT_SEED = 4141  # a dataset seed no training set used
 LARGE = ((448, 320), (0.6, 0.6))  # a clinic's detector: (rows, cols), mm
-AIR_COUNTS = 20000.0
+AIR_COUNTS = 60000.0  # a lateral view through the body reaches L = 10.5: the detector counts that far
 runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
 def case(tmp_path_factory):
-    """A held-out phantom, its labels (right and mirrored left) and its radiographs on a 448 x 320 detector."""
+    """A held-out subject, its labels (right and mirrored left) and its radiographs on a 448 x 320 detector
+    (its whole-body scene, as ``simulate`` renders it)."""
     folder = tmp_path_factory.mktemp("clinic")
     config = SimulationConfig(preset="lite", geometry="orthogonal")
     simulated = simulate_case(subject_seed(HELD_OUT_SEED, 0), config)
@@ -38,7 +40,8 @@ def case(tmp_path_factory):
     write_volume(folder / "labels.nii.gz", simulated.labels, grid)
     write_volume(folder / "labels_left.nii.gz", np.ascontiguousarray(simulated.labels[::-1]), grid)
     views = biplanar_pair(0.0, 90.0, *LARGE, isocenter_mm=grid.centre_world)
-    images = render_radiographs(simulated.ct_hu, grid, views, config)
+    rendered = render_scene(simulated.subject.spec, grid, views)
+    images = render_radiographs(rendered.ct_hu, rendered.scene.grid, views, config)
     return {"folder": folder, "simulated": simulated, "config": config, "large_views": views, "large": images}
 
 
@@ -48,11 +51,12 @@ def dice_of(out) -> float:
 
 def test_two_dicom_files_alone(case, tmp_path):
     # Transmission counts (LIN, MONOCHROME1) on a 448 x 320 detector at 0.6 mm, the geometry in the
-    # tags, the columns stored mirrored (Patient Orientation R\F), no geometry file, no masks.
+    # tags, the columns stored mirrored (Patient Orientation R\F), no geometry file, no masks. No ray
+    # misses the body on this detector, so the unattenuated level cannot be read off the image: given.
     folder = tmp_path / "dicom"
     folder.mkdir()
     for name, position, orientation in (("AP", "AP", "R\\F"), ("LAT", "RL", "P\\F")):
-        counts = np.round(AIR_COUNTS * np.exp(-case["large"][name].astype(np.float64)))
+        counts = np.clip(np.round(AIR_COUNTS * np.exp(-case["large"][name].astype(np.float64))), 1.0, 65535.0)
         stored = counts[:, ::-1] if orientation.startswith("R") else counts
         write_dicom_radiograph(
             folder / f"{name}.dcm",
@@ -78,6 +82,8 @@ def test_two_dicom_files_alone(case, tmp_path):
             str(out),
             "--truth-labels",
             str(case["folder"] / "labels.nii.gz"),
+            "--air-level",
+            str(AIR_COUNTS),
         ],
     )
     assert result.exit_code == 0, result.output

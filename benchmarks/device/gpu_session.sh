@@ -30,6 +30,7 @@ TRAIN_BUDGET_S=${TRAIN_BUDGET_S:-200}
 SEG_STEPS=${SEG_STEPS:-6000}
 SEG_BUDGET_S=${SEG_BUDGET_S:-260}
 PROBE_STEPS=${PROBE_STEPS:-40}
+INIT=${INIT:-src/biplanar/resources/models/lite/model.pt}  # the model fine-tuned (2026-12-04: the stage-1 lite model)
 PY=${PY:-python3}
 DEADLINE_S=${DEADLINE_S:-540}  # the whole script, from its start: training budgets shrink to fit
 STARTED=$(date +%s)
@@ -40,6 +41,9 @@ stamp() { echo "[$(date +%T)] $*"; }
 if [ -z "${NO_WHEELS:-}" ] && compgen -G ".whl/*.whl" >/dev/null; then
     $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
     export PYTHONPATH="$PWD/src:/tmp/site:$PWD/.whl/replay"
+    version=$(sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)  # the package's metadata, as an install leaves it
+    mkdir -p "/tmp/site/biplanar-$version.dist-info"
+    printf 'Metadata-Version: 2.1\nName: biplanar\nVersion: %s\n' "$version" >"/tmp/site/biplanar-$version.dist-info/METADATA"
 fi
 export PYTHONUNBUFFERED=1
 stamp "start"
@@ -61,7 +65,7 @@ line_pid=$!
 simulate "$WORK/clinical" "$N_CLINICAL" 3032 clinical 9-15 &
 clinical_pid=$!
 # shellcheck disable=SC2086  # BENCH_ARGS holds several arguments
-pin 0-1 timeout $((BENCH_BUDGET_S + 90)) $PY benchmarks/bench_gpu.py --budget-s "$BENCH_BUDGET_S" $BENCH_ARGS \
+[ "$BENCH_BUDGET_S" -gt 0 ] && pin 0-1 timeout $((BENCH_BUDGET_S + 90)) $PY benchmarks/bench_gpu.py --budget-s "$BENCH_BUDGET_S" $BENCH_ARGS \
     --out "$OUT/bench_gpu.md" || stamp "bench_gpu failed ($?)"
 wait "$line_pid" || stamp "simulate line failed"
 wait "$clinical_pid" || stamp "simulate clinical failed"
@@ -72,7 +76,7 @@ TRAIN_BUDGET_S=$((left - 110 < TRAIN_BUDGET_S ? left - 110 : TRAIN_BUDGET_S))
 SEG_BUDGET_S=$((left - 40 < SEG_BUDGET_S ? left - 40 : SEG_BUDGET_S))
 stamp "${left} s left: train (budget ${TRAIN_BUDGET_S} s) and segmentation (${SEG_STEPS} steps, at most ${SEG_BUDGET_S} s)"
 timeout -s TERM $((TRAIN_BUDGET_S + 90)) $PY benchmarks/device/train_within.py --config configs/lite_gpu_finetune.yaml \
-    --data "$WORK/line" "$WORK/clinical" --init src/biplanar/resources/models/lite/model.pt \
+    --data "$WORK/line" "$WORK/clinical" --init "$INIT" \
     --out "$WORK/lite_run" --budget-s "$TRAIN_BUDGET_S" --probe-steps "$PROBE_STEPS" --export "$OUT/lite_model.pt" >"$WORK/lite_run.log" 2>&1 &
 train_pid=$!
 timeout -s TERM "$SEG_BUDGET_S" $PY examples/train_segmentation.py --data "$WORK/line" "$WORK/clinical" \

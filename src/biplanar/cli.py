@@ -14,9 +14,8 @@ import contextlib
 import math
 import os
 from collections.abc import Iterator
-from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import typer
 
@@ -86,17 +85,18 @@ def _trained(result: TrainResult, out: Path, what: str = "") -> str:
     )
 
 
-class VolumeUnits(str, Enum):
-    hu = "hu"
-    mu = "mu"
-
-
-class DrrMode(str, Enum):
-    line_integral = "line_integral"
-    beer_lambert = "beer_lambert"
-    poisson = "poisson"
-    polychromatic = "polychromatic"
-    clinical = "clinical"
+# The choices of the options: typer checks a value against them and lists them in --help.
+VolumeUnits = Literal["hu", "mu"]
+DrrMode = Literal["line_integral", "beer_lambert", "poisson", "polychromatic", "clinical"]
+GeometryKind = Literal["orthogonal", "generalized", "mixed"]
+BaselineMethod = Literal["kasten", "sdm"]
+PoseNetwork = Literal["rtpi", "fine"]
+CorrectionMethod = Literal["opt-gc", "opt-ncc", "opt-ngi"]
+PoseMethod = Literal["opt-gc", "opt-ncc", "opt-ngi", "sopi", "sopi+opt"]
+Side = Literal["left", "right"]
+Intensity = Literal["auto", "line-integral", "transmission"]
+MeshFormat = Literal["stl", "ply", "obj", "vtk"]
+ExperimentBudget = Literal["tiny", "lite", "paper"]
 
 
 @app.command()
@@ -105,8 +105,8 @@ def drr(
     geometry: Path = typer.Option(..., help="geometry.json (CONTRACT section 2)."),
     out: Path = typer.Option(..., help="Output image (.npy or .tif, float32)."),
     view: str = typer.Option("AP", help="Name of the view in the geometry file."),
-    mode: DrrMode = typer.Option(DrrMode.line_integral, help="DRR values (CONTRACT section 3)."),
-    units: VolumeUnits = typer.Option(VolumeUnits.hu, help="Volume values: HU, or mu in 1/mm."),
+    mode: DrrMode = typer.Option("line_integral", help="DRR values (CONTRACT section 3)."),
+    units: VolumeUnits = typer.Option("hu", help="Volume values: HU, or mu in 1/mm."),
     mu_water: float = typer.Option(0.02, help="Attenuation of water, 1/mm (for HU volumes)."),
     samples: int = typer.Option(DEFAULT_NUM_SAMPLES, min=1, help="Samples per ray."),
     photons: float = typer.Option(1e5, min=1.0, help="Photons per pixel (mode poisson)."),
@@ -124,8 +124,8 @@ def drr(
             geometry,
             out,
             view=view,
-            mode=mode.value,
-            units=units.value,
+            mode=mode,
+            units=units,
             mu_water_per_mm=mu_water,
             num_samples=samples,
             photons=photons,
@@ -176,19 +176,13 @@ def atlas(
         typer.echo(f"wrote the {preset} atlas to {out}")
 
 
-class GeometryKind(str, Enum):
-    orthogonal = "orthogonal"
-    generalized = "generalized"
-    mixed = "mixed"
-
-
 @app.command()
 def simulate(
     out: Path = typer.Option(..., help="Dataset folder (re-running it resumes an interrupted run)."),
     n: int = typer.Option(..., min=1, help="Number of subjects."),
     seed: int = typer.Option(..., min=0, help="Dataset seed (subject seeds derive from it)."),
     geometry: GeometryKind = typer.Option(
-        GeometryKind.orthogonal, help="orthogonal (AP 0, LAT 90), generalized (+/-30 deg) or mixed (half each)."
+        "orthogonal", help="orthogonal (AP 0, LAT 90), generalized (+/-30 deg) or mixed (half each)."
     ),
     shapes: str = typer.Option(
         "mixed", help="Femurs: phantom (parametric), ssm (real-subject shape model) or mixed (half each)."
@@ -214,7 +208,7 @@ def simulate(
             out,
             n,
             seed,
-            geometry=geometry.value,
+            geometry=geometry,
             shapes=shapes,
             preset=preset,
             mode=mode,
@@ -254,11 +248,6 @@ def train(
         typer.echo(_trained(result, out))
 
 
-class BaselineMethod(str, Enum):
-    kasten = "kasten"
-    sdm = "sdm"
-
-
 @app.command("train-baseline")
 def train_baseline(
     method: BaselineMethod = typer.Option(..., help="kasten (direct label regression) or sdm (deformation model)."),
@@ -273,13 +262,8 @@ def train_baseline(
         from biplanar import api  # lazy: CLI start-up time
 
         with _reporting_interruption():
-            result = api.train_baseline(method.value, data, out, config=config, resume=resume, epochs=epochs)
-        typer.echo(_trained(result, out, f"{method.value} for "))
-
-
-class PoseNetwork(str, Enum):
-    rtpi = "rtpi"
-    fine = "fine"
+            result = api.train_baseline(method, data, out, config=config, resume=resume, epochs=epochs)
+        typer.echo(_trained(result, out, f"{method} for "))
 
 
 @app.command("train-pose")
@@ -296,35 +280,11 @@ def train_pose(
         from biplanar import api  # lazy: CLI start-up time
 
         with _reporting_interruption():
-            result = api.train_pose(config, out, network.value, resume=resume, steps=steps, max_steps=max_steps)
+            result = api.train_pose(config, out, network, resume=resume, steps=steps, max_steps=max_steps)
         best = _best(result.best_val_loss, 4)
         typer.echo(
-            f"trained {network.value} for {result.global_step} steps; best validation loss {best}; checkpoints in {out}"
+            f"trained {network} for {result.global_step} steps; best validation loss {best}; checkpoints in {out}"
         )
-
-
-class CorrectionMethod(str, Enum):
-    opt_gc = "opt-gc"
-    opt_ncc = "opt-ncc"
-    opt_ngi = "opt-ngi"
-
-
-class Side(str, Enum):
-    left = "left"
-    right = "right"
-
-
-class MeshFormat(str, Enum):
-    stl = "stl"
-    ply = "ply"
-    obj = "obj"
-    vtk = "vtk"
-
-
-class Intensity(str, Enum):
-    auto = "auto"
-    line_integral = "line-integral"
-    transmission = "transmission"
 
 
 @app.command()
@@ -348,14 +308,12 @@ def register(
         help="Before the network, correct each view's angle by a rigid registration "
         "of the atlas to its radiograph; writes geometry_corrected.json.",
     ),
-    pose_method: CorrectionMethod = typer.Option(
-        CorrectionMethod.opt_gc, help="Similarity of --estimate-pose's search."
-    ),
+    pose_method: CorrectionMethod = typer.Option("opt-gc", help="Similarity of --estimate-pose's search."),
     side: Side | None = typer.Option(
         None, help="The femur's side (default: the DICOM Image Laterality / Laterality, else right)."
     ),
     intensity: Intensity = typer.Option(
-        Intensity.auto,
+        "auto",
         help="Pixel values: line integrals, or transmission (-log(I / I_air)); auto: DICOM tags or the image.",
     ),
     air_level: float | None = typer.Option(
@@ -365,7 +323,7 @@ def register(
         None, help="2D femur segmentation checkpoint used without masks (default: the bundled one)."
     ),
     mesh_format: MeshFormat = typer.Option(
-        MeshFormat.stl, help="Format of surface.<ext> and label_surface.<ext> (PLY, OBJ, VTK keep the vertex order)."
+        "stl", help="Format of surface.<ext> and label_surface.<ext> (PLY, OBJ, VTK keep the vertex order)."
     ),
 ) -> None:
     """Register the atlas to two radiographs (DICOM or arrays); writes the outputs of docs/contract.md section 6."""
@@ -384,12 +342,12 @@ def register(
             truth_labels=truth_labels,
             refine=refine,
             estimate_pose=estimate_pose,
-            pose_method=pose_method.value,
-            side=None if side is None else side.value,
-            intensity=intensity.value,
+            pose_method=pose_method,
+            side=side,
+            intensity=intensity,
             air_level=air_level,
             segmentation_model=segmentation_model,
-            mesh_format=mesh_format.value,
+            mesh_format=mesh_format,
         )
         scores = {key: result.report[key] for key in ("dice", "assd_mm") if result.report.get(key) is not None}
         summary = ", ".join(f"{key} {value:.3f}" for key, value in scores.items())
@@ -403,7 +361,7 @@ def segment(
     geometry: Path | None = typer.Option(None, help="geometry.json with the view (default: the DICOM tags)."),
     view: str = typer.Option("AP", help="The view's name in the geometry: AP or LAT."),
     side: Side | None = typer.Option(None, help="The femur's side (default: the DICOM laterality, else right)."),
-    intensity: Intensity = typer.Option(Intensity.auto, help="Pixel values: line integrals or transmission."),
+    intensity: Intensity = typer.Option("auto", help="Pixel values: line integrals or transmission."),
     air_level: float | None = typer.Option(None, help="Unattenuated level of a transmission image."),
     segmentation_model: Path | None = typer.Option(None, help="Segmentation checkpoint (default: bundled)."),
 ) -> None:
@@ -416,8 +374,8 @@ def segment(
             out,
             geometry=geometry,
             view=view,
-            side=None if side is None else side.value,
-            intensity=intensity.value,
+            side=side,
+            intensity=intensity,
             air_level=air_level,
             segmentation_model=segmentation_model,
         )
@@ -437,7 +395,7 @@ def preprocess(
     with _reporting_errors():
         from biplanar import api  # lazy: CLI start-up time
 
-        result = api.preprocess(ct, labels, label, side.value, out, preset=preset)
+        result = api.preprocess(ct, labels, label, side, out, preset=preset)
         axes = result.frame.axes
         typer.echo(
             f"wrote {out} (head radius {axes.head_radius_mm:.1f} mm, "
@@ -489,14 +447,6 @@ def evaluate(
         typer.echo((result.out_dir / "summary.md").read_text().rstrip())
 
 
-class PoseMethod(str, Enum):
-    opt_gc = "opt-gc"
-    opt_ncc = "opt-ncc"
-    opt_ngi = "opt-ngi"
-    sopi = "sopi"
-    sopi_opt = "sopi+opt"
-
-
 @app.command()
 def pose(
     ct: Path = typer.Option(..., help="CT volume (.nii/.nii.gz), HU unless --units mu."),
@@ -504,9 +454,9 @@ def pose(
     ap: Path = typer.Option(..., help="AP radiograph (.npy, .tif, .png, .dcm), line-integral-like (bone bright)."),
     out: Path = typer.Option(..., help="Output folder: pose.json, geometry_corrected.json, overlay_<view>.png."),
     lat: Path | None = typer.Option(None, help="LAT radiograph (optional)."),
-    method: PoseMethod = typer.Option(PoseMethod.opt_gc, help="Optimisation baseline, or SOPI (+ Opt-GC refinement)."),
+    method: PoseMethod = typer.Option("opt-gc", help="Optimisation baseline, or SOPI (+ Opt-GC refinement)."),
     init_pose: Path | None = typer.Option(None, help="JSON with the starting 4x4 'matrix' (e.g. a pose.json)."),
-    units: VolumeUnits = typer.Option(VolumeUnits.hu, help="CT values: HU, or mu in 1/mm."),
+    units: VolumeUnits = typer.Option("hu", help="CT values: HU, or mu in 1/mm."),
     mu_water: float = typer.Option(0.02, help="Attenuation of water, 1/mm (for HU volumes)."),
     levels: str = typer.Option(
         "12,6", help="Resolution levels, mm at the CT centre, coarse to fine (comma-separated)."
@@ -536,9 +486,9 @@ def pose(
             ap,
             out,
             lat=lat,
-            method=method.value,
+            method=method,
             init_pose=init_pose,
-            units=units.value,
+            units=units,
             mu_water_per_mm=mu_water,
             levels_mm=sizes,
             evaluations=evaluations,
@@ -605,12 +555,6 @@ def evaluate_pose(
         typer.echo(f"wrote {out}: cases.csv ({len(rows)} rows), summary.md")
 
 
-class ExperimentBudget(str, Enum):
-    tiny = "tiny"
-    lite = "lite"
-    paper = "paper"
-
-
 @app.command()
 def experiments(
     out: Path = typer.Option(..., help="Experiments folder (re-running the command resumes it)."),
@@ -643,7 +587,7 @@ def experiments(
         with _reporting_interruption("run the same command again to resume"):
             result = api.run_experiments(
                 out,
-                budget.value,
+                budget,
                 model_full=model_full,
                 model_generalized=model_generalized,
                 docs_dir=docs_dir if docs else None,

@@ -214,7 +214,7 @@ def _run(
     clinical_report = None
     if clinical:
         print_stage("demo", progress, "the clinical route: two DICOM files alone (448 x 320, transmission, no masks)")
-        files = write_clinical_dicoms(inputs / CLINICAL, case.ct_hu, case.grid)
+        files = write_clinical_dicoms(inputs / CLINICAL, case.ct_hu, case.grid, spec=case.subject.spec)
         clinical_report = register(
             None,
             files["AP"],

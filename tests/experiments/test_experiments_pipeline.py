@@ -21,6 +21,7 @@ from biplanar.cli import app
 from biplanar.errors import InputError
 from biplanar.experiments import run_experiments
 from biplanar.experiments.models import ABLATIONS, MODELS
+from biplanar.experiments.report import KEPT_TAIL_MARKER
 from biplanar.experiments.tables import read_cases
 from biplanar.models.sopi import load_sopi_config
 from biplanar.training.checkpoints import export_model
@@ -146,6 +147,13 @@ def test_cli_copies_the_report_into_docs(run, tmp_path):
     assert "0 stages run, 20 reused" in result.output
     assert (docs / "results.md").read_text() == run.results_md.read_text()
     assert all((docs / "img" / name).is_file() for name in PLOTS)
+    tail = f"{KEPT_TAIL_MARKER}\n\n## Another command's section\n"
+    (docs / "results.md").write_text("stale\n\n" + tail)
+    result = runner.invoke(
+        app, ["experiments", "--out", str(run.out_dir), "--budget", "tiny", "--docs", "--docs-dir", str(docs)]
+    )
+    assert result.exit_code == 0, result.output
+    assert (docs / "results.md").read_text() == run.results_md.read_text().rstrip("\n") + "\n\n" + tail
 
 
 def test_another_budget_or_a_foreign_folder_is_refused(run, tmp_path):

@@ -6,7 +6,9 @@ are transmission counts ``I = air_counts exp(-L)`` (Pixel Intensity Relationship
 ``MONOCHROME1``), and everything ``register`` needs stands in the tags (docs/contract.md section 7):
 View Position (``AP``; the LAT as ``RL`` for a right hip, ``LL`` for a left one: the hip against
 the detector), Distance Source to Detector / to Patient, Imager Pixel Spacing, Patient Orientation
-and Image Laterality. No geometry file and no masks go with them.
+and Image Laterality. No geometry file and no masks go with them. Given the subject's parameters,
+the radiographs project its whole-body scene around the grid (:func:`biplanar.data.scene.render_scene`,
+what ``simulate --scene body`` does), so that no CT box edge shows; else the CT given.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from biplanar.data.phantom import SubjectSpec
+from biplanar.data.scene import render_scene
 from biplanar.data.simulate import SimulationConfig, render_radiographs
 from biplanar.geometry.presets import biplanar_pair
 from biplanar.geometry.projection import ProjectionView
@@ -35,7 +39,12 @@ def clinic_views(grid: VolumeGrid, side: str = "right") -> dict[str, ProjectionV
 
 
 def write_clinical_dicoms(
-    folder: Path, ct_hu: np.ndarray, grid: VolumeGrid, side: str = "right", config: SimulationConfig | None = None
+    folder: Path,
+    ct_hu: np.ndarray,
+    grid: VolumeGrid,
+    side: str = "right",
+    config: SimulationConfig | None = None,
+    spec: SubjectSpec | None = None,
 ) -> dict[str, Path]:
     """Render a CT's two clinic radiographs and write them as ``AP.dcm`` and ``LAT.dcm`` (module doc).
 
@@ -45,12 +54,22 @@ def write_clinical_dicoms(
         grid: its grid (world RAS+ mm); the isocentre is its centre.
         side: ``"right"`` or ``"left"``: the hip imaged (Image Laterality and the LAT's side).
         config: the rendering's mode and samples (default: line integrals, as ``simulate``).
+        spec: the simulated subject of ``ct_hu`` (a right hip): project its whole-body scene rather
+            than ``ct_hu`` alone.
 
     Returns:
         view name -> the file written.
+
+    Raises:
+        ValueError: ``spec`` with ``side="left"`` (scenes are rendered around a right hip).
     """
+    if spec is not None and side != "right":
+        raise ValueError("spec: the whole-body scene is rendered around a right hip; give side='right'")
     folder.mkdir(parents=True, exist_ok=True)
     views = clinic_views(grid, side)
+    if spec is not None:
+        rendered = render_scene(spec, grid, views)
+        ct_hu, grid = rendered.ct_hu, rendered.scene.grid
     images = render_radiographs(ct_hu, grid, views, config or SimulationConfig(preset="lite"))
     files = {}
     for name, view in views.items():

@@ -625,7 +625,7 @@ def write_report(inputs: ReportInputs, docs_dir: Path | None = None) -> list[Pat
     atomic_write_text(out_dir / "results.md", "\n".join(lines))
     images = [image_dir / name for name in (BOXES_PNG, FIG3_PNG, FIG4_PNG)]
     if docs_dir is not None:
-        _copy(out_dir / "results.md", docs_dir / "results.md")
+        _copy_keeping_tail(out_dir / "results.md", docs_dir / "results.md")
         for image in images:
             _copy(image, docs_dir / IMAGE_DIR / image.name)
     return [
@@ -642,6 +642,20 @@ def write_report(inputs: ReportInputs, docs_dir: Path | None = None) -> list[Pat
         ),
         *images,
     ]
+
+
+KEPT_TAIL_MARKER = "<!-- not written by biplanar experiments: kept when --docs rewrites this page -->"
+
+
+def _copy_keeping_tail(source: Path, target: Path) -> None:
+    """Copy ``source`` to ``target``, keeping what ``target`` holds from :data:`KEPT_TAIL_MARKER` on
+    (sections of ``docs/results.md`` that other commands produce, each naming its own)."""
+    previous = target.read_text() if target.is_file() else ""
+    kept = previous[previous.index(KEPT_TAIL_MARKER) :] if KEPT_TAIL_MARKER in previous else ""
+    if not kept:
+        _copy(source, target)
+        return
+    atomic_write_text(target, source.read_text().rstrip("\n") + "\n\n" + kept)
 
 
 def _copy(source: Path, target: Path) -> None:

@@ -9,7 +9,7 @@ docs/contract.md section 7. Two routes:
   ``I_air``, the unattenuated level, is given (``--air-level``) or estimated as the
   :data:`AIR_PERCENTILE` percentile of the image: the brightest pixels of a transmission image are
   those whose rays miss the patient (a high percentile, not the maximum, so that a few hot pixels
-  do not set it). Intensities are floored at :data:`INTENSITY_FLOOR` of ``I_air`` (``L <= 9.2``),
+  do not set it). Intensities are floored at :data:`INTENSITY_FLOOR` of ``I_air`` (``L <= 11.5``),
   and ``L`` at 0 (brighter than air is air).
 
 :func:`check_radiograph` refuses what is no radiograph: non-finite values, a constant image, or a
@@ -22,7 +22,7 @@ import numpy as np
 
 INTENSITY_ROUTES = ("auto", "line-integral", "transmission")
 AIR_PERCENTILE = 99.5  # percent: the unattenuated level of a transmission image
-INTENSITY_FLOOR = 1e-4  # of I_air: the darkest transmission taken at face value (L = 9.2)
+INTENSITY_FLOOR = 1e-5  # of I_air: the darkest transmission taken at face value (L = 11.5; a lateral hip reaches 10.5)
 MAX_CLIPPED_FRACTION = 0.02  # more pixels than this at the maximum line integral: a clipped image
 RELATIVE_CONSTANT = 1e-6  # standard deviation below this fraction of the magnitude: a constant image
 

@@ -170,27 +170,21 @@ class _Level:
     masks: dict[str, Tensor | None]
 
 
-def _build_level(
-    size_mm: float,
-    volume: Tensor,
-    grid: VolumeGrid,
-    radiographs: Mapping[str, Tensor],
-    views: Mapping[str, ProjectionView],
-    masks: Mapping[str, Tensor | None],
-    margin_mm: float,
-) -> _Level:
+def _build_level(problem: PoseProblem, size_mm: float) -> _Level:
+    """The level of ``size_mm`` (mm, module doc step 1) of ``problem``'s CT, views and radiographs."""
+    volume, grid, margin_mm = problem.volume, problem.grid, problem.config.margin_mm
     voxel_factor = max(1, int(size_mm / float(grid.spacing_mm.min()) + 1e-6))
     level_volume, level_grid = downsample_volume(volume, grid, voxel_factor)
     step_mm = float(level_grid.spacing_mm.min())
     projectors, images, level_masks = {}, {}, {}
-    for name, view in views.items():
+    for name, view in problem.views.items():
         pixel_factor = max(1, int(size_mm / _pixel_mm_at(view, grid.centre_world) + 1e-6))
         level_view = downsample_view(view, pixel_factor)
         probe = ProST(level_view, level_grid, 1, margin_mm)
         samples = max(8, math.ceil((probe.far_mm - probe.near_mm) / step_mm))
         projectors[name] = ProST(level_view, level_grid, samples, margin_mm).to(volume.device)
-        images[name] = downsample_image(radiographs[name][None, None].to(volume), pixel_factor)
-        mask = masks.get(name)
+        images[name] = downsample_image(problem.radiographs[name][None, None].to(volume), pixel_factor)
+        mask = problem.masks.get(name)
         level_masks[name] = None if mask is None else downsample_image(mask[None, None].to(volume), pixel_factor)
     return _Level(size_mm, level_volume, projectors, images, level_masks)
 
@@ -256,10 +250,7 @@ class PoseProblem:
                 raise ValueError(f"rotation_centre_mm: expected shape (3,), got {tuple(self.moved_centre.shape)}")
         self.similarity_fn = get_similarity(self.config.similarity)
         self.evaluations = 0
-        self.levels = [
-            _build_level(size, self.volume, self.grid, self.radiographs, self.views, self.masks, self.config.margin_mm)
-            for size in self.config.levels_mm
-        ]
+        self.levels = [_build_level(self, size) for size in self.config.levels_mm]
 
     def full_x(self, free_x: Tensor) -> Tensor:
         """``(..., n_free)`` -> ``(..., 6)`` with zeros in the fixed parameters."""
