@@ -33,6 +33,7 @@ import numpy as np
 
 import biplanar
 from biplanar.data.clinical import clinic_views, write_clinical_dicoms, write_view_files
+from biplanar.data.scene import render_scene
 from biplanar.data.simulate import SimulationConfig, femur_masks, render_radiographs, simulate_case, subject_seed
 from biplanar.geometry.presets import biplanar_pair
 from biplanar.io.volumes import write_volume
@@ -63,9 +64,10 @@ def run_case(index: int, work: Path, config: SimulationConfig, segmentation_mode
     write_volume(folder / "labels_left.nii.gz", left_labels, grid)
     write_view_files(folder / "model_detector", case.views, case.radiographs, case.masks)
     large = clinic_views(grid)
-    large_images = render_radiographs(case.ct_hu, grid, large, config)
+    scene = render_scene(case.subject.spec, grid, large)  # the whole-body scene, as simulate renders it
+    large_images = render_radiographs(scene.ct_hu, scene.scene.grid, large, config)
     write_view_files(folder / "large", large, large_images, femur_masks(case.labels, grid, large))
-    write_clinical_dicoms(folder / "dicom", case.ct_hu, grid, "right", config)
+    write_clinical_dicoms(folder / "dicom", case.ct_hu, grid, "right", config, spec=case.subject.spec)
     left_ct = np.ascontiguousarray(case.ct_hu[::-1])
     for lat_angle, name in ((-90.0, "left"), (90.0, "left_source_left")):
         views = biplanar_pair(0.0, lat_angle, config.image_shape, config.pixel_spacing_mm, centre)

@@ -40,8 +40,9 @@ def case(tmp_path_factory):
         {"format": FORMAT, "version": VERSION, "config": config.to_dict(), "model": network.state_dict()},
         folder / "weights.pt",
     )
-    # The CT alone (scene "grid"): opt-gc matches the atlas's DRR, which holds no other hip; on this
-    # case's body scene, whose LAT view overlays the contralateral hip, it settles 19 deg off.
+    # The CT alone (scene "grid"): the correction matches the whole atlas's DRR, box edges included.
+    # This case's body scene takes the hip reference instead (tests/pose/test_hip_reference.py); the
+    # whole-atlas search settled 19 deg off there, its LAT view overlaying the contralateral hip.
     simulated = simulate_case(3, SimulationConfig(preset="tiny", scene="grid", num_samples=64))
     for name in ("AP", "LAT"):
         write_image(folder / f"{name}.npy", simulated.radiographs[name])

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+import biplanar.data.datasets as datasets_module
 import biplanar.training.trainer as trainer_module
 from biplanar.config import load_config
 from biplanar.data.datasets import SimulatedDataset
@@ -155,7 +156,7 @@ def test_sigint_writes_a_checkpoint_then_raises(five_subjects, tmp_path, monkeyp
                 signal.raise_signal(signal.SIGINT)
             return super().__getitem__(index)
 
-    monkeypatch.setattr(trainer_module, "SimulatedDataset", InterruptedDataset)
+    monkeypatch.setattr(datasets_module, "SimulatedDataset", InterruptedDataset)  # what SimulatedDatasets opens
     handler = signal.getsignal(signal.SIGINT)
     with pytest.raises(TrainingInterrupted) as raised:
         train(tiny_config(epochs=1), tmp_path, data_dir=five_subjects, progress=False)

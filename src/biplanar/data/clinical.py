@@ -28,7 +28,7 @@ from biplanar.io.geometry_file import write_geometry
 from biplanar.io.images import write_image
 
 CLINIC_DETECTOR = ((448, 320), (0.6, 0.6))  # (rows, cols), (row, col) mm
-AIR_COUNTS = 20000.0  # unattenuated detector counts
+AIR_COUNTS = 60000.0  # unattenuated detector counts (a lateral hip's L reaches 10.5: counts stay >= 1)
 LATERAL_LAO_RAO_DEG = {"right": 90.0, "left": -90.0}  # the LAT view's angle per hip (View Position RL / LL)
 
 

@@ -23,7 +23,9 @@ import numpy as np
 INTENSITY_ROUTES = ("auto", "line-integral", "transmission")
 AIR_PERCENTILE = 99.5  # percent: the unattenuated level of a transmission image
 INTENSITY_FLOOR = 1e-5  # of I_air: the darkest transmission taken at face value (L = 11.5; a lateral hip reaches 10.5)
-MAX_CLIPPED_FRACTION = 0.02  # more pixels than this at the maximum line integral: a clipped image
+# More pixels than this at the maximum line integral: a clipped image (a lateral view through the
+# whole body has up to ~3 % at the detector floor).
+MAX_CLIPPED_FRACTION = 0.05
 RELATIVE_CONSTANT = 1e-6  # standard deviation below this fraction of the magnitude: a constant image
 
 
