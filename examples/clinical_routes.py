@@ -1,4 +1,4 @@
-"""The five input routes of ``biplanar register`` on held-out phantoms, side by side (issue 15's table).
+"""The five input routes of ``biplanar register`` on held-out subjects, side by side (issue 15's table).
 
 Each case is a phantom of a dataset seed never used in training (default 4040), registered through
 the public Python API (:func:`biplanar.register`, what ``biplanar register`` calls) five ways:
@@ -108,7 +108,7 @@ def table(rows: list[dict], n: int) -> str:
     """The Markdown table: per route mean +- sd of Dice and ASSD, and the Dice difference to (a)."""
     plain = np.array([row["dice"] for row in rows if row["route"] == ROUTES[0]])
     lines = [
-        f"| route ({n} held-out phantoms, dataset seed {HELD_OUT_SEED}) | Dice | Dice - (a) | ASSD (mm) | time (s) |",
+        f"| route ({n} held-out subjects, dataset seed {HELD_OUT_SEED}) | Dice | Dice - (a) | ASSD (mm) | time (s) |",
         "|---|---|---|---|---|",
     ]
     for route in ROUTES:
@@ -124,7 +124,7 @@ def table(rows: list[dict], n: int) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=10, help="held-out phantoms")
+    parser.add_argument("--n", type=int, default=10, help="held-out subjects")
     parser.add_argument("--out", type=Path, required=True, help="folder for cases.csv, table.md and the inputs")
     parser.add_argument("--segmentation-model", type=Path, default=None, help="default: the bundled one")
     arguments = parser.parse_args()
