@@ -31,7 +31,6 @@ radiograph). Usage::
 from __future__ import annotations
 
 import argparse
-import csv
 import shutil
 import time
 from pathlib import Path
@@ -43,8 +42,10 @@ import torch
 import biplanar
 from biplanar.data.clinical import write_view_files
 from biplanar.data.simulate import SimulationConfig, simulate_case, subject_seed
+from biplanar.evaluation.evaluate import rows_to_csv
 from biplanar.geometry.projection import CarmPose, ProjectionView, view_angles_deg
 from biplanar.geometry.se3 import rotation_geodesic_deg
+from biplanar.io.atomic import atomic_write_text
 from biplanar.io.volumes import read_volume, write_volume
 from biplanar.pose.baselines import OptimisationConfig, run_baseline
 from biplanar.pose.estimate import estimate_view_rotations, view_isocentre
@@ -269,10 +270,7 @@ def main() -> None:
     config = SimulationConfig(preset="lite", geometry="orthogonal", shapes="phantom", **scene)
     network, _ = load_model(bundled_model_path(), "cpu")
     rows = [row for index in range(arguments.n) for row in run_case(index, arguments.out / "inputs", config, network)]
-    with open(arguments.out / "cases.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    atomic_write_text(arguments.out / "cases.csv", rows_to_csv(rows))
     text = summary(rows)
     (arguments.out / "summary.md").write_text(text)
     print(text)

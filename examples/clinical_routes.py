@@ -25,7 +25,6 @@ prints a Markdown table (mean +- sd Dice and ASSD per route, its difference to (
 from __future__ import annotations
 
 import argparse
-import csv
 import shutil
 from pathlib import Path
 
@@ -35,7 +34,9 @@ import biplanar
 from biplanar.data.clinical import clinic_views, write_clinical_dicoms, write_view_files
 from biplanar.data.scene import render_scene
 from biplanar.data.simulate import SimulationConfig, femur_masks, render_radiographs, simulate_case, subject_seed
+from biplanar.evaluation.evaluate import rows_to_csv
 from biplanar.geometry.presets import biplanar_pair
+from biplanar.io.atomic import atomic_write_text
 from biplanar.io.volumes import write_volume
 
 HELD_OUT_SEED = 4040  # a dataset seed no training set used
@@ -134,10 +135,7 @@ def main() -> None:
         for index in range(arguments.n)
         for row in run_case(index, arguments.out / "inputs", config, arguments.segmentation_model)
     ]
-    with open(arguments.out / "cases.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    atomic_write_text(arguments.out / "cases.csv", rows_to_csv(rows))
     text = table(rows, arguments.n)
     (arguments.out / "table.md").write_text(text)
     print(text)

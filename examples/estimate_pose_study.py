@@ -24,8 +24,6 @@ against the whole atlas, as ``register`` did before issue 15 (the "before" numbe
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import math
 from pathlib import Path
@@ -33,6 +31,7 @@ from pathlib import Path
 import numpy as np
 from scipy.linalg import rq
 
+from biplanar.evaluation.evaluate import rows_to_csv
 from biplanar.geometry.presets import biplanar_pair
 from biplanar.geometry.projection import ProjectionView, view_angles_deg
 from biplanar.io.atomic import atomic_write_text
@@ -130,11 +129,7 @@ def main() -> None:
             result = run_case(case, geometry, args.out / variant / case.name, args.model, estimate)
             rows.append({"case": case.name, "variant": variant, **result})
             print(json.dumps(rows[-1]))
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(args.out / "cases.csv", text.getvalue())
+    atomic_write_text(args.out / "cases.csv", rows_to_csv(rows))
     lines = [
         f"LAT angle stated {args.error:+g} deg off, {len(cases)} cases of {args.data}, reference {args.reference}",
         "",

@@ -27,7 +27,6 @@ prints a Markdown table (mean +- sd; angles as mean absolute error) and writes `
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import shutil
 from pathlib import Path
@@ -37,7 +36,9 @@ import numpy as np
 import biplanar
 from biplanar.data.clinical import write_view_files
 from biplanar.data.simulate import SimulationConfig, simulate_case, subject_seed, write_case
+from biplanar.evaluation.evaluate import rows_to_csv
 from biplanar.evaluation.hip import hip_errors
+from biplanar.io.atomic import atomic_write_text
 from biplanar.io.volumes import write_volume
 
 HELD_OUT_SEED = 9090  # a dataset seed no training set used
@@ -141,10 +142,7 @@ def main() -> None:
     arguments = parser.parse_args()
     models = {name: model_paths(paths) for name, paths in (item.split("=", 1) for item in arguments.model)}
     rows = [row for index in range(arguments.n) for row in run_case(index, arguments.out / "inputs", models)]
-    with open(arguments.out / "cases.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    atomic_write_text(arguments.out / "cases.csv", rows_to_csv(rows))
     text = table(rows, arguments.n)
     (arguments.out / "table.md").write_text(text)
     print(text)

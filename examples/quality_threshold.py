@@ -21,7 +21,6 @@ absorbs is no failure. Usage::
 from __future__ import annotations
 
 import argparse
-import csv
 import shutil
 from pathlib import Path
 
@@ -30,7 +29,9 @@ import numpy as np
 import biplanar
 from biplanar.data.clinical import write_view_files
 from biplanar.data.simulate import SimulationConfig, femur_masks, render_radiographs, simulate_case, subject_seed
+from biplanar.evaluation.evaluate import rows_to_csv
 from biplanar.geometry.presets import biplanar_pair
+from biplanar.io.atomic import atomic_write_text
 from biplanar.io.volumes import write_volume
 
 CALIBRATION_SEED = 5050  # a dataset seed no training set used (the routes table uses 4040)
@@ -116,10 +117,7 @@ def main() -> None:
     SEGMENTATION_MODEL = arguments.segmentation_model
     config = SimulationConfig(preset="lite", geometry="orthogonal")
     rows = [row for index in range(arguments.n) for row in run_case(index, arguments.out / "inputs", config)]
-    with open(arguments.out / "cases.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    atomic_write_text(arguments.out / "cases.csv", rows_to_csv(rows))
     thresholds = np.round(np.arange(0.50, 0.951, 0.01), 2)
     balanced = np.array([1.0 - sum(rates(rows, threshold)) / 2.0 for threshold in thresholds])
     # The middle of the thresholds of best balanced accuracy: as far from both groups as the data allow.
