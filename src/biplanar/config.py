@@ -8,6 +8,8 @@ checkpoint so that a checkpoint alone rebuilds its model. Presets live in ``conf
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
@@ -16,7 +18,7 @@ from typing import Any, ClassVar, TypeVar
 
 import yaml
 
-from biplanar.errors import InputError
+from biplanar.errors import InputError, shown
 
 ConfigT = TypeVar("ConfigT")
 # The presets of ExperimentConfig shipped in biplanar/resources/configs (also the simulation presets:
@@ -28,6 +30,23 @@ DEFAULT_NUM_SAMPLES = 256
 # Config fields renamed since checkpoints were first written, old name -> new name: a mapping that
 # uses the old name (a YAML file, a checkpoint's config dict) is read as if it used the new one.
 RENAMED_FIELDS = {"prost_samples": "num_samples"}
+# Voxels ``(I, J, K)`` of each grid preset, the names a config's ``grid_preset`` may take (never a path);
+# biplanar.data.grid_presets gives them their spacings.
+GRID_SHAPES: dict[str, tuple[int, int, int]] = {"paper": (192, 128, 192), "lite": (96, 64, 96), "tiny": (48, 32, 48)}
+# Bounds of the sizes a config (a YAML file or a checkpoint's stored config) may ask for: physics and memory
+# (a file from someone else must not make biplanar allocate tens of GB or loop for ever).
+MAX_IMAGE_SIDE = 4096  # detector pixels per side (a 43 cm flat panel at 0.1 mm)
+MAX_SAMPLES = 4096  # ProST samples per ray
+MAX_FEATURES = 1024  # channels of any layer
+MAX_LEVELS = 12  # strided levels (2^12 = MAX_IMAGE_SIDE)
+MAX_ITERATIONS = 10_000  # iterations of an inference-time search
+# The memory a config's network may need (:func:`check_memory`), GiB; the environment variable overrides it.
+MAX_MEMORY_ENV = "BIPLANAR_MAX_MEMORY_GB"
+DEFAULT_MAX_MEMORY_GB = 16.0
+FLOAT_BYTES = 4  # float32
+VIEWS = 2  # AP and LAT
+SAMPLE_VALUES = 4  # per ProST sample: 3 grid coordinates and the sampled value
+VOLUME_CHANNELS = 24  # atlas and label buffers, affine / velocity / displacement fields, warped volumes
 
 
 class DictConfig:
@@ -51,7 +70,7 @@ class GeometryConfig:
 
     Attributes:
         grid_preset: atlas grid (``paper``, ``lite``, ``tiny``; see ``biplanar.data.grid_presets``).
-        image_shape: ``(rows, cols)`` of the radiographs.
+        image_shape: ``(rows, cols)`` of the radiographs, each 8 to 4096.
         pixel_spacing_mm: detector pixel spacing, mm (both directions).
         num_samples: ProST samples per ray (``prost_samples`` in older files and checkpoints).
     """
@@ -154,13 +173,35 @@ class ExperimentConfig(DictConfig):
 
 
 _CHOICES = {
+    ("geometry", "grid_preset"): tuple(GRID_SHAPES),
     ("affine", "encoders"): ("combined", "separate"),
     ("local", "decoder"): ("dual", "single"),
     ("loss", "ncc"): ("local", "global"),
 }
+_LENGTHS = {
+    ("geometry", "image_shape"): (2, 2),
+    ("local", "encoder_features"): (1, MAX_LEVELS),
+    ("local", "decoder_features"): (2, 2 * MAX_LEVELS),
+}
+_RANGES = {
+    ("geometry", "image_shape"): (8, MAX_IMAGE_SIDE),
+    ("geometry", "num_samples"): (1, MAX_SAMPLES),
+    ("affine", "levels"): (1, MAX_LEVELS),
+    ("affine", "base_features"): (1, MAX_FEATURES),
+    ("local", "encoder_features"): (1, MAX_FEATURES),
+    ("local", "ray_copies"): (1, 64),
+    ("local", "decoder_features"): (1, MAX_FEATURES),
+    ("local", "integration_steps"): (0, 20),
+    ("loss", "ncc_window"): (1, 64),
+    ("training", "batch_size"): (1, 1024),
+    ("training", "epochs"): (0, MAX_ITERATIONS),
+    ("training", "num_workers"): (0, 256),
+}
 
 
 def _validate(config: ExperimentConfig) -> None:
+    check_lengths(config, _LENGTHS)
+    check_ranges(config, _RANGES)  # before anything computes with the sizes (2**levels, the memory)
     check_choices(config, _CHOICES)
     rows, cols = config.geometry.image_shape
     for section, levels in (("affine", config.affine.levels), ("local", len(config.local.encoder_features))):
@@ -170,6 +211,54 @@ def _validate(config: ExperimentConfig) -> None:
             )
     if len(config.local.decoder_features) <= len(config.local.encoder_features):
         raise InputError("config: local.decoder_features: needs more entries than local.encoder_features")
+    check_memory(network_bytes(config), "the network")
+
+
+def network_bytes(config: ExperimentConfig) -> int:
+    """Estimated bytes of the dominant float32 tensors of one case through the network of ``config``.
+
+    The full-size beam-space decoder maps (``ray_copies * 2^levels`` deep, per view), ProST's samples
+    (``num_samples`` per pixel and view, :data:`SAMPLE_VALUES` each) and the volumes on the atlas grid
+    (:data:`VOLUME_CHANNELS` plus the back-projected features of both views). A lower bound of what
+    training needs (activations kept for backward, batches), an upper one of the weights.
+    """
+    pixels = math.prod(config.geometry.image_shape)
+    local = config.local
+    widest = max(local.encoder_features + local.decoder_features)
+    beam = VIEWS * local.ray_copies * 2 ** len(local.encoder_features) * pixels * widest
+    rays = VIEWS * config.geometry.num_samples * pixels * SAMPLE_VALUES
+    volume = math.prod(GRID_SHAPES[config.geometry.grid_preset]) * (VOLUME_CHANNELS + VIEWS * widest)
+    return FLOAT_BYTES * (beam + rays + volume)
+
+
+def memory_limit_bytes() -> float:
+    """The most bytes a config's network may need: :data:`MAX_MEMORY_ENV` GiB, else :data:`DEFAULT_MAX_MEMORY_GB`.
+
+    Raises:
+        InputError: the environment variable is not a positive number.
+    """
+    text = os.environ.get(MAX_MEMORY_ENV, str(DEFAULT_MAX_MEMORY_GB))
+    try:
+        gib = float(text)
+    except ValueError:
+        gib = math.nan
+    if not 0.0 < gib < math.inf:
+        raise InputError(f"{MAX_MEMORY_ENV}: expected a positive number of GiB, got {text!r}")
+    return gib * 2**30
+
+
+def check_memory(needed_bytes: int, what: str) -> None:
+    """Refuse a config whose ``what`` needs more than :func:`memory_limit_bytes`.
+
+    Raises:
+        InputError: ``config: the network needs about 1234.5 GiB, above the 16 GiB limit (...)``.
+    """
+    limit = memory_limit_bytes()
+    if needed_bytes > limit:
+        raise InputError(
+            f"config: {what} needs about {needed_bytes / 2**30:.1f} GiB, above the {limit / 2**30:g} GiB limit "
+            f"(set {MAX_MEMORY_ENV} to raise it)"
+        )
 
 
 def check_choices(config: Any, choices: Mapping[tuple[str, str], tuple[str, ...]]) -> None:
@@ -181,7 +270,35 @@ def check_choices(config: Any, choices: Mapping[tuple[str, str], tuple[str, ...]
     for (section, name), allowed in choices.items():
         value = getattr(getattr(config, section), name)
         if value not in allowed:
-            raise InputError(f"config: {section}.{name}: expected one of {', '.join(allowed)}, got {value!r}")
+            raise InputError(f"config: {section}.{name}: expected one of {', '.join(allowed)}, got {shown(value)}")
+
+
+def check_lengths(config: Any, lengths: Mapping[tuple[str, str], tuple[int, int]]) -> None:
+    """Check that each list ``config.<section>.<name>`` of ``lengths`` has ``low..high`` entries.
+
+    Raises:
+        InputError: ``config: section.name: expected 2 values, got [1, 2, 3]``.
+    """
+    for (section, name), (low, high) in lengths.items():
+        values = list(getattr(getattr(config, section), name))
+        if not low <= len(values) <= high:
+            expected = f"{low}" if low == high else f"{low} to {high}"
+            raise InputError(f"config: {section}.{name}: expected {expected} values, got {shown(values)}")
+
+
+def check_ranges(config: Any, ranges: Mapping[tuple[str, str], tuple[int, int]]) -> None:
+    """Check that each integer (or every integer of a list) ``config.<section>.<name>`` of ``ranges`` is
+    in ``low..high``.
+
+    Raises:
+        InputError: ``config: section.name: expected an integer in 1..4096, got 1000000000``.
+    """
+    for (section, name), (low, high) in ranges.items():
+        value = getattr(getattr(config, section), name)
+        values = value if isinstance(value, tuple) else (value,)
+        if not all(isinstance(v, int) and low <= v <= high for v in values):
+            kind = "integers" if isinstance(value, tuple) else "an integer"
+            raise InputError(f"config: {section}.{name}: expected {kind} in {low}..{high}, got {shown(value)}")
 
 
 def build_dataclass(cls: type, document: Any, where: str) -> Any:
@@ -197,8 +314,9 @@ def build_dataclass(cls: type, document: Any, where: str) -> Any:
         ``cls(**values)``, nested dataclasses built the same way.
 
     Raises:
-        InputError: ``document`` is not a mapping, or a field is unknown or of the wrong type
-            (the message names the field as ``where.section.name``).
+        InputError: ``document`` is not a mapping, a field is unknown or of the wrong type (the message
+            names the field as ``where.section.name``), or ``cls`` refuses the values (its messages'
+            ``config:`` replaced by ``where:``).
     """
     if not isinstance(document, dict):
         raise InputError(f"{where}: expected a mapping")
@@ -207,9 +325,18 @@ def build_dataclass(cls: type, document: Any, where: str) -> Any:
     unknown = set(document) - set(fields)
     if unknown:
         raise InputError(f"{where}: unknown field(s) {sorted(unknown)}")
-    defaults = cls()
-    values = {name: _coerce(getattr(defaults, name), value, f"{where}.{name}") for name, value in document.items()}
-    return cls(**values)
+    values = {name: _coerce(_default(fields[name]), value, f"{where}.{name}") for name, value in document.items()}
+    try:
+        return cls(**values)
+    except InputError as error:  # a __post_init__ check: name the file, not "config"
+        raise InputError(f"{where}: {str(error).removeprefix('config: ')}") from None
+
+
+def _default(config_field: dataclasses.Field[Any]) -> Any:
+    """The default of a config dataclass field (without building, and so validating, the whole class)."""
+    if config_field.default_factory is not dataclasses.MISSING:
+        return config_field.default_factory()
+    return config_field.default
 
 
 def _renamed(document: dict[str, Any], fields: set[str], where: str) -> dict[str, Any]:
@@ -224,24 +351,40 @@ def _renamed(document: dict[str, Any], fields: set[str], where: str) -> dict[str
 
 
 def _coerce(default: Any, value: Any, where: str) -> Any:
-    """``value`` checked against the type of the field's ``default``."""
+    """``value`` checked against the type of the field's ``default`` (a list: each entry against the first
+    entry of ``default``); integers where ``default`` is one, finite numbers where it is a float."""
     if dataclasses.is_dataclass(default):
         return build_dataclass(type(default), value, where)
     if isinstance(default, tuple):
         if not isinstance(value, (list, tuple)):
-            raise InputError(f"{where}: expected a list, got {value!r}")
-        return tuple(value)
+            raise InputError(f"{where}: expected a list, got {shown(value)}")
+        if not default:  # no entry to check against
+            return tuple(value)
+        return tuple(_coerce(default[0], entry, f"{where}[{i}]") for i, entry in enumerate(value))
     if isinstance(default, bool):
         if not isinstance(value, bool):
-            raise InputError(f"{where}: expected true or false, got {value!r}")
+            raise InputError(f"{where}: expected true or false, got {shown(value)}")
         return value
     if isinstance(default, (int, float)):
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
-            raise InputError(f"{where}: expected a number, got {value!r}")
-        return float(value) if isinstance(default, float) else value
+        return _number(isinstance(default, float), value, where)
     if not isinstance(value, str):
-        raise InputError(f"{where}: expected a string, got {value!r}")
+        raise InputError(f"{where}: expected a string, got {shown(value)}")
     return value
+
+
+def _number(is_float: bool, value: Any, where: str) -> int | float:
+    """``value`` as a finite float (``is_float``) or an integer (a whole float is one)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise InputError(f"{where}: expected a number, got {shown(value)}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InputError(f"{where}: expected a finite number, got {shown(value)}")
+    if is_float:
+        if abs(value) > 1e300:  # float() of a larger integer overflows or is infinite
+            raise InputError(f"{where}: expected a finite number, got {shown(value)}")
+        return float(value)
+    if isinstance(value, float) and not value.is_integer():
+        raise InputError(f"{where}: expected an integer, got {shown(value)}")
+    return int(value)
 
 
 def shipped_config_path(name: str) -> Path:

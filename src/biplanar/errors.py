@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Collection
+from typing import Any
 
 
 class InputError(ValueError):
@@ -13,3 +14,18 @@ def require_choice(name: str, value: str, choices: Collection[str]) -> None:
     """Raise :class:`InputError` ``"<name>: expected one of a, b, got 'x'"`` unless ``value`` is a choice."""
     if value not in choices:
         raise InputError(f"{name}: expected one of {', '.join(choices)}, got {value!r}")
+
+
+def one_line(text: str, width: int = 200) -> str:
+    """``text`` on one line (runs of whitespace, newlines included, become one space), at most ``width``
+    characters: a quoted reason (a library's multi-line message) fit for a one-line error."""
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def shown(value: Any, width: int = 80) -> str:
+    """``value`` for a one-line message: its ``repr`` (a tuple as a list), at most ``width`` characters."""
+    try:
+        return one_line(repr(list(value) if isinstance(value, tuple) else value), width)
+    except ValueError:  # repr of an integer of more than 4300 digits raises
+        return "an integer too large to print"

@@ -45,10 +45,16 @@ class Atlas:
     landmarks: dict
 
 
+def require_preset(preset: str, field: str = "preset") -> None:
+    """Raise :class:`InputError` ``"<field>: expected one of paper, lite, tiny, got '../x'"`` unless
+    ``preset`` names a grid preset (a name from a file is a name, never a path)."""
+    if preset not in GRID_PRESETS:
+        raise InputError(f"{field}: expected one of {', '.join(GRID_PRESETS)}, got {preset!r}")
+
+
 def write_atlas(out_dir: str | Path, preset: str = "lite") -> Path:
     """Generate the mean-shape atlas on a grid preset and write it to ``out_dir`` (atomically per file)."""
-    if preset not in GRID_PRESETS:
-        raise InputError(f"preset: expected one of {', '.join(GRID_PRESETS)}, got {preset!r}")
+    require_preset(preset)
     out_dir = Path(out_dir)
     subject = make_atlas(preset)
     write_volume(out_dir / IMAGE_FILE, np.round(subject.ct_hu).astype(np.int16), subject.grid)
@@ -58,7 +64,12 @@ def write_atlas(out_dir: str | Path, preset: str = "lite") -> Path:
 
 
 def shipped_atlas_dir(preset: str) -> Path:
-    """The folder of the atlas shipped with the package for ``preset``."""
+    """The folder of the atlas shipped with the package for ``preset``.
+
+    Raises:
+        InputError: ``preset`` is not one of :data:`GRID_PRESETS` (e.g. a path).
+    """
+    require_preset(preset)
     return Path(str(resources.files("biplanar") / "resources" / "atlas" / preset))
 
 

@@ -16,6 +16,7 @@ Both return the same sample, a dict:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,7 @@ from biplanar.data.simulate import (
     subject_id,
     subject_seed,
 )
-from biplanar.errors import InputError
+from biplanar.errors import InputError, shown
 from biplanar.geometry.projection import ProjectionView
 from biplanar.geometry.volume_grid import VolumeGrid
 from biplanar.io.geometry_file import read_geometry, require_views
@@ -43,6 +44,47 @@ from biplanar.io.json_files import read_json
 from biplanar.io.volumes import read_volume
 
 SPLITS = ("train", "val", "test", "all")  # "all": every subject (a held-out test set)
+SPLIT_FILE = "split.json"
+# A subject id is a folder name under subjects/: a plain name, never a path (no separator, no "..").
+SUBJECT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+
+
+def read_split(root: str | Path) -> dict[str, list[str]]:
+    """The subject ids of each split of a dataset folder's ``split.json`` (``{"train": [ids], ...}``).
+
+    Every id is checked to be a plain name (:data:`SUBJECT_ID`), so that joining it to
+    ``root / "subjects"`` stays inside the dataset.
+
+    Raises:
+        InputError: a missing or invalid file, not an object of lists, or an id that is not a plain
+            name (``<root>/split.json: train: subject id '../x' is not a plain name ...``).
+    """
+    path = Path(root) / SPLIT_FILE
+    document = read_json(path)
+    if not isinstance(document, dict) or not all(isinstance(ids, list) for ids in document.values()):
+        raise InputError(f"{path}: expected an object of split name -> list of subject ids")
+    for split, ids in document.items():
+        for name in ids:
+            if not isinstance(name, str) or not SUBJECT_ID.fullmatch(name) or ".." in name:
+                raise InputError(
+                    f"{path}: {split}: subject id {shown(name)} is not a plain name "
+                    "(letters, digits, '_', '.', '-'; no '..')"
+                )
+    return document
+
+
+def split_subject_ids(root: str | Path, split: str) -> list[str]:
+    """The sorted subject ids of ``split`` of a dataset folder (``all``: every split; a split the
+    file lacks: none), read by :func:`read_split`.
+
+    Raises:
+        InputError: an unknown ``split``, or a bad ``split.json`` (:func:`read_split`).
+    """
+    if split not in SPLITS:
+        raise InputError(f"split: expected one of {', '.join(SPLITS)}, got {split!r}")
+    splits = read_split(root)
+    chosen = list(splits.values()) if split == "all" else [splits.get(split, [])]
+    return sorted(name for names in chosen for name in names)
 
 
 def make_sample(
@@ -97,18 +139,18 @@ class SimulatedDataset(_CaseDataset):
 
     Raises:
         InputError: unknown split, no ``split.json`` (an unfinished run: run ``simulate`` again
-            to resume it), or an incomplete subject folder.
+            to resume it), a subject id that is not a plain name, or an incomplete subject folder.
     """
 
     def __init__(self, root: str | Path, split: str = "train", masked: bool = True) -> None:
         if split not in SPLITS:
             raise InputError(f"split: expected one of {', '.join(SPLITS)}, got {split!r}")
         self.root, self.masked = Path(root), masked
-        self.config = SimulationConfig.from_dict(read_json(self.root / "dataset.json")["config"])
-        splits = read_json(self.root / "split.json")
-        self.subject_ids: list[str] = sorted(
-            [name for names in splits.values() for name in names] if split == "all" else splits[split]
-        )
+        document = read_json(self.root / "dataset.json")
+        if not isinstance(document, dict) or not isinstance(document.get("config"), dict):
+            raise InputError(f"{self.root / 'dataset.json'}: expected an object with a 'config' object")
+        self.config = SimulationConfig.from_dict(document["config"])
+        self.subject_ids: list[str] = split_subject_ids(self.root, split)
         incomplete = [name for name in self.subject_ids if not is_complete(self._folder(name))]
         if incomplete:
             raise InputError(

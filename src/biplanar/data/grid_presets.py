@@ -9,12 +9,13 @@ volume (:data:`biplanar.data.phantom.HEAD_HEIGHT_MM`).
 
 from __future__ import annotations
 
+from biplanar.config import GRID_SHAPES
 from biplanar.geometry.volume_grid import VolumeGrid
 
+# Voxel sizes (mm) of the presets; their names and voxels are the configs' (biplanar.config.GRID_SHAPES).
+_SPACINGS_MM = {"paper": (0.664, 0.664, 1.0), "lite": (1.328, 1.328, 2.0), "tiny": (2.656, 2.656, 4.0)}
 GRID_PRESETS: dict[str, VolumeGrid] = {
-    "paper": VolumeGrid.from_spacing((192, 128, 192), (0.664, 0.664, 1.0)),
-    "lite": VolumeGrid.from_spacing((96, 64, 96), (1.328, 1.328, 2.0)),
-    "tiny": VolumeGrid.from_spacing((48, 32, 48), (2.656, 2.656, 4.0)),
+    name: VolumeGrid.from_spacing(shape, _SPACINGS_MM[name]) for name, shape in GRID_SHAPES.items()
 }
 
 

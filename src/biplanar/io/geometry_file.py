@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from biplanar.errors import InputError
+from biplanar.errors import InputError, shown
 from biplanar.geometry.projection import CarmPose, ProjectionView
 from biplanar.io.json_files import read_json, write_json
 
@@ -24,10 +24,10 @@ _CARM_FIELDS = {
 def _numbers(value: Any, shape: tuple[int, ...], where: str) -> np.ndarray:
     try:
         array = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an integer beyond float64
         raise InputError(f"{where}: expected numbers of shape {shape}") from None
     if array.shape != shape or not np.all(np.isfinite(array)):
-        raise InputError(f"{where}: expected finite numbers of shape {shape}, got {value!r}")
+        raise InputError(f"{where}: expected finite numbers of shape {shape}, got {shown(value)}")
     return array
 
 
@@ -56,7 +56,7 @@ def _parse_view(name: str, spec: Any, where: str, default_isocenter_mm: np.ndarr
         raise InputError(f"{where}.image_shape: missing")
     shape = _numbers(spec["image_shape"], (2,), f"{where}.image_shape")
     if np.any(shape < 1) or np.any(shape != np.round(shape)):
-        raise InputError(f"{where}.image_shape: expected two positive integers, got {spec['image_shape']}")
+        raise InputError(f"{where}.image_shape: expected two positive integers, got {shown(spec['image_shape'])}")
     image_shape = (int(shape[0]), int(shape[1]))
     if "projection_matrix" not in spec and "carm" not in spec:
         raise InputError(f"{where}: needs 'projection_matrix' or 'carm'")

@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from biplanar.errors import InputError
+from biplanar.config import MAX_FEATURES, MAX_LEVELS
+from biplanar.errors import InputError, shown
 
 if TYPE_CHECKING:  # the type of annotations only: importing monai costs seconds
     from monai.networks.nets import UNet
@@ -57,12 +58,23 @@ class SegmentationConfig:
     norm: str = "instance"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
-        object.__setattr__(self, "strides", tuple(int(s) for s in self.strides))
-        if len(self.channels) < 2 or len(self.strides) != len(self.channels) - 1:
+        try:
+            object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
+            object.__setattr__(self, "strides", tuple(int(s) for s in self.strides))
+        except (TypeError, ValueError, OverflowError):
             raise InputError(
-                f"segmentation config: channels and strides: expected len(strides) == len(channels) - 1 >= 1, "
-                f"got {self.channels} and {self.strides}"
+                f"segmentation config: channels and strides: expected lists of integers, "
+                f"got {shown(self.channels)} and {shown(self.strides)}"
+            ) from None
+        if not 2 <= len(self.channels) <= MAX_LEVELS + 1 or len(self.strides) != len(self.channels) - 1:
+            raise InputError(
+                f"segmentation config: channels and strides: expected len(strides) == len(channels) - 1 "
+                f"in 1..{MAX_LEVELS}, got {shown(self.channels)} and {shown(self.strides)}"
+            )
+        sizes = (*self.channels, *self.strides, self.num_res_units)
+        if not all(isinstance(size, int) for size in sizes) or max(sizes) > MAX_FEATURES:
+            raise InputError(
+                f"segmentation config: channels, strides, num_res_units: expected integers <= {MAX_FEATURES}"
             )
         if min(self.channels) < 1 or min(self.strides) < 1 or self.num_res_units < 0:
             raise InputError("segmentation config: channels and strides >= 1 and num_res_units >= 0 expected")

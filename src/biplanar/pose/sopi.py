@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from biplanar.errors import InputError
+from biplanar.errors import InputError, one_line
 from biplanar.geometry.projection import ProjectionView
 from biplanar.geometry.transforms import rigid_matrix
 from biplanar.geometry.volume_grid import VolumeGrid
@@ -90,8 +90,8 @@ def load_sopi_network(path: str | Path, name: str, device: str | torch.device = 
     network = build_network(config, name)
     try:
         network.load_state_dict(state["model"])
-    except RuntimeError as error:
-        raise InputError(f"{path}: weights do not fit the config's network ({error})") from None
+    except (RuntimeError, TypeError) as error:  # TypeError: stored weights that are not a state dict
+        raise InputError(f"{path}: weights do not fit the config's network ({one_line(str(error))})") from None
     return SopiNetwork(network.to(device).eval(), config, name)
 
 

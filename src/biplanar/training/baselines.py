@@ -42,7 +42,7 @@ from torch import Tensor, nn
 from biplanar.config import ExperimentConfig
 from biplanar.data.atlas import Atlas, load_atlas
 from biplanar.data.datasets import CaseDataset
-from biplanar.errors import InputError
+from biplanar.errors import InputError, one_line
 from biplanar.io.atomic import atomic_path, atomic_write_text
 from biplanar.layers.similarity import soft_dice
 from biplanar.models.kasten import KastenNet
@@ -135,8 +135,10 @@ def load_baseline(
     model = build_baseline(method, config, load_atlas(config.geometry.grid_preset), pca)
     try:
         model.load_state_dict(state["model"])
-    except RuntimeError as error:
-        raise InputError(f"{checkpoint_path}: weights do not fit the config's {method} network ({error})") from None
+    except (RuntimeError, TypeError) as error:  # TypeError: stored weights that are not a state dict
+        raise InputError(
+            f"{checkpoint_path}: weights do not fit the config's {method} network ({one_line(str(error))})"
+        ) from None
     return model.to(device).eval(), config
 
 

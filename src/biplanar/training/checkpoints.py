@@ -36,7 +36,7 @@ import torch
 
 from biplanar.config import ExperimentConfig
 from biplanar.data.atlas import load_atlas
-from biplanar.errors import InputError
+from biplanar.errors import InputError, one_line
 from biplanar.io.atomic import atomic_path
 from biplanar.models.network import AtlasRegistrationNet
 
@@ -124,7 +124,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # torch raises pickle, zip and runtime errors alike on a bad file
-        raise InputError(f"{path}: not a readable checkpoint ({type(error).__name__}: {error})") from None
+        raise InputError(
+            f"{path}: not a readable checkpoint ({type(error).__name__}: {one_line(str(error))})"
+        ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise InputError(f"{path}: not a biplanar checkpoint")
     if state.get("version") != VERSION:
@@ -158,8 +160,10 @@ def load_model(
     network = AtlasRegistrationNet(config, load_atlas(config.geometry.grid_preset))
     try:
         network.load_state_dict(state["model"])
-    except RuntimeError as error:
-        raise InputError(f"{checkpoint_path}: weights do not fit the config's network ({error})") from None
+    except (RuntimeError, TypeError) as error:  # TypeError: stored weights that are not a state dict
+        raise InputError(
+            f"{checkpoint_path}: weights do not fit the config's network ({one_line(str(error))})"
+        ) from None
     return network.to(device).eval(), config
 
 

@@ -44,10 +44,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from biplanar.data.datasets import SPLIT_FILE, SPLITS, split_subject_ids
 from biplanar.data.simulate import VIEW_NAMES
-from biplanar.errors import InputError
+from biplanar.errors import InputError, one_line
 from biplanar.io.images import read_image
-from biplanar.io.json_files import read_json
 from biplanar.models.segmentation import (
     SegmentationConfig,
     build_segmentation_net,
@@ -76,7 +76,6 @@ BUNDLED_NAME = "segmentation_lite"  # biplanar/resources/models/segmentation_lit
 # The detector the bundled model was trained on (the lite preset: 112 x 80 pixels of 1.86 mm, the paper's
 # field of view): segment(network, image, working_shape=BUNDLED_IMAGE_SHAPE) for images of other sizes.
 BUNDLED_IMAGE_SHAPE = (112, 80)
-SPLITS = ("train", "val", "test", "all")  # "all": every subject (a dataset made only for testing)
 CSV_FIELDS = ("step", "lr", "train_loss", "val_dice_mean", "val_dice_min", "wall_s")
 EVAL_BATCH = 64  # radiographs per forward pass in validation and evaluation
 TRAIN_STREAM = 1  # the seed stream of the training batches and their augmentations
@@ -252,12 +251,10 @@ def load_radiographs(data_dir: DataDirs, split: str) -> RadiographSet:
 
 
 def _split_ids(data_dir: Path, split: str) -> list[str]:
-    """The sorted subject ids of ``split`` (``all``: every split) of a dataset folder."""
-    splits = read_json(data_dir / "split.json")
-    chosen = list(splits.values()) if split == "all" else [splits.get(split, [])]
-    ids = sorted(name for names in chosen for name in names)
+    """The sorted subject ids of ``split`` (``all``: every split) of a dataset folder, at least one."""
+    ids = split_subject_ids(data_dir, split)
     if not ids:
-        raise InputError(f"{data_dir / 'split.json'}: split {split!r} has no subjects")
+        raise InputError(f"{data_dir / SPLIT_FILE}: split {split!r} has no subjects")
     return ids
 
 
@@ -595,6 +592,6 @@ def load_segmentation_model(
     network = build_segmentation_net(config)
     try:
         network.load_state_dict(state["model"])
-    except RuntimeError as error:
-        raise InputError(f"{path}: weights do not fit the config's network ({error})") from None
+    except (RuntimeError, TypeError) as error:  # TypeError: stored weights that are not a state dict
+        raise InputError(f"{path}: weights do not fit the config's network ({one_line(str(error))})") from None
     return network.to(device).eval(), config

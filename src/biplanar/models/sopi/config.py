@@ -21,8 +21,24 @@ from typing import Any
 import torch
 
 # The shared YAML-to-dataclass rules of the experiment configs (same rules, same messages).
-from biplanar.config import DEFAULT_NUM_SAMPLES, DictConfig, check_choices, load_yaml_dataclass
-from biplanar.data.grid_presets import GRID_PRESETS
+from biplanar.config import (
+    DEFAULT_NUM_SAMPLES,
+    FLOAT_BYTES,
+    GRID_SHAPES,
+    MAX_FEATURES,
+    MAX_IMAGE_SIDE,
+    MAX_ITERATIONS,
+    MAX_LEVELS,
+    MAX_SAMPLES,
+    SAMPLE_VALUES,
+    VOLUME_CHANNELS,
+    DictConfig,
+    check_choices,
+    check_lengths,
+    check_memory,
+    check_ranges,
+    load_yaml_dataclass,
+)
 from biplanar.errors import InputError
 
 PHANTOM = "phantom"
@@ -33,7 +49,7 @@ class PoseGeometryConfig:
     """The CT grid and the single (AP) view of SOPI.
 
     Attributes:
-        grid_preset: phantom grid (``paper``, ``lite``, ``tiny``); ignored for a CT ``data.source``.
+        grid_preset: phantom grid (``paper``, ``lite``, ``tiny``); unused for a CT ``data.source``.
         image_shape: ``(rows, cols)`` of the radiograph.
         pixel_spacing_mm: detector pixel spacing, mm (both directions).
         num_samples: ProST samples per ray (``prost_samples`` in older files and checkpoints).
@@ -202,33 +218,45 @@ class SopiConfig(DictConfig):
 
 
 _CHOICES = {
+    ("geometry", "grid_preset"): tuple(GRID_SHAPES),  # a name, never a path, whatever the source
     ("data", "mask"): ("labels", "threshold"),
     ("loss", "regulariser"): ("weights", "pose"),
 }
 _LENGTHS = {
-    ("geometry", "image_shape"): 2,
-    ("data", "translation_sigma_mm"): 3,
-    ("data", "fine_translation_sigma_mm"): 3,
-    ("rtpi", "volume_shape"): 3,
-    ("rtpi", "localisation_features"): 4,
-    ("fine", "level_features"): 3,
+    ("geometry", "image_shape"): (2, 2),
+    ("data", "translation_sigma_mm"): (3, 3),
+    ("data", "fine_translation_sigma_mm"): (3, 3),
+    ("rtpi", "volume_shape"): (3, 3),
+    ("rtpi", "volume_features"): (0, MAX_LEVELS),
+    ("rtpi", "image_features"): (0, MAX_LEVELS),
+    ("rtpi", "localisation_features"): (4, 4),
+    ("fine", "level_features"): (3, 3),
+}
+_RANGES = {
+    ("geometry", "image_shape"): (8, MAX_IMAGE_SIDE),
+    ("geometry", "num_samples"): (1, MAX_SAMPLES),
+    ("data", "subjects"): (1, 1024),
+    ("data", "validation_samples"): (1, 1024),
+    ("rtpi", "volume_shape"): (2, 512),
+    ("rtpi", "volume_features"): (1, MAX_FEATURES),
+    ("rtpi", "image_features"): (1, MAX_FEATURES),
+    ("rtpi", "localisation_features"): (1, MAX_FEATURES),
+    ("rtpi", "head_features"): (1, MAX_FEATURES),
+    ("fine", "stem_features"): (1, MAX_FEATURES),
+    ("fine", "level_features"): (1, MAX_FEATURES),
+    ("fine", "radix"): (1, 16),
+    ("fine", "attention_reduction"): (1, MAX_FEATURES),
+    ("training", "batch_size"): (1, 1024),
+    ("search", "rotation_iterations"): (0, MAX_ITERATIONS),
+    ("search", "max_iterations"): (1, MAX_ITERATIONS),
 }
 _POSITIVE = (
     ("geometry", "pixel_spacing_mm"),
-    ("geometry", "num_samples"),
-    ("data", "subjects"),
-    ("data", "validation_samples"),
-    ("rtpi", "head_features"),
-    ("fine", "stem_features"),
-    ("fine", "radix"),
-    ("fine", "attention_reduction"),
     ("training", "learning_rate"),
-    ("training", "batch_size"),
     ("training", "steps"),
     ("training", "validate_every"),
     ("search", "rotation_step_deg"),
     ("search", "translation_step_mm"),
-    ("search", "max_iterations"),
     ("search", "tolerance_deg"),
     ("search", "tolerance_mm"),
 )
@@ -238,18 +266,12 @@ def _validate(config: SopiConfig) -> None:
     def value(section: str, name: str) -> Any:
         return getattr(getattr(config, section), name)
 
+    check_lengths(config, _LENGTHS)
+    check_ranges(config, _RANGES)  # before anything computes with the sizes (the memory)
     check_choices(config, _CHOICES)
-    for (section, name), length in _LENGTHS.items():
-        if len(value(section, name)) != length:
-            raise InputError(f"config: {section}.{name}: expected {length} values, got {list(value(section, name))}")
     for section, name in _POSITIVE:
         if not value(section, name) > 0:
             raise InputError(f"config: {section}.{name}: expected a positive number, got {value(section, name)!r}")
-    if config.data.source == PHANTOM and config.geometry.grid_preset not in GRID_PRESETS:
-        raise InputError(
-            f"config: geometry.grid_preset: expected one of {', '.join(sorted(GRID_PRESETS))}, "
-            f"got {config.geometry.grid_preset!r}"
-        )
     if not 0.0 < config.search.step_decrease < 1.0:
         raise InputError(
             f"config: search.step_decrease: expected a number in (0, 1), got {config.search.step_decrease}"
@@ -264,6 +286,23 @@ def _validate(config: SopiConfig) -> None:
             f"config: rtpi.volume_shape {list(config.rtpi.volume_shape)} is too small for "
             f"{len(config.rtpi.volume_features)} halvings"
         )
+    check_memory(sopi_bytes(config), "the SOPI networks")
+
+
+def sopi_bytes(config: SopiConfig) -> int:
+    """Estimated bytes of the dominant float32 tensors of one case through the SOPI networks of ``config``.
+
+    ProST's samples (``num_samples`` per pixel of the one view, :data:`~biplanar.config.SAMPLE_VALUES`
+    each), RTPI's widest 3D feature map, the widest 2D map and, for phantoms, the volumes on the
+    preset's grid (a CT source's grid is its file's). A lower bound of what training needs.
+    """
+    pixels = math.prod(config.geometry.image_shape)
+    rays = config.geometry.num_samples * pixels * SAMPLE_VALUES
+    rtpi = math.prod(config.rtpi.volume_shape) * max(config.rtpi.volume_features, default=1)
+    images = pixels * max(config.rtpi.image_features + config.fine.level_features + (config.fine.stem_features,))
+    phantom = config.data.source == PHANTOM
+    volume = math.prod(GRID_SHAPES[config.geometry.grid_preset]) * VOLUME_CHANNELS if phantom else 0
+    return FLOAT_BYTES * (rays + rtpi + images + volume)
 
 
 def load_sopi_config(path_or_preset: str | Path) -> SopiConfig:
