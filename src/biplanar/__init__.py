@@ -52,6 +52,7 @@ __all__ = [
     "run_experiments",
     "segment",
     "simulate",
+    "simulate_from_ct",
     "train",
     "train_baseline",
     "train_pose",

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     import numpy as np
     from rich.table import Table
 
+    from biplanar.data.from_ct import FromCtSummary
     from biplanar.data.preprocess import PreprocessResult
     from biplanar.data.simulate import DatasetSummary
     from biplanar.demo import DemoResult
@@ -224,23 +225,58 @@ def drr(
     return array
 
 
-def write_atlas(out: str | Path, preset: str = "lite") -> Path:
-    """Generate the mean-shape femur atlas on a grid preset and write it (``biplanar atlas``).
+def write_atlas(
+    out: str | Path,
+    preset: str | None = None,
+    from_ct: str | Path | None = None,
+    labels: str | Path | None = None,
+    label: int | None = None,
+    side: str | None = None,
+    from_dataset: str | Path | None = None,
+    progress: bool = True,
+) -> Path:
+    """Write a femur atlas on a grid preset (``biplanar atlas``): the mean-shape phantom, one
+    femur of a CT (the paper's atlas) or the mean of a simulated dataset (docs: the trade-off in
+    :mod:`biplanar.data.ct_atlas`).
 
     Args:
         out: the folder to write ``atlas.nii.gz`` (int16 HU), ``atlas_labels.nii.gz`` (uint8,
-            1 = femur) and ``landmarks.json`` (hip landmarks, world mm) into; created if missing.
-        preset: the grid preset, ``paper``, ``lite`` or ``tiny``.
+            1 = femur) and ``landmarks.json`` (hip landmarks, world mm) into; created if missing
+            (from a CT or a dataset: must be new or empty, written all or nothing).
+        preset: the grid preset, ``paper``, ``lite`` or ``tiny`` (default ``lite``; with
+            ``from_dataset`` the dataset's); for ``register --atlas``, the model's.
+        from_ct: a CT in HU (``.nii`` / ``.nii.gz``): build the atlas from one of its femurs,
+            brought into the atlas frame as :func:`preprocess` does (a left femur mirrored).
+        labels: with ``from_ct``: its label map on the CT's grid (e.g. TotalSegmentator's).
+        label: with ``from_ct``: the femur's value in ``labels`` (TotalSegmentator: 75 left, 76 right).
+        side: with ``from_ct``: ``"left"`` or ``"right"``.
+        from_dataset: a ``biplanar simulate`` dataset: the mean atlas of its train subjects.
+        progress: with ``from_dataset``: show a progress bar on stderr.
 
     Returns:
         the atlas folder.
 
     Raises:
-        InputError: an unknown preset.
+        InputError: an unknown preset; ``from_ct`` without ``labels``, ``label`` and ``side``, or
+            with ``from_dataset``; a non-empty ``out`` (from a CT or dataset); missing or
+            mismatched files; a femur that cannot be measured or whose head radius or neck-shaft
+            angle is not an adult's.
     """
+    if from_ct is not None and from_dataset is not None:
+        raise InputError("from_ct and from_dataset exclude each other")
+    if from_ct is not None:
+        if labels is None or label is None or side is None:
+            raise InputError("from_ct needs labels, label and side")
+        from biplanar.data.ct_atlas import atlas_from_ct  # lazy: CLI start-up time
+
+        return atlas_from_ct(from_ct, labels, label, side, out, preset or "lite")
+    if from_dataset is not None:
+        from biplanar.data.ct_atlas import atlas_from_dataset  # lazy: CLI start-up time
+
+        return atlas_from_dataset(from_dataset, out, preset, progress=progress)
     from biplanar.data.atlas import write_atlas as write_atlas_files  # lazy: CLI start-up time
 
-    return write_atlas_files(out, preset)
+    return write_atlas_files(out, preset or "lite")
 
 
 def simulate(
@@ -305,6 +341,61 @@ def simulate(
         aluminium_mm=aluminium_mm,
     )
     return simulate_dataset(out, n, seed, config, workers=workers, progress=progress)
+
+
+def simulate_from_ct(
+    ct_dir: str | Path,
+    out: str | Path,
+    seed: int,
+    femur_labels: str | dict[str, int] | None = None,
+    keep_sides: bool = False,
+    geometry: str = "orthogonal",
+    preset: str = "lite",
+    mode: str = "line_integral",
+    scene: str = "body",
+    photons: float = 1e5,
+    kvp: float = 80.0,
+    aluminium_mm: float = 2.5,
+    workers: int = 1,
+    progress: bool = True,
+) -> FromCtSummary:
+    """A dataset from a folder of CTs and label maps (``biplanar simulate --from-ct``): one subject
+    per femur, preprocessed into the atlas frame and rendered as :func:`simulate` renders its
+    phantoms, in the same layout (:mod:`biplanar.data.from_ct`; docs/own_data.md).
+
+    Args:
+        ct_dir: the folder: ``<id>.nii.gz`` + ``<id>_labels.nii.gz`` pairs, or a ``manifest.csv``
+            (columns ``id``, ``ct``, ``labels``).
+        out: the dataset folder (created if missing; re-running resumes).
+        seed: dataset seed, ``>= 0`` (case seeds and the split, which goes by scan).
+        femur_labels: side -> label value, as a dict or ``"right=76,left=75"`` (default:
+            TotalSegmentator v2's ``femur_right`` 76, ``femur_left`` 75).
+        keep_sides: keep left femurs left instead of mirroring them to right ones.
+        geometry: ``orthogonal``, ``generalized`` or ``mixed``, as :func:`simulate`.
+        preset: grid and detector preset, ``paper``, ``lite`` or ``tiny``.
+        mode: radiograph values, as :func:`simulate`.
+        scene: what the radiographs project: ``body`` (the whole CT around the grid) or ``grid``
+            (the grid's CT alone).
+        photons: incident photons per pixel (``mode="poisson"``).
+        kvp: tube voltage, kV (``mode="polychromatic"``).
+        aluminium_mm: tube filtration, mm of aluminium (``mode="polychromatic"``).
+        workers: parallel worker processes (one femur each).
+        progress: show a progress bar on stderr.
+
+    Returns:
+        the subjects written now, those found complete, and the femurs skipped with their reasons.
+
+    Raises:
+        InputError: a bad folder or setting, ``out`` holding another dataset, or no usable femur.
+    """
+    from biplanar.data import from_ct  # lazy: CLI start-up time
+    from biplanar.data.simulate import SimulationConfig  # lazy: CLI start-up time
+
+    config = SimulationConfig(
+        preset=preset, geometry=geometry, scene=scene, mode=mode, photons=photons, kvp=kvp, aluminium_mm=aluminium_mm
+    )
+    labels = from_ct.parse_femur_labels(femur_labels) if isinstance(femur_labels, str) else femur_labels
+    return from_ct.simulate_from_ct(ct_dir, out, seed, config, labels, keep_sides, workers, progress)
 
 
 def train(

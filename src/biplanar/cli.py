@@ -15,7 +15,7 @@ import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import typer
 
@@ -163,24 +163,64 @@ def geometry(
         typer.echo(f"wrote {out}")
 
 
+def _check_atlas_sources(
+    from_ct: Path | None, labels: Path | None, label: int | None, side: str | None, from_dataset: Path | None
+) -> None:
+    """Raise :class:`InputError` unless the ``atlas`` options name one source with its companions."""
+    if from_ct is not None and from_dataset is not None:
+        raise InputError("--from-ct and --from-dataset exclude each other")
+    if from_ct is None and (labels is not None or label is not None or side is not None):
+        raise InputError("--labels, --label and --side go with --from-ct")
+    if from_ct is not None and (labels is None or label is None):
+        raise InputError("--from-ct needs --labels and --label")
+    if from_ct is not None and side is None:
+        raise InputError("--from-ct needs --side")
+
+
 @app.command()
 def atlas(
     out: Path = typer.Option(..., help="Folder to write atlas.nii.gz, atlas_labels.nii.gz, landmarks.json."),
-    preset: str = typer.Option("lite", help="Grid preset: paper, lite or tiny."),
+    preset: str | None = typer.Option(
+        None, help="Grid preset: paper, lite or tiny (default: lite; with --from-dataset the dataset's)."
+    ),
+    from_ct: Path | None = typer.Option(
+        None, "--from-ct", help="Build the atlas from one femur of this CT (HU, NIfTI): the paper's atlas."
+    ),
+    labels: Path | None = typer.Option(None, help="With --from-ct: its label map (e.g. TotalSegmentator's)."),
+    label: int | None = typer.Option(None, help="With --from-ct: the femur's value in --labels."),
+    side: Side | None = typer.Option(None, help="With --from-ct: which femur it is (a left one is mirrored)."),
+    from_dataset: Path | None = typer.Option(
+        None, "--from-dataset", help="Build a mean atlas of this `biplanar simulate` dataset's train subjects."
+    ),
 ) -> None:
-    """Generate the mean-shape femur atlas (image, labels, landmarks) on a grid preset."""
+    """Write a femur atlas: the mean-shape phantom, one CT's femur (--from-ct) or a dataset's mean (--from-dataset)."""
     with _reporting_errors():
+        _check_atlas_sources(from_ct, labels, label, side, from_dataset)
         from biplanar import api  # lazy: CLI start-up time
 
-        api.write_atlas(out, preset)
-        typer.echo(f"wrote the {preset} atlas to {out}")
+        api.write_atlas(out, preset, from_ct, labels, label, side, from_dataset)
+        if from_ct is not None:
+            typer.echo(f"wrote the atlas of femur {label} of {from_ct} to {out}")
+        elif from_dataset is not None:
+            typer.echo(f"wrote the mean atlas of {from_dataset} to {out}")
+        else:
+            typer.echo(f"wrote the {preset or 'lite'} atlas to {out}")
 
 
 @app.command()
 def simulate(
     out: Path = typer.Option(..., help="Dataset folder (re-running it resumes an interrupted run)."),
-    n: int = typer.Option(..., min=1, help="Number of subjects."),
+    n: int | None = typer.Option(None, min=1, help="Number of subjects (not with --from-ct)."),
     seed: int = typer.Option(..., min=0, help="Dataset seed (subject seeds derive from it)."),
+    from_ct: Path | None = typer.Option(
+        None,
+        help="Instead of phantoms: a folder of CT + label maps (<id>.nii.gz + <id>_labels.nii.gz, or manifest.csv); "
+        "one subject per femur.",
+    ),
+    femur_labels: str | None = typer.Option(
+        None, help="With --from-ct: side=label pairs (default TotalSegmentator v2: right=76,left=75)."
+    ),
+    keep_sides: bool = typer.Option(False, "--keep-sides", help="With --from-ct: keep left femurs left (no mirror)."),
     geometry: GeometryKind = typer.Option(
         "orthogonal", help="orthogonal (AP 0, LAT 90), generalized (+/-30 deg) or mixed (half each)."
     ),
@@ -204,20 +244,32 @@ def simulate(
     with _reporting_errors():
         from biplanar import api  # lazy: CLI start-up time
 
-        summary = api.simulate(
-            out,
-            n,
-            seed,
-            geometry=geometry,
-            shapes=shapes,
-            preset=preset,
-            mode=mode,
-            scene=scene,
-            photons=photons,
-            kvp=kvp,
-            aluminium_mm=aluminium_mm,
-            workers=workers,
-        )
+        rendering: dict[str, Any] = {
+            "geometry": geometry,
+            "preset": preset,
+            "mode": mode,
+            "scene": scene,
+            "photons": photons,
+            "kvp": kvp,
+            "aluminium_mm": aluminium_mm,
+            "workers": workers,
+        }
+        if from_ct is not None:
+            if n is not None:
+                raise InputError("--n: not used with --from-ct (one subject per femur of each CT)")
+            made = api.simulate_from_ct(
+                from_ct, out, seed, femur_labels=femur_labels, keep_sides=keep_sides, **rendering
+            )
+            for name, reason in made.skipped.items():
+                typer.echo(f"skipped {name}: {reason}", err=True)
+            typer.echo(
+                f"wrote {len(made.written)} subjects to {out}, {len(made.kept)} already there, "
+                f"{len(made.skipped)} femurs skipped"
+            )
+            return
+        if n is None or femur_labels is not None or keep_sides:
+            raise InputError("--n is needed (and --femur-labels, --keep-sides only go with --from-ct)")
+        summary = api.simulate(out, n, seed, shapes=shapes, **rendering)
         typer.echo(f"wrote {len(summary.written)} subjects to {out}, {len(summary.skipped)} already there")
 
 

@@ -38,6 +38,7 @@ the output world to the mirrored input world (determinant -1 for a left femur, +
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -64,7 +65,7 @@ LABEL_FRACTION = 0.5  # an output voxel is femur where the trilinear label fract
 # part reaches about 81 mm in the phantom population) and above the bow of the mid-diaphysis.
 SHAFT_SLAB_MM = (85.0, 150.0)
 MIN_SHAFT_SLAB_MM = 40.0  # shorter slabs make the PCA ill-conditioned (length^2/12 ~ radius^2/4)
-CUT_MARGIN_MM = 20.0  # slab kept this far above the label's lowest point: an oblique cut
+CUT_MARGIN_MM = 8.0  # slab kept this far above the label's lowest point: an oblique cut
 PROXIMAL_LENGTH_MM = 200.0  # only the top of a full-length femur is used
 FIRST_SHAFT_MM = 50.0  # length of the lowest part of that top used for the first shaft axis
 HEAD_SEARCH_MM = 80.0  # the head is searched within this distance of the proximal end
@@ -129,6 +130,19 @@ class FemurFrame:
     axes: FemurAxes
     side: str
     output_to_input: np.ndarray
+
+    def output_axes(self) -> FemurAxes:
+        """The measured axes carried to the output world (mirrored for a left femur)."""
+        to_output = np.linalg.inv(self.output_to_input)
+        rotation, shift = to_output[:3, :3], to_output[:3, 3]
+        axes = self.axes
+        return FemurAxes(
+            head_centre_mm=rotation @ axes.head_centre_mm + shift,
+            head_radius_mm=axes.head_radius_mm,
+            shaft_axis_point_mm=rotation @ axes.shaft_axis_point_mm + shift,
+            shaft_axis=rotation @ axes.shaft_axis,
+            neck_axis=rotation @ axes.neck_axis,
+        )
 
     def to_dict(self) -> dict[str, object]:
         """Field name -> value, vectors and matrices as lists (JSON-ready)."""
@@ -492,6 +506,7 @@ def preprocess_arrays(
     side: str,
     preset: str = "lite",
     mask_name: str = "femur_mask",
+    keep_side: bool = False,
 ) -> PreprocessResult:
     """One femur of a CT in the atlas's frame on a preset grid (no file I/O).
 
@@ -502,6 +517,9 @@ def preprocess_arrays(
         side: ``"left"`` (mirrored to a right femur) or ``"right"``.
         preset: the output grid, a name of :data:`biplanar.data.GRID_PRESETS`.
         mask_name: what error messages call ``femur_mask``.
+        keep_side: keep a left femur left (not mirrored): it lands on the atlas femur mirrored
+            about the grid's midsagittal plane ``x = 0`` (``output_to_input`` then has
+            determinant +1).
 
     Returns:
         the CT (trilinear, ``AIR_HU`` outside the input) and the label (trilinear fraction
@@ -520,9 +538,37 @@ def preprocess_arrays(
     _mirror(side)  # a bad side fails before the measurements
     mask = _largest_component(np.asarray(femur_mask, dtype=bool))
     frame = femur_frame(_measure(mask, ct_grid, mask_name), side)
+    if keep_side and side == "left":
+        frame = dataclasses.replace(frame, output_to_input=frame.output_to_input @ np.diag([-1.0, 1.0, 1.0, 1.0]))
     ct_out = resample(np.asarray(ct_hu, dtype=np.float32), ct_grid, grid, frame.output_to_input, AIR_HU)
     fraction = resample(mask.astype(np.float32), ct_grid, grid, frame.output_to_input)
     return PreprocessResult(ct_hu=ct_out, labels=(fraction >= LABEL_FRACTION).astype(np.uint8), grid=grid, frame=frame)
+
+
+def read_femur(ct_path: str | Path, labels_path: str | Path, label: int) -> tuple[np.ndarray, VolumeGrid, np.ndarray]:
+    """A CT, its grid and the mask of femur ``label`` of its label map.
+
+    Returns:
+        ``(I, J, K)`` float32 HU, the CT's grid (input world mm), ``(I, J, K)`` bool mask.
+
+    Raises:
+        InputError: missing or unreadable files, CT and labels on different grids, ``label`` absent.
+    """
+    ct_hu, ct_grid = read_volume(ct_path)
+    labels, labels_grid = read_volume(labels_path)
+    if labels_grid.shape != ct_grid.shape or not np.allclose(labels_grid.affine, ct_grid.affine, atol=1e-4):
+        raise InputError(
+            f"{labels_path}: grid (shape {labels_grid.shape}) differs from the CT's "
+            f"{ct_path} (shape {ct_grid.shape}): shapes and affines must match"
+        )
+    mask = labels == label
+    if not mask.any():
+        present = np.unique(labels).astype(int)
+        raise InputError(
+            f"{labels_path}: label {label} not present (values: "
+            f"{', '.join(map(str, present[:20]))}{' ...' if len(present) > 20 else ''})"
+        )
+    return ct_hu, ct_grid, mask
 
 
 def preprocess_femur(
@@ -547,20 +593,7 @@ def preprocess_femur(
         InputError: missing or unreadable files, CT and labels on different grids, ``label``
             absent, bad side or preset, femur too small, cut off or of the other side.
     """
-    ct_hu, ct_grid = read_volume(ct_path)
-    labels, labels_grid = read_volume(labels_path)
-    if labels_grid.shape != ct_grid.shape or not np.allclose(labels_grid.affine, ct_grid.affine, atol=1e-4):
-        raise InputError(
-            f"{labels_path}: grid (shape {labels_grid.shape}) differs from the CT's "
-            f"{ct_path} (shape {ct_grid.shape}): shapes and affines must match"
-        )
-    mask = labels == label
-    if not mask.any():
-        present = np.unique(labels).astype(int)
-        raise InputError(
-            f"{labels_path}: label {label} not present (values: "
-            f"{', '.join(map(str, present[:20]))}{' ...' if len(present) > 20 else ''})"
-        )
+    ct_hu, ct_grid, mask = read_femur(ct_path, labels_path, label)
     result = preprocess_arrays(ct_hu, ct_grid, mask, side, preset, f"{labels_path} (label {label})")
     out_dir = Path(out_dir)
     write_volume(out_dir / "ct.nii.gz", result.ct_hu, result.grid)

@@ -58,14 +58,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 import multiprocessing
-import os
-import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -82,6 +80,7 @@ from biplanar.geometry.presets import (
 )
 from biplanar.geometry.projection import ProjectionView
 from biplanar.geometry.volume_grid import VolumeGrid
+from biplanar.io.atomic import atomic_folder, remove_partial_folders
 from biplanar.io.dicom import write_dicom_view
 from biplanar.io.geometry_file import write_geometry
 from biplanar.io.images import write_image
@@ -113,7 +112,6 @@ SUBJECT_FILES = (
     "subject.json",
 )
 CLINICAL_FILES = tuple(f"{view}.dcm" for view in VIEW_NAMES)  # mode clinical writes these too
-PARTIAL_SUFFIX = ".partial"
 
 
 @functools.cache
@@ -244,6 +242,11 @@ class SimulatedCase:
     def masked_radiographs(self) -> dict[str, np.ndarray]:
         """View name -> radiograph x mask, ``(rows, cols)`` float32."""
         return {name: self.radiographs[name] * self.masks[name] for name in self.radiographs}
+
+    @property
+    def side(self) -> str:
+        """The hip the radiographs show: a simulated subject's femur is a right one."""
+        return "right"
 
     def record(self) -> dict[str, Any]:
         """The subject's seed, parameters, pose and landmarks, the clinical appearance and the
@@ -380,16 +383,24 @@ def femur_masks(
         }
 
 
+def case_appearance(seed: int, config: SimulationConfig) -> ClinicalAppearance | None:
+    """The ``clinical`` mode's appearance of case ``seed`` (its own stream), else ``None``."""
+    if config.mode != "clinical":
+        return None
+    return ClinicalAppearance.draw(np.random.default_rng(_child_seed(seed, APPEARANCE_STREAM)))
+
+
+def case_noise_seed(seed: int) -> int:
+    """The seed of case ``seed``'s quantum noise (:func:`render_radiographs`' ``noise_seed``)."""
+    return _as_int(_child_seed(seed, NOISE_STREAM))
+
+
 def simulate_case(seed: int, config: SimulationConfig = DEFAULT_CONFIG) -> SimulatedCase:
     """Simulate case ``seed``: subject, views, radiographs and masks (deterministic in ``seed``)."""
     grid = grid_preset(config.preset)
     spec = SubjectSpec.sample(seed, case_femur_shape(seed, config.shapes))
     views = case_views(seed, config, grid)
-    appearance = (
-        ClinicalAppearance.draw(np.random.default_rng(_child_seed(seed, APPEARANCE_STREAM)))
-        if config.mode == "clinical"
-        else None
-    )
+    appearance = case_appearance(seed, config)
     scene: Scene | None = None
     if config.scene == "body":
         rendered = render_scene(spec, grid, views)
@@ -398,9 +409,7 @@ def simulate_case(seed: int, config: SimulationConfig = DEFAULT_CONFIG) -> Simul
     else:
         subject = render_subject(spec, grid)
         projected, projected_grid = subject.ct_hu, grid
-    radiographs = render_radiographs(
-        projected, projected_grid, views, config, _as_int(_child_seed(seed, NOISE_STREAM)), appearance
-    )
+    radiographs = render_radiographs(projected, projected_grid, views, config, case_noise_seed(seed), appearance)
     masks = femur_masks(subject.labels, subject.grid, views, config.num_samples)
     return SimulatedCase(seed, subject, views, radiographs, masks, appearance, scene)
 
@@ -419,25 +428,53 @@ def split_sizes(n: int) -> dict[str, int]:
 
 def make_split(n: int, seed: int) -> dict[str, list[str]]:
     """Disjoint train / val / test subject ids covering ``0..n-1``, a permutation from ``seed``."""
-    order = np.random.default_rng(_child_seed(seed, SPLIT_STREAM)).permutation(n)
+    return split_names([subject_id(i) for i in range(n)], seed)
+
+
+def split_names(names: list[str], seed: int) -> dict[str, list[str]]:
+    """Disjoint train / val / test parts of ``names`` (:func:`split_sizes`), each sorted: a
+    permutation of ``names`` (in the given order) from ``seed``."""
+    order = np.random.default_rng(_child_seed(seed, SPLIT_STREAM)).permutation(len(names))
     split, start = {}, 0
-    for name, size in split_sizes(n).items():
-        split[name] = [subject_id(int(i)) for i in sorted(order[start : start + size])]
+    for part, size in split_sizes(len(names)).items():
+        split[part] = sorted(names[int(i)] for i in order[start : start + size])
         start += size
     return split
 
 
-def write_case(folder: Path, case: SimulatedCase, extra: dict[str, Any] | None = None) -> None:
+class CaseToWrite(Protocol):
+    """What :func:`write_case` writes: a :class:`SimulatedCase`, or a case made from a real CT
+    (:mod:`biplanar.data.from_ct`). Attributes as :class:`SimulatedCase`'s; ``side`` is the hip the
+    radiographs show (the DICOMs' laterality)."""
+
+    @property
+    def ct_hu(self) -> np.ndarray: ...
+    @property
+    def labels(self) -> np.ndarray: ...
+    @property
+    def grid(self) -> VolumeGrid: ...
+    @property
+    def views(self) -> dict[str, ProjectionView]: ...
+    @property
+    def radiographs(self) -> dict[str, np.ndarray]: ...
+    @property
+    def masks(self) -> dict[str, np.ndarray]: ...
+    @property
+    def masked_radiographs(self) -> dict[str, np.ndarray]: ...
+    @property
+    def appearance(self) -> ClinicalAppearance | None: ...
+    @property
+    def side(self) -> str: ...
+    def record(self) -> dict[str, Any]: ...
+
+
+def write_case(folder: Path, case: CaseToWrite, extra: dict[str, Any] | None = None) -> None:
     """Write a case's files (:func:`subject_files`) into ``folder``, all or nothing.
 
     The files go into a temporary sibling folder that is renamed to ``folder`` once complete;
     an existing ``folder`` is replaced. ``extra`` entries are added to ``subject.json``.
     """
-    folder = Path(folder)
-    partial = folder.parent / f".{folder.name}.{os.getpid()}{PARTIAL_SUFFIX}"
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    try:
+    with atomic_folder(Path(folder)) as partial:
         write_volume(partial / "ct.nii.gz", case.ct_hu, case.grid)
         write_volume(partial / "labels.nii.gz", case.labels, case.grid)
         for name in VIEW_NAMES:
@@ -448,20 +485,16 @@ def write_case(folder: Path, case: SimulatedCase, extra: dict[str, Any] | None =
         write_json(partial / "subject.json", {**(extra or {}), **case.record()})
         if case.appearance is not None:
             _write_clinical_dicoms(partial, case, case.appearance)
-        shutil.rmtree(folder, ignore_errors=True)
-        os.rename(partial, folder)
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)
 
 
-def _write_clinical_dicoms(folder: Path, case: SimulatedCase, appearance: ClinicalAppearance) -> None:
-    """``AP.dcm`` and ``LAT.dcm`` of a clinical-mode case (module doc; a right hip)."""
+def _write_clinical_dicoms(folder: Path, case: CaseToWrite, appearance: ClinicalAppearance) -> None:
+    """``AP.dcm`` and ``LAT.dcm`` of a clinical-mode case (module doc), of the case's side."""
     for name in VIEW_NAMES:
         write_dicom_view(
             folder / f"{name}.dcm",
             to_photometric(case.radiographs[name], appearance.photometric),
             case.views[name],
-            side="right",
+            side=case.side,
             photometric=appearance.photometric,
             intensity_relationship="LOG",
             intensity_sign=INTENSITY_SIGN[appearance.photometric],
@@ -521,33 +554,42 @@ def simulate_dataset(
     if n < 1 or workers < 1 or seed < 0:
         raise InputError(f"n, workers >= 1 and seed >= 0 expected, got n={n}, workers={workers}, seed={seed}")
     out_dir = Path(out_dir)
-    _write_manifest(out_dir, n, seed, config)
+    write_dataset_manifest(out_dir, n, seed, config)
     subjects_dir = out_dir / "subjects"
     subjects_dir.mkdir(parents=True, exist_ok=True)
-    for stale in subjects_dir.glob(f".*{PARTIAL_SUFFIX}"):  # left by an interrupted run
-        shutil.rmtree(stale, ignore_errors=True)
+    remove_partial_folders(subjects_dir)
     pending = [i for i in range(n) if not is_complete(subjects_dir / subject_id(i), subject_files(config.mode))]
     skipped = tuple(sorted(set(map(subject_id, range(n))) - set(map(subject_id, pending))))
     written = []
     with progress_bar(progress, elapsed=True) as bar:
         task = bar.add_task("simulating subjects", total=n, completed=n - len(pending))
-        for name in _simulate_subjects(subjects_dir, pending, seed, config, workers):
+        simulate_one = functools.partial(_simulate_subject, subjects_dir, seed, config)
+        for name in in_workers(simulate_one, pending, workers):
             written.append(name)
             bar.advance(task)
     write_json(out_dir / "split.json", make_split(n, seed))
     return DatasetSummary(out_dir, tuple(sorted(written)), skipped)
 
 
-def _write_manifest(out_dir: Path, n: int, seed: int, config: SimulationConfig) -> None:
-    """Write ``dataset.json``; ``InputError`` if it exists with another seed or config."""
+def write_dataset_manifest(
+    out_dir: Path, n: int, seed: int, config: SimulationConfig, source: dict[str, Any] | None = None
+) -> None:
+    """Write ``dataset.json``; ``InputError`` if it exists with another seed, config or ``source``
+    (extra entries naming where the subjects come from, e.g. ``from_ct``)."""
     path = out_dir / "dataset.json"
+    source = source or {}
     if path.is_file():
         previous = read_json(path)
-        if previous.get("seed") != seed or SimulationConfig.from_dict(previous.get("config", {})) != config:
+        same_source = all(previous.get(key) == value for key, value in source.items())
+        if (
+            previous.get("seed") != seed
+            or SimulationConfig.from_dict(previous.get("config", {})) != config
+            or not same_source
+        ):
             raise InputError(
                 f"{path}: the dataset there was made with seed {previous.get('seed')} "
                 f"and config {previous.get('config')}, not seed {seed} and config "
-                f"{config.to_dict()}; choose another output folder"
+                f"{config.to_dict()} {source or ''}; choose another output folder"
             )
     write_json(
         path,
@@ -555,13 +597,14 @@ def _write_manifest(out_dir: Path, n: int, seed: int, config: SimulationConfig) 
             "n": n,
             "seed": seed,
             "config": config.to_dict(),
+            **source,
             "biplanar_version": version("biplanar"),
             "subject_files": list(subject_files(config.mode)),
         },
     )
 
 
-def _simulate_subject(subjects_dir: Path, index: int, dataset_seed: int, config: SimulationConfig) -> str:
+def _simulate_subject(subjects_dir: Path, dataset_seed: int, config: SimulationConfig, index: int) -> str:
     """Simulate and write subject ``index``; returns its id."""
     name = subject_id(index)
     case = simulate_case(subject_seed(dataset_seed, index), config)
@@ -574,23 +617,33 @@ def _single_threaded_worker() -> None:
     torch.set_num_threads(1)
 
 
-def _simulate_subjects(
-    subjects_dir: Path, indices: list[int], dataset_seed: int, config: SimulationConfig, workers: int
-) -> Iterator[str]:
-    """Simulate ``indices``, yielding each id as it is written (in completion order)."""
-    if workers == 1 or len(indices) <= 1:
-        for index in indices:
-            yield _simulate_subject(subjects_dir, index, dataset_seed, config)
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+
+def in_workers(
+    function: Callable[[Item], Result], items: Iterable[Item], workers: int, preload: str = __name__
+) -> Iterator[Result]:
+    """``function`` of each item, in ``workers`` processes (in this one for 1 worker or 1 item),
+    yielded in completion order.
+
+    Args:
+        function: a module-level function (it is pickled to the workers).
+        items: its arguments (picklable).
+        workers: processes, each torch single-threaded.
+        preload: the module the fork server imports before forking the workers (``function``'s).
+    """
+    items = list(items)
+    if workers == 1 or len(items) <= 1:
+        yield from map(function, items)
         return
     # Not fork: forking a process whose torch has run its OpenMP thread pool can deadlock. A fork
-    # server only imports this module, then forks each worker from it in milliseconds (spawn
+    # server only imports the module, then forks each worker from it in milliseconds (spawn
     # would import torch again in every worker, seconds each).
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload([__name__])
-    with ProcessPoolExecutor(
-        min(workers, len(indices)), mp_context=context, initializer=_single_threaded_worker
-    ) as pool:
-        futures = [pool.submit(_simulate_subject, subjects_dir, index, dataset_seed, config) for index in indices]
+    context.set_forkserver_preload([preload])
+    with ProcessPoolExecutor(min(workers, len(items)), mp_context=context, initializer=_single_threaded_worker) as pool:
+        futures = [pool.submit(function, item) for item in items]
         try:
             for future in as_completed(futures):
                 yield future.result()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +31,41 @@ def atomic_path(path: Path) -> Iterator[Path]:
         os.replace(temporary_path, path)
     finally:
         temporary_path.unlink(missing_ok=True)
+
+
+PARTIAL_SUFFIX = ".partial"  # a folder being written: ``.<name>.<pid>.partial`` beside its final name
+
+
+@contextlib.contextmanager
+def atomic_folder(folder: Path, replace: bool = True) -> Iterator[Path]:
+    """Yield a temporary sibling folder to fill; on success it is renamed to ``folder``.
+
+    Args:
+        folder: the final folder.
+        replace: an existing ``folder`` is removed first; ``False``: it may only be an empty
+            folder (``OSError`` otherwise, and the temporary folder is removed).
+
+    On an exception the temporary folder is removed and ``folder`` is left untouched.
+    """
+    folder = Path(folder)
+    partial = folder.parent / f".{folder.name}.{os.getpid()}{PARTIAL_SUFFIX}"
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    try:
+        yield partial
+        if replace:
+            shutil.rmtree(folder, ignore_errors=True)
+        elif folder.is_dir():
+            folder.rmdir()  # only an empty one
+        os.rename(partial, folder)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+
+
+def remove_partial_folders(parent: Path) -> None:
+    """Remove the temporary folders (:func:`atomic_folder`) left in ``parent`` by an interrupted run."""
+    for stale in Path(parent).glob(f".*{PARTIAL_SUFFIX}"):
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 def _current_umask() -> int:
