@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,6 +36,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
 
 
 PARTIAL_SUFFIX = ".partial"  # a folder being written: ``.<name>.<pid>.partial`` beside its final name
+STALE_AFTER_S = 24 * 3600.0  # a partial folder this old is stale even if its pid lives (pid reuse)
 
 
 @contextlib.contextmanager
@@ -43,29 +46,54 @@ def atomic_folder(folder: Path, replace: bool = True) -> Iterator[Path]:
     Args:
         folder: the final folder.
         replace: an existing ``folder`` is removed first; ``False``: it may only be an empty
-            folder (``OSError`` otherwise, and the temporary folder is removed).
+            folder (``InputError`` otherwise, and the temporary folder is removed).
 
     On an exception the temporary folder is removed and ``folder`` is left untouched.
     """
     folder = Path(folder)
+    remove_partial_folders(folder.parent, glob.escape(folder.name))
     partial = folder.parent / f".{folder.name}.{os.getpid()}{PARTIAL_SUFFIX}"
-    shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     try:
         yield partial
         if replace:
             shutil.rmtree(folder, ignore_errors=True)
-        elif folder.is_dir():
-            folder.rmdir()  # only an empty one
+        else:
+            require_empty_out_dir(folder)
+            if folder.is_dir():
+                folder.rmdir()
         os.rename(partial, folder)
     finally:
         shutil.rmtree(partial, ignore_errors=True)
 
 
-def remove_partial_folders(parent: Path) -> None:
-    """Remove the temporary folders (:func:`atomic_folder`) left in ``parent`` by an interrupted run."""
-    for stale in Path(parent).glob(f".*{PARTIAL_SUFFIX}"):
-        shutil.rmtree(stale, ignore_errors=True)
+def remove_partial_folders(parent: Path, name: str = "*") -> None:
+    """Remove the temporary folders of :func:`atomic_folder` (for final names matching the glob
+    ``name``) in ``parent`` that an interrupted run left: their writer's pid is no live process
+    (or is this one), or they are older than :data:`STALE_AFTER_S`. Another live run's are kept."""
+    for partial in Path(parent).glob(f".{name}.*{PARTIAL_SUFFIX}"):
+        if _is_stale(partial):
+            shutil.rmtree(partial, ignore_errors=True)
+
+
+def _is_stale(partial: Path) -> bool:
+    """Whether the partial folder ``.<name>.<pid>.partial`` was left by a process that is gone."""
+    try:
+        pid = int(partial.name[: -len(PARTIAL_SUFFIX)].rsplit(".", 1)[1])
+        age_s = time.time() - partial.stat().st_mtime
+    except (IndexError, ValueError, OSError):
+        return False  # not one of ours, or gone already
+    return pid == os.getpid() or age_s > STALE_AFTER_S or not _process_alive(pid)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: a permission check, no signal sent
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def _current_umask() -> int:

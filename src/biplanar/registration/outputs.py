@@ -33,7 +33,6 @@ to ``out_dir`` once complete, so a failure leaves nothing behind:
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +48,6 @@ from biplanar.evaluation.metrics import segmentation_metrics
 from biplanar.evaluation.overlays import write_contour_overlay
 from biplanar.geometry.mirror import SagittalMirror
 from biplanar.geometry.presets import VIEW_NAMES
-from biplanar.io.atomic import require_empty_out_dir
 from biplanar.io.images import write_mask_png
 from biplanar.io.json_files import write_json
 from biplanar.io.mesh import MESH_FORMATS, label_surface, triangle_mesh, write_mesh
@@ -88,7 +86,6 @@ def output_files(mesh_format: str = "stl") -> tuple[str, ...]:
 CORRECTED_GEOMETRY = "geometry_corrected.json"
 
 
-PARTIAL_SUFFIX = ".partial"
 
 
 # The lowest per-view projection NCC of a registration that is trusted; below it report.json's quality
@@ -371,9 +368,4 @@ def write_report_page(folder: Path, report: dict[str, Any], surface) -> None:
     write_report_html(folder / "report.html", contents)
 
 
-def publish(partial: Path, out_dir: Path) -> None:
-    """Rename the finished ``partial`` folder to ``out_dir`` (which may exist only as an empty folder)."""
-    require_empty_out_dir(out_dir)
-    if out_dir.exists():
-        out_dir.rmdir()
-    os.rename(partial, out_dir)
+

@@ -23,8 +23,6 @@ Outputs: :mod:`biplanar.registration.outputs`.
 
 from __future__ import annotations
 
-import os
-import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -45,7 +43,7 @@ from biplanar.geometry.presets import PAPER_SOURCE_DETECTOR_MM, VIEW_NAMES
 from biplanar.geometry.projection import ProjectionView, view_angles_deg
 from biplanar.geometry.transforms import rigid_params
 from biplanar.geometry.volume_grid import VolumeGrid
-from biplanar.io.atomic import require_empty_out_dir
+from biplanar.io.atomic import atomic_folder, require_empty_out_dir
 from biplanar.io.geometry_file import write_geometry
 from biplanar.io.json_files import write_json
 from biplanar.io.mesh import MESH_FORMATS
@@ -71,10 +69,8 @@ from biplanar.registration.inputs import (
 )
 from biplanar.registration.outputs import (
     CORRECTED_GEOMETRY,
-    PARTIAL_SUFFIX,
     output_files,
     patient_hip_report,
-    publish,
     quality_report,
     truth_metrics,
     write_landmarks,
@@ -401,10 +397,7 @@ def register(
             }
         print_stage("register", progress, "writing the outputs")
         written = time.perf_counter()
-        partial = out_dir.parent / f".{out_dir.name}.{os.getpid()}{PARTIAL_SUFFIX}"
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True)
-        try:
+        with atomic_folder(out_dir, replace=False) as partial:
             warped_labels, surface = write_volumes(partial, output, network, atlas, inputs.mirror, mesh_format)
             ncc = write_projections(partial, output, network, warped_labels, inputs)
             quality = quality_report(ncc)
@@ -437,9 +430,6 @@ def register(
                 write_geometry(partial / CORRECTED_GEOMETRY, views)
             write_report_page(partial, report, surface)
             write_json(partial / "report.json", report)
-            publish(partial, out_dir)
-        finally:
-            shutil.rmtree(partial, ignore_errors=True)
     if quality["flag"]:
         print(
             f"warning: registration quality: projection NCC {ncc[quality['lowest_view']]:.2f} in "
