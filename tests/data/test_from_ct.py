@@ -34,6 +34,7 @@ from biplanar.data.from_ct import (
 )
 from biplanar.data.real_ct import REAL_CT
 from biplanar.data.simulate import SimulationConfig, is_complete, render_radiographs, subject_files
+from biplanar.data.synthetic_ct import write_synthetic_scans
 from biplanar.errors import InputError
 from biplanar.geometry import VolumeGrid
 from biplanar.geometry.transforms import euler_to_rotation
@@ -278,3 +279,20 @@ def test_command_refuses_bad_from_ct_options(ct_folder, tmp_path, extra, message
     )
     assert result.exit_code == 2 and message in result.output
     assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.slow
+def test_a_synthetic_scan_gives_both_femurs_alike(tmp_path):
+    """A synthetic scan (both hips, the left the right mirrored) becomes two subjects whose measured
+    femurs agree: the left one is mirrored onto the atlas as the right one is placed."""
+    write_synthetic_scans(tmp_path / "scans", 1, 3, progress=False)
+    made = simulate_from_ct(tmp_path / "scans", tmp_path / "data", 1, LITE_GRID, progress=False)
+    assert made.written == ("scan_000_left", "scan_000_right") and not made.skipped
+    femurs = [
+        json.loads((tmp_path / "data" / "subjects" / name / "subject.json").read_text())["parameters"]["femur"]
+        for name in made.written
+    ]
+    for key, tolerance in (("head_radius_mm", 0.3), ("neck_shaft_angle_deg", 1.0), ("femoral_offset_mm", 1.0)):
+        assert abs(femurs[0][key] - femurs[1][key]) < tolerance, key
+    labels = [read_volume(tmp_path / "data" / "subjects" / name / "labels.nii.gz")[0] > 0 for name in made.written]
+    assert 2.0 * (labels[0] & labels[1]).sum() / (labels[0].sum() + labels[1].sum()) > 0.97
