@@ -35,6 +35,7 @@ head, not only the Jacobian at its centre.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -156,35 +157,44 @@ def _as_field(displacement_mm: Tensor | np.ndarray, grid: VolumeGrid) -> Tensor:
     return field
 
 
-def sample_displacement(field: Tensor, grid: VolumeGrid, points_world: np.ndarray) -> np.ndarray:
-    """``(N, 3)`` mm: the field ``(1, 3, I, J, K)`` at world points ``(N, 3)`` mm, trilinear,
-    continued by its border values outside the grid."""
-    to_grid = torch.as_tensor(grid.world_to_grid_matrix(), dtype=torch.float64)
-    points = torch.as_tensor(points_world, dtype=torch.float64)
-    coordinates = points @ to_grid[:3, :3].T + to_grid[:3, 3]  # (N, 3) grid_sample (k, j, i)
-    sampled = F.grid_sample(
-        field, coordinates.view(1, -1, 1, 1, 3), mode="bilinear", padding_mode="border", align_corners=True
-    )  # (1, 3, N, 1, 1)
-    return sampled[0, :, :, 0, 0].T.numpy()
+def displacement_sampler(field: Tensor, grid: VolumeGrid) -> Callable[[Tensor], Tensor]:
+    """The field ``(1, 3, I, J, K)`` as a function of world points: ``(N, 3)`` float64 mm ->
+    ``(N, 3)`` mm, trilinear, continued by its border values outside the grid."""
+    to_grid = torch.as_tensor(grid.world_to_grid_matrix(), dtype=field.dtype)
+    rotation, shift = to_grid[:3, :3].T, to_grid[:3, 3]
+
+    def sample(points: Tensor) -> Tensor:
+        coordinates = points.to(field.dtype) @ rotation + shift  # (N, 3) grid_sample (k, j, i)
+        sampled = F.grid_sample(
+            field, coordinates.view(1, -1, 1, 1, 3), mode="bilinear", padding_mode="border", align_corners=True
+        )  # (1, 3, N, 1, 1)
+        return sampled[0, :, :, 0, 0].T.to(points.dtype)
+
+    return sample
 
 
 def invert_points(
     field: Tensor, grid: VolumeGrid, targets_world: np.ndarray, tolerance_mm: float = 1e-4, max_iterations: int = 200
 ) -> tuple[np.ndarray, float]:
-    """Solve ``p + u(p) = L`` for each target ``L`` (``(N, 3)`` world mm) by ``p <- L - u(p)``.
+    """Solve ``p + u(p) = L`` for each target ``L`` (``(N, 3)`` world mm) by ``p <- L - u(p)``,
+    each point iterated until its own step is below ``tolerance_mm``.
 
     Returns:
         ``(N, 3)`` points ``p`` (world mm) and the largest residual ``|p + u(p) - L|`` (mm).
     """
-    points = targets_world - sample_displacement(field, grid, targets_world)
+    sample = displacement_sampler(field, grid)
+    targets = torch.as_tensor(targets_world, dtype=torch.float64)
+    points = targets - sample(targets)
+    active = torch.arange(len(points))
     for _ in range(max_iterations):
-        updated = targets_world - sample_displacement(field, grid, points)
-        change = float(np.abs(updated - points).max())
-        points = updated
-        if change < tolerance_mm:
+        updated = targets[active] - sample(points[active])
+        moving = (updated - points[active]).abs().amax(dim=1) >= tolerance_mm
+        points[active] = updated
+        active = active[moving]
+        if len(active) == 0:
             break
-    residual = points + sample_displacement(field, grid, points) - targets_world
-    return points, float(np.linalg.norm(residual, axis=1).max())
+    residual = points + sample(points) - targets
+    return points.numpy(), float(residual.norm(dim=1).max())
 
 
 def carry_landmarks(
