@@ -74,10 +74,11 @@ def draw_radiograph(axis: plt.Axes, image: np.ndarray, mask: np.ndarray) -> None
 
 def describe(case: SimulatedCase, index: int) -> str:
     """Row label: id and a few of the parameters that vary."""
-    femur, pose = case.subject.spec.femur, case.subject.spec.pose
+    femur, pose = case.subject.spec.femur.to_dict(), case.subject.spec.pose
+    shape = "shape model" if "mode_weights" in femur else "phantom"
     return (
-        f"{subject_id(index)}\nhead r {femur.head_radius_mm:.1f} mm, "
-        f"NSA {femur.neck_shaft_angle_deg:.0f}°\nanteversion {femur.anteversion_deg:.0f}°, "
+        f"{subject_id(index)} ({shape})\nhead r {femur['head_radius_mm']:.1f} mm, "
+        f"NSA {femur['neck_shaft_angle_deg']:.0f}°\nanteversion {femur['anteversion_deg']:.0f}°, "
         f"flexion {pose.flexion_deg:+.1f}°"
     )
 
