@@ -29,6 +29,7 @@ from biplanar.data.from_ct import (
     ct_case,
     default_femur_labels,
     find_scans,
+    load_scan,
     parse_femur_labels,
     simulate_from_ct,
 )
@@ -119,7 +120,7 @@ def relative_l1(image: np.ndarray, reference: np.ndarray) -> float:
 def test_radiographs_of_a_re_saved_atlas_are_the_simulator_s(tmp_path_factory, mirrored, scene):
     scan = atlas_ct_folder(tmp_path_factory.getbasetemp() / "atlas_cts", mirrored)
     config = SimulationConfig(preset="lite", scene=scene, geometry="mixed")
-    case = ct_case(scan, "left" if mirrored else "right", LEFT if mirrored else RIGHT, 5, config, keep_sides=False)
+    case = ct_case(load_scan(scan), "left" if mirrored else "right", LEFT if mirrored else RIGHT, 5, config, False)
     atlas = make_atlas("lite")
     expected = render_radiographs(atlas.ct_hu, atlas.grid, case.views, config)
     for view in ("AP", "LAT"):
@@ -129,7 +130,7 @@ def test_radiographs_of_a_re_saved_atlas_are_the_simulator_s(tmp_path_factory, m
 
 
 def test_keep_sides_keeps_a_left_femur_left_on_the_mirrored_atlas(tmp_path_factory):
-    scan = atlas_ct_folder(tmp_path_factory.getbasetemp() / "atlas_cts", True)
+    scan = load_scan(atlas_ct_folder(tmp_path_factory.getbasetemp() / "atlas_cts", True))
     mirrored = ct_case(scan, "left", LEFT, 5, LITE_GRID, keep_sides=False)
     kept = ct_case(scan, "left", LEFT, 5, LITE_GRID, keep_sides=True)
     assert kept.side == "left" and np.linalg.det(kept.preprocessed.frame.output_to_input[:3, :3]) > 0
@@ -296,3 +297,16 @@ def test_a_synthetic_scan_gives_both_femurs_alike(tmp_path):
         assert abs(femurs[0][key] - femurs[1][key]) < tolerance, key
     labels = [read_volume(tmp_path / "data" / "subjects" / name / "labels.nii.gz")[0] > 0 for name in made.written]
     assert 2.0 * (labels[0] & labels[1]).sum() / (labels[0].sum() + labels[1].sum()) > 0.97
+
+
+def test_workers_make_the_same_dataset(ct_folder, tmp_path):
+    tiny = SimulationConfig(preset="tiny", scene="grid")
+    one = simulate_from_ct(ct_folder, tmp_path / "one", 4, tiny, workers=1, progress=False)
+    two = simulate_from_ct(ct_folder, tmp_path / "two", 4, tiny, workers=2, progress=False)
+    assert one.written == two.written and one.skipped == two.skipped
+    for name in one.written:
+        for view in ("AP", "LAT"):
+            first, second = (
+                np.load(root / "subjects" / name / f"{view}.npy") for root in (tmp_path / "one", tmp_path / "two")
+            )
+            assert np.array_equal(first, second), (name, view)

@@ -61,7 +61,14 @@ import numpy as np
 from biplanar.data.datasets import SUBJECT_ID
 from biplanar.data.femur_shape import FemurParameters
 from biplanar.data.grid_presets import grid_preset
-from biplanar.data.preprocess import AIR_HU, PreprocessResult, preprocess_arrays, read_femur, resample
+from biplanar.data.preprocess import (
+    AIR_HU,
+    PreprocessResult,
+    femur_mask,
+    preprocess_arrays,
+    read_ct_and_labels,
+    resample,
+)
 from biplanar.data.scene import visible_z_range
 from biplanar.data.simulate import (
     SimulationConfig,
@@ -303,16 +310,41 @@ class Skipped(InputError):
     """A femur that does not become a subject; the message is the one-line reason."""
 
 
-def _read_femur(scan: CtScan, side: str, label: int) -> tuple[np.ndarray, VolumeGrid, np.ndarray]:
-    """The CT (HU), its grid and the femur's mask; :class:`Skipped` when it cannot be used."""
+@dataclass(frozen=True)
+class LoadedScan:
+    """A scan read into memory.
+
+    Attributes:
+        scan: its files.
+        ct_hu: ``(I, J, K)`` float32 HU.
+        grid: the CT's grid (input world, RAS+ mm).
+        labels: ``(I, J, K)`` float32 label values on ``grid``.
+    """
+
+    scan: CtScan
+    ct_hu: np.ndarray
+    grid: VolumeGrid
+    labels: np.ndarray
+
+
+def load_scan(scan: CtScan) -> LoadedScan:
+    """Read a scan's CT and label map; :class:`Skipped` when they cannot be read or disagree."""
     try:
-        ct_hu, ct_grid, mask = read_femur(scan.ct, scan.labels, label)
+        return LoadedScan(scan, *read_ct_and_labels(scan.ct, scan.labels))
+    except InputError as error:
+        raise Skipped(str(error)) from None
+
+
+def _femur_mask(loaded: LoadedScan, side: str, label: int) -> np.ndarray:
+    """``(I, J, K)`` bool, the femur; :class:`Skipped` when absent or cut across by the field of view."""
+    try:
+        mask = femur_mask(loaded.labels, label, loaded.scan.labels)
     except InputError as error:
         raise Skipped(f"{side} femur: {error}") from None
     across = (mask[0], mask[-1], mask[:, 0], mask[:, -1])
     if any(face.any() for face in across):
         raise Skipped(f"the {side} femur (label {label}) touches the CT's side faces: cut by the scan's field of view")
-    return ct_hu, ct_grid, mask
+    return mask
 
 
 def scene_of_ct(
@@ -362,13 +394,14 @@ def resample_in_slabs(
     return np.concatenate(slabs, axis=2)
 
 
-def ct_case(scan: CtScan, side: str, label: int, seed: int, config: SimulationConfig, keep_sides: bool) -> CtCase:
-    """Femur ``label`` (``side``) of ``scan`` as a subject (module doc), case seed ``seed``.
+def ct_case(loaded: LoadedScan, side: str, label: int, seed: int, config: SimulationConfig, keep_sides: bool) -> CtCase:
+    """Femur ``label`` (``side``) of a scan as a subject (module doc), case seed ``seed``.
 
     Raises:
         Skipped: the femur cannot be used (the message says why).
     """
-    ct_hu, ct_grid, mask = _read_femur(scan, side, label)
+    mask = _femur_mask(loaded, side, label)
+    ct_hu, ct_grid = loaded.ct_hu, loaded.grid
     grid = grid_preset(config.preset)
     kept = "left" if keep_sides and side == "left" else "right"
     try:
@@ -387,8 +420,8 @@ def ct_case(scan: CtScan, side: str, label: int, seed: int, config: SimulationCo
     appearance = case_appearance(seed, config)
     radiographs = render_radiographs(projected, scene_grid, views, config, case_noise_seed(seed), appearance)
     masks = femur_masks(result.labels, grid, views, config.num_samples)
-    name = f"{scan.id}_{side}"
-    return CtCase(name, seed, scan, label, result, views, radiographs, masks, appearance, kept, scene_grid)
+    name = f"{loaded.scan.id}_{side}"
+    return CtCase(name, seed, loaded.scan, label, result, views, radiographs, masks, appearance, kept, scene_grid)
 
 
 # --- the dataset ---------------------------------------------------------------------------------
@@ -429,14 +462,25 @@ def case_seed(dataset_seed: int, name: str) -> int:
     return subject_seed(dataset_seed, zlib.crc32(name.encode()))
 
 
-def _make_subject(subjects_dir: Path, config: SimulationConfig, keep_sides: bool, task: FemurTask) -> tuple[str, str]:
-    """Make and write one subject; ``(name, "")`` when written, ``(name, reason)`` when skipped."""
+def _make_subjects(
+    subjects_dir: Path, config: SimulationConfig, keep_sides: bool, tasks: tuple[FemurTask, ...]
+) -> list[tuple[str, str]]:
+    """Make and write the subjects of one scan's femurs (the scan read once): ``(name, "")`` for
+    each written, ``(name, reason)`` for each skipped."""
     try:
-        case = ct_case(task.scan, task.side, task.label, task.seed, config, keep_sides)
+        loaded = load_scan(tasks[0].scan)
     except Skipped as reason:
-        return task.name, str(reason)
-    write_case(subjects_dir / task.name, case, {"subject_id": task.name})
-    return task.name, ""
+        return [(task.name, str(reason)) for task in tasks]
+    outcomes = []
+    for task in tasks:
+        try:
+            case = ct_case(loaded, task.side, task.label, task.seed, config, keep_sides)
+        except Skipped as reason:
+            outcomes.append((task.name, str(reason)))
+            continue
+        write_case(subjects_dir / task.name, case, {"subject_id": task.name})
+        outcomes.append((task.name, ""))
+    return outcomes
 
 
 def simulate_from_ct(
@@ -486,13 +530,15 @@ def simulate_from_ct(
     written, skipped = [], {}
     with progress_bar(progress, elapsed=True) as bar:
         counter = bar.add_task("subjects from CTs", total=len(tasks), completed=len(kept))
-        make = functools.partial(_make_subject, subjects_dir, config, keep_sides)
-        for name, reason in in_workers(make, pending, workers, preload=__name__):
-            if reason:
-                skipped[name] = reason
-            else:
-                written.append(name)
-            bar.advance(counter)
+        by_scan = [tuple(task for task in pending if task.scan == scan) for scan in scans]
+        make = functools.partial(_make_subjects, subjects_dir, config, keep_sides)
+        for outcomes in in_workers(make, [tasks for tasks in by_scan if tasks], workers, preload=__name__):
+            for name, reason in outcomes:
+                if reason:
+                    skipped[name] = reason
+                else:
+                    written.append(name)
+                bar.advance(counter)
     made = set(written) | set(kept)
     if not made:
         if created:  # nothing to keep

@@ -55,6 +55,7 @@ from biplanar.data.grid_presets import grid_preset
 from biplanar.data.phantom import SubjectSpec
 from biplanar.errors import InputError
 from biplanar.geometry.volume_grid import VolumeGrid
+from biplanar.io.atomic import atomic_folder, require_empty_out_dir
 from biplanar.io.json_files import write_json
 from biplanar.io.volumes import read_volume, write_volume
 
@@ -545,6 +546,41 @@ def preprocess_arrays(
     return PreprocessResult(ct_hu=ct_out, labels=(fraction >= LABEL_FRACTION).astype(np.uint8), grid=grid, frame=frame)
 
 
+def read_ct_and_labels(ct_path: str | Path, labels_path: str | Path) -> tuple[np.ndarray, VolumeGrid, np.ndarray]:
+    """A CT, its grid and its label map.
+
+    Returns:
+        ``(I, J, K)`` float32 HU, the CT's grid (input world mm), ``(I, J, K)`` float32 labels.
+
+    Raises:
+        InputError: missing or unreadable files, CT and labels on different grids.
+    """
+    ct_hu, ct_grid = read_volume(ct_path)
+    labels, labels_grid = read_volume(labels_path)
+    if labels_grid.shape != ct_grid.shape or not np.allclose(labels_grid.affine, ct_grid.affine, atol=1e-4):
+        raise InputError(
+            f"{labels_path}: grid (shape {labels_grid.shape}) differs from the CT's "
+            f"{ct_path} (shape {ct_grid.shape}): shapes and affines must match"
+        )
+    return ct_hu, ct_grid, labels
+
+
+def femur_mask(labels: np.ndarray, label: int, labels_path: str | Path) -> np.ndarray:
+    """``(I, J, K)`` bool: where ``labels`` (read from ``labels_path``) holds ``label``.
+
+    Raises:
+        InputError: ``label`` absent (the message lists the values present).
+    """
+    mask = labels == label
+    if not mask.any():
+        present = np.unique(labels).astype(int)
+        raise InputError(
+            f"{labels_path}: label {label} not present (values: "
+            f"{', '.join(map(str, present[:20]))}{' ...' if len(present) > 20 else ''})"
+        )
+    return mask
+
+
 def read_femur(ct_path: str | Path, labels_path: str | Path, label: int) -> tuple[np.ndarray, VolumeGrid, np.ndarray]:
     """A CT, its grid and the mask of femur ``label`` of its label map.
 
@@ -554,21 +590,8 @@ def read_femur(ct_path: str | Path, labels_path: str | Path, label: int) -> tupl
     Raises:
         InputError: missing or unreadable files, CT and labels on different grids, ``label`` absent.
     """
-    ct_hu, ct_grid = read_volume(ct_path)
-    labels, labels_grid = read_volume(labels_path)
-    if labels_grid.shape != ct_grid.shape or not np.allclose(labels_grid.affine, ct_grid.affine, atol=1e-4):
-        raise InputError(
-            f"{labels_path}: grid (shape {labels_grid.shape}) differs from the CT's "
-            f"{ct_path} (shape {ct_grid.shape}): shapes and affines must match"
-        )
-    mask = labels == label
-    if not mask.any():
-        present = np.unique(labels).astype(int)
-        raise InputError(
-            f"{labels_path}: label {label} not present (values: "
-            f"{', '.join(map(str, present[:20]))}{' ...' if len(present) > 20 else ''})"
-        )
-    return ct_hu, ct_grid, mask
+    ct_hu, ct_grid, labels = read_ct_and_labels(ct_path, labels_path)
+    return ct_hu, ct_grid, femur_mask(labels, label, labels_path)
 
 
 def preprocess_femur(
@@ -586,18 +609,19 @@ def preprocess_femur(
             76 femur_right).
         label: the femur's value in ``labels_path``.
         side: ``"left"`` or ``"right"``: the femur's side (a left one is mirrored to a right one).
-        out_dir: output folder (created).
+        out_dir: output folder, new or empty (it appears with all three files, or not at all).
         preset: the output grid, a name of :data:`biplanar.data.GRID_PRESETS`.
 
     Raises:
-        InputError: missing or unreadable files, CT and labels on different grids, ``label``
-            absent, bad side or preset, femur too small, cut off or of the other side.
+        InputError: a non-empty ``out_dir``, missing or unreadable files, CT and labels on different
+            grids, ``label`` absent, bad side or preset, femur too small, cut off or of the other side.
     """
+    out_dir = Path(out_dir)
+    require_empty_out_dir(out_dir)
     ct_hu, ct_grid, mask = read_femur(ct_path, labels_path, label)
     result = preprocess_arrays(ct_hu, ct_grid, mask, side, preset, f"{labels_path} (label {label})")
-    out_dir = Path(out_dir)
-    write_volume(out_dir / "ct.nii.gz", result.ct_hu, result.grid)
-    write_volume(out_dir / "labels.nii.gz", result.labels, result.grid)
-    record = {"label": int(label), "preset": preset, **result.frame.to_dict()}
-    write_json(out_dir / "frame.json", record)
+    with atomic_folder(out_dir, replace=False) as folder:
+        write_volume(folder / "ct.nii.gz", result.ct_hu, result.grid)
+        write_volume(folder / "labels.nii.gz", result.labels, result.grid)
+        write_json(folder / "frame.json", {"label": int(label), "preset": preset, **result.frame.to_dict()})
     return result
