@@ -4,6 +4,8 @@ the figure and timing helpers it uses."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -12,6 +14,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
+import biplanar.demo as demo_module
 from biplanar.cli import app
 from biplanar.data.simulate import SUBJECT_FILES, SimulationConfig, simulate_case
 from biplanar.demo import DEMO_SEED, run_demo
@@ -89,6 +92,42 @@ def test_a_failed_demo_leaves_nothing(tmp_path):
     result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "demo"), "--model", str(bad_model)])
     assert result.exit_code == 2 and "bad.pt" in result.output
     assert sorted(path.name for path in tmp_path.iterdir()) == ["bad.pt"]
+
+
+def test_an_interrupted_demo_leaves_no_folder(tiny_model, tmp_path, monkeypatch):
+    """Ctrl-C after the inputs are written: the demo is built in a partial folder, which goes."""
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(demo_module, "register", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_demo(tmp_path / "demo", tiny_model, progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_report_names_the_inputs_in_the_final_folder(demo_run):
+    out_dir, _ = demo_run
+    inputs = json.loads((out_dir / "registration" / "report.json").read_text())["inputs"]
+    assert inputs["AP"] == str(out_dir / "inputs" / "AP.npy") and inputs["geometry"].startswith(str(out_dir))
+
+
+@pytest.mark.slow
+def test_a_killed_demo_leaves_no_folder_and_the_next_run_clears_its_debris(tiny_model, tmp_path):
+    out_dir = tmp_path / "demo"
+    command = [sys.executable, "-m", "biplanar", "demo", "--out", str(out_dir), "--model", str(tiny_model)]
+    demo = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(tmp_path.glob(".demo.*.partial/inputs/AP.npy")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        demo.kill()  # SIGKILL: no clean-up runs
+        demo.wait()
+    assert list(tmp_path.glob(".demo.*.partial")) and not out_dir.exists()
+    again = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert [path.name for path in tmp_path.iterdir()] == ["demo"]
 
 
 @pytest.mark.skipif(not BUNDLED_MODEL.is_file(), reason="the bundled lite model is not installed")

@@ -20,13 +20,15 @@ that ``import biplanar`` and ``biplanar --help`` stay fast; each such import say
 
 from __future__ import annotations
 
+import math
+import os
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import biplanar
-from biplanar.config import DEFAULT_NUM_SAMPLES
+from biplanar.config import DEFAULT_NUM_SAMPLES, MAX_IMAGE_SIDE, MAX_WORKERS
 from biplanar.errors import InputError
 
 if TYPE_CHECKING:
@@ -53,6 +55,46 @@ VOLUME_UNITS = ("hu", "mu")
 def _check_output_suffix(path: Path, allowed: tuple[str, ...]) -> None:
     if path.suffix.lower() not in allowed:
         raise InputError(f"{path}: unsupported output format {path.suffix!r} (use {', '.join(allowed)})")
+
+
+def _check_output_file(path: Path) -> None:
+    """Refuse an output file that is a folder, or whose folder cannot be made or written (checked before
+    any work, so that a command writing two files writes neither)."""
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder, expected a file name")
+    _check_creatable(path)
+
+
+def _check_output_folder(out: Path) -> None:
+    """Refuse an output folder that is a file, or that cannot be made, before any work."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: exists and is not a folder")
+    if not out.exists():
+        _check_creatable(out)
+
+
+def _check_creatable(path: Path) -> None:
+    """Refuse a new ``path`` whose nearest existing ancestor is not a writable folder."""
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise InputError(f"{path}: cannot write here: {ancestor} is not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise InputError(f"{path}: cannot write here: {ancestor} is not writable")
+
+
+def _check_positive(name: str, value: float | None) -> None:
+    """Refuse a number that is not finite and > 0 (``None``: not given, fine)."""
+    if value is not None and not 0 < value < math.inf:
+        raise InputError(f"{name}: expected a finite number > 0, got {value}")
+
+
+def _check_physics(photons: float, kvp: float, aluminium_mm: float) -> None:
+    """Refuse infinite tube settings (their ranges are :class:`~biplanar.data.simulate.SimulationConfig`'s)."""
+    for name, value in (("photons", photons), ("kvp", kvp), ("aluminium_mm", aluminium_mm)):
+        if math.isinf(value):
+            raise InputError(f"{name}: expected a finite number, got {value}")
 
 
 def _names(values: Sequence[str] | str) -> tuple[str, ...]:
@@ -83,16 +125,19 @@ def write_geometry(
         the views written, by name (``"AP"``, ``"LAT"``).
 
     Raises:
-        InputError: ``out`` not ``.json``, a non-positive image shape or pixel spacing.
+        InputError: ``out`` not ``.json`` or not writable, an image shape out of 1..4096, a pixel
+            spacing not finite and > 0, an angle not finite.
     """
     from biplanar.geometry.presets import biplanar_pair  # lazy: CLI start-up time
     from biplanar.io.geometry_file import write_geometry as write_geometry_file  # lazy: CLI start-up time
 
     _check_output_suffix(Path(out), (".json",))
-    if len(image_shape) != 2 or min(image_shape) < 1 or not pixel_spacing_mm > 0:
-        raise InputError(
-            f"image_shape: expected two sizes >= 1 and pixel_spacing_mm > 0, got {image_shape}, {pixel_spacing_mm}"
-        )
+    _check_output_file(Path(out))
+    if len(image_shape) != 2 or not all(1 <= size <= MAX_IMAGE_SIDE for size in image_shape):
+        raise InputError(f"image_shape: expected two sizes in 1..{MAX_IMAGE_SIDE}, got {image_shape}")
+    _check_positive("pixel_spacing_mm", pixel_spacing_mm)
+    if not (math.isfinite(ap_angle_deg) and math.isfinite(lat_angle_deg)):
+        raise InputError(f"ap_angle_deg, lat_angle_deg: expected finite angles, got {ap_angle_deg}, {lat_angle_deg}")
     rows, cols = (int(size) for size in image_shape)
     spacing = float(pixel_spacing_mm)
     views = biplanar_pair(float(ap_angle_deg), float(lat_angle_deg), (rows, cols), (spacing, spacing))
@@ -125,6 +170,7 @@ def geometry_from_dicom(ap: str | Path, lat: str | Path, out: str | Path) -> dic
     from biplanar.io.geometry_file import write_geometry as write_geometry_file  # lazy: CLI start-up time
 
     _check_output_suffix(Path(out), (".json",))
+    _check_output_file(Path(out))
     views = views_from_dicom(ap, lat, np.zeros(3))
     write_geometry_file(out, views)
     return views
@@ -193,6 +239,10 @@ def drr(
     _check_output_suffix(Path(out), WRITE_SUFFIXES)
     if preview is not None:
         _check_output_suffix(Path(preview), (".png",))
+    for path in (out, preview):
+        if path is not None:
+            _check_output_file(Path(path))
+    _check_positive("mu_water_per_mm", mu_water_per_mm)
     data, grid = read_volume(volume)
     views = read_geometry(geometry, default_isocenter_mm=grid.centre_world)
     require_views(views, [view], str(geometry))
@@ -262,6 +312,7 @@ def write_atlas(
             mismatched files; a femur that cannot be measured or whose head radius or neck-shaft
             angle is not an adult's.
     """
+    _check_output_folder(Path(out))
     if from_ct is not None and from_dataset is not None:
         raise InputError("from_ct and from_dataset exclude each other")
     if from_ct is not None:
@@ -272,6 +323,9 @@ def write_atlas(
         return atlas_from_ct(from_ct, labels, label, side, out, preset or "lite")
     if from_dataset is not None:
         from biplanar.data.ct_atlas import atlas_from_dataset  # lazy: CLI start-up time
+        from biplanar.data.datasets import SimulatedDataset  # lazy: CLI start-up time
+
+        SimulatedDataset(from_dataset, "train")  # refuses a broken dataset.json, split or subject first
 
         return atlas_from_dataset(from_dataset, out, preset, progress=progress)
     from biplanar.data.atlas import write_atlas as write_atlas_files  # lazy: CLI start-up time
@@ -330,6 +384,8 @@ def simulate(
     """
     from biplanar.data.simulate import SimulationConfig, simulate_dataset  # lazy: CLI start-up time
 
+    _check_output_folder(Path(out))
+    _check_physics(photons, kvp, aluminium_mm)
     config = SimulationConfig(
         preset=preset,
         geometry=geometry,
@@ -391,6 +447,10 @@ def simulate_from_ct(
     from biplanar.data import from_ct  # lazy: CLI start-up time
     from biplanar.data.simulate import SimulationConfig  # lazy: CLI start-up time
 
+    if not 1 <= workers <= MAX_WORKERS:
+        raise InputError(f"workers: expected a number of processes in 1..{MAX_WORKERS}, got {workers}")
+    _check_output_folder(Path(out))
+    _check_physics(photons, kvp, aluminium_mm)
     config = SimulationConfig(
         preset=preset, geometry=geometry, scene=scene, mode=mode, photons=photons, kvp=kvp, aluminium_mm=aluminium_mm
     )
@@ -435,6 +495,7 @@ def train(
     """
     from biplanar.training.trainer import train as run_training  # lazy: CLI start-up time
 
+    _check_output_folder(Path(out))
     return run_training(
         config,
         out,
@@ -480,6 +541,7 @@ def train_baseline(
     """
     from biplanar.training.baselines import train_baseline as run_training  # lazy: CLI start-up time
 
+    _check_output_folder(Path(out))
     return run_training(method, config, out, data_dir=data, resume=resume, epochs=epochs, progress=progress)
 
 
@@ -517,6 +579,7 @@ def train_pose(
     """
     from biplanar.training.pose_trainer import train_pose as run_training  # lazy: CLI start-up time
 
+    _check_output_folder(Path(out))
     return run_training(config, out, network, resume=resume, steps=steps, max_steps=max_steps, progress=progress)
 
 
@@ -582,6 +645,8 @@ def register(
     """
     from biplanar.registration import register as run_registration  # lazy: CLI start-up time
 
+    _check_positive("air_level", air_level)
+    _check_output_folder(Path(out))
     return run_registration(
         geometry,
         ap,
@@ -642,6 +707,8 @@ def segment(
     from biplanar.training.checkpoints import bundled_model_path, load_model  # lazy: CLI start-up time
 
     _check_output_suffix(Path(out), (".png",))
+    _check_output_file(Path(out))
+    _check_positive("air_level", air_level)
     if view not in ("AP", "LAT"):
         raise InputError(f"--view: expected AP or LAT, got {view!r}")
     device = default_device()
@@ -688,6 +755,7 @@ def preprocess(
     """
     from biplanar.data.preprocess import preprocess_femur  # lazy: CLI start-up time
 
+    _check_output_folder(Path(out))
     return preprocess_femur(ct, labels, label, side, out, preset)
 
 
@@ -721,6 +789,7 @@ def run_demo(
     from biplanar.demo import DEMO_SEED  # lazy: CLI start-up time
     from biplanar.demo import run_demo as run  # lazy: CLI start-up time
 
+    _check_output_folder(Path(out))
     return run(out, model, DEMO_SEED if seed is None else seed, progress=progress, clinical=clinical)
 
 
@@ -770,6 +839,7 @@ def evaluate(
     """
     from biplanar.evaluation.evaluate import evaluate as run_evaluation  # lazy: CLI start-up time
 
+    _check_output_folder(Path(out))
     return run_evaluation(model, data, out, split=split, refine=refine, limit=limit, progress=progress)
 
 
@@ -791,6 +861,7 @@ def estimate_pose(
     rtpi: str | Path | None = None,
     fine: str | Path | None = None,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> PoseReport:
     """Estimate the rigid pose of a CT to one or two radiographs (``biplanar pose``).
 
@@ -802,7 +873,7 @@ def estimate_pose(
         ct: CT volume (NIfTI), HU (``units="hu"``) or attenuation 1/mm (``units="mu"``).
         geometry: ``geometry.json`` with the views of the radiographs (``AP``, ``LAT``).
         ap: the AP radiograph (``.npy``, ``.tif``, ``.png``, ``.dcm``), line-integral-like (bone bright).
-        out: the output folder (created; files of the same names are replaced).
+        out: the output folder: new or empty (it appears complete, all files at once).
         lat: the LAT radiograph (optional).
         method: ``opt-gc``, ``opt-ncc``, ``opt-ngi`` (optimisation baselines), ``sopi`` or
             ``sopi+opt`` (SOPI, then Opt-GC refinement).
@@ -819,13 +890,15 @@ def estimate_pose(
             bundled ``sopi_lite`` networks: femur, 112x80 images at 1.86 mm).
         fine: SOPI fine-registration checkpoint (with ``rtpi``).
         progress: print the stages on stderr.
+        overwrite: write into an ``out`` that holds files (those of the same names are replaced).
 
     Returns:
         the output folder and the contents of ``pose.json``.
 
     Raises:
         InputError: bad settings, only one of ``rtpi`` and ``fine``, an unknown method or units, a
-            method that cannot run with these inputs, missing or malformed files.
+            method that cannot run with these inputs, missing or malformed files, an ``out`` that
+            holds files (without ``overwrite``).
     """
     from biplanar.pose.baselines import OptimisationConfig  # lazy: CLI start-up time
     from biplanar.pose.estimate import (  # lazy: CLI start-up time
@@ -844,14 +917,27 @@ def estimate_pose(
         )
     except ValueError as error:
         raise InputError(f"--levels/--evaluations/--sigma: {error}") from None
+    _check_positive("mu_water_per_mm", mu_water_per_mm)
     if (rtpi is None) != (fine is None):
         raise InputError("--rtpi, --fine: give both SOPI checkpoints or neither (the bundled ones)")
     checkpoints = (
         bundled_sopi_checkpoints() if rtpi is None or fine is None else SopiCheckpoints(Path(rtpi), Path(fine))
     )
     images = {"AP": ap, **({} if lat is None else {"LAT": lat})}
+    _check_output_folder(Path(out))
     return estimate_pose_files(
-        ct, geometry, images, out, method, init_pose, units, mu_water_per_mm, config, checkpoints, progress=progress
+        ct,
+        geometry,
+        images,
+        out,
+        method,
+        init_pose,
+        units,
+        mu_water_per_mm,
+        config,
+        checkpoints,
+        progress=progress,
+        overwrite=overwrite,
     )
 
 
@@ -905,6 +991,7 @@ def evaluate_pose(
         sopi_checkpoints,
     )
 
+    _check_output_folder(Path(out))
     defaults = StudySettings(cases=cases, seed=seed, effort=SearchEffort(evaluations, refine_steps, max_levels))
     settings = replace(
         defaults,
@@ -960,6 +1047,7 @@ def run_experiments(
     """
     from biplanar.experiments import run_experiments as run_stages  # lazy: CLI start-up time
 
+    _check_output_folder(Path(out))
     return run_stages(
         out,
         budget,

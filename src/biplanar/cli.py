@@ -504,7 +504,9 @@ def pose(
     ct: Path = typer.Option(..., help="CT volume (.nii/.nii.gz), HU unless --units mu."),
     geometry: Path = typer.Option(..., help="geometry.json with the views of the radiographs."),
     ap: Path = typer.Option(..., help="AP radiograph (.npy, .tif, .png, .dcm), line-integral-like (bone bright)."),
-    out: Path = typer.Option(..., help="Output folder: pose.json, geometry_corrected.json, overlay_<view>.png."),
+    out: Path = typer.Option(
+        ..., help="Output folder (new or empty): pose.json, geometry_corrected.json, overlay_<view>.png."
+    ),
     lat: Path | None = typer.Option(None, help="LAT radiograph (optional)."),
     method: PoseMethod = typer.Option("opt-gc", help="Optimisation baseline, or SOPI (+ Opt-GC refinement)."),
     init_pose: Path | None = typer.Option(None, help="JSON with the starting 4x4 'matrix' (e.g. a pose.json)."),
@@ -523,6 +525,9 @@ def pose(
         "bundled sopi_lite networks, femur, 112x80 images at 1.86 mm).",
     ),
     fine: Path | None = typer.Option(None, help="SOPI fine-registration checkpoint (with --rtpi)."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Write into an --out that holds files (replacing those of the same names)."
+    ),
 ) -> None:
     """Estimate the rigid pose of a CT to one or two radiographs; writes the pose and a corrected geometry."""
     with _reporting_errors():
@@ -549,6 +554,7 @@ def pose(
             sigma_mm=sigma_mm,
             rtpi=rtpi,
             fine=fine,
+            overwrite=overwrite,
         )
         params = report.document["params"]
         rotation = ", ".join(f"{value:.2f}" for value in params["rotation_deg"])

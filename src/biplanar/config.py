@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -18,7 +18,7 @@ from typing import Any, ClassVar, TypeVar
 
 import yaml
 
-from biplanar.errors import InputError, shown
+from biplanar.errors import InputError, one_line, shown
 
 ConfigT = TypeVar("ConfigT")
 # The presets of ExperimentConfig shipped in biplanar/resources/configs (also the simulation presets:
@@ -40,6 +40,8 @@ MAX_SAMPLES = 4096  # ProST samples per ray
 MAX_FEATURES = 1024  # channels of any layer
 MAX_LEVELS = 12  # strided levels (2^12 = MAX_IMAGE_SIDE)
 MAX_ITERATIONS = 10_000  # iterations of an inference-time search
+MAX_SUBJECTS = 1_000_000  # subjects of a simulated dataset (its ids are listed up front)
+MAX_WORKERS = 256  # worker processes of a command
 # The memory a config's network may need (:func:`check_memory`), GiB; the environment variable overrides it.
 MAX_MEMORY_ENV = "BIPLANAR_MAX_MEMORY_GB"
 DEFAULT_MAX_MEMORY_GB = 16.0
@@ -194,15 +196,20 @@ _RANGES = {
     ("local", "integration_steps"): (0, 20),
     ("loss", "ncc_window"): (1, 64),
     ("training", "batch_size"): (1, 1024),
-    ("training", "epochs"): (0, MAX_ITERATIONS),
+    ("training", "epochs"): (1, MAX_ITERATIONS),
     ("training", "num_workers"): (0, 256),
 }
+
+
+_POSITIVE = (("training", "learning_rate"),)
+_NON_NEGATIVE = (("loss", "smoothness_weight"), ("training", "checkpoint_minutes"))  # a 0 weight: no such term
 
 
 def _validate(config: ExperimentConfig) -> None:
     check_lengths(config, _LENGTHS)
     check_ranges(config, _RANGES)  # before anything computes with the sizes (2**levels, the memory)
     check_choices(config, _CHOICES)
+    check_signs(config, _POSITIVE, _NON_NEGATIVE)
     rows, cols = config.geometry.image_shape
     for section, levels in (("affine", config.affine.levels), ("local", len(config.local.encoder_features))):
         if rows % 2**levels or cols % 2**levels:
@@ -284,6 +291,20 @@ def check_lengths(config: Any, lengths: Mapping[tuple[str, str], tuple[int, int]
         if not low <= len(values) <= high:
             expected = f"{low}" if low == high else f"{low} to {high}"
             raise InputError(f"config: {section}.{name}: expected {expected} values, got {shown(values)}")
+
+
+def check_signs(config: Any, positive: Sequence[tuple[str, str]], non_negative: Sequence[tuple[str, str]] = ()) -> None:
+    """Check that each number ``config.<section>.<name>`` of ``positive`` is > 0 and of ``non_negative``
+    >= 0 (a NaN is neither; a file's infinities are refused when it is read, :func:`build_dataclass`).
+
+    Raises:
+        InputError: ``config: section.name: expected a number >= 0, got -1.0``.
+    """
+    for names, bound in ((positive, "> 0"), (non_negative, ">= 0")):
+        for section, name in names:
+            value = getattr(getattr(config, section), name)
+            if not (value > 0 if bound == "> 0" else value >= 0) or not math.isfinite(value):
+                raise InputError(f"config: {section}.{name}: expected a number {bound}, got {shown(value)}")
 
 
 def check_ranges(config: Any, ranges: Mapping[tuple[str, str], tuple[int, int]]) -> None:
@@ -411,7 +432,7 @@ def load_yaml_dataclass(path_or_preset: str | Path, cls: type[ConfigT], presets:
     try:
         document = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
-        raise InputError(f"{path}: not valid YAML ({error})") from None
+        raise InputError(f"{path}: not valid YAML ({one_line(str(error))})") from None
     return build_dataclass(cls, document, str(path))
 
 

@@ -23,7 +23,7 @@ The network's time is split at the affine module's output
 
 from __future__ import annotations
 
-import shutil
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,8 +39,8 @@ from biplanar.evaluation.evaluate import StageTimes, network_stage_times
 from biplanar.evaluation.figures import load_figure_data, write_registration_figure
 from biplanar.evaluation.hip import MEASUREMENT_KEYS, hip_errors, subject_hip_truth
 from biplanar.geometry.presets import VIEW_NAMES
-from biplanar.io.atomic import require_empty_out_dir
-from biplanar.io.json_files import write_json
+from biplanar.io.atomic import atomic_folder, require_empty_out_dir
+from biplanar.io.json_files import read_json, write_json
 from biplanar.progress import print_stage
 from biplanar.registration import register
 from biplanar.registration.outputs import SCORES
@@ -143,14 +143,16 @@ def hip_comparison(report: dict[str, Any], subject: dict[str, Any]) -> dict[str,
     return comparison
 
 
-def _remove_outputs(out_dir: Path, created: bool) -> None:
-    """Undo a failed demo: the demo's own entries, then ``out_dir`` if the demo created it."""
-    for name in (INPUTS, REGISTRATION, REGISTRATION_CLINICAL):
-        shutil.rmtree(out_dir / name, ignore_errors=True)
-    for name in (FIGURE, SUMMARY):
-        (out_dir / name).unlink(missing_ok=True)
-    if created and out_dir.is_dir() and not any(out_dir.iterdir()):
-        out_dir.rmdir()
+def _relocated_report(folder: Path, partial: Path, out_dir: Path) -> dict[str, Any]:
+    """Rewrite ``folder/report.json``'s input paths under ``partial`` (the demo's temporary folder) to
+    their place under ``out_dir`` once it is renamed; returns the report."""
+    path = folder / "report.json"
+    report = read_json(path)
+    for key, value in report["inputs"].items():
+        if isinstance(value, str) and Path(value).is_relative_to(partial):
+            report["inputs"][key] = str(out_dir / Path(value).relative_to(partial))
+    write_json(path, report)
+    return report
 
 
 def run_demo(
@@ -171,8 +173,9 @@ def run_demo(
         clinical: also register the patient from two clinic DICOM files alone (module doc).
 
     Raises:
-        InputError: a non-empty ``out_dir``, a bad checkpoint, or no bundled model; a failed demo
-            removes what it wrote.
+        InputError: a non-empty ``out_dir``, a bad checkpoint, or no bundled model. The demo is
+            built in a temporary sibling folder renamed to ``out_dir`` at the end: a failed or killed
+            demo leaves no ``out_dir`` (a killed one's temporary folder goes on the next run).
     """
 
     started = time.perf_counter()
@@ -181,12 +184,11 @@ def run_demo(
     if model_path is None:
         model_path = bundled_model_path("lite")
     config = model_config(Path(model_path))
-    created = not out_dir.exists()
-    try:
-        return _run(out_dir, Path(model_path), config, seed, progress, started, clinical)
-    except BaseException:
-        _remove_outputs(out_dir, created)
-        raise
+    with atomic_folder(out_dir, replace=False) as partial:  # killed or failed: no demo folder appears
+        demo = _run(partial, Path(model_path), config, seed, progress, started, clinical)
+        report = _relocated_report(partial / REGISTRATION, partial, out_dir)
+        clinical_report = _relocated_report(partial / REGISTRATION_CLINICAL, partial, out_dir) if clinical else None
+    return dataclasses.replace(demo, out_dir=out_dir, report=report, clinical_report=clinical_report)
 
 
 def _run(

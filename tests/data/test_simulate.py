@@ -241,8 +241,14 @@ def test_bad_arguments_raise():
         SimulationConfig(preset="huge")
     with pytest.raises(InputError, match="geometry: expected one of"):
         SimulationConfig(geometry="oblique")
-    with pytest.raises(InputError, match="n, workers >= 1 and seed >= 0 expected"):
+    with pytest.raises(InputError, match=r"n: expected a number of subjects in 1\.\.1000000, got 0"):
         simulate_dataset("unused", 0, 1)
+    with pytest.raises(InputError, match=r"n: expected a number of subjects in 1\.\.1000000, got 1000000000000"):
+        simulate_dataset("unused", 10**12, 1)  # refused before the ids are listed
+    with pytest.raises(InputError, match=r"workers: expected a number of processes in 1\.\.256"):
+        simulate_dataset("unused", 2, 1, workers=10**6)
+    with pytest.raises(InputError, match="seed: expected >= 0"):
+        simulate_dataset("unused", 2, -1)
 
 
 # --- geometry --------------------------------------------------------------------------------

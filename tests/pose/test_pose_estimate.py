@@ -188,6 +188,22 @@ def test_pose_command_accepts_its_own_pose_as_initial_pose(pose_case):
     np.testing.assert_allclose(document["initial_matrix"], pose.numpy(), atol=1e-12)
 
 
+def test_pose_command_refuses_an_existing_output_unless_overwrite(pose_case):
+    folder, _, _ = pose_case
+    out = folder / "twice"
+    quick = ("--evaluations", "0", "--refine-steps", "0")
+    assert runner.invoke(app, pose_command(folder, out, *quick)).exit_code == 0
+    (out / "notes.txt").write_text("mine")
+    before = {path.name: path.stat().st_mtime_ns for path in out.iterdir()}
+    again = runner.invoke(app, pose_command(folder, out, *quick))
+    assert again.exit_code == 2 and "--overwrite" in again.output.strip().splitlines()[-1], again.output
+    assert {path.name: path.stat().st_mtime_ns for path in out.iterdir()} == before  # untouched
+    overwritten = runner.invoke(app, pose_command(folder, out, *quick, "--overwrite"))
+    assert overwritten.exit_code == 0, overwritten.output
+    assert (out / "notes.txt").read_text() == "mine" and (out / "pose.json").stat().st_mtime_ns > before["pose.json"]
+    assert not [path for path in folder.rglob("*") if "part" in path.name]
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [

@@ -152,7 +152,7 @@ def test_sigint_writes_a_checkpoint_then_raises(five_subjects, tmp_path, monkeyp
 
         def __getitem__(self, index):
             InterruptedDataset.loads += 1
-            if InterruptedDataset.loads == 2:
+            if InterruptedDataset.loads == 4:  # 1, 2: the checks of the first train and val cases; 3: step 1
                 signal.raise_signal(signal.SIGINT)
             return super().__getitem__(index)
 

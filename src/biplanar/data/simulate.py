@@ -68,10 +68,11 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 import torch
 
-from biplanar.config import DEFAULT_NUM_SAMPLES, PRESETS, load_config
+from biplanar.config import DEFAULT_NUM_SAMPLES, MAX_SUBJECTS, MAX_WORKERS, PRESETS, load_config
 from biplanar.data.grid_presets import GRID_PRESETS, grid_preset
 from biplanar.data.phantom import Subject, SubjectSpec, render_subject
 from biplanar.data.scene import Scene, render_scene
+from biplanar.data.workers import start_worker
 from biplanar.errors import InputError
 from biplanar.geometry.presets import (
     VIEW_NAMES,
@@ -548,11 +549,16 @@ def simulate_dataset(
         progress: show a progress bar on stderr.
 
     Raises:
-        InputError: bad ``n`` / ``workers`` / ``seed``, or ``out_dir`` holds a dataset made with
-            another seed or config.
+        InputError: ``n`` not in 1..:data:`~biplanar.config.MAX_SUBJECTS`, ``workers`` not in
+            1..:data:`~biplanar.config.MAX_WORKERS`, a negative ``seed``, or ``out_dir`` holds a dataset
+            made with another seed or config.
     """
-    if n < 1 or workers < 1 or seed < 0:
-        raise InputError(f"n, workers >= 1 and seed >= 0 expected, got n={n}, workers={workers}, seed={seed}")
+    if not 1 <= n <= MAX_SUBJECTS:
+        raise InputError(f"n: expected a number of subjects in 1..{MAX_SUBJECTS}, got {n}")
+    if not 1 <= workers <= MAX_WORKERS:
+        raise InputError(f"workers: expected a number of processes in 1..{MAX_WORKERS}, got {workers}")
+    if seed < 0:
+        raise InputError(f"seed: expected >= 0, got {seed}")
     out_dir = Path(out_dir)
     write_dataset_manifest(out_dir, n, seed, config)
     subjects_dir = out_dir / "subjects"
@@ -630,7 +636,8 @@ def in_workers(
     Args:
         function: a module-level function (it is pickled to the workers).
         items: its arguments (picklable).
-        workers: processes, each torch single-threaded.
+        workers: processes, each torch single-threaded; they die with this one (even killed:
+            :func:`~biplanar.data.workers.start_worker`) and quietly on Ctrl-C.
         preload: the module the fork server imports before forking the workers (``function``'s).
     """
     items = list(items)
@@ -642,7 +649,9 @@ def in_workers(
     # would import torch again in every worker, seconds each).
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload([preload])
-    with ProcessPoolExecutor(min(workers, len(items)), mp_context=context, initializer=_single_threaded_worker) as pool:
+    with ProcessPoolExecutor(
+        min(workers, len(items)), mp_context=context, initializer=start_worker, initargs=(_single_threaded_worker,)
+    ) as pool:
         futures = [pool.submit(function, item) for item in items]
         try:
             for future in as_completed(futures):

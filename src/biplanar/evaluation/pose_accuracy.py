@@ -71,6 +71,7 @@ from biplanar.layers.prost import SUPPORT_PAD_VOX
 from biplanar.physics.attenuation import hu_to_mu
 from biplanar.pose.baselines import METHODS, OptimisationConfig
 from biplanar.pose.estimate import SOPI_METHODS, SopiCheckpoints, estimate, render_drrs
+from biplanar.pose.sopi import load_sopi_network
 from biplanar.progress import progress_bar, ticker
 
 FEMUR_SEED_OFFSET = 10_000  # femur case ``c`` is the phantom subject ``10000 + c`` (away from the datasets' seeds)
@@ -224,12 +225,19 @@ def _paths_by_dataset(entries: Sequence[str | Path] | str | Path | None, option:
 
 
 def check_inputs(settings: StudySettings, networks: SopiNetworks) -> None:
-    """``InputError`` before any work: SOPI methods with no dataset's networks."""
-    if any(method in SOPI_METHODS for method in settings.methods) and not set(settings.datasets) & set(networks):
+    """``InputError`` before any work: SOPI methods with no dataset's networks, or a checkpoint the
+    study would use that does not load (each is loaded once here, so that a broken file fails the
+    command instead of scoring every case as failed)."""
+    if not any(method in SOPI_METHODS for method in settings.methods):
+        return
+    if not set(settings.datasets) & set(networks):
         raise InputError(
             f"--methods sopi, sopi+opt: need the SOPI checkpoints (--rtpi and --fine) of one of the "
             f"datasets {', '.join(settings.datasets)}"
         )
+    for name in set(settings.datasets) & set(networks):
+        load_sopi_network(networks[name].rtpi, "rtpi")
+        load_sopi_network(networks[name].fine, "fine")
 
 
 # --- cases --------------------------------------------------------------------------------------

@@ -147,9 +147,10 @@ def experiment_command(
 class _Stages:
     """Runs stages with resume (module doc) and keeps their records."""
 
-    def __init__(self, out_dir: Path, progress: bool, only: str | None = None) -> None:
-        """``only``: run no stage but this one; any other must be complete already."""
-        self.out_dir, self.progress, self.only = out_dir, progress, only
+    def __init__(self, out_dir: Path, budget: Budget, progress: bool, only: str | None = None) -> None:
+        """``only``: run no stage but this one; any other must be complete already. The first stage
+        that runs pins ``budget`` to ``out_dir`` (nothing is written before)."""
+        self.out_dir, self.budget, self.progress, self.only = out_dir, budget, progress, only
         self.records: list[StageRecord] = []
 
     def run(
@@ -176,6 +177,7 @@ class _Stages:
             )
         if not resumable and folder.exists():
             shutil.rmtree(folder)
+        _pin_budget(self.out_dir, self.budget)
         folder.mkdir(parents=True, exist_ok=True)
         print_stage("experiments", self.progress, f"{name}: running")
         started = time.perf_counter()
@@ -195,8 +197,8 @@ class _Stages:
         return info
 
 
-def _pin_budget(out_dir: Path, budget: Budget) -> None:
-    """Write ``experiment.json``, or refuse a folder made with another budget (or not by this command)."""
+def _check_budget(out_dir: Path, budget: Budget) -> None:
+    """Refuse a folder made with another budget (or not by this command)."""
     path = out_dir / EXPERIMENT_FILE
     if not path.is_file() and out_dir.is_dir() and any(out_dir.iterdir()):
         raise InputError(
@@ -207,8 +209,14 @@ def _pin_budget(out_dir: Path, budget: Budget) -> None:
             f"{path}: this folder holds a {read_json(path).get('budget')!r} run, not {budget.name!r}; "
             f"choose another --out"
         )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(path, {"budget": budget.name})
+
+
+def _pin_budget(out_dir: Path, budget: Budget) -> None:
+    """Write ``experiment.json`` (the folder's budget) unless it is there already."""
+    path = out_dir / EXPERIMENT_FILE
+    if not path.is_file():
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_json(path, {"budget": budget.name})
 
 
 def _checkpoint_inputs(out_dir: Path, checkpoint: Path) -> dict[str, Any]:
@@ -514,7 +522,7 @@ def run_experiments(
         if path is not None and not path.is_file():
             raise InputError(f"{option} {path}: file not found")
     sopi = sopi_checkpoints(sopi_rtpi, sopi_fine, ("--sopi-rtpi", "--sopi-fine"))
-    _pin_budget(out_dir, selected)
+    _check_budget(out_dir, selected)
     command = experiment_command(
         out_dir,
         budget,
@@ -523,7 +531,7 @@ def run_experiments(
         None if docs_dir is None else Path(docs_dir),
         sopi,
     )
-    stages = _Stages(out_dir, progress, only=stage)
+    stages = _Stages(out_dir, selected, progress, only=stage)
     context = _Context(
         out_dir, selected, stages, torch.device(device) if device else default_device(), workers, progress, sopi=sopi
     )

@@ -75,7 +75,7 @@ class OptimisationConfig:
 
     def __post_init__(self) -> None:
         get_similarity(self.similarity)
-        if not self.levels_mm or min(self.levels_mm) <= 0:
+        if not self.levels_mm or not all(0 < size < math.inf for size in self.levels_mm):
             raise ValueError(f"levels_mm: expected positive sizes, got {self.levels_mm}")
         if self.sigma_deg <= 0 or self.sigma_mm <= 0 or self.max_evaluations < 0 or self.refine_steps < 0:
             raise ValueError("sigma_deg, sigma_mm: expected > 0; max_evaluations, refine_steps: >= 0")

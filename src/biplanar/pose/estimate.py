@@ -14,6 +14,7 @@ Conventions (``docs/pose.md``):
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from biplanar.errors import InputError
 from biplanar.geometry.projection import ProjectionView
 from biplanar.geometry.transforms import rigid_params
 from biplanar.geometry.volume_grid import VolumeGrid
-from biplanar.io.atomic import atomic_path
+from biplanar.io.atomic import atomic_folder, atomic_path
 from biplanar.io.geometry_file import read_geometry, require_views, write_geometry
 from biplanar.io.images import read_image, window
 from biplanar.io.json_files import read_json, write_json
@@ -366,8 +367,19 @@ def _read_inputs(
                 f"{path}: image shape {list(image.shape)} differs from the geometry's "
                 f"views.{name}.image_shape {list(all_views[name].image_shape)}"
             )
+        if image.min() == image.max():
+            raise InputError(f"{path}: every pixel is {image.min():g}: no image to register the CT to")
         radiographs[name] = torch.from_numpy(image)
     return volume_mu[None, None].float(), grid, all_views, radiographs
+
+
+def _output_folder(out_dir: Path, overwrite: bool) -> contextlib.AbstractContextManager[Path]:
+    """Where the outputs go: a temporary folder renamed to a new or empty ``out_dir`` once complete, or
+    with ``overwrite`` ``out_dir`` itself (each file written atomically)."""
+    if not overwrite:
+        return atomic_folder(out_dir, replace=False)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return contextlib.nullcontext(out_dir)
 
 
 @dataclass
@@ -390,6 +402,7 @@ def estimate_pose_files(
     config: OptimisationConfig | None = None,
     sopi_checkpoints: SopiCheckpoints | None = None,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> PoseReport:
     """Estimate the pose of a CT file to radiograph files and write the outputs into ``out_dir``.
 
@@ -397,13 +410,15 @@ def estimate_pose_files(
         ct_path: CT (``units="hu"``) or attenuation (``units="mu"``, 1/mm) NIfTI volume.
         geometry_path: ``geometry.json``; a ``carm`` without isocentre uses the CT's centre.
         image_paths: view name (``AP``, ``LAT``) -> radiograph file of that view's ``image_shape``.
-        out_dir: output folder (created; existing files of the same names are replaced).
+        out_dir: output folder: new or empty (it appears, complete, when the outputs are written),
+            or with ``overwrite`` any folder (files of the same names are replaced, each atomically).
         method: one of :data:`POSE_METHODS`.
         init_pose_path: JSON with the starting ``"matrix"`` (optimisation methods only).
         units, mu_water_per_mm: how the CT's values become attenuation.
         config: optimisation settings.
         sopi_checkpoints: the SOPI networks (methods ``sopi``, ``sopi+opt``).
         progress: print the stages on stderr.
+        overwrite: write into an existing ``out_dir`` that holds files.
 
     Writes:
         ``pose.json`` (matrix, parameters in deg/mm about the CT centre, method, similarities,
@@ -416,6 +431,8 @@ def estimate_pose_files(
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"{out_dir}: exists and is not a folder")
+    if not overwrite and out_dir.is_dir() and any(out_dir.iterdir()):
+        raise InputError(f"{out_dir}: holds files already; choose a new or empty folder, or pass --overwrite")
     radiograph_paths = {name: Path(path) for name, path in image_paths.items()}
     check_method(method, init_pose_path is not None, sopi_checkpoints, list(radiograph_paths))
     initial = None if init_pose_path is None else read_initial_pose(init_pose_path)
@@ -468,13 +485,13 @@ def estimate_pose_files(
             "init_pose": None if init_pose_path is None else str(init_pose_path),
         },
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_geometry(out_dir / "geometry_corrected.json", compose_views(all_views, pose))
-    for name, drr in bone_drrs.items():
-        outlined = drr if bool((drr > 0).any()) else drrs[name]  # no bone: outline the whole CT
-        write_edge_overlay(out_dir / f"overlay_{name}.png", radiographs[name].numpy(), outlined.cpu().numpy())
-    timings["write"] = time.perf_counter() - started - timings["load"] - timings["estimate"]
-    timings["total"] = time.perf_counter() - started
-    write_json(out_dir / "pose.json", document)
+    with _output_folder(out_dir, overwrite) as folder:
+        write_geometry(folder / "geometry_corrected.json", compose_views(all_views, pose))
+        for name, drr in bone_drrs.items():
+            outlined = drr if bool((drr > 0).any()) else drrs[name]  # no bone: outline the whole CT
+            write_edge_overlay(folder / f"overlay_{name}.png", radiographs[name].numpy(), outlined.cpu().numpy())
+        timings["write"] = time.perf_counter() - started - timings["load"] - timings["estimate"]
+        timings["total"] = time.perf_counter() - started
+        write_json(folder / "pose.json", document)
     print_stage("pose", progress, f"done in {timings['total']:.1f} s: {out_dir}")
     return PoseReport(out_dir, document)

@@ -86,8 +86,6 @@ def output_files(mesh_format: str = "stl") -> tuple[str, ...]:
 CORRECTED_GEOMETRY = "geometry_corrected.json"
 
 
-
-
 # The lowest per-view projection NCC of a registration that is trusted; below it report.json's quality
 # flag is set and register warns. Chosen by `python examples/quality_threshold.py --n 8` (docs/clinical.md).
 QUALITY_MIN_PROJECTION_NCC = 0.79
@@ -366,6 +364,3 @@ def write_report_page(folder: Path, report: dict[str, Any], surface) -> None:
         scores=[ReportRow(label, report[key], unit) for key, label, unit in SCORES if key in report],
     )
     write_report_html(folder / "report.html", contents)
-
-
-

@@ -63,6 +63,7 @@ from biplanar.training.trainer import (
     TrainingLogs,
     TrainResult,
     check_resumable,
+    check_run_dir,
     deterministic_algorithms,
     make_batch,
     open_run,
@@ -76,6 +77,7 @@ METHODS = ("kasten", "sdm")
 SDM_FIELDS, SDM_MODEL, SDM_REGISTRATION_CSV = "sdm_fields", "sdm_model.npz", "sdm_registration.csv"
 SDM_VARIANCE = 0.95  # fraction of the fields' variance the PCA keeps
 SDM_DICE_WEIGHT = 1.0
+SDM_MIN_SUBJECTS = 2  # a PCA of the fields needs two of them
 SDM_REGISTRATION = VolumeRegistrationSettings()  # the 3D/3D registration's default settings (frozen)
 
 
@@ -420,8 +422,14 @@ def train_baseline(
         TrainingInterrupted: on Ctrl-C / SIGTERM, after writing ``last.pt``.
     """
     _check_method(method)
-    config, train_set, val_set = open_run(config, data_dir, on_the_fly, epochs)
     out_dir = Path(out_dir)
+    check_run_dir(out_dir, resume)  # the cheap refusals first
+    config, train_set, val_set = open_run(config, data_dir, on_the_fly, epochs)
+    if method == "sdm" and len(train_set) < SDM_MIN_SUBJECTS:
+        raise InputError(
+            f"data: the sdm baseline needs at least {SDM_MIN_SUBJECTS} training subjects (a deformation "
+            f"model of their variation), got {len(train_set)}"
+        )
     context = DistributedContext(device=torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     prepare_run_dir(config, out_dir, resume)
     state = None

@@ -47,6 +47,7 @@ from biplanar.training.pose_losses import RTPILoss, gradient_alignment_loss, mas
 from biplanar.training.step_run import StepRun, resume_state
 from biplanar.training.trainer import (
     TrainingLogs,
+    check_run_dir,
     cosine_factor,
     deterministic_algorithms,
     prepare_run_dir,
@@ -274,13 +275,14 @@ def train_pose(
     config = _with_steps(config if isinstance(config, SopiConfig) else load_sopi_config(config), steps)
     out_dir = Path(out_dir)
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    check_run_dir(out_dir, resume)
     state = None
     if resume:
         state, path = resume_state(out_dir, device)
         _check_resumable(config, network, state, path)
-    prepare_run_dir(config, out_dir, resume)
     with deterministic_algorithms():
-        run = _PoseRun(config, network, out_dir, device)
+        run = _PoseRun(config, network, out_dir, device)  # reads the data source: refused before the folder
+        prepare_run_dir(config, out_dir, resume)
         if state is not None:
             run.restore(state)
         return _loop(run, progress, math.inf if max_steps is None else max_steps, resume)

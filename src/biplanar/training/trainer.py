@@ -276,7 +276,20 @@ def open_run(
     :func:`with_epochs`) and its training and validation sets (:func:`open_datasets`)."""
     config = with_epochs(config if isinstance(config, ExperimentConfig) else load_config(config), epochs)
     train_set, val_set = open_datasets(config, data_dir, on_the_fly)
+    check_first_samples(train_set, val_set)
     return config, train_set, val_set
+
+
+def check_first_samples(*datasets: CaseDataset) -> None:
+    """Read the first case of each non-empty dataset folder: a broken dataset is refused before a run
+    folder is made (the other cases are read, and checked, as training reaches them).
+
+    Raises:
+        InputError: a missing or unreadable file of that case, or NaN / infinite values (named).
+    """
+    for dataset in datasets:
+        if len(dataset) > 0 and not isinstance(dataset, OnTheFlyDataset):
+            dataset[0]  # reads, and so checks, the case's files
 
 
 def _flatten(document: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -443,6 +456,21 @@ def write_metrics_csv(path: Path, fields: tuple[str, ...], rows: list[dict[str, 
     atomic_write_text(path, text.getvalue())
 
 
+def check_run_dir(out_dir: Path, resume: bool) -> None:
+    """Refuse to overwrite a run in ``out_dir`` (it holds ``last.pt``), or to resume none.
+
+    Raises:
+        InputError: ``resume`` without ``last.pt``, ``last.pt`` without ``resume``, or ``out_dir`` a file.
+    """
+    last = out_dir / LAST
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"{out_dir}: exists and is not a folder")
+    if resume and not last.is_file():
+        raise InputError(f"{last}: no checkpoint to resume from")
+    if not resume and last.is_file():
+        raise InputError(f"{out_dir}: holds a training run already; continue it with --resume or choose another folder")
+
+
 def prepare_run_dir(config: Any, out_dir: Path, resume: bool, is_main: bool = True) -> None:
     """Refuse to overwrite a run (or to resume none); create ``out_dir`` and write ``config.yaml``.
 
@@ -455,11 +483,7 @@ def prepare_run_dir(config: Any, out_dir: Path, resume: bool, is_main: bool = Tr
     Raises:
         InputError: ``resume`` without ``last.pt``, or ``last.pt`` without ``resume``.
     """
-    last = out_dir / LAST
-    if resume and not last.is_file():
-        raise InputError(f"{last}: no checkpoint to resume from")
-    if not resume and last.is_file():
-        raise InputError(f"{out_dir}: holds a training run already; continue it with --resume or choose another folder")
+    check_run_dir(out_dir, resume)
     if is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out_dir / "config.yaml", yaml.safe_dump(yaml_ready(config.to_dict()), sort_keys=False))
@@ -802,8 +826,9 @@ def train(
             without ``resume`` (or none with it).
         TrainingInterrupted: on Ctrl-C / SIGTERM, after writing ``last.pt``.
     """
-    config, train_set, val_set = open_run(config, data_dir, on_the_fly, epochs)
     out_dir = Path(out_dir)
+    check_run_dir(out_dir, resume)  # the cheap refusals first
+    config, train_set, val_set = open_run(config, data_dir, on_the_fly, epochs)
     context = setup_distributed()
     try:
         with deterministic_algorithms():

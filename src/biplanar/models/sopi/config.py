@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -37,6 +36,7 @@ from biplanar.config import (
     check_lengths,
     check_memory,
     check_ranges,
+    check_signs,
     load_yaml_dataclass,
 )
 from biplanar.errors import InputError
@@ -250,6 +250,7 @@ _RANGES = {
     ("search", "rotation_iterations"): (0, MAX_ITERATIONS),
     ("search", "max_iterations"): (1, MAX_ITERATIONS),
 }
+_NON_NEGATIVE = (("loss", "alpha"), ("loss", "beta"), ("loss", "lam"), ("training", "checkpoint_minutes"))
 _POSITIVE = (
     ("geometry", "pixel_spacing_mm"),
     ("training", "learning_rate"),
@@ -263,15 +264,10 @@ _POSITIVE = (
 
 
 def _validate(config: SopiConfig) -> None:
-    def value(section: str, name: str) -> Any:
-        return getattr(getattr(config, section), name)
-
     check_lengths(config, _LENGTHS)
     check_ranges(config, _RANGES)  # before anything computes with the sizes (the memory)
     check_choices(config, _CHOICES)
-    for section, name in _POSITIVE:
-        if not value(section, name) > 0:
-            raise InputError(f"config: {section}.{name}: expected a positive number, got {value(section, name)!r}")
+    check_signs(config, _POSITIVE, _NON_NEGATIVE)
     if not 0.0 < config.search.step_decrease < 1.0:
         raise InputError(
             f"config: search.step_decrease: expected a number in (0, 1), got {config.search.step_decrease}"
