@@ -310,3 +310,18 @@ def test_workers_make_the_same_dataset(ct_folder, tmp_path):
                 np.load(root / "subjects" / name / f"{view}.npy") for root in (tmp_path / "one", tmp_path / "two")
             )
             assert np.array_equal(first, second), (name, view)
+
+
+def test_a_femur_cut_across_by_the_field_of_view_is_skipped(ct_folder, tmp_path):
+    """The re-saved subject cropped through its femur (a reconstruction field of view too tight)."""
+    ct_hu, grid = read_volume(ct_folder / "s0.nii.gz")
+    labels, _ = read_volume(ct_folder / "s0_labels.nii.gz")
+    columns = np.nonzero((labels == RIGHT).any(axis=(1, 2)))[0]
+    first = int(columns.mean())  # through the femur's middle
+    shift = np.eye(4)
+    shift[0, 3] = first  # the cropped grid's voxel 0 is the scan's voxel (first, 0, 0)
+    cropped = VolumeGrid((grid.shape[0] - first, *grid.shape[1:]), grid.affine @ shift)
+    save_pair(tmp_path, "cut", ct_hu[first:], labels[first:], cropped)
+    scan = load_scan(CtScan("cut", tmp_path / "cut.nii.gz", tmp_path / "cut_labels.nii.gz"))
+    with pytest.raises(InputError, match="touches the CT's side faces: cut by the scan's field of view"):
+        ct_case(scan, "right", RIGHT, 5, LITE_GRID, keep_sides=False)
