@@ -344,6 +344,11 @@ def full_folder(valid: Path, tmp: Path) -> Path:
     return path
 
 
+def existing(name: str) -> Value:
+    """An output file that exists already (refused without ``--overwrite``)."""
+    return raw(name, b"an earlier result")
+
+
 def a_folder(valid: Path, tmp: Path) -> Path:
     """An existing folder where an output file is expected."""
     path = tmp / "inputs" / "folder.npy"
@@ -478,7 +483,10 @@ def output_defects(kind: str, name: str = "out") -> list[tuple[str, dict[str, Va
     """Defects of ``--out``: ``file`` (an output file) or ``folder`` (a new-or-empty folder) or ``run``."""
     cases = [("out-unwritable", {"--out": under_a_file(name)}, "a_file")]
     if kind == "file":
-        cases.append(("out-is-a-folder", {"--out": a_folder}, "folder.npy"))
+        cases += [
+            ("out-is-a-folder", {"--out": a_folder}, "folder.npy"),
+            ("out-exists", {"--out": existing(name)}, name),
+        ]
     if kind == "folder":
         cases += [("out-exists", {"--out": full_folder}, "full"), ("out-is-a-file", {"--out": a_file}, "a_file")]
     if kind == "run":
@@ -501,6 +509,7 @@ def table() -> list[Case]:
             ("out-suffix", {"--out": "{t}/out.jpg"}, "out.jpg"),
             ("preview-suffix", {"--preview": "{t}/preview.jpg"}, "preview.jpg"),
             ("preview-unwritable", {"--preview": under_a_file("preview.png")}, "preview.png"),
+            ("preview-exists", {"--preview": existing("preview.png")}, "preview.png"),
             ("mu-water-nan", {"--mu-water": "nan"}, "mu_water"),
             ("mu-water-negative", {"--mu-water": "-0.02"}, "mu_water"),
             *output_defects("file", "out.npy"),
@@ -519,6 +528,13 @@ def table() -> list[Case]:
             ("out-suffix", {"--out": "{t}/out.txt"}, "out.txt"),
             ("dicom-missing", {"--from-dicom": None}, "AP.dcm", ERROR, ("--from-dicom", "{t}/AP.dcm", "{t}/LAT.dcm")),
             *output_defects("file", "out.json"),
+            (
+                "dicom-out-exists",
+                {"--out": existing("out.json")},
+                "out.json",
+                ERROR,
+                ("--from-dicom", "{t}/AP.dcm", "{t}/LAT.dcm"),
+            ),
             usage("--rows", "0"),
             usage("--cols", "-4"),
             usage("--pixel-spacing", "0"),
@@ -541,6 +557,8 @@ def table() -> list[Case]:
             *[(f"from-{name}", change, what) for name, change, what in dataset_defects("--from-dataset", few=True)],
             ("out-unwritable", {"--out": under_a_file("atlas")}, "a_file"),
             ("out-is-a-file", {"--out": a_file}, "a_file"),
+            ("out-exists", {"--out": full_folder}, "full"),
+            ("overwrite-from-dataset", {"--from-dataset": "{v}/data"}, "--overwrite", ERROR, ("--overwrite",)),
             usage("--side", "middle"),
         ],
         "simulate": [
@@ -784,6 +802,42 @@ def test_bad_input_is_refused_in_one_line_and_nothing_is_written(case, valid, tm
 def test_the_battery_covers_every_command_and_enough_cases():
     assert {case.command for case in CASES} == set(VALID) and len(CASES) >= 200
     assert len({case.id for case in CASES}) == len(CASES)
+
+
+# --- an existing output: refused, then replaced with --overwrite ----------------------------------
+EXISTING = {  # command -> (the option whose output exists, its valid value, extra valid options)
+    "drr": ("--preview", "{t}/inputs/preview.png", {"--out": "{t}/inputs/out.npy"}),
+    "geometry": ("--out", "{t}/inputs/out.json", {}),
+    "segment": ("--out", "{t}/inputs/out.png", {}),
+    "atlas": ("--out", "{t}/inputs/full", {}),
+}
+
+
+@pytest.mark.parametrize("command", sorted(EXISTING))
+def test_an_existing_output_is_replaced_only_with_overwrite(command, valid, tmp_path):
+    option, value, extra = EXISTING[command]
+    target = Path(expand(value, valid, tmp_path))
+    outputs = [target] + [Path(expand(path, valid, tmp_path)) for path in extra.values()]
+    for path in outputs:  # earlier results: a file, or for atlas a folder holding one
+        (path / "keep.txt" if command == "atlas" else path).parent.mkdir(parents=True, exist_ok=True)
+        (path / "keep.txt" if command == "atlas" else path).write_bytes(b"an earlier result")
+    options = {**VALID[command], option: value, **extra}
+    words = [command] + [expand(part, valid, tmp_path) for pair in options.items() for part in pair]
+
+    refused = CliRunner().invoke(app, words)
+    last = refused.output.strip().splitlines()[-1]
+    assert refused.exit_code == 2 and any(str(path) in last for path in outputs) and "--overwrite" in last, last
+    for path in outputs:
+        assert (path / "keep.txt" if command == "atlas" else path).read_bytes() == b"an earlier result"
+
+    replaced = CliRunner().invoke(app, [*words, "--overwrite"])
+    assert replaced.exit_code == 0, replaced.output
+    for path in outputs:
+        if command == "atlas":
+            assert (path / "atlas.nii.gz").is_file() and (path / "keep.txt").read_bytes() == b"an earlier result"
+        else:
+            assert path.stat().st_size > 0 and path.read_bytes() != b"an earlier result"
+    assert debris(tmp_path) == []
 
 
 @pytest.fixture(scope="module", autouse=True)

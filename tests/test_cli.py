@@ -140,8 +140,8 @@ def test_cli_as_a_subprocess(case):
     completed = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert completed.returncode == 0, completed.stderr
     assert np.load(tmp_path / "ap.npy").shape == (64, 48)
-    failed = subprocess.run(command + ["--view", "NONE"], capture_output=True, text=True, timeout=120)
-    assert failed.returncode == 2 and "Traceback" not in failed.stderr
+    failed = subprocess.run(command + ["--view", "NONE", "--overwrite"], capture_output=True, text=True, timeout=120)
+    assert failed.returncode == 2 and "Traceback" not in failed.stderr and "NONE" in failed.stderr
 
 
 def test_train_command_runs_and_refuses_bad_input(tmp_path):

@@ -164,7 +164,8 @@ def test_sizes_in_range_that_need_too_much_memory_are_refused_with_the_figure():
 
 def test_the_memory_limit_follows_the_environment(bundled_state, monkeypatch, tmp_path):
     monkeypatch.setenv(MAX_MEMORY_ENV, "0.01")
-    with pytest.raises(InputError, match=rf"needs about 0\.\d GiB, above the 0\.01 GiB limit \(set {MAX_MEMORY_ENV}"):
+    limit = rf"above the 0\.01 GiB limit \(raise it with biplanar --max-memory GiB or {MAX_MEMORY_ENV}\)"
+    with pytest.raises(InputError, match=rf"needs about 0\.\d GiB, {limit}"):
         load_config("lite")
     with pytest.raises(InputError, match=r"model\.pt: config: the network needs about"):
         load_model(bundled_model_path("lite"))
@@ -300,3 +301,40 @@ def test_any_json_as_a_stored_config_builds_or_is_refused(document):
             config_class.from_dict(document, "model.pt: config")
         except InputError as error:
             assert str(error).startswith("model.pt: config") and one_line_error(str(error))
+
+
+@pytest.fixture
+def memory_env(monkeypatch):
+    """No ``BIPLANAR_MAX_MEMORY_GB`` during the test, and none after it (``--max-memory`` sets it)."""
+    monkeypatch.setenv(MAX_MEMORY_ENV, "16")  # recorded first, so that the teardown removes it again
+    monkeypatch.delenv(MAX_MEMORY_ENV)
+
+
+def test_max_memory_raises_the_limit_of_the_cli(memory_env, tmp_path):
+    document = load_config("lite").to_dict()
+    document["geometry"] |= {"image_shape": [1024, 1024], "num_samples": 512}  # about 32 GiB
+    (tmp_path / "big.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(document))))
+    train = ["train", "--config", str(tmp_path / "big.yaml"), "--data", str(tmp_path / "data"), "--out"]
+    runner = CliRunner()
+
+    refused = runner.invoke(app, [*train, str(tmp_path / "run")])
+    last = refused.output.strip().splitlines()[-1]
+    assert refused.exit_code == 2 and "big.yaml: the network needs about 32." in last, refused.output
+    assert "above the 16 GiB limit (raise it with biplanar --max-memory GiB" in last
+
+    accepted = runner.invoke(app, ["--max-memory", "64", *train, str(tmp_path / "run")])
+    last = accepted.output.strip().splitlines()[-1]
+    assert accepted.exit_code == 2 and "GiB" not in last and "data" in last, accepted.output  # the next check
+    assert not (tmp_path / "run").exists()
+
+    lower = runner.invoke(app, ["--max-memory", "0.01", "train", "--config", "lite", "--out", str(tmp_path / "r")])
+    assert lower.exit_code == 2 and "above the 0.01 GiB limit" in lower.output  # it lowers the limit too
+    assert runner.invoke(app, ["--help"]).output.count("--max-memory") == 1
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "0", "-3"])
+def test_max_memory_must_be_a_finite_positive_number(memory_env, tmp_path, value):
+    result = CliRunner().invoke(app, ["--max-memory", value, "geometry", "--out", str(tmp_path / "g.json")])
+    assert result.exit_code == 2 and not (tmp_path / "g.json").exists()
+    expected = f"biplanar: error: --max-memory: expected a finite number of GiB > 0, got {float(value)}"
+    assert result.output.strip() == expected

@@ -65,6 +65,12 @@ def _check_output_file(path: Path) -> None:
     _check_creatable(path)
 
 
+def _check_not_overwriting(path: Path, overwrite: bool) -> None:
+    """Refuse an output file that exists already, unless ``overwrite`` (checked before any work)."""
+    if not overwrite and (path.exists() or path.is_symlink()):
+        raise InputError(f"{path}: already exists (pass --overwrite to replace it)")
+
+
 def _check_output_folder(out: Path) -> None:
     """Refuse an output folder that is a file, or that cannot be made, before any work."""
     if out.exists() and not out.is_dir():
@@ -108,6 +114,7 @@ def write_geometry(
     lat_angle_deg: float = 90.0,
     image_shape: tuple[int, int] = (224, 160),
     pixel_spacing_mm: float = 0.93,
+    overwrite: bool = False,
 ) -> dict[str, ProjectionView]:
     """Write an AP + LAT C-arm geometry file at the paper's distances (``biplanar geometry``).
 
@@ -120,19 +127,21 @@ def write_geometry(
         lat_angle_deg: LAO/RAO angle of the LAT view, degrees.
         image_shape: ``(rows, cols)`` of both detectors, pixels.
         pixel_spacing_mm: detector pixel spacing (rows and columns), mm.
+        overwrite: replace an existing ``out`` (otherwise refused).
 
     Returns:
         the views written, by name (``"AP"``, ``"LAT"``).
 
     Raises:
-        InputError: ``out`` not ``.json`` or not writable, an image shape out of 1..4096, a pixel
-            spacing not finite and > 0, an angle not finite.
+        InputError: ``out`` not ``.json``, not writable or existing (without ``overwrite``), an
+            image shape out of 1..4096, a pixel spacing not finite and > 0, an angle not finite.
     """
     from biplanar.geometry.presets import biplanar_pair  # lazy: CLI start-up time
     from biplanar.io.geometry_file import write_geometry as write_geometry_file  # lazy: CLI start-up time
 
     _check_output_suffix(Path(out), (".json",))
     _check_output_file(Path(out))
+    _check_not_overwriting(Path(out), overwrite)
     if len(image_shape) != 2 or not all(1 <= size <= MAX_IMAGE_SIDE for size in image_shape):
         raise InputError(f"image_shape: expected two sizes in 1..{MAX_IMAGE_SIDE}, got {image_shape}")
     _check_positive("pixel_spacing_mm", pixel_spacing_mm)
@@ -145,7 +154,9 @@ def write_geometry(
     return views
 
 
-def geometry_from_dicom(ap: str | Path, lat: str | Path, out: str | Path) -> dict[str, ProjectionView]:
+def geometry_from_dicom(
+    ap: str | Path, lat: str | Path, out: str | Path, overwrite: bool = False
+) -> dict[str, ProjectionView]:
     """Write the geometry two DICOM radiographs' tags give (``biplanar geometry --from-dicom``).
 
     The views are C-arms (docs/contract.md section 7: Positioner Primary / Secondary Angle or View
@@ -157,12 +168,14 @@ def geometry_from_dicom(ap: str | Path, lat: str | Path, out: str | Path) -> dic
         ap: the AP radiograph (``.dcm``).
         lat: the LAT radiograph (``.dcm``).
         out: the ``geometry.json`` to write.
+        overwrite: replace an existing ``out`` (otherwise refused).
 
     Returns:
         the views written, by name (``"AP"``, ``"LAT"``).
 
     Raises:
-        InputError: not DICOM, or a tag the geometry needs is missing (named, with its number).
+        InputError: not DICOM, or a tag the geometry needs is missing (named, with its number);
+            an existing ``out`` (without ``overwrite``).
     """
     import numpy as np  # lazy: CLI start-up time
 
@@ -171,6 +184,7 @@ def geometry_from_dicom(ap: str | Path, lat: str | Path, out: str | Path) -> dic
 
     _check_output_suffix(Path(out), (".json",))
     _check_output_file(Path(out))
+    _check_not_overwriting(Path(out), overwrite)
     views = views_from_dicom(ap, lat, np.zeros(3))
     write_geometry_file(out, views)
     return views
@@ -190,6 +204,7 @@ def drr(
     kvp: float = 80.0,
     aluminium_mm: float = 2.5,
     preview: str | Path | None = None,
+    overwrite: bool = False,
 ) -> np.ndarray:
     """Render a DRR of a volume for one view of a geometry file and write it (``biplanar drr``).
 
@@ -212,6 +227,7 @@ def drr(
         kvp: tube voltage, kV (``mode="polychromatic"``).
         aluminium_mm: tube filtration, mm of aluminium (``mode="polychromatic"``).
         preview: also write an 8-bit ``.png`` preview here.
+        overwrite: replace an existing ``out`` or ``preview`` (otherwise refused before any work).
 
     Returns:
         the ``(rows, cols)`` float32 image that was written.
@@ -219,7 +235,8 @@ def drr(
     Raises:
         InputError: an unknown mode or units, an output format other than ``.npy``/``.tif`` (and
             ``.png`` for the preview), a missing or unreadable volume or geometry file, a view not
-            in the file, or a ``polychromatic`` or ``clinical`` DRR of a volume not in HU.
+            in the file, or a ``polychromatic`` or ``clinical`` DRR of a volume not in HU; an
+            existing ``out`` or ``preview`` (without ``overwrite``).
     """
     import torch  # lazy: CLI start-up time
 
@@ -242,6 +259,7 @@ def drr(
     for path in (out, preview):
         if path is not None:
             _check_output_file(Path(path))
+            _check_not_overwriting(Path(path), overwrite)
     _check_positive("mu_water_per_mm", mu_water_per_mm)
     data, grid = read_volume(volume)
     views = read_geometry(geometry, default_isocenter_mm=grid.centre_world)
@@ -284,6 +302,7 @@ def write_atlas(
     side: str | None = None,
     from_dataset: str | Path | None = None,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> Path:
     """Write a femur atlas on a grid preset (``biplanar atlas``): the mean-shape phantom, one
     femur of a CT (the paper's atlas) or the mean of a simulated dataset (docs: the trade-off in
@@ -291,8 +310,9 @@ def write_atlas(
 
     Args:
         out: the folder to write ``atlas.nii.gz`` (int16 HU), ``atlas_labels.nii.gz`` (uint8,
-            1 = femur) and ``landmarks.json`` (hip landmarks, world mm) into; created if missing
-            (from a CT or a dataset: must be new or empty, written all or nothing).
+            1 = femur) and ``landmarks.json`` (hip landmarks, world mm) into; created if missing;
+            must be new or empty (the mean-shape phantom: unless ``overwrite``; from a CT or a
+            dataset: always, written all or nothing).
         preset: the grid preset, ``paper``, ``lite`` or ``tiny`` (default ``lite``; with
             ``from_dataset`` the dataset's); for ``register --atlas``, the model's.
         from_ct: a CT in HU (``.nii`` / ``.nii.gz``): build the atlas from one of its femurs,
@@ -302,19 +322,23 @@ def write_atlas(
         side: with ``from_ct``: ``"left"`` or ``"right"``.
         from_dataset: a ``biplanar simulate`` dataset: the mean atlas of its train subjects.
         progress: with ``from_dataset``: show a progress bar on stderr.
+        overwrite: the mean-shape phantom only: write into a non-empty ``out``, replacing the three
+            files (otherwise refused before any work).
 
     Returns:
         the atlas folder.
 
     Raises:
         InputError: an unknown preset; ``from_ct`` without ``labels``, ``label`` and ``side``, or
-            with ``from_dataset``; a non-empty ``out`` (from a CT or dataset); missing or
+            with ``from_dataset``; a non-empty ``out`` (the phantom: without ``overwrite``); missing or
             mismatched files; a femur that cannot be measured or whose head radius or neck-shaft
             angle is not an adult's.
     """
     _check_output_folder(Path(out))
     if from_ct is not None and from_dataset is not None:
         raise InputError("from_ct and from_dataset exclude each other")
+    if overwrite and (from_ct is not None or from_dataset is not None):
+        raise InputError("--overwrite: only for the phantom atlas (from a CT or a dataset, --out must be new or empty)")
     if from_ct is not None:
         if labels is None or label is None or side is None:
             raise InputError("from_ct needs labels, label and side")
@@ -330,6 +354,8 @@ def write_atlas(
         return atlas_from_dataset(from_dataset, out, preset, progress=progress)
     from biplanar.data.atlas import write_atlas as write_atlas_files  # lazy: CLI start-up time
 
+    if not overwrite and Path(out).is_dir() and any(Path(out).iterdir()):
+        raise InputError(f"{out}: already exists and is not an empty folder (pass --overwrite to write into it)")
     return write_atlas_files(out, preset or "lite")
 
 
@@ -679,6 +705,7 @@ def segment(
     air_level: float | None = None,
     segmentation_model: str | Path | None = None,
     model: str | Path | None = None,
+    overwrite: bool = False,
 ) -> np.ndarray:
     """The 2D femur mask of one radiograph, as ``register`` makes it without masks (``biplanar segment``).
 
@@ -693,12 +720,14 @@ def segment(
         air_level: unattenuated level of a transmission image (default: estimated).
         segmentation_model: the segmentation checkpoint (default: the bundled one).
         model: the registration checkpoint whose detector and atlas are used (default: the bundled one).
+        overwrite: replace an existing ``out`` (otherwise refused before any work).
 
     Returns:
         the ``(rows, cols)`` boolean mask written.
 
     Raises:
-        InputError: a bad radiograph, geometry or checkpoint, or ``out`` not ``.png``.
+        InputError: a bad radiograph, geometry or checkpoint, ``out`` not ``.png``, or an existing
+            ``out`` (without ``overwrite``).
     """
     from biplanar.devices import default_device  # lazy: CLI start-up time
     from biplanar.io.images import write_mask_png  # lazy: CLI start-up time
@@ -708,6 +737,7 @@ def segment(
 
     _check_output_suffix(Path(out), (".png",))
     _check_output_file(Path(out))
+    _check_not_overwriting(Path(out), overwrite)
     _check_positive("air_level", air_level)
     if view not in ("AP", "LAT"):
         raise InputError(f"--view: expected AP or LAT, got {view!r}")

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import typer
 
-from biplanar.config import DEFAULT_NUM_SAMPLES
+from biplanar.config import DEFAULT_MAX_MEMORY_GB, DEFAULT_NUM_SAMPLES, MAX_MEMORY_ENV
 from biplanar.errors import InputError
 
 if TYPE_CHECKING:
@@ -38,13 +38,31 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT
 
 
 @app.callback()
-def _options(debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors.")) -> None:
+def _options(
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors."),
+    max_memory: float | None = typer.Option(
+        None,
+        "--max-memory",
+        metavar="GiB",
+        help=f"Refuse a config (YAML or a checkpoint's) whose network needs more than this many GiB "
+        f"(default: ${MAX_MEMORY_ENV}, else {DEFAULT_MAX_MEMORY_GB:g}).",
+    ),
+) -> None:
     _state["debug"] = debug
+    if max_memory is not None:
+        with _reporting_errors():
+            if not 0.0 < max_memory < math.inf:
+                raise InputError(f"--max-memory: expected a finite number of GiB > 0, got {max_memory}")
+        # The config validation (biplanar.config.memory_limit_bytes) reads the variable; worker
+        # processes and torchrun's ranks inherit it.
+        os.environ[MAX_MEMORY_ENV] = repr(float(max_memory))
 
 
 @contextlib.contextmanager
 def _reporting_errors() -> Iterator[None]:
-    """Turn bad input into a one-line message and exit code 2 (a traceback with ``--debug``)."""
+    """Turn bad input into a one-line message and exit code 2, and Ctrl-C into one line and exit
+    code 130 (a traceback with ``--debug``). Outputs are written atomically, so an interrupted
+    command leaves none half-written."""
     try:
         yield
     except (InputError, OSError) as error:
@@ -53,6 +71,11 @@ def _reporting_errors() -> Iterator[None]:
         message = str(error) if isinstance(error, InputError) else f"{error.filename}: {error.strerror}"
         typer.echo(f"biplanar: error: {message}", err=True)
         raise typer.Exit(EXIT_BAD_INPUT) from None
+    except KeyboardInterrupt:
+        if _state["debug"]:
+            raise
+        typer.echo("biplanar: interrupted: no output was left half-written", err=True)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
 
 
 @contextlib.contextmanager
@@ -114,6 +137,7 @@ def drr(
     kvp: float = typer.Option(80.0, min=20.0, max=150.0, help="Tube voltage (mode polychromatic)."),
     aluminium_mm: float = typer.Option(2.5, min=0.0, help="Filtration, mm Al (mode polychromatic)."),
     preview: Path | None = typer.Option(None, help="Also write an 8-bit PNG preview here."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out (and --preview)."),
 ) -> None:
     """Render a DRR of a volume for one view of a geometry file."""
     with _reporting_errors():
@@ -133,6 +157,7 @@ def drr(
             kvp=kvp,
             aluminium_mm=aluminium_mm,
             preview=preview,
+            overwrite=overwrite,
         )
         typer.echo(f"wrote {out} ({image.shape[0]} x {image.shape[1]}, min {image.min():.4g}, max {image.max():.4g})")
 
@@ -150,6 +175,7 @@ def geometry(
         "--from-dicom",
         help="AP and LAT DICOM radiographs: write the geometry of their tags (angle and size options unused).",
     ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out."),
 ) -> None:
     """Write a C-arm geometry file at the paper's distances, or the one two DICOM radiographs' tags
     give (isocentre: the volume's centre)."""
@@ -157,9 +183,9 @@ def geometry(
         from biplanar import api  # lazy: CLI start-up time
 
         if from_dicom is not None:
-            api.geometry_from_dicom(from_dicom[0], from_dicom[1], out)
+            api.geometry_from_dicom(from_dicom[0], from_dicom[1], out, overwrite=overwrite)
         else:
-            api.write_geometry(out, ap_angle, lat_angle, (rows, cols), pixel_spacing)
+            api.write_geometry(out, ap_angle, lat_angle, (rows, cols), pixel_spacing, overwrite=overwrite)
         typer.echo(f"wrote {out}")
 
 
@@ -192,13 +218,16 @@ def atlas(
     from_dataset: Path | None = typer.Option(
         None, "--from-dataset", help="Build a mean atlas of this `biplanar simulate` dataset's train subjects."
     ),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Phantom atlas only: write into a non-empty --out, replacing its three files."
+    ),
 ) -> None:
     """Write a femur atlas: the mean-shape phantom, one CT's femur (--from-ct) or a dataset's mean (--from-dataset)."""
     with _reporting_errors():
         _check_atlas_sources(from_ct, labels, label, side, from_dataset)
         from biplanar import api  # lazy: CLI start-up time
 
-        api.write_atlas(out, preset, from_ct, labels, label, side, from_dataset)
+        api.write_atlas(out, preset, from_ct, labels, label, side, from_dataset, overwrite=overwrite)
         if from_ct is not None:
             typer.echo(f"wrote the atlas of femur {label} of {from_ct} to {out}")
         elif from_dataset is not None:
@@ -416,6 +445,7 @@ def segment(
     intensity: Intensity = typer.Option("auto", help="Pixel values: line integrals or transmission."),
     air_level: float | None = typer.Option(None, help="Unattenuated level of a transmission image."),
     segmentation_model: Path | None = typer.Option(None, help="Segmentation checkpoint (default: bundled)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out."),
 ) -> None:
     """Segment the femur on one radiograph with the bundled 2D network (what register does without masks)."""
     with _reporting_errors():
@@ -430,6 +460,7 @@ def segment(
             intensity=intensity,
             air_level=air_level,
             segmentation_model=segmentation_model,
+            overwrite=overwrite,
         )
         typer.echo(f"wrote {out} ({int(mask.sum())} femur pixels of {mask.size})")
 

@@ -264,7 +264,7 @@ def check_memory(needed_bytes: int, what: str) -> None:
     if needed_bytes > limit:
         raise InputError(
             f"config: {what} needs about {needed_bytes / 2**30:.1f} GiB, above the {limit / 2**30:g} GiB limit "
-            f"(set {MAX_MEMORY_ENV} to raise it)"
+            f"(raise it with biplanar --max-memory GiB or {MAX_MEMORY_ENV})"
         )
 
 
