@@ -26,6 +26,8 @@ from biplanar.data.datasets import SimulatedDataset, read_split
 from biplanar.data.simulate import SimulationConfig
 from biplanar.errors import InputError
 from biplanar.io.geometry_file import read_geometry
+from biplanar.io.images import read_image
+from biplanar.io.volumes import read_volume
 from biplanar.models.segmentation import SegmentationConfig
 from biplanar.models.sopi.config import SopiConfig, load_sopi_config
 from biplanar.training.checkpoints import bundled_model_path, load_model
@@ -291,6 +293,28 @@ def test_any_bytes_as_a_checkpoint_load_or_are_refused(tmp_path, data):
     path.write_bytes(data)
     with pytest.raises(InputError, match=r"model\.pt: "):
         load_model(path)
+
+
+# Byte strings that start like each format, so that the readers get past their first check.
+HEADERS = {
+    ".npy": b"\x93NUMPY\x01\x00",
+    ".png": b"\x89PNG\r\n\x1a\n",
+    ".tif": b"II*\x00",
+    ".dcm": b"\x00" * 128 + b"DICM",
+    ".nii.gz": b"\x1f\x8b\x08",
+}
+
+
+@PROPERTY
+@given(suffix=st.sampled_from(sorted(HEADERS)), prefixed=st.booleans(), tail=st.binary(max_size=1024))
+def test_any_bytes_as_an_image_or_volume_load_or_are_refused(tmp_path, suffix, prefixed, tail):
+    path = tmp_path / f"input{suffix}"
+    path.write_bytes((HEADERS[suffix] if prefixed else b"") + tail)
+    read = read_volume if suffix == ".nii.gz" else read_image
+    try:
+        read(path)
+    except InputError as error:
+        assert str(path) in str(error) and one_line_error(str(error))
 
 
 @PROPERTY
