@@ -126,12 +126,15 @@ def assert_absent_or_complete(out: Path, files: tuple[str, ...]) -> None:
         assert set(files) <= {path.name for path in out.iterdir()}, sorted(out.iterdir())
 
 
-def check_sigint(arguments: list[str], out: Path, files: tuple[str, ...], delay_s: float) -> None:
-    code, running, stderr = signal_after(arguments, signal.SIGINT, delay_s)
+def check_sigint(
+    arguments: list[str], out: Path, files: tuple[str, ...], delay_s: float, signal_number: int = signal.SIGINT
+) -> None:
+    """SIGINT (or SIGTERM, which the CLI turns into the same interruption) ``delay_s`` after the start."""
+    code, running, stderr = signal_after(arguments, signal_number, delay_s)
     if running:
-        # 130 with the command's one line; -SIGINT when the signal lands while Python imports or
-        # shuts down (the command's work then either had not started or had finished: see below).
-        assert code in (130, -signal.SIGINT), stderr[-2000:]
+        # 130 with the command's one line; death by the signal itself when it lands while Python
+        # imports or shuts down (the command's work then either had not started or had finished).
+        assert code in (130, -signal_number), stderr[-2000:]
         if code == 130:
             assert "biplanar: interrupted" in stderr.splitlines()[-1], stderr[-2000:]
     else:  # finished before the signal
@@ -175,6 +178,12 @@ def dead_pid() -> int:
 def test_register_interrupted_by_sigint_leaves_no_partial_output(register_inputs, tmp_path, delay_s):
     out = tmp_path / "out"
     check_sigint(register_command(register_inputs, out), out, output_files(), delay_s)
+
+
+@pytest.mark.slow
+def test_register_terminated_by_sigterm_cleans_up_as_after_ctrl_c(register_inputs, tmp_path):
+    out = tmp_path / "out"
+    check_sigint(register_command(register_inputs, out), out, output_files(), 3.0, signal.SIGTERM)
 
 
 @pytest.mark.slow

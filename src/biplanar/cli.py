@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -49,6 +50,7 @@ def _options(
     ),
 ) -> None:
     _state["debug"] = debug
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops a command as Ctrl-C does, cleaning up
     if max_memory is not None:
         with _reporting_errors():
             if not 0.0 < max_memory < math.inf:
@@ -56,6 +58,12 @@ def _options(
         # The config validation (biplanar.config.memory_limit_bytes) reads the variable; worker
         # processes and torchrun's ranks inherit it.
         os.environ[MAX_MEMORY_ENV] = repr(float(max_memory))
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    """SIGTERM's handler: raise ``KeyboardInterrupt``, so that a terminated command unwinds as an
+    interrupted one (partial outputs removed, training checkpointed) and exits 130."""
+    raise KeyboardInterrupt
 
 
 @contextlib.contextmanager
