@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import nibabel as nib
+from harness import publish
 
 from biplanar.data.ct_atlas import atlas_from_ct
 from biplanar.data.from_ct import simulate_from_ct
@@ -92,10 +93,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--out", type=Path)
     arguments = parser.parse_args()
-    text = report(arguments.scans, arguments.workers)
-    if arguments.out:
-        arguments.out.write_text(text + "\n")
-    print(text)
+    publish(report(arguments.scans, arguments.workers), arguments.out, echo=True)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from harness import publish
+
 from biplanar.data.simulate import SimulationConfig, simulate_case, subject_seed, write_case
 
 STAGES = ("load", "network", "writing", "total")
@@ -90,10 +92,7 @@ def main() -> None:
     parser.add_argument("--baseline", type=Path, help="the src folder of another checkout, run alternately")
     parser.add_argument("--out", type=Path)
     arguments = parser.parse_args()
-    text = report(arguments.repeats, arguments.baseline)
-    if arguments.out:
-        arguments.out.write_text(text + "\n")
-    print(text)
+    publish(report(arguments.repeats, arguments.baseline), arguments.out, echo=True)
 
 
 if __name__ == "__main__":

@@ -46,8 +46,12 @@ def run_cli(
     if args.worker:
         print(json.dumps(run_job(job_type(**json.loads(args.worker)))))
         return
-    markdown = report(args)
-    if args.out is None:
+    publish(report(args), args.out)
+
+
+def publish(markdown: str, out: Path | None, echo: bool = False) -> None:
+    """Print a report, or write it atomically to ``out`` (and print it too with ``echo``)."""
+    if out is None or echo:
         print(markdown)
-    else:
-        atomic_write_text(args.out, markdown + "\n")
+    if out is not None:
+        atomic_write_text(out, markdown + "\n")
