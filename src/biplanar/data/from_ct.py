@@ -71,7 +71,9 @@ from biplanar.data.preprocess import (
 )
 from biplanar.data.scene import visible_z_range
 from biplanar.data.simulate import (
+    RenderedCase,
     SimulationConfig,
+    WrittenSubjects,
     case_appearance,
     case_noise_seed,
     case_views,
@@ -119,7 +121,7 @@ class CtScan:
 
 
 @dataclass(frozen=True)
-class CtCase:
+class CtCase(RenderedCase):
     """One femur of a CT, preprocessed and rendered (the attributes :func:`write_case` writes).
 
     Attributes:
@@ -149,24 +151,9 @@ class CtCase:
     scene_grid: VolumeGrid
 
     @property
-    def ct_hu(self) -> np.ndarray:
-        """``(I, J, K)`` float32 HU on :attr:`grid`."""
-        return self.preprocessed.ct_hu
-
-    @property
-    def labels(self) -> np.ndarray:
-        """``(I, J, K)`` uint8, 1 = femur."""
-        return self.preprocessed.labels
-
-    @property
-    def grid(self) -> VolumeGrid:
-        """The preset grid (world RAS+ mm)."""
-        return self.preprocessed.grid
-
-    @property
-    def masked_radiographs(self) -> dict[str, np.ndarray]:
-        """View name -> radiograph x mask, ``(rows, cols)`` float32."""
-        return {name: self.radiographs[name] * self.masks[name] for name in self.radiographs}
+    def volumes(self) -> PreprocessResult:
+        """The CT and labels on the preset grid."""
+        return self.preprocessed
 
     def record(self) -> dict[str, Any]:
         """Source, seed, frame, measured femur and landmarks (module doc), JSON-ready."""
@@ -441,18 +428,15 @@ class FemurTask:
 
 
 @dataclass(frozen=True)
-class FromCtSummary:
+class FromCtSummary(WrittenSubjects):
     """What :func:`simulate_from_ct` did.
 
     Attributes:
-        out_dir: the dataset folder.
-        written: subjects made by this run.
+        out_dir, written: the dataset folder and the subjects made by this run (:class:`WrittenSubjects`).
         kept: subjects already complete (resume).
         skipped: subject name -> the one-line reason it was skipped.
     """
 
-    out_dir: Path
-    written: tuple[str, ...]
     kept: tuple[str, ...]
     skipped: dict[str, str]
 

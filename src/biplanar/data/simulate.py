@@ -58,6 +58,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import multiprocessing
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -201,8 +202,54 @@ class SimulationConfig:
 DEFAULT_CONFIG = SimulationConfig()
 
 
+class GriddedVolumes(Protocol):
+    """A CT and its femur labels on one grid (a :class:`~biplanar.data.phantom.Subject`, a
+    :class:`~biplanar.data.preprocess.PreprocessResult`)."""
+
+    @property
+    def ct_hu(self) -> np.ndarray: ...
+    @property
+    def labels(self) -> np.ndarray: ...
+    @property
+    def grid(self) -> VolumeGrid: ...
+
+
+class RenderedCase(ABC):
+    """The volumes and radiographs of a case, as :func:`write_case` reads them: the base of
+    :class:`SimulatedCase` and of a case made from a real CT (dataclasses holding ``radiographs``
+    and ``masks``, view name -> ``(rows, cols)`` float32)."""
+
+    radiographs: dict[str, np.ndarray]
+    masks: dict[str, np.ndarray]
+
+    @property
+    @abstractmethod
+    def volumes(self) -> GriddedVolumes:
+        """The CT, its labels and their grid."""
+
+    @property
+    def ct_hu(self) -> np.ndarray:
+        """``(I, J, K)`` float32 HU on :attr:`grid`."""
+        return self.volumes.ct_hu
+
+    @property
+    def labels(self) -> np.ndarray:
+        """``(I, J, K)`` uint8, 1 = femur."""
+        return self.volumes.labels
+
+    @property
+    def grid(self) -> VolumeGrid:
+        """The volumes' grid (world RAS+ mm)."""
+        return self.volumes.grid
+
+    @property
+    def masked_radiographs(self) -> dict[str, np.ndarray]:
+        """View name -> radiograph x mask, ``(rows, cols)`` float32."""
+        return {name: self.radiographs[name] * self.masks[name] for name in self.radiographs}
+
+
 @dataclass(frozen=True)
-class SimulatedCase:
+class SimulatedCase(RenderedCase):
     """One simulated case.
 
     Attributes:
@@ -225,24 +272,9 @@ class SimulatedCase:
     scene: Scene | None = None
 
     @property
-    def ct_hu(self) -> np.ndarray:
-        """``(I, J, K)`` float32 HU on :attr:`grid`."""
-        return self.subject.ct_hu
-
-    @property
-    def labels(self) -> np.ndarray:
-        """``(I, J, K)`` uint8, 1 = femur."""
-        return self.subject.labels
-
-    @property
-    def grid(self) -> VolumeGrid:
-        """The volumes' grid (world RAS+ mm)."""
-        return self.subject.grid
-
-    @property
-    def masked_radiographs(self) -> dict[str, np.ndarray]:
-        """View name -> radiograph x mask, ``(rows, cols)`` float32."""
-        return {name: self.radiographs[name] * self.masks[name] for name in self.radiographs}
+    def volumes(self) -> Subject:
+        """The subject's CT, labels and grid."""
+        return self.subject
 
     @property
     def side(self) -> str:
@@ -443,17 +475,11 @@ def split_names(names: list[str], seed: int) -> dict[str, list[str]]:
     return split
 
 
-class CaseToWrite(Protocol):
+class CaseToWrite(GriddedVolumes, Protocol):
     """What :func:`write_case` writes: a :class:`SimulatedCase`, or a case made from a real CT
     (:mod:`biplanar.data.from_ct`). Attributes as :class:`SimulatedCase`'s; ``side`` is the hip the
     radiographs show (the DICOMs' laterality)."""
 
-    @property
-    def ct_hu(self) -> np.ndarray: ...
-    @property
-    def labels(self) -> np.ndarray: ...
-    @property
-    def grid(self) -> VolumeGrid: ...
     @property
     def views(self) -> dict[str, ProjectionView]: ...
     @property
@@ -515,17 +541,27 @@ def is_complete(folder: Path, files: tuple[str, ...] = SUBJECT_FILES) -> bool:
 
 
 @dataclass(frozen=True)
-class DatasetSummary:
-    """What :func:`simulate_dataset` did.
+class WrittenSubjects:
+    """A dataset folder and the subjects a run made in it (the base of the runs' summaries).
 
     Attributes:
         out_dir: the dataset folder.
-        written: ids simulated by this run.
-        skipped: ids already complete (resume).
+        written: ids made by this run.
     """
 
     out_dir: Path
     written: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class DatasetSummary(WrittenSubjects):
+    """What :func:`simulate_dataset` did.
+
+    Attributes:
+        out_dir, written: the dataset folder and the ids simulated by this run (:class:`WrittenSubjects`).
+        skipped: ids already complete (resume).
+    """
+
     skipped: tuple[str, ...]
 
 

@@ -32,14 +32,14 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from biplanar.errors import InputError, one_line
+from biplanar.errors import InputError
 from biplanar.geometry.projection import ProjectionView
 from biplanar.geometry.transforms import rigid_matrix
 from biplanar.geometry.volume_grid import VolumeGrid
 from biplanar.models.sopi import SopiConfig, build_network
 from biplanar.models.sopi.config import FineSearchConfig
 from biplanar.physics.attenuation import hu_to_mu
-from biplanar.training.checkpoints import load_checkpoint
+from biplanar.training.checkpoints import load_checkpoint, load_weights
 from biplanar.training.pose_data import pose_prost, project_mask
 from biplanar.training.pose_losses import masked_feature_distance, pose_gradient
 
@@ -87,12 +87,7 @@ def load_sopi_network(path: str | Path, name: str, device: str | torch.device = 
     if state.get("kind") != "sopi" or state.get("network") != name:
         raise InputError(f"{path}: not a SOPI {name} checkpoint (found {state.get('kind')} {state.get('network')})")
     config = SopiConfig.from_dict(state["config"], f"{path}: config")
-    network = build_network(config, name)
-    try:
-        network.load_state_dict(state["model"])
-    except (RuntimeError, TypeError) as error:  # TypeError: stored weights that are not a state dict
-        raise InputError(f"{path}: weights do not fit the config's network ({one_line(str(error))})") from None
-    return SopiNetwork(network.to(device).eval(), config, name)
+    return SopiNetwork(load_weights(build_network(config, name), state, path, device), config, name)
 
 
 @dataclass

@@ -42,7 +42,7 @@ from torch import Tensor, nn
 from biplanar.config import ExperimentConfig
 from biplanar.data.atlas import Atlas, load_atlas
 from biplanar.data.datasets import CaseDataset
-from biplanar.errors import InputError, one_line
+from biplanar.errors import InputError
 from biplanar.io.atomic import atomic_path, atomic_write_text
 from biplanar.layers.similarity import soft_dice
 from biplanar.models.kasten import KastenNet
@@ -52,7 +52,7 @@ from biplanar.models.sdm import DeformationPCA, SDMNet
 from biplanar.optimisation.volume_registration import VolumeRegistrationSettings, register_volumes
 from biplanar.physics.attenuation import hu_to_mu
 from biplanar.progress import progress_bar, ticker
-from biplanar.training.checkpoints import load_checkpoint, save_checkpoint
+from biplanar.training.checkpoints import load_checkpoint, load_weights, save_checkpoint
 from biplanar.training.distributed import DistributedContext
 from biplanar.training.trainer import (
     LABEL_THRESHOLD,
@@ -135,13 +135,7 @@ def load_baseline(
     config = ExperimentConfig.from_dict(state["config"], f"{checkpoint_path}: config")
     pca = DeformationPCA.from_tensors(state["sdm"], f"{checkpoint_path}: sdm") if method == "sdm" else None
     model = build_baseline(method, config, load_atlas(config.geometry.grid_preset), pca)
-    try:
-        model.load_state_dict(state["model"])
-    except (RuntimeError, TypeError) as error:  # TypeError: stored weights that are not a state dict
-        raise InputError(
-            f"{checkpoint_path}: weights do not fit the config's {method} network ({one_line(str(error))})"
-        ) from None
-    return model.to(device).eval(), config
+    return load_weights(model, state, checkpoint_path, device, f"{method} network"), config
 
 
 def _check_method(method: str) -> None:

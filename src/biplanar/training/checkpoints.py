@@ -29,7 +29,7 @@ from __future__ import annotations
 import random
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -39,6 +39,8 @@ from biplanar.data.atlas import load_atlas
 from biplanar.errors import InputError, one_line
 from biplanar.io.atomic import atomic_path
 from biplanar.models.network import AtlasRegistrationNet
+
+ModuleT = TypeVar("ModuleT", bound=torch.nn.Module)
 
 FORMAT, VERSION = "biplanar-checkpoint", 1
 MODEL_KEYS = ("config", "model")  # what rebuilding a model needs (a weights-only checkpoint)
@@ -158,13 +160,29 @@ def load_model(
         raise InputError(f"{checkpoint_path}: checkpoint has no {', '.join(missing)}")
     config = ExperimentConfig.from_dict(state["config"], f"{checkpoint_path}: config")
     network = AtlasRegistrationNet(config, load_atlas(config.geometry.grid_preset))
+    return load_weights(network, state, checkpoint_path, device), config
+
+
+def load_weights(
+    network: ModuleT, state: dict[str, Any], path: str | Path, device: str | torch.device, what: str = "network"
+) -> ModuleT:
+    """``network`` with a checkpoint's weights (``state["model"]``), in eval mode on ``device``.
+
+    Args:
+        network: the network the checkpoint's config builds.
+        state: the checkpoint (:func:`load_checkpoint`).
+        path: the checkpoint's file, for the message.
+        device: where to put the network.
+        what: the network's name in the message (``"<method> network"`` for a baseline).
+
+    Raises:
+        InputError: weights that do not fit the network.
+    """
     try:
         network.load_state_dict(state["model"])
     except (RuntimeError, TypeError) as error:  # TypeError: stored weights that are not a state dict
-        raise InputError(
-            f"{checkpoint_path}: weights do not fit the config's network ({one_line(str(error))})"
-        ) from None
-    return network.to(device).eval(), config
+        raise InputError(f"{path}: weights do not fit the config's {what} ({one_line(str(error))})") from None
+    return network.to(device).eval()
 
 
 def export_model(checkpoint: str | Path, out_path: str | Path) -> Path:

@@ -46,7 +46,7 @@ from torch import Tensor
 
 from biplanar.data.datasets import SPLIT_FILE, SPLITS, split_subject_ids
 from biplanar.data.simulate import VIEW_NAMES
-from biplanar.errors import InputError, one_line
+from biplanar.errors import InputError
 from biplanar.io.images import read_image
 from biplanar.models.segmentation import (
     SegmentationConfig,
@@ -57,10 +57,11 @@ from biplanar.models.segmentation import (
     segmentation_logits,
 )
 from biplanar.progress import print_stage
-from biplanar.training.checkpoints import bundled_model_path, export_model, load_checkpoint
+from biplanar.training.checkpoints import bundled_model_path, export_model, load_checkpoint, load_weights
 from biplanar.training.step_run import StepRun, resume_state
 from biplanar.training.trainer import (
     DataDirs,
+    RunCheckpoints,
     TrainingLogs,
     cosine_factor,
     deterministic_algorithms,
@@ -362,22 +363,17 @@ def score_radiographs(
 
 
 @dataclass
-class SegmentationTrainResult:
+class SegmentationTrainResult(RunCheckpoints):
     """What :func:`train_segmentation` did.
 
     Attributes:
-        out_dir: the run folder.
-        last_checkpoint: ``out_dir/last.pt``.
-        best_checkpoint: ``out_dir/best.pt``, ``None`` until a validation has run.
+        out_dir, last_checkpoint, best_checkpoint: the run's folder and checkpoints (:class:`RunCheckpoints`).
         global_step: optimizer steps done in the whole run.
         best_val_dice: highest mean validation Dice (``nan`` without validation).
         history: the rows of ``metrics.csv`` (:data:`CSV_FIELDS`).
         step_losses: the training loss of each step done by this call.
     """
 
-    out_dir: Path
-    last_checkpoint: Path
-    best_checkpoint: Path | None
     global_step: int
     best_val_dice: float
     history: list[dict[str, float]] = field(default_factory=list)
@@ -589,9 +585,4 @@ def load_segmentation_model(
     if state.get("kind") != KIND or "model" not in state or "config" not in state:
         raise InputError(f"{path}: not a segmentation checkpoint (found kind {state.get('kind')!r})")
     config = SegmentationTrainingConfig.from_dict(state["config"], f"{path}: config").network
-    network = build_segmentation_net(config)
-    try:
-        network.load_state_dict(state["model"])
-    except (RuntimeError, TypeError) as error:  # TypeError: stored weights that are not a state dict
-        raise InputError(f"{path}: weights do not fit the config's network ({one_line(str(error))})") from None
-    return network.to(device).eval(), config
+    return load_weights(build_segmentation_net(config), state, path, device), config

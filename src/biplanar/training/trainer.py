@@ -106,13 +106,26 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 
 @dataclass
-class TrainResult:
-    """What :func:`train` did.
+class RunCheckpoints:
+    """A training run's folder and checkpoints (the base of the trainers' results).
 
     Attributes:
         out_dir: the run folder.
         last_checkpoint: ``out_dir/last.pt``.
         best_checkpoint: ``out_dir/best.pt``, ``None`` until a validation has run.
+    """
+
+    out_dir: Path
+    last_checkpoint: Path
+    best_checkpoint: Path | None
+
+
+@dataclass
+class TrainResult(RunCheckpoints):
+    """What :func:`train` did.
+
+    Attributes:
+        out_dir, last_checkpoint, best_checkpoint: the run's folder and checkpoints (:class:`RunCheckpoints`).
         epochs_completed: finished epochs (including those of earlier calls when resuming).
         global_step: optimizer steps done in the whole run.
         best_val_dice: best validation Dice (``nan`` without validation).
@@ -120,9 +133,6 @@ class TrainResult:
         step_losses: per step done by this call, ``{"step": global step, **loss parts}``.
     """
 
-    out_dir: Path
-    last_checkpoint: Path
-    best_checkpoint: Path | None
     epochs_completed: int
     global_step: int
     best_val_dice: float
