@@ -8,12 +8,12 @@ detector position ``(u, v)`` and its normalised depth ``(w - near) / (far - near
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from biplanar.geometry.projection import ProjectionView
 from biplanar.geometry.volume_grid import VolumeGrid
 from biplanar.layers.prost import beam_depth_range
+from biplanar.layers.sampling import grid_sample_3d
 
 
 class InverseProST(nn.Module):
@@ -59,4 +59,4 @@ class InverseProST(nn.Module):
         if beam.dim() != 5:
             raise ValueError(f"beam: expected shape (B, C, Kb, Hb, Wb), got {tuple(beam.shape)}")
         grid = self.beam_grid.to(beam.dtype).expand(beam.shape[0], *self.beam_grid.shape[1:])
-        return F.grid_sample(beam, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        return grid_sample_3d(beam, grid, "bilinear", "zeros", align_corners=False)

@@ -33,6 +33,7 @@ from torch.utils.checkpoint import checkpoint
 from biplanar.config import DEFAULT_NUM_SAMPLES
 from biplanar.geometry.projection import ProjectionView
 from biplanar.geometry.volume_grid import VolumeGrid
+from biplanar.layers.sampling import cpu_batch_splits
 from biplanar.layers.slice_walk import (
     SliceGroup,
     SliceRays,
@@ -347,13 +348,6 @@ class ProST(nn.Module):
         return sampled.sum(dim=(1, 3))
 
     def _ray_splits(self, volume: Tensor) -> int:
-        """How many batch elements to split one volume's rays into.
-
-        5-D grid_sample on CPU parallelises only over the batch: with one volume, splitting its
-        samples into several batch elements (a stride-0 view of the volume, no copy) uses every
-        core. On GPU, and for batches, no split.
-        """
-        if volume.shape[0] > 1 or volume.device.type != "cpu":
-            return 1
-        threads = torch.get_num_threads()
-        return max(s for s in range(1, threads + 1) if self.num_samples % s == 0)
+        """How many batch elements to split one volume's rays into, along the depth samples
+        (:func:`~biplanar.layers.sampling.cpu_batch_splits`: every CPU core for one volume)."""
+        return cpu_batch_splits(volume, self.num_samples)

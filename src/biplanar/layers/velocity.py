@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from biplanar.geometry.transforms import check_matrix
 from biplanar.geometry.volume_grid import VolumeGrid
+from biplanar.layers.sampling import grid_sample_3d
 from biplanar.layers.warp import SpatialTransformer, affine_displacement, check_displacement
 
 
@@ -50,10 +51,17 @@ class VelocityIntegrator(nn.Module):
             ``phi(p) = p + u(p)``.
         """
         check_displacement(velocity, self.grid, name="velocity")
-        displacement = velocity / 2**self.steps
+        # The squarings run in grid_sample units: world mm and grid units differ by one linear map,
+        # under which resampling commutes, so converting once each way gives the same field as
+        # converting at every step, without its cost.
+        transformer = self.transformer
+        identity = transformer.identity_grid(velocity.dtype, velocity.device)  # (I, J, K, 3)
+        # (B, 3, I, J, K), grid units, contiguous: grid_sample's input.
+        offsets = (transformer.to_grid_units(velocity) / 2**self.steps).movedim(-1, 1).contiguous()
         for _ in range(self.steps):
-            displacement = displacement + self.transformer(displacement, displacement)
-        return displacement
+            sample_grid = identity + offsets.movedim(1, -1)
+            offsets = offsets + grid_sample_3d(offsets, sample_grid, "bilinear", "border", align_corners=True)
+        return transformer.to_world_mm(offsets.movedim(1, -1))
 
 
 def compose_affine_displacement(matrix: Tensor, displacement: Tensor, grid: VolumeGrid) -> Tensor:

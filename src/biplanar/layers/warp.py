@@ -24,8 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from biplanar.geometry.transforms import check_matrix, transform_points
+from biplanar.geometry.transforms import check_matrix
 from biplanar.geometry.volume_grid import VolumeGrid
+from biplanar.layers.sampling import grid_sample_3d
 
 INTERPOLATION_MODES = ("bilinear", "nearest")
 PADDING_MODES = ("zeros", "border")
@@ -51,11 +52,25 @@ def affine_displacement(matrix: Tensor, grid: VolumeGrid) -> Tensor:
         ``(B, 3, I, J, K)`` displacement in mm, world components ``(x, y, z)``.
     """
     check_matrix(matrix)
-    points_world = grid.voxel_centres_world(torch.float64, matrix.device).to(matrix.dtype)
-    points_world = points_world.expand(matrix.shape[0], *points_world.shape)  # (B, I, J, K, 3)
-    moved_world = transform_points(matrix, points_world)
-    # (B, I, J, K, 3) -> (B, 3, I, J, K): vector components become channels.
-    return (moved_world - points_world).movedim(-1, 1)
+    vox_to_world = torch.as_tensor(grid.affine, dtype=matrix.dtype, device=matrix.device)
+    identity = torch.eye(4, dtype=matrix.dtype, device=matrix.device)
+    # At p = vox_to_world (i, j, k, 1), u(p) = (matrix - I) p is affine in the voxel index:
+    # per_index[:, :3, 3] + i per_index[:, :3, 0] + j per_index[:, :3, 1] + k per_index[:, :3, 2].
+    per_index = (matrix - identity) @ vox_to_world  # (B, 4, 4)
+    return _affine_in_index(per_index[:, :3], grid.shape).movedim(-1, 1)
+
+
+def _affine_in_index(coefficients: Tensor, shape: tuple[int, int, int]) -> Tensor:
+    """``(B, I, J, K, 3)``: ``coefficients @ (i, j, k, 1)`` at every voxel index, built by broadcasting
+    (no index grid, no catastrophic cancellation); ``coefficients`` ``(B, 3, 4)``."""
+    terms = coefficients.transpose(1, 2)  # (B, 4, 3): the i, j, k and constant terms
+    i, j, k = (torch.arange(n, dtype=terms.dtype, device=terms.device) for n in shape)
+    return (
+        terms[:, None, None, None, 3]
+        + i[None, :, None, None, None] * terms[:, None, None, None, 0]
+        + j[None, None, :, None, None] * terms[:, None, None, None, 1]
+        + k[None, None, None, :, None] * terms[:, None, None, None, 2]
+    )
 
 
 class SpatialTransformer(nn.Module):
@@ -103,18 +118,24 @@ class SpatialTransformer(nn.Module):
             raise ValueError(f"volume: expected batch 1 or {batch} (the displacement's), got {tuple(volume.shape)}")
         sample_grid = self._sample_grid(displacement)
         volume = volume.expand(batch, *volume.shape[1:])  # a stride-0 view when the batch is shared
-        return F.grid_sample(volume, sample_grid, mode=self.mode, padding_mode=self.padding_mode, align_corners=True)
+        return grid_sample_3d(volume, sample_grid, self.mode, self.padding_mode, align_corners=True)
+
+    def identity_grid(self, dtype: torch.dtype, device: torch.device) -> Tensor:
+        """``(I, J, K, 3)`` grid_sample coordinates of the voxel centres themselves."""
+        return _affine_in_index(self.vox_to_grid[None, :3].to(dtype=dtype, device=device), self.grid.shape)[0]
+
+    def to_grid_units(self, displacement: Tensor) -> Tensor:
+        """``(B, 3, I, J, K)`` world mm -> ``(B, I, J, K, 3)`` grid_sample coordinate offsets."""
+        return displacement.movedim(1, -1) @ self.world_to_grid_linear.to(displacement.dtype).T
+
+    def to_world_mm(self, offsets: Tensor) -> Tensor:
+        """The inverse of :meth:`to_grid_units`: ``(B, I, J, K, 3)`` -> ``(B, 3, I, J, K)`` world mm."""
+        grid_to_world_linear = torch.linalg.inv(self.world_to_grid_linear).to(offsets.dtype)
+        return (offsets @ grid_to_world_linear.T).movedim(-1, 1)
 
     def _sample_grid(self, displacement: Tensor) -> Tensor:
         """``(B, I, J, K, 3)`` grid_sample coordinates of ``p + displacement(p)`` at every voxel centre."""
-        dtype, device = displacement.dtype, displacement.device
-        axes = [torch.arange(n, dtype=dtype, device=device) for n in self.grid.shape]
-        points_vox = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)  # (I, J, K, 3): i, j, k
-        vox_to_grid = self.vox_to_grid.to(dtype)
-        identity_grid = points_vox @ vox_to_grid[:3, :3].T + vox_to_grid[:3, 3]
-        # (B, 3, I, J, K) -> (B, I, J, K, 3): world (x, y, z) components last, then to grid units.
-        offset_grid = displacement.movedim(1, -1) @ self.world_to_grid_linear.to(dtype).T
-        return identity_grid + offset_grid
+        return self.identity_grid(displacement.dtype, displacement.device) + self.to_grid_units(displacement)
 
 
 def warp_labels(
