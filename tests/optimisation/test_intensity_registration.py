@@ -12,7 +12,7 @@ from biplanar.geometry.presets import biplanar_pair
 from biplanar.geometry.transforms import similarity_matrix
 from biplanar.layers.velocity import VelocityIntegrator, compose_affine_displacement
 from biplanar.optimisation import ProjectionObjective, RefineSettings, refine_registration
-from biplanar.optimisation.intensity_registration import soft_mask
+from biplanar.optimisation.intensity_registration import control_grid_field, soft_mask
 from biplanar.physics.attenuation import hu_to_mu
 
 IMAGE_SHAPE = (56, 40)  # the tiny preset's detector, 3.72 mm pixels
@@ -142,3 +142,59 @@ def test_the_affine_phase_freezes_the_velocity(problem):
     torch.testing.assert_close(both.history[:3], affine_only.history[:3])
     with pytest.raises(ValueError, match="affine_iterations"):
         RefineSettings(iterations=2, affine_iterations=3)
+
+
+def test_the_control_grid_field_is_trilinear_at_either_resolution():
+    """Factor 1 is ``F.interpolate(align_corners=True)``; a field linear in the voxel index is read
+    exactly at the pooled grid's voxel centres (fine index ``f n + (f - 1) / 2``)."""
+    shape, control_shape = (12, 8, 6), (4, 3, 5)
+    control = torch.randn(1, 3, *control_shape, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    expected = torch.nn.functional.interpolate(control, size=shape, mode="trilinear", align_corners=True)
+    torch.testing.assert_close(control_grid_field(control, shape), expected)
+    slopes = torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64)
+    axes = [torch.linspace(0, n - 1, c, dtype=torch.float64) for n, c in zip(shape, control_shape)]
+    linear = sum(
+        slope * axis.view(*[-1 if a == i else 1 for a in range(3)]) for i, (slope, axis) in enumerate(zip(slopes, axes))
+    )
+    pooled = control_grid_field(linear.expand(1, 1, *control_shape), shape, factor=2)
+    centres = [torch.arange(n // 2, dtype=torch.float64) * 2 + 0.5 for n in shape]
+    truth = sum(
+        slope * centre.view(*[-1 if a == i else 1 for a in range(3)])
+        for i, (slope, centre) in enumerate(zip(slopes, centres))
+    )
+    torch.testing.assert_close(pooled[0, 0], truth.expand(6, 4, 3))
+
+
+def test_pooled_integration_refines_as_well_and_returns_exact_fields(problem):
+    """``integration_factor=2``: the iterates integrate on the pooled grid, the result is exact."""
+    _, objective, target, _ = problem
+    rates = {"lr_rotation_rad": 0.01, "lr_translation_mm": 0.5, "lr_log_scale": 0.005, "lr_velocity_mm": 0.1}
+    exact = refine_registration(objective(target), settings=RefineSettings(iterations=20, **rates), progress=False)
+    pooled = refine_registration(
+        objective(target), settings=RefineSettings(iterations=20, integration_factor=2, **rates), progress=False
+    )
+    assert pooled.loss_after < 0.2 * pooled.loss_before and float(pooled.velocity.abs().max()) > 0.0
+    assert abs(pooled.loss_after - exact.loss_after) < 0.2 * exact.loss_before
+    with torch.no_grad():
+        value = objective(target)(pooled.params, pooled.velocity)
+    torch.testing.assert_close(pooled.total_displacement, value.total_displacement)
+    assert pooled.loss_after == pytest.approx(float(value.loss), abs=1e-6)
+    with pytest.raises(ValueError, match="integration_factor"):
+        RefineSettings(integration_factor=0)
+
+
+def test_pooled_integration_evaluates_the_start_exactly(problem):
+    """The fixed correction makes the pooled objective equal the exact one at the start, whatever
+    fine detail the start's velocity has."""
+    atlas, objective, target, _ = problem
+    velocity = torch.randn(1, 3, *atlas.grid.shape, generator=torch.Generator().manual_seed(5))
+    result = refine_registration(
+        objective(target),
+        velocity=velocity,
+        settings=RefineSettings(iterations=0, integration_factor=2),
+        progress=False,
+    )
+    with torch.no_grad():
+        exact = objective(target)(torch.zeros(1, 7), velocity)
+    assert result.history[0] == pytest.approx(float(exact.loss), abs=1e-6)
+    assert result.loss_before == pytest.approx(float(exact.loss), abs=1e-6)
