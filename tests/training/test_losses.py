@@ -167,3 +167,14 @@ def test_batch_elements_are_independent():
         for i in range(2)
     ]
     assert both == pytest.approx(sum(single) / 2, abs=1e-6)
+
+
+@pytest.mark.parametrize("window", [3, 5, 9])
+def test_the_label_region_is_the_union_dilated_by_the_ncc_window(window):
+    """Three 1-D pools give the cube-window dilation (one 3-D max pool) of the labels' union."""
+    generator = torch.Generator().manual_seed(window)
+    first, second = ((torch.rand(2, 1, 24, 20, 22, generator=generator) > 0.998).float() for _ in range(2))
+    region = RegistrationLoss(LossConfig(ncc_window=window)).label_region(first, 0.7 * second)
+    union = torch.maximum(first, second)
+    expected = torch.nn.functional.max_pool3d(union, window, stride=1, padding=window // 2)
+    assert torch.equal(region, expected) and 0 < float(region.mean()) < 1

@@ -22,7 +22,7 @@ from torch.utils.checkpoint import checkpoint
 
 from biplanar.config import LocalConfig
 from biplanar.geometry.volume_grid import VolumeGrid
-from biplanar.models.blocks import conv_block_2d, conv_block_3d
+from biplanar.models.blocks import conv_3d, conv_block_2d, conv_block_3d
 from biplanar.models.projectors import ProjectorCache, ViewPair
 
 
@@ -99,7 +99,7 @@ class LocalModule(nn.Module):
             per_view = unets[0].out_channels // 2
         self.unets = nn.ModuleList(unets)
         self.per_view_channels = per_view
-        self.to_velocity = nn.Conv3d(2 * per_view, 3, 3, padding=1)
+        self.to_velocity = conv_3d(2 * per_view, 3)
         nn.init.normal_(self.to_velocity.weight, std=config.velocity_init_std)
         if self.to_velocity.bias is not None:  # always: Conv3d has a bias by default
             nn.init.zeros_(self.to_velocity.bias)
