@@ -61,9 +61,19 @@ def setup_distributed() -> DistributedContext:
     return DistributedContext(world_size, rank, local_rank, device, owns_group)
 
 
-def teardown_distributed(context: DistributedContext) -> None:
-    """Leave the process group if :func:`setup_distributed` joined it."""
+def teardown_distributed(context: DistributedContext, wait_for_peers: bool = False) -> None:
+    """Leave the process group if :func:`setup_distributed` joined it.
+
+    Args:
+        context: what :func:`setup_distributed` returned.
+        wait_for_peers: first wait at a barrier until every rank is done (rank 0 writes the last
+            checkpoint after the others' last collective): a gloo rank whose peer tears its
+            connections down first can abort (``terminate called without an active exception``).
+            Only after a run that finished on this rank: after an error, the peers may never come.
+    """
     if context.owns_group and dist.is_initialized():
+        if wait_for_peers:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -840,9 +840,10 @@ def train(
     check_run_dir(out_dir, resume)  # the cheap refusals first
     config, train_set, val_set = open_run(config, data_dir, on_the_fly, epochs)
     context = setup_distributed()
+    finished = False
     try:
         with deterministic_algorithms():
-            return _run(
+            result = _run(
                 config,
                 out_dir,
                 train_set,
@@ -853,8 +854,10 @@ def train(
                 math.inf if max_steps is None else max_steps,
                 None if init is None else Path(init),
             )
+        finished = True
+        return result
     finally:
-        teardown_distributed(context)
+        teardown_distributed(context, wait_for_peers=finished)
 
 
 def _initial_weights(path: Path, config: ExperimentConfig, device: torch.device) -> dict[str, Tensor]:
