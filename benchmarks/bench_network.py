@@ -2,7 +2,8 @@
 
 Usage::
 
-    python benchmarks/bench_network.py [--sizes tiny lite paper] [--repeats 5] [--threads 1] [--out FILE]
+    python benchmarks/bench_network.py [--sizes tiny lite paper] [--repeats 5] [--threads 1]
+        [--baseline SRC] [--out FILE]
 
 Prints a markdown section (the one in ``docs/benchmarks.md``, "Registration network") to stdout,
 or writes it to ``--out``. Every case runs in a fresh subprocess, so that its peak resident set
@@ -150,7 +151,7 @@ def cell(result: dict | None, key: str, form: str) -> str:
     return format(result[key], form)
 
 
-def size_row(size: str, results: dict[str, dict]) -> str:
+def size_row(size: str, results: dict[str, dict], label: str = "") -> str:
     config = load_config(size)
     grid = load_atlas(config.geometry.grid_preset).grid.shape
     forward, train, flops = results.get("forward"), results.get("train"), results.get("flops")
@@ -160,7 +161,7 @@ def size_row(size: str, results: dict[str, dict]) -> str:
         "| "
         + " | ".join(
             [
-                size,
+                f"{size}{label}",
                 "x".join(map(str, grid)),
                 "x".join(map(str, config.geometry.image_shape)),
                 f"{parameters:,}" if parameters is not None else "-",
@@ -181,14 +182,18 @@ def size_row(size: str, results: dict[str, dict]) -> str:
 def report(args: argparse.Namespace) -> str:
     """Run every case and return the markdown section."""
     load_before = os.getloadavg()
-    results: dict[str, dict[str, dict]] = {}
+    # Rows: (size, label) -> kind -> result; with --baseline, each case of the two sources in turn.
+    sources = {"": None} if args.baseline is None else {" (this checkout)": None, " (baseline)": args.baseline}
+    results: dict[tuple[str, str], dict[str, dict]] = {(size, label): {} for size in args.sizes for label in sources}
     for size in args.sizes:
-        results[size] = {
-            kind: spawn_job(__file__, Job(kind, size, args.repeats, 1, args.threads), args.timeout)
-            for kind in DEFAULT_CASES[size]
-        }
-    if "paper" in args.sizes and args.paper_train:
-        results["paper"]["train"] = spawn_job(__file__, Job("train", "paper", 1, 0, args.threads), args.timeout)
+        for kind in DEFAULT_CASES[size]:
+            for label, source in sources.items():
+                job = Job(kind, size, args.repeats, 1, args.threads)
+                results[size, label][kind] = spawn_job(__file__, job, args.timeout, source)
+        if size == "paper" and args.paper_train:
+            for label, source in sources.items():
+                job = Job("train", "paper", 1, 0, args.threads)
+                results[size, label]["train"] = spawn_job(__file__, job, args.timeout, source)
     load_after = os.getloadavg()
     command = " ".join(["python benchmarks/bench_network.py", *sys.argv[1:]])
     lines = [
@@ -204,7 +209,7 @@ def report(args: argparse.Namespace) -> str:
         "| config | atlas grid | images | parameters | forward s | peak RSS MiB | extra MiB | train step s "
         "| peak RSS MiB | extra MiB | train subjects/s | GFLOPs / forward |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-        *(size_row(size, results[size]) for size in args.sizes),
+        *(size_row(size, results[size, label], label) for size, label in results),
         "",
         "- train step: forward + eq. 4 loss + backward + Adam step; subjects/s = 1 / its time (the lite "
         "row is the training throughput).",
@@ -219,7 +224,9 @@ def report(args: argparse.Namespace) -> str:
             if args.paper_train
             else "- paper train step: not run (pass `--paper-train`; minutes and GB on a CPU)."
         )
-    simulate = results.get("lite", {}).get("simulate")
+    if args.baseline is not None:
+        lines.append(f"- baseline: the package in `{args.baseline}`, each case run alternately with this checkout's.")
+    simulate = results.get(("lite", next(iter(sources))), {}).get("simulate")
     if simulate is not None and "failed" not in simulate:
         lines.append(
             f"- On-the-fly data (`train --on-the-fly`): simulating one lite subject takes "
@@ -236,6 +243,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads in each case")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds allowed per case")
     parser.add_argument("--paper-train", action="store_true", help="also time a training step at the paper size")
+    parser.add_argument("--baseline", type=Path, help="a src folder of another checkout, measured side by side")
     parser.add_argument("--out", type=Path, help="write the markdown here instead of stdout")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # internal: one case, as JSON
     return parser.parse_args(argv)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -19,12 +20,17 @@ from typing import Any
 from biplanar.io.atomic import atomic_write_text
 
 
-def spawn_job(script: str, job: Any, timeout_s: float | None = None) -> dict:
+def spawn_job(script: str, job: Any, timeout_s: float | None = None, source: Path | None = None) -> dict:
     """Run ``script --worker <job as JSON>`` in a fresh interpreter; its JSON result, or
-    ``{"failed": reason}`` when it fails or runs past ``timeout_s``."""
+    ``{"failed": reason}`` when it fails or runs past ``timeout_s``. ``source``: a ``src`` folder of
+    another checkout whose ``biplanar`` the worker imports instead of the installed one (a baseline
+    measured side by side, e.g. from ``git worktree add --detach /tmp/old <commit>``)."""
     command = [sys.executable, str(Path(script).resolve()), "--worker", json.dumps(asdict(job))]
+    environment = dict(os.environ, **({} if source is None else {"PYTHONPATH": str(source)}))
     try:
-        completed = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, check=False)
+        completed = subprocess.run(
+            command, capture_output=True, text=True, timeout=timeout_s, check=False, env=environment
+        )
     except subprocess.TimeoutExpired:
         return {"failed": f"over the {timeout_s:.0f} s limit"}
     if completed.returncode != 0:
