@@ -239,8 +239,6 @@ class ProjectionObjective(nn.Module):
                 mm, ``log_s``.
             velocity: ``(1, 3, I, J, K)`` stationary velocity field, mm, world components.
         """
-        if params.shape != (1, 7):
-            raise ValueError(f"params: expected shape (1, 7), got {tuple(params.shape)}")
         check_displacement(velocity, self.grid, name="velocity")
         return self.evaluate(params, self.integrator(velocity.to(self.atlas.dtype)))
 
@@ -471,8 +469,7 @@ def refine_settings(iterations: int) -> RefineSettings:
     bundled model alone: mean Dice 0.9527) with ``examples/refine_study.py``: 50 iterations reached
     a mean Dice of 0.9608 integrating on the atlas grid itself, 19.8 s per case, and 0.9608 with the
     pooled integration, 7.6 s; 40 pooled iterations 0.9599 in 6.1 s (median times, 2 threads, one
-    run, 2026-12-04). Without the start's fine-detail correction of :func:`_iterate_objective` the
-    pooled integration lost 0.002 (0.9590, an earlier run of the same cases).
+    run, 2026-12-04).
     """
     return RefineSettings(iterations=iterations, integration_factor=2)
 
