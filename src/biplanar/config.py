@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -51,11 +51,168 @@ SAMPLE_VALUES = 4  # per ProST sample: 3 grid coordinates and the sampled value
 VOLUME_CHANNELS = 24  # atlas and label buffers, affine / velocity / displacement fields, warped volumes
 
 
+# The key of a field's :class:`Constraint` tuple in its ``dataclasses.field`` metadata.
+CONSTRAINTS = "biplanar.constraints"
+FieldT = TypeVar("FieldT")
+
+
+class Constraint:
+    """What a config field may hold, declared with the field (:func:`choice`, :func:`bounded`,
+    :func:`entries`, :func:`positive`, :func:`non_negative`, :func:`fraction`) and checked by
+    :func:`check_fields`."""
+
+    def problem(self, value: Any) -> str | None:
+        """What is wrong with ``value`` (``expected ..., got ...``), or ``None`` when it is allowed."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class OneOf(Constraint):
+    """A string that is one of ``options``."""
+
+    options: tuple[str, ...]
+
+    def problem(self, value: Any) -> str | None:
+        """``expected one of a, b, got 'c'``, or ``None``."""
+        if value in self.options:
+            return None
+        return f"expected one of {', '.join(self.options)}, got {shown(value)}"
+
+
+@dataclass(frozen=True)
+class Length(Constraint):
+    """A list of ``low..high`` entries."""
+
+    low: int
+    high: int
+
+    def problem(self, value: Any) -> str | None:
+        """``expected 2 values, got [1, 2, 3]``, ``expected 1 to 12 values, got [...]``, or ``None``."""
+        if self.low <= len(value) <= self.high:
+            return None
+        expected = f"{self.low}" if self.low == self.high else f"{self.low} to {self.high}"
+        return f"expected {expected} values, got {shown(value)}"
+
+
+@dataclass(frozen=True)
+class Integers(Constraint):
+    """An integer, or a list of integers, each in ``low..high`` (``high`` ``None``: at least ``low``)."""
+
+    low: int
+    high: int | None = None
+
+    def problem(self, value: Any) -> str | None:
+        """``expected an integer in 1..4096, got 0``, ``expected integers >= 1, got [0, 2]``, or ``None``."""
+        values = value if isinstance(value, tuple) else (value,)
+        if all(isinstance(v, int) and self.low <= v and (self.high is None or v <= self.high) for v in values):
+            return None
+        kind = "integers" if isinstance(value, tuple) else "an integer"
+        span = f">= {self.low}" if self.high is None else f"in {self.low}..{self.high}"
+        return f"expected {kind} {span}, got {shown(value)}"
+
+
+@dataclass(frozen=True)
+class Numbers(Constraint):
+    """A finite number above ``low`` (or at least ``low`` unless ``exclusive``) and, unless ``high`` is
+    ``None``, below ``high`` (a NaN is neither; a file's infinities are refused when it is read,
+    :func:`build_dataclass`)."""
+
+    low: float
+    high: float | None = None
+    exclusive: bool = True
+
+    def problem(self, value: Any) -> str | None:
+        """``expected a number >= 0, got -1.0``, ``expected a number in (0, 1), got 1.5``, or ``None``."""
+        above = value > self.low if self.exclusive else value >= self.low
+        if above and (self.high is None or value < self.high) and math.isfinite(value):
+            return None
+        if self.high is None:
+            expected = f"{'>' if self.exclusive else '>='} {self.low:g}"
+        else:
+            expected = f"in {'(' if self.exclusive else '['}{self.low:g}, {self.high:g})"
+        return f"expected a number {expected}, got {shown(value)}"
+
+
+def constrained(default: FieldT, *constraints: Constraint) -> FieldT:
+    """A dataclass field with ``default`` whose values :func:`check_fields` checks against each of
+    ``constraints`` in turn."""
+    return field(default=default, metadata={CONSTRAINTS: constraints})
+
+
+def choice(default: str, options: Iterable[str]) -> str:
+    """A string field that is one of ``options``."""
+    return constrained(default, OneOf(tuple(options)))
+
+
+def bounded(default: FieldT, low: int, high: int | None = None, *, lengths: tuple[int, int] | None = None) -> FieldT:
+    """An integer field (a list: each entry) in ``low..high`` (no ``high``: at least ``low``); a list
+    has ``lengths[0]..lengths[1]`` entries (checked first)."""
+    if lengths is None:
+        return constrained(default, Integers(low, high))
+    return constrained(default, Length(*lengths), Integers(low, high))
+
+
+def entries(default: FieldT, count: int) -> FieldT:
+    """A list field of exactly ``count`` entries."""
+    return constrained(default, Length(count, count))
+
+
+def positive(default: float) -> float:
+    """A finite number field > 0."""
+    return constrained(default, Numbers(0.0))
+
+
+def non_negative(default: float) -> float:
+    """A finite number field >= 0 (a weight of 0: no such term)."""
+    return constrained(default, Numbers(0.0, exclusive=False))
+
+
+def fraction(default: float) -> float:
+    """A number field strictly between 0 and 1."""
+    return constrained(default, Numbers(0.0, 1.0))
+
+
+def check_fields(instance: Any, prefix: str = "") -> None:
+    """Check each field of the dataclass ``instance`` against its constraints (:class:`Constraint`), and the fields
+    of its nested dataclasses the same way (in field order, depth first).
+
+    Args:
+        instance: a dataclass instance (a config, a settings object).
+        prefix: the start of each message and of the field names (``"config: "``).
+
+    Raises:
+        InputError: ``<prefix>section.name: expected an integer in 1..4096, got 1000000000``.
+    """
+    for config_field in dataclasses.fields(instance):
+        value = getattr(instance, config_field.name)
+        if dataclasses.is_dataclass(value):
+            check_fields(value, f"{prefix}{config_field.name}.")
+            continue
+        for constraint in config_field.metadata.get(CONSTRAINTS, ()):
+            problem = constraint.problem(value)
+            if problem is not None:
+                raise InputError(f"{prefix}{config_field.name}: {problem}")
+
+
 class DictConfig:
-    """``to_dict`` / ``from_dict`` of a top-level config dataclass: the form a checkpoint carries."""
+    """A top-level config dataclass: checked when built, and ``to_dict`` / ``from_dict``, the form a
+    checkpoint carries."""
 
     # Declared for the type checker only (subclasses are dataclasses): makes ``self`` a DataclassInstance.
     __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]
+
+    def __post_init__(self) -> None:
+        """Check every field against its constraints (:func:`check_fields`, ``config: section.name: ...``),
+        then :meth:`check_across_fields` (so that it computes with sizes in range only)."""
+        check_fields(self, "config: ")
+        self.check_across_fields()
+
+    def check_across_fields(self) -> None:
+        """The checks that involve several fields (a subclass's; none here).
+
+        Raises:
+            InputError: ``config: ...``.
+        """
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)  # subclasses are dataclasses
@@ -77,10 +234,10 @@ class GeometryConfig:
         num_samples: ProST samples per ray (``prost_samples`` in older files and checkpoints).
     """
 
-    grid_preset: str = "lite"
-    image_shape: tuple[int, int] = (112, 80)
+    grid_preset: str = choice("lite", GRID_SHAPES)
+    image_shape: tuple[int, int] = bounded((112, 80), 8, MAX_IMAGE_SIDE, lengths=(2, 2))
     pixel_spacing_mm: float = 1.86
-    num_samples: int = DEFAULT_NUM_SAMPLES
+    num_samples: int = bounded(DEFAULT_NUM_SAMPLES, 1, MAX_SAMPLES)
 
 
 @dataclass(frozen=True)
@@ -95,9 +252,9 @@ class AffineConfig:
         init_std: standard deviation of the dense kernel's normal initialisation.
     """
 
-    levels: int = 4
-    base_features: int = 8
-    encoders: str = "combined"
+    levels: int = bounded(4, 1, MAX_LEVELS)
+    base_features: int = bounded(8, 1, MAX_FEATURES)
+    encoders: str = choice("combined", ("combined", "separate"))
     init_std: float = 1e-5
 
 
@@ -118,13 +275,13 @@ class LocalConfig:
         velocity_init_std: standard deviation of the last convolution's initial weights.
     """
 
-    encoder_features: tuple[int, ...] = (8, 16, 16, 32)
-    ray_copies: int = 4
-    decoder_features: tuple[int, ...] = (32, 16, 16, 8, 8)
+    encoder_features: tuple[int, ...] = bounded((8, 16, 16, 32), 1, MAX_FEATURES, lengths=(1, MAX_LEVELS))
+    ray_copies: int = bounded(4, 1, 64)
+    decoder_features: tuple[int, ...] = bounded((32, 16, 16, 8, 8), 1, MAX_FEATURES, lengths=(2, 2 * MAX_LEVELS))
     skip: bool = True
-    decoder: str = "dual"
+    decoder: str = choice("dual", ("dual", "single"))
     inv_prost: bool = True
-    integration_steps: int = 7
+    integration_steps: int = bounded(7, 0, 20)
     velocity_init_std: float = 1e-5
 
 
@@ -139,9 +296,9 @@ class LossConfig:
         masked: compare label-masked volumes (semi-supervised, the paper).
     """
 
-    ncc: str = "local"
-    ncc_window: int = 9
-    smoothness_weight: float = 0.01
+    ncc: str = choice("local", ("local", "global"))
+    ncc_window: int = bounded(9, 1, 64)
+    smoothness_weight: float = non_negative(0.01)
     masked: bool = True
 
 
@@ -149,14 +306,14 @@ class LossConfig:
 class TrainingConfig:
     """Optimiser, schedule and run settings."""
 
-    learning_rate: float = 1e-4
-    batch_size: int = 1
-    epochs: int = 50
+    learning_rate: float = positive(1e-4)
+    batch_size: int = bounded(1, 1, 1024)
+    epochs: int = bounded(50, 1, MAX_ITERATIONS)
     seed: int = 0
-    checkpoint_minutes: float = 10.0
+    checkpoint_minutes: float = non_negative(10.0)
     bf16: bool = False
     activation_checkpointing: bool = False
-    num_workers: int = 0
+    num_workers: int = bounded(0, 0, MAX_WORKERS)
 
 
 @dataclass(frozen=True)
@@ -170,55 +327,18 @@ class ExperimentConfig(DictConfig):
     loss: LossConfig = field(default_factory=LossConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
 
-    def __post_init__(self) -> None:
-        _validate(self)
-
-
-_CHOICES = {
-    ("geometry", "grid_preset"): tuple(GRID_SHAPES),
-    ("affine", "encoders"): ("combined", "separate"),
-    ("local", "decoder"): ("dual", "single"),
-    ("loss", "ncc"): ("local", "global"),
-}
-_LENGTHS = {
-    ("geometry", "image_shape"): (2, 2),
-    ("local", "encoder_features"): (1, MAX_LEVELS),
-    ("local", "decoder_features"): (2, 2 * MAX_LEVELS),
-}
-_RANGES = {
-    ("geometry", "image_shape"): (8, MAX_IMAGE_SIDE),
-    ("geometry", "num_samples"): (1, MAX_SAMPLES),
-    ("affine", "levels"): (1, MAX_LEVELS),
-    ("affine", "base_features"): (1, MAX_FEATURES),
-    ("local", "encoder_features"): (1, MAX_FEATURES),
-    ("local", "ray_copies"): (1, 64),
-    ("local", "decoder_features"): (1, MAX_FEATURES),
-    ("local", "integration_steps"): (0, 20),
-    ("loss", "ncc_window"): (1, 64),
-    ("training", "batch_size"): (1, 1024),
-    ("training", "epochs"): (1, MAX_ITERATIONS),
-    ("training", "num_workers"): (0, 256),
-}
-
-
-_POSITIVE = (("training", "learning_rate"),)
-_NON_NEGATIVE = (("loss", "smoothness_weight"), ("training", "checkpoint_minutes"))  # a 0 weight: no such term
-
-
-def _validate(config: ExperimentConfig) -> None:
-    check_lengths(config, _LENGTHS)
-    check_ranges(config, _RANGES)  # before anything computes with the sizes (2**levels, the memory)
-    check_choices(config, _CHOICES)
-    check_signs(config, _POSITIVE, _NON_NEGATIVE)
-    rows, cols = config.geometry.image_shape
-    for section, levels in (("affine", config.affine.levels), ("local", len(config.local.encoder_features))):
-        if rows % 2**levels or cols % 2**levels:
-            raise InputError(
-                f"config: geometry.image_shape {rows}x{cols} is not divisible by 2^{levels} ({section} levels)"
-            )
-    if len(config.local.decoder_features) <= len(config.local.encoder_features):
-        raise InputError("config: local.decoder_features: needs more entries than local.encoder_features")
-    check_memory(network_bytes(config), "the network")
+    def check_across_fields(self) -> None:
+        """The image shape divisible by ``2^levels`` of both modules, more decoder than encoder steps,
+        and the network's memory (:func:`check_memory`)."""
+        rows, cols = self.geometry.image_shape
+        for section, levels in (("affine", self.affine.levels), ("local", len(self.local.encoder_features))):
+            if rows % 2**levels or cols % 2**levels:
+                raise InputError(
+                    f"config: geometry.image_shape {rows}x{cols} is not divisible by 2^{levels} ({section} levels)"
+                )
+        if len(self.local.decoder_features) <= len(self.local.encoder_features):
+            raise InputError("config: local.decoder_features: needs more entries than local.encoder_features")
+        check_memory(network_bytes(self), "the network")
 
 
 def network_bytes(config: ExperimentConfig) -> int:
@@ -266,60 +386,6 @@ def check_memory(needed_bytes: int, what: str) -> None:
             f"config: {what} needs about {needed_bytes / 2**30:.1f} GiB, above the {limit / 2**30:g} GiB limit "
             f"(raise it with biplanar --max-memory GiB or {MAX_MEMORY_ENV})"
         )
-
-
-def check_choices(config: Any, choices: Mapping[tuple[str, str], tuple[str, ...]]) -> None:
-    """Check that each ``config.<section>.<name>`` of ``choices`` is one of its allowed strings.
-
-    Raises:
-        InputError: ``config: section.name: expected one of a, b, got 'c'``.
-    """
-    for (section, name), allowed in choices.items():
-        value = getattr(getattr(config, section), name)
-        if value not in allowed:
-            raise InputError(f"config: {section}.{name}: expected one of {', '.join(allowed)}, got {shown(value)}")
-
-
-def check_lengths(config: Any, lengths: Mapping[tuple[str, str], tuple[int, int]]) -> None:
-    """Check that each list ``config.<section>.<name>`` of ``lengths`` has ``low..high`` entries.
-
-    Raises:
-        InputError: ``config: section.name: expected 2 values, got [1, 2, 3]``.
-    """
-    for (section, name), (low, high) in lengths.items():
-        values = list(getattr(getattr(config, section), name))
-        if not low <= len(values) <= high:
-            expected = f"{low}" if low == high else f"{low} to {high}"
-            raise InputError(f"config: {section}.{name}: expected {expected} values, got {shown(values)}")
-
-
-def check_signs(config: Any, positive: Sequence[tuple[str, str]], non_negative: Sequence[tuple[str, str]] = ()) -> None:
-    """Check that each number ``config.<section>.<name>`` of ``positive`` is > 0 and of ``non_negative``
-    >= 0 (a NaN is neither; a file's infinities are refused when it is read, :func:`build_dataclass`).
-
-    Raises:
-        InputError: ``config: section.name: expected a number >= 0, got -1.0``.
-    """
-    for names, bound in ((positive, "> 0"), (non_negative, ">= 0")):
-        for section, name in names:
-            value = getattr(getattr(config, section), name)
-            if not (value > 0 if bound == "> 0" else value >= 0) or not math.isfinite(value):
-                raise InputError(f"config: {section}.{name}: expected a number {bound}, got {shown(value)}")
-
-
-def check_ranges(config: Any, ranges: Mapping[tuple[str, str], tuple[int, int]]) -> None:
-    """Check that each integer (or every integer of a list) ``config.<section>.<name>`` of ``ranges`` is
-    in ``low..high``.
-
-    Raises:
-        InputError: ``config: section.name: expected an integer in 1..4096, got 1000000000``.
-    """
-    for (section, name), (low, high) in ranges.items():
-        value = getattr(getattr(config, section), name)
-        values = value if isinstance(value, tuple) else (value,)
-        if not all(isinstance(v, int) and low <= v <= high for v in values):
-            kind = "integers" if isinstance(value, tuple) else "an integer"
-            raise InputError(f"config: {section}.{name}: expected {kind} in {low}..{high}, got {shown(value)}")
 
 
 def build_dataclass(cls: type, document: Any, where: str) -> Any:

@@ -123,7 +123,7 @@ def test_bad_input_is_refused(problem):
         refine_registration(objective(target), velocity=torch.zeros(1, 3, 4, 4, 4), progress=False)
     with pytest.raises(ValueError, match="velocity_stride"):
         RefineSettings(velocity_stride=0)
-    with pytest.raises(ValueError, match="learning rates"):
+    with pytest.raises(ValueError, match=r"lr_translation_mm: expected a number >= 0, got -1\.0"):
         RefineSettings(lr_translation_mm=-1.0)
 
 

@@ -53,8 +53,9 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import Tensor, nn
 
-from biplanar.config import DEFAULT_NUM_SAMPLES
+from biplanar.config import DEFAULT_NUM_SAMPLES, bounded, check_fields, non_negative
 from biplanar.data.simulate import MASK_MIN_PATH_MM
+from biplanar.errors import InputError
 from biplanar.geometry.projection import ProjectionView
 from biplanar.geometry.transforms import similarity_matrix
 from biplanar.geometry.volume_grid import VolumeGrid, pooled_grid
@@ -106,29 +107,26 @@ class RefineSettings:
     under-determined, and the small rate keeps it close to the network's.
     """
 
-    iterations: int = 50
-    lr_rotation_rad: float = 0.012
-    lr_translation_mm: float = 1.2
-    lr_log_scale: float = 0.012
-    lr_velocity_mm: float = 0.03
-    velocity_stride: int = 4
-    affine_iterations: int = 0
-    integration_factor: int = 1
+    iterations: int = bounded(50, 0)
+    lr_rotation_rad: float = non_negative(0.012)
+    lr_translation_mm: float = non_negative(1.2)
+    lr_log_scale: float = non_negative(0.012)
+    lr_velocity_mm: float = non_negative(0.03)
+    velocity_stride: int = bounded(4, 1)
+    affine_iterations: int = bounded(0, 0)
+    integration_factor: int = bounded(1, 1)
 
     def __post_init__(self) -> None:
-        if self.iterations < 0:
-            raise ValueError(f"iterations: expected >= 0, got {self.iterations}")
-        if not 0 <= self.affine_iterations <= self.iterations:
-            raise ValueError(
+        """Check each field's constraint, and that the affine phase fits in ``iterations``.
+
+        Raises:
+            InputError: (a ``ValueError``) ``velocity_stride: expected an integer >= 1, got 0``.
+        """
+        check_fields(self)
+        if self.affine_iterations > self.iterations:
+            raise InputError(
                 f"affine_iterations: expected 0 to iterations ({self.iterations}), got {self.affine_iterations}"
             )
-        if self.velocity_stride < 1:
-            raise ValueError(f"velocity_stride: expected >= 1, got {self.velocity_stride}")
-        if self.integration_factor < 1:
-            raise ValueError(f"integration_factor: expected >= 1, got {self.integration_factor}")
-        rates = (self.lr_rotation_rad, self.lr_translation_mm, self.lr_log_scale, self.lr_velocity_mm)
-        if min(rates) < 0 or not all(math.isfinite(rate) for rate in rates):
-            raise ValueError(f"learning rates: expected finite values >= 0, got {rates}")
 
 
 @dataclass

@@ -36,6 +36,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from biplanar.config import bounded, check_fields, non_negative, positive
+from biplanar.errors import InputError, shown
 from biplanar.geometry.volume_grid import VolumeGrid, pooled_grid
 from biplanar.layers.resample import pool_volume, upsample_field
 from biplanar.layers.similarity import soft_dice
@@ -78,17 +80,23 @@ class VolumeRegistrationSettings:
     """
 
     levels: tuple[tuple[int, int], ...] = ((4, 150), (2, 100))
-    learning_rate_mm: float = 0.5
-    label_weight: float = 1.0
-    smoothness_weight: float = 1.0
-    ncc_window: int = 5
-    integration_steps: int = 7
+    learning_rate_mm: float = positive(0.5)
+    label_weight: float = non_negative(1.0)
+    smoothness_weight: float = non_negative(1.0)
+    ncc_window: int = bounded(5, 1)
+    integration_steps: int = bounded(7, 0)
 
     def __post_init__(self) -> None:
+        """Check each field's constraint, the levels' pairs and that ``ncc_window`` is odd.
+
+        Raises:
+            InputError: (a ``ValueError``) ``ncc_window: expected an odd number, got 4``.
+        """
+        check_fields(self)
         if not self.levels or any(factor < 1 or steps < 0 for factor, steps in self.levels):
-            raise ValueError(f"levels: expected (factor >= 1, steps >= 0) pairs, got {self.levels}")
-        if self.ncc_window < 1 or self.ncc_window % 2 == 0:
-            raise ValueError(f"ncc_window: expected an odd number >= 1, got {self.ncc_window}")
+            raise InputError(f"levels: expected (factor >= 1, steps >= 0) pairs, got {shown(self.levels)}")
+        if self.ncc_window % 2 == 0:
+            raise InputError(f"ncc_window: expected an odd number, got {self.ncc_window}")
 
     @property
     def field_factor(self) -> int:

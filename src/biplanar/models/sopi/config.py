@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-# The shared YAML-to-dataclass rules of the experiment configs (same rules, same messages).
+# The shared YAML-to-dataclass rules and field constraints of the experiment configs (same rules, same messages).
 from biplanar.config import (
     DEFAULT_NUM_SAMPLES,
     FLOAT_BYTES,
@@ -32,12 +32,14 @@ from biplanar.config import (
     SAMPLE_VALUES,
     VOLUME_CHANNELS,
     DictConfig,
-    check_choices,
-    check_lengths,
+    bounded,
     check_memory,
-    check_ranges,
-    check_signs,
+    choice,
+    entries,
+    fraction,
     load_yaml_dataclass,
+    non_negative,
+    positive,
 )
 from biplanar.errors import InputError
 
@@ -57,10 +59,10 @@ class PoseGeometryConfig:
             (translated along the beam, rotated) stay inside ProST's sampled depth range, mm.
     """
 
-    grid_preset: str = "lite"
-    image_shape: tuple[int, int] = (112, 80)
-    pixel_spacing_mm: float = 1.86
-    num_samples: int = DEFAULT_NUM_SAMPLES
+    grid_preset: str = choice("lite", GRID_SHAPES)  # a name, never a path, whatever the source
+    image_shape: tuple[int, int] = bounded((112, 80), 8, MAX_IMAGE_SIDE, lengths=(2, 2))
+    pixel_spacing_mm: float = positive(1.86)
+    num_samples: int = bounded(DEFAULT_NUM_SAMPLES, 1, MAX_SAMPLES)
     depth_margin_mm: float = 120.0
 
 
@@ -85,15 +87,15 @@ class PoseDataConfig:
     """
 
     source: str = PHANTOM
-    subjects: int = 64
+    subjects: int = bounded(64, 1, 1024)
     rotation_sigma_deg: float = 20.0
-    translation_sigma_mm: tuple[float, float, float] = (5.0, 33.0, 10.0)
+    translation_sigma_mm: tuple[float, float, float] = entries((5.0, 33.0, 10.0), 3)
     fine_rotation_sigma_deg: float = 5.0
-    fine_translation_sigma_mm: tuple[float, float, float] = (2.0, 8.0, 3.0)
-    mask: str = "labels"
+    fine_translation_sigma_mm: tuple[float, float, float] = entries((2.0, 8.0, 3.0), 3)
+    mask: str = choice("labels", ("labels", "threshold"))
     bone_threshold_hu: float = 200.0
     mask_min_path_mm: float = 1.0
-    validation_samples: int = 16
+    validation_samples: int = bounded(16, 1, 1024)
 
 
 @dataclass(frozen=True)
@@ -108,11 +110,11 @@ class RTPIConfig:
         head_features: hidden width of each parameter-specific head.
     """
 
-    volume_shape: tuple[int, int, int] = (48, 32, 48)
-    volume_features: tuple[int, ...] = (8, 16, 16)
-    image_features: tuple[int, ...] = (16, 32)
-    localisation_features: tuple[int, int, int, int] = (32, 64, 64, 128)
-    head_features: int = 64
+    volume_shape: tuple[int, int, int] = bounded((48, 32, 48), 2, 512, lengths=(3, 3))
+    volume_features: tuple[int, ...] = bounded((8, 16, 16), 1, MAX_FEATURES, lengths=(0, MAX_LEVELS))
+    image_features: tuple[int, ...] = bounded((16, 32), 1, MAX_FEATURES, lengths=(0, MAX_LEVELS))
+    localisation_features: tuple[int, int, int, int] = bounded((32, 64, 64, 128), 1, MAX_FEATURES, lengths=(4, 4))
+    head_features: int = bounded(64, 1, MAX_FEATURES)
 
 
 @dataclass(frozen=True)
@@ -126,10 +128,10 @@ class FineConfig:
         attention_reduction: channel reduction of the split-attention's squeeze layer.
     """
 
-    stem_features: int = 16
-    level_features: tuple[int, int, int] = (16, 32, 64)
-    radix: int = 2
-    attention_reduction: int = 4
+    stem_features: int = bounded(16, 1, MAX_FEATURES)
+    level_features: tuple[int, int, int] = bounded((16, 32, 64), 1, MAX_FEATURES, lengths=(3, 3))
+    radix: int = bounded(2, 1, 16)
+    attention_reduction: int = bounded(4, 1, MAX_FEATURES)
 
 
 @dataclass(frozen=True)
@@ -145,22 +147,22 @@ class PoseLossConfig:
             prior on the scaled prediction).
     """
 
-    alpha: float = 1.0
-    beta: float = 1.0
-    lam: float = 0.01
-    regulariser: str = "weights"
+    alpha: float = non_negative(1.0)
+    beta: float = non_negative(1.0)
+    lam: float = non_negative(0.01)
+    regulariser: str = choice("weights", ("weights", "pose"))
 
 
 @dataclass(frozen=True)
 class PoseTrainingConfig:
     """Optimiser, schedule and run settings (Adam, cosine-annealed over ``steps``)."""
 
-    learning_rate: float = 1e-4
-    batch_size: int = 2
-    steps: int = 20000
+    learning_rate: float = positive(1e-4)
+    batch_size: int = bounded(2, 1, 1024)
+    steps: int = bounded(20000, 1)
     seed: int = 0
-    checkpoint_minutes: float = 10.0
-    validate_every: int = 500
+    checkpoint_minutes: float = non_negative(10.0)
+    validate_every: int = bounded(500, 1)
 
 
 @dataclass(frozen=True)
@@ -181,13 +183,13 @@ class FineSearchConfig:
         tolerance_mm: the translation has converged when its step is below this, mm.
     """
 
-    rotation_step_deg: float = 2.0
-    translation_step_mm: float = 4.0
-    step_decrease: float = 0.5
-    rotation_iterations: int = 20
-    max_iterations: int = 100
-    tolerance_deg: float = 0.05
-    tolerance_mm: float = 0.1
+    rotation_step_deg: float = positive(2.0)
+    translation_step_mm: float = positive(4.0)
+    step_decrease: float = fraction(0.5)
+    rotation_iterations: int = bounded(20, 0, MAX_ITERATIONS)
+    max_iterations: int = bounded(100, 1, MAX_ITERATIONS)
+    tolerance_deg: float = positive(0.05)
+    tolerance_mm: float = positive(0.1)
 
 
 @dataclass(frozen=True)
@@ -203,8 +205,20 @@ class SopiConfig(DictConfig):
     training: PoseTrainingConfig = field(default_factory=PoseTrainingConfig)
     search: FineSearchConfig = field(default_factory=FineSearchConfig)
 
-    def __post_init__(self) -> None:
-        _validate(self)
+    def check_across_fields(self) -> None:
+        """Level features divisible by the radix, a volume shape that survives RTPI's halvings, and the
+        networks' memory (:func:`~biplanar.config.check_memory`)."""
+        if any(width % self.fine.radix for width in self.fine.level_features):
+            raise InputError(
+                f"config: fine.level_features: expected multiples of radix {self.fine.radix}, "
+                f"got {list(self.fine.level_features)}"
+            )
+        if min(*self.rtpi.volume_shape) < 2 ** len(self.rtpi.volume_features):
+            raise InputError(
+                f"config: rtpi.volume_shape {list(self.rtpi.volume_shape)} is too small for "
+                f"{len(self.rtpi.volume_features)} halvings"
+            )
+        check_memory(sopi_bytes(self), "the SOPI networks")
 
     def param_sigmas(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """``(6,)`` standard deviations of the true pose: 3 x radians, then ``(tx, ty, tz)`` mm."""
@@ -215,74 +229,6 @@ class SopiConfig(DictConfig):
         """``(6,)`` standard deviations of the fine stage's starting offsets (radians, mm)."""
         rotation = math.radians(self.data.fine_rotation_sigma_deg)
         return torch.tensor([rotation] * 3 + list(self.data.fine_translation_sigma_mm), dtype=dtype)
-
-
-_CHOICES = {
-    ("geometry", "grid_preset"): tuple(GRID_SHAPES),  # a name, never a path, whatever the source
-    ("data", "mask"): ("labels", "threshold"),
-    ("loss", "regulariser"): ("weights", "pose"),
-}
-_LENGTHS = {
-    ("geometry", "image_shape"): (2, 2),
-    ("data", "translation_sigma_mm"): (3, 3),
-    ("data", "fine_translation_sigma_mm"): (3, 3),
-    ("rtpi", "volume_shape"): (3, 3),
-    ("rtpi", "volume_features"): (0, MAX_LEVELS),
-    ("rtpi", "image_features"): (0, MAX_LEVELS),
-    ("rtpi", "localisation_features"): (4, 4),
-    ("fine", "level_features"): (3, 3),
-}
-_RANGES = {
-    ("geometry", "image_shape"): (8, MAX_IMAGE_SIDE),
-    ("geometry", "num_samples"): (1, MAX_SAMPLES),
-    ("data", "subjects"): (1, 1024),
-    ("data", "validation_samples"): (1, 1024),
-    ("rtpi", "volume_shape"): (2, 512),
-    ("rtpi", "volume_features"): (1, MAX_FEATURES),
-    ("rtpi", "image_features"): (1, MAX_FEATURES),
-    ("rtpi", "localisation_features"): (1, MAX_FEATURES),
-    ("rtpi", "head_features"): (1, MAX_FEATURES),
-    ("fine", "stem_features"): (1, MAX_FEATURES),
-    ("fine", "level_features"): (1, MAX_FEATURES),
-    ("fine", "radix"): (1, 16),
-    ("fine", "attention_reduction"): (1, MAX_FEATURES),
-    ("training", "batch_size"): (1, 1024),
-    ("search", "rotation_iterations"): (0, MAX_ITERATIONS),
-    ("search", "max_iterations"): (1, MAX_ITERATIONS),
-}
-_NON_NEGATIVE = (("loss", "alpha"), ("loss", "beta"), ("loss", "lam"), ("training", "checkpoint_minutes"))
-_POSITIVE = (
-    ("geometry", "pixel_spacing_mm"),
-    ("training", "learning_rate"),
-    ("training", "steps"),
-    ("training", "validate_every"),
-    ("search", "rotation_step_deg"),
-    ("search", "translation_step_mm"),
-    ("search", "tolerance_deg"),
-    ("search", "tolerance_mm"),
-)
-
-
-def _validate(config: SopiConfig) -> None:
-    check_lengths(config, _LENGTHS)
-    check_ranges(config, _RANGES)  # before anything computes with the sizes (the memory)
-    check_choices(config, _CHOICES)
-    check_signs(config, _POSITIVE, _NON_NEGATIVE)
-    if not 0.0 < config.search.step_decrease < 1.0:
-        raise InputError(
-            f"config: search.step_decrease: expected a number in (0, 1), got {config.search.step_decrease}"
-        )
-    if any(width % config.fine.radix for width in config.fine.level_features):
-        raise InputError(
-            f"config: fine.level_features: expected multiples of radix {config.fine.radix}, "
-            f"got {list(config.fine.level_features)}"
-        )
-    if min(*config.rtpi.volume_shape) < 2 ** len(config.rtpi.volume_features):
-        raise InputError(
-            f"config: rtpi.volume_shape {list(config.rtpi.volume_shape)} is too small for "
-            f"{len(config.rtpi.volume_features)} halvings"
-        )
-    check_memory(sopi_bytes(config), "the SOPI networks")
 
 
 def sopi_bytes(config: SopiConfig) -> int:
