@@ -12,14 +12,12 @@ vary in z otherwise (the scene spans about 250 mm around the hip).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 from torch import Tensor
 
 from biplanar.data.implicit import scaled_distance, smooth_union
-from biplanar.data.parameters import RangedParameters, ranged
+from biplanar.data.parameters import RangedParameters
 from biplanar.geometry.volume_grid import VolumeGrid
 
 SKIN_MM = 2.0  # epidermis + dermis over the hip and thigh, about 1.5 to 3 mm
@@ -30,17 +28,17 @@ CROTCH_FILLET_MM = 30.0  # rounds the perineum between the thighs
 THIGH_DEPTH_RATIO = 0.85  # a thigh's antero-posterior semi-axis over the trunk's
 
 
-@dataclass(frozen=True)
-class BodyParameters(RangedParameters):
-    """Size of the body around the hips (ranges and sources: ``docs/data.md``). The skin lies
+class BodyParameters(RangedParameters, table="body"):
+    """Size of the body around the hips, mm; each field has its range in
+    ``resources/parameters/body.csv`` (sources: ``docs/data.md``). The skin lies
     ``subcutaneous_fat_mm + SKIN_MM`` outside the deep tissue (muscle) that the lateral and
     antero-posterior sizes bound."""
 
-    inter_acetabular_mm: float = ranged(180.0, 10.0, 160.0, 200.0)
-    lateral_muscle_mm: float = ranged(85.0, 6.0, 72.0, 105.0)
-    muscle_half_depth_mm: float = ranged(100.0, 10.0, 80.0, 125.0)
-    centre_anterior_mm: float = ranged(-10.0, 5.0, -20.0, 0.0)
-    subcutaneous_fat_mm: float = ranged(18.0, 7.0, 5.0, 35.0)
+    inter_acetabular_mm: float
+    lateral_muscle_mm: float
+    muscle_half_depth_mm: float
+    centre_anterior_mm: float
+    subcutaneous_fat_mm: float
 
     @property
     def half_width_mm(self) -> float:

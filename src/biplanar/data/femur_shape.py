@@ -33,7 +33,7 @@ from biplanar.data.implicit import (
     smoothstep,
     sphere,
 )
-from biplanar.data.parameters import RangedParameters, ranged
+from biplanar.data.parameters import RangedParameters
 
 # The anatomical shaft axis leans 7 deg from vertical in the coronal plane, proximal end lateral
 # (standing; the anatomical axis is ~6 deg off the mechanical axis, itself ~3 deg off vertical).
@@ -50,28 +50,28 @@ SUBTROCHANTERIC_BELOW_LT_MM = 15.0  # level of shaft_radius_mm below the lesser 
 BOW_START_BELOW_LT_MM = 60.0
 
 
-@dataclass(frozen=True)
-class FemurParameters(RangedParameters):
-    """Shape of one right proximal femur (ranges and sources: ``docs/data.md``)."""
+class FemurParameters(RangedParameters, table="femur"):
+    """Shape of one right proximal femur; each field (mm, deg or a ratio, as its name says) has its
+    range in ``resources/parameters/femur.csv`` (sources: ``docs/data.md``)."""
 
-    head_radius_mm: float = ranged(23.5, 1.7, 20.0, 27.0)
-    neck_shaft_angle_deg: float = ranged(128.0, 5.5, 115.0, 140.0)
-    anteversion_deg: float = ranged(12.0, 7.0, 0.0, 30.0)
-    femoral_offset_mm: float = ranged(41.0, 4.5, 32.0, 50.0)
-    neck_length_mm: float = ranged(34.0, 3.0, 28.0, 42.0)
-    neck_width_ratio: float = ranged(0.74, 0.04, 0.64, 0.82)
-    neck_aspect_ratio: float = ranged(0.82, 0.05, 0.70, 0.92)
-    shaft_radius_mm: float = ranged(14.0, 1.0, 12.0, 16.5)
-    shaft_taper_mm_per_100mm: float = ranged(1.0, 0.4, 0.0, 2.0)
-    shaft_bow_radius_mm: float = ranged(950.0, 230.0, 600.0, 1600.0)
-    gt_height_mm: float = ranged(3.0, 4.0, -7.0, 12.0)
-    gt_lateral_flare_mm: float = ranged(4.5, 1.5, 2.0, 8.0)
-    gt_depth_mm: float = ranged(34.0, 3.0, 28.0, 42.0)
-    lt_distance_mm: float = ranged(56.0, 5.0, 45.0, 68.0)
-    lt_prominence_mm: float = ranged(11.0, 2.0, 7.0, 15.0)
-    lt_angle_deg: float = ranged(40.0, 8.0, 20.0, 60.0)
-    cortex_proximal_mm: float = ranged(2.4, 0.3, 2.0, 3.2)
-    cortex_shaft_mm: float = ranged(5.5, 0.6, 4.5, 7.0)
+    head_radius_mm: float
+    neck_shaft_angle_deg: float
+    anteversion_deg: float
+    femoral_offset_mm: float
+    neck_length_mm: float
+    neck_width_ratio: float
+    neck_aspect_ratio: float
+    shaft_radius_mm: float
+    shaft_taper_mm_per_100mm: float
+    shaft_bow_radius_mm: float
+    gt_height_mm: float
+    gt_lateral_flare_mm: float
+    gt_depth_mm: float
+    lt_distance_mm: float
+    lt_prominence_mm: float
+    lt_angle_deg: float
+    cortex_proximal_mm: float
+    cortex_shaft_mm: float
 
     @classmethod
     def sample(cls, rng: np.random.Generator) -> FemurParameters:

@@ -8,29 +8,27 @@ femur rotates in the cup about the head centre, so the joint space stays concent
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 from torch import Tensor
 
 from biplanar.data.implicit import capsule, ellipsoid, smooth_intersection, smooth_union
-from biplanar.data.parameters import RangedParameters, ranged
+from biplanar.data.parameters import RangedParameters
 
 CORTEX_MM = 1.5  # pelvic cortical shell; the cup's subchondral plate is of the same order
 _RIM_DEPTH = 0.10  # the opening plane sits this fraction of the cup radius inside the centre
 
 
-@dataclass(frozen=True)
-class PelvisParameters(RangedParameters):
-    """Shape of the periacetabular pelvis (ranges and sources: ``docs/data.md``)."""
+class PelvisParameters(RangedParameters, table="pelvis"):
+    """Shape of the periacetabular pelvis; each field (mm or deg, as its name says) has its range in
+    ``resources/parameters/pelvis.csv`` (sources: ``docs/data.md``)."""
 
-    joint_space_mm: float = ranged(4.0, 0.6, 3.0, 5.5)
-    acetabular_inclination_deg: float = ranged(45.0, 4.0, 35.0, 55.0)
-    acetabular_anteversion_deg: float = ranged(18.0, 5.0, 8.0, 28.0)
-    acetabular_wall_mm: float = ranged(6.0, 1.0, 4.0, 8.0)
-    ischium_radius_mm: float = ranged(11.0, 1.5, 8.0, 14.0)
-    pubic_ramus_radius_mm: float = ranged(8.0, 1.0, 6.0, 10.0)
+    joint_space_mm: float
+    acetabular_inclination_deg: float
+    acetabular_anteversion_deg: float
+    acetabular_wall_mm: float
+    ischium_radius_mm: float
+    pubic_ramus_radius_mm: float
 
 
 def _points(first: list[float], second: list[float]) -> tuple[Tensor, Tensor]:
