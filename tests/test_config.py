@@ -13,7 +13,7 @@ from biplanar.errors import InputError
 from biplanar.layers.prost import ProST
 from biplanar.models.sopi.config import SopiConfig, load_sopi_config
 from biplanar.optimisation.intensity_registration import ProjectionObjective
-from biplanar.physics.drr import render_ct_radiograph, render_drr
+from biplanar.physics.drr import RadiographSettings, render_drr
 from biplanar.physics.polychromatic import render_polychromatic_drr
 from biplanar.pose.sopi import load_sopi_network
 from biplanar.training.checkpoints import bundled_models_dir, load_checkpoint, load_model
@@ -34,7 +34,7 @@ def test_presets_keep_their_samples_per_ray(preset, samples):
     [
         ProST,
         render_drr,
-        render_ct_radiograph,
+        RadiographSettings,
         render_polychromatic_drr,
         femur_masks,
         SimulationConfig,

@@ -245,6 +245,7 @@ def drr(
     from biplanar.io.volumes import read_volume  # lazy: CLI start-up time
     from biplanar.physics.drr import (  # lazy: CLI start-up time
         RADIOGRAPH_MODES,
+        RadiographSettings,
         render_ct_radiograph,
         render_drr,
     )
@@ -270,18 +271,8 @@ def drr(
     generator = torch.Generator().manual_seed(seed)
     try:
         if units == "hu":
-            image = render_ct_radiograph(
-                tensor,
-                views[view],
-                grid,
-                mode,
-                num_samples,
-                photons,
-                generator,
-                kvp,
-                aluminium_mm,
-                mu_water_per_mm,
-            )
+            settings = RadiographSettings(mode, num_samples, photons, kvp, aluminium_mm, mu_water_per_mm)
+            image = render_ct_radiograph(tensor, views[view], grid, settings, generator)
         else:
             image = render_drr(tensor, views[view], grid, mode, num_samples, photons, generator)
     except ValueError as error:

@@ -2,7 +2,10 @@
 
 Each command parses its options, calls one function of :mod:`biplanar.api` (``docs/api.md``) with
 the parsed values and prints a summary; it imports the API inside the command, so that
-``biplanar --help`` loads neither the API nor torch.
+``biplanar --help`` loads neither the API nor torch. A command's parameters are named as its API
+function's (the option's name may differ: ``--samples`` is ``num_samples``), so that a command
+whose options all go to the API forwards them as they are: ``options = locals()``, its first
+statement, is every option by parameter name.
 
 Every command exits 0 on success; on bad input it prints one line naming the file or field and
 exits 2 (``--debug`` shows the traceback instead); outputs are written atomically.
@@ -138,8 +141,8 @@ def drr(
     view: str = typer.Option("AP", help="Name of the view in the geometry file."),
     mode: DrrMode = typer.Option("line_integral", help="DRR values (CONTRACT section 3)."),
     units: VolumeUnits = typer.Option("hu", help="Volume values: HU, or mu in 1/mm."),
-    mu_water: float = typer.Option(0.02, help="Attenuation of water, 1/mm (for HU volumes)."),
-    samples: int = typer.Option(DEFAULT_NUM_SAMPLES, min=1, help="Samples per ray."),
+    mu_water_per_mm: float = typer.Option(0.02, "--mu-water", help="Attenuation of water, 1/mm (for HU volumes)."),
+    num_samples: int = typer.Option(DEFAULT_NUM_SAMPLES, "--samples", min=1, help="Samples per ray."),
     photons: float = typer.Option(1e5, min=1.0, help="Photons per pixel (mode poisson)."),
     seed: int = typer.Option(0, help="Noise seed (mode poisson)."),
     kvp: float = typer.Option(80.0, min=20.0, max=150.0, help="Tube voltage (mode polychromatic)."),
@@ -148,25 +151,11 @@ def drr(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out (and --preview)."),
 ) -> None:
     """Render a DRR of a volume for one view of a geometry file."""
+    options = locals()
     with _reporting_errors():
         from biplanar import api  # lazy: CLI start-up time
 
-        image = api.drr(
-            volume,
-            geometry,
-            out,
-            view=view,
-            mode=mode,
-            units=units,
-            mu_water_per_mm=mu_water,
-            num_samples=samples,
-            photons=photons,
-            seed=seed,
-            kvp=kvp,
-            aluminium_mm=aluminium_mm,
-            preview=preview,
-            overwrite=overwrite,
-        )
+        image = api.drr(**options)
         typer.echo(f"wrote {out} ({image.shape[0]} x {image.shape[1]}, min {image.min():.4g}, max {image.max():.4g})")
 
 
@@ -416,28 +405,11 @@ def register(
     ),
 ) -> None:
     """Register the atlas to two radiographs (DICOM or arrays); writes the outputs of docs/contract.md section 6."""
+    options = locals()
     with _reporting_errors():
         from biplanar import api  # lazy: CLI start-up time
 
-        result = api.register(
-            geometry,
-            ap,
-            lat,
-            out,
-            model=model,
-            atlas=atlas,
-            ap_mask=ap_mask,
-            lat_mask=lat_mask,
-            truth_labels=truth_labels,
-            refine=refine,
-            estimate_pose=estimate_pose,
-            pose_method=pose_method,
-            side=side,
-            intensity=intensity,
-            air_level=air_level,
-            segmentation_model=segmentation_model,
-            mesh_format=mesh_format,
-        )
+        result = api.register(**options)
         scores = {key: result.report[key] for key in ("dice", "assd_mm") if result.report.get(key) is not None}
         summary = ", ".join(f"{key} {value:.3f}" for key, value in scores.items())
         typer.echo(f"wrote {out} in {result.report['timings_s']['total']:.1f} s" + (f" ({summary})" if summary else ""))
@@ -456,20 +428,11 @@ def segment(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out."),
 ) -> None:
     """Segment the femur on one radiograph with the bundled 2D network (what register does without masks)."""
+    options = locals()
     with _reporting_errors():
         from biplanar import api  # lazy: CLI start-up time
 
-        mask = api.segment(
-            image,
-            out,
-            geometry=geometry,
-            view=view,
-            side=side,
-            intensity=intensity,
-            air_level=air_level,
-            segmentation_model=segmentation_model,
-            overwrite=overwrite,
-        )
+        mask = api.segment(**options)
         typer.echo(f"wrote {out} ({int(mask.sum())} femur pixels of {mask.size})")
 
 
@@ -550,9 +513,9 @@ def pose(
     method: PoseMethod = typer.Option("opt-gc", help="Optimisation baseline, or SOPI (+ Opt-GC refinement)."),
     init_pose: Path | None = typer.Option(None, help="JSON with the starting 4x4 'matrix' (e.g. a pose.json)."),
     units: VolumeUnits = typer.Option("hu", help="CT values: HU, or mu in 1/mm."),
-    mu_water: float = typer.Option(0.02, help="Attenuation of water, 1/mm (for HU volumes)."),
-    levels: str = typer.Option(
-        "12,6", help="Resolution levels, mm at the CT centre, coarse to fine (comma-separated)."
+    mu_water_per_mm: float = typer.Option(0.02, "--mu-water", help="Attenuation of water, 1/mm (for HU volumes)."),
+    levels_mm: str = typer.Option(
+        "12,6", "--levels", help="Resolution levels, mm at the CT centre, coarse to fine (comma-separated)."
     ),
     evaluations: int = typer.Option(150, min=0, help="CMA-ES evaluations per level."),
     refine_steps: int = typer.Option(10, min=0, help="L-BFGS iterations at the finest level."),
@@ -569,32 +532,15 @@ def pose(
     ),
 ) -> None:
     """Estimate the rigid pose of a CT to one or two radiographs; writes the pose and a corrected geometry."""
+    options = locals()
     with _reporting_errors():
         from biplanar import api  # lazy: CLI start-up time
 
         try:
-            sizes = tuple(float(size) for size in levels.split(","))
+            options["levels_mm"] = tuple(float(size) for size in levels_mm.split(","))
         except ValueError as error:
             raise InputError(f"--levels/--evaluations/--sigma: {error}") from None
-        report = api.estimate_pose(
-            ct,
-            geometry,
-            ap,
-            out,
-            lat=lat,
-            method=method,
-            init_pose=init_pose,
-            units=units,
-            mu_water_per_mm=mu_water,
-            levels_mm=sizes,
-            evaluations=evaluations,
-            refine_steps=refine_steps,
-            sigma_deg=sigma_deg,
-            sigma_mm=sigma_mm,
-            rtpi=rtpi,
-            fine=fine,
-            overwrite=overwrite,
-        )
+        report = api.estimate_pose(**options)
         params = report.document["params"]
         rotation = ", ".join(f"{value:.2f}" for value in params["rotation_deg"])
         translation = ", ".join(f"{value:.2f}" for value in params["translation_mm"])
@@ -616,7 +562,7 @@ def evaluate_pose(
         None, help="lumbar and/or femur (repeat or comma-separate; default both)."
     ),
     ranges: list[str] | None = typer.Option(None, help="Pose ranges small and/or wide (default both)."),
-    n: int = typer.Option(10, min=1, help="Cases per dataset and range."),
+    cases: int = typer.Option(10, "--n", min=1, help="Cases per dataset and range."),
     seed: int = typer.Option(0, min=0, help="Seed of the true poses."),
     methods: list[str] | None = typer.Option(
         None, help="opt-gc, opt-ncc, opt-ngi, sopi, sopi+opt (default: the three optimisation baselines)."
@@ -632,22 +578,12 @@ def evaluate_pose(
     max_levels: int | None = typer.Option(None, min=1, help="Use only the coarsest N levels of each dataset."),
 ) -> None:
     """Rigid pose accuracy (SOPI's Table 1 style) on the real lumbar CT and femur phantoms."""
+    options = locals()
     with _reporting_errors():
         from biplanar import api  # lazy: CLI start-up time
 
-        rows = api.evaluate_pose(
-            out,
-            datasets=_names(datasets),
-            ranges=_names(ranges),
-            cases=n,
-            seed=seed,
-            methods=_names(methods),
-            rtpi=rtpi,
-            fine=fine,
-            evaluations=evaluations,
-            refine_steps=refine_steps,
-            max_levels=max_levels,
-        )
+        names = {"datasets": _names(datasets), "ranges": _names(ranges), "methods": _names(methods)}
+        rows = api.evaluate_pose(**{**options, **names})
         typer.echo((out / "summary.md").read_text().rstrip())
         typer.echo(f"wrote {out}: cases.csv ({len(rows)} rows), summary.md")
 

@@ -31,7 +31,7 @@ from biplanar.physics.clinical_appearance import (
     to_photometric,
     unsharp_mask,
 )
-from biplanar.physics.drr import render_ct_radiograph
+from biplanar.physics.drr import RadiographSettings, render_ct_radiograph
 
 DOUBLE = torch.float64
 
@@ -204,6 +204,21 @@ def test_appearance_draws_are_reproducible_and_in_range():
         ClinicalAppearance(photometric="PALETTE")
 
 
+def test_appearance_ranges_come_from_the_fields():
+    numeric = [f for f in dataclasses.fields(ClinicalAppearance) if f.name != "photometric"]
+    assert list(APPEARANCE_RANGES) == [f.name for f in numeric]
+    for f in numeric:
+        low, high = APPEARANCE_RANGES[f.name]
+        assert low <= f.default <= high, f.name  # the defaults lie in their ranges
+
+
+def test_appearance_draws_are_unchanged_for_a_fixed_seed():
+    """Seed 0's draw (simulated datasets are reproducible from their seeds: it must not move)."""
+    drawn = ClinicalAppearance.draw(np.random.default_rng(0))
+    assert (drawn.kvp, drawn.aluminium_mm, drawn.photometric) == (81.0, 2.9, "MONOCHROME2")
+    assert (drawn.scatter_to_primary, drawn.window_high_percent) == (1.0819470478723894, 99.77166384892882)
+
+
 def test_clinical_radiograph_is_a_12_bit_log_image_and_deterministic():
     line_integral = _phantom_line_integral()
     appearance = ClinicalAppearance()
@@ -228,12 +243,11 @@ def test_render_ct_radiograph_clinical_mode():
     hu[..., 8:16, 8:16, 8:16] = 1500.0
     view = biplanar_pair(image_shape=(40, 32), pixel_spacing_mm=(3.0, 3.0), isocenter_mm=grid.centre_world)["AP"]
     appearance = dataclasses.replace(ClinicalAppearance(), kvp=70.0, photometric="MONOCHROME2")
-    image = render_ct_radiograph(
-        hu, view, grid, "clinical", 64, generator=torch.Generator().manual_seed(0), appearance=appearance
-    )
+    settings = RadiographSettings("clinical", 64)
+    image = render_ct_radiograph(hu, view, grid, settings, torch.Generator().manual_seed(0), appearance)
     assert image.shape == (1, 1, 40, 32)
     assert torch.equal(image, image.round()) and float(image.min()) >= 0.0 and float(image.max()) <= 4095.0
     assert float(image[0, 0, 20, 16]) > float(image[0, 0, 2, 2])  # the cube is brighter than the margin
     bare = ProjectionView(view.matrix, view.image_shape, "AP")  # no C-arm pose: no pixel spacing
     with pytest.raises(ValueError, match="C-arm pose"):
-        render_ct_radiograph(hu, bare, grid, "clinical", 64)
+        render_ct_radiograph(hu, bare, grid, settings)

@@ -90,7 +90,7 @@ from biplanar.io.json_files import read_json, write_json
 from biplanar.io.volumes import write_volume
 from biplanar.layers.prost import ProST
 from biplanar.physics.clinical_appearance import BITS_STORED, INTENSITY_SIGN, ClinicalAppearance, to_photometric
-from biplanar.physics.drr import render_ct_radiograph
+from biplanar.physics.drr import RadiographSettings, render_ct_radiograph
 from biplanar.progress import progress_bar
 
 GEOMETRIES = ("orthogonal", "generalized", "mixed")
@@ -172,6 +172,12 @@ class SimulationConfig:
                 f">= 1 expected, got {self.photons}, {self.kvp}, {self.aluminium_mm}, "
                 f"{self.num_samples}"
             )
+
+    @property
+    def radiograph(self) -> RadiographSettings:
+        """How the radiographs are rendered: ``mode``, ``num_samples``, ``photons``, ``kvp`` and
+        ``aluminium_mm`` (water at :data:`~biplanar.physics.attenuation.MU_WATER_PER_MM`)."""
+        return RadiographSettings(self.mode, self.num_samples, self.photons, self.kvp, self.aluminium_mm)
 
     @property
     def image_shape(self) -> tuple[int, int]:
@@ -376,18 +382,7 @@ def render_radiographs(
     generator = torch.Generator().manual_seed(noise_seed)
     with torch.no_grad():
         images = {
-            name: render_ct_radiograph(
-                hu,
-                view,
-                grid,
-                config.mode,
-                config.num_samples,
-                config.photons,
-                generator,
-                config.kvp,
-                config.aluminium_mm,
-                appearance=appearance,
-            )
+            name: render_ct_radiograph(hu, view, grid, config.radiograph, generator, appearance)
             for name, view in views.items()
         }
     return {name: image[0, 0].numpy() for name, image in images.items()}

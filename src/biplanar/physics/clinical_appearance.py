@@ -72,32 +72,26 @@ GAUSSIAN_TRUNCATE = 4.0  # Gaussian kernels are cut at this many standard deviat
 MIN_QUANTA = 0.5  # detected quanta floor of the log (a pixel that detected none)
 DIRECT_EXPOSURE_LINE_INTEGRAL = 0.1  # L at or below this (about 5 mm of soft tissue): no anatomy on the ray
 ArrayT = TypeVar("ArrayT", Tensor, np.ndarray)
-# Documented range of each numeric parameter of ClinicalAppearance (inclusive); draws are uniform in
-# them (kvp rounded to 1 kV, aluminium_mm to 0.1 mm). Sources: docs/data.md, "Clinical appearance".
-APPEARANCE_RANGES: dict[str, tuple[float, float]] = {
-    "kvp": (65.0, 90.0),
-    "aluminium_mm": (2.5, 4.0),
-    "scatter_to_primary": (1.0, 3.0),
-    "scatter_width_mm": (15.0, 60.0),
-    "detector_kerma_ugy": (1.25, 5.0),
-    "electronic_noise_ugy": (0.02, 0.3),
-    "mtf50_per_mm": (1.0, 3.0),
-    "edge_gain": (0.0, 1.5),
-    "edge_sigma_mm": (1.0, 4.0),
-    "latitude_gain": (0.0, 3.0),
-    "latitude_sigma_mm": (10.0, 50.0),
-    "window_low_percent": (0.1, 3.0),
-    "window_high_percent": (99.0, 99.9),
-}
+_RANGE, _DECIMALS = "appearance_range", "draw_decimals"  # field metadata keys of ClinicalAppearance
+
+
+def _drawn(default: float, low: float, high: float, decimals: int | None = None) -> Any:
+    """A numeric field of :class:`ClinicalAppearance`: its ``default``, its documented range
+    ``[low, high]`` (inclusive: checked on construction, draws uniform in it) and the number of
+    ``decimals`` a draw is rounded to (``None``: not rounded), in the field's unit."""
+    return dataclasses.field(default=default, metadata={_RANGE: (low, high), _DECIMALS: decimals})
 
 
 @dataclass(frozen=True)
 class ClinicalAppearance:
     """How one case's clinical radiographs look (module doc; ranges: :data:`APPEARANCE_RANGES`).
 
+    Each numeric field states its default and its documented range (inclusive; sources:
+    ``docs/data.md``, "Clinical appearance"), in which :meth:`draw` draws it uniformly.
+
     Attributes:
-        kvp: tube voltage, kV.
-        aluminium_mm: total tube filtration, mm of aluminium.
+        kvp: tube voltage, kV (draws step in 1 kV, as generators do).
+        aluminium_mm: total tube filtration, mm of aluminium (draws step in 0.1 mm).
         scatter_to_primary: scatter-to-primary ratio of a uniform patch (the kernel's integral).
         scatter_width_mm: scale of the scatter kernel at the detector, mm (its Gaussians have
             standard deviations of 0.5 and 2 times it).
@@ -110,23 +104,23 @@ class ClinicalAppearance:
         photometric: ``MONOCHROME1`` or ``MONOCHROME2``, how a file stores the image.
     """
 
-    kvp: float = 75.0
-    aluminium_mm: float = 3.0
-    scatter_to_primary: float = 2.0
-    scatter_width_mm: float = 30.0
-    detector_kerma_ugy: float = 2.5
-    electronic_noise_ugy: float = 0.1
-    mtf50_per_mm: float = 1.5
-    edge_gain: float = 0.6
-    edge_sigma_mm: float = 2.0
-    latitude_gain: float = 1.0
-    latitude_sigma_mm: float = 25.0
-    window_low_percent: float = 1.0
-    window_high_percent: float = 99.5
+    kvp: float = _drawn(75.0, 65.0, 90.0, decimals=0)
+    aluminium_mm: float = _drawn(3.0, 2.5, 4.0, decimals=1)
+    scatter_to_primary: float = _drawn(2.0, 1.0, 3.0)
+    scatter_width_mm: float = _drawn(30.0, 15.0, 60.0)
+    detector_kerma_ugy: float = _drawn(2.5, 1.25, 5.0)
+    electronic_noise_ugy: float = _drawn(0.1, 0.02, 0.3)
+    mtf50_per_mm: float = _drawn(1.5, 1.0, 3.0)
+    edge_gain: float = _drawn(0.6, 0.0, 1.5)
+    edge_sigma_mm: float = _drawn(2.0, 1.0, 4.0)
+    latitude_gain: float = _drawn(1.0, 0.0, 3.0)
+    latitude_sigma_mm: float = _drawn(25.0, 10.0, 50.0)
+    window_low_percent: float = _drawn(1.0, 0.1, 3.0)
+    window_high_percent: float = _drawn(99.5, 99.0, 99.9)
     photometric: str = "MONOCHROME1"
 
     def __post_init__(self) -> None:
-        for name, (low, high) in APPEARANCE_RANGES.items():
+        for name, (low, high) in self.ranges().items():
             value = getattr(self, name)
             if not low <= value <= high:
                 raise ValueError(f"{name}: expected {low:g} to {high:g}, got {value!r}")
@@ -136,19 +130,29 @@ class ClinicalAppearance:
             )
 
     @classmethod
+    def ranges(cls) -> dict[str, tuple[float, float]]:
+        """Numeric field name -> its documented ``(low, high)`` range (inclusive), in field order."""
+        return {f.name: f.metadata[_RANGE] for f in dataclasses.fields(cls) if _RANGE in f.metadata}
+
+    @classmethod
     def draw(cls, rng: np.random.Generator) -> ClinicalAppearance:
-        """One case's parameters: each uniform in its range, the photometric interpretation 50/50."""
-        values: dict[str, Any] = {
-            name: float(rng.uniform(low, high)) for name, (low, high) in APPEARANCE_RANGES.items()
-        }
-        values["kvp"] = float(round(values["kvp"]))  # generators step in 1 kV
-        values["aluminium_mm"] = round(values["aluminium_mm"], 1)
+        """One case's parameters: each numeric field uniform in its range (in field order, rounded
+        to its decimals), then the photometric interpretation 50/50."""
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            if _RANGE in f.metadata:
+                value, decimals = float(rng.uniform(*f.metadata[_RANGE])), f.metadata[_DECIMALS]
+                values[f.name] = value if decimals is None else round(value, decimals)
         values["photometric"] = PHOTOMETRIC_INTERPRETATIONS[int(rng.integers(len(PHOTOMETRIC_INTERPRETATIONS)))]
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
         """Field name -> value (JSON-ready)."""
         return dataclasses.asdict(self)
+
+
+# Documented range of each numeric parameter of ClinicalAppearance (inclusive), from its fields.
+APPEARANCE_RANGES: dict[str, tuple[float, float]] = ClinicalAppearance.ranges()
 
 
 def _convolve_last_axis(image: Tensor, kernel: Tensor) -> Tensor:
