@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from biplanar.models.blocks import NEGATIVE_SLOPE, conv_block_2d
+from biplanar.models.blocks import NEGATIVE_SLOPE, OneDnnConv2d, OneDnnConv3d, conv_block_2d
 from biplanar.models.sopi.config import SopiConfig
 from biplanar.physics.attenuation import MU_WATER_PER_MM
 
@@ -41,10 +41,10 @@ def standardise(image: Tensor, eps: float = 1e-6) -> Tensor:
 def _conv_block_3d(in_channels: int, out_channels: int) -> nn.Sequential:
     """Two 3x3x3 convolutions with batch norm and LeakyReLU, then 2x average pooling."""
     return nn.Sequential(
-        nn.Conv3d(in_channels, out_channels, 3, padding=1, bias=False),
+        OneDnnConv3d(in_channels, out_channels, 3, padding=1, bias=False),
         nn.BatchNorm3d(out_channels),
         nn.LeakyReLU(NEGATIVE_SLOPE),
-        nn.Conv3d(out_channels, out_channels, 3, padding=1, bias=False),
+        OneDnnConv3d(out_channels, out_channels, 3, padding=1, bias=False),
         nn.BatchNorm3d(out_channels),
         nn.LeakyReLU(NEGATIVE_SLOPE),
         nn.AvgPool3d(2),
@@ -84,10 +84,10 @@ class ResidualBlock2d(Residual2d):
 
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1) -> None:
         body = nn.Sequential(
-            nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
+            OneDnnConv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
             nn.BatchNorm2d(out_channels),
             nn.LeakyReLU(NEGATIVE_SLOPE),
-            nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
+            OneDnnConv2d(out_channels, out_channels, 3, padding=1, bias=False),
             nn.BatchNorm2d(out_channels),
         )
         super().__init__(body, in_channels, out_channels, stride)
