@@ -36,6 +36,7 @@ from pathlib import Path
 
 import torch
 from harness import run_cli, spawn_job
+from torch.utils.flop_counter import FlopCounterMode, conv_flop_count, register_flop_formula
 
 from biplanar.config import load_config
 from biplanar.data.atlas import load_atlas
@@ -43,6 +44,14 @@ from biplanar.data.simulate import SimulationConfig, simulate_case
 from biplanar.geometry import biplanar_pair
 from biplanar.models.network import AtlasRegistrationNet
 from biplanar.training.losses import RegistrationLoss
+
+
+@register_flop_formula(torch.ops.aten.mkldnn_convolution)
+def _onednn_convolution_flops(x_shape, w_shape, bias, padding, stride, dilation, groups, *, out_shape=None, **kwargs):
+    """FLOPs of the oneDNN convolution the network's layers call (``OneDnnConv3d``): those of
+    ``aten.convolution``, which alone ``FlopCounterMode`` knows."""
+    return conv_flop_count(x_shape, w_shape, out_shape, transposed=False)
+
 
 SIZES = ("tiny", "lite", "paper")
 PAPER_GFLOPS = 722.0  # Van Houtte et al. 2022, the network's cost per forward pass
@@ -131,8 +140,6 @@ def run_job(job: Job) -> dict:
     network, steps = build_case(job.size)
     result = {"parameters": sum(p.numel() for p in network.parameters())}
     if job.kind == "flops":
-        from torch.utils.flop_counter import FlopCounterMode
-
         counter = FlopCounterMode(display=False)
         with counter:
             steps["forward"]()
