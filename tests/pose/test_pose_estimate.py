@@ -22,7 +22,13 @@ from biplanar.io.volumes import read_volume
 from biplanar.layers.prost import ProST
 from biplanar.physics.attenuation import hu_to_mu
 from biplanar.pose.baselines import OptimisationConfig
-from biplanar.pose.estimate import check_rigid, compose_view, correct_views, read_initial_pose
+from biplanar.pose.estimate import (
+    check_rigid,
+    compose_each_view,
+    compose_view,
+    estimate_view_rotations,
+    read_initial_pose,
+)
 from biplanar.pose.similarity import ncc
 
 SMALL_CT = Path(__file__).parents[1] / "data" / "real_ct" / "lumbar_ct_small.nii.gz"
@@ -76,7 +82,7 @@ def test_check_rigid_and_read_initial_pose(tmp_path):
 
 
 def test_per_view_correction_recovers_an_erroneous_c_arm_angle(small_ct):
-    """The LAT radiograph was taken at 93 deg; the geometry says 90. Per-view mode rotates about the isocentre."""
+    """The LAT radiograph was taken at 93 deg; the geometry says 90: the estimate rotates about the isocentre."""
     mu, grid = small_ct
     iso = tuple(grid.centre_world)
     stated = ProjectionView.from_carm(
@@ -87,7 +93,8 @@ def test_per_view_correction_recovers_an_erroneous_c_arm_angle(small_ct):
     )
     radiograph = drr(actual, mu, grid)[0, 0]
     config = OptimisationConfig(levels_mm=(12.0, 6.0), sigma_deg=3.0, max_evaluations=80, refine_steps=5)
-    corrected = correct_views(mu, grid, {"LAT": radiograph}, {"LAT": stated}, mode="per_view", config=config)["LAT"]
+    rotations = estimate_view_rotations(mu, grid, {"LAT": radiograph}, {"LAT": stated}, config=config)
+    corrected = compose_each_view({"LAT": stated}, rotations)["LAT"]
     points = grid.corners_world()[[0, 3, 5, 6]]
     uv_corrected, _ = corrected.project(torch.from_numpy(points))
     uv_actual, _ = actual.project(torch.from_numpy(points))
@@ -98,13 +105,6 @@ def test_per_view_correction_recovers_an_erroneous_c_arm_angle(small_ct):
     torch.testing.assert_close(
         corrected.project(torch.tensor([iso]))[0], actual.project(torch.tensor([iso]))[0], atol=1e-6, rtol=0
     )
-
-
-def test_correct_views_rejects_an_unknown_mode(small_ct):
-    mu, grid = small_ct
-    views = biplanar_pair(image_shape=DETECTOR, pixel_spacing_mm=PIXEL_MM)
-    with pytest.raises(ValueError, match="mode: expected one of joint, per_view"):
-        correct_views(mu, grid, {name: torch.zeros(DETECTOR) for name in views}, views, mode="each")
 
 
 # --- the command ------------------------------------------------------------------------------

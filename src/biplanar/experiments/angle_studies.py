@@ -4,7 +4,7 @@ Fig. 3 (:func:`angle_error_rows`): the test cases of the orthogonal dataset (AP 
 degrees) are registered by the full model with the LAT view given to the network at the wrong
 angle ``90 + error`` (the radiographs stay those of the true angle); once as given
 (``correction = none``), once after per-view pose correction (``correction = per_view``):
-:func:`biplanar.pose.estimate.correct_views` in ``per_view`` mode with Opt-GC re-estimates, for
+:func:`biplanar.pose.estimate.estimate_view_rotations` with Opt-GC re-estimates, for
 each view alone, a rotation of that view about its isocentre that makes the DRR of the atlas's
 whole-body CT (the only CT known at registration time) match that view's unmasked radiograph; the
 network then runs with the corrected views. The search corrects both views, as a user who does not
@@ -35,7 +35,7 @@ from biplanar.geometry.presets import AP_LAO_RAO_DEG, LAT_LAO_RAO_DEG, VIEW_NAME
 from biplanar.geometry.projection import ProjectionView, view_angles_deg
 from biplanar.geometry.volume_grid import VolumeGrid
 from biplanar.physics.attenuation import hu_to_mu
-from biplanar.pose.estimate import correct_views
+from biplanar.pose.estimate import compose_each_view, estimate_view_rotations
 
 CORRECTIONS = ("none", "per_view")
 CORRECTION_METHOD = "opt-gc"
@@ -124,9 +124,10 @@ def angle_error_rows(
                 }
             )
             started = time.perf_counter()
-            corrected = correct_views(
-                atlas_mu, atlas.grid, radiographs, given, CORRECTION_METHOD, mode="per_view", config=correction_config
+            rotations = estimate_view_rotations(
+                atlas_mu, atlas.grid, radiographs, given, CORRECTION_METHOD, correction_config
             )
+            corrected = compose_each_view(given, rotations)
             seconds = time.perf_counter() - started
             rows.append(
                 {

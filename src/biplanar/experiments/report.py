@@ -492,7 +492,7 @@ def _fig3_section(inputs: ReportInputs, summary: list[dict[str, Any]], out_dir: 
         "",
         f"The full model ({_origin(inputs.models[FULL.name])}) registers the orthogonal test cases (AP at 0, "
         f"LAT at 90 deg) while told that the LAT view is at 90 + error deg; the radiographs stay those of the "
-        f'true angles. *Corrected*: before the network, `correct_views(..., mode="per_view")` re-estimates, '
+        f"true angles. *Corrected*: before the network, `estimate_view_rotations` re-estimates, "
         f"for each view alone, a rotation of the view about its isocentre by Opt-GC between the atlas's "
         f"whole-body CT and the unmasked radiograph. The residual is the LAO/RAO angle of the corrected LAT "
         f"view minus the true 90 deg. Stage `fig3_angle_error` (per case in its `cases.csv`, summary in "

@@ -45,7 +45,6 @@ from biplanar.training.checkpoints import bundled_models_dir
 
 SOPI_METHODS = ("sopi", "sopi+opt")
 POSE_METHODS = (*METHODS, *SOPI_METHODS)
-CORRECTION_MODES = ("joint", "per_view")
 RIGID_TOLERANCE = 1e-4  # max |R^T R - I| and |last row - (0, 0, 0, 1)| of an initial pose
 OVERLAY_EDGE_COLOUR = (255, 60, 40)
 OVERLAY_EDGE_SIGMA_PX = 1.5  # Canny smoothing of the DRR, detector pixels
@@ -103,49 +102,13 @@ def view_isocentre(view: ProjectionView, fallback_mm: np.ndarray) -> np.ndarray:
     return np.asarray(fallback_mm, dtype=np.float64)
 
 
-def correct_views(
-    volume_mu: Tensor | np.ndarray,
-    grid: VolumeGrid,
-    radiographs: Mapping[str, Tensor | np.ndarray],
-    views: Mapping[str, ProjectionView],
-    method: str = "opt-gc",
-    mode: str = "joint",
-    initial_pose: Tensor | None = None,
-    config: OptimisationConfig | None = None,
-    progress: Callable[[str], None] | None = None,
+def compose_each_view(
+    views: Mapping[str, ProjectionView], estimates: Mapping[str, PoseEstimate]
 ) -> dict[str, ProjectionView]:
-    """Correct the calibration of views (e.g. a biplanar pair) so that a CT projects onto its radiographs.
-
-    Modes:
-
-    - ``"joint"``: one patient pose ``A`` (6 DoF) from all views together; ``P'_v = P_v A``. Use it
-      when the views are calibrated to each other but the CT sits elsewhere in the C-arm frame.
-    - ``"per_view"``: for each view alone, a rotation ``A_v`` (3 DoF) about that view's isocentre
-      (its C-arm ``isocenter_mm``, else the CT centre); ``P'_v = P_v A_v``. This is the model of an
-      erroneous angle of that view: rotating the C-arm by ``Q`` about the isocentre is the same
-      projection as rotating the CT by ``Q^-1`` about it.
-
-    Args:
-        volume_mu: ``(I, J, K)`` CT (or atlas) attenuation, 1/mm, on ``grid``.
-        grid: its voxel grid.
-        radiographs: view name -> ``(rows, cols)`` radiograph.
-        views: view name -> calibrated view (same names).
-        method: an optimisation baseline of :data:`~biplanar.pose.baselines.METHODS`.
-        mode: ``"joint"`` or ``"per_view"``.
-        initial_pose: ``(4, 4)`` starting pose of the CT (joint mode; identity if ``None``).
-        config: optimisation settings (default :class:`~biplanar.pose.baselines.OptimisationConfig`).
-        progress: called with a line of text after each stage.
-
-    Returns:
-        view name -> corrected view (matrix only).
-    """
-    if mode not in CORRECTION_MODES:
-        raise ValueError(f"mode: expected one of {', '.join(CORRECTION_MODES)}, got {mode!r}")
-    if mode == "joint":
-        estimate = run_baseline(method, volume_mu, grid, radiographs, views, initial_pose, config, progress=progress)
-        return compose_views(views, estimate.matrix)
-    rotations = estimate_view_rotations(volume_mu, grid, radiographs, views, method, config, progress)
-    return {name: compose_view(view, rotations[name].matrix) for name, view in views.items()}
+    """Each view composed with its own estimate (:func:`compose_view`): the views corrected by
+    :func:`estimate_view_rotations`. (One pose for all views, the joint correction:
+    ``compose_views(views, run_baseline(...).matrix)``.)"""
+    return {name: compose_view(view, estimates[name].matrix) for name, view in views.items()}
 
 
 def estimate_view_rotations(
@@ -157,11 +120,13 @@ def estimate_view_rotations(
     config: OptimisationConfig | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, PoseEstimate]:
-    """The ``per_view`` mode of :func:`correct_views`, with each view's estimate.
+    """The calibration error of each view alone, as a rotation of the CT about the view's isocentre.
 
-    For each view alone, the rotation ``A_v`` (3 DoF, translations fixed) of the CT about that
-    view's isocentre (:func:`view_isocentre`) that best matches its radiograph; the corrected view
-    is ``compose_view(view, A_v.matrix)``.
+    For each view, the rotation ``A_v`` (3 DoF, translations fixed) of the CT about that view's
+    isocentre (:func:`view_isocentre`: its C-arm ``isocenter_mm``, else the CT centre) that best
+    matches its radiograph; the corrected view is ``P'_v = P_v A_v`` (:func:`compose_each_view`).
+    This models an erroneous angle of that view: rotating the C-arm by ``Q`` about the isocentre
+    gives the same projection as rotating the CT by ``Q^-1`` about it.
 
     Args:
         volume_mu: ``(I, J, K)`` or ``(1, 1, I, J, K)`` CT (or atlas) attenuation, 1/mm, on ``grid``.
