@@ -125,9 +125,9 @@ def test_a_left_femur_registers_as_the_right_one_does(case, tmp_path):
             folder / f"{side}_AP.npy",
             folder / f"{side}_LAT.npy",
             tmp_path / f"out_{side}",
-            ap_mask_path=folder / f"{side}_AP_mask.npy",
-            lat_mask_path=folder / f"{side}_LAT_mask.npy",
-            truth_labels_path=truth,
+            ap_mask=folder / f"{side}_AP_mask.npy",
+            lat_mask=folder / f"{side}_LAT_mask.npy",
+            truth_labels=truth,
             side=side,
             progress=False,
         )
@@ -162,9 +162,9 @@ def test_a_transmission_array_is_recognised_by_auto(case, tmp_path):
         folder / "AP.npy",
         folder / "LAT.npy",
         tmp_path / "out",
-        ap_mask_path=folder / "AP_mask.npy",
-        lat_mask_path=folder / "LAT_mask.npy",
-        truth_labels_path=case["folder"] / "labels.nii.gz",
+        ap_mask=folder / "AP_mask.npy",
+        lat_mask=folder / "LAT_mask.npy",
+        truth_labels=case["folder"] / "labels.nii.gz",
         progress=False,
     )
     route = result.report["inputs"]["assumptions"]["views"]["AP"]["intensity"]
@@ -186,12 +186,12 @@ def test_bad_clinical_inputs_are_refused_in_one_line(case, tmp_path, defect, mes
     simulated = case["simulated"]
     write_view_files(tmp_path, simulated.views, simulated.radiographs, simulated.masks)
     arguments = {
-        "geometry_path": tmp_path / "geometry.json",
-        "ap_mask_path": tmp_path / "AP_mask.npy",
-        "lat_mask_path": tmp_path / "LAT_mask.npy",
+        "geometry": tmp_path / "geometry.json",
+        "ap_mask": tmp_path / "AP_mask.npy",
+        "lat_mask": tmp_path / "LAT_mask.npy",
     }
     if defect == "no geometry":
-        arguments["geometry_path"] = None
+        arguments["geometry"] = None
     elif defect == "constant":
         write_image(tmp_path / "AP.npy", np.full((112, 80), 3.0, dtype=np.float32))
     elif defect == "inverted":  # bone dark; noise, so that the air is no flat maximum (that would be "clipped")
@@ -204,9 +204,9 @@ def test_bad_clinical_inputs_are_refused_in_one_line(case, tmp_path, defect, mes
         arguments["side"] = "up"
     with pytest.raises(Exception, match=message.replace("[", r"\[").replace("]", r"\]")) as raised:
         register(
-            ap_path=tmp_path / "AP.npy",
-            lat_path=tmp_path / "LAT.npy",
-            out_dir=tmp_path / "out",
+            ap=tmp_path / "AP.npy",
+            lat=tmp_path / "LAT.npy",
+            out=tmp_path / "out",
             progress=False,
             **arguments,
         )
@@ -231,8 +231,8 @@ def test_surfaces_are_the_atlas_mesh_carried_smooth_and_in_correspondence(case, 
             folder / "AP.npy",
             folder / "LAT.npy",
             out,
-            ap_mask_path=folder / "AP_mask.npy",
-            lat_mask_path=folder / "LAT_mask.npy",
+            ap_mask=folder / "AP_mask.npy",
+            lat_mask=folder / "LAT_mask.npy",
             progress=False,
         )
         surface, labels = trimesh.load(out / "surface.stl"), trimesh.load(out / "label_surface.stl")

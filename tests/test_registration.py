@@ -69,14 +69,14 @@ def inputs(tmp_path_factory):
 
 def _arguments(folder, out_dir, **changes):
     arguments = {
-        "geometry_path": folder / "geometry.json",
-        "ap_path": folder / "AP.npy",
-        "lat_path": folder / "LAT.npy",
-        "out_dir": out_dir,
-        "model_path": folder / "weights.pt",
-        "ap_mask_path": folder / "AP_mask.npy",
-        "lat_mask_path": folder / "LAT_mask.npy",
-        "truth_labels_path": folder / "labels.nii.gz",
+        "geometry": folder / "geometry.json",
+        "ap": folder / "AP.npy",
+        "lat": folder / "LAT.npy",
+        "out": out_dir,
+        "model": folder / "weights.pt",
+        "ap_mask": folder / "AP_mask.npy",
+        "lat_mask": folder / "LAT_mask.npy",
+        "truth_labels": folder / "labels.nii.gz",
         "progress": False,
     }
     return {**arguments, **changes}
@@ -100,7 +100,7 @@ def test_weights_only_export_drops_the_training_state(inputs):
 def test_without_a_bundled_model_register_names_the_missing_model(inputs, tmp_path, monkeypatch):
     monkeypatch.setattr(checkpoints, "bundled_models_dir", lambda: tmp_path / "models")
     with pytest.raises(InputError, match="no bundled model 'lite'"):
-        register(**_arguments(inputs, tmp_path / "out", model_path=None))
+        register(**_arguments(inputs, tmp_path / "out", model=None))
     with pytest.raises(InputError, match="no bundled model 'paper'"):
         checkpoints.bundled_model_path("paper")
     assert sorted(path.name for path in tmp_path.iterdir()) == []
@@ -236,9 +236,7 @@ def test_report_has_timings_similarity_and_metrics(result):
 def test_without_masks_segments_and_accepts_an_empty_out_dir(inputs, tmp_path):
     out_dir = tmp_path / "out"
     out_dir.mkdir()
-    result = register(
-        **_arguments(inputs, out_dir, ap_mask_path=None, lat_mask_path=None, truth_labels_path=None, refine=1)
-    )
+    result = register(**_arguments(inputs, out_dir, ap_mask=None, lat_mask=None, truth_labels=None, refine=1))
     assert sorted(path.name for path in out_dir.iterdir()) == sorted(OUTPUT_FILES)
     assert result.report["inputs"]["assumptions"]["masks"] == "segmented"
     assert result.report["refine"]["iterations"] == 1
@@ -268,11 +266,11 @@ def _write_ap_only_geometry(folder):
 @pytest.mark.parametrize(
     "write_bad, argument, bad_name",
     [
-        (_write_nan_image, "ap_path", "bad.npy"),
-        (_write_cropped_image, "ap_path", "bad.npy"),
-        (_write_garbage_image, "lat_path", "bad.npy"),
-        (_write_cropped_image, "ap_mask_path", "bad.npy"),
-        (_write_ap_only_geometry, "geometry_path", "bad.json"),
+        (_write_nan_image, "ap", "bad.npy"),
+        (_write_cropped_image, "ap", "bad.npy"),
+        (_write_garbage_image, "lat", "bad.npy"),
+        (_write_cropped_image, "ap_mask", "bad.npy"),
+        (_write_ap_only_geometry, "geometry", "bad.json"),
     ],
 )
 def test_bad_input_names_the_file_and_leaves_nothing(inputs, tmp_path, write_bad, argument, bad_name):
@@ -358,7 +356,7 @@ def test_refuses_a_non_empty_out_dir_and_one_mask_only(inputs, tmp_path):
         register(**_arguments(inputs, tmp_path / "out"))
     assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
     with pytest.raises(InputError, match="AP_mask.npy"):
-        register(**_arguments(inputs, tmp_path / "new", lat_mask_path=None))
+        register(**_arguments(inputs, tmp_path / "new", lat_mask=None))
     with pytest.raises(InputError, match="refine"):
         register(**_arguments(inputs, tmp_path / "new", refine=-1))
     with pytest.raises(InputError, match="mesh format: expected one of stl, ply, obj, vtk, got 'off'"):

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from biplanar.config import load_config
 from biplanar.training.checkpoints import export_model
-from biplanar.training.trainer import open_datasets, train
+from biplanar.training.trainer import TrainingRun, open_datasets, train
 
 VALIDATION_SHARE = 0.25  # a validation pass per epoch, relative to the epoch's training time
 
@@ -41,7 +41,8 @@ def probe_step_seconds(args: argparse.Namespace) -> float:
     probe = args.out.with_name(args.out.name + "_probe")
     shutil.rmtree(probe, ignore_errors=True)
     start = time.perf_counter()
-    train(args.config, probe, data_dir=args.data, init=args.init, progress=False, max_steps=args.probe_steps)
+    run = TrainingRun(probe, data_dir=args.data, progress=False, max_steps=args.probe_steps)
+    train(args.config, run, init=args.init)
     seconds = (time.perf_counter() - start) / args.probe_steps
     shutil.rmtree(probe, ignore_errors=True)
     return seconds
@@ -63,7 +64,8 @@ def main() -> None:
     fit = {"subjects": subjects, "steps_per_epoch": per_epoch, "probe_step_s": step_s, "epochs": epochs}
     print(json.dumps(fit), flush=True)
     start = time.perf_counter()
-    result = train(args.config, args.out, data_dir=args.data, init=args.init, epochs=epochs, progress=False)
+    run = TrainingRun(args.out, data_dir=args.data, epochs=epochs, progress=False)
+    result = train(args.config, run, init=args.init)
     fit["train_s"] = time.perf_counter() - start
     fit["best_val_dice"] = result.best_val_dice
     (args.out / "fit.json").write_text(json.dumps(fit, indent=2))

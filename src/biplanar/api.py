@@ -15,13 +15,17 @@ field (the CLI prints it and exits 2); outputs are written atomically (a tempora
 rename). Frames, units and file formats are those of ``docs/contract.md``.
 
 This module imports the heavy subpackages (torch and everything on it) inside the functions, so
-that ``import biplanar`` and ``biplanar --help`` stay fast; each such import says so.
+that ``import biplanar`` and ``biplanar --help`` stay fast; each such import says so. A command
+whose work is one function of its own module with the API's parameters (:func:`evaluate`,
+:func:`register`, :func:`run_experiments`, :func:`train_pose`) is that function itself, not a copy
+of its signature: the module's ``__getattr__`` (PEP 562) imports it on first access
+(:data:`IMPLEMENTED_IN`).
 """
 
 from __future__ import annotations
 
+import importlib
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -29,9 +33,10 @@ from typing import TYPE_CHECKING, Any
 
 import biplanar
 from biplanar.config import DEFAULT_NUM_SAMPLES, MAX_IMAGE_SIDE, MAX_WORKERS
-from biplanar.errors import InputError
+from biplanar.errors import InputError, require_positive
+from biplanar.io.atomic import require_creatable, require_output_folder
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # `name as name`: the functions of IMPLEMENTED_IN, re-exported for type checkers
     import numpy as np
     from rich.table import Table
 
@@ -39,17 +44,39 @@ if TYPE_CHECKING:
     from biplanar.data.preprocess import PreprocessResult
     from biplanar.data.simulate import DatasetSummary
     from biplanar.demo import DemoResult
-    from biplanar.evaluation.evaluate import EvaluationResult
-    from biplanar.experiments import ExperimentsResult
+    from biplanar.evaluation.evaluate import evaluate as evaluate
+    from biplanar.experiments import run_experiments as run_experiments
     from biplanar.geometry.projection import ProjectionView
     from biplanar.pose.estimate import PoseReport
-    from biplanar.registration import RegistrationReport
-    from biplanar.training.pose_trainer import PoseTrainResult
+    from biplanar.registration import register as register
+    from biplanar.training.pose_trainer import train_pose as train_pose
     from biplanar.training.trainer import TrainResult
 
 __all__ = list(biplanar.__all__)  # the package exports exactly this module's functions: one list
 
+# API functions that are their module's own function (same parameters, the output-folder check
+# done there): name -> the module holding it, imported on first access (CLI start-up time).
+IMPLEMENTED_IN = {
+    "evaluate": "biplanar.evaluation.evaluate",
+    "register": "biplanar.registration",
+    "run_experiments": "biplanar.experiments",
+    "train_pose": "biplanar.training.pose_trainer",
+}
+
 VOLUME_UNITS = ("hu", "mu")
+
+
+def __getattr__(name: str) -> Any:
+    """The API functions of :data:`IMPLEMENTED_IN`, imported when first asked for (then kept here)."""
+    if name in IMPLEMENTED_IN:
+        function = getattr(importlib.import_module(IMPLEMENTED_IN[name]), name)
+        globals()[name] = function
+        return function
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
 
 
 def _check_output_suffix(path: Path, allowed: tuple[str, ...]) -> None:
@@ -62,38 +89,13 @@ def _check_output_file(path: Path) -> None:
     any work, so that a command writing two files writes neither)."""
     if path.is_dir():
         raise InputError(f"{path}: is a folder, expected a file name")
-    _check_creatable(path)
+    require_creatable(path)
 
 
 def _check_not_overwriting(path: Path, overwrite: bool) -> None:
     """Refuse an output file that exists already, unless ``overwrite`` (checked before any work)."""
     if not overwrite and (path.exists() or path.is_symlink()):
         raise InputError(f"{path}: already exists (pass --overwrite to replace it)")
-
-
-def _check_output_folder(out: Path) -> None:
-    """Refuse an output folder that is a file, or that cannot be made, before any work."""
-    if out.exists() and not out.is_dir():
-        raise InputError(f"{out}: exists and is not a folder")
-    if not out.exists():
-        _check_creatable(out)
-
-
-def _check_creatable(path: Path) -> None:
-    """Refuse a new ``path`` whose nearest existing ancestor is not a writable folder."""
-    ancestor = path.parent
-    while not ancestor.exists() and ancestor != ancestor.parent:
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise InputError(f"{path}: cannot write here: {ancestor} is not a folder")
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise InputError(f"{path}: cannot write here: {ancestor} is not writable")
-
-
-def _check_positive(name: str, value: float | None) -> None:
-    """Refuse a number that is not finite and > 0 (``None``: not given, fine)."""
-    if value is not None and not 0 < value < math.inf:
-        raise InputError(f"{name}: expected a finite number > 0, got {value}")
 
 
 def _check_physics(photons: float, kvp: float, aluminium_mm: float) -> None:
@@ -144,7 +146,7 @@ def write_geometry(
     _check_not_overwriting(Path(out), overwrite)
     if len(image_shape) != 2 or not all(1 <= size <= MAX_IMAGE_SIDE for size in image_shape):
         raise InputError(f"image_shape: expected two sizes in 1..{MAX_IMAGE_SIDE}, got {image_shape}")
-    _check_positive("pixel_spacing_mm", pixel_spacing_mm)
+    require_positive("pixel_spacing_mm", pixel_spacing_mm)
     if not (math.isfinite(ap_angle_deg) and math.isfinite(lat_angle_deg)):
         raise InputError(f"ap_angle_deg, lat_angle_deg: expected finite angles, got {ap_angle_deg}, {lat_angle_deg}")
     rows, cols = (int(size) for size in image_shape)
@@ -261,7 +263,7 @@ def drr(
         if path is not None:
             _check_output_file(Path(path))
             _check_not_overwriting(Path(path), overwrite)
-    _check_positive("mu_water_per_mm", mu_water_per_mm)
+    require_positive("mu_water_per_mm", mu_water_per_mm)
     data, grid = read_volume(volume)
     views = read_geometry(geometry, default_isocenter_mm=grid.centre_world)
     require_views(views, [view], str(geometry))
@@ -325,7 +327,7 @@ def write_atlas(
             mismatched files; a femur that cannot be measured or whose head radius or neck-shaft
             angle is not an adult's.
     """
-    _check_output_folder(Path(out))
+    require_output_folder(Path(out))
     if from_ct is not None and from_dataset is not None:
         raise InputError("from_ct and from_dataset exclude each other")
     if overwrite and (from_ct is not None or from_dataset is not None):
@@ -401,7 +403,7 @@ def simulate(
     """
     from biplanar.data.simulate import SimulationConfig, simulate_dataset  # lazy: CLI start-up time
 
-    _check_output_folder(Path(out))
+    require_output_folder(Path(out))
     _check_physics(photons, kvp, aluminium_mm)
     config = SimulationConfig(
         preset=preset,
@@ -466,7 +468,7 @@ def simulate_from_ct(
 
     if not 1 <= workers <= MAX_WORKERS:
         raise InputError(f"workers: expected a number of processes in 1..{MAX_WORKERS}, got {workers}")
-    _check_output_folder(Path(out))
+    require_output_folder(Path(out))
     _check_physics(photons, kvp, aluminium_mm)
     config = SimulationConfig(
         preset=preset, geometry=geometry, scene=scene, mode=mode, photons=photons, kvp=kvp, aluminium_mm=aluminium_mm
@@ -510,19 +512,12 @@ def train(
             run without ``resume`` (or none with it).
         TrainingInterrupted: Ctrl-C / SIGTERM, after writing ``last.pt``.
     """
+    from biplanar.training.trainer import TrainingRun  # lazy: CLI start-up time
     from biplanar.training.trainer import train as run_training  # lazy: CLI start-up time
 
-    _check_output_folder(Path(out))
-    return run_training(
-        config,
-        out,
-        data_dir=data,
-        on_the_fly=on_the_fly,
-        resume=resume,
-        epochs=epochs,
-        progress=progress,
-        init=init,
-    )
+    require_output_folder(Path(out))
+    run = TrainingRun(Path(out), data_dir=data, on_the_fly=on_the_fly, resume=resume, epochs=epochs, progress=progress)
+    return run_training(config, run, init=init)
 
 
 def train_baseline(
@@ -557,132 +552,11 @@ def train_baseline(
         TrainingInterrupted: Ctrl-C / SIGTERM, after writing ``last.pt``.
     """
     from biplanar.training.baselines import train_baseline as run_training  # lazy: CLI start-up time
+    from biplanar.training.trainer import TrainingRun  # lazy: CLI start-up time
 
-    _check_output_folder(Path(out))
-    return run_training(method, config, out, data_dir=data, resume=resume, epochs=epochs, progress=progress)
-
-
-def train_pose(
-    config: str | Path,
-    out: str | Path,
-    network: str,
-    resume: bool = False,
-    steps: int | None = None,
-    max_steps: int | None = None,
-    progress: bool = True,
-) -> PoseTrainResult:
-    """Train a SOPI pose network on simulated pairs (``biplanar train-pose``).
-
-    Writes checkpoints, ``metrics.csv`` and TensorBoard logs into ``out``; Ctrl-C checkpoints as
-    :func:`train`.
-
-    Args:
-        config: a SOPI config YAML file, or a preset name: ``sopi_tiny``, ``sopi_lite`` (femur),
-            ``sopi_lumbar`` (the real lumbar CT).
-        out: the run folder (created).
-        network: ``rtpi`` (the initial pose) or ``fine`` (the fine registration's encoders).
-        resume: continue the run in ``out`` exactly.
-        steps: override the config's ``training.steps`` (the total, counting done steps).
-        max_steps: stop with a checkpoint after this many steps in total.
-        progress: show a progress bar on stderr.
-
-    Returns:
-        the steps done, the best validation loss (NaN without validation) and the checkpoints.
-
-    Raises:
-        InputError: a bad config or network name, a checkpoint that does not fit, ``out`` holding a
-            run without ``resume`` (or none with it).
-        TrainingInterrupted: Ctrl-C / SIGTERM, after writing ``last.pt``.
-    """
-    from biplanar.training.pose_trainer import train_pose as run_training  # lazy: CLI start-up time
-
-    _check_output_folder(Path(out))
-    return run_training(config, out, network, resume=resume, steps=steps, max_steps=max_steps, progress=progress)
-
-
-def register(
-    geometry: str | Path | None,
-    ap: str | Path,
-    lat: str | Path,
-    out: str | Path,
-    model: str | Path | None = None,
-    atlas: str | Path | None = None,
-    ap_mask: str | Path | None = None,
-    lat_mask: str | Path | None = None,
-    truth_labels: str | Path | None = None,
-    refine: int = 0,
-    estimate_pose: bool = False,
-    pose_method: str = "opt-gc",
-    progress: bool = True,
-    side: str | None = None,
-    intensity: str = "auto",
-    air_level: float | None = None,
-    segmentation_model: str | Path | None = None,
-    mesh_format: str = "stl",
-) -> RegistrationReport:
-    """Register the atlas to two radiographs (``biplanar register``): DICOM files as they come from
-    the clinic (docs/contract.md section 7), or arrays with a geometry file.
-
-    Writes into ``out`` the outputs of ``docs/contract.md`` section 6: ``warped_atlas.nii.gz``,
-    ``warped_labels.nii.gz``, ``displacement.nii.gz`` (mm), ``transform.json``, ``surface.stl`` and
-    ``label_surface.stl`` (or ``.ply`` / ``.obj`` / ``.vtk``), ``overlay_AP.png``, ``overlay_LAT.png``,
-    the masks used (``AP_mask.png``, ``LAT_mask.png``), ``landmarks.json``, ``landmarks.mrk.json``,
-    ``report.json`` (timings, similarity, hip measurements, side and what was assumed; with
-    ``truth_labels`` also Dice, Jaccard, ASSD and HD95) and ``report.html`` (all of it on one
-    self-contained page, with the mesh and landmarks in 3D).
-
-    Args:
-        geometry: ``geometry.json`` with the views ``AP`` and ``LAT``; ``None``: from the DICOM tags.
-        ap: the AP radiograph (``.dcm``, ``.npy``, ``.tif``, ``.png``), ``(rows, cols)`` of its view
-            (any detector: resampled onto the model's).
-        lat: the LAT radiograph, likewise.
-        out: the output folder; must be new or empty.
-        model: a checkpoint from :func:`train` (default: the bundled ``lite`` model).
-        atlas: an atlas folder (:func:`write_atlas`; default: the model's own atlas).
-        ap_mask: 2D femur mask of the AP radiograph (an image file of its shape).
-        lat_mask: 2D femur mask of the LAT radiograph.
-        truth_labels: true femur labels (NIfTI) on the atlas grid: adds the overlap and distance scores.
-        refine: test-time optimisation iterations after the network (0: none).
-        estimate_pose: before the network, correct each view's angle by a rigid registration of the
-            atlas to its radiograph; also writes ``geometry_corrected.json``.
-        pose_method: similarity of that search: ``opt-gc``, ``opt-ncc`` or ``opt-ngi``.
-        progress: print the stages on stderr.
-        side: ``"left"`` or ``"right"`` (default: the DICOM laterality, else right).
-        intensity: ``"auto"``, ``"line-integral"`` or ``"transmission"``.
-        air_level: unattenuated level of transmission images (default: estimated).
-        segmentation_model: 2D segmentation checkpoint used without masks (default: the bundled one).
-        mesh_format: ``stl``, ``ply``, ``obj`` or ``vtk``: the meshes' file format.
-
-    Returns:
-        the output folder and the contents of ``report.json``.
-
-    Raises:
-        InputError: a missing or malformed input, a radiograph that does not fit its view or the
-            model, a non-empty ``out``, no bundled model, an unknown ``mesh_format``.
-    """
-    from biplanar.registration import register as run_registration  # lazy: CLI start-up time
-
-    _check_positive("air_level", air_level)
-    _check_output_folder(Path(out))
-    return run_registration(
-        geometry,
-        ap,
-        lat,
-        out,
-        model,
-        atlas_dir=atlas,
-        ap_mask_path=ap_mask,
-        lat_mask_path=lat_mask,
-        truth_labels_path=truth_labels,
-        refine=refine,
-        estimate_pose=estimate_pose,
-        pose_method=pose_method,
-        progress=progress,
-        side=side,
-        intensity=intensity,
-        air_level=air_level,
-        segmentation_model_path=segmentation_model,
-        mesh_format=mesh_format,
+    require_output_folder(Path(out))
+    return run_training(
+        method, config, TrainingRun(Path(out), data_dir=data, resume=resume, epochs=epochs, progress=progress)
     )
 
 
@@ -729,7 +603,7 @@ def segment(
     _check_output_suffix(Path(out), (".png",))
     _check_output_file(Path(out))
     _check_not_overwriting(Path(out), overwrite)
-    _check_positive("air_level", air_level)
+    require_positive("air_level", air_level)
     if view not in ("AP", "LAT"):
         raise InputError(f"--view: expected AP or LAT, got {view!r}")
     device = default_device()
@@ -776,7 +650,7 @@ def preprocess(
     """
     from biplanar.data.preprocess import preprocess_femur  # lazy: CLI start-up time
 
-    _check_output_folder(Path(out))
+    require_output_folder(Path(out))
     return preprocess_femur(ct, labels, label, side, out, preset)
 
 
@@ -810,7 +684,7 @@ def run_demo(
     from biplanar.demo import DEMO_SEED  # lazy: CLI start-up time
     from biplanar.demo import run_demo as run  # lazy: CLI start-up time
 
-    _check_output_folder(Path(out))
+    require_output_folder(Path(out))
     return run(out, model, DEMO_SEED if seed is None else seed, progress=progress, clinical=clinical)
 
 
@@ -826,42 +700,6 @@ def demo_summary_tables(result: DemoResult) -> list[Table]:
     from biplanar.demo import summary_tables  # lazy: CLI start-up time
 
     return list(summary_tables(result))
-
-
-def evaluate(
-    model: str | Path,
-    data: str | Path,
-    out: str | Path,
-    split: str = "test",
-    refine: int = 0,
-    limit: int | None = None,
-    progress: bool = True,
-) -> EvaluationResult:
-    """Score a model on a dataset split, per stage (``biplanar evaluate``).
-
-    Writes ``out/cases.csv`` (Dice, Jaccard, ASSD, HD95 in mm, SSIM and time per case and stage:
-    affine only, affine + local, refined) and ``out/summary.json`` / ``out/summary.md`` (mean +- sd).
-
-    Args:
-        model: a checkpoint from :func:`train`.
-        data: a :func:`simulate` dataset folder, on the model's grid preset and detector.
-        out: the output folder; must be new or empty.
-        split: ``train``, ``val``, ``test`` or ``all`` (every subject).
-        refine: test-time refinement iterations (adds the ``refined`` stage).
-        limit: score only the first ``limit`` cases of the split.
-        progress: show a progress bar on stderr.
-
-    Returns:
-        the output folder, the rows of ``cases.csv`` and the summary per stage and metric.
-
-    Raises:
-        InputError: a bad checkpoint or dataset, a dataset that does not fit the model, a
-            non-empty ``out``, ``refine`` or ``limit`` out of range.
-    """
-    from biplanar.evaluation.evaluate import evaluate as run_evaluation  # lazy: CLI start-up time
-
-    _check_output_folder(Path(out))
-    return run_evaluation(model, data, out, split=split, refine=refine, limit=limit, progress=progress)
 
 
 def estimate_pose(
@@ -938,14 +776,14 @@ def estimate_pose(
         )
     except ValueError as error:
         raise InputError(f"--levels/--evaluations/--sigma: {error}") from None
-    _check_positive("mu_water_per_mm", mu_water_per_mm)
+    require_positive("mu_water_per_mm", mu_water_per_mm)
     if (rtpi is None) != (fine is None):
         raise InputError("--rtpi, --fine: give both SOPI checkpoints or neither (the bundled ones)")
     checkpoints = (
         bundled_sopi_checkpoints() if rtpi is None or fine is None else SopiCheckpoints(Path(rtpi), Path(fine))
     )
     images = {"AP": ap, **({} if lat is None else {"LAT": lat})}
-    _check_output_folder(Path(out))
+    require_output_folder(Path(out))
     return estimate_pose_files(
         ct,
         geometry,
@@ -1012,7 +850,7 @@ def evaluate_pose(
         sopi_checkpoints,
     )
 
-    _check_output_folder(Path(out))
+    require_output_folder(Path(out))
     defaults = StudySettings(cases=cases, seed=seed, effort=SearchEffort(evaluations, refine_steps, max_levels))
     settings = replace(
         defaults,
@@ -1021,63 +859,3 @@ def evaluate_pose(
         methods=defaults.methods if methods is None else _names(methods),
     )
     return evaluate_pose_accuracy(out, settings, sopi_checkpoints(rtpi, fine), progress=progress)
-
-
-def run_experiments(
-    out: str | Path,
-    budget: str,
-    model_full: str | Path | None = None,
-    model_generalized: str | Path | None = None,
-    docs_dir: str | Path | None = None,
-    workers: int = 1,
-    stage: str | None = None,
-    sopi_rtpi: Sequence[str | Path] | str | Path | None = None,
-    sopi_fine: Sequence[str | Path] | str | Path | None = None,
-    progress: bool = True,
-) -> ExperimentsResult:
-    """Reproduce the paper's Tables 1-2, Figs. 3-4 and SOPI's Table 1 (``biplanar experiments``).
-
-    Runs (or resumes: re-running reuses the stages complete in ``out``) every stage and writes
-    ``out/results.md`` with its CSVs and plots. Ctrl-C during a training stage checkpoints it and
-    raises :class:`~biplanar.training.trainer.TrainingInterrupted`; calling again resumes.
-
-    Args:
-        out: the experiments folder (created).
-        budget: ``tiny`` (a plumbing check), ``lite`` (CPU-sized) or ``paper``.
-        model_full: reuse this full-model checkpoint instead of training one (its preset must be the
-            budget's).
-        model_generalized: reuse this checkpoint as the Fig. 4 model (trained on generalized
-            geometries).
-        docs_dir: also copy ``results.md`` to ``docs_dir/results.md`` and the plots to
-            ``docs_dir/img/results_*.png``.
-        workers: parallel processes simulating the datasets.
-        stage: run only this stage (e.g. ``train_kasten``), once the stages it needs are complete,
-            and write no report.
-        sopi_rtpi: SOPI RTPI checkpoints, ``DATASET=PATH`` (``femur``, ``lumbar``) or ``PATH``: the
-            pose study then also scores ``sopi`` and ``sopi+opt`` on those datasets.
-        sopi_fine: SOPI fine-registration checkpoints, as ``sopi_rtpi``.
-        progress: show progress on stderr.
-
-    Returns:
-        the report's path, the stages run now and those reused.
-
-    Raises:
-        InputError: an unknown budget or stage, a stage whose prerequisites are not complete, a bad
-            or mismatching checkpoint, or ``out`` holding another budget's run.
-        TrainingInterrupted: Ctrl-C / SIGTERM during training, after writing its checkpoint.
-    """
-    from biplanar.experiments import run_experiments as run_stages  # lazy: CLI start-up time
-
-    _check_output_folder(Path(out))
-    return run_stages(
-        out,
-        budget,
-        model_full=model_full,
-        model_generalized=model_generalized,
-        docs_dir=docs_dir,
-        workers=workers,
-        progress=progress,
-        stage=stage,
-        sopi_rtpi=sopi_rtpi,
-        sopi_fine=sopi_fine,
-    )

@@ -208,9 +208,9 @@ def _run(
             inputs / "LAT.npy",
             out_dir / REGISTRATION,
             model_path,
-            ap_mask_path=inputs / "AP_mask.npy",
-            lat_mask_path=inputs / "LAT_mask.npy",
-            truth_labels_path=inputs / "labels.nii.gz",
+            ap_mask=inputs / "AP_mask.npy",
+            lat_mask=inputs / "LAT_mask.npy",
+            truth_labels=inputs / "labels.nii.gz",
             progress=progress,
         )
     clinical_report = None
@@ -223,7 +223,7 @@ def _run(
             files["LAT"],
             out_dir / REGISTRATION_CLINICAL,
             model_path,
-            truth_labels_path=inputs / "labels.nii.gz",
+            truth_labels=inputs / "labels.nii.gz",
             progress=progress,
         ).report
     print_stage("demo", progress, "drawing the figure")

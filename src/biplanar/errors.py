@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection
 from typing import Any
 
@@ -14,6 +15,13 @@ def require_choice(name: str, value: str, choices: Collection[str]) -> None:
     """Raise :class:`InputError` ``"<name>: expected one of a, b, got 'x'"`` unless ``value`` is a choice."""
     if value not in choices:
         raise InputError(f"{name}: expected one of {', '.join(choices)}, got {value!r}")
+
+
+def require_positive(name: str, value: float | None) -> None:
+    """Raise :class:`InputError` ``"<name>: expected a finite number > 0, got x"`` unless ``value`` is
+    finite and > 0 (``None``: not given, fine)."""
+    if value is not None and not 0 < value < math.inf:
+        raise InputError(f"{name}: expected a finite number > 0, got {value}")
 
 
 def one_line(text: str, width: int = 200) -> str:

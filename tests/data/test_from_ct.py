@@ -41,7 +41,7 @@ from biplanar.geometry import VolumeGrid
 from biplanar.geometry.transforms import euler_to_rotation
 from biplanar.io.geometry_file import read_geometry
 from biplanar.io.volumes import read_volume, write_volume
-from biplanar.training.trainer import train
+from biplanar.training.trainer import TrainingRun, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -201,7 +201,7 @@ def test_fine_tuning_starts_from_a_checkpoint_on_a_from_ct_dataset(ct_folder, ti
     data = tmp_path / "data"
     simulate_from_ct(ct_folder, data, 4, SimulationConfig(preset="tiny", scene="grid"), progress=False)
     config = load_config("tiny")
-    result = train(config, tmp_path / "run", data_dir=data, progress=False, max_steps=2, init=tiny_model)
+    result = train(config, TrainingRun(tmp_path / "run", data_dir=data, progress=False, max_steps=2), init=tiny_model)
     assert result.last_checkpoint.is_file()
     with (tmp_path / "run" / "metrics.csv").open() as handle:
         rows = list(csv.DictReader(handle))

@@ -99,9 +99,9 @@ def test_full_stage_matches_register_on_the_same_case(evaluation, tiny_model, da
         subject / "LAT.npy",
         tmp_path / "reg",
         tiny_model,
-        ap_mask_path=subject / "AP_mask.npy",
-        lat_mask_path=subject / "LAT_mask.npy",
-        truth_labels_path=subject / "labels.nii.gz",
+        ap_mask=subject / "AP_mask.npy",
+        lat_mask=subject / "LAT_mask.npy",
+        truth_labels=subject / "labels.nii.gz",
         progress=False,
     ).report
     for metric in ("dice", "jaccard", "assd_mm", "hd95_mm"):

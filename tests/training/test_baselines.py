@@ -30,7 +30,7 @@ from biplanar.training.baselines import (
     train_baseline,
 )
 from biplanar.training.checkpoints import load_checkpoint
-from biplanar.training.trainer import make_batch
+from biplanar.training.trainer import TrainingRun, make_batch
 
 FAST_REGISTRATION = VolumeRegistrationSettings(levels=((4, 10),))  # a rough field, enough to test the plumbing
 
@@ -42,7 +42,10 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 def sdm_run(five_subjects, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("sdm")
     result = train_baseline(
-        "sdm", "tiny", out, data_dir=five_subjects, epochs=1, progress=False, registration=FAST_REGISTRATION
+        "sdm",
+        "tiny",
+        TrainingRun(out, data_dir=five_subjects, epochs=1, progress=False),
+        registration=FAST_REGISTRATION,
     )
     assert (result.epochs_completed, result.global_step) == (1, 3)
     return out
@@ -53,7 +56,7 @@ def first_sample_batch(data: Path):
 
 
 def test_kasten_epoch_writes_its_outputs_and_reloads(five_subjects, tmp_path):
-    result = train_baseline("kasten", "tiny", tmp_path, data_dir=five_subjects, epochs=1, progress=False)
+    result = train_baseline("kasten", "tiny", TrainingRun(tmp_path, data_dir=five_subjects, epochs=1, progress=False))
     assert (result.epochs_completed, result.global_step) == (1, 3)
     assert all(math.isfinite(row["total"]) for row in result.step_losses)
     rows = list(csv.DictReader((tmp_path / "metrics.csv").open()))
@@ -72,10 +75,14 @@ def test_kasten_epoch_writes_its_outputs_and_reloads(five_subjects, tmp_path):
 
 def test_kasten_resume_after_a_stop_continues_exactly(five_subjects, tmp_path):
     """Steps 2-3 of a run stopped after step 1 and resumed have the losses of an uninterrupted run."""
-    whole = train_baseline("kasten", "tiny", tmp_path / "whole", data_dir=five_subjects, epochs=1, progress=False)
-    train_baseline("kasten", "tiny", tmp_path / "split", data_dir=five_subjects, epochs=1, progress=False, max_steps=1)
+    whole = train_baseline(
+        "kasten", "tiny", TrainingRun(tmp_path / "whole", data_dir=five_subjects, epochs=1, progress=False)
+    )
+    train_baseline(
+        "kasten", "tiny", TrainingRun(tmp_path / "split", data_dir=five_subjects, epochs=1, progress=False, max_steps=1)
+    )
     second = train_baseline(
-        "kasten", "tiny", tmp_path / "split", data_dir=five_subjects, epochs=1, progress=False, resume=True
+        "kasten", "tiny", TrainingRun(tmp_path / "split", data_dir=five_subjects, epochs=1, progress=False, resume=True)
     )
     assert [row["step"] for row in second.step_losses] == [2, 3]
     for resumed, uninterrupted in zip(second.step_losses, whole.step_losses[1:]):
@@ -116,12 +123,7 @@ def test_sdm_resume_reuses_the_model_files(sdm_run, five_subjects):
     result = train_baseline(
         "sdm",
         "tiny",
-        sdm_run,
-        data_dir=five_subjects,
-        epochs=2,
-        progress=False,
-        resume=True,
-        max_steps=4,
+        TrainingRun(sdm_run, data_dir=five_subjects, epochs=2, progress=False, resume=True, max_steps=4),
         registration=FAST_REGISTRATION,
     )
     assert result.global_step == 4 and model_file.stat().st_mtime_ns == stamp
@@ -137,13 +139,13 @@ def test_predict_labels_of_the_registration_network(five_subjects):
 
 def test_refusals(five_subjects, sdm_run, tmp_path):
     with pytest.raises(InputError, match="method"):
-        train_baseline("unet", "tiny", tmp_path, data_dir=five_subjects, progress=False)
+        train_baseline("unet", "tiny", TrainingRun(tmp_path, data_dir=five_subjects, progress=False))
     with pytest.raises(InputError, match="a sdm run, not kasten"):
-        train_baseline("kasten", "tiny", sdm_run, data_dir=five_subjects, progress=False, resume=True)
+        train_baseline("kasten", "tiny", TrainingRun(sdm_run, data_dir=five_subjects, progress=False, resume=True))
     with pytest.raises(InputError, match="holds a training run"):
-        train_baseline("sdm", "tiny", sdm_run, data_dir=five_subjects, progress=False)
+        train_baseline("sdm", "tiny", TrainingRun(sdm_run, data_dir=five_subjects, progress=False))
     with pytest.raises(InputError, match="geometry.grid_preset"):
-        train_baseline("kasten", "lite", tmp_path, data_dir=five_subjects, progress=False)
+        train_baseline("kasten", "lite", TrainingRun(tmp_path, data_dir=five_subjects, progress=False))
     torch.save({"weights": torch.zeros(1)}, tmp_path / "bad.pt")
     with pytest.raises(InputError, match="not a biplanar checkpoint"):
         load_baseline(tmp_path / "bad.pt")

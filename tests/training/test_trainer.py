@@ -28,6 +28,7 @@ from biplanar.training.distributed import DistributedContext
 from biplanar.training.trainer import (
     CSV_FIELDS,
     TrainingInterrupted,
+    TrainingRun,
     cosine_factor,
     epoch_order,
     make_batch,
@@ -73,9 +74,9 @@ def test_overfitting_two_subjects_halves_the_loss_and_raises_dice(two_subjects, 
     at least 0.1 over the untrained network's. (The loss of a perfect match is 0: see test_losses.py.)
     """
     config, train_set = tiny_config(epochs=OVERFIT_EPOCHS), SimulatedDataset(two_subjects, "train")
-    untrained = train(config, tmp_path, data_dir=two_subjects, progress=False, max_steps=0)
+    untrained = train(config, TrainingRun(tmp_path, data_dir=two_subjects, progress=False, max_steps=0))
     dice_before = mean_dice(untrained.last_checkpoint, train_set)
-    result = train(config, tmp_path, data_dir=two_subjects, progress=False, resume=True)
+    result = train(config, TrainingRun(tmp_path, data_dir=two_subjects, progress=False, resume=True))
     dice_after = mean_dice(result.last_checkpoint, train_set)
     assert result.global_step == 2 * OVERFIT_EPOCHS
     loss_before, loss_after = result.history[0]["train_total"], result.history[-1]["train_total"]
@@ -88,12 +89,14 @@ def test_resume_after_a_stop_continues_exactly(five_subjects, tmp_path):
     """Stop mid-epoch 1 (step 2 of 3), resume to step 5 (across epoch 1's end and validation): steps 3-5
     have the losses, and step 5 the weights, of an uninterrupted 5-step run."""
     config = tiny_config(epochs=2)
-    whole = train(config, tmp_path / "whole", data_dir=five_subjects, progress=False, max_steps=5)
-    first = train(config, tmp_path / "split", data_dir=five_subjects, progress=False, max_steps=2)
+    whole = train(config, TrainingRun(tmp_path / "whole", data_dir=five_subjects, progress=False, max_steps=5))
+    first = train(config, TrainingRun(tmp_path / "split", data_dir=five_subjects, progress=False, max_steps=2))
     assert [row["step"] for row in first.step_losses] == [1, 2]
     state = load_checkpoint(first.last_checkpoint)
     assert (state["epoch"], state["step_in_epoch"], state["global_step"]) == (0, 2, 2)
-    second = train(config, tmp_path / "split", data_dir=five_subjects, progress=False, max_steps=5, resume=True)
+    second = train(
+        config, TrainingRun(tmp_path / "split", data_dir=five_subjects, progress=False, max_steps=5, resume=True)
+    )
     assert [row["step"] for row in second.step_losses] == [3, 4, 5]
     for resumed, uninterrupted in zip(second.step_losses, whole.step_losses[2:]):
         for name in ("total", "affine_ncc", "local_ncc", "smoothness"):
@@ -106,7 +109,7 @@ def test_resume_after_a_stop_continues_exactly(five_subjects, tmp_path):
 
 
 def test_epoch_outputs_metrics_csv_and_best(five_subjects, tmp_path):
-    result = train(tiny_config(epochs=1), tmp_path, data_dir=five_subjects, progress=False)
+    result = train(tiny_config(epochs=1), TrainingRun(tmp_path, data_dir=five_subjects, progress=False))
     assert (result.epochs_completed, result.global_step) == (1, 3)
     assert result.best_checkpoint == tmp_path / "best.pt" and result.best_checkpoint.is_file()
     lines = (tmp_path / "metrics.csv").read_text().splitlines()
@@ -121,18 +124,22 @@ def test_epoch_outputs_metrics_csv_and_best(five_subjects, tmp_path):
 
 
 def test_resume_refuses_another_config_and_train_refuses_to_overwrite(five_subjects, tmp_path):
-    train(tiny_config(epochs=1), tmp_path, data_dir=five_subjects, progress=False, max_steps=1)
+    train(tiny_config(epochs=1), TrainingRun(tmp_path, data_dir=five_subjects, progress=False, max_steps=1))
     with pytest.raises(InputError, match="holds a training run"):
-        train(tiny_config(epochs=1), tmp_path, data_dir=five_subjects, progress=False)
+        train(tiny_config(epochs=1), TrainingRun(tmp_path, data_dir=five_subjects, progress=False))
     with pytest.raises(InputError, match="training.learning_rate"):
-        train(tiny_config(learning_rate=0.5), tmp_path, data_dir=five_subjects, progress=False, resume=True)
+        train(
+            tiny_config(learning_rate=0.5), TrainingRun(tmp_path, data_dir=five_subjects, progress=False, resume=True)
+        )
     with pytest.raises(InputError, match="no checkpoint"):
-        train(tiny_config(), tmp_path / "empty", data_dir=five_subjects, progress=False, resume=True)
+        train(tiny_config(), TrainingRun(tmp_path / "empty", data_dir=five_subjects, progress=False, resume=True))
 
 
 def test_init_starts_from_a_checkpoint_s_weights_and_refuses_another_network(tiny_model, five_subjects, tmp_path):
     start = train(
-        tiny_config(epochs=1), tmp_path / "run", data_dir=five_subjects, progress=False, max_steps=0, init=tiny_model
+        tiny_config(epochs=1),
+        TrainingRun(tmp_path / "run", data_dir=five_subjects, progress=False, max_steps=0),
+        init=tiny_model,
     )
     weights = load_checkpoint(start.last_checkpoint)["model"]
     for name, value in load_checkpoint(tiny_model)["model"].items():
@@ -140,7 +147,9 @@ def test_init_starts_from_a_checkpoint_s_weights_and_refuses_another_network(tin
     wider = load_config("tiny")
     wider = dataclasses.replace(wider, local=dataclasses.replace(wider.local, ray_copies=wider.local.ray_copies + 1))
     with pytest.raises(InputError, match="its local settings differ"):
-        train(wider, tmp_path / "other", data_dir=five_subjects, progress=False, max_steps=0, init=tiny_model)
+        train(
+            wider, TrainingRun(tmp_path / "other", data_dir=five_subjects, progress=False, max_steps=0), init=tiny_model
+        )
     assert not (tmp_path / "other").exists()  # refused before the run folder is made
 
 
@@ -159,11 +168,11 @@ def test_sigint_writes_a_checkpoint_then_raises(five_subjects, tmp_path, monkeyp
     monkeypatch.setattr(datasets_module, "SimulatedDataset", InterruptedDataset)  # what SimulatedDatasets opens
     handler = signal.getsignal(signal.SIGINT)
     with pytest.raises(TrainingInterrupted) as raised:
-        train(tiny_config(epochs=1), tmp_path, data_dir=five_subjects, progress=False)
+        train(tiny_config(epochs=1), TrainingRun(tmp_path, data_dir=five_subjects, progress=False))
     assert raised.value.checkpoint == tmp_path / "last.pt"
     assert load_checkpoint(tmp_path / "last.pt")["global_step"] == 2
     assert signal.getsignal(signal.SIGINT) is handler
-    result = train(tiny_config(epochs=1), tmp_path, data_dir=five_subjects, progress=False, resume=True)
+    result = train(tiny_config(epochs=1), TrainingRun(tmp_path, data_dir=five_subjects, progress=False, resume=True))
     assert [row["step"] for row in result.step_losses] == [3]
 
 
@@ -172,7 +181,9 @@ def test_bf16_and_activation_checkpointing_train_close_to_float32(five_subjects,
     float32 one up to bfloat16 precision (8 bits of mantissa: ~0.4 % relative)."""
     steps = {}
     for name, options in {"float32": {}, "bf16": {"bf16": True, "activation_checkpointing": True}}.items():
-        result = train(tiny_config(**options), tmp_path / name, data_dir=five_subjects, progress=False, max_steps=1)
+        result = train(
+            tiny_config(**options), TrainingRun(tmp_path / name, data_dir=five_subjects, progress=False, max_steps=1)
+        )
         steps[name] = result.step_losses[0]
     assert math.isfinite(steps["bf16"]["total"])
     assert steps["bf16"]["total"] == pytest.approx(steps["float32"]["total"], rel=0.02)
@@ -181,13 +192,13 @@ def test_bf16_and_activation_checkpointing_train_close_to_float32(five_subjects,
 # --- data and configuration checks --------------------------------------------------------
 def test_dataset_of_another_preset_is_refused(five_subjects, tmp_path):
     with pytest.raises(InputError, match="geometry.grid_preset"):
-        train(load_config("lite"), tmp_path, data_dir=five_subjects, progress=False)
+        train(load_config("lite"), TrainingRun(tmp_path, data_dir=five_subjects, progress=False))
     config = load_config("tiny")
     other_shape = dataclasses.replace(config, geometry=dataclasses.replace(config.geometry, image_shape=(48, 40)))
     with pytest.raises(InputError, match="geometry.image_shape"):
-        train(other_shape, tmp_path, data_dir=five_subjects, progress=False)
+        train(other_shape, TrainingRun(tmp_path, data_dir=five_subjects, progress=False))
     with pytest.raises(InputError, match="exactly one"):
-        train(config, tmp_path, progress=False)
+        train(config, TrainingRun(tmp_path, progress=False))
 
 
 def test_several_dataset_folders_train_together(two_subjects, five_subjects):
@@ -237,12 +248,16 @@ def test_torchrun_two_processes_on_cpu(five_subjects, tmp_path):
     script = tmp_path / "run.py"
     script.write_text(
         textwrap.dedent(f"""
-        import json
-        from biplanar.training.trainer import train
-        result = train("tiny", {str(tmp_path / "run")!r}, data_dir={str(five_subjects)!r}, epochs=1,
-                       progress=False)
-        print(json.dumps({{"steps": result.global_step, "dice": result.history[0]["val_dice"],
-                          "train_total": result.history[0]["train_total"]}}))
+        import json, sys
+        from biplanar.training.trainer import TrainingRun, train
+        result = train("tiny", TrainingRun({str(tmp_path / "run")!r}, data_dir={str(five_subjects)!r}, epochs=1,
+                                           progress=False))
+        report = {{"steps": result.global_step, "dice": result.history[0]["val_dice"],
+                  "train_total": result.history[0]["train_total"]}}
+        # one write() of the line with its newline: the two ranks share the pipe, and a write of
+        # under PIPE_BUF bytes is not interleaved with the other's (print may write twice)
+        sys.stdout.write(json.dumps(report) + "\\n")
+        sys.stdout.flush()
     """)
     )
     torchrun = Path(sys.executable).parent / "torchrun"

@@ -51,7 +51,7 @@ from biplanar.evaluation.hip import hip_errors, hip_report
 from biplanar.evaluation.metrics import image_ssim, segmentation_metrics
 from biplanar.geometry.presets import VIEW_NAMES
 from biplanar.geometry.projection import ProjectionView, view_angles_deg
-from biplanar.io.atomic import atomic_write_text, require_empty_out_dir
+from biplanar.io.atomic import atomic_write_text, require_empty_out_dir, require_output_folder
 from biplanar.io.json_files import read_json, write_json
 from biplanar.layers.warp import affine_displacement
 from biplanar.models.affine import AffineModule
@@ -372,37 +372,45 @@ class EvaluationResult:
 
 
 def evaluate(
-    model_path: str | Path,
-    data_dir: str | Path,
-    out_dir: str | Path,
+    model: str | Path,
+    data: str | Path,
+    out: str | Path,
     split: str = "test",
     refine: int = 0,
     limit: int | None = None,
-    device: str | torch.device | None = None,
     progress: bool = True,
+    device: str | torch.device | None = None,
 ) -> EvaluationResult:
-    """Score a trained network on a dataset split and write the tables (module doc).
+    """Score a model on a dataset split, per stage (``biplanar evaluate``).
+
+    Writes ``out/cases.csv`` (Dice, Jaccard, ASSD, HD95 in mm, SSIM and time per case and stage:
+    affine only, affine + local, refined) and ``out/summary.json`` / ``out/summary.md`` (mean +- sd;
+    module doc).
 
     Args:
-        model_path: a checkpoint of a trained network.
-        data_dir: a ``biplanar simulate`` dataset folder, on the model's grid preset and detector.
-        out_dir: output folder; must not exist or be empty.
-        split: ``train``, ``val``, ``test`` or ``all``.
+        model: a checkpoint from :func:`~biplanar.api.train`.
+        data: a :func:`~biplanar.api.simulate` dataset folder, on the model's grid preset and detector.
+        out: the output folder; must be new or empty.
+        split: ``train``, ``val``, ``test`` or ``all`` (every subject).
         refine: test-time refinement iterations (adds the ``refined`` stage).
         limit: score only the first ``limit`` cases of the split (sorted ids).
-        device: where to run (default: CUDA if available, else CPU).
         progress: show a progress bar on stderr.
+        device: where to run (default: CUDA if available, else CPU).
+
+    Returns:
+        the output folder, the rows of ``cases.csv`` and the summary per stage and metric.
 
     Raises:
         InputError: a bad checkpoint or dataset, a dataset that does not fit the model, a
-            non-empty ``out_dir``, or ``refine`` / ``limit`` out of range.
+            non-empty ``out``, ``refine`` or ``limit`` out of range.
     """
 
-    out_dir, data_dir = Path(out_dir), Path(data_dir)
+    require_output_folder(out)
+    out_dir, data_dir = Path(out), Path(data)
     if refine < 0 or (limit is not None and limit < 1):
         raise InputError(f"refine >= 0 and limit >= 1 expected, got {refine} and {limit}")
     require_empty_out_dir(out_dir)
-    network, config = load_model(model_path, device or default_device())
+    network, config = load_model(model, device or default_device())
     dataset = _open_dataset(data_dir, split, config)
     scorer = CaseScorer(load_atlas(config.geometry.grid_preset))
     count = len(dataset) if limit is None else min(limit, len(dataset))
@@ -414,7 +422,7 @@ def evaluate(
             bar.advance(task)
     summary = summarise(rows)
     header = {
-        "model": str(model_path),
+        "model": str(model),
         "data": str(data_dir),
         "split": split,
         "cases": count,

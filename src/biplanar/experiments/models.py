@@ -10,7 +10,6 @@ a budget every model gets the same number of optimizer steps.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from biplanar.errors import InputError
 from biplanar.experiments.budgets import Budget
 from biplanar.training.baselines import train_baseline
 from biplanar.training.checkpoints import load_checkpoint, load_model
-from biplanar.training.trainer import BEST, LAST, train
+from biplanar.training.trainer import BEST, LAST, TrainingRun, train
 
 NETWORK, KASTEN, SDM = "network", "kasten", "sdm"
 ORTHOGONAL, GENERALIZED = "orthogonal", "generalized"
@@ -112,12 +111,18 @@ def train_model(spec: ModelSpec, budget: Budget, data_dir: Path, run_dir: Path, 
     """
 
     config = model_config(spec, load_config(budget.config))
-    resume = (run_dir / LAST).is_file()
+    run = TrainingRun(
+        run_dir,
+        data_dir=data_dir,
+        resume=(run_dir / LAST).is_file(),
+        epochs=budget.epochs,
+        progress=progress,
+        max_steps=budget.max_steps,
+    )
     if spec.method == NETWORK:
-        run = functools.partial(train, config, run_dir)
+        train(config, run)
     else:
-        run = functools.partial(train_baseline, spec.method, config, run_dir, registration=budget.sdm_registration)
-    run(data_dir=data_dir, resume=resume, epochs=budget.epochs, progress=progress, max_steps=budget.max_steps)
+        train_baseline(spec.method, config, run, registration=budget.sdm_registration)
     checkpoint = run_dir / BEST if (run_dir / BEST).is_file() else run_dir / LAST
     state = load_checkpoint(run_dir / LAST)
     return TrainedModel(checkpoint, int(state["global_step"]), float(state["elapsed_s"]), reused=False)

@@ -93,7 +93,7 @@ from biplanar.experiments.stages import (
     TEST_SPLIT,
     StageRecord,
 )
-from biplanar.io.atomic import atomic_write_text
+from biplanar.io.atomic import atomic_write_text, require_output_folder
 from biplanar.io.json_files import read_json, write_json
 from biplanar.pose.estimate import SOPI_METHODS
 from biplanar.progress import print_stage, progress_bar, ticker
@@ -475,45 +475,59 @@ def _stage_work(context: _Context, reused: _Reused) -> dict[str, Callable[[], An
 
 
 def run_experiments(
-    out_dir: str | Path,
+    out: str | Path,
     budget: str,
     model_full: str | Path | None = None,
     model_generalized: str | Path | None = None,
     docs_dir: str | Path | None = None,
     workers: int = 1,
-    progress: bool = True,
-    device: str | None = None,
     stage: str | None = None,
     sopi_rtpi: Sequence[str | Path] | str | Path | None = None,
     sopi_fine: Sequence[str | Path] | str | Path | None = None,
+    progress: bool = True,
+    device: str | None = None,
 ) -> ExperimentsResult:
-    """Run (or resume) every stage of the reproduction and write the report (module doc).
+    """Reproduce the paper's Tables 1-2, Figs. 3-4 and SOPI's Table 1 (``biplanar experiments``).
+
+    Runs (or resumes: re-running reuses the stages complete in ``out``) every stage and writes
+    ``out/results.md`` with its CSVs and plots (module doc). Ctrl-C during a training stage
+    checkpoints it and raises :class:`~biplanar.training.trainer.TrainingInterrupted`; calling
+    again resumes.
 
     Args:
-        out_dir: the experiments folder (created).
-        budget: ``tiny``, ``lite`` or ``paper`` (:data:`~biplanar.experiments.budgets.BUDGETS`).
-        model_full: a trained full-model checkpoint to reuse instead of training one (its preset must
-            be the budget's); used for Tables 1-2 and Fig. 3.
-        model_generalized: the same for the Fig. 4 model (trained on generalized geometries).
+        out: the experiments folder (created).
+        budget: ``tiny`` (a plumbing check), ``lite`` (CPU-sized) or ``paper``
+            (:data:`~biplanar.experiments.budgets.BUDGETS`).
+        model_full: reuse this full-model checkpoint instead of training one (its preset must be the
+            budget's); used for Tables 1-2 and Fig. 3.
+        model_generalized: reuse this checkpoint as the Fig. 4 model (trained on generalized
+            geometries).
         docs_dir: also copy ``results.md`` to ``docs_dir/results.md`` and the plots to
             ``docs_dir/img/results_*.png``.
-        workers: processes simulating the datasets.
+        workers: parallel processes simulating the datasets.
+        stage: run only this stage (e.g. ``train_kasten``; module doc), once the stages it needs are
+            complete, and write no report (``results_md`` may then not exist).
+        sopi_rtpi: SOPI RTPI checkpoints (``biplanar train-pose``), ``DATASET=PATH`` (``femur``,
+            ``lumbar``) or ``PATH`` for all (:func:`~biplanar.evaluation.pose_accuracy.sopi_checkpoints`):
+            the stage ``pose_sopi`` then also scores ``sopi`` and ``sopi+opt`` on those datasets.
+        sopi_fine: SOPI fine-registration checkpoints, as ``sopi_rtpi``.
         progress: show progress on stderr.
         device: ``cpu`` or ``cuda`` (default: CUDA when available).
-        stage: run only this stage (module doc) and write no report; ``results_md`` may then not exist.
-        sopi_rtpi, sopi_fine: ``biplanar train-pose`` checkpoints, ``DATASET=PATH`` per pose dataset or
-            ``PATH`` for all (:func:`~biplanar.evaluation.pose_accuracy.sopi_checkpoints`): the stage
-            ``pose_sopi`` then scores ``sopi`` and ``sopi+opt`` on those datasets.
+
+    Returns:
+        the report's path, the stages run now and those reused.
 
     Raises:
         InputError: an unknown budget or stage, a stage whose prerequisites are not complete, a bad
-            or mismatching checkpoint, or ``out_dir`` holding another budget's run.
+            or mismatching checkpoint, or ``out`` holding another budget's run.
+        TrainingInterrupted: Ctrl-C / SIGTERM during training, after writing its checkpoint.
     """
 
+    require_output_folder(out)
     selected = get_budget(budget)
     if workers < 1:
         raise InputError(f"--workers: expected >= 1, got {workers}")
-    out_dir = Path(out_dir)
+    out_dir = Path(out)
     reused = {
         FULL.name: (None if model_full is None else Path(model_full), "--model-full"),
         GENERALIZED_MODEL.name: (None if model_generalized is None else Path(model_generalized), "--model-generalized"),

@@ -119,3 +119,35 @@ def require_empty_out_dir(out_dir: Path) -> None:
     """
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise InputError(f"{out_dir}: already exists and is not an empty folder (will not overwrite)")
+
+
+def require_output_folder(out_dir: str | Path) -> None:
+    """Refuse an output folder that is a file, or that cannot be made, before any work.
+
+    Args:
+        out_dir: the folder a command will write into (created when missing).
+
+    Raises:
+        InputError: ``out_dir`` is a file, or its nearest existing ancestor is not a writable folder.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"{out_dir}: exists and is not a folder")
+    if not out_dir.exists():
+        require_creatable(out_dir)
+
+
+def require_creatable(path: str | Path) -> None:
+    """Refuse a new ``path`` whose nearest existing ancestor is not a writable folder.
+
+    Raises:
+        InputError: that ancestor is a file or not writable.
+    """
+    path = Path(path)
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise InputError(f"{path}: cannot write here: {ancestor} is not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise InputError(f"{path}: cannot write here: {ancestor} is not writable")

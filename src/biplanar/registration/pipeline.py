@@ -37,13 +37,13 @@ from torch import Tensor
 from biplanar.config import ExperimentConfig
 from biplanar.data.atlas import warped_atlas_labels
 from biplanar.devices import default_device, synchronise
-from biplanar.errors import InputError, require_choice
+from biplanar.errors import InputError, require_choice, require_positive
 from biplanar.geometry.mirror import SagittalMirror
 from biplanar.geometry.presets import PAPER_SOURCE_DETECTOR_MM, VIEW_NAMES
 from biplanar.geometry.projection import ProjectionView, view_angles_deg
 from biplanar.geometry.transforms import rigid_params
 from biplanar.geometry.volume_grid import VolumeGrid
-from biplanar.io.atomic import atomic_folder, require_empty_out_dir
+from biplanar.io.atomic import atomic_folder, require_empty_out_dir, require_output_folder
 from biplanar.io.geometry_file import write_geometry
 from biplanar.io.json_files import write_json
 from biplanar.io.mesh import MESH_FORMATS
@@ -255,94 +255,111 @@ def _warn_lateral_source(inputs: RegistrationInputs) -> None:
 
 
 def register(
-    geometry_path: str | Path | None,
-    ap_path: str | Path,
-    lat_path: str | Path,
-    out_dir: str | Path,
-    model_path: str | Path | None = None,
-    atlas_dir: str | Path | None = None,
-    ap_mask_path: str | Path | None = None,
-    lat_mask_path: str | Path | None = None,
-    truth_labels_path: str | Path | None = None,
+    geometry: str | Path | None,
+    ap: str | Path,
+    lat: str | Path,
+    out: str | Path,
+    model: str | Path | None = None,
+    atlas: str | Path | None = None,
+    ap_mask: str | Path | None = None,
+    lat_mask: str | Path | None = None,
+    truth_labels: str | Path | None = None,
     refine: int = 0,
     estimate_pose: bool = False,
     pose_method: str = "opt-gc",
-    pose_config: OptimisationConfig | None = None,
-    device: str | torch.device | None = None,
     progress: bool = True,
     side: str | None = None,
     intensity: str = "auto",
     air_level: float | None = None,
-    segmentation_model_path: str | Path | None = None,
+    segmentation_model: str | Path | None = None,
     mesh_format: str = "stl",
+    pose_config: OptimisationConfig | None = None,
+    device: str | torch.device | None = None,
 ) -> RegistrationReport:
-    """Register the atlas to an AP + LAT pair of radiographs and write the outputs (module doc).
+    """Register the atlas to two radiographs (``biplanar register``): DICOM files as they come from
+    the clinic (docs/contract.md section 7), or arrays with a geometry file (module doc).
+
+    Writes into ``out`` the outputs of ``docs/contract.md`` section 6: ``warped_atlas.nii.gz``,
+    ``warped_labels.nii.gz``, ``displacement.nii.gz`` (mm), ``transform.json``, ``surface.stl`` and
+    ``label_surface.stl`` (or ``.ply`` / ``.obj`` / ``.vtk``), ``overlay_AP.png``, ``overlay_LAT.png``,
+    the masks used (``AP_mask.png``, ``LAT_mask.png``), ``landmarks.json``, ``landmarks.mrk.json``,
+    ``report.json`` (timings, similarity, hip measurements, side and what was assumed; with
+    ``truth_labels`` also Dice, Jaccard, ASSD and HD95) and ``report.html`` (all of it on one
+    self-contained page, with the mesh and landmarks in 3D), all at once (nothing on an error).
 
     Args:
-        geometry_path: ``geometry.json`` with exactly the views ``AP`` and ``LAT``; ``None``: the
-            views from the DICOM radiographs' tags (docs/contract.md section 7).
-        ap_path, lat_path: the radiographs (``.npy``, ``.tif``, ``.png``, ``.dcm``), ``(rows, cols)``
-            of their view's ``image_shape``: any detector, resampled onto the model's
-            (:mod:`biplanar.registration.inputs`).
-        out_dir: output folder; must not exist or be empty.
-        model_path: a checkpoint (``best.pt``, or weights-only) of a trained network; default: the
-            bundled model (:func:`biplanar.training.checkpoints.bundled_model_path`).
-        atlas_dir: another atlas folder on the model's atlas grid (default: the model's own atlas).
-        ap_mask_path, lat_mask_path: 2D femur masks on the radiographs' pixels (both or neither);
-            the network sees radiograph x (mask > 0). Without them the bundled 2D segmentation
-            network (or ``segmentation_model_path``) makes them.
-        truth_labels_path: true label map (1 = femur) on the atlas grid, to score the result.
-        refine: test-time refinement iterations (0: the network's output as it is).
-        estimate_pose: correct each view's calibration before the network (:func:`correct_calibration`
-            on the radiographs as given); writes ``geometry_corrected.json`` and ``pose_correction``.
-        pose_method: the correction's similarity: ``opt-gc``, ``opt-ncc`` or ``opt-ngi``.
+        geometry: ``geometry.json`` with exactly the views ``AP`` and ``LAT``; ``None``: the views
+            from the DICOM radiographs' tags (docs/contract.md section 7).
+        ap: the AP radiograph (``.dcm``, ``.npy``, ``.tif``, ``.png``), ``(rows, cols)`` of its view's
+            ``image_shape``: any detector, resampled onto the model's (:mod:`biplanar.registration.inputs`).
+        lat: the LAT radiograph, likewise.
+        out: the output folder; must be new or empty.
+        model: a checkpoint from :func:`~biplanar.api.train` (``best.pt``, or weights-only); default:
+            the bundled ``lite`` model (:func:`biplanar.training.checkpoints.bundled_model_path`).
+        atlas: an atlas folder (:func:`~biplanar.api.write_atlas`) on the model's atlas grid
+            (default: the model's own atlas).
+        ap_mask: 2D femur mask of the AP radiograph (an image file of its shape); with ``lat_mask``
+            (both or neither) the network sees radiograph x (mask > 0). Without them the bundled 2D
+            segmentation network (or ``segmentation_model``) makes them.
+        lat_mask: 2D femur mask of the LAT radiograph.
+        truth_labels: true femur labels (NIfTI, 1 = femur) on the atlas grid: adds the overlap and
+            distance scores.
+        refine: test-time optimisation iterations after the network (0: the network's output as it is).
+        estimate_pose: before the network, correct each view's angle by a rigid registration of the
+            atlas to its radiograph (:func:`correct_calibration`); also writes
+            ``geometry_corrected.json`` and the report's ``pose_correction``.
+        pose_method: similarity of that search: ``opt-gc``, ``opt-ncc`` or ``opt-ngi``.
+        progress: print the stages on stderr.
+        side: ``"left"`` or ``"right"`` (default: the DICOM laterality, else right). A left femur is
+            registered mirrored (:mod:`biplanar.geometry.mirror`); every output is in the patient's world.
+        intensity: ``"auto"``, ``"line-integral"`` or ``"transmission"`` (docs/contract.md section 7).
+        air_level: unattenuated level of transmission images (default: estimated).
+        segmentation_model: 2D segmentation checkpoint used without masks (default: the bundled one).
+        mesh_format: ``stl``, ``ply``, ``obj`` or ``vtk``: the meshes' file format
+            (:func:`biplanar.io.mesh.write_mesh`).
         pose_config: the correction's :class:`~biplanar.pose.baselines.OptimisationConfig`
             (default: its defaults).
         device: where to run the network (default: CUDA if available, else CPU).
-        progress: print the stages on stderr.
-        side: ``"left"`` or ``"right"``; ``None``: the DICOM laterality, else right. A left femur is
-            registered mirrored (:mod:`biplanar.geometry.mirror`); every output is in the patient's world.
-        intensity: ``"auto"``, ``"line-integral"`` or ``"transmission"`` (docs/contract.md section 7).
-        air_level: the unattenuated level of transmission images (estimated when ``None``).
-        segmentation_model_path: a 2D segmentation checkpoint (default: the bundled one).
-        mesh_format: ``stl``, ``ply``, ``obj`` or ``vtk``: the format of ``surface`` and
-            ``label_surface`` (:func:`biplanar.io.mesh.write_mesh`).
 
     Returns:
         the output folder and the contents of ``report.json``.
 
     Raises:
-        InputError: a bad input file (named in the message) or a non-empty ``out_dir``; nothing is
-            written then.
+        InputError: a missing or malformed input (the file named), a radiograph that does not fit its
+            view or the model, a non-empty ``out``, no bundled model, an unknown ``mesh_format``;
+            nothing is written then.
     """
+
+    require_positive("air_level", air_level)
+    require_output_folder(out)
 
     if refine < 0:
         raise InputError(f"refine: expected >= 0 iterations, got {refine}")
     require_choice("pose method", pose_method, METHODS)
     require_choice("mesh format", mesh_format, MESH_FORMATS)
     started = time.perf_counter()
-    out_dir = Path(out_dir)
+    out_dir = Path(out)
     require_empty_out_dir(out_dir)
     print_stage("register", progress, "loading the model, atlas and images")
-    model_path = bundled_model_path() if model_path is None else model_path
+    model_path = bundled_model_path() if model is None else model
     network, config = load_model(model_path, device or default_device())
-    atlas = load_model_atlas(None if atlas_dir is None else Path(atlas_dir), network)
+    model_atlas = load_model_atlas(None if atlas is None else Path(atlas), network)
     inputs = read_inputs(
-        {"AP": Path(ap_path), "LAT": Path(lat_path)},
+        {"AP": Path(ap), "LAT": Path(lat)},
         {
-            "AP": None if ap_mask_path is None else Path(ap_mask_path),
-            "LAT": None if lat_mask_path is None else Path(lat_mask_path),
+            "AP": None if ap_mask is None else Path(ap_mask),
+            "LAT": None if lat_mask is None else Path(lat_mask),
         },
-        None if geometry_path is None else Path(geometry_path),
+        None if geometry is None else Path(geometry),
         model_detector(network, config),
-        None if ap_mask_path is not None else segmenter(segmentation_model_path, network.atlas_mu.device),
+        None if ap_mask is not None else segmenter(segmentation_model, network.atlas_mu.device),
         side,
         intensity,
         air_level,
     )
     _warn_lateral_source(inputs)
     views, raw = inputs.network_views(), inputs.radiographs()
-    truth = read_truth(None if truth_labels_path is None else Path(truth_labels_path), atlas)
+    truth = read_truth(None if truth_labels is None else Path(truth_labels), model_atlas)
     device = network.atlas_mu.device
     network_inputs = inputs.network_inputs()
     radiographs = torch.stack([torch.from_numpy(network_inputs[name]) for name in VIEW_NAMES])[None].to(device)
@@ -354,8 +371,8 @@ def register(
             network.atlas_mu,
             network.atlas_labels,
             network.grid,
-            atlas.landmarks["head_centre_mm"],
-            atlas.landmarks["head_radius_mm"],
+            model_atlas.landmarks["head_centre_mm"],
+            model_atlas.landmarks["head_radius_mm"],
         )
         views, correction = correct_calibration(
             network.atlas_mu, network.grid, raw, views, pose_method, pose_config, progress, reference
@@ -375,10 +392,12 @@ def register(
                 None
                 if truth is None
                 else truth_metrics(
-                    truth, inputs.patient_volume(warped_atlas_labels(atlas, output.total_displacement)), atlas
+                    truth,
+                    inputs.patient_volume(warped_atlas_labels(model_atlas, output.total_displacement)),
+                    model_atlas,
                 )
             )
-            hip_before = patient_hip_report(atlas, output.total_displacement, inputs.mirror)
+            hip_before = patient_hip_report(model_atlas, output.total_displacement, inputs.mirror)
             hip_before.pop("landmarks")
             output, record = refine_output(network, config, output, radiographs, views, masked, refine, progress)
             synchronise(device)
@@ -398,28 +417,28 @@ def register(
         print_stage("register", progress, "writing the outputs")
         written = time.perf_counter()
         with atomic_folder(out_dir, replace=False) as partial:
-            warped_labels, surface = write_volumes(partial, output, network, atlas, inputs.mirror, mesh_format)
+            warped_labels, surface = write_volumes(partial, output, network, model_atlas, inputs.mirror, mesh_format)
             ncc = write_projections(partial, output, network, warped_labels, inputs)
             quality = quality_report(ncc)
-            hip = patient_hip_report(atlas, output.total_displacement, inputs.mirror)
+            hip = patient_hip_report(model_atlas, output.total_displacement, inputs.mirror)
             write_landmarks(partial, hip, inputs.side)
             report = {
                 "timings_s": times,
                 "projection_ncc": ncc,
                 "quality": quality,
-                **({} if truth is None else truth_metrics(truth, inputs.patient_volume(warped_labels), atlas)),
+                **({} if truth is None else truth_metrics(truth, inputs.patient_volume(warped_labels), model_atlas)),
                 "side": inputs.side,
                 "hip": hip,
                 **refinement,
                 **({"pose_correction": correction} if estimate_pose else {}),
                 "inputs": {
-                    "geometry": None if geometry_path is None else str(geometry_path),
-                    "AP": str(ap_path),
-                    "LAT": str(lat_path),
+                    "geometry": None if geometry is None else str(geometry),
+                    "AP": str(ap),
+                    "LAT": str(lat),
                     "masked": masked,
                     "model": str(model_path),
-                    "atlas": str(atlas_dir or f"shipped {config.geometry.grid_preset}"),
-                    "truth_labels": truth_labels_path and str(truth_labels_path),
+                    "atlas": str(atlas or f"shipped {config.geometry.grid_preset}"),
+                    "truth_labels": truth_labels and str(truth_labels),
                     "assumptions": inputs.record(),
                 },
                 "device": str(device),

@@ -58,9 +58,10 @@ from biplanar.training.trainer import (
     LABEL_THRESHOLD,
     LAST,
     Batch,
-    DataDirs,
     EpochRun,
+    OpenedRun,
     TrainingLogs,
+    TrainingRun,
     TrainResult,
     check_resumable,
     check_run_dir,
@@ -303,20 +304,13 @@ class _BaselineRun(EpochRun):
     """One baseline training run: steps, validation, checkpoints, logs (see the module doc)."""
 
     def __init__(
-        self,
-        task: _KastenTask | _SDMTask,
-        method: str,
-        config: ExperimentConfig,
-        out_dir: Path,
-        train_set: CaseDataset,
-        val_set: CaseDataset,
-        context: DistributedContext,
+        self, task: _KastenTask | _SDMTask, method: str, opened: OpenedRun, out_dir: Path, context: DistributedContext
     ) -> None:
-        self.task, self.method, self.config, self.out_dir, self.context = task, method, config, out_dir, context
-        self.train_set, self.val_set = train_set, val_set
+        self.task, self.method, self.config, self.out_dir, self.context = task, method, opened.config, out_dir, context
+        self.train_set, self.val_set = opened.train_set, opened.val_set
         self.csv_fields = csv_fields(method)
         self.model = task.model.to(context.device)
-        super().__init__(task.parts, self.model.parameters(), len(train_set))
+        super().__init__(task.parts, self.model.parameters(), len(self.train_set))
 
     def state(self) -> dict[str, Any]:
         return {
@@ -383,13 +377,7 @@ class _BaselineRun(EpochRun):
 def train_baseline(
     method: str,
     config: ExperimentConfig | str | Path,
-    out_dir: str | Path,
-    data_dir: DataDirs | None = None,
-    on_the_fly: int | None = None,
-    resume: bool = False,
-    epochs: int | None = None,
-    progress: bool = True,
-    max_steps: int | None = None,
+    run: TrainingRun,
     registration: VolumeRegistrationSettings = SDM_REGISTRATION,
     sdm_variance: float = SDM_VARIANCE,
     sdm_dice_weight: float = SDM_DICE_WEIGHT,
@@ -399,26 +387,26 @@ def train_baseline(
     Args:
         method: ``kasten`` or ``sdm``.
         config: an :class:`ExperimentConfig`, a YAML file or a preset name (``paper``, ``lite``, ``tiny``).
-        out_dir: the run folder (created).
-        data_dir: a ``biplanar simulate`` dataset folder (``train`` and ``val`` splits)...
-        on_the_fly: ...or this many training subjects per epoch simulated in memory.
-        resume: continue the run in ``out_dir`` from its ``last.pt`` (same method and config, epochs aside).
-        epochs: overrides ``training.epochs`` (the total, counting epochs already done).
-        progress: show progress bars.
-        max_steps: stop (with a checkpoint) once the run has done this many optimizer steps in total.
+        run: the run's folder, data, resumption and length (resuming needs the same method and config,
+            epochs aside).
         registration: ``sdm``: the 3D/3D registration's settings.
         sdm_variance: ``sdm``: the fraction of the fields' variance the PCA keeps.
         sdm_dice_weight: ``sdm``: weight of ``1 - Dice`` in the loss.
 
+    Returns:
+        the epochs and steps done, the best validation Dice (NaN without validation), the
+        checkpoints and the metrics history.
+
     Raises:
-        InputError: bad method, data or config; a mismatching dataset or checkpoint; ``out_dir``
-            holding a run without ``resume`` (or none with it).
+        InputError: bad method, data or config; a mismatching dataset or checkpoint; ``run.out_dir``
+            holding a run without ``run.resume`` (or none with it).
         TrainingInterrupted: on Ctrl-C / SIGTERM, after writing ``last.pt``.
     """
     _check_method(method)
-    out_dir = Path(out_dir)
+    out_dir, resume, progress = run.out_dir, run.resume, run.progress
     check_run_dir(out_dir, resume)  # the cheap refusals first
-    config, train_set, val_set = open_run(config, data_dir, on_the_fly, epochs)
+    opened = open_run(config, run)
+    config, train_set = opened.config, opened.train_set
     if method == "sdm" and len(train_set) < SDM_MIN_SUBJECTS:
         raise InputError(
             f"data: the sdm baseline needs at least {SDM_MIN_SUBJECTS} training subjects (a deformation "
@@ -441,7 +429,7 @@ def train_baseline(
         else:
             pca, targets = build_sdm(train_set, atlas, out_dir, registration, sdm_variance, progress)
             task = _SDMTask(SDMNet(config, atlas, pca), targets, sdm_dice_weight)
-        run = _BaselineRun(task, method, config, out_dir, train_set, val_set, context)
+        baseline_run = _BaselineRun(task, method, opened, out_dir, context)
         if state is not None:
-            run.restore(state, out_dir / LAST)
-        return run.run_epochs(progress, resume, math.inf if max_steps is None else max_steps)
+            baseline_run.restore(state, out_dir / LAST)
+        return baseline_run.run_epochs(progress, resume, run.step_limit)

@@ -41,6 +41,7 @@ import torch
 
 from biplanar.errors import InputError
 from biplanar.geometry.se3 import geodesic_direction, pose_errors
+from biplanar.io.atomic import require_output_folder
 from biplanar.models.sopi import NETWORKS, SopiConfig, build_network, load_sopi_config
 from biplanar.training.pose_data import TRAIN_STREAM, VALIDATION_STREAM, PoseBatch, PosePairSimulator, project_mask
 from biplanar.training.pose_losses import RTPILoss, gradient_alignment_loss, masked_feature_distance, pose_gradient
@@ -245,7 +246,7 @@ def _check_resumable(config: SopiConfig, network: str, state: dict[str, Any], pa
 
 def train_pose(
     config: SopiConfig | str | Path,
-    out_dir: str | Path,
+    out: str | Path,
     network: str,
     resume: bool = False,
     steps: int | None = None,
@@ -253,27 +254,35 @@ def train_pose(
     progress: bool = True,
     device: str | torch.device | None = None,
 ) -> PoseTrainResult:
-    """Train (or continue training) one SOPI network; see the module doc for what is written.
+    """Train (or continue training) a SOPI pose network on simulated pairs (``biplanar train-pose``).
+
+    Writes checkpoints, ``metrics.csv`` and TensorBoard logs into ``out`` (module doc); Ctrl-C
+    checkpoints as :func:`~biplanar.api.train`.
 
     Args:
-        config: a :class:`SopiConfig`, a YAML file or a preset name (``sopi_tiny``, ``sopi_lite``, ``sopi_lumbar``).
-        out_dir: the run folder (created).
-        network: ``rtpi`` or ``fine``.
-        resume: continue the run in ``out_dir`` from its ``last.pt`` (same config and network).
-        steps: overrides ``training.steps`` (the total, counting steps already done).
-        max_steps: stop (with a checkpoint) once the run has done this many steps in total.
-        progress: show a progress bar.
+        config: a :class:`SopiConfig`, a SOPI config YAML file or a preset name: ``sopi_tiny``,
+            ``sopi_lite`` (femur), ``sopi_lumbar`` (the real lumbar CT).
+        out: the run folder (created).
+        network: ``rtpi`` (the initial pose) or ``fine`` (the fine registration's encoders).
+        resume: continue the run in ``out`` exactly, from its ``last.pt`` (same config and network).
+        steps: override the config's ``training.steps`` (the total, counting done steps).
+        max_steps: stop with a checkpoint after this many steps in total.
+        progress: show a progress bar on stderr.
         device: where to train (default: CUDA when available, else the CPU).
 
+    Returns:
+        the steps done, the best validation loss (NaN without validation) and the checkpoints.
+
     Raises:
-        InputError: bad config or network name, a mismatching checkpoint, ``out_dir`` holding a run
-            without ``resume`` (or none with it).
-        TrainingInterrupted: on Ctrl-C / SIGTERM, after writing ``last.pt``.
+        InputError: a bad config or network name, a checkpoint that does not fit, ``out`` holding a
+            run without ``resume`` (or none with it).
+        TrainingInterrupted: Ctrl-C / SIGTERM, after writing ``last.pt``.
     """
+    require_output_folder(out)
     if network not in NETWORKS:
         raise InputError(f"network: expected one of {', '.join(NETWORKS)}, got {network!r}")
     config = _with_steps(config if isinstance(config, SopiConfig) else load_sopi_config(config), steps)
-    out_dir = Path(out_dir)
+    out_dir = Path(out)
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
     check_run_dir(out_dir, resume)
     state = None

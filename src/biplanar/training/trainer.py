@@ -105,6 +105,39 @@ class TrainingInterrupted(KeyboardInterrupt):
         self.checkpoint = checkpoint
 
 
+@dataclass(frozen=True)
+class TrainingRun:
+    """Where a training run writes, what it trains on and how far it goes: the settings of a run that
+    :func:`train` and :func:`~biplanar.training.baselines.train_baseline` share.
+
+    Attributes:
+        out_dir: the run folder (created): checkpoints, ``config.yaml``, ``metrics.csv``, TensorBoard logs.
+        data_dir: a ``biplanar simulate`` dataset folder (``train`` and ``val`` splits), or several
+            trained together...
+        on_the_fly: ...or instead this many training subjects per epoch, simulated in memory.
+        resume: continue the run in ``out_dir`` from its ``last.pt`` (same config, ``epochs`` aside).
+        epochs: overrides the config's ``training.epochs`` (the total, counting epochs already done).
+        progress: show progress bars on stderr (rank 0).
+        max_steps: stop (with a checkpoint) once the run has done this many optimizer steps in total.
+    """
+
+    out_dir: Path
+    data_dir: DataDirs | None = None
+    on_the_fly: int | None = None
+    resume: bool = False
+    epochs: int | None = None
+    progress: bool = True
+    max_steps: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "out_dir", Path(self.out_dir))  # a str given for the folder
+
+    @property
+    def step_limit(self) -> float:
+        """:attr:`max_steps`, or infinity without one."""
+        return math.inf if self.max_steps is None else self.max_steps
+
+
 @dataclass
 class RunCheckpoints:
     """A training run's folder and checkpoints (the base of the trainers' results).
@@ -279,15 +312,29 @@ def with_epochs(config: ExperimentConfig, epochs: int | None) -> ExperimentConfi
     return dataclasses.replace(config, training=dataclasses.replace(config.training, epochs=epochs))
 
 
-def open_run(
-    config: ExperimentConfig | str | Path, data_dir: DataDirs | None, on_the_fly: int | None, epochs: int | None
-) -> tuple[ExperimentConfig, CaseDataset, CaseDataset]:
-    """A run's config (a YAML file or preset name loaded; ``epochs`` overrides ``training.epochs``,
-    :func:`with_epochs`) and its training and validation sets (:func:`open_datasets`)."""
-    config = with_epochs(config if isinstance(config, ExperimentConfig) else load_config(config), epochs)
-    train_set, val_set = open_datasets(config, data_dir, on_the_fly)
+@dataclass(frozen=True)
+class OpenedRun:
+    """A run's config and data, as :func:`open_run` opens them (what every epoch-based run starts from).
+
+    Attributes:
+        config: the run's config (``TrainingRun.epochs`` applied).
+        train_set: the training set.
+        val_set: the validation set.
+    """
+
+    config: ExperimentConfig
+    train_set: CaseDataset
+    val_set: CaseDataset
+
+
+def open_run(config: ExperimentConfig | str | Path, run: TrainingRun) -> OpenedRun:
+    """A run's config (a YAML file or preset name loaded; ``run.epochs`` overrides ``training.epochs``,
+    :func:`with_epochs`) and its training and validation sets (:func:`open_datasets` of ``run.data_dir``
+    or ``run.on_the_fly``)."""
+    config = with_epochs(config if isinstance(config, ExperimentConfig) else load_config(config), run.epochs)
+    train_set, val_set = open_datasets(config, run.data_dir, run.on_the_fly)
     check_first_samples(train_set, val_set)
-    return config, train_set, val_set
+    return OpenedRun(config, train_set, val_set)
 
 
 def check_first_samples(*datasets: CaseDataset) -> None:
@@ -686,16 +733,10 @@ class _Run(EpochRun):
 
     csv_fields = CSV_FIELDS
 
-    def __init__(
-        self,
-        config: ExperimentConfig,
-        out_dir: Path,
-        train_set: CaseDataset,
-        val_set: CaseDataset,
-        context: DistributedContext,
-    ) -> None:
+    def __init__(self, opened: OpenedRun, out_dir: Path, context: DistributedContext) -> None:
+        config, train_set = opened.config, opened.train_set
         self.config, self.out_dir, self.context = config, out_dir, context
-        self.train_set, self.val_set = train_set, val_set
+        self.train_set, self.val_set = train_set, opened.val_set
         seed_everything(config.training.seed)
         self.network = AtlasRegistrationNet(config, load_atlas(config.geometry.grid_preset)).to(context.device)
         self.model: torch.nn.Module = self.network
@@ -803,57 +844,33 @@ class _Run(EpochRun):
         self.close_epoch(row, metrics["dice"], logs)
 
 
-def train(
-    config: ExperimentConfig | str | Path,
-    out_dir: str | Path,
-    data_dir: DataDirs | None = None,
-    on_the_fly: int | None = None,
-    resume: bool = False,
-    epochs: int | None = None,
-    progress: bool = True,
-    max_steps: int | None = None,
-    init: str | Path | None = None,
-) -> TrainResult:
+def train(config: ExperimentConfig | str | Path, run: TrainingRun, init: str | Path | None = None) -> TrainResult:
     """Train (or continue training) the registration network; see the module doc for what is written.
 
     Args:
         config: an :class:`ExperimentConfig`, a YAML file or a preset name (``paper``, ``lite``, ``tiny``).
-        out_dir: the run folder (created).
-        data_dir: a ``biplanar simulate`` dataset folder (``train`` and ``val`` splits), or several
-            trained together...
-        on_the_fly: ...or this many training subjects per epoch simulated in memory.
-        resume: continue the run in ``out_dir`` from its ``last.pt`` (same config, ``epochs`` aside).
-        epochs: overrides ``training.epochs`` (the total, counting epochs already done).
-        progress: show a progress bar (rank 0).
-        max_steps: stop (with a checkpoint) once the run has done this many optimizer steps in total.
+        run: the run's folder, data, resumption and length.
         init: start a new run from this checkpoint's weights (a run's ``best.pt`` / ``last.pt`` or an
             exported model, e.g. the bundled one) instead of a random initialisation: fine-tuning.
             Its network must be the config's; the optimizer and schedule start afresh. Ignored
-            with ``resume`` (the run's own weights are restored).
+            with ``run.resume`` (the run's own weights are restored).
+
+    Returns:
+        the epochs and steps done, the best validation Dice (NaN without validation), the
+        checkpoints and the metrics history.
 
     Raises:
-        InputError: bad data or config, a mismatching dataset or checkpoint, ``out_dir`` holding a run
-            without ``resume`` (or none with it).
+        InputError: bad data or config, a mismatching dataset or checkpoint, ``run.out_dir`` holding a
+            run without ``run.resume`` (or none with it).
         TrainingInterrupted: on Ctrl-C / SIGTERM, after writing ``last.pt``.
     """
-    out_dir = Path(out_dir)
-    check_run_dir(out_dir, resume)  # the cheap refusals first
-    config, train_set, val_set = open_run(config, data_dir, on_the_fly, epochs)
+    check_run_dir(run.out_dir, run.resume)  # the cheap refusals first
+    opened = open_run(config, run)
     context = setup_distributed()
     finished = False
     try:
         with deterministic_algorithms():
-            result = _run(
-                config,
-                out_dir,
-                train_set,
-                val_set,
-                context,
-                resume,
-                progress,
-                math.inf if max_steps is None else max_steps,
-                None if init is None else Path(init),
-            )
+            result = _run(opened, run, context, None if init is None else Path(init))
         finished = True
         return result
     finally:
@@ -873,25 +890,16 @@ def _initial_weights(path: Path, config: ExperimentConfig, device: torch.device)
     return state["model"]
 
 
-def _run(
-    config: ExperimentConfig,
-    out_dir: Path,
-    train_set: CaseDataset,
-    val_set: CaseDataset,
-    context: DistributedContext,
-    resume: bool,
-    progress: bool,
-    max_steps: float,
-    init: Path | None,
-) -> TrainResult:
+def _run(opened: OpenedRun, settings: TrainingRun, context: DistributedContext, init: Path | None) -> TrainResult:
+    config, out_dir, resume = opened.config, settings.out_dir, settings.resume
     if init is not None and not resume:
         weights = _initial_weights(init, config, context.device)
     prepare_run_dir(config, out_dir, resume, context.is_main)
-    run = _Run(config, out_dir, train_set, val_set, context)
+    run = _Run(opened, out_dir, context)
     if init is not None and not resume:
         run.network.load_state_dict(weights)
     if resume:
         state = load_checkpoint(out_dir / LAST, context.device)
         check_resumable(config, state, out_dir / LAST)
         run.restore(state, out_dir / LAST)
-    return run.run_epochs(progress, resume, max_steps)
+    return run.run_epochs(settings.progress, resume, settings.step_limit)
