@@ -24,6 +24,7 @@ from biplanar.training.baselines import (
     SDM_FIELDS,
     SDM_MODEL,
     SDM_REGISTRATION_CSV,
+    SdmSettings,
     csv_fields,
     load_baseline,
     predict_labels,
@@ -45,7 +46,7 @@ def sdm_run(five_subjects, tmp_path_factory) -> Path:
         "sdm",
         "tiny",
         TrainingRun(out, data_dir=five_subjects, epochs=1, progress=False),
-        registration=FAST_REGISTRATION,
+        SdmSettings(registration=FAST_REGISTRATION),
     )
     assert (result.epochs_completed, result.global_step) == (1, 3)
     return out
@@ -124,7 +125,7 @@ def test_sdm_resume_reuses_the_model_files(sdm_run, five_subjects):
         "sdm",
         "tiny",
         TrainingRun(sdm_run, data_dir=five_subjects, epochs=2, progress=False, resume=True, max_steps=4),
-        registration=FAST_REGISTRATION,
+        SdmSettings(registration=FAST_REGISTRATION),
     )
     assert result.global_step == 4 and model_file.stat().st_mtime_ns == stamp
 

@@ -17,7 +17,7 @@ from typing import Any
 from biplanar.config import ExperimentConfig, load_config
 from biplanar.errors import InputError
 from biplanar.experiments.budgets import Budget
-from biplanar.training.baselines import train_baseline
+from biplanar.training.baselines import SdmSettings, train_baseline
 from biplanar.training.checkpoints import load_checkpoint, load_model
 from biplanar.training.trainer import BEST, LAST, TrainingRun, train
 
@@ -122,7 +122,7 @@ def train_model(spec: ModelSpec, budget: Budget, data_dir: Path, run_dir: Path, 
     if spec.method == NETWORK:
         train(config, run)
     else:
-        train_baseline(spec.method, config, run, registration=budget.sdm_registration)
+        train_baseline(spec.method, config, run, SdmSettings(registration=budget.sdm_registration))
     checkpoint = run_dir / BEST if (run_dir / BEST).is_file() else run_dir / LAST
     state = load_checkpoint(run_dir / LAST)
     return TrainedModel(checkpoint, int(state["global_step"]), float(state["elapsed_s"]), reused=False)

@@ -13,7 +13,7 @@ stop signals and logs. Single process (CUDA when available).
   ``sdm_fields/<id>.npz``: the coarse displacement, time and Dice), then the PCA
   (``sdm_model.npz``: :class:`~biplanar.models.sdm.DeformationPCA` plus the training subjects'
   ids and standardised weights; ``sdm_registration.csv``: time and Dice per subject). Loss:
-  ``mean squared error of the weights + sdm_dice_weight * (1 - soft Dice)`` of the warped atlas
+  ``mean squared error of the weights + dice_weight * (1 - soft Dice)`` of the warped atlas
   labels and the subject's. An interrupted SDM stage (before ``last.pt`` exists) continues when the
   same command is run again: the subjects already registered are kept.
 - Validation after every epoch: mean Dice of ``predict_labels(...) > 0.5`` and the truth
@@ -32,6 +32,7 @@ import csv
 import io
 import math
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -76,10 +77,25 @@ from biplanar.training.trainer import (
 
 METHODS = ("kasten", "sdm")
 SDM_FIELDS, SDM_MODEL, SDM_REGISTRATION_CSV = "sdm_fields", "sdm_model.npz", "sdm_registration.csv"
-SDM_VARIANCE = 0.95  # fraction of the fields' variance the PCA keeps
-SDM_DICE_WEIGHT = 1.0
 SDM_MIN_SUBJECTS = 2  # a PCA of the fields needs two of them
-SDM_REGISTRATION = VolumeRegistrationSettings()  # the 3D/3D registration's default settings (frozen)
+
+
+@dataclass(frozen=True)
+class SdmSettings:
+    """The ``sdm`` baseline's own settings (``kasten`` has none).
+
+    Attributes:
+        registration: the 3D/3D registration of each training CT to the atlas (pyramid, weights).
+        variance: fraction of the fields' variance the PCA keeps.
+        dice_weight: weight of ``1 - soft Dice`` in the loss.
+    """
+
+    registration: VolumeRegistrationSettings = field(default_factory=VolumeRegistrationSettings)
+    variance: float = 0.95
+    dice_weight: float = 1.0
+
+
+SDM_SETTINGS = SdmSettings()
 
 
 # --- models -------------------------------------------------------------------------------------
@@ -172,8 +188,7 @@ def build_sdm(
     train_set: CaseDataset,
     atlas: Atlas,
     out_dir: str | Path,
-    settings: VolumeRegistrationSettings = SDM_REGISTRATION,
-    variance: float = SDM_VARIANCE,
+    settings: SdmSettings = SDM_SETTINGS,
     progress: bool = True,
 ) -> tuple[DeformationPCA, dict[str, Tensor]]:
     """The SDM of the training subjects (module doc), reusing what ``out_dir`` already holds.
@@ -182,8 +197,7 @@ def build_sdm(
         train_set: samples of :mod:`biplanar.data.datasets` on the atlas grid.
         atlas: the atlas registered to each subject.
         out_dir: the run folder (``sdm_fields/``, ``sdm_model.npz``, ``sdm_registration.csv``).
-        settings: the 3D/3D registration's pyramid and weights.
-        variance: fraction of the variance the PCA keeps.
+        settings: the 3D/3D registration and the variance the PCA keeps.
         progress: show a progress bar over the subjects (stderr).
 
     Returns:
@@ -191,17 +205,18 @@ def build_sdm(
     """
     out_dir = Path(out_dir)
     model_path = out_dir / SDM_MODEL
+    registration = settings.registration
     if not model_path.is_file():
-        ids = _register_all(train_set, atlas, out_dir / SDM_FIELDS, settings, progress)
+        ids = _register_all(train_set, atlas, out_dir / SDM_FIELDS, registration, progress)
         records = [_read_field(out_dir / SDM_FIELDS / f"{name}.npz") for name in ids]
-        other = [name for name, record in zip(ids, records) if int(record["factor"]) != settings.field_factor]
+        other = [name for name, record in zip(ids, records) if int(record["factor"]) != registration.field_factor]
         if other:
             raise InputError(
                 f"{out_dir / SDM_FIELDS}: field(s) {other[:5]} were registered on another grid "
-                f"factor than {settings.field_factor}; delete them to redo them"
+                f"factor than {registration.field_factor}; delete them to redo them"
             )
         fields = np.stack([record.pop("displacement") for record in records])
-        pca = DeformationPCA.fit(fields, settings.field_factor, variance)
+        pca = DeformationPCA.fit(fields, registration.field_factor, settings.variance)
         pca.save(model_path, subject_ids=np.array(ids), weights=pca.weights(fields))
         _write_registration_csv(out_dir / SDM_REGISTRATION_CSV, ids, records)
     pca = DeformationPCA.load(model_path)
@@ -378,9 +393,7 @@ def train_baseline(
     method: str,
     config: ExperimentConfig | str | Path,
     run: TrainingRun,
-    registration: VolumeRegistrationSettings = SDM_REGISTRATION,
-    sdm_variance: float = SDM_VARIANCE,
-    sdm_dice_weight: float = SDM_DICE_WEIGHT,
+    sdm: SdmSettings = SDM_SETTINGS,
 ) -> TrainResult:
     """Train (or continue training) a baseline; see the module doc for what is written.
 
@@ -389,9 +402,7 @@ def train_baseline(
         config: an :class:`ExperimentConfig`, a YAML file or a preset name (``paper``, ``lite``, ``tiny``).
         run: the run's folder, data, resumption and length (resuming needs the same method and config,
             epochs aside).
-        registration: ``sdm``: the 3D/3D registration's settings.
-        sdm_variance: ``sdm``: the fraction of the fields' variance the PCA keeps.
-        sdm_dice_weight: ``sdm``: weight of ``1 - Dice`` in the loss.
+        sdm: the ``sdm`` baseline's settings (unused by ``kasten``).
 
     Returns:
         the epochs and steps done, the best validation Dice (NaN without validation), the
@@ -427,8 +438,8 @@ def train_baseline(
         if method == "kasten":
             task = _KastenTask(KastenNet(config, atlas.grid))
         else:
-            pca, targets = build_sdm(train_set, atlas, out_dir, registration, sdm_variance, progress)
-            task = _SDMTask(SDMNet(config, atlas, pca), targets, sdm_dice_weight)
+            pca, targets = build_sdm(train_set, atlas, out_dir, sdm, progress)
+            task = _SDMTask(SDMNet(config, atlas, pca), targets, sdm.dice_weight)
         baseline_run = _BaselineRun(task, method, opened, out_dir, context)
         if state is not None:
             baseline_run.restore(state, out_dir / LAST)
