@@ -21,11 +21,8 @@ from pathlib import Path
 
 import torch
 
-from biplanar.training.segmentation_trainer import (
-    SegmentationTrainingConfig,
-    export_segmentation_model,
-    train_segmentation,
-)
+from biplanar.training.segmentation_model import SegmentationTrainingConfig, export_segmentation_model
+from biplanar.training.segmentation_trainer import train_segmentation
 
 
 def main() -> None:

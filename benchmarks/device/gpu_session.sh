@@ -86,7 +86,7 @@ seg_pid=$!
 wait "$train_pid" || stamp "train failed or stopped ($?)"
 wait "$seg_pid" || stamp "segmentation stopped ($?)"
 if [ ! -f "$OUT/segmentation_model.pt" ] && [ -f "$WORK/seg_run/best.pt" ]; then
-    $PY -c "import sys; from biplanar.training.segmentation_trainer import export_segmentation_model as export
+    $PY -c "import sys; from biplanar.training.segmentation_model import export_segmentation_model as export
 export(sys.argv[1], sys.argv[2])" "$WORK/seg_run/best.pt" "$OUT/segmentation_model.pt"
 fi
 if [ ! -f "$OUT/lite_model.pt" ] && [ -f "$WORK/lite_run/best.pt" ]; then

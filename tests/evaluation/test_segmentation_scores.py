@@ -17,11 +17,8 @@ from biplanar.evaluation.segmentation import (
 )
 from biplanar.io.images import read_image
 from biplanar.models.segmentation import SegmentationConfig, segment
-from biplanar.training.segmentation_trainer import (
-    SegmentationTrainingConfig,
-    load_segmentation_model,
-    train_segmentation,
-)
+from biplanar.training.segmentation_model import SegmentationTrainingConfig, load_segmentation_model
+from biplanar.training.segmentation_trainer import train_segmentation
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -17,17 +17,19 @@ from biplanar.models.segmentation import (
     segment,
 )
 from biplanar.training.checkpoints import load_checkpoint
-from biplanar.training.segmentation_trainer import (
+from biplanar.training.segmentation_model import (
     BUNDLED_IMAGE_SHAPE,
-    CSV_FIELDS,
     AugmentationConfig,
     SegmentationTrainingConfig,
-    augment_radiographs,
     bundled_segmentation_path,
     export_segmentation_model,
+    load_segmentation_model,
+)
+from biplanar.training.segmentation_trainer import (
+    CSV_FIELDS,
+    augment_radiographs,
     gaussian_blur,
     load_radiographs,
-    load_segmentation_model,
     train_segmentation,
 )
 

@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from biplanar.io.atomic import atomic_write_text
-from biplanar.training.segmentation_trainer import load_radiographs, load_segmentation_model, score_radiographs
+from biplanar.training.segmentation_model import load_segmentation_model
+from biplanar.training.segmentation_trainer import load_radiographs, score_radiographs
 
 SCORE_FIELDS = ("subject_id", "view", "dice")
 
@@ -42,7 +43,7 @@ def evaluate_segmentation(
         transform: applied to the ``(N, rows, cols)`` line-integral radiographs before they are
             segmented (e.g. ``lambda x: np.exp(-x)``: transmitted intensities); ``None``: none.
         working_shape: ``(rows, cols)`` to run the network at (e.g.
-            :data:`~biplanar.training.segmentation_trainer.BUNDLED_IMAGE_SHAPE` for radiographs of
+            :data:`~biplanar.training.segmentation_model.BUNDLED_IMAGE_SHAPE` for radiographs of
             another preset); ``None``: the radiographs' own.
 
     Returns:

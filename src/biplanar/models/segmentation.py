@@ -10,7 +10,8 @@ map of the radiograph (a scale and an offset) gives the same input.
 component). Any image size works: the batch is padded (edge values) to a multiple of the
 network's total stride and the logits are cropped back.
 
-Trained and bundled by :mod:`biplanar.training.segmentation_trainer`.
+Trained by :mod:`biplanar.training.segmentation_trainer`; loaded, exported and bundled by
+:mod:`biplanar.training.segmentation_model`.
 """
 
 from __future__ import annotations
@@ -227,7 +228,7 @@ def segment(net: UNet, image: np.ndarray | Tensor, working_shape: tuple[int, int
 
     Args:
         net: a trained segmentation U-Net (e.g. the bundled one,
-            :func:`biplanar.training.segmentation_trainer.load_segmentation_model`).
+            :func:`biplanar.training.segmentation_model.load_segmentation_model`).
         image: ``(rows, cols)`` line-integral radiograph (dimensionless; any positive scale and
             offset), numpy or torch.
         working_shape: ``(rows, cols)`` to run the network at (:func:`segmentation_logits`), e.g.
