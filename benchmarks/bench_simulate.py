@@ -31,11 +31,11 @@ from pathlib import Path
 
 import torch
 
+from biplanar.data.masks import femur_masks
 from biplanar.data.phantom import make_subject
 from biplanar.data.simulate import (
     SimulationConfig,
     case_views,
-    femur_masks,
     render_radiographs,
     simulate_case,
     simulate_dataset,

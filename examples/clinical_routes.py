@@ -32,8 +32,9 @@ import numpy as np
 
 import biplanar
 from biplanar.data.clinical import clinic_views, write_clinical_dicoms, write_view_files
+from biplanar.data.masks import femur_masks
 from biplanar.data.scene import render_scene
-from biplanar.data.simulate import SimulationConfig, femur_masks, render_radiographs, simulate_case, subject_seed
+from biplanar.data.simulate import SimulationConfig, render_radiographs, simulate_case, subject_seed
 from biplanar.evaluation.evaluate import rows_to_csv
 from biplanar.geometry.presets import biplanar_pair
 from biplanar.io.atomic import atomic_write_text

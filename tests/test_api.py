@@ -561,7 +561,12 @@ def _delegates(d: Path) -> list[tuple[str, str, Any, dict[str, Any]]]:
     sim = {"out_dir": d / "sim", "n": 3, "seed": 1, "workers": 2, "progress": False}
     pose_args = (d / "ct.nii.gz", d / "g.json", d / "ap.npy", d / "pose")
     return [
-        ("biplanar.data.atlas", "write_atlas", lambda: api.write_atlas(d / "a", "tiny"), {"out_dir": d / "a"}),
+        (
+            "biplanar.data.ct_atlas",
+            "atlas_from_phantom",
+            lambda: api.write_atlas(d / "a", "tiny"),
+            {"out_dir": d / "a"},
+        ),
         (
             "biplanar.data.simulate",
             "simulate_dataset",

@@ -12,8 +12,9 @@ from typer.testing import CliRunner
 
 from biplanar.cli import app
 from biplanar.data.clinical import write_view_files
+from biplanar.data.masks import femur_masks
 from biplanar.data.scene import render_scene
-from biplanar.data.simulate import SimulationConfig, femur_masks, render_radiographs, simulate_case, subject_seed
+from biplanar.data.simulate import SimulationConfig, render_radiographs, simulate_case, subject_seed
 from biplanar.evaluation.metrics import point_surface_distances_mm
 from biplanar.evaluation.self_intersection import self_intersections
 from biplanar.geometry.presets import biplanar_pair

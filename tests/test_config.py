@@ -8,7 +8,8 @@ import inspect
 import pytest
 
 from biplanar.config import DEFAULT_NUM_SAMPLES, ExperimentConfig, load_config
-from biplanar.data.simulate import SimulationConfig, femur_masks
+from biplanar.data.masks import femur_masks
+from biplanar.data.simulate import SimulationConfig
 from biplanar.errors import InputError
 from biplanar.layers.prost import ProST
 from biplanar.models.sopi.config import SopiConfig, load_sopi_config

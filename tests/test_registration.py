@@ -6,6 +6,8 @@ import base64
 import json
 import math
 import re
+import subprocess
+import sys
 
 import nibabel as nib
 import numpy as np
@@ -379,3 +381,16 @@ def test_label_surface_of_a_ball_on_a_flipped_anisotropic_grid():
     assert mesh.is_watertight and mesh.volume > 0  # closed, normals outward despite the flip
     np.testing.assert_allclose(mesh.center_mass, centre, atol=0.3)
     assert mesh.volume == pytest.approx(4 / 3 * np.pi * radius**3, rel=0.05)
+
+
+def test_registration_does_not_import_the_training_stack_or_the_simulator():
+    """``register``'s start-up: the pipeline loads neither training code nor the dataset simulator."""
+    code = (
+        "import sys, biplanar.registration.pipeline\n"
+        "heavy = ('biplanar.data.simulate', 'biplanar.data.datasets', 'biplanar.training.trainer',"
+        " 'biplanar.training.segmentation_trainer', 'monai')\n"
+        "print(sorted(name for name in heavy if name in sys.modules))\n"
+    )
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.strip() == "[]"

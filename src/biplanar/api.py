@@ -345,11 +345,11 @@ def write_atlas(
         SimulatedDataset(from_dataset, "train")  # refuses a broken dataset.json, split or subject first
 
         return atlas_from_dataset(from_dataset, out, preset, progress=progress)
-    from biplanar.data.atlas import write_atlas as write_atlas_files  # lazy: CLI start-up time
+    from biplanar.data.ct_atlas import atlas_from_phantom  # lazy: CLI start-up time
 
     if not overwrite and Path(out).is_dir() and any(Path(out).iterdir()):
         raise InputError(f"{out}: already exists and is not an empty folder (pass --overwrite to write into it)")
-    return write_atlas_files(out, preset or "lite")
+    return atlas_from_phantom(out, preset or "lite")
 
 
 def simulate(

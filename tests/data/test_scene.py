@@ -20,13 +20,13 @@ from biplanar import api
 from biplanar.cli import app
 from biplanar.data.body_shape import BodyParameters
 from biplanar.data.grid_presets import grid_preset
+from biplanar.data.masks import femur_masks
 from biplanar.data.phantom import SubjectSpec, make_subject, render_ct_hu, render_subject
 from biplanar.data.scene import RenderedScene, render_scene, right_half, visible_z_range
 from biplanar.data.simulate import (
     SimulationConfig,
     case_femur_shape,
     case_views,
-    femur_masks,
     render_radiographs,
     simulate_case,
 )

@@ -18,9 +18,9 @@ from scipy.ndimage import map_coordinates
 import biplanar.data.simulate as simulate_module
 from biplanar.config import PRESETS, load_config
 from biplanar.data.grid_presets import grid_preset
+from biplanar.data.masks import MASK_MIN_PATH_MM
 from biplanar.data.real_ct import REAL_CT
 from biplanar.data.simulate import (
-    MASK_MIN_PATH_MM,
     SUBJECT_FILES,
     SimulationConfig,
     case_views,

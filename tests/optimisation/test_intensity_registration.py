@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from biplanar.data.atlas import load_atlas
-from biplanar.data.simulate import MASK_MIN_PATH_MM
+from biplanar.data.masks import MASK_MIN_PATH_MM
 from biplanar.geometry.presets import biplanar_pair
 from biplanar.geometry.transforms import similarity_matrix
 from biplanar.layers.velocity import VelocityIntegrator, compose_affine_displacement

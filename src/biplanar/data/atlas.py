@@ -18,11 +18,10 @@ import torch
 from torch import Tensor
 
 from biplanar.data.grid_presets import GRID_PRESETS
-from biplanar.data.phantom import make_atlas
 from biplanar.errors import InputError
 from biplanar.geometry.volume_grid import VolumeGrid
-from biplanar.io.json_files import read_json, write_json
-from biplanar.io.volumes import read_volume, write_volume
+from biplanar.io.json_files import read_json
+from biplanar.io.volumes import read_volume
 from biplanar.layers.warp import SpatialTransformer, warp_labels
 
 IMAGE_FILE, LABELS_FILE, LANDMARKS_FILE = "atlas.nii.gz", "atlas_labels.nii.gz", "landmarks.json"
@@ -50,17 +49,6 @@ def require_preset(preset: str, field: str = "preset") -> None:
     ``preset`` names a grid preset (a name from a file is a name, never a path)."""
     if preset not in GRID_PRESETS:
         raise InputError(f"{field}: expected one of {', '.join(GRID_PRESETS)}, got {preset!r}")
-
-
-def write_atlas(out_dir: str | Path, preset: str = "lite") -> Path:
-    """Generate the mean-shape atlas on a grid preset and write it to ``out_dir`` (atomically per file)."""
-    require_preset(preset)
-    out_dir = Path(out_dir)
-    subject = make_atlas(preset)
-    write_volume(out_dir / IMAGE_FILE, np.round(subject.ct_hu).astype(np.int16), subject.grid)
-    write_volume(out_dir / LABELS_FILE, subject.labels.astype(np.uint8), subject.grid)
-    write_json(out_dir / LANDMARKS_FILE, {"preset": preset, **subject.landmarks.to_dict()})
-    return out_dir
 
 
 def shipped_atlas_dir(preset: str) -> Path:

@@ -1,6 +1,8 @@
-"""Registration atlases built from CT: one subject's CT, or the mean of a simulated dataset.
+"""Registration atlases: the phantom's mean shape (shipped), one subject's CT, or the mean of a
+simulated dataset.
 
-Which atlas to register (``biplanar register --atlas``):
+Which atlas to register (``biplanar register --atlas``; the shipped one, :func:`atlas_from_phantom`,
+is the default):
 
 - **one subject's CT** (:func:`atlas_from_ct`, the paper's choice: Van Houtte et al. 2022 use one
   training subject's CT as the atlas): real, sharp texture (cortex, trabeculae, the pelvis around
@@ -44,11 +46,11 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from biplanar.data.atlas import IMAGE_FILE, LABELS_FILE, LANDMARKS_FILE
+from biplanar.data.atlas import IMAGE_FILE, LABELS_FILE, LANDMARKS_FILE, require_preset
 from biplanar.data.datasets import split_subject_ids
 from biplanar.data.femur_shape import FemurParameters
 from biplanar.data.grid_presets import GRID_PRESETS, grid_preset
-from biplanar.data.phantom import Pose, SubjectSpec
+from biplanar.data.phantom import Pose, SubjectSpec, make_atlas
 from biplanar.data.preprocess import (
     AIR_HU,
     FemurAxes,
@@ -175,6 +177,19 @@ def _write_atlas_folder(
         write_volume(partial / IMAGE_FILE, np.round(ct_hu).astype(np.int16), grid)
         write_volume(partial / LABELS_FILE, labels.astype(np.uint8), grid)
         write_json(partial / LANDMARKS_FILE, landmarks)
+
+
+# --- the phantom's mean shape -------------------------------------------------------------------
+def atlas_from_phantom(out_dir: str | Path, preset: str = "lite") -> Path:
+    """Generate the mean-shape phantom atlas on a grid preset (the shipped one) and write it to
+    ``out_dir``, atomically per file (into an existing folder: its three files are replaced)."""
+    require_preset(preset)
+    out_dir = Path(out_dir)
+    subject = make_atlas(preset)
+    write_volume(out_dir / IMAGE_FILE, np.round(subject.ct_hu).astype(np.int16), subject.grid)
+    write_volume(out_dir / LABELS_FILE, subject.labels.astype(np.uint8), subject.grid)
+    write_json(out_dir / LANDMARKS_FILE, {"preset": preset, **subject.landmarks.to_dict()})
+    return out_dir
 
 
 # --- one subject's CT ----------------------------------------------------------------------------

@@ -61,6 +61,7 @@ import numpy as np
 from biplanar.data.datasets import SUBJECT_ID
 from biplanar.data.femur_shape import FemurParameters
 from biplanar.data.grid_presets import grid_preset
+from biplanar.data.masks import femur_masks
 from biplanar.data.preprocess import (
     AIR_HU,
     PreprocessResult,
@@ -77,7 +78,6 @@ from biplanar.data.simulate import (
     case_appearance,
     case_noise_seed,
     case_views,
-    femur_masks,
     in_workers,
     is_complete,
     render_radiographs,

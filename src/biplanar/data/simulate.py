@@ -29,10 +29,9 @@ in one of the modes:
   (``AP.dcm``, ``LAT.dcm``: the stored values under the case's photometric interpretation, Pixel
   Intensity Relationship ``LOG``, and the geometry tags of ``docs/contract.md`` section 7).
 
-Femur mask rule: pixel ``(r, c)`` is femur (1.0) when the ProST line integral of the femur
-indicator (the label map as 0/1 floats, trilinear, the radiographs' ``num_samples``) along its
-ray exceeds :data:`MASK_MIN_PATH_MM` mm; else 0.0. A masked radiograph is radiograph x mask, as
-the paper feeds the network.
+Femur masks: the mask rule of :mod:`biplanar.data.masks` (the ray crosses more than
+:data:`~biplanar.data.masks.MASK_MIN_PATH_MM` mm of femur), with the radiographs' ``num_samples``.
+A masked radiograph is radiograph x mask, as the paper feeds the network.
 
 The detector of preset ``P`` is the one its model sees: ``geometry.image_shape`` and
 ``geometry.pixel_spacing_mm`` of the config preset of the same name (``load_config(P)``,
@@ -71,6 +70,7 @@ import torch
 
 from biplanar.config import DEFAULT_NUM_SAMPLES, MAX_SUBJECTS, MAX_WORKERS, PRESETS, load_config
 from biplanar.data.grid_presets import GRID_PRESETS, grid_preset
+from biplanar.data.masks import femur_masks
 from biplanar.data.phantom import Subject, SubjectSpec, render_subject
 from biplanar.data.scene import Scene, render_scene
 from biplanar.data.workers import start_worker
@@ -88,7 +88,6 @@ from biplanar.io.geometry_file import write_geometry
 from biplanar.io.images import write_image
 from biplanar.io.json_files import read_json, write_json
 from biplanar.io.volumes import write_volume
-from biplanar.layers.prost import ProST
 from biplanar.physics.clinical_appearance import BITS_STORED, INTENSITY_SIGN, ClinicalAppearance, to_photometric
 from biplanar.physics.drr import RadiographSettings, render_ct_radiograph
 from biplanar.progress import progress_bar
@@ -100,7 +99,6 @@ SIMULATION_MODES = ("line_integral", "poisson", "polychromatic", "clinical")
 SCENES = ("body", "grid")  # what the radiographs project (module doc)
 GENERALIZED_MAX_OFFSET_DEG = 30.0
 KVP_RANGE = (20.0, 150.0)  # tube voltages SpekPy models, kV
-MASK_MIN_PATH_MM = 1.0  # femur path length along a ray above which a pixel is femur, mm
 # The paper's split: 235 training, 40 validation, 40 test subjects of 315.
 PAPER_SPLIT = {"train": 235, "val": 40, "test": 40}
 # Child streams of a case seed (numpy SeedSequence spawn keys), independent of the subject's own.
@@ -386,29 +384,6 @@ def render_radiographs(
             for name, view in views.items()
         }
     return {name: image[0, 0].numpy() for name, image in images.items()}
-
-
-def femur_masks(
-    labels: np.ndarray, grid: VolumeGrid, views: dict[str, ProjectionView], num_samples: int = DEFAULT_NUM_SAMPLES
-) -> dict[str, np.ndarray]:
-    """2D femur masks by the mask rule (module doc): path length through the femur > threshold.
-
-    Args:
-        labels: ``(I, J, K)`` label map on ``grid``, 1 = femur.
-        grid: its grid.
-        views: name -> view.
-        num_samples: ProST samples per ray.
-
-    Returns:
-        view name -> ``(rows, cols)`` float32 of 0.0 / 1.0.
-    """
-    indicator = torch.from_numpy(np.asarray(labels) == 1).float()[None, None]  # (1, 1, I, J, K)
-    grid.check_volume(indicator, "labels")
-    with torch.no_grad():
-        return {
-            name: (ProST(view, grid, num_samples)(indicator)[0, 0] > MASK_MIN_PATH_MM).float().numpy()
-            for name, view in views.items()
-        }
 
 
 def case_appearance(seed: int, config: SimulationConfig) -> ClinicalAppearance | None:

@@ -4,7 +4,7 @@ Panels, drawn with matplotlib (Agg, no display needed):
 
 (a) each input radiograph with the contour of the registered atlas's DRR silhouette (red) and of
     the true femur's silhouette (cyan); a silhouette is the mask rule of
-    :func:`biplanar.data.simulate.femur_masks` (femur path length > 1 mm along the pixel's ray);
+    :func:`biplanar.data.masks.femur_masks` (femur path length > 1 mm along the pixel's ray);
 (b) a coronal slice of the warped atlas with the deformation grid: the lines of constant atlas
     coordinate ``x + u_x`` and ``z + u_z`` (every :data:`GRID_STEP_MM`), i.e. a regular grid of
     the atlas carried along with the image by the in-plane displacement;
@@ -28,7 +28,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from biplanar.data.simulate import femur_masks
+from biplanar.data.masks import femur_masks
 from biplanar.errors import InputError
 from biplanar.evaluation.metrics import point_surface_distances_mm
 from biplanar.geometry.projection import ProjectionView

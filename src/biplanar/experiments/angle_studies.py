@@ -28,7 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from biplanar.data.simulate import femur_masks, render_radiographs
+from biplanar.data.masks import femur_masks
+from biplanar.data.simulate import render_radiographs
 from biplanar.errors import InputError
 from biplanar.experiments.scoring import label_scores, timed_labels, truth_labels
 from biplanar.geometry.presets import AP_LAO_RAO_DEG, LAT_LAO_RAO_DEG, VIEW_NAMES, biplanar_pair

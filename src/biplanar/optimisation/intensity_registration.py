@@ -10,7 +10,7 @@ integrated by scaling and squaring into ``phi = exp(v)``; ``Psi = T o phi`` pull
 
 - The DRRs imitate how the inputs were made. A masked input (the network's input, and what
   ``biplanar simulate`` writes) is a radiograph of the whole body times the femur mask, the pixels
-  whose ray crosses more than :data:`~biplanar.data.simulate.MASK_MIN_PATH_MM` of femur. So the
+  whose ray crosses more than :data:`~biplanar.data.masks.MASK_MIN_PATH_MM` of femur. So the
   DRR is the ProST line integral (the network's own
   :class:`~biplanar.models.projectors.ProjectorCache` when one is given) of the whole atlas
   ``mu`` warped by ``Psi``, times a soft version of that rule applied to the warped atlas femur
@@ -54,7 +54,7 @@ import torch
 from torch import Tensor, nn
 
 from biplanar.config import DEFAULT_NUM_SAMPLES, bounded, check_fields, non_negative
-from biplanar.data.simulate import MASK_MIN_PATH_MM
+from biplanar.data.masks import MASK_MIN_PATH_MM
 from biplanar.errors import InputError
 from biplanar.geometry.projection import ProjectionView
 from biplanar.geometry.transforms import similarity_matrix
@@ -75,7 +75,7 @@ SILHOUETTE_RAMP_MM = 1.0
 
 
 def soft_mask(femur_path_mm: Tensor) -> Tensor:
-    """The mask rule (:data:`~biplanar.data.simulate.MASK_MIN_PATH_MM`) made differentiable: a
+    """The mask rule (:data:`~biplanar.data.masks.MASK_MIN_PATH_MM`) made differentiable: a
     linear ramp of width :data:`SILHOUETTE_RAMP_MM` over the femur path length (mm), in [0, 1]."""
     return ((femur_path_mm - MASK_MIN_PATH_MM) / SILHOUETTE_RAMP_MM + 0.5).clamp(0.0, 1.0)
 

@@ -33,6 +33,7 @@ to ``out_dir`` once complete, so a failure leaves nothing behind:
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,7 @@ import torch
 from torch import Tensor
 
 from biplanar.data.atlas import FEMUR_LABEL, warped_atlas_hu, warped_atlas_labels
-from biplanar.data.simulate import MASK_MIN_PATH_MM
+from biplanar.data.masks import MASK_MIN_PATH_MM
 from biplanar.errors import require_choice
 from biplanar.evaluation.hip import DIRECTION_KEYS, POINT_KEYS, hip_report, invert_points
 from biplanar.evaluation.metrics import segmentation_metrics
@@ -160,13 +161,20 @@ def write_volumes(
             "matrix is in the patient's world (S M S); rotation_deg, translation_mm and scale are the "
             "registration world's"
         )
-    write_volume(folder / "warped_atlas.nii.gz", warped_hu, grid)
-    write_volume(folder / "warped_labels.nii.gz", patient_labels, grid)
-    write_volume(folder / "displacement.nii.gz", np.ascontiguousarray(vectors), grid, intent="vector")
-    write_json(folder / "transform.json", document)
-    surface = carried_atlas_surface(atlas, output.total_displacement, mirror)
-    write_mesh(folder / f"surface.{mesh_format}", surface)
-    write_mesh(folder / f"label_surface.{mesh_format}", label_surface(patient_labels, grid, FEMUR_LABEL))
+    volumes = [
+        ("warped_atlas.nii.gz", warped_hu, None),
+        ("warped_labels.nii.gz", patient_labels, None),
+        ("displacement.nii.gz", np.ascontiguousarray(vectors), "vector"),
+    ]
+    # zlib releases the GIL: the volumes' gzip runs on a second thread while the meshes are built.
+    with ThreadPoolExecutor(max_workers=1) as writer:
+        written = [writer.submit(write_volume, folder / name, data, grid, intent) for name, data, intent in volumes]
+        write_json(folder / "transform.json", document)
+        surface = carried_atlas_surface(atlas, output.total_displacement, mirror)
+        write_mesh(folder / f"surface.{mesh_format}", surface)
+        write_mesh(folder / f"label_surface.{mesh_format}", label_surface(patient_labels, grid, FEMUR_LABEL))
+        for volume in written:
+            volume.result()  # a failed write raises here
     return warped_labels, surface
 
 
@@ -227,7 +235,7 @@ def write_projections(
     femur with the network's inputs (radiograph x mask). The overlays draw, on each radiograph as
     the user gave it (its own detector and orientation), the outline of the pixels whose ray crosses
     more than the mask rule's path length of warped femur
-    (:data:`biplanar.data.simulate.MASK_MIN_PATH_MM`); ``AP_mask.png`` / ``LAT_mask.png`` are the
+    (:data:`biplanar.data.masks.MASK_MIN_PATH_MM`); ``AP_mask.png`` / ``LAT_mask.png`` are the
     masks the network used, brought back onto the user's pixels (nearest model pixel).
     """
     device = output.warped_image.device

@@ -79,7 +79,7 @@ from biplanar.registration.outputs import (
     write_volumes,
 )
 from biplanar.training.checkpoints import bundled_model_path, load_model
-from biplanar.training.segmentation_trainer import BUNDLED_IMAGE_SHAPE, load_segmentation_model
+from biplanar.training.segmentation_model import BUNDLED_IMAGE_SHAPE, load_segmentation_model
 
 if TYPE_CHECKING:  # the type of annotations only: importing monai costs seconds
     from monai.networks.nets import UNet
