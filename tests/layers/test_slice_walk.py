@@ -10,7 +10,7 @@ from biplanar.geometry import VolumeGrid, biplanar_pair, rigid_matrix, similarit
 from biplanar.geometry.projection import CarmPose, ProjectionView
 from biplanar.io.volumes import read_volume
 from biplanar.layers.prost import ProST
-from biplanar.layers.slice_walk import slice_groups
+from biplanar.layers.slice_walk import slice_groups, slice_ray_tangents, slice_rays
 from biplanar.physics import hu_to_mu
 
 MU = 0.02  # 1/mm
@@ -225,6 +225,30 @@ def test_pose_jacobian_two_walk_axes():
     image, jacobian = prost.project_with_pose_jacobian(volume.detach(), params, lambda p: rigid_matrix(p, centre))
     torch.testing.assert_close(image, project(params))
     torch.testing.assert_close(jacobian, torch.autograd.functional.jacobian(project, params)[..., 0, :])
+
+
+def test_slice_ray_tangents_match_forward_mode_differentiation():
+    """The closed-form derivatives of the crossings equal forward-mode AD of slice_rays, every group."""
+    generator = torch.Generator().manual_seed(3)
+    shape = (9, 7, 8)
+    origin = torch.randn(3, dtype=torch.float64, generator=generator) * 3
+    direction = torch.randn(40, 3, dtype=torch.float64, generator=generator)
+    lengths = torch.rand(40, dtype=torch.float64, generator=generator) + 0.5
+    d_origin = torch.randn(3, 4, dtype=torch.float64, generator=generator)
+    d_direction = torch.randn(40, 3, 4, dtype=torch.float64, generator=generator)
+    groups = slice_groups(direction, shape)
+    assert len(groups) > 1  # random directions need more than one walk axis
+    for group in groups:
+        crossing = slice_rays(origin, direction, lengths, shape, group)
+        tangents = slice_ray_tangents(crossing, origin, direction, d_origin, d_direction, group)
+        for p in range(4):
+            _, expected = torch.func.jvp(
+                lambda o, d, group=group: slice_rays(o, d, lengths, shape, group),
+                (origin, direction),
+                (d_origin[:, p], d_direction[:, :, p]),
+            )
+            for mine, theirs in zip(tangents, expected, strict=True):
+                torch.testing.assert_close(mine[..., p], theirs)
 
 
 def test_first_call_under_inference_mode_then_gradients():

@@ -26,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
@@ -39,6 +40,7 @@ from biplanar.layers.slice_walk import (
     SliceRays,
     place_rays,
     slice_groups,
+    slice_ray_tangents,
     slice_rays,
     walk_slices,
     walk_slices_with_gradients,
@@ -199,19 +201,10 @@ class ProST(nn.Module):
                 f"and {tuple(params.shape)}"
             )
         volume, params = volume.detach(), params.detach()
-
-        def rays(values: Tensor) -> tuple[Tensor, Tensor]:
-            return self._rays_in_grid(volume.shape[0], params_to_pose(values), volume.dtype)
-
+        rays = self._rays_with_tangents(params, params_to_pose, volume.dtype)
         if self.algorithm_for(volume) == "slices":
-            return self._slice_pose_jacobian(volume, params, rays)
-        origin, direction = rays(params)
-        tangents = [
-            torch.func.jvp(rays, (params,), (basis.expand_as(params),))[1]
-            for basis in torch.eye(params.shape[1], dtype=params.dtype, device=params.device)
-        ]
-        d_origin = torch.stack([tangent[0] for tangent in tangents], dim=-1)  # (B, 3, P)
-        d_direction = torch.stack([tangent[1] for tangent in tangents], dim=-1)  # (B, rows, cols, 3, P)
+            return self._slice_pose_jacobian(volume, *rays)
+        origin, direction, d_origin, d_direction = rays
         depths = self.depths_mm.to(volume.dtype).view(1, -1, 1, 1, 1)
         rows_per_chunk = self._rows_per_chunk(volume)
         images, chunks = [], []
@@ -272,32 +265,30 @@ class ProST(nn.Module):
         return image
 
     def _slice_pose_jacobian(
-        self, volume: Tensor, params: Tensor, rays: Callable[[Tensor], tuple[Tensor, Tensor]]
+        self, volume: Tensor, origin: Tensor, direction: Tensor, d_origin: Tensor, d_direction: Tensor
     ) -> tuple[Tensor, Tensor]:
-        """:meth:`project_with_pose_jacobian` by the slice walk; ``rays`` maps params to grid rays.
+        """:meth:`project_with_pose_jacobian` by the slice walk, from the rays and their derivatives
+        (:meth:`_rays_with_tangents`).
 
         A ray's line integral is ``w sum_s V(base + c_s slope)``, with ``w`` its path length per
         slice and ``base``, ``slope`` its crossings (:class:`~biplanar.layers.slice_walk.SliceRays`),
         all three functions of the pose; so its derivative along ``theta_j`` is
         ``dw sum_s V_s + w (sum_s g_s . d base + sum_s c_s g_s . d slope)`` with ``g_s`` the
-        in-plane gradient of ``V_s``. ``dw``, ``d base``, ``d slope`` by forward mode.
+        in-plane gradient of ``V_s`` (``dw``, ``d base``, ``d slope``:
+        :func:`~biplanar.layers.slice_walk.slice_ray_tangents`).
         """
-        direction = rays(params)[1]
         lengths = self.ray_lengths.to(volume.dtype).reshape(-1)
-        basis = torch.eye(params.shape[1], dtype=params.dtype, device=params.device)
+        count = d_origin.shape[-1]
         images, jacobians = [], []
         for b in range(volume.shape[0]):
+            directions, d_directions = direction[b].reshape(-1, 3), d_direction[b].reshape(-1, 3, count)
             image = volume.new_zeros(lengths.shape[0])
-            jacobian = volume.new_zeros(lengths.shape[0], params.shape[1])
-            for group in slice_groups(direction[b].reshape(-1, 3), self.grid.shape):
-
-                def crossings(values: Tensor, b: int = b, group: SliceGroup = group) -> SliceRays:
-                    origin_b, direction_b = (part[b] for part in rays(values))
-                    return slice_rays(origin_b, direction_b.reshape(-1, 3), lengths, self.grid.shape, group)
-
-                crossing = crossings(params)
-                tangents = [torch.func.jvp(crossings, (params,), (e.expand_as(params),))[1] for e in basis]
-                d_base, d_slope, d_weight = (torch.stack(parts, dim=-1) for parts in zip(*tangents))
+            jacobian = volume.new_zeros(lengths.shape[0], count)
+            for group in slice_groups(directions, self.grid.shape):
+                crossing = slice_rays(origin[b], directions, lengths, self.grid.shape, group)
+                d_base, d_slope, d_weight = slice_ray_tangents(
+                    crossing, origin[b], directions, d_origin[b], d_directions, group
+                )
                 sums, gradients, moments = walk_slices_with_gradients(volume[b], crossing, group.axis)
                 d_sums = torch.einsum("ri,rip->rp", gradients, d_base) + torch.einsum("ri,rip->rp", moments, d_slope)
                 values = crossing.weight * sums
@@ -307,6 +298,35 @@ class ProST(nn.Module):
             images.append(image.view(*self.image_shape))
             jacobians.append(jacobian.view(*self.image_shape, -1))
         return torch.stack(images).unsqueeze(1), torch.stack(jacobians).unsqueeze(1)
+
+    def _rays_with_tangents(
+        self, params: Tensor, params_to_pose: Callable[[Tensor], Tensor], dtype: torch.dtype
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The rays in grid coordinates at the pose of ``params`` (:meth:`_rays_in_grid`) and their
+        derivatives along each of the ``P`` parameters.
+
+        The pose's derivatives come from forward-mode AD (one dual number per parameter); the rays
+        are linear in ``to_grid = world_to_grid inv(pose)``, whose derivative is
+        ``-to_grid d pose inv(pose)``.
+
+        Returns:
+            ``origin (B, 3)``, ``direction (B, rows, cols, 3)``, ``d_origin (B, 3, P)`` and
+            ``d_direction (B, rows, cols, 3, P)``.
+        """
+        tangents = []
+        with fwAD.dual_level():
+            for basis in torch.eye(params.shape[1], dtype=params.dtype, device=params.device):
+                pose, tangent = fwAD.unpack_dual(params_to_pose(fwAD.make_dual(params, basis.expand_as(params))))
+                tangents.append(tangent)
+        inverse = torch.linalg.inv(pose.to(dtype))
+        to_grid = self.world_to_grid.to(dtype) @ inverse  # (B, 4, 4)
+        d_to_grid = -torch.einsum("bij,bjkp,bkl->bpil", to_grid, torch.stack(tangents, dim=-1).to(dtype), inverse)
+        origin, direction = self._rays_of(to_grid)
+        batch, count = d_to_grid.shape[:2]
+        d_origin, d_direction = self._rays_of(d_to_grid.reshape(batch * count, 4, 4))  # linear in to_grid
+        d_origin = d_origin.view(batch, count, 3).movedim(1, -1)
+        d_direction = d_direction.view(batch, count, *direction.shape[1:]).movedim(1, -1)
+        return origin, direction, d_origin, d_direction
 
     def _rays_in_grid(self, batch: int, pose: Tensor | None, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         """Rays in grid coordinates: ``origin (B, 3)`` and ``direction (B, rows, cols, 3)`` per mm of depth.
@@ -319,8 +339,13 @@ class ProST(nn.Module):
             if pose.shape != (batch, 4, 4):
                 raise ValueError(f"pose: expected shape ({batch}, 4, 4), got {tuple(pose.shape)}")
             to_grid = to_grid @ torch.linalg.inv(pose)
-        origin = to_grid[:, :3, :3] @ self.source_world.to(dtype) + to_grid[:, :3, 3]
-        direction = torch.einsum("bij,rcj->brci", to_grid[:, :3, :3], self.rays_world.to(dtype))
+        return self._rays_of(to_grid)
+
+    def _rays_of(self, to_grid: Tensor) -> tuple[Tensor, Tensor]:
+        """``origin (B, 3)`` and ``direction (B, rows, cols, 3)`` of the rays for ``(B, 4, 4)``
+        world-to-grid maps (linear in them)."""
+        origin = to_grid[:, :3, :3] @ self.source_world.to(to_grid.dtype) + to_grid[:, :3, 3]
+        direction = torch.einsum("bij,rcj->brci", to_grid[:, :3, :3], self.rays_world.to(to_grid.dtype))
         return origin, direction
 
     def _rows_per_chunk(self, volume: Tensor) -> int:

@@ -114,6 +114,36 @@ def slice_rays(
     return SliceRays(base, slope, ray_lengths * slice_step / along.abs())
 
 
+def slice_ray_tangents(
+    crossing: SliceRays, origin: Tensor, direction: Tensor, d_origin: Tensor, d_direction: Tensor, group: SliceGroup
+) -> SliceRays:
+    """The derivatives of :func:`slice_rays`' crossings along ``P`` directions of the rays.
+
+    With ``a`` the ray direction's walk-axis component: ``d slope = (d plane - slope d a) / a``,
+    ``d base = d origin_plane - d origin_axis slope - origin_axis d slope``, ``d weight = -weight d a / a``.
+
+    Args:
+        crossing: ``slice_rays(origin, direction, ...)`` of ``group``.
+        origin: ``(3,)`` as :func:`slice_rays`'s.
+        direction: ``(R, 3)`` as :func:`slice_rays`'s (all rays, before ``group``'s selection).
+        d_origin: ``(3, P)`` its derivatives.
+        d_direction: ``(R, 3, P)`` its derivatives.
+        group: which rays and axis.
+
+    Returns:
+        ``(R_g, 2, P)``, ``(R_g, 2, P)`` and ``(R_g, P)`` derivatives of ``base``, ``slope``, ``weight``.
+    """
+    if group.rays is not None:
+        direction, d_direction = direction[group.rays], d_direction[group.rays]
+    axis = group.axis
+    plane = [other for other in range(3) if other != axis]
+    along, d_along = direction[:, axis, None], d_direction[:, axis]  # (R_g, 1), (R_g, P)
+    slope = crossing.slope.unsqueeze(-1)  # (R_g, 2, 1)
+    d_slope = (d_direction[:, plane] - slope * d_along.unsqueeze(1)) / along.unsqueeze(-1)
+    d_base = d_origin[plane] - d_origin[axis] * slope - origin[axis] * d_slope
+    return SliceRays(d_base, d_slope, -crossing.weight[:, None] * d_along / along)
+
+
 def slice_stack(volume: Tensor, axis: int) -> Tensor:
     """The slices of ``volume`` ``(C, I, J, K)`` across walk axis ``axis``: ``(n, C, H, W)`` (a view).
 
