@@ -9,7 +9,8 @@ from biplanar.config import ExperimentConfig, load_config
 from biplanar.data.atlas import load_atlas
 from biplanar.errors import InputError
 from biplanar.geometry import biplanar_pair
-from biplanar.models.local import BeamUNet
+from biplanar.models.blocks import conv_block_3d
+from biplanar.models.local import BeamUNet, convolve_ray_copies, on_ray_copies
 from biplanar.models.network import AtlasRegistrationNet
 
 ABLATIONS = {
@@ -117,3 +118,31 @@ def test_config_round_trip():
         config = load_config(name)
         assert ExperimentConfig.from_dict(config.to_dict()) == config
         assert dataclasses.replace(config, name="x").name == "x"
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3, 8])
+@pytest.mark.parametrize("bias", [True, False])
+def test_convolving_ray_copies_in_2d_is_the_3d_convolution(depth, bias):
+    """The 2D route equals Conv3d on the copies (values and gradients, float64), every depth."""
+    torch.manual_seed(depth)
+    convolution = torch.nn.Conv3d(3, 4, 3, padding=1, bias=bias).double()
+    image = torch.randn(2, 3, 6, 5, dtype=torch.float64, requires_grad=True)
+    expected = convolution(image.unsqueeze(2).expand(-1, -1, depth, -1, -1))
+    output = convolve_ray_copies(convolution, image, depth)
+    torch.testing.assert_close(output, expected)
+    upstream = torch.randn(expected.shape, dtype=torch.float64)
+    got = torch.autograd.grad(output, (image, convolution.weight), upstream)
+    want = torch.autograd.grad(expected, (image, convolution.weight), upstream)
+    for mine, theirs in zip(got, want, strict=True):
+        torch.testing.assert_close(mine, theirs)
+
+
+def test_a_block_on_ray_copies_matches_and_refuses_other_convolutions():
+    torch.manual_seed(0)
+    block = conv_block_3d(2, 3).double().train()  # convolution, batch norm (batch statistics), LeakyReLU
+    image = torch.randn(1, 2, 7, 4, dtype=torch.float64)
+    torch.testing.assert_close(on_ray_copies(block, image, 5), block(image.unsqueeze(2).expand(-1, -1, 5, -1, -1)))
+    with pytest.raises(ValueError, match="3x3x3, stride 1"):
+        convolve_ray_copies(torch.nn.Conv3d(2, 3, 3, padding=0), image, 5)
+    with pytest.raises(TypeError, match="Sequential starting with a Conv3d"):
+        on_ray_copies(torch.nn.Conv3d(2, 3, 3, padding=1), image, 5)

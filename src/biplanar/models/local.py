@@ -26,9 +26,54 @@ from biplanar.models.blocks import conv_3d, conv_block_2d, conv_block_3d
 from biplanar.models.projectors import ProjectorCache, ViewPair
 
 
-def copy_along_rays(image: Tensor, depth: int) -> Tensor:
-    """``(B, C, H, W)`` -> ``(B, C, depth, H, W)``: the 2D map repeated along the ray axis (a view)."""
-    return image.unsqueeze(2).expand(-1, -1, depth, -1, -1)
+def convolve_ray_copies(convolution: nn.Conv3d, image: Tensor, depth: int) -> Tensor:
+    """``convolution`` of ``image`` copied ``depth`` times along the ray axis, computed in 2D.
+
+    The copies are constant along the ray axis, so each output slice is a 2D convolution of
+    ``image`` with the 3x3x3 kernel summed over its depth taps that fall inside the volume: all three
+    in the interior, all but the first at the near end and all but the last at the far end (the
+    zero padding). One 2D convolution with these three kernels replaces a 3D one over ``depth``
+    times as many voxels, forward and backward; the values are the same (to rounding).
+
+    Args:
+        convolution: a 3x3x3 convolution, stride 1, zero padding 1, no dilation or groups.
+        image: ``(B, C, H, W)``.
+        depth: the number of copies, >= 1.
+
+    Returns:
+        ``(B, C_out, depth, H, W)``.
+    """
+    if (
+        convolution.kernel_size != (3, 3, 3)
+        or convolution.stride != (1, 1, 1)
+        or convolution.padding != (1, 1, 1)
+        or convolution.dilation != (1, 1, 1)
+        or convolution.groups != 1
+        or convolution.padding_mode != "zeros"
+    ):
+        raise ValueError("convolution: expected 3x3x3, stride 1, zero padding 1, no dilation or groups")
+    weight = convolution.weight  # (C_out, C_in, 3, 3, 3): taps along (depth, rows, cols)
+    if depth == 1:
+        slices = F.conv2d(image, weight[:, :, 1], padding=1).unsqueeze(2)
+    else:
+        kernels = torch.cat([weight[:, :, 1:].sum(2), weight.sum(2), weight[:, :, :-1].sum(2)])
+        near, interior, far = F.conv2d(image, kernels, padding=1).unsqueeze(2).split(weight.shape[0], dim=1)
+        slices = torch.cat([near, interior.expand(-1, -1, depth - 2, -1, -1), far], dim=2)
+    if convolution.bias is None:
+        return slices
+    return slices + convolution.bias.view(1, -1, 1, 1, 1)
+
+
+def on_ray_copies(block: nn.Module, image: Tensor, depth: int) -> Tensor:
+    """``block`` (a sequence that starts with a 3D convolution, as
+    :func:`~biplanar.models.blocks.conv_block_3d`) applied to ``image`` ``(B, C, H, W)`` copied
+    ``depth`` times along the ray axis: ``(B, C_out, depth, H, W)``."""
+    if not isinstance(block, nn.Sequential) or not isinstance(block[0], nn.Conv3d):
+        raise TypeError(f"block: expected a Sequential starting with a Conv3d, got {type(block).__name__}")
+    output = convolve_ray_copies(block[0], image, depth)
+    for layer in list(block)[1:]:
+        output = layer(output)
+    return output
 
 
 class BeamUNet(nn.Module):
@@ -64,14 +109,15 @@ class BeamUNet(nn.Module):
         for block in self.encoder:
             maps.append(block(maps[-1]))
         levels = len(self.encoder)
-        x = copy_along_rays(maps[-1], self.ray_copies)
-        for step, block in enumerate(self.decoder):
-            x = block(x)
+        x = on_ray_copies(self.decoder[0], maps[-1], self.ray_copies)
+        for step in range(len(self.decoder)):
+            if step > 0:
+                x = self.decoder[step](x)
             if step < levels:
                 x = F.interpolate(x, scale_factor=2, mode="trilinear", align_corners=False)
                 if self.skip:
                     source = maps[levels - 1 - step]  # same rows x cols as x now
-                    x = torch.cat([x, self.skips[step](copy_along_rays(source, x.shape[2]))], dim=1)
+                    x = torch.cat([x, on_ray_copies(self.skips[step], source, x.shape[2])], dim=1)
         return x
 
 
