@@ -5,6 +5,7 @@
 - ``five_subjects``: a tiny simulated dataset (3 train, 1 val, 1 test subjects).
 - ``tiny_model``: an untrained, seeded, weights-only tiny checkpoint.
 - ``chromium``: opens a local HTML file in headless Chromium (Debian's package), offline; skips without it.
+- ``fresh_python``: runs code in a fresh interpreter (what a command's start-up imports) and returns its stdout.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +29,18 @@ from biplanar.data.simulate import SimulationConfig, simulate_dataset
 from biplanar.io.report_html import HEADLESS_CHROMIUM_FLAGS
 from biplanar.models.network import AtlasRegistrationNet
 from biplanar.training.checkpoints import FORMAT, VERSION
+
+
+@pytest.fixture(scope="module")
+def fresh_python() -> Callable[[str], str]:
+    """``run(code)``: the stdout of ``python -c code`` in a fresh interpreter, which must exit 0."""
+
+    def run(code: str) -> str:
+        completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+        assert completed.returncode == 0, completed.stderr
+        return completed.stdout
+
+    return run
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,6 @@ import importlib
 import inspect
 import math
 import re
-import subprocess
-import sys
 from importlib.metadata import version
 from pathlib import Path
 from types import SimpleNamespace
@@ -107,7 +105,7 @@ def test_api_names_are_not_shadowed_by_subpackages():
         assert getattr(biplanar, name) is getattr(api, name)
 
 
-def test_import_biplanar_does_not_import_torch():
+def test_import_biplanar_does_not_import_torch(fresh_python):
     """Importing the package, the API and the CLI (and listing the API) loads nothing heavy; so does
     fetching an API function defined in ``biplanar.api``. Fetching one of ``api.IMPLEMENTED_IN`` imports
     its module (and so torch)."""
@@ -120,9 +118,7 @@ def test_import_biplanar_does_not_import_torch():
         "functions = [getattr(biplanar, name) for name in biplanar.__all__]; "
         "print(len(functions), 'torch' in heavy())"
     )
-    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert completed.returncode == 0, completed.stderr
-    assert completed.stdout.split() == ["[]", str(len(api.__all__)), "True"]
+    assert fresh_python(code).split() == ["[]", str(len(api.__all__)), "True"]
 
 
 @pytest.mark.parametrize("name", sorted(api.IMPLEMENTED_IN))

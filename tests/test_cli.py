@@ -144,7 +144,7 @@ def test_cli_as_a_subprocess(case):
     assert failed.returncode == 2 and "Traceback" not in failed.stderr and "NONE" in failed.stderr
 
 
-def test_entry_point_sets_the_garbage_collector_for_start_up_and_exit():
+def test_entry_point_sets_the_garbage_collector_for_start_up_and_exit(fresh_python):
     """main() raises generation 0's threshold for the command and freezes every object at exit,
     exit code and output unchanged."""
     code = (
@@ -157,10 +157,9 @@ def test_entry_point_sets_the_garbage_collector_for_start_up_and_exit():
         "    code = error.code\n"
         "print(code, gc.get_threshold()[0] == GC_GENERATION0_THRESHOLD, gc.get_freeze_count() > 0)\n"
     )
-    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert completed.returncode == 0, completed.stderr
-    assert "register" in completed.stdout
-    assert completed.stdout.splitlines()[-1] == "0 True True"
+    output = fresh_python(code)
+    assert "register" in output
+    assert output.splitlines()[-1] == "0 True True"
 
 
 def test_train_command_runs_and_refuses_bad_input(tmp_path):

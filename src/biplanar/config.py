@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from importlib import resources
@@ -56,14 +57,14 @@ CONSTRAINTS = "biplanar.constraints"
 FieldT = TypeVar("FieldT")
 
 
-class Constraint:
+class Constraint(ABC):
     """What a config field may hold, declared with the field (:func:`choice`, :func:`bounded`,
     :func:`entries`, :func:`positive`, :func:`non_negative`, :func:`fraction`) and checked by
     :func:`check_fields`."""
 
+    @abstractmethod
     def problem(self, value: Any) -> str | None:
         """What is wrong with ``value`` (``expected ..., got ...``), or ``None`` when it is allowed."""
-        raise NotImplementedError
 
 
 @dataclass(frozen=True)
