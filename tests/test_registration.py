@@ -6,6 +6,7 @@ import base64
 import json
 import math
 import re
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -14,7 +15,7 @@ import torch
 from PIL import Image
 
 from biplanar.config import load_config
-from biplanar.data.atlas import load_atlas, warped_atlas_hu, warped_atlas_labels
+from biplanar.data.atlas import atlas_surface, load_atlas, warped_atlas_hu, warped_atlas_labels
 from biplanar.data.simulate import SimulationConfig, simulate_case
 from biplanar.errors import InputError
 from biplanar.io.geometry_file import write_geometry
@@ -23,7 +24,7 @@ from biplanar.io.volumes import write_volume
 from biplanar.layers.warp import SpatialTransformer
 from biplanar.models.network import AtlasRegistrationNet
 from biplanar.registration import OUTPUT_FILES, register
-from biplanar.registration.outputs import atlas_surface, output_files
+from biplanar.registration.outputs import output_files
 from biplanar.training import checkpoints
 from biplanar.training.checkpoints import capture_rng_state, export_model, load_checkpoint, save_checkpoint
 
@@ -365,6 +366,8 @@ def test_refuses_a_non_empty_out_dir_and_one_mask_only(inputs, tmp_path):
 
 
 def test_label_surface_of_a_ball_on_a_flipped_anisotropic_grid():
+    import trimesh
+
     from biplanar.geometry.volume_grid import VolumeGrid
     from biplanar.io.mesh import label_surface
 
@@ -375,10 +378,28 @@ def test_label_surface_of_a_ball_on_a_flipped_anisotropic_grid():
     labels = np.linalg.norm(grid.voxel_centres_world(torch.float64).numpy() - centre, axis=-1) <= radius
     labels = labels.astype(np.uint8)
     labels[0, 0, 0] = 1  # a stray voxel: a second, smaller piece that must be dropped
-    mesh = label_surface(labels, grid)
+    surface = label_surface(labels, grid)
+    mesh = trimesh.Trimesh(surface.vertices, surface.faces)
     assert mesh.is_watertight and mesh.volume > 0  # closed, normals outward despite the flip
+    assert surface.volume == pytest.approx(mesh.volume)
     np.testing.assert_allclose(mesh.center_mass, centre, atol=0.3)
     assert mesh.volume == pytest.approx(4 / 3 * np.pi * radius**3, rel=0.05)
+
+
+def test_registration_leaves_trimesh_unimported(inputs, tmp_path, fresh_python):
+    """With the atlas's stored surface, ``register`` writes its meshes without trimesh (0.27 s to
+    import with the SciPy modules it loads)."""
+    arguments = {
+        key: str(value) if isinstance(value, Path) else value
+        for key, value in _arguments(inputs, tmp_path / "out", truth_labels=None).items()
+    }
+    code = (
+        "import sys\nfrom biplanar.registration.pipeline import register\n"
+        f"register(**{arguments!r})\n"
+        "print(sorted(name for name in ('trimesh', 'scipy.spatial', 'networkx') if name in sys.modules))\n"
+    )
+    assert fresh_python(code).strip().splitlines()[-1] == "[]"
+    assert (tmp_path / "out" / "surface.stl").is_file()
 
 
 def test_registration_does_not_import_the_training_stack_or_the_simulator(fresh_python):

@@ -303,7 +303,8 @@ def write_atlas(
 
     Args:
         out: the folder to write ``atlas.nii.gz`` (int16 HU), ``atlas_labels.nii.gz`` (uint8,
-            1 = femur) and ``landmarks.json`` (hip landmarks, world mm) into; created if missing;
+            1 = femur), ``landmarks.json`` (hip landmarks, world mm) and ``atlas_surface.npz`` (the femur's
+            smooth surface, which ``register`` carries) into; created if missing;
             must be new or empty (the mean-shape phantom: unless ``overwrite``; from a CT or a
             dataset: always, written all or nothing).
         preset: the grid preset, ``paper``, ``lite`` or ``tiny`` (default ``lite``; with

@@ -217,7 +217,7 @@ def atlas(
         None, "--from-dataset", help="Build a mean atlas of this `biplanar simulate` dataset's train subjects."
     ),
     overwrite: bool = typer.Option(
-        False, "--overwrite", help="Phantom atlas only: write into a non-empty --out, replacing its three files."
+        False, "--overwrite", help="Phantom atlas only: write into a non-empty --out, replacing its four files."
     ),
 ) -> None:
     """Write a femur atlas: the mean-shape phantom, one CT's femur (--from-ct) or a dataset's mean (--from-dataset)."""

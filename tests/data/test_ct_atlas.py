@@ -242,7 +242,12 @@ def test_atlas_command_from_ct(tmp_path):
     result = CliRunner().invoke(app, [*arguments, "--side", "left", "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert result.output.strip() == f"wrote the atlas of femur {FEMUR_LEFT} of {ct_path} to {out}"
-    assert sorted(path.name for path in out.iterdir()) == ["atlas.nii.gz", "atlas_labels.nii.gz", "landmarks.json"]
+    assert sorted(path.name for path in out.iterdir()) == [
+        "atlas.nii.gz",
+        "atlas_labels.nii.gz",
+        "atlas_surface.npz",
+        "landmarks.json",
+    ]
 
 
 @pytest.mark.parametrize(

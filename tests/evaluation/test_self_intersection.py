@@ -7,9 +7,8 @@ import numpy as np
 import pytest
 import trimesh
 
-from biplanar.data.atlas import load_atlas
+from biplanar.data.atlas import atlas_surface, load_atlas
 from biplanar.evaluation.self_intersection import self_intersections
-from biplanar.registration.outputs import atlas_surface
 
 FIRST = [[0.0, 0.0, 0.0], [2.0, 0.0, 0.0], [0.0, 2.0, 0.0]]  # a right triangle in the plane z = 0
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import trimesh
 
-from biplanar.io.mesh import MESH_FORMATS, triangle_mesh, write_mesh
+from biplanar.io.mesh import MESH_FORMATS, TriangleMesh, write_mesh
 
 
 def read_vtk_polydata(data: bytes) -> tuple[np.ndarray, np.ndarray]:
@@ -32,7 +32,7 @@ def mesh():
     sphere = trimesh.creation.icosphere(subdivisions=2, radius=23.5)
     order = np.random.default_rng(0).permutation(len(sphere.vertices))
     inverse = np.argsort(order)
-    return triangle_mesh(np.asarray(sphere.vertices)[order] + [10.0, -4.0, 30.0], inverse[np.asarray(sphere.faces)])
+    return TriangleMesh(np.asarray(sphere.vertices)[order] + [10.0, -4.0, 30.0], inverse[np.asarray(sphere.faces)])
 
 
 @pytest.mark.parametrize("file_type", MESH_FORMATS)

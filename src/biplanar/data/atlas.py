@@ -5,10 +5,13 @@ Layout of an atlas folder (the shipped ones live in ``biplanar/resources/atlas/<
     atlas.nii.gz          int16 HU (rounded from the generator's float HU), atlas grid and affine
     atlas_labels.nii.gz   uint8, 1 = femur
     landmarks.json        head centre and radius, neck/shaft axes, trochanter tips, world mm
+    atlas_surface.npz     optional: the femur's smooth surface (:func:`atlas_surface`), stored so
+                          that ``register`` need not make it (nor import trimesh to smooth it)
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -20,11 +23,16 @@ from torch import Tensor
 from biplanar.data.grid_presets import GRID_PRESETS
 from biplanar.errors import InputError
 from biplanar.geometry.volume_grid import VolumeGrid
+from biplanar.io.atomic import atomic_path
 from biplanar.io.json_files import read_json
+from biplanar.io.mesh import TriangleMesh, label_surface
 from biplanar.io.volumes import read_volume
 from biplanar.layers.warp import SpatialTransformer, warp_labels
 
 IMAGE_FILE, LABELS_FILE, LANDMARKS_FILE = "atlas.nii.gz", "atlas_labels.nii.gz", "landmarks.json"
+SURFACE_FILE = "atlas_surface.npz"
+FEMUR_LABEL = 1
+SURFACE_SMOOTHING_VOX = 1.0  # Gaussian blur of the femur label before its surface is extracted
 
 
 @dataclass(frozen=True)
@@ -36,12 +44,15 @@ class Atlas:
         labels: ``(I, J, K)`` uint8, 1 = femur.
         grid: the atlas grid (world RAS+ mm).
         landmarks: name -> value (world mm; see :class:`biplanar.data.phantom.FemurLandmarks`).
+        surface: the femur's surface as stored in the atlas folder (:data:`SURFACE_FILE`), or
+            ``None``: :func:`atlas_surface` then makes it.
     """
 
     ct_hu: np.ndarray
     labels: np.ndarray
     grid: VolumeGrid
     landmarks: dict
+    surface: TriangleMesh | None = None
 
 
 def require_preset(preset: str, field: str = "preset") -> None:
@@ -73,10 +84,53 @@ def load_atlas(preset: str = "lite", directory: str | Path | None = None) -> Atl
     if label_grid.shape != grid.shape or not np.allclose(label_grid.affine, grid.affine, atol=1e-4):
         raise InputError(f"{directory / LABELS_FILE}: grid differs from {directory / IMAGE_FILE}")
     landmarks = read_json(directory / LANDMARKS_FILE)
-    return Atlas(ct_hu, labels.astype(np.uint8), grid, landmarks)
+    labels = labels.astype(np.uint8)
+    return Atlas(ct_hu, labels, grid, landmarks, read_atlas_surface(directory / SURFACE_FILE, labels, grid))
 
 
-FEMUR_LABEL = 1
+def surface_key(labels: np.ndarray, grid: VolumeGrid) -> str:
+    """What a stored atlas surface was made from: a SHA-1 of the labels, the grid's affine and the
+    smoothing. A stored surface whose key differs (the labels edited since) is ignored."""
+    digest = hashlib.sha1(np.ascontiguousarray(labels, dtype=np.uint8).tobytes())
+    digest.update(np.asarray(grid.affine, dtype=np.float32).tobytes())  # as NIfTI stores it
+    digest.update(f"{labels.shape} {SURFACE_SMOOTHING_VOX}".encode())
+    return digest.hexdigest()
+
+
+def atlas_surface(atlas: Atlas) -> TriangleMesh:
+    """The atlas femur's smooth, closed surface (world mm): the one stored beside the atlas, else
+    the marching cubes of its label map blurred by :data:`SURFACE_SMOOTHING_VOX` voxels,
+    Taubin-smoothed (:func:`biplanar.io.mesh.label_surface`). Every registration carries these
+    vertices, in this order."""
+    if atlas.surface is not None:
+        return atlas.surface
+    return label_surface(atlas.labels, atlas.grid, FEMUR_LABEL, SURFACE_SMOOTHING_VOX)
+
+
+def write_atlas_surface(directory: str | Path, labels: np.ndarray, grid: VolumeGrid) -> Path:
+    """Make the femur surface of an atlas's ``(I, J, K)`` ``labels`` on ``grid`` and store it in
+    ``directory`` (:data:`SURFACE_FILE`: ``vertices`` world mm stored as float32, to 1e-5 mm;
+    ``faces`` int32; ``key``), atomically."""
+    mesh = label_surface(labels, grid, FEMUR_LABEL, SURFACE_SMOOTHING_VOX)
+    path = Path(directory) / SURFACE_FILE
+    with atomic_path(path) as temporary:
+        np.savez_compressed(
+            temporary,
+            vertices=mesh.vertices.astype(np.float32),
+            faces=mesh.faces.astype(np.int32),
+            key=surface_key(labels, grid),
+        )
+    return path
+
+
+def read_atlas_surface(path: Path, labels: np.ndarray, grid: VolumeGrid) -> TriangleMesh | None:
+    """The surface stored at ``path`` if it was made from these ``labels`` on ``grid``, else ``None``."""
+    if not path.is_file():
+        return None
+    with np.load(path) as stored:
+        if str(stored["key"]) != surface_key(labels, grid):
+            return None
+        return TriangleMesh(stored["vertices"].astype(np.float64), stored["faces"].astype(np.int64))
 
 
 def warped_atlas_labels(atlas, displacement: Tensor) -> np.ndarray:

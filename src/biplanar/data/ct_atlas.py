@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from biplanar.data.atlas import IMAGE_FILE, LABELS_FILE, LANDMARKS_FILE, require_preset
+from biplanar.data.atlas import IMAGE_FILE, LABELS_FILE, LANDMARKS_FILE, require_preset, write_atlas_surface
 from biplanar.data.datasets import split_subject_ids
 from biplanar.data.femur_shape import FemurParameters
 from biplanar.data.grid_presets import GRID_PRESETS, grid_preset
@@ -177,18 +177,20 @@ def _write_atlas_folder(
         write_volume(partial / IMAGE_FILE, np.round(ct_hu).astype(np.int16), grid)
         write_volume(partial / LABELS_FILE, labels.astype(np.uint8), grid)
         write_json(partial / LANDMARKS_FILE, landmarks)
+        write_atlas_surface(partial, labels, grid)
 
 
 # --- the phantom's mean shape -------------------------------------------------------------------
 def atlas_from_phantom(out_dir: str | Path, preset: str = "lite") -> Path:
     """Generate the mean-shape phantom atlas on a grid preset (the shipped one) and write it to
-    ``out_dir``, atomically per file (into an existing folder: its three files are replaced)."""
+    ``out_dir``, atomically per file (into an existing folder: its four files are replaced)."""
     require_preset(preset)
     out_dir = Path(out_dir)
     subject = make_atlas(preset)
     write_volume(out_dir / IMAGE_FILE, np.round(subject.ct_hu).astype(np.int16), subject.grid)
     write_volume(out_dir / LABELS_FILE, subject.labels.astype(np.uint8), subject.grid)
     write_json(out_dir / LANDMARKS_FILE, {"preset": preset, **subject.landmarks.to_dict()})
+    write_atlas_surface(out_dir, subject.labels, subject.grid)
     return out_dir
 
 

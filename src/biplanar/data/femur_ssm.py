@@ -42,7 +42,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy.spatial import cKDTree
 from torch import Tensor
 
 from biplanar.data.femur_shape import FemurLandmarksLocal, FemurParameters, FemurSolid, extreme_inside_point
@@ -352,6 +351,8 @@ class MeshSignedDistance:
     """
 
     def __init__(self, vertices: np.ndarray, faces: np.ndarray) -> None:
+        from scipy.spatial import cKDTree  # lazy: SciPy's spatial (0.2 s to import) only to simulate
+
         self._samples, self._normals = surface_samples(vertices, faces, SURFACE_SAMPLE_MM)
         # Sliding-midpoint splits: the median splits of a balanced tree are 10x slower to query here.
         self._tree = cKDTree(self._samples, balanced_tree=False, compact_nodes=False)

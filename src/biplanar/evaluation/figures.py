@@ -274,7 +274,7 @@ def _draw_surface(figure, axes, data: FigureData) -> None:
     colormap = colormaps["magma"]
     collection = Poly3DCollection(mesh.triangles, facecolors=colormap(norm(face_distance)), linewidths=0.0)
     axes.add_collection3d(collection)
-    low, high = mesh.bounds
+    low, high = mesh.vertices.min(axis=0), mesh.vertices.max(axis=0)
     axes.set_xlim(low[0], high[0])
     axes.set_ylim(low[1], high[1])
     axes.set_zlim(low[2], high[2])

@@ -34,7 +34,6 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
-from scipy.spatial import cKDTree
 from torch import Tensor
 
 HD_PERCENTILE = 95.0
@@ -237,18 +236,21 @@ def point_surface_distances_mm(points_world: np.ndarray, surface) -> np.ndarray:
 
     Args:
         points_world: ``(N, 3)`` world mm.
-        surface: a :class:`trimesh.Trimesh`, vertices in world mm.
+        surface: a :class:`~biplanar.io.mesh.TriangleMesh` (or a :class:`trimesh.Trimesh`), world mm.
 
     Returns:
         ``(N,)`` float64 distances, mm (unsigned).
     """
-    from trimesh.triangles import closest_point  # lazy: trimesh only for meshes
+    import trimesh  # lazy: trimesh (and SciPy's spatial) only where meshes are compared
+    from scipy.spatial import cKDTree
+    from trimesh.triangles import closest_point
 
     points = np.asarray(points_world, dtype=np.float64)
     if points.ndim != 2 or points.shape[1] != 3:
         raise ValueError(f"points_world: expected shape (N, 3), got {points.shape}")
     if len(surface.faces) == 0:
         raise ValueError("surface: expected a mesh with at least one face")
+    surface = trimesh.Trimesh(surface.vertices, surface.faces, process=False)
     k = min(NEAREST_VERTEX_CANDIDATES, len(surface.vertices))
     _, nearest = cKDTree(surface.vertices).query(points, k=k)  # (N, k) vertex indices
     faces = surface.vertex_faces[nearest.reshape(len(points), k)].reshape(len(points), -1)  # (N, k * degree), -1 pads

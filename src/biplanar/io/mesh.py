@@ -3,12 +3,19 @@
 The surface of one label is the 0.5 iso-surface of its 0/1 indicator (marching cubes, Lewiner),
 computed in voxel indices on the volume padded with one voxel of zeros on every side (so a label
 touching the border still gives a closed surface), then mapped to world mm by the grid's affine
-(any affine: anisotropic, rotated or flipped). Only the largest connected piece (most faces) is
-kept; its faces are oriented with normals pointing out of the label.
+(any affine: anisotropic, rotated or flipped). Only the largest connected piece of the label is
+meshed (26-connected voxels, its cavities filled: one closed outer surface); its faces are oriented
+with normals pointing out of the label.
+
+A mesh is a :class:`TriangleMesh` (vertices and faces). trimesh is imported only to smooth one
+(:func:`label_surface` with ``smoothing_vox``); the rest is NumPy, SciPy's ``ndimage``,
+scikit-image and meshio, so that ``register`` does not pay trimesh's import (0.27 s with the SciPy
+modules and networkx it loads, of a 3 s budget; docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,54 +29,87 @@ TAUBIN_ITERATIONS = 10  # Taubin smoothing passes of a smoothed surface (trimesh
 MESH_FORMATS = ("stl", "ply", "obj", "vtk")  # write_mesh's formats, named by the file's suffix
 
 
-def label_surface(labels: np.ndarray, grid: VolumeGrid, label: int = 1, smoothing_vox: float = 0.0):
-    """The closed surface of ``labels == label``.
+@dataclass(frozen=True)
+class TriangleMesh:
+    """A triangle mesh.
+
+    Attributes:
+        vertices: ``(V, 3)`` float64 world mm.
+        faces: ``(F, 3)`` int64 vertex indices, counter-clockwise seen from outside (outward normals).
+    """
+
+    vertices: np.ndarray
+    faces: np.ndarray
+
+    @property
+    def triangles(self) -> np.ndarray:
+        """``(F, 3, 3)`` world mm: each face's corners."""
+        return self.vertices[self.faces]
+
+    @property
+    def volume(self) -> float:
+        """The enclosed volume, mm^3 (divergence theorem): negative when the normals point inwards."""
+        corners = self.triangles
+        return float(np.einsum("ij,ij->i", corners[:, 0], np.cross(corners[:, 1], corners[:, 2])).sum() / 6.0)
+
+    def inverted(self) -> TriangleMesh:
+        """The same surface with every face's winding reversed (normals flipped)."""
+        return TriangleMesh(self.vertices, np.ascontiguousarray(self.faces[:, ::-1]))
+
+
+def largest_piece(indicator: np.ndarray) -> np.ndarray:
+    """The largest 26-connected piece of a binary volume, its cavities filled (``(I, J, K)`` bool)."""
+    pieces, count = ndimage.label(indicator, structure=np.ones((3, 3, 3), dtype=bool))
+    if count > 1:
+        sizes = np.bincount(pieces.ravel())[1:]
+        indicator = pieces == 1 + int(np.argmax(sizes))
+    return ndimage.binary_fill_holes(indicator)
+
+
+def label_surface(labels: np.ndarray, grid: VolumeGrid, label: int = 1, smoothing_vox: float = 0.0) -> TriangleMesh:
+    """The closed surface of ``labels == label`` (its largest piece).
 
     Args:
         labels: ``(I, J, K)`` integer label map on ``grid``.
         grid: its voxel grid (world RAS+ mm).
         label: the label whose surface is wanted.
         smoothing_vox: standard deviation (voxels) of a Gaussian blur of the 0/1 indicator before
-            marching cubes, followed by Taubin smoothing of the mesh (volume-preserving): no voxel
-            staircase. 0: the plain marching-cubes surface.
+            marching cubes, followed by Taubin smoothing of the mesh (volume-preserving, trimesh's
+            ``filter_taubin``): no voxel staircase. 0: the plain marching-cubes surface.
 
     Returns:
-        a :class:`trimesh.Trimesh`, vertices in world mm, outward normals, largest piece only.
+        the surface, vertices in world mm, outward normals.
 
     Raises:
         ValueError: ``labels`` not on ``grid``, or no voxel has ``label``.
     """
-    import trimesh.smoothing  # lazy: trimesh only for meshes
     from skimage.measure import marching_cubes  # lazy: scikit-image only where it is used
 
     if tuple(labels.shape) != grid.shape:
         raise ValueError(f"labels: expected shape {grid.shape}, got {tuple(labels.shape)}")
-    pad = PAD_VOX + int(np.ceil(3 * smoothing_vox))
-    indicator = np.pad((labels == label).astype(np.float32), pad)
-    if not indicator.any():
+    if not np.any(labels == label):
         raise ValueError(f"labels: no voxel has label {label}, so there is no surface")
+    pad = PAD_VOX + int(np.ceil(3 * smoothing_vox))
+    indicator = np.pad(largest_piece(labels == label).astype(np.float32), pad)
     if smoothing_vox > 0:
         indicator = ndimage.gaussian_filter(indicator, smoothing_vox)
     vertices_padded, faces, _, _ = marching_cubes(indicator, level=0.5)
-    vertices_vox = vertices_padded - pad  # padded indices -> indices of ``labels``
+    vertices_vox = vertices_padded.astype(np.float64) - pad  # padded indices -> indices of ``labels``
     vertices_world = vertices_vox @ grid.affine[:3, :3].T + grid.affine[:3, 3]
-    mesh = trimesh.Trimesh(vertices_world, faces, process=True)
-    pieces = mesh.split(only_watertight=False)
-    mesh = max(pieces, key=lambda piece: len(piece.faces)) if len(pieces) > 1 else mesh
+    mesh = TriangleMesh(vertices_world, faces.astype(np.int64))
     # skimage winds the faces with normals into the label; a flipping affine (det < 0) reverses that.
     if mesh.volume < 0:
-        mesh.invert()
-    if smoothing_vox > 0:
-        trimesh.smoothing.filter_taubin(mesh, iterations=TAUBIN_ITERATIONS)
-    return mesh
+        mesh = mesh.inverted()
+    return taubin_smoothed(mesh) if smoothing_vox > 0 else mesh
 
 
-def triangle_mesh(vertices_world: np.ndarray, faces: np.ndarray):
-    """A :class:`trimesh.Trimesh` of ``(V, 3)`` world-mm vertices and ``(F, 3)`` vertex indices, kept as
-    given (no merging or reordering: the vertex order is the correspondence between meshes)."""
-    import trimesh  # lazy: trimesh only for meshes
+def taubin_smoothed(mesh: TriangleMesh) -> TriangleMesh:
+    """``mesh`` after :data:`TAUBIN_ITERATIONS` passes of trimesh's Taubin filter (its defaults otherwise)."""
+    import trimesh.smoothing  # lazy: trimesh (0.27 s to import) only to smooth
 
-    return trimesh.Trimesh(vertices_world, faces, process=False)
+    smoothed = trimesh.Trimesh(mesh.vertices, mesh.faces, process=False)
+    trimesh.smoothing.filter_taubin(smoothed, iterations=TAUBIN_ITERATIONS)
+    return TriangleMesh(np.asarray(smoothed.vertices, dtype=np.float64), mesh.faces)
 
 
 def vtk_polydata_bytes(
@@ -103,11 +143,11 @@ def vtk_polydata_bytes(
     )
 
 
-def write_mesh(path: str | Path, mesh) -> None:
-    """Write a :class:`trimesh.Trimesh` atomically, in the format of ``path``'s suffix (:data:`MESH_FORMATS`).
+def write_mesh(path: str | Path, mesh: TriangleMesh) -> None:
+    """Write a mesh atomically, in the format of ``path``'s suffix (:data:`MESH_FORMATS`).
 
     ``.stl``: binary STL; ``.ply``: binary little-endian PLY; ``.obj``: Wavefront OBJ, vertices and
-    faces only (trimesh's exporters); ``.vtk``: legacy VTK polydata (:func:`vtk_polydata_bytes`).
+    faces only (meshio's writers); ``.vtk``: legacy VTK polydata (:func:`vtk_polydata_bytes`).
     PLY, OBJ and VTK keep the vertices and faces in their order; STL stores each triangle's corners
     (a reader merges them again).
 
@@ -118,11 +158,12 @@ def write_mesh(path: str | Path, mesh) -> None:
     file_type = path.suffix.lower().lstrip(".")
     if file_type not in MESH_FORMATS:
         raise ValueError(f"{path}: expected a mesh suffix of {', '.join(MESH_FORMATS)}, got {path.suffix!r}")
-    if file_type == "vtk":
-        data = vtk_polydata_bytes(np.asarray(mesh.vertices), np.asarray(mesh.faces))
-    elif file_type == "obj":
-        data = mesh.export(file_type="obj", include_normals=False, include_color=False, include_texture=False).encode()
-    else:
-        data = mesh.export(file_type=file_type)
     with atomic_path(path) as temporary:
-        temporary.write_bytes(data)
+        if file_type == "vtk":
+            temporary.write_bytes(vtk_polydata_bytes(mesh.vertices, mesh.faces))
+        else:
+            import meshio  # lazy: meshio only where meshes are written
+
+            cells = [("triangle", np.asarray(mesh.faces))]
+            options = {"binary": True} if file_type in ("stl", "ply") else {}
+            meshio.write(temporary, meshio.Mesh(np.asarray(mesh.vertices), cells), file_format=file_type, **options)

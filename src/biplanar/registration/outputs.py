@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from biplanar.data.atlas import FEMUR_LABEL, warped_atlas_hu, warped_atlas_labels
+from biplanar.data.atlas import FEMUR_LABEL, atlas_surface, warped_atlas_hu, warped_atlas_labels
 from biplanar.data.masks import MASK_MIN_PATH_MM
 from biplanar.errors import require_choice
 from biplanar.evaluation.hip import DIRECTION_KEYS, POINT_KEYS, hip_report, invert_points
@@ -51,7 +51,7 @@ from biplanar.geometry.mirror import SagittalMirror
 from biplanar.geometry.presets import VIEW_NAMES
 from biplanar.io.images import write_mask_png
 from biplanar.io.json_files import write_json
-from biplanar.io.mesh import MESH_FORMATS, label_surface, triangle_mesh, write_mesh
+from biplanar.io.mesh import MESH_FORMATS, TriangleMesh, label_surface, write_mesh
 from biplanar.io.report_html import ReportContents, ReportRow, write_report_html
 from biplanar.io.volumes import write_volume
 from biplanar.layers.prost import ProST
@@ -95,7 +95,6 @@ QUALITY_DEFINITION = (
     "with the network's input (radiograph x femur mask) on the model's detector; flag: the lowest view below "
     "threshold (wrong side, views swapped, geometry off, not a femur)"
 )
-ATLAS_SURFACE_SMOOTHING_VOX = 1.0  # Gaussian blur of the atlas label before its surface is extracted
 TRANSFORM_CONVENTION = (
     "pull: the matrix maps a point p of the registered (patient) frame to the atlas point it takes "
     "its value from, warped(p) = atlas(matrix @ p), world RAS+ mm; x' = c + s * Rx(rx) Ry(ry) Rz(rz) "
@@ -139,7 +138,7 @@ def write_volumes(
 
     Returns:
         the warped labels in the registration world, ``(I, J, K)`` uint8 on the atlas grid, and the
-        carried atlas surface (:func:`carried_atlas_surface`, a :class:`trimesh.Trimesh`).
+        carried atlas surface (:func:`carried_atlas_surface`).
     """
     grid = atlas.grid
     displacement = output.total_displacement.float()  # (1, 3, I, J, K) mm, world components
@@ -178,13 +177,6 @@ def write_volumes(
     return warped_labels, surface
 
 
-def atlas_surface(atlas):
-    """The atlas femur's smooth, closed surface (world mm): the marching cubes of its label map
-    blurred by :data:`ATLAS_SURFACE_SMOOTHING_VOX` voxels, Taubin-smoothed
-    (:func:`biplanar.io.mesh.label_surface`). Every registration carries these vertices, in this order."""
-    return label_surface(atlas.labels, atlas.grid, FEMUR_LABEL, ATLAS_SURFACE_SMOOTHING_VOX)
-
-
 def carried_atlas_surface(atlas, displacement: Tensor, mirror: SagittalMirror | None):
     """The atlas surface carried through the registration into the patient's world: ``surface.stl``.
 
@@ -206,7 +198,7 @@ def carried_atlas_surface(atlas, displacement: Tensor, mirror: SagittalMirror | 
     faces = np.asarray(surface.faces)
     if mirror is not None:
         vertices, faces = mirror.points(vertices), faces[:, ::-1]
-    return triangle_mesh(vertices, faces)
+    return TriangleMesh(vertices, np.ascontiguousarray(faces))
 
 
 def patient_hip_report(atlas, displacement: Tensor, mirror: SagittalMirror | None) -> dict[str, Any]:
