@@ -58,3 +58,18 @@ def test_an_unknown_suffix_is_refused(mesh, tmp_path):
     with pytest.raises(ValueError, match=r"expected a mesh suffix of stl, ply, obj, vtk, got '\.off'"):
         write_mesh(tmp_path / "surface.off", mesh)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_label_surface_is_the_outer_surface_of_the_largest_piece():
+    """A hollow ball beside a small cube: one closed surface, the ball's outside (cavity filled)."""
+    from biplanar.geometry.volume_grid import VolumeGrid
+    from biplanar.io.mesh import label_surface
+
+    grid = VolumeGrid((40, 40, 40), np.diag([1.0, 1.0, 1.0, 1.0]))
+    distance = np.linalg.norm(np.indices(grid.shape).transpose(1, 2, 3, 0) - 19.5, axis=-1)
+    labels = ((distance <= 12.0) & (distance > 6.0)).astype(np.uint8)
+    labels[1:4, 1:4, 1:4] = 1  # a second, smaller piece
+    surface = label_surface(labels, grid)
+    mesh = trimesh.Trimesh(surface.vertices, surface.faces)
+    assert len(mesh.split(only_watertight=False)) == 1 and mesh.is_watertight
+    assert surface.volume == pytest.approx(4 / 3 * np.pi * 12.0**3, rel=0.05)  # the cavity does not count
