@@ -9,7 +9,9 @@ or writes it to ``--out``. Peak memory: each case (size x renderer x measurement
 fresh subprocess, so that its peak is its own. Times: one subprocess per size runs all its
 cases round-robin, so that load from other processes falls on all of them alike. DiffDRR is
 optional (``pip install --no-deps diffdrr==0.6.1`` plus the ``bench`` extra); without it only
-the ProST rows are reported.
+the ProST rows are reported. nanodrr (``pip install nanodrr==0.1.7``), DiffDRR's faster
+reimplementation, adds a row when installed: its pure-PyTorch renderer, the one it runs on CPU
+(its fused Triton kernel needs CUDA).
 
 ProST rows: "ProST" is ``ProST(view, grid, num_samples=K)`` as it comes (``algorithm="auto"``: on
 CPU the slice walk, Joseph's method); "ProST rays" is ``algorithm="rays"``, K trilinear samples per
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib
 import os
 import platform
 import statistics
@@ -50,7 +53,7 @@ from biplanar.io.volumes import read_volume
 from biplanar.layers.prost import ProST
 from biplanar.physics.attenuation import MU_WATER_PER_MM, hu_to_mu
 
-RENDERERS = ("ProST", "ProST rays", "DiffDRR Siddon", "DiffDRR Trilinear")
+RENDERERS = ("ProST", "ProST rays", "DiffDRR Siddon", "DiffDRR Trilinear", "nanodrr torch")
 PROST_ALGORITHMS = {"ProST": "auto", "ProST rays": "rays"}
 DIFFDRR_BACKENDS = {"DiffDRR Siddon": "siddon", "DiffDRR Trilinear": "trilinear"}
 # forward only (no autograd graph); forward + backward w.r.t. the volume; w.r.t. a 4x4 pose.
@@ -140,6 +143,8 @@ def build_renderer(renderer: str, size: BenchSize, volume: torch.Tensor) -> Call
     if renderer in PROST_ALGORITHMS:
         prost = ProST(view, size.grid(), num_samples=size.num_samples, algorithm=PROST_ALGORITHMS[renderer])
         return lambda volume, pose: prost(volume, pose)[0, 0]
+    if renderer == "nanodrr torch":
+        return build_nanodrr(size, volume, view.carm)
     return build_diffdrr(DIFFDRR_BACKENDS[renderer], size, volume, view.carm)
 
 
@@ -171,6 +176,30 @@ def build_diffdrr(backend: str, size: BenchSize, volume: torch.Tensor, carm: Car
         # DiffDRR renders its `density` buffer (X, Y, Z) as is: give it our attenuation volume.
         drr.density = volume[0, 0]
         return drr(RigidTransform(pose @ camera), **options)[0, 0]
+
+    return render
+
+
+def build_nanodrr(size: BenchSize, volume: torch.Tensor, carm: CarmPose) -> Callable[..., torch.Tensor]:
+    """nanodrr's pure-PyTorch renderer (``backend="torch"``, the one it runs on CPU) at the geometry
+    of the AP C-arm ``carm``, ``K`` samples per ray inside the volume."""
+    from nanodrr.camera import make_rt_inv
+    from nanodrr.data import Subject
+    from nanodrr.drr import DRR
+    from torchio import ScalarImage
+
+    grid = size.grid()
+    subject = Subject.from_images(ScalarImage(tensor=volume[0].detach(), affine=grid.affine), convert_to_mu=False)
+    rows, cols = size.image_shape
+    drr = DRR.from_carm_intrinsics(
+        carm.source_detector_mm, carm.pixel_spacing_mm[1], carm.pixel_spacing_mm[0], 0.0, 0.0, rows, cols
+    )
+    # As DiffDRR's: orientation "AP", no rotation, the source at +y, source-isocentre mm from the origin.
+    camera = make_rt_inv(torch.zeros(1, 3), torch.tensor([[0.0, carm.source_isocenter_mm, 0.0]]), "AP", torch.zeros(3))
+
+    def render(volume: torch.Tensor, pose: torch.Tensor) -> torch.Tensor:
+        subject._image_hu = volume.permute(0, 1, 4, 3, 2)  # (1, 1, I, J, K) -> nanodrr's (1, 1, K, J, I)
+        return drr(subject, pose @ camera, n_samples=size.num_samples, backend="torch")[0, 0]
 
     return render
 
@@ -281,13 +310,13 @@ def agreement(image: np.ndarray, reference: np.ndarray) -> tuple[float, float]:
     return ncc, float(np.abs(image - reference).sum() / np.abs(reference).sum())
 
 
-def diffdrr_version() -> str | None:
-    """DiffDRR's version if its renderer modules import, else ``None``."""
+def installed_version(package: str, module: str) -> str | None:
+    """``package``'s version if its renderer ``module`` imports, else ``None``."""
     try:
-        import diffdrr.drr  # noqa: F401
+        importlib.import_module(module)
     except ImportError:
         return None
-    return version("diffdrr")
+    return version(package)
 
 
 def exact_image(size: BenchSize, volume: torch.Tensor) -> np.ndarray:
@@ -405,14 +434,16 @@ def cpu_name() -> str:
 
 def report(args: argparse.Namespace) -> str:
     """Run every case and return the markdown section."""
-    version = diffdrr_version()
-    renderers = RENDERERS if version else RENDERERS[:1]
+    version = installed_version("diffdrr", "diffdrr.drr")
+    nanodrr = installed_version("nanodrr", "nanodrr.drr")
+    renderers = tuple(r for r in RENDERERS if version or r == "ProST")
+    renderers = tuple(r for r in renderers if nanodrr or not r.startswith("nanodrr"))
     command = " ".join(["python benchmarks/bench_prost.py", *sys.argv[1:]])
     lines = [
         f"Command: `{command}`, {datetime.date.today().isoformat()}. Machine: {cpu_name()}, "
         f"{os.cpu_count()} logical CPUs, torch {torch.__version__}, {args.threads} threads "
         f"(OMP_WAIT_POLICY {os.environ.get('OMP_WAIT_POLICY', 'unset')}), "
-        f"DiffDRR {version or 'not installed'}.",
+        f"DiffDRR {version or 'not installed'}, nanodrr {nanodrr or 'not installed'}.",
         f"Times: medians of {args.repeats} rounds after {args.warmup} warm-up rounds; / ProST = "
         "this renderer's time / ProST's (above 1: ProST is faster). Peak extra memory: the rise "
         "of the process's peak resident set over its set-up (fresh process per case).",
