@@ -164,6 +164,6 @@ def write_mesh(path: str | Path, mesh: TriangleMesh) -> None:
         else:
             import meshio  # lazy: meshio only where meshes are written
 
-            cells = [("triangle", np.asarray(mesh.faces))]
+            cells = [("triangle", np.asarray(mesh.faces, dtype=np.int32))]  # PLY has no 64-bit integers
             options = {"binary": True} if file_type in ("stl", "ply") else {}
             meshio.write(temporary, meshio.Mesh(np.asarray(mesh.vertices), cells), file_format=file_type, **options)
