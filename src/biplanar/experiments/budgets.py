@@ -28,6 +28,11 @@ from biplanar.pose.baselines import OptimisationConfig
 
 ORTHOGONAL_SEED = 101  # dataset seed of the orthogonal dataset (all tables and figures are scored on its test split)
 GENERALIZED_SEED = 102  # dataset seed of the generalized dataset (training data of the Fig. 4 model)
+# The datasets' femurs and scene: the parametric phantom in its CT box, as when the results were
+# first produced (2026-11-21), pinned so that the command reproduces them whatever the defaults of
+# `biplanar simulate` (shape-model femurs and whole-body scenes since 2026-12-04).
+EXPERIMENT_SHAPES = "phantom"
+EXPERIMENT_SCENE = "grid"
 POSE_SEED = 0  # seed of the rigid-pose study's true poses (biplanar.evaluation.pose_accuracy)
 
 
@@ -51,6 +56,9 @@ class Budget:
         optimisation_affine_iterations: Adam steps of the no-learning intensity-registration baseline
             that move the similarity only (the affine registration, from the identity) ...
         optimisation_iterations: ... then Adam steps on the similarity and the velocity field together.
+        optimisation_integration_factor: the iterates' velocity integrated on the atlas grid pooled
+            by this factor, as ``register --refine`` does
+            (:attr:`~biplanar.optimisation.RefineSettings.integration_factor`; 1 before 2026-12-05).
         angle_errors_deg: Fig. 3: errors added to the LAT view's LAO/RAO angle, degrees.
         pose_correction: Fig. 3: the per-view Opt-GC search that corrects the views.
         grid_offsets_deg: Fig. 4: offsets of the AP angle from 0 and of the LAT angle from 90, degrees.
@@ -68,6 +76,7 @@ class Budget:
     sdm_registration: VolumeRegistrationSettings = field(default_factory=VolumeRegistrationSettings)
     optimisation_affine_iterations: int = 30
     optimisation_iterations: int = 100
+    optimisation_integration_factor: int = 2
     angle_errors_deg: tuple[float, ...] = _degrees(-10.0, 10.0, 1.0)
     pose_correction: OptimisationConfig = field(default_factory=OptimisationConfig)
     grid_offsets_deg: tuple[float, ...] = _degrees(-30.0, 30.0, 10.0)

@@ -399,6 +399,11 @@ def _optimisation_steps(budget: Budget) -> str:
     return (
         f"{budget.optimisation_affine_iterations} affine, then {budget.optimisation_iterations} affine + "
         f"velocity Adam steps"
+        + (
+            f", velocity integrated on the atlas grid pooled by {budget.optimisation_integration_factor}"
+            if budget.optimisation_integration_factor > 1
+            else ""
+        )
     )
 
 

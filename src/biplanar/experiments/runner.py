@@ -63,7 +63,15 @@ from biplanar.evaluation.pose_accuracy import (
     write_outputs,
 )
 from biplanar.experiments.angle_studies import angle_error_rows, geometry_grid_rows
-from biplanar.experiments.budgets import GENERALIZED_SEED, ORTHOGONAL_SEED, POSE_SEED, Budget, get_budget
+from biplanar.experiments.budgets import (
+    EXPERIMENT_SCENE,
+    EXPERIMENT_SHAPES,
+    GENERALIZED_SEED,
+    ORTHOGONAL_SEED,
+    POSE_SEED,
+    Budget,
+    get_budget,
+)
 from biplanar.experiments.models import (
     ABLATIONS,
     BASELINES,
@@ -260,7 +268,7 @@ def _make_data(context: _Context) -> dict[str, Any]:
                 folder / geometry,
                 budget.subjects,
                 seed,
-                SimulationConfig(preset=preset, geometry=geometry),
+                SimulationConfig(preset=preset, geometry=geometry, shapes=EXPERIMENT_SHAPES, scene=EXPERIMENT_SCENE),
                 workers=context.workers,
                 progress=context.progress,
             )
@@ -272,6 +280,7 @@ def _make_data(context: _Context) -> dict[str, Any]:
         }
 
     inputs = {"budget": budget.name, "subjects": budget.subjects, "seeds": [ORTHOGONAL_SEED, GENERALIZED_SEED]}
+    inputs |= {"shapes": EXPERIMENT_SHAPES, "scene": EXPERIMENT_SCENE}
     return context.stages.run(DATA_STAGE, inputs, work, resumable=True)
 
 
@@ -322,13 +331,18 @@ def _evaluate_optimisation(context: _Context) -> dict[str, Any]:
             load_config(budget.config),
             budget.optimisation_affine_iterations,
             budget.optimisation_iterations,
+            budget.optimisation_integration_factor,
             context.device,
         )
         with progress_bar(context.progress, elapsed=True, remaining=False) as bar:
             tick = ticker(bar, "optimisation baseline", len(dataset))
             return {**_write_rows(folder, score_split(predictor, dataset, tick)), **steps}
 
-    steps = {"affine_iterations": budget.optimisation_affine_iterations, "iterations": budget.optimisation_iterations}
+    steps = {
+        "affine_iterations": budget.optimisation_affine_iterations,
+        "iterations": budget.optimisation_iterations,
+        "integration_factor": budget.optimisation_integration_factor,
+    }
     return context.stages.run(OPTIMISATION_STAGE, {"budget": budget.name, **steps}, work)
 
 

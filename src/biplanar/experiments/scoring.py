@@ -97,15 +97,22 @@ class OptimisationPredictor:
             smoothness weight and integration steps it uses (the full model's).
         affine_iterations: Adam steps on the similarity alone (the affine registration) ...
         iterations: ... then Adam steps on the similarity and the velocity together.
+        integration_factor: :attr:`~biplanar.optimisation.RefineSettings.integration_factor`.
         device: where it runs.
     """
 
     stage = TOTAL_STAGE
 
-    def __init__(self, config, affine_iterations: int, iterations: int, device: torch.device) -> None:
+    def __init__(
+        self, config, affine_iterations: int, iterations: int, integration_factor: int, device: torch.device
+    ) -> None:
 
         self.config, self.device = config, device
-        self.settings = RefineSettings(iterations=affine_iterations + iterations, affine_iterations=affine_iterations)
+        self.settings = RefineSettings(
+            iterations=affine_iterations + iterations,
+            affine_iterations=affine_iterations,
+            integration_factor=integration_factor,
+        )
         self.atlas = load_atlas(config.geometry.grid_preset)
         # (I, J, K) -> (1, 1, I, J, K)
         self.atlas_mu = hu_to_mu(torch.from_numpy(self.atlas.ct_hu).float())[None, None].to(device)
