@@ -279,8 +279,13 @@ def _make_data(context: _Context) -> dict[str, Any]:
             "seeds": {ORTHOGONAL: ORTHOGONAL_SEED, GENERALIZED: GENERALIZED_SEED},
         }
 
-    inputs = {"budget": budget.name, "subjects": budget.subjects, "seeds": [ORTHOGONAL_SEED, GENERALIZED_SEED]}
-    inputs |= {"shapes": EXPERIMENT_SHAPES, "scene": EXPERIMENT_SCENE}
+    inputs = {
+        "budget": budget.name,
+        "subjects": budget.subjects,
+        "seeds": [ORTHOGONAL_SEED, GENERALIZED_SEED],
+        "shapes": EXPERIMENT_SHAPES,
+        "scene": EXPERIMENT_SCENE,
+    }
     return context.stages.run(DATA_STAGE, inputs, work, resumable=True)
 
 
