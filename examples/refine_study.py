@@ -37,13 +37,14 @@ from biplanar.training.checkpoints import bundled_model_path, load_model
 
 
 def parse_variant(text: str) -> RefineSettings:
-    """``"iterations=50;integration_factor=2"`` -> the settings (other fields at their defaults)."""
+    """``"iterations=50;linearised_iterates=true"`` -> the settings (other fields at their defaults)."""
     types = {field.name: field.type for field in dataclasses.fields(RefineSettings)}
     values = dict(item.split("=", 1) for item in text.split(";"))
     unknown = set(values) - set(types)
     if unknown:
         raise SystemExit(f"--variant {text!r}: unknown settings {sorted(unknown)}")
-    return RefineSettings(**{key: (int if types[key] == "int" else float)(value) for key, value in values.items()})
+    parsers = {"int": int, "float": float, "bool": lambda text: text.lower() in ("1", "true")}
+    return RefineSettings(**{key: parsers[str(types[key])](value) for key, value in values.items()})
 
 
 def study_case(folder: Path, network, config, atlas, variants: dict[str, RefineSettings]) -> dict[str, float]:

@@ -39,14 +39,14 @@ def problem():
 
 
 def test_the_true_transform_scores_a_perfect_match(problem):
-    _, objective, target, zeros = problem
+    atlas, objective, target, zeros = problem
     with torch.no_grad():
         value = objective(target)(TRUE_PARAMS, zeros)
         start = objective(target)(torch.zeros(1, 7), zeros)
     np.testing.assert_allclose(value.ncc.numpy(), [1.0, 1.0], atol=1e-5)
     assert float(value.smoothness) == 0.0 and float(value.loss) < 1e-5
     assert float(start.loss) > 0.01  # the identity is visibly off
-    assert value.total_displacement.shape == zeros.shape and value.matrix.shape == (1, 4, 4)
+    assert value.total_displacement(atlas.grid).shape == zeros.shape and value.matrix.shape == (1, 4, 4)
 
 
 def test_masked_drrs_vanish_outside_the_femur_silhouette(problem):
@@ -165,22 +165,26 @@ def test_the_control_grid_field_is_trilinear_at_either_resolution():
     torch.testing.assert_close(pooled[0, 0], truth.expand(6, 4, 3))
 
 
-def test_pooled_integration_refines_as_well_and_returns_exact_fields(problem):
-    """``integration_factor=2``: the iterates integrate on the pooled grid, the result is exact."""
+@pytest.mark.parametrize("approximation", [{"integration_factor": 2}, {"linearised_iterates": True}])
+def test_approximate_iterates_refine_as_well_and_return_exact_fields(problem, approximation):
+    """Pooled (``integration_factor=2``) or no (``linearised_iterates``) integration of the
+    iterates: the result is evaluated exactly."""
     _, objective, target, _ = problem
     rates = {"lr_rotation_rad": 0.01, "lr_translation_mm": 0.5, "lr_log_scale": 0.005, "lr_velocity_mm": 0.1}
     exact = refine_registration(objective(target), settings=RefineSettings(iterations=20, **rates), progress=False)
     pooled = refine_registration(
-        objective(target), settings=RefineSettings(iterations=20, integration_factor=2, **rates), progress=False
+        objective(target), settings=RefineSettings(iterations=20, **approximation, **rates), progress=False
     )
     assert pooled.loss_after < 0.2 * pooled.loss_before and float(pooled.velocity.abs().max()) > 0.0
     assert abs(pooled.loss_after - exact.loss_after) < 0.2 * exact.loss_before
     with torch.no_grad():
         value = objective(target)(pooled.params, pooled.velocity)
-    torch.testing.assert_close(pooled.total_displacement, value.total_displacement)
+    torch.testing.assert_close(pooled.total_displacement, value.total_displacement(objective(target).grid))
     assert pooled.loss_after == pytest.approx(float(value.loss), abs=1e-6)
     with pytest.raises(ValueError, match="integration_factor"):
         RefineSettings(integration_factor=0)
+    with pytest.raises(ValueError, match="integration_factor: expected 1 with linearised_iterates"):
+        RefineSettings(integration_factor=2, linearised_iterates=True)
 
 
 def test_pooled_integration_evaluates_the_start_exactly(problem):

@@ -120,6 +120,39 @@ class SpatialTransformer(nn.Module):
         volume = volume.expand(batch, *volume.shape[1:])  # a stride-0 view when the batch is shared
         return grid_sample_3d(volume, sample_grid, self.mode, self.padding_mode, align_corners=True)
 
+    def warp_through_affine(self, volume: Tensor, matrix: Tensor, displacement: Tensor) -> Tensor:
+        """``volume o Psi`` with ``Psi(p) = matrix (p + displacement(p))``: the same as
+        ``self(volume, compose_affine_displacement(matrix, displacement, grid))``
+        (:func:`~biplanar.layers.velocity.compose_affine_displacement`), without building ``Psi``'s
+        displacement: the sample points are one affine map of the voxel index plus one 3 x 3 map of
+        ``displacement``.
+
+        Args:
+            volume: ``(1, C, I, J, K)`` on ``grid``, same dtype as ``displacement``.
+            matrix: ``(1, 4, 4)`` world mm -> world mm pull matrix ``T``.
+            displacement: ``(1, 3, I, J, K)`` mm, world components, the field ``u`` of ``phi`` on ``grid``.
+
+        Returns:
+            ``(1, C, I, J, K)`` warped volume on ``grid``.
+        """
+        self.grid.check_volume(volume)
+        check_displacement(displacement, self.grid)
+        check_matrix(matrix)
+        if matrix.shape[0] != 1 or displacement.shape[0] != 1 or volume.shape[0] != 1:
+            raise ValueError(
+                f"expected a batch of 1, got volume {tuple(volume.shape)}, matrix {tuple(matrix.shape)}, "
+                f"displacement {tuple(displacement.shape)}"
+            )
+        world_to_grid = torch.as_tensor(self.grid.world_to_grid_matrix(), dtype=matrix.dtype, device=matrix.device)
+        vox_to_world = torch.as_tensor(self.grid.affine, dtype=matrix.dtype, device=matrix.device)
+        # grid_sample coordinates of T p at voxel index (i, j, k), and of T's linear part applied to u.
+        index_to_grid = (world_to_grid @ matrix @ vox_to_world)[:, :3]  # (1, 3, 4)
+        displacement_to_grid = world_to_grid[:3, :3] @ matrix[0, :3, :3]  # (3, 3)
+        sample_grid = _affine_in_index(index_to_grid, self.grid.shape) + displacement.movedim(1, -1) @ (
+            displacement_to_grid.T
+        )  # (1, I, J, K, 3)
+        return grid_sample_3d(volume, sample_grid, self.mode, self.padding_mode, align_corners=True)
+
     def identity_grid(self, dtype: torch.dtype, device: torch.device) -> Tensor:
         """``(I, J, K, 3)`` grid_sample coordinates of the voxel centres themselves."""
         return _affine_in_index(self.vox_to_grid[None, :3].to(dtype=dtype, device=device), self.grid.shape)[0]
