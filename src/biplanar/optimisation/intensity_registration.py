@@ -486,14 +486,16 @@ def _detached(value: ObjectiveValue) -> ObjectiveValue:
 
 
 def refine_settings(iterations: int) -> RefineSettings:
-    """The settings of ``register --refine`` and ``evaluate --refine``: the default rates, and the
-    velocity integrated on the atlas grid pooled by 2.
+    """The settings of ``register --refine`` and ``evaluate --refine``: the default rates, and
+    linearised iterates (:attr:`RefineSettings.linearised_iterates`).
 
-    Chosen on 10 validation phantoms (``lite``, dataset seed 11, not the held-out seed 7; the
-    bundled model alone: mean Dice 0.9527) with ``examples/refine_study.py``: 50 iterations reached
-    a mean Dice of 0.9608 integrating on the atlas grid itself, 19.8 s per case, and 0.9608 with the
-    pooled integration, 7.6 s; 40 pooled iterations 0.9599 in 6.1 s (median times, 2 threads, one
-    run, 2026-12-04).
+    Chosen on 10 validation phantoms (``lite``, dataset seed 11, not the held-out seed 7) with
+    ``examples/refine_study.py``. 2026-12-04, the v2 model (alone 0.9527): 50 iterations reached a
+    mean Dice of 0.9608 integrating on the atlas grid itself, 19.8 s per case, and 0.9608 with the
+    velocity integrated on the grid pooled by 2, 7.6 s; 40 pooled iterations 0.9599 in 6.1 s.
+    2026-12-05, the v4 model (alone 0.9530): pooled 0.9612 in 14.3 s, linearised 0.9606 in 8.7 s
+    (``docs/training.md``), the only one of the two within 10 s on that machine (a 3-D sampler 2x
+    slower than 2026-12-04's).
     """
     return RefineSettings(iterations=iterations, linearised_iterates=True)
 
