@@ -12,6 +12,7 @@ from biplanar.data.atlas import load_atlas
 from biplanar.data.phantom import SubjectSpec, landmarks_world
 from biplanar.evaluation.hip import (
     carry_landmarks,
+    fibonacci_sphere,
     hip_errors,
     hip_measurements,
     invert_points,
@@ -113,6 +114,34 @@ def test_a_rigid_pull_moves_points_by_its_inverse_and_keeps_the_shape(atlas):
     measured, original = hip_measurements(carried), hip_measurements(landmarks)
     for key in ("head_diameter_mm", "femoral_offset_mm", *ANGLES):  # the condylar axis turns with the femur
         assert measured[key] == pytest.approx(original[key], abs=1e-4)
+
+
+def _neck_surface(landmarks: dict, neck_radius_mm: float = 15.0) -> np.ndarray:
+    """``(N, 3)`` world mm: points of the head sphere and of a cylindrical neck of radius
+    ``neck_radius_mm`` around the landmarks' neck axis (an analytic femur's proximal surface)."""
+    centre, neck, radius = np.asarray(landmarks["head_centre_mm"]), np.asarray(landmarks["neck_axis"]), 23.5
+    across = np.linalg.svd(neck[None])[2][1:]  # (2, 3) unit vectors perpendicular to the neck axis
+    angles = np.linspace(0.0, 2 * math.pi, 72, endpoint=False)
+    depths = np.linspace(0.0, 45.0, 91)  # along the neck, from the head centre towards the shaft
+    ring = neck_radius_mm * (np.cos(angles)[:, None] * across[0] + np.sin(angles)[:, None] * across[1])
+    cylinder = (centre - depths[:, None, None] * neck + ring[None]).reshape(-1, 3)
+    outside_head = np.linalg.norm(cylinder - centre, axis=1) > radius
+    return np.concatenate([centre + radius * fibonacci_sphere(400), cylinder[outside_head]])
+
+
+def test_the_surface_neck_axis_is_the_cylinders_axis_and_turns_with_a_rigid_pull(atlas):
+    """With the atlas surface given, the neck axis is measured on the carried surface (the shape
+    model's definition): a cylinder's own axis, rotated by a rigid pull's inverse rotation."""
+    atlas, landmarks = atlas
+    surface = _neck_surface(landmarks)
+    carried = carry_landmarks(landmarks, torch.zeros(1, 3, *atlas.grid.shape), atlas.grid, surface)
+    np.testing.assert_allclose(carried["neck_axis"], landmarks["neck_axis"], atol=1e-9)
+    rotation = _rotation(np.array([0.2, 0.9, -0.4]) / np.linalg.norm([0.2, 0.9, -0.4]), math.radians(10.0))
+    matrix = _about(atlas.grid.centre_world, rotation, np.array([-2.0, 3.0, 1.0]))
+    carried = carry_landmarks(landmarks, _pull_field(matrix, atlas.grid), atlas.grid, surface)
+    np.testing.assert_allclose(carried["neck_axis"], rotation.T @ landmarks["neck_axis"], atol=1e-5)
+    with pytest.raises(ValueError, match="no surface vertex 3-10 mm beyond the head sphere"):
+        carry_landmarks(landmarks, torch.zeros(1, 3, *atlas.grid.shape), atlas.grid, surface[:400])  # head only
 
 
 @pytest.mark.parametrize("angle_deg", [-15.0, 7.0, 20.0])

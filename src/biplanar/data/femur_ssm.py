@@ -188,6 +188,20 @@ def _unit(vector: np.ndarray) -> np.ndarray:
     return vector / np.linalg.norm(vector)
 
 
+def neck_axis_from_surface(vertices: np.ndarray, head_centre: np.ndarray, head_radius: float) -> np.ndarray:
+    """Unit neck axis of a femur surface: from the centroid of its ``(V, 3)`` vertices (mm) in the
+    shell ``NECK_SHELL_MM`` beyond the head sphere to the head centre (module doc).
+
+    Raises:
+        ValueError: no vertex lies in the shell (the surface does not reach the neck).
+    """
+    distance = np.linalg.norm(vertices - head_centre, axis=1)
+    shell = (distance > head_radius + NECK_SHELL_MM[0]) & (distance < head_radius + NECK_SHELL_MM[1])
+    if not shell.any():
+        raise ValueError(f"no surface vertex {NECK_SHELL_MM[0]:g}-{NECK_SHELL_MM[1]:g} mm beyond the head sphere")
+    return _unit(head_centre - vertices[shell].mean(axis=0))
+
+
 def _head_sphere(vertices: np.ndarray) -> tuple[np.ndarray, float, np.ndarray]:
     """``(centre, radius, neck axis)`` of the head, from the topmost vertex down (module doc)."""
     radius = 22.0  # a start: adult heads are 18-30 mm
@@ -196,8 +210,7 @@ def _head_sphere(vertices: np.ndarray) -> tuple[np.ndarray, float, np.ndarray]:
     for _ in range(6):
         centre, radius = fit_sphere(vertices[head])
         distance = np.linalg.norm(vertices - centre, axis=1)
-        shell = (distance > radius + NECK_SHELL_MM[0]) & (distance < radius + NECK_SHELL_MM[1])
-        neck_axis = _unit(centre - vertices[shell].mean(axis=0))
+        neck_axis = neck_axis_from_surface(vertices, centre, radius)
         head = (np.abs(distance - radius) < HEAD_FIT_TOLERANCE_MM) & ((vertices - centre) @ neck_axis > -0.3 * radius)
     return centre, radius, neck_axis
 

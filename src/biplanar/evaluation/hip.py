@@ -27,9 +27,18 @@ grid, ``warped(p) = atlas(p + u(p))``, so the subject-space point showing the at
 ``p + u(p) = L``; it is found by the fixed-point iteration ``p <- L - u(p)`` (``u`` trilinear in
 world mm, continued by its border values outside the grid), which converges where ``u``'s Jacobian
 has norm below 1 (rotations under 60 degrees, scales within a factor 2). Directions are carried
-as the difference of two carried points; the head radius by carrying points of the atlas's head
-sphere and fitting a sphere to them (least squares), which follows any local stretch of the
-head, not only the Jacobian at its centre.
+as the difference of two carried points. The head centre and radius are those of the sphere
+fitted (least squares) to carried points of the atlas's head sphere, which follows the carried head
+surface, not only the field at its centre. Given the atlas's surface, the neck axis is measured on
+the carried surface as :mod:`biplanar.data.femur_ssm` measures it on a shape model's mesh (from the
+centroid of the vertices in a shell beyond the head sphere to the head centre); else it is carried
+through the head centre and a mid-neck point. The shaft axis is carried through two points 35 and
+85 mm below the lesser trochanter: the lowest diaphysis that the registration grid shows, where it
+stands for the whole femur's anatomical axis (the shape model's ``SHAFT_BAND``) best; the condylar
+axis from the shaft 60 mm below it.
+
+These definitions were chosen on the validation splits of the training sets, never on the held-out
+subjects (``docs/results.md``, "Hip measurements").
 """
 
 from __future__ import annotations
@@ -43,17 +52,25 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from biplanar.data.atlas import atlas_surface
 from biplanar.data.femur_shape import canonical_rotation
+from biplanar.data.femur_ssm import NECK_SHELL_MM, neck_axis_from_surface
 from biplanar.data.phantom import Pose
 from biplanar.geometry.fitting import fit_sphere
 from biplanar.geometry.volume_grid import VolumeGrid
 
 POINT_KEYS = ("head_centre_mm", "shaft_axis_point_mm", "greater_trochanter_tip_mm", "lesser_trochanter_tip_mm")
 DIRECTION_KEYS = ("neck_axis", "shaft_axis", "condylar_axis")
-# The shaft axis is carried through two points 25 and 60 mm below the lesser trochanter tip (along
-# the axis): the straight proximal diaphysis, where test_phantom.py measures it from label maps.
-SHAFT_LEVELS_BELOW_LT_MM = (25.0, 60.0)
-CONDYLAR_ARM_MM = 10.0  # the condylar axis is carried from the lower shaft point to this far along it
+# The shaft axis is carried through two points this far below the lesser trochanter tip (along the
+# axis): the lowest diaphysis inside the lite and paper grids (module doc).
+SHAFT_LEVELS_BELOW_LT_MM = (35.0, 85.0)
+# Atlas surface vertices this far beyond the head sphere are carried to find the neck's shell:
+# the shell's outer radius plus room for the registration's stretch.
+NECK_SEARCH_MM = NECK_SHELL_MM[1] + 8.0
+# The condylar axis is carried from the shaft axis this far below the lesser trochanter tip, to this
+# far along it.
+CONDYLAR_LEVEL_BELOW_LT_MM = 60.0
+CONDYLAR_ARM_MM = 10.0
 SPHERE_POINTS = 64  # head-sphere points carried to measure the head radius
 MEASUREMENT_KEYS = (
     "head_centre_mm",
@@ -131,13 +148,15 @@ def _construction_points(vectors: dict[str, np.ndarray], radius: float) -> dict[
     neck_depth = 0.5 * _closest_parameter(centre, -neck, shaft_point, shaft)
     lt_depth = (shaft_point - vectors["lesser_trochanter_tip_mm"]) @ shaft  # below the shaft point
     upper, lower = (shaft_point - (lt_depth + level) * shaft for level in SHAFT_LEVELS_BELOW_LT_MM)
+    condylar_base = shaft_point - (lt_depth + CONDYLAR_LEVEL_BELOW_LT_MM) * shaft
     return {
         "head_centre_mm": centre[None],
         "neck": (centre - neck_depth * neck)[None],
         "sphere": centre + radius * fibonacci_sphere(SPHERE_POINTS),
         "shaft_upper": upper[None],
         "shaft_lower": lower[None],
-        "condylar": (lower + CONDYLAR_ARM_MM * vectors["condylar_axis"])[None],
+        "condylar_base": condylar_base[None],
+        "condylar": (condylar_base + CONDYLAR_ARM_MM * vectors["condylar_axis"])[None],
         "greater_trochanter_tip_mm": vectors["greater_trochanter_tip_mm"][None],
         "lesser_trochanter_tip_mm": vectors["lesser_trochanter_tip_mm"][None],
     }
@@ -198,7 +217,10 @@ def invert_points(
 
 
 def carry_landmarks(
-    landmarks: dict[str, Any], displacement_mm: Tensor | np.ndarray, grid: VolumeGrid
+    landmarks: dict[str, Any],
+    displacement_mm: Tensor | np.ndarray,
+    grid: VolumeGrid,
+    surface_vertices: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """The atlas ``landmarks`` in the registered (subject) space of a pull displacement.
 
@@ -208,35 +230,47 @@ def carry_landmarks(
         displacement_mm: ``(1, 3, I, J, K)`` or ``(3, I, J, K)`` (torch or numpy) displacement of
             the registration, mm, world components, on ``grid``: ``warped(p) = atlas(p + u(p))``.
         grid: the atlas grid.
+        surface_vertices: ``(V, 3)`` the atlas femur surface's vertices, world mm
+            (:func:`~biplanar.data.atlas.atlas_surface`): the neck axis is then measured on the
+            carried surface (module doc).
 
     Returns:
-        landmarks in the same format: points carried; directions through two carried points
-        (the neck: head centre and mid-neck; the shaft: 25 and 60 mm below the lesser trochanter;
-        the condylar axis: from the lower shaft point); ``shaft_axis_point_mm`` the foot of the
-        perpendicular from the head centre to the carried shaft axis; ``head_radius_mm`` the
-        radius of the sphere fitted to the carried head-sphere points; and
-        ``carry_residual_mm``, the largest ``|p + u(p) - L|`` left by the inversion.
+        landmarks in the same format: points carried; ``head_centre_mm`` and ``head_radius_mm``
+        of the sphere fitted to the carried head-sphere points; directions through two carried
+        points (the neck, without ``surface_vertices``: head centre and mid-neck; the shaft: 35
+        and 85 mm below the lesser trochanter; the condylar axis: from the shaft 60 mm below it);
+        ``shaft_axis_point_mm`` the foot of the perpendicular from the head centre to the carried
+        shaft axis; and ``carry_residual_mm``, the largest ``|p + u(p) - L|`` left by the inversion.
+
+    Raises:
+        ValueError: the carried surface has no vertex in the neck's shell.
     """
     vectors = _vectors(landmarks)
     field = _as_field(displacement_mm, grid)
     construction = _construction_points(vectors, float(landmarks["head_radius_mm"]))
+    if surface_vertices is not None:
+        reach = np.linalg.norm(surface_vertices - vectors["head_centre_mm"], axis=1)
+        construction["surface"] = surface_vertices[reach < float(landmarks["head_radius_mm"]) + NECK_SEARCH_MM]
     names = list(construction)
     sizes = [len(construction[name]) for name in names]
     carried_all, residual = invert_points(field, grid, np.concatenate([construction[name] for name in names]))
     carried = dict(zip(names, np.split(carried_all, np.cumsum(sizes)[:-1])))
-    centre = carried["head_centre_mm"][0]
     lower = carried["shaft_lower"][0]
     shaft = _unit(carried["shaft_upper"][0] - lower)
-    _, radius = fit_sphere(carried["sphere"])
+    centre, radius = fit_sphere(carried["sphere"])
+    if surface_vertices is None:
+        neck = _unit(centre - carried["neck"][0])
+    else:
+        neck = neck_axis_from_surface(carried["surface"], centre, radius)
     return {
         "head_centre_mm": centre.tolist(),
         "head_radius_mm": radius,
-        "neck_axis": _unit(centre - carried["neck"][0]).tolist(),
+        "neck_axis": neck.tolist(),
         "shaft_axis_point_mm": (lower + ((centre - lower) @ shaft) * shaft).tolist(),
         "shaft_axis": shaft.tolist(),
         "greater_trochanter_tip_mm": carried["greater_trochanter_tip_mm"][0].tolist(),
         "lesser_trochanter_tip_mm": carried["lesser_trochanter_tip_mm"][0].tolist(),
-        "condylar_axis": _unit(carried["condylar"][0] - lower).tolist(),
+        "condylar_axis": _unit(carried["condylar"][0] - carried["condylar_base"][0]).tolist(),
         "carry_residual_mm": residual,
     }
 
@@ -302,7 +336,8 @@ def hip_errors(measured: dict[str, Any], truth: dict[str, Any]) -> dict[str, flo
 
 
 def hip_report(atlas, displacement: Tensor) -> dict[str, Any]:
-    """Hip measurements of the atlas landmarks carried through a displacement, as ``report.json``'s ``hip``.
+    """Hip measurements of the atlas landmarks carried through a displacement (the neck axis
+    measured on the carried atlas surface), as ``report.json``'s ``hip``.
 
     Args:
         atlas: an :class:`~biplanar.data.atlas.Atlas` (``landmarks``, ``grid``).
@@ -313,5 +348,6 @@ def hip_report(atlas, displacement: Tensor) -> dict[str, Any]:
         the carried landmarks (world mm).
     """
 
-    carried = carry_landmarks(with_condylar_axis(atlas.landmarks), displacement, atlas.grid)
+    surface = np.asarray(atlas_surface(atlas).vertices, dtype=np.float64)
+    carried = carry_landmarks(with_condylar_axis(atlas.landmarks), displacement, atlas.grid, surface)
     return {**hip_measurements(carried), "landmarks": carried}

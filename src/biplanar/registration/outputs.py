@@ -324,7 +324,12 @@ def quality_report(projection_ncc: dict[str, float]) -> dict[str, Any]:
 
 HIP_ROWS = {  # report.json's hip key -> report.html's name, unit, definition (biplanar.evaluation.hip)
     "head_diameter_mm": ("head diameter", "mm", "twice the radius of the sphere fitted to the carried head"),
-    "neck_shaft_angle_deg": ("neck-shaft angle", "deg", "180 deg minus the angle between the neck and shaft axes"),
+    "neck_shaft_angle_deg": (
+        "neck-shaft angle",
+        "deg",
+        "180 deg minus the angle between the neck axis (from the centroid of the neck surface 3-10 mm beyond the "
+        "head sphere to the head centre) and the shaft axis (the diaphysis 35-85 mm below the lesser trochanter)",
+    ),
     "femoral_offset_mm": ("femoral offset", "mm", "distance from the head centre to the shaft axis (a line)"),
     "anteversion_deg": (
         "anteversion",
