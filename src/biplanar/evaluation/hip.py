@@ -71,7 +71,7 @@ NECK_SEARCH_MM = NECK_SHELL_MM[1] + 8.0
 # far along it.
 CONDYLAR_LEVEL_BELOW_LT_MM = 60.0
 CONDYLAR_ARM_MM = 10.0
-SPHERE_POINTS = 64  # head-sphere points carried to measure the head radius
+SPHERE_POINTS = 64  # head-sphere points carried to fit the head centre and radius
 MEASUREMENT_KEYS = (
     "head_centre_mm",
     "head_diameter_mm",
