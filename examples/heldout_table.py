@@ -18,7 +18,8 @@ carried from the atlas (head centre, neck-shaft angle, anteversion) against the 
         --model new=runs/lite_ssm_finetune/best.pt,runs/seg/model.pt --out runs/heldout_table
 
 (``NAME=CHECKPOINT[,SEGMENTATION_CHECKPOINT]``: the segmentation network of the no-mask routes,
-default the bundled one)
+default the bundled one; ``--refine N``: every registration with ``N`` iterations of test-time
+optimisation, as ``biplanar register --refine N``)
 
 prints a Markdown table (mean +- sd; angles as mean absolute error) and writes ``cases.csv`` and
 ``table.md`` into ``--out``.
@@ -77,7 +78,7 @@ def prepare_case(index: int, work: Path) -> tuple[Path, dict[str, dict]]:
     return folder, routes
 
 
-def run_case(index: int, work: Path, models: dict[str, tuple[Path, Path | None]]) -> list[dict]:
+def run_case(index: int, work: Path, models: dict[str, tuple[Path, Path | None]], refine: int) -> list[dict]:
     """Every model on every route of held-out case ``index``: one row each."""
     folder, routes = prepare_case(index, work)
     rows = []
@@ -91,6 +92,7 @@ def run_case(index: int, work: Path, models: dict[str, tuple[Path, Path | None]]
                 truth_labels=population / "labels.nii.gz",
                 model=model,
                 segmentation_model=segmentation,
+                refine=refine,
                 progress=False,
                 **inputs,
             ).report
@@ -139,9 +141,11 @@ def main() -> None:
         "--model", action="append", required=True, help="NAME=CHECKPOINT[,SEGMENTATION_CHECKPOINT], repeatable"
     )
     parser.add_argument("--out", type=Path, required=True, help="folder for cases.csv, table.md and the inputs")
+    parser.add_argument("--refine", type=int, default=0, help="test-time optimisation iterations (default none)")
     arguments = parser.parse_args()
     models = {name: model_paths(paths) for name, paths in (item.split("=", 1) for item in arguments.model)}
-    rows = [row for index in range(arguments.n) for row in run_case(index, arguments.out / "inputs", models)]
+    work = arguments.out / "inputs"
+    rows = [row for index in range(arguments.n) for row in run_case(index, work, models, arguments.refine)]
     atomic_write_text(arguments.out / "cases.csv", rows_to_csv(rows))
     text = table(rows, arguments.n)
     (arguments.out / "table.md").write_text(text)

@@ -17,6 +17,7 @@ from biplanar.evaluation.hip import (
     hip_measurements,
     invert_points,
     subject_hip_truth,
+    version_deg,
     with_condylar_axis,
 )
 from biplanar.layers.warp import affine_displacement
@@ -160,6 +161,18 @@ def test_turning_the_neck_about_the_shaft_changes_anteversion_by_the_angle(atlas
     assert measured["anteversion_deg"] == pytest.approx(original["anteversion_deg"] + angle_deg, abs=1e-9)
     for key in ("head_diameter_mm", "femoral_offset_mm", "neck_shaft_angle_deg"):
         assert measured[key] == pytest.approx(original[key], abs=1e-9)
+
+
+@pytest.mark.parametrize("angle_deg", [-30.0, 0.0, 12.0, 95.0])
+def test_version_is_the_angle_from_medial_towards_anterior_about_the_shaft(angle_deg):
+    """Shaft +z, condylar axis +x tilted along the shaft (the tilt is projected out): a neck
+    ``cos(a) * medial + sin(a) * anterior`` raised out of the plane reads ``a``."""
+    shaft, medial, anterior = np.array([0.0, 0.0, 1.0]), np.array([-1.0, 0.0, 0.0]), np.array([0.0, 1.0, 0.0])
+    angle = math.radians(angle_deg)
+    neck = math.cos(angle) * medial + math.sin(angle) * anterior + 0.6 * shaft
+    assert np.allclose(np.cross(medial, shaft), anterior)
+    measured = version_deg(neck / np.linalg.norm(neck), shaft, np.array([1.0, 0.0, 0.3]) / math.hypot(1.0, 0.3))
+    assert measured == pytest.approx(angle_deg, abs=1e-9)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

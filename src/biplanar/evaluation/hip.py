@@ -281,16 +281,21 @@ def hip_measurements(landmarks: dict[str, Any]) -> dict[str, float | list]:
     vectors = _vectors(landmarks)
     centre, neck, shaft = vectors["head_centre_mm"], vectors["neck_axis"], vectors["shaft_axis"]
     from_axis = centre - vectors["shaft_axis_point_mm"]
-    lateral = vectors["condylar_axis"]
-    medial = _unit(-(lateral - (lateral @ shaft) * shaft))  # in the plane perpendicular to the shaft
-    anterior = np.cross(medial, shaft)
     return {
         "head_centre_mm": centre.tolist(),
         "head_diameter_mm": 2.0 * float(landmarks["head_radius_mm"]),
         "neck_shaft_angle_deg": 180.0 - math.degrees(math.acos(float(np.clip(neck @ shaft, -1.0, 1.0)))),
         "femoral_offset_mm": float(np.linalg.norm(from_axis - (from_axis @ shaft) * shaft)),
-        "anteversion_deg": math.degrees(math.atan2(neck @ anterior, neck @ medial)),
+        "anteversion_deg": version_deg(neck, shaft, vectors["condylar_axis"]),
     }
+
+
+def version_deg(neck: np.ndarray, shaft: np.ndarray, condylar_axis: np.ndarray) -> float:
+    """Anteversion (deg) of the unit ``(3,)`` ``neck`` axis about the unit ``(3,)`` proximal ``shaft``
+    axis, against the ``(3,)`` medial-to-lateral ``condylar_axis`` (module doc's definition)."""
+    medial = _unit(-(condylar_axis - (condylar_axis @ shaft) * shaft))  # in the plane perpendicular to the shaft
+    anterior = np.cross(medial, shaft)
+    return math.degrees(math.atan2(neck @ anterior, neck @ medial))
 
 
 def subject_hip_truth(document: dict[str, Any]) -> dict[str, float | list]:
