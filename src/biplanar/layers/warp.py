@@ -73,6 +73,13 @@ def _affine_in_index(coefficients: Tensor, shape: tuple[int, int, int]) -> Tenso
     )
 
 
+def _linear_channels_last(field: Tensor, linear: Tensor) -> Tensor:
+    """``(B, I, J, K, 3)``: the ``(3, 3)`` ``linear`` map applied to every vector of the ``(B, 3, I, J, K)``
+    ``field``, as one ``(3, 3) @ (3, IJK)`` product per batch element (``field.movedim(1, -1) @
+    linear.T`` is a matrix product with 3 columns, about 1.7x slower on the CPU)."""
+    return (linear @ field.flatten(2)).unflatten(2, field.shape[2:]).movedim(1, -1)
+
+
 class SpatialTransformer(nn.Module):
     """Pulls a volume on ``grid`` through a world-mm displacement field on the same grid.
 
@@ -148,8 +155,8 @@ class SpatialTransformer(nn.Module):
         # grid_sample coordinates of T p at voxel index (i, j, k), and of T's linear part applied to u.
         index_to_grid = (world_to_grid @ matrix @ vox_to_world)[:, :3]  # (1, 3, 4)
         displacement_to_grid = world_to_grid[:3, :3] @ matrix[0, :3, :3]  # (3, 3)
-        sample_grid = _affine_in_index(index_to_grid, self.grid.shape) + displacement.movedim(1, -1) @ (
-            displacement_to_grid.T
+        sample_grid = _affine_in_index(index_to_grid, self.grid.shape) + _linear_channels_last(
+            displacement, displacement_to_grid
         )  # (1, I, J, K, 3)
         return grid_sample_3d(volume, sample_grid, self.mode, self.padding_mode, align_corners=True)
 
@@ -159,7 +166,7 @@ class SpatialTransformer(nn.Module):
 
     def to_grid_units(self, displacement: Tensor) -> Tensor:
         """``(B, 3, I, J, K)`` world mm -> ``(B, I, J, K, 3)`` grid_sample coordinate offsets."""
-        return displacement.movedim(1, -1) @ self.world_to_grid_linear.to(displacement.dtype).T
+        return _linear_channels_last(displacement, self.world_to_grid_linear.to(displacement.dtype))
 
     def to_world_mm(self, offsets: Tensor) -> Tensor:
         """The inverse of :meth:`to_grid_units`: ``(B, I, J, K, 3)`` -> ``(B, 3, I, J, K)`` world mm."""
