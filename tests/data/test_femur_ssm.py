@@ -137,8 +137,8 @@ def _slab_axis(solid, levels_below_lt_mm: tuple[float, float]) -> np.ndarray:
 
 
 def test_the_carried_shaft_levels_stand_for_the_whole_femur_s_axis():
-    """``evaluation.hip`` carries the shaft axis through two levels below the lesser trochanter
-    (the registration grid shows no more of the femur). On shape-model femurs, the neck-shaft angle
+    """``evaluation.hip`` takes the shaft axis from the diaphysis between two levels below the lesser
+    trochanter (the registration grid shows no more of the femur). On shape-model femurs, the neck-shaft angle
     taken against the diaphysis at those levels is within 1 deg (mean absolute) of the angle against
     the whole femur's anatomical axis (the femur frame's ``+s``), closer than the 25 and 60 mm used
     before 2026-12-05 (biased by more than 1 deg)."""

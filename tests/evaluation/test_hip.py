@@ -117,32 +117,81 @@ def test_a_rigid_pull_moves_points_by_its_inverse_and_keeps_the_shape(atlas):
         assert measured[key] == pytest.approx(original[key], abs=1e-4)
 
 
-def _neck_surface(landmarks: dict, neck_radius_mm: float = 15.0) -> np.ndarray:
-    """``(N, 3)`` world mm: points of the head sphere and of a cylindrical neck of radius
-    ``neck_radius_mm`` around the landmarks' neck axis (an analytic femur's proximal surface)."""
-    centre, neck, radius = np.asarray(landmarks["head_centre_mm"]), np.asarray(landmarks["neck_axis"]), 23.5
-    across = np.linalg.svd(neck[None])[2][1:]  # (2, 3) unit vectors perpendicular to the neck axis
+def _cylinder(point: np.ndarray, axis: np.ndarray, radius_mm: float, depths_mm: np.ndarray) -> np.ndarray:
+    """``(N, 3)`` points of the cylinder of ``radius_mm`` around the line ``point + t axis`` (unit
+    ``axis``), in rings at ``point - depth * axis`` for each depth (mm)."""
+    across = np.linalg.svd(axis[None])[2][1:]  # (2, 3) unit vectors perpendicular to the axis
     angles = np.linspace(0.0, 2 * math.pi, 72, endpoint=False)
-    depths = np.linspace(0.0, 45.0, 91)  # along the neck, from the head centre towards the shaft
-    ring = neck_radius_mm * (np.cos(angles)[:, None] * across[0] + np.sin(angles)[:, None] * across[1])
-    cylinder = (centre - depths[:, None, None] * neck + ring[None]).reshape(-1, 3)
-    outside_head = np.linalg.norm(cylinder - centre, axis=1) > radius
-    return np.concatenate([centre + radius * fibonacci_sphere(400), cylinder[outside_head]])
+    ring = radius_mm * (np.cos(angles)[:, None] * across[0] + np.sin(angles)[:, None] * across[1])
+    return (point - depths_mm[:, None, None] * axis + ring[None]).reshape(-1, 3)
 
 
-def test_the_surface_neck_axis_is_the_cylinders_axis_and_turns_with_a_rigid_pull(atlas):
-    """With the atlas surface given, the neck axis is measured on the carried surface (the shape
-    model's definition): a cylinder's own axis, rotated by a rigid pull's inverse rotation."""
+def _shaft_axis_below_lt(landmarks: dict, tilt_deg: float) -> tuple[np.ndarray, np.ndarray]:
+    """A diaphysis axis ``((3,) point, (3,) unit direction)``: the landmarks' shaft axis turned by
+    ``tilt_deg`` about the anterior direction through its point 60 mm below the lesser trochanter."""
+    shaft, point = np.asarray(landmarks["shaft_axis"]), np.asarray(landmarks["shaft_axis_point_mm"])
+    below = point - ((point - np.asarray(landmarks["lesser_trochanter_tip_mm"])) @ shaft + 60.0) * shaft
+    anterior = np.cross(shaft, np.asarray(landmarks["condylar_axis"]))
+    return below, _rotation(anterior / np.linalg.norm(anterior), math.radians(tilt_deg)) @ shaft
+
+
+def _femur_surface(landmarks: dict, shaft_tilt_deg: float = 0.0, parts: str = "head neck shaft") -> np.ndarray:
+    """``(N, 3)`` world mm: points of an analytic femur's surface, the head sphere, a cylindrical neck
+    of radius 15 mm around the landmarks' neck axis and a diaphysis of radius 14 mm around
+    :func:`_shaft_axis_below_lt` (each in ``parts``)."""
+    centre, neck, radius = np.asarray(landmarks["head_centre_mm"]), np.asarray(landmarks["neck_axis"]), 23.5
+    pieces = []
+    if "head" in parts:
+        pieces.append(centre + radius * fibonacci_sphere(400))
+    if "neck" in parts:
+        cylinder = _cylinder(centre, neck, 15.0, np.linspace(0.0, 45.0, 91))
+        pieces.append(cylinder[np.linalg.norm(cylinder - centre, axis=1) > radius])
+    if "shaft" in parts:
+        point, shaft = _shaft_axis_below_lt(landmarks, shaft_tilt_deg)
+        pieces.append(_cylinder(point, shaft, 14.0, np.linspace(-39.75, 39.75, 160)))  # no ring on a slab edge
+    return np.concatenate(pieces)
+
+
+def test_the_surface_neck_and_shaft_axes_are_the_cylinders_axes_and_turn_with_a_rigid_pull(atlas):
+    """With the atlas surface given, the neck and shaft axes are measured on the carried surface (the
+    shape model's definitions): the cylinders' own axes, rotated by a rigid pull's inverse rotation."""
     atlas, landmarks = atlas
-    surface = _neck_surface(landmarks)
+    surface = _femur_surface(landmarks, shaft_tilt_deg=4.0)
+    _, tilted_shaft = _shaft_axis_below_lt(landmarks, 4.0)
     carried = carry_landmarks(landmarks, torch.zeros(1, 3, *atlas.grid.shape), atlas.grid, surface)
     np.testing.assert_allclose(carried["neck_axis"], landmarks["neck_axis"], atol=1e-9)
+    # To 0.2 deg: the slabs, cut perpendicular to the atlas's axis, hold part rings of the tilted cylinder.
+    np.testing.assert_allclose(carried["shaft_axis"], tilted_shaft, atol=3e-3)
+    measured_shaft = np.asarray(carried["shaft_axis"])
     rotation = _rotation(np.array([0.2, 0.9, -0.4]) / np.linalg.norm([0.2, 0.9, -0.4]), math.radians(10.0))
     matrix = _about(atlas.grid.centre_world, rotation, np.array([-2.0, 3.0, 1.0]))
     carried = carry_landmarks(landmarks, _pull_field(matrix, atlas.grid), atlas.grid, surface)
     np.testing.assert_allclose(carried["neck_axis"], rotation.T @ landmarks["neck_axis"], atol=1e-5)
+    np.testing.assert_allclose(carried["shaft_axis"], rotation.T @ measured_shaft, atol=1e-5)
+
+
+def test_the_shaft_tilt_changes_the_neck_shaft_angle_by_the_tilt(atlas):
+    """A diaphysis turned by ``t`` about the anterior axis (in the neck's plane, nearly): the
+    neck-shaft angle measured on the surface changes by ``t``."""
+    atlas, landmarks = atlas
+    zero = torch.zeros(1, 3, *atlas.grid.shape)
+    angles = [
+        hip_measurements(carry_landmarks(landmarks, zero, atlas.grid, _femur_surface(landmarks, tilt)))[
+            "neck_shaft_angle_deg"
+        ]
+        for tilt in (0.0, 3.0)
+    ]
+    assert angles[0] == pytest.approx(hip_measurements(landmarks)["neck_shaft_angle_deg"], abs=1e-6)
+    assert abs(angles[1] - angles[0]) == pytest.approx(3.0, abs=0.3)
+
+
+def test_a_surface_without_a_neck_or_a_shaft_band_is_refused(atlas):
+    atlas, landmarks = atlas
+    zero = torch.zeros(1, 3, *atlas.grid.shape)
     with pytest.raises(ValueError, match="no surface vertex 3-10 mm beyond the head sphere"):
-        carry_landmarks(landmarks, torch.zeros(1, 3, *atlas.grid.shape), atlas.grid, surface[:400])  # head only
+        carry_landmarks(landmarks, zero, atlas.grid, _femur_surface(landmarks, parts="head shaft"))
+    with pytest.raises(ValueError, match="does not cover 35-85 mm below the lesser trochanter"):
+        carry_landmarks(landmarks, zero, atlas.grid, _femur_surface(landmarks, parts="head neck"))
 
 
 @pytest.mark.parametrize("angle_deg", [-15.0, 7.0, 20.0])

@@ -32,10 +32,13 @@ fitted (least squares) to carried points of the atlas's head sphere, which follo
 surface, not only the field at its centre. Given the atlas's surface, the neck axis is measured on
 the carried surface as :mod:`biplanar.data.femur_ssm` measures it on a shape model's mesh (from the
 centroid of the vertices in a shell beyond the head sphere to the head centre); else it is carried
-through the head centre and a mid-neck point. The shaft axis is carried through two points 35 and
-85 mm below the lesser trochanter: the lowest diaphysis that the registration grid shows, where it
-stands for the whole femur's anatomical axis (the shape model's ``SHAFT_BAND``) best; the condylar
-axis from the shaft 60 mm below it.
+through the head centre and a mid-neck point. The shaft axis is that of the diaphysis 35 to 85 mm
+below the lesser trochanter: the lowest diaphysis that the registration grid shows, where it stands
+for the whole femur's anatomical axis (the shape model's ``SHAFT_BAND``) best. Given the atlas's
+surface, it is measured on the carried surface as the shape model measures its meshes: the line
+through the centroids of ``SHAFT_SLABS`` slabs of that band (slabs cut in the atlas, perpendicular
+to its shaft axis, and carried); else it is carried through two points of the axis at 35 and 85 mm.
+The condylar axis is carried from the shaft 60 mm below the lesser trochanter.
 
 These definitions were chosen on the validation splits of the training sets, never on the held-out
 subjects (``docs/results.md``, "Hip measurements").
@@ -56,14 +59,15 @@ from biplanar.data.atlas import atlas_surface
 from biplanar.data.femur_shape import canonical_rotation
 from biplanar.data.femur_ssm import NECK_SHELL_MM, neck_axis_from_surface
 from biplanar.data.phantom import Pose
-from biplanar.geometry.fitting import fit_sphere
+from biplanar.geometry.fitting import fit_line, fit_sphere
 from biplanar.geometry.volume_grid import VolumeGrid
 
 POINT_KEYS = ("head_centre_mm", "shaft_axis_point_mm", "greater_trochanter_tip_mm", "lesser_trochanter_tip_mm")
 DIRECTION_KEYS = ("neck_axis", "shaft_axis", "condylar_axis")
-# The shaft axis is carried through two points this far below the lesser trochanter tip (along the
-# axis): the lowest diaphysis inside the lite and paper grids (module doc).
+# The shaft axis is that of the diaphysis between these depths below the lesser trochanter tip (along
+# the axis): the lowest diaphysis inside the lite and paper grids (module doc).
 SHAFT_LEVELS_BELOW_LT_MM = (35.0, 85.0)
+SHAFT_SLABS = 5  # slabs of that band on the carried surface, each 10 mm long
 # Atlas surface vertices this far beyond the head sphere are carried to find the neck's shell:
 # the shell's outer radius plus room for the registration's stretch.
 NECK_SEARCH_MM = NECK_SHELL_MM[1] + 8.0
@@ -162,6 +166,33 @@ def _construction_points(vectors: dict[str, np.ndarray], radius: float) -> dict[
     }
 
 
+def _shaft_band(surface_vertices: np.ndarray, vectors: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """The atlas surface's vertices in the shaft band (module doc) and the slab of each.
+
+    Args:
+        surface_vertices: ``(V, 3)`` the atlas femur surface, world mm.
+        vectors: the atlas's landmarks (:func:`_vectors`).
+
+    Returns:
+        ``(N, 3)`` vertices (world mm) and ``(N,)`` slab indices ``0 .. SHAFT_SLABS - 1``, proximal first.
+    """
+    shaft_point, shaft = vectors["shaft_axis_point_mm"], vectors["shaft_axis"]
+    lt_depth = (shaft_point - vectors["lesser_trochanter_tip_mm"]) @ shaft
+    below_lt = (shaft_point - surface_vertices) @ shaft - lt_depth
+    top, bottom = SHAFT_LEVELS_BELOW_LT_MM
+    inside = (below_lt >= top) & (below_lt < bottom)
+    slabs = ((below_lt[inside] - top) * (SHAFT_SLABS / (bottom - top))).astype(int)
+    return surface_vertices[inside], slabs
+
+
+def _slab_axis(points: np.ndarray, slabs: np.ndarray, proximal: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``((3,) point, (3,) unit direction towards proximal)`` of the line through the centroids of
+    the slabs of ``(N, 3)`` points (``slabs``: ``(N,)`` indices, each slab non-empty)."""
+    centroids = np.stack([points[slabs == slab].mean(axis=0) for slab in range(SHAFT_SLABS)])
+    point, direction = fit_line(centroids)
+    return point, direction * np.sign(direction @ proximal)
+
+
 def _as_field(displacement_mm: Tensor | np.ndarray, grid: VolumeGrid) -> Tensor:
     """``(1, 3, I, J, K)`` float64 CPU tensor of a ``(3, I, J, K)`` or ``(1, 3, I, J, K)`` field."""
     field = torch.as_tensor(
@@ -231,19 +262,20 @@ def carry_landmarks(
             the registration, mm, world components, on ``grid``: ``warped(p) = atlas(p + u(p))``.
         grid: the atlas grid.
         surface_vertices: ``(V, 3)`` the atlas femur surface's vertices, world mm
-            (:func:`~biplanar.data.atlas.atlas_surface`): the neck axis is then measured on the
-            carried surface (module doc).
+            (:func:`~biplanar.data.atlas.atlas_surface`): the neck and shaft axes are then
+            measured on the carried surface (module doc).
 
     Returns:
         landmarks in the same format: points carried; ``head_centre_mm`` and ``head_radius_mm``
         of the sphere fitted to the carried head-sphere points; directions through two carried
-        points (the neck, without ``surface_vertices``: head centre and mid-neck; the shaft: 35
+        points (without ``surface_vertices``, the neck: head centre and mid-neck, and the shaft: 35
         and 85 mm below the lesser trochanter; the condylar axis: from the shaft 60 mm below it);
         ``shaft_axis_point_mm`` the foot of the perpendicular from the head centre to the carried
         shaft axis; and ``carry_residual_mm``, the largest ``|p + u(p) - L|`` left by the inversion.
 
     Raises:
-        ValueError: the carried surface has no vertex in the neck's shell.
+        ValueError: the carried surface has no vertex in the neck's shell, or the surface does not
+            cover the shaft band.
     """
     vectors = _vectors(landmarks)
     field = _as_field(displacement_mm, grid)
@@ -251,6 +283,12 @@ def carry_landmarks(
     if surface_vertices is not None:
         reach = np.linalg.norm(surface_vertices - vectors["head_centre_mm"], axis=1)
         construction["surface"] = surface_vertices[reach < float(landmarks["head_radius_mm"]) + NECK_SEARCH_MM]
+        construction["shaft_band"], band_slabs = _shaft_band(surface_vertices, vectors)
+        if len(set(band_slabs.tolist())) < SHAFT_SLABS:
+            raise ValueError(
+                f"surface_vertices: the surface does not cover {SHAFT_LEVELS_BELOW_LT_MM[0]:g}-"
+                f"{SHAFT_LEVELS_BELOW_LT_MM[1]:g} mm below the lesser trochanter"
+            )
     names = list(construction)
     sizes = [len(construction[name]) for name in names]
     carried_all, residual = invert_points(field, grid, np.concatenate([construction[name] for name in names]))
@@ -262,6 +300,7 @@ def carry_landmarks(
         neck = _unit(centre - carried["neck"][0])
     else:
         neck = neck_axis_from_surface(carried["surface"], centre, radius)
+        lower, shaft = _slab_axis(carried["shaft_band"], band_slabs, shaft)
     return {
         "head_centre_mm": centre.tolist(),
         "head_radius_mm": radius,

@@ -1,0 +1,106 @@
+"""Where a registration's neck-shaft angle error comes from: the carried neck, the carried shaft, and
+how far the atlas pulls the angle towards its own.
+
+For every subject of a split of simulated datasets, the model registers the atlas (affine + local,
+as ``biplanar evaluate`` runs it) and the atlas's landmarks are carried as ``biplanar register``
+reports them (:func:`biplanar.evaluation.hip.hip_report`). The error of the neck-shaft angle
+(measured - true) is split into
+
+- ``neck``: the carried neck axis against the femur's true shaft axis;
+- ``shaft``: the femur's true neck axis against the carried shaft axis;
+
+and the measured angles are regressed on the true ones: slope 1 follows the femur, slope 0 reads the
+atlas's angle whatever the femur. Usage::
+
+    python examples/nsa_error_sources.py --model src/biplanar/resources/models/lite/model.pt \\
+        --data data/cpu_ssm_line --data data/cpu_ssm_clinical --split val
+
+prints a Markdown table (deg; mean +- sd over the subjects).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from biplanar.data.atlas import load_atlas
+from biplanar.data.datasets import SimulatedDataset
+from biplanar.evaluation.evaluate import network_inputs, run_stages
+from biplanar.evaluation.hip import hip_measurements, hip_report
+from biplanar.io.json_files import read_json
+from biplanar.training.checkpoints import load_model
+
+
+def angle_between_deg(first: np.ndarray, second: np.ndarray) -> float:
+    """Angle (deg) between two ``(3,)`` directions."""
+    cosine = first @ second / (np.linalg.norm(first) * np.linalg.norm(second))
+    return math.degrees(math.acos(float(np.clip(cosine, -1.0, 1.0))))
+
+
+def subject_errors(carried: dict, subject: dict) -> tuple[float, float, float, float]:
+    """``(true NSA, measured NSA, neck part, shaft part)`` (deg) of one subject: the carried
+    landmarks against ``subject.json``'s landmarks and femur parameters."""
+    true_neck, true_shaft = (np.asarray(subject["landmarks"][key]) for key in ("neck_axis", "shaft_axis"))
+    truth = float(subject["parameters"]["femur"]["neck_shaft_angle_deg"])
+    measured = float(hip_measurements(carried)["neck_shaft_angle_deg"])
+    neck_part = 180.0 - angle_between_deg(np.asarray(carried["neck_axis"]), true_shaft) - truth
+    shaft_part = 180.0 - angle_between_deg(true_neck, np.asarray(carried["shaft_axis"])) - truth
+    return truth, measured, neck_part, shaft_part
+
+
+def collect(model: str, folders: list[str], split: str) -> tuple[np.ndarray, float]:
+    """``(N, 4)`` :func:`subject_errors` rows of every subject of ``split`` in ``folders``, and the
+    atlas's own neck-shaft angle (deg; its landmarks carried by the identity)."""
+    network, config = load_model(model, torch.device("cpu"))
+    atlas = load_atlas(config.geometry.grid_preset)
+    identity = hip_report(atlas, torch.zeros(1, 3, *atlas.grid.shape))
+    rows = []
+    for folder in folders:
+        dataset = SimulatedDataset(Path(folder), split, masked=True)
+        for index in range(len(dataset)):
+            sample = dataset[index]
+            radiographs, views = network_inputs(sample, torch.device("cpu"))
+            displacement = run_stages(network, config, radiographs, views)["affine+local"].displacement
+            subject = read_json(dataset.root / "subjects" / sample["subject_id"] / "subject.json")
+            rows.append(subject_errors(hip_report(atlas, displacement)["landmarks"], subject))
+        print(f"{folder}: {len(dataset)} subjects", flush=True)
+    return np.array(rows), float(identity["neck_shaft_angle_deg"])
+
+
+def table(rows: np.ndarray, atlas_nsa_deg: float) -> str:
+    """The Markdown summary of :func:`collect`'s rows."""
+    truth, measured, neck_part, shaft_part = rows.T
+    error = measured - truth
+    slope = float(np.polyfit(truth, measured, 1)[0])
+
+    def cell(values: np.ndarray) -> str:
+        return f"{values.mean():+.2f} ± {values.std(ddof=1):.2f}"
+
+    return "\n".join(
+        [
+            f"{len(rows)} femurs; true NSA {truth.mean():.1f} ± {truth.std(ddof=1):.1f} deg, measured "
+            f"{measured.mean():.1f} ± {measured.std(ddof=1):.1f}, the atlas's {atlas_nsa_deg:.1f}",
+            "",
+            "| NSA error | abs. | neck part | shaft part | slope measured/true | correlation |",
+            "|---|---|---|---|---|---|",
+            f"| {cell(error)} | {np.abs(error).mean():.2f} | {cell(neck_part)} | {cell(shaft_part)} | "
+            f"{slope:.2f} | {np.corrcoef(truth, measured)[0, 1]:.2f} |",
+        ]
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="registration checkpoint")
+    parser.add_argument("--data", action="append", required=True, help="simulated dataset folder (repeatable)")
+    parser.add_argument("--split", default="val", help="train, val, test or all (default val)")
+    arguments = parser.parse_args()
+    print(table(*collect(arguments.model, arguments.data, arguments.split)))
+
+
+if __name__ == "__main__":
+    main()
