@@ -37,7 +37,8 @@ below the lesser trochanter: the lowest diaphysis that the registration grid sho
 for the whole femur's anatomical axis (the shape model's ``SHAFT_BAND``) best. Given the atlas's
 surface, it is measured on the carried surface as the shape model measures its meshes: the line
 through the centroids of ``SHAFT_SLABS`` slabs of that band (slabs cut in the atlas, perpendicular
-to its shaft axis, and carried); else it is carried through two points of the axis at 35 and 85 mm.
+to its shaft axis, and carried); else (or where the surface does not cover the band: a short grid)
+it is carried through two points of the axis at 35 and 85 mm.
 The condylar axis is carried from the shaft 60 mm below the lesser trochanter.
 
 These definitions were chosen on the validation splits of the training sets, never on the held-out
@@ -274,8 +275,7 @@ def carry_landmarks(
         shaft axis; and ``carry_residual_mm``, the largest ``|p + u(p) - L|`` left by the inversion.
 
     Raises:
-        ValueError: the carried surface has no vertex in the neck's shell, or the surface does not
-            cover the shaft band.
+        ValueError: the carried surface has no vertex in the neck's shell.
     """
     vectors = _vectors(landmarks)
     field = _as_field(displacement_mm, grid)
@@ -283,12 +283,9 @@ def carry_landmarks(
     if surface_vertices is not None:
         reach = np.linalg.norm(surface_vertices - vectors["head_centre_mm"], axis=1)
         construction["surface"] = surface_vertices[reach < float(landmarks["head_radius_mm"]) + NECK_SEARCH_MM]
-        construction["shaft_band"], band_slabs = _shaft_band(surface_vertices, vectors)
-        if len(set(band_slabs.tolist())) < SHAFT_SLABS:
-            raise ValueError(
-                f"surface_vertices: the surface does not cover {SHAFT_LEVELS_BELOW_LT_MM[0]:g}-"
-                f"{SHAFT_LEVELS_BELOW_LT_MM[1]:g} mm below the lesser trochanter"
-            )
+        band, band_slabs = _shaft_band(surface_vertices, vectors)
+        if len(set(band_slabs.tolist())) == SHAFT_SLABS:  # else (a short grid) the two carried points
+            construction["shaft_band"] = band
     names = list(construction)
     sizes = [len(construction[name]) for name in names]
     carried_all, residual = invert_points(field, grid, np.concatenate([construction[name] for name in names]))
@@ -300,6 +297,7 @@ def carry_landmarks(
         neck = _unit(centre - carried["neck"][0])
     else:
         neck = neck_axis_from_surface(carried["surface"], centre, radius)
+    if "shaft_band" in carried:
         lower, shaft = _slab_axis(carried["shaft_band"], band_slabs, shaft)
     return {
         "head_centre_mm": centre.tolist(),
