@@ -295,12 +295,15 @@ class LossConfig:
         ncc_window: window size (voxels) of the local NCC.
         smoothness_weight: ``delta``.
         masked: compare label-masked volumes (semi-supervised, the paper).
+        label_dice_weight: weight of ``1 - Dice`` of the warped atlas label against the patient's
+            (VoxelMorph's auxiliary segmentation term; 0, the paper's loss, leaves it out).
     """
 
     ncc: str = choice("local", ("local", "global"))
     ncc_window: int = bounded(9, 1, 64)
     smoothness_weight: float = non_negative(0.01)
     masked: bool = True
+    label_dice_weight: float = non_negative(0.0)
 
 
 @dataclass(frozen=True)

@@ -155,6 +155,31 @@ def test_soft_dice_of_two_offset_boxes():
     assert soft_dice(a, a).item() == pytest.approx(1.0, abs=1e-6)
 
 
+@pytest.mark.parametrize("weight", [0.0, 0.5, 2.0])
+def test_the_label_term_adds_its_weight_times_one_minus_dice(weight):
+    """Identical images, labels two boxes offset by one voxel (Dice 0.75): the total is the
+    unweighted total plus ``weight * 0.25``; ``label_dice`` is reported at every weight."""
+    image = random_volume(19, (8, 8, 8))
+    moving = box_labels((8, 8, 8), (1, 1, 1), (5, 5, 5))
+    fixed = box_labels((8, 8, 8), (2, 1, 1), (6, 5, 5))
+    unweighted = RegistrationLoss(LossConfig(masked=False))(output_of(image, moving), image, fixed)
+    parts = RegistrationLoss(LossConfig(masked=False, label_dice_weight=weight))(output_of(image, moving), image, fixed)
+    assert parts["label_dice"].item() == pytest.approx(0.75, abs=1e-5)
+    assert parts["total"].item() == pytest.approx(unweighted["total"].item() + weight * 0.25, abs=1e-5)
+
+
+def test_the_label_term_pulls_the_warped_label_towards_the_patients():
+    """The gradient of the label term raises the warped label inside the patient's femur and
+    lowers it outside (a descent step grows the overlap)."""
+    image = random_volume(20, (8, 8, 8))
+    fixed = box_labels((8, 8, 8), (2, 2, 2), (6, 6, 6))
+    moving = (0.5 * torch.ones(1, 1, 8, 8, 8)).requires_grad_()
+    loss = RegistrationLoss(LossConfig(masked=False, smoothness_weight=0.0, label_dice_weight=1.0))
+    loss(output_of(image, moving), image, fixed)["total"].backward()
+    inside = fixed.bool()
+    assert (moving.grad[inside] < 0).all() and (moving.grad[~inside] > 0).all()
+
+
 def test_batch_elements_are_independent():
     """Per-batch NCC values average: the loss of a batch of two is the mean of the two losses."""
     loss = RegistrationLoss(LossConfig(ncc="global", masked=False))

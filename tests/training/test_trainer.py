@@ -99,7 +99,7 @@ def test_resume_after_a_stop_continues_exactly(five_subjects, tmp_path):
     )
     assert [row["step"] for row in second.step_losses] == [3, 4, 5]
     for resumed, uninterrupted in zip(second.step_losses, whole.step_losses[2:]):
-        for name in ("total", "affine_ncc", "local_ncc", "smoothness"):
+        for name in ("total", "affine_ncc", "local_ncc", "smoothness", "label_dice"):
             assert resumed[name] == pytest.approx(uninterrupted[name], abs=1e-6, rel=0)
     weights = [load_checkpoint(result.last_checkpoint)["model"] for result in (whole, second)]
     for name, tensor in weights[0].items():

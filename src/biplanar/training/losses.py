@@ -14,6 +14,11 @@ set-up): voxels outside both labels are zeroed, and the windowed NCC map is aver
 voxels whose window touches either label. (Windows that see background alone are flat in both
 volumes, where MONAI scores 0; averaging them in would put the loss of a perfect match far above
 zero.)
+
+``label_dice_weight`` adds the auxiliary segmentation term of VoxelMorph (Balakrishnan et al.,
+TMI 2019): ``weight * (1 - Dice)`` of the warped (soft) atlas label against the patient's label,
+MONAI's ``DiceLoss``. The intensity terms leave the femoral neck's direction loosely held (its
+windows see mostly cortex of similar texture); the label term pulls on its outline directly.
 """
 
 from __future__ import annotations
@@ -37,9 +42,10 @@ class RegistrationLoss(nn.Module):
 
     def __init__(self, config: LossConfig) -> None:
         super().__init__()
-        from monai.losses import LocalNormalizedCrossCorrelationLoss  # lazy: monai costs seconds of start-up
+        from monai.losses import DiceLoss, LocalNormalizedCrossCorrelationLoss  # lazy: monai's start-up
 
         self.config = config
+        self.dice_loss = DiceLoss(reduction="mean")
         self.local_ncc = LocalNormalizedCrossCorrelationLoss(
             spatial_dims=3, kernel_size=config.ncc_window, reduction="none"
         )
@@ -77,7 +83,8 @@ class RegistrationLoss(nn.Module):
             fixed_labels: ``(B, 1, I, J, K)`` patient femur label (0/1).
 
         Returns:
-            ``total`` and its parts ``affine_ncc``, ``local_ncc`` (NCC values), ``smoothness``.
+            ``total`` and its parts ``affine_ncc``, ``local_ncc`` (NCC values), ``smoothness``,
+            ``label_dice`` (soft Dice of the warped label; in the total only with a weight).
         """
         fixed = fixed_mu * fixed_labels if self.config.masked else fixed_mu
         affine, warped = output.affine_image, output.warped_image
@@ -91,10 +98,12 @@ class RegistrationLoss(nn.Module):
             "affine_ncc": self.ncc(affine, fixed, affine_region),
             "local_ncc": self.ncc(warped, fixed, warped_region),
             "smoothness": diffusion_energy(output.local_displacement),
+            "label_dice": 1.0 - self.dice_loss(output.warped_labels, fixed_labels),
         }
         parts["total"] = (
             (1.0 - parts["affine_ncc"])
             + (1.0 - parts["local_ncc"])
             + self.config.smoothness_weight * parts["smoothness"]
+            + self.config.label_dice_weight * (1.0 - parts["label_dice"])
         )
         return parts

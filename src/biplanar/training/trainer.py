@@ -76,7 +76,7 @@ from biplanar.training.distributed import (
 )
 from biplanar.training.losses import RegistrationLoss
 
-LOSS_PARTS = ("total", "affine_ncc", "local_ncc", "smoothness")
+LOSS_PARTS = ("total", "affine_ncc", "local_ncc", "smoothness", "label_dice")
 VAL_METRICS = ("dice", "affine_dice", "local_ncc", "total")
 DataDirs = str | Path | Sequence[str | Path]  # one dataset folder, or several trained together
 CSV_FIELDS = (
