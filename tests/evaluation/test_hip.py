@@ -194,6 +194,24 @@ def test_a_surface_without_a_neck_is_refused_and_one_without_the_shaft_band_keep
     np.testing.assert_allclose(short["shaft_axis"], landmarks["shaft_axis"], atol=1e-9)
 
 
+def test_with_the_faces_the_neck_is_the_carried_surfaces_centroid_not_its_vertices_mean(atlas, crowded_neck_tube):
+    """The atlas's neck as a tube meshed with crowded vertices on one side: with its faces, the
+    measured neck axis is the tube's (the landmarks' neck axis); from the vertices alone it leans."""
+    atlas, landmarks = atlas
+    neck = np.asarray(landmarks["neck_axis"])
+    basis = np.linalg.svd(neck[None])[2]  # rows: the neck axis (up to sign), then two perpendiculars
+    basis[0] = neck
+    tube, faces = crowded_neck_tube
+    vertices = np.asarray(landmarks["head_centre_mm"]) + tube @ basis  # the tube's +x is the neck axis
+    zero = torch.zeros(1, 3, *atlas.grid.shape)
+
+    def tilt_deg(carried: dict) -> float:
+        return math.degrees(math.acos(min(1.0, float(np.asarray(carried["neck_axis"]) @ neck))))
+
+    assert tilt_deg(carry_landmarks(landmarks, zero, atlas.grid, vertices)) > 5.0
+    assert tilt_deg(carry_landmarks(landmarks, zero, atlas.grid, vertices, faces)) < 0.1
+
+
 @pytest.mark.parametrize("angle_deg", [-15.0, 7.0, 20.0])
 def test_turning_the_neck_about_the_shaft_changes_anteversion_by_the_angle(atlas, angle_deg):
     """Head centre and neck axis rotated about the shaft axis (positive: medial towards anterior)

@@ -11,8 +11,8 @@ the femur frame of :mod:`biplanar.data.femur_shape`:
 
 - head: least-squares sphere through the head's vertices (those within 1.5 mm of the sphere, on
   the head's side of the neck), refitted until it settles;
-- neck axis: from the centroid of the neck's surface in the shell ``r + 3 .. r + 10`` mm around
-  the head centre to the head centre;
+- neck axis: from the (area-weighted) centroid of the neck's surface in the shell
+  ``r + 3 .. r + 10`` mm around the head centre to the head centre;
 - shaft axis ``+s``: the line through the area-weighted centroids of ``SHAFT_SLABS`` slabs of the
   diaphysis, from ``SHAFT_BAND[0]`` to ``SHAFT_BAND[1]`` of the femur's length below the head
   centre (the anatomical axis of the proximal half; the phantom's is its straight proximal part);
@@ -188,34 +188,43 @@ def _unit(vector: np.ndarray) -> np.ndarray:
     return vector / np.linalg.norm(vector)
 
 
-def neck_axis_from_surface(vertices: np.ndarray, head_centre: np.ndarray, head_radius: float) -> np.ndarray:
-    """Unit neck axis of a femur surface: from the centroid of its ``(V, 3)`` vertices (mm) in the
+def neck_axis_from_surface(
+    points: np.ndarray, head_centre: np.ndarray, head_radius: float, weights: np.ndarray | None = None
+) -> np.ndarray:
+    """Unit neck axis of a femur surface: from the centroid of its ``(N, 3)`` points (mm) in the
     shell ``NECK_SHELL_MM`` beyond the head sphere to the head centre (module doc).
 
+    Args:
+        points, weights: a mesh's triangle centroids and ``(N,)`` areas (mm^2): the centroid of the
+            surface itself, whatever the mesh's vertex density (a deformed mesh's is not uniform);
+            or points that sample the surface evenly, ``weights`` None.
+
     Raises:
-        ValueError: no vertex lies in the shell (the surface does not reach the neck).
+        ValueError: no point lies in the shell (the surface does not reach the neck).
     """
-    distance = np.linalg.norm(vertices - head_centre, axis=1)
+    distance = np.linalg.norm(points - head_centre, axis=1)
     shell = (distance > head_radius + NECK_SHELL_MM[0]) & (distance < head_radius + NECK_SHELL_MM[1])
     if not shell.any():
         raise ValueError(f"no surface vertex {NECK_SHELL_MM[0]:g}-{NECK_SHELL_MM[1]:g} mm beyond the head sphere")
-    return _unit(head_centre - vertices[shell].mean(axis=0))
+    return _unit(head_centre - np.average(points[shell], axis=0, weights=None if weights is None else weights[shell]))
 
 
-def _head_sphere(vertices: np.ndarray) -> tuple[np.ndarray, float, np.ndarray]:
+def _head_sphere(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, float, np.ndarray]:
     """``(centre, radius, neck axis)`` of the head, from the topmost vertex down (module doc)."""
+    centroids, areas = triangle_centroids_areas(vertices, faces)
     radius = 22.0  # a start: adult heads are 18-30 mm
     centre = vertices[vertices[:, 2].argmax()] - [0.0, 0.0, radius]
     head = np.linalg.norm(vertices - centre, axis=1) < radius + NECK_SHELL_MM[0]
     for _ in range(6):
         centre, radius = fit_sphere(vertices[head])
         distance = np.linalg.norm(vertices - centre, axis=1)
-        neck_axis = neck_axis_from_surface(vertices, centre, radius)
+        neck_axis = neck_axis_from_surface(centroids, centre, radius, areas)
         head = (np.abs(distance - radius) < HEAD_FIT_TOLERANCE_MM) & ((vertices - centre) @ neck_axis > -0.3 * radius)
     return centre, radius, neck_axis
 
 
-def _triangle_centroids_areas(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def triangle_centroids_areas(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(F, 3)`` centroids (mm) and ``(F,)`` areas (mm^2) of a mesh's triangles (``(V, 3)`` mm, ``(F, 3)``)."""
     corners = vertices[faces]
     areas = 0.5 * np.linalg.norm(np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0]), axis=1)
     return corners.mean(axis=1), areas
@@ -223,7 +232,7 @@ def _triangle_centroids_areas(vertices: np.ndarray, faces: np.ndarray) -> tuple[
 
 def _shaft_axis(vertices: np.ndarray, faces: np.ndarray, head_centre: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``(point, proximal direction)`` of the diaphysis's axis (module doc), refined twice."""
-    centroids, areas = _triangle_centroids_areas(vertices, faces)
+    centroids, areas = triangle_centroids_areas(vertices, faces)
     _, axis = fit_line(vertices)
     for _ in range(3):
         axis = axis * np.sign(axis[2])
@@ -255,7 +264,7 @@ def _condylar_axis(vertices: np.ndarray, head_centre: np.ndarray, shaft_point: n
 
 def mesh_anatomy(vertices: np.ndarray, faces: np.ndarray) -> MeshAnatomy:
     """The landmarks of a right whole-femur mesh (``(V, 3)`` mm, ``(F, 3)``; +z proximal)."""
-    centre, radius, neck_axis = _head_sphere(vertices)
+    centre, radius, neck_axis = _head_sphere(vertices, faces)
     shaft_point, shaft = _shaft_axis(vertices, faces, centre)
     lateral = _condylar_axis(vertices, centre, shaft_point, shaft)
     return MeshAnatomy(centre, radius, neck_axis, shaft_point, shaft, lateral)

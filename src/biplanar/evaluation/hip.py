@@ -31,7 +31,9 @@ as the difference of two carried points. The head centre and radius are those of
 fitted (least squares) to carried points of the atlas's head sphere, which follows the carried head
 surface, not only the field at its centre. Given the atlas's surface, the neck axis is measured on
 the carried surface as :mod:`biplanar.data.femur_ssm` measures it on a shape model's mesh (from the
-centroid of the vertices in a shell beyond the head sphere to the head centre); else it is carried
+centroid of the surface in a shell beyond the head sphere to the head centre; with the surface's
+faces, the centroid of its carried triangles weighted by their carried areas: a deformation
+crowds the vertices where it compresses, and their plain mean would follow it); else it is carried
 through the head centre and a mid-neck point. The shaft axis is that of the diaphysis 35 to 85 mm
 below the lesser trochanter: the lowest diaphysis that the registration grid shows, where it stands
 for the whole femur's anatomical axis (the shape model's ``SHAFT_BAND``) best. Given the atlas's
@@ -58,7 +60,7 @@ from torch import Tensor
 
 from biplanar.data.atlas import atlas_surface
 from biplanar.data.femur_shape import canonical_rotation
-from biplanar.data.femur_ssm import NECK_SHELL_MM, neck_axis_from_surface
+from biplanar.data.femur_ssm import NECK_SHELL_MM, neck_axis_from_surface, triangle_centroids_areas
 from biplanar.data.phantom import Pose
 from biplanar.geometry.fitting import fit_line, fit_sphere
 from biplanar.geometry.volume_grid import VolumeGrid
@@ -253,6 +255,7 @@ def carry_landmarks(
     displacement_mm: Tensor | np.ndarray,
     grid: VolumeGrid,
     surface_vertices: np.ndarray | None = None,
+    surface_faces: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """The atlas ``landmarks`` in the registered (subject) space of a pull displacement.
 
@@ -265,6 +268,8 @@ def carry_landmarks(
         surface_vertices: ``(V, 3)`` the atlas femur surface's vertices, world mm
             (:func:`~biplanar.data.atlas.atlas_surface`): the neck and shaft axes are then
             measured on the carried surface (module doc).
+        surface_faces: ``(F, 3)`` that surface's triangles (vertex indices): the neck's centroid
+            weighted by the carried triangles' areas; None: the vertices weigh equally.
 
     Returns:
         landmarks in the same format: points carried; ``head_centre_mm`` and ``head_radius_mm``
@@ -282,7 +287,8 @@ def carry_landmarks(
     construction = _construction_points(vectors, float(landmarks["head_radius_mm"]))
     if surface_vertices is not None:
         reach = np.linalg.norm(surface_vertices - vectors["head_centre_mm"], axis=1)
-        construction["surface"] = surface_vertices[reach < float(landmarks["head_radius_mm"]) + NECK_SEARCH_MM]
+        near_head = reach < float(landmarks["head_radius_mm"]) + NECK_SEARCH_MM
+        construction["surface"] = surface_vertices[near_head]
         band, band_slabs = _shaft_band(surface_vertices, vectors)
         if len(set(band_slabs.tolist())) == SHAFT_SLABS:  # else (a short grid) the two carried points
             construction["shaft_band"] = band
@@ -296,7 +302,7 @@ def carry_landmarks(
     if surface_vertices is None:
         neck = _unit(centre - carried["neck"][0])
     else:
-        neck = neck_axis_from_surface(carried["surface"], centre, radius)
+        neck = _surface_neck_axis(carried["surface"], surface_faces, near_head, centre, radius)
     if "shaft_band" in carried:
         lower, shaft = _slab_axis(carried["shaft_band"], band_slabs, shaft)
     return {
@@ -310,6 +316,23 @@ def carry_landmarks(
         "condylar_axis": _unit(carried["condylar"][0] - carried["condylar_base"][0]).tolist(),
         "carry_residual_mm": residual,
     }
+
+
+def _surface_neck_axis(
+    carried_near_head: np.ndarray,
+    faces: np.ndarray | None,
+    near_head: np.ndarray,
+    centre: np.ndarray,
+    radius: float,
+) -> np.ndarray:
+    """The neck axis of the carried ``(N, 3)`` surface vertices near the head (the ``near_head``
+    ``(V,)`` mask of the whole surface's), area-weighted on the ``(F, 3)`` triangles among them."""
+    if faces is None:
+        return neck_axis_from_surface(carried_near_head, centre, radius)
+    index = np.cumsum(near_head) - 1  # whole-surface vertex -> row of carried_near_head
+    kept = faces[near_head[faces].all(axis=1)]
+    centroids, areas = triangle_centroids_areas(carried_near_head, index[kept])
+    return neck_axis_from_surface(centroids, centre, radius, areas)
 
 
 def hip_measurements(landmarks: dict[str, Any]) -> dict[str, float | list]:
@@ -390,6 +413,9 @@ def hip_report(atlas, displacement: Tensor) -> dict[str, Any]:
         the carried landmarks (world mm).
     """
 
-    surface = np.asarray(atlas_surface(atlas).vertices, dtype=np.float64)
-    carried = carry_landmarks(with_condylar_axis(atlas.landmarks), displacement, atlas.grid, surface)
+    surface = atlas_surface(atlas)
+    vertices = np.asarray(surface.vertices, dtype=np.float64)
+    carried = carry_landmarks(
+        with_condylar_axis(atlas.landmarks), displacement, atlas.grid, vertices, np.asarray(surface.faces)
+    )
     return {**hip_measurements(carried), "landmarks": carried}
