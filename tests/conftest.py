@@ -140,17 +140,30 @@ def chromium(tmp_path_factory) -> Callable[[Path], BrowserPage]:
     return open_page
 
 
-@pytest.fixture(scope="session")
-def crowded_neck_tube() -> tuple[np.ndarray, np.ndarray]:
-    """``((V, 3) mm, (F, 3))``: a tube of 15 mm radius around the -x axis from 10 to 40 mm off the
-    origin, triangulated with its vertices crowded towards +y (the angles squeezed quadratically)."""
-    angles = 2 * np.pi * np.linspace(0.0, 1.0, 180, endpoint=False) ** 2  # dense near 0 (+y)
-    depths = np.linspace(10.0, 40.0, 61)
-    ring = np.stack([np.zeros_like(angles), 15.0 * np.cos(angles), 15.0 * np.sin(angles)], axis=1)
-    vertices = (ring[None] - depths[:, None, None] * np.array([1.0, 0.0, 0.0])).reshape(-1, 3)
-    count = len(angles)
-    i, j = np.meshgrid(np.arange(len(depths) - 1), np.arange(count), indexing="ij")
+def crowded_tube(depths_mm: np.ndarray, turn_rad: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """``((V, 3) mm, (F, 3))``: a tube of 15 mm radius around the -x axis, a ring of vertices at each
+    depth (mm along -x), triangulated; the vertices crowd towards +y (the angles squeezed
+    quadratically), the crowd turning by ``turn_rad`` about the axis from the first ring to the last."""
+    turns = np.linspace(0.0, turn_rad, len(depths_mm))[:, None]
+    angles = 2 * np.pi * np.linspace(0.0, 1.0, 180, endpoint=False) ** 2 + turns  # (rings, 180)
+    rings = np.stack(
+        [-np.broadcast_to(depths_mm[:, None], angles.shape), 15.0 * np.cos(angles), 15.0 * np.sin(angles)], -1
+    )
+    count = angles.shape[1]
+    i, j = np.meshgrid(np.arange(len(depths_mm) - 1), np.arange(count), indexing="ij")
     a, b = i * count + j, i * count + (j + 1) % count
     c, d = a + count, b + count
     faces = np.concatenate([np.stack([a, b, c], -1).reshape(-1, 3), np.stack([b, d, c], -1).reshape(-1, 3)])
-    return vertices, faces
+    return rings.reshape(-1, 3), faces
+
+
+@pytest.fixture(scope="session")
+def make_crowded_tube() -> Callable[..., tuple[np.ndarray, np.ndarray]]:
+    """:func:`crowded_tube` itself."""
+    return crowded_tube
+
+
+@pytest.fixture(scope="session")
+def crowded_neck_tube() -> tuple[np.ndarray, np.ndarray]:
+    """:func:`crowded_tube` 10 to 40 mm off the origin (a neck, the head centre at the origin)."""
+    return crowded_tube(np.linspace(10.0, 40.0, 61))

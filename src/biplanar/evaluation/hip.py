@@ -39,7 +39,8 @@ below the lesser trochanter: the lowest diaphysis that the registration grid sho
 for the whole femur's anatomical axis (the shape model's ``SHAFT_BAND``) best. Given the atlas's
 surface, it is measured on the carried surface as the shape model measures its meshes: the line
 through the centroids of ``SHAFT_SLABS`` slabs of that band (slabs cut in the atlas, perpendicular
-to its shaft axis, and carried); else (or where the surface does not cover the band: a short grid)
+to its shaft axis, and carried; with the faces, each carried vertex weighted by its carried area);
+else (or where the surface does not cover the band: a short grid)
 it is carried through two points of the axis at 35 and 85 mm.
 The condylar axis is carried from the shaft 60 mm below the lesser trochanter.
 
@@ -170,14 +171,15 @@ def _construction_points(vectors: dict[str, np.ndarray], radius: float) -> dict[
 
 
 def _shaft_band(surface_vertices: np.ndarray, vectors: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """The atlas surface's vertices in the shaft band (module doc) and the slab of each.
+    """Which of the atlas surface's vertices lie in the shaft band (module doc), and the slab of each.
 
     Args:
         surface_vertices: ``(V, 3)`` the atlas femur surface, world mm.
         vectors: the atlas's landmarks (:func:`_vectors`).
 
     Returns:
-        ``(N, 3)`` vertices (world mm) and ``(N,)`` slab indices ``0 .. SHAFT_SLABS - 1``, proximal first.
+        ``(V,)`` mask and ``(N,)`` slab indices ``0 .. SHAFT_SLABS - 1`` of the ``N`` vertices in
+        the band, proximal first.
     """
     shaft_point, shaft = vectors["shaft_axis_point_mm"], vectors["shaft_axis"]
     lt_depth = (shaft_point - vectors["lesser_trochanter_tip_mm"]) @ shaft
@@ -185,13 +187,19 @@ def _shaft_band(surface_vertices: np.ndarray, vectors: dict[str, np.ndarray]) ->
     top, bottom = SHAFT_LEVELS_BELOW_LT_MM
     inside = (below_lt >= top) & (below_lt < bottom)
     slabs = ((below_lt[inside] - top) * (SHAFT_SLABS / (bottom - top))).astype(int)
-    return surface_vertices[inside], slabs
+    return inside, slabs
 
 
-def _slab_axis(points: np.ndarray, slabs: np.ndarray, proximal: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _slab_axis(
+    points: np.ndarray, slabs: np.ndarray, proximal: np.ndarray, weights: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """``((3,) point, (3,) unit direction towards proximal)`` of the line through the centroids of
-    the slabs of ``(N, 3)`` points (``slabs``: ``(N,)`` indices, each slab non-empty)."""
-    centroids = np.stack([points[slabs == slab].mean(axis=0) for slab in range(SHAFT_SLABS)])
+    the slabs of ``(N, 3)`` points (``slabs``: ``(N,)`` indices, each slab non-empty), each point
+    weighted by its ``(N,)`` ``weights`` (surface area, mm^2; None: equally)."""
+    weights = np.ones(len(points)) if weights is None else weights
+    centroids = np.stack(
+        [np.average(points[slabs == slab], axis=0, weights=weights[slabs == slab]) for slab in range(SHAFT_SLABS)]
+    )
     point, direction = fit_line(centroids)
     return point, direction * np.sign(direction @ proximal)
 
@@ -289,9 +297,9 @@ def carry_landmarks(
         reach = np.linalg.norm(surface_vertices - vectors["head_centre_mm"], axis=1)
         near_head = reach < float(landmarks["head_radius_mm"]) + NECK_SEARCH_MM
         construction["surface"] = surface_vertices[near_head]
-        band, band_slabs = _shaft_band(surface_vertices, vectors)
+        in_band, band_slabs = _shaft_band(surface_vertices, vectors)
         if len(set(band_slabs.tolist())) == SHAFT_SLABS:  # else (a short grid) the two carried points
-            construction["shaft_band"] = band
+            construction["shaft_band"] = surface_vertices[in_band]
     names = list(construction)
     sizes = [len(construction[name]) for name in names]
     carried_all, residual = invert_points(field, grid, np.concatenate([construction[name] for name in names]))
@@ -304,7 +312,8 @@ def carry_landmarks(
     else:
         neck = _surface_neck_axis(carried["surface"], surface_faces, near_head, centre, radius)
     if "shaft_band" in carried:
-        lower, shaft = _slab_axis(carried["shaft_band"], band_slabs, shaft)
+        band_areas = None if surface_faces is None else _vertex_areas(carried["shaft_band"], surface_faces, in_band)
+        lower, shaft = _slab_axis(carried["shaft_band"], band_slabs, shaft, band_areas)
     return {
         "head_centre_mm": centre.tolist(),
         "head_radius_mm": radius,
@@ -329,10 +338,25 @@ def _surface_neck_axis(
     ``(V,)`` mask of the whole surface's), area-weighted on the ``(F, 3)`` triangles among them."""
     if faces is None:
         return neck_axis_from_surface(carried_near_head, centre, radius)
-    index = np.cumsum(near_head) - 1  # whole-surface vertex -> row of carried_near_head
-    kept = faces[near_head[faces].all(axis=1)]
-    centroids, areas = triangle_centroids_areas(carried_near_head, index[kept])
+    centroids, areas = triangle_centroids_areas(carried_near_head, _faces_within(faces, near_head))
     return neck_axis_from_surface(centroids, centre, radius, areas)
+
+
+def _faces_within(faces: np.ndarray, kept: np.ndarray) -> np.ndarray:
+    """The ``(F, 3)`` triangles whose three vertices the ``(V,)`` mask ``kept`` keeps, indexing the
+    kept vertices alone."""
+    index = np.cumsum(kept) - 1  # whole-surface vertex -> row among the kept
+    return index[faces[kept[faces].all(axis=1)]]
+
+
+def _vertex_areas(points: np.ndarray, faces: np.ndarray, kept: np.ndarray) -> np.ndarray:
+    """``(N,)`` area (mm^2) each of the ``(N, 3)`` kept vertices (``kept``: ``(V,)`` mask of the
+    surface's) stands for: a third of each of its triangles among them."""
+    triangles = _faces_within(faces, kept)
+    _, areas = triangle_centroids_areas(points, triangles)
+    vertex_areas = np.zeros(len(points))
+    np.add.at(vertex_areas, triangles.ravel(), np.repeat(areas / 3.0, 3))
+    return vertex_areas
 
 
 def hip_measurements(landmarks: dict[str, Any]) -> dict[str, float | list]:
