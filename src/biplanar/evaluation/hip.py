@@ -276,8 +276,8 @@ def carry_landmarks(
         surface_vertices: ``(V, 3)`` the atlas femur surface's vertices, world mm
             (:func:`~biplanar.data.atlas.atlas_surface`): the neck and shaft axes are then
             measured on the carried surface (module doc).
-        surface_faces: ``(F, 3)`` that surface's triangles (vertex indices): the neck's centroid
-            weighted by the carried triangles' areas; None: the vertices weigh equally.
+        surface_faces: ``(F, 3)`` that surface's triangles (vertex indices): the neck's and the
+            shaft slabs' centroids weighted by the carried areas; None: the vertices weigh equally.
 
     Returns:
         landmarks in the same format: points carried; ``head_centre_mm`` and ``head_radius_mm``
