@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+import textwrap
 
 import nibabel as nib
 import numpy as np
@@ -160,6 +161,34 @@ def test_entry_point_sets_the_garbage_collector_for_start_up_and_exit(fresh_pyth
     output = fresh_python(code)
     assert "register" in output
     assert output.splitlines()[-1] == "0 True True"
+
+
+INTERRUPTED_IN_EXEC = {
+    # Ctrl-C lands inside an ``exec`` of a string, as it does while torch's dataclasses are created.
+    "command": "with cli._reporting_errors():\n    exec('raise KeyboardInterrupt')\n",
+    "training": (
+        "with cli._reporting_interruption():\n"
+        "    exec('stop = KeyboardInterrupt(); stop.checkpoint = \"last.pt\"; raise stop')\n"
+    ),
+}
+
+
+@pytest.mark.parametrize("where", sorted(INTERRUPTED_IN_EXEC))
+def test_interruption_inside_exec_still_exits_130(where, tmp_path):
+    """CPython marks a KeyboardInterrupt raised inside ``exec(str)`` as unhandled even once it is
+    caught, and a program run with ``-m`` (as ``python -m biplanar``) would then end by SIGINT (-2);
+    the CLI's interrupted exit must stay 130."""
+    code = (
+        "import sys, typer\n"
+        "from biplanar import cli\n"
+        "try:\n" + textwrap.indent(INTERRUPTED_IN_EXEC[where], "    ") + "except typer.Exit as stop:\n"
+        "    sys.exit(stop.exit_code)\n"
+    )
+    (tmp_path / "interrupted_in_exec.py").write_text(code)
+    command = [sys.executable, "-m", "interrupted_in_exec"]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert completed.returncode == 130, (completed.returncode, completed.stderr)
+    assert completed.stderr.strip().splitlines()[-1].startswith("biplanar: interrupted")
 
 
 def test_train_command_runs_and_refuses_bad_input(tmp_path):

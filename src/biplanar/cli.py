@@ -20,7 +20,7 @@ import os
 import signal
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 import typer
 
@@ -70,6 +70,20 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def _exit_interrupted(message: str) -> NoReturn:
+    """Print ``message`` (one line, on stderr) and exit with :data:`EXIT_INTERRUPTED`.
+
+    A ``KeyboardInterrupt`` raised while CPython runs ``exec`` on a string (``dataclasses`` does,
+    for every dataclass torch defines while it imports) sets the interpreter's "unhandled
+    KeyboardInterrupt" flag even when the interruption is caught here; the interpreter then ends by
+    killing itself with SIGINT, which a parent process sees as -2 instead of 130. Each ``exec`` of a
+    string clears that flag when it starts, so an empty one before exiting restores the exit code.
+    """
+    typer.echo(message, err=True)
+    exec("")  # clears CPython's stale unhandled-KeyboardInterrupt flag (see above)
+    raise typer.Exit(EXIT_INTERRUPTED) from None
+
+
 @contextlib.contextmanager
 def _reporting_errors() -> Iterator[None]:
     """Turn bad input into a one-line message and exit code 2, and Ctrl-C into one line and exit
@@ -86,8 +100,7 @@ def _reporting_errors() -> Iterator[None]:
     except KeyboardInterrupt:
         if _state["debug"]:
             raise
-        typer.echo("biplanar: interrupted: no output was left half-written", err=True)
-        raise typer.Exit(EXIT_INTERRUPTED) from None
+        _exit_interrupted("biplanar: interrupted: no output was left half-written")
 
 
 @contextlib.contextmanager
@@ -103,8 +116,7 @@ def _reporting_interruption(how_to_continue: str = "continue with --resume") -> 
         checkpoint = getattr(stop, "checkpoint", None)
         if checkpoint is None:
             raise
-        typer.echo(f"biplanar: interrupted: checkpoint {checkpoint}; {how_to_continue}", err=True)
-        raise typer.Exit(EXIT_INTERRUPTED) from None
+        _exit_interrupted(f"biplanar: interrupted: checkpoint {checkpoint}; {how_to_continue}")
 
 
 def _best(value: float, decimals: int) -> str:
