@@ -333,6 +333,29 @@ def test_fixed_point_inverts_a_smooth_deformation(atlas):
     np.testing.assert_allclose(exact, targets, atol=0.05)  # trilinear vs exact sine between voxel centres
 
 
+STEEP_LINEAR_MAPS = {
+    # p -> p + A (p - c), invertible, with |A| > 1: the fixed-point iteration alone diverges.
+    "stretch along z by 2.85": np.diag([0.0, 0.0, 1.85]),
+    "rotation by 90 deg about z": np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]) - np.eye(3),
+}
+
+
+@pytest.mark.parametrize("name", sorted(STEEP_LINEAR_MAPS))
+def test_steep_invertible_fields_are_inverted_exactly(atlas, name):
+    """Where ``u``'s Jacobian has norm above 1 (here a linear field, which trilinear interpolation
+    reproduces exactly), the Newton steps find the closed-form inverse ``c + (I + A)^-1 (L - c)``."""
+    atlas, _ = atlas
+    gradient = STEEP_LINEAR_MAPS[name]
+    centre = np.asarray(atlas.grid.centre_world)
+    points = atlas.grid.voxel_centres_world(torch.float64).numpy()
+    field = torch.as_tensor(np.moveaxis((points - centre) @ gradient.T, -1, 0)[None])
+    targets = centre + np.array([[4.0, -3.0, 10.0], [-6.0, 2.0, -8.0], [0.0, 0.0, 0.0], [1.5, 7.0, 3.0]])
+    found, residual = invert_points(field, atlas.grid, targets)
+    assert residual < 1e-4
+    exact = centre + (targets - centre) @ np.linalg.inv(np.eye(3) + gradient).T
+    np.testing.assert_allclose(found, exact, atol=1e-4)
+
+
 def test_bad_landmarks_and_fields_are_refused(atlas):
     atlas, landmarks = atlas
     with pytest.raises(ValueError, match="condylar_axis"):

@@ -26,7 +26,8 @@ Carrying (:func:`carry_landmarks`): registration outputs a pull displacement ``u
 grid, ``warped(p) = atlas(p + u(p))``, so the subject-space point showing the atlas point ``L`` solves
 ``p + u(p) = L``; it is found by the fixed-point iteration ``p <- L - u(p)`` (``u`` trilinear in
 world mm, continued by its border values outside the grid), which converges where ``u``'s Jacobian
-has norm below 1 (rotations under 60 degrees, scales within a factor 2). Directions are carried
+has norm below 1 (rotations under 60 degrees, scales within a factor 2), and damped Newton steps
+where it does not (a steep but invertible field: the edge slices of a network's grid). Directions are carried
 as the difference of two carried points. The head centre and radius are those of the sphere
 fitted (least squares) to carried points of the atlas's head sphere, which follows the carried head
 surface, not only the field at its centre. Given the atlas's surface, the neck axis is measured on
@@ -237,15 +238,21 @@ def displacement_sampler(field: Tensor, grid: VolumeGrid) -> Callable[[Tensor], 
 def invert_points(
     field: Tensor, grid: VolumeGrid, targets_world: np.ndarray, tolerance_mm: float = 1e-4, max_iterations: int = 200
 ) -> tuple[np.ndarray, float]:
-    """Solve ``p + u(p) = L`` for each target ``L`` (``(N, 3)`` world mm) by ``p <- L - u(p)``,
-    each point iterated until its own step is below ``tolerance_mm``.
+    """Solve ``p + u(p) = L`` for each target ``L`` (``(N, 3)`` world mm).
+
+    First the fixed-point iteration ``p <- L - u(p)``, each point until its own step is below
+    ``tolerance_mm``: cheap, and it converges where ``u``'s Jacobian has norm below 1. Points whose
+    residual is still above ``tolerance_mm`` (a steep but invertible field, as at the edge of a
+    network's grid, where the iteration oscillates) then take damped Newton steps
+    (:func:`_newton_refined`), from the first guess ``L - u(L)`` where the iteration diverged.
 
     Returns:
         ``(N, 3)`` points ``p`` (world mm) and the largest residual ``|p + u(p) - L|`` (mm).
     """
     sample = displacement_sampler(field, grid)
     targets = torch.as_tensor(targets_world, dtype=torch.float64)
-    points = targets - sample(targets)
+    first_guess = targets - sample(targets)
+    points = first_guess.clone()
     active = torch.arange(len(points))
     for _ in range(max_iterations):
         updated = targets[active] - sample(points[active])
@@ -254,8 +261,64 @@ def invert_points(
         active = active[moving]
         if len(active) == 0:
             break
-    residual = points + sample(points) - targets
-    return points.numpy(), float(residual.norm(dim=1).max())
+    # Where the iteration diverged (it can leave the grid, where u is constant), Newton starts again
+    # from the first guess.
+    diverged = _residual_norms(sample, points, targets) > _residual_norms(sample, first_guess, targets)
+    points[diverged] = first_guess[diverged]
+    points = _newton_refined(sample, targets, points, tolerance_mm, max_iterations)
+    return points.numpy(), float(_residual_norms(sample, points, targets).max())
+
+
+def _residual_norms(sample: Callable[[Tensor], Tensor], points: Tensor, targets: Tensor) -> Tensor:
+    """``(N,)`` ``|p + u(p) - L|`` (mm) of ``(N, 3)`` world-mm ``points`` and ``targets``."""
+    return (points + sample(points) - targets).norm(dim=1)
+
+
+NEWTON_HALVINGS = 12  # step halvings tried before a Newton step is given up (a step of 1/4096)
+JACOBIAN_STEP_MM = 1e-3  # central-difference step of u's Jacobian (trilinear: exact inside a cell)
+
+
+def _displacement_jacobian(sample: Callable[[Tensor], Tensor], points: Tensor) -> Tensor:
+    """``(N, 3, 3)`` ``du_i / dp_j`` at ``points`` (``(N, 3)`` world mm), central differences."""
+    columns = []
+    for axis in range(3):
+        offset = torch.zeros(3, dtype=points.dtype)
+        offset[axis] = JACOBIAN_STEP_MM
+        columns.append((sample(points + offset) - sample(points - offset)) / (2 * JACOBIAN_STEP_MM))
+    return torch.stack(columns, dim=2)
+
+
+def _newton_refined(
+    sample: Callable[[Tensor], Tensor], targets: Tensor, points: Tensor, tolerance_mm: float, max_iterations: int
+) -> Tensor:
+    """``points`` (``(N, 3)`` world mm) with those whose residual ``|p + u(p) - L|`` exceeds
+    ``tolerance_mm`` moved by Newton steps on ``p + u(p) = L``, each step halved until the residual
+    decreases (at most :data:`NEWTON_HALVINGS` times; a point that cannot improve stops)."""
+    points = points.clone()
+    residuals = points + sample(points) - targets
+    active = torch.nonzero(residuals.norm(dim=1) > tolerance_mm).flatten()
+    for _ in range(max_iterations):
+        if len(active) == 0:
+            break
+        current, residual = points[active], residuals[active]
+        jacobian = torch.eye(3, dtype=points.dtype) + _displacement_jacobian(sample, current)
+        step = torch.linalg.lstsq(jacobian, residual[:, :, None]).solution[:, :, 0]
+        norms = residual.norm(dim=1)
+        improved = torch.zeros(len(active), dtype=torch.bool)
+        scale = torch.ones(len(active), dtype=points.dtype)
+        for _ in range(NEWTON_HALVINGS):
+            trying = ~improved
+            candidate = current[trying] - scale[trying, None] * step[trying]
+            candidate_residual = candidate + sample(candidate) - targets[active[trying]]
+            better = candidate_residual.norm(dim=1) < norms[trying]
+            chosen = torch.nonzero(trying).flatten()[better]
+            points[active[chosen]], residuals[active[chosen]] = candidate[better], candidate_residual[better]
+            improved[chosen] = True
+            scale[~improved] /= 2
+            if bool(improved.all()):
+                break
+        active = active[improved & (residuals[active].norm(dim=1) > tolerance_mm)]
+    return points
 
 
 def carry_landmarks(
