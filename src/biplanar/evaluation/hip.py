@@ -236,7 +236,12 @@ def displacement_sampler(field: Tensor, grid: VolumeGrid) -> Callable[[Tensor], 
 
 
 def invert_points(
-    field: Tensor, grid: VolumeGrid, targets_world: np.ndarray, tolerance_mm: float = 1e-4, max_iterations: int = 200
+    field: Tensor,
+    grid: VolumeGrid,
+    targets_world: np.ndarray,
+    tolerance_mm: float = 1e-4,
+    max_iterations: int = 200,
+    newton: bool = True,
 ) -> tuple[np.ndarray, float]:
     """Solve ``p + u(p) = L`` for each target ``L`` (``(N, 3)`` world mm).
 
@@ -245,6 +250,8 @@ def invert_points(
     residual is still above ``tolerance_mm`` (a steep but invertible field, as at the edge of a
     network's grid, where the iteration oscillates) then take damped Newton steps
     (:func:`_newton_refined`), from the first guess ``L - u(L)`` where the iteration diverged.
+    ``newton=False`` leaves them out: the iteration alone, as before 2026-12-06
+    (``examples/carry_check.py`` compares the two).
 
     Returns:
         ``(N, 3)`` points ``p`` (world mm) and the largest residual ``|p + u(p) - L|`` (mm).
@@ -261,6 +268,8 @@ def invert_points(
         active = active[moving]
         if len(active) == 0:
             break
+    if not newton:
+        return points.numpy(), float(_residual_norms(sample, points, targets).max())
     # Where the iteration diverged (it can leave the grid, where u is constant), Newton starts again
     # from the first guess.
     diverged = _residual_norms(sample, points, targets) > _residual_norms(sample, first_guess, targets)
