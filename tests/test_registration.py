@@ -224,6 +224,8 @@ def test_report_has_timings_similarity_and_metrics(result):
     assert 0 < report["dice"] <= 1
     assert HIP_KEYS | {"landmarks"} <= set(report["hip"])
     assert report["hip"]["landmarks"]["carry_residual_mm"] < 0.01
+    assert report["deformation"]["folded_cells_percent"] == 0.0  # scaling and squaring: no fold here
+    assert report["deformation"]["smallest_jacobian_determinant"] > 0.0
     assert 20.0 < report["hip"]["head_diameter_mm"] < 80.0 and 90.0 < report["hip"]["neck_shaft_angle_deg"] < 170.0
     if refined:
         record = report["refine"]

@@ -38,6 +38,7 @@ from biplanar.config import ExperimentConfig
 from biplanar.data.atlas import warped_atlas_labels
 from biplanar.devices import default_device, synchronise
 from biplanar.errors import InputError, require_choice, require_positive
+from biplanar.evaluation.deformation import folding_statistics
 from biplanar.geometry.mirror import SagittalMirror
 from biplanar.geometry.presets import PAPER_SOURCE_DETECTOR_MM, VIEW_NAMES
 from biplanar.geometry.projection import ProjectionView, view_angles_deg
@@ -426,6 +427,7 @@ def register(
                 "timings_s": times,
                 "projection_ncc": ncc,
                 "quality": quality,
+                "deformation": folding_statistics(output.total_displacement, model_atlas.grid),
                 **({} if truth is None else truth_metrics(truth, inputs.patient_volume(warped_labels), model_atlas)),
                 "side": inputs.side,
                 "hip": hip,
