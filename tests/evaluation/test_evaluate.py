@@ -55,6 +55,9 @@ def test_writes_one_row_per_case_and_stage(evaluation, dataset):
         assert 0.0 <= float(row["dice"]) <= 1.0 and 0.0 <= float(row["jaccard"]) <= float(row["dice"])
         assert -1.0 <= float(row["ssim"]) <= 1.0 and float(row["time_s"]) > 0
         assert {"hip_head_centre_error_mm", "hip_neck_shaft_angle_error_deg"} <= set(row)
+        assert 0.0 <= float(row["folded_cells_percent"]) <= 100.0
+        if row["stage"] == "affine":  # a similarity: det = scale^3 > 0 in every cell
+            assert float(row["folded_cells_percent"]) == 0.0 and float(row["smallest_jacobian_determinant"]) > 0.0
     for case in CASES:
         geometry = json.loads((dataset / "subjects" / case / "geometry.json").read_text())["views"]
         row = next(row for row in rows if row["case"] == case)

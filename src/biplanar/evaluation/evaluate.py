@@ -18,7 +18,9 @@ Scores per stage (definitions in :mod:`biplanar.evaluation.metrics`):
   whole forward pass for ``affine+local``, that plus the refinement for ``refined``;
 - the geometry of the case: LAO/RAO of each view (:func:`view_angles_deg`);
 - hip-measurement errors (:mod:`biplanar.evaluation.hip`): atlas landmarks carried by the stage's
-  displacement, measured, compared with the subject's true landmarks.
+  displacement, measured, compared with the subject's true landmarks;
+- the displacement's folds (:mod:`biplanar.evaluation.deformation`): ``folded_cells_percent`` and
+  ``smallest_jacobian_determinant``, as ``register``'s ``report.json`` has them.
 
 Outputs in ``out_dir`` (each written atomically, at the end): ``cases.csv`` (one row per case and
 stage), ``summary.json`` and ``summary.md`` (mean and sample standard deviation per stage over the
@@ -47,6 +49,7 @@ from biplanar.data.datasets import SimulatedDataset
 from biplanar.devices import default_device
 from biplanar.errors import InputError
 from biplanar.evaluation import statistics
+from biplanar.evaluation.deformation import folding_statistics
 from biplanar.evaluation.hip import hip_errors, hip_report
 from biplanar.evaluation.metrics import image_ssim, segmentation_metrics
 from biplanar.geometry.presets import VIEW_NAMES
@@ -186,7 +189,8 @@ class CaseScorer:
         scores = segmentation_metrics(predicted, truth_labels, self.spacing_mm)
         data_range = float(truth_mu.max() - truth_mu.min())
         scores["ssim"] = image_ssim(self.warped_mu(displacement), truth_mu, data_range)
-        return {**scores, **self.hip_errors(displacement, subject)}
+        folds = folding_statistics(displacement, self.atlas.grid)
+        return {**scores, **self.hip_errors(displacement, subject), **folds}
 
     def hip_errors(self, displacement: Tensor, subject: dict[str, Any]) -> dict[str, float]:
         """Errors of the hip measurements of the atlas landmarks carried by ``displacement``
