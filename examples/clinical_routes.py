@@ -1,4 +1,4 @@
-"""The five input routes of ``biplanar register`` on held-out subjects, side by side (issue 15's table).
+"""The input routes of ``biplanar register`` on held-out subjects, side by side (issue 15's table).
 
 Each case is a phantom of a dataset seed never used in training (default 4040), registered through
 the public Python API (:func:`biplanar.register`, what ``biplanar register`` calls) five ways:
@@ -11,8 +11,13 @@ the public Python API (:func:`biplanar.register`, what ``biplanar register`` cal
   no geometry file, no masks;
 - (e) ``left``: the phantom mirrored into a left femur, its LAT taken with the source on the
   patient's right (View Position ``LL``, lao_rao -90), geometry file, true masks, ``--side left``;
-- (e') ``left, source left``: the same left femur with the LAT source on the patient's left
-  (lao_rao +90), the configuration the bundled model was not trained on (reported, not a goal).
+- (e') ``left, source lateral``: the same left femur with the LAT source on the patient's left
+  (lao_rao +90, View Position ``RL``): mirrored, a view from the femur's lateral side, the other side
+  than the network learnt (shown to it reversed: :mod:`biplanar.geometry.facing`);
+- (f) ``right, source lateral``: the right femur's LAT with the source on the patient's right
+  (lao_rao -90, ``LL``), its whole-body scene, geometry file, true masks;
+- (g) ``PA``: the right femur's AP taken from behind (lao_rao 180), its whole-body scene, geometry
+  file, true masks.
 
 Usage::
 
@@ -41,7 +46,16 @@ from biplanar.io.atomic import atomic_write_text
 from biplanar.io.volumes import write_volume
 
 HELD_OUT_SEED = 4040  # a dataset seed no training set used
-ROUTES = ("a plain", "b no masks", "c 448x320", "d DICOM", "e left", "e' left, source left")
+ROUTES = (
+    "a plain",
+    "b no masks",
+    "c 448x320",
+    "d DICOM",
+    "e left",
+    "e' left, source lateral",
+    "f right, source lateral",
+    "g PA",
+)
 
 
 def register(out: Path, folder: Path, truth: Path, masks: bool = True, dicom: bool = False, **options) -> dict:
@@ -71,10 +85,15 @@ def run_case(index: int, work: Path, config: SimulationConfig, segmentation_mode
     write_view_files(folder / "large", large, large_images, femur_masks(case.labels, grid, large))
     write_clinical_dicoms(folder / "dicom", case.ct_hu, grid, "right", config, spec=case.subject.spec)
     left_ct = np.ascontiguousarray(case.ct_hu[::-1])
-    for lat_angle, name in ((-90.0, "left"), (90.0, "left_source_left")):
+    for lat_angle, name in ((-90.0, "left"), (90.0, "left_source_lateral")):
         views = biplanar_pair(0.0, lat_angle, config.image_shape, config.pixel_spacing_mm, centre)
         images = render_radiographs(left_ct, grid, views, config)
         write_view_files(folder / name, views, images, femur_masks(left_labels, grid, views))
+    for ap_angle, lat_angle, name in ((0.0, -90.0, "right_source_lateral"), (180.0, 90.0, "pa")):
+        views = biplanar_pair(ap_angle, lat_angle, config.image_shape, config.pixel_spacing_mm, centre)
+        scene = render_scene(case.subject.spec, grid, views)
+        images = render_radiographs(scene.ct_hu, scene.scene.grid, views, config)
+        write_view_files(folder / name, views, images, femur_masks(case.labels, grid, views))
     truth, truth_left = folder / "labels.nii.gz", folder / "labels_left.nii.gz"
     runs = {
         "a plain": lambda out: register(out, folder / "model_detector", truth),
@@ -86,7 +105,9 @@ def run_case(index: int, work: Path, config: SimulationConfig, segmentation_mode
             out, folder / "dicom", truth, masks=False, dicom=True, segmentation_model=segmentation_model
         ),
         "e left": lambda out: register(out, folder / "left", truth_left, side="left"),
-        "e' left, source left": lambda out: register(out, folder / "left_source_left", truth_left, side="left"),
+        "e' left, source lateral": lambda out: register(out, folder / "left_source_lateral", truth_left, side="left"),
+        "f right, source lateral": lambda out: register(out, folder / "right_source_lateral", truth),
+        "g PA": lambda out: register(out, folder / "pa", truth),
     }
     rows = []
     for route, run in runs.items():

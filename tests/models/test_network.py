@@ -12,6 +12,7 @@ from biplanar.geometry import biplanar_pair
 from biplanar.models.blocks import conv_block_3d
 from biplanar.models.local import BeamUNet, convolve_ray_copies, on_ray_copies
 from biplanar.models.network import AtlasRegistrationNet
+from biplanar.models.projectors import BEAM_COLUMNS_AND_DEPTH, as_learnt_side
 
 ABLATIONS = {
     "paper": {},
@@ -146,3 +147,37 @@ def test_a_block_on_ray_copies_matches_and_refuses_other_convolutions():
         convolve_ray_copies(torch.nn.Conv3d(2, 3, 3, padding=0), image, 5)
     with pytest.raises(TypeError, match="Sequential starting with a Conv3d"):
         on_ray_copies(torch.nn.Conv3d(2, 3, 3, padding=1), image, 5)
+
+
+def test_a_view_from_the_other_side_is_shown_reversed_and_its_beams_reversed_back(tiny):
+    """A LAT with the source on the patient's right (biplanar.geometry.facing) reaches the LAT U-net with
+    its columns reversed; the U-net's beam-space output reaches inv-ProST reversed back (columns and
+    depth). The AP, from the learnt side, passes unchanged."""
+    config, atlas = tiny
+    network = AtlasRegistrationNet(config, atlas).eval()
+    pair = views_of(config, 0.0, -90.0)
+    seen: dict[str, torch.Tensor] = {}
+    for name, unet in zip(("AP", "LAT"), network.local.unets):
+        unet.register_forward_hook(
+            lambda _, inputs, output, name=name: seen.update({name: inputs[0], f"{name}_beam": output})
+        )
+    back_project = network.projectors.back_project
+    network.projectors.back_project = lambda beams, views: seen.update(inverted=beams) or back_project(beams, views)
+    with torch.no_grad():
+        radiographs = network.projectors.project(network.atlas_femur_mu, [pair]) + torch.rand(
+            1, 2, *config.geometry.image_shape
+        )
+        network(radiographs, [pair])
+    shown = radiographs / radiographs.amax(dim=(2, 3), keepdim=True)
+    torch.testing.assert_close(seen["AP"][:, 0], shown[:, 0])
+    torch.testing.assert_close(seen["LAT"][:, 0], shown[:, 1].flip(-1))
+    torch.testing.assert_close(seen["inverted"][0], seen["AP_beam"])
+    torch.testing.assert_close(seen["inverted"][1], seen["LAT_beam"].flip((-1, -3)))
+
+
+def test_only_the_reversed_batch_elements_are_reversed():
+    beams = torch.arange(2 * 3 * 4 * 5, dtype=torch.float32).reshape(2, 1, 3, 4, 5)
+    shown = as_learnt_side(beams, torch.tensor([False, True]), BEAM_COLUMNS_AND_DEPTH)
+    torch.testing.assert_close(shown[0], beams[0])
+    torch.testing.assert_close(shown[1], beams[1].flip((-1, -3)))
+    torch.testing.assert_close(as_learnt_side(shown, torch.tensor([False, True]), BEAM_COLUMNS_AND_DEPTH), beams)

@@ -16,8 +16,8 @@ the *mirrored* world, where it is a right femur, and every output is brought bac
 
 Exactness: the mirrored view sees exactly the mirrored patient. A LAT view whose source is on the
 femur's lateral side (a left hip with ``lao_rao_deg`` near +90) becomes, mirrored, a view from the
-lateral side of a right femur (``lao_rao_deg`` near -90), which the bundled model was never
-trained on: :meth:`SagittalMirror.lateral_source` tells :mod:`biplanar.registration` to warn.
+lateral side of a right femur (``lao_rao_deg`` near -90), the other side than the network learnt;
+:mod:`biplanar.geometry.facing` says how the network is shown such a view.
 """
 
 from __future__ import annotations
@@ -26,11 +26,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from biplanar.geometry.projection import ProjectionView, view_angles_deg
+from biplanar.geometry.projection import ProjectionView
 from biplanar.geometry.volume_grid import VolumeGrid
 
 SIDES = ("right", "left")
-LATERAL_SOURCE_MAX_DEG = 90.0  # |lao_rao + 90| below this, after the mirror: the source on the lateral side
 
 
 @dataclass(frozen=True)
@@ -102,11 +101,3 @@ class SagittalMirror:
         mirrored = np.array(directions, dtype=np.float64, copy=True)
         mirrored[..., 0] *= -1.0
         return mirrored
-
-    @staticmethod
-    def lateral_source(mirrored_view: ProjectionView) -> bool:
-        """Whether a mirrored LAT view has its source on the right femur's lateral side (patient's
-        right, ``lao_rao_deg`` within :data:`LATERAL_SOURCE_MAX_DEG` of -90), a configuration the
-        bundled model was not trained on (module doc)."""
-        lao_rao, _ = view_angles_deg(mirrored_view)
-        return abs(lao_rao + 90.0) < LATERAL_SOURCE_MAX_DEG

@@ -23,7 +23,7 @@ from torch.utils.checkpoint import checkpoint
 from biplanar.config import LocalConfig
 from biplanar.geometry.volume_grid import VolumeGrid
 from biplanar.models.blocks import conv_3d, conv_block_2d, conv_block_3d
-from biplanar.models.projectors import ProjectorCache, ViewPair
+from biplanar.models.projectors import BEAM_COLUMNS_AND_DEPTH, ProjectorCache, ViewPair, as_learnt_side
 
 
 def convolve_ray_copies(convolution: nn.Conv3d, image: Tensor, depth: int) -> Tensor:
@@ -155,10 +155,14 @@ class LocalModule(nn.Module):
             return checkpoint(unet, image, use_reentrant=False)
         return unet(image)
 
-    def forward(self, ap: Tensor, lat: Tensor, views: list[ViewPair]) -> Tensor:
+    def forward(self, ap: Tensor, lat: Tensor, views: list[ViewPair], reversed_views: Tensor | None = None) -> Tensor:
         """Args:
-            ap, lat: ``(B, 2, rows, cols)``: normalised radiograph and DRR of the affine-warped atlas.
+            ap, lat: ``(B, 2, rows, cols)``: normalised radiograph and DRR of the affine-warped atlas,
+                as the network learnt to see them (:func:`biplanar.models.network.normalise_pair`).
             views: ``B`` pairs ``(AP, LAT)`` of calibrated views.
+            reversed_views: ``(B, 2)`` bool (:func:`biplanar.models.projectors.reversed_sources`):
+                views whose inputs were shown reversed; their beam-space output is reversed back
+                (columns and depth) before inv-ProST. None: no view is.
 
         Returns:
             ``(B, 3, I, J, K)`` stationary velocity field, mm, world components ``(x, y, z)``.
@@ -168,6 +172,10 @@ class LocalModule(nn.Module):
         else:
             joint = self._run(self.unets[0], torch.cat([ap, lat], dim=1))
             beams = [joint[:, : self.per_view_channels], joint[:, self.per_view_channels : 2 * self.per_view_channels]]
+        if reversed_views is not None:
+            beams = [
+                as_learnt_side(beam, reversed_views[:, view], BEAM_COLUMNS_AND_DEPTH) for view, beam in enumerate(beams)
+            ]
         if self.config.inv_prost:
             features = self.projectors.back_project(beams, views)
         else:  # ablation: beam-space maps resampled to the atlas grid, geometry ignored

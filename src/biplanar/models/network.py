@@ -26,7 +26,7 @@ from biplanar.layers.velocity import VelocityIntegrator, compose_affine_displace
 from biplanar.layers.warp import SpatialTransformer, affine_displacement
 from biplanar.models.affine import AffineModule
 from biplanar.models.local import LocalModule
-from biplanar.models.projectors import ProjectorCache, ViewPair
+from biplanar.models.projectors import IMAGE_COLUMNS, ProjectorCache, ViewPair, as_learnt_side, reversed_sources
 from biplanar.physics.attenuation import hu_to_mu
 
 
@@ -62,18 +62,23 @@ def normalise_radiographs(images: Tensor) -> Tensor:
     return images / images.amax(dim=(2, 3), keepdim=True).clamp(min=1e-6)
 
 
-def normalise_pair(radiographs: Tensor, drrs: Tensor) -> tuple[Tensor, Tensor]:
+def normalise_pair(radiographs: Tensor, drrs: Tensor, reversed_views: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Per-view network inputs: radiograph and DRR, each divided by its own maximum.
 
     Args:
         radiographs: ``(B, 2, rows, cols)`` masked line integrals (AP, LAT).
         drrs: ``(B, 2, rows, cols)`` DRRs of the (warped) atlas (AP, LAT).
+        reversed_views: ``(B, 2)`` bool (:func:`reversed_sources`): the views whose images are shown
+            with their columns reversed, as from the side the network learnt; none if not given.
 
     Returns:
         AP and LAT inputs, each ``(B, 2, rows, cols)`` (radiograph, DRR).
     """
     radiographs, drrs = normalise_radiographs(radiographs), normalise_radiographs(drrs)
-    return (torch.stack([radiographs[:, 0], drrs[:, 0]], dim=1), torch.stack([radiographs[:, 1], drrs[:, 1]], dim=1))
+    inputs = [torch.stack([radiographs[:, view], drrs[:, view]], dim=1) for view in range(2)]
+    if reversed_views is not None:
+        inputs = [as_learnt_side(image, reversed_views[:, view], IMAGE_COLUMNS) for view, image in enumerate(inputs)]
+    return inputs[0], inputs[1]
 
 
 class AtlasRegistrationNet(nn.Module):
@@ -121,8 +126,9 @@ class AtlasRegistrationNet(nn.Module):
                 f"radiographs: expected shape (B, 2, rows, cols) with B = len(views) = {len(views)}, "
                 f"got {tuple(radiographs.shape)}"
             )
+        reversed_views = reversed_sources(views, self.atlas_centre)
         femur = self.atlas_femur_mu.expand(batch, -1, -1, -1, -1)
-        params = self.affine(*normalise_pair(radiographs, self.projectors.project(femur, views)))
+        params = self.affine(*normalise_pair(radiographs, self.projectors.project(femur, views), reversed_views))
         matrix = similarity_matrix(params, self.atlas_centre)
         affine_field = affine_displacement(matrix, self.grid)
         affine_femur = self.transformer(self.atlas_femur_mu, affine_field)
@@ -130,8 +136,8 @@ class AtlasRegistrationNet(nn.Module):
             velocity = torch.zeros_like(affine_field)
             local_field = velocity
         else:
-            inputs = normalise_pair(radiographs, self.projectors.project(affine_femur, views))
-            velocity = self.local(*inputs, views)
+            inputs = normalise_pair(radiographs, self.projectors.project(affine_femur, views), reversed_views)
+            velocity = self.local(*inputs, views, reversed_views)
             local_field = self.integrator(velocity)
         total_field = compose_affine_displacement(matrix, local_field, self.grid)
         return RegistrationOutput(

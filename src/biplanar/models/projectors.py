@@ -11,12 +11,45 @@ from collections import OrderedDict
 import torch
 from torch import Tensor
 
+from biplanar.geometry.facing import source_reversed
+from biplanar.geometry.presets import VIEW_NAMES
 from biplanar.geometry.projection import ProjectionView
 from biplanar.geometry.volume_grid import VolumeGrid
 from biplanar.layers.inv_prost import InverseProST
 from biplanar.layers.prost import ProST
 
 ViewPair = tuple[ProjectionView, ProjectionView]
+IMAGE_COLUMNS = (-1,)  # the columns of (B, C, rows, cols) images
+BEAM_COLUMNS_AND_DEPTH = (-1, -3)  # the columns and the depth of (B, C, Kb, Hb, Wb) beam-space tensors
+
+
+def reversed_sources(views: list[ViewPair], isocenter_mm: Tensor) -> Tensor:
+    """``(B, 2)`` bool: whether each view (AP, LAT) of each pair has its source on the other side of
+    the isocentre than the network learnt (:mod:`biplanar.geometry.facing`).
+
+    Args:
+        views: ``B`` pairs ``(AP, LAT)``.
+        isocenter_mm: ``(3,)`` world mm, the atlas grid's centre.
+    """
+    centre = isocenter_mm.detach().cpu().double().numpy()
+    return torch.tensor(
+        [[source_reversed(view, centre, name) for view, name in zip(pair, VIEW_NAMES)] for pair in views]
+    )
+
+
+def as_learnt_side(tensor: Tensor, reversed_views: Tensor, dims: tuple[int, ...]) -> Tensor:
+    """``tensor`` with ``dims`` reversed in the batch elements whose view is reversed (its own inverse).
+
+    Args:
+        tensor: ``(B, ...)`` one view's images (``dims`` :data:`IMAGE_COLUMNS`) or beam-space
+            tensors (:data:`BEAM_COLUMNS_AND_DEPTH`).
+        reversed_views: ``(B,)`` bool, that view's column of :func:`reversed_sources`.
+        dims: the dimensions to reverse.
+    """
+    if not bool(reversed_views.any()):
+        return tensor
+    flags = reversed_views.to(tensor.device).reshape(-1, *([1] * (tensor.dim() - 1)))
+    return torch.where(flags, tensor.flip(dims), tensor)
 
 
 class ProjectorCache:

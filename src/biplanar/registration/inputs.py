@@ -14,7 +14,9 @@ For each view (docs/contract.md section 7), in the order the data flows:
    matrix following exactly (:class:`biplanar.geometry.detector.DetectorResampling`).
 4. **Mirror** a left femur into a right one (:class:`biplanar.geometry.mirror.SagittalMirror`).
 5. **Masks**: the given ones (resampled and mirrored alike), or the bundled 2D segmentation network's
-   on the resampled, mirrored radiograph.
+   on the resampled, mirrored radiograph. A view whose source is on the other side than the networks
+   learnt (a PA, a LAT from the femur's lateral side: :mod:`biplanar.geometry.facing`) is segmented
+   with its columns reversed and its mask reversed back.
 
 :class:`RegistrationInputs` holds the result; its :meth:`~RegistrationInputs.record` is what
 ``report.json`` says was assumed.
@@ -33,6 +35,7 @@ import torch
 from biplanar.data.atlas import FEMUR_LABEL, load_atlas
 from biplanar.errors import InputError, require_choice
 from biplanar.geometry.detector import DetectorResampling
+from biplanar.geometry.facing import source_reversed
 from biplanar.geometry.mirror import SIDES, SagittalMirror
 from biplanar.geometry.presets import PAPER_SOURCE_DETECTOR_MM, VIEW_NAMES, biplanar_pair
 from biplanar.geometry.projection import ProjectionView
@@ -263,6 +266,16 @@ class ModelDetector:
     atlas_drr: Callable[[ProjectionView], np.ndarray]
 
 
+def _segment_as_learnt(
+    segmenter: Callable[[np.ndarray], np.ndarray], image: np.ndarray, reversed_source: bool
+) -> np.ndarray:
+    """The mask of ``(rows, cols)`` ``image``, segmented with its columns reversed when its view's
+    source is on the other side than the network learnt (:mod:`biplanar.geometry.facing`)."""
+    if not reversed_source:
+        return segmenter(image)
+    return np.ascontiguousarray(segmenter(np.ascontiguousarray(image[:, ::-1]))[:, ::-1])
+
+
 def _prepare_view(
     name: str,
     path: Path,
@@ -309,12 +322,14 @@ def _prepare_view(
     if mirror is not None:
         view, image = mirror.view(model_view), mirror.image(image)
         mask = None if mask is None else mirror.image(mask)
+    reversed_source = source_reversed(view, isocenter, name)
     if mask is None:
         if segmenter is None:
             raise InputError(f"{path}: no mask given and no segmentation network to make one")
-        mask = segmenter(image)
+        mask = _segment_as_learnt(segmenter, image, reversed_source)
     flips = () if read.dicom is None else read.dicom.flips
     record.update(
+        source_reversed=reversed_source,
         geometry=geometry_source,
         resampled=None
         if identity

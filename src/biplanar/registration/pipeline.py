@@ -39,7 +39,6 @@ from biplanar.data.atlas import warped_atlas_labels
 from biplanar.devices import default_device, synchronise
 from biplanar.errors import InputError, require_choice, require_positive
 from biplanar.evaluation.deformation import folding_statistics
-from biplanar.geometry.mirror import SagittalMirror
 from biplanar.geometry.presets import PAPER_SOURCE_DETECTOR_MM, VIEW_NAMES
 from biplanar.geometry.projection import ProjectionView, view_angles_deg
 from biplanar.geometry.transforms import rigid_params
@@ -63,7 +62,6 @@ from biplanar.pose.hip_reference import (
 from biplanar.progress import print_stage
 from biplanar.registration.inputs import (
     ModelDetector,
-    RegistrationInputs,
     load_model_atlas,
     read_inputs,
     read_truth,
@@ -242,19 +240,6 @@ def segmenter(path: str | Path | None, device: torch.device | str) -> Callable[[
     return segment_image
 
 
-def _warn_lateral_source(inputs: RegistrationInputs) -> None:
-    """Warn when a left femur's LAT view had its source on the femur's lateral side (module
-    :mod:`biplanar.geometry.mirror`): mirrored, a view the model was not trained on."""
-    if inputs.mirror is not None and SagittalMirror.lateral_source(inputs.views["LAT"].view):
-        print(
-            "warning: --side left with the LAT source on the patient's left (the femur's lateral side): "
-            "mirrored, this is a view the model was not trained on (a left hip's lateral is expected "
-            "with the source on the patient's right, View Position LL); check report.json's quality",
-            file=sys.stderr,
-            flush=True,
-        )
-
-
 def register(
     geometry: str | Path | None,
     ap: str | Path,
@@ -358,7 +343,6 @@ def register(
         intensity,
         air_level,
     )
-    _warn_lateral_source(inputs)
     views, raw = inputs.network_views(), inputs.radiographs()
     truth = read_truth(None if truth_labels is None else Path(truth_labels), model_atlas)
     device = network.atlas_mu.device
