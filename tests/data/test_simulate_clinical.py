@@ -21,7 +21,7 @@ from biplanar.data.simulate import (
     subject_files,
     write_case,
 )
-from biplanar.geometry.presets import PAPER_SOURCE_DETECTOR_MM
+from biplanar.geometry.presets import PAPER_SOURCE_DETECTOR_MM, PAPER_SOURCE_ISOCENTER_MM
 from biplanar.io.dicom import read_dicom_radiograph, views_from_dicom
 from biplanar.physics.clinical_appearance import ClinicalAppearance
 from biplanar.registration.inputs import ModelDetector, read_inputs
@@ -94,7 +94,10 @@ def test_register_reads_the_clinical_npy_and_dicom_alike(case, folder, line_inte
     """``--intensity auto`` takes both as line integrals (a window starts at 0; DICOM says LOG)."""
     spacing = CLINICAL.pixel_spacing_mm[0]
     detector = ModelDetector(
-        CLINICAL.image_shape, PAPER_SOURCE_DETECTOR_MM / spacing, case.grid, lambda view: line_integrals[view.name]
+        CLINICAL.image_shape,
+        spacing * PAPER_SOURCE_ISOCENTER_MM / PAPER_SOURCE_DETECTOR_MM,
+        case.grid,
+        lambda view: line_integrals[view.name],
     )
     masks = {name: folder / f"{name}_mask.npy" for name in case.views}
     arrays = read_inputs(

@@ -1,16 +1,21 @@
 """Any detector onto the model's: resampling a radiograph and updating its projection matrix exactly.
 
-A user's radiograph has its own rows, columns and pixel size. The network was trained on one
-detector (``model_shape`` pixels of a focal length ``model_focal_px``, e.g. 112 x 80 pixels at
-1.86 mm, 1000 mm from the source: 537.6 pixels). The user's view is brought onto that detector by
-a change of pixel coordinates only, centred on the projection of the isocentre (docs/contract.md
-section 7, "Any detector")::
+A user's radiograph has its own rows, columns, pixel size and distances. The network was trained on
+one detector: ``model_shape`` pixels that measure ``model_isocenter_pixel_mm`` at the isocentre
+(e.g. 112 x 80 pixels of 1.86 mm, 1000 mm from the source, the isocentre 925 mm from it: 1.72 mm).
+The user's view is brought onto a detector of that shape whose pixels measure as much at the
+isocentre, so that the femur covers as many pixels as in training whatever the user's distances,
+by a change of pixel coordinates only, centred on the projection of the isocentre
+(docs/contract.md section 7, "Any detector")::
 
     uv_user = A uv_model,   A = [[k_u, 0, c_u - k_u m_u], [0, k_v, c_v - k_v m_v], [0, 0, 1]]
 
 with ``k = f_user / f_model`` per axis (the user's focal lengths in pixels, read from the projection
-matrix), ``(c_u, c_v)`` the isocentre's projection on the user's detector and ``(m_u, m_v)`` the
-centre of the model's detector. The resampled view's projection matrix is ``A^-1 P_user``: a point
+matrix; ``f_model = d / model_isocenter_pixel_mm`` with ``d`` the isocentre's depth in the user's
+view, its source-isocentre distance for a C-arm), ``(c_u, c_v)`` the isocentre's projection on the
+user's detector and ``(m_u, m_v)`` the centre of the model's detector. At the training distances
+``f_model`` is the training detector's focal length and the resampled view is the training view.
+The resampled view's projection matrix is ``A^-1 P_user``: a point
 projects onto model pixel ``uv_model`` exactly when it projects onto user pixel ``A uv_model``, so
 the geometry is exact (no approximation); only the image values are interpolated.
 
@@ -65,7 +70,7 @@ class DetectorResampling:
         cls,
         view: ProjectionView,
         model_shape: tuple[int, int],
-        model_focal_px: float,
+        model_isocenter_pixel_mm: float,
         isocenter_world: np.ndarray,
     ) -> DetectorResampling:
         """The resampling that puts ``view`` onto the model's detector around the isocentre.
@@ -73,19 +78,20 @@ class DetectorResampling:
         Args:
             view: the user's view (its ``image_shape`` is the user's radiograph's).
             model_shape: ``(rows, cols)`` of the model's detector.
-            model_focal_px: the model's focal length in pixels (source-detector distance / pixel
-                spacing, mm / mm).
+            model_isocenter_pixel_mm: the model's pixel size at the isocentre, mm (pixel spacing x
+                source-isocentre / source-detector distance of the training geometry).
             isocenter_world: ``(3,)`` world mm; its projection lands on the model detector's centre.
 
         Raises:
-            ValueError: a non-positive focal length or an isocentre behind the source.
+            ValueError: a non-positive pixel size or an isocentre behind the source.
         """
-        if not model_focal_px > 0:
-            raise ValueError(f"model focal length: expected > 0 pixels, got {model_focal_px}")
+        if not model_isocenter_pixel_mm > 0:
+            raise ValueError(f"model pixel size at the isocentre: expected > 0 mm, got {model_isocenter_pixel_mm}")
         homogeneous = view.matrix @ np.append(np.asarray(isocenter_world, dtype=np.float64), 1.0)
         if homogeneous[2] <= 0:
             raise ValueError(f"view {view.name or '?'}: the isocentre is behind the X-ray source")
         centre_user = homogeneous[:2] / homogeneous[2]  # (u, v) user pixels
+        model_focal_px = homogeneous[2] / model_isocenter_pixel_mm  # depth w is mm (ProjectionView)
         scale = np.array(focal_lengths_px(view)) / model_focal_px  # user pixels per model pixel, (u, v)
         centre_model = (np.array(model_shape[::-1], dtype=np.float64) - 1.0) / 2.0  # (u, v): (cols, rows)
         model_to_user = np.eye(3)

@@ -37,7 +37,7 @@ from biplanar.errors import InputError, require_choice
 from biplanar.geometry.detector import DetectorResampling
 from biplanar.geometry.facing import source_reversed
 from biplanar.geometry.mirror import SIDES, SagittalMirror
-from biplanar.geometry.presets import PAPER_SOURCE_DETECTOR_MM, VIEW_NAMES, biplanar_pair
+from biplanar.geometry.presets import PAPER_SOURCE_DETECTOR_MM, PAPER_SOURCE_ISOCENTER_MM, VIEW_NAMES, biplanar_pair
 from biplanar.geometry.projection import ProjectionView
 from biplanar.geometry.volume_grid import VolumeGrid
 from biplanar.io.dicom import DicomRadiograph, dicom_view, read_dicom_radiograph
@@ -255,13 +255,14 @@ class ModelDetector:
 
     Attributes:
         shape: ``(rows, cols)`` of the model's detector.
-        focal_px: its focal length, pixels (source-detector mm / pixel spacing mm).
+        isocenter_pixel_mm: its pixel size at the isocentre, mm (what any view is resampled to:
+            :mod:`biplanar.geometry.detector`).
         atlas_grid: the atlas grid (its centre is the isocentre of tag geometries and of resampling).
         atlas_drr: model-detector view -> ``(rows, cols)`` DRR of the whole atlas.
     """
 
     shape: tuple[int, int]
-    focal_px: float
+    isocenter_pixel_mm: float
     atlas_grid: VolumeGrid
     atlas_drr: Callable[[ProjectionView], np.ndarray]
 
@@ -292,7 +293,7 @@ def _prepare_view(
     """Steps 1 and 3-5 of the module doc for one view whose geometry is known."""
     isocenter = detector.atlas_grid.centre_world
     try:
-        resampling = DetectorResampling.onto_model(user_view, detector.shape, detector.focal_px, isocenter)
+        resampling = DetectorResampling.onto_model(user_view, detector.shape, detector.isocenter_pixel_mm, isocenter)
     except ValueError as error:
         raise InputError(f"{path}: views.{name}: {error}") from None
     identity = resampling.user_shape == resampling.model_shape and np.allclose(
@@ -433,7 +434,7 @@ def segment_file(
     if geometry_path is None and read.dicom is None and read.values.shape == detector.shape:
         user_view = biplanar_pair(
             image_shape=detector.shape,
-            pixel_spacing_mm=(PAPER_SOURCE_DETECTOR_MM / detector.focal_px,) * 2,
+            pixel_spacing_mm=(detector.isocenter_pixel_mm * PAPER_SOURCE_DETECTOR_MM / PAPER_SOURCE_ISOCENTER_MM,) * 2,
             isocenter_mm=isocenter,
         )[view_name]
         source = "the paper's C-arm view on the model's detector (no geometry given)"

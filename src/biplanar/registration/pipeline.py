@@ -39,7 +39,7 @@ from biplanar.data.atlas import warped_atlas_labels
 from biplanar.devices import default_device, synchronise
 from biplanar.errors import InputError, require_choice, require_positive
 from biplanar.evaluation.deformation import folding_statistics
-from biplanar.geometry.presets import PAPER_SOURCE_DETECTOR_MM, VIEW_NAMES
+from biplanar.geometry.presets import PAPER_SOURCE_DETECTOR_MM, PAPER_SOURCE_ISOCENTER_MM, VIEW_NAMES
 from biplanar.geometry.projection import ProjectionView, view_angles_deg
 from biplanar.geometry.transforms import rigid_params
 from biplanar.geometry.volume_grid import VolumeGrid
@@ -220,7 +220,7 @@ def model_detector(network: AtlasRegistrationNet, config: ExperimentConfig) -> M
 
     return ModelDetector(
         config.geometry.image_shape,
-        PAPER_SOURCE_DETECTOR_MM / config.geometry.pixel_spacing_mm,
+        config.geometry.pixel_spacing_mm * PAPER_SOURCE_ISOCENTER_MM / PAPER_SOURCE_DETECTOR_MM,
         network.grid,
         atlas_drr,
     )
