@@ -26,7 +26,9 @@ def test_shipped_atlas_is_the_generated_mean_shape(preset):
     assert shipped.grid.shape == generated.grid.shape
     np.testing.assert_allclose(shipped.grid.affine, generated.grid.affine, atol=1e-4)
     np.testing.assert_array_equal(shipped.labels, generated.labels)
-    assert np.abs(shipped.ct_hu - generated.ct_hu).max() <= 0.5  # stored as int16 HU
+    # Stored as int16 HU: rounding leaves <= 0.5 HU; SciPy and NumPy releases move the float32
+    # texture by a few thousandths (lite: 0.5015 HU in 11 of 589,824 voxels with SciPy 1.17.1).
+    assert np.abs(shipped.ct_hu - generated.ct_hu).max() <= 0.5 + 0.01
     np.testing.assert_allclose(shipped.landmarks["head_centre_mm"], generated.landmarks.head_centre_mm, atol=1e-6)
 
 
