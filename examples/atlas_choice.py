@@ -24,8 +24,7 @@ import numpy as np
 
 import biplanar
 from biplanar.data.datasets import split_subject_ids
-from biplanar.evaluation.evaluate import rows_to_csv
-from biplanar.io.atomic import atomic_write_text
+from biplanar.evaluation.evaluate import write_study
 
 METRICS = (("dice", "Dice", "{:.3f}"), ("assd_mm", "ASSD (mm)", "{:.2f}"), ("hd95_mm", "HD95 (mm)", "{:.2f}"))
 
@@ -81,9 +80,7 @@ def main() -> None:
                 print(f"{case} {name}: Dice {scores['dice']:.3f}", flush=True)
     text = table(rows, list(atlases), arguments.data)
     arguments.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(arguments.out / "cases.csv", rows_to_csv(rows))
-    atomic_write_text(arguments.out / "table.md", text)
-    print(text)
+    write_study(arguments.out, rows, text)
 
 
 if __name__ == "__main__":

@@ -42,10 +42,9 @@ import torch
 import biplanar
 from biplanar.data.clinical import write_view_files
 from biplanar.data.simulate import SimulationConfig, simulate_case, subject_seed
-from biplanar.evaluation.evaluate import rows_to_csv
+from biplanar.evaluation.evaluate import write_study
 from biplanar.geometry.projection import CarmPose, ProjectionView, view_angles_deg
 from biplanar.geometry.se3 import rotation_geodesic_deg
-from biplanar.io.atomic import atomic_write_text
 from biplanar.io.volumes import read_volume, write_volume
 from biplanar.pose.baselines import OptimisationConfig, run_baseline
 from biplanar.pose.estimate import estimate_view_rotations, view_isocentre
@@ -270,10 +269,7 @@ def main() -> None:
     config = SimulationConfig(preset="lite", geometry="orthogonal", shapes="phantom", **scene)
     network, _ = load_model(bundled_model_path(), "cpu")
     rows = [row for index in range(arguments.n) for row in run_case(index, arguments.out / "inputs", config, network)]
-    atomic_write_text(arguments.out / "cases.csv", rows_to_csv(rows))
-    text = summary(rows)
-    (arguments.out / "summary.md").write_text(text)
-    print(text)
+    write_study(arguments.out, rows, summary(rows), "summary.md")
 
 
 if __name__ == "__main__":

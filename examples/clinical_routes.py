@@ -40,9 +40,8 @@ from biplanar.data.clinical import clinic_views, write_clinical_dicoms, write_vi
 from biplanar.data.masks import femur_masks
 from biplanar.data.scene import render_scene
 from biplanar.data.simulate import SimulationConfig, render_radiographs, simulate_case, subject_seed
-from biplanar.evaluation.evaluate import rows_to_csv
+from biplanar.evaluation.evaluate import write_study
 from biplanar.geometry.presets import biplanar_pair
-from biplanar.io.atomic import atomic_write_text
 from biplanar.io.volumes import write_volume
 
 HELD_OUT_SEED = 4040  # a dataset seed no training set used
@@ -157,10 +156,7 @@ def main() -> None:
         for index in range(arguments.n)
         for row in run_case(index, arguments.out / "inputs", config, arguments.segmentation_model)
     ]
-    atomic_write_text(arguments.out / "cases.csv", rows_to_csv(rows))
-    text = table(rows, arguments.n)
-    (arguments.out / "table.md").write_text(text)
-    print(text)
+    write_study(arguments.out, rows, table(rows, arguments.n))
 
 
 if __name__ == "__main__":

@@ -37,9 +37,8 @@ import numpy as np
 import biplanar
 from biplanar.data.clinical import write_view_files
 from biplanar.data.simulate import SimulationConfig, simulate_case, subject_seed, write_case
-from biplanar.evaluation.evaluate import rows_to_csv
+from biplanar.evaluation.evaluate import write_study
 from biplanar.evaluation.hip import hip_errors
-from biplanar.io.atomic import atomic_write_text
 from biplanar.io.volumes import write_volume
 
 HELD_OUT_SEED = 9090  # a dataset seed no training set used
@@ -146,10 +145,7 @@ def main() -> None:
     models = {name: model_paths(paths) for name, paths in (item.split("=", 1) for item in arguments.model)}
     work = arguments.out / "inputs"
     rows = [row for index in range(arguments.n) for row in run_case(index, work, models, arguments.refine)]
-    atomic_write_text(arguments.out / "cases.csv", rows_to_csv(rows))
-    text = table(rows, arguments.n)
-    (arguments.out / "table.md").write_text(text)
-    print(text)
+    write_study(arguments.out, rows, table(rows, arguments.n))
 
 
 if __name__ == "__main__":

@@ -31,8 +31,7 @@ import biplanar
 from biplanar.data.clinical import write_view_files
 from biplanar.data.scene import render_scene
 from biplanar.data.simulate import SimulationConfig, simulate_case, subject_seed
-from biplanar.evaluation.evaluate import rows_to_csv
-from biplanar.io.atomic import atomic_write_text
+from biplanar.evaluation.evaluate import write_study
 from biplanar.io.volumes import write_volume
 from biplanar.physics.drr import render_drr
 
@@ -104,10 +103,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="folder for cases.csv, table.md and the inputs")
     arguments = parser.parse_args()
     rows = [row for index in range(arguments.n) for row in run_case(index, arguments.out / "inputs")]
-    atomic_write_text(arguments.out / "cases.csv", rows_to_csv(rows))
-    text = table(rows, arguments.n)
-    atomic_write_text(arguments.out / "table.md", text)
-    print(text)
+    write_study(arguments.out, rows, table(rows, arguments.n))
 
 
 if __name__ == "__main__":

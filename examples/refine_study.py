@@ -26,9 +26,8 @@ from pathlib import Path
 import torch
 
 from biplanar.data.atlas import warped_atlas_labels
-from biplanar.evaluation.evaluate import rows_to_csv
+from biplanar.evaluation.evaluate import write_study
 from biplanar.geometry.presets import VIEW_NAMES
-from biplanar.io.atomic import atomic_write_text
 from biplanar.optimisation import ProjectionObjective, RefineSettings, refine_registration
 from biplanar.registration.inputs import load_model_atlas, read_inputs, read_truth
 from biplanar.registration.outputs import truth_metrics
@@ -125,9 +124,7 @@ def main() -> None:
         )
     markdown = table(rows, list(variants), arguments.data)
     arguments.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(arguments.out / "cases.csv", rows_to_csv(rows))
-    atomic_write_text(arguments.out / "table.md", markdown + "\n")
-    print(markdown)
+    write_study(arguments.out, rows, markdown)
 
 
 if __name__ == "__main__":

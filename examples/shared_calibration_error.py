@@ -36,10 +36,9 @@ from scipy.spatial.transform import Rotation
 import biplanar
 from biplanar.data.clinical import write_view_files
 from biplanar.data.simulate import SimulationConfig, simulate_case, subject_seed
-from biplanar.evaluation.evaluate import rows_to_csv
+from biplanar.evaluation.evaluate import write_study
 from biplanar.evaluation.metrics import dice
 from biplanar.geometry.volume_grid import VolumeGrid
-from biplanar.io.atomic import atomic_write_text
 from biplanar.io.volumes import read_volume, write_volume
 from biplanar.pose.estimate import compose_views, view_isocentre
 
@@ -138,10 +137,7 @@ def main() -> None:
     torch.set_num_threads(1)
     config = SimulationConfig(preset="lite", geometry="orthogonal", shapes="phantom", scene=arguments.scene)
     rows = [row for index in range(arguments.n) for row in run_case(index, arguments.out / "inputs", config)]
-    atomic_write_text(arguments.out / "cases.csv", rows_to_csv(rows))
-    text = summary(rows)
-    atomic_write_text(arguments.out / "summary.md", text)
-    print(text)
+    write_study(arguments.out, rows, summary(rows), "summary.md")
 
 
 if __name__ == "__main__":

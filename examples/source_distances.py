@@ -28,9 +28,8 @@ from biplanar.data.clinical import write_view_files
 from biplanar.data.masks import femur_masks
 from biplanar.data.scene import render_scene
 from biplanar.data.simulate import SimulationConfig, render_radiographs, simulate_case, subject_seed
-from biplanar.evaluation.evaluate import rows_to_csv
+from biplanar.evaluation.evaluate import write_study
 from biplanar.geometry.projection import CarmPose, ProjectionView
-from biplanar.io.atomic import atomic_write_text
 from biplanar.io.volumes import write_volume
 
 HELD_OUT_SEED = 4646  # a dataset seed no training set used
@@ -116,10 +115,7 @@ def main() -> None:
     arguments = parser.parse_args()
     config = SimulationConfig(preset="lite", geometry="orthogonal")
     rows = [row for index in range(arguments.n) for row in run_case(index, arguments.out / "inputs", config)]
-    atomic_write_text(arguments.out / "cases.csv", rows_to_csv(rows))
-    text = table(rows, arguments.n)
-    atomic_write_text(arguments.out / "table.md", text)
-    print(text)
+    write_study(arguments.out, rows, table(rows, arguments.n))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from biplanar.cli import app
 from biplanar.data.simulate import SimulationConfig, simulate_dataset
-from biplanar.evaluation.evaluate import REFINED_STAGE, STAGES, evaluate, summarise
+from biplanar.evaluation.evaluate import REFINED_STAGE, STAGES, evaluate, summarise, write_study
 from biplanar.geometry.presets import biplanar_pair
 from biplanar.geometry.projection import ProjectionView, view_angles_deg
 from biplanar.registration import register
@@ -158,3 +158,12 @@ def test_summarise_skips_non_finite_values():
     summary = summarise(rows)["s"]
     assert summary["dice"] == {"mean": pytest.approx(0.7), "sd": pytest.approx(0.2), "n": 3}
     assert summary["assd_mm"] == {"mean": pytest.approx(3.0), "sd": pytest.approx(math.sqrt(2.0)), "n": 2}
+
+
+def test_a_study_writes_its_cases_and_summary_whole(tmp_path, capsys):
+    rows = [{"case": 0, "dice": 0.9}, {"case": 1, "route": "b", "dice": 0.8}]
+    write_study(tmp_path / "study", rows, "| a | b |", "summary.md")
+    assert (tmp_path / "study" / "cases.csv").read_text() == "case,dice,route\n0,0.9,\n1,0.8,b\n"
+    assert (tmp_path / "study" / "summary.md").read_text() == "| a | b |\n"
+    assert capsys.readouterr().out == "| a | b |\n"
+    assert sorted(path.name for path in (tmp_path / "study").iterdir()) == ["cases.csv", "summary.md"]

@@ -360,6 +360,21 @@ def rows_to_csv(rows: list[dict[str, Any]]) -> str:
     return buffer.getvalue()
 
 
+def write_study(out_dir: Path, rows: list[dict[str, Any]], summary: str, summary_name: str = "table.md") -> None:
+    """A study's outputs, each written whole or not at all: ``cases.csv`` (:func:`rows_to_csv`) and its
+    Markdown ``summary`` as ``summary_name``; the summary is also printed.
+
+    Args:
+        out_dir: the study's folder (created).
+        rows: one dict per case (and route, stage, ...).
+        summary: the Markdown table or text that sums the rows up.
+        summary_name: its file name in ``out_dir``.
+    """
+    atomic_write_text(Path(out_dir) / "cases.csv", rows_to_csv(rows))
+    atomic_write_text(Path(out_dir) / summary_name, summary if summary.endswith("\n") else summary + "\n")
+    print(summary)
+
+
 @dataclass(frozen=True)
 class EvaluationResult:
     """What :func:`evaluate` wrote.
