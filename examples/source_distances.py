@@ -17,18 +17,17 @@ how many were flagged by the quality block) and writes ``cases.csv`` and ``table
 
 from __future__ import annotations
 
-import argparse
 import shutil
 from pathlib import Path
 
 import numpy as np
+from held_out_study import run_held_out_study
 
 import biplanar
 from biplanar.data.clinical import write_view_files
 from biplanar.data.masks import femur_masks
 from biplanar.data.scene import render_scene
 from biplanar.data.simulate import SimulationConfig, render_radiographs, simulate_case, subject_seed
-from biplanar.evaluation.evaluate import write_study
 from biplanar.geometry.projection import CarmPose, ProjectionView
 from biplanar.io.volumes import write_volume
 
@@ -109,13 +108,7 @@ def table(rows: list[dict], n: int) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=6, help="held-out subjects")
-    parser.add_argument("--out", type=Path, required=True, help="folder for cases.csv and table.md")
-    arguments = parser.parse_args()
-    config = SimulationConfig(preset="lite", geometry="orthogonal")
-    rows = [row for index in range(arguments.n) for row in run_case(index, arguments.out / "inputs", config)]
-    write_study(arguments.out, rows, table(rows, arguments.n))
+    run_held_out_study(__doc__.splitlines()[0], 6, run_case, table)
 
 
 if __name__ == "__main__":
