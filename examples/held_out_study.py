@@ -3,7 +3,8 @@
 A study registers ``--n`` held-out subjects (orthogonal views on the lite preset's grid) one at a
 time with ``run_case(index, work_folder, config) -> rows`` and sums the rows up with
 ``table(rows, n) -> Markdown``; :func:`run_held_out_study` parses ``--n`` and ``--out`` and writes
-``cases.csv`` and ``table.md`` into ``--out`` (:func:`biplanar.evaluation.evaluate.write_study`).
+``cases.csv`` and ``table.md`` into ``--out`` (:func:`biplanar.evaluation.evaluate.write_study`);
+:func:`dice_cells` makes the cells their tables share.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 from pathlib import Path
+
+import numpy as np
 
 from biplanar.data.simulate import SimulationConfig
 from biplanar.evaluation.evaluate import write_study
@@ -30,3 +33,15 @@ def run_held_out_study(
     config = SimulationConfig(preset="lite", geometry="orthogonal")
     rows = [row for index in range(arguments.n) for row in run_case(index, arguments.out / "inputs", config)]
     write_study(arguments.out, rows, table(rows, arguments.n))
+
+
+def dice_cells(chosen: list[dict], reference: np.ndarray | None = None) -> str:
+    """Markdown cells of some rows' ``dice``: mean +- sd, min, the mean difference to ``reference``
+    (the same cases' Dice elsewhere, in the same order; left out if ``None``) and how many rows were
+    ``flagged`` by the quality block."""
+    dice = np.array([row["dice"] for row in chosen])
+    cells = [f"{dice.mean():.3f} +- {dice.std():.3f}", f"{dice.min():.3f}"]
+    if reference is not None:
+        cells.append(f"{(dice - reference).mean():+.3f}")
+    cells.append(f"{sum(row['flagged'] for row in chosen)}/{len(chosen)}")
+    return " | ".join(cells)

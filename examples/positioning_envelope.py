@@ -26,7 +26,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-from held_out_study import run_held_out_study
+from held_out_study import dice_cells, run_held_out_study
 
 import biplanar
 from biplanar.data.clinical import write_view_files
@@ -119,11 +119,7 @@ def table(rows: list[dict], n: int) -> str:
     ]
     for change in CHANGES:
         chosen = [row for row in rows if row["change"] == change]
-        dice = np.array([row["dice"] for row in chosen])
-        lines.append(
-            f"| {change} | {dice.mean():.3f} +- {dice.std():.3f} | {dice.min():.3f} | {(dice - drawn).mean():+.3f} | "
-            f"{sum(row['flagged'] for row in chosen)}/{len(chosen)} |"
-        )
+        lines.append(f"| {change} | {dice_cells(chosen, drawn)} |")
     return "\n".join(lines) + "\n"
 
 

@@ -20,7 +20,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-from held_out_study import run_held_out_study
+from held_out_study import dice_cells, run_held_out_study
 
 import biplanar
 from biplanar.data.clinical import write_view_files
@@ -90,13 +90,9 @@ def table(rows: list[dict], n: int) -> str:
     ]
     for ap_angle, lat_angle in PAIRS_DEG:
         pair = f"{ap_angle} / {lat_angle}"
-        dice = np.array([row["dice"] for row in rows if row["pair"] == pair])
-        flagged = sum(row["flagged"] for row in rows if row["pair"] == pair)
         trained = "yes" if abs(ap_angle) <= 30 and abs(lat_angle - 90) <= 30 else "no"
-        lines.append(
-            f"| {pair} | {trained} | {dice.mean():.3f} +- {dice.std():.3f} | {dice.min():.3f} | "
-            f"{(dice - orthogonal).mean():+.3f} | {flagged}/{len(dice)} |"
-        )
+        chosen = [row for row in rows if row["pair"] == pair]
+        lines.append(f"| {pair} | {trained} | {dice_cells(chosen, orthogonal)} |")
     return "\n".join(lines) + "\n"
 
 
