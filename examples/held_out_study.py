@@ -1,8 +1,9 @@
 """What the held-out studies of this folder share: the command line and the outputs.
 
 A study registers ``--n`` held-out subjects (orthogonal views on the lite preset's grid) one at a
-time with ``run_case(index, work_folder, config) -> rows`` and sums the rows up with
-``table(rows, n) -> Markdown``; :func:`run_held_out_study` parses ``--n`` and ``--out`` and writes
+time with ``run_case(index, work_folder, config, model) -> rows`` (``model``: ``--model``, a
+checkpoint, or ``None`` for the bundled one) and sums the rows up with ``table(rows, n) ->
+Markdown``; :func:`run_held_out_study` parses ``--n``, ``--model`` and ``--out`` and writes
 ``cases.csv`` and ``table.md`` into ``--out`` (:func:`biplanar.evaluation.evaluate.write_study`);
 :func:`dice_cells` makes the cells their tables share.
 """
@@ -22,16 +23,18 @@ from biplanar.evaluation.evaluate import write_study
 def run_held_out_study(
     description: str,
     default_n: int,
-    run_case: Callable[[int, Path, SimulationConfig], list[dict]],
+    run_case: Callable[[int, Path, SimulationConfig, Path | None], list[dict]],
     table: Callable[[list[dict], int], str],
 ) -> None:
-    """Parse ``--n`` and ``--out``, run every case and write the study (module doc)."""
+    """Parse ``--n``, ``--model`` and ``--out``, run every case and write the study (module doc)."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--n", type=int, default=default_n, help="held-out subjects")
+    parser.add_argument("--model", type=Path, default=None, help="registration checkpoint (default: the bundled)")
     parser.add_argument("--out", type=Path, required=True, help="folder for cases.csv and table.md")
     arguments = parser.parse_args()
     config = SimulationConfig(preset="lite", geometry="orthogonal")
-    rows = [row for index in range(arguments.n) for row in run_case(index, arguments.out / "inputs", config)]
+    work = arguments.out / "inputs"
+    rows = [row for index in range(arguments.n) for row in run_case(index, work, config, arguments.model)]
     write_study(arguments.out, rows, table(rows, arguments.n))
 
 

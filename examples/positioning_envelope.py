@@ -82,7 +82,7 @@ def changed(case, change: str, config: SimulationConfig):
     return dataclasses.replace(spec, pose=pose), views
 
 
-def run_case(index: int, work: Path, config: SimulationConfig) -> list[dict]:
+def run_case(index: int, work: Path, config: SimulationConfig, model: Path | None) -> list[dict]:
     """Every change of held-out case ``index``: one row each."""
     case = simulate_case(subject_seed(HELD_OUT_SEED, index), config)
     rows = []
@@ -94,6 +94,7 @@ def run_case(index: int, work: Path, config: SimulationConfig) -> list[dict]:
         write_volume(folder / "labels.nii.gz", rendered.subject.labels, case.grid)
         write_view_files(folder, views, images, femur_masks(rendered.subject.labels, case.grid, views))
         report = biplanar.register(
+            model=model,
             geometry=folder / "geometry.json",
             ap=folder / "AP.npy",
             lat=folder / "LAT.npy",

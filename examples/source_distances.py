@@ -47,7 +47,7 @@ def clinic_pair(source_detector: float, source_isocenter: float, isocenter: np.n
     }
 
 
-def run_case(index: int, work: Path, config: SimulationConfig) -> list[dict]:
+def run_case(index: int, work: Path, config: SimulationConfig, model: Path | None) -> list[dict]:
     """Every distance pair and mask route of held-out case ``index``: one row each."""
     case = simulate_case(subject_seed(HELD_OUT_SEED, index), config)
     grid = case.grid
@@ -63,6 +63,7 @@ def run_case(index: int, work: Path, config: SimulationConfig) -> list[dict]:
         for masks in (True, False):
             given = {"ap_mask": inputs / "AP_mask.npy", "lat_mask": inputs / "LAT_mask.npy"} if masks else {}
             report = biplanar.register(
+                model=model,
                 geometry=inputs / "geometry.json",
                 ap=inputs / "AP.npy",
                 lat=inputs / "LAT.npy",

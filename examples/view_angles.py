@@ -48,7 +48,7 @@ PAIRS_DEG = (
 )
 
 
-def run_case(index: int, work: Path, config: SimulationConfig) -> list[dict]:
+def run_case(index: int, work: Path, config: SimulationConfig, model: Path | None) -> list[dict]:
     """Every angle pair of held-out case ``index``: one row each."""
     case = simulate_case(subject_seed(HELD_OUT_SEED, index), config)
     grid = case.grid
@@ -64,6 +64,7 @@ def run_case(index: int, work: Path, config: SimulationConfig) -> list[dict]:
         inputs = folder / f"{ap_angle}_{lat_angle}"
         write_view_files(inputs, views, images, femur_masks(case.labels, grid, views))
         report = biplanar.register(
+            model=model,
             geometry=inputs / "geometry.json",
             ap=inputs / "AP.npy",
             lat=inputs / "LAT.npy",

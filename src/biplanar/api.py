@@ -365,6 +365,8 @@ def simulate(
     photons: float = 1e5,
     kvp: float = 80.0,
     aluminium_mm: float = 2.5,
+    pose_angle_deg: float = 10.0,
+    pose_shift_mm: float = 3.0,
     workers: int = 1,
     progress: bool = True,
 ) -> DatasetSummary:
@@ -393,6 +395,9 @@ def simulate(
         photons: incident photons per pixel (``mode="poisson"``).
         kvp: tube voltage, kV (``mode="polychromatic"``).
         aluminium_mm: tube filtration, mm of aluminium (``mode="polychromatic"``).
+        pose_angle_deg: largest flexion, abduction and rotation of the leg, deg (each uniform in
+            +-this; the bundled model was trained at 10).
+        pose_shift_mm: largest translation of the patient along each axis, mm (trained at 3).
         workers: parallel worker processes.
         progress: show a progress bar on stderr.
 
@@ -415,6 +420,8 @@ def simulate(
         photons=photons,
         kvp=kvp,
         aluminium_mm=aluminium_mm,
+        pose_angle_deg=pose_angle_deg,
+        pose_shift_mm=pose_shift_mm,
     )
     return simulate_dataset(out, n, seed, config, workers=workers, progress=progress)
 

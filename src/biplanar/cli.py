@@ -277,6 +277,12 @@ def simulate(
     photons: float = typer.Option(1e5, help="Photons per pixel (mode poisson)."),
     kvp: float = typer.Option(80.0, help="Tube voltage, kV (mode polychromatic)."),
     aluminium_mm: float = typer.Option(2.5, help="Filtration, mm Al (mode polychromatic)."),
+    pose_angle_deg: float = typer.Option(
+        10.0, help="Largest flexion, abduction and rotation of the leg, deg (trained at 10; not with --from-ct)."
+    ),
+    pose_shift_mm: float = typer.Option(
+        3.0, help="Largest shift of the patient along each axis, mm (trained at 3; not with --from-ct)."
+    ),
     workers: int = typer.Option(1, min=1, help="Parallel worker processes."),
 ) -> None:
     """Make a dataset: CT + femur labels, AP and LAT radiographs, masks, geometry files, split."""
@@ -296,6 +302,10 @@ def simulate(
         if from_ct is not None:
             if n is not None:
                 raise InputError("--n: not used with --from-ct (one subject per femur of each CT)")
+            if (pose_angle_deg, pose_shift_mm) != (10.0, 3.0):
+                raise InputError(
+                    "--pose-angle-deg, --pose-shift-mm: not used with --from-ct (its femurs keep their CT's pose)"
+                )
             made = api.simulate_from_ct(
                 from_ct, out, seed, femur_labels=femur_labels, keep_sides=keep_sides, **rendering
             )
@@ -308,7 +318,9 @@ def simulate(
             return
         if n is None or femur_labels is not None or keep_sides:
             raise InputError("--n is needed (and --femur-labels, --keep-sides only go with --from-ct)")
-        summary = api.simulate(out, n, seed, shapes=shapes, **rendering)
+        summary = api.simulate(
+            out, n, seed, shapes=shapes, pose_angle_deg=pose_angle_deg, pose_shift_mm=pose_shift_mm, **rendering
+        )
         typer.echo(f"wrote {len(summary.written)} subjects to {out}, {len(summary.skipped)} already there")
 
 

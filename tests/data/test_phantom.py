@@ -27,6 +27,7 @@ from biplanar.data import (
     make_subject,
     render_subject,
 )
+from biplanar.data.phantom import PoseRange
 from biplanar.data.random_fields import FourierField
 from biplanar.data.voxelise import narrow_band_sdf, occupancy, ramp_width
 from biplanar.geometry import VolumeGrid
@@ -145,6 +146,18 @@ def test_pose_sampling_stays_within_paper_ranges():
     assert (Pose(abduction_deg=10.0).rotation() @ down)[0] > 0.1
     # External rotation turns the anterior surface (+y) laterally (+x).
     assert (Pose(external_rotation_deg=10.0).rotation() @ np.array([0.0, 1.0, 0.0]))[0] > 0.1
+
+
+def test_a_wider_pose_range_moves_the_same_subjects_further():
+    default = SubjectSpec.sample(5, "phantom")
+    wide = SubjectSpec.sample(5, "phantom", PoseRange(max_angle_deg=20.0, max_translation_mm=10.0))
+    angles = [
+        (spec.pose.flexion_deg, spec.pose.abduction_deg, spec.pose.external_rotation_deg) for spec in (default, wide)
+    ]
+    np.testing.assert_allclose(angles[1], 2.0 * np.array(angles[0]), rtol=1e-12)
+    np.testing.assert_allclose(wide.pose.translation_mm, np.array(default.pose.translation_mm) * 10.0 / 3.0, rtol=1e-12)
+    # Every other draw is the subject's own, whatever the range.
+    assert dataclasses.replace(wide, pose=default.pose) == default
 
 
 # --- the shape measured back from the label map --------------------------------------------

@@ -19,6 +19,7 @@ import biplanar.data.simulate as simulate_module
 from biplanar.config import PRESETS, load_config
 from biplanar.data.grid_presets import grid_preset
 from biplanar.data.masks import MASK_MIN_PATH_MM
+from biplanar.data.phantom import PoseRange
 from biplanar.data.real_ct import REAL_CT
 from biplanar.data.simulate import (
     SUBJECT_FILES,
@@ -249,6 +250,16 @@ def test_bad_arguments_raise():
         simulate_dataset("unused", 2, 1, workers=10**6)
     with pytest.raises(InputError, match="seed: expected >= 0"):
         simulate_dataset("unused", 2, -1)
+    with pytest.raises(InputError, match=r"pose_angle_deg in \[0, 20.0\].*got .*, 45.0, 3.0"):
+        SimulationConfig(pose_angle_deg=45.0)
+    with pytest.raises(InputError, match=r"pose_shift_mm in \[0, 12.0\].*got .*, 10.0, -1.0"):
+        SimulationConfig(pose_shift_mm=-1.0)
+
+
+def test_configs_from_before_the_pose_range_keep_the_trained_range():
+    recorded = SimulationConfig().to_dict()
+    del recorded["pose_angle_deg"], recorded["pose_shift_mm"]
+    assert SimulationConfig.from_dict(recorded).pose_range == PoseRange(10.0, 3.0)
 
 
 # --- geometry --------------------------------------------------------------------------------

@@ -74,6 +74,15 @@ class TissueParameters(RangedParameters):
 
 
 @dataclass(frozen=True)
+class PoseRange:
+    """How far :meth:`Pose.sample` turns and moves a femur: each angle uniform in
+    +-``max_angle_deg``, each translation in +-``max_translation_mm`` (world mm)."""
+
+    max_angle_deg: float = MAX_POSE_ANGLE_DEG
+    max_translation_mm: float = MAX_TRANSLATION_MM
+
+
+@dataclass(frozen=True)
 class Pose:
     """Rigid pose of the femur about its head centre, anatomical angles of a right hip.
 
@@ -90,10 +99,12 @@ class Pose:
     translation_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
     @classmethod
-    def sample(cls, rng: np.random.Generator) -> Pose:
-        """Angles uniform in +-``MAX_POSE_ANGLE_DEG``, translations in +-``MAX_TRANSLATION_MM``."""
-        angles = rng.uniform(-MAX_POSE_ANGLE_DEG, MAX_POSE_ANGLE_DEG, size=3)
-        translation = rng.uniform(-MAX_TRANSLATION_MM, MAX_TRANSLATION_MM, size=3)
+    def sample(cls, rng: np.random.Generator, pose_range: PoseRange = PoseRange()) -> Pose:
+        """Angles and translations uniform within ``pose_range`` (the same draws from ``rng``
+        whatever the range, so a wider range moves the same subjects further)."""
+        largest_angle, largest_shift = pose_range.max_angle_deg, pose_range.max_translation_mm
+        angles = rng.uniform(-largest_angle, largest_angle, size=3)
+        translation = rng.uniform(-largest_shift, largest_shift, size=3)
         flexion, abduction, external_rotation = (float(angle) for angle in angles)
         x, y, z = (float(offset) for offset in translation)
         return cls(flexion, abduction, external_rotation, (x, y, z))
@@ -136,15 +147,15 @@ class SubjectSpec:
     body: BodyParameters = field(default_factory=BodyParameters.mean)
 
     @classmethod
-    def sample(cls, seed: int, femur_shape: str = "phantom") -> SubjectSpec:
-        """A random subject with a ``femur_shape`` femur (:data:`FEMUR_SHAPES`); all draws come
-        from ``numpy.random.default_rng(seed)``."""
+    def sample(cls, seed: int, femur_shape: str = "phantom", pose_range: PoseRange = PoseRange()) -> SubjectSpec:
+        """A random subject with a ``femur_shape`` femur (:data:`FEMUR_SHAPES`) posed within
+        ``pose_range``; all draws come from ``numpy.random.default_rng(seed)``."""
         rng = np.random.default_rng(seed)
         return cls(
             FEMUR_SHAPES[femur_shape].sample(rng),
             PelvisParameters.sample(rng),
             TissueParameters.sample(rng),
-            Pose.sample(rng),
+            Pose.sample(rng, pose_range),
             detail_seed=int(rng.integers(2**62)),
             deformed=True,
             body=BodyParameters.sample(rng),

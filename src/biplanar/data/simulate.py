@@ -71,7 +71,14 @@ import torch
 from biplanar.config import DEFAULT_NUM_SAMPLES, MAX_SUBJECTS, MAX_WORKERS, PRESETS, load_config
 from biplanar.data.grid_presets import GRID_PRESETS, grid_preset
 from biplanar.data.masks import femur_masks
-from biplanar.data.phantom import Subject, SubjectSpec, render_subject
+from biplanar.data.phantom import (
+    MAX_POSE_ANGLE_DEG,
+    MAX_TRANSLATION_MM,
+    PoseRange,
+    Subject,
+    SubjectSpec,
+    render_subject,
+)
 from biplanar.data.scene import Scene, render_scene
 from biplanar.data.workers import start_worker
 from biplanar.errors import InputError
@@ -99,6 +106,11 @@ SIMULATION_MODES = ("line_integral", "poisson", "polychromatic", "clinical")
 SCENES = ("body", "grid")  # what the radiographs project (module doc)
 GENERALIZED_MAX_OFFSET_DEG = 30.0
 KVP_RANGE = (20.0, 150.0)  # tube voltages SpekPy models, kV
+# The widest leg poses simulate accepts, those examples/positioning_envelope.py renders: further,
+# the top of the head (about 80 mm above the grid centre before the shift) nears the lite grid's top
+# face (96 mm).
+LARGEST_POSE_ANGLE_DEG = 20.0
+LARGEST_POSE_SHIFT_MM = 12.0
 # The paper's split: 235 training, 40 validation, 40 test subjects of 315.
 PAPER_SPLIT = {"train": 235, "val": 40, "test": 40}
 # Child streams of a case seed (numpy SeedSequence spawn keys), independent of the subject's own.
@@ -137,6 +149,8 @@ class SimulationConfig:
         kvp: tube voltage, kV (``polychromatic``).
         aluminium_mm: tube filtration, mm of aluminium (``polychromatic``).
         num_samples: ProST samples per ray (radiographs and masks).
+        pose_angle_deg: largest flexion, abduction and rotation of the leg (:class:`PoseRange`).
+        pose_shift_mm: largest translation of the patient along each world axis, mm.
     """
 
     preset: str = "lite"
@@ -148,6 +162,8 @@ class SimulationConfig:
     kvp: float = 80.0
     aluminium_mm: float = 2.5
     num_samples: int = DEFAULT_NUM_SAMPLES
+    pose_angle_deg: float = MAX_POSE_ANGLE_DEG
+    pose_shift_mm: float = MAX_TRANSLATION_MM
 
     def __post_init__(self) -> None:
         for name, allowed in (
@@ -164,11 +180,14 @@ class SimulationConfig:
             and KVP_RANGE[0] <= self.kvp <= KVP_RANGE[1]
             and self.aluminium_mm >= 0
             and self.num_samples >= 1
+            and 0 <= self.pose_angle_deg <= LARGEST_POSE_ANGLE_DEG
+            and 0 <= self.pose_shift_mm <= LARGEST_POSE_SHIFT_MM
         ):
             raise InputError(
-                f"photons > 0, kvp in {KVP_RANGE}, aluminium_mm >= 0 and num_samples "
-                f">= 1 expected, got {self.photons}, {self.kvp}, {self.aluminium_mm}, "
-                f"{self.num_samples}"
+                f"photons > 0, kvp in {KVP_RANGE}, aluminium_mm >= 0, num_samples >= 1, pose_angle_deg "
+                f"in [0, {LARGEST_POSE_ANGLE_DEG}] and pose_shift_mm in [0, {LARGEST_POSE_SHIFT_MM}] expected, "
+                f"got {self.photons}, {self.kvp}, {self.aluminium_mm}, {self.num_samples}, "
+                f"{self.pose_angle_deg}, {self.pose_shift_mm}"
             )
 
     @property
@@ -176,6 +195,11 @@ class SimulationConfig:
         """How the radiographs are rendered: ``mode``, ``num_samples``, ``photons``, ``kvp`` and
         ``aluminium_mm`` (water at :data:`~biplanar.physics.attenuation.MU_WATER_PER_MM`)."""
         return RadiographSettings(self.mode, self.num_samples, self.photons, self.kvp, self.aluminium_mm)
+
+    @property
+    def pose_range(self) -> PoseRange:
+        """How far the subjects' legs are turned and moved (:meth:`Pose.sample`)."""
+        return PoseRange(self.pose_angle_deg, self.pose_shift_mm)
 
     @property
     def image_shape(self) -> tuple[int, int]:
@@ -401,7 +425,7 @@ def case_noise_seed(seed: int) -> int:
 def simulate_case(seed: int, config: SimulationConfig = DEFAULT_CONFIG) -> SimulatedCase:
     """Simulate case ``seed``: subject, views, radiographs and masks (deterministic in ``seed``)."""
     grid = grid_preset(config.preset)
-    spec = SubjectSpec.sample(seed, case_femur_shape(seed, config.shapes))
+    spec = SubjectSpec.sample(seed, case_femur_shape(seed, config.shapes), config.pose_range)
     views = case_views(seed, config, grid)
     appearance = case_appearance(seed, config)
     scene: Scene | None = None
@@ -593,15 +617,13 @@ def write_dataset_manifest(
     if path.is_file():
         previous = read_json(path)
         same_source = all(previous.get(key) == value for key, value in source.items())
-        if (
-            previous.get("seed") != seed
-            or SimulationConfig.from_dict(previous.get("config", {})) != config
-            or not same_source
-        ):
+        recorded = SimulationConfig.from_dict(previous.get("config", {})).to_dict()
+        changed = {key: value for key, value in config.to_dict().items() if recorded[key] != value}
+        if previous.get("seed") != seed or changed or not same_source:
+            was = {key: recorded[key] for key in changed}
             raise InputError(
-                f"{path}: the dataset there was made with seed {previous.get('seed')} "
-                f"and config {previous.get('config')}, not seed {seed} and config "
-                f"{config.to_dict()} {source or ''}; choose another output folder"
+                f"{path}: the dataset there was made with seed {previous.get('seed')} {was or ''}, "
+                f"not seed {seed} {changed or ''} {source or ''}; choose another output folder"
             )
     write_json(
         path,
