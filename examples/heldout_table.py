@@ -12,7 +12,8 @@ population and registered through the public API (:func:`biplanar.register`, wha
 
 Per case: Dice, ASSD, HD95 against the true labels, and the errors of the hip measurements
 carried from the atlas (head centre, neck-shaft angle, anteversion) against the femur's own
-(:func:`biplanar.evaluation.hip.hip_errors`). Usage::
+(:func:`biplanar.evaluation.hip.hip_errors`); ``cases.csv`` also holds the head centre's signed
+error along world x, y, z (measured - true, mm). Usage::
 
     python examples/heldout_table.py --n 30 --model old=src/biplanar/resources/models/lite/model.pt \\
         --model new=runs/lite_ssm_finetune/best.pt,runs/seg/model.pt --out runs/heldout_table
@@ -38,7 +39,7 @@ import biplanar
 from biplanar.data.clinical import write_view_files
 from biplanar.data.simulate import SimulationConfig, simulate_case, subject_seed, write_case
 from biplanar.evaluation.evaluate import write_study
-from biplanar.evaluation.hip import hip_errors
+from biplanar.evaluation.hip import hip_errors, subject_hip_truth
 from biplanar.io.volumes import write_volume
 
 HELD_OUT_SEED = 9090  # a dataset seed no training set used
@@ -96,6 +97,7 @@ def run_case(index: int, work: Path, models: dict[str, tuple[Path, Path | None]]
                 **inputs,
             ).report
             errors = hip_errors(report["hip"], subject)
+            offset = np.subtract(report["hip"]["head_centre_mm"], subject_hip_truth(subject)["head_centre_mm"])
             rows.append(
                 {
                     "case": index,
@@ -103,6 +105,7 @@ def run_case(index: int, work: Path, models: dict[str, tuple[Path, Path | None]]
                     "model": name,
                     **{key: report[key] for key in ("dice", "assd_mm", "hd95_mm")},
                     "head_centre_error_mm": errors["head_centre_error_mm"],
+                    **{f"head_centre_error_{axis}_mm": float(value) for axis, value in zip("xyz", offset)},
                     "neck_shaft_angle_abs_error_deg": abs(errors["neck_shaft_angle_error_deg"]),
                     "anteversion_abs_error_deg": abs(errors["anteversion_error_deg"]),
                 }

@@ -396,8 +396,8 @@ def simulate(
         kvp: tube voltage, kV (``mode="polychromatic"``).
         aluminium_mm: tube filtration, mm of aluminium (``mode="polychromatic"``).
         pose_angle_deg: largest flexion, abduction and rotation of the leg, deg (each uniform in
-            +-this; the bundled model was trained at 10).
-        pose_shift_mm: largest translation of the patient along each axis, mm (trained at 3).
+            +-this; the paper's population: 10).
+        pose_shift_mm: largest translation of the patient along each axis, mm.
         workers: parallel worker processes.
         progress: show a progress bar on stderr.
 

@@ -278,10 +278,10 @@ def simulate(
     kvp: float = typer.Option(80.0, help="Tube voltage, kV (mode polychromatic)."),
     aluminium_mm: float = typer.Option(2.5, help="Filtration, mm Al (mode polychromatic)."),
     pose_angle_deg: float = typer.Option(
-        10.0, help="Largest flexion, abduction and rotation of the leg, deg (trained at 10; not with --from-ct)."
+        10.0, help="Largest flexion, abduction and rotation of the leg, deg (the paper: 10; not with --from-ct)."
     ),
     pose_shift_mm: float = typer.Option(
-        3.0, help="Largest shift of the patient along each axis, mm (trained at 3; not with --from-ct)."
+        3.0, help="Largest shift of the patient along each axis, mm (the default: 3; not with --from-ct)."
     ),
     workers: int = typer.Option(1, min=1, help="Parallel worker processes."),
 ) -> None:
