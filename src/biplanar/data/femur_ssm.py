@@ -56,6 +56,9 @@ PLANE_DISTANCE_MM = 2.0
 # reported as this bound: a lower bound, which is all the narrow band of ``data.voxelise`` needs.
 MAX_DISTANCE_MM = 40.0
 HEAD_FIT_TOLERANCE_MM = 1.5
+# The head's articular side: points whose offset from the head centre along the neck axis exceeds
+# this fraction of the radius (towards the neck: negative), the rest being where the neck joins.
+HEAD_SIDE_OF_NECK = -0.3
 NECK_SHELL_MM = (3.0, 10.0)  # beyond the head radius
 SHAFT_BAND = (0.2, 0.5)  # fraction of the femur's length below the head centre
 SHAFT_SLABS = 7
@@ -219,7 +222,9 @@ def _head_sphere(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, f
         centre, radius = fit_sphere(vertices[head])
         distance = np.linalg.norm(vertices - centre, axis=1)
         neck_axis = neck_axis_from_surface(centroids, centre, radius, areas)
-        head = (np.abs(distance - radius) < HEAD_FIT_TOLERANCE_MM) & ((vertices - centre) @ neck_axis > -0.3 * radius)
+        head = (np.abs(distance - radius) < HEAD_FIT_TOLERANCE_MM) & (
+            (vertices - centre) @ neck_axis > HEAD_SIDE_OF_NECK * radius
+        )
     return centre, radius, neck_axis
 
 

@@ -29,8 +29,10 @@ world mm, continued by its border values outside the grid), which converges wher
 has norm below 1 (rotations under 60 degrees, scales within a factor 2), and damped Newton steps
 where it does not (a steep but invertible field: the edge slices of a network's grid). Directions are carried
 as the difference of two carried points. The head centre and radius are those of the sphere
-fitted (least squares) to carried points of the atlas's head sphere, which follows the carried head
-surface, not only the field at its centre. Given the atlas's surface, the neck axis is measured on
+fitted (least squares) to carried points of the atlas's head sphere on the head's side of the neck
+(as the shape model fits its heads), which follow the carried articular surface, not only the field
+at its centre; the part of the sphere inside the neck would follow the neck's deformation.
+Given the atlas's surface, the neck axis is measured on
 the carried surface as :mod:`biplanar.data.femur_ssm` measures it on a shape model's mesh (from the
 centroid of the surface in a shell beyond the head sphere to the head centre; with the surface's
 faces, the centroid of its carried triangles weighted by their carried areas: a deformation
@@ -62,7 +64,12 @@ from torch import Tensor
 
 from biplanar.data.atlas import atlas_surface
 from biplanar.data.femur_shape import canonical_rotation
-from biplanar.data.femur_ssm import NECK_SHELL_MM, neck_axis_from_surface, triangle_centroids_areas
+from biplanar.data.femur_ssm import (
+    HEAD_SIDE_OF_NECK,
+    NECK_SHELL_MM,
+    neck_axis_from_surface,
+    triangle_centroids_areas,
+)
 from biplanar.data.phantom import Pose
 from biplanar.geometry.fitting import fit_line, fit_sphere
 from biplanar.geometry.volume_grid import VolumeGrid
@@ -149,6 +156,14 @@ def fibonacci_sphere(count: int) -> np.ndarray:
     return np.stack([radius * np.cos(azimuth), radius * np.sin(azimuth), z], axis=-1)
 
 
+def _articular_sphere_points(centre: np.ndarray, radius: float, neck: np.ndarray) -> np.ndarray:
+    """``(N, 3)`` points of the ``(3,)`` ``centre``'s sphere on the head's side of the neck, as the
+    shape model fits its heads (:data:`~biplanar.data.femur_ssm.HEAD_SIDE_OF_NECK`): the part of the
+    sphere inside the neck follows the neck's deformation, not the head's."""
+    offsets = radius * fibonacci_sphere(SPHERE_POINTS)
+    return centre + offsets[offsets @ neck > HEAD_SIDE_OF_NECK * radius]
+
+
 def _construction_points(vectors: dict[str, np.ndarray], radius: float) -> dict[str, np.ndarray]:
     """The atlas points carried to rebuild the landmarks, name -> ``(N, 3)`` world mm."""
     centre, neck = vectors["head_centre_mm"], vectors["neck_axis"]
@@ -161,7 +176,7 @@ def _construction_points(vectors: dict[str, np.ndarray], radius: float) -> dict[
     return {
         "head_centre_mm": centre[None],
         "neck": (centre - neck_depth * neck)[None],
-        "sphere": centre + radius * fibonacci_sphere(SPHERE_POINTS),
+        "sphere": _articular_sphere_points(centre, radius, neck),
         "shaft_upper": upper[None],
         "shaft_lower": lower[None],
         "condylar_base": condylar_base[None],
