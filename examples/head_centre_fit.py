@@ -16,18 +16,15 @@ prints a Markdown table (mm; signed error per world axis and the mean distance).
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import numpy as np
 import torch
+from nsa_error_sources import registered_subjects
 
 from biplanar.data.atlas import load_atlas
-from biplanar.data.datasets import SimulatedDataset
 from biplanar.data.femur_ssm import HEAD_SIDE_OF_NECK
-from biplanar.evaluation.evaluate import network_inputs, run_stages
 from biplanar.evaluation.hip import SPHERE_POINTS, fibonacci_sphere, invert_points, subject_hip_truth
 from biplanar.geometry.fitting import fit_sphere
-from biplanar.io.json_files import read_json
 from biplanar.training.checkpoints import load_model
 
 
@@ -44,18 +41,11 @@ def collect(model: str, folders: list[str], split: str) -> dict[str, np.ndarray]
     atlas = load_atlas(config.geometry.grid_preset)
     sphere, articular = head_sphere_points(atlas.landmarks)
     errors: dict[str, list[np.ndarray]] = {"whole sphere": [], "articular side (register)": []}
-    for folder in folders:
-        dataset = SimulatedDataset(Path(folder), split, masked=True)
-        for index in range(len(dataset)):
-            sample = dataset[index]
-            radiographs, views = network_inputs(sample, torch.device("cpu"))
-            displacement = run_stages(network, config, radiographs, views)["affine+local"].displacement
-            carried, _ = invert_points(displacement.detach().double(), atlas.grid, sphere)
-            subject = read_json(dataset.root / "subjects" / sample["subject_id"] / "subject.json")
-            truth = np.asarray(subject_hip_truth(subject)["head_centre_mm"])
-            for name, kept in zip(errors, (np.ones(len(sphere), bool), articular)):
-                errors[name].append(fit_sphere(carried[kept])[0] - truth)
-        print(f"{folder}: {len(dataset)} subjects", flush=True)
+    for _, subject, displacement in registered_subjects(network, config, folders, split):
+        carried, _ = invert_points(displacement.detach().double(), atlas.grid, sphere)
+        truth = np.asarray(subject_hip_truth(subject)["head_centre_mm"])
+        for name, kept in zip(errors, (np.ones(len(sphere), bool), articular)):
+            errors[name].append(fit_sphere(carried[kept])[0] - truth)
     return {name: np.array(rows) for name, rows in errors.items()}
 
 

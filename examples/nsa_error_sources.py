@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from biplanar.data.atlas import FEMUR_LABEL, SURFACE_SMOOTHING_VOX, load_atlas
 from biplanar.data.datasets import SimulatedDataset
@@ -85,6 +87,20 @@ def subject_errors(carried: dict, subject: dict, label_neck: np.ndarray) -> tupl
     return truth, measured, neck_error(np.asarray(carried["neck_axis"])), shaft_part, neck_error(label_neck)
 
 
+def registered_subjects(network, config, folders: list[str], split: str) -> Iterator[tuple[dict, dict, Tensor]]:
+    """``(sample, subject.json, displacement)`` of every subject of ``split`` in ``folders``, registered
+    by ``network`` (affine + local, as ``biplanar evaluate`` runs it; the displacement ``(1, 3, I, J, K)``
+    mm on the atlas grid)."""
+    for folder in folders:
+        dataset = SimulatedDataset(Path(folder), split, masked=True)
+        for index in range(len(dataset)):
+            sample = dataset[index]
+            radiographs, views = network_inputs(sample, torch.device("cpu"))
+            displacement = run_stages(network, config, radiographs, views)["affine+local"].displacement
+            yield sample, read_json(dataset.root / "subjects" / sample["subject_id"] / "subject.json"), displacement
+        print(f"{folder}: {len(dataset)} subjects", flush=True)
+
+
 def collect(model: str, folders: list[str], split: str) -> tuple[np.ndarray, float]:
     """``(N, 5)`` :func:`subject_errors` rows of every subject of ``split`` in ``folders``, and the
     atlas's own neck-shaft angle (deg; its landmarks carried by the identity)."""
@@ -92,16 +108,9 @@ def collect(model: str, folders: list[str], split: str) -> tuple[np.ndarray, flo
     atlas = load_atlas(config.geometry.grid_preset)
     identity = hip_report(atlas, torch.zeros(1, 3, *atlas.grid.shape))
     rows = []
-    for folder in folders:
-        dataset = SimulatedDataset(Path(folder), split, masked=True)
-        for index in range(len(dataset)):
-            sample = dataset[index]
-            radiographs, views = network_inputs(sample, torch.device("cpu"))
-            displacement = run_stages(network, config, radiographs, views)["affine+local"].displacement
-            subject = read_json(dataset.root / "subjects" / sample["subject_id"] / "subject.json")
-            label_neck = label_neck_axis(sample["labels"].numpy().squeeze(), atlas.grid, subject)
-            rows.append(subject_errors(hip_report(atlas, displacement)["landmarks"], subject, label_neck))
-        print(f"{folder}: {len(dataset)} subjects", flush=True)
+    for sample, subject, displacement in registered_subjects(network, config, folders, split):
+        label_neck = label_neck_axis(sample["labels"].numpy().squeeze(), atlas.grid, subject)
+        rows.append(subject_errors(hip_report(atlas, displacement)["landmarks"], subject, label_neck))
     return np.array(rows), float(identity["neck_shaft_angle_deg"])
 
 
