@@ -5,7 +5,8 @@ time with ``run_case(index, work_folder, config, model) -> rows`` (``model``: ``
 checkpoint, or ``None`` for the bundled one) and sums the rows up with ``table(rows, n) ->
 Markdown``; :func:`run_held_out_study` parses ``--n``, ``--model`` and ``--out`` and writes
 ``cases.csv`` and ``table.md`` into ``--out`` (:func:`biplanar.evaluation.evaluate.write_study`);
-:func:`dice_cells` makes the cells their tables share.
+:func:`dice_cells` makes the cells their tables share, :func:`register_views` registers one
+rendered pair.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+import biplanar
 from biplanar.data.simulate import SimulationConfig
 from biplanar.evaluation.evaluate import write_study
 
@@ -48,3 +50,19 @@ def dice_cells(chosen: list[dict], reference: np.ndarray | None = None) -> str:
         cells.append(f"{(dice - reference).mean():+.3f}")
     cells.append(f"{sum(row['flagged'] for row in chosen)}/{len(chosen)}")
     return " | ".join(cells)
+
+
+def register_views(inputs: Path, truth_labels: Path, model: Path | None, masks: bool = True, out: str = "out") -> dict:
+    """``report.json`` of registering the pair :func:`~biplanar.data.clinical.write_view_files` wrote
+    into ``inputs`` (with its true masks, or ``masks=False``: segmented) into ``inputs / out``."""
+    given = {"ap_mask": inputs / "AP_mask.npy", "lat_mask": inputs / "LAT_mask.npy"} if masks else {}
+    return biplanar.register(
+        model=model,
+        geometry=inputs / "geometry.json",
+        ap=inputs / "AP.npy",
+        lat=inputs / "LAT.npy",
+        out=inputs / out,
+        truth_labels=truth_labels,
+        progress=False,
+        **given,
+    ).report

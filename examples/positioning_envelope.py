@@ -26,9 +26,8 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-from held_out_study import dice_cells, run_held_out_study
+from held_out_study import dice_cells, register_views, run_held_out_study
 
-import biplanar
 from biplanar.data.clinical import write_view_files
 from biplanar.data.masks import femur_masks
 from biplanar.data.scene import render_scene
@@ -93,17 +92,7 @@ def run_case(index: int, work: Path, config: SimulationConfig, model: Path | Non
         folder = work / f"case_{index:03d}" / f"change_{CHANGES.index(change):02d}"
         write_volume(folder / "labels.nii.gz", rendered.subject.labels, case.grid)
         write_view_files(folder, views, images, femur_masks(rendered.subject.labels, case.grid, views))
-        report = biplanar.register(
-            model=model,
-            geometry=folder / "geometry.json",
-            ap=folder / "AP.npy",
-            lat=folder / "LAT.npy",
-            out=folder / "out",
-            ap_mask=folder / "AP_mask.npy",
-            lat_mask=folder / "LAT_mask.npy",
-            truth_labels=folder / "labels.nii.gz",
-            progress=False,
-        ).report
+        report = register_views(folder, folder / "labels.nii.gz", model)
         rows.append({"case": index, "change": change, "dice": report["dice"], "flagged": report["quality"]["flag"]})
         print(f"case {index} {change}: Dice {report['dice']:.3f}", flush=True)
     shutil.rmtree(work / f"case_{index:03d}")

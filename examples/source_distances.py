@@ -21,9 +21,8 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-from held_out_study import dice_cells, run_held_out_study
+from held_out_study import dice_cells, register_views, run_held_out_study
 
-import biplanar
 from biplanar.data.clinical import write_view_files
 from biplanar.data.masks import femur_masks
 from biplanar.data.scene import render_scene
@@ -61,17 +60,8 @@ def run_case(index: int, work: Path, config: SimulationConfig, model: Path | Non
         inputs = folder / f"{source_detector}_{source_isocenter}"
         write_view_files(inputs, views, images, femur_masks(case.labels, grid, views))
         for masks in (True, False):
-            given = {"ap_mask": inputs / "AP_mask.npy", "lat_mask": inputs / "LAT_mask.npy"} if masks else {}
-            report = biplanar.register(
-                model=model,
-                geometry=inputs / "geometry.json",
-                ap=inputs / "AP.npy",
-                lat=inputs / "LAT.npy",
-                out=inputs / f"out_{'masks' if masks else 'segmented'}",
-                truth_labels=folder / "labels.nii.gz",
-                progress=False,
-                **given,
-            ).report
+            out = f"out_{'masks' if masks else 'segmented'}"
+            report = register_views(inputs, folder / "labels.nii.gz", model, masks, out)
             rows.append(
                 {
                     "case": index,

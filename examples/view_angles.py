@@ -20,9 +20,8 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-from held_out_study import dice_cells, run_held_out_study
+from held_out_study import dice_cells, register_views, run_held_out_study
 
-import biplanar
 from biplanar.data.clinical import write_view_files
 from biplanar.data.masks import femur_masks
 from biplanar.data.scene import render_scene
@@ -63,17 +62,7 @@ def run_case(index: int, work: Path, config: SimulationConfig, model: Path | Non
         images = render_radiographs(scene.ct_hu, scene.scene.grid, views, config)
         inputs = folder / f"{ap_angle}_{lat_angle}"
         write_view_files(inputs, views, images, femur_masks(case.labels, grid, views))
-        report = biplanar.register(
-            model=model,
-            geometry=inputs / "geometry.json",
-            ap=inputs / "AP.npy",
-            lat=inputs / "LAT.npy",
-            out=inputs / "out",
-            ap_mask=inputs / "AP_mask.npy",
-            lat_mask=inputs / "LAT_mask.npy",
-            truth_labels=folder / "labels.nii.gz",
-            progress=False,
-        ).report
+        report = register_views(inputs, folder / "labels.nii.gz", model)
         pair = f"{ap_angle} / {lat_angle}"
         rows.append({"case": index, "pair": pair, "dice": report["dice"], "flagged": report["quality"]["flag"]})
         print(f"case {index} {pair}: Dice {report['dice']:.3f}", flush=True)
