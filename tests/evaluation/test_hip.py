@@ -112,8 +112,25 @@ def test_a_rigid_pull_moves_points_by_its_inverse_and_keeps_the_shape(atlas):
     for key in ("head_centre_mm", "greater_trochanter_tip_mm", "lesser_trochanter_tip_mm"):
         np.testing.assert_allclose(carried[key], inverse[:3, :3] @ landmarks[key] + inverse[:3, 3], atol=1e-4)
     np.testing.assert_allclose(carried["neck_axis"], rotation.T @ landmarks["neck_axis"], atol=1e-6)
+    np.testing.assert_allclose(carried["condylar_axis"], landmarks["condylar_axis"])  # the neutral leg's
     measured, original = hip_measurements(carried), hip_measurements(landmarks)
-    for key in ("head_diameter_mm", "femoral_offset_mm", *ANGLES):  # the condylar axis turns with the femur
+    for key in ("head_diameter_mm", "femoral_offset_mm", "neck_shaft_angle_deg"):
+        assert measured[key] == pytest.approx(original[key], abs=1e-4)
+
+
+@pytest.mark.parametrize("angle_deg", [-10.0, 4.0, 15.0])
+def test_a_leg_turned_about_its_shaft_reads_its_turn_as_anteversion(atlas, angle_deg):
+    """The pull turning the femur about its shaft axis (positive: medial towards anterior, an internal
+    turn of the leg) shows the neck turned by the angle while the reference stays the patient's:
+    anteversion + angle, the shape unchanged (module doc: the leg's rotation is not observable)."""
+    atlas, landmarks = atlas
+    shaft, point = np.asarray(landmarks["shaft_axis"]), np.asarray(landmarks["shaft_axis_point_mm"])
+    turn = _rotation(shaft, math.radians(-angle_deg))  # anterior = medial x shaft
+    carried = carry_landmarks(landmarks, _pull_field(_about(point, turn.T), atlas.grid), atlas.grid)
+    np.testing.assert_allclose(carried["neck_axis"], turn @ landmarks["neck_axis"], atol=1e-5)
+    measured, original = hip_measurements(carried), hip_measurements(landmarks)
+    assert measured["anteversion_deg"] == pytest.approx(original["anteversion_deg"] + angle_deg, abs=1e-3)
+    for key in ("head_diameter_mm", "femoral_offset_mm", "neck_shaft_angle_deg"):
         assert measured[key] == pytest.approx(original[key], abs=1e-4)
 
 

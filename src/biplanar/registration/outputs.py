@@ -334,7 +334,8 @@ HIP_ROWS = {  # report.json's hip key -> report.html's name, unit, definition (b
     "anteversion_deg": (
         "anteversion",
         "deg",
-        "angle, across the shaft axis, from the medial direction (the condylar axis reversed) to the neck axis; "
+        "angle, across the shaft axis, from the patient's medial direction (the leg taken in neutral rotation: "
+        "the condyles are outside the grid, so the leg's turn about its shaft adds to the error) to the neck axis; "
         "positive anterior",
     ),
 }
