@@ -15,11 +15,9 @@ prints a Markdown table (mm; signed error per world axis and the mean distance).
 
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
 import torch
-from nsa_error_sources import registered_subjects
+from nsa_error_sources import registered_subjects, split_study_arguments
 
 from biplanar.data.atlas import load_atlas
 from biplanar.data.femur_ssm import HEAD_SIDE_OF_NECK
@@ -60,11 +58,7 @@ def table(errors: dict[str, np.ndarray]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, help="registration checkpoint")
-    parser.add_argument("--data", action="append", required=True, help="simulated dataset folder (repeatable)")
-    parser.add_argument("--split", default="val", help="train, val, test or all (default val)")
-    arguments = parser.parse_args()
+    arguments = split_study_arguments(__doc__)
     print(table(collect(arguments.model, arguments.data, arguments.split)))
 
 

@@ -13,7 +13,7 @@ population and registered through the public API (:func:`biplanar.register`, wha
 Per case: Dice, ASSD, HD95 against the true labels, and the errors of the hip measurements
 carried from the atlas (head centre, neck-shaft angle, anteversion) against the femur's own
 (:func:`biplanar.evaluation.hip.hip_errors`); ``cases.csv`` also holds the head centre's signed
-error along world x, y, z (measured - true, mm). Usage::
+error along world x, y, z (measured - true, mm) and the signed anteversion error (deg). Usage::
 
     python examples/heldout_table.py --n 30 --model old=src/biplanar/resources/models/lite/model.pt \\
         --model new=runs/lite_ssm_finetune/best.pt,runs/seg/model.pt --out runs/heldout_table
@@ -108,6 +108,7 @@ def run_case(index: int, work: Path, models: dict[str, tuple[Path, Path | None]]
                     **{f"head_centre_error_{axis}_mm": float(value) for axis, value in zip("xyz", offset)},
                     "neck_shaft_angle_abs_error_deg": abs(errors["neck_shaft_angle_error_deg"]),
                     "anteversion_abs_error_deg": abs(errors["anteversion_error_deg"]),
+                    "anteversion_error_deg": errors["anteversion_error_deg"],
                 }
             )
             print(f"case {index} {route} {name}: Dice {report['dice']:.3f}", flush=True)

@@ -136,12 +136,18 @@ def table(rows: np.ndarray, atlas_nsa_deg: float) -> str:
     )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def split_study_arguments(doc: str) -> argparse.Namespace:
+    """The command line of a study over a split of simulated datasets (this script's and its
+    siblings'): ``--model``, ``--data`` (repeatable) and ``--split``; ``doc``: the script's docstring."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--model", required=True, help="registration checkpoint")
     parser.add_argument("--data", action="append", required=True, help="simulated dataset folder (repeatable)")
     parser.add_argument("--split", default="val", help="train, val, test or all (default val)")
-    arguments = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    arguments = split_study_arguments(__doc__)
     print(table(*collect(arguments.model, arguments.data, arguments.split)))
 
 
