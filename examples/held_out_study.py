@@ -1,18 +1,19 @@
 """What the held-out studies of this folder share: the command line and the outputs.
 
 A study registers ``--n`` held-out subjects (orthogonal views on the lite preset's grid) one at a
-time with ``run_case(index, work_folder, config, model) -> rows`` (``model``: ``--model``, a
-checkpoint, or ``None`` for the bundled one) and sums the rows up with ``table(rows, n) ->
-Markdown``; :func:`run_held_out_study` parses ``--n``, ``--model`` and ``--out`` and writes
-``cases.csv`` and ``table.md`` into ``--out`` (:func:`biplanar.evaluation.evaluate.write_study`);
-:func:`dice_cells` makes the cells their tables share, :func:`register_views` registers one
-rendered pair.
+time with ``run_case(index, work_folder, config, registration) -> rows`` (``registration``: a
+:class:`Registration` of ``--model``, a checkpoint or the bundled one, and ``--refine``) and sums
+the rows up with ``table(rows, n) -> Markdown``; :func:`run_held_out_study` parses ``--n``,
+``--model``, ``--refine`` and ``--out`` and writes ``cases.csv`` and ``table.md`` into ``--out``
+(:func:`biplanar.evaluation.evaluate.write_study`); :func:`dice_cells` makes the cells their tables
+share.
 """
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,21 +23,49 @@ from biplanar.data.simulate import SimulationConfig
 from biplanar.evaluation.evaluate import write_study
 
 
+@dataclass(frozen=True)
+class Registration:
+    """How a study registers: ``model`` a checkpoint (``None``: the bundled one) and ``refine``
+    iterations of test-time optimisation (``biplanar register --refine``)."""
+
+    model: Path | None = None
+    refine: int = 0
+
+    def register(self, inputs: Path, truth_labels: Path, masks: bool = True, out: str = "out") -> dict:
+        """``report.json`` of registering the pair :func:`~biplanar.data.clinical.write_view_files`
+        wrote into ``inputs`` (with its true masks, or ``masks=False``: segmented) into ``inputs / out``."""
+        given = {"ap_mask": inputs / "AP_mask.npy", "lat_mask": inputs / "LAT_mask.npy"} if masks else {}
+        return biplanar.register(
+            model=self.model,
+            refine=self.refine,
+            geometry=inputs / "geometry.json",
+            ap=inputs / "AP.npy",
+            lat=inputs / "LAT.npy",
+            out=inputs / out,
+            truth_labels=truth_labels,
+            progress=False,
+            **given,
+        ).report
+
+
 def run_held_out_study(
     description: str,
     default_n: int,
-    run_case: Callable[[int, Path, SimulationConfig, Path | None], list[dict]],
+    run_case: Callable[[int, Path, SimulationConfig, Registration], list[dict]],
     table: Callable[[list[dict], int], str],
 ) -> None:
-    """Parse ``--n``, ``--model`` and ``--out``, run every case and write the study (module doc)."""
+    """Parse ``--n``, ``--model``, ``--refine`` and ``--out``, run every case and write the study
+    (module doc)."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--n", type=int, default=default_n, help="held-out subjects")
     parser.add_argument("--model", type=Path, default=None, help="registration checkpoint (default: the bundled)")
+    parser.add_argument("--refine", type=int, default=0, help="test-time optimisation iterations (default none)")
     parser.add_argument("--out", type=Path, required=True, help="folder for cases.csv and table.md")
     arguments = parser.parse_args()
+    registration = Registration(arguments.model, arguments.refine)
     config = SimulationConfig(preset="lite", geometry="orthogonal")
     work = arguments.out / "inputs"
-    rows = [row for index in range(arguments.n) for row in run_case(index, work, config, arguments.model)]
+    rows = [row for index in range(arguments.n) for row in run_case(index, work, config, registration)]
     write_study(arguments.out, rows, table(rows, arguments.n))
 
 
@@ -50,19 +79,3 @@ def dice_cells(chosen: list[dict], reference: np.ndarray | None = None) -> str:
         cells.append(f"{(dice - reference).mean():+.3f}")
     cells.append(f"{sum(row['flagged'] for row in chosen)}/{len(chosen)}")
     return " | ".join(cells)
-
-
-def register_views(inputs: Path, truth_labels: Path, model: Path | None, masks: bool = True, out: str = "out") -> dict:
-    """``report.json`` of registering the pair :func:`~biplanar.data.clinical.write_view_files` wrote
-    into ``inputs`` (with its true masks, or ``masks=False``: segmented) into ``inputs / out``."""
-    given = {"ap_mask": inputs / "AP_mask.npy", "lat_mask": inputs / "LAT_mask.npy"} if masks else {}
-    return biplanar.register(
-        model=model,
-        geometry=inputs / "geometry.json",
-        ap=inputs / "AP.npy",
-        lat=inputs / "LAT.npy",
-        out=inputs / out,
-        truth_labels=truth_labels,
-        progress=False,
-        **given,
-    ).report

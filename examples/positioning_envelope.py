@@ -26,7 +26,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-from held_out_study import dice_cells, register_views, run_held_out_study
+from held_out_study import Registration, dice_cells, run_held_out_study
 
 from biplanar.data.clinical import write_view_files
 from biplanar.data.masks import femur_masks
@@ -81,7 +81,7 @@ def changed(case, change: str, config: SimulationConfig):
     return dataclasses.replace(spec, pose=pose), views
 
 
-def run_case(index: int, work: Path, config: SimulationConfig, model: Path | None) -> list[dict]:
+def run_case(index: int, work: Path, config: SimulationConfig, registration: Registration) -> list[dict]:
     """Every change of held-out case ``index``: one row each."""
     case = simulate_case(subject_seed(HELD_OUT_SEED, index), config)
     rows = []
@@ -92,7 +92,7 @@ def run_case(index: int, work: Path, config: SimulationConfig, model: Path | Non
         folder = work / f"case_{index:03d}" / f"change_{CHANGES.index(change):02d}"
         write_volume(folder / "labels.nii.gz", rendered.subject.labels, case.grid)
         write_view_files(folder, views, images, femur_masks(rendered.subject.labels, case.grid, views))
-        report = register_views(folder, folder / "labels.nii.gz", model)
+        report = registration.register(folder, folder / "labels.nii.gz")
         rows.append({"case": index, "change": change, "dice": report["dice"], "flagged": report["quality"]["flag"]})
         print(f"case {index} {change}: Dice {report['dice']:.3f}", flush=True)
     shutil.rmtree(work / f"case_{index:03d}")

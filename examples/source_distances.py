@@ -21,7 +21,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-from held_out_study import dice_cells, register_views, run_held_out_study
+from held_out_study import Registration, dice_cells, run_held_out_study
 
 from biplanar.data.clinical import write_view_files
 from biplanar.data.masks import femur_masks
@@ -46,7 +46,7 @@ def clinic_pair(source_detector: float, source_isocenter: float, isocenter: np.n
     }
 
 
-def run_case(index: int, work: Path, config: SimulationConfig, model: Path | None) -> list[dict]:
+def run_case(index: int, work: Path, config: SimulationConfig, registration: Registration) -> list[dict]:
     """Every distance pair and mask route of held-out case ``index``: one row each."""
     case = simulate_case(subject_seed(HELD_OUT_SEED, index), config)
     grid = case.grid
@@ -61,7 +61,7 @@ def run_case(index: int, work: Path, config: SimulationConfig, model: Path | Non
         write_view_files(inputs, views, images, femur_masks(case.labels, grid, views))
         for masks in (True, False):
             out = f"out_{'masks' if masks else 'segmented'}"
-            report = register_views(inputs, folder / "labels.nii.gz", model, masks, out)
+            report = registration.register(inputs, folder / "labels.nii.gz", masks, out)
             rows.append(
                 {
                     "case": index,

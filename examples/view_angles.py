@@ -20,7 +20,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-from held_out_study import dice_cells, register_views, run_held_out_study
+from held_out_study import Registration, dice_cells, run_held_out_study
 
 from biplanar.data.clinical import write_view_files
 from biplanar.data.masks import femur_masks
@@ -47,7 +47,7 @@ PAIRS_DEG = (
 )
 
 
-def run_case(index: int, work: Path, config: SimulationConfig, model: Path | None) -> list[dict]:
+def run_case(index: int, work: Path, config: SimulationConfig, registration: Registration) -> list[dict]:
     """Every angle pair of held-out case ``index``: one row each."""
     case = simulate_case(subject_seed(HELD_OUT_SEED, index), config)
     grid = case.grid
@@ -62,7 +62,7 @@ def run_case(index: int, work: Path, config: SimulationConfig, model: Path | Non
         images = render_radiographs(scene.ct_hu, scene.scene.grid, views, config)
         inputs = folder / f"{ap_angle}_{lat_angle}"
         write_view_files(inputs, views, images, femur_masks(case.labels, grid, views))
-        report = register_views(inputs, folder / "labels.nii.gz", model)
+        report = registration.register(inputs, folder / "labels.nii.gz")
         pair = f"{ap_angle} / {lat_angle}"
         rows.append({"case": index, "pair": pair, "dice": report["dice"], "flagged": report["quality"]["flag"]})
         print(f"case {index} {pair}: Dice {report['dice']:.3f}", flush=True)
