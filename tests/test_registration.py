@@ -24,7 +24,7 @@ from biplanar.io.volumes import write_volume
 from biplanar.layers.warp import SpatialTransformer
 from biplanar.models.network import AtlasRegistrationNet
 from biplanar.registration import OUTPUT_FILES, register
-from biplanar.registration.outputs import output_files
+from biplanar.registration.outputs import QUALITY_MIN_PROJECTION_NCC, output_files, quality_report
 from biplanar.training import checkpoints
 from biplanar.training.checkpoints import capture_rng_state, export_model, load_checkpoint, save_checkpoint
 
@@ -227,9 +227,13 @@ def test_report_has_timings_similarity_and_metrics(result):
     assert report["deformation"]["folded_cells_percent"] == 0.0  # scaling and squaring: no fold here
     assert report["deformation"]["smallest_jacobian_determinant"] > 0.0
     assert 20.0 < report["hip"]["head_diameter_mm"] < 80.0 and 90.0 < report["hip"]["neck_shaft_angle_deg"] < 170.0
+    quality = report["quality"]
+    assert ("network_projection_ncc" in quality) == refined  # the flag also sees the network's, calibrated
+    assert quality["projection_ncc"] == report["projection_ncc"]
     if refined:
         record = report["refine"]
         assert record["iterations"] == 2 and record["time_s"] > 0
+        assert set(quality["network_projection_ncc"]) == {"AP", "LAT"}
         assert set(record["projection_ncc_before"]) == set(record["projection_ncc_after"]) == {"AP", "LAT"}
         assert record["objective_after"] <= record["objective_before"]  # the best iterate is kept
         assert {"dice", "jaccard", "assd_mm", "hd95_mm"} <= set(record["metrics_before"])
@@ -413,3 +417,23 @@ def test_registration_does_not_import_the_training_stack_or_the_simulator(fresh_
         "print(sorted(name for name in heavy if name in sys.modules))\n"
     )
     assert fresh_python(code).strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    ("refined", "network", "flagged", "lowest"),
+    [
+        (None, None, False, "LAT"),
+        ({"AP": 0.93, "LAT": 0.91}, {"AP": 0.92, "LAT": 0.70}, True, "LAT"),
+        ({"AP": 0.70, "LAT": 0.91}, {"AP": 0.85, "LAT": 0.90}, True, "AP"),
+        ({"AP": 0.94, "LAT": 0.93}, {"AP": 0.85, "LAT": 0.90}, False, "AP"),
+    ],
+    ids=["network alone", "refined over a failed network", "refined below a good network", "both good"],
+)
+def test_the_quality_flag_sees_the_networks_projections_under_refine(refined, network, flagged, lowest):
+    """With --refine the flag reads the lower of the network's projection NCC (what its threshold was
+    calibrated on) and the refined one's, per view; without, the result's (the network's)."""
+    result = refined or {"AP": 0.93, "LAT": 0.91}
+    quality = quality_report(result, network)
+    assert quality["projection_ncc"] == result
+    assert quality["flag"] is flagged and quality["lowest_view"] == lowest
+    assert quality["threshold"] == QUALITY_MIN_PROJECTION_NCC

@@ -70,6 +70,7 @@ from biplanar.registration.outputs import (
     CORRECTED_GEOMETRY,
     output_files,
     patient_hip_report,
+    projection_ncc,
     quality_report,
     truth_metrics,
     write_landmarks,
@@ -370,7 +371,7 @@ def register(
         output = network.eval()(radiographs, [(views["AP"], views["LAT"])])
         synchronise(device)
         times["network"] = time.perf_counter() - started - sum(times.values())
-        refinement = {}
+        refinement, network_ncc = {}, None
         if refine > 0:
             print_stage("register", progress, f"refining ({refine} iterations)")
             before = (
@@ -384,6 +385,9 @@ def register(
             )
             hip_before = patient_hip_report(model_atlas, output.total_displacement, inputs.mirror)
             hip_before.pop("landmarks")
+            network_ncc = projection_ncc(
+                output, network, warped_atlas_labels(model_atlas, output.total_displacement), inputs
+            )
             output, record = refine_output(network, config, output, radiographs, views, masked, refine, progress)
             synchronise(device)
             times["refine"] = record.time_s
@@ -404,7 +408,7 @@ def register(
         with atomic_folder(out_dir, replace=False) as partial:
             warped_labels, surface = write_volumes(partial, output, network, model_atlas, inputs.mirror, mesh_format)
             ncc = write_projections(partial, output, network, warped_labels, inputs)
-            quality = quality_report(ncc)
+            quality = quality_report(ncc, network_ncc)
             hip = patient_hip_report(model_atlas, output.total_displacement, inputs.mirror)
             write_landmarks(partial, hip, inputs.side)
             report = {
@@ -436,10 +440,13 @@ def register(
             write_report_page(partial, report, surface)
             write_json(partial / "report.json", report)
     if quality["flag"]:
+        lowest = quality["lowest_view"]
+        value = ncc[lowest] if network_ncc is None else min(ncc[lowest], network_ncc[lowest])
+        basis = "projection NCC" if network_ncc is None else "projection NCC (the lower of the network's and refined)"
         print(
-            f"warning: registration quality: projection NCC {ncc[quality['lowest_view']]:.2f} in "
-            f"{quality['lowest_view']} is below {quality['threshold']:.2f} (wrong side, views swapped, geometry "
-            f"off?): check {out_dir / ('overlay_' + quality['lowest_view'] + '.png')}",
+            f"warning: registration quality: {basis} {value:.2f} in "
+            f"{lowest} is below {quality['threshold']:.2f} (wrong side, views swapped, geometry "
+            f"off?): check {out_dir / ('overlay_' + lowest + '.png')}",
             file=sys.stderr,
             flush=True,
         )
