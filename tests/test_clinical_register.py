@@ -147,7 +147,7 @@ def test_a_left_femur_registers_as_the_right_one_does(case, tmp_path):
     np.testing.assert_allclose(head_left, [2 * centre_x - head_right[0], *head_right[1:]], atol=0.5)
     # landmarks.json and the 3D Slicer markups hold the same head centre, in the patient's world.
     landmarks = json.loads((tmp_path / "out_left" / "landmarks.json").read_text())
-    assert landmarks["side"] == "left"
+    assert landmarks["side"] == "left" and set(landmarks["axes"]) == set(landmarks["axis_definitions"])
     np.testing.assert_allclose(landmarks["points_mm"]["femoral_head_centre"], head_left)
     markups = json.loads((tmp_path / "out_left" / "landmarks.mrk.json").read_text())["markups"][0]
     assert markups["coordinateSystem"] == "RAS" and markups["coordinateUnits"] == "mm"

@@ -267,6 +267,12 @@ LANDMARK_POINTS = {  # landmarks.json / markups name -> the carried landmark's k
     "shaft_axis_point": "shaft_axis_point_mm",
 }
 LANDMARK_AXES = {"neck_axis": "neck_axis", "shaft_axis": "shaft_axis", "condylar_axis": "condylar_axis"}
+AXIS_DEFINITIONS = {  # landmarks.json's axes, as biplanar.evaluation.hip measures them
+    "neck_axis": "from the centroid of the neck surface 3-10 mm beyond the head sphere to the head centre",
+    "shaft_axis": "the diaphysis 35-85 mm below the lesser trochanter, proximal",
+    "condylar_axis": "the anteversion reference: the patient's medial-to-lateral axis with the leg in neutral "
+    "rotation (the condyles are outside the registration grid; not carried through the registration)",
+}
 SLICER_MARKUPS_SCHEMA = (
     "https://raw.githubusercontent.com/slicer/slicer/master/Modules/Loadable/Markups/Resources/Schema/"
     "markups-schema-v1.0.3.json#"
@@ -294,6 +300,7 @@ def write_landmarks(folder: Path, hip: dict[str, Any], side: str) -> None:
         "points_mm": {name: carried[key] for name, key in LANDMARK_POINTS.items()},
         "head_radius_mm": carried["head_radius_mm"],
         "axes": {name: carried[key] for name, key in LANDMARK_AXES.items()},
+        "axis_definitions": AXIS_DEFINITIONS,
         "measurements": {key: value for key, value in hip.items() if key != "landmarks"},
     }
     write_json(folder / "landmarks.json", document)
