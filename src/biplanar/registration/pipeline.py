@@ -374,20 +374,11 @@ def register(
         refinement, network_ncc = {}, None
         if refine > 0:
             print_stage("register", progress, f"refining ({refine} iterations)")
-            before = (
-                None
-                if truth is None
-                else truth_metrics(
-                    truth,
-                    inputs.patient_volume(warped_atlas_labels(model_atlas, output.total_displacement)),
-                    model_atlas,
-                )
-            )
+            network_labels = warped_atlas_labels(model_atlas, output.total_displacement)
+            before = None if truth is None else truth_metrics(truth, inputs.patient_volume(network_labels), model_atlas)
             hip_before = patient_hip_report(model_atlas, output.total_displacement, inputs.mirror)
             hip_before.pop("landmarks")
-            network_ncc = projection_ncc(
-                output, network, warped_atlas_labels(model_atlas, output.total_displacement), inputs
-            )
+            network_ncc = projection_ncc(output, network, network_labels, inputs)
             output, record = refine_output(network, config, output, radiographs, views, masked, refine, progress)
             synchronise(device)
             times["refine"] = record.time_s
