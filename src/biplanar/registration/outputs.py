@@ -344,6 +344,7 @@ def quality_report(projection_ncc: dict[str, float], network_ncc: dict[str, floa
         "projection_ncc": projection_ncc,
         **({} if network_ncc is None else {"network_projection_ncc": network_ncc, "flag_on": "lower of the two"}),
         "lowest_view": lowest_view,
+        "lowest_projection_ncc": lowest,
         "threshold": QUALITY_MIN_PROJECTION_NCC,
         "flag": bool(lowest < QUALITY_MIN_PROJECTION_NCC),
         "definition": QUALITY_DEFINITION,

@@ -432,10 +432,9 @@ def register(
             write_json(partial / "report.json", report)
     if quality["flag"]:
         lowest = quality["lowest_view"]
-        value = ncc[lowest] if network_ncc is None else min(ncc[lowest], network_ncc[lowest])
         basis = "projection NCC" if network_ncc is None else "projection NCC (the lower of the network's and refined)"
         print(
-            f"warning: registration quality: {basis} {value:.2f} in "
+            f"warning: registration quality: {basis} {quality['lowest_projection_ncc']:.2f} in "
             f"{lowest} is below {quality['threshold']:.2f} (wrong side, views swapped, geometry "
             f"off?): check {out_dir / ('overlay_' + lowest + '.png')}",
             file=sys.stderr,
