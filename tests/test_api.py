@@ -356,7 +356,7 @@ def _cases(tmp: Path) -> list[tuple[list[str], str, dict[str, Any], Any, str]]:
             ["pose", "--ct", "ct.nii.gz", "--geometry", "g.json", "--ap", "ap.npy", "--out", f"{t}/pose"]
             + ["--lat", "lat.npy", "--method", "sopi+opt", "--units", "mu", "--mu-water", "0.021"]
             + ["--levels", "8, 4,2", "--evaluations", "30", "--refine-steps", "0", "--sigma-deg", "2"]
-            + ["--sigma-mm", "4", "--rtpi", "r.pt", "--fine", "f.pt"],
+            + ["--sigma-mm", "4", "--rtpi", "r.pt", "--fine", "f.pt", "--turns", "3"],
             "estimate_pose",
             {
                 "ct": Path("ct.nii.gz"),
@@ -374,6 +374,7 @@ def _cases(tmp: Path) -> list[tuple[list[str], str, dict[str, Any], Any, str]]:
                 "sigma_mm": 4.0,
                 "rtpi": Path("r.pt"),
                 "fine": Path("f.pt"),
+                "turns": 3,
             },
             SimpleNamespace(
                 document={"params": {"rotation_deg": [1, 2, 3], "translation_mm": [4, 5, 6]}, "timings_s": {"total": 2}}
@@ -383,7 +384,7 @@ def _cases(tmp: Path) -> list[tuple[list[str], str, dict[str, Any], Any, str]]:
         (
             ["evaluate-pose", "--out", f"{t}/poses", "--datasets", "femur", "--methods", "opt-gc, sopi"]
             + ["--methods", "opt-ncc", "--n", "2", "--seed", "4", "--rtpi", "femur=r.pt", "--fine", "f.pt"]
-            + ["--evaluations", "20", "--refine-steps", "1", "--max-levels", "1"],
+            + ["--evaluations", "20", "--refine-steps", "1", "--max-levels", "1", "--turns", "2"],
             "evaluate_pose",
             {
                 "out": Path(f"{t}/poses"),
@@ -397,6 +398,7 @@ def _cases(tmp: Path) -> list[tuple[list[str], str, dict[str, Any], Any, str]]:
                 "evaluations": 20,
                 "refine_steps": 1,
                 "max_levels": 1,
+                "turns": 2,
             },
             lambda arguments: _summary(arguments, [{}, {}, {}]),
             f"wrote {t}/poses: cases.csv (3 rows), summary.md",

@@ -727,6 +727,7 @@ def estimate_pose(
     sigma_mm: float = 10.0,
     rtpi: str | Path | None = None,
     fine: str | Path | None = None,
+    turns: int = 8,
     progress: bool = True,
     overwrite: bool = False,
 ) -> PoseReport:
@@ -756,6 +757,8 @@ def estimate_pose(
         rtpi: SOPI RTPI checkpoint (methods ``sopi``, ``sopi+opt``; with ``fine``; default: the
             bundled ``sopi_lite`` networks: femur, 112x80 images at 1.86 mm).
         fine: SOPI fine-registration checkpoint (with ``rtpi``).
+        turns: ``sopi+opt`` refines SOPI's pose from this many starts turned about the CT's long
+            axis (world ``z``), keeping the best (1: SOPI's pose alone).
         progress: print the stages on stderr.
         overwrite: write into an ``out`` that holds files (those of the same names are replaced).
 
@@ -803,6 +806,7 @@ def estimate_pose(
         mu_water_per_mm,
         config,
         checkpoints,
+        turns=turns,
         progress=progress,
         overwrite=overwrite,
     )
@@ -820,6 +824,7 @@ def evaluate_pose(
     evaluations: int = 150,
     refine_steps: int = 10,
     max_levels: int | None = None,
+    turns: int = 8,
     progress: bool = True,
 ) -> list[dict[str, Any]]:
     """Rigid pose accuracy in SOPI's Table 1 style (``biplanar evaluate-pose``).
@@ -842,6 +847,8 @@ def evaluate_pose(
         evaluations: CMA-ES evaluations per level.
         refine_steps: L-BFGS iterations at the finest level.
         max_levels: use only the coarsest ``max_levels`` levels of each dataset (default: all).
+        turns: ``sopi+opt`` refines SOPI's pose from this many starts turned about the CT's long
+            axis, keeping the best (1: SOPI's pose alone).
         progress: show a progress bar on stderr.
 
     Returns:
@@ -859,7 +866,7 @@ def evaluate_pose(
     )
 
     require_output_folder(Path(out))
-    defaults = StudySettings(cases=cases, seed=seed, effort=SearchEffort(evaluations, refine_steps, max_levels))
+    defaults = StudySettings(cases=cases, seed=seed, effort=SearchEffort(evaluations, refine_steps, max_levels, turns))
     settings = replace(
         defaults,
         datasets=defaults.datasets if datasets is None else _names(datasets),

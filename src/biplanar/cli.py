@@ -552,6 +552,9 @@ def pose(
         "bundled sopi_lite networks, femur, 112x80 images at 1.86 mm).",
     ),
     fine: Path | None = typer.Option(None, help="SOPI fine-registration checkpoint (with --rtpi)."),
+    turns: int = typer.Option(
+        8, min=1, help="sopi+opt: refine from this many starts turned about the CT's long axis, keep the best."
+    ),
     overwrite: bool = typer.Option(
         False, "--overwrite", help="Write into an --out that holds files (replacing those of the same names)."
     ),
@@ -601,6 +604,9 @@ def evaluate_pose(
     evaluations: int = typer.Option(150, min=0, help="CMA-ES evaluations per level."),
     refine_steps: int = typer.Option(10, min=0, help="L-BFGS iterations at the finest level."),
     max_levels: int | None = typer.Option(None, min=1, help="Use only the coarsest N levels of each dataset."),
+    turns: int = typer.Option(
+        8, min=1, help="sopi+opt: refine from this many starts turned about the CT's long axis, keep the best."
+    ),
 ) -> None:
     """Rigid pose accuracy (SOPI's Table 1 style) on the real lumbar CT and femur phantoms."""
     options = locals()

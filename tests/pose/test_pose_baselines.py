@@ -29,6 +29,7 @@ from biplanar.pose.baselines import (
     downsample_view,
     downsample_volume,
     refine_pose,
+    refine_turned,
     run_baseline,
 )
 
@@ -80,6 +81,25 @@ def test_refine_pose_from_a_nearby_start(lumbar_case):
     estimate = refine_pose(mu, grid, radiographs, views, start)
     rotation_deg, translation_mm = pose_errors(estimate.matrix, pose, torch.as_tensor(grid.centre_world))
     assert float(rotation_deg) < 0.5 and float(translation_mm) < 0.5
+
+
+def test_turned_refinement_recovers_a_start_turned_about_the_long_axis(lumbar_case):
+    """A start 120 deg off about the CT's long axis (world z through its centre): the local refinement
+    alone stays off; from three turns (0, 120, 240 deg) the best refinement is the true pose."""
+    mu, grid, views, radiographs, pose = lumbar_case
+    centre = torch.as_tensor(grid.centre_world)
+    turned = rigid_matrix(torch.tensor([0.0, 0.0, math.radians(120.0), 0.0, 0.0, 0.0], dtype=torch.float64), centre)
+    start = pose @ turned
+    alone = refine_pose(mu, grid, radiographs, views, start)
+    assert float(pose_errors(alone.matrix, pose, centre)[0]) > 30.0
+    found = refine_turned(mu, grid, radiographs, views, start, turns=3)
+    rotation_deg, translation_mm = pose_errors(found.best.matrix, pose, centre)
+    assert float(rotation_deg) < 0.5 and float(translation_mm) < 0.5
+    assert [turn["turn_deg"] for turn in found.turns] == [0.0, 120.0, 240.0]
+    best = max(found.turns, key=lambda turn: turn["similarity"])
+    assert best["turn_deg"] == 240.0 and best["rotation_from_best_deg"] == 0.0
+    assert found.turns[0]["rotation_from_best_deg"] > 30.0 and found.best.similarity == best["similarity"]
+    assert found.best.evaluations > alone.evaluations
 
 
 def test_search_starts_at_the_initial_pose_and_rotates_about_its_moved_centre(lumbar_case):

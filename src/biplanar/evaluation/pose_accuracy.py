@@ -70,7 +70,7 @@ from biplanar.io.volumes import read_volume
 from biplanar.layers.prost import SUPPORT_PAD_VOX
 from biplanar.physics.attenuation import hu_to_mu
 from biplanar.pose.baselines import METHODS, OptimisationConfig
-from biplanar.pose.estimate import SOPI_METHODS, SopiCheckpoints, estimate, render_drrs
+from biplanar.pose.estimate import SOPI_METHODS, SOPI_REFINE_TURNS, SopiCheckpoints, estimate, render_drrs
 from biplanar.pose.sopi import load_sopi_network
 from biplanar.progress import progress_bar, ticker
 
@@ -144,17 +144,21 @@ class SearchEffort:
         max_evaluations: CMA-ES similarity evaluations per level.
         refine_steps: L-BFGS iterations at the finest level.
         max_levels: use only the coarsest ``max_levels`` of the dataset's levels (``None``: all).
+        turns: ``sopi+opt``'s refinement starts about the CT's long axis
+            (:func:`biplanar.pose.baselines.refine_turned`).
     """
 
     max_evaluations: int = 150
     refine_steps: int = 10
     max_levels: int | None = None
+    turns: int = SOPI_REFINE_TURNS
 
     def __post_init__(self) -> None:
-        if self.max_evaluations < 0 or self.refine_steps < 0 or (self.max_levels is not None and self.max_levels < 1):
+        levels_ok = self.max_levels is None or self.max_levels >= 1
+        if self.max_evaluations < 0 or self.refine_steps < 0 or not levels_ok or self.turns < 1:
             raise InputError(
-                f"search effort: expected evaluations >= 0, refine steps >= 0, levels >= 1; got "
-                f"{self.max_evaluations}, {self.refine_steps}, {self.max_levels}"
+                f"search effort: expected evaluations >= 0, refine steps >= 0, levels >= 1, turns >= 1; got "
+                f"{self.max_evaluations}, {self.refine_steps}, {self.max_levels}, {self.turns}"
             )
 
 
@@ -395,13 +399,15 @@ class _Case:
 
 
 def _run_method(
-    case: _Case, method: str, config: OptimisationConfig, checkpoints: SopiCheckpoints | None
+    case: _Case, method: str, config: OptimisationConfig, checkpoints: SopiCheckpoints | None, turns: int
 ) -> dict[str, Any]:
     """Estimate ``case``'s pose with ``method`` from the identity; its row (a failed method's has ``error``)."""
 
     started = time.perf_counter()
     try:
-        found, _ = estimate(method, case.volume_mu, case.grid, case.radiographs, case.views, None, config, checkpoints)
+        found, _ = estimate(
+            method, case.volume_mu, case.grid, case.radiographs, case.views, None, config, checkpoints, turns=turns
+        )
     except InputError as error:  # e.g. SOPI networks trained on other image sizes than this dataset's
         return case.row(method, None, time.perf_counter() - started, str(error))
     return case.row(method, found, time.perf_counter() - started)
@@ -437,7 +443,7 @@ def run_study(
                 config = search_config(dataset, dataset.ranges[range_name], settings.effort, case.grid)
                 rows.append(case.row(INITIAL, torch.eye(4, dtype=torch.float64), 0.0))
                 for method in settings.methods_for(name, networks):
-                    rows.append(_run_method(case, method, config, networks.get(name)))
+                    rows.append(_run_method(case, method, config, networks.get(name), settings.effort.turns))
                     if tick is not None:
                         tick()
             if on_group is not None:
@@ -576,7 +582,8 @@ def summary_markdown(rows: list[dict[str, Any]], settings: StudySettings) -> str
     header = (
         f"# Rigid pose estimation accuracy ({settings.cases} case(s) per dataset and range, seed "
         f"{settings.seed}; CMA-ES {settings.effort.max_evaluations} evaluations per level, "
-        f"{settings.effort.refine_steps} L-BFGS steps; torch {torch.__version__}, "
+        f"{settings.effort.refine_steps} L-BFGS steps; sopi+opt refined from {settings.effort.turns} turn(s) about "
+        f"the CT's long axis; torch {torch.__version__}, "
         f"{torch.get_num_threads()} thread(s))"
     )
     return (

@@ -120,7 +120,7 @@ BUDGETS: dict[str, Budget] = {
         pose_cases=1,
         pose_datasets=("femur",),
         pose_ranges=("small",),
-        pose_search=SearchEffort(max_evaluations=12, refine_steps=0, max_levels=1),
+        pose_search=SearchEffort(max_evaluations=12, refine_steps=0, max_levels=1, turns=2),
     ),
     "lite": Budget("lite", "lite", subjects=60, epochs=6, max_steps=None),
     "paper": Budget(

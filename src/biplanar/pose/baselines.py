@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from biplanar.geometry.projection import ProjectionView
+from biplanar.geometry.se3 import rotation_geodesic_deg
 from biplanar.geometry.transforms import rigid_matrix, rigid_params
 from biplanar.geometry.volume_grid import VolumeGrid
 from biplanar.layers.prost import ProST
@@ -462,3 +463,69 @@ def refine_pose(
     before L-BFGS.
     """
     return run_baseline("opt-gc", volume_mu, grid, radiographs, views, initial_pose, config, **kwargs)
+
+
+@dataclass
+class TurnedRefinement:
+    """The best of :func:`refine_turned`'s refinements, and how each turn ended.
+
+    Attributes:
+        best: the refinement of highest similarity (its ``evaluations`` and ``time_s`` count all turns).
+        turns: per turn, ``turn_deg`` (the start's turn about the CT's long axis), ``similarity`` (where
+            its refinement ended) and ``rotation_from_best_deg`` (geodesic angle to ``best``'s pose).
+    """
+
+    best: PoseEstimate
+    turns: list[dict[str, float]]
+
+
+def refine_turned(
+    volume_mu: Tensor,
+    grid: VolumeGrid,
+    radiographs: Mapping[str, Tensor | np.ndarray],
+    views: Mapping[str, ProjectionView],
+    initial_pose: Tensor,
+    turns: int,
+    config: OptimisationConfig = REFINE_CONFIG,
+    progress: Callable[[str], None] | None = None,
+) -> TurnedRefinement:
+    """:func:`refine_pose` from ``initial_pose`` turned about the CT's long axis by ``360 / turns`` deg
+    steps, keeping the refinement of highest similarity.
+
+    A long bone is nearly a cylinder, so the rotation about its own axis is the pose's worst-determined
+    part: a single-view estimate (SOPI's) may start the local refinement tens of degrees off about
+    it, where the refinement cannot reach the right pose. The turns are about the world ``z`` axis
+    (the patient's long axis, RAS+) through the CT volume's centre, applied before ``initial_pose``
+    (``initial_pose @ Rz``); turn 0 is ``initial_pose`` itself.
+
+    Args:
+        volume_mu, grid, radiographs, views, config: as :func:`refine_pose`.
+        initial_pose: ``(4, 4)`` float64 pose moving the CT.
+        turns: starts (>= 1); 1 is :func:`refine_pose` alone.
+        progress: called with a line of text after each turn.
+    """
+    if turns < 1:
+        raise ValueError(f"turns: expected >= 1, got {turns}")
+    centre = torch.as_tensor(grid.centre_world, dtype=torch.float64)
+    angles_deg = [360.0 * index / turns for index in range(turns)]
+    refined = []
+    for angle in angles_deg:
+        turn = rigid_matrix(torch.tensor([0.0, 0.0, math.radians(angle), 0.0, 0.0, 0.0], dtype=torch.float64), centre)
+        refined.append(refine_pose(volume_mu, grid, radiographs, views, initial_pose.double() @ turn, config))
+        if progress:
+            progress(f"refinement from the start turned {angle:g} deg: similarity {refined[-1].similarity:.4f}")
+    best = max(refined, key=lambda estimate: estimate.similarity)
+    report = [
+        {
+            "turn_deg": angle,
+            "similarity": estimate.similarity,
+            "rotation_from_best_deg": float(rotation_geodesic_deg(estimate.matrix[:3, :3], best.matrix[:3, :3])),
+        }
+        for angle, estimate in zip(angles_deg, refined, strict=True)
+    ]
+    total = replace(
+        best,
+        evaluations=sum(estimate.evaluations for estimate in refined),
+        time_s=sum(estimate.time_s for estimate in refined),
+    )
+    return TurnedRefinement(total, report)

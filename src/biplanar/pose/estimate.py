@@ -38,12 +38,14 @@ from biplanar.io.volumes import read_volume
 from biplanar.layers.prost import ProST
 from biplanar.physics.attenuation import hu_to_mu
 from biplanar.pose import sopi
-from biplanar.pose.baselines import METHODS, OptimisationConfig, PoseEstimate, refine_pose, run_baseline
+from biplanar.pose.baselines import METHODS, OptimisationConfig, PoseEstimate, refine_turned, run_baseline
 from biplanar.pose.similarity import gradient_correlation, ncc
 from biplanar.progress import print_stage
 from biplanar.training.checkpoints import bundled_models_dir
 
 SOPI_METHODS = ("sopi", "sopi+opt")
+# ``sopi+opt`` refines SOPI's pose from this many turns about the CT's long axis (:func:`refine_turned`).
+SOPI_REFINE_TURNS = 8
 POSE_METHODS = (*METHODS, *SOPI_METHODS)
 RIGID_TOLERANCE = 1e-4  # max |R^T R - I| and |last row - (0, 0, 0, 1)| of an initial pose
 OVERLAY_EDGE_COLOUR = (255, 60, 40)
@@ -207,12 +209,14 @@ def estimate(
     config: OptimisationConfig | None = None,
     sopi_checkpoints: SopiCheckpoints | None = None,
     progress: Callable[[str], None] | None = None,
+    turns: int = SOPI_REFINE_TURNS,
 ) -> tuple[Tensor, dict[str, Any]]:
     """Estimate the CT pose with any of :data:`POSE_METHODS`.
 
     SOPI is a single-view method: it uses the ``AP`` view (its networks are trained on one);
-    ``sopi+opt`` then refines SOPI's pose by Opt-GC over all given views
-    (:func:`~biplanar.pose.baselines.refine_pose`).
+    ``sopi+opt`` then refines SOPI's pose by Opt-GC over all given views from ``turns`` starts
+    turned about the CT's long axis, keeping the best (:func:`~biplanar.pose.baselines.refine_turned`;
+    ``turns=1``: SOPI's pose alone).
 
     Returns:
         ``(4, 4)`` float64 pose and a JSON-ready summary (evaluations, iterations, per-stage times).
@@ -243,8 +247,8 @@ def estimate(
     }
     if method == "sopi":
         return found.matrix.double(), summary
-    refined = refine_pose(volume_mu, grid, radiographs, views, found.matrix.double(), progress=progress)
-    return refined.matrix, {**summary, "refinement": _baseline_summary(refined)}
+    refined = refine_turned(volume_mu, grid, radiographs, views, found.matrix.double(), turns, progress=progress)
+    return refined.best.matrix, {**summary, "refinement": {**_baseline_summary(refined.best), "turns": refined.turns}}
 
 
 def _baseline_summary(result: PoseEstimate) -> dict[str, Any]:
@@ -366,6 +370,7 @@ def estimate_pose_files(
     mu_water_per_mm: float = 0.02,
     config: OptimisationConfig | None = None,
     sopi_checkpoints: SopiCheckpoints | None = None,
+    turns: int = SOPI_REFINE_TURNS,
     progress: bool = True,
     overwrite: bool = False,
 ) -> PoseReport:
@@ -382,6 +387,7 @@ def estimate_pose_files(
         units, mu_water_per_mm: how the CT's values become attenuation.
         config: optimisation settings.
         sopi_checkpoints: the SOPI networks (methods ``sopi``, ``sopi+opt``).
+        turns: ``sopi+opt``'s refinement starts about the CT's long axis (:func:`estimate`).
         progress: print the stages on stderr.
         overwrite: write into an existing ``out_dir`` that holds files.
 
@@ -419,6 +425,7 @@ def estimate_pose_files(
             config,
             sopi_checkpoints,
             lambda line: print_stage("pose", progress, line),
+            turns,
         )
     except ValueError as error:
         if isinstance(error, InputError):
