@@ -26,10 +26,11 @@ from biplanar.evaluation.evaluate import write_study
 @dataclass(frozen=True)
 class Registration:
     """How a study registers: ``model`` a checkpoint (``None``: the bundled one) and ``refine``
-    iterations of test-time optimisation (``biplanar register --refine``)."""
+    iterations of test-time optimisation (``biplanar register --refine``; ``None``: register's
+    default, refining oblique views only)."""
 
     model: Path | None = None
-    refine: int = 0
+    refine: int | None = 0
 
     def register(self, inputs: Path, truth_labels: Path, masks: bool = True, out: str = "out") -> dict:
         """``report.json`` of registering the pair :func:`~biplanar.data.clinical.write_view_files`
@@ -48,6 +49,11 @@ class Registration:
         ).report
 
 
+def refine_iterations(text: str) -> int | None:
+    """``--refine``'s value: a count of iterations, or ``auto`` (``None``)."""
+    return None if text == "auto" else int(text)
+
+
 def run_held_out_study(
     description: str,
     default_n: int,
@@ -59,7 +65,12 @@ def run_held_out_study(
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--n", type=int, default=default_n, help="held-out subjects")
     parser.add_argument("--model", type=Path, default=None, help="registration checkpoint (default: the bundled)")
-    parser.add_argument("--refine", type=int, default=0, help="test-time optimisation iterations (default none)")
+    parser.add_argument(
+        "--refine",
+        type=refine_iterations,
+        default=0,
+        help="test-time optimisation iterations (default none), or auto: register's own choice",
+    )
     parser.add_argument("--out", type=Path, required=True, help="folder for cases.csv and table.md")
     arguments = parser.parse_args()
     registration = Registration(arguments.model, arguments.refine)

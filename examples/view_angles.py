@@ -9,9 +9,11 @@ Python API (:func:`biplanar.register`).
 Usage::
 
     python examples/view_angles.py --n 5 --out runs/view_angles
+    python examples/view_angles.py --n 5 --refine auto --out runs/view_angles_auto  # register's default
 
 prints a Markdown table (per pair: mean +- sd and min Dice, its mean difference to the orthogonal
-pair, how many were flagged by the quality block) and writes ``cases.csv`` and ``table.md``.
+pair, how many were flagged by the quality block, the refinement iterations ``register`` ran) and
+writes ``cases.csv`` and ``table.md``.
 """
 
 from __future__ import annotations
@@ -34,6 +36,11 @@ HELD_OUT_SEED = 4949  # a dataset seed no training set used
 # then pairs outside them.
 PAIRS_DEG = (
     (0, 90),
+    (10, 100),
+    (-10, 80),
+    (15, 90),
+    (0, 105),
+    (0, 75),
     (-30, 60),
     (30, 120),
     (20, 60),
@@ -64,7 +71,8 @@ def run_case(index: int, work: Path, config: SimulationConfig, registration: Reg
         write_view_files(inputs, views, images, femur_masks(case.labels, grid, views))
         report = registration.register(inputs, folder / "labels.nii.gz")
         pair = f"{ap_angle} / {lat_angle}"
-        rows.append({"case": index, "pair": pair, "dice": report["dice"], "flagged": report["quality"]["flag"]})
+        flagged, refined = report["quality"]["flag"], report["inputs"]["refine"]["iterations"]
+        rows.append({"case": index, "pair": pair, "dice": report["dice"], "flagged": flagged, "refined": refined})
         print(f"case {index} {pair}: Dice {report['dice']:.3f}", flush=True)
     shutil.rmtree(folder)
     return rows
@@ -75,14 +83,15 @@ def table(rows: list[dict], n: int) -> str:
     orthogonal = np.array([row["dice"] for row in rows if row["pair"] == "0 / 90"])
     lines = [
         f"| AP / LAT LAO-RAO (deg), {n} held-out subjects (seed {HELD_OUT_SEED}), true masks | trained | Dice | "
-        "min Dice | Dice - orthogonal | flagged |",
-        "|---|---|---|---|---|---|",
+        "min Dice | Dice - orthogonal | flagged | refine iterations |",
+        "|---|---|---|---|---|---|---|",
     ]
     for ap_angle, lat_angle in PAIRS_DEG:
         pair = f"{ap_angle} / {lat_angle}"
         trained = "yes" if abs(ap_angle) <= 30 and abs(lat_angle - 90) <= 30 else "no"
         chosen = [row for row in rows if row["pair"] == pair]
-        lines.append(f"| {pair} | {trained} | {dice_cells(chosen, orthogonal)} |")
+        iterations = "/".join(str(count) for count in sorted({row["refined"] for row in chosen}))
+        lines.append(f"| {pair} | {trained} | {dice_cells(chosen, orthogonal)} | {iterations} |")
     return "\n".join(lines) + "\n"
 
 

@@ -18,12 +18,13 @@ from biplanar.config import load_config
 from biplanar.data.atlas import atlas_surface, load_atlas, warped_atlas_hu, warped_atlas_labels
 from biplanar.data.simulate import SimulationConfig, simulate_case
 from biplanar.errors import InputError
-from biplanar.io.geometry_file import write_geometry
+from biplanar.geometry import biplanar_pair
+from biplanar.io.geometry_file import read_geometry, write_geometry
 from biplanar.io.images import write_image
 from biplanar.io.volumes import write_volume
 from biplanar.layers.warp import SpatialTransformer
 from biplanar.models.network import AtlasRegistrationNet
-from biplanar.registration import OUTPUT_FILES, register
+from biplanar.registration import OUTPUT_FILES, pipeline, register
 from biplanar.registration.outputs import QUALITY_MIN_PROJECTION_NCC, output_files, quality_report
 from biplanar.training import checkpoints
 from biplanar.training.checkpoints import capture_rng_state, export_model, load_checkpoint, save_checkpoint
@@ -248,6 +249,26 @@ def test_without_masks_segments_and_accepts_an_empty_out_dir(inputs, tmp_path):
     assert result.report["inputs"]["assumptions"]["masks"] == "segmented"
     assert result.report["refine"]["iterations"] == 1
     assert "dice" not in result.report and "metrics_before" not in result.report["refine"]
+
+
+def test_without_refine_given_it_refines_oblique_views_only(inputs, tmp_path, monkeypatch):
+    """``refine=None`` (the default): no refinement for the orthogonal pair; for a LAT stated 30 deg
+    from lateral (> OBLIQUE_VIEW_DEG, 22.5), AUTO_REFINE_ITERATIONS (patched to 1 here for time)."""
+    monkeypatch.setattr(pipeline, "AUTO_REFINE_ITERATIONS", 1)
+    plain = register(**_arguments(inputs, tmp_path / "plain", refine=None)).report
+    choice = plain["inputs"]["refine"]
+    assert choice["iterations"] == 0 and choice["rule"].startswith("auto") and "refine" not in plain
+    assert max(choice["beam_obliquity_deg"].values()) < 1e-6
+    views = read_geometry(inputs / "geometry.json")
+    ap = views["AP"]
+    shape, spacing = ap.image_shape, ap.carm.pixel_spacing_mm
+    oblique = biplanar_pair(0.0, 60.0, shape, spacing, ap.carm.isocenter_mm)
+    write_geometry(tmp_path / "oblique.json", oblique)
+    turned = register(**_arguments(inputs, tmp_path / "turned", geometry=tmp_path / "oblique.json")).report
+    assert turned["inputs"]["refine"]["iterations"] == 1 and turned["refine"]["iterations"] == 1
+    np.testing.assert_allclose(list(turned["inputs"]["refine"]["beam_obliquity_deg"].values()), [0.0, 30.0], atol=1e-6)
+    given = register(**_arguments(inputs, tmp_path / "given", geometry=tmp_path / "oblique.json", refine=0)).report
+    assert given["inputs"]["refine"] == {"iterations": 0, "rule": "given"} and "refine" not in given
 
 
 def _write_nan_image(folder):

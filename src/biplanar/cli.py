@@ -404,7 +404,12 @@ def register(
     ap_mask: Path | None = typer.Option(None, help="2D femur mask of the AP radiograph (default: segmented)."),
     lat_mask: Path | None = typer.Option(None, help="2D femur mask of the LAT radiograph (default: segmented)."),
     truth_labels: Path | None = typer.Option(None, help="True femur labels on the atlas grid: adds Dice, ASSD..."),
-    refine: int = typer.Option(0, min=0, help="Test-time optimisation iterations after the network (0: none)."),
+    refine: int | None = typer.Option(
+        None,
+        min=0,
+        help="Test-time optimisation iterations after the network (0: none; default: 50 when a view "
+        "is more than 22.5 deg from AP / lateral, else none).",
+    ),
     estimate_pose: bool = typer.Option(
         False,
         "--estimate-pose",

@@ -9,6 +9,7 @@ import torch
 from biplanar.data.analytic import ball_volume
 from biplanar.errors import InputError
 from biplanar.geometry import CarmPose, ProjectionView, VolumeGrid, biplanar_pair
+from biplanar.geometry.projection import beam_obliquity_deg
 from biplanar.io.geometry_file import parse_geometry, read_geometry, write_geometry
 from biplanar.layers.prost import ProST
 
@@ -33,6 +34,24 @@ def carm_view(lao_rao=0.0, cranio_caudal=0.0, isocenter=ISOCENTER):
 def test_source_position_convention(lao_rao, cranio_caudal, direction):
     view = carm_view(lao_rao, cranio_caudal)
     np.testing.assert_allclose(view.source_world, ISOCENTER + 925.0 * np.array(direction), atol=1e-9)
+
+
+@pytest.mark.parametrize(
+    "lao_rao, cranio_caudal, axis, expected",
+    [
+        (0.0, 0.0, (0, 1, 0), 0.0),  # AP
+        (180.0, 0.0, (0, 1, 0), 0.0),  # PA: the same line
+        (25.0, 0.0, (0, 1, 0), 25.0),
+        (-25.0, 0.0, (0, 3, 0), 25.0),  # any length of the axis
+        (0.0, 12.0, (0, 1, 0), 12.0),  # a cranio-caudal tilt counts too
+        (90.0, 0.0, (1, 0, 0), 0.0),  # LAT
+        (60.0, 0.0, (1, 0, 0), 30.0),
+        (90.0, 0.0, (0, 1, 0), 90.0),
+    ],
+)
+def test_beam_obliquity_is_the_angle_between_beam_and_axis_lines(lao_rao, cranio_caudal, axis, expected):
+    view = carm_view(lao_rao, cranio_caudal)
+    assert beam_obliquity_deg(view, np.array(axis, dtype=float)) == pytest.approx(expected, abs=1e-6)
 
 
 def test_detector_axes_at_zero_angles():

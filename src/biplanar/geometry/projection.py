@@ -191,6 +191,14 @@ class ProjectionView:
         return near, far
 
 
+def beam_obliquity_deg(view: ProjectionView, nominal_axis: np.ndarray) -> float:
+    """Angle (deg, 0 to 90) between a view's beam and the line of ``nominal_axis`` ``(3,)`` (world,
+    any length), either way along it: 0 for an AP view and ``(0, 1, 0)`` whether AP or PA."""
+    axis = np.asarray(nominal_axis, dtype=np.float64)
+    cosine = abs(float(view.principal_direction @ axis)) / float(np.linalg.norm(axis))
+    return math.degrees(math.acos(min(1.0, cosine)))
+
+
 def view_angles_deg(view: ProjectionView) -> tuple[float, float]:
     """``(lao_rao_deg, cranio_caudal_deg)`` of a view, from its projection matrix.
 
