@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/bench_register.py [--repeats 5] [--baseline SRC] [--refine N] [--out FILE]
+    python benchmarks/bench_register.py [--repeats 5] [--baseline SRC] [--refine N] [--lat-angle DEG] [--out FILE]
 
 Prints a markdown section (the one in ``docs/benchmarks.md``, "Registration end to end") to
 stdout, or writes it to ``--out``. One held-out lite case (phantom, grid scene, line integrals,
@@ -10,7 +10,8 @@ true masks; dataset seed 7 of ``data/lite_heldout``'s recipe, simulated here) is
 bundled lite model ``--repeats`` times, each a fresh ``biplanar register`` process: its wall clock
 (Python and torch start-up, imports, reading, the network, writing every output) and the stages of
 its ``report.json`` ``timings_s`` (``load``: model, atlas and inputs; ``network``; ``refine``: the
-``--refine N`` test-time iterations, 0 by default; ``writing``: volumes, the carried mesh, overlays,
+``--refine N`` test-time iterations, register's own choice by default: none for the orthogonal
+pair, 25 with ``--lat-angle`` more than 22.5 deg from 90; ``writing``: volumes, the carried mesh, overlays,
 masks, report; ``total``), and the Dice of its ``warped_labels.nii.gz`` against the case's true
 labels (computed here, untimed). Medians; torch's default threads. The targets (issue 19): <= 3 s
 per case from the command line; with ``--refine``, Dice >= 0.96 in <= 10 s. ``--baseline SRC`` (a
@@ -37,21 +38,37 @@ import numpy as np
 from harness import publish
 
 from biplanar.data.atlas import FEMUR_LABEL
-from biplanar.data.simulate import SimulationConfig, simulate_case, subject_seed, write_case
+from biplanar.data.clinical import write_view_files
+from biplanar.data.masks import femur_masks
+from biplanar.data.simulate import SimulationConfig, render_radiographs, simulate_case, subject_seed, write_case
 from biplanar.evaluation.metrics import dice
+from biplanar.geometry.presets import AP_LAO_RAO_DEG, LAT_LAO_RAO_DEG, biplanar_pair
 from biplanar.io.volumes import read_volume
 
 STAGES = ("load", "network", "refine", "writing", "total")
 HELD_OUT_SEED = 7
 
 
-def run_once(case: Path, out: Path, source: Path | None, refine: int) -> tuple[float, dict[str, float]]:
+def write_held_out_case(folder: Path, lat_angle_deg: float) -> None:
+    """The held-out case (module doc) into ``folder``, its LAT view at ``lat_angle_deg`` LAO/RAO."""
+    config = SimulationConfig(preset="lite", shapes="phantom", scene="grid")
+    case = simulate_case(subject_seed(HELD_OUT_SEED, 0), config)
+    write_case(folder, case)
+    if lat_angle_deg != LAT_LAO_RAO_DEG:  # rendered again, at the turned pair
+        views = biplanar_pair(
+            AP_LAO_RAO_DEG, lat_angle_deg, config.image_shape, config.pixel_spacing_mm, case.grid.centre_world
+        )
+        images = render_radiographs(case.ct_hu, case.grid, views, config)
+        write_view_files(folder, views, images, femur_masks(case.labels, case.grid, views))
+
+
+def run_once(case: Path, out: Path, source: Path | None, refine: int | None) -> tuple[float, dict[str, float]]:
     """Wall seconds of one ``biplanar register`` process (of the package in ``source``, default
     the installed one) and its ``timings_s`` with the Dice against the true labels as ``dice``."""
     command = [sys.executable, "-m", "biplanar", "register", "--geometry", str(case / "geometry.json")]
     command += ["--ap", str(case / "AP.npy"), "--lat", str(case / "LAT.npy"), "--out", str(out)]
     command += ["--ap-mask", str(case / "AP_mask.npy"), "--lat-mask", str(case / "LAT_mask.npy")]
-    command += ["--refine", str(refine)]
+    command += [] if refine is None else ["--refine", str(refine)]
     start = time.perf_counter()
     environment = dict(os.environ, **({} if source is None else {"PYTHONPATH": str(source)}))
     subprocess.run(command, check=True, capture_output=True, env=environment)
@@ -71,11 +88,10 @@ def row(label: str, runs: list[tuple[float, dict[str, float]]]) -> str:
     return f"| {label} | {statistics.median(walls):.2f} ({min(walls):.2f}-{max(walls):.2f}) | {stages} | {dice:.4f} |"
 
 
-def report(repeats: int, baseline: Path | None, refine: int) -> str:
+def report(repeats: int, baseline: Path | None, refine: int | None, lat_angle_deg: float) -> str:
     with tempfile.TemporaryDirectory() as temporary:
         root = Path(temporary)
-        config = SimulationConfig(preset="lite", shapes="phantom", scene="grid")
-        write_case(root / "case", simulate_case(subject_seed(HELD_OUT_SEED, 0), config))
+        write_held_out_case(root / "case", lat_angle_deg)
         load_before = os.getloadavg()
         sources = {"this checkout": None, **({} if baseline is None else {f"baseline `{baseline}`": baseline})}
         runs: dict[str, list] = {label: [] for label in sources}
@@ -87,7 +103,8 @@ def report(repeats: int, baseline: Path | None, refine: int) -> str:
     return "\n".join(
         [
             f"Command: `python benchmarks/bench_register.py --repeats {repeats}"
-            f"{'' if baseline is None else f' --baseline {baseline}'}{f' --refine {refine}' if refine else ''}`, "
+            f"{'' if baseline is None else f' --baseline {baseline}'}{'' if refine is None else f' --refine {refine}'}"
+            f"{'' if lat_angle_deg == LAT_LAO_RAO_DEG else f' --lat-angle {lat_angle_deg:g}'}`, "
             f"{datetime.date.today()}; "
             f"{platform.machine()}, {os.cpu_count()} logical CPUs, CPU only. Load average (1, 5, 15 min) "
             f"{', '.join(f'{value:.1f}' for value in load_before)} before and "
@@ -105,10 +122,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--baseline", type=Path, help="the src folder of another checkout, run alternately")
-    parser.add_argument("--refine", type=int, default=0, help="register --refine N (test-time iterations)")
+    parser.add_argument("--refine", type=int, help="register --refine N (default: register's own choice)")
+    parser.add_argument("--lat-angle", type=float, default=LAT_LAO_RAO_DEG, help="the LAT view's LAO/RAO angle, deg")
     parser.add_argument("--out", type=Path)
     arguments = parser.parse_args()
-    publish(report(arguments.repeats, arguments.baseline, arguments.refine), arguments.out, echo=True)
+    publish(
+        report(arguments.repeats, arguments.baseline, arguments.refine, arguments.lat_angle), arguments.out, echo=True
+    )
 
 
 if __name__ == "__main__":

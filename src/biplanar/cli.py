@@ -407,7 +407,7 @@ def register(
     refine: int | None = typer.Option(
         None,
         min=0,
-        help="Test-time optimisation iterations after the network (0: none; default: 50 when a view "
+        help="Test-time optimisation iterations after the network (0: none; default: 25 when a view "
         "is more than 22.5 deg from AP / lateral, else none).",
     ),
     estimate_pose: bool = typer.Option(
