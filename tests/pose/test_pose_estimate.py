@@ -267,6 +267,9 @@ def test_bundled_sopi_networks_through_the_command(tmp_path):
     document = json.loads((tmp_path / "out" / "pose.json").read_text())
     rotation_deg, translation_mm = pose_errors(torch.tensor(document["matrix"], dtype=torch.float64), truth, centre)
     assert float(rotation_deg) < 0.5 and float(translation_mm) < 0.5
+    turns = document["optimisation"]["refinement"]["turns"]  # the default 8, 45 deg apart
+    assert [turn["turn_deg"] for turn in turns] == [45.0 * index for index in range(8)]
+    assert max(turn["similarity"] for turn in turns) == document["optimisation"]["refinement"]["objective"]
 
 
 def test_pose_help_as_a_subprocess():
