@@ -18,21 +18,19 @@ pair) and writes ``cases.csv`` and ``table.md``.
 
 from __future__ import annotations
 
+import functools
 import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
 from held_out_study import Registration, run_held_out_study
-from view_angles import HELD_OUT_SEED
+from view_angles import HELD_OUT_SEED, write_pair
 
 from biplanar.data.atlas import FEMUR_LABEL
-from biplanar.data.clinical import write_view_files
-from biplanar.data.masks import femur_masks
-from biplanar.data.scene import render_scene
-from biplanar.data.simulate import SimulationConfig, render_radiographs, simulate_case, subject_seed
+from biplanar.data.simulate import SimulationConfig, simulate_case, subject_seed
 from biplanar.evaluation.metrics import dice
-from biplanar.geometry.presets import VIEW_NAMES, biplanar_pair
+from biplanar.geometry.presets import VIEW_NAMES
 from biplanar.registration.inputs import read_inputs
 from biplanar.registration.pipeline import model_detector
 from biplanar.training.checkpoints import bundled_model_path, load_model
@@ -55,20 +53,21 @@ def stage_dice(folder: Path, network, config, truth: np.ndarray) -> tuple[float,
     return tuple(dice(labels[0, 0].numpy() > 0.5, truth) for labels in stages)
 
 
+@functools.cache
+def loaded_model(path: Path | None):
+    """The network and config of checkpoint ``path`` (``None``: the bundled one), loaded once."""
+    return load_model(path or bundled_model_path(), "cpu")
+
+
 def run_case(index: int, work: Path, config: SimulationConfig, registration: Registration) -> list[dict]:
     """Every pair of held-out case ``index``: one row each."""
-    network, model_config = load_model(registration.model or bundled_model_path(), "cpu")
+    network, model_config = loaded_model(registration.model)
     case = simulate_case(subject_seed(HELD_OUT_SEED, index), config)
     truth = case.labels == FEMUR_LABEL
     rows = []
     for ap_angle, lat_angle in PAIRS_DEG:
-        views = biplanar_pair(
-            float(ap_angle), float(lat_angle), config.image_shape, config.pixel_spacing_mm, case.grid.centre_world
-        )
-        scene = render_scene(case.subject.spec, case.grid, views)
-        images = render_radiographs(scene.ct_hu, scene.scene.grid, views, config)
         folder = work / f"case_{index:03d}_{ap_angle}_{lat_angle}"
-        write_view_files(folder, views, images, femur_masks(case.labels, case.grid, views))
+        write_pair(case, config, ap_angle, lat_angle, folder)
         affine, local = stage_dice(folder, network, model_config, truth)
         shutil.rmtree(folder)
         pair = f"{ap_angle} / {lat_angle}"

@@ -54,21 +54,26 @@ PAIRS_DEG = (
 )
 
 
+def write_pair(case, config: SimulationConfig, ap_angle: float, lat_angle: float, folder: Path) -> None:
+    """``register``'s array inputs (:func:`~biplanar.data.clinical.write_view_files`) of a simulated
+    ``case`` rendered at the (AP, LAT) LAO/RAO pair (deg), into ``folder``."""
+    grid = case.grid
+    detector = (config.image_shape, config.pixel_spacing_mm)
+    views = biplanar_pair(float(ap_angle), float(lat_angle), *detector, grid.centre_world)
+    scene = render_scene(case.subject.spec, grid, views)
+    images = render_radiographs(scene.ct_hu, scene.scene.grid, views, config)
+    write_view_files(folder, views, images, femur_masks(case.labels, grid, views))
+
+
 def run_case(index: int, work: Path, config: SimulationConfig, registration: Registration) -> list[dict]:
     """Every angle pair of held-out case ``index``: one row each."""
     case = simulate_case(subject_seed(HELD_OUT_SEED, index), config)
-    grid = case.grid
     folder = work / f"case_{index:03d}"
-    write_volume(folder / "labels.nii.gz", case.labels, grid)
+    write_volume(folder / "labels.nii.gz", case.labels, case.grid)
     rows = []
     for ap_angle, lat_angle in PAIRS_DEG:
-        views = biplanar_pair(
-            float(ap_angle), float(lat_angle), config.image_shape, config.pixel_spacing_mm, grid.centre_world
-        )
-        scene = render_scene(case.subject.spec, grid, views)
-        images = render_radiographs(scene.ct_hu, scene.scene.grid, views, config)
         inputs = folder / f"{ap_angle}_{lat_angle}"
-        write_view_files(inputs, views, images, femur_masks(case.labels, grid, views))
+        write_pair(case, config, ap_angle, lat_angle, inputs)
         report = registration.register(inputs, folder / "labels.nii.gz")
         pair = f"{ap_angle} / {lat_angle}"
         flagged, refined = report["quality"]["flag"], report["inputs"]["refine"]["iterations"]
