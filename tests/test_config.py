@@ -21,7 +21,15 @@ from biplanar.training.checkpoints import bundled_models_dir, load_checkpoint, l
 
 BUNDLED = bundled_models_dir()
 # Every shipped preset states its samples per ray; these are the values its models were trained with.
-PRESET_SAMPLES = {"paper": 256, "lite": 128, "tiny": 64, "sopi_lite": 128, "sopi_lumbar": 160, "sopi_tiny": 64}
+PRESET_SAMPLES = {
+    "paper": 256,
+    "lite": 128,
+    "tiny": 64,
+    "sopi_lite": 128,
+    "sopi_lite_clinical": 128,
+    "sopi_lumbar": 160,
+    "sopi_tiny": 64,
+}
 
 
 @pytest.mark.parametrize("preset, samples", PRESET_SAMPLES.items())

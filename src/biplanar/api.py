@@ -825,6 +825,7 @@ def evaluate_pose(
     refine_steps: int = 10,
     max_levels: int | None = None,
     turns: int = 8,
+    appearance: str = "line-integral",
     progress: bool = True,
 ) -> list[dict[str, Any]]:
     """Rigid pose accuracy in SOPI's Table 1 style (``biplanar evaluate-pose``).
@@ -849,6 +850,8 @@ def evaluate_pose(
         max_levels: use only the coarsest ``max_levels`` levels of each dataset (default: all).
         turns: ``sopi+opt`` refines SOPI's pose from this many starts turned about the CT's long
             axis, keeping the best (1: SOPI's pose alone).
+        appearance: the radiographs: ``line-integral`` (noise-free DRRs) or ``clinical`` (a clinic's
+            processed images of them, parameters drawn per case).
         progress: show a progress bar on stderr.
 
     Returns:
@@ -866,7 +869,8 @@ def evaluate_pose(
     )
 
     require_output_folder(Path(out))
-    defaults = StudySettings(cases=cases, seed=seed, effort=SearchEffort(evaluations, refine_steps, max_levels, turns))
+    effort = SearchEffort(evaluations, refine_steps, max_levels, turns)
+    defaults = StudySettings(cases=cases, seed=seed, effort=effort, appearance=appearance)
     settings = replace(
         defaults,
         datasets=defaults.datasets if datasets is None else _names(datasets),

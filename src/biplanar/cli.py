@@ -377,13 +377,16 @@ def train_pose(
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out exactly."),
     steps: int | None = typer.Option(None, min=1, help="Override the config's training.steps (the total)."),
     max_steps: int | None = typer.Option(None, min=1, help="Stop with a checkpoint after this many steps in total."),
+    init: Path | None = typer.Option(
+        None, help="Fine-tune: start from this SOPI checkpoint's weights (e.g. the bundled rtpi.pt); same network."
+    ),
 ) -> None:
     """Train a SOPI pose network on simulated pairs (Ctrl-C checkpoints, --resume continues)."""
     with _reporting_errors():
         from biplanar import api  # lazy: CLI start-up time
 
         with _reporting_interruption():
-            result = api.train_pose(config, out, network, resume=resume, steps=steps, max_steps=max_steps)
+            result = api.train_pose(config, out, network, resume=resume, steps=steps, max_steps=max_steps, init=init)
         best = _best(result.best_val_loss, 4)
         typer.echo(
             f"trained {network} for {result.global_step} steps; best validation loss {best}; checkpoints in {out}"
@@ -611,6 +614,9 @@ def evaluate_pose(
     max_levels: int | None = typer.Option(None, min=1, help="Use only the coarsest N levels of each dataset."),
     turns: int = typer.Option(
         8, min=1, help="sopi+opt: refine from this many starts turned about the CT's long axis, keep the best."
+    ),
+    appearance: str = typer.Option(
+        "line-integral", help="Radiographs: line-integral (noise-free DRRs) or clinical (clinic-processed DRRs)."
     ),
 ) -> None:
     """Rigid pose accuracy (SOPI's Table 1 style) on the real lumbar CT and femur phantoms."""

@@ -176,6 +176,22 @@ def test_cli_end_to_end_on_one_femur_case(tmp_path):
     assert "| opt-gc | 1 |" in summary and "| initial | 1 |" in summary
 
 
+def test_clinical_cases_show_processed_images_and_rows_carry_the_similarities():
+    femur, draw = DATASETS["femur"], standard_draws(0, "femur", 1)[0]
+    plain = pose_accuracy._make_case(femur, "small", 0, draw, StudySettings())
+    clinical = pose_accuracy._make_case(femur, "small", 0, draw, StudySettings(appearance="clinical"))
+    again = pose_accuracy._make_case(femur, "small", 0, draw, StudySettings(appearance="clinical"))
+    for name, image in clinical.radiographs.items():
+        assert torch.equal(image, again.radiographs[name])  # appearance and noise seeded by the case
+        assert torch.equal(image, image.round()) and image.min() >= 0 and image.max() <= 4095
+        assert image.shape == plain.radiographs[name].shape
+    truth, identity = clinical.row("truth", clinical.truth, 0.0), clinical.row("identity", torch.eye(4).double(), 0.0)
+    assert 0.8 < truth["gc"] < 0.999 and identity["gc"] < truth["gc"] - 0.3  # a processed image is no DRR
+    assert plain.row("truth", plain.truth, 0.0)["gc"] > 0.999
+    with pytest.raises(InputError, match="--appearance"):
+        StudySettings(appearance="film")
+
+
 def test_sopi_checkpoints_per_dataset(tmp_path):
     paths = {name: tmp_path / f"{name}.pt" for name in ("r_all", "f_all", "r_femur", "f_femur")}
     for path in paths.values():

@@ -23,6 +23,7 @@ from biplanar.layers.prost import ProST
 from biplanar.physics.attenuation import hu_to_mu
 from biplanar.pose.baselines import OptimisationConfig
 from biplanar.pose.estimate import (
+    QUALITY_MIN_GC,
     check_rigid,
     compose_each_view,
     compose_view,
@@ -161,6 +162,9 @@ def test_pose_command_end_to_end(pose_case, small_ct):
     assert float(rotation_deg) < 1.0 and float(translation_mm) < 1.5
     assert np.allclose(document["params"]["centre_mm"], grid.centre_world)
     assert document["similarity"]["gc"]["AP"] > 0.9 and set(document["timings_s"]) >= {"load", "estimate", "total"}
+    quality = document["quality"]
+    assert quality["lowest_gc"] == min(document["similarity"]["gc"].values()) and quality["flag"] is False
+    assert "warning" not in result.output
     for name in ("AP", "LAT"):
         assert (out / f"overlay_{name}.png").stat().st_size > 0
     # The corrected geometry projects the CT at identity as the radiographs show it.
@@ -186,6 +190,20 @@ def test_pose_command_accepts_its_own_pose_as_initial_pose(pose_case):
     document = json.loads((out / "pose.json").read_text())
     np.testing.assert_allclose(document["matrix"], pose.numpy(), atol=1e-9)
     np.testing.assert_allclose(document["initial_matrix"], pose.numpy(), atol=1e-12)
+
+
+def test_a_pose_left_far_off_is_flagged_and_warned(pose_case):
+    folder, pose, _ = pose_case
+    turned = rigid_matrix(torch.tensor([0.0, 0.0, math.radians(25.0), 0.0, 0.0, 0.0], dtype=torch.float64))
+    (folder / "far.json").write_text(json.dumps({"matrix": (turned @ pose).tolist()}))
+    out = folder / "stuck"
+    command = pose_command(folder, out, "--init-pose", str(folder / "far.json"), "--evaluations", "0")
+    result = runner.invoke(app, [*command, "--refine-steps", "0"])
+    assert result.exit_code == 0, result.output
+    quality = json.loads((out / "pose.json").read_text())["quality"]
+    assert quality["flag"] is True and quality["lowest_gc"] < QUALITY_MIN_GC == quality["threshold"]
+    warning = next(line for line in result.output.splitlines() if line.startswith("warning: pose quality"))
+    assert f"overlay_{quality['lowest_view']}.png" in warning
 
 
 def test_pose_command_refuses_an_existing_output_unless_overwrite(pose_case):

@@ -28,7 +28,7 @@ from biplanar.training.pose_losses import (
     pose_gradient,
     weight_penalty,
 )
-from biplanar.training.pose_trainer import csv_fields, fine_forward, train_pose
+from biplanar.training.pose_trainer import csv_fields, fine_forward, train_pose, validate_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 REAL_CT = Path(__file__).resolve().parents[1] / "data" / "real_ct" / "lumbar_ct_small.nii.gz"
@@ -142,6 +142,21 @@ def test_samples_are_reproducible_and_render_the_target(simulator: PosePairSimul
     assert torch.allclose(first.radiograph, drr)
     mask = project_mask(simulator.prost, first.mask_volume, simulator.pose_matrix(first.start_params), 1.0)
     assert set(mask.unique().tolist()) == {0.0, 1.0}
+
+
+def test_clinical_fraction_turns_that_share_of_xrays_into_clinical_images(config: SopiConfig) -> None:
+    half = dataclasses.replace(config, data=dataclasses.replace(config.data, clinical_fraction=0.5))
+    simulator, plain = PosePairSimulator(half), PosePairSimulator(config)
+    batches = [simulator.sample(TRAIN_STREAM, step, 4) for step in range(5)]
+    images = torch.cat([batch.radiograph for batch in batches])
+    drrs = torch.cat([plain.prost(batch.volume_mu, plain.pose_matrix(batch.target_params)) for batch in batches])
+    clinical = ~torch.isclose(images, drrs).flatten(1).all(1)
+    assert 4 <= int(clinical.sum()) <= 16  # 20 draws at p = 0.5
+    shown = images[clinical]
+    assert torch.equal(shown, shown.round()) and shown.min() >= 0 and shown.max() <= 4095 and shown.max() > 3000
+    again = simulator.sample(TRAIN_STREAM, 3, 4)
+    assert torch.equal(again.radiograph, batches[3].radiograph)  # seeded by the step, noise included
+    assert torch.equal(again.target_params, plain.sample(TRAIN_STREAM, 3, 4).target_params)  # same poses
 
 
 def test_pose_distribution_matches_the_config(simulator: PosePairSimulator, config: SopiConfig) -> None:
@@ -264,6 +279,34 @@ def test_trainer_bad_input(config: SopiConfig, tmp_path: Path) -> None:
     other = dataclasses.replace(config, loss=dataclasses.replace(config.loss, alpha=2.0))
     with pytest.raises(InputError, match="config differs"):
         train_pose(other, tmp_path / "run", "rtpi", resume=True, progress=False)
+
+
+def test_init_starts_from_a_checkpoints_weights(config: SopiConfig, tmp_path: Path) -> None:
+    one = dataclasses.replace(config, training=dataclasses.replace(config.training, steps=1))
+    train_pose(one, tmp_path / "first", "rtpi", progress=False)
+    started = load_checkpoint(tmp_path / "first" / "last.pt")["model"]
+    still = dataclasses.replace(one, training=dataclasses.replace(one.training, learning_rate=1e-12, seed=1))
+    train_pose(still, tmp_path / "tuned", "rtpi", progress=False, init=tmp_path / "first" / "last.pt")
+    train_pose(still, tmp_path / "fresh", "rtpi", progress=False)
+    tuned, fresh = (load_checkpoint(tmp_path / run / "last.pt")["model"] for run in ("tuned", "fresh"))
+    weights = [name for name in started if name.endswith("weight")]
+    assert all(torch.allclose(tuned[name], started[name], atol=1e-6) for name in weights)
+    assert not all(torch.allclose(fresh[name], started[name], atol=1e-6) for name in weights)
+    with pytest.raises(InputError, match="not a SOPI fine checkpoint"):
+        train_pose(one, tmp_path / "wrong", "fine", progress=False, init=tmp_path / "first" / "last.pt")
+    other_view = dataclasses.replace(config, geometry=dataclasses.replace(config.geometry, pixel_spacing_mm=2.5))
+    with pytest.raises(InputError, match="geometry settings differ"):
+        train_pose(other_view, tmp_path / "other", "rtpi", progress=False, init=tmp_path / "first" / "last.pt")
+
+
+@pytest.mark.parametrize("network", ["rtpi", "fine"])
+def test_validate_checkpoint_repeats_the_runs_validation(config: SopiConfig, tmp_path: Path, network: str) -> None:
+    one = dataclasses.replace(config, training=dataclasses.replace(config.training, steps=1))
+    result = train_pose(one, tmp_path, network, progress=False)
+    metrics = validate_checkpoint(one, network, tmp_path / "last.pt")
+    assert metrics == pytest.approx(
+        {name[4:]: value for name, value in result.history[-1].items() if name[:4] == "val_"}
+    )
 
 
 def test_cli_train_pose(tmp_path: Path, config: SopiConfig) -> None:

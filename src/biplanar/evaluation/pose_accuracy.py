@@ -6,7 +6,11 @@ rigid map moving the CT, :mod:`biplanar.pose.estimate`'s convention) with rotati
 N(0, sigma_r)`` and translations ``tx, ty, tz ~ N(0, sigma_t)`` per axis about the CT centre
 (:func:`biplanar.geometry.transforms.rigid_matrix`), an AP and a LAT radiograph rendered at ``A`` (noise-free ProST line
 integrals, samples one voxel apart, rays long enough for the moved CT), and every method started at
-the identity.
+the identity. With ``appearance="clinical"`` each line integral is then turned into a clinic's
+processed image (:func:`biplanar.physics.clinical_appearance.clinical_radiograph`: scatter, quantum
+and electronic noise, detector blur, log, unsharp masking, windowing, 12-bit; its parameters drawn
+per case by :meth:`~biplanar.physics.clinical_appearance.ClinicalAppearance.draw`; monochromatic,
+so without beam hardening), so that the radiographs are no longer DRRs of the CT.
 
 Datasets (:data:`DATASETS`):
 
@@ -40,6 +44,9 @@ start) and, on the datasets given SOPI checkpoints (per dataset: :func:`sopi_che
 Errors: rotation = geodesic angle (deg), translation = displacement of the CT centre (mm), per axis
 = |difference of the Euler parameters| (deg, mm); success = rotation < 3 deg and translation < 3 mm
 (SOPI's criterion). Each case also has an ``initial`` row: the errors of the identity start.
+Every row also has ``ncc`` and ``gc``: the lower over the two views of each similarity between the
+radiograph and the full-resolution DRR at the row's pose (what ``pose.json``'s ``similarity`` and
+``quality`` blocks hold; :func:`biplanar.pose.estimate.image_similarities`).
 """
 
 from __future__ import annotations
@@ -69,8 +76,16 @@ from biplanar.io.atomic import atomic_write_text
 from biplanar.io.volumes import read_volume
 from biplanar.layers.prost import SUPPORT_PAD_VOX
 from biplanar.physics.attenuation import hu_to_mu
+from biplanar.physics.clinical_appearance import ClinicalAppearance, clinical_radiograph
 from biplanar.pose.baselines import METHODS, OptimisationConfig
-from biplanar.pose.estimate import SOPI_METHODS, SOPI_REFINE_TURNS, SopiCheckpoints, estimate, render_drrs
+from biplanar.pose.estimate import (
+    SOPI_METHODS,
+    SOPI_REFINE_TURNS,
+    SopiCheckpoints,
+    estimate,
+    image_similarities,
+    render_drrs,
+)
 from biplanar.pose.sopi import load_sopi_network
 from biplanar.progress import progress_bar, ticker
 
@@ -134,6 +149,7 @@ DATASETS = {
     ),
 }
 RANGES = ("small", "wide")
+APPEARANCES = ("line-integral", "clinical")  # how the cases' radiographs look (module doc)
 
 
 @dataclass(frozen=True)
@@ -172,12 +188,14 @@ class StudySettings:
     seed: int = 0
     methods: tuple[str, ...] = BASELINE_METHODS
     effort: SearchEffort = field(default_factory=SearchEffort)
+    appearance: str = APPEARANCES[0]
 
     def __post_init__(self) -> None:
         for option, values, allowed in (
             ("--datasets", self.datasets, tuple(DATASETS)),
             ("--ranges", self.ranges, RANGES),
             ("--methods", self.methods, STUDY_METHODS),
+            ("--appearance", (self.appearance,), APPEARANCES),
         ):
             unknown = [value for value in values if value not in allowed]
             if unknown or not values:
@@ -342,6 +360,22 @@ def render_radiographs(
     return render_drrs(volume_mu, grid, views, pose, margin_mm=margin)
 
 
+def clinical_radiographs(line_integrals: dict[str, Tensor], pixel_mm: float, seed: Sequence[int]) -> dict[str, Tensor]:
+    """View name -> ``(rows, cols)`` clinic's processed image (0 to 4095, bone bright) of each line integral.
+
+    One :class:`ClinicalAppearance` drawn for the case (both views taken on the same machine), from
+    ``seed`` (a :func:`numpy.random.default_rng` seed sequence), which also seeds the noise.
+    """
+    appearance = ClinicalAppearance.draw(np.random.default_rng(list(seed)))
+    generator = torch.Generator().manual_seed(int(np.random.default_rng(list(seed)).integers(2**62)))
+    return {
+        name: clinical_radiograph(image[None, None].double(), (pixel_mm, pixel_mm), appearance, generator)[0, 0].to(
+            image.dtype
+        )
+        for name, image in line_integrals.items()
+    }
+
+
 def score(estimated: Tensor, truth: Tensor, centre_mm: np.ndarray) -> dict[str, float]:
     """Errors of a pose estimate (module doc).
 
@@ -383,9 +417,9 @@ class _Case:
     def row(self, method: str, found: Tensor | None, seconds: float, error: str = "") -> dict[str, Any]:
         """A ``cases.csv`` row: the errors of ``found`` (NaN with ``error`` when the method failed)."""
         scores = (
-            score(found, self.truth, self.grid.centre_world)
+            {**score(found, self.truth, self.grid.centre_world), **self.similarities(found)}
             if found is not None
-            else dict.fromkeys(score(self.truth, self.truth, self.grid.centre_world), math.nan)
+            else dict.fromkeys([*score(self.truth, self.truth, self.grid.centre_world), "ncc", "gc"], math.nan)
         )
         return {
             "dataset": self.dataset.name,
@@ -396,6 +430,11 @@ class _Case:
             "time_s": seconds,
             "error": error,
         }
+
+    def similarities(self, pose: Tensor) -> dict[str, float]:
+        """``ncc`` and ``gc``: the lower over the views of each, radiograph against the DRR at ``pose`` ``(4, 4)``."""
+        drrs = render_radiographs(self.volume_mu, self.grid, self.views, pose)
+        return {name: min(values.values()) for name, values in image_similarities(self.radiographs, drrs).items()}
 
 
 def _run_method(
@@ -439,7 +478,7 @@ def run_study(
         draws = standard_draws(settings.seed, name, settings.cases)
         for range_name in settings.ranges:
             for index in range(settings.cases):
-                case = _make_case(dataset, range_name, index, draws[index])
+                case = _make_case(dataset, range_name, index, draws[index], settings)
                 config = search_config(dataset, dataset.ranges[range_name], settings.effort, case.grid)
                 rows.append(case.row(INITIAL, torch.eye(4, dtype=torch.float64), 0.0))
                 for method in settings.methods_for(name, networks):
@@ -451,11 +490,15 @@ def run_study(
     return rows
 
 
-def _make_case(dataset: Dataset, range_name: str, index: int, draw: np.ndarray) -> _Case:
+def _make_case(dataset: Dataset, range_name: str, index: int, draw: np.ndarray, settings: StudySettings) -> _Case:
     volume, grid = load_ct(dataset, index)
     views = views_for(dataset, grid)
     truth = pose_from_draw(draw, dataset.ranges[range_name], grid.centre_world)
-    return _Case(dataset, range_name, index, volume, grid, views, render_radiographs(volume, grid, views, truth), truth)
+    radiographs = render_radiographs(volume, grid, views, truth)
+    if settings.appearance == "clinical":
+        seed = (settings.seed, list(DATASETS).index(dataset.name), RANGES.index(range_name), index)
+        radiographs = clinical_radiographs(radiographs, dataset.pixel_mm, seed)
+    return _Case(dataset, range_name, index, volume, grid, views, radiographs, truth)
 
 
 # --- summary ------------------------------------------------------------------------------------
@@ -572,9 +615,15 @@ RANGE_REASON = (
     "spread along the depth of its single view, to which one radiograph is nearly blind; with two "
     "views every axis is in the image plane of one of them, so we use SOPI's in-plane scale (30 mm), "
     "halved for the femur's smaller field of view. The optimisers' CMA-ES step sizes are the range's "
-    "sigmas. The radiographs are noise-free DRRs of the same CT: best cases, not comparable in "
-    "absolute terms with SOPI's real X-rays."
+    "sigmas."
 )
+APPEARANCE_NOTES = {
+    "line-integral": "The radiographs are noise-free DRRs of the same CT: best cases, not comparable in "
+    "absolute terms with SOPI's real X-rays.",
+    "clinical": "The radiographs are clinic-processed images of the CT's DRRs (`--appearance clinical`: "
+    "scatter, noise, blur, log, unsharp masking, windowing, 12 bits; parameters drawn per case; "
+    "monochromatic). `ncc`, `gc` in `cases.csv`: the lower over the views at the found pose.",
+}
 
 
 def summary_markdown(rows: list[dict[str, Any]], settings: StudySettings) -> str:
@@ -586,9 +635,8 @@ def summary_markdown(rows: list[dict[str, Any]], settings: StudySettings) -> str
         f"the CT's long axis; torch {torch.__version__}, "
         f"{torch.get_num_threads()} thread(s))"
     )
-    return (
-        "\n\n".join([header, DEFINITIONS, RANGE_REASON, tables_markdown(summarise_rows(rows), settings.effort)]) + "\n"
-    )
+    notes = f"{RANGE_REASON} {APPEARANCE_NOTES[settings.appearance]}"
+    return "\n\n".join([header, DEFINITIONS, notes, tables_markdown(summarise_rows(rows), settings.effort)]) + "\n"
 
 
 def write_outputs(out_dir: Path, rows: list[dict[str, Any]], settings: StudySettings) -> None:

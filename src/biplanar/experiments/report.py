@@ -33,7 +33,14 @@ import torch
 
 from biplanar.config import load_config
 from biplanar.evaluation.evaluate import rows_to_csv
-from biplanar.evaluation.pose_accuracy import DEFINITIONS, INITIAL, RANGE_REASON, summarise_rows, tables_markdown
+from biplanar.evaluation.pose_accuracy import (
+    APPEARANCE_NOTES,
+    DEFINITIONS,
+    INITIAL,
+    RANGE_REASON,
+    summarise_rows,
+    tables_markdown,
+)
 from biplanar.evaluation.statistics import summarise
 from biplanar.experiments.budgets import Budget
 from biplanar.experiments.discussion import discussion_section
@@ -567,7 +574,7 @@ def _pose_section(inputs: ReportInputs, out_dir: Path) -> list[str]:
         f"Stage `{POSE_STAGE}` (per case in its `cases.csv`, "
         f"summary in `pose_accuracy.csv`; `biplanar evaluate-pose` runs the same study alone). {DEFINITIONS}",
         "",
-        RANGE_REASON,
+        f"{RANGE_REASON} {APPEARANCE_NOTES['line-integral']}",
         "",
         note,
         "",

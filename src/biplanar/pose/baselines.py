@@ -445,6 +445,10 @@ def run_baseline(
 REFINE_CONFIG = OptimisationConfig(
     similarity="gc", levels_mm=(6.0,), sigma_deg=2.0, sigma_mm=4.0, max_evaluations=100, refine_steps=10
 )
+# The last step of "SOPI+opt": L-BFGS from the best refinement at twice its resolution (no CMA-ES).
+POLISH_CONFIG = OptimisationConfig(
+    similarity="gc", levels_mm=(3.0,), sigma_deg=0.5, sigma_mm=1.0, max_evaluations=0, refine_steps=10
+)
 
 
 def refine_pose(

@@ -15,6 +15,7 @@ Conventions (``docs/pose.md``):
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -38,7 +39,15 @@ from biplanar.io.volumes import read_volume
 from biplanar.layers.prost import ProST
 from biplanar.physics.attenuation import hu_to_mu
 from biplanar.pose import sopi
-from biplanar.pose.baselines import METHODS, OptimisationConfig, PoseEstimate, refine_turned, run_baseline
+from biplanar.pose.baselines import (
+    METHODS,
+    POLISH_CONFIG,
+    OptimisationConfig,
+    PoseEstimate,
+    refine_pose,
+    refine_turned,
+    run_baseline,
+)
 from biplanar.pose.similarity import gradient_correlation, ncc
 from biplanar.progress import print_stage
 from biplanar.training.checkpoints import bundled_models_dir
@@ -52,6 +61,13 @@ OVERLAY_EDGE_COLOUR = (255, 60, 40)
 OVERLAY_EDGE_SIGMA_PX = 1.5  # Canny smoothing of the DRR, detector pixels
 OVERLAY_EDGE_QUANTILES = (0.85, 0.93)  # Canny hysteresis thresholds, quantiles of the DRR's gradient magnitude
 OVERLAY_BONE_HU = 200.0  # overlays outline the DRR of the CT's attenuation above that of this HU (bone)
+# The lowest per-view gradient correlation of a pose that is trusted; below it pose.json's quality flag
+# is set and `pose` warns. Chosen on held-out clinical-appearance cases (docs/pose.md, "Knowing when it failed").
+QUALITY_MIN_GC = 0.80
+QUALITY_DEFINITION = (
+    "gradient correlation (GC), per view, of the radiograph and the full-resolution DRR of the CT at the "
+    "pose; flag: the lowest view below threshold (the search stuck in a wrong pose, a wrong CT or view)"
+)
 
 
 # --- poses and views ----------------------------------------------------------------------------
@@ -216,7 +232,8 @@ def estimate(
     SOPI is a single-view method: it uses the ``AP`` view (its networks are trained on one);
     ``sopi+opt`` then refines SOPI's pose by Opt-GC over all given views from ``turns`` starts
     turned about the CT's long axis, keeping the best (:func:`~biplanar.pose.baselines.refine_turned`;
-    ``turns=1``: SOPI's pose alone).
+    ``turns=1``: SOPI's pose alone), and polishes that by L-BFGS at twice the resolution
+    (:data:`~biplanar.pose.baselines.POLISH_CONFIG`: a 3 mm level).
 
     Returns:
         ``(4, 4)`` float64 pose and a JSON-ready summary (evaluations, iterations, per-stage times).
@@ -248,7 +265,9 @@ def estimate(
     if method == "sopi":
         return found.matrix.double(), summary
     refined = refine_turned(volume_mu, grid, radiographs, views, found.matrix.double(), turns, progress=progress)
-    return refined.best.matrix, {**summary, "refinement": {**_baseline_summary(refined.best), "turns": refined.turns}}
+    polished = refine_pose(volume_mu, grid, radiographs, views, refined.best.matrix, POLISH_CONFIG)
+    refinement = {**_baseline_summary(refined.best), "turns": refined.turns, "polish": _baseline_summary(polished)}
+    return polished.matrix, {**summary, "refinement": refinement}
 
 
 def _baseline_summary(result: PoseEstimate) -> dict[str, Any]:
@@ -285,6 +304,20 @@ def image_similarities(radiographs: Mapping[str, Tensor], drrs: Mapping[str, Ten
         scores["ncc"][name] = float(ncc(*pair)[0])
         scores["gc"][name] = float(gradient_correlation(*pair)[0])
     return scores
+
+
+def quality_report(similarity: Mapping[str, Mapping[str, float]]) -> dict[str, Any]:
+    """``pose.json``'s ``quality``: the lowest per-view GC of :func:`image_similarities`' ``similarity``
+    and a flag when it is below :data:`QUALITY_MIN_GC`."""
+    per_view = similarity["gc"]
+    lowest_view = min(per_view, key=lambda name: per_view[name])
+    return {
+        "lowest_view": lowest_view,
+        "lowest_gc": per_view[lowest_view],
+        "threshold": QUALITY_MIN_GC,
+        "flag": bool(per_view[lowest_view] < QUALITY_MIN_GC),
+        "definition": QUALITY_DEFINITION,
+    }
 
 
 def bone_attenuation(volume_mu: Tensor, mu_water_per_mm: float) -> Tensor:
@@ -437,6 +470,8 @@ def estimate_pose_files(
     bone_drrs = render_drrs(bone_attenuation(volume_mu, mu_water_per_mm), grid, views, pose)
     centre = torch.as_tensor(grid.centre_world, dtype=torch.float64)
     params = rigid_params(pose, centre)
+    similarity = image_similarities(radiographs, drrs)
+    quality = quality_report(similarity)
     document = {
         "method": method,
         "matrix": pose.tolist(),
@@ -447,7 +482,8 @@ def estimate_pose_files(
             "convention": "A x = c + Rx(rx) Ry(ry) Rz(rz) (x - c) + t; A moves the CT (docs/pose.md)",
         },
         "initial_matrix": None if initial is None else initial.tolist(),
-        "similarity": image_similarities(radiographs, drrs),
+        "similarity": similarity,
+        "quality": quality,
         "optimisation": summary,
         "timings_s": timings,
         "inputs": {
@@ -465,5 +501,13 @@ def estimate_pose_files(
         timings["write"] = time.perf_counter() - started - timings["load"] - timings["estimate"]
         timings["total"] = time.perf_counter() - started
         write_json(folder / "pose.json", document)
+    if quality["flag"]:
+        lowest = quality["lowest_view"]
+        print(
+            f"warning: pose quality: gradient correlation {quality['lowest_gc']:.2f} in {lowest} is below "
+            f"{quality['threshold']:.2f} (search stuck in a wrong pose?): check {out_dir / f'overlay_{lowest}.png'}",
+            file=sys.stderr,
+            flush=True,
+        )
     print_stage("pose", progress, f"done in {timings['total']:.1f} s: {out_dir}")
     return PoseReport(out_dir, document)

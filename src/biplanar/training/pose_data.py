@@ -4,7 +4,10 @@ One sample: a CT (a femur phantom from a cached pool, or the one CT of ``data.so
 pose ``theta*`` with each Euler angle ~ N(0, rotation_sigma) and each translation ~
 N(0, translation_sigma) (:class:`~biplanar.models.sopi.config.PoseDataConfig`), the X-ray
 ``ProST(mu, A(theta*))`` of the single AP view, and for the fine registration a starting pose
-``theta = theta* + N(0, fine sigmas)`` with the projected mask at ``theta``.
+``theta = theta* + N(0, fine sigmas)`` with the projected mask at ``theta``. With
+``data.clinical_fraction`` > 0 that share of X-rays (training and validation) become a clinic's processed image of
+the DRR (:func:`~biplanar.physics.clinical_appearance.clinical_radiograph`, its appearance drawn per
+sample by :meth:`~biplanar.physics.clinical_appearance.ClinicalAppearance.draw`).
 
 Poses move the CT about its volume's centre (:func:`biplanar.geometry.transforms.rigid_matrix`
 with ``centre_mm`` = the grid centre); the AP view (the paper's distances, CONTRACT section 2) has
@@ -32,6 +35,7 @@ from biplanar.io.volumes import read_volume
 from biplanar.layers.prost import ProST
 from biplanar.models.sopi.config import PHANTOM, SopiConfig
 from biplanar.physics.attenuation import hu_to_mu
+from biplanar.physics.clinical_appearance import ClinicalAppearance, clinical_radiograph
 
 TRAIN_STREAM, VALIDATION_STREAM = 1, 2
 SUBJECT_STREAMS = {TRAIN_STREAM: 11, VALIDATION_STREAM: 12}  # seed streams of the phantom subjects
@@ -150,4 +154,19 @@ class PosePairSimulator:
         volume_mu = torch.stack(volumes)
         with torch.no_grad():
             radiograph = self.prost(volume_mu, self.pose_matrix(target))
+            if self.config.data.clinical_fraction > 0:
+                radiograph = self.clinical_appearance(radiograph, rng)
         return PoseBatch(volume_mu, torch.stack(masks), radiograph, target, start)
+
+    def clinical_appearance(self, radiograph: Tensor, rng: np.random.Generator) -> Tensor:
+        """``(B, 1, rows, cols)`` line integrals with each, at probability ``data.clinical_fraction``,
+        replaced by a clinic's processed image of it (0 to 4095, bone bright), drawn from ``rng``."""
+        spacing = (self.config.geometry.pixel_spacing_mm,) * 2
+        images = list(radiograph.unbind(0))
+        for index, image in enumerate(images):
+            if rng.random() < self.config.data.clinical_fraction:
+                appearance = ClinicalAppearance.draw(rng)
+                generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
+                shown = clinical_radiograph(image[None].double().cpu(), spacing, appearance, generator)[0]
+                images[index] = shown.to(image)
+        return torch.stack(images)

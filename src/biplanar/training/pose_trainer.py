@@ -38,11 +38,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from biplanar.errors import InputError
 from biplanar.geometry.se3 import geodesic_direction, pose_errors
 from biplanar.io.atomic import require_output_folder
 from biplanar.models.sopi import NETWORKS, SopiConfig, build_network, load_sopi_config
+from biplanar.training.checkpoints import load_checkpoint, load_weights
 from biplanar.training.pose_data import TRAIN_STREAM, VALIDATION_STREAM, PoseBatch, PosePairSimulator, project_mask
 from biplanar.training.pose_losses import RTPILoss, gradient_alignment_loss, masked_feature_distance, pose_gradient
 from biplanar.training.step_run import StepRun, resume_state
@@ -227,6 +229,23 @@ class _PoseRun(StepRun):
         )
 
 
+def validate_checkpoint(
+    config: SopiConfig | str | Path, network: str, checkpoint: str | Path, device: str | torch.device = "cpu"
+) -> dict[str, float]:
+    """The validation metrics (``metrics.csv``'s ``val_*``) of a SOPI checkpoint's weights on ``config``'s
+    validation pairs: e.g. a network before fine-tuning, on the pairs its fine-tuning validates on.
+
+    Raises:
+        InputError: as ``train_pose``'s ``init``: another network, or another architecture or view.
+    """
+    config = config if isinstance(config, SopiConfig) else load_sopi_config(config)
+    device = torch.device(device)
+    with deterministic_algorithms():
+        run = _PoseRun(config, network, Path(checkpoint).parent, device)
+        run.network.load_state_dict(_initial_weights(Path(checkpoint), config, network, device))
+        return run.validate()
+
+
 def _with_steps(config: SopiConfig, steps: int | None) -> SopiConfig:
     if steps is None:
         return config
@@ -253,6 +272,7 @@ def train_pose(
     max_steps: int | None = None,
     progress: bool = True,
     device: str | torch.device | None = None,
+    init: str | Path | None = None,
 ) -> PoseTrainResult:
     """Train (or continue training) a SOPI pose network on simulated pairs (``biplanar train-pose``).
 
@@ -269,6 +289,9 @@ def train_pose(
         max_steps: stop with a checkpoint after this many steps in total.
         progress: show a progress bar on stderr.
         device: where to train (default: CUDA when available, else the CPU).
+        init: start a new run from this SOPI checkpoint's weights (e.g. the bundled ``rtpi.pt``)
+            instead of a random initialisation: fine-tuning. Its network and geometry must be the
+            config's; the optimizer and schedule start afresh. Ignored with ``resume``.
 
     Returns:
         the steps done, the best validation loss (NaN without validation) and the checkpoints.
@@ -289,12 +312,30 @@ def train_pose(
     if resume:
         state, path = resume_state(out_dir, device)
         _check_resumable(config, network, state, path)
+    weights = None if init is None or resume else _initial_weights(Path(init), config, network, device)
     with deterministic_algorithms():
         run = _PoseRun(config, network, out_dir, device)  # reads the data source: refused before the folder
         prepare_run_dir(config, out_dir, resume)
         if state is not None:
             run.restore(state)
+        if weights is not None:
+            run.network.load_state_dict(weights)
         return _loop(run, progress, math.inf if max_steps is None else max_steps, resume)
+
+
+def _initial_weights(path: Path, config: SopiConfig, network: str, device: torch.device) -> dict[str, Tensor]:
+    """The weights of SOPI checkpoint ``path`` for fine-tuning ``network``; ``InputError`` when it is
+    another network or its architecture or view differ from ``config``'s."""
+    state = load_checkpoint(path, device)
+    if state.get("kind") != KIND or state.get("network") != network:
+        raise InputError(f"--init: {path}: not a SOPI {network} checkpoint")
+    theirs = SopiConfig.from_dict(state["config"], f"{path}: config")
+    for section in ("geometry", network):
+        if getattr(theirs, section) != getattr(config, section):
+            raise InputError(
+                f"--init: {path}: its {section} settings differ from the config's; fine-tuning needs the same network"
+            )
+    return load_weights(build_network(config, network), state, path, device).state_dict()
 
 
 def _loop(run: _PoseRun, progress: bool, max_steps: float, resume: bool) -> PoseTrainResult:

@@ -32,9 +32,11 @@ from biplanar.config import (
     SAMPLE_VALUES,
     VOLUME_CHANNELS,
     DictConfig,
+    Numbers,
     bounded,
     check_memory,
     choice,
+    constrained,
     entries,
     fraction,
     load_yaml_dataclass,
@@ -84,6 +86,10 @@ class PoseDataConfig:
         bone_threshold_hu: bone threshold of the ``threshold`` mask, HU.
         mask_min_path_mm: a pixel is in the projected mask where the mask path length exceeds this, mm.
         validation_samples: poses (and, for phantoms, held-out subjects) of the validation set.
+        clinical_fraction: share of training X-rays turned into a clinic's processed image
+            (:func:`biplanar.physics.clinical_appearance.clinical_radiograph`, appearance drawn per
+            sample, training and validation alike), so that the networks see what a user's
+            radiograph looks like.
     """
 
     source: str = PHANTOM
@@ -96,6 +102,7 @@ class PoseDataConfig:
     bone_threshold_hu: float = 200.0
     mask_min_path_mm: float = 1.0
     validation_samples: int = bounded(16, 1, 1024)
+    clinical_fraction: float = constrained(0.0, Numbers(0.0, 1.0, exclusive=False))
 
 
 @dataclass(frozen=True)
@@ -248,10 +255,12 @@ def sopi_bytes(config: SopiConfig) -> int:
 
 
 def load_sopi_config(path_or_preset: str | Path) -> SopiConfig:
-    """Read a SOPI YAML config, or a shipped preset by name (``sopi_tiny``, ``sopi_lite``, ``sopi_lumbar``).
+    """Read a SOPI YAML config, or a shipped preset by name (``sopi_tiny``, ``sopi_lite``,
+    ``sopi_lite_clinical``, ``sopi_lumbar``).
 
     Raises:
         InputError: a missing file, invalid YAML, or a field that is unknown, of the wrong type
             or out of range.
     """
-    return load_yaml_dataclass(path_or_preset, SopiConfig, ("sopi_tiny", "sopi_lite", "sopi_lumbar"))
+    presets = ("sopi_tiny", "sopi_lite", "sopi_lite_clinical", "sopi_lumbar")
+    return load_yaml_dataclass(path_or_preset, SopiConfig, presets)
