@@ -28,6 +28,7 @@ PRESET_SAMPLES = {
     "sopi_lite": 128,
     "sopi_lite_clinical": 128,
     "sopi_lumbar": 160,
+    "sopi_lumbar_clinical": 160,
     "sopi_tiny": 64,
 }
 

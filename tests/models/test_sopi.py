@@ -27,7 +27,9 @@ def tiny() -> SopiConfig:
 # --- config -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("preset", ["sopi_tiny", "sopi_lite", "sopi_lite_clinical", "sopi_lumbar"])
+@pytest.mark.parametrize(
+    "preset", ["sopi_tiny", "sopi_lite", "sopi_lite_clinical", "sopi_lumbar", "sopi_lumbar_clinical"]
+)
 def test_presets_load_and_round_trip(preset: str) -> None:
     config = load_sopi_config(preset)
     assert config.name == preset

@@ -256,11 +256,11 @@ def sopi_bytes(config: SopiConfig) -> int:
 
 def load_sopi_config(path_or_preset: str | Path) -> SopiConfig:
     """Read a SOPI YAML config, or a shipped preset by name (``sopi_tiny``, ``sopi_lite``,
-    ``sopi_lite_clinical``, ``sopi_lumbar``).
+    ``sopi_lite_clinical``, ``sopi_lumbar``, ``sopi_lumbar_clinical``).
 
     Raises:
         InputError: a missing file, invalid YAML, or a field that is unknown, of the wrong type
             or out of range.
     """
-    presets = ("sopi_tiny", "sopi_lite", "sopi_lite_clinical", "sopi_lumbar")
+    presets = ("sopi_tiny", "sopi_lite", "sopi_lite_clinical", "sopi_lumbar", "sopi_lumbar_clinical")
     return load_yaml_dataclass(path_or_preset, SopiConfig, presets)
