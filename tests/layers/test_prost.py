@@ -9,6 +9,7 @@ from biplanar.data.real_ct import REAL_CT
 from biplanar.geometry import VolumeGrid, biplanar_pair, rigid_matrix, similarity_matrix
 from biplanar.geometry.projection import CarmPose, ProjectionView
 from biplanar.io.volumes import read_volume
+from biplanar.layers import prost as prost_module
 from biplanar.layers.inv_prost import InverseProST
 from biplanar.layers.prost import ProST
 from biplanar.physics import hu_to_mu
@@ -168,6 +169,38 @@ def test_pose_jacobian_matches_autograd(algorithm):
     torch.testing.assert_close(jacobian, torch.stack([expected[b, ..., b, :] for b in range(2)]))
     with pytest.raises(ValueError, match="params"):
         prost.project_with_pose_jacobian(volume.detach(), params[:1], lambda p: rigid_matrix(p, centre))
+
+
+@pytest.mark.parametrize("algorithm", ["rays", "slices"])
+@pytest.mark.parametrize("turn_deg", [4.0, 90.0])
+@pytest.mark.parametrize("poses_per_walk", [3, 2])
+def test_one_volume_at_many_poses_is_each_pose_alone(algorithm, turn_deg, poses_per_walk, monkeypatch):
+    """A volume of batch 1 with N poses gives the N projections one at a time, values and gradients.
+
+    The slice walk walks the rays of as many poses as a chunk holds at once (all 3 here, or 2 then 1),
+    one walk per walk axis: a 90 deg turn about z puts one pose's rays onto another axis than the others'.
+    """
+    monkeypatch.setattr(prost_module, "CHUNK_SAMPLES", poses_per_walk * 2 * 9 * 7 * 12)
+    grid = VolumeGrid.from_spacing((10, 12, 8), (2.0, 2.0, 2.5))
+    view = biplanar_pair(image_shape=(9, 7), pixel_spacing_mm=(3.0, 3.0))["AP"]
+    volume = torch.rand(
+        1, 2, *grid.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(5), requires_grad=True
+    )
+    prost = ProST(view, grid, 16, margin_mm=5.0, algorithm=algorithm).double()
+    centre = torch.as_tensor(grid.centre_world)
+    params = torch.tensor(
+        [[0.05, -0.03, 0.1, 0.7, -0.4, 0.3], [-0.1, 0.02, np.radians(turn_deg), -1.0, 0.5, 2.0], [0.0] * 6],
+        dtype=torch.float64,
+        requires_grad=True,
+    )
+    weights = torch.rand(3, 2, 9, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    together = prost(volume, rigid_matrix(params, centre))
+    alone = torch.cat([prost(volume, rigid_matrix(params[n : n + 1], centre)) for n in range(3)])
+    assert together.shape == (3, 2, 9, 7)
+    torch.testing.assert_close(together, alone)
+    gradients = [torch.autograd.grad((image * weights).sum(), (volume, params)) for image in (together, alone)]
+    for first, second in zip(*gradients, strict=True):
+        torch.testing.assert_close(first, second)
 
 
 def test_gradcheck_inverse_prost():

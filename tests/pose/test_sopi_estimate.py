@@ -95,6 +95,23 @@ def test_loaded_networks_are_accepted(
     assert torch.equal(first.params, again.params)
 
 
+def test_handoff_tolerance_stops_the_same_descent_sooner(
+    checkpoints: dict[str, Path], simulator: PosePairSimulator, case: PoseBatch, config: SopiConfig
+) -> None:
+    """Coarser tolerances (sopi+opt's hand-over) end the same search early: the same steps, fewer of them."""
+    arguments = (case.volume_mu[0, 0], simulator.grid, case.radiograph[0, 0], simulator.view)
+    full = estimate_pose_sopi(*arguments, checkpoints["rtpi"], checkpoints["fine"])
+    # Tolerances above the first steps: the search stops after its first step.
+    tolerance_mm = config.search.translation_step_mm * 1.25
+    early = estimate_pose_sopi(
+        *arguments, checkpoints["rtpi"], checkpoints["fine"], handoff_tolerance=(90.0, tolerance_mm)
+    )
+    assert early.iterations == 1 < full.iterations
+    assert early.history == full.history[:1] and early.converged
+    finer = estimate_pose_sopi(*arguments, checkpoints["rtpi"], checkpoints["fine"], handoff_tolerance=(1e-6, 1e-6))
+    assert torch.equal(finer.params, full.params)  # never finer than the network's own tolerances
+
+
 def test_exported_weights_load_alone(checkpoints: dict[str, Path], tmp_path: Path) -> None:
     # A weights-only export (what the package bundles) still says which SOPI network it holds.
     for name, path in checkpoints.items():

@@ -36,6 +36,7 @@ from biplanar.geometry.projection import ProjectionView
 from biplanar.geometry.volume_grid import VolumeGrid
 from biplanar.layers.sampling import cpu_batch_splits
 from biplanar.layers.slice_walk import (
+    CHUNK_SAMPLES,
     SliceGroup,
     SliceRays,
     place_rays,
@@ -141,7 +142,8 @@ class ProST(nn.Module):
         """Project ``volume``, optionally moved by ``pose``.
 
         Args:
-            volume: ``(B, C, I, J, K)`` values per mm (attenuation 1/mm for a DRR) on ``grid``.
+            volume: ``(B, C, I, J, K)`` values per mm (attenuation 1/mm for a DRR) on ``grid``; with
+                ``pose``, ``B`` may be 1: the same volume at each of the poses.
             pose: ``(B, 4, 4)`` world-to-world map moving the volume: the projected volume is
                 ``volume(pose^-1 x)``. ``None`` for the identity.
             beam: return the beam-space volume instead of the line integral.
@@ -153,6 +155,8 @@ class ProST(nn.Module):
         self.grid.check_volume(volume)
         if self.algorithm_for(volume, beam) == "slices":
             return self._project_slices(volume, pose)
+        if pose is not None and volume.shape[0] == 1:
+            volume = volume.expand(pose.shape[0], *volume.shape[1:])
         origin, direction = self._rays_in_grid(volume.shape[0], pose, volume.dtype)
         rows_per_chunk = self._rows_per_chunk(volume)
         chunked = rows_per_chunk < self.image_shape[0] and torch.is_grad_enabled()
@@ -240,26 +244,51 @@ class ProST(nn.Module):
                     self._shared_crossings[key] = self._crossings(origin[0], direction[0])
             stacked = volume.reshape(batch * channels, *self.grid.shape)
             return self._walk(stacked, self._shared_crossings[key]).view(batch, channels, *self.image_shape)
+        if batch == 1 and pose.shape[0] > 1:
+            return self._project_poses(volume[0], pose)
         origin, direction = self._rays_in_grid(batch, pose, volume.dtype)
         images = [self._walk(volume[b], self._crossings(origin[b], direction[b])) for b in range(batch)]
         return torch.stack(images).view(batch, channels, *self.image_shape)
 
+    def _project_poses(self, volume: Tensor, pose: Tensor) -> Tensor:
+        """Line integrals ``(N, C, rows, cols)`` of one volume ``(C, I, J, K)`` at ``N`` poses ``(N, 4, 4)``.
+
+        The rays of several poses go in one walk per walk axis (a search's candidates in one call),
+        as many poses as one chunk of :data:`~biplanar.layers.slice_walk.CHUNK_SAMPLES` samples
+        holds: small images gain from fewer, larger calls; large ones would only add chunks.
+        """
+        count = pose.shape[0]
+        samples_per_pose = volume.shape[0] * self.ray_lengths.numel() * max(self.grid.shape)
+        group = max(1, CHUNK_SAMPLES // samples_per_pose)
+        origin, direction = self._rays_in_grid(count, pose, volume.dtype)
+        images = []
+        for start in range(0, count, group):
+            directions = direction[start : start + group].reshape(-1, 3)
+            origins = origin[start : start + group, None].expand(-1, self.ray_lengths.numel(), 3).reshape(-1, 3)
+            image = self._walk(volume, self._crossings(origins, directions))  # (C, n * rows * cols)
+            images.append(image.view(volume.shape[0], -1, *self.image_shape).transpose(0, 1))
+        return torch.cat(images)
+
     def _crossings(self, origin: Tensor, direction: Tensor) -> list[tuple[SliceGroup, SliceRays]]:
-        """Each walk-axis group of the rays ``origin (3,)``, ``direction (rows, cols, 3)`` (grid units,
-        :meth:`_rays_in_grid`) with its crossings; differentiable in the rays."""
+        """Each walk-axis group of the rays ``origin (3,)`` (or one per ray), ``direction (..., 3)``
+        (grid units, :meth:`_rays_in_grid`; the view's rays, or those of several poses one after the
+        other) with its crossings; differentiable in the rays."""
         directions = direction.reshape(-1, 3)
         lengths = self.ray_lengths.to(directions.dtype).reshape(-1)
+        lengths = lengths.repeat(directions.shape[0] // lengths.shape[0])
         return [
             (group, slice_rays(origin, directions, lengths, self.grid.shape, group))
             for group in slice_groups(directions, self.grid.shape)
         ]
 
     def _walk(self, volume: Tensor, crossings: list[tuple[SliceGroup, SliceRays]]) -> Tensor:
-        """``(C, rows * cols)`` line integrals of ``volume`` ``(C, I, J, K)``, each group on its walk axis."""
+        """``(C, R)`` line integrals of ``volume`` ``(C, I, J, K)`` along the ``R`` rays of ``crossings``,
+        each group on its walk axis."""
         if len(crossings) == 1 and crossings[0][0].rays is None:  # one walk axis for all rays
             ((group, rays),) = crossings
             return walk_slices(volume, rays, group.axis, self.max_samples_per_chunk)
-        image = volume.new_zeros(volume.shape[0], self.ray_lengths.numel())
+        count = sum(rays.weight.shape[0] for _, rays in crossings)
+        image = volume.new_zeros(volume.shape[0], count)
         for group, rays in crossings:
             image = place_rays(image, walk_slices(volume, rays, group.axis, self.max_samples_per_chunk), group.rays)
         return image

@@ -96,7 +96,7 @@ def slice_rays(
     """The crossings of ``group``'s rays with the slices of its walk axis (differentiable in the rays).
 
     Args:
-        origin: ``(3,)`` the source, normalised grid coordinates ``(x, y, z)``.
+        origin: ``(3,)`` the source, normalised grid coordinates ``(x, y, z)``; or ``(R, 3)``, one per ray.
         direction: ``(R, 3)`` normalised grid units per mm of depth.
         ray_lengths: ``(R,)`` world mm per mm of depth.
         shape: ``(I, J, K)`` voxels.
@@ -104,12 +104,14 @@ def slice_rays(
     """
     if group.rays is not None:
         direction, ray_lengths = direction[group.rays], ray_lengths[group.rays]
+        origin = origin[group.rays] if origin.dim() == 2 else origin
     axis = group.axis
-    plane = [other for other in range(3) if other != axis]
+    first, second = (other for other in range(3) if other != axis)
     along = direction[:, axis]
-    slope = direction[:, plane] / along[:, None]
+    # Two column views stacked: cheaper than indexing with a list of columns (a gather).
+    slope = torch.stack([direction[:, first], direction[:, second]], dim=-1) / along[:, None]
     # The crossing with the plane at coordinate c: depth (c - origin[axis]) / along.
-    base = origin[plane] - origin[axis] * slope
+    base = torch.stack([origin[..., first], origin[..., second]], dim=-1) - origin[..., axis, None] * slope
     slice_step = 2.0 / (shape[2 - axis] - 1)  # normalised units between two slices
     return SliceRays(base, slope, ray_lengths * slice_step / along.abs())
 

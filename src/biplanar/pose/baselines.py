@@ -272,11 +272,9 @@ class PoseProblem:
         poses = poses.to(self.volume)
         result = {}
         for name, projector in level.projectors.items():
-            values = []
-            for pose in poses:
-                drr = projector(level.volume, pose[None])
-                values.append(self.similarity_fn(level.radiographs[name], drr, level.masks[name]))
-            result[name] = torch.cat(values)
+            drrs = projector(level.volume, poses)  # (N, 1, h, w): one volume at N poses
+            radiograph = level.radiographs[name].expand_as(drrs)
+            result[name] = self.similarity_fn(radiograph, drrs, level.masks[name])
         return result
 
     def objective(self, level: _Level, x: Tensor) -> Tensor:
@@ -296,7 +294,9 @@ def _cma_level(
     options = {
         "CMA_stds": sigmas.tolist(),
         "maxfevals": config.max_evaluations,
-        "seed": config.seed,
+        # Its own stream of normal draws, the one cma's default (reseeding NumPy's global generator with
+        # config.seed) would draw, without touching the global generator.
+        "randn": np.random.RandomState(config.seed).randn,
         "verbose": -9,
         "tolfun": 1e-6,
         "tolx": 1e-3,

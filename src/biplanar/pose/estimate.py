@@ -42,6 +42,7 @@ from biplanar.pose import sopi
 from biplanar.pose.baselines import (
     METHODS,
     POLISH_CONFIG,
+    REFINE_CONFIG,
     OptimisationConfig,
     PoseEstimate,
     refine_pose,
@@ -55,6 +56,9 @@ from biplanar.training.checkpoints import bundled_models_dir
 SOPI_METHODS = ("sopi", "sopi+opt")
 # ``sopi+opt`` refines SOPI's pose from this many turns about the CT's long axis (:func:`refine_turned`).
 SOPI_REFINE_TURNS = 8
+# ``sopi+opt``'s refinement searches with CMA-ES steps of 2 deg / 4 mm: SOPI's fine registration hands
+# its pose over once its own steps are below a quarter of those (deg, mm).
+SOPI_HANDOFF_TOLERANCE = (REFINE_CONFIG.sigma_deg / 4, REFINE_CONFIG.sigma_mm / 4)
 POSE_METHODS = (*METHODS, *SOPI_METHODS)
 RIGID_TOLERANCE = 1e-4  # max |R^T R - I| and |last row - (0, 0, 0, 1)| of an initial pose
 OVERLAY_EDGE_COLOUR = (255, 60, 40)
@@ -233,7 +237,8 @@ def estimate(
     ``sopi+opt`` then refines SOPI's pose by Opt-GC over all given views from ``turns`` starts
     turned about the CT's long axis, keeping the best (:func:`~biplanar.pose.baselines.refine_turned`;
     ``turns=1``: SOPI's pose alone), and polishes that by L-BFGS at twice the resolution
-    (:data:`~biplanar.pose.baselines.POLISH_CONFIG`: a 3 mm level).
+    (:data:`~biplanar.pose.baselines.POLISH_CONFIG`: a 3 mm level). For ``sopi+opt`` SOPI's fine
+    registration stops at :data:`SOPI_HANDOFF_TOLERANCE`.
 
     Returns:
         ``(4, 4)`` float64 pose and a JSON-ready summary (evaluations, iterations, per-stage times).
@@ -253,6 +258,7 @@ def estimate(
         sopi_checkpoints.fine,
         device=volume_mu.device,
         progress=progress,
+        handoff_tolerance=SOPI_HANDOFF_TOLERANCE if method == "sopi+opt" else None,
     )
     summary = {
         "sopi": {

@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol, cast
 
@@ -255,6 +255,7 @@ def estimate_pose_sopi(
     search: FineSearchConfig | None = None,
     device: str | torch.device | None = None,
     progress: Callable[[str], None] | None = None,
+    handoff_tolerance: tuple[float, float] | None = None,
 ) -> SopiPoseEstimate:
     """Estimate the rigid pose of a CT in one radiograph with SOPI (module doc).
 
@@ -270,6 +271,9 @@ def estimate_pose_sopi(
         search: fine-registration settings (default: the fine network's config's ``search``).
         device: where to run (default: CUDA when available, else the CPU).
         progress: called with a line of text after each stage.
+        handoff_tolerance: ``(deg, mm)`` step lengths at which the fine registration stops when they
+            are coarser than ``search``'s tolerances: where a refinement that searches at that scale
+            follows (``sopi+opt``), the fine registration's last, smallest steps are wasted.
 
     Returns:
         the estimate (:class:`SopiPoseEstimate`).
@@ -281,6 +285,13 @@ def estimate_pose_sopi(
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
     rtpi, fine = _as_network(rtpi_ckpt, "rtpi", device), _as_network(fine_ckpt, "fine", device)
     search = search or fine.config.search
+    if handoff_tolerance is not None:
+        tolerance_deg, tolerance_mm = handoff_tolerance
+        search = replace(
+            search,
+            tolerance_deg=max(search.tolerance_deg, tolerance_deg),
+            tolerance_mm=max(search.tolerance_mm, tolerance_mm),
+        )
     volume = _as_volume(volume_mu, grid, "volume_mu", device)
     if mask_volume is None:
         mask = (volume > float(hu_to_mu(torch.tensor(fine.config.data.bone_threshold_hu)))).float()
