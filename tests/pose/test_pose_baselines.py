@@ -28,6 +28,8 @@ from biplanar.pose.baselines import (
     downsample_image,
     downsample_view,
     downsample_volume,
+    estimate_pose,
+    estimate_poses,
     refine_pose,
     refine_turned,
     run_baseline,
@@ -102,6 +104,24 @@ def test_turned_refinement_recovers_a_start_turned_about_the_long_axis(lumbar_ca
     assert found.best.evaluations > alone.evaluations
 
 
+def test_searches_in_lockstep_end_where_each_alone_ends(lumbar_case):
+    """Three starts turned about the CT's long axis searched together (their CMA-ES generations
+    rendered in one call): each ends at the pose, similarity and iteration count of its search alone."""
+    mu, grid, views, radiographs, pose = lumbar_case
+    centre = torch.as_tensor(grid.centre_world)
+    config = OptimisationConfig(levels_mm=(12.0, 6.0), max_evaluations=40, refine_steps=3)
+    turns = torch.tensor([[0.0, 0.0, angle, 0.0, 0.0, 0.0] for angle in (0.0, 0.3, -0.5)], dtype=torch.float64)
+    starts = pose @ rigid_matrix(turns, centre)
+    together = estimate_poses(PoseProblem(mu, grid, radiographs, views, pose, config), starts)
+    assert len(together) == 3 and together[0].evaluations == together[2].evaluations
+    for start, found in zip(starts, together, strict=True):
+        alone = estimate_pose(PoseProblem(mu, grid, radiographs, views, start, config))
+        torch.testing.assert_close(found.matrix, alone.matrix, rtol=0.0, atol=1e-6)
+        assert found.similarity == pytest.approx(alone.similarity, abs=1e-6)
+        assert found.iterations == alone.iterations
+        assert [entry["stage"] for entry in found.history] == [entry["stage"] for entry in alone.history]
+
+
 def test_search_starts_at_the_initial_pose_and_rotates_about_its_moved_centre(lumbar_case):
     mu, grid, views, radiographs, pose = lumbar_case
     problem = PoseProblem(mu, grid, radiographs, views, pose, OptimisationConfig(levels_mm=(12.0,)))
@@ -149,6 +169,15 @@ def test_bad_problem_inputs_raise():
         run_baseline("opt-mi", torch.rand(8, 8, 8), grid, good, views)
     with pytest.raises(ValueError, match="seed"):
         OptimisationConfig(seed=0)
+    with pytest.raises(ValueError, match=r"cma_levels: expected None or 1 to 2"):
+        OptimisationConfig(levels_mm=(12.0, 6.0), cma_levels=3)
+
+
+def test_cma_searches_only_its_levels_and_lbfgs_refines_at_the_finest(lumbar_case):
+    mu, grid, views, radiographs, pose = lumbar_case
+    config = OptimisationConfig(levels_mm=(12.0, 6.0), cma_levels=1, max_evaluations=30, refine_steps=2)
+    found = estimate_pose(PoseProblem(mu, grid, radiographs, views, pose, config))
+    assert [entry["stage"] for entry in found.history] == ["CMA-ES 12 mm", "L-BFGS 6 mm"]
 
 
 # --- the pyramid ------------------------------------------------------------------------------

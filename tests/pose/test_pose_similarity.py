@@ -97,11 +97,21 @@ def test_similarity_decreases_with_a_shift(name):
     assert values[0] > values[1] > values[2]
 
 
+@pytest.mark.parametrize("name", sorted(SIMILARITIES))
+@pytest.mark.parametrize("with_mask", [False, True])
+def test_one_fixed_image_against_a_batch_equals_it_repeated(name, with_mask):
+    images = random_images()
+    mask = (torch.rand(1, 1, 24, 24, generator=torch.Generator().manual_seed(3)) > 0.3).double() if with_mask else None
+    similarity = get_similarity(name)
+    repeated = similarity(images[:1].expand_as(images), images, mask)
+    torch.testing.assert_close(similarity(images[:1], images, mask), repeated)
+
+
 def test_bad_input_raises_with_shapes():
     images = random_images()
-    with pytest.raises(ValueError, match=r"moving: expected shape \(3, 1, 24, 24\)"):
+    with pytest.raises(ValueError, match=r"fixed: expected shape \(2 or 1, 1, 24, 24\)"):
         ncc(images, images[:2])
-    with pytest.raises(ValueError, match=r"fixed: expected shape \(B, 1, H, W\)"):
+    with pytest.raises(ValueError, match=r"moving: expected shape \(B, 1, H, W\)"):
         gradient_correlation(images[:, 0], images[:, 0])
     with pytest.raises(ValueError, match="mask"):
         normalised_gradient_information(images, images, torch.ones(2, 1, 24, 24, dtype=torch.float64))

@@ -57,6 +57,8 @@ class OptimisationConfig:
             at the first level: about the expected error of the initial pose.
         level_sigma_factor: the step sizes of each later level relative to the previous one.
         max_evaluations: CMA-ES similarity evaluations per level (each renders every view).
+        cma_levels: how many levels, from the coarsest, CMA-ES searches (``None``: all); L-BFGS
+            refines at the finest level.
         population: CMA-ES population size (``None``: cma's default, 4 + 3 ln(free parameters)).
         refine_steps: L-BFGS iterations on the differentiable similarity at the finest level (0: none).
         margin_mm: depth added before and after the CT's box for the DRR rays (room for the moved CT).
@@ -69,6 +71,7 @@ class OptimisationConfig:
     sigma_mm: float = 10.0
     level_sigma_factor: float = 0.3
     max_evaluations: int = 150
+    cma_levels: int | None = None
     population: int | None = None
     refine_steps: int = 10
     margin_mm: float = 40.0
@@ -80,6 +83,9 @@ class OptimisationConfig:
             raise ValueError(f"levels_mm: expected positive sizes, got {self.levels_mm}")
         if self.sigma_deg <= 0 or self.sigma_mm <= 0 or self.max_evaluations < 0 or self.refine_steps < 0:
             raise ValueError("sigma_deg, sigma_mm: expected > 0; max_evaluations, refine_steps: >= 0")
+        if self.cma_levels is not None and not 1 <= self.cma_levels <= len(self.levels_mm):
+            levels = len(self.levels_mm)
+            raise ValueError(f"cma_levels: expected None or 1 to {levels} (the levels), got {self.cma_levels}")
         if self.seed < 1:
             raise ValueError(f"seed: expected >= 1 (cma treats 0 as 'from the clock'), got {self.seed}")
 
@@ -260,11 +266,18 @@ class PoseProblem:
         full[..., mask] = free_x
         return full
 
-    def pose(self, x: Tensor) -> Tensor:
-        """``(..., 6)`` ``(deg, deg, deg, mm, mm, mm)`` -> ``(..., 4, 4)`` ``Delta(x) @ A0`` (module doc)."""
+    def pose(self, x: Tensor, start: Tensor | None = None) -> Tensor:
+        """``(..., 6)`` ``(deg, deg, deg, mm, mm, mm)`` -> ``(..., 4, 4)`` ``Delta(x) @ A0`` (module doc).
+
+        ``start``: ``(4, 4)`` or ``(..., 4, 4)`` poses in place of ``A0`` (``Delta`` still rotates
+        about ``A0 c``; :func:`estimate_poses`).
+        """
+        return self.delta(x) @ (self.initial if start is None else start).to(x)
+
+    def delta(self, x: Tensor) -> Tensor:
+        """``(..., 6)`` -> ``(..., 4, 4)`` ``Delta(x)``: ``x``'s rotation about ``A0 c``, then translation."""
         params = torch.cat([torch.deg2rad(x[..., :3]), x[..., 3:]], dim=-1)
-        delta = rigid_matrix(params, self.moved_centre.to(x))
-        return delta @ self.initial.to(x)
+        return rigid_matrix(params, self.moved_centre.to(x))
 
     def similarities(self, level: _Level, poses: Tensor) -> dict[str, Tensor]:
         """View name -> ``(N,)`` similarity of the DRRs at ``poses`` ``(N, 4, 4)`` to that radiograph."""
@@ -273,62 +286,89 @@ class PoseProblem:
         result = {}
         for name, projector in level.projectors.items():
             drrs = projector(level.volume, poses)  # (N, 1, h, w): one volume at N poses
-            radiograph = level.radiographs[name].expand_as(drrs)
-            result[name] = self.similarity_fn(radiograph, drrs, level.masks[name])
+            result[name] = self.similarity_fn(level.radiographs[name], drrs, level.masks[name])
         return result
 
-    def objective(self, level: _Level, x: Tensor) -> Tensor:
-        """``(N, 6)`` -> ``(N,)`` mean similarity over the views (to maximise)."""
-        return torch.stack(list(self.similarities(level, self.pose(x)).values())).mean(0)
+    def objective(self, level: _Level, x: Tensor, start: Tensor | None = None) -> Tensor:
+        """``(N, 6)`` -> ``(N,)`` mean similarity over the views (to maximise); ``start`` as :meth:`pose`."""
+        return torch.stack(list(self.similarities(level, self.pose(x, start)).values())).mean(0)
 
 
 # --- the optimisers -----------------------------------------------------------------------------
 
 
 def _cma_level(
-    problem: PoseProblem, level: _Level, start: np.ndarray, sigmas: np.ndarray, config: OptimisationConfig
-) -> tuple[np.ndarray, float, int]:
-    """CMA-ES at one level from ``start`` (free params, deg/mm); returns best x, its similarity, generations."""
+    problem: PoseProblem,
+    level: _Level,
+    starts: Tensor,
+    xs: list[np.ndarray],
+    sigmas: np.ndarray,
+    config: OptimisationConfig,
+) -> list[tuple[np.ndarray, float, int]]:
+    """CMA-ES at one level from each start, in lockstep; per start its best x, similarity, generations.
+
+    Search ``s`` moves ``Delta(x) @ starts[s]`` from ``xs[s]`` (free params, deg/mm) with steps
+    ``sigmas``. Every generation of all unfinished searches is rendered by one ProST call per view;
+    each search draws its own normal stream, so it proceeds as it would alone.
+    """
     import cma  # lazy: cma only for the CMA-ES search
 
-    options = {
-        "CMA_stds": sigmas.tolist(),
-        "maxfevals": config.max_evaluations,
-        # Its own stream of normal draws, the one cma's default (reseeding NumPy's global generator with
-        # config.seed) would draw, without touching the global generator.
-        "randn": np.random.RandomState(config.seed).randn,
-        "verbose": -9,
-        "tolfun": 1e-6,
-        "tolx": 1e-3,
-    }
-    if config.population is not None:
-        options["popsize"] = config.population
-    strategy = cma.CMAEvolutionStrategy(start.tolist(), 1.0, options)
-    best_x = start
+    def options() -> dict:
+        return {
+            "CMA_stds": sigmas.tolist(),
+            "maxfevals": config.max_evaluations,
+            # Its own stream of normal draws, the one cma's default (reseeding NumPy's global generator
+            # with config.seed) would draw, without touching the global generator.
+            "randn": np.random.RandomState(config.seed).randn,
+            "verbose": -9,
+            "tolfun": 1e-6,
+            "tolx": 1e-3,
+            **({} if config.population is None else {"popsize": config.population}),
+        }
+
+    def values_at(candidates: list[np.ndarray], indices: list[int]) -> list[np.ndarray]:
+        """Similarities of each searched start's ``(n, free)`` candidates, all in one evaluation."""
+        rows = torch.as_tensor(np.concatenate(candidates))
+        row_starts = torch.cat([starts[index].expand(len(x), 4, 4) for index, x in zip(indices, candidates)])
+        values = problem.objective(level, problem.full_x(rows), row_starts).numpy()
+        return np.split(values, np.cumsum([len(x) for x in candidates])[:-1])
+
+    strategies = [cma.CMAEvolutionStrategy(x.tolist(), 1.0, options()) for x in xs]
     with torch.no_grad():
-        best_value = float(problem.objective(level, problem.full_x(torch.as_tensor(start))[None])[0])
-        while not strategy.stop():
-            candidates = np.asarray(strategy.ask())
-            values = problem.objective(level, problem.full_x(torch.as_tensor(candidates))).numpy()
-            strategy.tell(candidates, (-values).tolist())
-            index = int(np.argmax(values))
-            if values[index] > best_value:
-                best_x, best_value = candidates[index], float(values[index])
-    return np.asarray(best_x, dtype=np.float64), best_value, strategy.countiter
+        first = values_at([x[None] for x in xs], list(range(len(xs))))
+        best = [(x, float(value[0])) for x, value in zip(xs, first, strict=True)]
+        searching = [index for index, strategy in enumerate(strategies) if not strategy.stop()]
+        while searching:
+            candidates = [np.asarray(strategies[index].ask()) for index in searching]
+            for index, asked, values in zip(searching, candidates, values_at(candidates, searching), strict=True):
+                strategies[index].tell(asked, (-values).tolist())
+                top = int(np.argmax(values))
+                if values[top] > best[index][1]:
+                    best[index] = (asked[top], float(values[top]))
+            searching = [index for index in searching if not strategies[index].stop()]
+    return [
+        (np.asarray(x, dtype=np.float64), value, strategy.countiter)
+        for (x, value), strategy in zip(best, strategies, strict=True)
+    ]
 
 
-def _lbfgs(problem: PoseProblem, level: _Level, start: np.ndarray, steps: int) -> tuple[np.ndarray, float, int]:
-    """L-BFGS (strong Wolfe line search) on ``-similarity`` in deg/mm from ``start``; best x and similarity."""
-    x = torch.tensor(start, dtype=torch.float32, requires_grad=True)
+def _lbfgs(
+    problem: PoseProblem, level: _Level, start_x: np.ndarray, steps: int, start: Tensor | None = None
+) -> tuple[np.ndarray, float, int]:
+    """L-BFGS (strong Wolfe line search) on ``-similarity`` in deg/mm from ``start_x``; best x and similarity.
+
+    ``start``: the ``(4, 4)`` pose ``x`` moves (default the problem's ``A0``; :meth:`PoseProblem.pose`).
+    """
+    x = torch.tensor(start_x, dtype=torch.float32, requires_grad=True)
     optimiser = torch.optim.LBFGS(
         [x], lr=1.0, max_iter=steps, line_search_fn="strong_wolfe", tolerance_grad=1e-7, tolerance_change=1e-9
     )
-    best_x, best_value = start, -math.inf
+    best_x, best_value = start_x, -math.inf
 
     def closure() -> Tensor:
         nonlocal best_x, best_value
         optimiser.zero_grad()
-        loss = -problem.objective(level, problem.full_x(x)[None].double())[0]
+        loss = -problem.objective(level, problem.full_x(x)[None].double(), start)[0]
         loss.backward()
         if -loss.item() > best_value:
             best_x, best_value = x.detach().double().numpy().copy(), -loss.item()
@@ -342,50 +382,68 @@ def estimate_pose(
     problem: PoseProblem, method: str = "opt", progress: Callable[[str], None] | None = None
 ) -> PoseEstimate:
     """Run the multi-resolution CMA-ES (+ L-BFGS) search of ``problem`` (module doc)."""
+    return estimate_poses(problem, problem.initial[None], method, progress)[0]
+
+
+def estimate_poses(
+    problem: PoseProblem, starts: Tensor, method: str = "opt", progress: Callable[[str], None] | None = None
+) -> list[PoseEstimate]:
+    """:func:`estimate_pose` from each of the ``(S, 4, 4)`` float64 ``starts`` in place of ``A0``.
+
+    Search ``s`` is over ``Delta(x) @ starts[s]``, ``Delta`` rotating about ``A0 c`` (module doc).
+    The CMA-ES searches of a level run in lockstep (:func:`_cma_level`), the L-BFGS refinements one
+    after another; each estimate's ``evaluations`` and ``time_s`` count all the searches.
+    """
     started = time.perf_counter()
     config = problem.config
     free = np.array(problem.free)
     sigmas = np.array([config.sigma_deg] * 3 + [config.sigma_mm] * 3)[free]
-    x = np.zeros(int(free.sum()))
-    history: list[dict[str, float | str]] = []
-    iterations = 0
+    xs = [np.zeros(int(free.sum())) for _ in starts]
+    histories: list[list[dict[str, float | str]]] = [[] for _ in starts]
+    iterations = [0 for _ in starts]
 
-    def record(stage: str, value: float) -> None:
-        history.append(
-            {
-                "stage": stage,
-                "similarity": value,
-                "evaluations": problem.evaluations,
-                "time_s": time.perf_counter() - started,
-            }
-        )
+    def record(stage: str, values: list[float]) -> None:
+        for history, value in zip(histories, values, strict=True):
+            elapsed_s = time.perf_counter() - started
+            history.append(
+                {"stage": stage, "similarity": value, "evaluations": problem.evaluations, "time_s": elapsed_s}
+            )
         if progress:
-            progress(f"{method}: {stage}: similarity {value:.4f} after {problem.evaluations} evaluations")
+            progress(f"{method}: {stage}: similarity {max(values):.4f} after {problem.evaluations} evaluations")
 
-    for index, level in enumerate(problem.levels if config.max_evaluations > 0 else []):
-        x, value, generations = _cma_level(problem, level, x, sigmas * config.level_sigma_factor**index, config)
-        iterations += generations
-        record(f"CMA-ES {level.size_mm:g} mm", value)
+    for index, level in enumerate(problem.levels[: config.cma_levels] if config.max_evaluations > 0 else []):
+        searched = _cma_level(problem, level, starts, xs, sigmas * config.level_sigma_factor**index, config)
+        xs = [x for x, _, _ in searched]
+        iterations = [total + generations for total, (_, _, generations) in zip(iterations, searched, strict=True)]
+        record(f"CMA-ES {level.size_mm:g} mm", [value for _, value, _ in searched])
     finest = problem.levels[-1]
     if config.refine_steps > 0:
-        x, value, steps = _lbfgs(problem, finest, x, config.refine_steps)
-        iterations += steps
-        record(f"L-BFGS {finest.size_mm:g} mm", value)
-    matrix = problem.pose(problem.full_x(torch.as_tensor(x, dtype=torch.float64)))
+        refined = [_lbfgs(problem, finest, x, config.refine_steps, start) for x, start in zip(xs, starts, strict=True)]
+        xs = [x for x, _, _ in refined]
+        iterations = [total + steps for total, (_, _, steps) in zip(iterations, refined, strict=True)]
+        record(f"L-BFGS {finest.size_mm:g} mm", [value for _, value, _ in refined])
+    matrices = problem.pose(problem.full_x(torch.as_tensor(np.stack(xs), dtype=torch.float64)), starts)
     with torch.no_grad():
-        per_view = {name: float(value[0]) for name, value in problem.similarities(finest, matrix[None]).items()}
-    return PoseEstimate(
-        matrix=matrix,
-        params=rigid_params(matrix, problem.centre),
-        centre_mm=problem.centre.numpy(),
-        similarity=float(np.mean(list(per_view.values()))),
-        per_view_similarity=per_view,
-        evaluations=problem.evaluations,
-        iterations=iterations,
-        time_s=time.perf_counter() - started,
-        method=method,
-        history=history,
-    )
+        per_view = {name: values.tolist() for name, values in problem.similarities(finest, matrices).items()}
+    time_s = time.perf_counter() - started
+    estimates = []
+    for index, matrix in enumerate(matrices):
+        view_values = {name: values[index] for name, values in per_view.items()}
+        estimates.append(
+            PoseEstimate(
+                matrix=matrix,
+                params=rigid_params(matrix, problem.centre),
+                centre_mm=problem.centre.numpy(),
+                similarity=float(np.mean(list(view_values.values()))),
+                per_view_similarity=view_values,
+                evaluations=problem.evaluations,
+                iterations=iterations[index],
+                time_s=time_s,
+                method=method,
+                history=histories[index],
+            )
+        )
+    return estimates
 
 
 def _as_tensor(image: Tensor | np.ndarray) -> Tensor:
@@ -442,8 +500,15 @@ def run_baseline(
     return estimate_pose(problem, method, progress)
 
 
+# The local refinement of "SOPI+opt": CMA-ES at 12 mm (steps 2 deg / 4 mm), L-BFGS at 6 mm.
 REFINE_CONFIG = OptimisationConfig(
-    similarity="gc", levels_mm=(6.0,), sigma_deg=2.0, sigma_mm=4.0, max_evaluations=100, refine_steps=10
+    similarity="gc",
+    levels_mm=(12.0, 6.0),
+    cma_levels=1,
+    sigma_deg=2.0,
+    sigma_mm=4.0,
+    max_evaluations=100,
+    refine_steps=10,
 )
 # The last step of "SOPI+opt": L-BFGS from the best refinement at twice its resolution (no CMA-ES).
 POLISH_CONFIG = OptimisationConfig(
@@ -500,36 +565,33 @@ def refine_turned(
     part: a single-view estimate (SOPI's) may start the local refinement tens of degrees off about
     it, where the refinement cannot reach the right pose. The turns are about the world ``z`` axis
     (the patient's long axis, RAS+) through the CT volume's centre, applied before ``initial_pose``
-    (``initial_pose @ Rz``); turn 0 is ``initial_pose`` itself.
+    (``initial_pose @ Rz``); turn 0 is ``initial_pose`` itself. The turns' CMA-ES searches run in
+    lockstep (:func:`estimate_poses`: one ProST call per view renders a generation of every turn).
 
     Args:
         volume_mu, grid, radiographs, views, config: as :func:`refine_pose`.
         initial_pose: ``(4, 4)`` float64 pose moving the CT.
         turns: starts (>= 1); 1 is :func:`refine_pose` alone.
-        progress: called with a line of text after each turn.
+        progress: called with a line of text per turn, once all are refined.
     """
     if turns < 1:
         raise ValueError(f"turns: expected >= 1, got {turns}")
     centre = torch.as_tensor(grid.centre_world, dtype=torch.float64)
     angles_deg = [360.0 * index / turns for index in range(turns)]
-    refined = []
-    for angle in angles_deg:
-        turn = rigid_matrix(torch.tensor([0.0, 0.0, math.radians(angle), 0.0, 0.0, 0.0], dtype=torch.float64), centre)
-        refined.append(refine_pose(volume_mu, grid, radiographs, views, initial_pose.double() @ turn, config))
-        if progress:
-            progress(f"refinement from the start turned {angle:g} deg: similarity {refined[-1].similarity:.4f}")
+    turn_params = torch.zeros(turns, 6, dtype=torch.float64)
+    turn_params[:, 2] = torch.deg2rad(torch.tensor(angles_deg, dtype=torch.float64))
+    initial_pose = initial_pose.double()
+    # Each start turns about the CT's centre, so it moves the centre where initial_pose does: every
+    # search rotates about the same point as a refine_pose from that start alone.
+    images = {name: _as_tensor(image) for name, image in radiographs.items()}
+    gc_config = replace(config, similarity="gc")
+    problem = PoseProblem(torch.as_tensor(volume_mu), grid, images, views, initial_pose, gc_config)
+    refined = estimate_poses(problem, initial_pose @ rigid_matrix(turn_params, centre), "opt-gc")
     best = max(refined, key=lambda estimate: estimate.similarity)
-    report = [
-        {
-            "turn_deg": angle,
-            "similarity": estimate.similarity,
-            "rotation_from_best_deg": float(rotation_geodesic_deg(estimate.matrix[:3, :3], best.matrix[:3, :3])),
-        }
-        for angle, estimate in zip(angles_deg, refined, strict=True)
-    ]
-    total = replace(
-        best,
-        evaluations=sum(estimate.evaluations for estimate in refined),
-        time_s=sum(estimate.time_s for estimate in refined),
-    )
-    return TurnedRefinement(total, report)
+    report = []
+    for angle, estimate in zip(angles_deg, refined, strict=True):
+        if progress:
+            progress(f"refinement from the start turned {angle:g} deg: similarity {estimate.similarity:.4f}")
+        from_best_deg = float(rotation_geodesic_deg(estimate.matrix[:3, :3], best.matrix[:3, :3]))
+        report.append({"turn_deg": angle, "similarity": estimate.similarity, "rotation_from_best_deg": from_best_deg})
+    return TurnedRefinement(best, report)

@@ -220,13 +220,13 @@ class CarmFrameProblem(PoseProblem):
 
     frame: np.ndarray = field(default_factory=lambda: np.eye(3))
 
-    def pose(self, x: Tensor) -> Tensor:
-        """``(..., 6)`` -> ``(..., 4, 4)`` ``Delta(x) @ A0``, ``x`` in degrees and mm along the frame's axes."""
+    def delta(self, x: Tensor) -> Tensor:
+        """``(..., 6)`` -> ``(..., 4, 4)`` ``Delta(x)``, ``x`` in degrees and mm along the frame's axes."""
         basis = torch.eye(4, dtype=x.dtype, device=x.device)
         basis[:3, :3] = torch.as_tensor(self.frame, dtype=x.dtype, device=x.device)
         params = torch.cat([torch.deg2rad(x[..., :3]), x[..., 3:]], dim=-1)
         local = rigid_matrix(params, basis[:3, :3].T @ self.moved_centre.to(x))
-        return basis @ local @ basis.T @ self.initial.to(x)
+        return basis @ local @ basis.T
 
 
 @dataclass

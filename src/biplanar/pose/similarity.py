@@ -1,8 +1,9 @@
 """Differentiable 2D image similarities for intensity-based 2D/3D registration.
 
 All take ``fixed`` and ``moving`` images ``(B, 1, H, W)`` (any intensity units; a radiograph and
-a DRR) and an optional ``mask`` ``(B or 1, 1, H, W)`` of weights in ``[0, 1]`` (e.g. 0 outside the
-collimated field), and return ``(B,)`` similarities, 1 for identical images:
+a DRR; ``fixed`` may be one image ``(1, 1, H, W)`` against ``B`` moving ones, its part of the work
+then done once) and an optional ``mask`` ``(B or 1, 1, H, W)`` of weights in ``[0, 1]`` (e.g. 0
+outside the collimated field), and return ``(B,)`` similarities, 1 for identical images:
 
 - :func:`ncc`: normalised cross-correlation of the intensities, in ``[-1, 1]``; invariant to
   ``a * image + b`` with ``a > 0`` (and ``-1`` for ``a < 0``).
@@ -32,27 +33,24 @@ _SOBEL_X = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]]) 
 
 
 def _check_images(fixed: Tensor, moving: Tensor, mask: Tensor | None) -> None:
-    if fixed.dim() != 4 or fixed.shape[1] != 1:
-        raise ValueError(f"fixed: expected shape (B, 1, H, W), got {tuple(fixed.shape)}")
-    if moving.shape != fixed.shape:
-        raise ValueError(f"moving: expected shape {tuple(fixed.shape)}, got {tuple(moving.shape)}")
-    if mask is not None and (
-        mask.dim() != 4 or mask.shape[0] not in (1, fixed.shape[0]) or tuple(mask.shape[1:]) != tuple(fixed.shape[1:])
-    ):
-        raise ValueError(
-            f"mask: expected shape ({fixed.shape[0]} or 1, 1, {fixed.shape[2]}, {fixed.shape[3]}), "
-            f"got {tuple(mask.shape)}"
-        )
+    if moving.dim() != 4 or moving.shape[1] != 1:
+        raise ValueError(f"moving: expected shape (B, 1, H, W), got {tuple(moving.shape)}")
+    batch, rows, cols = moving.shape[0], moving.shape[2], moving.shape[3]
+    for name, image in (("fixed", fixed), ("mask", mask)):
+        if image is not None and (
+            image.dim() != 4 or image.shape[0] not in (1, batch) or tuple(image.shape[1:]) != (1, rows, cols)
+        ):
+            raise ValueError(f"{name}: expected shape ({batch} or 1, 1, {rows}, {cols}), got {tuple(image.shape)}")
 
 
 def _weights(like: Tensor, mask: Tensor | None) -> Tensor:
-    """``(B, 1, H, W)`` weights summing to 1 per batch element (uniform without a mask)."""
-    weights = torch.ones_like(like) if mask is None else mask.to(like).expand_as(like)
+    """``(B or 1, 1, H, W)`` weights summing to 1 per batch element (uniform without a mask)."""
+    weights = torch.ones_like(like) if mask is None else mask.to(like)
     return weights / weights.sum(dim=(1, 2, 3), keepdim=True).clamp_min(EPS)
 
 
 def _weighted_ncc(fixed: Tensor, moving: Tensor, weights: Tensor) -> Tensor:
-    """``(B,)`` NCC of ``(B, C, H, W)`` images with per-pixel weights summing to 1."""
+    """``(B,)`` NCC of ``(B, C, H, W)`` images with per-pixel weights summing to 1 (each may have batch 1)."""
     dims = (1, 2, 3)
     fixed = fixed - (weights * fixed).sum(dims, keepdim=True)
     moving = moving - (weights * moving).sum(dims, keepdim=True)
