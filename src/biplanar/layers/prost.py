@@ -26,7 +26,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
@@ -181,8 +180,8 @@ class ProST(nn.Module):
         a ray, the line integral is ``step * sum_k V(p_k)``, so its derivative along ``theta_j`` is
         ``step * sum_k grad V(p_k) . (d origin/d theta_j + w_k d direction/d theta_j)``.
         ``grad V`` at every sample comes from one backward pass of trilinear sampling (each sample
-        depends on its own position only); the ray derivatives from forward-mode differentiation
-        of ``params_to_pose``. The slice walk (when :meth:`algorithm_for` picks it) does the same
+        depends on its own position only); the ray derivatives from differentiating
+        ``params_to_pose``. The slice walk (when :meth:`algorithm_for` picks it) does the same
         with its crossings, whose position and path length per slice also move with the pose
         (:meth:`_slice_pose_jacobian`). No second-order pass through ``grid_sample`` is needed, so a loss
         built on ``J^T dL/dI`` (SOPI's double backward) back-propagates through the image only.
@@ -191,7 +190,7 @@ class ProST(nn.Module):
             volume: ``(B, 1, I, J, K)`` values per mm on ``grid`` (one channel).
             params: ``(B, P)`` pose parameters (e.g. rad and mm).
             params_to_pose: maps ``(B, P)`` parameters to ``(B, 4, 4)`` poses (as ``forward``'s
-                ``pose``); differentiable in forward mode.
+                ``pose``); differentiable.
 
         Returns:
             ``(image, jacobian)`` without a graph: ``(B, 1, rows, cols)`` line integrals (as
@@ -334,22 +333,28 @@ class ProST(nn.Module):
         """The rays in grid coordinates at the pose of ``params`` (:meth:`_rays_in_grid`) and their
         derivatives along each of the ``P`` parameters.
 
-        The pose's derivatives come from forward-mode AD (one dual number per parameter); the rays
-        are linear in ``to_grid = world_to_grid inv(pose)``, whose derivative is
-        ``-to_grid d pose inv(pose)``.
+        The pose's derivatives come from one reverse-mode pass: ``params`` repeated once per entry
+        of the pose's top three rows (the last row of an affine pose is constant), copy ``k``
+        differentiating entry ``k``; the rays are linear
+        in ``to_grid = world_to_grid inv(pose)``, whose derivative is ``-to_grid d pose inv(pose)``.
+        (Forward-mode AD gives the same, but its first use in a process imports ``torch._dynamo``,
+        about 1.7 s on this project's CPU.)
 
         Returns:
             ``origin (B, 3)``, ``direction (B, rows, cols, 3)``, ``d_origin (B, 3, P)`` and
             ``d_direction (B, rows, cols, 3, P)``.
         """
-        tangents = []
-        with fwAD.dual_level():
-            for basis in torch.eye(params.shape[1], dtype=params.dtype, device=params.device):
-                pose, tangent = fwAD.unpack_dual(params_to_pose(fwAD.make_dual(params, basis.expand_as(params))))
-                tangents.append(tangent)
-        inverse = torch.linalg.inv(pose.to(dtype))
+        batch, count = params.shape[0], 12  # the entries of the top three rows
+        with torch.enable_grad():
+            copies = params.detach().repeat(count, 1).requires_grad_(True)  # (12 B, P)
+            poses = params_to_pose(copies)  # (12 B, 4, 4): each copy's pose is the same
+            entries = poses[:, :3].reshape(count, batch, count).diagonal(dim1=0, dim2=2)  # (B, 12): copy k, entry k
+            (gradients,) = torch.autograd.grad(entries.sum(), copies, allow_unused=True, materialize_grads=True)
+        tangents = params.new_zeros(batch, 4, 4, params.shape[1])  # (B, 4, 4, P)
+        tangents[:, :3] = gradients.view(3, 4, *params.shape).permute(2, 0, 1, 3)
+        inverse = torch.linalg.inv(poses[:batch].detach().to(dtype))
         to_grid = self.world_to_grid.to(dtype) @ inverse  # (B, 4, 4)
-        d_to_grid = -torch.einsum("bij,bjkp,bkl->bpil", to_grid, torch.stack(tangents, dim=-1).to(dtype), inverse)
+        d_to_grid = -torch.einsum("bij,bjkp,bkl->bpil", to_grid, tangents.to(dtype), inverse)
         origin, direction = self._rays_of(to_grid)
         batch, count = d_to_grid.shape[:2]
         d_origin, d_direction = self._rays_of(d_to_grid.reshape(batch * count, 4, 4))  # linear in to_grid
