@@ -23,6 +23,7 @@ from biplanar.layers.prost import ProST
 from biplanar.physics.attenuation import hu_to_mu
 from biplanar.pose.baselines import (
     METHODS,
+    REFINE_CONFIG,
     OptimisationConfig,
     PoseProblem,
     downsample_image,
@@ -30,6 +31,7 @@ from biplanar.pose.baselines import (
     downsample_volume,
     estimate_pose,
     estimate_poses,
+    refine_config_for,
     refine_pose,
     refine_turned,
     run_baseline,
@@ -171,6 +173,15 @@ def test_bad_problem_inputs_raise():
         OptimisationConfig(seed=0)
     with pytest.raises(ValueError, match=r"cma_levels: expected None or 1 to 2"):
         OptimisationConfig(levels_mm=(12.0, 6.0), cma_levels=3)
+
+
+def test_refinement_searches_at_12_mm_only_a_ct_that_spans_16_voxels_of_it():
+    lumbar = VolumeGrid.from_spacing((122, 101, 112), (3.0, 3.0, 3.0))  # 31 x 26 x 28 voxels at 12 mm
+    coarse = refine_config_for(lumbar)
+    assert coarse.levels_mm == (12.0, 6.0) and coarse.cma_levels == 1
+    assert (coarse.sigma_deg, coarse.max_evaluations) == (REFINE_CONFIG.sigma_deg, REFINE_CONFIG.max_evaluations)
+    femur = VolumeGrid.from_spacing((96, 64, 96), (1.328, 1.328, 2.0))  # 11 x 8 x 11 voxels at 12 mm
+    assert refine_config_for(femur) == REFINE_CONFIG
 
 
 def test_cma_searches_only_its_levels_and_lbfgs_refines_at_the_finest(lumbar_case):
