@@ -104,6 +104,10 @@ def test_turned_refinement_recovers_a_start_turned_about_the_long_axis(lumbar_ca
     assert best["turn_deg"] == 240.0 and best["rotation_from_best_deg"] == 0.0
     assert found.turns[0]["rotation_from_best_deg"] > 30.0 and found.best.similarity == best["similarity"]
     assert found.best.evaluations > alone.evaluations
+    runner_up = found.runner_up()  # the best refinement in another local optimum
+    others = [turn["similarity"] for turn in found.turns if turn["rotation_from_best_deg"] > 10.0]
+    assert runner_up is not None and runner_up.similarity == max(others) < found.best.similarity
+    assert float(pose_errors(runner_up.matrix, found.best.matrix, centre)[0]) > 10.0
 
 
 def test_searches_in_lockstep_end_where_each_alone_ends(lumbar_case):

@@ -505,6 +505,8 @@ def run_baseline(
 REFINE_CONFIG = OptimisationConfig(
     similarity="gc", levels_mm=(6.0,), sigma_deg=2.0, sigma_mm=4.0, max_evaluations=100, refine_steps=10
 )
+# Two refinements that end further apart than this (deg) are in different local optima.
+OTHER_BASIN_DEG = 10.0
 COARSE_SEARCH_MM = 12.0
 COARSE_SEARCH_MIN_VOXELS = 16  # along every axis of the CT at COARSE_SEARCH_MM
 # The last step of "SOPI+opt": L-BFGS from the best refinement at twice its resolution (no CMA-ES).
@@ -556,10 +558,23 @@ class TurnedRefinement:
         best: the refinement of highest similarity (its ``evaluations`` and ``time_s`` count all turns).
         turns: per turn, ``turn_deg`` (the start's turn about the CT's long axis), ``similarity`` (where
             its refinement ended) and ``rotation_from_best_deg`` (geodesic angle to ``best``'s pose).
+        estimates: per turn, its refinement.
     """
 
     best: PoseEstimate
     turns: list[dict[str, float]]
+    estimates: list[PoseEstimate]
+
+    def runner_up(self) -> PoseEstimate | None:
+        """The refinement of highest similarity among those ending more than :data:`OTHER_BASIN_DEG`
+        from ``best`` (another local optimum, e.g. the bone turned half about its long axis), or
+        ``None``."""
+        others = [
+            estimate
+            for estimate, turn in zip(self.estimates, self.turns, strict=True)
+            if turn["rotation_from_best_deg"] > OTHER_BASIN_DEG
+        ]
+        return max(others, key=lambda estimate: estimate.similarity) if others else None
 
 
 def refine_turned(
@@ -609,4 +624,4 @@ def refine_turned(
             progress(f"refinement from the start turned {angle:g} deg: similarity {estimate.similarity:.4f}")
         from_best_deg = float(rotation_geodesic_deg(estimate.matrix[:3, :3], best.matrix[:3, :3]))
         report.append({"turn_deg": angle, "similarity": estimate.similarity, "rotation_from_best_deg": from_best_deg})
-    return TurnedRefinement(best, report)
+    return TurnedRefinement(best, report, refined)

@@ -235,10 +235,11 @@ def estimate(
 
     SOPI is a single-view method: it uses the ``AP`` view (its networks are trained on one);
     ``sopi+opt`` then refines SOPI's pose by Opt-GC over all given views from ``turns`` starts
-    turned about the CT's long axis, keeping the best (:func:`~biplanar.pose.baselines.refine_turned`;
-    ``turns=1``: SOPI's pose alone), and polishes that by L-BFGS at twice the resolution
-    (:data:`~biplanar.pose.baselines.POLISH_CONFIG`: a 3 mm level). For ``sopi+opt`` SOPI's fine
-    registration stops at :data:`SOPI_HANDOFF_TOLERANCE`.
+    turned about the CT's long axis (:func:`~biplanar.pose.baselines.refine_turned`; ``turns=1``:
+    SOPI's pose alone), polishes the best and the best of another local optimum
+    (:meth:`~biplanar.pose.baselines.TurnedRefinement.runner_up`) by L-BFGS at twice the resolution
+    (:data:`~biplanar.pose.baselines.POLISH_CONFIG`: a 3 mm level), and keeps the polished pose of
+    higher similarity. For ``sopi+opt`` SOPI's fine registration stops at :data:`SOPI_HANDOFF_TOLERANCE`.
 
     Returns:
         ``(4, 4)`` float64 pose and a JSON-ready summary (evaluations, iterations, per-stage times).
@@ -271,9 +272,17 @@ def estimate(
     if method == "sopi":
         return found.matrix.double(), summary
     refined = refine_turned(volume_mu, grid, radiographs, views, found.matrix.double(), turns, progress=progress)
-    polished = refine_pose(volume_mu, grid, radiographs, views, refined.best.matrix, POLISH_CONFIG)
-    refinement = {**_baseline_summary(refined.best), "turns": refined.turns, "polish": _baseline_summary(polished)}
-    return polished.matrix, {**summary, "refinement": refinement}
+    runner_up = refined.runner_up()
+    candidates = [refined.best] if runner_up is None else [refined.best, runner_up]
+    polished = [refine_pose(volume_mu, grid, radiographs, views, c.matrix, POLISH_CONFIG) for c in candidates]
+    kept = max(polished, key=lambda estimate: estimate.similarity)
+    refinement = {
+        **_baseline_summary(refined.best),
+        "turns": refined.turns,
+        "polish": _baseline_summary(kept),
+        "polished_similarities": [estimate.similarity for estimate in polished],
+    }
+    return kept.matrix, {**summary, "refinement": refinement}
 
 
 def _baseline_summary(result: PoseEstimate) -> dict[str, Any]:
