@@ -8,14 +8,16 @@ from the same scene CT three ways, and registers each with the bundled model, wi
 masks and without masks (the bundled segmentation network):
 
 - ``biplanar``: :func:`biplanar.physics.attenuation.hu_to_mu`, what the training data used;
-- ``DiffDRR x1`` and ``DiffDRR x2.5``: DiffDRR's ``transform_hu_to_density`` (air set to the
-  softest tissue, bone above 350 HU multiplied by ``bone_attenuation_multiplier``, then scaled to
-  [0, 1]), with multipliers 1 and 2.5.
+- ``DiffDRR x1``, ``DiffDRR x2.5`` and ``DiffDRR x4``: DiffDRR's ``transform_hu_to_density`` (air
+  set to the softest tissue, bone above 350 HU multiplied by ``bone_attenuation_multiplier``, then
+  scaled to [0, 1]), with multipliers 1, 2.5 and 4.
 
 It needs DiffDRR (``pip install --no-deps diffdrr==0.6.1`` plus the ``bench`` extra). About 3 min
 for 10 cases on a 2-core CPU::
 
-    python examples/intensity_models.py --n 10 --out runs/intensity_models
+    python examples/intensity_models.py --n 10 --out runs/intensity_models [--model CKPT]
+
+``--model`` registers with another checkpoint than the bundled one.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from biplanar.io.volumes import write_volume
 from biplanar.physics.drr import render_drr
 
 HELD_OUT_SEED = 9090  # examples/heldout_table.py's
-DIFFDRR_MULTIPLIERS = {"DiffDRR x1": 1.0, "DiffDRR x2.5": 2.5}
+DIFFDRR_MULTIPLIERS = {"DiffDRR x1": 1.0, "DiffDRR x2.5": 2.5, "DiffDRR x4": 4.0}
 ROUTES = ("masks", "no masks")
 
 
@@ -54,8 +56,9 @@ def diffdrr_line_integrals(case, multiplier: float) -> dict[str, np.ndarray]:
         }
 
 
-def run_case(index: int, work: Path) -> list[dict]:
-    """Every rendering and route of held-out case ``index``: one row each (Dice, ASSD)."""
+def run_case(index: int, work: Path, model: Path | None) -> list[dict]:
+    """Every rendering and route of held-out case ``index``, registered by ``model`` (default: the
+    bundled one): one row each (Dice, ASSD)."""
     case = simulate_case(
         subject_seed(HELD_OUT_SEED, index), SimulationConfig(preset="lite", geometry="orthogonal", shapes="ssm")
     )
@@ -75,6 +78,7 @@ def run_case(index: int, work: Path) -> list[dict]:
                 lat=inputs / "LAT.npy",
                 out=folder / "out" / f"{inputs.name}_{route.replace(' ', '_')}",
                 truth_labels=folder / "labels.nii.gz",
+                model=model,
                 progress=False,
                 **masks,
             ).report
@@ -101,8 +105,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=10, help="held-out cases")
     parser.add_argument("--out", type=Path, required=True, help="folder for cases.csv, table.md and the inputs")
+    parser.add_argument("--model", type=Path, help="registration checkpoint (default: the bundled model)")
     arguments = parser.parse_args()
-    rows = [row for index in range(arguments.n) for row in run_case(index, arguments.out / "inputs")]
+    work = arguments.out / "inputs"
+    rows = [row for index in range(arguments.n) for row in run_case(index, work, arguments.model)]
     write_study(arguments.out, rows, table(rows, arguments.n))
 
 

@@ -367,6 +367,7 @@ def simulate(
     aluminium_mm: float = 2.5,
     pose_angle_deg: float = 10.0,
     pose_shift_mm: float = 3.0,
+    bone_contrast: float = 1.0,
     workers: int = 1,
     progress: bool = True,
 ) -> DatasetSummary:
@@ -398,6 +399,9 @@ def simulate(
         pose_angle_deg: largest flexion, abduction and rotation of the leg, deg (each uniform in
             +-this; the paper's population: 10).
         pose_shift_mm: largest translation of the patient along each axis, mm.
+        bone_contrast: largest bone contrast factor, in ``[1, 4]``: each subject's radiographs are
+            rendered with bone (above 350 HU) that much steeper in the HU-to-attenuation curve,
+            the factor uniform in ``[1, bone_contrast]`` (1: none; docs/data.md).
         workers: parallel worker processes.
         progress: show a progress bar on stderr.
 
@@ -422,6 +426,7 @@ def simulate(
         aluminium_mm=aluminium_mm,
         pose_angle_deg=pose_angle_deg,
         pose_shift_mm=pose_shift_mm,
+        bone_contrast=bone_contrast,
     )
     return simulate_dataset(out, n, seed, config, workers=workers, progress=progress)
 

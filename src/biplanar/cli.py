@@ -283,6 +283,11 @@ def simulate(
     pose_shift_mm: float = typer.Option(
         3.0, help="Largest shift of the patient along each axis, mm (the default: 3; not with --from-ct)."
     ),
+    bone_contrast: float = typer.Option(
+        1.0,
+        help="Largest bone contrast factor in [1, 4]: each subject's radiographs rendered with bone (above "
+        "350 HU) that much steeper in the HU-to-attenuation curve, uniform in [1, this] (not with --from-ct).",
+    ),
     workers: int = typer.Option(1, min=1, help="Parallel worker processes."),
 ) -> None:
     """Make a dataset: CT + femur labels, AP and LAT radiographs, masks, geometry files, split."""
@@ -306,6 +311,8 @@ def simulate(
                 raise InputError(
                     "--pose-angle-deg, --pose-shift-mm: not used with --from-ct (its femurs keep their CT's pose)"
                 )
+            if bone_contrast != 1.0:
+                raise InputError("--bone-contrast: not used with --from-ct (its radiographs use hu_to_mu as it is)")
             made = api.simulate_from_ct(
                 from_ct, out, seed, femur_labels=femur_labels, keep_sides=keep_sides, **rendering
             )
@@ -319,7 +326,14 @@ def simulate(
         if n is None or femur_labels is not None or keep_sides:
             raise InputError("--n is needed (and --femur-labels, --keep-sides only go with --from-ct)")
         summary = api.simulate(
-            out, n, seed, shapes=shapes, pose_angle_deg=pose_angle_deg, pose_shift_mm=pose_shift_mm, **rendering
+            out,
+            n,
+            seed,
+            shapes=shapes,
+            pose_angle_deg=pose_angle_deg,
+            pose_shift_mm=pose_shift_mm,
+            bone_contrast=bone_contrast,
+            **rendering,
         )
         typer.echo(f"wrote {len(summary.written)} subjects to {out}, {len(summary.skipped)} already there")
 

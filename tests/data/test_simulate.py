@@ -256,6 +256,28 @@ def test_bad_arguments_raise():
         SimulationConfig(pose_shift_mm=-1.0)
 
 
+def test_bone_contrast_adds_the_line_integral_of_the_excess_bone_and_changes_nothing_else():
+    plain_config = dataclasses.replace(TINY, scene="grid")
+    plain = simulate_case(SEED, plain_config)
+    steep = simulate_case(SEED, dataclasses.replace(plain_config, bone_contrast=3.0))
+    factor = steep.bone_contrast
+    assert 1.0 < factor <= 3.0 and steep.record()["bone_contrast"] == factor
+    assert "bone_contrast" not in plain.record() and plain.bone_contrast == 1.0
+    np.testing.assert_array_equal(steep.subject.ct_hu, plain.subject.ct_hu)
+    for view in ("AP", "LAT"):
+        np.testing.assert_array_equal(steep.masks[view], plain.masks[view])
+    # hu_to_mu is linear above -1000 HU: the extra line integral is that of (factor - 1) x the excess
+    # above 350 HU, rendered here as the CT numbers whose attenuation it is
+    excess = np.clip(plain.subject.ct_hu - 350.0, 0.0, None)
+    extra = render_radiographs((factor - 1.0) * excess - 1000.0, plain.subject.grid, plain.views, plain_config)
+    for view in ("AP", "LAT"):
+        difference = steep.radiographs[view] - plain.radiographs[view]
+        assert extra[view].max() > 0.05 * plain.radiographs[view].max()  # the femur is there
+        np.testing.assert_allclose(difference, extra[view], atol=1e-4 * plain.radiographs[view].max())
+    with pytest.raises(InputError, match=r"bone_contrast in \[1, 4.0\] expected, got .*, 0.5"):
+        SimulationConfig(bone_contrast=0.5)
+
+
 def test_configs_from_before_the_pose_range_keep_the_trained_range():
     recorded = SimulationConfig().to_dict()
     del recorded["pose_angle_deg"], recorded["pose_shift_mm"]

@@ -29,6 +29,12 @@ in one of the modes:
   (``AP.dcm``, ``LAT.dcm``: the stored values under the case's photometric interpretation, Pixel
   Intensity Relationship ``LOG``, and the geometry tags of ``docs/contract.md`` section 7).
 
+``bone_contrast`` above 1 renders each case's radiographs as a renderer with a steeper curve for
+bone would: the scene's CT numbers pass through
+:func:`~biplanar.physics.attenuation.with_bone_contrast` with a factor uniform in
+``[1, bone_contrast]`` drawn from the case seed (recorded in ``subject.json``) before any mode; the
+CT written stays the scene's.
+
 Femur masks: the mask rule of :mod:`biplanar.data.masks` (the ray crosses more than
 :data:`~biplanar.data.masks.MASK_MIN_PATH_MM` mm of femur), with the radiographs' ``num_samples``.
 A masked radiograph is radiograph x mask, as the paper feeds the network.
@@ -95,6 +101,7 @@ from biplanar.io.geometry_file import write_geometry
 from biplanar.io.images import write_image
 from biplanar.io.json_files import read_json, write_json
 from biplanar.io.volumes import write_volume
+from biplanar.physics.attenuation import with_bone_contrast
 from biplanar.physics.clinical_appearance import BITS_STORED, INTENSITY_SIGN, ClinicalAppearance, to_photometric
 from biplanar.physics.drr import RadiographSettings, render_ct_radiograph
 from biplanar.progress import progress_bar
@@ -116,6 +123,8 @@ PAPER_SPLIT = {"train": 235, "val": 40, "test": 40}
 # Child streams of a case seed (numpy SeedSequence spawn keys), independent of the subject's own.
 GEOMETRY_STREAM, NOISE_STREAM, SPLIT_STREAM, SHAPE_STREAM = 1, 2, 3, 4
 APPEARANCE_STREAM = 5  # the clinical mode's per-case appearance
+BONE_CONTRAST_STREAM = 6  # the per-case bone contrast factor
+LARGEST_BONE_CONTRAST = 4.0
 SUBJECT_FILES = (
     "ct.nii.gz",
     "labels.nii.gz",
@@ -151,6 +160,8 @@ class SimulationConfig:
         num_samples: ProST samples per ray (radiographs and masks).
         pose_angle_deg: largest flexion, abduction and rotation of the leg (:class:`PoseRange`).
         pose_shift_mm: largest translation of the patient along each world axis, mm.
+        bone_contrast: largest bone contrast factor of a case's radiographs, in ``[1, 4]`` (module
+            doc; 1: this project's ``hu_to_mu`` as it is).
     """
 
     preset: str = "lite"
@@ -164,6 +175,7 @@ class SimulationConfig:
     num_samples: int = DEFAULT_NUM_SAMPLES
     pose_angle_deg: float = MAX_POSE_ANGLE_DEG
     pose_shift_mm: float = MAX_TRANSLATION_MM
+    bone_contrast: float = 1.0
 
     def __post_init__(self) -> None:
         for name, allowed in (
@@ -182,12 +194,14 @@ class SimulationConfig:
             and self.num_samples >= 1
             and 0 <= self.pose_angle_deg <= LARGEST_POSE_ANGLE_DEG
             and 0 <= self.pose_shift_mm <= LARGEST_POSE_SHIFT_MM
+            and 1 <= self.bone_contrast <= LARGEST_BONE_CONTRAST
         ):
             raise InputError(
                 f"photons > 0, kvp in {KVP_RANGE}, aluminium_mm >= 0, num_samples >= 1, pose_angle_deg "
-                f"in [0, {LARGEST_POSE_ANGLE_DEG}] and pose_shift_mm in [0, {LARGEST_POSE_SHIFT_MM}] expected, "
-                f"got {self.photons}, {self.kvp}, {self.aluminium_mm}, {self.num_samples}, "
-                f"{self.pose_angle_deg}, {self.pose_shift_mm}"
+                f"in [0, {LARGEST_POSE_ANGLE_DEG}], pose_shift_mm in [0, {LARGEST_POSE_SHIFT_MM}] and "
+                f"bone_contrast in [1, {LARGEST_BONE_CONTRAST}] expected, got {self.photons}, {self.kvp}, "
+                f"{self.aluminium_mm}, {self.num_samples}, {self.pose_angle_deg}, {self.pose_shift_mm}, "
+                f"{self.bone_contrast}"
             )
 
     @property
@@ -289,6 +303,7 @@ class SimulatedCase(RenderedCase):
         appearance: the ``clinical`` mode's parameters of this case, else ``None``.
         scene: where the projected scene lies (scene ``body``), else ``None`` (the radiographs
             project the CT on :attr:`grid`).
+        bone_contrast: the bone contrast factor the radiographs were rendered with (module doc).
     """
 
     seed: int
@@ -298,6 +313,7 @@ class SimulatedCase(RenderedCase):
     masks: dict[str, np.ndarray]
     appearance: ClinicalAppearance | None = None
     scene: Scene | None = None
+    bone_contrast: float = 1.0
 
     @property
     def volumes(self) -> Subject:
@@ -316,6 +332,7 @@ class SimulatedCase(RenderedCase):
         appearance = {} if self.appearance is None else {"appearance": self.appearance.to_dict()}
         scene = {} if self.scene is None else {"scene": self.scene.to_dict()}
         body = {} if self.scene is None else {"body": spec.body.to_dict()}
+        bone = {} if self.bone_contrast == 1.0 else {"bone_contrast": self.bone_contrast}
         return {
             "seed": self.seed,
             "parameters": {
@@ -329,6 +346,7 @@ class SimulatedCase(RenderedCase):
             "landmarks": self.subject.landmarks.to_dict(),
             **appearance,
             **scene,
+            **bone,
         }
 
 
@@ -385,6 +403,7 @@ def render_radiographs(
     config: SimulationConfig,
     noise_seed: int = 0,
     appearance: ClinicalAppearance | None = None,
+    bone_contrast: float = 1.0,
 ) -> dict[str, np.ndarray]:
     """Radiographs of a whole CT in ``config.mode``.
 
@@ -395,11 +414,15 @@ def render_radiographs(
         config: mode, photons, spectrum and samples per ray.
         noise_seed: seed of the ``poisson`` and ``clinical`` noise (views drawn in order from one generator).
         appearance: the ``clinical`` mode's parameters (default: :class:`ClinicalAppearance`'s defaults).
+        bone_contrast: the factor of :func:`~biplanar.physics.attenuation.with_bone_contrast`
+            applied to ``ct_hu`` first (1: none).
 
     Returns:
         view name -> ``(rows, cols)`` float32, dimensionless.
     """
     hu = torch.from_numpy(np.asarray(ct_hu, dtype=np.float32))[None, None]  # (1, 1, I, J, K)
+    if bone_contrast != 1.0:
+        hu = with_bone_contrast(hu, bone_contrast)
     grid.check_volume(hu, "ct_hu")
     generator = torch.Generator().manual_seed(noise_seed)
     with torch.no_grad():
@@ -417,6 +440,14 @@ def case_appearance(seed: int, config: SimulationConfig) -> ClinicalAppearance |
     return ClinicalAppearance.draw(np.random.default_rng(_child_seed(seed, APPEARANCE_STREAM)))
 
 
+def case_bone_contrast(seed: int, config: SimulationConfig) -> float:
+    """Case ``seed``'s bone contrast factor, uniform in ``[1, config.bone_contrast]`` from its own
+    stream (exactly 1 when ``config.bone_contrast`` is 1)."""
+    if config.bone_contrast == 1.0:
+        return 1.0
+    return float(np.random.default_rng(_child_seed(seed, BONE_CONTRAST_STREAM)).uniform(1.0, config.bone_contrast))
+
+
 def case_noise_seed(seed: int) -> int:
     """The seed of case ``seed``'s quantum noise (:func:`render_radiographs`' ``noise_seed``)."""
     return _as_int(_child_seed(seed, NOISE_STREAM))
@@ -428,6 +459,7 @@ def simulate_case(seed: int, config: SimulationConfig = DEFAULT_CONFIG) -> Simul
     spec = SubjectSpec.sample(seed, case_femur_shape(seed, config.shapes), config.pose_range)
     views = case_views(seed, config, grid)
     appearance = case_appearance(seed, config)
+    bone_contrast = case_bone_contrast(seed, config)
     scene: Scene | None = None
     if config.scene == "body":
         rendered = render_scene(spec, grid, views)
@@ -436,9 +468,11 @@ def simulate_case(seed: int, config: SimulationConfig = DEFAULT_CONFIG) -> Simul
     else:
         subject = render_subject(spec, grid)
         projected, projected_grid = subject.ct_hu, grid
-    radiographs = render_radiographs(projected, projected_grid, views, config, case_noise_seed(seed), appearance)
+    radiographs = render_radiographs(
+        projected, projected_grid, views, config, case_noise_seed(seed), appearance, bone_contrast
+    )
     masks = femur_masks(subject.labels, subject.grid, views, config.num_samples)
-    return SimulatedCase(seed, subject, views, radiographs, masks, appearance, scene)
+    return SimulatedCase(seed, subject, views, radiographs, masks, appearance, scene, bone_contrast)
 
 
 def split_sizes(n: int) -> dict[str, int]:
