@@ -400,7 +400,7 @@ def simulate(
             +-this; the paper's population: 10).
         pose_shift_mm: largest translation of the patient along each axis, mm.
         bone_contrast: largest bone contrast factor, in ``[1, 4]``: each subject's radiographs are
-            rendered with bone (above 350 HU) that much steeper in the HU-to-attenuation curve,
+            rendered with bone (voxels above 350 HU) attenuating up to that many times as much,
             the factor uniform in ``[1, bone_contrast]`` (1: none; docs/data.md).
         workers: parallel worker processes.
         progress: show a progress bar on stderr.

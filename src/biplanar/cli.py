@@ -286,7 +286,7 @@ def simulate(
     bone_contrast: float = typer.Option(
         1.0,
         help="Largest bone contrast factor in [1, 4]: each subject's radiographs rendered with bone (above "
-        "350 HU) that much steeper in the HU-to-attenuation curve, uniform in [1, this] (not with --from-ct).",
+        "350 HU) attenuating that many times as much, uniform in [1, this] (not with --from-ct).",
     ),
     workers: int = typer.Option(1, min=1, help="Parallel worker processes."),
 ) -> None:

@@ -256,7 +256,7 @@ def test_bad_arguments_raise():
         SimulationConfig(pose_shift_mm=-1.0)
 
 
-def test_bone_contrast_adds_the_line_integral_of_the_excess_bone_and_changes_nothing_else():
+def test_bone_contrast_adds_the_line_integral_of_the_bone_and_changes_nothing_else():
     plain_config = dataclasses.replace(TINY, scene="grid")
     plain = simulate_case(SEED, plain_config)
     steep = simulate_case(SEED, dataclasses.replace(plain_config, bone_contrast=3.0))
@@ -266,10 +266,11 @@ def test_bone_contrast_adds_the_line_integral_of_the_excess_bone_and_changes_not
     np.testing.assert_array_equal(steep.subject.ct_hu, plain.subject.ct_hu)
     for view in ("AP", "LAT"):
         np.testing.assert_array_equal(steep.masks[view], plain.masks[view])
-    # hu_to_mu is linear above -1000 HU: the extra line integral is that of (factor - 1) x the excess
-    # above 350 HU, rendered here as the CT numbers whose attenuation it is
-    excess = np.clip(plain.subject.ct_hu - 350.0, 0.0, None)
-    extra = render_radiographs((factor - 1.0) * excess - 1000.0, plain.subject.grid, plain.views, plain_config)
+    # the extra line integral is that of (factor - 1) x the attenuation of the voxels above 350 HU,
+    # rendered here as the CT numbers whose attenuation it is (hu_to_mu is linear above -1000 HU)
+    hu = plain.subject.ct_hu
+    extra_hu = np.where(hu > 350.0, (factor - 1.0) * (1000.0 + hu), 0.0) - 1000.0
+    extra = render_radiographs(extra_hu, plain.subject.grid, plain.views, plain_config)
     for view in ("AP", "LAT"):
         difference = steep.radiographs[view] - plain.radiographs[view]
         assert extra[view].max() > 0.05 * plain.radiographs[view].max()  # the femur is there

@@ -15,13 +15,11 @@ def test_hu_to_mu_closed_form():
     torch.testing.assert_close(hu_to_mu(hu, 0.03), 1.5 * hu_to_mu(hu))
 
 
-def test_with_bone_contrast_steepens_the_curve_above_the_threshold_only():
-    hu = torch.tensor([-1000.0, 0.0, BONE_THRESHOLD_HU, 850.0, 1350.0])
+def test_with_bone_contrast_multiplies_the_attenuation_above_the_threshold_only():
+    hu = torch.tensor([-1000.0, 0.0, BONE_THRESHOLD_HU, 400.0, 1000.0])
     torch.testing.assert_close(with_bone_contrast(hu, 1.0), hu)
-    torch.testing.assert_close(with_bone_contrast(hu, 2.5), torch.tensor([-1000.0, 0.0, 350.0, 1600.0, 2850.0]))
-    # through hu_to_mu: the slope above the threshold is 2.5 times the slope below
-    mu = hu_to_mu(with_bone_contrast(torch.tensor([350.0, 351.0]), 2.5))
-    torch.testing.assert_close(mu[1] - mu[0], torch.tensor(2.5 * 0.02 / 1000))
+    torch.testing.assert_close(with_bone_contrast(hu, 2.5), torch.tensor([-1000.0, 0.0, 350.0, 2500.0, 4000.0]))
+    torch.testing.assert_close(hu_to_mu(with_bone_contrast(hu, 2.5)), hu_to_mu(hu) * torch.tensor([1, 1, 1, 2.5, 2.5]))
 
 
 def test_beer_lambert():

