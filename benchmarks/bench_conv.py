@@ -23,15 +23,13 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from bench_network import build_case
-from harness import publish
+from harness import publish, round_robin_medians
 from torch import Tensor, nn
 
 FUNCTIONAL = {nn.Conv2d: F.conv2d, nn.Conv3d: F.conv3d}
@@ -69,19 +67,6 @@ def step(convolution: Callable[[Tensor], Tensor], images: Tensor, backward: bool
     return run
 
 
-def round_robin(steps: dict[str, Callable[[], None]], repeats: int) -> dict[str, float]:
-    """Median seconds of each step, timed in turn ``repeats`` times after one warm-up each."""
-    for run in steps.values():
-        run()
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(repeats):
-        for name, run in steps.items():
-            start = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
-
-
 def measure(size: str, repeats: int) -> list[dict]:
     """Per recorded convolution: its shapes and the four medians (ms)."""
     rows = []
@@ -93,7 +78,7 @@ def measure(size: str, repeats: int) -> list[dict]:
             for way, convolution in ways.items()
             for part in ("fwd", "fwd+bwd")
         }
-        medians = round_robin(steps, repeats)
+        medians = round_robin_medians(steps, repeats)
         rows.append(
             {"shape": tuple(shape), "weight": tuple(layer.weight.shape), **{k: v * 1e3 for k, v in medians.items()}}
         )

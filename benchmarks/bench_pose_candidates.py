@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import platform
-import statistics
-import time
+from collections.abc import Callable
 
 import torch
+from harness import round_robin_medians
 
 from biplanar.evaluation.pose_accuracy import DATASETS, load_ct, views_for
 from biplanar.geometry.transforms import rigid_matrix
@@ -40,6 +41,11 @@ def one_call_per_candidate(level, poses: torch.Tensor) -> dict[str, torch.Tensor
 def one_call_per_view(level, poses: torch.Tensor) -> dict[str, torch.Tensor]:
     """The DRRs ``(N, 1, h, w)`` per view, one projector call for all poses (the code now)."""
     return {name: projector(level.volume, poses) for name, projector in level.projectors.items()}
+
+
+def similarity_of(variant: Callable, problem: PoseProblem, level, poses: torch.Tensor) -> torch.Tensor:
+    """The mean similarity of ``poses`` rendered by ``variant`` (one timed step)."""
+    return mean_similarity(problem, level, variant(level, poses))
 
 
 def mean_similarity(problem: PoseProblem, level, drrs: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -81,19 +87,16 @@ def main() -> None:
         problem = PoseProblem(volume, grid, radiographs, views, None, OptimisationConfig(levels_mm=(size,)))
         level = problem.levels[0]
         variants = {"each": one_call_per_candidate, "all": one_call_per_view}
-        times: dict[str, list[float]] = {name: [] for name in variants}
         with torch.no_grad():
-            for variant in variants.values():  # warm-up
-                mean_similarity(problem, level, variant(level, poses))
-            for _ in range(args.repeats):
-                for name, variant in variants.items():
-                    started = time.perf_counter()
-                    mean_similarity(problem, level, variant(level, poses))
-                    times[name].append(time.perf_counter() - started)
+            steps = {
+                name: functools.partial(similarity_of, variant, problem, level, poses)
+                for name, variant in variants.items()
+            }
+            seconds = round_robin_medians(steps, args.repeats)
             each, together = one_call_per_candidate(level, poses), one_call_per_view(level, poses)
         difference = max(float((each[n] - together[n]).abs().max() / each[n].abs().max()) for n in each)
         shape = next(iter(level.projectors.values())).image_shape
-        median = {name: 1000 * statistics.median(values) for name, values in times.items()}
+        median = {name: 1000 * value for name, value in seconds.items()}
         print(
             f"| {size:g} | {shape[0]} x {shape[1]} | {' x '.join(map(str, level.volume.shape[2:]))} | "
             f"{median['each']:.1f} | {median['all']:.1f} | {median['each'] / median['all']:.1f}x | {difference:.1e} |"

@@ -28,11 +28,10 @@ import argparse
 import datetime
 import math
 import platform
-import statistics
-import time
 from dataclasses import replace
 
 import torch
+from harness import round_robin_medians
 
 from biplanar.evaluation.pose_accuracy import DATASETS, load_ct, views_for
 from biplanar.geometry.se3 import pose_errors
@@ -70,17 +69,12 @@ def compare(name: str, turns: int, repeats: int) -> None:
         "lockstep, CMA-ES 12 mm, L-BFGS 6 mm": lambda: refine_turned(*inputs, turns, CMA_AT_12_MM).best.matrix,
     }
     found = {label: variant() for label, variant in variants.items()}  # warm-up
-    times: dict[str, list[float]] = {label: [] for label in variants}
-    for _ in range(repeats):
-        for label, variant in variants.items():
-            started = time.perf_counter()
-            variant()
-            times[label].append(time.perf_counter() - started)
-    first = statistics.median(next(iter(times.values())))
-    for label, values in times.items():
+    medians = round_robin_medians(variants, repeats, warmup=0)
+    first = next(iter(medians.values()))
+    for label, seconds in medians.items():
         rotation_deg, translation_mm = pose_errors(found[label], truth, centre)
         print(
-            f"| {name} | {label} | {statistics.median(values):.2f} | {statistics.median(values) / first:.2f} | "
+            f"| {name} | {label} | {seconds:.2f} | {seconds / first:.2f} | "
             f"{float(rotation_deg):.3f} | {float(translation_mm):.3f} |"
         )
 

@@ -33,10 +33,8 @@ import datetime
 import importlib
 import os
 import platform
-import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import version
@@ -45,7 +43,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from harness import run_cli, spawn_job
+from harness import round_robin_medians, run_cli, spawn_job
 
 from biplanar.data.real_ct import REAL_CT
 from biplanar.geometry import CarmPose, VolumeGrid, biplanar_pair
@@ -288,16 +286,8 @@ def run_job(job: Job) -> dict:
         if name.endswith("/forward"):
             np.save(job.image_path, image.double().numpy())
         return {"peak_extra_mb": proc_status_mb("VmHWM") - baseline_mb}
-    for _ in range(job.warmup):
-        for step in steps.values():
-            step()
-    times = {name: [] for name in steps}
-    for _ in range(job.repeats):
-        for name, step in steps.items():
-            start = time.perf_counter()
-            step()
-            times[name].append(time.perf_counter() - start)
-    return {name: 1e3 * statistics.median(values) for name, values in times.items()}
+    medians = round_robin_medians(steps, job.repeats, job.warmup)
+    return {name: 1e3 * seconds for name, seconds in medians.items()}
 
 
 def proc_status_mb(field: str) -> float:

@@ -10,9 +10,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -61,3 +63,18 @@ def publish(markdown: str, out: Path | None, echo: bool = False) -> None:
         print(markdown)
     if out is not None:
         atomic_write_text(out, markdown + "\n")
+
+
+def round_robin_medians(steps: Mapping[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, float]:
+    """Median wall seconds of each step: ``warmup`` untimed rounds, then ``repeats`` timed rounds of
+    one run of each step in turn, so that load from other processes falls on all steps alike."""
+    for _ in range(warmup):
+        for run in steps.values():
+            run()
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(repeats):
+        for name, run in steps.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
