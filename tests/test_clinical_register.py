@@ -171,7 +171,8 @@ def test_views_from_the_other_side_register_as_the_learnt_ones(case, tmp_path, s
     learnt = register_rendered(case, tmp_path / "learnt", tmp_path / "out_learnt", masks=masks)
     other = register_rendered(case, tmp_path / "other", tmp_path / "out_other", side, ap_angle, lat_angle, masks)
     # Segmented masks of this grid-only rendering (box edges, no body) cost both sides about alike
-    # (0.87-0.88); the reversed side must not be worse (it may be better: v11 scores it 0.010 higher).
+    # (0.87-0.88); the reversed side must not be worse by more than 0.01 (it may be better: v11 scores
+    # it 0.010 higher).
     assert other["dice"] >= learnt["dice"] - 0.01 and other["dice"] > (0.92 if masks else 0.85)
     assumed = other["inputs"]["assumptions"]["views"]
     lateral_source = lat_angle == (90.0 if side == "left" else -90.0)
