@@ -453,10 +453,16 @@ def case_noise_seed(seed: int) -> int:
     return _as_int(_child_seed(seed, NOISE_STREAM))
 
 
-def simulate_case(seed: int, config: SimulationConfig = DEFAULT_CONFIG) -> SimulatedCase:
-    """Simulate case ``seed``: subject, views, radiographs and masks (deterministic in ``seed``)."""
+def simulate_case(
+    seed: int, config: SimulationConfig = DEFAULT_CONFIG, spec: SubjectSpec | None = None
+) -> SimulatedCase:
+    """Simulate case ``seed``: subject, views, radiographs and masks (deterministic in ``seed``).
+
+    ``spec``: the subject to render in place of the one ``seed`` draws (views, appearance and noise
+    still come from ``seed``), e.g. a drawn subject with one of its femur's parameters changed.
+    """
     grid = grid_preset(config.preset)
-    spec = SubjectSpec.sample(seed, case_femur_shape(seed, config.shapes), config.pose_range)
+    spec = spec or SubjectSpec.sample(seed, case_femur_shape(seed, config.shapes), config.pose_range)
     views = case_views(seed, config, grid)
     appearance = case_appearance(seed, config)
     bone_contrast = case_bone_contrast(seed, config)
