@@ -33,7 +33,7 @@ import numpy as np
 import biplanar
 from biplanar.data.clinical import write_view_files
 from biplanar.data.phantom import SubjectSpec
-from biplanar.data.simulate import SimulationConfig, simulate_case, subject_seed
+from biplanar.data.simulate import SimulationConfig, case_subject, simulate_case, subject_seed
 from biplanar.evaluation.evaluate import write_study
 from biplanar.io.volumes import write_volume
 
@@ -62,7 +62,7 @@ def variant_spec(spec: SubjectSpec, change: tuple[int, float] | None) -> Subject
 def run_subject(index: int, work: Path, refine: int | None) -> list[dict]:
     """Every variant of held-out subject ``index``, registered both ways: one row each."""
     seed = subject_seed(HELD_OUT_SEED, index)
-    drawn = SubjectSpec.sample(seed, "ssm", CONFIG.pose_range)
+    drawn = case_subject(seed, CONFIG)
     rows = []
     for variant, change in VARIANTS.items():
         spec = variant_spec(drawn, change)
@@ -70,6 +70,7 @@ def run_subject(index: int, work: Path, refine: int | None) -> list[dict]:
         folder = work / f"case_{index:03d}" / str(list(VARIANTS).index(variant))
         write_volume(folder / "labels.nii.gz", case.subject.labels, case.subject.grid)
         write_view_files(folder, case.views, case.radiographs, case.masks)
+        head_diameter_mm = 2.0 * spec.femur.solid().head_radius_mm
         for route in ROUTES:
             masks = {"ap_mask": folder / "AP_mask.npy", "lat_mask": folder / "LAT_mask.npy"} if route == "masks" else {}
             report = biplanar.register(
@@ -85,7 +86,7 @@ def run_subject(index: int, work: Path, refine: int | None) -> list[dict]:
             row = {"case": index, "variant": variant, "route": route}
             row |= {key: report[key] for key in ("dice", "assd_mm", "hd95_mm")}
             row["flagged"] = bool(report["quality"]["flag"])
-            row["head_diameter_mm"] = 2.0 * spec.femur.solid().head_radius_mm
+            row["head_diameter_mm"] = head_diameter_mm
             rows.append(row)
             print(f"case {index} {variant} {route}: Dice {report['dice']:.3f}", flush=True)
         shutil.rmtree(folder)

@@ -20,12 +20,12 @@ from biplanar.config import PRESETS, load_config
 from biplanar.data.femur_shape import FemurParameters
 from biplanar.data.grid_presets import grid_preset
 from biplanar.data.masks import MASK_MIN_PATH_MM
-from biplanar.data.phantom import PoseRange, SubjectSpec
+from biplanar.data.phantom import PoseRange
 from biplanar.data.real_ct import REAL_CT
 from biplanar.data.simulate import (
     SUBJECT_FILES,
     SimulationConfig,
-    case_femur_shape,
+    case_subject,
     case_views,
     make_split,
     render_radiographs,
@@ -342,7 +342,7 @@ def test_the_detector_of_a_preset_is_its_config_presets(preset):
 def test_a_given_subject_is_rendered_in_place_of_the_drawn_one():
     config = dataclasses.replace(TINY, scene="grid")
     drawn = simulate_case(5, config)
-    spec = SubjectSpec.sample(5, case_femur_shape(5, config.shapes), config.pose_range)
+    spec = case_subject(5, config)
     again = simulate_case(5, config, spec)
     np.testing.assert_array_equal(again.radiographs["AP"], drawn.radiographs["AP"])
     other = simulate_case(5, config, dataclasses.replace(spec, femur=FemurParameters.mean()))

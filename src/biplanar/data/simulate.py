@@ -453,16 +453,22 @@ def case_noise_seed(seed: int) -> int:
     return _as_int(_child_seed(seed, NOISE_STREAM))
 
 
+def case_subject(seed: int, config: SimulationConfig = DEFAULT_CONFIG) -> SubjectSpec:
+    """The subject case ``seed`` draws under ``config`` (its femur shape and pose range)."""
+    return SubjectSpec.sample(seed, case_femur_shape(seed, config.shapes), config.pose_range)
+
+
 def simulate_case(
     seed: int, config: SimulationConfig = DEFAULT_CONFIG, spec: SubjectSpec | None = None
 ) -> SimulatedCase:
     """Simulate case ``seed``: subject, views, radiographs and masks (deterministic in ``seed``).
 
-    ``spec``: the subject to render in place of the one ``seed`` draws (views, appearance and noise
+    ``spec``: the subject to render in place of :func:`case_subject`'s (views, appearance and noise
     still come from ``seed``), e.g. a drawn subject with one of its femur's parameters changed.
     """
     grid = grid_preset(config.preset)
-    spec = spec or SubjectSpec.sample(seed, case_femur_shape(seed, config.shapes), config.pose_range)
+    if spec is None:
+        spec = case_subject(seed, config)
     views = case_views(seed, config, grid)
     appearance = case_appearance(seed, config)
     bone_contrast = case_bone_contrast(seed, config)
