@@ -368,6 +368,7 @@ def simulate(
     pose_angle_deg: float = 10.0,
     pose_shift_mm: float = 3.0,
     bone_contrast: float = 1.0,
+    shape_spread: float = 1.0,
     workers: int = 1,
     progress: bool = True,
 ) -> DatasetSummary:
@@ -402,6 +403,8 @@ def simulate(
         bone_contrast: largest bone contrast factor, in ``[1, 4]``: each subject's radiographs are
             rendered with bone (voxels above 350 HU) attenuating up to that many times as much,
             the factor uniform in ``[1, bone_contrast]`` (1: none; docs/data.md).
+        shape_spread: standard deviation of the shape-model femurs' mode weights, in ``(0, 3]``
+            (1: the model's own population; 1.5 draws more femurs near its +-3 sd edges; docs/data.md).
         workers: parallel worker processes.
         progress: show a progress bar on stderr.
 
@@ -427,6 +430,7 @@ def simulate(
         pose_angle_deg=pose_angle_deg,
         pose_shift_mm=pose_shift_mm,
         bone_contrast=bone_contrast,
+        shape_spread=shape_spread,
     )
     return simulate_dataset(out, n, seed, config, workers=workers, progress=progress)
 

@@ -288,6 +288,11 @@ def simulate(
         help="Largest bone contrast factor in [1, 4]: each subject's radiographs rendered with bone (above "
         "350 HU) attenuating that many times as much, uniform in [1, this] (not with --from-ct).",
     ),
+    shape_spread: float = typer.Option(
+        1.0,
+        help="Standard deviation of the shape-model femurs' mode weights, in (0, 3]: 1 the model's population, "
+        "above 1 more femurs near its +-3 sd edges (not with --from-ct).",
+    ),
     workers: int = typer.Option(1, min=1, help="Parallel worker processes."),
 ) -> None:
     """Make a dataset: CT + femur labels, AP and LAT radiographs, masks, geometry files, split."""
@@ -313,6 +318,8 @@ def simulate(
                 )
             if bone_contrast != 1.0:
                 raise InputError("--bone-contrast: not used with --from-ct (its radiographs use hu_to_mu as it is)")
+            if shape_spread != 1.0:
+                raise InputError("--shape-spread: not used with --from-ct (its femurs are the CT's)")
             made = api.simulate_from_ct(
                 from_ct, out, seed, femur_labels=femur_labels, keep_sides=keep_sides, **rendering
             )
@@ -333,6 +340,7 @@ def simulate(
             pose_angle_deg=pose_angle_deg,
             pose_shift_mm=pose_shift_mm,
             bone_contrast=bone_contrast,
+            shape_spread=shape_spread,
             **rendering,
         )
         typer.echo(f"wrote {len(summary.written)} subjects to {out}, {len(summary.skipped)} already there")

@@ -61,6 +61,22 @@ def test_shape_draws_are_seeded_and_truncated():
     assert weights.shape[1] == len(femur_shape_model().sd)
 
 
+def test_a_wider_spread_scales_the_same_draws_and_keeps_the_truncation():
+    assert SsmFemurParameters.sample(np.random.default_rng(3), 1.0) == SsmFemurParameters.sample(
+        np.random.default_rng(3)
+    )
+    plain = np.array([SsmFemurParameters.sample(np.random.default_rng(seed)).mode_weights for seed in range(40)])
+    wide = np.array([SsmFemurParameters.sample(np.random.default_rng(seed), 1.5).mode_weights for seed in range(40)])
+    assert np.abs(wide).max() <= TRUNCATION_SD
+    # A subject with no weight redrawn under either spread has the same draws, 1.5 times as large.
+    kept = np.all(np.abs(1.5 * plain) <= TRUNCATION_SD, axis=1)
+    assert kept.sum() >= 5
+    np.testing.assert_allclose(wide[kept], 1.5 * plain[kept])
+    assert wide.std() > 1.3 * plain.std()
+    with pytest.raises(ValueError, match=r"spread: expected in \(0, 3.0\], got 0.0"):
+        SsmFemurParameters.sample(np.random.default_rng(0), 0.0)
+
+
 def test_mean_femur_anatomy_is_a_right_femur_in_the_femur_frame():
     solid = SsmFemurParameters.mean().solid()
     landmarks = solid.landmarks()

@@ -277,8 +277,23 @@ def test_bone_contrast_adds_the_line_integral_of_the_bone_and_changes_nothing_el
         difference = steep.radiographs[view] - plain.radiographs[view]
         assert extra[view].max() > 0.05 * plain.radiographs[view].max()  # the femur is there
         np.testing.assert_allclose(difference, extra[view], atol=1e-4 * plain.radiographs[view].max())
-    with pytest.raises(InputError, match=r"bone_contrast in \[1, 4.0\] expected, got .*, 0.5"):
+    with pytest.raises(InputError, match=r"bone_contrast in \[1, 4.0\] and .* got .*, 0.5, 1.0"):
         SimulationConfig(bone_contrast=0.5)
+
+
+def test_shape_spread_widens_the_shape_model_femurs_only():
+    wide, plain = SimulationConfig(shapes="ssm", shape_spread=2.0), SimulationConfig(shapes="ssm")
+    wide_weights = np.array(case_subject(SEED, wide).femur.mode_weights)
+    plain_weights = np.array(case_subject(SEED, plain).femur.mode_weights)
+    assert np.abs(wide_weights).max() <= 3.0
+    assert np.abs(wide_weights).mean() > 1.5 * np.abs(plain_weights).mean()
+    phantom = SimulationConfig(shapes="phantom")
+    assert case_subject(SEED, dataclasses.replace(phantom, shape_spread=2.0)) == case_subject(SEED, phantom)
+    recorded = plain.to_dict()
+    del recorded["shape_spread"]  # a dataset made before the option: the model's own population
+    assert SimulationConfig.from_dict(recorded) == plain
+    with pytest.raises(InputError, match=r"shape_spread in \(0, 3.0\] expected, got .*, 0.0$"):
+        SimulationConfig(shape_spread=0.0)
 
 
 def test_configs_from_before_the_pose_range_keep_the_trained_range():

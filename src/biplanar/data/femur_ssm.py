@@ -50,6 +50,7 @@ from biplanar.geometry.fitting import fit_line, fit_sphere
 SHAPE_MODEL_FILE = "resources/femur_ssm/gias2_femur_left_llp26.npz"
 SHAPE_MODEL_NAME = "gias2_llp26"
 TRUNCATION_SD = 3.0
+LARGEST_SPREAD = 3.0  # of SsmFemurParameters.sample: beyond it most weights sit at the truncation
 SURFACE_SAMPLE_MM = 0.5
 PLANE_DISTANCE_MM = 2.0
 # Farther from the surface than this, a point is outside (no femur is that thick) and its distance is
@@ -116,12 +117,16 @@ class SsmFemurParameters:
     cortex_shaft_mm: float = FemurParameters.cortex_shaft_mm
 
     @classmethod
-    def sample(cls, rng: np.random.Generator) -> SsmFemurParameters:
-        """Weights ``N(0, 1)`` redrawn beyond ``+-TRUNCATION_SD``, then the cortex (phantom ranges)."""
-        weights = rng.standard_normal(len(femur_shape_model().sd))
+    def sample(cls, rng: np.random.Generator, spread: float = 1.0) -> SsmFemurParameters:
+        """Weights ``N(0, spread^2)`` redrawn beyond ``+-TRUNCATION_SD``, then the cortex (phantom
+        ranges). ``spread`` above 1 draws more femurs near the model's edges (the same draws as
+        ``spread`` 1 scaled, so ``spread`` 1 is the model's own population)."""
+        if not 0 < spread <= LARGEST_SPREAD:
+            raise ValueError(f"spread: expected in (0, {LARGEST_SPREAD}], got {spread}")
+        weights = spread * rng.standard_normal(len(femur_shape_model().sd))
         while np.any(np.abs(weights) > TRUNCATION_SD):
             outside = np.abs(weights) > TRUNCATION_SD
-            weights[outside] = rng.standard_normal(int(outside.sum()))
+            weights[outside] = spread * rng.standard_normal(int(outside.sum()))
         ranges = FemurParameters.ranges()
         return cls(
             tuple(float(w) for w in weights),

@@ -147,12 +147,17 @@ class SubjectSpec:
     body: BodyParameters = field(default_factory=BodyParameters.mean)
 
     @classmethod
-    def sample(cls, seed: int, femur_shape: str = "phantom", pose_range: PoseRange = PoseRange()) -> SubjectSpec:
+    def sample(
+        cls, seed: int, femur_shape: str = "phantom", pose_range: PoseRange = PoseRange(), shape_spread: float = 1.0
+    ) -> SubjectSpec:
         """A random subject with a ``femur_shape`` femur (:data:`FEMUR_SHAPES`) posed within
-        ``pose_range``; all draws come from ``numpy.random.default_rng(seed)``."""
+        ``pose_range``; all draws come from ``numpy.random.default_rng(seed)``. ``shape_spread``:
+        the standard deviation of a shape-model femur's mode weights (:meth:`SsmFemurParameters.sample`;
+        phantom femurs keep their ranges)."""
         rng = np.random.default_rng(seed)
+        femur_class = FEMUR_SHAPES[femur_shape]
         return cls(
-            FEMUR_SHAPES[femur_shape].sample(rng),
+            femur_class.sample(rng, shape_spread) if femur_class is SsmFemurParameters else femur_class.sample(rng),
             PelvisParameters.sample(rng),
             TissueParameters.sample(rng),
             Pose.sample(rng, pose_range),

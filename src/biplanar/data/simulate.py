@@ -75,6 +75,7 @@ import numpy as np
 import torch
 
 from biplanar.config import DEFAULT_NUM_SAMPLES, MAX_SUBJECTS, MAX_WORKERS, PRESETS, load_config
+from biplanar.data.femur_ssm import LARGEST_SPREAD
 from biplanar.data.grid_presets import GRID_PRESETS, grid_preset
 from biplanar.data.masks import femur_masks
 from biplanar.data.phantom import (
@@ -162,6 +163,9 @@ class SimulationConfig:
         pose_shift_mm: largest translation of the patient along each world axis, mm.
         bone_contrast: largest bone contrast factor of a case's radiographs, in ``[1, 4]`` (module
             doc; 1: this project's ``hu_to_mu`` as it is).
+        shape_spread: standard deviation of a shape-model femur's mode weights, in ``(0, 3]``
+            (1: the model's population; above 1 more femurs near its edges; still truncated at
+            +-3 sd; phantom femurs keep their ranges).
     """
 
     preset: str = "lite"
@@ -176,6 +180,7 @@ class SimulationConfig:
     pose_angle_deg: float = MAX_POSE_ANGLE_DEG
     pose_shift_mm: float = MAX_TRANSLATION_MM
     bone_contrast: float = 1.0
+    shape_spread: float = 1.0
 
     def __post_init__(self) -> None:
         for name, allowed in (
@@ -195,13 +200,14 @@ class SimulationConfig:
             and 0 <= self.pose_angle_deg <= LARGEST_POSE_ANGLE_DEG
             and 0 <= self.pose_shift_mm <= LARGEST_POSE_SHIFT_MM
             and 1 <= self.bone_contrast <= LARGEST_BONE_CONTRAST
+            and 0 < self.shape_spread <= LARGEST_SPREAD
         ):
             raise InputError(
                 f"photons > 0, kvp in {KVP_RANGE}, aluminium_mm >= 0, num_samples >= 1, pose_angle_deg "
-                f"in [0, {LARGEST_POSE_ANGLE_DEG}], pose_shift_mm in [0, {LARGEST_POSE_SHIFT_MM}] and "
-                f"bone_contrast in [1, {LARGEST_BONE_CONTRAST}] expected, got {self.photons}, {self.kvp}, "
-                f"{self.aluminium_mm}, {self.num_samples}, {self.pose_angle_deg}, {self.pose_shift_mm}, "
-                f"{self.bone_contrast}"
+                f"in [0, {LARGEST_POSE_ANGLE_DEG}], pose_shift_mm in [0, {LARGEST_POSE_SHIFT_MM}], "
+                f"bone_contrast in [1, {LARGEST_BONE_CONTRAST}] and shape_spread in (0, {LARGEST_SPREAD}] "
+                f"expected, got {self.photons}, {self.kvp}, {self.aluminium_mm}, {self.num_samples}, "
+                f"{self.pose_angle_deg}, {self.pose_shift_mm}, {self.bone_contrast}, {self.shape_spread}"
             )
 
     @property
@@ -454,8 +460,8 @@ def case_noise_seed(seed: int) -> int:
 
 
 def case_subject(seed: int, config: SimulationConfig = DEFAULT_CONFIG) -> SubjectSpec:
-    """The subject case ``seed`` draws under ``config`` (its femur shape and pose range)."""
-    return SubjectSpec.sample(seed, case_femur_shape(seed, config.shapes), config.pose_range)
+    """The subject case ``seed`` draws under ``config`` (its femur shape, shape spread and pose range)."""
+    return SubjectSpec.sample(seed, case_femur_shape(seed, config.shapes), config.pose_range, config.shape_spread)
 
 
 def simulate_case(
