@@ -41,6 +41,7 @@ from biplanar.data.simulate import SimulationConfig, simulate_case, subject_seed
 from biplanar.evaluation.evaluate import write_study
 from biplanar.evaluation.hip import hip_errors, subject_hip_truth
 from biplanar.io.volumes import write_volume
+from biplanar.registration.outputs import QUALITY_SUMMARY_KEYS
 
 HELD_OUT_SEED = 9090  # a dataset seed no training set used
 ROUTES = ("phantom, masks", "SSM, masks", "SSM, no masks", "SSM clinical, DICOM only")
@@ -109,6 +110,7 @@ def run_case(index: int, work: Path, models: dict[str, tuple[Path, Path | None]]
                     "neck_shaft_angle_abs_error_deg": abs(errors["neck_shaft_angle_error_deg"]),
                     "anteversion_abs_error_deg": abs(errors["anteversion_error_deg"]),
                     "anteversion_error_deg": errors["anteversion_error_deg"],
+                    **{key: report["quality"][key] for key in QUALITY_SUMMARY_KEYS},
                 }
             )
             print(f"case {index} {route} {name}: Dice {report['dice']:.3f}", flush=True)

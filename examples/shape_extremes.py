@@ -36,6 +36,7 @@ from biplanar.data.phantom import SubjectSpec
 from biplanar.data.simulate import SimulationConfig, case_subject, simulate_case, subject_seed
 from biplanar.evaluation.evaluate import write_study
 from biplanar.io.volumes import write_volume
+from biplanar.registration.outputs import QUALITY_SUMMARY_KEYS
 
 HELD_OUT_SEED = 9090  # the held-out table's dataset seed (examples/heldout_table.py)
 CONFIG = SimulationConfig(preset="lite", geometry="orthogonal", shapes="ssm")
@@ -85,7 +86,7 @@ def run_subject(index: int, work: Path, refine: int | None) -> list[dict]:
             ).report
             row = {"case": index, "variant": variant, "route": route}
             row |= {key: report[key] for key in ("dice", "assd_mm", "hd95_mm")}
-            row["flagged"] = bool(report["quality"]["flag"])
+            row |= {key: report["quality"][key] for key in QUALITY_SUMMARY_KEYS}
             row["head_diameter_mm"] = head_diameter_mm
             rows.append(row)
             print(f"case {index} {variant} {route}: Dice {report['dice']:.3f}", flush=True)
@@ -106,7 +107,7 @@ def table(rows: list[dict], n: int) -> str:
             for key, style in (("dice", "{:.3f}"), ("assd_mm", "{:.2f}")):
                 values = np.array([row[key] for row in chosen if row["route"] == route])
                 cells.append(f"{style.format(values.mean())} +- {style.format(values.std())}")
-            flagged = [row["flagged"] for row in chosen if row["route"] == route]
+            flagged = [row["flag"] for row in chosen if row["route"] == route]
             cells.append(f"{sum(flagged)}/{len(flagged)}")
         lines.append(f"| {variant} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

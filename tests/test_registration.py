@@ -7,6 +7,7 @@ import json
 import math
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import nibabel as nib
 import numpy as np
@@ -16,16 +17,26 @@ from PIL import Image
 
 from biplanar.config import load_config
 from biplanar.data.atlas import atlas_surface, load_atlas, warped_atlas_hu, warped_atlas_labels
+from biplanar.data.masks import MASK_MIN_PATH_MM
 from biplanar.data.simulate import SimulationConfig, simulate_case
 from biplanar.errors import InputError
 from biplanar.geometry import biplanar_pair
 from biplanar.io.geometry_file import read_geometry, write_geometry
 from biplanar.io.images import write_image
 from biplanar.io.volumes import write_volume
+from biplanar.layers.prost import ProST
 from biplanar.layers.warp import SpatialTransformer
 from biplanar.models.network import AtlasRegistrationNet
+from biplanar.models.segmentation import mask_dice
 from biplanar.registration import OUTPUT_FILES, pipeline, register
-from biplanar.registration.outputs import QUALITY_MIN_PROJECTION_NCC, output_files, quality_report
+from biplanar.registration.outputs import (
+    QUALITY_MIN_PROJECTION_NCC,
+    QUALITY_MIN_SILHOUETTE_DICE,
+    ProjectionChecks,
+    output_files,
+    projection_checks,
+    quality_report,
+)
 from biplanar.training import checkpoints
 from biplanar.training.checkpoints import capture_rng_state, export_model, load_checkpoint, save_checkpoint
 
@@ -231,6 +242,8 @@ def test_report_has_timings_similarity_and_metrics(result):
     quality = report["quality"]
     assert ("network_projection_ncc" in quality) == refined  # the flag also sees the network's, calibrated
     assert quality["projection_ncc"] == report["projection_ncc"]
+    assert set(quality["silhouette_dice"]) == {"AP", "LAT"}
+    assert all(0 <= value <= 1 for value in quality["silhouette_dice"].values())
     if refined:
         record = report["refine"]
         assert record["iterations"] == 2 and record["time_s"] > 0
@@ -440,6 +453,10 @@ def test_registration_does_not_import_the_training_stack_or_the_simulator(fresh_
     assert fresh_python(code).strip() == "[]"
 
 
+def checks(ncc: dict[str, float], silhouette: dict[str, float] | None = None) -> ProjectionChecks:
+    return ProjectionChecks(ncc, silhouette or {"AP": 0.99, "LAT": 0.99})
+
+
 @pytest.mark.parametrize(
     ("refined", "network", "flagged", "lowest"),
     [
@@ -454,7 +471,69 @@ def test_the_quality_flag_sees_the_networks_projections_under_refine(refined, ne
     """With --refine the flag reads the lower of the network's projection NCC (what its threshold was
     calibrated on) and the refined one's, per view; without, the result's (the network's)."""
     result = refined or {"AP": 0.93, "LAT": 0.91}
-    quality = quality_report(result, network)
+    quality = quality_report(checks(result), network and checks(network))
     assert quality["projection_ncc"] == result
     assert quality["flag"] is flagged and quality["lowest_view"] == lowest
     assert quality["threshold"] == QUALITY_MIN_PROJECTION_NCC
+    assert len(quality["flag_reasons"]) == flagged
+
+
+@pytest.mark.parametrize(
+    ("result", "network", "reasons"),
+    [
+        ({"AP": 0.99, "LAT": 0.98}, None, []),
+        ({"AP": 0.99, "LAT": 0.95}, None, ["silhouette Dice 0.950 in LAT is below 0.97"]),
+        ({"AP": 0.99, "LAT": 0.99}, {"AP": 0.96, "LAT": 0.99}, ["silhouette Dice 0.960 in AP is below 0.97"]),
+    ],
+    ids=["both fit", "a silhouette off", "the network's silhouette off under refine"],
+)
+def test_the_quality_flag_sees_a_silhouette_that_does_not_fit_the_mask(result, network, reasons):
+    """A registered femur whose outline leaves the mask is flagged even when the projection NCC
+    passes (docs/clinical.md, "The silhouette check")."""
+    good_ncc = {"AP": 0.92, "LAT": 0.91}
+    quality = quality_report(checks(good_ncc, result), network and checks(good_ncc, network))
+    assert quality["silhouette_dice"] == result
+    assert quality["flag_reasons"] == reasons and quality["flag"] is bool(reasons)
+    assert quality["silhouette_threshold"] == QUALITY_MIN_SILHOUETTE_DICE == 0.97
+
+
+def test_silhouette_dice_is_the_dice_of_the_mask_rule_with_the_network_s_mask():
+    """The silhouette of a box femur against its own mask-rule mask is 1; against the mask moved 3
+    columns it is the two masks' Dice."""
+    grid = load_atlas("tiny").grid
+    labels = np.zeros(grid.shape, dtype=np.uint8)
+    labels[14:30, 10:22, 8:40] = 1  # FEMUR_LABEL
+    femur = torch.from_numpy(labels == 1).float()[None, None]  # (1, 1, I, J, K)
+    views = biplanar_pair(image_shape=(56, 40), pixel_spacing_mm=(3.72, 3.72))
+    num_samples = 64
+    silhouette = {
+        name: ProST(view, grid, num_samples)(femur)[0, 0].numpy() > MASK_MIN_PATH_MM for name, view in views.items()
+    }
+    network = SimpleNamespace(
+        grid=grid,
+        projectors=SimpleNamespace(
+            num_samples=num_samples,
+            project=lambda volume, pairs: torch.stack(
+                [torch.cat([ProST(view, grid, num_samples)(volume)[:, 0] for view in pair]) for pair in pairs]
+            ),
+        ),
+    )
+    output = SimpleNamespace(warped_image=femur * 1000.0)
+
+    def inputs_with(masks: dict[str, np.ndarray]) -> SimpleNamespace:
+        return SimpleNamespace(
+            views={
+                name: SimpleNamespace(view=views[name], image=np.ones(masks[name].shape, np.float32), mask=masks[name])
+                for name in views
+            }
+        )
+
+    assert projection_checks(output, network, labels, inputs_with(silhouette)).silhouette_dice == {
+        "AP": 1.0,
+        "LAT": 1.0,
+    }
+    moved = {name: np.roll(silhouette[name], 3, axis=1) for name in views}
+    dice = projection_checks(output, network, labels, inputs_with(moved)).silhouette_dice
+    for name in views:
+        expected = mask_dice(silhouette[name][None], moved[name][None])[0]  # MONAI's compute_dice
+        assert dice[name] == pytest.approx(float(expected), abs=1e-6) and dice[name] < 0.9

@@ -42,7 +42,14 @@ def contents(vertices: np.ndarray, faces: np.ndarray, landmarks=None) -> ReportC
             ReportRow("head diameter", 46.25, "mm", "twice the radius"),
             ReportRow("centre", [1, 2, 3], "mm"),
         ],
-        quality={"projection_ncc": {"AP": 0.91, "LAT": 0.62}, "threshold": 0.79, "flag": True, "definition": "NCC"},
+        quality={
+            "projection_ncc": {"AP": 0.91, "LAT": 0.62},
+            "threshold": 0.79,
+            "silhouette_dice": {"AP": 0.98, "LAT": 0.95},
+            "silhouette_threshold": 0.97,
+            "flag": True,
+            "definition": "NCC",
+        },
         timings_s={"network": 0.5, "total": 1.25},
         scores=[ReportRow("Dice", None)],
     )

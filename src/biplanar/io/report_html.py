@@ -82,8 +82,8 @@ class ReportContents:
         landmarks_mm: name -> ``(3,)`` point, world RAS+ mm, drawn as labelled spheres.
         images: caption -> PNG bytes (the radiographs with their overlays), in order.
         measurements: the hip measurements.
-        quality: ``projection_ncc`` (view -> NCC), ``threshold``, ``flag`` (bool) and ``definition``
-            (``report.json``'s ``quality``).
+        quality: ``projection_ncc`` and ``silhouette_dice`` (view -> value), ``threshold``,
+            ``silhouette_threshold``, ``flag`` (bool) and ``definition`` (``report.json``'s ``quality``).
         timings_s: stage -> seconds.
         scores: scores against a truth (Dice, distances), if any.
     """
@@ -165,6 +165,8 @@ def _quality_section(quality: dict[str, Any]) -> str:
     )
     rows = [ReportRow(f"projection NCC, {view}", value) for view, value in quality["projection_ncc"].items()]
     rows.append(ReportRow("threshold (lowest view)", quality["threshold"]))
+    rows += [ReportRow(f"silhouette Dice, {view}", value) for view, value in quality["silhouette_dice"].items()]
+    rows.append(ReportRow("silhouette threshold (lowest view)", quality["silhouette_threshold"]))
     return (
         f"<p>{badge}</p>{_table(rows, ('quantity', 'value', 'unit'))}"
         f"<p class='definition'>{html.escape(str(quality['definition']))}</p>"

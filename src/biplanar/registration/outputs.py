@@ -15,8 +15,9 @@ to ``out_dir`` once complete, so a failure leaves nothing behind:
     overlay_AP.png, overlay_LAT.png
                           each radiograph with the outline of the warped labels' projection
     report.json           timings_s; projection_ncc per view (DRR of the warped atlas femur vs the
-                          network's inputs); hip: measurements of the atlas landmarks carried
-                          through Psi and the carried landmarks (:mod:`biplanar.evaluation.hip`);
+                          network's inputs); quality (:func:`quality_report`); hip: measurements
+                          of the atlas landmarks carried through Psi and the carried landmarks
+                          (:mod:`biplanar.evaluation.hip`);
                           with truth labels dice, jaccard, assd_mm, hd95_mm; with refine > 0,
                           refine: iterations, time_s, projection_ncc_before/after and
                           objective_before/after (the refinement objective's own NCC, whole atlas
@@ -34,6 +35,7 @@ to ``out_dir`` once complete, so a failure leaves nothing behind:
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -90,10 +92,17 @@ CORRECTED_GEOMETRY = "geometry_corrected.json"
 # The lowest per-view projection NCC of a registration that is trusted; below it report.json's quality
 # flag is set and register warns. Chosen by `python examples/quality_threshold.py --n 8` (docs/clinical.md).
 QUALITY_MIN_PROJECTION_NCC = 0.79
+# The lowest per-view silhouette Dice trusted (docs/clinical.md, "The silhouette check").
+QUALITY_MIN_SILHOUETTE_DICE = 0.97
+# report.json's quality keys a study of many registrations records per registration.
+QUALITY_SUMMARY_KEYS = ("flag", "lowest_projection_ncc", "lowest_silhouette_dice")
 QUALITY_DEFINITION = (
     "projection NCC: global normalised cross-correlation, per view, of the DRR of the registered atlas femur "
-    "with the network's input (radiograph x femur mask) on the model's detector; flag: the lowest view below "
-    "threshold (wrong side, views swapped, geometry off, not a femur)"
+    "with the network's input (radiograph x femur mask) on the model's detector; silhouette Dice: per view, "
+    "the Dice of the registered femur's silhouette (pixels whose ray crosses more than 1 mm of it) with the "
+    "femur mask the network used, on the model's detector; flag: the lowest view "
+    "below either threshold (wrong side, views swapped, geometry off, not a femur, a femur the network "
+    "could not fit)"
 )
 TRANSFORM_CONVENTION = (
     "pull: the matrix maps a point p of the registered (patient) frame to the atlas point it takes "
@@ -217,26 +226,47 @@ def patient_hip_report(atlas, displacement: Tensor, mirror: SagittalMirror | Non
     return report
 
 
-def projection_ncc(output, network, warped_labels: np.ndarray, inputs: RegistrationInputs) -> dict[str, float]:
-    """Per view, the global NCC, on the model's detector in the registration world, of the DRR of the
-    warped atlas femur (``warped_labels``: ``(I, J, K)`` on the atlas grid, registration world) with
-    the network's inputs (radiograph x mask)."""
+@dataclass(frozen=True)
+class ProjectionChecks:
+    """How well a registration's projections fit the network's inputs, per view (``AP``, ``LAT``).
+
+    Attributes:
+        ncc: the global NCC of the DRR of the registered atlas femur with radiograph x mask.
+        silhouette_dice: the Dice of the registered femur's silhouette with the mask.
+    """
+
+    ncc: dict[str, float]
+    silhouette_dice: dict[str, float]
+
+
+def projection_checks(output, network, warped_labels: np.ndarray, inputs: RegistrationInputs) -> ProjectionChecks:
+    """Per view, on the model's detector in the registration world, the projection NCC and the
+    silhouette Dice of the warped atlas femur (``warped_labels``: ``(I, J, K)`` on the atlas grid,
+    registration world) against the network's inputs (radiograph x mask, the mask).
+
+    The silhouette is the mask rule's (:mod:`biplanar.data.masks`: the ray crosses more than
+    :data:`MASK_MIN_PATH_MM` of femur), over the whole model detector (its field of view is the atlas
+    grid's projection, so a mask running on down the shaft adds a row or two at most).
+    """
     device = output.warped_image.device
     femur = torch.from_numpy(warped_labels == FEMUR_LABEL).float()[None, None].to(device)  # (1, 1, I, J, K)
     pair = [(inputs.views["AP"].view, inputs.views["LAT"].view)]
     drrs = network.projectors.project(output.warped_image * femur, pair)[0].cpu()  # (2, rows, cols)
-    ncc = {}
+    ncc, silhouette_dice = {}, {}
     for index, name in enumerate(VIEW_NAMES):
-        model_input = torch.from_numpy(inputs.views[name].image * inputs.views[name].mask)[None, None]
-        ncc[name] = float(global_ncc(drrs[index][None, None], model_input)[0])
-    return ncc
+        view = inputs.views[name]
+        ncc[name] = float(global_ncc(drrs[index][None, None], torch.from_numpy(view.image * view.mask)[None, None])[0])
+        prost = ProST(view.view, network.grid, network.projectors.num_samples).to(device)
+        silhouette = prost(femur)[0, 0].cpu().numpy() > MASK_MIN_PATH_MM  # (rows, cols)
+        silhouette_dice[name] = _mask_dice(silhouette, view.mask)
+    return ProjectionChecks(ncc, silhouette_dice)
 
 
 def write_projections(
     folder: Path, output, network, warped_labels: np.ndarray, inputs: RegistrationInputs
-) -> dict[str, float]:
+) -> ProjectionChecks:
     """Write the overlays and the masks the network used, in the user's pixels; return the
-    :func:`projection_ncc` per view.
+    :func:`projection_checks`.
 
     The overlays draw, on each radiograph as the user gave it (its own detector and orientation),
     the outline of the pixels whose ray crosses more than the mask rule's path length of warped femur
@@ -257,7 +287,7 @@ def write_projections(
             np.flip(path_mm > MASK_MIN_PATH_MM, file_axes),
         )
         write_mask_png(folder / f"{name}_mask.png", view.mask_in_file_pixels(inputs.mirror))
-    return projection_ncc(output, network, warped_labels, inputs)
+    return projection_checks(output, network, warped_labels, inputs)
 
 
 LANDMARK_POINTS = {  # landmarks.json / markups name -> the carried landmark's key (evaluation.hip)
@@ -323,30 +353,61 @@ def write_landmarks(folder: Path, hip: dict[str, Any], side: str) -> None:
     write_json(folder / "landmarks.mrk.json", markups)
 
 
-def quality_report(projection_ncc: dict[str, float], network_ncc: dict[str, float] | None = None) -> dict[str, Any]:
-    """``report.json``'s ``quality``: the projection NCC per view and a flag when the lowest is below
-    :data:`QUALITY_MIN_PROJECTION_NCC` (calibrated on held-out phantoms, docs/clinical.md).
+def _mask_dice(first: np.ndarray, second: np.ndarray) -> float:
+    """``2 |A ∩ B| / (|A| + |B|)`` of two ``(rows, cols)`` bool masks, 1 when both are empty (NumPy:
+    ``register`` does not import MONAI, whose ``compute_dice`` the tests compare it with)."""
+    total = int(first.sum()) + int(second.sum())
+    return 1.0 if total == 0 else 2.0 * int((first & second).sum()) / total
+
+
+def quality_report(checks: ProjectionChecks, network_checks: ProjectionChecks | None = None) -> dict[str, Any]:
+    """``report.json``'s ``quality``: the projection NCC and silhouette Dice per view, and a flag when
+    the lowest of either is below its threshold (:data:`QUALITY_MIN_PROJECTION_NCC`,
+    :data:`QUALITY_MIN_SILHOUETTE_DICE`; calibrated on held-out subjects, docs/clinical.md).
 
     Args:
-        projection_ncc: the result's :func:`projection_ncc` per view.
-        network_ncc: with ``--refine``, the network's result's, before the refinement: the flag is
-            then set on the lower of the two per view, so that it still sees what the threshold
-            was calibrated on, the network's result (the refinement makes the projections fit
+        checks: the result's :func:`projection_checks`.
+        network_checks: with ``--refine``, the network's result's, before the refinement: the flag
+            is then set on the lower of the two per view, so that it still sees what the thresholds
+            were calibrated on, the network's result (the refinement makes the projections fit
             without making a failed femur right: docs/results.md, "What the simulator still does
             not model").
     """
-    basis = projection_ncc
-    if network_ncc is not None:
-        basis = {name: min(value, network_ncc[name]) for name, value in projection_ncc.items()}
-    lowest_view = min(basis, key=lambda name: basis[name])
-    lowest = basis[lowest_view]
+    ncc, silhouette = checks.ncc, checks.silhouette_dice
+    if network_checks is not None:
+        ncc = {name: min(value, network_checks.ncc[name]) for name, value in ncc.items()}
+        silhouette = {name: min(value, network_checks.silhouette_dice[name]) for name, value in silhouette.items()}
+    lowest_view = min(ncc, key=lambda name: ncc[name])
+    lowest_silhouette_view = min(silhouette, key=lambda name: silhouette[name])
+    reasons = [
+        f"{label} {values[view]:.3f} in {view} is below {threshold:.2f}"
+        for label, values, view, threshold in (
+            ("projection NCC", ncc, lowest_view, QUALITY_MIN_PROJECTION_NCC),
+            ("silhouette Dice", silhouette, lowest_silhouette_view, QUALITY_MIN_SILHOUETTE_DICE),
+        )
+        if values[view] < threshold
+    ]
+    network_values = (
+        {}
+        if network_checks is None
+        else {
+            "network_projection_ncc": network_checks.ncc,
+            "network_silhouette_dice": network_checks.silhouette_dice,
+            "flag_on": "lower of the two",
+        }
+    )
     return {
-        "projection_ncc": projection_ncc,
-        **({} if network_ncc is None else {"network_projection_ncc": network_ncc, "flag_on": "lower of the two"}),
+        "projection_ncc": checks.ncc,
+        "silhouette_dice": checks.silhouette_dice,
+        **network_values,
         "lowest_view": lowest_view,
-        "lowest_projection_ncc": lowest,
+        "lowest_projection_ncc": ncc[lowest_view],
         "threshold": QUALITY_MIN_PROJECTION_NCC,
-        "flag": bool(lowest < QUALITY_MIN_PROJECTION_NCC),
+        "lowest_silhouette_view": lowest_silhouette_view,
+        "lowest_silhouette_dice": silhouette[lowest_silhouette_view],
+        "silhouette_threshold": QUALITY_MIN_SILHOUETTE_DICE,
+        "flag": bool(reasons),
+        "flag_reasons": reasons,
         "definition": QUALITY_DEFINITION,
     }
 

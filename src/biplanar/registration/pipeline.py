@@ -74,7 +74,7 @@ from biplanar.registration.outputs import (
     CORRECTED_GEOMETRY,
     output_files,
     patient_hip_report,
-    projection_ncc,
+    projection_checks,
     quality_report,
     truth_metrics,
     write_landmarks,
@@ -397,7 +397,7 @@ def register(
         output = network.eval()(radiographs, [(views["AP"], views["LAT"])])
         synchronise(device)
         times["network"] = time.perf_counter() - started - sum(times.values())
-        refinement, network_ncc = {}, None
+        refinement, network_checks = {}, None
         if refine > 0:
             oblique = refine_choice.get("beam_obliquity_deg")
             reason = "" if oblique is None else f"; a beam {max(oblique.values()):.0f} deg from AP / lateral"
@@ -406,7 +406,7 @@ def register(
             before = None if truth is None else truth_metrics(truth, inputs.patient_volume(network_labels), model_atlas)
             hip_before = patient_hip_report(model_atlas, output.total_displacement, inputs.mirror)
             hip_before.pop("landmarks")
-            network_ncc = projection_ncc(output, network, network_labels, inputs)
+            network_checks = projection_checks(output, network, network_labels, inputs)
             output, record = refine_output(network, config, output, radiographs, views, masked, refine, progress)
             synchronise(device)
             times["refine"] = record.time_s
@@ -426,13 +426,13 @@ def register(
         written = time.perf_counter()
         with atomic_folder(out_dir, replace=False) as partial:
             warped_labels, surface = write_volumes(partial, output, network, model_atlas, inputs.mirror, mesh_format)
-            ncc = write_projections(partial, output, network, warped_labels, inputs)
-            quality = quality_report(ncc, network_ncc)
+            checks = write_projections(partial, output, network, warped_labels, inputs)
+            quality = quality_report(checks, network_checks)
             hip = patient_hip_report(model_atlas, output.total_displacement, inputs.mirror)
             write_landmarks(partial, hip, inputs.side)
             report = {
                 "timings_s": times,
-                "projection_ncc": ncc,
+                "projection_ncc": checks.ncc,
                 "quality": quality,
                 "deformation": folding_statistics(output.total_displacement, model_atlas.grid),
                 **({} if truth is None else truth_metrics(truth, inputs.patient_volume(warped_labels), model_atlas)),
@@ -460,12 +460,10 @@ def register(
             write_report_page(partial, report, surface)
             write_json(partial / "report.json", report)
     if quality["flag"]:
-        lowest = quality["lowest_view"]
-        basis = "projection NCC" if network_ncc is None else "projection NCC (the lower of the network's and refined)"
+        basis = "" if network_checks is None else " (the lower of the network's and the refined result's)"
         print(
-            f"warning: registration quality: {basis} {quality['lowest_projection_ncc']:.2f} in "
-            f"{lowest} is below {quality['threshold']:.2f} (wrong side, views swapped, geometry "
-            f"off?): check {out_dir / ('overlay_' + lowest + '.png')}",
+            f"warning: registration quality{basis}: {'; '.join(quality['flag_reasons'])} (wrong side, views "
+            f"swapped, geometry off, a femur the network could not fit?): check the overlays in {out_dir}",
             file=sys.stderr,
             flush=True,
         )
