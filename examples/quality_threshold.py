@@ -34,6 +34,7 @@ from biplanar.evaluation.evaluate import rows_to_csv
 from biplanar.geometry.presets import biplanar_pair
 from biplanar.io.atomic import atomic_write_text
 from biplanar.io.volumes import write_volume
+from biplanar.registration.outputs import QUALITY_SUMMARY_KEYS
 
 CALIBRATION_SEED = 5050  # a dataset seed no training set used (the routes table uses 4040)
 FAILED_DICE = 0.90  # a registration below this Dice has failed (what the flag should catch)
@@ -43,7 +44,8 @@ FAILURES = ("left as right", "AP and LAT swapped", "LAT stated 10 deg off", "rig
 
 
 def registration(out: Path, folder: Path, truth: Path, masks: bool = True, swap: bool = False, **options) -> dict:
-    """One registration's lowest per-view projection NCC and its Dice."""
+    """One registration's quality summary (lowest per-view projection NCC and silhouette Dice, flag)
+    and its Dice."""
     ap, lat = (folder / "LAT.npy", folder / "AP.npy") if swap else (folder / "AP.npy", folder / "LAT.npy")
     if masks:
         options.update(ap_mask=folder / "AP_mask.npy", lat_mask=folder / "LAT_mask.npy")
@@ -59,7 +61,7 @@ def registration(out: Path, folder: Path, truth: Path, masks: bool = True, swap:
         segmentation_model=SEGMENTATION_MODEL,
         **options,
     ).report
-    return {"min_projection_ncc": min(report["projection_ncc"].values()), "dice": report["dice"]}
+    return {**{key: report["quality"][key] for key in QUALITY_SUMMARY_KEYS}, "dice": report["dice"]}
 
 
 def run_case(index: int, work: Path, config: SimulationConfig) -> list[dict]:
@@ -94,7 +96,8 @@ def run_case(index: int, work: Path, config: SimulationConfig) -> list[dict]:
         result = run(folder / "out" / name.replace(" ", "_"))
         rows.append({"case": index, "registration": name, "failed": result["dice"] < FAILED_DICE, **result})
         print(
-            f"case {index} {name}: lowest projection NCC {result['min_projection_ncc']:.3f}, Dice {result['dice']:.3f}",
+            f"case {index} {name}: lowest projection NCC {result['lowest_projection_ncc']:.3f}, "
+            f"silhouette Dice {result['lowest_silhouette_dice']:.3f}, Dice {result['dice']:.3f}",
             flush=True,
         )
     shutil.rmtree(folder / "out")
@@ -103,8 +106,8 @@ def run_case(index: int, work: Path, config: SimulationConfig) -> list[dict]:
 
 def rates(rows: list[dict], threshold: float) -> tuple[float, float]:
     """``(false-alarm rate, miss rate)`` of flagging NCC < ``threshold``."""
-    good = np.array([row["min_projection_ncc"] for row in rows if not row["failed"]])
-    bad = np.array([row["min_projection_ncc"] for row in rows if row["failed"]])
+    good = np.array([row["lowest_projection_ncc"] for row in rows if not row["failed"]])
+    bad = np.array([row["lowest_projection_ncc"] for row in rows if row["failed"]])
     return float(np.mean(good < threshold)), float(np.mean(bad >= threshold))
 
 
@@ -139,7 +142,7 @@ def main() -> None:
         f"{100 * false_alarm:.0f} % false alarms, {100 * miss:.0f} % misses"
     )
     for name in GOOD + FAILURES:
-        values = [row["min_projection_ncc"] for row in rows if row["registration"] == name]
+        values = [row["lowest_projection_ncc"] for row in rows if row["registration"] == name]
         lines.append(
             f"- {name}: lowest projection NCC {np.mean(values):.3f} (min {min(values):.3f}, max {max(values):.3f})"
         )

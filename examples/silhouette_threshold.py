@@ -2,18 +2,20 @@
 
 ``report.json``'s ``quality`` flags a registration when the lowest per-view projection NCC is below
 0.79 (``examples/quality_threshold.py``) or the lowest per-view silhouette Dice (the registered
-femur's outline against the mask the network used, :func:`biplanar.registration.outputs.projection_checks`)
-is below :data:`~biplanar.registration.outputs.QUALITY_MIN_SILHOUETTE_DICE`. This script reads the
+femur's outline against the mask the network used,
+:func:`biplanar.registration.outputs.projection_checks`) is below
+:data:`~biplanar.registration.outputs.QUALITY_MIN_SILHOUETTE_DICE`. This script reads the
 ``cases.csv`` of studies that record ``dice``, ``lowest_projection_ncc`` and
 ``lowest_silhouette_dice`` per registration (``examples/heldout_table.py``,
-``examples/shape_extremes.py``), counts a registration as failed when its Dice is below 0.90 (as
-``examples/quality_threshold.py`` does) and prints, for silhouette thresholds from 0.90 to 0.99, the
-false-alarm rate (good registrations flagged) and the miss rate (failures not flagged) of the flag
-with both checks, and the rule's threshold: the largest on the grid whose false-alarm rate is at
-most 1 %. Usage::
+``examples/shape_extremes.py``, ``examples/quality_threshold.py``). A registration has failed when
+its Dice is below 0.90 (as in ``examples/quality_threshold.py``). For silhouette thresholds from
+0.90 to 0.99 it prints the false-alarm rate (good registrations flagged) and the miss rate
+(failures not flagged) of the flag with both checks, and the rule's threshold: the largest on the
+grid whose false-alarm rate is at most 1 %; with ``--validate``, that threshold's rates on other
+studies' registrations (other subjects, other failures). Usage::
 
     python examples/silhouette_threshold.py --cases runs/heldout/cases.csv runs/shape_extremes/cases.csv \\
-        --out runs/silhouette_threshold
+        --validate runs/quality_threshold/cases.csv --out runs/silhouette_threshold
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ def read_rows(paths: list[Path]) -> list[dict]:
     for path in paths:
         with path.open(newline="") as handle:
             for row in csv.DictReader(handle):
-                group = " / ".join(row[key] for key in ("route", "variant", "model") if key in row)
+                group = " / ".join(row[key] for key in ("registration", "route", "variant", "model") if key in row)
                 rows.append(
                     {
                         "study": path.parent.name,
@@ -60,7 +62,7 @@ def rates(rows: list[dict], threshold: float) -> tuple[float, float]:
     return false_alarms, misses
 
 
-def report(rows: list[dict]) -> str:
+def report(rows: list[dict], validation: list[dict]) -> str:
     """Markdown: the rates per threshold, the rule's threshold, and the failures with their values."""
     failed = [row for row in rows if row["dice"] < FAILED_DICE]
     good = [row for row in rows if row["dice"] >= FAILED_DICE]
@@ -83,6 +85,14 @@ def report(rows: list[dict]) -> str:
             f"({100 * false_alarm:.1f} % false alarms, {100 * miss:.0f} % misses; NCC alone misses "
             f"{100 * rates(rows, 0.0)[1]:.0f} %)"
         )
+    if chosen is not None and validation:
+        false_alarm, miss = rates(validation, chosen)
+        failures = sum(row["dice"] < FAILED_DICE for row in validation)
+        lines.append(
+            f"\non the {len(validation)} validation registrations ({failures} failed) at {chosen:.3f}: "
+            f"{100 * false_alarm:.1f} % false alarms, {100 * miss:.0f} % misses (NCC alone: "
+            f"{100 * rates(validation, 0.0)[0]:.1f} %, {100 * rates(validation, 0.0)[1]:.0f} %)"
+        )
     silhouettes = np.array([row["silhouette"] for row in good])
     lines.append(
         f"\ngood registrations' lowest silhouette Dice: median {np.median(silhouettes):.3f}, "
@@ -99,9 +109,10 @@ def report(rows: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", type=Path, nargs="+", required=True, help="studies' cases.csv files")
+    parser.add_argument("--validate", type=Path, nargs="*", default=[], help="other studies' cases.csv files")
     parser.add_argument("--out", type=Path, required=True, help="folder for rates.md")
     arguments = parser.parse_args()
-    text = report(read_rows(arguments.cases))
+    text = report(read_rows(arguments.cases), read_rows(arguments.validate))
     atomic_write_text(arguments.out / "rates.md", text)
     print(text)
 
