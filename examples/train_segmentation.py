@@ -9,7 +9,8 @@ are written to that file (weights only: the file that is bundled)::
         --steps 7000 --seed 0 --threads 1 \\
         --export src/biplanar/resources/models/segmentation_lite/model.pt
 
-Continue a stopped run with ``--resume`` (the same arguments). The held-out score:
+Continue a stopped run with ``--resume`` (the same arguments); fine-tune a trained network with
+``--init CHECKPOINT`` (e.g. the bundled ``model.pt``). The held-out score:
 ``python examples/evaluate_segmentation.py``.
 """
 
@@ -38,6 +39,7 @@ def main() -> None:
     parser.add_argument("--resume", action="store_true", help="continue the run in --out")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--export", type=Path, help="write best.pt's weights-only copy here at the end")
+    parser.add_argument("--init", type=Path, help="start from this segmentation checkpoint's weights (fine-tuning)")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -49,7 +51,9 @@ def main() -> None:
         learning_rate=args.learning_rate,
         validate_every=args.validate_every,
     )
-    result = train_segmentation(args.data, args.out, config, resume=args.resume, progress=not args.no_progress)
+    result = train_segmentation(
+        args.data, args.out, config, resume=args.resume, progress=not args.no_progress, init=args.init
+    )
     for row in result.history:
         print(
             f"step {row['step']:>6.0f}  train loss {row['train_loss']:.4f}  val Dice mean "

@@ -197,3 +197,21 @@ def test_bundled_model_segments_a_held_out_radiograph():
     for view in VIEW_NAMES:
         mask = segment(network, tiny.radiographs[view], working_shape=BUNDLED_IMAGE_SHAPE)
         assert mask.shape == (56, 40) and mask_dice(mask[None], tiny.masks[view][None] > 0.5)[0] > 0.9
+
+
+def test_a_run_can_start_from_a_trained_network(five_subjects, tmp_path):
+    """``init``: the new run's first step starts from the checkpoint's weights (a fine-tuning), and
+    a network of another architecture, or ``init`` with ``resume``, is refused."""
+    trained = train_segmentation(five_subjects, tmp_path / "trained", SMALL, progress=False)
+    start = load_segmentation_model(trained.last_checkpoint)[0].state_dict()
+    # A learning rate too small to move a float32 weight: the run's weights are the ones it started from.
+    still = dataclasses.replace(SMALL, steps=1, validate_every=1, learning_rate=1e-30)
+    tuned = train_segmentation(five_subjects, tmp_path / "tuned", still, progress=False, init=trained.last_checkpoint)
+    assert _same_weights(load_segmentation_model(tuned.last_checkpoint)[0].state_dict(), start)
+    fresh = train_segmentation(five_subjects, tmp_path / "fresh", still, progress=False)
+    assert not _same_weights(load_segmentation_model(fresh.last_checkpoint)[0].state_dict(), start)
+    wider = dataclasses.replace(still, network=dataclasses.replace(SMALL.network, channels=(8, 8, 16)))
+    with pytest.raises(InputError, match="differs from the run's"):
+        train_segmentation(five_subjects, tmp_path / "wider", wider, progress=False, init=trained.last_checkpoint)
+    with pytest.raises(InputError, match="init: not with resume"):
+        train_segmentation(five_subjects, tmp_path / "tuned", still, resume=True, init=trained.last_checkpoint)

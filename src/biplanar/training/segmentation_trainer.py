@@ -58,7 +58,13 @@ from biplanar.models.segmentation import (
     segmentation_logits,
 )
 from biplanar.progress import print_stage
-from biplanar.training.segmentation_model import KIND, NETWORK, AugmentationConfig, SegmentationTrainingConfig
+from biplanar.training.segmentation_model import (
+    KIND,
+    NETWORK,
+    AugmentationConfig,
+    SegmentationTrainingConfig,
+    load_segmentation_model,
+)
 from biplanar.training.step_run import StepRun, resume_state
 from biplanar.training.trainer import (
     DataDirs,
@@ -358,6 +364,16 @@ def _check_resumable(config: SegmentationTrainingConfig, state: dict[str, Any], 
         raise InputError(f"{path}: the config differs from the checkpoint's (only steps may change)")
 
 
+def _initial_weights(path: str | Path, config: SegmentationTrainingConfig) -> dict[str, Tensor]:
+    """The weights of segmentation checkpoint ``path``; ``InputError`` unless its architecture is ``config.network``."""
+    network, architecture = load_segmentation_model(path)
+    if architecture != config.network:
+        raise InputError(
+            f"{path}: its network {architecture.to_dict()} differs from the run's {config.network.to_dict()}"
+        )
+    return network.state_dict()
+
+
 def train_segmentation(
     data_dir: DataDirs,
     out_dir: str | Path,
@@ -368,6 +384,7 @@ def train_segmentation(
     max_steps: int | None = None,
     progress: bool = True,
     device: str | torch.device | None = None,
+    init: str | Path | None = None,
 ) -> SegmentationTrainResult:
     """Train (or continue training) the segmentation U-Net; see the module doc for what is written.
 
@@ -383,11 +400,13 @@ def train_segmentation(
         max_steps: stop (with a checkpoint) once the run has done this many steps in total.
         progress: show a progress bar and a line per validation on stderr.
         device: where to train (default: CUDA when available, else the CPU).
+        init: start a new run from this segmentation checkpoint's weights (a fine-tuning; e.g. the
+            bundled ``model.pt``); its architecture must be ``config.network``. Not with ``resume``.
 
     Raises:
         InputError: bad data or config, images whose sides are not multiples of the network's
             total stride, a mismatching checkpoint, ``out_dir`` holding a run without ``resume``
-            (or none with it).
+            (or none with it), ``init`` with ``resume`` or of another architecture.
         TrainingInterrupted: on Ctrl-C / SIGTERM, after writing ``last.pt``.
     """
     config = config if config is not None else SegmentationTrainingConfig()
@@ -405,13 +424,18 @@ def train_segmentation(
         )
     state = None
     if resume:
+        if init is not None:
+            raise InputError("init: not with resume (a resumed run continues from its own last.pt)")
         state, path = resume_state(out_dir, device)
         _check_resumable(config, state, path)
+    initial = None if init is None else _initial_weights(init, config)
     prepare_run_dir(config, out_dir, resume)
     with deterministic_algorithms():
         run = _SegmentationRun(config, train, val, out_dir, device, progress)
         if state is not None:
             run.restore(state)
+        if initial is not None:
+            run.network.load_state_dict(initial)
         return _loop(run, progress, math.inf if max_steps is None else max_steps, resume)
 
 
