@@ -13,11 +13,12 @@ table counts the registrations that ``register``'s quality block flagged.
 
 Usage::
 
-    python examples/shape_extremes.py --n 10 --out runs/shape_extremes [--refine 50] [--model CHECKPOINT]
+    python examples/shape_extremes.py --n 10 --out runs/shape_extremes [--refine 50] [--model CHECKPOINT] \\
+        [--segmentation-model CHECKPOINT]
 
 (``--refine N``: every registration with ``N`` iterations of test-time optimisation, as
-``biplanar register --refine N``; ``--model``: another registration checkpoint than the bundled
-one) prints a Markdown table (mean +- sd over the subjects) and writes
+``biplanar register --refine N``; ``--model``, ``--segmentation-model``: other checkpoints than
+the bundled ones) prints a Markdown table (mean +- sd over the subjects) and writes
 ``cases.csv`` and ``table.md`` into ``--out`` (about 8 min for 10 subjects on this project's 2-core
 CPU; 20 min with ``--refine 50``).
 """
@@ -61,7 +62,9 @@ def variant_spec(spec: SubjectSpec, change: tuple[int, float] | None) -> Subject
     return dataclasses.replace(spec, femur=dataclasses.replace(spec.femur, mode_weights=tuple(weights)))
 
 
-def run_subject(index: int, work: Path, refine: int | None, model: Path | None) -> list[dict]:
+def run_subject(
+    index: int, work: Path, refine: int | None, model: Path | None, segmentation: Path | None
+) -> list[dict]:
     """Every variant of held-out subject ``index``, registered both ways: one row each."""
     seed = subject_seed(HELD_OUT_SEED, index)
     drawn = case_subject(seed, CONFIG)
@@ -82,6 +85,7 @@ def run_subject(index: int, work: Path, refine: int | None, model: Path | None) 
                 folder / f"out_{route.replace(' ', '_')}",
                 truth_labels=folder / "labels.nii.gz",
                 model=model,
+                segmentation_model=segmentation,
                 refine=refine,
                 progress=False,
                 **masks,
@@ -121,9 +125,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="folder for cases.csv and table.md")
     parser.add_argument("--refine", type=int, default=None, help="test-time iterations (default: register's choice)")
     parser.add_argument("--model", type=Path, default=None, help="registration checkpoint (default: the bundled one)")
+    parser.add_argument("--segmentation-model", type=Path, default=None, help="default: the bundled one")
     arguments = parser.parse_args()
     work = arguments.out / "work"
-    rows = [row for index in range(arguments.n) for row in run_subject(index, work, arguments.refine, arguments.model)]
+    rows = [
+        row
+        for index in range(arguments.n)
+        for row in run_subject(index, work, arguments.refine, arguments.model, arguments.segmentation_model)
+    ]
     shutil.rmtree(arguments.out / "work", ignore_errors=True)
     markdown = table(rows, arguments.n)
     write_study(arguments.out, rows, markdown)
