@@ -139,16 +139,26 @@ def model_paths(text: str) -> tuple[Path, Path | None]:
     return Path(model), Path(segmentation) if segmentation else None
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=30, help="held-out cases")
+def add_model_option(parser: argparse.ArgumentParser) -> None:
+    """The repeatable ``--model NAME=CHECKPOINT[,SEGMENTATION_CHECKPOINT]`` (read with :func:`named_models`)."""
     parser.add_argument(
         "--model", action="append", required=True, help="NAME=CHECKPOINT[,SEGMENTATION_CHECKPOINT], repeatable"
     )
+
+
+def named_models(items: list[str]) -> dict[str, tuple[Path, Path | None]]:
+    """``--model`` values -> name -> (checkpoint, segmentation checkpoint or ``None``)."""
+    return {name: model_paths(paths) for name, paths in (item.split("=", 1) for item in items)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=30, help="held-out cases")
+    add_model_option(parser)
     parser.add_argument("--out", type=Path, required=True, help="folder for cases.csv, table.md and the inputs")
     parser.add_argument("--refine", type=int, default=0, help="test-time optimisation iterations (default none)")
     arguments = parser.parse_args()
-    models = {name: model_paths(paths) for name, paths in (item.split("=", 1) for item in arguments.model)}
+    models = named_models(arguments.model)
     work = arguments.out / "inputs"
     rows = [row for index in range(arguments.n) for row in run_case(index, work, models, arguments.refine)]
     write_study(arguments.out, rows, table(rows, arguments.n))

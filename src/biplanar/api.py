@@ -369,6 +369,7 @@ def simulate(
     pose_shift_mm: float = 3.0,
     bone_contrast: float = 1.0,
     shape_spread: float = 1.0,
+    uniform_femur: bool = False,
     workers: int = 1,
     progress: bool = True,
 ) -> DatasetSummary:
@@ -405,6 +406,8 @@ def simulate(
             the factor uniform in ``[1, bone_contrast]`` (1: none; docs/data.md).
         shape_spread: standard deviation of the shape-model femurs' mode weights, in ``(0, 3]``
             (1: the model's own population; 1.5 draws more femurs near its +-3 sd edges; docs/data.md).
+        uniform_femur: render each subject's femur at one CT number (uniform in 300-1500 HU per
+            subject), as a projector given a voxelised femur mesh would; the CT written is unchanged.
         workers: parallel worker processes.
         progress: show a progress bar on stderr.
 
@@ -431,6 +434,7 @@ def simulate(
         pose_shift_mm=pose_shift_mm,
         bone_contrast=bone_contrast,
         shape_spread=shape_spread,
+        uniform_femur=uniform_femur,
     )
     return simulate_dataset(out, n, seed, config, workers=workers, progress=progress)
 

@@ -272,7 +272,9 @@ def simulate(
         help="line_integral, poisson, polychromatic or clinical (a processed clinic image, also as AP.dcm, LAT.dcm).",
     ),
     scene: str = typer.Option(
-        "body", help="What radiographs project: body (the patient around the CT, no box edges) or grid (the CT alone)."
+        "body",
+        help="What radiographs project: body (the patient around the CT, no box edges), grid (the CT alone) "
+        "or femur (the femur alone in air).",
     ),
     photons: float = typer.Option(1e5, help="Photons per pixel (mode poisson)."),
     kvp: float = typer.Option(80.0, help="Tube voltage, kV (mode polychromatic)."),
@@ -292,6 +294,12 @@ def simulate(
         1.0,
         help="Standard deviation of the shape-model femurs' mode weights, in (0, 3]: 1 the model's population, "
         "above 1 more femurs near its +-3 sd edges (not with --from-ct).",
+    ),
+    uniform_femur: bool = typer.Option(
+        False,
+        "--uniform-femur",
+        help="Render each subject's femur at one CT number (uniform in 300-1500 HU), as a projector given a "
+        "voxelised femur mesh would; the CT written is unchanged (not with --from-ct).",
     ),
     workers: int = typer.Option(1, min=1, help="Parallel worker processes."),
 ) -> None:
@@ -320,6 +328,8 @@ def simulate(
                 raise InputError("--bone-contrast: not used with --from-ct (its radiographs use hu_to_mu as it is)")
             if shape_spread != 1.0:
                 raise InputError("--shape-spread: not used with --from-ct (its femurs are the CT's)")
+            if uniform_femur:
+                raise InputError("--uniform-femur: not used with --from-ct (its femurs keep their CT numbers)")
             made = api.simulate_from_ct(
                 from_ct, out, seed, femur_labels=femur_labels, keep_sides=keep_sides, **rendering
             )
@@ -341,6 +351,7 @@ def simulate(
             pose_shift_mm=pose_shift_mm,
             bone_contrast=bone_contrast,
             shape_spread=shape_spread,
+            uniform_femur=uniform_femur,
             **rendering,
         )
         typer.echo(f"wrote {len(summary.written)} subjects to {out}, {len(summary.skipped)} already there")

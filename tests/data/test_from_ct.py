@@ -277,6 +277,7 @@ def test_command_refuses_a_folder_without_a_usable_femur_and_leaves_nothing(ct_f
         (["--femur-labels", "r=1"], "femur-labels: expected"),
         (["--bone-contrast", "2"], "--bone-contrast: not used with --from-ct"),
         (["--shape-spread", "1.5"], "--shape-spread: not used with --from-ct"),
+        (["--uniform-femur"], "--uniform-femur: not used with --from-ct"),
     ],
 )
 def test_command_refuses_bad_from_ct_options(ct_folder, tmp_path, extra, message):

@@ -24,6 +24,7 @@ from biplanar.data.phantom import PoseRange
 from biplanar.data.real_ct import REAL_CT
 from biplanar.data.simulate import (
     SUBJECT_FILES,
+    UNIFORM_FEMUR_HU_RANGE,
     SimulationConfig,
     case_subject,
     case_views,
@@ -33,6 +34,7 @@ from biplanar.data.simulate import (
     simulate_dataset,
     split_sizes,
     subject_seed,
+    with_uniform_femur,
 )
 from biplanar.errors import InputError
 from biplanar.geometry import CarmPose, VolumeGrid, biplanar_pair
@@ -139,6 +141,58 @@ def test_radiographs_are_line_integrals_of_the_whole_ct(tmp_path):
         # Soft tissue counts: rays through the volume that miss the femur still see > 1.
         inside = (expected > 0.5 * expected.max()) & (np.load(folder / f"{name}_mask.npy") == 0)
         assert inside.sum() > 100 and image[inside].min() > 1.0
+
+
+def test_femur_scene_projects_the_femur_alone_in_air(tmp_path):
+    """``scene="femur"``: the radiographs are the line integrals of the CT's femur voxels in air; rays
+    that miss the femur read 0; the CT, labels and masks written are those of ``scene="grid"``."""
+    alone, grid_scene = tmp_path / "femur", tmp_path / "grid"
+    simulate_dataset(alone, 1, SEED, dataclasses.replace(TINY, scene="femur"), progress=False)
+    simulate_dataset(grid_scene, 1, SEED, dataclasses.replace(TINY, scene="grid"), progress=False)
+    folder, grid_folder = subject_dirs(alone)[0], subject_dirs(grid_scene)[0]
+    hu, grid = read_volume(folder / "ct.nii.gz")
+    labels, _ = read_volume(folder / "labels.nii.gz")
+    for name in ("ct.nii.gz", "labels.nii.gz", "AP_mask.npy", "LAT_mask.npy"):
+        assert filecmp.cmp(folder / name, grid_folder / name, shallow=False), name
+    views = read_geometry(folder / "geometry.json")
+    for name in ("AP", "LAT"):
+        femur_alone = np.where(labels == 1, mu_from_hu(hu), 0.0)
+        expected = ray_integrals(femur_alone, grid, views[name].carm, views[name].image_shape)
+        image = np.load(folder / f"{name}.npy")
+        np.testing.assert_allclose(image, expected, atol=2e-3 * expected.max())
+        misses = ray_integrals((labels == 1).astype(float), grid, views[name].carm, views[name].image_shape) == 0
+        assert misses.sum() > 100 and np.abs(image[misses]).max() < 1e-6
+        assert image.max() < np.load(grid_folder / f"{name}.npy").max()
+
+
+def test_uniform_femur_renders_the_femur_at_its_recorded_ct_number(tmp_path):
+    """``uniform_femur``: the radiographs project the CT with the femur's voxels at one CT number in
+    the range, recorded in ``subject.json``; the CT written is the subject's, unchanged."""
+    uniform, plain = tmp_path / "uniform", tmp_path / "plain"
+    simulate_dataset(uniform, 1, SEED, dataclasses.replace(TINY, scene="grid", uniform_femur=True), progress=False)
+    simulate_dataset(plain, 1, SEED, dataclasses.replace(TINY, scene="grid"), progress=False)
+    folder = subject_dirs(uniform)[0]
+    assert filecmp.cmp(folder / "ct.nii.gz", subject_dirs(plain)[0] / "ct.nii.gz", shallow=False)
+    femur_hu = json.loads((folder / "subject.json").read_text())["uniform_femur_hu"]
+    assert UNIFORM_FEMUR_HU_RANGE[0] <= femur_hu <= UNIFORM_FEMUR_HU_RANGE[1]
+    hu, grid = read_volume(folder / "ct.nii.gz")
+    labels, _ = read_volume(folder / "labels.nii.gz")
+    views = read_geometry(folder / "geometry.json")
+    for name in ("AP", "LAT"):
+        expected = ray_integrals(mu_from_hu(np.where(labels == 1, femur_hu, hu)), grid, views[name].carm, (56, 40))
+        np.testing.assert_allclose(np.load(folder / f"{name}.npy"), expected, atol=2e-3 * expected.max())
+
+
+def test_with_uniform_femur_writes_only_the_registration_grids_femur():
+    """Inside a larger scene only the femur voxels of the registration grid's block change."""
+    scene_hu = np.full((6, 5, 4), 40.0, dtype=np.float32)
+    labels = np.zeros((2, 3, 2), dtype=np.uint8)
+    labels[1, 2, 1] = 1  # the femur
+    labels[0, 0, 0] = 2  # another label
+    block = (slice(3, 5), slice(1, 4), slice(2, 4))
+    uniform = with_uniform_femur(scene_hu, labels, block, 900.0)
+    assert uniform[4, 3, 3] == 900.0 and (uniform != 900.0).sum() == uniform.size - 1
+    assert (scene_hu == 40.0).all()  # the input is not changed
 
 
 def test_masks_follow_the_path_length_rule(dataset):

@@ -15,7 +15,10 @@ Radiographs (``(rows, cols)`` float32, dimensionless) project the subject's scen
 - ``body`` (the default): the patient around the CT, body outline with skin and air, soft tissue,
   both hemipelves and both femurs, on a grid larger than the CT's that every ray crosses in full;
   the CT and labels are cut from it (:mod:`biplanar.data.scene`), so no box edge shows;
-- ``grid``: the CT alone, soft tissue ending at the grid's faces (datasets made before scenes),
+- ``grid``: the CT alone, soft tissue ending at the grid's faces (datasets made before scenes);
+- ``femur``: the femur alone, its voxels of the CT in air (what a projector given only a voxelised
+  femur renders: no soft tissue, no pelvis; the CT and labels written are the grid's as with
+  ``grid``),
 
 in one of the modes:
 
@@ -34,6 +37,11 @@ would: the scene's CT numbers pass through
 :func:`~biplanar.physics.attenuation.with_bone_contrast` with a factor uniform in
 ``[1, bone_contrast]`` drawn from the case seed (recorded in ``subject.json``) before any mode; the
 CT written stays the scene's.
+
+``uniform_femur`` renders each case's radiographs as a projector given a voxelised femur mesh of
+one density would: the registered femur's voxels take one CT number, uniform in
+:data:`UNIFORM_FEMUR_HU_RANGE` per case (recorded in ``subject.json``), in whatever scene; no cortex,
+marrow or trabecular texture. The CT written stays the subject's.
 
 Femur masks: the mask rule of :mod:`biplanar.data.masks` (the ray crosses more than
 :data:`~biplanar.data.masks.MASK_MIN_PATH_MM` mm of femur), with the radiographs' ``num_samples``.
@@ -75,6 +83,8 @@ import numpy as np
 import torch
 
 from biplanar.config import DEFAULT_NUM_SAMPLES, MAX_SUBJECTS, MAX_WORKERS, PRESETS, load_config
+from biplanar.data.atlas import FEMUR_LABEL
+from biplanar.data.body_shape import AIR_HU
 from biplanar.data.femur_ssm import LARGEST_SPREAD
 from biplanar.data.grid_presets import GRID_PRESETS, grid_preset
 from biplanar.data.masks import femur_masks
@@ -111,7 +121,7 @@ GEOMETRIES = ("orthogonal", "generalized", "mixed")
 # Femur shapes: the parametric phantom, the real-subject shape model, or either with probability 1/2.
 SHAPES = ("phantom", "ssm", "mixed")
 SIMULATION_MODES = ("line_integral", "poisson", "polychromatic", "clinical")
-SCENES = ("body", "grid")  # what the radiographs project (module doc)
+SCENES = ("body", "grid", "femur")  # what the radiographs project (module doc)
 GENERALIZED_MAX_OFFSET_DEG = 30.0
 KVP_RANGE = (20.0, 150.0)  # tube voltages SpekPy models, kV
 # The widest leg poses simulate accepts, those examples/positioning_envelope.py renders: further,
@@ -125,6 +135,9 @@ PAPER_SPLIT = {"train": 235, "val": 40, "test": 40}
 GEOMETRY_STREAM, NOISE_STREAM, SPLIT_STREAM, SHAPE_STREAM = 1, 2, 3, 4
 APPEARANCE_STREAM = 5  # the clinical mode's per-case appearance
 BONE_CONTRAST_STREAM = 6  # the per-case bone contrast factor
+UNIFORM_FEMUR_STREAM = 7  # the per-case CT number of a uniform femur
+# CT numbers a voxelised femur of one density may be given: from trabecular-like to cortical-like.
+UNIFORM_FEMUR_HU_RANGE = (300.0, 1500.0)
 LARGEST_BONE_CONTRAST = 4.0
 SUBJECT_FILES = (
     "ct.nii.gz",
@@ -166,6 +179,7 @@ class SimulationConfig:
         shape_spread: standard deviation of a shape-model femur's mode weights, in ``(0, 3]``
             (1: the model's population; above 1 more femurs near its edges; still truncated at
             +-3 sd; phantom femurs keep their ranges).
+        uniform_femur: render the femur's voxels at one CT number per case (module doc).
     """
 
     preset: str = "lite"
@@ -181,6 +195,7 @@ class SimulationConfig:
     pose_shift_mm: float = MAX_TRANSLATION_MM
     bone_contrast: float = 1.0
     shape_spread: float = 1.0
+    uniform_femur: bool = False
 
     def __post_init__(self) -> None:
         for name, allowed in (
@@ -310,6 +325,7 @@ class SimulatedCase(RenderedCase):
         scene: where the projected scene lies (scene ``body``), else ``None`` (the radiographs
             project the CT on :attr:`grid`).
         bone_contrast: the bone contrast factor the radiographs were rendered with (module doc).
+        femur_hu: the one CT number the femur was rendered with (``uniform_femur``), else ``None``.
     """
 
     seed: int
@@ -320,6 +336,7 @@ class SimulatedCase(RenderedCase):
     appearance: ClinicalAppearance | None = None
     scene: Scene | None = None
     bone_contrast: float = 1.0
+    femur_hu: float | None = None
 
     @property
     def volumes(self) -> Subject:
@@ -339,6 +356,7 @@ class SimulatedCase(RenderedCase):
         scene = {} if self.scene is None else {"scene": self.scene.to_dict()}
         body = {} if self.scene is None else {"body": spec.body.to_dict()}
         bone = {} if self.bone_contrast == 1.0 else {"bone_contrast": self.bone_contrast}
+        uniform = {} if self.femur_hu is None else {"uniform_femur_hu": self.femur_hu}
         return {
             "seed": self.seed,
             "parameters": {
@@ -353,6 +371,7 @@ class SimulatedCase(RenderedCase):
             **appearance,
             **scene,
             **bone,
+            **uniform,
         }
 
 
@@ -454,6 +473,30 @@ def case_bone_contrast(seed: int, config: SimulationConfig) -> float:
     return float(np.random.default_rng(_child_seed(seed, BONE_CONTRAST_STREAM)).uniform(1.0, config.bone_contrast))
 
 
+def case_femur_hu(seed: int, config: SimulationConfig) -> float | None:
+    """Case ``seed``'s uniform femur CT number (``config.uniform_femur``), from its own stream, else ``None``."""
+    if not config.uniform_femur:
+        return None
+    return float(np.random.default_rng(_child_seed(seed, UNIFORM_FEMUR_STREAM)).uniform(*UNIFORM_FEMUR_HU_RANGE))
+
+
+def with_uniform_femur(
+    projected: np.ndarray, labels: np.ndarray, block: tuple[slice, ...] | None, femur_hu: float
+) -> np.ndarray:
+    """A copy of ``projected`` (HU) with the registered femur's voxels at ``femur_hu``.
+
+    Args:
+        projected: ``(I', J', K')`` HU of what the radiographs project (the scene or the grid).
+        labels: ``(I, J, K)`` the registration grid's labels.
+        block: the registration grid's voxels in ``projected`` (``Scene.block``); ``None``: the same grid.
+        femur_hu: the femur's CT number.
+    """
+    uniform = np.array(projected, dtype=np.float32, copy=True)
+    grid_part = uniform if block is None else uniform[block]  # a view: writing it writes ``uniform``
+    grid_part[labels == FEMUR_LABEL] = femur_hu
+    return uniform
+
+
 def case_noise_seed(seed: int) -> int:
     """The seed of case ``seed``'s quantum noise (:func:`render_radiographs`' ``noise_seed``)."""
     return _as_int(_child_seed(seed, NOISE_STREAM))
@@ -478,6 +521,7 @@ def simulate_case(
     views = case_views(seed, config, grid)
     appearance = case_appearance(seed, config)
     bone_contrast = case_bone_contrast(seed, config)
+    femur_hu = case_femur_hu(seed, config)
     scene: Scene | None = None
     if config.scene == "body":
         rendered = render_scene(spec, grid, views)
@@ -486,11 +530,15 @@ def simulate_case(
     else:
         subject = render_subject(spec, grid)
         projected, projected_grid = subject.ct_hu, grid
+        if config.scene == "femur":
+            projected = np.where(subject.labels == FEMUR_LABEL, subject.ct_hu, AIR_HU).astype(np.float32)
+    if femur_hu is not None:
+        projected = with_uniform_femur(projected, subject.labels, None if scene is None else scene.block, femur_hu)
     radiographs = render_radiographs(
         projected, projected_grid, views, config, case_noise_seed(seed), appearance, bone_contrast
     )
     masks = femur_masks(subject.labels, subject.grid, views, config.num_samples)
-    return SimulatedCase(seed, subject, views, radiographs, masks, appearance, scene, bone_contrast)
+    return SimulatedCase(seed, subject, views, radiographs, masks, appearance, scene, bone_contrast, femur_hu)
 
 
 def split_sizes(n: int) -> dict[str, int]:
