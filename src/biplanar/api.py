@@ -489,6 +489,8 @@ def simulate_from_ct(
 
     if not 1 <= workers <= MAX_WORKERS:
         raise InputError(f"workers: expected a number of processes in 1..{MAX_WORKERS}, got {workers}")
+    if scene not in ("body", "grid"):
+        raise InputError(f"scene: expected body or grid with a CT folder, got {scene!r}")
     require_output_folder(Path(out))
     _check_physics(photons, kvp, aluminium_mm)
     config = SimulationConfig(

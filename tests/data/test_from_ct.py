@@ -278,6 +278,7 @@ def test_command_refuses_a_folder_without_a_usable_femur_and_leaves_nothing(ct_f
         (["--bone-contrast", "2"], "--bone-contrast: not used with --from-ct"),
         (["--shape-spread", "1.5"], "--shape-spread: not used with --from-ct"),
         (["--uniform-femur"], "--uniform-femur: not used with --from-ct"),
+        (["--scene", "femur"], "scene: expected body or grid with a CT folder"),
     ],
 )
 def test_command_refuses_bad_from_ct_options(ct_folder, tmp_path, extra, message):
