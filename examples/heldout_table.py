@@ -20,7 +20,8 @@ error along world x, y, z (measured - true, mm) and the signed anteversion error
 
 (``NAME=CHECKPOINT[,SEGMENTATION_CHECKPOINT]``: the segmentation network of the no-mask routes,
 default the bundled one; ``--refine N``: every registration with ``N`` iterations of test-time
-optimisation, as ``biplanar register --refine N``)
+optimisation, as ``biplanar register --refine N``; ``--refine auto``: ``register``'s own choice,
+as without ``--refine``)
 
 prints a Markdown table (mean +- sd; angles as mean absolute error) and writes ``cases.csv`` and
 ``table.md`` into ``--out``.
@@ -34,6 +35,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+from held_out_study import refine_iterations
 
 import biplanar
 from biplanar.data.clinical import write_view_files
@@ -79,7 +81,7 @@ def prepare_case(index: int, work: Path) -> tuple[Path, dict[str, dict]]:
     return folder, routes
 
 
-def run_case(index: int, work: Path, models: dict[str, tuple[Path, Path | None]], refine: int) -> list[dict]:
+def run_case(index: int, work: Path, models: dict[str, tuple[Path, Path | None]], refine: int | None) -> list[dict]:
     """Every model on every route of held-out case ``index``: one row each."""
     folder, routes = prepare_case(index, work)
     rows = []
@@ -156,7 +158,12 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=30, help="held-out cases")
     add_model_option(parser)
     parser.add_argument("--out", type=Path, required=True, help="folder for cases.csv, table.md and the inputs")
-    parser.add_argument("--refine", type=int, default=0, help="test-time optimisation iterations (default none)")
+    parser.add_argument(
+        "--refine",
+        type=refine_iterations,
+        default=0,
+        help="test-time optimisation iterations, or auto: register's own choice (default none)",
+    )
     arguments = parser.parse_args()
     models = named_models(arguments.model)
     work = arguments.out / "inputs"

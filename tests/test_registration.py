@@ -28,7 +28,7 @@ from biplanar.layers.prost import ProST
 from biplanar.layers.warp import SpatialTransformer
 from biplanar.models.network import AtlasRegistrationNet
 from biplanar.models.segmentation import mask_dice
-from biplanar.registration import OUTPUT_FILES, pipeline, register
+from biplanar.registration import OUTPUT_FILES, outputs, pipeline, register
 from biplanar.registration.outputs import (
     QUALITY_MIN_PROJECTION_NCC,
     QUALITY_MIN_SILHOUETTE_DICE,
@@ -266,11 +266,15 @@ def test_without_masks_segments_and_accepts_an_empty_out_dir(inputs, tmp_path):
 
 def test_without_refine_given_it_refines_oblique_views_only(inputs, tmp_path, monkeypatch):
     """``refine=None`` (the default): no refinement for the orthogonal pair; for a LAT stated 30 deg
-    from lateral (> OBLIQUE_VIEW_DEG, 22.5), AUTO_REFINE_ITERATIONS (patched to 1 here for time)."""
+    from lateral (> OBLIQUE_VIEW_DEG, 22.5), AUTO_REFINE_ITERATIONS (patched to 1 here for time). The
+    quality thresholds are patched so that nothing is flagged (the test's network is barely trained)."""
     monkeypatch.setattr(pipeline, "AUTO_REFINE_ITERATIONS", 1)
+    monkeypatch.setattr(outputs, "QUALITY_MIN_SILHOUETTE_DICE", 0.0)
+    monkeypatch.setattr(outputs, "QUALITY_MIN_PROJECTION_NCC", -1.0)
     plain = register(**_arguments(inputs, tmp_path / "plain", refine=None)).report
     choice = plain["inputs"]["refine"]
     assert choice["iterations"] == 0 and choice["rule"].startswith("auto") and "refine" not in plain
+    assert not choice["network_flagged"]
     assert max(choice["beam_obliquity_deg"].values()) < 1e-6
     views = read_geometry(inputs / "geometry.json")
     ap = views["AP"]
@@ -282,6 +286,18 @@ def test_without_refine_given_it_refines_oblique_views_only(inputs, tmp_path, mo
     np.testing.assert_allclose(list(turned["inputs"]["refine"]["beam_obliquity_deg"].values()), [0.0, 30.0], atol=1e-6)
     given = register(**_arguments(inputs, tmp_path / "given", geometry=tmp_path / "oblique.json", refine=0)).report
     assert given["inputs"]["refine"] == {"iterations": 0, "rule": "given"} and "refine" not in given
+
+
+def test_without_refine_given_it_refines_a_flagged_result(inputs, tmp_path, monkeypatch):
+    """``refine=None``: FLAGGED_REFINE_ITERATIONS (patched to 2) when the network's result is flagged;
+    here every result is (the silhouette threshold patched to above any Dice), and the flag, read
+    on the lower of the network's and the refined result's, stays set."""
+    monkeypatch.setattr(pipeline, "FLAGGED_REFINE_ITERATIONS", 2)
+    monkeypatch.setattr(outputs, "QUALITY_MIN_SILHOUETTE_DICE", 1.01)
+    report = register(**_arguments(inputs, tmp_path / "flagged", refine=None)).report
+    choice = report["inputs"]["refine"]
+    assert choice["network_flagged"] and choice["iterations"] == 2 and report["refine"]["iterations"] == 2
+    assert report["quality"]["flag"] and "network_silhouette_dice" in report["quality"]
 
 
 def _write_nan_image(folder):
@@ -545,7 +561,7 @@ def test_a_mask_the_femur_cannot_fit_is_flagged_with_a_warning(inputs, tmp_path,
     mask = np.zeros(np.load(inputs / "AP_mask.npy").shape, np.float32)
     mask[2:10, 2:10] = 1.0
     write_image(tmp_path / "square.npy", mask)
-    report = register(**_arguments(inputs, tmp_path / "out", ap_mask=tmp_path / "square.npy")).report
+    report = register(**_arguments(inputs, tmp_path / "out", ap_mask=tmp_path / "square.npy", refine=0)).report
     quality = report["quality"]
     assert quality["flag"] and quality["silhouette_dice"]["AP"] < 0.2
     assert any(reason.startswith("silhouette Dice") and " in AP " in reason for reason in quality["flag_reasons"])

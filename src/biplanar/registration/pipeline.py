@@ -17,10 +17,14 @@ is the hip bones of both sides, LAO/RAO only, applied only when the match clearl
 With ``refine = N > 0`` the network's transform is refined by ``N`` Adam steps of test-time
 intensity registration (:mod:`biplanar.optimisation.intensity_registration`) before anything is
 written. ``refine=None`` (the default) chooses (:func:`auto_refine_iterations`):
+:data:`FLAGGED_REFINE_ITERATIONS` when the network's result is flagged by the quality check
+(:func:`~biplanar.registration.outputs.quality_report`: its silhouettes or projections do not fit
+the inputs; on a femur rendered alone in air the refinement's silhouette term takes Dice from about
+0.85 to 0.94, docs/results.md "Silhouette term in the refinement"); else
 :data:`AUTO_REFINE_ITERATIONS` when either view's beam is more than :data:`OBLIQUE_VIEW_DEG` from
 its nominal direction (AP: world ``y``; LAT: world ``x``), where the network alone loses Dice and
 the refinement wins most of it back (docs/results.md, "View angles inside and outside the trained
-ranges"), else none.
+ranges"); else none.
 
 Outputs: :mod:`biplanar.registration.outputs`.
 """
@@ -91,14 +95,35 @@ if TYPE_CHECKING:  # the type of annotations only: importing monai costs seconds
 
 OBLIQUE_VIEW_DEG = 22.5  # between the pairs measured: 20 deg off gained nothing, 30 deg off up to 0.035 Dice
 AUTO_REFINE_ITERATIONS = 25  # as much Dice on the oblique pairs as 50 (docs/results.md), in half the time
+FLAGGED_REFINE_ITERATIONS = 50  # the silhouette weight's validation (intensity_registration.SILHOUETTE_WEIGHT)
 NOMINAL_BEAMS = {"AP": np.array([0.0, 1.0, 0.0]), "LAT": np.array([1.0, 0.0, 0.0])}  # world axes (RAS+)
 
 
-def auto_refine_iterations(views: dict[str, ProjectionView]) -> tuple[int, dict[str, float]]:
-    """What ``refine=None`` runs (module doc): the iterations and each view's beam obliquity (deg)
-    from its nominal direction (:func:`~biplanar.geometry.projection.beam_obliquity_deg`)."""
+def auto_refine_iterations(views: dict[str, ProjectionView], flagged: bool) -> dict[str, Any]:
+    """What ``refine=None`` runs (module doc), as ``report.json``'s ``inputs.refine``: the iterations,
+    the rule, each view's beam obliquity (deg) from its nominal direction
+    (:func:`~biplanar.geometry.projection.beam_obliquity_deg`) and whether the network's result was
+    flagged (``flagged``, :func:`~biplanar.registration.outputs.quality_report`)."""
     obliquity = {name: beam_obliquity_deg(views[name], axis) for name, axis in NOMINAL_BEAMS.items()}
-    return (AUTO_REFINE_ITERATIONS if max(obliquity.values()) > OBLIQUE_VIEW_DEG else 0), obliquity
+    oblique = max(obliquity.values()) > OBLIQUE_VIEW_DEG
+    iterations = FLAGGED_REFINE_ITERATIONS if flagged else AUTO_REFINE_ITERATIONS if oblique else 0
+    return {
+        "iterations": iterations,
+        "rule": f"auto: {FLAGGED_REFINE_ITERATIONS} iterations if the network's result is flagged by the quality "
+        f"check, else {AUTO_REFINE_ITERATIONS} if a beam is more than {OBLIQUE_VIEW_DEG:g} deg from AP (world y) "
+        "or lateral (world x), else 0",
+        "beam_obliquity_deg": obliquity,
+        "network_flagged": flagged,
+    }
+
+
+def _refine_reason(choice: dict[str, Any]) -> str:
+    """Why ``refine=None`` refines (:func:`auto_refine_iterations`'s record), for the stage line."""
+    if choice.get("network_flagged"):
+        return "; the network's result was flagged"
+    if "beam_obliquity_deg" in choice:
+        return f"; a beam {max(choice['beam_obliquity_deg'].values()):.0f} deg from AP / lateral"
+    return ""
 
 
 @dataclass(frozen=True)
@@ -308,7 +333,8 @@ def register(
         truth_labels: true femur labels (NIfTI, 1 = femur) on the atlas grid: adds the overlap and
             distance scores.
         refine: test-time optimisation iterations after the network (0: the network's output as it
-            is; ``None``: :data:`AUTO_REFINE_ITERATIONS` for oblique views, else 0, module doc).
+            is; ``None``: :data:`FLAGGED_REFINE_ITERATIONS` when the network's result is flagged,
+            else :data:`AUTO_REFINE_ITERATIONS` for oblique views, else 0, module doc).
         estimate_pose: before the network, correct each view's angle by a rigid registration of the
             atlas to its radiograph (:func:`correct_calibration`); also writes
             ``geometry_corrected.json`` and the report's ``pose_correction``.
@@ -382,31 +408,24 @@ def register(
         )
         times["pose_correction"] = correction["time_s"]
 
-    refine_choice: dict[str, Any] = {"iterations": refine, "rule": "given"}
-    if refine is None:
-        refine, obliquity = auto_refine_iterations(views)
-        refine_choice = {
-            "iterations": refine,
-            "rule": f"auto: {AUTO_REFINE_ITERATIONS} iterations if a beam is more than {OBLIQUE_VIEW_DEG:g} deg "
-            "from AP (world y) or lateral (world x), else 0",
-            "beam_obliquity_deg": obliquity,
-        }
     print_stage("register", progress, "running the network")
     masked = True  # given or segmented, the network always sees radiograph x mask
     with torch.no_grad():
         output = network.eval()(radiographs, [(views["AP"], views["LAT"])])
         synchronise(device)
         times["network"] = time.perf_counter() - started - sum(times.values())
-        refinement, network_checks = {}, None
+        network_labels = warped_atlas_labels(model_atlas, output.total_displacement)
+        network_checks = projection_checks(output, network, network_labels, inputs)
+        refine_choice: dict[str, Any] = {"iterations": refine, "rule": "given"}
+        if refine is None:
+            refine_choice = auto_refine_iterations(views, quality_report(network_checks)["flag"])
+            refine = int(refine_choice["iterations"])
+        refinement = {}
         if refine > 0:
-            oblique = refine_choice.get("beam_obliquity_deg")
-            reason = "" if oblique is None else f"; a beam {max(oblique.values()):.0f} deg from AP / lateral"
-            print_stage("register", progress, f"refining ({refine} iterations{reason})")
-            network_labels = warped_atlas_labels(model_atlas, output.total_displacement)
+            print_stage("register", progress, f"refining ({refine} iterations{_refine_reason(refine_choice)})")
             before = None if truth is None else truth_metrics(truth, inputs.patient_volume(network_labels), model_atlas)
             hip_before = patient_hip_report(model_atlas, output.total_displacement, inputs.mirror)
             hip_before.pop("landmarks")
-            network_checks = projection_checks(output, network, network_labels, inputs)
             output, record = refine_output(network, config, output, radiographs, views, masked, refine, progress)
             synchronise(device)
             times["refine"] = record.time_s
@@ -427,7 +446,7 @@ def register(
         with atomic_folder(out_dir, replace=False) as partial:
             warped_labels, surface = write_volumes(partial, output, network, model_atlas, inputs.mirror, mesh_format)
             checks = write_projections(partial, output, network, warped_labels, inputs)
-            quality = quality_report(checks, network_checks)
+            quality = quality_report(checks, network_checks if refine > 0 else None)
             hip = patient_hip_report(model_atlas, output.total_displacement, inputs.mirror)
             write_landmarks(partial, hip, inputs.side)
             report = {
@@ -460,7 +479,7 @@ def register(
             write_report_page(partial, report, surface)
             write_json(partial / "report.json", report)
     if quality["flag"]:
-        basis = "" if network_checks is None else " (the lower of the network's and the refined result's)"
+        basis = "" if refine == 0 else " (the lower of the network's and the refined result's)"
         print(
             f"warning: registration quality{basis}: {'; '.join(quality['flag_reasons'])} (wrong side, views "
             f"swapped, geometry off, a femur the network could not fit?): check the overlays in {out_dir}",
