@@ -27,7 +27,7 @@ integrated by scaling and squaring into ``phi = exp(v)``; ``Psi = T o phi`` pull
   atlas is a whole-body CT, so on a radiograph of a femur alone in air (an outside projector's
   voxelised femur) its DRR keeps a soft-tissue plateau the radiograph lacks, and maximising NCC
   moves the outline little. The outline does not depend on it: on such radiographs the term takes
-  the network's Dice from about 0.85 to 0.94 (docs/results.md, "Silhouette term in the refinement").
+  the network's Dice from about 0.85 to 0.93 (docs/results.md, "Silhouette term in the refinement").
 - Both images are normalised as the network normalises its inputs
   (:func:`~biplanar.models.network.normalise_pair`: each divided by its maximum); global NCC
   (:func:`~biplanar.layers.similarity.global_ncc`) is invariant to that scale, so the objective

@@ -20,7 +20,7 @@ written. ``refine=None`` (the default) chooses (:func:`auto_refine_iterations`):
 :data:`FLAGGED_REFINE_ITERATIONS` when the network's result is flagged by the quality check
 (:func:`~biplanar.registration.outputs.quality_report`: its silhouettes or projections do not fit
 the inputs; on a femur rendered alone in air the refinement's silhouette term takes Dice from about
-0.85 to 0.94, docs/results.md "Silhouette term in the refinement"); else
+0.85 to 0.93, docs/results.md "Silhouette term in the refinement"); else
 :data:`AUTO_REFINE_ITERATIONS` when either view's beam is more than :data:`OBLIQUE_VIEW_DEG` from
 its nominal direction (AP: world ``y``; LAT: world ``x``), where the network alone loses Dice and
 the refinement wins most of it back (docs/results.md, "View angles inside and outside the trained
