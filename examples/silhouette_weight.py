@@ -8,9 +8,12 @@ seed 2026, not the held-out seed 9090 of ``examples/heldout_table.py`` and
 ``examples/femur_alone.py``) three ways (``examples/femur_alone.py``'s renderings: whole body,
 femur alone in air, uniform femur alone), registers each with the bundled model and ``--refine 50``
 at every weight given, with the true masks (or ``--no-masks``: the bundled segmentation network's),
-and prints the mean Dice per weight and rendering. Usage::
+and prints the mean Dice per weight and rendering. ``--iterations`` and ``--[no-]tissue-fit``
+(:data:`~biplanar.optimisation.intensity_registration.TISSUE_FIT`, on by default as in ``register``)
+try the refinement's other settings. Usage::
 
-    python examples/silhouette_weight.py --n 4 --weights 0 3 10 30 100 --out runs/silhouette_weight
+    python examples/silhouette_weight.py --n 4 --weights 0 3 10 30 100 --out runs/silhouette_weight \\
+        [--iterations 50] [--no-tissue-fit]
 
 (about 20 s per subject, rendering and weight on this project's 2-core CPU); writes ``cases.csv``
 and ``table.md`` into ``--out``.
@@ -35,10 +38,12 @@ from biplanar.optimisation import intensity_registration
 
 VALIDATION_SEED = 2026
 STUDIED = ("whole body", "femur alone", "femur alone, uniform")
-ITERATIONS = 50
+ITERATIONS = 50  # register's FLAGGED_REFINE_ITERATIONS; --iterations tries others
 
 
-def run_subject(index: int, work: Path, weights: list[float], masks: bool) -> list[dict]:
+def run_subject(
+    index: int, work: Path, weights: list[float], masks: bool, iterations: int, tissue_fit: bool
+) -> list[dict]:
     """Every studied rendering and weight of validation subject ``index``: one row each."""
     rows = []
     for rendering in STUDIED:
@@ -49,13 +54,14 @@ def run_subject(index: int, work: Path, weights: list[float], masks: bool) -> li
         mask_files = {"ap_mask": folder / "AP_mask.npy", "lat_mask": folder / "LAT_mask.npy"} if masks else {}
         for weight in weights:
             intensity_registration.SILHOUETTE_WEIGHT = weight  # what register --refine reads
+            intensity_registration.TISSUE_FIT = tissue_fit
             report = biplanar.register(
                 folder / "geometry.json",
                 folder / "AP.npy",
                 folder / "LAT.npy",
                 folder / f"out_{weight:g}",
                 truth_labels=folder / "labels.nii.gz",
-                refine=ITERATIONS,
+                refine=iterations,
                 progress=False,
                 **mask_files,
             ).report
@@ -65,11 +71,11 @@ def run_subject(index: int, work: Path, weights: list[float], masks: bool) -> li
     return rows
 
 
-def table(rows: list[dict], n: int, masks: bool) -> str:
+def table(rows: list[dict], n: int, masks: bool, iterations: int, tissue_fit: bool) -> str:
     """Markdown: one row per weight, mean Dice per rendering."""
     lines = [
         f"| silhouette weight ({n} validation subjects, seed {VALIDATION_SEED}, {'true' if masks else 'segmented'} "
-        f"masks, --refine {ITERATIONS}) | " + " | ".join(STUDIED) + " |",
+        f"masks, --refine {iterations}{', tissue fit' if tissue_fit else ''}) | " + " | ".join(STUDIED) + " |",
         "|---:|" + "---:|" * len(STUDIED),
     ]
     for weight in dict.fromkeys(row["weight"] for row in rows):
@@ -85,12 +91,23 @@ def main() -> None:
     parser.add_argument("--weights", type=float, nargs="+", default=[0.0, 3.0, 10.0, 30.0, 100.0])
     parser.add_argument("--no-masks", action="store_true", help="segment the masks instead of the true ones")
     parser.add_argument("--out", type=Path, required=True, help="folder for cases.csv and table.md")
+    parser.add_argument("--iterations", type=int, default=ITERATIONS, help="refinement iterations")
+    parser.add_argument(
+        "--tissue-fit",
+        action=argparse.BooleanOptionalAction,
+        default=intensity_registration.TISSUE_FIT,
+        help="fit femur + rest DRRs (tissue_fit_ncc; default: register's)",
+    )
     arguments = parser.parse_args()
     work = arguments.out / "work"
     masks = not arguments.no_masks
-    rows = [row for index in range(arguments.n) for row in run_subject(index, work, arguments.weights, masks)]
+    rows = [
+        row
+        for index in range(arguments.n)
+        for row in run_subject(index, work, arguments.weights, masks, arguments.iterations, arguments.tissue_fit)
+    ]
     shutil.rmtree(work, ignore_errors=True)
-    write_study(arguments.out, rows, table(rows, arguments.n, masks))
+    write_study(arguments.out, rows, table(rows, arguments.n, masks, arguments.iterations, arguments.tissue_fit))
 
 
 if __name__ == "__main__":

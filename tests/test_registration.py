@@ -264,13 +264,19 @@ def test_without_masks_segments_and_accepts_an_empty_out_dir(inputs, tmp_path):
     assert "dice" not in result.report and "metrics_before" not in result.report["refine"]
 
 
+def _flag_nothing(monkeypatch):
+    """Patch the quality block's thresholds so that no result is flagged."""
+    monkeypatch.setattr(outputs, "QUALITY_MIN_SILHOUETTE_DICE", 0.0)
+    monkeypatch.setattr(outputs, "QUALITY_MIN_PROJECTION_NCC", -1.0)
+
+
 def test_without_refine_given_it_refines_oblique_views_only(inputs, tmp_path, monkeypatch):
     """``refine=None`` (the default): no refinement for the orthogonal pair; for a LAT stated 30 deg
     from lateral (> OBLIQUE_VIEW_DEG, 22.5), AUTO_REFINE_ITERATIONS (patched to 1 here for time). The
     quality thresholds are patched so that nothing is flagged (the test's network is barely trained)."""
     monkeypatch.setattr(pipeline, "AUTO_REFINE_ITERATIONS", 1)
-    monkeypatch.setattr(outputs, "QUALITY_MIN_SILHOUETTE_DICE", 0.0)
-    monkeypatch.setattr(outputs, "QUALITY_MIN_PROJECTION_NCC", -1.0)
+    monkeypatch.setattr(pipeline, "REFINE_BELOW_SILHOUETTE_DICE", 0.0)
+    _flag_nothing(monkeypatch)
     plain = register(**_arguments(inputs, tmp_path / "plain", refine=None)).report
     choice = plain["inputs"]["refine"]
     assert choice["iterations"] == 0 and choice["rule"].startswith("auto") and "refine" not in plain
@@ -298,6 +304,39 @@ def test_without_refine_given_it_refines_a_flagged_result(inputs, tmp_path, monk
     choice = report["inputs"]["refine"]
     assert choice["network_flagged"] and choice["iterations"] == 2 and report["refine"]["iterations"] == 2
     assert report["quality"]["flag"] and "network_silhouette_dice" in report["quality"]
+
+
+def test_without_refine_given_it_refines_a_loose_silhouette(inputs, tmp_path, monkeypatch):
+    """``refine=None``: FLAGGED_REFINE_ITERATIONS (patched to 2) when the network's result is not
+    flagged (the quality thresholds patched off) but its silhouette Dice is below
+    REFINE_BELOW_SILHOUETTE_DICE (patched to above any Dice); the record says why."""
+    monkeypatch.setattr(pipeline, "FLAGGED_REFINE_ITERATIONS", 2)
+    monkeypatch.setattr(pipeline, "REFINE_BELOW_SILHOUETTE_DICE", 1.01)
+    _flag_nothing(monkeypatch)
+    report = register(**_arguments(inputs, tmp_path / "loose", refine=None)).report
+    choice = report["inputs"]["refine"]
+    assert not choice["network_flagged"] and choice["iterations"] == 2 and report["refine"]["iterations"] == 2
+    assert choice["network_lowest_silhouette_dice"] == pytest.approx(
+        min(report["quality"]["network_silhouette_dice"].values())
+    )
+    assert not report["quality"]["flag"]
+
+
+@pytest.mark.parametrize(
+    ("flag", "silhouette", "expected"),
+    [
+        (False, 0.99, 0),
+        (False, 0.98, pipeline.FLAGGED_REFINE_ITERATIONS),
+        (True, 0.99, pipeline.FLAGGED_REFINE_ITERATIONS),
+    ],
+)
+def test_auto_refine_iterations_reads_the_flag_and_the_silhouette(inputs, flag, silhouette, expected):
+    """The rule on an orthogonal pair: refine when flagged or when the lowest silhouette Dice is
+    below REFINE_BELOW_SILHOUETTE_DICE (0.985), else not."""
+    views = read_geometry(inputs / "geometry.json")
+    choice = pipeline.auto_refine_iterations(views, {"flag": flag, "lowest_silhouette_dice": silhouette})
+    assert choice["iterations"] == expected
+    assert choice["network_flagged"] is flag and choice["network_lowest_silhouette_dice"] == silhouette
 
 
 def _write_nan_image(folder):

@@ -444,7 +444,8 @@ def register(
         None,
         min=0,
         help="Test-time optimisation iterations after the network (0: none; default: 50 when the "
-        "network's result is flagged by the quality check, else 25 when a view is more than 22.5 deg "
+        "network's result is flagged by the quality check or its silhouette Dice is below 0.985, else 25 "
+        "when a view is more than 22.5 deg "
         "from AP / lateral, else none).",
     ),
     estimate_pose: bool = typer.Option(

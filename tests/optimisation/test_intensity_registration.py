@@ -12,7 +12,7 @@ from biplanar.geometry.presets import biplanar_pair
 from biplanar.geometry.transforms import similarity_matrix
 from biplanar.layers.velocity import VelocityIntegrator, compose_affine_displacement
 from biplanar.optimisation import ProjectionObjective, RefineSettings, refine_registration
-from biplanar.optimisation.intensity_registration import control_grid_field, soft_mask
+from biplanar.optimisation.intensity_registration import control_grid_field, soft_mask, tissue_fit_ncc
 from biplanar.physics.attenuation import hu_to_mu
 
 IMAGE_SHAPE = (56, 40)  # the tiny preset's detector, 3.72 mm pixels
@@ -29,7 +29,7 @@ def problem():
     views = biplanar_pair(image_shape=IMAGE_SHAPE, pixel_spacing_mm=(3.72, 3.72), isocenter_mm=atlas.grid.centre_world)
     pair = (views["AP"], views["LAT"])
 
-    def objective(radiographs, masked=True, silhouette_weight=0.0, atlas_mu=mu):
+    def objective(radiographs, masked=True, silhouette_weight=0.0, atlas_mu=mu, tissue_fit=False):
         return ProjectionObjective(
             atlas_mu,
             labels,
@@ -39,6 +39,7 @@ def problem():
             num_samples=SAMPLES,
             masked=masked,
             silhouette_weight=silhouette_weight,
+            tissue_fit=tissue_fit,
         )
 
     zeros = torch.zeros(1, 3, *atlas.grid.shape)
@@ -114,6 +115,51 @@ def test_the_silhouette_term_fits_a_femur_rendered_alone(problem):
         result = refine_registration(objective(target, silhouette_weight=weight), settings=settings, progress=False)
         errors[weight] = float((result.params - TRUE_PARAMS)[0, 3:6].norm())
     assert errors[30.0] < 1.5 and errors[30.0] < 0.5 * errors[0.0]  # mm, from 5.6 mm (2.4 without the term)
+
+
+def test_the_tissue_fit_is_the_multiple_correlation_of_least_squares():
+    """Closed form: the NCC of the fitted ``a femur + b rest + c`` with the image is the square root
+    of the least-squares fit's R^2 (numpy's ``lstsq``); an exact combination scores 1; gradcheck."""
+    generator = torch.Generator().manual_seed(0)
+    femurs, rests, noise = (torch.rand(1, 2, 300, generator=generator, dtype=torch.float64) for _ in range(3))
+    images = 2.0 * femurs + 0.3 * rests + 0.5 * noise + 4.0
+    ncc, fitted = tissue_fit_ncc(images, femurs, rests)
+    for view in range(2):
+        design = np.stack([femurs[0, view].numpy(), rests[0, view].numpy(), np.ones(300)], axis=1)
+        image = images[0, view].numpy()
+        coefficients, *_ = np.linalg.lstsq(design, image, rcond=None)
+        residual = image - design @ coefficients
+        r_squared = 1.0 - (residual**2).sum() / ((image - image.mean()) ** 2).sum()
+        np.testing.assert_allclose(float(ncc[view]), np.sqrt(r_squared), rtol=1e-9)
+        np.testing.assert_allclose(
+            fitted[0, view].numpy(),
+            design[:, :2] @ coefficients[:2] - (design[:, :2] @ coefficients[:2]).mean(),
+            atol=1e-9,
+        )
+    exact, _ = tissue_fit_ncc(2.0 * femurs + 0.3 * rests + 4.0, femurs, rests)
+    np.testing.assert_allclose(exact.numpy(), [1.0, 1.0], atol=1e-9)
+    small = [x[..., :20].clone().requires_grad_(True) for x in (femurs, rests)]
+    assert torch.autograd.gradcheck(lambda femur, rest: tissue_fit_ncc(images[..., :20], femur, rest)[0], small)
+
+
+def test_the_tissue_fit_matches_a_femur_alone_and_a_whole_body(problem):
+    """At the true transform the tissue fit scores 1 on both a whole-body radiograph and the
+    femur alone in air (to interpolation), where the whole DRR's NCC falls short (it keeps the soft
+    tissue)."""
+    atlas, objective, target, zeros = problem
+    labels = torch.from_numpy(atlas.labels).float()[None, None]
+    femur_mu = hu_to_mu(torch.from_numpy(atlas.ct_hu).float())[None, None] * labels
+    with torch.no_grad():
+        alone = objective(torch.ones(1, 2, *IMAGE_SHAPE), atlas_mu=femur_mu)(TRUE_PARAMS, zeros).drrs
+        scores = {
+            (name, fit): objective(image, tissue_fit=fit)(TRUE_PARAMS, zeros).ncc
+            for name, image in (("body", target), ("alone", alone))
+            for fit in (False, True)
+        }
+    np.testing.assert_allclose(scores["body", True].numpy(), [1.0, 1.0], atol=1e-4)
+    # (the femur alone was warped as mu x label, the fit's femur as warped mu x warped label)
+    np.testing.assert_allclose(scores["alone", True].numpy(), [1.0, 1.0], atol=1e-3)
+    assert float(scores["alone", False].max()) < 0.99, scores
 
 
 def test_zero_iterations_return_the_start(problem):

@@ -21,6 +21,15 @@ integrated by scaling and squaring into ``phi = exp(v)``; ``Psi = T o phi`` pull
   dominated by the soft tissue and pelvis on the same rays (on validation case 3 the true femur's
   own DRR reaches an NCC of only 0.92 to 0.95 with its masked radiographs), so maximising that NCC
   deforms the femur to imitate soft tissue (projection NCC up to 0.99, Dice down by 0.06).
+- What lies on the rays besides the femur is not the atlas's everywhere: a whole body like the
+  atlas's, a femur alone in air (an outside projector's voxelised femur), bone weighted more
+  than soft tissue by another projector's attenuation curve. With ``tissue_fit`` (masked inputs;
+  :data:`TISSUE_FIT` in ``--refine``) the DRR compared is not the whole masked DRR but the least-
+  squares combination ``a DRR(femur) + b DRR(rest)`` that best fits each radiograph
+  (:func:`tissue_fit_ncc`: the NCC is then the fit's multiple correlation), so that the femur
+  alone is compared with the femur alone (``b`` near 0) and a whole body with a whole body
+  (``b`` near ``a``). Validation and held-out figures: docs/results.md, "Refining loose
+  silhouettes; the tissue fit".
 - The silhouette term (masked inputs only; weight 0 by default, :data:`SILHOUETTE_WEIGHT` in
   ``--refine``) is the soft Dice of that soft mask with the input's femur mask (its pixels above
   zero). The NCC term compares intensities, and those depend on what else lies on the rays: the
@@ -94,6 +103,11 @@ SILHOUETTE_RAMP_MM = 1.0
 # at weight 0; 0.938 / 0.917 / 0.951 at 3; 0.942 / 0.925 / 0.952 at 10; 0.944 / 0.929 / 0.952 at 30;
 # 0.944 / 0.930 / 0.952 at 100.
 SILHOUETTE_WEIGHT = 30.0
+# Whether ``register --refine`` and ``evaluate --refine`` compare the radiographs with a fitted
+# femur + rest combination (:func:`tissue_fit_ncc`, module doc) rather than the whole DRR. Chosen on
+# the silhouette weight's validation subjects (``python examples/silhouette_weight.py --n 4 --weights
+# 30 --tissue-fit --out runs/silhouette_tissue_fit``, and the same without ``--tissue-fit``).
+TISSUE_FIT = True
 
 
 def soft_mask(femur_path_mm: Tensor) -> Tensor:
@@ -212,6 +226,10 @@ class ProjectionObjective(nn.Module):
         num_samples: ProST samples per ray when ``projectors`` is not given.
         masked: whether ``radiographs`` are masked (then so are the DRRs, module doc).
         silhouette_weight: weight of the silhouette term (module doc); used only when ``masked``.
+        tissue_fit: compare each radiograph with the best linear combination of two DRRs, the warped
+            atlas femur's and the rest's (:func:`tissue_fit_ncc`), instead of the whole DRR: the
+            weights follow what the radiograph holds (a whole body, a femur alone in air, bone
+            weighted more by another projector). Used only when ``masked``.
     """
 
     atlas: Tensor  # buffers, registered in __init__
@@ -232,9 +250,11 @@ class ProjectionObjective(nn.Module):
         num_samples: int = DEFAULT_NUM_SAMPLES,
         masked: bool = True,
         silhouette_weight: float = 0.0,
+        tissue_fit: bool = False,
     ) -> None:
         super().__init__()
         self.silhouette_weight = float(silhouette_weight)
+        self.tissue_fit = tissue_fit and masked
         grid.check_volume(atlas_mu, "atlas_mu")
         grid.check_volume(atlas_labels, "atlas_labels")
         rows, cols = views[0].image_shape
@@ -275,6 +295,25 @@ class ProjectionObjective(nn.Module):
             images.append(mu_path * silhouettes[-1] if self.masked else mu_path)
         return torch.stack(images, dim=1), torch.stack(silhouettes, dim=1)
 
+    def tissue_drrs(self, warped: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The masked DRRs of the warped atlas's femur and of the rest, and its soft silhouettes.
+
+        Args:
+            warped: ``(1, 2, I, J, K)`` warped attenuation (1/mm) and femur label.
+
+        Returns:
+            three ``(1, 2, rows, cols)`` (AP, LAT): the line integral of ``mu x label`` and of
+            ``mu x (1 - label)``, each times the soft silhouette, and the soft silhouettes.
+        """
+        channels = torch.cat([warped, warped[:, :1] * warped[:, 1:]], dim=1)
+        femurs, rests, silhouettes = [], [], []
+        for view in self.views:
+            mu_path, femur_path_mm, femur_mu_path = self.projectors.layers(view, warped.device)[0](channels).unbind(1)
+            silhouettes.append(soft_mask(femur_path_mm))
+            femurs.append(femur_mu_path * silhouettes[-1])
+            rests.append((mu_path - femur_mu_path) * silhouettes[-1])
+        return torch.stack(femurs, dim=1), torch.stack(rests, dim=1), torch.stack(silhouettes, dim=1)
+
     def forward(self, params: Tensor, velocity: Tensor) -> ObjectiveValue:
         """Evaluate the objective.
 
@@ -298,10 +337,17 @@ class ProjectionObjective(nn.Module):
         check_displacement(local, self.grid, name="local displacement")
         params, local = params.to(self.atlas.dtype), local.to(self.atlas.dtype)
         matrix = similarity_matrix(params, self.centre_world)
-        drrs, silhouettes = self.drrs(self.transformer.warp_through_affine(self.atlas, matrix, local))
+        warped = self.transformer.warp_through_affine(self.atlas, matrix, local)
+        if self.tissue_fit:
+            femurs, rests, silhouettes = self.tissue_drrs(warped)
+            ncc, drrs = tissue_fit_ncc(self.radiographs.flatten(2), femurs.flatten(2), rests.flatten(2))
+            drrs = drrs.reshape(femurs.shape)
+        else:
+            drrs, silhouettes = self.drrs(warped)
         # Per view (AP, LAT): (1, 2, rows, cols), channel 0 the radiograph, channel 1 the DRR.
         pairs = normalise_pair(self.radiographs, drrs)
-        ncc = torch.stack([global_ncc(pair[:, 1:2], pair[:, 0:1])[0] for pair in pairs])
+        if not self.tissue_fit:
+            ncc = torch.stack([global_ncc(pair[:, 1:2], pair[:, 0:1])[0] for pair in pairs])
         smoothness = diffusion_energy(local)
         loss = (1.0 - ncc).mean() + self.smoothness_weight * smoothness
         if self.masked and self.silhouette_weight > 0:
@@ -310,6 +356,30 @@ class ProjectionObjective(nn.Module):
             loss = loss + self.silhouette_weight * (1.0 - overlap).mean()
         normalised_drrs = torch.stack([pair[:, 1] for pair in pairs], dim=1)
         return ObjectiveValue(loss, ncc, smoothness, matrix, local, normalised_drrs)
+
+
+def tissue_fit_ncc(radiographs: Tensor, femurs: Tensor, rests: Tensor, eps: float = 1e-8) -> tuple[Tensor, Tensor]:
+    """How well the best linear combination ``a femur + b rest + c`` fits each radiograph.
+
+    The multiple correlation coefficient of a least-squares fit over the pixels: the global NCC of
+    the fitted combination with the radiograph, in [0, 1], invariant to each DRR's scale.
+
+    Args:
+        radiographs, femurs, rests: ``(1, V, N)`` per view, ``N`` pixels: the radiographs and the
+            DRRs of the femur and of the rest.
+
+    Returns:
+        ``(V,)`` the correlation per view and ``(1, V, N)`` the fitted combinations (centred).
+    """
+    centred = [x - x.mean(dim=-1, keepdim=True) for x in (radiographs, femurs, rests)]
+    image, femur, rest = centred
+    ff, rr, fr = (femur * femur).sum(-1), (rest * rest).sum(-1), (femur * rest).sum(-1)
+    fy, ry = (femur * image).sum(-1), (rest * image).sum(-1)
+    determinant = ff * rr - fr * fr + eps * (ff + rr) ** 2
+    a, b = (rr * fy - fr * ry) / determinant, (ff * ry - fr * fy) / determinant
+    fitted = a.unsqueeze(-1) * femur + b.unsqueeze(-1) * rest
+    ncc = (fitted * image).sum(-1) / (fitted.norm(dim=-1) * image.norm(dim=-1) + eps)
+    return ncc[0], fitted
 
 
 @dataclass
@@ -568,6 +638,7 @@ def refine_output(
         projectors=network.projectors,
         masked=masked,
         silhouette_weight=SILHOUETTE_WEIGHT,
+        tissue_fit=TISSUE_FIT,
     )
     with torch.enable_grad():
         result = refine_registration(

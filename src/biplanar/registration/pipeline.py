@@ -20,7 +20,9 @@ written. ``refine=None`` (the default) chooses (:func:`auto_refine_iterations`):
 :data:`FLAGGED_REFINE_ITERATIONS` when the network's result is flagged by the quality check
 (:func:`~biplanar.registration.outputs.quality_report`: its silhouettes or projections do not fit
 the inputs; on a femur rendered alone in air the refinement's silhouette term takes Dice from about
-0.85 to 0.93, docs/results.md "Silhouette term in the refinement"); else
+0.85 to 0.93, docs/results.md "Silhouette term in the refinement") or when its silhouette fits
+either mask less closely than :data:`REFINE_BELOW_SILHOUETTE_DICE` (femurs of sizes and girths at the
+shape model's edges, docs/results.md "Refining loose silhouettes"); else
 :data:`AUTO_REFINE_ITERATIONS` when either view's beam is more than :data:`OBLIQUE_VIEW_DEG` from
 its nominal direction (AP: world ``y``; LAT: world ``x``), where the network alone loses Dice and
 the refinement wins most of it back (docs/results.md, "View angles inside and outside the trained
@@ -96,24 +98,33 @@ if TYPE_CHECKING:  # the type of annotations only: importing monai costs seconds
 OBLIQUE_VIEW_DEG = 22.5  # between the pairs measured: 20 deg off gained nothing, 30 deg off up to 0.035 Dice
 AUTO_REFINE_ITERATIONS = 25  # as much Dice on the oblique pairs as 50 (docs/results.md), in half the time
 FLAGGED_REFINE_ITERATIONS = 50  # the silhouette weight's validation (intensity_registration.SILHOUETTE_WEIGHT)
+# Below this lowest per-view silhouette Dice of the network's result (above the quality flag's 0.965)
+# `register` refines too: chosen on validation subjects at the shape model's edges (dataset seed 2026),
+# `python examples/shape_extremes.py --n 8 --seed 2026 --refine 0` against `--refine 50` (docs/results.md).
+REFINE_BELOW_SILHOUETTE_DICE = 0.985
 NOMINAL_BEAMS = {"AP": np.array([0.0, 1.0, 0.0]), "LAT": np.array([1.0, 0.0, 0.0])}  # world axes (RAS+)
 
 
-def auto_refine_iterations(views: dict[str, ProjectionView], flagged: bool) -> dict[str, Any]:
+def auto_refine_iterations(views: dict[str, ProjectionView], network_quality: dict[str, Any]) -> dict[str, Any]:
     """What ``refine=None`` runs (module doc), as ``report.json``'s ``inputs.refine``: the iterations,
     the rule, each view's beam obliquity (deg) from its nominal direction
-    (:func:`~biplanar.geometry.projection.beam_obliquity_deg`) and whether the network's result was
-    flagged (``flagged``, :func:`~biplanar.registration.outputs.quality_report`)."""
+    (:func:`~biplanar.geometry.projection.beam_obliquity_deg`), whether the network's result was
+    flagged and its lowest silhouette Dice (``network_quality``: the network's
+    :func:`~biplanar.registration.outputs.quality_report`)."""
     obliquity = {name: beam_obliquity_deg(views[name], axis) for name, axis in NOMINAL_BEAMS.items()}
     oblique = max(obliquity.values()) > OBLIQUE_VIEW_DEG
-    iterations = FLAGGED_REFINE_ITERATIONS if flagged else AUTO_REFINE_ITERATIONS if oblique else 0
+    flagged = bool(network_quality["flag"])
+    loose = network_quality["lowest_silhouette_dice"] < REFINE_BELOW_SILHOUETTE_DICE
+    iterations = FLAGGED_REFINE_ITERATIONS if flagged or loose else AUTO_REFINE_ITERATIONS if oblique else 0
     return {
         "iterations": iterations,
         "rule": f"auto: {FLAGGED_REFINE_ITERATIONS} iterations if the network's result is flagged by the quality "
-        f"check, else {AUTO_REFINE_ITERATIONS} if a beam is more than {OBLIQUE_VIEW_DEG:g} deg from AP (world y) "
+        f"check or its lowest silhouette Dice is below {REFINE_BELOW_SILHOUETTE_DICE:g}, else "
+        f"{AUTO_REFINE_ITERATIONS} if a beam is more than {OBLIQUE_VIEW_DEG:g} deg from AP (world y) "
         "or lateral (world x), else 0",
         "beam_obliquity_deg": obliquity,
         "network_flagged": flagged,
+        "network_lowest_silhouette_dice": float(network_quality["lowest_silhouette_dice"]),
     }
 
 
@@ -121,6 +132,8 @@ def _refine_reason(choice: dict[str, Any]) -> str:
     """Why ``refine=None`` refines (:func:`auto_refine_iterations`'s record), for the stage line."""
     if choice.get("network_flagged"):
         return "; the network's result was flagged"
+    if choice.get("network_lowest_silhouette_dice", 1.0) < REFINE_BELOW_SILHOUETTE_DICE:
+        return f"; the network's silhouette Dice is {choice['network_lowest_silhouette_dice']:.3f}"
     if "beam_obliquity_deg" in choice:
         return f"; a beam {max(choice['beam_obliquity_deg'].values()):.0f} deg from AP / lateral"
     return ""
@@ -333,8 +346,9 @@ def register(
         truth_labels: true femur labels (NIfTI, 1 = femur) on the atlas grid: adds the overlap and
             distance scores.
         refine: test-time optimisation iterations after the network (0: the network's output as it
-            is; ``None``: :data:`FLAGGED_REFINE_ITERATIONS` when the network's result is flagged,
-            else :data:`AUTO_REFINE_ITERATIONS` for oblique views, else 0, module doc).
+            is; ``None``: :data:`FLAGGED_REFINE_ITERATIONS` when the network's result is flagged
+            or its silhouette Dice below :data:`REFINE_BELOW_SILHOUETTE_DICE`, else
+            :data:`AUTO_REFINE_ITERATIONS` for oblique views, else 0, module doc).
         estimate_pose: before the network, correct each view's angle by a rigid registration of the
             atlas to its radiograph (:func:`correct_calibration`); also writes
             ``geometry_corrected.json`` and the report's ``pose_correction``.
@@ -418,7 +432,7 @@ def register(
         network_checks = projection_checks(output, network, network_labels, inputs)
         refine_choice: dict[str, Any] = {"iterations": refine, "rule": "given"}
         if refine is None:
-            refine_choice = auto_refine_iterations(views, quality_report(network_checks)["flag"])
+            refine_choice = auto_refine_iterations(views, quality_report(network_checks))
             refine = int(refine_choice["iterations"])
         refinement = {}
         if refine > 0:
