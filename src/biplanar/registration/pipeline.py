@@ -22,7 +22,7 @@ written. ``refine=None`` (the default) chooses (:func:`auto_refine_iterations`):
 the inputs; on a femur rendered alone in air the refinement's silhouette term takes Dice from about
 0.85 to 0.93, docs/results.md "Silhouette term in the refinement") or when its silhouette fits
 either mask less closely than :data:`REFINE_BELOW_SILHOUETTE_DICE` (femurs of sizes and girths at the
-shape model's edges, docs/results.md "Refining loose silhouettes"); else
+shape model's edges, docs/results.md "Refining loose silhouettes; the tissue fit"); else
 :data:`AUTO_REFINE_ITERATIONS` when either view's beam is more than :data:`OBLIQUE_VIEW_DEG` from
 its nominal direction (AP: world ``y``; LAT: world ``x``), where the network alone loses Dice and
 the refinement wins most of it back (docs/results.md, "View angles inside and outside the trained
