@@ -12,13 +12,18 @@ subjects (the held-out table's dataset seed 9090, orthogonal views, line integra
 - ``femur alone, uniform``: the voxelised femur of one density in air;
 
 and registers each by every model given, with the true masks and without masks (the model's
-segmentation network). Per registration: Dice, ASSD, the head centre's error and whether
-``register``'s quality block flagged it. Usage::
+segmentation network). Two more renderings, only when named in ``--renderings``: ``femur alone,
+clinical`` and ``femur alone, uniform, clinical``, the same femurs in ``--mode clinical`` (a clinic's
+processed image), registered from their two DICOM files alone (route ``DICOM only``). Per
+registration: Dice, ASSD, the head centre's error and whether ``register``'s quality block flagged
+it. Usage::
 
     python examples/femur_alone.py --n 10 --model v11=src/biplanar/resources/models/lite/model.pt \\
         --model new=runs/lite_s12/best.pt,runs/seg_s12/model.pt --out runs/femur_alone
 
-(``NAME=CHECKPOINT[,SEGMENTATION_CHECKPOINT]`` as in ``examples/heldout_table.py``) prints a Markdown
+(``NAME=CHECKPOINT[,SEGMENTATION_CHECKPOINT]`` as in ``examples/heldout_table.py``; ``bundled`` for
+``register``'s own choice of network; ``--seed 2026`` for validation subjects; ``--renderings`` a
+subset, e.g. ``"femur alone" "femur alone, uniform"``) prints a Markdown
 table (mean +- sd over the subjects) and writes ``cases.csv`` and ``table.md`` into ``--out``
 (about 1 min per subject and model on this project's 2-core CPU).
 """
@@ -34,11 +39,9 @@ import numpy as np
 from heldout_table import add_model_option, named_models
 
 import biplanar
-from biplanar.data.clinical import write_view_files
-from biplanar.data.simulate import SimulationConfig, simulate_case, subject_seed
+from biplanar.data.simulate import SimulationConfig, simulate_case, subject_seed, write_case
 from biplanar.evaluation.evaluate import write_study
 from biplanar.evaluation.hip import hip_errors
-from biplanar.io.volumes import write_volume
 from biplanar.registration.outputs import QUALITY_SUMMARY_KEYS
 
 HELD_OUT_SEED = 9090  # examples/heldout_table.py's
@@ -48,33 +51,47 @@ RENDERINGS = {
     "whole body, uniform femur": {"uniform_femur": True},
     "femur alone": {"scene": "femur"},
     "femur alone, uniform": {"scene": "femur", "uniform_femur": True},
+    "femur alone, clinical": {"scene": "femur", "mode": "clinical"},
+    "femur alone, uniform, clinical": {"scene": "femur", "uniform_femur": True, "mode": "clinical"},
 }
+DEFAULT_RENDERINGS = list(RENDERINGS)[:4]  # line integrals
 ROUTES = ("masks", "no masks")
+CLINICAL_ROUTES = ("DICOM only",)
 
 
-def run_subject(index: int, work: Path, models: dict[str, tuple[Path, Path | None]]) -> list[dict]:
-    """Every rendering, route and model of held-out subject ``index``: one row each."""
-    seed = subject_seed(HELD_OUT_SEED, index)
+def register_arguments(folder: Path, route: str) -> dict:
+    """``biplanar.register``'s inputs of one route: arrays with the geometry file (true masks or
+    none), or the two DICOM files alone."""
+    if route == "DICOM only":
+        return {"geometry": None, "ap": folder / "AP.dcm", "lat": folder / "LAT.dcm"}
+    arrays = {"geometry": folder / "geometry.json", "ap": folder / "AP.npy", "lat": folder / "LAT.npy"}
+    masks = {"ap_mask": folder / "AP_mask.npy", "lat_mask": folder / "LAT_mask.npy"} if route == "masks" else {}
+    return arrays | masks
+
+
+def run_subject(
+    index: int, work: Path, models: dict[str, tuple[Path | None, Path | None]], renderings: list[str], dataset_seed: int
+) -> list[dict]:
+    """Every rendering (of ``renderings``), route and model of subject ``index`` of ``dataset_seed``: one row each."""
+    seed = subject_seed(dataset_seed, index)
     rows = []
-    for rendering, changes in RENDERINGS.items():
-        case = simulate_case(seed, dataclasses.replace(CONFIG, **changes))
+    for rendering in renderings:
+        changes = RENDERINGS[rendering]
+        config = dataclasses.replace(CONFIG, **changes)
+        case = simulate_case(seed, config)
         folder = work / f"case_{index:03d}" / str(list(RENDERINGS).index(rendering))
-        write_volume(folder / "labels.nii.gz", case.labels, case.grid)
-        write_view_files(folder, case.views, case.radiographs, case.masks)
+        write_case(folder, case)  # the labels, the arrays, their masks and geometry, and a clinical case's DICOMs
         subject = case.record()  # subject.json's document: the hip truth
-        for route in ROUTES:
-            masks = {"ap_mask": folder / "AP_mask.npy", "lat_mask": folder / "LAT_mask.npy"} if route == "masks" else {}
+        routes = CLINICAL_ROUTES if config.mode == "clinical" else ROUTES
+        for route_index, route in enumerate(routes):
             for name, (model, segmentation) in models.items():
                 report = biplanar.register(
-                    folder / "geometry.json",
-                    folder / "AP.npy",
-                    folder / "LAT.npy",
-                    folder / f"out_{ROUTES.index(route)}_{name}",
+                    **register_arguments(folder, route),
+                    out=folder / f"out_{route_index}_{name}",
                     truth_labels=folder / "labels.nii.gz",
                     model=model,
                     segmentation_model=segmentation,
                     progress=False,
-                    **masks,
                 ).report
                 row = {"case": index, "rendering": rendering, "route": route, "model": name}
                 row |= {key: report[key] for key in ("dice", "assd_mm", "hd95_mm")}
@@ -86,15 +103,14 @@ def run_subject(index: int, work: Path, models: dict[str, tuple[Path, Path | Non
     return rows
 
 
-def table(rows: list[dict], n: int) -> str:
+def table(rows: list[dict], n: int, dataset_seed: int) -> str:
     """Markdown: one row per rendering, route and model; Dice, ASSD, head centre (mean +- sd), flagged."""
     lines = [
-        f"| {n} held-out SSM subjects (seed {HELD_OUT_SEED}) | route | model | Dice | ASSD (mm) | "
-        "head centre (mm) | flagged |",
+        f"| {n} SSM subjects (seed {dataset_seed}) | route | model | Dice | ASSD (mm) | head centre (mm) | flagged |",
         "|---|---|---|---:|---:|---:|---:|",
     ]
-    for rendering in RENDERINGS:
-        for route in ROUTES:
+    for rendering in dict.fromkeys(row["rendering"] for row in rows):
+        for route in dict.fromkeys(row["route"] for row in rows if row["rendering"] == rendering):
             for model in dict.fromkeys(row["model"] for row in rows):
                 chosen = [r for r in rows if (r["rendering"], r["route"], r["model"]) == (rendering, route, model)]
                 cells = []
@@ -111,12 +127,18 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=10, help="held-out subjects")
     add_model_option(parser)
     parser.add_argument("--out", type=Path, required=True, help="folder for cases.csv and table.md")
+    parser.add_argument("--seed", type=int, default=HELD_OUT_SEED, help="dataset seed (2026: validation subjects)")
+    parser.add_argument("--renderings", nargs="+", choices=list(RENDERINGS), default=DEFAULT_RENDERINGS)
     arguments = parser.parse_args()
     models = named_models(arguments.model)
     work = arguments.out / "work"
-    rows = [row for index in range(arguments.n) for row in run_subject(index, work, models)]
+    rows = [
+        row
+        for index in range(arguments.n)
+        for row in run_subject(index, work, models, arguments.renderings, arguments.seed)
+    ]
     shutil.rmtree(work, ignore_errors=True)
-    write_study(arguments.out, rows, table(rows, arguments.n))
+    write_study(arguments.out, rows, table(rows, arguments.n, arguments.seed))
 
 
 if __name__ == "__main__":

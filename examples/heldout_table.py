@@ -81,7 +81,9 @@ def prepare_case(index: int, work: Path) -> tuple[Path, dict[str, dict]]:
     return folder, routes
 
 
-def run_case(index: int, work: Path, models: dict[str, tuple[Path, Path | None]], refine: int | None) -> list[dict]:
+def run_case(
+    index: int, work: Path, models: dict[str, tuple[Path | None, Path | None]], refine: int | None
+) -> list[dict]:
     """Every model on every route of held-out case ``index``: one row each."""
     folder, routes = prepare_case(index, work)
     rows = []
@@ -135,20 +137,27 @@ def table(rows: list[dict], n: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def model_paths(text: str) -> tuple[Path, Path | None]:
-    """``CHECKPOINT[,SEGMENTATION_CHECKPOINT]`` -> the two paths (``None``: the bundled segmentation)."""
+def model_paths(text: str) -> tuple[Path | None, Path | None]:
+    """``CHECKPOINT[,SEGMENTATION_CHECKPOINT]`` -> the two paths (``None``: the bundled segmentation).
+
+    ``bundled`` as ``CHECKPOINT``: ``register``'s own choice of bundled network (``None``; ``lite``, or
+    ``lite_alone`` for a bone in air, :mod:`biplanar.registration.bone_in_air`).
+    """
     model, _, segmentation = text.partition(",")
-    return Path(model), Path(segmentation) if segmentation else None
+    return None if model == "bundled" else Path(model), Path(segmentation) if segmentation else None
 
 
 def add_model_option(parser: argparse.ArgumentParser) -> None:
     """The repeatable ``--model NAME=CHECKPOINT[,SEGMENTATION_CHECKPOINT]`` (read with :func:`named_models`)."""
     parser.add_argument(
-        "--model", action="append", required=True, help="NAME=CHECKPOINT[,SEGMENTATION_CHECKPOINT], repeatable"
+        "--model",
+        action="append",
+        required=True,
+        help="NAME=CHECKPOINT[,SEGMENTATION_CHECKPOINT], repeatable (CHECKPOINT bundled: register's own choice)",
     )
 
 
-def named_models(items: list[str]) -> dict[str, tuple[Path, Path | None]]:
+def named_models(items: list[str]) -> dict[str, tuple[Path | None, Path | None]]:
     """``--model`` values -> name -> (checkpoint, segmentation checkpoint or ``None``)."""
     return {name: model_paths(paths) for name, paths in (item.split("=", 1) for item in items)}
 

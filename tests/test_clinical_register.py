@@ -1,6 +1,7 @@
 """``register`` on what a clinic brings (docs/contract.md section 7): DICOM files with their geometry,
 another detector, transmission values, no masks, a left hip; and the refusals."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -24,6 +25,7 @@ from biplanar.io.geometry_file import write_geometry
 from biplanar.io.images import write_image
 from biplanar.io.volumes import write_volume
 from biplanar.registration import register
+from biplanar.training.checkpoints import bundled_model_path
 
 HELD_OUT_SEED = 4141  # a dataset seed no training set used
 LARGE = ((448, 320), (0.6, 0.6))  # a clinic's detector: (rows, cols), mm
@@ -91,6 +93,7 @@ def test_two_dicom_files_alone(case, tmp_path):
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
     assert report["dice"] > 0.92 and report["side"] == "right" and not report["quality"]["flag"]
+    assert report["inputs"]["model_choice"]["model"] == "lite"  # a body around the femur
     assumptions = report["inputs"]["assumptions"]
     assert assumptions["masks"] == "segmented" and assumptions["side_source"] == "DICOM laterality"
     ap = assumptions["views"]["AP"]
@@ -101,6 +104,34 @@ def test_two_dicom_files_alone(case, tmp_path):
     truth = femur_masks(case["simulated"].labels, case["simulated"].grid, case["large_views"])["AP"][:, ::-1] > 0
     assert 2 * (mask & truth).sum() / (mask.sum() + truth.sum()) > 0.9
     assert Image.open(out / "overlay_AP.png").size[1] / Image.open(out / "overlay_AP.png").size[0] == 448 / 320
+
+
+def test_a_femur_alone_in_air_goes_to_the_bone_in_air_network(case, tmp_path):
+    # The held-out subject's femur voxels alone in air (the ``femur`` scene), true masks, not refined:
+    # without --model register picks lite_alone, which fits it better than the body network does.
+    simulated = simulate_case(subject_seed(HELD_OUT_SEED, 0), dataclasses.replace(case["config"], scene="femur"))
+    folder = tmp_path / "alone"
+    write_view_files(folder, simulated.views, simulated.radiographs, simulated.masks)
+    write_volume(folder / "labels.nii.gz", simulated.labels, simulated.grid)
+    reports = {
+        name: register(
+            folder / "geometry.json",
+            folder / "AP.npy",
+            folder / "LAT.npy",
+            tmp_path / name,
+            model=model,
+            ap_mask=folder / "AP_mask.npy",
+            lat_mask=folder / "LAT_mask.npy",
+            truth_labels=folder / "labels.nii.gz",
+            refine=0,
+            progress=False,
+        ).report
+        for name, model in (("chosen", None), ("lite", bundled_model_path("lite")))
+    }
+    choice = reports["chosen"]["inputs"]["model_choice"]
+    assert choice["model"] == "lite_alone" and max(choice["surround_level"].values()) < 0.05
+    assert reports["chosen"]["inputs"]["model"] == str(bundled_model_path("lite_alone"))
+    assert reports["chosen"]["dice"] > reports["lite"]["dice"] + 0.03
 
 
 def register_rendered(case, folder, out, side="right", ap_angle=0.0, lat_angle=90.0, masks=True) -> dict:

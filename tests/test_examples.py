@@ -39,3 +39,11 @@ def test_an_example_imports_and_a_script_has_main(script, examples_on_path):
     if 'if __name__ == "__main__":' in script.read_text():
         assert callable(getattr(module, "main", None)), f"{script.name}: no main()"
         assert module.__doc__, f"{script.name}: no docstring (its usage)"
+
+
+def test_a_study_s_bundled_model_is_register_s_own_choice(examples_on_path):
+    import heldout_table
+
+    assert heldout_table.model_paths("bundled") == (None, None)
+    assert heldout_table.model_paths("bundled,seg.pt") == (None, Path("seg.pt"))
+    assert heldout_table.model_paths("runs/a.pt") == (Path("runs/a.pt"), None)

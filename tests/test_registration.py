@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from scipy import ndimage
 
 from biplanar.config import load_config
 from biplanar.data.atlas import atlas_surface, load_atlas, warped_atlas_hu, warped_atlas_labels
@@ -28,7 +29,7 @@ from biplanar.layers.prost import ProST
 from biplanar.layers.warp import SpatialTransformer
 from biplanar.models.network import AtlasRegistrationNet
 from biplanar.models.segmentation import mask_dice
-from biplanar.registration import OUTPUT_FILES, outputs, pipeline, register
+from biplanar.registration import OUTPUT_FILES, bone_in_air, outputs, pipeline, register
 from biplanar.registration.outputs import (
     QUALITY_MIN_PROJECTION_NCC,
     QUALITY_MIN_SILHOUETTE_DICE,
@@ -415,6 +416,7 @@ def test_cli_register_defaults_to_the_bundled_model_and_prints_the_scores(inputs
     assert f"\nPOINTS {atlas_vertices} float\n".encode() in (tmp_path / "out" / "surface.vtk").read_bytes()
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["refine"]["iterations"] == 1 and report["inputs"]["model"] == str(bundled)
+    assert report["inputs"]["model_choice"]["model"] == "lite"
 
 
 @pytest.mark.parametrize(
@@ -609,3 +611,46 @@ def test_a_mask_the_femur_cannot_fit_is_flagged_with_a_warning(inputs, tmp_path,
         warning.startswith("warning: registration quality: ")
         and "silhouette Dice 0.000 in AP is below 0.965" in warning
     )
+
+
+def _disc_mask(shape: tuple[int, int] = (64, 48), radius: float = 10.0) -> np.ndarray:
+    rows, cols = np.mgrid[: shape[0], : shape[1]]
+    return (rows - shape[0] / 2) ** 2 + (cols - shape[1] / 2) ** 2 < radius**2
+
+
+@pytest.mark.parametrize("surroundings", [0.0, 0.3, 0.8])
+def test_surround_level_is_the_ring_around_the_mask_over_the_femur(surroundings):
+    mask = _disc_mask()
+    image = np.where(mask, 2.0, 2.0 * surroundings).astype(np.float32)
+    image[mask & ~ndimage.binary_erosion(mask)] = 0.1  # the femur's thin edge: not its median
+    inner = ndimage.binary_dilation(mask, iterations=bone_in_air.RING_INNER_PX)
+    image[inner & ~mask] = 7.0  # its blurred edge, before the ring: left out
+    image[~ndimage.binary_dilation(mask, iterations=bone_in_air.RING_OUTER_PX)] = 9.0  # beyond the ring: left out
+    assert bone_in_air.surround_level(image, mask) == pytest.approx(surroundings)
+
+
+def test_surround_level_is_undefined_without_a_femur_or_a_ring():
+    mask = _disc_mask()
+    assert bone_in_air.surround_level(np.ones(mask.shape), np.zeros_like(mask)) is None
+    assert bone_in_air.surround_level(np.ones(mask.shape), np.ones_like(mask)) is None
+    assert bone_in_air.surround_level(np.zeros(mask.shape), mask) is None
+
+
+@pytest.mark.parametrize(
+    "lat_surroundings, lat_mask, expected",
+    [(0.0, True, "lite_alone"), (0.5, True, "lite"), (0.0, False, "lite")],
+)
+def test_the_bone_in_air_network_needs_air_around_the_femur_in_both_views(lat_surroundings, lat_mask, expected):
+    mask = _disc_mask()
+    images = {"AP": np.where(mask, 1.0, 0.0), "LAT": np.where(mask, 1.0, lat_surroundings)}
+    choice = bone_in_air.choose_bundled_model(images, {"AP": mask, "LAT": mask if lat_mask else np.zeros_like(mask)})
+    assert choice["model"] == expected and choice["bone_in_air"] == (expected == "lite_alone")
+    assert choice["surround_level"] == {"AP": 0.0, "LAT": lat_surroundings if lat_mask else None}
+
+
+def test_the_bundled_networks_share_the_detector_and_atlas():
+    # register reads the inputs with the body network's detector before it picks the network
+    body = checkpoints.load_model(checkpoints.bundled_model_path(bone_in_air.BODY_MODEL), "cpu")
+    alone = checkpoints.load_model(checkpoints.bundled_model_path(bone_in_air.BONE_IN_AIR_MODEL), "cpu")
+    assert body[1].geometry == alone[1].geometry
+    assert torch.equal(body[0].atlas_mu, alone[0].atlas_mu) and torch.equal(body[0].atlas_labels, alone[0].atlas_labels)

@@ -435,7 +435,10 @@ def register(
     ap: Path = typer.Option(..., help="AP radiograph (.dcm, .npy, .tif, .png), any detector."),
     lat: Path = typer.Option(..., help="LAT radiograph (.dcm, .npy, .tif, .png), any detector."),
     out: Path = typer.Option(..., help="Output folder (must be new or empty)."),
-    model: Path | None = typer.Option(None, help="Checkpoint from `biplanar train` (default: the bundled model)."),
+    model: Path | None = typer.Option(
+        None,
+        help="Checkpoint from `biplanar train` (default: the bundled lite model, or lite_alone for a bone in air).",
+    ),
     atlas: Path | None = typer.Option(None, help="Atlas folder (default: the model's own atlas)."),
     ap_mask: Path | None = typer.Option(None, help="2D femur mask of the AP radiograph (default: segmented)."),
     lat_mask: Path | None = typer.Option(None, help="2D femur mask of the LAT radiograph (default: segmented)."),

@@ -116,6 +116,10 @@ class RegistrationInputs:
         """View name -> ``(rows_m, cols_m)`` float32 line integrals on the model's detector, unmasked."""
         return {name: self.views[name].image for name in VIEW_NAMES}
 
+    def femur_masks(self) -> dict[str, np.ndarray]:
+        """View name -> ``(rows_m, cols_m)`` bool femur mask (given or segmented) on the model's detector."""
+        return {name: self.views[name].mask for name in VIEW_NAMES}
+
     def network_inputs(self) -> dict[str, np.ndarray]:
         """View name -> radiograph x mask, what the network was trained on."""
         return {name: self.views[name].image * self.views[name].mask for name in VIEW_NAMES}

@@ -28,6 +28,10 @@ its nominal direction (AP: world ``y``; LAT: world ``x``), where the network alo
 the refinement wins most of it back (docs/results.md, "View angles inside and outside the trained
 ranges"); else none.
 
+Without ``model`` the bundled ``lite`` network runs, or the bundled ``lite_alone`` when the
+radiographs show a femur alone in air (:mod:`biplanar.registration.bone_in_air`; the masks, given or
+segmented, are read first).
+
 Outputs: :mod:`biplanar.registration.outputs`.
 """
 
@@ -70,6 +74,7 @@ from biplanar.pose.hip_reference import (
     hip_reference,
 )
 from biplanar.progress import print_stage
+from biplanar.registration.bone_in_air import BODY_MODEL, choose_bundled_model
 from biplanar.registration.inputs import (
     ModelDetector,
     load_model_atlas,
@@ -336,7 +341,9 @@ def register(
         lat: the LAT radiograph, likewise.
         out: the output folder; must be new or empty.
         model: a checkpoint from :func:`~biplanar.api.train` (``best.pt``, or weights-only); default:
-            the bundled ``lite`` model (:func:`biplanar.training.checkpoints.bundled_model_path`).
+            the bundled ``lite`` model (:func:`biplanar.training.checkpoints.bundled_model_path`), or
+            the bundled ``lite_alone`` when both radiographs show a bone in air
+            (:mod:`biplanar.registration.bone_in_air`; ``report.json``'s ``inputs.model_choice``).
         atlas: an atlas folder (:func:`~biplanar.api.write_atlas`) on the model's atlas grid
             (default: the model's own atlas).
         ap_mask: 2D femur mask of the AP radiograph (an image file of its shape); with ``lat_mask``
@@ -385,9 +392,8 @@ def register(
     out_dir = Path(out)
     require_empty_out_dir(out_dir)
     print_stage("register", progress, "loading the model, atlas and images")
-    model_path = bundled_model_path() if model is None else model
+    model_path = bundled_model_path(BODY_MODEL) if model is None else model
     network, config = load_model(model_path, device or default_device())
-    model_atlas = load_model_atlas(None if atlas is None else Path(atlas), network)
     inputs = read_inputs(
         {"AP": Path(ap), "LAT": Path(lat)},
         {
@@ -402,6 +408,14 @@ def register(
         air_level,
     )
     views, raw = inputs.network_views(), inputs.radiographs()
+    model_choice = {"model": str(model_path), "rule": "given"}
+    if model is None:
+        model_choice = choose_bundled_model(raw, inputs.femur_masks())
+        if model_choice["model"] != BODY_MODEL:
+            print_stage("register", progress, f"a bone in air: the bundled {model_choice['model']} network")
+            model_path = bundled_model_path(model_choice["model"])
+            network, config = load_model(model_path, network.atlas_mu.device)
+    model_atlas = load_model_atlas(None if atlas is None else Path(atlas), network)
     truth = read_truth(None if truth_labels is None else Path(truth_labels), model_atlas)
     device = network.atlas_mu.device
     network_inputs = inputs.network_inputs()
@@ -479,6 +493,7 @@ def register(
                     "LAT": str(lat),
                     "masked": masked,
                     "model": str(model_path),
+                    "model_choice": model_choice,
                     "atlas": str(atlas or f"shipped {config.geometry.grid_preset}"),
                     "truth_labels": truth_labels and str(truth_labels),
                     "refine": refine_choice,
