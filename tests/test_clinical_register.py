@@ -131,6 +131,8 @@ def test_a_femur_alone_in_air_goes_to_the_bone_in_air_network(case, tmp_path):
     choice = reports["chosen"]["inputs"]["model_choice"]
     assert choice["model"] == "lite_alone" and max(choice["surround_level"].values()) < 0.05
     assert reports["chosen"]["inputs"]["model"] == str(bundled_model_path("lite_alone"))
+    page = (tmp_path / "chosen" / "report.html").read_text(encoding="utf-8")
+    assert "network: the bundled lite_alone (a bone in air)" in page
     assert reports["chosen"]["dice"] > reports["lite"]["dice"] + 0.03
 
 

@@ -205,6 +205,7 @@ def test_report_page_carries_the_surface_and_shows_it_in_a_browser(result, chrom
     assert len(base64.b64decode(mesh["positions"])) == 3 * 4 * len(surface.vertices)  # (V, 3) float32
     assert len(base64.b64decode(mesh["indices"])) == 3 * mesh["index_bytes"] * len(surface.faces)
     assert page.count("src='data:image/png;base64,") == 2 and "<td>neck-shaft angle</td>" in page
+    assert f"network: {Path(result.report['inputs']['model']).name} (given) &middot;" in page
     browser = chromium(result.out_dir / "report.html")
     assert browser.attributes("report-page")["data-errors"] == "0" and browser.console == []
     viewer = browser.attributes("viewer")

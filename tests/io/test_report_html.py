@@ -52,6 +52,7 @@ def contents(vertices: np.ndarray, faces: np.ndarray, landmarks=None) -> ReportC
         },
         timings_s={"network": 0.5, "total": 1.25},
         scores=[ReportRow("Dice", None)],
+        network="the bundled <lite> (a femur in a body)",
     )
 
 
@@ -110,6 +111,7 @@ def test_page_needs_no_other_file_and_shows_the_tables(tmp_path):
     for cell in ("<td>head diameter</td><td class='number'>46.25</td><td>mm</td>", "(1.0, 2.0, 3.0)", "n/a"):
         assert cell in page
     assert "flagged: check the overlays" in page and "<td>total</td><td class='number'>1.25</td><td>s</td>" in page
+    assert "network: the bundled &lt;lite&gt; (a femur in a body) &middot;" in page
 
 
 def drawn(panel: np.ndarray) -> np.ndarray:

@@ -86,6 +86,7 @@ class ReportContents:
             ``silhouette_threshold``, ``flag`` (bool) and ``definition`` (``report.json``'s ``quality``).
         timings_s: stage -> seconds.
         scores: scores against a truth (Dice, distances), if any.
+        network: which registration network ran, and why (shown under the title), if known.
     """
 
     title: str
@@ -98,6 +99,7 @@ class ReportContents:
     quality: dict[str, Any]
     timings_s: dict[str, float]
     scores: Sequence[ReportRow] = field(default_factory=tuple)
+    network: str = ""
 
 
 def _json_script(element_id: str, document: Any) -> str:
@@ -245,6 +247,7 @@ def render_report_html(contents: ReportContents) -> str:
     title = html.escape(contents.title)
     quality = "flagged" if contents.quality["flag"] else "passed"
     timings = [ReportRow(stage, seconds, "s") for stage, seconds in contents.timings_s.items()]
+    network = f" network: {html.escape(contents.network)} &middot;" if contents.network else ""
     scores = (
         f"<section><h2>Scores against the truth</h2>{_table(contents.scores, ('quantity', 'value', 'unit'))}</section>"
         if contents.scores
@@ -261,7 +264,7 @@ def render_report_html(contents: ReportContents) -> str:
 </head>
 <body>
 <header><h1>{title}</h1>
-<div>{html.escape(contents.side)} femur &middot; registration quality: {quality} &middot;
+<div>{html.escape(contents.side)} femur &middot; registration quality: {quality} &middot;{network}
 {len(contents.vertices_world)} vertices, {len(contents.faces)} faces &middot; world RAS+ mm</div>
 <pre id="page-errors" hidden></pre></header>
 <main>

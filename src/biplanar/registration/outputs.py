@@ -459,5 +459,14 @@ def write_report_page(folder: Path, report: dict[str, Any], surface) -> None:
         quality=report["quality"],
         timings_s=report["timings_s"],
         scores=[ReportRow(label, report[key], unit) for key, label, unit in SCORES if key in report],
+        network=network_description(report["inputs"]["model_choice"]),
     )
     write_report_html(folder / "report.html", contents)
+
+
+def network_description(model_choice: dict[str, Any]) -> str:
+    """One line on the network ``register`` ran (``report.json``'s ``inputs.model_choice``)."""
+    if model_choice["rule"] == "given":
+        return f"{Path(model_choice['model']).name} (given)"
+    reason = "a bone in air" if model_choice["bone_in_air"] else "a femur in a body"
+    return f"the bundled {model_choice['model']} ({reason})"
