@@ -24,9 +24,9 @@ to ``out_dir`` once complete, so a failure leaves nothing behind:
                           DRR x soft femur mask, see :mod:`biplanar.optimisation.intensity_registration`),
                           hip_before, and with truth labels metrics_before (the network's result's);
                           with estimate_pose, pose_correction (:func:`correct_calibration`)
-    report.html           one self-contained page to open in a browser: the overlays, the hip
-                          measurements, the quality, the timings and the mesh with its landmarks in
-                          3D (:mod:`biplanar.io.report_html`, :func:`write_report_page`)
+    report.html           one self-contained page to open in a browser: the network that ran, the
+                          overlays, the hip measurements, the quality, the timings and the mesh with
+                          its landmarks in 3D (:mod:`biplanar.io.report_html`, :func:`write_report_page`)
     geometry_corrected.json
                           with estimate_pose only: the corrected AP and LAT views (projection
                           matrices), the geometry the network was given
