@@ -33,11 +33,9 @@ import numpy as np
 import torch
 
 import biplanar
-from biplanar.data.atlas import FEMUR_LABEL
-from biplanar.data.body_shape import AIR_HU
 from biplanar.data.clinical import write_view_files
 from biplanar.data.scene import render_scene
-from biplanar.data.simulate import SimulationConfig, simulate_case, subject_seed
+from biplanar.data.simulate import SimulationConfig, femur_alone_hu, simulate_case, subject_seed
 from biplanar.evaluation.evaluate import write_study
 from biplanar.geometry.volume_grid import VolumeGrid
 from biplanar.io.volumes import write_volume
@@ -54,7 +52,7 @@ def projected_ct(case) -> tuple[np.ndarray, VolumeGrid]:
     if case.scene is not None:
         rendered = render_scene(case.subject.spec, case.grid, case.views)
         return rendered.ct_hu, rendered.scene.grid
-    return np.where(case.labels == FEMUR_LABEL, case.ct_hu, AIR_HU).astype(np.float32), case.grid
+    return femur_alone_hu(case.ct_hu, case.labels), case.grid
 
 
 def diffdrr_line_integrals(case, multiplier: float) -> dict[str, np.ndarray]:

@@ -507,6 +507,12 @@ def case_subject(seed: int, config: SimulationConfig = DEFAULT_CONFIG) -> Subjec
     return SubjectSpec.sample(seed, case_femur_shape(seed, config.shapes), config.pose_range, config.shape_spread)
 
 
+def femur_alone_hu(ct_hu: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """The ``femur`` scene's CT: ``(I, J, K)`` float32 HU, the femur's voxels of ``ct_hu`` and air
+    elsewhere (``labels``: ``(I, J, K)``, :data:`~biplanar.data.atlas.FEMUR_LABEL` = femur)."""
+    return np.where(labels == FEMUR_LABEL, ct_hu, AIR_HU).astype(np.float32)
+
+
 def simulate_case(
     seed: int, config: SimulationConfig = DEFAULT_CONFIG, spec: SubjectSpec | None = None
 ) -> SimulatedCase:
@@ -531,7 +537,7 @@ def simulate_case(
         subject = render_subject(spec, grid)
         projected, projected_grid = subject.ct_hu, grid
         if config.scene == "femur":
-            projected = np.where(subject.labels == FEMUR_LABEL, subject.ct_hu, AIR_HU).astype(np.float32)
+            projected = femur_alone_hu(subject.ct_hu, subject.labels)
     if femur_hu is not None:
         projected = with_uniform_femur(projected, subject.labels, None if scene is None else scene.block, femur_hu)
     radiographs = render_radiographs(

@@ -11,8 +11,8 @@ The choice is read off the radiographs, never off the result. Inside a body the 
 soft tissue: a ring of pixels just outside the femur mask (from :data:`RING_INNER_PX` to
 :data:`RING_OUTER_PX` model pixels away) has a median line integral of most of the femur's own
 median; in air it has next to none. Both views must show a **bone in air**: the ring's median below
-:data:`BONE_IN_AIR_MAX_SURROUND` of the femur's median. Measured on validation subjects
-(``python examples/bone_in_air.py``, docs/results.md "A network for bones in air"): 0.00-0.17 for
+:data:`BONE_IN_AIR_MAX_SURROUND` of the femur's median. Measured on validation and held-out subjects
+(``python examples/bone_in_air.py``, docs/results.md "A network for bones in air"): 0.00-0.23 for
 femurs alone in air, as line integrals and as clinic-processed DICOM (whose unsharp masking leaves
 a grey background but a dark halo next to the bone); 0.60-1.06 inside a body or a CT box.
 """
