@@ -135,7 +135,9 @@ def test_displacement_file_reproduces_the_warped_labels(result):
     # (I, J, K, 1, 3) -> (1, 3, I, J, K): world (x, y, z) components become channels.
     displacement = torch.from_numpy(np.asarray(image.dataobj)[:, :, :, 0, :]).permute(3, 0, 1, 2)[None]
     labels = torch.from_numpy(atlas.labels).float()[None, None]
-    expected = SpatialTransformer(atlas.grid, mode="nearest")(labels, displacement)[0, 0].numpy()
+    # Outside the atlas box, the nearest border label (warped_atlas_labels).
+    transformer = SpatialTransformer(atlas.grid, mode="nearest", padding_mode="border")
+    expected = transformer(labels, displacement)[0, 0].numpy()
     warped = nib.load(result.out_dir / "warped_labels.nii.gz")
     assert warped.get_data_dtype() == np.uint8
     np.testing.assert_array_equal(np.asarray(warped.dataobj), expected.astype(np.uint8))
@@ -156,6 +158,19 @@ def test_warped_atlas_hu_and_labels_pull_by_one_voxel_with_border_padding():
     labels = warped_atlas_labels(atlas, displacement)
     assert labels.dtype == np.uint8 and labels.shape == atlas.grid.shape
     np.testing.assert_array_equal(labels[:-1], atlas.labels[1:])
+
+
+def test_warped_atlas_labels_continue_the_shaft_through_the_distal_face():
+    """A pull of one voxel step distally along k: warped[:, :, k] = atlas[:, :, k - 1], and the first
+    slice, drawn from beyond the grid's distal face, keeps the shaft the atlas femur crosses it with."""
+    atlas = load_atlas("tiny")
+    distal_face = atlas.labels[:, :, 0]
+    assert distal_face.any() and not atlas.labels[:, :, -1].any()  # the shaft leaves through k = 0 only
+    step_world = torch.tensor(atlas.grid.affine[:3, 2], dtype=torch.float32)  # world mm of voxel (0, 0, 1)
+    displacement = (-step_world)[None, :, None, None, None].expand(1, 3, *atlas.grid.shape).contiguous()
+    labels = warped_atlas_labels(atlas, displacement)
+    np.testing.assert_array_equal(labels[:, :, 1:], atlas.labels[:, :, :-1])
+    np.testing.assert_array_equal(labels[:, :, 0], distal_face)
 
 
 def test_transform_matrix_is_rebuilt_from_its_parameters(result):

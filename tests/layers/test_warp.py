@@ -164,17 +164,20 @@ def test_nearest_label_warping_keeps_the_label_set():
     assert set(warped.unique().tolist()) == set(values)
 
 
+@pytest.mark.parametrize("padding_mode", ["zeros", "border"])
 @pytest.mark.parametrize("method", ["nearest", "onehot"])
 @pytest.mark.parametrize("grid_name", GRIDS)
-def test_whole_voxel_translation_of_labels_is_a_shift(method, grid_name):
+def test_whole_voxel_translation_of_labels_is_a_shift(method, grid_name, padding_mode):
     grid = GRIDS[grid_name]()
     labels = block_labels(grid.shape, [0, 1, 2, 5], seed=5)
     shift_vox = np.array([2, -1, 3])
     translation_world = grid.affine[:3, :3] @ shift_vox
     displacement = torch.as_tensor(translation_world, dtype=torch.float32).view(1, 3, 1, 1, 1).expand(1, 3, *grid.shape)
-    warped = warp_labels(labels, displacement, grid, method=method)
-    # warped[i, j, k] = labels[i + 2, j - 1, k + 3], 0 where that index is outside.
-    padded = np.pad(labels[0, 0].numpy(), [(abs(s), abs(s)) for s in shift_vox])
+    warped = warp_labels(labels, displacement, grid, method=method, padding_mode=padding_mode)
+    # warped[i, j, k] = labels[i + 2, j - 1, k + 3] where that index is inside; outside, 0 (zeros)
+    # or the label of the nearest index inside (border).
+    numpy_mode = {"zeros": "constant", "border": "edge"}[padding_mode]
+    padded = np.pad(labels[0, 0].numpy(), [(abs(s), abs(s)) for s in shift_vox], mode=numpy_mode)
     starts = [abs(s) + s for s in shift_vox]
     expected = padded[tuple(slice(b, b + n) for b, n in zip(starts, grid.shape))]
     np.testing.assert_array_equal(warped[0, 0].numpy(), expected)

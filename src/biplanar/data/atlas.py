@@ -136,6 +136,11 @@ def read_atlas_surface(path: Path, labels: np.ndarray, grid: VolumeGrid) -> Tria
 def warped_atlas_labels(atlas, displacement: Tensor) -> np.ndarray:
     """The atlas label map warped by a displacement (nearest neighbour), as ``warped_labels.nii.gz``.
 
+    Outside the atlas box the warp takes the nearest border label, as :func:`warped_atlas_hu` takes
+    the nearest border HU: the atlas is cut from a whole femur, whose shaft leaves the grid through
+    its distal face, so a warp that shrinks the femur, drawing the distal slices from beyond that
+    face, continues the shaft instead of ending it above the face.
+
     Args:
         atlas: an :class:`~biplanar.data.atlas.Atlas` (``labels`` ``(I, J, K)``, ``grid``).
         displacement: ``(1, 3, I, J, K)`` mm, world components, on the atlas grid (pull:
@@ -146,7 +151,8 @@ def warped_atlas_labels(atlas, displacement: Tensor) -> np.ndarray:
     """
 
     atlas_labels = torch.from_numpy(atlas.labels.astype(np.int64))[None, None].to(displacement.device)
-    return warp_labels(atlas_labels, displacement, atlas.grid, "nearest")[0, 0].cpu().numpy().astype(np.uint8)
+    warped = warp_labels(atlas_labels, displacement, atlas.grid, "nearest", padding_mode="border")
+    return warped[0, 0].cpu().numpy().astype(np.uint8)
 
 
 def warped_atlas_hu(atlas, displacement: Tensor) -> Tensor:

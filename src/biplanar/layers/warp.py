@@ -179,9 +179,14 @@ class SpatialTransformer(nn.Module):
 
 
 def warp_labels(
-    labels: Tensor, displacement: Tensor, grid: VolumeGrid, method: str = "nearest", num_classes: int | None = None
+    labels: Tensor,
+    displacement: Tensor,
+    grid: VolumeGrid,
+    method: str = "nearest",
+    num_classes: int | None = None,
+    padding_mode: str = "zeros",
 ) -> Tensor:
-    """Warp an integer label map by a displacement field; outside the volume is label 0.
+    """Warp an integer label map by a displacement field.
 
     Args:
         labels: ``(B, 1, I, J, K)`` (or ``(1, 1, I, J, K)``) integer labels on ``grid``.
@@ -191,6 +196,9 @@ def warp_labels(
             channel warped trilinearly, then the arg-max: smoother boundaries).
         num_classes: ``"onehot"`` only: labels lie in ``[0, num_classes)``; default
             ``labels.max() + 1``.
+        padding_mode: the label outside the volume's box of voxel centres: ``"zeros"`` (label 0)
+            or ``"border"`` (the nearest border voxel's: a structure cut by a face of the grid
+            continues through it).
 
     Returns:
         ``(B, 1, I, J, K)`` warped labels, dtype of ``labels``.
@@ -202,12 +210,14 @@ def warp_labels(
     if method not in LABEL_METHODS:
         raise ValueError(f"method: expected one of {LABEL_METHODS}, got {method!r}")
     if method == "nearest":
-        warped = SpatialTransformer(grid, mode="nearest")(labels.to(displacement.dtype), displacement)
-        return warped.to(labels.dtype)
-    return _warp_onehot(labels, displacement, grid, num_classes)
+        transformer = SpatialTransformer(grid, mode="nearest", padding_mode=padding_mode)
+        return transformer(labels.to(displacement.dtype), displacement).to(labels.dtype)
+    return _warp_onehot(labels, displacement, grid, num_classes, padding_mode)
 
 
-def _warp_onehot(labels: Tensor, displacement: Tensor, grid: VolumeGrid, num_classes: int | None) -> Tensor:
+def _warp_onehot(
+    labels: Tensor, displacement: Tensor, grid: VolumeGrid, num_classes: int | None, padding_mode: str
+) -> Tensor:
     """The ``"onehot"`` method of :func:`warp_labels` (same arguments and result)."""
     if int(labels.min()) < 0:
         raise ValueError(f"labels: expected values >= 0, got minimum {int(labels.min())}")
@@ -217,7 +227,8 @@ def _warp_onehot(labels: Tensor, displacement: Tensor, grid: VolumeGrid, num_cla
     onehot = F.one_hot(labels[:, 0].long(), num_classes)
     # (B, I, J, K, classes) -> (B, classes, I, J, K): classes become channels.
     onehot = onehot.movedim(-1, 1).to(displacement.dtype)
-    warped = SpatialTransformer(grid, mode="bilinear")(onehot, displacement)
-    # Samples partly or wholly outside the volume lose weight: it goes to the background, label 0.
+    warped = SpatialTransformer(grid, mode="bilinear", padding_mode=padding_mode)(onehot, displacement)
+    # With zeros padding, samples partly or wholly outside the volume lose weight: it goes to the
+    # background, label 0 (with border padding the weights sum to 1 and this adds nothing).
     warped[:, :1] += 1.0 - warped.sum(dim=1, keepdim=True)
     return warped.argmax(dim=1, keepdim=True).to(labels.dtype)
