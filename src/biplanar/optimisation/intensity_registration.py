@@ -87,6 +87,7 @@ from biplanar.layers.velocity import VelocityIntegrator, compose_affine_displace
 from biplanar.layers.warp import SpatialTransformer, affine_displacement, check_displacement
 from biplanar.models.network import normalise_pair
 from biplanar.models.projectors import ProjectorCache, ViewPair
+from biplanar.optimisation.adam import Adam
 from biplanar.progress import progress_bar
 
 # Width of the soft mask rule's linear ramp, mm of femur path, centred on the rule's threshold:
@@ -493,7 +494,7 @@ def refine_registration(
     for leaf in leaves:
         leaf.requires_grad_(True)
     rates = (settings.lr_rotation_rad, settings.lr_translation_mm, settings.lr_log_scale, settings.lr_velocity_mm)
-    optimiser = torch.optim.Adam([{"params": [leaf], "lr": rate} for leaf, rate in zip(leaves, rates)])
+    optimiser = Adam(list(zip(leaves, rates, strict=True)))
     evaluate_iterate = _iterate_objective(objective, base_velocity, settings)
 
     history: list[float] = []
@@ -502,7 +503,7 @@ def refine_registration(
         task = bar.add_task("refining", total=settings.iterations, loss=float("nan"))
         for step in range(settings.iterations + 1):
             last = step == settings.iterations  # the final iterate is evaluated, not stepped from
-            optimiser.zero_grad(set_to_none=True)
+            optimiser.zero_grad()
             with torch.set_grad_enabled(not last):
                 value = evaluate_iterate(torch.cat(leaves[:3], dim=1), leaves[3])
             history.append(float(value.loss.detach()))

@@ -43,6 +43,7 @@ from biplanar.layers.resample import pool_volume, upsample_field
 from biplanar.layers.similarity import soft_dice
 from biplanar.layers.velocity import VelocityIntegrator
 from biplanar.layers.warp import SpatialTransformer
+from biplanar.optimisation.adam import Adam
 
 LABEL_THRESHOLD = 0.5  # a warped (soft) label voxel is femur above this
 
@@ -217,9 +218,9 @@ def register_volumes(
         shape = objective.grid.shape
         start = torch.zeros(1, 3, *shape, device=moving.device) if velocity is None else upsample_field(velocity, shape)
         velocity = start.clone().requires_grad_(True)
-        optimiser = torch.optim.Adam([velocity], lr=settings.learning_rate_mm)
+        optimiser = Adam([(velocity, settings.learning_rate_mm)])
         for _ in range(steps):
-            optimiser.zero_grad(set_to_none=True)
+            optimiser.zero_grad()
             loss = objective(velocity)
             loss.backward()
             optimiser.step()
