@@ -12,6 +12,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from threadpoolctl import threadpool_info
 
 from biplanar.data.real_ct import REAL_CT
 from biplanar.geometry.presets import biplanar_pair
@@ -26,6 +27,7 @@ from biplanar.pose.baselines import (
     REFINE_CONFIG,
     OptimisationConfig,
     PoseProblem,
+    _lbfgs,
     downsample_image,
     downsample_view,
     downsample_volume,
@@ -193,6 +195,30 @@ def test_cma_searches_only_its_levels_and_lbfgs_refines_at_the_finest(lumbar_cas
     config = OptimisationConfig(levels_mm=(12.0, 6.0), cma_levels=1, max_evaluations=30, refine_steps=2)
     found = estimate_pose(PoseProblem(mu, grid, radiographs, views, pose, config))
     assert [entry["stage"] for entry in found.history] == ["CMA-ES 12 mm", "L-BFGS 6 mm"]
+
+
+def test_lbfgs_keeps_to_its_evaluation_budget_returns_its_best_and_runs_blas_on_one_thread(lumbar_case, monkeypatch):
+    mu, grid, views, radiographs, pose = lumbar_case
+    problem = PoseProblem(mu, grid, radiographs, views, pose, OptimisationConfig(levels_mm=(6.0,)))
+    seen: list[tuple[float, list[int]]] = []
+    objective = problem.objective
+
+    def recording(level, x, start=None):
+        value = objective(level, x, start)
+        blas_threads = [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+        seen.append((float(value[0].detach()), blas_threads))
+        return value
+
+    monkeypatch.setattr(problem, "objective", recording)
+    start_x = np.array([2.0, -1.0, 1.5, 3.0, -2.0, 1.0])
+    x, value, iterations = _lbfgs(problem, problem.levels[-1], start_x, steps=4, start=None)
+    assert 1 <= len(seen) <= 5  # 1.25 x 4 evaluations
+    assert iterations <= 4
+    assert value == max(v for v, _ in seen) and value > seen[0][0]
+    assert all(threads == [1] * len(threads) for _, threads in seen)
+    with torch.no_grad():
+        again = problem.objective(problem.levels[-1], problem.full_x(torch.as_tensor(x))[None], None)
+    assert float(again[0]) == pytest.approx(value, abs=1e-6)
 
 
 # --- the pyramid ------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ displacement of ``c``.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -352,30 +353,52 @@ def _cma_level(
     ]
 
 
+class _BudgetSpent(Exception):
+    """Raised inside :func:`_lbfgs`'s objective once its evaluations are spent."""
+
+
 def _lbfgs(
     problem: PoseProblem, level: _Level, start_x: np.ndarray, steps: int, start: Tensor | None = None
 ) -> tuple[np.ndarray, float, int]:
-    """L-BFGS (strong Wolfe line search) on ``-similarity`` in deg/mm from ``start_x``; best x and similarity.
+    """L-BFGS-B (SciPy) on ``-similarity`` in deg/mm from ``start_x``; best x, similarity, iterations.
 
     ``start``: the ``(4, 4)`` pose ``x`` moves (default the problem's ``A0``; :meth:`PoseProblem.pose`).
+    At most ``steps`` iterations and ``1.25 steps`` evaluations (``torch.optim.LBFGS``'s budget,
+    enforced within a line search too); the best pose evaluated is returned. SciPy's optimiser
+    rather than ``torch.optim.LBFGS``: every ``torch.optim`` optimiser imports PyTorch's compiler on
+    first use (1.2-1.9 s on this project's CPU; :mod:`biplanar.optimisation.adam`), while SciPy's
+    is loaded already by ``cma`` (whose own imports pull in ``scipy.stats``). SciPy's BLAS runs on
+    one thread: OpenBLAS's idle workers spin after each call and take the cores from PyTorch's
+    kernels (a femur case of ``sopi+opt`` took 6.1 s with them, 3.7 s without, on 2 cores).
     """
-    x = torch.tensor(start_x, dtype=torch.float32, requires_grad=True)
-    optimiser = torch.optim.LBFGS(
-        [x], lr=1.0, max_iter=steps, line_search_fn="strong_wolfe", tolerance_grad=1e-7, tolerance_change=1e-9
-    )
-    best_x, best_value = start_x, -math.inf
+    from scipy.optimize import minimize  # lazy: the pose optimisers alone need it
+    from threadpoolctl import threadpool_limits
 
-    def closure() -> Tensor:
-        nonlocal best_x, best_value
-        optimiser.zero_grad()
-        loss = -problem.objective(level, problem.full_x(x)[None].double(), start)[0]
+    budget = max(1, (steps * 5) // 4)
+    best_x, best_value = np.asarray(start_x, dtype=np.float64), -math.inf
+    evaluations = iterations = 0
+
+    def loss_and_gradient(x_now: np.ndarray) -> tuple[float, np.ndarray]:
+        nonlocal best_x, best_value, evaluations
+        if evaluations == budget:
+            raise _BudgetSpent
+        evaluations += 1
+        x = torch.tensor(x_now, dtype=torch.float64, requires_grad=True)
+        loss = -problem.objective(level, problem.full_x(x)[None], start)[0]
         loss.backward()
+        assert x.grad is not None  # the objective is differentiable in x
         if -loss.item() > best_value:
-            best_x, best_value = x.detach().double().numpy().copy(), -loss.item()
-        return loss
+            best_x, best_value = x_now.copy(), -loss.item()
+        return loss.item(), x.grad.numpy().copy()
 
-    optimiser.step(closure)
-    return np.asarray(best_x), float(best_value), int(optimiser.state[x].get("n_iter", 0))
+    def count_iteration(_: object) -> None:
+        nonlocal iterations
+        iterations += 1
+
+    options = {"maxiter": steps, "maxfun": budget, "gtol": 1e-7, "ftol": 1e-9}
+    with threadpool_limits(limits=1, user_api="blas"), contextlib.suppress(_BudgetSpent):
+        minimize(loss_and_gradient, best_x, jac=True, method="L-BFGS-B", callback=count_iteration, options=options)
+    return best_x, float(best_value), iterations
 
 
 def estimate_pose(
