@@ -37,6 +37,7 @@ from biplanar.pose.baselines import (
     refine_pose,
     refine_turned,
     run_baseline,
+    search_along_beam,
 )
 
 
@@ -102,6 +103,7 @@ def test_turned_refinement_recovers_a_start_turned_about_the_long_axis(lumbar_ca
     rotation_deg, translation_mm = pose_errors(found.best.matrix, pose, centre)
     assert float(rotation_deg) < 0.5 and float(translation_mm) < 0.5
     assert [turn["turn_deg"] for turn in found.turns] == [0.0, 120.0, 240.0]
+    assert [turn["start"] for turn in found.turns] == ["turned 0 deg", "turned 120 deg", "turned 240 deg"]
     best = max(found.turns, key=lambda turn: turn["similarity"])
     assert best["turn_deg"] == 240.0 and best["rotation_from_best_deg"] == 0.0
     assert found.turns[0]["rotation_from_best_deg"] > 30.0 and found.best.similarity == best["similarity"]
@@ -219,6 +221,27 @@ def test_lbfgs_keeps_to_its_evaluation_budget_returns_its_best_and_runs_blas_on_
     with torch.no_grad():
         again = problem.objective(problem.levels[-1], problem.full_x(torch.as_tensor(x))[None], None)
     assert float(again[0]) == pytest.approx(value, abs=1e-6)
+
+
+def test_an_extra_start_is_refined_beside_the_turns_and_reported_by_name(lumbar_case):
+    mu, grid, views, radiographs, pose = lumbar_case
+    centre = torch.as_tensor(grid.centre_world)
+    turned = rigid_matrix(torch.tensor([0.0, 0.0, math.radians(90.0), 0.0, 0.0, 0.0], dtype=torch.float64), centre)
+    found = refine_turned(mu, grid, radiographs, views, pose @ turned, turns=1, extra_starts={"the truth": pose})
+    assert [(turn["start"], turn["turn_deg"]) for turn in found.turns] == [("turned 0 deg", 0.0), ("the truth", None)]
+    assert found.turns[1]["rotation_from_best_deg"] == 0.0 and found.turns[0]["rotation_from_best_deg"] > 30.0
+    assert float(pose_errors(found.best.matrix, pose, centre)[0]) < 0.5
+
+
+@pytest.mark.parametrize("depth_error_mm", [-24.0, 0.0, 36.0])
+def test_search_along_beam_undoes_a_depth_error_of_the_beam_view(lumbar_case, depth_error_mm):
+    mu, grid, views, radiographs, pose = lumbar_case
+    direction = torch.as_tensor(views["AP"].principal_direction, dtype=torch.float64)
+    start = pose.clone()
+    start[:3, 3] += depth_error_mm * direction  # the CT moved along the AP beam: AP barely changes
+    moved, offset_mm = search_along_beam(mu, grid, radiographs, views, start, "AP", refine_config_for(grid))
+    assert offset_mm == -depth_error_mm
+    torch.testing.assert_close(moved, pose, atol=1e-9, rtol=0.0)
 
 
 # --- the pyramid ------------------------------------------------------------------------------

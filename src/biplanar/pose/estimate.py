@@ -45,9 +45,11 @@ from biplanar.pose.baselines import (
     REFINE_CONFIG,
     OptimisationConfig,
     PoseEstimate,
+    refine_config_for,
     refine_pose,
     refine_turned,
     run_baseline,
+    search_along_beam,
 )
 from biplanar.pose.similarity import gradient_correlation, ncc
 from biplanar.progress import print_stage
@@ -236,7 +238,9 @@ def estimate(
     SOPI is a single-view method: it uses the ``AP`` view (its networks are trained on one);
     ``sopi+opt`` then refines SOPI's pose by Opt-GC over all given views from ``turns`` starts
     turned about the CT's long axis (:func:`~biplanar.pose.baselines.refine_turned`; ``turns=1``:
-    SOPI's pose alone), polishes the best and the best of another local optimum
+    SOPI's pose alone) and from SOPI's pose moved along the AP beam to where the DRRs fit best
+    (:func:`~biplanar.pose.baselines.search_along_beam`: one view leaves the depth least
+    determined; no extra start when that is where SOPI put it), polishes the best and the best of another local optimum
     (:meth:`~biplanar.pose.baselines.TurnedRefinement.runner_up`) by L-BFGS at twice the resolution
     (:data:`~biplanar.pose.baselines.POLISH_CONFIG`: a 3 mm level), and keeps the polished pose of
     higher similarity. For ``sopi+opt`` SOPI's fine registration stops at :data:`SOPI_HANDOFF_TOLERANCE`.
@@ -271,13 +275,20 @@ def estimate(
     }
     if method == "sopi":
         return found.matrix.double(), summary
-    refined = refine_turned(volume_mu, grid, radiographs, views, found.matrix.double(), turns, progress=progress)
+    moved, beam_offset_mm = search_along_beam(
+        volume_mu, grid, radiographs, views, found.matrix.double(), "AP", refine_config_for(grid)
+    )
+    extra_starts = {f"moved {beam_offset_mm:+g} mm along the AP beam": moved} if beam_offset_mm else {}
+    refined = refine_turned(
+        volume_mu, grid, radiographs, views, found.matrix.double(), turns, progress=progress, extra_starts=extra_starts
+    )
     runner_up = refined.runner_up()
     candidates = [refined.best] if runner_up is None else [refined.best, runner_up]
     polished = [refine_pose(volume_mu, grid, radiographs, views, c.matrix, POLISH_CONFIG) for c in candidates]
     kept = max(polished, key=lambda estimate: estimate.similarity)
     refinement = {
         **_baseline_summary(refined.best),
+        "beam_offset_mm": beam_offset_mm,
         "turns": refined.turns,
         "polish": _baseline_summary(kept),
         "polished_similarities": [estimate.similarity for estimate in polished],
