@@ -21,7 +21,8 @@ error along world x, y, z (measured - true, mm) and the signed anteversion error
 (``NAME=CHECKPOINT[,SEGMENTATION_CHECKPOINT]``: the segmentation network of the no-mask routes,
 default the bundled one; ``--refine N``: every registration with ``N`` iterations of test-time
 optimisation, as ``biplanar register --refine N``; ``--refine auto``: ``register``'s own choice,
-as without ``--refine``)
+as without ``--refine``; ``--seed 2026``: the validation subjects, for choosing a setting, which
+the held-out seed must not see)
 
 prints a Markdown table (mean +- sd; angles as mean absolute error) and writes ``cases.csv`` and
 ``table.md`` into ``--out``.
@@ -57,10 +58,10 @@ COLUMNS = (
 )
 
 
-def prepare_case(index: int, work: Path) -> tuple[Path, dict[str, dict]]:
-    """Write held-out case ``index``'s inputs; returns its folder and each route's register arguments."""
+def prepare_case(index: int, work: Path, dataset_seed: int) -> tuple[Path, dict[str, dict]]:
+    """Write case ``index`` of dataset ``dataset_seed``; returns its folder and each route's register arguments."""
     folder = work / f"case_{index:03d}"
-    seed = subject_seed(HELD_OUT_SEED, index)
+    seed = subject_seed(dataset_seed, index)
     routes = {}
     for shapes in ("phantom", "ssm"):
         case = simulate_case(seed, SimulationConfig(preset="lite", geometry="orthogonal", shapes=shapes))
@@ -82,10 +83,14 @@ def prepare_case(index: int, work: Path) -> tuple[Path, dict[str, dict]]:
 
 
 def run_case(
-    index: int, work: Path, models: dict[str, tuple[Path | None, Path | None]], refine: int | None
+    index: int,
+    work: Path,
+    models: dict[str, tuple[Path | None, Path | None]],
+    refine: int | None,
+    dataset_seed: int = HELD_OUT_SEED,
 ) -> list[dict]:
-    """Every model on every route of held-out case ``index``: one row each."""
-    folder, routes = prepare_case(index, work)
+    """Every model on every route of case ``index`` of dataset ``dataset_seed``: one row each."""
+    folder, routes = prepare_case(index, work, dataset_seed)
     rows = []
     for route, inputs in routes.items():
         population = folder / ("phantom" if route.startswith("phantom") else "ssm")
@@ -122,10 +127,11 @@ def run_case(
     return rows
 
 
-def table(rows: list[dict], n: int) -> str:
+def table(rows: list[dict], n: int, dataset_seed: int = HELD_OUT_SEED) -> str:
     """Markdown: one row per route and model, mean +- sd of each column."""
     header = " | ".join(label for _, label, _ in COLUMNS)
-    lines = [f"| {n} held-out cases (seed {HELD_OUT_SEED}) | model | {header} |", "|---" * (len(COLUMNS) + 2) + "|"]
+    population = "held-out" if dataset_seed == HELD_OUT_SEED else "validation"
+    lines = [f"| {n} {population} cases (seed {dataset_seed}) | model | {header} |", "|---" * (len(COLUMNS) + 2) + "|"]
     for route in ROUTES:
         for model in dict.fromkeys(row["model"] for row in rows):
             chosen = [row for row in rows if row["route"] == route and row["model"] == model]
@@ -173,11 +179,14 @@ def main() -> None:
         default=0,
         help="test-time optimisation iterations, or auto: register's own choice (default none)",
     )
+    parser.add_argument("--seed", type=int, default=HELD_OUT_SEED, help="dataset seed (2026: validation subjects)")
     arguments = parser.parse_args()
     models = named_models(arguments.model)
     work = arguments.out / "inputs"
-    rows = [row for index in range(arguments.n) for row in run_case(index, work, models, arguments.refine)]
-    write_study(arguments.out, rows, table(rows, arguments.n))
+    rows = [
+        row for index in range(arguments.n) for row in run_case(index, work, models, arguments.refine, arguments.seed)
+    ]
+    write_study(arguments.out, rows, table(rows, arguments.n, arguments.seed))
 
 
 if __name__ == "__main__":

