@@ -357,19 +357,6 @@ def test_auto_refine_iterations_reads_the_flag_and_the_silhouette(inputs, flag, 
     assert choice["network_flagged"] is flag and choice["network_lowest_silhouette_dice"] == silhouette
 
 
-def test_soft_tissue_weight_is_the_rest_s_weight_over_the_femur_s_inside_the_mask():
-    """A radiograph made as 2 x femur + 0.6 x rest + 3 inside the mask (anything outside) reads 0.3;
-    one whose femur DRR carries no weight reads 0."""
-    generator = torch.Generator().manual_seed(0)
-    femur, rest = torch.rand(2, 24, 20, generator=generator, dtype=torch.float64)
-    mask = np.zeros((24, 20), dtype=bool)
-    mask[4:20, 5:15] = True
-    image = (2.0 * femur + 0.6 * rest + 3.0).numpy()
-    image[~mask] = np.random.default_rng(0).uniform(0, 50, size=int((~mask).sum()))
-    assert outputs.soft_tissue_weight(image, mask, femur, rest) == pytest.approx(0.3, rel=1e-9)
-    assert outputs.soft_tissue_weight((rest - femur).numpy(), mask, femur, rest) == 0.0
-
-
 def _write_nan_image(folder):
     image = np.load(folder / "AP.npy")
     image[3, 4] = np.nan
@@ -541,7 +528,7 @@ def test_registration_does_not_import_the_training_stack_or_the_simulator(fresh_
 
 
 def checks(ncc: dict[str, float], silhouette: dict[str, float] | None = None) -> ProjectionChecks:
-    return ProjectionChecks(ncc, silhouette or {"AP": 0.99, "LAT": 0.99}, {"AP": 1.0, "LAT": 1.0})
+    return ProjectionChecks(ncc, silhouette or {"AP": 0.99, "LAT": 0.99})
 
 
 @pytest.mark.parametrize(

@@ -359,33 +359,11 @@ class ProjectionObjective(nn.Module):
         return ObjectiveValue(loss, ncc, smoothness, matrix, local, normalised_drrs)
 
 
-def tissue_fit_weights(
-    radiographs: Tensor, femurs: Tensor, rests: Tensor, eps: float = 1e-8
-) -> tuple[Tensor, Tensor, list[Tensor]]:
-    """The least-squares weights ``a``, ``b`` of ``a femur + b rest + c`` fitted to each radiograph.
-
-    Args:
-        radiographs, femurs, rests: ``(1, V, N)`` per view, ``N`` pixels: the radiographs and the
-            DRRs of the femur and of the rest.
-
-    Returns:
-        ``(1, V)`` ``a`` and ``b`` (radiograph units per DRR unit) and the three inputs centred
-        (each minus its mean over the pixels).
-    """
-    centred = [x - x.mean(dim=-1, keepdim=True) for x in (radiographs, femurs, rests)]
-    image, femur, rest = centred
-    ff, rr, fr = (femur * femur).sum(-1), (rest * rest).sum(-1), (femur * rest).sum(-1)
-    fy, ry = (femur * image).sum(-1), (rest * image).sum(-1)
-    determinant = ff * rr - fr * fr + eps * (ff + rr) ** 2
-    return (rr * fy - fr * ry) / determinant, (ff * ry - fr * fy) / determinant, centred
-
-
 def tissue_fit_ncc(radiographs: Tensor, femurs: Tensor, rests: Tensor, eps: float = 1e-8) -> tuple[Tensor, Tensor]:
     """How well the best linear combination ``a femur + b rest + c`` fits each radiograph.
 
-    The multiple correlation coefficient of a least-squares fit over the pixels
-    (:func:`tissue_fit_weights`): the global NCC of the fitted combination with the radiograph, in
-    [0, 1], invariant to each DRR's scale.
+    The multiple correlation coefficient of a least-squares fit over the pixels: the global NCC of
+    the fitted combination with the radiograph, in [0, 1], invariant to each DRR's scale.
 
     Args:
         radiographs, femurs, rests: ``(1, V, N)`` per view, ``N`` pixels: the radiographs and the
@@ -394,7 +372,12 @@ def tissue_fit_ncc(radiographs: Tensor, femurs: Tensor, rests: Tensor, eps: floa
     Returns:
         ``(V,)`` the correlation per view and ``(1, V, N)`` the fitted combinations (centred).
     """
-    a, b, (image, femur, rest) = tissue_fit_weights(radiographs, femurs, rests, eps)
+    centred = [x - x.mean(dim=-1, keepdim=True) for x in (radiographs, femurs, rests)]
+    image, femur, rest = centred
+    ff, rr, fr = (femur * femur).sum(-1), (rest * rest).sum(-1), (femur * rest).sum(-1)
+    fy, ry = (femur * image).sum(-1), (rest * image).sum(-1)
+    determinant = ff * rr - fr * fr + eps * (ff + rr) ** 2
+    a, b = (rr * fy - fr * ry) / determinant, (ff * ry - fr * fy) / determinant
     fitted = a.unsqueeze(-1) * femur + b.unsqueeze(-1) * rest
     ncc = (fitted * image).sum(-1) / (fitted.norm(dim=-1) * image.norm(dim=-1) + eps)
     return ncc[0], fitted

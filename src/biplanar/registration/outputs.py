@@ -58,7 +58,6 @@ from biplanar.io.report_html import ReportContents, ReportRow, write_report_html
 from biplanar.io.volumes import write_volume
 from biplanar.layers.prost import ProST
 from biplanar.layers.similarity import global_ncc
-from biplanar.optimisation.intensity_registration import tissue_fit_weights
 from biplanar.registration.inputs import RegistrationInputs
 
 OUTPUT_FILES = (
@@ -97,15 +96,14 @@ QUALITY_MIN_PROJECTION_NCC = 0.79
 # registrations, `python examples/silhouette_threshold.py` (docs/clinical.md, "The silhouette check").
 QUALITY_MIN_SILHOUETTE_DICE = 0.965
 # report.json's quality keys a study of many registrations records per registration.
-QUALITY_SUMMARY_KEYS = ("flag", "lowest_projection_ncc", "lowest_silhouette_dice", "lowest_soft_tissue_weight")
+QUALITY_SUMMARY_KEYS = ("flag", "lowest_projection_ncc", "lowest_silhouette_dice")
 QUALITY_DEFINITION = (
     "projection NCC: global normalised cross-correlation, per view, of the DRR of the registered atlas femur "
     "with the network's input (radiograph x femur mask) on the model's detector; silhouette Dice: per view, "
     "the Dice of the registered femur's silhouette (pixels whose ray crosses more than 1 mm of it) with the "
     "femur mask the network used, on the model's detector; flag: the lowest view "
     "below either threshold (wrong side, views swapped, geometry off, not a femur, a femur the network "
-    "could not fit); soft-tissue weight (not part of the flag): per view, b / a of the least-squares fit "
-    "radiograph ~ a DRR(femur) + b DRR(rest) + c over the mask's pixels, the registered atlas's DRRs"
+    "could not fit)"
 )
 TRANSFORM_CONVENTION = (
     "pull: the matrix maps a point p of the registered (patient) frame to the atlas point it takes "
@@ -236,59 +234,34 @@ class ProjectionChecks:
     Attributes:
         ncc: the global NCC of the DRR of the registered atlas femur with radiograph x mask.
         silhouette_dice: the Dice of the registered femur's silhouette with the mask.
-        soft_tissue_weight: :func:`soft_tissue_weight` of the radiograph.
     """
 
     ncc: dict[str, float]
     silhouette_dice: dict[str, float]
-    soft_tissue_weight: dict[str, float]
-
-
-def soft_tissue_weight(image: np.ndarray, mask: np.ndarray, femur_drr: Tensor, rest_drr: Tensor) -> float:
-    """How much the radiograph weighs what else lies on the femur's rays, relative to the femur.
-
-    Over the mask's pixels, ``image ~ a femur_drr + b rest_drr + c`` by least squares
-    (:func:`~biplanar.optimisation.intensity_registration.tissue_fit_weights`); the weight is
-    ``b / a`` (0 when the fit gives the femur no positive weight). The DRRs are the registered
-    atlas's, whose attenuation is the training data's curve (:func:`biplanar.physics.attenuation.hu_to_mu`):
-    a candidate reading of how much more another projector weighs bone against soft tissue
-    (docs/results.md, "A soft-tissue weight to find radiographs that weigh bone more").
-
-    Args:
-        image: ``(rows, cols)`` the network's radiograph (line integrals).
-        mask: ``(rows, cols)`` its femur mask.
-        femur_drr, rest_drr: ``(rows, cols)`` DRRs of the registered atlas's femur and of the rest.
-    """
-    inside = torch.from_numpy(mask > 0)
-    values = [torch.as_tensor(x, dtype=torch.float64)[inside][None, None] for x in (image, femur_drr, rest_drr)]
-    femur_weight, rest_weight, _ = tissue_fit_weights(*values)
-    return float(rest_weight / femur_weight) if float(femur_weight) > 0 else 0.0
 
 
 def projection_checks(output, network, warped_labels: np.ndarray, inputs: RegistrationInputs) -> ProjectionChecks:
-    """Per view, on the model's detector in the registration world, the projection NCC, the
-    silhouette Dice and the soft-tissue weight of the warped atlas femur (``warped_labels``:
-    ``(I, J, K)`` on the atlas grid, registration world) against the network's inputs (radiograph x
-    mask, the mask).
+    """Per view, on the model's detector in the registration world, the projection NCC and the
+    silhouette Dice of the warped atlas femur (``warped_labels``: ``(I, J, K)`` on the atlas grid,
+    registration world) against the network's inputs (radiograph x mask, the mask).
 
     The silhouette is the mask rule's (:mod:`biplanar.data.masks`: the ray crosses more than
     :data:`MASK_MIN_PATH_MM` of femur), over the whole model detector (its field of view is the atlas
     grid's projection, so a mask running on down the shaft adds a row or two at most). One ProST call
-    per view (the network's own) projects the femur's attenuation, the rest's and the femur's path.
+    per view (the network's own) projects the femur's attenuation and its path length.
     """
     device = output.warped_image.device
     femur = torch.from_numpy(warped_labels == FEMUR_LABEL).float()[None, None].to(device)  # (1, 1, I, J, K)
-    channels = torch.cat([output.warped_image * femur, output.warped_image * (1.0 - femur), femur], dim=1)
-    ncc, silhouette_dice, tissue_weight = {}, {}, {}
+    channels = torch.cat([output.warped_image * femur, femur], dim=1)
+    ncc, silhouette_dice = {}, {}
     for name in VIEW_NAMES:
         view = inputs.views[name]
         prost = network.projectors.layers(view.view, device)[0]
-        femur_drr, rest_drr, femur_path_mm = prost(channels)[0].cpu()  # each (rows, cols)
+        femur_drr, femur_path_mm = prost(channels)[0].cpu()  # each (rows, cols)
         masked_image = torch.from_numpy(view.image * view.mask)[None, None]
         ncc[name] = float(global_ncc(femur_drr[None, None], masked_image)[0])
         silhouette_dice[name] = _mask_dice(femur_path_mm.numpy() > MASK_MIN_PATH_MM, view.mask)
-        tissue_weight[name] = soft_tissue_weight(view.image, view.mask, femur_drr, rest_drr)
-    return ProjectionChecks(ncc, silhouette_dice, tissue_weight)
+    return ProjectionChecks(ncc, silhouette_dice)
 
 
 def write_projections(folder: Path, output, network, warped_labels: np.ndarray, inputs: RegistrationInputs) -> None:
@@ -418,15 +391,12 @@ def quality_report(checks: ProjectionChecks, network_checks: ProjectionChecks | 
         else {
             "network_projection_ncc": network_checks.ncc,
             "network_silhouette_dice": network_checks.silhouette_dice,
-            "network_soft_tissue_weight": network_checks.soft_tissue_weight,
             "flag_on": "lower of the two",
         }
     )
     return {
         "projection_ncc": checks.ncc,
         "silhouette_dice": checks.silhouette_dice,
-        "soft_tissue_weight": checks.soft_tissue_weight,
-        "lowest_soft_tissue_weight": min(checks.soft_tissue_weight.values()),
         **network_values,
         "lowest_view": lowest_view,
         "lowest_projection_ncc": ncc[lowest_view],
