@@ -12,8 +12,8 @@ masks and without masks (the bundled segmentation network):
   set to the softest tissue, bone above 350 HU multiplied by ``bone_attenuation_multiplier``, then
   scaled to [0, 1]), with multipliers 1, 2.5 and 4.
 
-It needs DiffDRR (``pip install --no-deps diffdrr==0.6.1`` plus the ``bench`` extra). About 3 min
-for 10 cases on a 2-core CPU::
+It needs DiffDRR (``pip install --no-deps diffdrr==0.6.1`` plus the ``bench`` extra). For 10 cases
+on a 2-core CPU about 5 min with ``--refine 0`` and 20 min with ``register``'s own refinements::
 
     python examples/intensity_models.py --n 10 --out runs/intensity_models [--model CKPT] [--scene femur]
 
