@@ -613,9 +613,8 @@ def search_along_beam(
     x = torch.zeros(len(offsets_mm), 6, dtype=torch.float64)
     x[:, 3:] = offsets_mm.double()[:, None] * direction
     images = {name: _as_tensor(image) for name, image in radiographs.items()}
-    problem = PoseProblem(
-        torch.as_tensor(volume_mu), grid, images, views, initial_pose.double(), replace(config, similarity="gc")
-    )
+    first_level = replace(config, similarity="gc", levels_mm=config.levels_mm[:1])  # the only level scored
+    problem = PoseProblem(torch.as_tensor(volume_mu), grid, images, views, initial_pose.double(), first_level)
     with torch.no_grad():
         best = int(torch.argmax(problem.objective(problem.levels[0], x)))
     return problem.pose(x[best]), float(offsets_mm[best])
