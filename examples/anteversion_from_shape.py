@@ -29,25 +29,15 @@ prints a Markdown table (about 1 min on this project's 2-core CPU).
 from __future__ import annotations
 
 import argparse
-from importlib.resources import files
 
 import numpy as np
 from scipy.spatial import cKDTree
 
-from biplanar.data.femur_ssm import SHAPE_MODEL_FILE, femur_shape_model, mesh_anatomy, surface_samples
+from biplanar.data.femur_ssm import femur_shape_model, mesh_anatomy, surface_samples, training_femurs
 from biplanar.evaluation.hip import version_deg
 
 SURFACE_SPACING_MM = 1.5
 FIT_ITERATIONS = 40
-
-
-def training_femurs() -> np.ndarray:
-    """``(26, V, 3)`` mm: the shape model's training femurs, mirrored to right femurs as
-    :func:`~biplanar.data.femur_ssm.femur_shape_model` mirrors the model."""
-    model = femur_shape_model()
-    with files("biplanar").joinpath(SHAPE_MODEL_FILE).open("rb") as stream:
-        scores = np.load(stream)["scores"].astype(np.float64)
-    return np.stack([model.vertices(weights) for weights in scores])
 
 
 def rigid_fit(source: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-from shape_extremes import CONFIG, HELD_OUT_SEED, VARIANTS, variant_spec
+from shape_extremes import CONFIG, FAMILIES, HELD_OUT_SEED
 
 from biplanar.data.atlas import FEMUR_LABEL
 from biplanar.data.simulate import case_subject, simulate_case, subject_seed
@@ -46,12 +46,13 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=10, help="held-out subjects")
     parser.add_argument("--assd-mm", type=float, default=0.79, help="the ASSD to turn into Dice")
     arguments = parser.parse_args()
-    ratios: dict[str, list[float]] = {variant: [] for variant in VARIANTS}
+    variants = FAMILIES["edges"]
+    ratios: dict[str, list[float]] = {variant: [] for variant in variants}
     for index in range(arguments.n):
         seed = subject_seed(HELD_OUT_SEED, index)
         drawn = case_subject(seed, CONFIG)
-        for variant, change in VARIANTS.items():
-            subject = simulate_case(seed, CONFIG, variant_spec(drawn, change)).subject
+        for variant, change in variants.items():
+            subject = simulate_case(seed, CONFIG, change(drawn, seed)).subject
             area, volume = surface_and_volume(np.asarray(subject.labels), subject.grid)
             ratios[variant].append(area / (2.0 * volume))
     header = f"| {arguments.n} held-out SSM subjects (seed {HELD_OUT_SEED}) | S / (2 V) (1/mm) |"

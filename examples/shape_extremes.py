@@ -11,10 +11,16 @@ appearance and noise are the subject's own (:func:`~biplanar.data.simulate.simul
 ``spec``). Every variant is registered by the bundled model with the true masks and without masks; the
 table counts the registrations that ``register``'s quality block flagged.
 
+``--family off-model`` renders each subject as drawn and with its femur moved off the shape model
+by 1 and 2 mm root mean square along its normals, a smooth field no combination of the modes makes
+(:func:`biplanar.data.femur_ssm.off_model_vertices`): a femur of another cohort lies about 1 mm
+(0.25-1.8 mm) from this model's span, so 1 mm is a typical other femur and 2 mm one beyond the
+farthest of the 26.
+
 Usage::
 
-    python examples/shape_extremes.py --n 10 --out runs/shape_extremes [--refine 50] [--model CHECKPOINT] \\
-        [--segmentation-model CHECKPOINT] [--seed 2026]
+    python examples/shape_extremes.py --n 10 --out runs/shape_extremes [--family edges|off-model] [--refine 50] \\
+        [--model CHECKPOINT] [--segmentation-model CHECKPOINT] [--seed 2026]
 
 (``--refine N``: every registration with ``N`` iterations of test-time optimisation, as
 ``biplanar register --refine N``; ``--model``, ``--segmentation-model``: other checkpoints than
@@ -29,6 +35,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -38,42 +45,75 @@ from biplanar.data.clinical import write_view_files
 from biplanar.data.phantom import SubjectSpec
 from biplanar.data.simulate import SimulationConfig, case_subject, simulate_case, subject_seed
 from biplanar.evaluation.evaluate import write_study
+from biplanar.evaluation.hip import hip_errors
 from biplanar.io.volumes import write_volume
 from biplanar.registration.outputs import QUALITY_SUMMARY_KEYS
 
 HELD_OUT_SEED = 9090  # the held-out table's dataset seed (examples/heldout_table.py)
 CONFIG = SimulationConfig(preset="lite", geometry="orthogonal", shapes="ssm")
-# name -> (mode index, weight in sd); None: the subject as drawn
-VARIANTS = {
-    "as drawn": None,
-    "mode 1 = -3 sd (long)": (0, -3.0),
-    "mode 1 = +3 sd (short)": (0, 3.0),
-    "mode 2 = -3 sd (stout)": (1, -3.0),
-    "mode 2 = +3 sd (slender)": (1, 3.0),
-}
 ROUTES = ("masks", "no masks")
 
 
-def variant_spec(spec: SubjectSpec, change: tuple[int, float] | None) -> SubjectSpec:
-    """``spec`` with one of its shape-model femur's mode weights set (``(mode, sd)``; None: as is)."""
-    if change is None:
-        return spec
-    weights = list(spec.femur.mode_weights)
-    weights[change[0]] = change[1]
-    return dataclasses.replace(spec, femur=dataclasses.replace(spec.femur, mode_weights=tuple(weights)))
+def with_mode(mode: int, weight: float) -> Callable[[SubjectSpec, int], SubjectSpec]:
+    """A variant: the subject's shape-model femur with mode ``mode`` (0-based) at ``weight`` sd."""
+
+    def change(spec: SubjectSpec, seed: int) -> SubjectSpec:
+        weights = list(spec.femur.mode_weights)
+        weights[mode] = weight
+        return dataclasses.replace(spec, femur=dataclasses.replace(spec.femur, mode_weights=tuple(weights)))
+
+    return change
+
+
+def off_model(rms_mm: float) -> Callable[[SubjectSpec, int], SubjectSpec]:
+    """A variant: the subject's femur moved off the shape model by ``rms_mm`` (the subject's seed)."""
+
+    def change(spec: SubjectSpec, seed: int) -> SubjectSpec:
+        femur = dataclasses.replace(spec.femur, off_model_rms_mm=rms_mm, off_model_seed=seed)
+        return dataclasses.replace(spec, femur=femur)
+
+    return change
+
+
+def as_drawn(spec: SubjectSpec, seed: int) -> SubjectSpec:
+    """The variant that is the subject itself."""
+    return spec
+
+
+# family -> variant name -> (subject as drawn, its seed) -> the variant's subject
+FAMILIES: dict[str, dict[str, Callable[[SubjectSpec, int], SubjectSpec]]] = {
+    "edges": {
+        "as drawn": as_drawn,
+        "mode 1 = -3 sd (long)": with_mode(0, -3.0),
+        "mode 1 = +3 sd (short)": with_mode(0, 3.0),
+        "mode 2 = -3 sd (stout)": with_mode(1, -3.0),
+        "mode 2 = +3 sd (slender)": with_mode(1, 3.0),
+    },
+    "off-model": {
+        "as drawn": as_drawn,
+        "off the model by 1 mm rms": off_model(1.0),
+        "off the model by 2 mm rms": off_model(2.0),
+    },
+}
 
 
 def run_subject(
-    index: int, work: Path, refine: int | None, model: Path | None, segmentation: Path | None, dataset_seed: int
+    index: int,
+    work: Path,
+    variants: dict[str, Callable[[SubjectSpec, int], SubjectSpec]],
+    refine: int | None,
+    model: Path | None,
+    segmentation: Path | None,
+    dataset_seed: int,
 ) -> list[dict]:
     """Every variant of subject ``index`` of dataset ``dataset_seed``, registered both ways: one row each."""
     seed = subject_seed(dataset_seed, index)
     drawn = case_subject(seed, CONFIG)
     rows = []
-    for variant, change in VARIANTS.items():
-        spec = variant_spec(drawn, change)
+    for number, (variant, change) in enumerate(variants.items()):
+        spec = change(drawn, seed)
         case = simulate_case(seed, CONFIG, spec)
-        folder = work / f"case_{index:03d}" / str(list(VARIANTS).index(variant))
+        folder = work / f"case_{index:03d}" / str(number)
         write_volume(folder / "labels.nii.gz", case.subject.labels, case.subject.grid)
         write_view_files(folder, case.views, case.radiographs, case.masks)
         head_diameter_mm = 2.0 * spec.femur.solid().head_radius_mm
@@ -94,6 +134,7 @@ def run_subject(
             row = {"case": index, "variant": variant, "route": route}
             row |= {key: report[key] for key in ("dice", "assd_mm", "hd95_mm")}
             row |= {key: report["quality"][key] for key in QUALITY_SUMMARY_KEYS}
+            row |= hip_errors(report["hip"], case.record())
             row["head_diameter_mm"] = head_diameter_mm
             rows.append(row)
             print(f"case {index} {variant} {route}: Dice {report['dice']:.3f}", flush=True)
@@ -101,18 +142,20 @@ def run_subject(
     return rows
 
 
-def table(rows: list[dict], n: int, dataset_seed: int) -> str:
+def table(rows: list[dict], variants: list[str], n: int, dataset_seed: int) -> str:
     """Markdown: one row per variant; Dice, ASSD (mean +- sd) and the flagged count of each route."""
-    head = " | ".join(f"Dice, {route} | ASSD (mm), {route} | flagged, {route}" for route in ROUTES)
+    head = " | ".join(
+        f"Dice, {route} | ASSD (mm), {route} | head centre (mm), {route} | flagged, {route}" for route in ROUTES
+    )
     population = "held-out" if dataset_seed == HELD_OUT_SEED else "validation"
     lines = [f"| {n} {population} SSM subjects (seed {dataset_seed}) | head diameter (mm) | {head} |"]
-    lines.append("|---|---:" + "|---:" * 3 * len(ROUTES) + "|")
-    for variant in VARIANTS:
+    lines.append("|---|---:" + "|---:" * 4 * len(ROUTES) + "|")
+    for variant in variants:
         chosen = [row for row in rows if row["variant"] == variant]
         diameters = np.array([row["head_diameter_mm"] for row in chosen if row["route"] == ROUTES[0]])
         cells = [f"{diameters.mean():.1f} +- {diameters.std():.1f}"]
         for route in ROUTES:
-            for key, style in (("dice", "{:.3f}"), ("assd_mm", "{:.2f}")):
+            for key, style in (("dice", "{:.3f}"), ("assd_mm", "{:.2f}"), ("head_centre_error_mm", "{:.2f}")):
                 values = np.array([row[key] for row in chosen if row["route"] == route])
                 cells.append(f"{style.format(values.mean())} +- {style.format(values.std())}")
             flagged = [row["flag"] for row in chosen if row["route"] == route]
@@ -129,17 +172,19 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=None, help="registration checkpoint (default: the bundled one)")
     parser.add_argument("--segmentation-model", type=Path, default=None, help="default: the bundled one")
     parser.add_argument("--seed", type=int, default=HELD_OUT_SEED, help="dataset seed (default: the held-out one)")
+    parser.add_argument("--family", choices=sorted(FAMILIES), default="edges", help="which variants (module doc)")
     arguments = parser.parse_args()
     work = arguments.out / "work"
+    variants = FAMILIES[arguments.family]
     rows = [
         row
         for index in range(arguments.n)
         for row in run_subject(
-            index, work, arguments.refine, arguments.model, arguments.segmentation_model, arguments.seed
+            index, work, variants, arguments.refine, arguments.model, arguments.segmentation_model, arguments.seed
         )
     ]
     shutil.rmtree(arguments.out / "work", ignore_errors=True)
-    markdown = table(rows, arguments.n, arguments.seed)
+    markdown = table(rows, list(variants), arguments.n, arguments.seed)
     write_study(arguments.out, rows, markdown)
 
 

@@ -17,11 +17,10 @@ import argparse
 import numpy as np
 
 from biplanar.data.femur_shape import FemurParameters
-from biplanar.data.femur_ssm import SsmFemurParameters, femur_shape_model
+from biplanar.data.femur_ssm import SsmFemurParameters, femur_shape_model, training_mode_weights
 
 MEASUREMENTS = ("head_radius_mm", "neck_shaft_angle_deg", "femoral_offset_mm", "anteversion_deg")
 # The model's 26 training femurs' weights, from the npz the model ships with.
-TRAINING_SCORES_KEY = "scores"
 
 
 def summary(rows: list[dict[str, float]]) -> list[str]:
@@ -35,13 +34,10 @@ def summary(rows: list[dict[str, float]]) -> list[str]:
 
 def training_femurs() -> list[dict[str, float]]:
     """The measurements of the shape model's 26 training femurs (their own mode weights)."""
-    from importlib.resources import files
-
-    from biplanar.data.femur_ssm import SHAPE_MODEL_FILE
-
-    with files("biplanar").joinpath(SHAPE_MODEL_FILE).open("rb") as stream:
-        scores = np.load(stream)[TRAINING_SCORES_KEY]
-    return [SsmFemurParameters(tuple(float(w) for w in weights)).solid().measurements() for weights in scores]
+    return [
+        SsmFemurParameters(tuple(float(w) for w in weights)).solid().measurements()
+        for weights in training_mode_weights()
+    ]
 
 
 def main() -> None:

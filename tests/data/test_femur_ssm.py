@@ -14,8 +14,12 @@ from biplanar.data.femur_ssm import (
     TRUNCATION_SD,
     MeshSignedDistance,
     SsmFemurParameters,
+    area_weighted_vertex_normals,
     femur_shape_model,
     neck_axis_from_surface,
+    off_model_vertices,
+    training_femurs,
+    training_mode_weights,
     triangle_centroids_areas,
 )
 from biplanar.data.phantom import make_subject
@@ -184,3 +188,58 @@ def test_the_neck_axis_is_the_surface_centroids_whatever_the_vertex_density(crow
     assert tilt_deg(neck_axis_from_surface(vertices, centre, head_radius)) > 5.0
     centroids, areas = triangle_centroids_areas(vertices, faces)
     assert tilt_deg(neck_axis_from_surface(centroids, centre, head_radius, areas)) < 0.1
+
+
+def face_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    corners = vertices[faces]
+    normals = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])
+    return normals / np.linalg.norm(normals, axis=1, keepdims=True)
+
+
+def test_the_training_femurs_are_the_model_s_mean_plus_their_own_weights():
+    femurs, weights = training_femurs(), training_mode_weights()
+    assert femurs.shape == (26, *femur_shape_model().mean.shape) and weights.shape == (26, 25)
+    # The model is centred on them: their mean is its mean, each weight has mean 0 and sd 1.
+    np.testing.assert_allclose(femurs.mean(axis=0), femur_shape_model().mean, atol=1e-3)
+    np.testing.assert_allclose(weights.std(axis=0, ddof=1), 1.0, atol=1e-3)
+
+
+@pytest.mark.parametrize("rms_mm", [1.0, 2.0])
+def test_an_off_model_femur_moves_its_surface_by_the_asked_rms_outside_the_model_s_span(rms_mm):
+    model = femur_shape_model()
+    vertices = model.vertices(training_mode_weights()[4])
+    moved = off_model_vertices(vertices, model.faces, rms_mm, seed=11)
+    np.testing.assert_array_equal(moved, off_model_vertices(vertices, model.faces, rms_mm, seed=11))
+    assert not np.allclose(moved, off_model_vertices(vertices, model.faces, rms_mm, seed=12))
+    along = np.einsum("vd,vd->v", moved - vertices, area_weighted_vertex_normals(vertices, model.faces))
+    assert np.sqrt(np.mean(along**2)) == pytest.approx(rms_mm, rel=1e-6)
+    # No combination of the modes makes the move: least squares in the modes' span leaves most of it.
+    modes = model.modes.reshape(len(model.sd), -1).T
+    change = (moved - vertices).reshape(-1)
+    kept = change - modes @ np.linalg.lstsq(modes, change, rcond=None)[0]
+    assert np.linalg.norm(kept) > 0.9 * np.linalg.norm(change)
+
+
+def test_a_femur_1_mm_off_the_model_keeps_every_triangle_facing_out():
+    model = femur_shape_model()
+    vertices = model.vertices(training_mode_weights()[4])
+    moved = off_model_vertices(vertices, model.faces, 1.0, seed=11)
+    turned = np.einsum("fd,fd->f", face_normals(vertices, model.faces), face_normals(moved, model.faces))
+    assert turned.min() > 0.0
+
+
+@pytest.mark.parametrize("rms_mm", [1.0, 2.0])
+def test_an_off_model_femur_is_measured_and_recorded_on_its_moved_surface(rms_mm):
+    drawn = SsmFemurParameters(tuple(training_mode_weights()[4]))
+    moved = SsmFemurParameters(drawn.mode_weights, off_model_rms_mm=rms_mm, off_model_seed=5)
+    assert SsmFemurParameters(drawn.mode_weights, off_model_seed=5).solid().volume_mm3() == drawn.solid().volume_mm3()
+    assert moved.solid().volume_mm3() != pytest.approx(drawn.solid().volume_mm3(), rel=1e-3)
+    record = moved.to_dict()
+    assert record["off_model_rms_mm"] == rms_mm and record["off_model_seed"] == 5
+    assert record["head_radius_mm"] == moved.solid().head_radius_mm != drawn.solid().head_radius_mm
+    vertices = moved.solid().vertices_local  # no fold: the lattice count within 2 % of the mesh's volume
+    step = 3.0
+    axes = [np.arange(low - 2.0, high + 2.0, step) for low, high in zip(vertices.min(0), vertices.max(0))]
+    lattice = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
+    inside = (moved.solid().sdf(torch.as_tensor(lattice, dtype=torch.float32)).numpy() <= 0).sum()
+    assert inside * step**3 == pytest.approx(moved.solid().volume_mm3(), rel=0.02)

@@ -315,6 +315,22 @@ def test_fourier_field_voxel_mean_is_the_box_average():
     assert 0.7 < float(values.std()) < 1.3  # unit variance by construction
 
 
+@pytest.mark.parametrize("smoothness", [1.5, 2.5])
+def test_a_matern_field_has_matern_s_correlation(smoothness):
+    length = 10.0
+    field = FourierField.matern(np.random.default_rng(0), 20000, length, smoothness)
+    distances = np.array([2.5, 7.5, 12.5, 20.0])
+    directions = np.random.default_rng(1).normal(size=(500, 3))
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    # The correlation at lag d of a random Fourier field is E[cos(w . d)] over its wavevectors.
+    measured = [np.cos(field.wavevectors @ (directions * d).T).mean() for d in distances]
+    scaled = np.sqrt(2.0 * smoothness) * distances / length
+    polynomial = {1.5: 1.0 + scaled, 2.5: 1.0 + scaled + scaled**2 / 3.0}[smoothness]
+    np.testing.assert_allclose(measured, polynomial * np.exp(-scaled), atol=0.02)
+    values = field(torch.tensor(np.random.default_rng(4).uniform(-500, 500, (20000, 3))))
+    assert 0.95 < float(values.std()) < 1.05  # unit variance, as the plain field
+
+
 def test_docs_list_every_parameter():
     text = DOCS.read_text()
     for cls in (FemurParameters, PelvisParameters, TissueParameters):

@@ -45,6 +45,7 @@ import torch
 from torch import Tensor
 
 from biplanar.data.femur_shape import FemurLandmarksLocal, FemurParameters, FemurSolid, extreme_inside_point
+from biplanar.data.random_fields import FourierField
 from biplanar.geometry.fitting import fit_line, fit_sphere
 
 SHAPE_MODEL_FILE = "resources/femur_ssm/gias2_femur_left_llp26.npz"
@@ -66,6 +67,11 @@ SHAFT_SLABS = 7
 CONDYLE_FRACTION = 0.12  # the distal part of the length searched for the posterior condyles
 LESSER_TROCHANTER_BAND = (0.08, 0.25)  # fraction of the length below the head centre
 LESSER_TROCHANTER_REGION_MM = 15.0
+# Off-model shapes (off_model_vertices): the correlation length of the left-out femurs' residual.
+OFF_MODEL_LENGTH_MM = 10.0
+OFF_MODEL_WAVES = 512
+OFF_MODEL_SMOOTHNESS = 2.5  # Matern's nu: twice differentiable
+OFF_MODEL_NORMAL_SMOOTHING = 30  # neighbour averages of the normals the surface moves along
 
 
 @dataclass(frozen=True)
@@ -103,6 +109,19 @@ def femur_shape_model() -> ShapeModel:
         )
 
 
+@functools.cache
+def training_mode_weights() -> np.ndarray:
+    """``(26, K)`` float64: the model's 26 training femurs' own mode weights, standard deviations."""
+    with files("biplanar").joinpath(SHAPE_MODEL_FILE).open("rb") as stream:
+        return np.load(stream)["scores"].astype(np.float64)
+
+
+def training_femurs() -> np.ndarray:
+    """``(26, V, 3)`` mm: the model's 26 training femurs, mirrored to right femurs as the model is."""
+    model = femur_shape_model()
+    return np.stack([model.vertices(weights) for weights in training_mode_weights()])
+
+
 @dataclass(frozen=True)
 class SsmFemurParameters:
     """One femur of the shape model: its mode weights and its cortex.
@@ -110,11 +129,16 @@ class SsmFemurParameters:
     Attributes:
         mode_weights: ``(K,)`` weights of the model's modes, standard deviations.
         cortex_proximal_mm, cortex_shaft_mm: cortical thickness (the phantom's ranges).
+        off_model_rms_mm: root mean square of a displacement of the surface along its normals that
+            no combination of the modes makes (:func:`off_model_vertices`), mm; 0: none.
+        off_model_seed: the seed of that displacement.
     """
 
     mode_weights: tuple[float, ...]
     cortex_proximal_mm: float = FemurParameters.cortex_proximal_mm
     cortex_shaft_mm: float = FemurParameters.cortex_shaft_mm
+    off_model_rms_mm: float = 0.0
+    off_model_seed: int = 0
 
     @classmethod
     def sample(cls, rng: np.random.Generator, spread: float = 1.0) -> SsmFemurParameters:
@@ -155,6 +179,8 @@ class SsmFemurParameters:
             "mode_weights": list(self.mode_weights),
             "cortex_proximal_mm": float(self.cortex_proximal_mm),
             "cortex_shaft_mm": float(self.cortex_shaft_mm),
+            "off_model_rms_mm": float(self.off_model_rms_mm),
+            "off_model_seed": int(self.off_model_seed),
             **self.solid().measurements(),
         }
 
@@ -304,6 +330,8 @@ class SsmFemurShape(FemurSolid):
     def __init__(self, params: SsmFemurParameters) -> None:
         model = femur_shape_model()
         vertices = model.vertices(np.asarray(params.mode_weights))
+        if params.off_model_rms_mm > 0:
+            vertices = off_model_vertices(vertices, model.faces, params.off_model_rms_mm, params.off_model_seed)
         self.anatomy = mesh_anatomy(vertices, model.faces)
         self.vertices_local, self.faces = self.anatomy.to_local(vertices), model.faces
         shaft_point = self.anatomy.local_shaft_point()
@@ -412,11 +440,7 @@ def surface_samples(vertices: np.ndarray, faces: np.ndarray, spacing_mm: float) 
         ``((P, 3) points mm, (P, 3) outward unit normals)``.
     """
     corners = vertices[faces]  # (F, 3, 3)
-    face_normals = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])  # 2 x area
-    vertex_normals = np.zeros_like(vertices)
-    for corner in range(3):
-        np.add.at(vertex_normals, faces[:, corner], face_normals)
-    vertex_normals /= np.linalg.norm(vertex_normals, axis=1, keepdims=True)
+    vertex_normals = area_weighted_vertex_normals(vertices, faces)
     longest = np.linalg.norm(corners - np.roll(corners, 1, axis=1), axis=2).max(axis=1)
     divisions = np.maximum(1, np.ceil(longest / spacing_mm)).astype(int)
     points, normals = [], []
@@ -429,3 +453,66 @@ def surface_samples(vertices: np.ndarray, faces: np.ndarray, spacing_mm: float) 
         normals.append(np.einsum("bc,fcd->fbd", weights, vertex_normals[chosen]).reshape(-1, 3))
     all_normals = np.concatenate(normals)
     return np.concatenate(points), all_normals / np.linalg.norm(all_normals, axis=1, keepdims=True)
+
+
+def area_weighted_vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """``(V, 3)`` outward unit normals: the mean of the adjacent faces' normals, weighted by area.
+
+    Args:
+        vertices: ``(V, 3)`` mm; faces: ``(F, 3)`` counter-clockwise seen from outside.
+    """
+    corners = vertices[faces]  # (F, 3, 3)
+    face_normals = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])  # 2 x area
+    normals = np.zeros_like(vertices)
+    for corner in range(3):
+        np.add.at(normals, faces[:, corner], face_normals)
+    return normals / np.linalg.norm(normals, axis=1, keepdims=True)
+
+
+def off_model_vertices(vertices: np.ndarray, faces: np.ndarray, rms_mm: float, seed: int) -> np.ndarray:
+    """``(V, 3)`` mm: ``vertices`` moved along the surface by a smooth random field that no mode makes.
+
+    A femur of another cohort is no combination of this model's 26 femurs: left out in turn, each of
+    them lies 0.25-1.8 mm (median 0.8 mm) root mean square along the normals from the span of the
+    other 25, locally up to 8 mm, and that residual's correlation along the surface falls as
+    Matern's with ``OFF_MODEL_LENGTH_MM`` (0.62 at 5-10 mm, 0.29 at 15-20 mm;
+    ``examples/off_model_residual.py``). The move is one such field (Matern, nu = 5/2,
+    ``OFF_MODEL_WAVES`` random Fourier features in the model's frame) along the surface's normals
+    averaged ``OFF_MODEL_NORMAL_SMOOTHING`` times over each vertex's neighbours (:func:`smoothed_vertex_normals`),
+    scaled so that its component along the normals has ``rms_mm`` over the vertices.
+
+    Args:
+        vertices: ``(V, 3)`` mm; faces: ``(F, 3)`` counter-clockwise seen from outside.
+        rms_mm: root mean square over the vertices of the move along the normals, mm.
+        seed: the field's seed.
+    """
+    field = FourierField.matern(np.random.default_rng(seed), OFF_MODEL_WAVES, OFF_MODEL_LENGTH_MM, OFF_MODEL_SMOOTHNESS)
+    values = field(torch.as_tensor(vertices, dtype=torch.float64))[:, 0].numpy()
+    directions = smoothed_vertex_normals(vertices, faces, OFF_MODEL_NORMAL_SMOOTHING)
+    along_normals = values * np.einsum("vd,vd->v", directions, area_weighted_vertex_normals(vertices, faces))
+    return vertices + (values * rms_mm / np.sqrt(np.mean(along_normals**2)))[:, None] * directions
+
+
+def smoothed_vertex_normals(vertices: np.ndarray, faces: np.ndarray, iterations: int) -> np.ndarray:
+    """``(V, 3)`` unit normals averaged ``iterations`` times over each vertex and its neighbours.
+
+    A surface moved along its own normals folds wherever it curves more tightly than the move (the
+    model's mesh has a crease of small triangles where the head meets the neck); along normals
+    averaged over ``iterations`` rings of neighbours (about ``3 sqrt(iterations)`` mm on the
+    model's mesh) it folds only where it curves that tightly.
+
+    Args:
+        vertices: ``(V, 3)`` mm; faces: ``(F, 3)`` counter-clockwise seen from outside.
+        iterations: neighbour averages.
+    """
+    from scipy.sparse import coo_matrix, identity  # lazy: SciPy's sparse only to simulate
+
+    edges = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
+    count = len(vertices)
+    adjacent = coo_matrix((np.ones(len(edges)), (edges[:, 0], edges[:, 1])), shape=(count, count)).tocsr()
+    neighbourhood = ((adjacent + adjacent.T) > 0).astype(np.float64) + identity(count, format="csr")
+    normals = area_weighted_vertex_normals(vertices, faces)
+    for _ in range(iterations):
+        normals = neighbourhood @ normals
+        normals /= np.linalg.norm(normals, axis=1, keepdims=True)
+    return normals

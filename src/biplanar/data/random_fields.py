@@ -33,7 +33,30 @@ class FourierField:
         directions /= np.linalg.norm(directions, axis=1, keepdims=True)
         log_shortest, log_longest = np.log(wavelength_mm)
         wavelengths = np.exp(rng.uniform(log_shortest, log_longest, size=n_modes))
-        self.wavevectors = directions * (2.0 * np.pi / wavelengths)[:, None]  # (modes, 3) rad/mm
+        self._set_waves(rng, directions * (2.0 * np.pi / wavelengths)[:, None], channels)
+
+    @classmethod
+    def matern(
+        cls, rng: np.random.Generator, n_modes: int, length_mm: float, smoothness: float = 1.5, channels: int = 1
+    ) -> FourierField:
+        """A field whose correlation is Matern's with ``length_mm`` and ``smoothness`` (nu).
+
+        Matern's spectral density in 3-D is a multivariate Student t with ``2 nu`` degrees of
+        freedom and scale ``1 / length_mm``, so the wavevectors are drawn from it (Rahimi and Recht's
+        random features): ``nu = 1.5`` gives the correlation ``(1 + sqrt(3) d / l) exp(-sqrt(3) d / l)``
+        at distance ``d``.
+        """
+        field = cls.__new__(cls)
+        degrees = 2.0 * smoothness
+        gaussian = rng.normal(size=(n_modes, 3))
+        chi_square = rng.chisquare(degrees, size=n_modes)
+        field._set_waves(rng, gaussian / np.sqrt(chi_square / degrees)[:, None] / length_mm, channels)
+        return field
+
+    def _set_waves(self, rng: np.random.Generator, wavevectors: np.ndarray, channels: int) -> None:
+        """``(modes, 3)`` rad/mm wavevectors; draws each wave's phase and weights."""
+        n_modes = len(wavevectors)
+        self.wavevectors = wavevectors
         self.phases = rng.uniform(0.0, 2.0 * np.pi, size=n_modes)  # (modes,) rad
         # E[w^2] * E[cos^2] * modes = (2 / modes) * (1 / 2) * modes = 1: unit variance.
         self.weights = rng.normal(0.0, np.sqrt(2.0 / n_modes), size=(n_modes, channels))
