@@ -369,6 +369,7 @@ def simulate(
     pose_shift_mm: float = 3.0,
     bone_contrast: float = 1.0,
     shape_spread: float = 1.0,
+    off_model_mm: float = 0.0,
     uniform_femur: bool = False,
     workers: int = 1,
     progress: bool = True,
@@ -406,6 +407,9 @@ def simulate(
             the factor uniform in ``[1, bone_contrast]`` (1: none; docs/data.md).
         shape_spread: standard deviation of the shape-model femurs' mode weights, in ``(0, 3]``
             (1: the model's own population; 1.5 draws more femurs near its +-3 sd edges; docs/data.md).
+        off_model_mm: move each shape-model femur off the model by this root mean square along its
+            normals, mm, in ``[0, 3]``: a femur no combination of the model's modes makes, as another
+            cohort's (0: none; docs/data.md, "Femurs off the shape model").
         uniform_femur: render each subject's femur at one CT number (uniform in 300-1500 HU per
             subject), as a projector given a voxelised femur mesh would; the CT written is unchanged.
         workers: parallel worker processes.
@@ -434,6 +438,7 @@ def simulate(
         pose_shift_mm=pose_shift_mm,
         bone_contrast=bone_contrast,
         shape_spread=shape_spread,
+        off_model_mm=off_model_mm,
         uniform_femur=uniform_femur,
     )
     return simulate_dataset(out, n, seed, config, workers=workers, progress=progress)

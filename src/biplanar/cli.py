@@ -295,6 +295,11 @@ def simulate(
         help="Standard deviation of the shape-model femurs' mode weights, in (0, 3]: 1 the model's population, "
         "above 1 more femurs near its +-3 sd edges (not with --from-ct).",
     ),
+    off_model_mm: float = typer.Option(
+        0.0,
+        help="Move each shape-model femur off the model by this root mean square along its normals, mm, in "
+        "[0, 3]: a femur of another cohort is about 1 mm off (not with --from-ct).",
+    ),
     uniform_femur: bool = typer.Option(
         False,
         "--uniform-femur",
@@ -326,8 +331,8 @@ def simulate(
                 )
             if bone_contrast != 1.0:
                 raise InputError("--bone-contrast: not used with --from-ct (its radiographs use hu_to_mu as it is)")
-            if shape_spread != 1.0:
-                raise InputError("--shape-spread: not used with --from-ct (its femurs are the CT's)")
+            if shape_spread != 1.0 or off_model_mm != 0.0:
+                raise InputError("--shape-spread, --off-model-mm: not used with --from-ct (its femurs are the CT's)")
             if uniform_femur:
                 raise InputError("--uniform-femur: not used with --from-ct (its femurs keep their CT numbers)")
             made = api.simulate_from_ct(
@@ -351,6 +356,7 @@ def simulate(
             pose_shift_mm=pose_shift_mm,
             bone_contrast=bone_contrast,
             shape_spread=shape_spread,
+            off_model_mm=off_model_mm,
             uniform_femur=uniform_femur,
             **rendering,
         )

@@ -331,7 +331,7 @@ def test_bone_contrast_adds_the_line_integral_of_the_bone_and_changes_nothing_el
         difference = steep.radiographs[view] - plain.radiographs[view]
         assert extra[view].max() > 0.05 * plain.radiographs[view].max()  # the femur is there
         np.testing.assert_allclose(difference, extra[view], atol=1e-4 * plain.radiographs[view].max())
-    with pytest.raises(InputError, match=r"bone_contrast in \[1, 4.0\] and .* got .*, 0.5, 1.0"):
+    with pytest.raises(InputError, match=r"bone_contrast in \[1, 4.0\], .* got .*, 0.5, 1.0, 0.0"):
         SimulationConfig(bone_contrast=0.5)
 
 
@@ -346,8 +346,21 @@ def test_shape_spread_widens_the_shape_model_femurs_only():
     recorded = plain.to_dict()
     del recorded["shape_spread"]  # a dataset made before the option: the model's own population
     assert SimulationConfig.from_dict(recorded) == plain
-    with pytest.raises(InputError, match=r"shape_spread in \(0, 3.0\] expected, got .*, 0.0$"):
+    with pytest.raises(InputError, match=r"shape_spread in \(0, 3.0\] and .* got .*, 0.0, 0.0$"):
         SimulationConfig(shape_spread=0.0)
+
+
+def test_off_model_moves_the_shape_model_femurs_only_by_the_case_seed():
+    plain, moved = SimulationConfig(shapes="ssm"), SimulationConfig(shapes="ssm", off_model_mm=1.5)
+    femur = case_subject(SEED, moved).femur
+    assert femur == dataclasses.replace(case_subject(SEED, plain).femur, off_model_rms_mm=1.5, off_model_seed=SEED)
+    phantom = SimulationConfig(shapes="phantom")
+    assert case_subject(SEED, dataclasses.replace(phantom, off_model_mm=1.5)) == case_subject(SEED, phantom)
+    recorded = plain.to_dict()
+    del recorded["off_model_mm"]  # a dataset made before the option: femurs on the model
+    assert SimulationConfig.from_dict(recorded) == plain
+    with pytest.raises(InputError, match=r"off_model_mm in \[0, 3.0\] expected, got .*, 3.5$"):
+        SimulationConfig(off_model_mm=3.5)
 
 
 def test_configs_from_before_the_pose_range_keep_the_trained_range():

@@ -69,6 +69,7 @@ LESSER_TROCHANTER_BAND = (0.08, 0.25)  # fraction of the length below the head c
 LESSER_TROCHANTER_REGION_MM = 15.0
 # Off-model shapes (off_model_vertices): the correlation length of the left-out femurs' residual.
 OFF_MODEL_LENGTH_MM = 10.0
+LARGEST_OFF_MODEL_MM = 3.0  # beyond it the surface folds where it curves (off_model_vertices)
 OFF_MODEL_WAVES = 512
 OFF_MODEL_SMOOTHNESS = 2.5  # Matern's nu: twice differentiable
 OFF_MODEL_NORMAL_SMOOTHING = 30  # neighbour averages of the normals the surface moves along

@@ -85,7 +85,7 @@ import torch
 from biplanar.config import DEFAULT_NUM_SAMPLES, MAX_SUBJECTS, MAX_WORKERS, PRESETS, load_config
 from biplanar.data.atlas import FEMUR_LABEL
 from biplanar.data.body_shape import AIR_HU
-from biplanar.data.femur_ssm import LARGEST_SPREAD
+from biplanar.data.femur_ssm import LARGEST_OFF_MODEL_MM, LARGEST_SPREAD, SsmFemurParameters
 from biplanar.data.grid_presets import GRID_PRESETS, grid_preset
 from biplanar.data.masks import femur_masks
 from biplanar.data.phantom import (
@@ -179,6 +179,9 @@ class SimulationConfig:
         shape_spread: standard deviation of a shape-model femur's mode weights, in ``(0, 3]``
             (1: the model's population; above 1 more femurs near its edges; still truncated at
             +-3 sd; phantom femurs keep their ranges).
+        off_model_mm: move each shape-model femur off the model by this root mean square along its
+            normals, mm, in ``[0, 3]`` (0: none; :func:`~biplanar.data.femur_ssm.off_model_vertices`
+            with the case seed; phantom femurs are unchanged).
         uniform_femur: render the femur's voxels at one CT number per case (module doc).
     """
 
@@ -195,6 +198,7 @@ class SimulationConfig:
     pose_shift_mm: float = MAX_TRANSLATION_MM
     bone_contrast: float = 1.0
     shape_spread: float = 1.0
+    off_model_mm: float = 0.0
     uniform_femur: bool = False
 
     def __post_init__(self) -> None:
@@ -216,13 +220,15 @@ class SimulationConfig:
             and 0 <= self.pose_shift_mm <= LARGEST_POSE_SHIFT_MM
             and 1 <= self.bone_contrast <= LARGEST_BONE_CONTRAST
             and 0 < self.shape_spread <= LARGEST_SPREAD
+            and 0 <= self.off_model_mm <= LARGEST_OFF_MODEL_MM
         ):
             raise InputError(
                 f"photons > 0, kvp in {KVP_RANGE}, aluminium_mm >= 0, num_samples >= 1, pose_angle_deg "
                 f"in [0, {LARGEST_POSE_ANGLE_DEG}], pose_shift_mm in [0, {LARGEST_POSE_SHIFT_MM}], "
-                f"bone_contrast in [1, {LARGEST_BONE_CONTRAST}] and shape_spread in (0, {LARGEST_SPREAD}] "
-                f"expected, got {self.photons}, {self.kvp}, {self.aluminium_mm}, {self.num_samples}, "
-                f"{self.pose_angle_deg}, {self.pose_shift_mm}, {self.bone_contrast}, {self.shape_spread}"
+                f"bone_contrast in [1, {LARGEST_BONE_CONTRAST}], shape_spread in (0, {LARGEST_SPREAD}] and "
+                f"off_model_mm in [0, {LARGEST_OFF_MODEL_MM}] expected, got {self.photons}, {self.kvp}, "
+                f"{self.aluminium_mm}, {self.num_samples}, {self.pose_angle_deg}, {self.pose_shift_mm}, "
+                f"{self.bone_contrast}, {self.shape_spread}, {self.off_model_mm}"
             )
 
     @property
@@ -503,8 +509,13 @@ def case_noise_seed(seed: int) -> int:
 
 
 def case_subject(seed: int, config: SimulationConfig = DEFAULT_CONFIG) -> SubjectSpec:
-    """The subject case ``seed`` draws under ``config`` (its femur shape, shape spread and pose range)."""
-    return SubjectSpec.sample(seed, case_femur_shape(seed, config.shapes), config.pose_range, config.shape_spread)
+    """The subject case ``seed`` draws under ``config`` (its femur shape, shape spread and pose range;
+    a shape-model femur moved ``config.off_model_mm`` off the model by the case seed's field)."""
+    spec = SubjectSpec.sample(seed, case_femur_shape(seed, config.shapes), config.pose_range, config.shape_spread)
+    if config.off_model_mm == 0 or not isinstance(spec.femur, SsmFemurParameters):
+        return spec
+    femur = dataclasses.replace(spec.femur, off_model_rms_mm=config.off_model_mm, off_model_seed=seed)
+    return dataclasses.replace(spec, femur=femur)
 
 
 def femur_alone_hu(ct_hu: np.ndarray, labels: np.ndarray) -> np.ndarray:
