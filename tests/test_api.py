@@ -234,7 +234,8 @@ def _cases(tmp: Path) -> list[tuple[list[str], str, dict[str, Any], Any, str]]:
         ),
         (
             ["simulate", "--out", f"{t}/sim", "--n", "4", "--seed", "2", "--geometry", "mixed", "--preset", "tiny"]
-            + ["--mode", "polychromatic", "--photons", "1e3", "--kvp", "90", "--aluminium-mm", "1", "--workers", "2"],
+            + ["--mode", "polychromatic", "--photons", "1e3", "--kvp", "90", "--aluminium-mm", "1", "--workers", "2"]
+            + ["--off-model-mm", "1.5"],
             "simulate",
             {
                 "out": Path(f"{t}/sim"),
@@ -247,6 +248,7 @@ def _cases(tmp: Path) -> list[tuple[list[str], str, dict[str, Any], Any, str]]:
                 "kvp": 90.0,
                 "aluminium_mm": 1.0,
                 "workers": 2,
+                "off_model_mm": 1.5,
             },
             SimpleNamespace(written=("case_00000", "case_00001"), skipped=("case_00002",)),
             f"wrote 2 subjects to {t}/sim, 1 already there",

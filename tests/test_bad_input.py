@@ -578,6 +578,8 @@ def table() -> list[Case]:
             ("pose-angle-huge", {"--pose-angle-deg": "45"}, "pose_angle_deg"),
             ("pose-angle-nan", {"--pose-angle-deg": "nan"}, "pose_angle_deg"),
             ("pose-shift-negative", {"--pose-shift-mm": "-1"}, "pose_shift_mm"),
+            ("off-model-negative", {"--off-model-mm": "-1"}, "off_model_mm"),
+            ("off-model-nan", {"--off-model-mm": "nan"}, "off_model_mm"),
             ("pose-with-from-ct", {"--from-ct": "{v}/data", "--n": None, "--pose-angle-deg": "20"}, "--pose-angle-deg"),
             ("from-ct-with-n", {"--from-ct": "{v}/data"}, "--n"),
             ("from-ct-missing", {"--from-ct": missing("cts"), "--n": None}, "cts"),
