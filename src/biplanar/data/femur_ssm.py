@@ -471,7 +471,7 @@ def area_weighted_vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.
 
 
 def off_model_vertices(vertices: np.ndarray, faces: np.ndarray, rms_mm: float, seed: int) -> np.ndarray:
-    """``(V, 3)`` mm: ``vertices`` moved along the surface by a smooth random field that no mode makes.
+    """``(V, 3)`` mm: ``vertices`` moved by a smooth random field that no combination of the modes makes.
 
     A femur of another cohort is no combination of this model's 26 femurs: left out in turn, each of
     them lies 0.25-1.8 mm (median 0.8 mm) root mean square along the normals from the span of the
